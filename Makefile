@@ -1,0 +1,41 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both create or refresh .venv (Python 3.11) and install everything the project needs.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.consortium-installed
+
+.PHONY: demo test install lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml scripts/install-llama-cpp.sh
+	bash scripts/install-llama-cpp.sh $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev,transformers]'
+	bash scripts/install-llama-cpp.sh $(BIN)/python
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/consortium demo
+
+lint: install
+	$(BIN)/ruff check consortium tests benchmarks
+	$(BIN)/ruff format --check consortium tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy --strict consortium
+
+unit: install
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck unit
+
+bench: install
+	$(BIN)/python benchmarks/node_overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

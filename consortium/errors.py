@@ -1,0 +1,52 @@
+"""The project's one error hierarchy.
+
+Every error a user can cause or meet derives from `ConsortiumError`. The edges map
+them: the CLI to an exit code and one clear line, the servers to gRPC status codes
+and A2A / JSON-RPC errors.
+"""
+
+from __future__ import annotations
+
+
+class ConsortiumError(Exception):
+    """Base class of every error Consortium raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(ConsortiumError):
+    """A configuration file, CLI argument or key file is missing or invalid."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None):
+        self.path = path
+        self.key = key
+        where = ""
+        if path:
+            where = f"{path}: "
+        if key:
+            where += f"{key}: "
+        super().__init__(f"{where}{message}")
+
+
+class ModelError(ConsortiumError):
+    """A model file is missing or corrupt, or the model failed while generating."""
+
+    exit_code = 3
+
+
+class NodeUnavailableError(ConsortiumError):
+    """A node could not be reached, or did not answer in time."""
+
+    exit_code = 4
+
+
+class TaskError(ConsortiumError):
+    """A task ended in a state other than completed."""
+
+    exit_code = 5
+
+
+class PromptTooLongError(ModelError):
+    """The prompt does not fit the model's context window."""

@@ -1,0 +1,1 @@
+"""Who belongs to a federation (the signed roster) and what its members learn together."""

@@ -1,0 +1,71 @@
+"""The node's A2A agent card: who it is, where to reach it, what it does and with which model."""
+
+from __future__ import annotations
+
+from a2a.types import a2a_pb2
+from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
+
+from consortium import __version__
+
+# Declares which model and organization stand behind the agent (informational, not required).
+MODEL_EXTENSION_URI = "https://consortium.dev/a2a/ext/model/v1"
+JSONRPC_PATH = "/"
+
+
+def build_agent_card(
+    *,
+    org_id: str,
+    display_name: str,
+    description: str,
+    grpc_url: str,
+    http_url: str,
+    model_name: str,
+    model_backend: str,
+    context_size: int,
+) -> a2a_pb2.AgentCard:
+    name = display_name or org_id
+    card = a2a_pb2.AgentCard(
+        name=name,
+        description=description,
+        version=__version__,
+        provider=a2a_pb2.AgentProvider(organization=name, url=http_url),
+        supported_interfaces=[
+            a2a_pb2.AgentInterface(
+                url=grpc_url,
+                protocol_binding=TransportProtocol.GRPC,
+                protocol_version=PROTOCOL_VERSION_CURRENT,
+            ),
+            a2a_pb2.AgentInterface(
+                url=http_url.rstrip("/") + JSONRPC_PATH,
+                protocol_binding=TransportProtocol.JSONRPC,
+                protocol_version=PROTOCOL_VERSION_CURRENT,
+            ),
+        ],
+        capabilities=a2a_pb2.AgentCapabilities(streaming=True, push_notifications=False),
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[
+            a2a_pb2.AgentSkill(
+                id="answer",
+                name="Answer a question",
+                description=f"Answers a question in text with {org_id}'s local model {model_name}.",
+                tags=["question-answering", "llm", model_name],
+                examples=["What is the boiling point of water at sea level?"],
+                input_modes=["text/plain"],
+                output_modes=["text/plain"],
+            )
+        ],
+    )
+    ext = card.capabilities.extensions.add()
+    ext.uri = MODEL_EXTENSION_URI
+    ext.description = "The organization and model that answer tasks on this node."
+    ext.required = False
+    ext.params.update(
+        {
+            "org_id": org_id,
+            "model": model_name,
+            "backend": model_backend,
+            "context_size": context_size,
+        }
+    )
+    return card

@@ -1,0 +1,213 @@
+"""The `consortium` command line: init, node start, ask, demo. Wiring only.
+
+A user error (bad config, missing file, unreachable node) prints one clear line and
+exits with the error's code; no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from consortium.errors import ConfigError, ConsortiumError, TaskError
+from consortium.node.config import ORG_ID_PATTERN, load_config
+
+app = typer.Typer(
+    name="consortium",
+    help="Consortium: a federated network of LLM agents, one node per organization.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+node_app = typer.Typer(help="Run this organization's node.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _fail(e: ConsortiumError) -> NoReturn:
+    err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(e.exit_code)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ConsortiumError as e:
+        _fail(e)
+
+
+def _write_through(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def init(
+    org_id: Annotated[
+        str, typer.Argument(help="Organization id: lowercase letters, digits, dashes.")
+    ],
+    dir: Annotated[Path, typer.Option("--dir", help="Directory to write node.toml and keys into.")],
+    model: Annotated[
+        str, typer.Option(help="Model name from the registry, or a GGUF path.")
+    ] = "smollm2-135m",
+    display_name: Annotated[str, typer.Option(help="Human-readable organization name.")] = "",
+    grpc_port: Annotated[
+        int, typer.Option(help="gRPC port (0: pick a free one at start).")
+    ] = 50051,
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: pick a free one at start).")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Create node.toml, an Ed25519 key pair (private key mode 0600) and the agent card."""
+    from consortium.node.setup import init_node
+
+    def go() -> None:
+        import re
+
+        if not re.match(ORG_ID_PATTERN, org_id):
+            raise ConfigError(
+                f"invalid organization id {org_id!r}: use lowercase letters, digits and dashes",
+                key="ORG_ID",
+            )
+        result = init_node(
+            org_id,
+            dir,
+            model=model,
+            display_name=display_name,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            host=host,
+        )
+        out.print(f"wrote {result.config_path}")
+        out.print(f"wrote {result.private_key_path} (mode 0600)")
+        out.print(f"wrote {result.public_key_path} (key id {result.key_id})", soft_wrap=True)
+        out.print(f"wrote {result.card_path}")
+
+    _run(go)
+
+
+@node_app.command("start")
+def node_start(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
+) -> None:
+    """Run the node in the foreground until SIGTERM or SIGINT."""
+    from consortium.node.backends import backend_factory
+    from consortium.node.server import Node
+
+    cfg = _run(lambda: load_config(config))
+    _setup_logging(cfg.logging.level)
+
+    async def serve() -> None:
+        node = Node(cfg, backend_factory(cfg))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await node.start()
+            # A line a supervisor can wait for; the ports are the bound ones.
+            ep = node.endpoints
+            assert ep is not None
+            print(f"READY grpc={ep.grpc_target} http={ep.http_url}", flush=True)
+            await stop.wait()
+        finally:
+            await node.stop()
+
+    _run(lambda: asyncio.run(serve()))
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question to send.")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Path to node.toml of the node to ask.")
+    ],
+    max_tokens: Annotated[int | None, typer.Option(help="Override the node's max_tokens.")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Override the node's temperature.")
+    ] = None,
+    transport: Annotated[str, typer.Option(help="grpc or jsonrpc.")] = "grpc",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 300.0,
+) -> None:
+    """Send a task to a running node over A2A and stream the answer."""
+    from a2a.utils.constants import TransportProtocol
+
+    from consortium.node.client import ask as ask_node
+    from consortium.node.client import fetch_agent_card, open_client
+    from consortium.node.server import running_http_url
+
+    cfg = _run(lambda: load_config(config))
+    if transport not in ("grpc", "jsonrpc"):
+        _fail(
+            ConfigError(f"unknown transport {transport!r}; use grpc or jsonrpc", key="--transport")
+        )
+    options: dict[str, Any] = {}
+    if max_tokens is not None:
+        options["max_tokens"] = max_tokens
+    if temperature is not None:
+        options["temperature"] = temperature
+
+    async def go() -> None:
+        card = await fetch_agent_card(running_http_url(cfg))
+        binding = TransportProtocol.GRPC if transport == "grpc" else TransportProtocol.JSONRPC
+        client = open_client(card, transport=binding)
+        try:
+            answer = await ask_node(
+                client,
+                question,
+                options=options or None,
+                timeout=timeout,
+                on_text=_write_through,
+            )
+        finally:
+            await client.close()
+        _write_through("\n")
+        p = answer.provenance
+        if answer.state != "completed":
+            raise TaskError(f"task {answer.task_id} {answer.state}: {answer.status_text}")
+        err.print(
+            f"[dim]task {answer.task_id} · {p.get('org', '?')} · {p.get('model', '?')} · "
+            f"{int(p.get('input_tokens', 0))} in / {int(p.get('output_tokens', 0))} out tokens · "
+            f"{answer.latency_s * 1000:.0f} ms[/dim]",
+            highlight=False,
+        )
+
+    _run(lambda: asyncio.run(go()))
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where to put the three nodes (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Start three organizations on loopback, ask each a few questions, print a table, stop them."""
+    from consortium.node.demo import run_demo
+
+    _run(lambda: run_demo(workdir, out))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

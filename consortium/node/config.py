@@ -1,0 +1,150 @@
+"""node.toml: one organization's node configuration, validated with pydantic.
+
+Every field has a default or a clear "required" error. Relative paths are relative to
+the directory of the config file. Secrets are file paths, never inline values.
+A bad file raises ConfigError naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
+
+from consortium.errors import ConfigError
+
+ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(_Section):
+    org_id: Annotated[str, Field(pattern=ORG_ID_PATTERN)]
+    display_name: str = ""
+    description: str = "A Consortium node"
+    data_dir: str = "data"
+
+
+class ServerSection(_Section):
+    host: str = "127.0.0.1"
+    # The host other organizations use to reach this node (agent card URLs).
+    public_host: str = ""
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] = 50051
+    http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_message_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Seconds in-flight tasks get to finish on shutdown before they are marked failed.
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # Streamed tokens are coalesced into one artifact update per interval (0: every token).
+    stream_interval_s: Annotated[float, Field(ge=0, le=5)] = 0.0
+
+
+class ModelSection(_Section):
+    backend: Literal["llama_cpp", "transformers", "echo"] = "llama_cpp"
+    name: str = "smollm2-135m"
+    # A GGUF file (llama_cpp), or a transformers model directory; overrides the registry.
+    path: str = ""
+    # For transformers: a GGUF file inside `path` loaded through from_pretrained(gguf_file=).
+    gguf_file: str = ""
+    context_size: Annotated[int, Field(ge=128, le=131072)] = 2048
+    threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0: llama.cpp picks
+    prompt_format: Literal["auto", "chat", "completion"] = "auto"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 128
+    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.0
+    # Echo backend only: pause between tokens (tests of cancellation).
+    echo_token_delay_s: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+
+
+class IdentitySection(_Section):
+    private_key: str = "keys/private.jwk"
+    public_key: str = "keys/public.jwk"
+
+
+class LoggingSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class NodeConfig(_Section):
+    node: NodeSection
+    server: ServerSection = ServerSection()
+    model: ModelSection = ModelSection()
+    identity: IdentitySection = IdentitySection()
+    logging: LoggingSection = LoggingSection()
+
+    # Set by load_config: the directory relative paths are resolved against.
+    base_dir: Path = Path()
+
+    @field_validator("base_dir", mode="before")
+    @classmethod
+    def _path(cls, v: object) -> Path:
+        return Path(str(v))
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.node.data_dir)
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "node.sqlite3"
+
+    @property
+    def advertised_host(self) -> str:
+        return self.server.public_host or self.server.host
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.advertised_host}:{self.server.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.advertised_host}:{self.server.http_port}"
+
+
+def _describe(error: ErrorDetails) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__")
+    msg = str(error.get("msg", "invalid"))
+    kind = error.get("type")
+    if kind == "missing":
+        msg = "required"
+    elif kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "string_pattern_mismatch" and loc.endswith("org_id"):
+        msg = "must be lowercase letters, digits and dashes (1-63 characters)"
+    return loc, re.sub(r"\s+", " ", msg)
+
+
+def parse_config(data: dict[str, object], *, path: Path) -> NodeConfig:
+    try:
+        return NodeConfig.model_validate({**data, "base_dir": path.parent})
+    except ValidationError as e:
+        loc, msg = _describe(e.errors()[0])
+        extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(msg + extra, path=str(path), key=loc or None) from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("file not found", path=str(p))
+    if not p.is_file():
+        raise ConfigError("not a file", path=str(p))
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", path=str(p)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML: {e}", path=str(p)) from None
+    if "base_dir" in data:
+        raise ConfigError("unknown key", path=str(p), key="base_dir")
+    return parse_config(data, path=p.resolve())

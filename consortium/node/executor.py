@@ -1,0 +1,191 @@
+"""The node's agent logic behind a2a-sdk's AgentExecutor: answer a task with the local model.
+
+Protocol handling (A2A methods, task store, streaming, cancellation plumbing) stays in
+a2a-sdk's request handler; this module only turns a user message into a generation and
+the generation into task events: SUBMITTED -> WORKING -> artifact chunks -> COMPLETED,
+or REJECTED (nothing to answer, bad parameters, prompt too long), FAILED (the model
+failed) or CANCELED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from a2a.helpers.proto_helpers import new_task_from_user_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.tasks.task_updater import TaskUpdater
+from a2a.types import a2a_pb2
+from google.protobuf.json_format import MessageToDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from consortium.errors import ModelError, PromptTooLongError
+from consortium.node.llm.base import GenerationParams
+from consortium.node.llm.registry import PromptFormat
+from consortium.node.llm.worker import ModelWorker
+from consortium.node.prompts import build_request
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "consortium"
+
+
+class RequestOptions(BaseModel):
+    """Per-request overrides, from message metadata["consortium"]."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    org_id: str
+    prompt_format: PromptFormat
+    system_prompt: str
+    max_tokens: int
+    temperature: float
+    # Coalesce streamed tokens into one artifact update per interval (0: every token).
+    stream_interval_s: float = 0.0
+
+
+def _agent_message(
+    task_id: str, context_id: str, text: str, metadata: dict[str, Any] | None = None
+) -> a2a_pb2.Message:
+    msg = a2a_pb2.Message(
+        message_id=str(uuid.uuid4()),
+        role=a2a_pb2.ROLE_AGENT,
+        parts=[a2a_pb2.Part(text=text)],
+        task_id=task_id,
+        context_id=context_id,
+    )
+    if metadata:
+        msg.metadata.update(metadata)
+    return msg
+
+
+def request_options(message: a2a_pb2.Message | None) -> RequestOptions:
+    if message is None or METADATA_KEY not in message.metadata:
+        return RequestOptions()
+    raw = MessageToDict(message.metadata).get(METADATA_KEY)
+    if not isinstance(raw, dict):
+        raise ValueError(f"metadata.{METADATA_KEY} must be an object")
+    try:
+        return RequestOptions.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"metadata.{METADATA_KEY}.{loc}: {err['msg']}") from None
+
+
+class ModelExecutor(AgentExecutor):
+    def __init__(self, worker: ModelWorker, settings: ExecutorSettings) -> None:
+        self._worker = worker
+        self._settings = settings
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        message = context.message
+        task = context.current_task
+        if task is None:
+            if message is None:
+                raise ModelError("no message to answer")
+            task = new_task_from_user_message(message)
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        question = context.get_user_input().strip()
+        if not question:
+            await updater.reject(
+                _agent_message(
+                    task.id, task.context_id, "rejected: the message has no text to answer"
+                )
+            )
+            return
+        try:
+            options = request_options(message)
+        except ValueError as e:
+            await updater.reject(_agent_message(task.id, task.context_id, f"rejected: {e}"))
+            return
+        s = self._settings
+        params = GenerationParams(
+            max_tokens=options.max_tokens or s.max_tokens,
+            temperature=s.temperature if options.temperature is None else options.temperature,
+        )
+        request = build_request(
+            question, prompt_format=s.prompt_format, system_prompt=s.system_prompt, params=params
+        )
+        await updater.start_work()
+        started = time.perf_counter()
+        stream = self._worker.generate(request)
+        artifact_id = str(uuid.uuid4())
+        sent_any = False
+        buffered: list[str] = []
+        last_flush = started
+        try:
+            async for chunk in stream:
+                buffered.append(chunk.text)
+                now = time.perf_counter()
+                if now - last_flush >= s.stream_interval_s:
+                    await updater.add_artifact(
+                        [a2a_pb2.Part(text="".join(buffered))],
+                        artifact_id=artifact_id,
+                        name="answer",
+                        append=sent_any,
+                        last_chunk=False,
+                    )
+                    buffered.clear()
+                    sent_any = True
+                    last_flush = now
+        except PromptTooLongError as e:
+            await updater.reject(_agent_message(task.id, task.context_id, f"rejected: {e}"))
+            return
+        except ModelError as e:
+            log.error("task %s failed in the model: %s", task.id, e)
+            await updater.failed(_agent_message(task.id, task.context_id, f"failed: {e}"))
+            return
+        completion = stream.completion
+        assert completion is not None
+        latency = time.perf_counter() - started
+        info = self._worker.info
+        provenance = {
+            METADATA_KEY: {
+                "org": s.org_id,
+                "model": info.name,
+                "backend": info.backend,
+                "input_tokens": completion.usage.input_tokens,
+                "output_tokens": completion.usage.output_tokens,
+                "finish_reason": completion.finish_reason,
+                "latency_ms": round(latency * 1000, 1),
+                "time_to_first_token_ms": round(completion.timings.prompt_s * 1000, 1),
+                "decode_tokens_per_s": round(completion.decode_tokens_per_s, 1),
+            }
+        }
+        await updater.add_artifact(
+            [a2a_pb2.Part(text="".join(buffered))],
+            artifact_id=artifact_id,
+            name="answer",
+            append=sent_any,
+            last_chunk=True,
+            metadata=provenance,
+        )
+        await updater.complete(
+            _agent_message(task.id, task.context_id, completion.text, provenance)
+        )
+        log.info(
+            "task %s completed: %d in / %d out tokens in %.0f ms",
+            task.id,
+            completion.usage.input_tokens,
+            completion.usage.output_tokens,
+            latency * 1000,
+        )
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        task_id = context.task_id or (task.id if task else "")
+        context_id = context.context_id or (task.context_id if task else "")
+        updater = TaskUpdater(event_queue, task_id, context_id)
+        await updater.cancel(_agent_message(task_id, context_id, "canceled"))
+        log.info("task %s canceled", task_id)

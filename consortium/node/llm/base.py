@@ -1,0 +1,126 @@
+"""The one interface every LLM backend implements, and the values it exchanges.
+
+A backend is synchronous and single-threaded by contract: `ModelWorker` (worker.py)
+owns it on a dedicated thread and serialises requests, so a backend never sees two
+requests at once and never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    # Return the log-probability of each generated token and this many alternatives.
+    logprobs: bool = False
+    top_logprobs: int = 0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One step of a streamed generation: the new text and, if asked for, its logprob."""
+
+    text: str
+    logprob: TokenLogprob | None = None
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class Timings:
+    """Seconds spent on the prompt (until the first token) and on the whole request."""
+
+    prompt_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        return 0.0 if self.total_s <= self.prompt_s else 1.0 / (self.total_s - self.prompt_s)
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        decode_s = self.timings.total_s - self.timings.prompt_s
+        # The first token comes with the prompt; the rest are decode steps.
+        steps = max(self.usage.output_tokens - 1, 0)
+        return steps / decode_s if decode_s > 0 and steps else 0.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    backend: str
+    context_size: int
+    chat: bool
+    path: str = ""
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """What a node needs from a model. All methods block; call them through ModelWorker."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream_chat(
+        self,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams,
+        cancel: threading.Event,
+    ) -> Generator[Chunk, None, Completion]:
+        """Applies the model's chat template, yields the answer as it is generated and
+        returns the whole completion (text, usage, timings, logprobs)."""
+        ...
+
+    def stream_complete(
+        self, prompt: str, params: GenerationParams, cancel: threading.Event
+    ) -> Generator[Chunk, None, Completion]:
+        """Continues raw text (for base models and few-shot prompts)."""
+        ...
+
+    def score(self, prompt: str, continuations: Sequence[str]) -> list[float]:
+        """Total log-likelihood of each continuation given the prompt (multiple choice)."""
+        ...
+
+    def close(self) -> None: ...

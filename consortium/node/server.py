@@ -1,0 +1,338 @@
+"""One organization's node: the model worker, the task store and both A2A bindings.
+
+gRPC (`lf.a2a.v1.A2AService`, grpc.aio) and JSON-RPC over HTTP (Starlette on uvicorn)
+share one a2a-sdk request handler, so both bindings see the same tasks. The gRPC
+service is registered with raw-bytes deserialisers so a malformed request gets
+INVALID_ARGUMENT rather than the generic INTERNAL of a failed deserialisation; messages
+over `server.max_message_bytes` get RESOURCE_EXHAUSTED (gRPC) or HTTP 413 (JSON-RPC).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvicorn
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.types import a2a_pb2
+from google.protobuf import message as pb_message
+from google.protobuf import message_factory
+from grpc_reflection.v1alpha import reflection
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
+from consortium.node.config import NodeConfig
+from consortium.node.executor import ExecutorSettings, ModelExecutor
+from consortium.node.llm.base import LLMBackend
+from consortium.node.llm.registry import default_prompt_format
+from consortium.node.llm.worker import ModelWorker
+from consortium.node.store import SqliteTaskStore
+
+log = logging.getLogger(__name__)
+
+A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
+
+
+def a2a_generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
+    """Registers every A2AService method of `servicer`, parsing requests ourselves."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in A2A_SERVICE.methods:
+        req_cls = message_factory.GetMessageClass(method.input_type)
+        resp_cls = message_factory.GetMessageClass(method.output_type)
+        impl = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _streaming(impl, req_cls), response_serializer=resp_cls.SerializeToString
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(impl, req_cls), response_serializer=resp_cls.SerializeToString
+            )
+    return grpc.method_handlers_generic_handler(A2A_SERVICE.full_name, handlers)
+
+
+async def _parse(raw: bytes, cls: type[pb_message.Message], ctx: grpc.aio.ServicerContext) -> Any:
+    try:
+        return cls.FromString(raw)
+    except pb_message.DecodeError as e:
+        await ctx.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"malformed {cls.DESCRIPTOR.full_name}: {e}"
+        )
+
+
+def _unary(
+    impl: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], cls: type[pb_message.Message]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handle(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
+        return await impl(await _parse(raw, cls, ctx), ctx)
+
+    return handle
+
+
+def _streaming(
+    impl: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
+    cls: type[pb_message.Message],
+) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    async def handle(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        request = await _parse(raw, cls, ctx)
+        async for item in impl(request, ctx):
+            yield item
+
+    return handle
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over the limit gets 413 and a JSON-RPC error."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send)
+                return
+            chunks.append(body)
+            more = msg.get("more_body", False)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {
+                    "code": -32600,
+                    "message": f"request body exceeds the limit of {self.max_bytes} bytes",
+                },
+            },
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
+def _bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the node's owner decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    grpc_port: int
+    http_port: int
+    grpc_target: str
+    http_url: str
+
+
+class Node:
+    """Runs one node until stopped. `start()` returns once both endpoints accept calls."""
+
+    def __init__(self, config: NodeConfig, backend_factory: Callable[[], LLMBackend]) -> None:
+        self.config = config
+        self._backend_factory = backend_factory
+        self.worker = ModelWorker(backend_factory, label=config.node.org_id)
+        self.store: SqliteTaskStore | None = None
+        self.handler: DefaultRequestHandler | None = None
+        self.card: a2a_pb2.AgentCard | None = None
+        self.endpoints: Endpoints | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> Endpoints:
+        cfg = self.config
+        self.store = SqliteTaskStore(cfg.database_path)
+        self.store.fail_unfinished("the node stopped before the task finished")
+        info = await self.worker.start()
+        fmt = cfg.model.prompt_format
+        prompt_format = (
+            default_prompt_format(
+                cfg.model.name, cfg.model.path or None, self.worker.backend_for_thread()
+            )
+            if fmt == "auto"
+            else fmt
+        )
+        limit = cfg.server.max_message_bytes
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        grpc_port = self._grpc.add_insecure_port(f"{cfg.server.host}:{cfg.server.grpc_port}")
+        if grpc_port == 0:
+            raise OSError(f"cannot bind gRPC port {cfg.server.host}:{cfg.server.grpc_port}")
+        http_sock = _bind_tcp(cfg.server.host, cfg.server.http_port)
+        http_port = http_sock.getsockname()[1]
+        host = cfg.advertised_host
+        self.endpoints = Endpoints(
+            grpc_port, http_port, f"{host}:{grpc_port}", f"http://{host}:{http_port}"
+        )
+        self.card = build_agent_card(
+            org_id=cfg.node.org_id,
+            display_name=cfg.node.display_name,
+            description=cfg.node.description,
+            grpc_url=self.endpoints.grpc_target,
+            http_url=self.endpoints.http_url,
+            model_name=info.name,
+            model_backend=info.backend,
+            context_size=info.context_size,
+        )
+        executor = ModelExecutor(
+            self.worker,
+            ExecutorSettings(
+                org_id=cfg.node.org_id,
+                prompt_format=prompt_format,
+                system_prompt=cfg.model.system_prompt,
+                max_tokens=cfg.model.max_tokens,
+                temperature=cfg.model.temperature,
+                stream_interval_s=cfg.server.stream_interval_s,
+            ),
+        )
+        self.handler = DefaultRequestHandler(
+            agent_executor=executor, task_store=self.store, agent_card=self.card
+        )
+        self._grpc.add_generic_rpc_handlers((a2a_generic_handler(GrpcHandler(self.handler)),))
+        reflection.enable_server_reflection(
+            (A2A_SERVICE.full_name, reflection.SERVICE_NAME), self._grpc
+        )
+        await self._grpc.start()
+
+        async def healthz(_: Request) -> Response:
+            return JSONResponse({"status": "ok", "org_id": cfg.node.org_id, "model": info.name})
+
+        app = Starlette(
+            routes=[
+                *create_agent_card_routes(self.card),
+                *create_jsonrpc_routes(self.handler, rpc_url=JSONRPC_PATH),
+                Route("/healthz", healthz, methods=["GET"]),
+            ]
+        )
+        self._http = _QuietServer(
+            uvicorn.Config(
+                BodySizeLimit(app, limit),
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                timeout_graceful_shutdown=int(cfg.server.shutdown_grace_s) or None,
+            )
+        )
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise OSError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self._endpoints_file().write_text(json.dumps(dataclasses.asdict(self.endpoints)) + "\n")
+        log.info(
+            "node %s ready: model %s (%s), gRPC %s, HTTP %s",
+            cfg.node.org_id,
+            info.name,
+            info.backend,
+            self.endpoints.grpc_target,
+            self.endpoints.http_url,
+        )
+        return self.endpoints
+
+    def _endpoints_file(self) -> Path:
+        return endpoints_file(self.config)
+
+    async def stop(self) -> None:
+        """Stops accepting calls, lets in-flight tasks finish within the grace period,
+        marks the rest failed, and closes the model and the database."""
+        grace = self.config.server.shutdown_grace_s
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self.handler is not None:
+            try:
+                await asyncio.wait_for(self.handler.aclose(), timeout=max(grace, 0.1))
+            except TimeoutError:
+                log.warning("in-flight tasks did not finish within %.1f s", grace)
+        if self._http_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._http_task, timeout=max(grace, 1.0))
+        await self.worker.stop()
+        if self.store is not None:
+            self.store.fail_unfinished("the node shut down before the task finished")
+            self.store.close()
+        self._endpoints_file().unlink(missing_ok=True)
+        log.info("node %s stopped", self.config.node.org_id)
+
+
+def endpoints_file(config: NodeConfig) -> Path:
+    """Where a running node records the ports it actually bound (ports may be 0 in node.toml)."""
+    return config.data_dir / "endpoints.json"
+
+
+def running_http_url(config: NodeConfig) -> str:
+    """The HTTP URL of the node running from this config: its recorded endpoints, if any."""
+    path = endpoints_file(config)
+    if path.exists():
+        try:
+            url = json.loads(path.read_text())["http_url"]
+            if isinstance(url, str):
+                return url
+        except (ValueError, KeyError, TypeError):
+            pass
+    return config.http_url
+
+
+def card_json(card: a2a_pb2.AgentCard) -> str:
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps(MessageToDict(card), indent=2) + "\n"

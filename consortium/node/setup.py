@@ -1,0 +1,113 @@
+"""`consortium init`: a new organization's node directory (node.toml, keys, agent card)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from consortium.errors import ConfigError
+from consortium.node.agent_card import build_agent_card
+from consortium.node.config import load_config
+from consortium.node.llm.registry import BUNDLED
+from consortium.node.server import card_json
+from consortium.trust.keys import generate_key, key_id, write_private_key, write_public_key
+
+NODE_TOML = """\
+# Consortium node configuration for {org_id}.
+# Every key has a default unless marked required; relative paths are relative to this file.
+
+[node]
+org_id = "{org_id}"            # required
+display_name = "{display_name}"
+data_dir = "data"               # task database and other state
+
+[server]
+host = "{host}"
+grpc_port = {grpc_port}         # 0: pick a free port at start
+http_port = {http_port}         # JSON-RPC and /.well-known/agent-card.json
+max_message_bytes = 1048576
+shutdown_grace_s = 10.0
+
+[model]
+backend = "llama_cpp"           # llama_cpp | transformers | echo
+{model_line}
+context_size = 2048
+threads = 0                     # 0: let llama.cpp choose
+prompt_format = "auto"          # auto | chat | completion
+max_tokens = 128
+temperature = 0.0
+
+[identity]
+private_key = "keys/private.jwk"  # mode 0600, never logged
+public_key = "keys/public.jwk"
+
+[logging]
+level = "INFO"
+"""
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config_path: Path
+    private_key_path: Path
+    public_key_path: Path
+    card_path: Path
+    key_id: str
+
+
+def init_node(
+    org_id: str,
+    directory: Path,
+    *,
+    model: str = "smollm2-135m",
+    display_name: str = "",
+    grpc_port: int = 50051,
+    http_port: int = 8080,
+    host: str = "127.0.0.1",
+) -> InitResult:
+    directory = directory.expanduser()
+    config_path = directory / "node.toml"
+    if config_path.exists():
+        raise ConfigError(
+            "node.toml already exists; refusing to overwrite it", path=str(config_path)
+        )
+    if model in BUNDLED:
+        model_line = f'name = "{model}"'
+    else:
+        model_path = Path(model).expanduser().resolve()
+        if not model_path.is_file():
+            raise ConfigError(
+                f"not a bundled model ({', '.join(sorted(BUNDLED))}) nor an existing file",
+                key="--model",
+            )
+        model_line = f'name = "{model_path.stem}"\npath = "{model_path}"'
+    directory.mkdir(parents=True, exist_ok=True)
+    key = generate_key()
+    private_path = directory / "keys" / "private.jwk"
+    public_path = directory / "keys" / "public.jwk"
+    write_private_key(private_path, key)
+    write_public_key(public_path, key)
+    config_path.write_text(
+        NODE_TOML.format(
+            org_id=org_id,
+            display_name=display_name or org_id,
+            host=host,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            model_line=model_line,
+        )
+    )
+    cfg = load_config(config_path)
+    card = build_agent_card(
+        org_id=org_id,
+        display_name=cfg.node.display_name,
+        description=cfg.node.description,
+        grpc_url=cfg.grpc_target,
+        http_url=cfg.http_url,
+        model_name=cfg.model.name,
+        model_backend=cfg.model.backend,
+        context_size=cfg.model.context_size,
+    )
+    card_path = directory / "agent-card.json"
+    card_path.write_text(card_json(card))
+    return InitResult(config_path, private_path, public_path, card_path, key_id(key))

@@ -1,0 +1,1 @@
+"""Who may say what: identities and keys, verification, peer reputation, audit log."""

@@ -126,9 +126,9 @@ class ModelExecutor(AgentExecutor):
         last_flush = started
         try:
             async for chunk in stream:
-                buffered.append(chunk.text)
+                # The newest piece is held back so the final update (last_chunk) carries text.
                 now = time.perf_counter()
-                if now - last_flush >= s.stream_interval_s:
+                if buffered and now - last_flush >= s.stream_interval_s:
                     await updater.add_artifact(
                         [a2a_pb2.Part(text="".join(buffered))],
                         artifact_id=artifact_id,
@@ -139,6 +139,7 @@ class ModelExecutor(AgentExecutor):
                     buffered.clear()
                     sent_any = True
                     last_flush = now
+                buffered.append(chunk.text)
         except PromptTooLongError as e:
             await updater.reject(_agent_message(task.id, task.context_id, f"rejected: {e}"))
             return

@@ -190,8 +190,16 @@ class Node:
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self) -> Endpoints:
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> Endpoints:
         cfg = self.config
         self.store = SqliteTaskStore(cfg.database_path)
         self.store.fail_unfinished("the node stopped before the task finished")
@@ -293,6 +301,9 @@ class Node:
     async def stop(self) -> None:
         """Stops accepting calls, lets in-flight tasks finish within the grace period,
         marks the rest failed, and closes the model and the database."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.config.server.shutdown_grace_s
         if self._http is not None:
             self._http.should_exit = True
@@ -310,8 +321,9 @@ class Node:
         if self.store is not None:
             self.store.fail_unfinished("the node shut down before the task finished")
             self.store.close()
-        self._endpoints_file().unlink(missing_ok=True)
-        log.info("node %s stopped", self.config.node.org_id)
+        if self.endpoints is not None:
+            self._endpoints_file().unlink(missing_ok=True)
+            log.info("node %s stopped", self.config.node.org_id)
 
 
 def endpoints_file(config: NodeConfig) -> Path:

@@ -1,0 +1,60 @@
+"""Shared fixtures: node configs in temporary directories, in-process nodes on loopback
+with ephemeral ports, and the bundled model files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consortium.node.backends import backend_factory
+from consortium.node.config import NodeConfig, parse_config
+from consortium.node.llm.registry import resolve_model_file
+from consortium.node.server import Node
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_config(tmp: Path, org_id: str = "acme", **sections: dict[str, Any]) -> NodeConfig:
+    data: dict[str, Any] = {
+        "node": {"org_id": org_id, "display_name": f"{org_id} org"},
+        "server": {"grpc_port": 0, "http_port": 0, "shutdown_grace_s": 2.0},
+        "model": {"backend": "echo", "name": "echo"},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    tmp.mkdir(parents=True, exist_ok=True)
+    return parse_config(data, path=tmp / "node.toml")
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    return resolve_model_file("smollm2-135m", None)
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    return resolve_model_file("gemma3-270m", None)
+
+
+NodeStarter = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path) -> AsyncIterator[NodeStarter]:
+    """Starts in-process nodes (real gRPC and HTTP on loopback); stops them at the end."""
+    nodes: list[Node] = []
+
+    async def start(config: NodeConfig | None = None, **sections: dict[str, Any]) -> Node:
+        cfg = config or make_config(tmp_path / f"node{len(nodes)}", **sections)
+        node = Node(cfg, backend_factory(cfg))
+        await node.start()
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        await node.stop()

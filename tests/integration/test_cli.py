@@ -1,0 +1,164 @@
+"""The CLI through subprocesses: init, node start, ask (gRPC and JSON-RPC), clean shutdown
+on SIGTERM, clear one-line errors for bad input, and the three-organization demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consortium.node.demo import start_node, stop_node
+
+CLI = [sys.executable, "-m", "consortium.node.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, *needles: str
+) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def org_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "acme"
+    r = run("init", "acme", "--dir", str(d), "--grpc-port", "0", "--http-port", "0")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+@pytest.fixture
+def running(org_dir: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    proc, _ = start_node(org_dir / "node.toml", org_dir / "node.log")
+    yield org_dir / "node.toml", proc
+    stop_node(proc)
+
+
+def test_init_writes_config_keys_and_card(org_dir: Path) -> None:
+    private = org_dir / "keys" / "private.jwk"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    public = json.loads((org_dir / "keys" / "public.jwk").read_text())
+    assert public["kty"] == "OKP" and public["crv"] == "Ed25519" and "d" not in public
+    assert len(public["kid"]) == 43  # base64url SHA-256 thumbprint
+    card = json.loads((org_dir / "agent-card.json").read_text())
+    assert card["provider"]["organization"] == "acme"
+    assert {i["protocolBinding"] for i in card["supportedInterfaces"]} == {"GRPC", "JSONRPC"}
+    assert "node.toml" in {p.name for p in org_dir.iterdir()}
+
+
+def test_init_refuses_to_overwrite(org_dir: Path) -> None:
+    assert_one_line_error(run("init", "acme", "--dir", str(org_dir)), 2, "already exists")
+
+
+def test_init_rejects_bad_org_id(tmp_path: Path) -> None:
+    assert_one_line_error(
+        run("init", "Not Valid", "--dir", str(tmp_path / "x")), 2, "organization id"
+    )
+
+
+def test_ask_streams_a_real_answer_over_grpc_and_jsonrpc(
+    running: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    config, _ = running
+    for transport in ("grpc", "jsonrpc"):
+        r = run(
+            "ask",
+            "--config",
+            str(config),
+            "--transport",
+            transport,
+            "--max-tokens",
+            "24",
+            "What is the capital of France?",
+        )
+        assert r.returncode == 0, r.stderr
+        assert "Paris" in r.stdout
+        assert "smollm2-135m" in r.stderr and "acme" in r.stderr
+
+
+def test_sigterm_shuts_down_cleanly_and_keeps_the_database(
+    running: tuple[Path, subprocess.Popen[str]],
+) -> None:
+    config, proc = running
+    r = run("ask", "--config", str(config), "--max-tokens", "8", "Say hello.")
+    assert r.returncode == 0, r.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    db = config.parent / "data" / "node.sqlite3"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = [row[0] for row in conn.execute("SELECT state FROM tasks")]
+    assert states == [3]  # TASK_STATE_COMPLETED
+    assert not (config.parent / "data" / "endpoints.json").exists()
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "node.toml"
+    bad.write_text('[node]\norg_id = "acme"\n[server]\ngrpc_port = "fast"\n')
+    assert_one_line_error(
+        run("node", "start", "--config", str(bad)), 2, "node.toml", "server.grpc_port"
+    )
+    assert_one_line_error(
+        run("node", "start", "--config", str(tmp_path / "missing.toml")), 2, "not found"
+    )
+
+
+def test_missing_model_file_fails_at_start(org_dir: Path) -> None:
+    config = org_dir / "node.toml"
+    text = config.read_text().replace(
+        'name = "smollm2-135m"', 'name = "x"\npath = "/nonexistent/model.gguf"'
+    )
+    config.write_text(text)
+    assert_one_line_error(run("node", "start", "--config", str(config)), 3, "model file not found")
+
+
+def test_corrupt_model_file_fails_at_start(org_dir: Path) -> None:
+    bad = org_dir / "corrupt.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    config = org_dir / "node.toml"
+    config.write_text(
+        config.read_text().replace('name = "smollm2-135m"', f'name = "x"\npath = "{bad}"')
+    )
+    assert_one_line_error(
+        run("node", "start", "--config", str(config)), 3, "cannot load model file"
+    )
+
+
+def test_ask_without_a_running_node(org_dir: Path) -> None:
+    r = run("ask", "--config", str(org_dir / "node.toml"), "hello")
+    assert_one_line_error(r, 4, "cannot fetch the agent card")
+
+
+def test_ask_with_bad_transport(org_dir: Path) -> None:
+    r = run("ask", "--config", str(org_dir / "node.toml"), "--transport", "pigeon", "hello")
+    assert_one_line_error(r, 2, "--transport")
+
+
+def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
+    r = run("demo", "--workdir", str(tmp_path / "demo"), timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for org, model in (
+        ("acme", "smollm2-135m"),
+        ("globex", "smollm2-135m"),
+        ("initech", "gemma3-270m"),
+    ):
+        assert org in r.stdout and model in r.stdout
+        assert f"stopped {org} (exit 0)" in r.stdout

@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import pytest
+
+from consortium.errors import ConfigError
+from consortium.node.config import load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "node.toml"
+    p.write_text(text)
+    return p
+
+
+def error_for(path: Path) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    return str(e.value)
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, '[node]\norg_id = "acme"\n'))
+    assert cfg.node.org_id == "acme"
+    assert cfg.server.max_message_bytes == 1024 * 1024
+    assert cfg.model.backend == "llama_cpp" and cfg.model.name == "smollm2-135m"
+    assert cfg.data_dir == tmp_path / "data"
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    msg = error_for(tmp_path / "nope.toml")
+    assert "nope.toml" in msg and "not found" in msg
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    msg = error_for(write(tmp_path, "[node\norg_id = 1"))
+    assert "node.toml" in msg and "invalid TOML" in msg
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    msg = error_for(write(tmp_path, "[node]\ndisplay_name = 'x'\n"))
+    assert "node.org_id: required" in msg
+
+
+def test_missing_section(tmp_path: Path) -> None:
+    assert "node: required" in error_for(write(tmp_path, "[server]\nhost = '127.0.0.1'\n"))
+
+
+def test_unknown_key_is_an_error_not_ignored(tmp_path: Path) -> None:
+    msg = error_for(write(tmp_path, "[node]\norg_id = 'a'\n[server]\ngrcp_port = 1\n"))
+    assert "server.grcp_port: unknown key" in msg
+
+
+def test_wrong_type_and_range(tmp_path: Path) -> None:
+    msg = error_for(write(tmp_path, "[node]\norg_id = 'a'\n[server]\ngrpc_port = 70000\n"))
+    assert "server.grpc_port" in msg and "65535" in msg
+    msg = error_for(write(tmp_path, "[node]\norg_id = 'a'\n[model]\ntemperature = 'hot'\n"))
+    assert "model.temperature" in msg
+
+
+def test_bad_org_id(tmp_path: Path) -> None:
+    msg = error_for(write(tmp_path, "[node]\norg_id = 'Acme Corp'\n"))
+    assert "node.org_id" in msg and "lowercase" in msg
+
+
+def test_bad_enum(tmp_path: Path) -> None:
+    msg = error_for(write(tmp_path, "[node]\norg_id = 'a'\n[model]\nbackend = 'gpt'\n"))
+    assert "model.backend" in msg
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    p = tmp_path / "node.toml"
+    p.write_bytes(b"\xff\xfe[node]")
+    assert "UTF-8" in error_for(p)

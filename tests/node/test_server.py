@@ -1,0 +1,284 @@
+"""The A2A endpoint over real gRPC and HTTP on loopback, with the echo model (these tests
+are about the network layer; test_node_llm.py runs the same paths with real models)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+from a2a.utils.constants import TransportProtocol
+
+from consortium.node.client import ask, fetch_agent_card, open_client, text_message
+from consortium.node.server import Node
+from tests.conftest import NodeStarter
+
+
+def stub(node: Node) -> tuple[grpc.aio.Channel, a2a_pb2_grpc.A2AServiceStub]:
+    assert node.endpoints
+    channel = grpc.aio.insecure_channel(node.endpoints.grpc_target)
+    return channel, a2a_pb2_grpc.A2AServiceStub(channel)
+
+
+async def jsonrpc(
+    node: Node, method: str, params: dict[str, Any] | None = None, **kw: Any
+) -> httpx.Response:
+    assert node.endpoints
+    body = kw.pop("content", None)
+    async with httpx.AsyncClient() as http:
+        if body is not None:
+            return await http.post(
+                node.endpoints.http_url + "/",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+        return await http.post(
+            node.endpoints.http_url + "/",
+            json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}},
+            headers={"A2A-Version": "1.0"},
+        )
+
+
+def user_message_json(text: str) -> dict[str, Any]:
+    return {"messageId": str(uuid.uuid4()), "role": "ROLE_USER", "parts": [{"text": text}]}
+
+
+async def still_serves(node: Node) -> None:
+    card = await fetch_agent_card(node.endpoints.http_url)  # type: ignore[union-attr]
+    client = open_client(card)
+    try:
+        answer = await ask(client, "still here")
+    finally:
+        await client.close()
+    assert answer.state == "completed" and answer.text == "still here"
+
+
+async def test_agent_card_lists_both_interfaces_skill_model_and_org(
+    start_node: NodeStarter,
+) -> None:
+    node = await start_node()
+    card = await fetch_agent_card(node.endpoints.http_url)
+    bindings = {i.protocol_binding: i.url for i in card.supported_interfaces}
+    assert bindings[TransportProtocol.GRPC] == node.endpoints.grpc_target
+    assert bindings[TransportProtocol.JSONRPC].startswith(node.endpoints.http_url)
+    assert all(i.protocol_version == "1.0" for i in card.supported_interfaces)
+    assert card.capabilities.streaming
+    assert card.skills and card.skills[0].id == "answer"
+    assert card.provider.organization == "acme org"
+    ext = card.capabilities.extensions[0]
+    assert ext.params["org_id"] == "acme" and ext.params["model"] == "echo"
+
+
+@pytest.mark.parametrize("transport", [TransportProtocol.GRPC, TransportProtocol.JSONRPC])
+async def test_streamed_task_lifecycle(start_node: NodeStarter, transport: str) -> None:
+    node = await start_node()
+    card = await fetch_agent_card(node.endpoints.http_url)
+    client = open_client(card, transport=transport)
+    pieces: list[str] = []
+    try:
+        answer = await ask(client, "the quick brown fox", on_text=pieces.append)
+    finally:
+        await client.close()
+    assert answer.state == "completed"
+    assert answer.text == "the quick brown fox"
+    assert len(pieces) == 4  # one artifact update per token
+    assert answer.states_seen[-2:] == ["working", "completed"]
+    assert answer.provenance["org"] == "acme" and answer.provenance["model"] == "echo"
+    assert answer.provenance["output_tokens"] == 4
+
+
+async def test_unary_send_get_and_list(start_node: NodeStarter) -> None:
+    node = await start_node()
+    channel, s = stub(node)
+    async with channel:
+        resp = await s.SendMessage(a2a_pb2.SendMessageRequest(message=text_message("hello there")))
+        task = resp.task
+        assert task.status.state == a2a_pb2.TASK_STATE_COMPLETED
+        got = await s.GetTask(a2a_pb2.GetTaskRequest(id=task.id))
+        assert "".join(p.text for p in got.artifacts[0].parts) == "hello there"
+        listed = await s.ListTasks(a2a_pb2.ListTasksRequest(include_artifacts=True))
+        assert task.id in [t.id for t in listed.tasks]
+
+
+async def test_list_tasks_pages_through_everything(start_node: NodeStarter) -> None:
+    node = await start_node()
+    channel, s = stub(node)
+    async with channel:
+        ids = set()
+        for i in range(5):
+            resp = await s.SendMessage(
+                a2a_pb2.SendMessageRequest(message=text_message(f"task {i}"))
+            )
+            ids.add(resp.task.id)
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await s.ListTasks(a2a_pb2.ListTasksRequest(page_size=2, page_token=token))
+            assert page.total_size == 5
+            seen += [t.id for t in page.tasks]
+            token = page.next_page_token
+            if not token:
+                break
+        assert sorted(seen) == sorted(ids)
+
+
+async def test_cancel_mid_generation(start_node: NodeStarter) -> None:
+    node = await start_node(model={"echo_token_delay_s": 0.2})
+    channel, s = stub(node)
+    async with channel:
+        call = s.SendStreamingMessage(
+            a2a_pb2.SendMessageRequest(message=text_message(" ".join(f"w{i}" for i in range(200))))
+        )
+        task_id = ""
+        async for event in call:
+            if event.HasField("task"):
+                task_id = event.task.id
+            if event.HasField("artifact_update"):
+                break  # generation has started
+        assert task_id
+        canceled = await s.CancelTask(a2a_pb2.CancelTaskRequest(id=task_id))
+        assert canceled.status.state == a2a_pb2.TASK_STATE_CANCELED
+        call.cancel()
+        got = await s.GetTask(a2a_pb2.GetTaskRequest(id=task_id))
+        assert got.status.state == a2a_pb2.TASK_STATE_CANCELED
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.CancelTask(a2a_pb2.CancelTaskRequest(id=task_id))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await still_serves(node)
+
+
+async def test_subscribe_to_running_task(start_node: NodeStarter) -> None:
+    node = await start_node(model={"echo_token_delay_s": 0.05})
+    channel, s = stub(node)
+    async with channel:
+        req = a2a_pb2.SendMessageRequest(
+            message=text_message("one two three four five six"),
+            configuration=a2a_pb2.SendMessageConfiguration(return_immediately=True),
+        )
+        resp = await s.SendMessage(req)
+        states = []
+        text = []
+        async for event in s.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id=resp.task.id)):
+            if event.HasField("status_update"):
+                states.append(event.status_update.status.state)
+            if event.HasField("artifact_update"):
+                text += [p.text for p in event.artifact_update.artifact.parts]
+        assert states[-1] == a2a_pb2.TASK_STATE_COMPLETED
+        assert "six" in "".join(text)
+
+
+# --- bad input: each gets a clear error and the node keeps serving -----------------------
+
+
+async def test_grpc_malformed_bytes_is_invalid_argument(start_node: NodeStarter) -> None:
+    node = await start_node()
+    async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as channel:
+        raw = channel.unary_unary("/lf.a2a.v1.A2AService/SendMessage")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await raw(b"\x0a\xff\xff\xff\x0f garbage")
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed" in (e.value.details() or "")
+    await still_serves(node)
+
+
+async def test_grpc_message_without_parts_is_invalid_argument(start_node: NodeStarter) -> None:
+    node = await start_node()
+    channel, s = stub(node)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.SendMessage(
+                a2a_pb2.SendMessageRequest(
+                    message=a2a_pb2.Message(message_id="m1", role=a2a_pb2.ROLE_USER)
+                )
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await still_serves(node)
+
+
+async def test_grpc_oversized_message_is_resource_exhausted(start_node: NodeStarter) -> None:
+    node = await start_node(server={"max_message_bytes": 64 * 1024})
+    channel, s = stub(node)
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.SendMessage(a2a_pb2.SendMessageRequest(message=text_message("x" * 100_000)))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    await still_serves(node)
+
+
+async def test_grpc_unknown_task_is_not_found(start_node: NodeStarter) -> None:
+    node = await start_node()
+    channel, s = stub(node)
+    async with channel:
+        for call in (
+            s.GetTask(a2a_pb2.GetTaskRequest(id="no-such-task")),
+            s.CancelTask(a2a_pb2.CancelTaskRequest(id="no-such-task")),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    await still_serves(node)
+
+
+async def test_bad_request_options_reject_the_task(start_node: NodeStarter) -> None:
+    node = await start_node()
+    card = await fetch_agent_card(node.endpoints.http_url)
+    client = open_client(card)
+    try:
+        answer = await ask(client, "hello", options={"max_tokens": -3})
+        assert answer.state == "rejected"
+        assert "max_tokens" in answer.status_text
+        blank = await ask(client, "   ")
+        assert blank.state == "rejected"
+    finally:
+        await client.close()
+
+
+async def test_jsonrpc_parse_error_and_invalid_request(start_node: NodeStarter) -> None:
+    node = await start_node()
+    r = await jsonrpc(node, "", content=b"{not json")
+    assert r.json()["error"]["code"] == -32700
+    r = await jsonrpc(node, "", content=b'{"jsonrpc": "2.0", "id": 3}')
+    assert r.json()["error"]["code"] == -32600
+    r = await jsonrpc(node, "NoSuchMethod")
+    assert r.json()["error"]["code"] == -32601
+    r = await jsonrpc(node, "SendMessage", {"message": {"role": "ROLE_USER", "parts": "nope"}})
+    assert r.json()["error"]["code"] == -32602
+    await still_serves(node)
+
+
+async def test_jsonrpc_unknown_task(start_node: NodeStarter) -> None:
+    node = await start_node()
+    r = await jsonrpc(node, "GetTask", {"id": "no-such-task"})
+    assert r.json()["error"]["code"] == -32001
+    await still_serves(node)
+
+
+async def test_jsonrpc_oversized_body_is_413(start_node: NodeStarter) -> None:
+    node = await start_node(server={"max_message_bytes": 64 * 1024})
+    r = await jsonrpc(node, "SendMessage", {"message": user_message_json("x" * 100_000)})
+    assert r.status_code == 413
+    assert r.json()["error"]["code"] == -32600
+    await still_serves(node)
+
+
+async def test_jsonrpc_send_message(start_node: NodeStarter) -> None:
+    node = await start_node()
+    r = await jsonrpc(node, "SendMessage", {"message": user_message_json("over http")})
+    task = r.json()["result"]["task"]
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+    assert "".join(p["text"] for p in task["artifacts"][0]["parts"]) == "over http"
+
+
+async def test_concurrent_requests_share_one_model_in_turn(start_node: NodeStarter) -> None:
+    node = await start_node(model={"echo_token_delay_s": 0.01})
+    card = await fetch_agent_card(node.endpoints.http_url)
+    client = open_client(card)
+    try:
+        answers = await asyncio.gather(*(ask(client, f"request number {i}") for i in range(6)))
+    finally:
+        await client.close()
+    assert sorted(a.text for a in answers) == sorted(f"request number {i}" for i in range(6))

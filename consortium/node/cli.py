@@ -185,7 +185,7 @@ def ask(
             raise TaskError(f"task {answer.task_id} {answer.state}: {answer.status_text}")
         err.print(
             f"[dim]task {answer.task_id} · {p.get('org', '?')} · {p.get('model', '?')} · "
-            f"{int(p.get('input_tokens', 0))} in / {int(p.get('output_tokens', 0))} out tokens · "
+            f"{int(p.get('inputTokens', 0))} in / {int(p.get('outputTokens', 0))} out tokens · "
             f"{answer.latency_s * 1000:.0f} ms[/dim]",
             highlight=False,
         )

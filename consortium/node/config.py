@@ -30,6 +30,8 @@ class NodeSection(_Section):
     display_name: str = ""
     description: str = "A Consortium node"
     data_dir: str = "data"
+    # "a2a-tck": answer the A2A conformance kit's scenario messages (testing aid).
+    executor: Literal["model", "a2a-tck"] = "model"
 
 
 class ServerSection(_Section):
@@ -41,6 +43,8 @@ class ServerSection(_Section):
     max_message_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     # Seconds in-flight tasks get to finish on shutdown before they are marked failed.
     shutdown_grace_s: Annotated[float, Field(ge=0, le=600)] = 10.0
+    # Cache-Control max-age of the agent card.
+    agent_card_max_age_s: Annotated[int, Field(ge=0, le=86400)] = 300
     # Streamed tokens are coalesced into one artifact update per interval (0: every token).
     stream_interval_s: Annotated[float, Field(ge=0, le=5)] = 0.0
 

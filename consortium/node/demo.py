@@ -132,7 +132,7 @@ def run_demo(workdir: Path | None, console: Console) -> None:
                 node.org_id,
                 str(p.get("model", node.model)),
                 text,
-                f"{int(p.get('input_tokens', 0))}/{int(p.get('output_tokens', 0))}",
+                f"{int(p.get('inputTokens', 0))}/{int(p.get('outputTokens', 0))}",
                 f"{answer.latency_s * 1000:.0f} ms",
             )
         console.print(table)

@@ -156,12 +156,12 @@ class ModelExecutor(AgentExecutor):
                 "org": s.org_id,
                 "model": info.name,
                 "backend": info.backend,
-                "input_tokens": completion.usage.input_tokens,
-                "output_tokens": completion.usage.output_tokens,
-                "finish_reason": completion.finish_reason,
-                "latency_ms": round(latency * 1000, 1),
-                "time_to_first_token_ms": round(completion.timings.prompt_s * 1000, 1),
-                "decode_tokens_per_s": round(completion.decode_tokens_per_s, 1),
+                "inputTokens": completion.usage.input_tokens,
+                "outputTokens": completion.usage.output_tokens,
+                "finishReason": completion.finish_reason,
+                "latencyMs": round(latency * 1000, 1),
+                "timeToFirstTokenMs": round(completion.timings.prompt_s * 1000, 1),
+                "decodeTokensPerS": round(completion.decode_tokens_per_s, 1),
             }
         }
         await updater.add_artifact(

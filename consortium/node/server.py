@@ -22,11 +22,22 @@ from typing import Any
 
 import grpc
 import uvicorn
+from a2a.server.agent_execution import AgentExecutor
 from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.types import a2a_pb2
+from a2a.utils.constants import VERSION_HEADER
+from a2a.utils.errors import (
+    A2A_ERROR_REASONS,
+    A2AError,
+    PushNotificationNotSupportedError,
+    UnsupportedOperationError,
+    VersionNotSupportedError,
+)
+from a2a.utils.grpc_status import status_to_grpc
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
+from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.config import NodeConfig
+from consortium.node.conformance import ConformanceExecutor
 from consortium.node.executor import ExecutorSettings, ModelExecutor
 from consortium.node.llm.base import LLMBackend
 from consortium.node.llm.registry import default_prompt_format
@@ -47,8 +59,63 @@ log = logging.getLogger(__name__)
 A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
 
 
-def a2a_generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
-    """Registers every A2AService method of `servicer`, parsing requests ourselves."""
+# The A2A v1.0 specification (section 5.4) maps these to UNIMPLEMENTED; a2a-sdk 1.3.0
+# sends FAILED_PRECONDITION. The rest of the SDK's mapping agrees with the spec.
+SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
+    PushNotificationNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
+    UnsupportedOperationError: grpc.StatusCode.UNIMPLEMENTED,
+    VersionNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
+}
+SUPPORTED_MAJOR_MINOR = (1, 0)
+
+
+class SpecGrpcHandler(GrpcHandler):
+    """a2a-sdk's gRPC servicer with the specification's status codes."""
+
+    async def abort_context(self, error: A2AError, context: grpc.aio.ServicerContext) -> None:
+        code = SPEC_GRPC_CODES.get(type(error))
+        if code is None:
+            await super().abort_context(error, context)
+            return
+        status = status_pb2.Status(code=code.value[0], message=error.message)
+        detail = status.details.add()
+        detail.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=A2A_ERROR_REASONS.get(type(error), "UNKNOWN_ERROR"),
+                domain="a2a-protocol.org",
+            )
+        )
+        rich = status_to_grpc(status)
+        context.set_trailing_metadata(tuple(rich.trailing_metadata))
+        await context.abort(rich.code, rich.details)
+
+
+def version_supported(value: str) -> bool:
+    parts = value.strip().split(".")
+    try:
+        major = int(parts[0])
+        minor = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return False
+    return (major, minor) == SUPPORTED_MAJOR_MINOR
+
+
+async def _check_version(servicer: SpecGrpcHandler, ctx: grpc.aio.ServicerContext) -> None:
+    for key, value in ctx.invocation_metadata() or ():
+        if key.lower() == VERSION_HEADER.lower():
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            if not version_supported(text):
+                await servicer.abort_context(
+                    VersionNotSupportedError(
+                        f"A2A version {text!r} is not supported; this node speaks 1.0"
+                    ),
+                    ctx,
+                )
+
+
+def a2a_generic_handler(servicer: SpecGrpcHandler) -> grpc.GenericRpcHandler:
+    """Registers every A2AService method of `servicer`, parsing requests ourselves and
+    refusing an A2A-Version the node does not speak (no header: the current version)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in A2A_SERVICE.methods:
         req_cls = message_factory.GetMessageClass(method.input_type)
@@ -56,11 +123,11 @@ def a2a_generic_handler(servicer: Any) -> grpc.GenericRpcHandler:
         impl = getattr(servicer, method.name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streaming(impl, req_cls), response_serializer=resp_cls.SerializeToString
+                _streaming(servicer, impl, req_cls), response_serializer=resp_cls.SerializeToString
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(impl, req_cls), response_serializer=resp_cls.SerializeToString
+                _unary(servicer, impl, req_cls), response_serializer=resp_cls.SerializeToString
             )
     return grpc.method_handlers_generic_handler(A2A_SERVICE.full_name, handlers)
 
@@ -75,19 +142,24 @@ async def _parse(raw: bytes, cls: type[pb_message.Message], ctx: grpc.aio.Servic
 
 
 def _unary(
-    impl: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], cls: type[pb_message.Message]
+    servicer: SpecGrpcHandler,
+    impl: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    cls: type[pb_message.Message],
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def handle(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
+        await _check_version(servicer, ctx)
         return await impl(await _parse(raw, cls, ctx), ctx)
 
     return handle
 
 
 def _streaming(
+    servicer: SpecGrpcHandler,
     impl: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
     cls: type[pb_message.Message],
 ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[Any]]:
     async def handle(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await _check_version(servicer, ctx)
         request = await _parse(raw, cls, ctx)
         async for item in impl(request, ctx):
             yield item
@@ -95,8 +167,19 @@ def _streaming(
     return handle
 
 
-class BodySizeLimit:
-    """ASGI middleware: a request body over the limit gets 413 and a JSON-RPC error."""
+JSON_MEDIA_TYPES = {"application/json", "application/a2a+json"}
+
+
+def _jsonrpc_error(code: int, message: str, http_status: int) -> JSONResponse:
+    return JSONResponse(
+        {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}},
+        status_code=http_status,
+    )
+
+
+class RequestGuard:
+    """ASGI middleware in front of the JSON-RPC app: a body over the size limit gets
+    HTTP 413 and a JSON-RPC error; a POST that is not JSON gets ContentTypeNotSupported."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -106,9 +189,18 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
+            await self._too_large(scope, receive, send)
+            return
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        media_type = content_type.split(";")[0].strip().lower()
+        if scope.get("method") == "POST" and media_type and media_type not in JSON_MEDIA_TYPES:
+            response = _jsonrpc_error(
+                -32005, f"content type {media_type!r} is not supported; send application/json", 415
+            )
+            await response(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -120,7 +212,7 @@ class BodySizeLimit:
             body = msg.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                await self._reject(scope, receive, send)
+                await self._too_large(scope, receive, send)
                 return
             chunks.append(body)
             more = msg.get("more_body", False)
@@ -135,19 +227,9 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse(
-            {
-                "jsonrpc": "2.0",
-                "id": None,
-                "error": {
-                    "code": -32600,
-                    "message": f"request body exceeds the limit of {self.max_bytes} bytes",
-                },
-            },
-            status_code=413,
-        )
-        await response(scope, receive, send)
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body exceeds the limit of {self.max_bytes} bytes"
+        await _jsonrpc_error(-32600, message, 413)(scope, receive, send)
 
 
 def _bind_tcp(host: str, port: int) -> socket.socket:
@@ -239,7 +321,7 @@ class Node:
             model_backend=info.backend,
             context_size=info.context_size,
         )
-        executor = ModelExecutor(
+        executor: AgentExecutor = ModelExecutor(
             self.worker,
             ExecutorSettings(
                 org_id=cfg.node.org_id,
@@ -250,10 +332,12 @@ class Node:
                 stream_interval_s=cfg.server.stream_interval_s,
             ),
         )
+        if cfg.node.executor == "a2a-tck":
+            executor = ConformanceExecutor(executor)
         self.handler = DefaultRequestHandler(
             agent_executor=executor, task_store=self.store, agent_card=self.card
         )
-        self._grpc.add_generic_rpc_handlers((a2a_generic_handler(GrpcHandler(self.handler)),))
+        self._grpc.add_generic_rpc_handlers((a2a_generic_handler(SpecGrpcHandler(self.handler)),))
         reflection.enable_server_reflection(
             (A2A_SERVICE.full_name, reflection.SERVICE_NAME), self._grpc
         )
@@ -264,14 +348,16 @@ class Node:
 
         app = Starlette(
             routes=[
-                *create_agent_card_routes(self.card),
+                *create_agent_card_routes(
+                    self.card, cache_control=f"public, max-age={cfg.server.agent_card_max_age_s}"
+                ),
                 *create_jsonrpc_routes(self.handler, rpc_url=JSONRPC_PATH),
                 Route("/healthz", healthz, methods=["GET"]),
             ]
         )
         self._http = _QuietServer(
             uvicorn.Config(
-                BodySizeLimit(app, limit),
+                RequestGuard(app, limit),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,

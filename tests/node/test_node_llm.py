@@ -46,7 +46,7 @@ async def test_real_model_answers_over_a2a(
     assert "".join(pieces) == answer.text
     p = answer.provenance
     assert p["model"] == model and p["backend"] == "llama_cpp" and p["org"] == "acme"
-    assert 0 < p["output_tokens"] <= 24 and p["input_tokens"] > 5
+    assert 0 < p["outputTokens"] <= 24 and p["inputTokens"] > 5
 
 
 async def test_cancel_mid_generation_with_a_real_model(start_node: NodeStarter) -> None:

@@ -88,7 +88,7 @@ async def test_streamed_task_lifecycle(start_node: NodeStarter, transport: str) 
     assert len(pieces) == 4  # one artifact update per token
     assert answer.states_seen[-2:] == ["working", "completed"]
     assert answer.provenance["org"] == "acme" and answer.provenance["model"] == "echo"
-    assert answer.provenance["output_tokens"] == 4
+    assert answer.provenance["outputTokens"] == 4
 
 
 async def test_unary_send_get_and_list(start_node: NodeStarter) -> None:
@@ -282,3 +282,69 @@ async def test_concurrent_requests_share_one_model_in_turn(start_node: NodeStart
     finally:
         await client.close()
     assert sorted(a.text for a in answers) == sorted(f"request number {i}" for i in range(6))
+
+
+async def test_grpc_unsupported_a2a_version_is_unimplemented(start_node: NodeStarter) -> None:
+    node = await start_node()
+    channel, s = stub(node)
+    async with channel:
+        request = a2a_pb2.SendMessageRequest(message=text_message("hi"))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.SendMessage(request, metadata=(("a2a-version", "99.0"),))
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        ok = await s.SendMessage(request, metadata=(("a2a-version", "1.0"),))
+        assert ok.task.status.state == a2a_pb2.TASK_STATE_COMPLETED
+
+
+async def test_grpc_push_notifications_unsupported_is_unimplemented(
+    start_node: NodeStarter,
+) -> None:
+    node = await start_node()
+    channel, s = stub(node)
+    async with channel:
+        config = a2a_pb2.TaskPushNotificationConfig(task_id="t", url="https://example.com")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.CreateTaskPushNotificationConfig(config)
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_jsonrpc_wrong_content_type(start_node: NodeStarter) -> None:
+    node = await start_node()
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            node.endpoints.http_url + "/", content=b"hello", headers={"content-type": "text/plain"}
+        )
+    assert r.status_code == 415
+    assert r.json()["error"]["code"] == -32005
+    await still_serves(node)
+
+
+async def test_agent_card_is_cacheable(start_node: NodeStarter) -> None:
+    node = await start_node(server={"agent_card_max_age_s": 120})
+    async with httpx.AsyncClient() as http:
+        r = await http.get(node.endpoints.http_url + "/.well-known/agent-card.json")
+    assert r.headers["cache-control"] == "public, max-age=120"
+    assert r.headers["etag"]
+
+
+async def test_conformance_executor_scenarios_and_fallback(start_node: NodeStarter) -> None:
+    node = await start_node(node={"org_id": "acme", "executor": "a2a-tck"})
+    channel, s = stub(node)
+    async with channel:
+
+        def msg(message_id: str, text: str = "x") -> a2a_pb2.SendMessageRequest:
+            m = a2a_pb2.Message(
+                message_id=message_id, role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text=text)]
+            )
+            return a2a_pb2.SendMessageRequest(message=m)
+
+        done = await s.SendMessage(msg("tck-artifact-data-123"))
+        assert done.task.status.state == a2a_pb2.TASK_STATE_COMPLETED
+        assert done.task.artifacts[0].parts[0].data.struct_value["count"] == 42
+        direct = await s.SendMessage(msg("tck-message-response-9"))
+        assert direct.message.parts[0].text == "Direct message response"
+        waiting = await s.SendMessage(msg("tck-input-required-1"))
+        assert waiting.task.status.state == a2a_pb2.TASK_STATE_INPUT_REQUIRED
+        # Anything else goes to the model, as on any node.
+        normal = await s.SendMessage(msg(str(uuid.uuid4()), "plain question"))
+        assert "".join(p.text for p in normal.task.artifacts[0].parts) == "plain question"

@@ -1,0 +1,125 @@
+"""What does serving a model through a node cost? Same prompts, model and settings:
+
+  (a) llama-cpp-python called directly (Llama.create_chat_completion, in this process);
+  (b) a node (`consortium node start`, its own process) over A2A gRPC streaming, called
+      from this process with the a2a-sdk client.
+
+Runs alternate a, b, a, b ... so drift on a shared machine hits both alike. Prints one
+JSON object: tokens/s and latency for both, and the ratio b / a (target >= 0.95).
+
+    .venv/bin/python benchmarks/node_overhead.py [--model smollm2-135m] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from consortium.node.client import ask, fetch_agent_card, open_client
+from consortium.node.config import DEFAULT_SYSTEM_PROMPT
+from consortium.node.demo import start_node, stop_node
+from consortium.node.llm.llama_cpp_backend import system_info
+from consortium.node.llm.registry import resolve_model_file
+from consortium.node.setup import init_node
+
+PROMPTS = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain how a bicycle works, step by step, for a curious child.",
+    "Describe a busy market in a small coastal town on a summer morning.",
+)
+MAX_TOKENS = 128
+CONTEXT = 2048
+THREADS = 2
+
+
+def direct_run(llm: Any, prompt: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    out = llm.create_chat_completion(
+        messages=[
+            {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+            {"role": "user", "content": prompt},
+        ],
+        max_tokens=MAX_TOKENS,
+        temperature=0.0,
+    )
+    return time.perf_counter() - started, int(out["usage"]["completion_tokens"])
+
+
+async def node_run(client: Any, prompt: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    answer = await ask(client, prompt, options={"max_tokens": MAX_TOKENS})
+    if answer.state != "completed":
+        raise RuntimeError(f"task {answer.state}: {answer.status_text}")
+    return time.perf_counter() - started, int(answer.provenance["outputTokens"])
+
+
+def summarize(samples: list[tuple[float, int]]) -> dict[str, float]:
+    latencies = [s for s, _ in samples]
+    tokens = sum(n for _, n in samples)
+    return {
+        "requests": len(samples),
+        "output_tokens": tokens,
+        "tokens_per_s": round(tokens / sum(latencies), 2),
+        "latency_p50_s": round(statistics.median(latencies), 4),
+        "latency_mean_s": round(statistics.fmean(latencies), 4),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    from llama_cpp import Llama
+
+    path = resolve_model_file(args.model, None)
+    llm = Llama(str(path), n_ctx=CONTEXT, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+
+    workdir = Path(tempfile.mkdtemp(prefix="consortium-bench-"))
+    init_node("bench", workdir, model=args.model, grpc_port=0, http_port=0)
+    config = workdir / "node.toml"
+    text = config.read_text().replace("threads = 0", f"threads = {THREADS}")
+    config.write_text(text.replace("max_tokens = 128", f"max_tokens = {MAX_TOKENS}"))
+    proc, http_url = start_node(config, workdir / "node.log")
+    try:
+        client = open_client(await fetch_agent_card(http_url))
+        # Warm both paths (page cache, first-call allocations).
+        direct_run(llm, PROMPTS[0])
+        await node_run(client, PROMPTS[0])
+        direct: list[tuple[float, int]] = []
+        node: list[tuple[float, int]] = []
+        for _ in range(args.rounds):
+            for prompt in PROMPTS:
+                direct.append(direct_run(llm, prompt))
+                node.append(await node_run(client, prompt))
+        await client.close()
+    finally:
+        stop_node(proc)
+    a, b = summarize(direct), summarize(node)
+    result = {
+        "benchmark": "node_overhead",
+        "model": args.model,
+        "max_tokens": MAX_TOKENS,
+        "threads": THREADS,
+        "llama_cpp_build": system_info().strip(),
+        "a_direct_llama_cpp": a,
+        "b_node_a2a_grpc": b,
+        "ratio_tokens_per_s_b_over_a": round(b["tokens_per_s"] / a["tokens_per_s"], 3),
+        "ratio_latency_p50_b_over_a": round(b["latency_p50_s"] / a["latency_p50_s"], 3),
+        "target": "ratio_tokens_per_s_b_over_a >= 0.95",
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

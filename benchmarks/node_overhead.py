@@ -78,6 +78,9 @@ async def main() -> None:
     )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--stream-interval", type=float, default=None, help="server.stream_interval_s of the node"
+    )
     args = parser.parse_args()
 
     from llama_cpp import Llama
@@ -89,7 +92,10 @@ async def main() -> None:
     init_node("bench", workdir, model=args.model, grpc_port=0, http_port=0)
     config = workdir / "node.toml"
     text = config.read_text().replace("threads = 0", f"threads = {THREADS}")
-    config.write_text(text.replace("max_tokens = 128", f"max_tokens = {MAX_TOKENS}"))
+    text = text.replace("max_tokens = 128", f"max_tokens = {MAX_TOKENS}")
+    if args.stream_interval is not None:
+        text = text.replace("[server]\n", f"[server]\nstream_interval_s = {args.stream_interval}\n")
+    config.write_text(text)
     proc, http_url = start_node(config, workdir / "node.log")
     try:
         client = open_client(await fetch_agent_card(http_url))

@@ -21,7 +21,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def make_config(tmp: Path, org_id: str = "acme", **sections: dict[str, Any]) -> NodeConfig:
     data: dict[str, Any] = {
         "node": {"org_id": org_id, "display_name": f"{org_id} org"},
-        "server": {"grpc_port": 0, "http_port": 0, "shutdown_grace_s": 2.0},
+        # Network tests see one artifact update per token; test_streaming_coalesces_tokens
+        # covers the default interval.
+        "server": {
+            "grpc_port": 0,
+            "http_port": 0,
+            "shutdown_grace_s": 2.0,
+            "stream_interval_s": 0.0,
+        },
         "model": {"backend": "echo", "name": "echo"},
     }
     for name, values in sections.items():

@@ -33,6 +33,7 @@ app.add_typer(node_app, name="node")
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
+SWITCH_INTERVAL_S = 0.0005
 
 
 def _fail(e: ConsortiumError) -> NoReturn:
@@ -114,6 +115,11 @@ def node_start(
 
     cfg = _run(lambda: load_config(config))
     _setup_logging(cfg.logging.level)
+
+    # The model thread needs the GIL for a moment between two decode steps; with the
+    # default 5 ms switch interval it can wait that long behind the event loop's work on
+    # the previous token. 0.5 ms bounds that wait (measured: benchmarks/node_overhead.py).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     async def serve() -> None:
         node = Node(cfg, backend_factory(cfg))

@@ -50,7 +50,7 @@ class ExecutorSettings:
     max_tokens: int
     temperature: float
     # Coalesce streamed tokens into one artifact update per interval (0: every token).
-    stream_interval_s: float = 0.0
+    stream_interval_s: float = 0.05
 
 
 def _agent_message(

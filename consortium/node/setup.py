@@ -27,6 +27,7 @@ grpc_port = {grpc_port}         # 0: pick a free port at start
 http_port = {http_port}         # JSON-RPC and /.well-known/agent-card.json
 max_message_bytes = 1048576
 shutdown_grace_s = 10.0
+stream_interval_s = 0.05        # coalesce streamed tokens (0: one update per token)
 
 [model]
 backend = "llama_cpp"           # llama_cpp | transformers | echo

@@ -159,3 +159,17 @@ def test_truncated_gguf_file(tmp_path: Path, smollm_path: Path) -> None:
     bad.write_bytes(smollm_path.read_bytes()[: 1 << 20])
     with pytest.raises(ModelError, match="cannot load"):
         LlamaCppBackend(bad, name="x")
+
+
+def test_prompt_prefix_reuse_gives_the_same_answer(smollm: LlamaCppBackend) -> None:
+    # The second request reuses the KV cache of the shared system prompt; the answer must
+    # not depend on what ran before.
+    def chat(question: str) -> str:
+        messages = [ChatMessage("system", DEFAULT_SYSTEM_PROMPT), ChatMessage("user", question)]
+        gen = smollm.stream_chat(messages, GenerationParams(max_tokens=16), threading.Event())
+        return drain(gen)[1].text
+
+    first = chat("Name three fruits.")
+    chat("What is the tallest mountain?")
+    smollm.score("unrelated prompt", [" text"])
+    assert chat("Name three fruits.") == first

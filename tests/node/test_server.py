@@ -348,3 +348,18 @@ async def test_conformance_executor_scenarios_and_fallback(start_node: NodeStart
         # Anything else goes to the model, as on any node.
         normal = await s.SendMessage(msg(str(uuid.uuid4()), "plain question"))
         assert "".join(p.text for p in normal.task.artifacts[0].parts) == "plain question"
+
+
+async def test_streaming_coalesces_tokens_per_interval(start_node: NodeStarter) -> None:
+    node = await start_node(server={"stream_interval_s": 0.1}, model={"echo_token_delay_s": 0.02})
+    card = await fetch_agent_card(node.endpoints.http_url)
+    client = open_client(card)
+    pieces: list[str] = []
+    words = " ".join(f"w{i}" for i in range(30))
+    try:
+        answer = await ask(client, words, on_text=pieces.append)
+    finally:
+        await client.close()
+    assert answer.text == words
+    assert "".join(pieces) == words
+    assert 2 <= len(pieces) < 15  # ~0.6 s of tokens in 0.1 s batches, not 30 updates

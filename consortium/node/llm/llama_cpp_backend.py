@@ -266,8 +266,17 @@ class _LlamaDecoder:
         self._eos = self._llm.token_eos()
 
     def prefill(self, tokens: list[int]) -> Logits:
-        self._llm.reset()
-        self._llm.eval(tokens)
+        # Reuse the KV cache for the prefix this prompt shares with the previous request
+        # (system prompt, few-shot examples); at least the last token is evaluated again
+        # so that its logits are fresh.
+        llm = self._llm
+        reuse = min(common_prefix(list(llm.input_ids[: llm.n_tokens]), tokens), len(tokens) - 1)
+        if reuse > 0 and llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
+            llm.n_tokens = reuse
+        else:
+            llm.reset()
+            reuse = 0
+        llm.eval(tokens[reuse:])
         return self._backend._last_logits()
 
     def advance(self, token: int) -> Logits:

@@ -17,6 +17,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from a2a.server.agent_execution import AgentExecutor
 from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.types import a2a_pb2
-from a2a.utils.constants import VERSION_HEADER
+from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, VERSION_HEADER
 from a2a.utils.errors import (
     A2A_ERROR_REASONS,
     A2AError,
@@ -232,6 +233,30 @@ class RequestGuard:
         await _jsonrpc_error(-32600, message, 413)(scope, receive, send)
 
 
+class CardLastModified:
+    """ASGI middleware: the agent card carries Last-Modified (when this node started)."""
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.value = formatdate(usegmt=True).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"last-modified", self.value)],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 def _bind_tcp(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -357,7 +382,7 @@ class Node:
         )
         self._http = _QuietServer(
             uvicorn.Config(
-                RequestGuard(app, limit),
+                CardLastModified(RequestGuard(app, limit), AGENT_CARD_WELL_KNOWN_PATH),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,

@@ -325,6 +325,7 @@ async def test_agent_card_is_cacheable(start_node: NodeStarter) -> None:
         r = await http.get(node.endpoints.http_url + "/.well-known/agent-card.json")
     assert r.headers["cache-control"] == "public, max-age=120"
     assert r.headers["etag"]
+    assert r.headers["last-modified"].endswith("GMT")
 
 
 async def test_conformance_executor_scenarios_and_fallback(start_node: NodeStarter) -> None:

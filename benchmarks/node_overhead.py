@@ -1,6 +1,8 @@
 """What does serving a model through a node cost? Same prompts, model and settings:
 
-  (a) llama-cpp-python called directly (Llama.create_chat_completion, in this process);
+  (a) llama-cpp-python called directly, in this process, with the prompt the node builds
+      (create_chat_completion for chat models, create_completion with the few-shot
+      prompt and stops for base models);
   (b) a node (`consortium node start`, its own process) over A2A gRPC streaming, called
       from this process with the a2a-sdk client.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -26,7 +29,8 @@ from consortium.node.client import ask, fetch_agent_card, open_client
 from consortium.node.config import DEFAULT_SYSTEM_PROMPT
 from consortium.node.demo import start_node, stop_node
 from consortium.node.llm.llama_cpp_backend import system_info
-from consortium.node.llm.registry import resolve_model_file
+from consortium.node.llm.registry import BUNDLED, resolve_model_file
+from consortium.node.prompts import COMPLETION_STOPS, completion_prompt
 from consortium.node.setup import init_node
 
 PROMPTS = (
@@ -39,16 +43,25 @@ CONTEXT = 2048
 THREADS = 2
 
 
-def direct_run(llm: Any, prompt: str) -> tuple[float, int]:
+def direct_run(llm: Any, prompt: str, prompt_format: str) -> tuple[float, int]:
+    """The node's prompt for this model, sent straight to llama-cpp-python."""
     started = time.perf_counter()
-    out = llm.create_chat_completion(
-        messages=[
-            {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
-            {"role": "user", "content": prompt},
-        ],
-        max_tokens=MAX_TOKENS,
-        temperature=0.0,
-    )
+    if prompt_format == "completion":
+        out = llm.create_completion(
+            completion_prompt(prompt),
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+            stop=list(COMPLETION_STOPS),
+        )
+    else:
+        out = llm.create_chat_completion(
+            messages=[
+                {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+                {"role": "user", "content": prompt},
+            ],
+            max_tokens=MAX_TOKENS,
+            temperature=0.0,
+        )
     return time.perf_counter() - started, int(out["usage"]["completion_tokens"])
 
 
@@ -86,6 +99,7 @@ async def main() -> None:
     from llama_cpp import Llama
 
     path = resolve_model_file(args.model, None)
+    fmt = BUNDLED[args.model].prompt_format
     llm = Llama(str(path), n_ctx=CONTEXT, n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
 
     workdir = Path(tempfile.mkdtemp(prefix="consortium-bench-"))
@@ -94,19 +108,21 @@ async def main() -> None:
     text = config.read_text().replace("threads = 0", f"threads = {THREADS}")
     text = text.replace("max_tokens = 128", f"max_tokens = {MAX_TOKENS}")
     if args.stream_interval is not None:
-        text = text.replace("[server]\n", f"[server]\nstream_interval_s = {args.stream_interval}\n")
+        text = re.sub(
+            r"(?m)^stream_interval_s = \S+", f"stream_interval_s = {args.stream_interval}", text
+        )
     config.write_text(text)
     proc, http_url = start_node(config, workdir / "node.log")
     try:
         client = open_client(await fetch_agent_card(http_url))
         # Warm both paths (page cache, first-call allocations).
-        direct_run(llm, PROMPTS[0])
+        direct_run(llm, PROMPTS[0], fmt)
         await node_run(client, PROMPTS[0])
         direct: list[tuple[float, int]] = []
         node: list[tuple[float, int]] = []
         for _ in range(args.rounds):
             for prompt in PROMPTS:
-                direct.append(direct_run(llm, prompt))
+                direct.append(direct_run(llm, prompt, fmt))
                 node.append(await node_run(client, prompt))
         await client.close()
     finally:
@@ -115,8 +131,12 @@ async def main() -> None:
     result = {
         "benchmark": "node_overhead",
         "model": args.model,
+        "prompt_format": fmt,
         "max_tokens": MAX_TOKENS,
         "threads": THREADS,
+        "stream_interval_s": args.stream_interval
+        if args.stream_interval is not None
+        else "default",
         "llama_cpp_build": system_info().strip(),
         "a_direct_llama_cpp": a,
         "b_node_a2a_grpc": b,

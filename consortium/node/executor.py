@@ -119,27 +119,23 @@ class ModelExecutor(AgentExecutor):
         )
         await updater.start_work()
         started = time.perf_counter()
-        stream = self._worker.generate(request)
+        stream = self._worker.generate(request, coalesce_s=s.stream_interval_s)
         artifact_id = str(uuid.uuid4())
         sent_any = False
-        buffered: list[str] = []
-        last_flush = started
+        held: str | None = None
         try:
             async for chunk in stream:
                 # The newest piece is held back so the final update (last_chunk) carries text.
-                now = time.perf_counter()
-                if buffered and now - last_flush >= s.stream_interval_s:
+                if held is not None:
                     await updater.add_artifact(
-                        [a2a_pb2.Part(text="".join(buffered))],
+                        [a2a_pb2.Part(text=held)],
                         artifact_id=artifact_id,
                         name="answer",
                         append=sent_any,
                         last_chunk=False,
                     )
-                    buffered.clear()
                     sent_any = True
-                    last_flush = now
-                buffered.append(chunk.text)
+                held = chunk.text
         except PromptTooLongError as e:
             await updater.reject(_agent_message(task.id, task.context_id, f"rejected: {e}"))
             return
@@ -165,7 +161,7 @@ class ModelExecutor(AgentExecutor):
             }
         }
         await updater.add_artifact(
-            [a2a_pb2.Part(text="".join(buffered))],
+            [a2a_pb2.Part(text=held or "")],
             artifact_id=artifact_id,
             name="answer",
             append=sent_any,

@@ -208,7 +208,9 @@ def demo(
     """Start three organizations on loopback, ask each a few questions, print a table, stop them."""
     from consortium.node.demo import run_demo
 
-    _run(lambda: run_demo(workdir, out))
+    # A log or CI transcript is not a terminal: give the table room instead of 80 columns.
+    console = out if out.is_terminal else Console(width=160)
+    _run(lambda: run_demo(workdir, console))
 
 
 def main() -> None:

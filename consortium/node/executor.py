@@ -124,18 +124,19 @@ class ModelExecutor(AgentExecutor):
         sent_any = False
         held: str | None = None
         try:
-            async for chunk in stream:
-                # The newest piece is held back so the final update (last_chunk) carries text.
-                if held is not None:
-                    await updater.add_artifact(
-                        [a2a_pb2.Part(text=held)],
-                        artifact_id=artifact_id,
-                        name="answer",
-                        append=sent_any,
-                        last_chunk=False,
-                    )
-                    sent_any = True
-                held = chunk.text
+            async with stream:
+                async for chunk in stream:
+                    # The newest piece is held back so the last update (last_chunk) has text.
+                    if held is not None:
+                        await updater.add_artifact(
+                            [a2a_pb2.Part(text=held)],
+                            artifact_id=artifact_id,
+                            name="answer",
+                            append=sent_any,
+                            last_chunk=False,
+                        )
+                        sent_any = True
+                    held = chunk.text
         except PromptTooLongError as e:
             await updater.reject(_agent_message(task.id, task.context_id, f"rejected: {e}"))
             return

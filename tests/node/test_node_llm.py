@@ -106,3 +106,44 @@ async def test_transformers_backend_behind_a2a(start_node: NodeStarter, smollm_p
     assert answer.state == "completed"
     assert "Paris" in answer.text
     assert answer.provenance["backend"] == "transformers"
+
+
+async def test_transformers_backend_loads_a_model_directory(
+    tmp_path: Path, smollm_path: Path
+) -> None:
+    import copy
+    import threading
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from consortium.node.llm.base import ChatMessage, GenerationParams
+    from consortium.node.llm.transformers_backend import TransformersBackend
+
+    # A plain transformers model directory, made from the bundled GGUF.
+    directory = tmp_path / "smollm2-hf"
+    kwargs = {"gguf_file": smollm_path.name}
+    AutoTokenizer.from_pretrained(str(smollm_path.parent), **kwargs).save_pretrained(directory)
+    loaded = AutoModelForCausalLM.from_pretrained(str(smollm_path.parent), **kwargs)
+    config = copy.deepcopy(loaded.config)
+    del config.quantization_config  # dequantised weights, saved as plain safetensors
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(loaded.state_dict())
+    plain.save_pretrained(directory)
+    backend = TransformersBackend(directory, name="smollm2-hf", threads=2)
+    gen = backend.stream_chat(
+        [ChatMessage("user", "What is the capital of France?")],
+        GenerationParams(max_tokens=12),
+        threading.Event(),
+    )
+    text = ""
+    while True:
+        try:
+            text += next(gen).text
+        except StopIteration as stop:
+            completion = stop.value
+            break
+    assert completion.text == text and completion.usage.output_tokens > 0
+    scores = backend.score(
+        "Question: What is the capital of France?\nAnswer:", [" Paris", " Berlin"]
+    )
+    assert scores[0] > scores[1]

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +70,27 @@ class GenerationStream:
         self._coalesce_s = coalesce_s
         self.cancel = cancel
         self.completion: Completion | None = None
+        self._iterator: AsyncGenerator[Chunk, None] | None = None
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
-        return self._run()
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
 
-    async def _run(self) -> AsyncIterator[Chunk]:
+    async def __aenter__(self) -> GenerationStream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stops the generation if it is still running (use `async with stream:`)."""
+        if self.completion is None:
+            self.cancel.set()
+        if self._iterator is not None:
+            await self._iterator.aclose()
+
+    async def _run(self) -> AsyncGenerator[Chunk, None]:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         backend = self._worker.backend_for_thread
@@ -129,8 +145,9 @@ class GenerationStream:
                 cancel.set()
 
     async def collect(self) -> Completion:
-        async for _ in self:
-            pass
+        async with self:
+            async for _ in self:
+                pass
         assert self.completion is not None
         return self.completion
 

@@ -1,0 +1,85 @@
+"""ModelWorker: one request at a time on the model's thread, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Generator, Sequence
+
+from consortium.node.llm.base import ChatMessage, Chunk, Completion, GenerationParams
+from consortium.node.llm.echo import EchoBackend
+from consortium.node.llm.worker import GenerationRequest, ModelWorker
+
+
+class CountingEcho(EchoBackend):
+    """Echo model that records how many requests are inside it at once, and on which thread."""
+
+    def __init__(self) -> None:
+        super().__init__(token_delay_s=0.005)
+        self.active = 0
+        self.max_active = 0
+        self.threads: set[int] = set()
+
+    def stream_chat(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
+    ) -> Generator[Chunk, None, Completion]:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self.threads.add(threading.get_ident())
+        try:
+            return (yield from super().stream_chat(messages, params, cancel))
+        finally:
+            self.active -= 1
+
+
+async def test_requests_never_share_the_model_and_run_off_the_loop() -> None:
+    backend = CountingEcho()
+    worker = ModelWorker(lambda: backend)
+    await worker.start()
+    try:
+        requests = [
+            GenerationRequest(GenerationParams(), messages=(ChatMessage("user", f"a b c d e {i}"),))
+            for i in range(8)
+        ]
+        results = await asyncio.gather(*(worker.generate(r).collect() for r in requests))
+    finally:
+        await worker.stop()
+    assert [r.text for r in results] == [f"a b c d e {i}" for i in range(8)]
+    assert backend.max_active == 1
+    assert backend.threads and threading.get_ident() not in backend.threads
+
+
+async def test_abandoned_stream_cancels_the_generation() -> None:
+    backend = CountingEcho()
+    worker = ModelWorker(lambda: backend)
+    await worker.start()
+    try:
+        long = GenerationRequest(
+            GenerationParams(max_tokens=1000), messages=(ChatMessage("user", "w " * 500),)
+        )
+        stream = worker.generate(long)
+        async with stream:
+            async for _ in stream:
+                break  # the consumer goes away after the first chunk
+        assert stream.cancel.is_set()
+        # The model is free again quickly: the next request is answered.
+        short = GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "next"),))
+        done = await asyncio.wait_for(worker.generate(short).collect(), timeout=10)
+    finally:
+        await worker.stop()
+    assert done.text == "next"
+
+
+async def test_coalescing_merges_chunks_without_losing_text() -> None:
+    worker = ModelWorker(lambda: EchoBackend(token_delay_s=0.01))
+    await worker.start()
+    try:
+        text = " ".join(f"t{i}" for i in range(20))
+        req = GenerationRequest(GenerationParams(), messages=(ChatMessage("user", text),))
+        stream = worker.generate(req, coalesce_s=0.05)
+        chunks = [c.text async for c in stream]
+    finally:
+        await worker.stop()
+    assert "".join(chunks) == text
+    assert len(chunks) < 20
+    assert stream.completion is not None and stream.completion.usage.output_tokens == 20

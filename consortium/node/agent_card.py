@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from a2a.types import a2a_pb2
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 
 from consortium import __version__
+from consortium.protocols.extensions import IDENTITY_EXTENSION_URI, MODEL_EXTENSION_URI
 
-# Declares which model and organization stand behind the agent (informational, not required).
-MODEL_EXTENSION_URI = "https://consortium.dev/a2a/ext/model/v1"
 JSONRPC_PATH = "/"
 
 
@@ -22,6 +23,7 @@ def build_agent_card(
     model_name: str,
     model_backend: str,
     context_size: int,
+    public_keys: list[dict[str, Any]] | None = None,
 ) -> a2a_pb2.AgentCard:
     name = display_name or org_id
     card = a2a_pb2.AgentCard(
@@ -68,4 +70,12 @@ def build_agent_card(
             "context_size": context_size,
         }
     )
+    if public_keys:
+        identity = card.capabilities.extensions.add()
+        identity.uri = IDENTITY_EXTENSION_URI
+        identity.description = (
+            "The organization's id and public signing keys (JWK, kid = RFC 7638)."
+        )
+        identity.required = False
+        identity.params.update({"org_id": org_id, "keys": public_keys})
     return card

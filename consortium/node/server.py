@@ -54,6 +54,7 @@ from consortium.node.llm.base import LLMBackend
 from consortium.node.llm.registry import default_prompt_format
 from consortium.node.llm.worker import ModelWorker
 from consortium.node.store import SqliteTaskStore
+from consortium.trust.keys import load_public_key, public_jwk
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,7 @@ class Node:
             model_name=info.name,
             model_backend=info.backend,
             context_size=info.context_size,
+            public_keys=self._public_keys(),
         )
         executor: AgentExecutor = ModelExecutor(
             self.worker,
@@ -405,6 +407,14 @@ class Node:
             self.endpoints.http_url,
         )
         return self.endpoints
+
+    def _public_keys(self) -> list[dict[str, Any]]:
+        """The organization's public key for the agent card, if the node has one."""
+        path = self.config.resolve(self.config.identity.public_key)
+        if not path.exists():
+            log.warning("no public key at %s: the agent card carries no signing key", path)
+            return []
+        return [public_jwk(load_public_key(path))]
 
     def _endpoints_file(self) -> Path:
         return endpoints_file(self.config)

@@ -10,7 +10,13 @@ from consortium.node.agent_card import build_agent_card
 from consortium.node.config import load_config
 from consortium.node.llm.registry import BUNDLED
 from consortium.node.server import card_json
-from consortium.trust.keys import generate_key, key_id, write_private_key, write_public_key
+from consortium.trust.keys import (
+    generate_key,
+    key_id,
+    public_jwk,
+    write_private_key,
+    write_public_key,
+)
 
 NODE_TOML = """\
 # Consortium node configuration for {org_id}.
@@ -108,6 +114,7 @@ def init_node(
         model_name=cfg.model.name,
         model_backend=cfg.model.backend,
         context_size=cfg.model.context_size,
+        public_keys=[public_jwk(key)],
     )
     card_path = directory / "agent-card.json"
     card_path.write_text(card_json(card))

@@ -61,6 +61,10 @@ def test_init_writes_config_keys_and_card(org_dir: Path) -> None:
     card = json.loads((org_dir / "agent-card.json").read_text())
     assert card["provider"]["organization"] == "acme"
     assert {i["protocolBinding"] for i in card["supportedInterfaces"]} == {"GRPC", "JSONRPC"}
+    extensions = {e["uri"]: e.get("params", {}) for e in card["capabilities"]["extensions"]}
+    identity = extensions["https://consortium.dev/a2a/ext/identity/v1"]
+    assert identity["org_id"] == "acme"
+    assert identity["keys"][0]["kid"] == public["kid"] and "d" not in identity["keys"][0]
     assert "node.toml" in {p.name for p in org_dir.iterdir()}
 
 

@@ -1,0 +1,281 @@
+"""The Consortium signed-message extension for A2A messages between organizations.
+
+A signed message carries, in its metadata:
+- `consortium.signed`: the claims — sender org and key id, recipient org, federation id,
+  message id, issued-at, nonce, and for a response the digest of the request it answers,
+  plus the W3C traceparent;
+- `consortium.signature`: a detached JWS (EdDSA) over the RFC 8785 canonical JSON of the
+  message's protobuf JSON form without this one field.
+So the signature covers the parts, the claims and all other metadata together.
+
+`MessageVerifier.verify` runs every check a receiver must make before anything acts on a
+message, and names the first that fails (`Rejected.reason`), mapped to UNAUTHENTICATED
+(we cannot tell who sent it, or it is stale or replayed) or PERMISSION_DENIED (we know
+who sent it, and they may not).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from a2a.types import a2a_pb2
+from google.protobuf.json_format import MessageToDict
+from jwcrypto import jwk
+
+from consortium.errors import ConsortiumError
+from consortium.trust.jws import (
+    SignatureError,
+    canonical,
+    protected_header,
+    sign_detached,
+    verify_detached,
+)
+from consortium.trust.keys import key_id
+from consortium.trust.replay import ReplayCache
+
+EXTENSION_URI = "https://consortium.dev/a2a/ext/signed-message/v1"
+CLAIMS_KEY = "consortium.signed"
+SIGNATURE_KEY = "consortium.signature"
+
+Code = Literal["UNAUTHENTICATED", "PERMISSION_DENIED"]
+REASON_CODES: dict[str, Code] = {
+    "unsigned": "UNAUTHENTICATED",
+    "malformed": "UNAUTHENTICATED",
+    "bad_signature": "UNAUTHENTICATED",
+    "unknown_key": "UNAUTHENTICATED",
+    "stale": "UNAUTHENTICATED",
+    "future": "UNAUTHENTICATED",
+    "replay": "UNAUTHENTICATED",
+    "non_member": "PERMISSION_DENIED",
+    "suspended": "PERMISSION_DENIED",
+    "revoked": "PERMISSION_DENIED",
+    "wrong_recipient": "PERMISSION_DENIED",
+    "wrong_federation": "PERMISSION_DENIED",
+    "wrong_request": "PERMISSION_DENIED",
+}
+
+
+class MemberView(Protocol):
+    """What verification needs to know of a member (federation.roster.Member has it)."""
+
+    @property
+    def status(self) -> str: ...
+
+    def key(self, kid: str, when: datetime | None = None) -> jwk.JWK | None: ...
+
+
+class MembershipView(Protocol):
+    """What verification needs of the roster (federation.roster.Roster has it)."""
+
+    @property
+    def federation_id(self) -> str: ...
+
+    def member(self, org_id: str) -> MemberView | None: ...
+
+
+class Rejected(ConsortiumError):
+    """A message failed verification; `reason` is one of REASON_CODES."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.code: Code = REASON_CODES[reason]
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass(frozen=True)
+class Claims:
+    sender: str
+    kid: str
+    recipient: str
+    federation: str
+    message_id: str
+    issued_at: float
+    nonce: str
+    request_digest: str = ""
+    traceparent: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "sender": self.sender,
+            "kid": self.kid,
+            "recipient": self.recipient,
+            "federation": self.federation,
+            "messageId": self.message_id,
+            "issuedAt": self.issued_at,
+            "nonce": self.nonce,
+        }
+        if self.request_digest:
+            d["requestDigest"] = self.request_digest
+        if self.traceparent:
+            d["traceparent"] = self.traceparent
+        return d
+
+    @staticmethod
+    def from_dict(d: Any) -> Claims:
+        if not isinstance(d, dict):
+            raise Rejected("malformed", "claims are not an object")
+        try:
+            return Claims(
+                sender=str(d["sender"]),
+                kid=str(d["kid"]),
+                recipient=str(d["recipient"]),
+                federation=str(d["federation"]),
+                message_id=str(d["messageId"]),
+                issued_at=float(d["issuedAt"]),
+                nonce=str(d["nonce"]),
+                request_digest=str(d.get("requestDigest", "")),
+                traceparent=str(d.get("traceparent", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise Rejected("malformed", f"claims lack or mistype {e}") from None
+
+
+def signed_form(message: a2a_pb2.Message) -> dict[str, Any]:
+    """What the signature covers: the message's JSON form without the signature field."""
+    data: dict[str, Any] = MessageToDict(message)
+    meta = data.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop(SIGNATURE_KEY, None)
+        if not meta:
+            data.pop("metadata")
+    return data
+
+
+def digest(message: a2a_pb2.Message) -> str:
+    """SHA-256 (base64url) of the message's signed form: what a response binds to."""
+    raw = hashlib.sha256(canonical(signed_form(message))).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def sign_message(
+    message: a2a_pb2.Message,
+    *,
+    key: jwk.JWK,
+    sender: str,
+    recipient: str,
+    federation: str,
+    request_digest: str = "",
+    traceparent: str = "",
+    now: float | None = None,
+) -> a2a_pb2.Message:
+    """A copy of `message` with claims and signature; the extension is declared on it."""
+    signed = a2a_pb2.Message()
+    signed.CopyFrom(message)
+    if not signed.message_id:
+        raise ValueError("a message to sign needs a message id")
+    claims = Claims(
+        sender=sender,
+        kid=key_id(key),
+        recipient=recipient,
+        federation=federation,
+        message_id=signed.message_id,
+        issued_at=round(time.time() if now is None else now, 3),
+        nonce=secrets.token_urlsafe(12),
+        request_digest=request_digest,
+        traceparent=traceparent,
+    )
+    if SIGNATURE_KEY in signed.metadata:
+        del signed.metadata[SIGNATURE_KEY]
+    signed.metadata.update({CLAIMS_KEY: claims.as_dict()})
+    if EXTENSION_URI not in signed.extensions:
+        signed.extensions.append(EXTENSION_URI)
+    token = sign_detached(signed_form(signed), key, {"typ": "consortium-message"})
+    signed.metadata.update({SIGNATURE_KEY: token})
+    return signed
+
+
+def claims_of(message: a2a_pb2.Message) -> Claims | None:
+    """The (unverified) claims of a message, or None if it carries none."""
+    if CLAIMS_KEY not in message.metadata:
+        return None
+    return Claims.from_dict(MessageToDict(message.metadata).get(CLAIMS_KEY))
+
+
+class MessageVerifier:
+    """Checks incoming messages for one organization against the current roster."""
+
+    def __init__(
+        self,
+        *,
+        org_id: str,
+        roster: Callable[[], MembershipView],
+        replay: ReplayCache,
+        skew_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._org = org_id
+        self._roster = roster
+        self._replay = replay
+        self._skew = skew_s
+        self._clock = clock
+
+    def verify(self, message: a2a_pb2.Message, *, request_digest: str | None = None) -> Claims:
+        """All checks, in order; raises Rejected with the first failing reason.
+
+        `request_digest`: for a response, the digest of the request this node sent.
+        """
+        if SIGNATURE_KEY not in message.metadata or CLAIMS_KEY not in message.metadata:
+            raise Rejected("unsigned", "the message carries no Consortium signature")
+        token = message.metadata[SIGNATURE_KEY]
+        if not isinstance(token, str):
+            raise Rejected("malformed", "the signature is not a string")
+        claims = claims_of(message)
+        assert claims is not None
+        roster = self._roster()
+        member = roster.member(claims.sender)
+        if member is None:
+            raise Rejected(
+                "non_member", f"{claims.sender} is not a member of {roster.federation_id}"
+            )
+        try:
+            header_kid = protected_header(token).get("kid")
+        except SignatureError as e:
+            raise Rejected("malformed", str(e)) from None
+        if header_kid != claims.kid:
+            raise Rejected("malformed", "the JWS key id differs from the claimed key id")
+        now = self._clock()
+        try:
+            key = member.key(claims.kid, datetime.fromtimestamp(now, UTC))
+        except ConsortiumError as e:
+            raise Rejected("unknown_key", str(e)) from None
+        if key is None:
+            raise Rejected("unknown_key", f"{claims.sender} has no valid key {claims.kid}")
+        try:
+            verify_detached(
+                token, signed_form(message), lambda kid: key if kid == claims.kid else None
+            )
+        except SignatureError as e:
+            raise Rejected("bad_signature", str(e)) from None
+        # From here on the claims are authentic.
+        if member.status == "suspended":
+            raise Rejected("suspended", f"{claims.sender} is suspended")
+        if member.status == "revoked":
+            raise Rejected("revoked", f"{claims.sender} is revoked")
+        if claims.federation != roster.federation_id:
+            raise Rejected("wrong_federation", f"message is for federation {claims.federation}")
+        if claims.recipient != self._org:
+            raise Rejected("wrong_recipient", f"message is for {claims.recipient}, not {self._org}")
+        if claims.message_id != message.message_id:
+            raise Rejected("malformed", "claimed message id differs from the message's id")
+        if claims.issued_at < now - self._skew:
+            raise Rejected(
+                "stale", f"issued {now - claims.issued_at:.0f} s ago (skew {self._skew:.0f} s)"
+            )
+        if claims.issued_at > now + self._skew:
+            raise Rejected("future", f"issued {claims.issued_at - now:.0f} s in the future")
+        if request_digest is not None and claims.request_digest != request_digest:
+            raise Rejected("wrong_request", "the response is bound to another request")
+        if not self._replay.first_sighting(
+            claims.sender, claims.message_id, claims.issued_at + self._skew
+        ):
+            raise Rejected(
+                "replay", f"message {claims.message_id} from {claims.sender} was seen before"
+            )
+        return claims

@@ -1,0 +1,53 @@
+"""Replay cache: remembers (sender, message id) pairs until they could no longer pass the
+freshness check, in SQLite (WAL), so a captured message is refused even after a restart."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS replay (
+    sender     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (sender, message_id)
+);
+CREATE INDEX IF NOT EXISTS replay_expiry ON replay (expires_at);
+"""
+
+
+class ReplayCache:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._last_purge = 0.0
+
+    def first_sighting(self, sender: str, message_id: str, expires_at: float) -> bool:
+        """Records the pair; True if it was not seen before (and not yet expired)."""
+        now = self._clock()
+        with self._lock:
+            if now - self._last_purge > 60:
+                self._conn.execute("DELETE FROM replay WHERE expires_at < ?", (now,))
+                self._last_purge = now
+            cur = self._conn.execute(
+                "INSERT INTO replay (sender, message_id, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (sender, message_id) DO UPDATE SET expires_at = excluded.expires_at"
+                " WHERE replay.expires_at < ?",
+                (sender, message_id, expires_at, now),
+            )
+            return cur.rowcount == 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

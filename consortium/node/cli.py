@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from consortium.errors import ConfigError, ConsortiumError, TaskError
-from consortium.node.config import ORG_ID_PATTERN, load_config
+from consortium.node.config import ORG_ID_PATTERN, NodeConfig, load_config
 
 app = typer.Typer(
     name="consortium",
@@ -144,6 +144,22 @@ def node_start(
     _run(lambda: asyncio.run(serve()))
 
 
+def _local_signer(cfg: NodeConfig) -> Callable[[Any], Any] | None:
+    """In a federation, requests to one's own node are signed with the org's key too."""
+    if cfg.federation is None:
+        return None
+    from consortium.federation.roster import load_verified_roster
+    from consortium.node.federated import ResponseSigner
+    from consortium.trust.keys import load_private_key, load_public_key
+
+    admin = load_public_key(cfg.resolve(cfg.federation.admin_key))
+    roster = load_verified_roster(cfg.resolve(cfg.federation.roster), [admin])
+    key = load_private_key(cfg.resolve(cfg.identity.private_key))
+    signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
+    org = cfg.node.org_id
+    return lambda message: signer.sign_request(message, org)
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question to send.")],
@@ -156,8 +172,14 @@ def ask(
     ] = None,
     transport: Annotated[str, typer.Option(help="grpc or jsonrpc.")] = "grpc",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 300.0,
+    peer: Annotated[
+        str | None, typer.Option(help="Ask this member of the federation, through the node.")
+    ] = None,
 ) -> None:
-    """Send a task to a running node over A2A and stream the answer."""
+    """Send a task to a running node over A2A and stream the answer.
+
+    In a federation the request is signed with the organization's key; with --peer the
+    node forwards it, signed, to that member and verifies the signed answer."""
     from a2a.utils.constants import TransportProtocol
 
     from consortium.node.client import ask as ask_node
@@ -174,6 +196,9 @@ def ask(
         options["max_tokens"] = max_tokens
     if temperature is not None:
         options["temperature"] = temperature
+    if peer is not None:
+        options["peer"] = peer
+    sign = _run(lambda: _local_signer(cfg))
 
     async def go() -> None:
         card = await fetch_agent_card(running_http_url(cfg))
@@ -186,6 +211,7 @@ def ask(
                 options=options or None,
                 timeout=timeout,
                 on_text=_write_through,
+                sign=sign,
             )
         finally:
             await client.close()
@@ -193,6 +219,12 @@ def ask(
         p = answer.provenance
         if answer.state != "completed":
             raise TaskError(f"task {answer.task_id} {answer.state}: {answer.status_text}")
+        if "verified" in p:
+            route = p.get("route", "?")
+            err.print(
+                f"[dim]route {route} · answer signature verified: {p['verified']}[/dim]",
+                highlight=False,
+            )
         err.print(
             f"[dim]task {answer.task_id} · {p.get('org', '?')} · {p.get('model', '?')} · "
             f"{int(p.get('inputTokens', 0))} in / {int(p.get('outputTokens', 0))} out tokens · "

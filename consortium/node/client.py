@@ -21,7 +21,7 @@ from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict
 
 from consortium.errors import NodeUnavailableError
-from consortium.node.executor import METADATA_KEY
+from consortium.node.executor_options import METADATA_KEY
 
 TERMINAL = {
     a2a_pb2.TASK_STATE_COMPLETED: "completed",
@@ -85,11 +85,13 @@ async def ask(
     on_text: Callable[[str], None] | None = None,
     on_task: Callable[[str], None] | None = None,
     timeout: float | None = None,
+    sign: Callable[[a2a_pb2.Message], a2a_pb2.Message] | None = None,
 ) -> Answer:
     """Sends one question and follows the task to its end, streaming answer text to on_text."""
     started = time.perf_counter()
     metadata = {METADATA_KEY: options} if options else None
-    request = a2a_pb2.SendMessageRequest(message=text_message(text, metadata))
+    message = text_message(text, metadata)
+    request = a2a_pb2.SendMessageRequest(message=sign(message) if sign else message)
     answer = Answer(task_id="", state="unknown", text="")
     parts: list[str] = []
     context = ClientCallContext(timeout=timeout) if timeout else None

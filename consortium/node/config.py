@@ -72,6 +72,15 @@ class IdentitySection(_Section):
     public_key: str = "keys/public.jwk"
 
 
+class FederationSection(_Section):
+    """Membership of a federation: the signed roster and the admin key that signs it."""
+
+    roster: str
+    admin_key: str
+    max_clock_skew_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    peer_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -81,6 +90,7 @@ class NodeConfig(_Section):
     server: ServerSection = ServerSection()
     model: ModelSection = ModelSection()
     identity: IdentitySection = IdentitySection()
+    federation: FederationSection | None = None
     logging: LoggingSection = LoggingSection()
 
     # Set by load_config: the directory relative paths are resolved against.

@@ -20,26 +20,17 @@ from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import a2a_pb2
-from google.protobuf.json_format import MessageToDict
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from consortium.errors import ModelError, PromptTooLongError
+from consortium.node.executor_options import METADATA_KEY, RequestOptions, request_options
+from consortium.node.federated import VERIFIED_KEY, ResponseSigner, VerifiedRequest
 from consortium.node.llm.base import GenerationParams
 from consortium.node.llm.registry import PromptFormat
 from consortium.node.llm.worker import ModelWorker
+from consortium.node.peers import PeerClient, PeerError
 from consortium.node.prompts import build_request
 
 log = logging.getLogger(__name__)
-
-METADATA_KEY = "consortium"
-
-
-class RequestOptions(BaseModel):
-    """Per-request overrides, from message metadata["consortium"]."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_tokens: int | None = Field(default=None, ge=1, le=32768)
-    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
 
 
 @dataclass(frozen=True)
@@ -68,24 +59,33 @@ def _agent_message(
     return msg
 
 
-def request_options(message: a2a_pb2.Message | None) -> RequestOptions:
-    if message is None or METADATA_KEY not in message.metadata:
-        return RequestOptions()
-    raw = MessageToDict(message.metadata).get(METADATA_KEY)
-    if not isinstance(raw, dict):
-        raise ValueError(f"metadata.{METADATA_KEY} must be an object")
-    try:
-        return RequestOptions.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ValueError(f"metadata.{METADATA_KEY}.{loc}: {err['msg']}") from None
-
-
 class ModelExecutor(AgentExecutor):
-    def __init__(self, worker: ModelWorker, settings: ExecutorSettings) -> None:
+    def __init__(
+        self,
+        worker: ModelWorker,
+        settings: ExecutorSettings,
+        *,
+        signer: ResponseSigner | None = None,
+        peers: PeerClient | None = None,
+    ) -> None:
         self._worker = worker
         self._settings = settings
+        self._signer = signer
+        self._peers = peers
+
+    def _reply(
+        self,
+        context: RequestContext,
+        task: a2a_pb2.Task,
+        text: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> a2a_pb2.Message:
+        """A status message; signed and bound to the request when a peer sent it."""
+        message = _agent_message(task.id, task.context_id, text, metadata)
+        verified = context.call_context.state.get(VERIFIED_KEY)
+        if self._signer is not None and isinstance(verified, VerifiedRequest):
+            return self._signer.sign_reply(message, verified)
+        return message
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         message = context.message
@@ -99,15 +99,16 @@ class ModelExecutor(AgentExecutor):
         question = context.get_user_input().strip()
         if not question:
             await updater.reject(
-                _agent_message(
-                    task.id, task.context_id, "rejected: the message has no text to answer"
-                )
+                self._reply(context, task, "rejected: the message has no text to answer")
             )
             return
         try:
             options = request_options(message)
         except ValueError as e:
-            await updater.reject(_agent_message(task.id, task.context_id, f"rejected: {e}"))
+            await updater.reject(self._reply(context, task, f"rejected: {e}"))
+            return
+        if options.peer is not None:
+            await self._ask_peer(context, task, updater, question, options)
             return
         s = self._settings
         params = GenerationParams(
@@ -138,11 +139,11 @@ class ModelExecutor(AgentExecutor):
                         sent_any = True
                     held = chunk.text
         except PromptTooLongError as e:
-            await updater.reject(_agent_message(task.id, task.context_id, f"rejected: {e}"))
+            await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
         except ModelError as e:
             log.error("task %s failed in the model: %s", task.id, e)
-            await updater.failed(_agent_message(task.id, task.context_id, f"failed: {e}"))
+            await updater.failed(self._reply(context, task, f"failed: {e}"))
             return
         completion = stream.completion
         assert completion is not None
@@ -169,9 +170,7 @@ class ModelExecutor(AgentExecutor):
             last_chunk=True,
             metadata=provenance,
         )
-        await updater.complete(
-            _agent_message(task.id, task.context_id, completion.text, provenance)
-        )
+        await updater.complete(self._reply(context, task, completion.text, provenance))
         log.info(
             "task %s completed: %d in / %d out tokens in %.0f ms",
             task.id,
@@ -179,6 +178,52 @@ class ModelExecutor(AgentExecutor):
             completion.usage.output_tokens,
             latency * 1000,
         )
+
+    async def _ask_peer(
+        self,
+        context: RequestContext,
+        task: a2a_pb2.Task,
+        updater: TaskUpdater,
+        question: str,
+        options: RequestOptions,
+    ) -> None:
+        peer = options.peer
+        assert peer is not None
+        if self._peers is None:
+            await updater.reject(
+                self._reply(context, task, "rejected: this node is not in a federation")
+            )
+            return
+        await updater.start_work()
+        forwarded = options.model_dump(exclude_none=True, exclude={"peer"})
+        try:
+            answer = await self._peers.ask(peer, question, forwarded or None)
+        except PeerError as e:
+            log.warning("task %s: asking %s failed: %s", task.id, peer, e)
+            await updater.failed(self._reply(context, task, f"failed: {e}"))
+            return
+        p = answer.provenance
+        provenance = {
+            METADATA_KEY: {
+                **p,
+                "org": answer.org,
+                "route": f"{self._settings.org_id}->{answer.org}",
+                "verified": answer.verified,
+                "latencyMs": round(answer.latency_s * 1000, 1),
+            }
+        }
+        if answer.state != "completed":
+            await updater.failed(
+                self._reply(
+                    context, task, f"{answer.org} {answer.state}: {answer.text}", provenance
+                )
+            )
+            return
+        await updater.add_artifact(
+            [a2a_pb2.Part(text=answer.text)], name="answer", last_chunk=True, metadata=provenance
+        )
+        await updater.complete(self._reply(context, task, answer.text, provenance))
+        log.info("task %s answered by %s (verified)", task.id, answer.org)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task

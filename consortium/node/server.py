@@ -40,21 +40,28 @@ from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
+from jwcrypto import jwk
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consortium.federation.watcher import RosterWatcher
 from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.config import NodeConfig
 from consortium.node.conformance import ConformanceExecutor
 from consortium.node.executor import ExecutorSettings, ModelExecutor
+from consortium.node.federated import FederatedRequestHandler, ResponseSigner
 from consortium.node.llm.base import LLMBackend
 from consortium.node.llm.registry import default_prompt_format
 from consortium.node.llm.worker import ModelWorker
+from consortium.node.peers import PeerClient
 from consortium.node.store import SqliteTaskStore
-from consortium.trust.keys import load_public_key, public_jwk
+from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
+from consortium.protocols.signed_message import MessageVerifier
+from consortium.trust.keys import load_private_key, load_public_key, public_jwk
+from consortium.trust.replay import ReplayCache
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,8 @@ SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
     PushNotificationNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
     UnsupportedOperationError: grpc.StatusCode.UNIMPLEMENTED,
     VersionNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 SUPPORTED_MAJOR_MINOR = (1, 0)
 
@@ -284,6 +293,16 @@ class Endpoints:
     http_url: str
 
 
+@dataclass(frozen=True)
+class Federation:
+    """What a node holds as a member of a federation."""
+
+    roster: RosterWatcher
+    verifier: MessageVerifier
+    signer: ResponseSigner
+    peers: PeerClient
+
+
 class Node:
     """Runs one node until stopped. `start()` returns once both endpoints accept calls."""
 
@@ -299,6 +318,8 @@ class Node:
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self.federation: Federation | None = None
+        self.replay: ReplayCache | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -348,6 +369,7 @@ class Node:
             context_size=info.context_size,
             public_keys=self._public_keys(),
         )
+        federation = self._join_federation()
         executor: AgentExecutor = ModelExecutor(
             self.worker,
             ExecutorSettings(
@@ -358,12 +380,22 @@ class Node:
                 temperature=cfg.model.temperature,
                 stream_interval_s=cfg.server.stream_interval_s,
             ),
+            signer=federation.signer if federation else None,
+            peers=federation.peers if federation else None,
         )
         if cfg.node.executor == "a2a-tck":
             executor = ConformanceExecutor(executor)
-        self.handler = DefaultRequestHandler(
-            agent_executor=executor, task_store=self.store, agent_card=self.card
-        )
+        if federation is None:
+            self.handler = DefaultRequestHandler(
+                agent_executor=executor, task_store=self.store, agent_card=self.card
+            )
+        else:
+            self.handler = FederatedRequestHandler(
+                agent_executor=executor,
+                task_store=self.store,
+                agent_card=self.card,
+                verifier=federation.verifier,
+            )
         self._grpc.add_generic_rpc_handlers((a2a_generic_handler(SpecGrpcHandler(self.handler)),))
         reflection.enable_server_reflection(
             (A2A_SERVICE.full_name, reflection.SERVICE_NAME), self._grpc
@@ -408,6 +440,38 @@ class Node:
         )
         return self.endpoints
 
+    def _join_federation(self) -> Federation | None:
+        """Loads the roster (refusing an invalid one), the replay cache and the keys."""
+        cfg = self.config
+        fed = cfg.federation
+        if fed is None:
+            return None
+        admin = load_public_key(cfg.resolve(fed.admin_key))
+        watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
+        roster = watcher.current()
+        self.replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
+        key = load_private_key(cfg.resolve(cfg.identity.private_key))
+        verifier = MessageVerifier(
+            org_id=cfg.node.org_id,
+            roster=watcher.current,
+            replay=self.replay,
+            skew_s=fed.max_clock_skew_s,
+            own_key=jwk.JWK(**public_jwk(key)),
+        )
+        signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
+        peers = PeerClient(
+            signer=signer, verifier=verifier, roster=watcher, timeout_s=fed.peer_timeout_s
+        )
+        self.federation = Federation(watcher, verifier, signer, peers)
+        log.info(
+            "node %s joined federation %s (roster version %d, %d members)",
+            cfg.node.org_id,
+            roster.federation_id,
+            roster.version,
+            len(roster.members),
+        )
+        return self.federation
+
     def _public_keys(self) -> list[dict[str, Any]]:
         """The organization's public key for the agent card, if the node has one."""
         path = self.config.resolve(self.config.identity.public_key)
@@ -439,6 +503,10 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._http_task, timeout=max(grace, 1.0))
         await self.worker.stop()
+        if self.federation is not None:
+            await self.federation.peers.close()
+        if self.replay is not None:
+            self.replay.close()
         if self.store is not None:
             self.store.fail_unfinished("the node shut down before the task finished")
             self.store.close()

@@ -1,0 +1,115 @@
+"""Calling other organizations: a signed A2A request over gRPC, with a deadline and one
+reused connection per peer; the peer's signed answer is verified (bound to our request)
+before it is used."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from a2a.client import Client, ClientCallContext
+from a2a.client.errors import A2AClientError
+from a2a.types import a2a_pb2
+from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
+from google.protobuf.json_format import MessageToDict
+
+from consortium.errors import NodeUnavailableError
+from consortium.federation.watcher import RosterWatcher
+from consortium.node.client import open_client, text_message
+from consortium.node.executor_options import METADATA_KEY
+from consortium.node.federated import ResponseSigner
+from consortium.protocols.signed_message import MessageVerifier, Rejected, digest
+
+
+class PeerError(NodeUnavailableError):
+    """A peer could not be asked, or its answer could not be trusted."""
+
+
+@dataclass
+class PeerAnswer:
+    org: str
+    text: str
+    state: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    latency_s: float = 0.0
+    verified: bool = False
+
+
+class PeerClient:
+    def __init__(
+        self,
+        *,
+        signer: ResponseSigner,
+        verifier: MessageVerifier,
+        roster: RosterWatcher,
+        timeout_s: float,
+    ) -> None:
+        self._signer = signer
+        self._verifier = verifier
+        self._roster = roster
+        self._timeout = timeout_s
+        self._clients: dict[tuple[str, str], Client] = {}
+
+    def _client(self, org: str) -> Client:
+        member = self._roster.current().member(org)
+        if member is None:
+            raise PeerError(f"{org} is not a member of the federation")
+        if member.status != "active":
+            raise PeerError(f"{org} is {member.status}")
+        if not member.endpoints.grpc:
+            raise PeerError(f"the roster lists no gRPC endpoint for {org}")
+        cache_key = (org, member.endpoints.grpc)
+        if cache_key not in self._clients:
+            card = a2a_pb2.AgentCard(
+                name=org,
+                supported_interfaces=[
+                    a2a_pb2.AgentInterface(
+                        url=member.endpoints.grpc,
+                        protocol_binding=TransportProtocol.GRPC,
+                        protocol_version=PROTOCOL_VERSION_CURRENT,
+                    )
+                ],
+                capabilities=a2a_pb2.AgentCapabilities(streaming=False),
+            )
+            self._clients[cache_key] = open_client(card, streaming=False)
+        return self._clients[cache_key]
+
+    async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:
+        started = time.perf_counter()
+        client = self._client(org)
+        request = self._signer.sign_request(
+            text_message(text, {METADATA_KEY: options} if options else None), org
+        )
+        request_digest = digest(request)
+        final: a2a_pb2.Task | None = None
+        try:
+            async for event in client.send_message(
+                a2a_pb2.SendMessageRequest(message=request),
+                context=ClientCallContext(timeout=self._timeout),
+            ):
+                if event.HasField("task"):
+                    final = event.task
+        except A2AClientError as e:
+            raise PeerError(f"{org} did not answer: {e}") from None
+        if final is None or not final.status.HasField("message"):
+            raise PeerError(f"{org} answered without a status message")
+        try:
+            self._verifier.verify(final.status.message, request_digest=request_digest)
+        except Rejected as e:
+            raise PeerError(f"the answer from {org} was refused: {e}") from None
+        state = a2a_pb2.TaskState.Name(final.status.state).removeprefix("TASK_STATE_").lower()
+        meta = MessageToDict(final.status.message.metadata).get(METADATA_KEY, {})
+        return PeerAnswer(
+            org=org,
+            text="".join(p.text for p in final.status.message.parts),
+            state=state,
+            provenance=meta if isinstance(meta, dict) else {},
+            latency_s=time.perf_counter() - started,
+            verified=True,
+        )
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()

@@ -1,0 +1,39 @@
+"""A2A errors for refused cross-organization messages, and their wire codes.
+
+The A2A specification (3.3.2) names gRPC UNAUTHENTICATED / PERMISSION_DENIED and leaves
+JSON-RPC to a custom error; Consortium uses -32040 and -32041 (the implementation-defined
+server-error range), registered in a2a-sdk's JSON-RPC error tables at import.
+"""
+
+from __future__ import annotations
+
+from a2a.server.jsonrpc_models import JSONRPCError
+from a2a.server.request_handlers.response_helpers import EXCEPTION_MAP
+from a2a.utils.errors import JSON_RPC_ERROR_CODE_MAP, A2AError
+
+from consortium.protocols.signed_message import Rejected
+
+JSONRPC_UNAUTHENTICATED = -32040
+JSONRPC_PERMISSION_DENIED = -32041
+
+
+class UnauthenticatedError(A2AError):
+    message = "Unauthenticated"
+
+
+class PermissionDeniedError(A2AError):
+    message = "Permission denied"
+
+
+for _error, _code in (
+    (UnauthenticatedError, JSONRPC_UNAUTHENTICATED),
+    (PermissionDeniedError, JSONRPC_PERMISSION_DENIED),
+):
+    JSON_RPC_ERROR_CODE_MAP.setdefault(_error, _code)
+    EXCEPTION_MAP.setdefault(_error, JSONRPCError)
+
+
+def from_rejection(rejected: Rejected) -> A2AError:
+    """The A2A error for a refused message; the reason is named, the payload never."""
+    cls = UnauthenticatedError if rejected.code == "UNAUTHENTICATED" else PermissionDeniedError
+    return cls(message=f"message refused: {rejected}", data={"reason": rejected.reason})

@@ -1,0 +1,201 @@
+"""Several nodes of one federation on loopback (real gRPC, echo model: these tests are
+about messaging): signed peer calls, refusals before the model, roster hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+
+from consortium.federation.admin import (
+    add_member,
+    create_federation,
+    member_from_card,
+    set_status,
+)
+from consortium.federation.roster import load_roster, write_roster
+from consortium.node.backends import backend_factory
+from consortium.node.client import ask, open_client, text_message
+from consortium.node.config import parse_config
+from consortium.node.server import Node
+from consortium.node.setup import init_node
+from consortium.protocols.signed_message import sign_message
+from consortium.trust.keys import load_private_key
+
+ORGS = ("acme", "globex", "initech")
+
+
+class Federation:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        paths = create_federation("Test Federation", tmp / "fed")
+        self.roster, self.admin_key = paths.roster, paths.admin_private
+        self.admin_pub = paths.admin_public
+        self.nodes: dict[str, Node] = {}
+
+    def config(self, org: str) -> Any:
+        d = self.tmp / org
+        init_node(org, d, grpc_port=0, http_port=0)
+        data = {
+            "node": {"org_id": org},
+            "server": {
+                "grpc_port": 0,
+                "http_port": 0,
+                "stream_interval_s": 0.0,
+                "shutdown_grace_s": 1.0,
+            },
+            "model": {"backend": "echo", "name": f"echo-{org}"},
+            "federation": {"roster": str(self.roster), "admin_key": str(self.admin_pub)},
+        }
+        return parse_config(data, path=d / "node.toml")
+
+    async def start(self) -> None:
+        for org in ORGS:
+            cfg = self.config(org)
+            node = Node(cfg, backend_factory(cfg))
+            await node.start()
+            self.nodes[org] = node
+        # Admit every node from the card it serves (real endpoints), as an admin would.
+        for node in self.nodes.values():
+            assert node.endpoints is not None
+            url = node.endpoints.http_url + "/.well-known/agent-card.json"
+            async with httpx.AsyncClient() as http:
+                card = (await http.get(url)).json()
+            add_member(self.roster, self.admin_key, member_from_card(card, url))
+        await self.roster_seen(lambda r: len(r.members) == len(ORGS))
+
+    async def roster_seen(self, condition: Any, timeout: float = 10.0) -> None:
+        """Waits until every node's roster view satisfies the condition (hot reload)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not all(condition(n.federation.roster.current()) for n in self.nodes.values()):  # type: ignore[union-attr]
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("nodes did not pick up the roster change")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for node in self.nodes.values():
+            await node.stop()
+
+    async def ask_via(self, origin: str, text: str, **options: Any) -> Any:
+        node = self.nodes[origin]
+        key = load_private_key(node.config.resolve(node.config.identity.private_key))
+        client = open_client(node.card)  # type: ignore[arg-type]
+        try:
+            return await ask(
+                client,
+                text,
+                options=options or None,
+                sign=lambda m: sign_message(
+                    m, key=key, sender=origin, recipient=origin, federation="test-federation"
+                ),
+            )
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+async def fed(tmp_path: Path) -> Any:
+    f = Federation(tmp_path)
+    try:
+        await f.start()
+        yield f
+    finally:
+        await f.stop()
+
+
+async def test_signed_round_trip_through_a_peer(fed: Federation) -> None:
+    answer = await fed.ask_via("acme", "hello from acme", peer="globex")
+    assert answer.state == "completed", answer.status_text
+    assert answer.text == "hello from acme"
+    p = answer.provenance
+    assert p["org"] == "globex" and p["model"] == "echo-globex"
+    assert p["verified"] is True and p["route"] == "acme->globex"
+
+
+async def test_local_ask_is_signed_and_answered_locally(fed: Federation) -> None:
+    answer = await fed.ask_via("initech", "just me")
+    assert answer.state == "completed" and answer.provenance["org"] == "initech"
+
+
+async def test_unsigned_message_is_refused_on_both_bindings(fed: Federation) -> None:
+    node = fed.nodes["globex"]
+    assert node.endpoints is not None
+    async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await a2a_pb2_grpc.A2AServiceStub(ch).SendMessage(
+                a2a_pb2.SendMessageRequest(message=text_message("sneaky"))
+            )
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            node.endpoints.http_url + "/",
+            headers={"A2A-Version": "1.0"},
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "SendMessage",
+                "params": {
+                    "message": {"messageId": "m-1", "role": "ROLE_USER", "parts": [{"text": "x"}]}
+                },
+            },
+        )
+    assert r.json()["error"]["code"] == -32040
+    assert node.handler.refusals["unsigned"] == 2  # type: ignore[union-attr]
+
+
+async def test_message_for_another_recipient_never_reaches_the_model(fed: Federation) -> None:
+    acme = fed.nodes["acme"]
+    key = load_private_key(acme.config.resolve(acme.config.identity.private_key))
+    msg = sign_message(
+        text_message("for initech"),
+        key=key,
+        sender="acme",
+        recipient="initech",
+        federation="test-federation",
+    )
+    globex = fed.nodes["globex"]
+    assert globex.endpoints is not None
+    async with grpc.aio.insecure_channel(globex.endpoints.grpc_target) as ch:
+        s = a2a_pb2_grpc.A2AServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.SendMessage(a2a_pb2.SendMessageRequest(message=msg))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        listed = await s.ListTasks(a2a_pb2.ListTasksRequest())
+    assert list(listed.tasks) == []  # no task was created
+
+
+async def test_suspension_takes_effect_without_restart(fed: Federation) -> None:
+    assert (await fed.ask_via("acme", "before", peer="globex")).state == "completed"
+    set_status(fed.roster, fed.admin_key, "acme", "suspended")
+    await fed.roster_seen(lambda r: r.member("acme").status == "suspended")
+    refused = await fed.ask_via("acme", "after", peer="globex")
+    assert refused.state == "failed"
+    assert fed.nodes["globex"].handler.refusals["suspended"] == 1  # type: ignore[union-attr]
+    set_status(fed.roster, fed.admin_key, "acme", "active")
+    await fed.roster_seen(lambda r: r.member("acme").status == "active")
+    assert (await fed.ask_via("acme", "again", peer="globex")).state == "completed"
+
+
+async def test_tampered_roster_is_refused_and_the_previous_one_kept(fed: Federation) -> None:
+    good = load_roster(fed.roster)
+    revoked = [m.model_copy(update={"status": "revoked"}) for m in good.members]
+    write_roster(
+        fed.roster, good.model_copy(update={"members": revoked, "version": good.version + 1})
+    )
+    globex = fed.nodes["globex"].federation
+    assert globex is not None
+    deadline = asyncio.get_running_loop().time() + 10
+    while globex.roster.refused == 0:
+        assert asyncio.get_running_loop().time() < deadline, (
+            "the tampered roster was never looked at"
+        )
+        globex.roster.current()
+        await asyncio.sleep(0.05)
+    answer = await fed.ask_via("acme", "still fine", peer="globex")
+    assert answer.state == "completed"
+    assert globex.roster.current().member("acme").status == "active"  # type: ignore[union-attr]

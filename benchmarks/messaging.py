@@ -1,0 +1,280 @@
+"""What do A2A and signatures cost per message? Client and server in separate processes,
+the same ~500-byte text, an echo executor (no model):
+
+  (a) raw grpc.aio unary echo (bytes in, bytes out);
+  (b) unsigned A2A SendMessage round trip through the node's gRPC stack and a2a-sdk's
+      request handler (the executor replies with a Message);
+  (c) the same, signed by the client, verified by the server (signature, membership,
+      freshness, replay cache in SQLite), answered with a signed reply bound to the
+      request, which the client verifies.
+
+Prints one JSON object: p50/p99 round-trip latency and messages/s, sequential and with 32
+concurrent callers, for each; and the ratios c/a and c/b.
+
+    .venv/bin/python benchmarks/messaging.py [--requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+from jwcrypto import jwk
+
+from consortium.federation.roster import Member, MemberKey, Roster
+from consortium.node.federated import VERIFIED_KEY, FederatedRequestHandler, ResponseSigner
+from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
+from consortium.protocols.signed_message import MessageVerifier, digest, sign_message
+from consortium.trust.keys import generate_key, public_jwk
+from consortium.trust.replay import ReplayCache
+
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 12)[:500]
+FEDERATION = "bench"
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+class EchoExecutor(AgentExecutor):
+    """Replies with a Message holding the same text; signed if the request was."""
+
+    def __init__(self, signer: ResponseSigner | None) -> None:
+        self._signer = signer
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.message is not None
+        reply = a2a_pb2.Message(
+            message_id=str(uuid.uuid4()),
+            role=a2a_pb2.ROLE_AGENT,
+            parts=list(context.message.parts),
+            context_id=context.context_id or "",
+        )
+        verified = context.call_context.state.get(VERIFIED_KEY)
+        if self._signer is not None and verified is not None:
+            reply = self._signer.sign_reply(reply, verified)
+        await event_queue.enqueue_event(reply)
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        pass
+
+
+def member(org: str, key: jwk.JWK) -> Member:
+    pub = public_jwk(key)
+    return Member(org_id=org, keys=[MemberKey(kid=pub["kid"], x=pub["x"])])
+
+
+def card() -> a2a_pb2.AgentCard:
+    from consortium.node.agent_card import build_agent_card
+
+    return build_agent_card(
+        org_id="server",
+        display_name="bench",
+        description="messaging benchmark",
+        grpc_url="127.0.0.1:0",
+        http_url="http://127.0.0.1:0",
+        model_name="echo",
+        model_backend="echo",
+        context_size=0,
+    )
+
+
+async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
+    server = grpc.aio.server()
+    if mode == "raw":
+
+        async def echo(request: bytes, _: grpc.aio.ServicerContext) -> bytes:
+            return request
+
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+    else:
+        client_key, server_key = jwk.JWK(**keys["client"]), jwk.JWK(**keys["server"])
+        roster = Roster(
+            federation_id=FEDERATION,
+            name="Bench",
+            members=[member("client", client_key), member("server", server_key)],
+        )
+        store_dir = Path(tempfile.mkdtemp(prefix="consortium-msgbench-"))
+        from consortium.node.store import SqliteTaskStore
+
+        store = SqliteTaskStore(store_dir / "tasks.sqlite3")
+        if mode == "unsigned":
+            a2a_handler: DefaultRequestHandler = DefaultRequestHandler(
+                agent_executor=EchoExecutor(None), task_store=store, agent_card=card()
+            )
+        else:
+            signer = ResponseSigner(org_id="server", federation_id=FEDERATION, key=server_key)
+            verifier = MessageVerifier(
+                org_id="server",
+                roster=lambda: roster,
+                replay=ReplayCache(store_dir / "replay.sqlite3"),
+            )
+            a2a_handler = FederatedRequestHandler(
+                agent_executor=EchoExecutor(signer),
+                task_store=store,
+                agent_card=card(),
+                verifier=verifier,
+            )
+        server.add_generic_rpc_handlers((a2a_generic_handler(SpecGrpcHandler(a2a_handler)),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await asyncio.to_thread(port_file.write_text, str(port))
+    await server.wait_for_termination()
+
+
+async def measure(
+    call: Callable[[], Awaitable[None]], n: int, concurrency: int
+) -> dict[str, float]:
+    latencies: list[float] = []
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            t = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t)
+
+    for _ in range(min(50, n)):  # warm-up
+        await call()
+    started = time.perf_counter()
+    per = n // concurrency
+    await asyncio.gather(*(worker(per) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "p50_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
+        "messages_per_s": round(len(latencies) / elapsed, 1),
+    }
+
+
+def start_server(mode: str, keys_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = keys_file.parent / f"port-{mode}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            mode,
+            "--keys",
+            str(keys_file),
+            "--port-file",
+            str(port_file),
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError(f"{mode} server did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+async def run_client(mode: str, port: int, keys: dict[str, Any], n: int) -> dict[str, Any]:
+    client_key = jwk.JWK(**keys["client"])
+    server_key = jwk.JWK(**keys["server"])
+    roster = Roster(
+        federation_id=FEDERATION,
+        name="Bench",
+        members=[member("client", client_key), member("server", server_key)],
+    )
+    replay = ReplayCache(
+        Path(tempfile.mkdtemp(prefix="consortium-msgbench-client-")) / "replay.sqlite3"
+    )
+    verifier = MessageVerifier(org_id="client", roster=lambda: roster, replay=replay)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    raw = channel.unary_unary(ECHO_METHOD)
+    stub = a2a_pb2_grpc.A2AServiceStub(channel)
+    payload = TEXT.encode()
+
+    async def call_raw() -> None:
+        assert await raw(payload) == payload
+
+    async def call_a2a() -> None:
+        msg = a2a_pb2.Message(
+            message_id=str(uuid.uuid4()), role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text=TEXT)]
+        )
+        resp = await stub.SendMessage(a2a_pb2.SendMessageRequest(message=msg))
+        assert resp.message.parts[0].text == TEXT
+
+    async def call_signed() -> None:
+        msg = a2a_pb2.Message(
+            message_id=str(uuid.uuid4()), role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text=TEXT)]
+        )
+        signed = sign_message(
+            msg, key=client_key, sender="client", recipient="server", federation=FEDERATION
+        )
+        resp = await stub.SendMessage(a2a_pb2.SendMessageRequest(message=signed))
+        verifier.verify(resp.message, request_digest=digest(signed))
+        assert resp.message.parts[0].text == TEXT
+
+    call = {"raw": call_raw, "unsigned": call_a2a, "signed": call_signed}[mode]
+    result = {
+        "sequential": await measure(call, n, 1),
+        "concurrent_32": await measure(call, n, 32),
+    }
+    await channel.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--serve", choices=["raw", "unsigned", "signed"])
+    parser.add_argument("--keys", type=Path)
+    parser.add_argument("--port-file", type=Path)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve, json.loads(args.keys.read_text()), args.port_file))
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="consortium-msgbench-"))
+    keys = {
+        "client": generate_key().export(as_dict=True),
+        "server": generate_key().export(as_dict=True),
+    }
+    keys_file = workdir / "keys.json"
+    keys_file.write_text(json.dumps(keys))
+    keys_file.chmod(0o600)
+    results: dict[str, Any] = {
+        "benchmark": "messaging",
+        "message_bytes": len(TEXT),
+        "requests": args.requests,
+    }
+    names = {
+        "raw": "a_raw_grpc_echo",
+        "unsigned": "b_a2a_unsigned",
+        "signed": "c_a2a_signed_verified",
+    }
+    for mode in ("raw", "unsigned", "signed"):
+        proc, port = start_server(mode, keys_file)
+        try:
+            results[names[mode]] = asyncio.run(run_client(mode, port, keys, args.requests))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    a, b, c = (results[names[m]] for m in ("raw", "unsigned", "signed"))
+    results["ratio_c_over_a_p50"] = round(c["sequential"]["p50_ms"] / a["sequential"]["p50_ms"], 2)
+    results["ratio_c_over_b_p50"] = round(c["sequential"]["p50_ms"] / b["sequential"]["p50_ms"], 2)
+    results["target"] = "ratio_c_over_a_p50 <= 2"
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -80,6 +80,16 @@ def init(
     ] = 50051,
     http_port: Annotated[int, typer.Option(help="HTTP port (0: pick a free one at start).")] = 8080,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    tls: Annotated[
+        bool, typer.Option(help="Generate a local CA and a TLS certificate for gRPC.")
+    ] = False,
+    mtls: Annotated[
+        bool, typer.Option(help="Like --tls, and require client certificates (mutual TLS).")
+    ] = False,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(help="Directory of an existing local CA to share (default: DIR/tls/ca)."),
+    ] = None,
 ) -> None:
     """Create node.toml, an Ed25519 key pair (private key mode 0600) and the agent card."""
     from consortium.node.setup import init_node
@@ -100,6 +110,9 @@ def init(
             grpc_port=grpc_port,
             http_port=http_port,
             host=host,
+            tls=tls,
+            mtls=mtls,
+            tls_ca_dir=tls_ca,
         )
         out.print(f"wrote {result.config_path}")
         out.print(f"wrote {result.private_key_path} (mode 0600)")
@@ -203,7 +216,7 @@ def ask(
     async def go() -> None:
         card = await fetch_agent_card(running_http_url(cfg))
         binding = TransportProtocol.GRPC if transport == "grpc" else TransportProtocol.JSONRPC
-        client = open_client(card, transport=binding)
+        client = open_client(card, transport=binding, credentials=cfg.client_credentials())
         try:
             answer = await ask_node(
                 client,

@@ -40,14 +40,25 @@ async def fetch_agent_card(http_url: str, timeout: float = 10.0) -> a2a_pb2.Agen
 
 
 def open_client(
-    card: a2a_pb2.AgentCard, *, transport: str = TransportProtocol.GRPC, streaming: bool = True
+    card: a2a_pb2.AgentCard,
+    *,
+    transport: str = TransportProtocol.GRPC,
+    streaming: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> Client:
-    """An a2a-sdk client for the card's interface of the given transport (gRPC by default)."""
+    """An a2a-sdk client for the card's interface of the given transport (gRPC by default);
+    with credentials the gRPC channel uses TLS (and a client certificate, for mTLS)."""
+
+    def channel(url: str) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(url)
+        return grpc.aio.secure_channel(url, credentials)
+
     config = ClientConfig(
         streaming=streaming,
         supported_protocol_bindings=[transport],
         use_client_preference=True,
-        grpc_channel_factory=lambda url: grpc.aio.insecure_channel(url),
+        grpc_channel_factory=channel,
         httpx_client=httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0)),
     )
     return ClientFactory(config).create(card)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -81,6 +81,17 @@ class FederationSection(_Section):
     peer_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
 
 
+class TlsSection(_Section):
+    """TLS on the gRPC endpoint and for calls to peers; mutual TLS with client_auth."""
+
+    cert: str
+    key: str
+    # CA that signed the peers' certificates (verifies servers we call, and clients
+    # calling us when client_auth is on).
+    ca: str
+    client_auth: bool = False
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -91,6 +102,7 @@ class NodeConfig(_Section):
     model: ModelSection = ModelSection()
     identity: IdentitySection = IdentitySection()
     federation: FederationSection | None = None
+    tls: TlsSection | None = None
     logging: LoggingSection = LoggingSection()
 
     # Set by load_config: the directory relative paths are resolved against.
@@ -116,6 +128,16 @@ class NodeConfig(_Section):
     @property
     def advertised_host(self) -> str:
         return self.server.public_host or self.server.host
+
+    def client_credentials(self) -> Any:
+        """gRPC channel credentials for calling nodes, or None without [tls]."""
+        if self.tls is None:
+            return None
+        from consortium.trust.tls import channel_credentials
+
+        return channel_credentials(
+            self.resolve(self.tls.ca), self.resolve(self.tls.cert), self.resolve(self.tls.key)
+        )
 
     @property
     def grpc_target(self) -> str:

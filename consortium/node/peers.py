@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from a2a.client import Client, ClientCallContext
 from a2a.client.errors import A2AClientError
 from a2a.types import a2a_pb2
@@ -44,7 +45,9 @@ class PeerClient:
         verifier: MessageVerifier,
         roster: RosterWatcher,
         timeout_s: float,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        self._credentials = credentials
         self._signer = signer
         self._verifier = verifier
         self._roster = roster
@@ -72,7 +75,9 @@ class PeerClient:
                 ],
                 capabilities=a2a_pb2.AgentCapabilities(streaming=False),
             )
-            self._clients[cache_key] = open_client(card, streaming=False)
+            self._clients[cache_key] = open_client(
+                card, streaming=False, credentials=self._credentials
+            )
         return self._clients[cache_key]
 
     async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:

@@ -62,6 +62,7 @@ from consortium.protocols.a2a_errors import PermissionDeniedError, Unauthenticat
 from consortium.protocols.signed_message import MessageVerifier
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
+from consortium.trust.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,19 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        grpc_port = self._grpc.add_insecure_port(f"{cfg.server.host}:{cfg.server.grpc_port}")
+        address = f"{cfg.server.host}:{cfg.server.grpc_port}"
+        if cfg.tls is None:
+            grpc_port = self._grpc.add_insecure_port(address)
+        else:
+            t = cfg.tls
+            grpc_port = self._grpc.add_secure_port(
+                address,
+                server_credentials(
+                    cfg.resolve(t.cert),
+                    cfg.resolve(t.key),
+                    cfg.resolve(t.ca) if t.client_auth else None,
+                ),
+            )
         if grpc_port == 0:
             raise OSError(f"cannot bind gRPC port {cfg.server.host}:{cfg.server.grpc_port}")
         http_sock = _bind_tcp(cfg.server.host, cfg.server.http_port)
@@ -460,7 +473,11 @@ class Node:
         )
         signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
         peers = PeerClient(
-            signer=signer, verifier=verifier, roster=watcher, timeout_s=fed.peer_timeout_s
+            signer=signer,
+            verifier=verifier,
+            roster=watcher,
+            timeout_s=fed.peer_timeout_s,
+            credentials=cfg.client_credentials(),
         )
         self.federation = Federation(watcher, verifier, signer, peers)
         log.info(

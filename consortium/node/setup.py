@@ -17,6 +17,7 @@ from consortium.trust.keys import (
     write_private_key,
     write_public_key,
 )
+from consortium.trust.tls import create_ca, issue_certificate
 
 NODE_TOML = """\
 # Consortium node configuration for {org_id}.
@@ -53,6 +54,15 @@ level = "INFO"
 """
 
 
+TLS_TOML = """
+[tls]
+cert = "{cert}"
+key = "{key}"                    # mode 0600
+ca = "{ca}"                      # trusted CA for peers (and for clients with client_auth)
+client_auth = {client_auth}      # mutual TLS: clients must present a certificate from `ca`
+"""
+
+
 @dataclass(frozen=True)
 class InitResult:
     config_path: Path
@@ -71,6 +81,9 @@ def init_node(
     grpc_port: int = 50051,
     http_port: int = 8080,
     host: str = "127.0.0.1",
+    tls: bool = False,
+    tls_ca_dir: Path | None = None,
+    mtls: bool = False,
 ) -> InitResult:
     directory = directory.expanduser()
     config_path = directory / "node.toml"
@@ -94,6 +107,18 @@ def init_node(
     public_path = directory / "keys" / "public.jwk"
     write_private_key(private_path, key)
     write_public_key(public_path, key)
+    tls_section = ""
+    if tls or mtls:
+        ca_cert, ca_key = create_ca(tls_ca_dir or directory / "tls" / "ca")
+        files = issue_certificate(
+            ca_cert, ca_key, directory / "tls", org_id, sorted({host, "localhost", "127.0.0.1"})
+        )
+        tls_section = TLS_TOML.format(
+            cert=files.cert.relative_to(directory),
+            key=files.key.relative_to(directory),
+            ca=ca_cert.resolve(),
+            client_auth=str(mtls).lower(),
+        )
     config_path.write_text(
         NODE_TOML.format(
             org_id=org_id,
@@ -103,6 +128,7 @@ def init_node(
             http_port=http_port,
             model_line=model_line,
         )
+        + tls_section
     )
     cfg = load_config(config_path)
     card = build_agent_card(

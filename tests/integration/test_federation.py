@@ -31,8 +31,9 @@ ORGS = ("acme", "globex", "initech")
 
 
 class Federation:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, mtls: bool = False) -> None:
         self.tmp = tmp
+        self.mtls = mtls
         paths = create_federation("Test Federation", tmp / "fed")
         self.roster, self.admin_key = paths.roster, paths.admin_private
         self.admin_pub = paths.admin_public
@@ -40,8 +41,8 @@ class Federation:
 
     def config(self, org: str) -> Any:
         d = self.tmp / org
-        init_node(org, d, grpc_port=0, http_port=0)
-        data = {
+        init_node(org, d, grpc_port=0, http_port=0, mtls=self.mtls, tls_ca_dir=self.tmp / "ca")
+        data: dict[str, Any] = {
             "node": {"org_id": org},
             "server": {
                 "grpc_port": 0,
@@ -52,6 +53,14 @@ class Federation:
             "model": {"backend": "echo", "name": f"echo-{org}"},
             "federation": {"roster": str(self.roster), "admin_key": str(self.admin_pub)},
         }
+        if self.mtls:
+            data["server"]["host"] = "localhost"
+            data["tls"] = {
+                "cert": str(d / "tls" / "node.pem"),
+                "key": str(d / "tls" / "node.key"),
+                "ca": str(self.tmp / "ca" / "ca.pem"),
+                "client_auth": True,
+            }
         return parse_config(data, path=d / "node.toml")
 
     async def start(self) -> None:
@@ -84,7 +93,7 @@ class Federation:
     async def ask_via(self, origin: str, text: str, **options: Any) -> Any:
         node = self.nodes[origin]
         key = load_private_key(node.config.resolve(node.config.identity.private_key))
-        client = open_client(node.card)  # type: ignore[arg-type]
+        client = open_client(node.card, credentials=node.config.client_credentials())  # type: ignore[arg-type]
         try:
             return await ask(
                 client,
@@ -199,3 +208,14 @@ async def test_tampered_roster_is_refused_and_the_previous_one_kept(fed: Federat
     answer = await fed.ask_via("acme", "still fine", peer="globex")
     assert answer.state == "completed"
     assert globex.roster.current().member("acme").status == "active"  # type: ignore[union-attr]
+
+
+async def test_signed_round_trip_over_mutual_tls(tmp_path: Path) -> None:
+    f = Federation(tmp_path, mtls=True)
+    try:
+        await f.start()
+        answer = await f.ask_via("acme", "over mTLS", peer="initech")
+        assert answer.state == "completed", answer.status_text
+        assert answer.text == "over mTLS" and answer.provenance["verified"] is True
+    finally:
+        await f.stop()

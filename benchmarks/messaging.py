@@ -32,12 +32,12 @@ from typing import Any
 import grpc
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
-from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from jwcrypto import jwk
+from opentelemetry.trace import NoOpTracer
 
 from consortium.federation.roster import Member, MemberKey, Roster
-from consortium.node.federated import VERIFIED_KEY, FederatedRequestHandler, ResponseSigner
+from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
 from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
 from consortium.protocols.signed_message import MessageVerifier, digest, sign_message
 from consortium.trust.keys import generate_key, public_jwk
@@ -114,8 +114,11 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
 
         store = SqliteTaskStore(store_dir / "tasks.sqlite3")
         if mode == "unsigned":
-            a2a_handler: DefaultRequestHandler = DefaultRequestHandler(
-                agent_executor=EchoExecutor(None), task_store=store, agent_card=card()
+            a2a_handler = NodeRequestHandler(
+                agent_executor=EchoExecutor(None),
+                task_store=store,
+                agent_card=card(),
+                tracer=NoOpTracer(),
             )
         else:
             signer = ResponseSigner(org_id="server", federation_id=FEDERATION, key=server_key)
@@ -124,7 +127,7 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
                 roster=lambda: roster,
                 replay=ReplayCache(store_dir / "replay.sqlite3"),
             )
-            a2a_handler = FederatedRequestHandler(
+            a2a_handler = NodeRequestHandler(
                 agent_executor=EchoExecutor(signer),
                 task_store=store,
                 agent_card=card(),

@@ -92,6 +92,15 @@ class TlsSection(_Section):
     client_auth: bool = False
 
 
+class TelemetrySection(_Section):
+    """OpenTelemetry traces: OTLP JSON lines in a file (default), or OTLP to a collector."""
+
+    exporter: Literal["file", "otlp-grpc", "otlp-http", "none"] = "file"
+    # For "file": relative to node.data_dir.
+    path: str = "traces.jsonl"
+    endpoint: str = ""
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -103,6 +112,7 @@ class NodeConfig(_Section):
     identity: IdentitySection = IdentitySection()
     federation: FederationSection | None = None
     tls: TlsSection | None = None
+    telemetry: TelemetrySection = TelemetrySection()
     logging: LoggingSection = LoggingSection()
 
     # Set by load_config: the directory relative paths are resolved against.

@@ -20,6 +20,8 @@ from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import a2a_pb2
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from consortium.errors import ModelError, PromptTooLongError
 from consortium.node.executor_options import METADATA_KEY, RequestOptions, request_options
@@ -67,7 +69,9 @@ class ModelExecutor(AgentExecutor):
         *,
         signer: ResponseSigner | None = None,
         peers: PeerClient | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.NoOpTracer()
         self._worker = worker
         self._settings = settings
         self._signer = signer
@@ -120,35 +124,56 @@ class ModelExecutor(AgentExecutor):
         )
         await updater.start_work()
         started = time.perf_counter()
-        stream = self._worker.generate(request, coalesce_s=s.stream_interval_s)
-        artifact_id = str(uuid.uuid4())
-        sent_any = False
-        held: str | None = None
-        try:
-            async with stream:
-                async for chunk in stream:
-                    # The newest piece is held back so the last update (last_chunk) has text.
-                    if held is not None:
-                        await updater.add_artifact(
-                            [a2a_pb2.Part(text=held)],
-                            artifact_id=artifact_id,
-                            name="answer",
-                            append=sent_any,
-                            last_chunk=False,
-                        )
-                        sent_any = True
-                    held = chunk.text
-        except PromptTooLongError as e:
-            await updater.reject(self._reply(context, task, f"rejected: {e}"))
-            return
-        except ModelError as e:
-            log.error("task %s failed in the model: %s", task.id, e)
-            await updater.failed(self._reply(context, task, f"failed: {e}"))
-            return
+        info = self._worker.info
+        with self._tracer.start_as_current_span(
+            f"chat {info.name}",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": info.name,
+                "gen_ai.request.max_tokens": params.max_tokens,
+                "gen_ai.request.temperature": params.temperature,
+                "a2a.task.id": task.id,
+            },
+        ) as span:
+            stream = self._worker.generate(request, coalesce_s=s.stream_interval_s)
+            artifact_id = str(uuid.uuid4())
+            sent_any = False
+            held: str | None = None
+            try:
+                async with stream:
+                    async for chunk in stream:
+                        # The newest piece is held back so the last update (last_chunk) has text.
+                        if held is not None:
+                            await updater.add_artifact(
+                                [a2a_pb2.Part(text=held)],
+                                artifact_id=artifact_id,
+                                name="answer",
+                                append=sent_any,
+                                last_chunk=False,
+                            )
+                            sent_any = True
+                        held = chunk.text
+            except PromptTooLongError as e:
+                await updater.reject(self._reply(context, task, f"rejected: {e}"))
+                return
+            except ModelError as e:
+                log.error("task %s failed in the model: %s", task.id, e)
+                await updater.failed(self._reply(context, task, f"failed: {e}"))
+                return
+            completion = stream.completion
+            if completion is not None:
+                span.set_attributes(
+                    {
+                        "gen_ai.response.model": info.name,
+                        "gen_ai.usage.input_tokens": completion.usage.input_tokens,
+                        "gen_ai.usage.output_tokens": completion.usage.output_tokens,
+                        "gen_ai.response.finish_reasons": [completion.finish_reason],
+                    }
+                )
         completion = stream.completion
         assert completion is not None
         latency = time.perf_counter() - started
-        info = self._worker.info
         provenance = {
             METADATA_KEY: {
                 "org": s.org_id,

@@ -1,13 +1,14 @@
-"""The node's request handler when it belongs to a federation: every incoming message is
-verified (signature, membership, recipient, federation, freshness, replay) before the
-task machinery or the model sees it. Refusals are counted per reason and logged with
-identifiers only, never the payload."""
+"""The node's request handler: traces every incoming message and, when the node belongs
+to a federation, verifies it (signature, membership, recipient, federation, freshness,
+replay) before the task machinery or the model sees it. Refusals are counted per reason
+and logged with identifiers only, never the payload."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from a2a.server.context import ServerCallContext
@@ -15,12 +16,16 @@ from a2a.server.events import Event
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.types import a2a_pb2
 from jwcrypto import jwk
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from consortium.node.telemetry import context_from
 from consortium.protocols.a2a_errors import from_rejection
 from consortium.protocols.signed_message import (
     Claims,
     MessageVerifier,
     Rejected,
+    claims_of,
     digest,
     sign_message,
 )
@@ -38,40 +43,80 @@ class VerifiedRequest:
     digest: str
 
 
-class FederatedRequestHandler(DefaultRequestHandler):
-    def __init__(self, *args: object, verifier: MessageVerifier, **kwargs: object) -> None:
+class NodeRequestHandler(DefaultRequestHandler):
+    def __init__(
+        self,
+        *args: object,
+        tracer: trace.Tracer,
+        verifier: MessageVerifier | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.tracer = tracer
         self.verifier = verifier
         self.refusals: Counter[str] = Counter()
 
-    def _verify(self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext) -> None:
+    @contextmanager
+    def _receive(self, method: str, params: a2a_pb2.SendMessageRequest) -> Iterator[trace.Span]:
+        """The server span of one message, a child of the sender's traceparent if any."""
+        message = params.message
+        parent = None
+        attributes = {"consortium.message.id": message.message_id, "rpc.method": method}
         try:
-            claims = self.verifier.verify(params.message)
-        except Rejected as e:
-            self.refusals[e.reason] += 1
-            log.warning(
-                "refused message %s: %s (%s)", params.message.message_id or "-", e.reason, e.code
+            claims = claims_of(message)
+        except Rejected:
+            claims = None
+        if claims is not None:
+            parent = context_from(claims.traceparent)
+            attributes.update(
+                {"consortium.sender": claims.sender, "consortium.recipient": claims.recipient}
             )
-            raise from_rejection(e) from None
+        with self.tracer.start_as_current_span(
+            f"a2a.receive {method}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            yield span
+
+    def _verify(self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext) -> None:
+        if self.verifier is None:
+            return
+        with self.tracer.start_as_current_span("consortium.verify") as span:
+            try:
+                claims = self.verifier.verify(params.message)
+            except Rejected as e:
+                self.refusals[e.reason] += 1
+                span.set_attributes(
+                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
+                )
+                span.set_status(Status(StatusCode.ERROR, e.reason))
+                log.warning(
+                    "refused message %s: %s (%s)",
+                    params.message.message_id or "-",
+                    e.reason,
+                    e.code,
+                )
+                raise from_rejection(e) from None
+            span.set_attributes({"consortium.verdict": "verified", "consortium.key.id": claims.kid})
         context.state[VERIFIED_KEY] = VerifiedRequest(claims, digest(params.message))
 
     async def on_message_send(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> a2a_pb2.Message | a2a_pb2.Task:
-        self._verify(params, context)
-        result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(params, context)
-        return result
+        with self._receive("SendMessage", params):
+            self._verify(params, context)
+            result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(params, context)
+            return result
 
     async def on_message_send_stream(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
-        self._verify(params, context)
-        async for event in super().on_message_send_stream(params, context):
-            yield event
+        with self._receive("SendStreamingMessage", params):
+            self._verify(params, context)
+            async for event in super().on_message_send_stream(params, context):
+                yield event
 
 
 class ResponseSigner:
-    """Signs what this node sends back to a peer, bound to the peer's request."""
+    """Signs what this node sends to peers; answers are bound to the peer's request."""
 
     def __init__(self, *, org_id: str, federation_id: str, key: jwk.JWK) -> None:
         self.org_id = org_id
@@ -89,11 +134,14 @@ class ResponseSigner:
             traceparent=request.claims.traceparent,
         )
 
-    def sign_request(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
+    def sign_request(
+        self, message: a2a_pb2.Message, recipient: str, traceparent: str = ""
+    ) -> a2a_pb2.Message:
         return sign_message(
             message,
             key=self.key,
             sender=self.org_id,
             recipient=recipient,
             federation=self.federation_id,
+            traceparent=traceparent,
         )

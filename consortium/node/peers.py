@@ -14,12 +14,15 @@ from a2a.client.errors import A2AClientError
 from a2a.types import a2a_pb2
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 from google.protobuf.json_format import MessageToDict
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from consortium.errors import NodeUnavailableError
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.client import open_client, text_message
 from consortium.node.executor_options import METADATA_KEY
 from consortium.node.federated import ResponseSigner
+from consortium.node.telemetry import traceparent
 from consortium.protocols.signed_message import MessageVerifier, Rejected, digest
 
 
@@ -48,6 +51,7 @@ class PeerClient:
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._credentials = credentials
+        self.tracer: trace.Tracer = trace.NoOpTracer()
         self._signer = signer
         self._verifier = verifier
         self._roster = roster
@@ -81,11 +85,26 @@ class PeerClient:
         return self._clients[cache_key]
 
     async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:
+        with self.tracer.start_as_current_span(
+            f"a2a.call {org}", kind=SpanKind.CLIENT, attributes={"consortium.recipient": org}
+        ) as span:
+            answer = await self._ask(org, text, options, span)
+            span.set_attribute(
+                "consortium.verdict", "verified" if answer.verified else "unverified"
+            )
+            return answer
+
+    async def _ask(
+        self, org: str, text: str, options: dict[str, Any] | None, span: trace.Span
+    ) -> PeerAnswer:
         started = time.perf_counter()
         client = self._client(org)
-        request = self._signer.sign_request(
-            text_message(text, {METADATA_KEY: options} if options else None), org
-        )
+        parent = traceparent()  # the call span: the peer's spans hang under it
+        with self.tracer.start_as_current_span("consortium.sign"):
+            request = self._signer.sign_request(
+                text_message(text, {METADATA_KEY: options} if options else None), org, parent
+            )
+        span.set_attribute("consortium.message.id", request.message_id)
         request_digest = digest(request)
         final: a2a_pb2.Task | None = None
         try:
@@ -99,10 +118,15 @@ class PeerClient:
             raise PeerError(f"{org} did not answer: {e}") from None
         if final is None or not final.status.HasField("message"):
             raise PeerError(f"{org} answered without a status message")
-        try:
-            self._verifier.verify(final.status.message, request_digest=request_digest)
-        except Rejected as e:
-            raise PeerError(f"the answer from {org} was refused: {e}") from None
+        with self.tracer.start_as_current_span("consortium.verify") as vspan:
+            try:
+                self._verifier.verify(final.status.message, request_digest=request_digest)
+            except Rejected as e:
+                vspan.set_attributes(
+                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
+                )
+                raise PeerError(f"the answer from {org} was refused: {e}") from None
+            vspan.set_attribute("consortium.response.id", final.status.message.message_id)
         state = a2a_pb2.TaskState.Name(final.status.state).removeprefix("TASK_STATE_").lower()
         meta = MessageToDict(final.status.message.metadata).get(METADATA_KEY, {})
         return PeerAnswer(

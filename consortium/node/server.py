@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import uvicorn
 from a2a.server.agent_execution import AgentExecutor
-from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.request_handlers import GrpcHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.types import a2a_pb2
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, VERSION_HEADER
@@ -41,6 +41,8 @@ from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
 from jwcrypto import jwk
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,12 +54,13 @@ from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.config import NodeConfig
 from consortium.node.conformance import ConformanceExecutor
 from consortium.node.executor import ExecutorSettings, ModelExecutor
-from consortium.node.federated import FederatedRequestHandler, ResponseSigner
+from consortium.node.federated import NodeRequestHandler, ResponseSigner
 from consortium.node.llm.base import LLMBackend
 from consortium.node.llm.registry import default_prompt_format
 from consortium.node.llm.worker import ModelWorker
 from consortium.node.peers import PeerClient
 from consortium.node.store import SqliteTaskStore
+from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
 from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
 from consortium.protocols.signed_message import MessageVerifier
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
@@ -312,7 +315,7 @@ class Node:
         self._backend_factory = backend_factory
         self.worker = ModelWorker(backend_factory, label=config.node.org_id)
         self.store: SqliteTaskStore | None = None
-        self.handler: DefaultRequestHandler | None = None
+        self.handler: NodeRequestHandler | None = None
         self.card: a2a_pb2.AgentCard | None = None
         self.endpoints: Endpoints | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -320,6 +323,8 @@ class Node:
         self._http_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.federation: Federation | None = None
+        self.tracer_provider: TracerProvider | None = None
+        self.tracer: trace.Tracer = trace.NoOpTracer()
         self.replay: ReplayCache | None = None
 
     async def start(self) -> Endpoints:
@@ -383,6 +388,15 @@ class Node:
             public_keys=self._public_keys(),
         )
         federation = self._join_federation()
+        tel = cfg.telemetry
+        self.tracer_provider = make_provider(
+            cfg.node.org_id,
+            federation.roster.current().federation_id if federation else "",
+            make_exporter(tel.exporter, path=cfg.data_dir / tel.path, endpoint=tel.endpoint),
+        )
+        self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
+        if federation is not None:
+            federation.peers.tracer = self.tracer
         executor: AgentExecutor = ModelExecutor(
             self.worker,
             ExecutorSettings(
@@ -395,20 +409,17 @@ class Node:
             ),
             signer=federation.signer if federation else None,
             peers=federation.peers if federation else None,
+            tracer=self.tracer,
         )
         if cfg.node.executor == "a2a-tck":
             executor = ConformanceExecutor(executor)
-        if federation is None:
-            self.handler = DefaultRequestHandler(
-                agent_executor=executor, task_store=self.store, agent_card=self.card
-            )
-        else:
-            self.handler = FederatedRequestHandler(
-                agent_executor=executor,
-                task_store=self.store,
-                agent_card=self.card,
-                verifier=federation.verifier,
-            )
+        self.handler = NodeRequestHandler(
+            agent_executor=executor,
+            task_store=self.store,
+            agent_card=self.card,
+            tracer=self.tracer,
+            verifier=federation.verifier if federation else None,
+        )
         self._grpc.add_generic_rpc_handlers((a2a_generic_handler(SpecGrpcHandler(self.handler)),))
         reflection.enable_server_reflection(
             (A2A_SERVICE.full_name, reflection.SERVICE_NAME), self._grpc
@@ -520,6 +531,8 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._http_task, timeout=max(grace, 1.0))
         await self.worker.stop()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the exporter
         if self.federation is not None:
             await self.federation.peers.close()
         if self.replay is not None:

@@ -4,6 +4,7 @@ about messaging): signed peer calls, refusals before the model, roster hot reloa
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,49 @@ async def test_signed_round_trip_over_mutual_tls(tmp_path: Path) -> None:
         assert answer.text == "over mTLS" and answer.provenance["verified"] is True
     finally:
         await f.stop()
+
+
+def spans_of(path: Path) -> list[dict[str, Any]]:
+    """Spans from an OTLP JSON lines file, with their resource's service.name."""
+    out = []
+    for line in path.read_text().splitlines():
+        for rs in json.loads(line).get("resourceSpans", []):
+            attrs = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
+            service = attrs["service.name"]["stringValue"]
+            for ss in rs["scopeSpans"]:
+                for span in ss["spans"]:
+                    span["service"] = service
+                    span["attrs"] = {
+                        a["key"]: next(iter(a["value"].values()))
+                        for a in span.get("attributes", [])
+                    }
+                    out.append(span)
+    return out
+
+
+async def test_cross_organization_task_is_one_trace(fed: Federation) -> None:
+    answer = await fed.ask_via("acme", "trace me please", peer="globex")
+    assert answer.state == "completed"
+    await fed.stop()  # flushes every node's exporter
+    files = {org: fed.nodes[org].config.data_dir / "traces.jsonl" for org in ("acme", "globex")}
+    acme, globex = spans_of(files["acme"]), spans_of(files["globex"])
+    call = next(s for s in acme if s["name"] == "a2a.call globex")
+    receive = next(
+        s
+        for s in globex
+        if s["name"] == "a2a.receive SendMessage" and s["attrs"].get("consortium.sender") == "acme"
+    )
+    chat = next(s for s in globex if s["name"] == "chat echo-globex")
+    assert receive["traceId"] == call["traceId"] == chat["traceId"]
+    assert receive["parentSpanId"] == call["spanId"]
+    assert receive["attrs"]["consortium.message.id"] == call["attrs"]["consortium.message.id"]
+    assert {s["service"] for s in acme} == {"acme"} and {s["service"] for s in globex} == {"globex"}
+    assert chat["attrs"]["gen_ai.operation.name"] == "chat"
+    assert int(chat["attrs"]["gen_ai.usage.output_tokens"]) == 3
+    verify = next(
+        s for s in globex if s["name"] == "consortium.verify" and s["traceId"] == call["traceId"]
+    )
+    assert verify["attrs"]["consortium.verdict"] == "verified"
+    # No message text in anyone's spans.
+    for path in files.values():
+        assert "trace me please" not in path.read_text()

@@ -1,0 +1,48 @@
+"""Telemetry wiring: exporters chosen from config, per-node providers, clear config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from consortium.errors import ConfigError
+from consortium.node.client import ask, fetch_agent_card, open_client
+from consortium.node.telemetry import make_exporter
+from tests.conftest import NodeStarter
+
+
+def test_otlp_exporter_needs_an_endpoint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"telemetry\.endpoint"):
+        make_exporter("otlp-grpc", path=tmp_path / "x", endpoint="")
+    assert make_exporter("none", path=tmp_path / "x", endpoint="") is None
+    assert make_exporter(
+        "otlp-http", path=tmp_path / "x", endpoint="http://127.0.0.1:4318/v1/traces"
+    )
+
+
+async def test_a_standalone_node_exports_spans_to_its_file(start_node: NodeStarter) -> None:
+    node = await start_node()
+    client = open_client(await fetch_agent_card(node.endpoints.http_url))
+    try:
+        assert (await ask(client, "count these words")).state == "completed"
+    finally:
+        await client.close()
+    await node.stop()
+    lines = (node.config.data_dir / "traces.jsonl").read_text().splitlines()
+    names = {
+        span["name"]
+        for line in lines
+        for rs in json.loads(line)["resourceSpans"]
+        for ss in rs["scopeSpans"]
+        for span in ss["spans"]
+    }
+    assert {"a2a.receive SendStreamingMessage", "chat echo"} <= names
+    assert "count these words" not in "".join(lines)
+
+
+async def test_exporter_none_writes_nothing(start_node: NodeStarter) -> None:
+    node = await start_node(telemetry={"exporter": "none"})
+    await node.stop()
+    assert not (node.config.data_dir / "traces.jsonl").exists()

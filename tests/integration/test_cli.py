@@ -166,3 +166,42 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
     ):
         assert org in r.stdout and model in r.stdout
         assert f"stopped {org} (exit 0)" in r.stdout
+
+
+def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:
+    """Two organizations in separate processes: acme's node forwards a signed question to
+    globex, which answers with its own model; acme verifies the signed answer."""
+    fed = tmp_path / "fed"
+    assert run("federation", "create", "CLI Fed", "--dir", str(fed)).returncode == 0
+    roster, admin = fed / "federation.toml", fed / "admin" / "public.jwk"
+    procs = []
+    try:
+        for org in ("acme", "globex"):
+            d = tmp_path / org
+            assert (
+                run("init", org, "--dir", str(d), "--grpc-port", "0", "--http-port", "0").returncode
+                == 0
+            )
+            with (d / "node.toml").open("a") as f:
+                f.write(f'\n[federation]\nroster = "{roster}"\nadmin_key = "{admin}"\n')
+            proc, url = start_node(d / "node.toml", d / "node.log")
+            procs.append(proc)
+            r = run("federation", "add-member", str(roster), "--card", url)
+            assert r.returncode == 0, r.stderr
+        r = run(
+            "ask",
+            "--config",
+            str(tmp_path / "acme" / "node.toml"),
+            "--peer",
+            "globex",
+            "--max-tokens",
+            "24",
+            "What is the capital of France?",
+        )
+        assert r.returncode == 0, r.stderr
+        assert "Paris" in r.stdout
+        assert "route acme->globex" in r.stderr and "verified: True" in r.stderr
+        assert "globex" in r.stderr and "smollm2-135m" in r.stderr
+    finally:
+        for proc in procs:
+            stop_node(proc)

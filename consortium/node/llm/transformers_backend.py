@@ -18,7 +18,7 @@ import numpy as np
 from consortium.errors import ModelError, PromptTooLongError
 from consortium.node.llm import decode_loop
 from consortium.node.llm.base import ChatMessage, Chunk, Completion, GenerationParams, ModelInfo
-from consortium.node.llm.sampling import Logits, log_softmax
+from consortium.node.llm.sampling import Logits, common_prefix, log_softmax
 
 
 class TransformersBackend:
@@ -111,12 +111,7 @@ class TransformersBackend:
                 raise PromptTooLongError(
                     f"prompt and continuation exceed the context of {self._info.name}"
                 )
-            common = 0
-            for a, b in zip(prefix, whole, strict=False):
-                if a != b:
-                    break
-                common += 1
-            common = max(common, 1)
+            common = max(common_prefix(prefix, whole), 1)
             with torch.no_grad():
                 logits = self._model(input_ids=torch.tensor([whole])).logits[0]
             lps = log_softmax(logits.float().numpy())

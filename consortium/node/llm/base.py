@@ -64,10 +64,6 @@ class Timings:
     prompt_s: float = 0.0
     total_s: float = 0.0
 
-    @property
-    def output_tokens_per_s(self) -> float:
-        return 0.0 if self.total_s <= self.prompt_s else 1.0 / (self.total_s - self.prompt_s)
-
 
 @dataclass
 class Completion:

@@ -175,10 +175,6 @@ class ModelWorker:
             raise ModelError("model not loaded")
         return self._backend
 
-    @property
-    def pending(self) -> int:
-        return self._jobs.qsize()
-
     async def start(self) -> ModelInfo:
         """Starts the thread and loads the model on it; raises ModelError if loading fails."""
         loop = asyncio.get_running_loop()

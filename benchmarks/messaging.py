@@ -131,6 +131,7 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
                 agent_executor=EchoExecutor(signer),
                 task_store=store,
                 agent_card=card(),
+                tracer=NoOpTracer(),
                 verifier=verifier,
             )
         server.add_generic_rpc_handlers((a2a_generic_handler(SpecGrpcHandler(a2a_handler)),))

@@ -8,6 +8,7 @@ accepted only when at least one signature verifies under a trusted admin key.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import tomllib
@@ -52,10 +53,7 @@ class MemberKey(_Model):
         return v
 
     def jwk(self) -> jwk.JWK:
-        key = jwk.JWK(kty=self.kty, crv=self.crv, x=self.x)
-        if key_id(key) != self.kid:
-            raise RosterError(f"key id {self.kid} is not the RFC 7638 thumbprint of its key")
-        return key
+        return _checked_jwk(self.kid, self.x)
 
     def valid_at(self, when: datetime) -> bool:
         return not self.not_after or when <= parse_time(self.not_after)
@@ -116,6 +114,15 @@ class Roster(_Model):
     def signed_content(self) -> dict[str, Any]:
         """What the admin signature covers: everything but the signatures."""
         return self.model_dump(mode="json", exclude={"signatures"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_jwk(kid: str, x: str) -> jwk.JWK:
+    """The JWK of a roster key, once its key id is checked to be its RFC 7638 thumbprint."""
+    key = jwk.JWK(kty="OKP", crv="Ed25519", x=x)
+    if key_id(key) != kid:
+        raise RosterError(f"key id {kid} is not the RFC 7638 thumbprint of its key")
+    return key
 
 
 def parse_time(value: str) -> datetime:

@@ -3,17 +3,26 @@
 A signature travels apart from what it signs: `header..signature`. The signer and the
 verifier canonicalise the same JSON value with JCS (the `rfc8785` package), so any
 party that holds the value and the key can check it, whatever its JSON formatting.
+
+Keys are jwcrypto JWKs. The compact form itself (base64url header, the signing input
+`header.payload`, the Ed25519 signature) is assembled here over `cryptography`'s Ed25519,
+because it sits on every message's path and jwcrypto's JWS object costs 2-3x the
+signature operation itself (measured: sign 217 vs 60 us, verify 417 vs 185 us). Tokens
+are standard: tests check that jwcrypto verifies ours and we verify jwcrypto's.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import rfc8785
-from jwcrypto import jwk, jws
-from jwcrypto.common import JWException, base64url_encode, json_encode
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from jwcrypto import jwk
 
 from consortium.errors import ConsortiumError
 from consortium.trust.keys import key_id
@@ -35,13 +44,41 @@ def canonical(value: Any) -> bytes:
         raise SignatureError(f"value cannot be canonicalised: {e}") from None
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _private_key(key: jwk.JWK) -> Ed25519PrivateKey:
+    op = key.get_op_key("sign")
+    if not isinstance(op, Ed25519PrivateKey):
+        raise SignatureError("signing needs an Ed25519 private key")
+    return op
+
+
+@functools.lru_cache(maxsize=1024)
+def _ed25519_public(x: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(_unb64(x))
+
+
+def _public_key(key: jwk.JWK) -> Ed25519PublicKey:
+    if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
+        raise SignatureError("verification needs an Ed25519 key")
+    try:
+        return _ed25519_public(str(key.get("x")))
+    except ValueError:
+        raise SignatureError("malformed Ed25519 public key") from None
+
+
 def sign_detached(value: Any, key: jwk.JWK, header: Mapping[str, Any] | None = None) -> str:
     """Signs the canonical JSON of `value`; returns the compact JWS without its payload."""
     protected = {"alg": ALGORITHM, "kid": key_id(key), **(header or {})}
-    token = jws.JWS(canonical(value))
-    token.add_signature(key, alg=ALGORITHM, protected=json_encode(protected))
-    head, _, signature = str(token.serialize(compact=True)).split(".")
-    return f"{head}..{signature}"
+    head = _b64(json.dumps(protected, separators=(",", ":"), sort_keys=True).encode())
+    signing_input = f"{head}.{_b64(canonical(value))}".encode()
+    return f"{head}..{_b64(_private_key(key).sign(signing_input))}"
 
 
 def protected_header(token: str) -> dict[str, Any]:
@@ -50,9 +87,7 @@ def protected_header(token: str) -> dict[str, Any]:
     if len(parts) != 3 or parts[1] != "":
         raise SignatureError("not a detached compact JWS (expected 'header..signature')")
     try:
-        from jwcrypto.common import base64url_decode
-
-        header = json.loads(base64url_decode(parts[0]))
+        header = json.loads(_unb64(parts[0]))
     except (ValueError, TypeError) as e:
         raise SignatureError(f"malformed JWS header: {e}") from None
     if not isinstance(header, dict):
@@ -78,13 +113,13 @@ def verify_detached(
     if key is None:
         raise SignatureError(f"unknown signing key {kid}")
     head, _, signature = token.split(".")
-    attached = f"{head}.{base64url_encode(canonical(value))}.{signature}"
     try:
-        verifier = jws.JWS()
-        verifier.deserialize(attached)
-        verifier.verify(key, alg=ALGORITHM)
-    except (JWException, ValueError, TypeError) as e:
-        raise SignatureError(
-            f"signature does not verify under key {kid}: {type(e).__name__}"
-        ) from None
+        raw_signature = _unb64(signature)
+    except (ValueError, TypeError):
+        raise SignatureError("malformed JWS signature") from None
+    signing_input = f"{head}.{_b64(canonical(value))}".encode()
+    try:
+        _public_key(key).verify(raw_signature, signing_input)
+    except InvalidSignature:
+        raise SignatureError(f"signature does not verify under key {kid}") from None
     return header

@@ -71,3 +71,24 @@ def test_wrong_algorithm_and_malformed_tokens() -> None:
     for bad in ("", "a.b.c", "abc", "!!..!!"):
         with pytest.raises(SignatureError):
             protected_header(bad)
+
+
+def test_tokens_interoperate_with_jwcrypto() -> None:
+    from jwcrypto import jws
+    from jwcrypto.common import base64url_encode, json_encode
+
+    key = generate_key()
+    value = {"claims": {"sender": "acme"}, "parts": ["é", 1, 2.5]}
+    ours = sign_detached(value, key)
+    head, _, sig = ours.split(".")
+    attached = f"{head}.{base64url_encode(canonical(value))}.{sig}"
+    checker = jws.JWS()
+    checker.deserialize(attached)
+    checker.verify(key, alg="EdDSA")  # raises if jwcrypto disagrees
+
+    theirs = jws.JWS(canonical(value))
+    theirs.add_signature(
+        key, alg="EdDSA", protected=json_encode({"alg": "EdDSA", "kid": key_id(key)})
+    )
+    h, _, s = str(theirs.serialize(compact=True)).split(".")
+    assert verify_detached(f"{h}..{s}", value, {key_id(key): key}.get)["kid"] == key_id(key)

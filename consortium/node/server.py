@@ -338,6 +338,7 @@ class Node:
         cfg = self.config
         self.store = SqliteTaskStore(cfg.database_path)
         self.store.fail_unfinished("the node stopped before the task finished")
+        federation = self._join_federation()  # before loading the model: fail fast
         info = await self.worker.start()
         fmt = cfg.model.prompt_format
         prompt_format = (
@@ -387,7 +388,6 @@ class Node:
             context_size=info.context_size,
             public_keys=self._public_keys(),
         )
-        federation = self._join_federation()
         tel = cfg.telemetry
         self.tracer_provider = make_provider(
             cfg.node.org_id,

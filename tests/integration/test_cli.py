@@ -205,3 +205,35 @@ def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:
     finally:
         for proc in procs:
             stop_node(proc)
+
+
+def test_node_refuses_to_start_on_a_roster_that_does_not_verify(
+    org_dir: Path, tmp_path: Path
+) -> None:
+    fed = tmp_path / "fed"
+    assert run("federation", "create", "Start Fed", "--dir", str(fed)).returncode == 0
+    other = tmp_path / "other"
+    assert run("federation", "create", "Other Fed", "--dir", str(other)).returncode == 0
+    config = org_dir / "node.toml"
+    base = config.read_text()
+    # Signed by another federation's admin key than the one the node trusts.
+    section = '\n[federation]\nroster = "{}"\nadmin_key = "{}"\n'
+    config.write_text(
+        base + section.format(fed / "federation.toml", other / "admin" / "public.jwk")
+    )
+    assert_one_line_error(
+        run("node", "start", "--config", str(config)),
+        2,
+        "federation.toml",
+        "no valid admin signature",
+    )
+    config.write_text(
+        base + section.format(tmp_path / "missing.toml", fed / "admin" / "public.jwk")
+    )
+    assert_one_line_error(
+        run("node", "start", "--config", str(config)), 2, "missing.toml", "not found"
+    )
+    config.write_text(base + '\n[federation]\nadmin_key = "x"\n')
+    assert_one_line_error(
+        run("node", "start", "--config", str(config)), 2, "federation.roster: required"
+    )

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from a2a.helpers.proto_helpers import new_task_from_user_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -25,7 +25,12 @@ from opentelemetry.trace import SpanKind
 
 from consortium.errors import ModelError, PromptTooLongError
 from consortium.node.executor_options import METADATA_KEY, RequestOptions, request_options
-from consortium.node.federated import VERIFIED_KEY, ResponseSigner, VerifiedRequest
+from consortium.node.federated import (
+    VERIFIED_KEY,
+    ResponseSigner,
+    SigningEventQueue,
+    VerifiedRequest,
+)
 from consortium.node.llm.base import GenerationParams
 from consortium.node.llm.registry import PromptFormat
 from consortium.node.llm.worker import ModelWorker
@@ -92,6 +97,9 @@ class ModelExecutor(AgentExecutor):
         return message
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        verified = context.call_context.state.get(VERIFIED_KEY)
+        if self._signer is not None and isinstance(verified, VerifiedRequest):
+            event_queue = cast(EventQueue, SigningEventQueue(event_queue, self._signer, verified))
         message = context.message
         task = context.current_task
         if task is None:
@@ -234,6 +242,7 @@ class ModelExecutor(AgentExecutor):
                 "org": answer.org,
                 "route": f"{self._settings.org_id}->{answer.org}",
                 "verified": answer.verified,
+                "verifiedEvents": answer.verified_events,
                 "latencyMs": round(answer.latency_s * 1000, 1),
             }
         }

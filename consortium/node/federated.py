@@ -10,9 +10,10 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from a2a.server.context import ServerCallContext
-from a2a.server.events import Event
+from a2a.server.events import Event, EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.types import a2a_pb2
 from jwcrypto import jwk
@@ -25,8 +26,10 @@ from consortium.protocols.signed_message import (
     Claims,
     MessageVerifier,
     Rejected,
+    TaskEvent,
     claims_of,
     digest,
+    sign_event,
     sign_message,
 )
 
@@ -134,6 +137,17 @@ class ResponseSigner:
             traceparent=request.claims.traceparent,
         )
 
+    def sign_event(self, event: TaskEvent, request: VerifiedRequest) -> TaskEvent:
+        return sign_event(
+            event,
+            key=self.key,
+            sender=self.org_id,
+            recipient=request.claims.sender,
+            federation=self.federation_id,
+            request_digest=request.digest,
+            traceparent=request.claims.traceparent,
+        )
+
     def sign_request(
         self, message: a2a_pb2.Message, recipient: str, traceparent: str = ""
     ) -> a2a_pb2.Message:
@@ -145,3 +159,21 @@ class ResponseSigner:
             federation=self.federation_id,
             traceparent=traceparent,
         )
+
+
+class SigningEventQueue:
+    """Wraps a task's event queue: every status and artifact update this node emits for a
+    peer's request is signed, bound to that request, before it is queued."""
+
+    def __init__(self, queue: EventQueue, signer: ResponseSigner, request: VerifiedRequest) -> None:
+        self._queue = queue
+        self._signer = signer
+        self._request = request
+
+    async def enqueue_event(self, event: Event) -> None:
+        if isinstance(event, (a2a_pb2.TaskStatusUpdateEvent, a2a_pb2.TaskArtifactUpdateEvent)):
+            event = self._signer.sign_event(event, self._request)
+        await self._queue.enqueue_event(event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)

@@ -38,6 +38,7 @@ class PeerAnswer:
     provenance: dict[str, Any] = field(default_factory=dict)
     latency_s: float = 0.0
     verified: bool = False
+    verified_events: int = 0
 
 
 class PeerClient:
@@ -77,11 +78,9 @@ class PeerClient:
                         protocol_version=PROTOCOL_VERSION_CURRENT,
                     )
                 ],
-                capabilities=a2a_pb2.AgentCapabilities(streaming=False),
+                capabilities=a2a_pb2.AgentCapabilities(streaming=True),
             )
-            self._clients[cache_key] = open_client(
-                card, streaming=False, credentials=self._credentials
-            )
+            self._clients[cache_key] = open_client(card, credentials=self._credentials)
         return self._clients[cache_key]
 
     async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:
@@ -106,36 +105,52 @@ class PeerClient:
             )
         span.set_attribute("consortium.message.id", request.message_id)
         request_digest = digest(request)
-        final: a2a_pb2.Task | None = None
-        try:
-            async for event in client.send_message(
-                a2a_pb2.SendMessageRequest(message=request),
-                context=ClientCallContext(timeout=self._timeout),
-            ):
-                if event.HasField("task"):
-                    final = event.task
-        except A2AClientError as e:
-            raise PeerError(f"{org} did not answer: {e}") from None
-        if final is None or not final.status.HasField("message"):
-            raise PeerError(f"{org} answered without a status message")
+        status: a2a_pb2.TaskStatus | None = None
+        events = 0
         with self.tracer.start_as_current_span("consortium.verify") as vspan:
             try:
-                self._verifier.verify(final.status.message, request_digest=request_digest)
+                async for event in client.send_message(
+                    a2a_pb2.SendMessageRequest(message=request),
+                    context=ClientCallContext(timeout=self._timeout),
+                ):
+                    # Every task event the peer streams is signed and bound to our request.
+                    kind = event.WhichOneof("payload")
+                    if kind == "status_update":
+                        self._verifier.verify(event.status_update, request_digest=request_digest)
+                        status = event.status_update.status
+                        events += 1
+                    elif kind == "artifact_update":
+                        self._verifier.verify(event.artifact_update, request_digest=request_digest)
+                        events += 1
+                    elif kind == "task" and event.task.status.HasField("message"):
+                        status = event.task.status
+                if status is None or not status.HasField("message"):
+                    raise PeerError(f"{org} answered without a status message")
+                self._verifier.verify(status.message, request_digest=request_digest)
+            except A2AClientError as e:
+                raise PeerError(f"{org} did not answer: {e}") from None
             except Rejected as e:
                 vspan.set_attributes(
                     {"consortium.verdict": "refused", "consortium.refusal": e.reason}
                 )
                 raise PeerError(f"the answer from {org} was refused: {e}") from None
-            vspan.set_attribute("consortium.response.id", final.status.message.message_id)
-        state = a2a_pb2.TaskState.Name(final.status.state).removeprefix("TASK_STATE_").lower()
-        meta = MessageToDict(final.status.message.metadata).get(METADATA_KEY, {})
+            vspan.set_attributes(
+                {
+                    "consortium.response.id": status.message.message_id,
+                    "consortium.events.verified": events,
+                }
+            )
+        final = status
+        state = a2a_pb2.TaskState.Name(final.state).removeprefix("TASK_STATE_").lower()
+        meta = MessageToDict(final.message.metadata).get(METADATA_KEY, {})
         return PeerAnswer(
             org=org,
-            text="".join(p.text for p in final.status.message.parts),
+            text="".join(p.text for p in final.message.parts),
             state=state,
             provenance=meta if isinstance(meta, dict) else {},
             latency_s=time.perf_counter() - started,
             verified=True,
+            verified_events=events,
         )
 
     async def close(self) -> None:

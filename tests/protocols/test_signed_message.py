@@ -221,3 +221,48 @@ def test_digest_ignores_the_signature_but_covers_the_rest(w: World) -> None:
     assert digest(copy) == digest(msg)
     copy.parts[0].text = "y"
     assert digest(copy) != digest(msg)
+
+
+def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
+    from consortium.protocols.signed_message import sign_event
+
+    request = text_message("question")
+    event = a2a_pb2.TaskArtifactUpdateEvent(
+        task_id="t1",
+        context_id="c1",
+        artifact=a2a_pb2.Artifact(artifact_id="a1", parts=[a2a_pb2.Part(text="chunk")]),
+    )
+    signed = sign_event(
+        event,
+        key=w.acme,
+        sender="acme",
+        recipient="globex",
+        federation="fed",
+        request_digest=digest(request),
+        now=NOW,
+    )
+    assert w.verifier.verify(signed, request_digest=digest(request)).message_id.startswith("event-")
+    again = sign_event(
+        event,
+        key=w.acme,
+        sender="acme",
+        recipient="globex",
+        federation="fed",
+        request_digest=digest(request),
+        now=NOW,
+    )
+    again.artifact.parts[0].text = "changed"
+    assert w.reject(again, request_digest=digest(request)).reason == "bad_signature"
+    status = a2a_pb2.TaskStatusUpdateEvent(
+        task_id="t1", status=a2a_pb2.TaskStatus(state=a2a_pb2.TASK_STATE_COMPLETED)
+    )
+    bound_elsewhere = sign_event(
+        status,
+        key=w.acme,
+        sender="acme",
+        recipient="globex",
+        federation="fed",
+        request_digest=digest(text_message("x")),
+        now=NOW,
+    )
+    assert w.reject(bound_elsewhere, request_digest=digest(request)).reason == "wrong_request"

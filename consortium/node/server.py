@@ -426,8 +426,20 @@ class Node:
         )
         await self._grpc.start()
 
+        handler = self.handler
+
         async def healthz(_: Request) -> Response:
-            return JSONResponse({"status": "ok", "org_id": cfg.node.org_id, "model": info.name})
+            body: dict[str, Any] = {"status": "ok", "org_id": cfg.node.org_id, "model": info.name}
+            if self.federation is not None:
+                roster = self.federation.roster
+                body["federation"] = {
+                    "id": roster.current().federation_id,
+                    "roster_version": roster.current().version,
+                    "roster_reloads": roster.reloads,
+                    "rosters_refused": roster.refused,
+                    "messages_refused": dict(handler.refusals),
+                }
+            return JSONResponse(body)
 
         app = Starlette(
             routes=[

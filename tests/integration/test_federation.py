@@ -158,6 +158,10 @@ async def test_unsigned_message_is_refused_on_both_bindings(fed: Federation) -> 
         )
     assert r.json()["error"]["code"] == -32040
     assert node.handler.refusals["unsigned"] == 2  # type: ignore[union-attr]
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(node.endpoints.http_url + "/healthz")).json()
+    assert health["federation"]["messages_refused"] == {"unsigned": 2}
+    assert health["federation"]["id"] == "test-federation"
 
 
 async def test_message_for_another_recipient_never_reaches_the_model(fed: Federation) -> None:

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from consortium.errors import ConfigError, ConsortiumError, TaskError
-from consortium.node.config import ORG_ID_PATTERN, NodeConfig, load_config
+from consortium.node.config import ORG_ID_PATTERN, load_config
 
 app = typer.Typer(
     name="consortium",
@@ -157,22 +157,6 @@ def node_start(
     _run(lambda: asyncio.run(serve()))
 
 
-def _local_signer(cfg: NodeConfig) -> Callable[[Any], Any] | None:
-    """In a federation, requests to one's own node are signed with the org's key too."""
-    if cfg.federation is None:
-        return None
-    from consortium.federation.roster import load_verified_roster
-    from consortium.node.federated import ResponseSigner
-    from consortium.trust.keys import load_private_key, load_public_key
-
-    admin = load_public_key(cfg.resolve(cfg.federation.admin_key))
-    roster = load_verified_roster(cfg.resolve(cfg.federation.roster), [admin])
-    key = load_private_key(cfg.resolve(cfg.identity.private_key))
-    signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
-    org = cfg.node.org_id
-    return lambda message: signer.sign_request(message, org)
-
-
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question to send.")],
@@ -197,6 +181,7 @@ def ask(
 
     from consortium.node.client import ask as ask_node
     from consortium.node.client import fetch_agent_card, open_client
+    from consortium.node.federated import local_signer
     from consortium.node.server import running_http_url
 
     cfg = _run(lambda: load_config(config))
@@ -211,7 +196,7 @@ def ask(
         options["temperature"] = temperature
     if peer is not None:
         options["peer"] = peer
-    sign = _run(lambda: _local_signer(cfg))
+    sign = _run(lambda: local_signer(cfg))
 
     async def go() -> None:
         card = await fetch_agent_card(running_http_url(cfg))

@@ -1,5 +1,7 @@
 """`consortium demo`: three organizations on loopback, each a separate node process with a
-real model, answering a few questions over A2A gRPC; the answers as a table."""
+real model, form a signed federation; each answers a few questions over A2A gRPC (requests
+signed, verified before the model), and one question travels between organizations as a
+signed, verified peer call. The answers as tables."""
 
 from __future__ import annotations
 
@@ -12,12 +14,25 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
 from consortium.errors import NodeUnavailableError
+from consortium.federation.admin import (
+    FederationPaths,
+    add_member,
+    create_federation,
+    default_paths,
+    member_from_card,
+    read_card,
+)
+from consortium.federation.roster import load_roster
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
+from consortium.node.config import load_config
+from consortium.node.federated import local_signer
 from consortium.node.setup import init_node
 
 ORGS = (
@@ -80,28 +95,100 @@ def stop_node(proc: subprocess.Popen[str], timeout: float = 30.0) -> int:
     return proc.returncode
 
 
+async def _ask(node: RunningNode, question: str, options: dict[str, Any]) -> Answer:
+    """A question to one's own node, signed with the organization's key."""
+    client = open_client(await fetch_agent_card(node.http_url))
+    try:
+        sign = local_signer(load_config(node.config))
+        return await ask(client, question, options=options, timeout=180, sign=sign)
+    finally:
+        await client.close()
+
+
 async def _ask_all(nodes: list[RunningNode]) -> list[tuple[RunningNode, str, Answer]]:
     async def one_org(node: RunningNode) -> list[tuple[RunningNode, str, Answer]]:
-        card = await fetch_agent_card(node.http_url)
-        client = open_client(card)
-        try:
-            results = []
-            for q in QUESTIONS:
-                results.append(
-                    (node, q, await ask(client, q, options={"max_tokens": 48}, timeout=120))
-                )
-            return results
-        finally:
-            await client.close()
+        return [(node, q, await _ask(node, q, {"max_tokens": 48})) for q in QUESTIONS]
 
     per_org = await asyncio.gather(*(one_org(n) for n in nodes))
     return [r for rs in per_org for r in rs]
+
+
+async def _wait_for_roster(nodes: list[RunningNode], version: int, timeout: float = 30.0) -> None:
+    """Until every node has hot-reloaded the roster to at least this version."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            seen = [(await http.get(n.http_url + "/healthz")).json()["federation"] for n in nodes]
+            if all(f["roster_version"] >= version for f in seen):
+                return
+            if time.monotonic() > deadline:
+                raise NodeUnavailableError("the nodes did not pick up the federation roster")
+            await asyncio.sleep(0.2)
+
+
+def _join(nodes: list[RunningNode], paths: FederationPaths, console: Console) -> None:
+    """The admin admits every node from the agent card it serves."""
+    for node in nodes:
+        if load_roster(paths.roster).member(node.org_id) is None:
+            card, card_url = read_card(node.http_url)
+            add_member(paths.roster, paths.admin_private, member_from_card(card, card_url))
+    roster = load_roster(paths.roster)
+    asyncio.run(_wait_for_roster(nodes, roster.version))
+    console.print(
+        f"  federation {roster.federation_id}: {len(roster.members)} members, roster version "
+        f"{roster.version} signed by the admin key; every message below is signed and verified"
+    )
+
+
+def _answers_table(results: list[tuple[RunningNode, str, Answer]]) -> Table:
+    table = Table(title="Answers from three organizations (real models, A2A over gRPC, signed)")
+    for col in ("question", "organization", "model", "answer", "tokens in/out", "latency"):
+        table.add_column(col, overflow="fold")
+    for node, question, answer in results:
+        p = answer.provenance
+        table.add_row(
+            question,
+            node.org_id,
+            str(p.get("model", node.model)),
+            _shown(answer),
+            f"{int(p.get('inputTokens', 0))}/{int(p.get('outputTokens', 0))}",
+            f"{answer.latency_s * 1000:.0f} ms",
+        )
+    return table
+
+
+def _shown(answer: Answer) -> str:
+    if answer.state == "completed":
+        return answer.text.strip()
+    return f"[{answer.state}] {answer.status_text}"
+
+
+def _across(origin: RunningNode, peer: RunningNode) -> Table:
+    question = "What is the largest planet in the solar system?"
+    answer = asyncio.run(_ask(origin, question, {"max_tokens": 32, "peer": peer.org_id}))
+    p = answer.provenance
+    table = Table(title="A question across organizations (signed request, verified signed answer)")
+    for col in ("question", "route", "model", "answer", "verified", "latency"):
+        table.add_column(col, overflow="fold")
+    table.add_row(
+        question,
+        str(p.get("route", f"{origin.org_id}->{peer.org_id}")),
+        str(p.get("model", "?")),
+        _shown(answer),
+        f"{p.get('verified', False)} ({int(p.get('verifiedEvents', 0))} signed events)",
+        f"{answer.latency_s * 1000:.0f} ms",
+    )
+    return table
 
 
 def run_demo(workdir: Path | None, console: Console) -> None:
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]Consortium demo[/bold]: three organizations on loopback, in {base}")
+    fed_dir = base / "federation"
+    if not (fed_dir / "federation.toml").exists():
+        create_federation("Consortium Demo", fed_dir)
+    paths = default_paths(fed_dir / "federation.toml")
     nodes: list[RunningNode] = []
     try:
         for org_id, name, model in ORGS:
@@ -111,31 +198,21 @@ def run_demo(workdir: Path | None, console: Console) -> None:
                 init_node(
                     org_id, node_dir, model=model, display_name=name, grpc_port=0, http_port=0
                 )
+                with config.open("a") as f:
+                    f.write(
+                        f'\n[federation]\nroster = "{paths.roster.resolve()}"\n'
+                        f'admin_key = "{paths.admin_public.resolve()}"\n'
+                    )
             with console.status(f"starting {org_id} ({model})"):
                 proc, url = start_node(config, node_dir / "node.log")
             nodes.append(RunningNode(org_id, model, config, proc, url))
             console.print(f"  {org_id:8} {model:13} ready at {url}")
+        _join(nodes, paths, console)
         with console.status("asking each organization a few questions over A2A gRPC"):
             results = asyncio.run(_ask_all(nodes))
-        table = Table(title="Answers from three organizations (real models, A2A over gRPC)")
-        for col in ("question", "organization", "model", "answer", "tokens in/out", "latency"):
-            table.add_column(col, overflow="fold")
-        for node, question, answer in results:
-            p = answer.provenance
-            text = (
-                answer.text.strip()
-                if answer.state == "completed"
-                else f"[{answer.state}] {answer.status_text}"
-            )
-            table.add_row(
-                question,
-                node.org_id,
-                str(p.get("model", node.model)),
-                text,
-                f"{int(p.get('inputTokens', 0))}/{int(p.get('outputTokens', 0))}",
-                f"{answer.latency_s * 1000:.0f} ms",
-            )
-        console.print(table)
+        console.print(_answers_table(results))
+        with console.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
+            console.print(_across(nodes[0], nodes[-1]))
     finally:
         for node in nodes:
             code = stop_node(node.process)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,7 @@ from jwcrypto import jwk
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from consortium.node.config import NodeConfig
 from consortium.node.telemetry import context_from
 from consortium.protocols.a2a_errors import from_rejection
 from consortium.protocols.signed_message import (
@@ -177,3 +178,19 @@ class SigningEventQueue:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._queue, name)
+
+
+def local_signer(config: NodeConfig) -> Callable[[a2a_pb2.Message], a2a_pb2.Message] | None:
+    """For clients of one's own node in a federation (`consortium ask`, the demo): requests
+    are signed with the organization's key, as the node checks every message."""
+    if config.federation is None:
+        return None
+    from consortium.federation.roster import load_verified_roster
+    from consortium.trust.keys import load_private_key, load_public_key
+
+    admin = load_public_key(config.resolve(config.federation.admin_key))
+    roster = load_verified_roster(config.resolve(config.federation.roster), [admin])
+    key = load_private_key(config.resolve(config.identity.private_key))
+    signer = ResponseSigner(org_id=config.node.org_id, federation_id=roster.federation_id, key=key)
+    org = config.node.org_id
+    return lambda message: signer.sign_request(message, org)

@@ -166,6 +166,8 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
     ):
         assert org in r.stdout and model in r.stdout
         assert f"stopped {org} (exit 0)" in r.stdout
+    assert "federation consortium-demo: 3 members" in r.stdout
+    assert "acme->initech" in r.stdout and "True (" in r.stdout  # the verified cross-org answer
 
 
 def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:

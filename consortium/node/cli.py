@@ -239,7 +239,8 @@ def demo(
         Path | None, typer.Option(help="Where to put the three nodes (default: a temp dir).")
     ] = None,
 ) -> None:
-    """Start three organizations on loopback, ask each a few questions, print a table, stop them."""
+    """Three organizations on loopback form a federation, answer signed questions (one across
+    organizations), print tables, stop."""
     from consortium.node.demo import run_demo
 
     # A log or CI transcript is not a terminal: give the table room instead of 80 columns.

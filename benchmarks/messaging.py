@@ -8,8 +8,10 @@ the same ~500-byte text, an echo executor (no model):
       freshness, replay cache in SQLite), answered with a signed reply bound to the
       request, which the client verifies.
 
-Prints one JSON object: p50/p99 round-trip latency and messages/s, sequential and with 32
-concurrent callers, for each; and the ratios c/a and c/b.
+The three servers run side by side and the client alternates a, b, c in rounds, so drift
+on a shared machine hits all three alike. Prints one JSON object: p50/p99 round-trip
+latency and messages/s, sequential and with 32 concurrent callers, for each; and the
+ratios c/a and c/b.
 
     .venv/bin/python benchmarks/messaging.py [--requests 1000]
 """
@@ -141,9 +143,10 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
     await server.wait_for_termination()
 
 
-async def measure(
+async def timed(
     call: Callable[[], Awaitable[None]], n: int, concurrency: int
-) -> dict[str, float]:
+) -> tuple[list[float], float]:
+    """n calls by `concurrency` callers: their latencies and the wall time."""
     latencies: list[float] = []
 
     async def worker(count: int) -> None:
@@ -152,16 +155,16 @@ async def measure(
             await call()
             latencies.append(time.perf_counter() - t)
 
-    for _ in range(min(50, n)):  # warm-up
-        await call()
     started = time.perf_counter()
-    per = n // concurrency
-    await asyncio.gather(*(worker(per) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
+    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+def summarize(latencies: list[float], elapsed: float) -> dict[str, float]:
+    latencies = sorted(latencies)
     return {
         "p50_ms": round(statistics.median(latencies) * 1000, 3),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 3),
+        "p99_ms": round(latencies[max(int(len(latencies) * 0.99) - 1, 0)] * 1000, 3),
         "messages_per_s": round(len(latencies) / elapsed, 1),
     }
 
@@ -189,7 +192,10 @@ def start_server(mode: str, keys_file: Path) -> tuple[subprocess.Popen[bytes], i
     return proc, int(port_file.read_text())
 
 
-async def run_client(mode: str, port: int, keys: dict[str, Any], n: int) -> dict[str, Any]:
+def make_call(
+    mode: str, port: int, keys: dict[str, Any]
+) -> tuple[Callable[[], Awaitable[None]], grpc.aio.Channel]:
+    """The round trip of one mode, and the channel to close afterwards."""
     client_key = jwk.JWK(**keys["client"])
     server_key = jwk.JWK(**keys["server"])
     roster = Roster(
@@ -227,20 +233,50 @@ async def run_client(mode: str, port: int, keys: dict[str, Any], n: int) -> dict
         verifier.verify(resp.message, request_digest=digest(signed))
         assert resp.message.parts[0].text == TEXT
 
-    call = {"raw": call_raw, "unsigned": call_a2a, "signed": call_signed}[mode]
-    result = {
-        "sequential": await measure(call, n, 1),
-        "concurrent_32": await measure(call, n, 32),
+    calls: dict[str, Callable[[], Awaitable[None]]] = {
+        "raw": call_raw,
+        "unsigned": call_a2a,
+        "signed": call_signed,
     }
-    await channel.close()
-    return result
+    return calls[mode], channel
+
+
+async def run_interleaved(
+    ports: dict[str, int], keys: dict[str, Any], n: int, rounds: int
+) -> dict[str, Any]:
+    """Rounds of a, b, c (sequential, then 32 concurrent), so drift on a shared machine
+    hits all three alike; figures are over all rounds."""
+    made = {mode: make_call(mode, port, keys) for mode, port in ports.items()}
+    for call, _ in made.values():
+        for _ in range(50):  # warm-up: connections, caches
+            await call()
+    totals: dict[tuple[str, int], tuple[list[float], float]] = {}
+    for r in range(rounds):
+        modes = list(ports)[r % len(ports) :] + list(ports)[: r % len(ports)]
+        for concurrency in (1, 32):
+            for mode in modes:
+                lat, elapsed = await timed(
+                    made[mode][0], max(n // rounds, concurrency), concurrency
+                )
+                prev_lat, prev_elapsed = totals.get((mode, concurrency), ([], 0.0))
+                totals[(mode, concurrency)] = (prev_lat + lat, prev_elapsed + elapsed)
+    for _, channel in made.values():
+        await channel.close()
+    return {
+        mode: {
+            "sequential": summarize(*totals[(mode, 1)]),
+            "concurrent_32": summarize(*totals[(mode, 32)]),
+        }
+        for mode in ports
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=1200, help="per mode and concurrency")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--serve", choices=["raw", "unsigned", "signed"])
     parser.add_argument("--keys", type=Path)
     parser.add_argument("--port-file", type=Path)
@@ -260,19 +296,26 @@ def main() -> None:
         "benchmark": "messaging",
         "message_bytes": len(TEXT),
         "requests": args.requests,
+        "rounds": args.rounds,
     }
     names = {
         "raw": "a_raw_grpc_echo",
         "unsigned": "b_a2a_unsigned",
         "signed": "c_a2a_signed_verified",
     }
-    for mode in ("raw", "unsigned", "signed"):
-        proc, port = start_server(mode, keys_file)
-        try:
-            results[names[mode]] = asyncio.run(run_client(mode, port, keys, args.requests))
-        finally:
+    servers = {mode: start_server(mode, keys_file) for mode in names}
+    try:
+        measured = asyncio.run(
+            run_interleaved(
+                {m: port for m, (_, port) in servers.items()}, keys, args.requests, args.rounds
+            )
+        )
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait(10)
+    for mode, name in names.items():
+        results[name] = measured[mode]
     a, b, c = (results[names[m]] for m in ("raw", "unsigned", "signed"))
     results["ratio_c_over_a_p50"] = round(c["sequential"]["p50_ms"] / a["sequential"]["p50_ms"], 2)
     results["ratio_c_over_b_p50"] = round(c["sequential"]["p50_ms"] / b["sequential"]["p50_ms"], 2)

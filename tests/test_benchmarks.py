@@ -25,7 +25,7 @@ def run(script: str, *args: str) -> dict[str, object]:
 
 
 def test_messaging_benchmark_runs() -> None:
-    d = run("messaging.py", "--requests", "64")
+    d = run("messaging.py", "--requests", "128", "--rounds", "2")
     for key in ("a_raw_grpc_echo", "b_a2a_unsigned", "c_a2a_signed_verified"):
         assert set(d[key]) == {"sequential", "concurrent_32"}  # type: ignore[arg-type]
     assert float(d["ratio_c_over_a_p50"]) > 0  # type: ignore[arg-type]

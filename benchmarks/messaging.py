@@ -18,6 +18,11 @@ ratios c/a and c/b.
 
 from __future__ import annotations
 
+import os
+
+# As in a node process (consortium/__init__.py): before a2a is imported.
+os.environ.setdefault("OTEL_INSTRUMENTATION_A2A_SDK_ENABLED", "false")
+
 import argparse
 import asyncio
 import json

@@ -127,27 +127,22 @@ class ResponseSigner:
         self.federation_id = federation_id
         self.key = key
 
+    def _bound_to(self, request: VerifiedRequest) -> dict[str, Any]:
+        """Signing arguments of anything sent back for a peer's request."""
+        return {
+            "key": self.key,
+            "sender": self.org_id,
+            "recipient": request.claims.sender,
+            "federation": self.federation_id,
+            "request_digest": request.digest,
+            "traceparent": request.claims.traceparent,
+        }
+
     def sign_reply(self, message: a2a_pb2.Message, request: VerifiedRequest) -> a2a_pb2.Message:
-        return sign_message(
-            message,
-            key=self.key,
-            sender=self.org_id,
-            recipient=request.claims.sender,
-            federation=self.federation_id,
-            request_digest=request.digest,
-            traceparent=request.claims.traceparent,
-        )
+        return sign_message(message, **self._bound_to(request))
 
     def sign_event(self, event: TaskEvent, request: VerifiedRequest) -> TaskEvent:
-        return sign_event(
-            event,
-            key=self.key,
-            sender=self.org_id,
-            recipient=request.claims.sender,
-            federation=self.federation_id,
-            request_digest=request.digest,
-            traceparent=request.claims.traceparent,
-        )
+        return sign_event(event, **self._bound_to(request))
 
     def sign_request(
         self, message: a2a_pb2.Message, recipient: str, traceparent: str = ""

@@ -9,6 +9,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 
 from consortium import __version__
 from consortium.protocols.extensions import IDENTITY_EXTENSION_URI, MODEL_EXTENSION_URI
+from consortium.protocols.signed_message import EXTENSION_URI as SIGNED_MESSAGE_URI
 
 JSONRPC_PATH = "/"
 
@@ -24,6 +25,7 @@ def build_agent_card(
     model_backend: str,
     context_size: int,
     public_keys: list[dict[str, Any]] | None = None,
+    federation_id: str = "",
 ) -> a2a_pb2.AgentCard:
     name = display_name or org_id
     card = a2a_pb2.AgentCard(
@@ -78,4 +80,13 @@ def build_agent_card(
         )
         identity.required = False
         identity.params.update({"org_id": org_id, "keys": public_keys})
+    if federation_id:
+        signed = card.capabilities.extensions.add()
+        signed.uri = SIGNED_MESSAGE_URI
+        signed.description = (
+            "Messages between members of the federation are signed (detached EdDSA JWS over "
+            "RFC 8785 JSON, claims in metadata) and verified before anything acts on them."
+        )
+        signed.required = True
+        signed.params.update({"federation_id": federation_id})
     return card

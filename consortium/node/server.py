@@ -387,6 +387,7 @@ class Node:
             model_backend=info.backend,
             context_size=info.context_size,
             public_keys=self._public_keys(),
+            federation_id=federation.roster.current().federation_id if federation else "",
         )
         tel = cfg.telemetry
         self.tracer_provider = make_provider(

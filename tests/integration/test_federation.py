@@ -129,6 +129,14 @@ async def test_signed_round_trip_through_a_peer(fed: Federation) -> None:
     assert p["verifiedEvents"] >= 4
 
 
+async def test_agent_card_declares_the_required_signed_message_extension(fed: Federation) -> None:
+    card = fed.nodes["globex"].card
+    assert card is not None
+    ext = {e.uri: e for e in card.capabilities.extensions}
+    signed = ext["https://consortium.dev/a2a/ext/signed-message/v1"]
+    assert signed.required and signed.params["federation_id"] == "test-federation"
+
+
 async def test_local_ask_is_signed_and_answered_locally(fed: Federation) -> None:
     answer = await fed.ask_via("initech", "just me")
     assert answer.state == "completed" and answer.provenance["org"] == "initech"

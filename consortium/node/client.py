@@ -23,13 +23,6 @@ from google.protobuf.json_format import MessageToDict
 from consortium.errors import NodeUnavailableError
 from consortium.node.executor_options import METADATA_KEY
 
-TERMINAL = {
-    a2a_pb2.TASK_STATE_COMPLETED: "completed",
-    a2a_pb2.TASK_STATE_FAILED: "failed",
-    a2a_pb2.TASK_STATE_CANCELED: "canceled",
-    a2a_pb2.TASK_STATE_REJECTED: "rejected",
-}
-
 
 async def fetch_agent_card(http_url: str, timeout: float = 10.0) -> a2a_pb2.AgentCard:
     try:

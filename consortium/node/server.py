@@ -312,7 +312,6 @@ class Node:
 
     def __init__(self, config: NodeConfig, backend_factory: Callable[[], LLMBackend]) -> None:
         self.config = config
-        self._backend_factory = backend_factory
         self.worker = ModelWorker(backend_factory, label=config.node.org_id)
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None

@@ -12,11 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from a2a.types import a2a_pb2
 from rich.console import Console
 from rich.table import Table
 
@@ -55,6 +57,8 @@ class RunningNode:
     config: Path
     process: subprocess.Popen[str]
     http_url: str = ""
+    # Signs requests to this node with its organization's key (set once it has joined).
+    signer: Callable[[a2a_pb2.Message], a2a_pb2.Message] | None = None
 
 
 def start_node(
@@ -99,8 +103,7 @@ async def _ask(node: RunningNode, question: str, options: dict[str, Any]) -> Ans
     """A question to one's own node, signed with the organization's key."""
     client = open_client(await fetch_agent_card(node.http_url))
     try:
-        sign = local_signer(load_config(node.config))
-        return await ask(client, question, options=options, timeout=180, sign=sign)
+        return await ask(client, question, options=options, timeout=180, sign=node.signer)
     finally:
         await client.close()
 
@@ -134,6 +137,8 @@ def _join(nodes: list[RunningNode], paths: FederationPaths, console: Console) ->
             add_member(paths.roster, paths.admin_private, member_from_card(card, card_url))
     roster = load_roster(paths.roster)
     asyncio.run(_wait_for_roster(nodes, roster.version))
+    for node in nodes:
+        node.signer = local_signer(load_config(node.config))
     console.print(
         f"  federation {roster.federation_id}: {len(roster.members)} members, roster version "
         f"{roster.version} signed by the admin key; every message below is signed and verified"

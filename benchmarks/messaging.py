@@ -2,16 +2,19 @@
 the same ~500-byte text, an echo executor (no model):
 
   (a) raw grpc.aio unary echo (bytes in, bytes out);
-  (b) unsigned A2A SendMessage round trip through the node's gRPC stack and a2a-sdk's
-      request handler (the executor replies with a Message);
+  (b) unsigned A2A SendMessage round trip through the node's gRPC stack and request
+      handler; the executor answers with a Message, so the node replies directly
+      (consortium/node/direct.py) without a2a-sdk's task machinery;
   (c) the same, signed by the client, verified by the server (signature, membership,
       freshness, replay cache in SQLite), answered with a signed reply bound to the
-      request, which the client verifies.
+      request, which the client verifies;
+  (d) for reference, (c) through a2a-sdk's full task path (an executor that does not
+      reply directly: active task, event queues, task store), which every task takes.
 
-The three servers run side by side and the client alternates a, b, c in rounds, so drift
+The servers run side by side and the client alternates a, b, c, d in rounds, so drift
 on a shared machine hits all three alike. Prints one JSON object: p50/p99 round-trip
 latency and messages/s, sequential and with 32 concurrent callers, for each; and the
-ratios c/a and c/b.
+ratios c/a, c/b and d/a.
 
     .venv/bin/python benchmarks/messaging.py [--requests 1000]
 """
@@ -38,15 +41,23 @@ from typing import Any
 
 import grpc
 from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from jwcrypto import jwk
 from opentelemetry.trace import NoOpTracer
 
 from consortium.federation.roster import Member, MemberKey, Roster
+from consortium.node.direct import DirectReplies
 from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
 from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
-from consortium.protocols.signed_message import MessageVerifier, digest, sign_message
+from consortium.protocols.signed_message import (
+    MessageVerifier,
+    Verified,
+    digest,
+    sign_message,
+    sign_message_and_digest,
+)
 from consortium.trust.keys import generate_key, public_jwk
 from consortium.trust.replay import ReplayCache
 
@@ -56,26 +67,39 @@ ECHO_METHOD = "/bench.Echo/Echo"
 
 
 class EchoExecutor(AgentExecutor):
-    """Replies with a Message holding the same text; signed if the request was."""
+    """Replies with a Message holding the same text, through the task path; signed if the
+    request was."""
 
     def __init__(self, signer: ResponseSigner | None) -> None:
         self._signer = signer
 
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        assert context.message is not None
+    def echo(self, message: a2a_pb2.Message, verified: object) -> a2a_pb2.Message:
         reply = a2a_pb2.Message(
             message_id=str(uuid.uuid4()),
             role=a2a_pb2.ROLE_AGENT,
-            parts=list(context.message.parts),
-            context_id=context.context_id or "",
+            parts=list(message.parts),
+            context_id=message.context_id,
         )
-        verified = context.call_context.state.get(VERIFIED_KEY)
-        if self._signer is not None and verified is not None:
+        if self._signer is not None and isinstance(verified, Verified):
             reply = self._signer.sign_reply(reply, verified)
-        await event_queue.enqueue_event(reply)
+        return reply
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.message is not None
+        verified = context.call_context.state.get(VERIFIED_KEY)
+        await event_queue.enqueue_event(self.echo(context.message, verified))
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         pass
+
+
+class DirectEchoExecutor(EchoExecutor, DirectReplies):
+    """The same echo, answered directly (no task)."""
+
+    async def reply(
+        self, message: a2a_pb2.Message, context: ServerCallContext
+    ) -> a2a_pb2.Message | None:
+        return self.echo(message, context.state.get(VERIFIED_KEY))
 
 
 def member(org: str, key: jwk.JWK) -> Member:
@@ -122,7 +146,7 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
         store = SqliteTaskStore(store_dir / "tasks.sqlite3")
         if mode == "unsigned":
             a2a_handler = NodeRequestHandler(
-                agent_executor=EchoExecutor(None),
+                agent_executor=DirectEchoExecutor(None),
                 task_store=store,
                 agent_card=card(),
                 tracer=NoOpTracer(),
@@ -134,8 +158,9 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
                 roster=lambda: roster,
                 replay=ReplayCache(store_dir / "replay.sqlite3"),
             )
+            executor = EchoExecutor(signer) if mode == "signed_task" else DirectEchoExecutor(signer)
             a2a_handler = NodeRequestHandler(
-                agent_executor=EchoExecutor(signer),
+                agent_executor=executor,
                 task_store=store,
                 agent_card=card(),
                 tracer=NoOpTracer(),
@@ -231,17 +256,18 @@ def make_call(
         msg = a2a_pb2.Message(
             message_id=str(uuid.uuid4()), role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text=TEXT)]
         )
-        signed = sign_message(
+        signed, request_digest = sign_message_and_digest(
             msg, key=client_key, sender="client", recipient="server", federation=FEDERATION
         )
         resp = await stub.SendMessage(a2a_pb2.SendMessageRequest(message=signed))
-        verifier.verify(resp.message, request_digest=digest(signed))
+        verifier.verify(resp.message, request_digest=request_digest)
         assert resp.message.parts[0].text == TEXT
 
     calls: dict[str, Callable[[], Awaitable[None]]] = {
         "raw": call_raw,
         "unsigned": call_a2a,
         "signed": call_signed,
+        "signed_task": call_signed,
     }
     return calls[mode], channel
 
@@ -278,7 +304,7 @@ async def run_interleaved(
 
 def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
     """In-process microseconds per operation on one 500-byte message: where (c) spends."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from nacl.signing import SigningKey
 
     client_key, server_key = jwk.JWK(**keys["client"]), jwk.JWK(**keys["server"])
     roster = Roster(
@@ -300,8 +326,8 @@ def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
         )
 
     signed = [sign() for _ in range(n)]
-    raw_key = Ed25519PrivateKey.generate()
-    raw_sig = raw_key.sign(TEXT.encode())
+    raw_key = SigningKey.generate()
+    raw_sig = raw_key.sign(TEXT.encode()).signature
 
     def per_call(fn: Callable[[], object]) -> float:
         started = time.perf_counter()
@@ -316,7 +342,7 @@ def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
         "digest_us": per_call(lambda: digest(signed[0])),
         "raw_ed25519_sign_us": per_call(lambda: raw_key.sign(TEXT.encode())),
         "raw_ed25519_verify_us": per_call(
-            lambda: raw_key.public_key().verify(raw_sig, TEXT.encode())
+            lambda: raw_key.verify_key.verify(TEXT.encode(), raw_sig)
         ),
     }
 
@@ -327,7 +353,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1200, help="per mode and concurrency")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--serve", choices=["raw", "unsigned", "signed"])
+    parser.add_argument("--serve", choices=["raw", "unsigned", "signed", "signed_task"])
     parser.add_argument("--keys", type=Path)
     parser.add_argument("--port-file", type=Path)
     args = parser.parse_args()
@@ -352,6 +378,7 @@ def main() -> None:
         "raw": "a_raw_grpc_echo",
         "unsigned": "b_a2a_unsigned",
         "signed": "c_a2a_signed_verified",
+        "signed_task": "d_a2a_signed_verified_task_path",
     }
     servers = {mode: start_server(mode, keys_file) for mode in names}
     try:
@@ -366,9 +393,10 @@ def main() -> None:
             proc.wait(10)
     for mode, name in names.items():
         results[name] = measured[mode]
-    a, b, c = (results[names[m]] for m in ("raw", "unsigned", "signed"))
+    a, b, c, d = (results[names[m]] for m in ("raw", "unsigned", "signed", "signed_task"))
     results["ratio_c_over_a_p50"] = round(c["sequential"]["p50_ms"] / a["sequential"]["p50_ms"], 2)
     results["ratio_c_over_b_p50"] = round(c["sequential"]["p50_ms"] / b["sequential"]["p50_ms"], 2)
+    results["ratio_d_over_a_p50"] = round(d["sequential"]["p50_ms"] / a["sequential"]["p50_ms"], 2)
     results["target"] = "ratio_c_over_a_p50 <= 2"
     results["per_message_costs_in_process"] = per_message_costs(keys)
     print(json.dumps(results, indent=2))

@@ -29,13 +29,13 @@ from consortium.node.federated import (
     VERIFIED_KEY,
     ResponseSigner,
     SigningEventQueue,
-    VerifiedRequest,
 )
 from consortium.node.llm.base import GenerationParams
 from consortium.node.llm.registry import PromptFormat
 from consortium.node.llm.worker import ModelWorker
 from consortium.node.peers import PeerClient, PeerError
 from consortium.node.prompts import build_request
+from consortium.protocols.signed_message import Verified
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,13 @@ class ModelExecutor(AgentExecutor):
         """A status message; signed and bound to the request when a peer sent it."""
         message = _agent_message(task.id, task.context_id, text, metadata)
         verified = context.call_context.state.get(VERIFIED_KEY)
-        if self._signer is not None and isinstance(verified, VerifiedRequest):
+        if self._signer is not None and isinstance(verified, Verified):
             return self._signer.sign_reply(message, verified)
         return message
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         verified = context.call_context.state.get(VERIFIED_KEY)
-        if self._signer is not None and isinstance(verified, VerifiedRequest):
+        if self._signer is not None and isinstance(verified, Verified):
             event_queue = cast(EventQueue, SigningEventQueue(event_queue, self._signer, verified))
         message = context.message
         task = context.current_task

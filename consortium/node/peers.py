@@ -23,7 +23,7 @@ from consortium.node.client import open_client, text_message
 from consortium.node.executor_options import METADATA_KEY
 from consortium.node.federated import ResponseSigner
 from consortium.node.telemetry import traceparent
-from consortium.protocols.signed_message import MessageVerifier, Rejected, digest
+from consortium.protocols.signed_message import MessageVerifier, Rejected
 
 
 class PeerError(NodeUnavailableError):
@@ -100,11 +100,10 @@ class PeerClient:
         client = self._client(org)
         parent = traceparent()  # the call span: the peer's spans hang under it
         with self.tracer.start_as_current_span("consortium.sign"):
-            request = self._signer.sign_request(
+            request, request_digest = self._signer.sign_request(
                 text_message(text, {METADATA_KEY: options} if options else None), org, parent
             )
         span.set_attribute("consortium.message.id", request.message_id)
-        request_digest = digest(request)
         status: a2a_pb2.TaskStatus | None = None
         events = 0
         with self.tracer.start_as_current_span("consortium.verify") as vspan:

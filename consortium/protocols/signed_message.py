@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 from a2a.types import a2a_pb2
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, SerializeToJsonError
 from google.protobuf.message import Message as ProtoMessage
 from jwcrypto import jwk
 
@@ -36,11 +36,11 @@ from consortium.trust.jws import (
     SignatureError,
     canonical,
     protected_header,
-    sign_detached,
-    verify_detached,
+    sign_payload,
+    verify_payload,
 )
 from consortium.trust.keys import key_id
-from consortium.trust.replay import ReplayCache
+from consortium.trust.replay import AnswerReplayCache, ReplayCache
 
 EXTENSION_URI = "https://consortium.dev/a2a/ext/signed-message/v1"
 CLAIMS_KEY = "consortium.signed"
@@ -143,19 +143,59 @@ class Claims:
 
 def signed_form(message: Signable) -> dict[str, Any]:
     """What the signature covers: the message's JSON form without the signature field."""
-    data: dict[str, Any] = MessageToDict(message)
+    return _split_signature(MessageToDict(message))[0]
+
+
+def _split_signature(data: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The JSON form without its signature field, and that field's value (None if absent)."""
     meta = data.get("metadata")
+    token = None
     if isinstance(meta, dict):
-        meta.pop(SIGNATURE_KEY, None)
+        token = meta.pop(SIGNATURE_KEY, None)
         if not meta:
             data.pop("metadata")
-    return data
+    return data, token
+
+
+def _digest_of(payload: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(payload).digest()).rstrip(b"=").decode()
 
 
 def digest(message: Signable) -> str:
     """SHA-256 (base64url) of the message's signed form: what a response binds to."""
-    raw = hashlib.sha256(canonical(signed_form(message))).digest()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return _digest_of(canonical(signed_form(message)))
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A message that passed every check: its claims and its digest (what an answer to it
+    must bind to)."""
+
+    claims: Claims
+    digest: str
+
+
+@dataclass(frozen=True)
+class SignedParts:
+    """A signed message taken apart, not yet verified: the signed JSON form, the claims it
+    states and the detached signature."""
+
+    form: dict[str, Any]
+    claims: Claims
+    token: Any
+
+
+def read_signed(message: Signable) -> SignedParts | None:
+    """The message's signed parts, or None when it carries no Consortium signature.
+    Raises Rejected("malformed") when the claims cannot be read."""
+    if SIGNATURE_KEY not in message.metadata or CLAIMS_KEY not in message.metadata:
+        return None
+    try:
+        data = MessageToDict(message)
+    except (SerializeToJsonError, ValueError, TypeError) as e:  # e.g. NaN in a Struct
+        raise Rejected("malformed", f"the message has no JSON form: {e}") from None
+    form, token = _split_signature(data)
+    return SignedParts(form, Claims.from_dict(form["metadata"].get(CLAIMS_KEY)), token)
 
 
 def _own_id(obj: Signable) -> str:
@@ -177,8 +217,7 @@ def sign_event(
     """A copy of a task status or artifact update with claims and signature. Events have
     no message id of their own; the claims carry a fresh one (for the replay check)."""
     signed: TaskEvent = type(event).FromString(event.SerializeToString())
-    return _sign(
-        signed,
+    claims = _claims(
         f"event-{uuid.uuid4()}",
         key,
         sender,
@@ -188,6 +227,7 @@ def sign_event(
         traceparent,
         now,
     )
+    return _sign(signed, claims, key)[0]
 
 
 def sign_message(
@@ -202,30 +242,47 @@ def sign_message(
     now: float | None = None,
 ) -> a2a_pb2.Message:
     """A copy of `message` with claims and signature; the extension is declared on it."""
+    return sign_message_and_digest(
+        message,
+        key=key,
+        sender=sender,
+        recipient=recipient,
+        federation=federation,
+        request_digest=request_digest,
+        traceparent=traceparent,
+        now=now,
+    )[0]
+
+
+def sign_message_and_digest(
+    message: a2a_pb2.Message,
+    *,
+    key: jwk.JWK,
+    sender: str,
+    recipient: str,
+    federation: str,
+    request_digest: str = "",
+    traceparent: str = "",
+    now: float | None = None,
+) -> tuple[a2a_pb2.Message, str]:
+    """`sign_message`, and the signed message's digest (what the answers to a request must
+    bind to), from the canonical bytes the signature already covers."""
     signed = a2a_pb2.Message()
     signed.CopyFrom(message)
     if not signed.message_id:
         raise ValueError("a message to sign needs a message id")
     if EXTENSION_URI not in signed.extensions:
         signed.extensions.append(EXTENSION_URI)
-    return _sign(
-        signed,
-        signed.message_id,
-        key,
-        sender,
-        recipient,
-        federation,
-        request_digest,
-        traceparent,
-        now,
+    claims = _claims(
+        signed.message_id, key, sender, recipient, federation, request_digest, traceparent, now
     )
+    return _sign(signed, claims, key)
 
 
 S = TypeVar("S", bound=ProtoMessage)
 
 
-def _sign(
-    signed: S,
+def _claims(
     message_id: str,
     key: jwk.JWK,
     sender: str,
@@ -234,8 +291,8 @@ def _sign(
     request_digest: str,
     traceparent: str,
     now: float | None,
-) -> S:
-    claims = Claims(
+) -> Claims:
+    return Claims(
         sender=sender,
         kid=key_id(key),
         recipient=recipient,
@@ -246,20 +303,17 @@ def _sign(
         request_digest=request_digest,
         traceparent=traceparent,
     )
+
+
+def _sign(signed: S, claims: Claims, key: jwk.JWK) -> tuple[S, str]:
     target: Any = signed  # every Signable has a `metadata` Struct
     if SIGNATURE_KEY in target.metadata:
         del target.metadata[SIGNATURE_KEY]
     target.metadata.update({CLAIMS_KEY: claims.as_dict()})
-    token = sign_detached(signed_form(target), key, {"typ": "consortium-message"})
+    payload = canonical(MessageToDict(target))
+    token = sign_payload(payload, key, {"typ": "consortium-message"})
     target.metadata.update({SIGNATURE_KEY: token})
-    return signed
-
-
-def claims_of(message: Signable) -> Claims | None:
-    """The (unverified) claims of a message, or None if it carries none."""
-    if CLAIMS_KEY not in message.metadata:
-        return None
-    return Claims.from_dict(MessageToDict(message.metadata).get(CLAIMS_KEY))
+    return signed, _digest_of(payload)
 
 
 class MessageVerifier:
@@ -281,21 +335,27 @@ class MessageVerifier:
         self._own_key = own_key
         self._roster = roster
         self._replay = replay
+        self._answers = AnswerReplayCache(clock)
         self._skew = skew_s
         self._clock = clock
 
-    def verify(self, message: Signable, *, request_digest: str | None = None) -> Claims:
+    def verify(self, message: Signable, *, request_digest: str | None = None) -> Verified:
         """All checks, in order; raises Rejected with the first failing reason.
 
         `request_digest`: for a response, the digest of the request this node sent.
         """
-        if SIGNATURE_KEY not in message.metadata or CLAIMS_KEY not in message.metadata:
+        parts = read_signed(message)
+        if parts is None:
             raise Rejected("unsigned", "the message carries no Consortium signature")
-        token = message.metadata[SIGNATURE_KEY]
+        return self.check(message, parts, request_digest=request_digest)
+
+    def check(
+        self, message: Signable, parts: SignedParts, *, request_digest: str | None = None
+    ) -> Verified:
+        """`verify` for a message whose parts the caller has already read."""
+        claims, token = parts.claims, parts.token
         if not isinstance(token, str):
             raise Rejected("malformed", "the signature is not a string")
-        claims = claims_of(message)
-        assert claims is not None
         roster = self._roster()
         own = self._own_key is not None and claims.sender == self._org
         member = roster.member(claims.sender)
@@ -323,9 +383,11 @@ class MessageVerifier:
         if key is None:
             raise Rejected("unknown_key", f"{claims.sender} has no valid key {claims.kid}")
         try:
-            verify_detached(
-                token, signed_form(message), lambda kid: key if kid == claims.kid else None
-            )
+            payload = canonical(parts.form)
+        except SignatureError as e:
+            raise Rejected("malformed", str(e)) from None
+        try:
+            verify_payload(token, payload, lambda kid: key if kid == claims.kid else None)
         except SignatureError as e:
             raise Rejected("bad_signature", str(e)) from None
         # From here on the claims are authentic.
@@ -346,10 +408,11 @@ class MessageVerifier:
             raise Rejected("future", f"issued {claims.issued_at - now:.0f} s in the future")
         if request_digest is not None and claims.request_digest != request_digest:
             raise Rejected("wrong_request", "the response is bound to another request")
-        if not self._replay.first_sighting(
-            claims.sender, claims.message_id, claims.issued_at + self._skew
-        ):
+        # Requests are remembered on disk, across restarts; answers only need to be
+        # remembered while their request's call is open (see AnswerReplayCache).
+        seen = self._replay if request_digest is None else self._answers
+        if not seen.first_sighting(claims.sender, claims.message_id, claims.issued_at + self._skew):
             raise Rejected(
                 "replay", f"message {claims.message_id} from {claims.sender} was seen before"
             )
-        return claims
+        return Verified(claims, _digest_of(payload))

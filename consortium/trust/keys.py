@@ -25,7 +25,20 @@ def generate_key() -> jwk.JWK:
 
 def key_id(key: jwk.JWK) -> str:
     """RFC 7638 JWK thumbprint (SHA-256, base64url)."""
-    return str(key.thumbprint())
+    if key.get("kty") != "OKP":
+        return str(key.thumbprint())
+    # An OKP thumbprint covers crv, kty and x only, so they key the cache: it sits on
+    # every signed message's path.
+    public = (key.get("crv"), key.get("x"))
+    kid = _THUMBPRINTS.get(public)
+    if kid is None:
+        kid = str(key.thumbprint())
+        if len(_THUMBPRINTS) < 4096:
+            _THUMBPRINTS[public] = kid
+    return kid
+
+
+_THUMBPRINTS: dict[tuple[Any, Any], str] = {}
 
 
 def public_jwk(key: jwk.JWK) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from consortium.protocols.signed_message import (
     Rejected,
     digest,
     sign_message,
+    sign_message_and_digest,
 )
 from consortium.trust.keys import generate_key, key_id, public_jwk
 from consortium.trust.replay import ReplayCache
@@ -82,7 +83,7 @@ def w(tmp_path: Path) -> World:
 def test_valid_message_passes_with_its_claims(w: World) -> None:
     msg = w.signed(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     assert EXTENSION_URI in msg.extensions
-    claims = w.verifier.verify(msg)
+    claims = w.verifier.verify(msg).claims
     assert (claims.sender, claims.recipient, claims.federation) == ("acme", "globex", "fed")
     assert claims.kid == key_id(w.acme) and claims.message_id == msg.message_id
     assert claims.traceparent.startswith("00-0af7")
@@ -91,6 +92,12 @@ def test_valid_message_passes_with_its_claims(w: World) -> None:
 def test_unsigned_message_from_a_member(w: World) -> None:
     e = w.reject(text_message("hi"))
     assert (e.reason, e.code) == ("unsigned", "UNAUTHENTICATED")
+
+
+def test_a_message_without_a_json_form_is_malformed_not_a_crash(w: World) -> None:
+    msg = w.signed()
+    msg.metadata.update({"x": float("nan")})  # protobuf JSON has no NaN in a Struct
+    assert w.reject(msg).reason == "malformed"
 
 
 def test_forged_signature(w: World) -> None:
@@ -188,7 +195,9 @@ def test_response_bound_to_another_request(w: World) -> None:
     e = w.reject(response, request_digest=digest(request))
     assert (e.reason, e.code) == ("wrong_request", "PERMISSION_DENIED")
     good = w.signed("answer", request_digest=digest(request))
-    assert w.verifier.verify(good, request_digest=digest(request)).request_digest == digest(request)
+    assert w.verifier.verify(good, request_digest=digest(request)).claims.request_digest == digest(
+        request
+    )
 
 
 def test_key_rotation_old_key_valid_until_expiry(w: World) -> None:
@@ -223,6 +232,14 @@ def test_digest_ignores_the_signature_but_covers_the_rest(w: World) -> None:
     assert digest(copy) != digest(msg)
 
 
+def test_signing_and_verifying_report_the_digest_answers_bind_to(w: World) -> None:
+    signed, signed_digest = sign_message_and_digest(
+        text_message("q"), key=w.acme, sender="acme", recipient="globex", federation="fed", now=NOW
+    )
+    assert signed_digest == digest(signed)
+    assert w.verifier.verify(signed).digest == signed_digest
+
+
 def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
     from consortium.protocols.signed_message import sign_event
 
@@ -241,7 +258,10 @@ def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
         request_digest=digest(request),
         now=NOW,
     )
-    assert w.verifier.verify(signed, request_digest=digest(request)).message_id.startswith("event-")
+    verified = w.verifier.verify(signed, request_digest=digest(request))
+    assert verified.claims.message_id.startswith("event-")
+    # The same event delivered twice within the call (a duplicated chunk).
+    assert w.reject(signed, request_digest=digest(request)).reason == "replay"
     again = sign_event(
         event,
         key=w.acme,

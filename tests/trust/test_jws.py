@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import random
+from typing import Any
 
 import pytest
+import rfc8785
 
 from consortium.trust.jws import (
     SignatureError,
@@ -26,6 +29,69 @@ def test_canonical_json_is_rfc8785() -> None:
         canonical({"b": 1, "a": [True, None, "é"], "c": 1.0})
         == b'{"a":[true,null,"\xc3\xa9"],"b":1,"c":1}'
     )
+
+
+# Characters that stress JCS: controls (escaped), quote and backslash, DEL, non-ASCII,
+# the private-use block above the surrogates and supplementary-plane characters (which
+# UTF-16 sorts below it), and a lone surrogate (not valid JSON text).
+ALPHABET = [
+    *"abcAZ09 _.-",
+    *(chr(c) for c in range(0x20)),
+    '"',
+    "\\",
+    "\x7f",
+    "é",
+    "\u2028",
+    "\ue000",
+    "\uffff",
+    "\U0001f600",
+    "\U00010000",
+    "\ud800",
+]
+
+
+def random_number(rng: random.Random) -> float | int:
+    kind = rng.randrange(6)
+    if kind == 0:
+        return rng.choice([0, 1, -1, 2**53 - 1, -(2**53) + 1, 2**53, 2**60])
+    if kind == 1:
+        return rng.randint(-(10**6), 10**6)
+    if kind == 2:
+        return float(rng.randint(-(2**54), 2**54))  # integral floats, some beyond 2**53
+    if kind == 3:
+        return rng.choice([0.0, -0.0, 1e-4, 9.99e-5, 1e16, 1e16 - 2, 1e21, 1e-7, 5e-324])
+    if kind == 4:
+        return rng.uniform(-1, 1) * 10 ** rng.randint(-10, 25)
+    return round(rng.uniform(1e9, 2e9), 3)  # an issued-at
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(8 if depth < 3 else 5)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind in (1, 2):
+        return "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(6)))
+    if kind in (3, 4):
+        return random_number(rng)
+    if kind == 5:
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ("".join(rng.choice(ALPHABET) for _ in range(rng.randrange(4))) for _ in range(5))
+    return {k: random_value(rng, depth + 1) for k in keys}
+
+
+def test_canonical_agrees_with_rfc8785_on_generated_values() -> None:
+    rng = random.Random(8785)
+    for _ in range(5000):
+        value = random_value(rng)
+        try:
+            expected: bytes | None = bytes(rfc8785.dumps(value))
+        except (rfc8785.CanonicalizationError, ValueError, TypeError):
+            expected = None
+        if expected is None:
+            with pytest.raises(SignatureError):
+                canonical(value)
+        else:
+            assert canonical(value) == expected, value
 
 
 def test_sign_and_verify_regardless_of_key_order() -> None:

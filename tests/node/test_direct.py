@@ -1,0 +1,174 @@
+"""Message-only exchanges answered without a task (consortium/node/direct.py), through the
+node's request handler with a real SQLite task store."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
+from a2a.server.events import EventQueue
+from a2a.types import a2a_pb2
+from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
+from opentelemetry.trace import NoOpTracer
+
+from consortium.federation.roster import Member, MemberKey, Roster
+from consortium.node.agent_card import build_agent_card
+from consortium.node.client import text_message
+from consortium.node.direct import DirectReplies
+from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler
+from consortium.node.store import SqliteTaskStore
+from consortium.protocols.a2a_errors import UnauthenticatedError
+from consortium.protocols.signed_message import MessageVerifier, Verified, sign_message
+from consortium.trust.keys import generate_key, public_jwk
+from consortium.trust.replay import ReplayCache
+
+
+class Quick(AgentExecutor, DirectReplies):
+    """Replies directly to messages starting with 'quick'; the rest become tasks."""
+
+    def __init__(self) -> None:
+        self.replied: list[str] = []
+        self.executed: list[str] = []
+        self.verified: list[object] = []
+
+    async def reply(
+        self, message: a2a_pb2.Message, context: ServerCallContext
+    ) -> a2a_pb2.Message | None:
+        text = message.parts[0].text
+        if not text.startswith("quick"):
+            return None
+        self.replied.append(text)
+        self.verified.append(context.state.get(VERIFIED_KEY))
+        return a2a_pb2.Message(
+            message_id=str(uuid.uuid4()),
+            role=a2a_pb2.ROLE_AGENT,
+            parts=[a2a_pb2.Part(text=text.upper())],
+        )
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.message is not None and context.task_id and context.context_id
+        self.executed.append(context.message.parts[0].text)
+        task = a2a_pb2.Task(
+            id=context.task_id,
+            context_id=context.context_id,
+            status=a2a_pb2.TaskStatus(state=a2a_pb2.TASK_STATE_COMPLETED),
+        )
+        await event_queue.enqueue_event(task)
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        pass
+
+
+def handler(
+    tmp: Path, executor: Quick, verifier: MessageVerifier | None = None
+) -> tuple[NodeRequestHandler, SqliteTaskStore]:
+    store = SqliteTaskStore(tmp / "tasks.sqlite3")
+    card = build_agent_card(
+        org_id="acme",
+        display_name="Acme",
+        description="test",
+        grpc_url="127.0.0.1:1",
+        http_url="http://127.0.0.1:1",
+        model_name="echo",
+        model_backend="echo",
+        context_size=0,
+    )
+    return (
+        NodeRequestHandler(
+            agent_executor=executor,
+            task_store=store,
+            agent_card=card,
+            tracer=NoOpTracer(),
+            verifier=verifier,
+        ),
+        store,
+    )
+
+
+async def listed(store: SqliteTaskStore) -> int:
+    result = await store.list(a2a_pb2.ListTasksRequest(), ServerCallContext())
+    return len(result.tasks)
+
+
+async def test_a_direct_reply_is_returned_as_a_message_and_creates_no_task(
+    tmp_path: Path,
+) -> None:
+    executor = Quick()
+    h, store = handler(tmp_path, executor)
+    result = await h.on_message_send(
+        a2a_pb2.SendMessageRequest(message=text_message("quick one")), ServerCallContext()
+    )
+    assert isinstance(result, a2a_pb2.Message)
+    assert result.parts[0].text == "QUICK ONE"
+    assert executor.replied == ["quick one"] and executor.executed == []
+    assert await listed(store) == 0
+
+
+async def test_a_declined_reply_takes_the_task_path(tmp_path: Path) -> None:
+    executor = Quick()
+    h, store = handler(tmp_path, executor)
+    result = await h.on_message_send(
+        a2a_pb2.SendMessageRequest(message=text_message("slow one")), ServerCallContext()
+    )
+    assert isinstance(result, a2a_pb2.Task)
+    assert result.status.state == a2a_pb2.TASK_STATE_COMPLETED
+    assert executor.executed == ["slow one"] and executor.replied == []
+    assert await listed(store) == 1
+
+
+async def test_a_message_naming_a_task_never_replies_directly(tmp_path: Path) -> None:
+    executor = Quick()
+    h, _ = handler(tmp_path, executor)
+    message = text_message("quick but for a task")
+    message.task_id = "no-such-task"
+    with pytest.raises(TaskNotFoundError):
+        await h.on_message_send(a2a_pb2.SendMessageRequest(message=message), ServerCallContext())
+    assert executor.replied == []
+
+
+async def test_a_malformed_message_is_refused_before_the_reply(tmp_path: Path) -> None:
+    executor = Quick()
+    h, _ = handler(tmp_path, executor)
+    message = a2a_pb2.Message(role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text="quick")])
+    with pytest.raises(InvalidParamsError):
+        await h.on_message_send(a2a_pb2.SendMessageRequest(message=message), ServerCallContext())
+    assert executor.replied == []
+
+
+async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> None:
+    sender, own = generate_key(), generate_key()
+
+    def member(org: str, key: object) -> Member:
+        pub = public_jwk(key)  # type: ignore[arg-type]
+        return Member(org_id=org, keys=[MemberKey(kid=pub["kid"], x=pub["x"])])
+
+    roster = Roster(
+        federation_id="fed", name="Fed", members=[member("globex", sender), member("acme", own)]
+    )
+    verifier = MessageVerifier(
+        org_id="acme", roster=lambda: roster, replay=ReplayCache(tmp_path / "replay.sqlite3")
+    )
+    executor = Quick()
+    h, _ = handler(tmp_path, executor, verifier)
+    with pytest.raises(UnauthenticatedError):
+        await h.on_message_send(
+            a2a_pb2.SendMessageRequest(message=text_message("quick unsigned")),
+            ServerCallContext(),
+        )
+    assert executor.replied == [] and h.refusals["unsigned"] == 1
+    signed = sign_message(
+        text_message("quick signed"),
+        key=sender,
+        sender="globex",
+        recipient="acme",
+        federation="fed",
+    )
+    result = await h.on_message_send(
+        a2a_pb2.SendMessageRequest(message=signed), ServerCallContext()
+    )
+    assert isinstance(result, a2a_pb2.Message) and result.parts[0].text == "QUICK SIGNED"
+    (verified,) = executor.verified
+    assert isinstance(verified, Verified) and verified.claims.sender == "globex"

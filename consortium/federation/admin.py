@@ -1,11 +1,13 @@
 """Federation administration: create a federation, admit members from their agent cards,
-suspend or revoke them. Every change writes a new, re-signed roster version."""
+suspend or revoke them, rotate their keys. Every change writes a new, re-signed roster
+version."""
 
 from __future__ import annotations
 
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from consortium.federation.roster import (
     RosterError,
     Status,
     load_verified_roster,
+    parse_time,
     sign_roster,
     write_roster,
 )
@@ -132,17 +135,7 @@ def member_from_card(card: dict[str, Any], card_url: str = "") -> Member:
     interfaces = {
         i.get("protocolBinding"): i.get("url", "") for i in card.get("supportedInterfaces", [])
     }
-    keys = []
-    for k in identity["keys"]:
-        try:
-            key = jwk.JWK(**{f: k[f] for f in ("kty", "crv", "x")})
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(
-                f"the agent card has an invalid public key: {e}", key="--card"
-            ) from None
-        if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
-            raise ConfigError("the agent card's key is not Ed25519", key="--card")
-        keys.append(MemberKey(kid=key_id(key), x=k["x"]))
+    keys = [member_key(k, "--card") for k in identity["keys"]]
     try:
         return Member(
             org_id=str(identity.get("org_id", "")),
@@ -162,6 +155,65 @@ def member_from_card(card: dict[str, Any], card_url: str = "") -> Member:
         raise ConfigError(
             f"the agent card does not describe a valid member: {e}", key="--card"
         ) from None
+
+
+def member_key(k: Any, option: str) -> MemberKey:
+    """A roster key entry from a public JWK (its key id is recomputed, never trusted)."""
+    try:
+        key = jwk.JWK(**{f: k[f] for f in ("kty", "crv", "x")})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"not a valid public key: {e}", key=option) from None
+    if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
+        raise ConfigError("the key is not Ed25519 (kty OKP, crv Ed25519)", key=option)
+    return MemberKey(kid=key_id(key), x=str(k["x"]))
+
+
+def read_public_key(path: Path) -> MemberKey:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("public key file not found", path=str(path)) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"not a JSON Web Key: {e}", path=str(path)) from None
+    if isinstance(data, dict) and "d" in data:
+        raise ConfigError(
+            "this is a private key; give the member's public key (next-public.jwk)",
+            path=str(path),
+        )
+    return member_key(data, "--key")
+
+
+def rotate_key(
+    roster_path: Path, admin_key_path: Path, org_id: str, new_key: MemberKey, old_expires: str
+) -> Roster:
+    """Lists `new_key` for the member; its current keys stay valid until `old_expires`
+    (ISO 8601), so messages signed before the member switches keep verifying."""
+    try:
+        expiry = parse_time(old_expires)
+    except ValueError as e:
+        raise ConfigError(str(e), key="--old-key-expires") from None
+    stamp = expiry.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    def change(r: Roster) -> Roster:
+        m = r.member(org_id)
+        if m is None:
+            raise RosterError(f"{org_id} is not a member", path=str(roster_path))
+        if m.status == "revoked":
+            raise RosterError(f"{org_id} is revoked; revocation is final", path=str(roster_path))
+        if any(k.kid == new_key.kid for k in m.keys):
+            raise RosterError(f"{org_id} already has key {new_key.kid}", path=str(roster_path))
+        old = [
+            k
+            if k.not_after and parse_time(k.not_after) <= expiry
+            else k.model_copy(update={"not_after": stamp})
+            for k in m.keys
+        ]
+        updated = m.model_copy(update={"keys": [*old, new_key]})
+        return r.model_copy(
+            update={"members": [updated if x.org_id == org_id else x for x in r.members]}
+        )
+
+    return update_roster(roster_path, admin_key_path, change)
 
 
 def add_member(roster_path: Path, admin_key_path: Path, member: Member) -> Roster:

@@ -33,6 +33,8 @@ federation_app = typer.Typer(
     help="Create and administer a federation roster.", no_args_is_help=True
 )
 app.add_typer(federation_app, name="federation")
+key_app = typer.Typer(help="Rotate this organization's signing key.", no_args_is_help=True)
+app.add_typer(key_app, name="key")
 
 out = Console()
 err = Console(stderr=True)
@@ -329,6 +331,77 @@ def federation_revoke(
 ) -> None:
     """Revoke a member for good."""
     _set_status(roster, org, "revoked", admin_key)
+
+
+@federation_app.command("rotate-key")
+def federation_rotate_key(
+    roster: Annotated[Path, typer.Argument(help="federation.toml")],
+    org: Annotated[str, typer.Argument(help="Organization id of the member.")],
+    key: Annotated[
+        Path, typer.Option("--key", help="The member's new public key (its next-public.jwk).")
+    ],
+    old_key_expires: Annotated[
+        str,
+        typer.Option(
+            help="When the member's current keys stop being accepted (ISO 8601; "
+            "default: 24 hours from now)."
+        ),
+    ] = "",
+    admin_key: Annotated[
+        Path | None, typer.Option(help="Admin private key (default: ROSTER_DIR/admin).")
+    ] = None,
+) -> None:
+    """List a member's new signing key; its current keys stay valid until they expire."""
+    from datetime import UTC, datetime, timedelta
+
+    from consortium.federation.admin import read_public_key, rotate_key
+
+    def go() -> None:
+        expires = old_key_expires or (datetime.now(UTC) + timedelta(hours=24)).replace(
+            microsecond=0
+        ).isoformat().replace("+00:00", "Z")
+        new = read_public_key(key)
+        updated = rotate_key(roster, _admin_key_path(roster, admin_key), org, new, expires)
+        out.print(
+            f"{org}: added key {new.kid}; its other keys expire at {expires}; "
+            f"roster version {updated.version}",
+            soft_wrap=True,
+        )
+
+    _run(go)
+
+
+@key_app.command("rotate")
+def key_rotate(
+    config: Annotated[Path, typer.Option("--config", help="node.toml")] = Path("node.toml"),
+) -> None:
+    """Stage a new key pair beside the current one (the node keeps signing with the current
+    key until `consortium key activate`)."""
+    from consortium.node.keyrotation import stage_key
+
+    staged = _run(lambda: stage_key(config))
+    out.print(f"staged key {staged.key_id} (public key: {staged.public_path})", soft_wrap=True)
+    out.print(
+        "next: the federation admin runs `consortium federation rotate-key ROSTER ORG "
+        f"--key {staged.public_path}`; then run `consortium key activate` and restart the node",
+        soft_wrap=True,
+    )
+
+
+@key_app.command("activate")
+def key_activate(
+    config: Annotated[Path, typer.Option("--config", help="node.toml")] = Path("node.toml"),
+) -> None:
+    """Make the staged key current (refused while the roster does not list it); the old
+    private key is kept under keys/retired/. Restart the node to sign with the new key."""
+    from consortium.node.keyrotation import activate_key
+
+    done = _run(lambda: activate_key(config))
+    out.print(f"active key: {done.new_key_id} (was {done.old_key_id})", soft_wrap=True)
+    out.print(f"old private key kept in {done.retired_path} (mode 0600)", soft_wrap=True)
+    if done.card_path is not None:
+        out.print(f"rewrote {done.card_path}")
+    out.print("restart the node to sign with the new key")
 
 
 @federation_app.command("verify")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from jwcrypto import jwk
+
 from consortium.errors import ConfigError
 from consortium.node.agent_card import build_agent_card
-from consortium.node.config import load_config
+from consortium.node.config import NodeConfig, load_config
 from consortium.node.llm.registry import BUNDLED
 from consortium.node.server import card_json
 from consortium.trust.keys import (
@@ -130,9 +132,14 @@ def init_node(
         )
         + tls_section
     )
-    cfg = load_config(config_path)
+    card_path = write_card_file(load_config(config_path), config_path, key)
+    return InitResult(config_path, private_path, public_path, card_path, key_id(key))
+
+
+def write_card_file(cfg: NodeConfig, config_path: Path, key: jwk.JWK) -> Path:
+    """agent-card.json beside node.toml: what a federation admin admits the member from."""
     card = build_agent_card(
-        org_id=org_id,
+        org_id=cfg.node.org_id,
         display_name=cfg.node.display_name,
         description=cfg.node.description,
         grpc_url=cfg.grpc_target,
@@ -142,6 +149,6 @@ def init_node(
         context_size=cfg.model.context_size,
         public_keys=[public_jwk(key)],
     )
-    card_path = directory / "agent-card.json"
+    card_path = config_path.parent / "agent-card.json"
     card_path.write_text(card_json(card))
-    return InitResult(config_path, private_path, public_path, card_path, key_id(key))
+    return card_path

@@ -7,6 +7,7 @@ exits with the error's code; no traceback.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -35,6 +36,10 @@ federation_app = typer.Typer(
 app.add_typer(federation_app, name="federation")
 key_app = typer.Typer(help="Rotate this organization's signing key.", no_args_is_help=True)
 app.add_typer(key_app, name="key")
+bench_app = typer.Typer(
+    help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -452,6 +457,119 @@ def federation_show(roster: Annotated[Path, typer.Argument(help="federation.toml
             keys,
         )
     out.print(table)
+
+
+def _print_bench(result: dict[str, Any], as_json: bool, columns: list[str]) -> None:
+    """One JSON object ({name: {metric: value}}, run details under "_setup"), or a table."""
+    rows = {k: v for k, v in result.items() if not k.startswith("_")}
+    if as_json:
+        _write_through(
+            json.dumps({**rows, "_setup": result["_setup"]}, separators=(",", ":")) + "\n"
+        )
+        return
+    from rich.table import Table
+
+    table = Table(title=", ".join(f"{k}={v}" for k, v in result["_setup"].items()))
+    table.add_column("")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for name, row in rows.items():
+        table.add_row(name, *(_cell(row.get(c)) for c in columns))
+    out.print(table)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
+    return str(value)
+
+
+@bench_app.command("routing")
+def bench_routing(
+    limit: Annotated[
+        int | None, typer.Option(min=10, help="Use only the first N items of each split.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Where to write the PNG plot (default: bench-routing.png).")
+    ] = None,
+    local: Annotated[str, typer.Option(help="The origin's (weak) model.")] = "smollm2-135m",
+    strong: Annotated[str, typer.Option(help="The peer's (strong) model.")] = "gemma3-270m",
+    tune_split: Annotated[str, typer.Option(help="Split to tune on.")] = "arc_easy_dev",
+    eval_split: Annotated[str, typer.Option(help="Split to report on.")] = "arc_easy_test",
+    rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Escalation rate of the operating point.")
+    ] = 0.5,
+    bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 1000,
+) -> None:
+    """Replay every router over cached model outputs: cost-quality curves, AUC, APGR,
+    CPT(50 %), CPT(80 %) with bootstrap 95 % intervals, against random and the oracle."""
+    from consortium.evaluation.harness import split_data
+    from consortium.evaluation.plots import plot_routing
+    from consortium.evaluation.routing_eval import evaluate_routers
+
+    def go() -> dict[str, Any]:
+        show = sys.stderr.isatty()
+        dev = split_data(tune_split, local, strong, limit=limit, show_progress=show)
+        test = split_data(eval_split, local, strong, limit=limit, show_progress=show)
+        return evaluate_routers(dev, test, rate=rate, bootstrap_samples=bootstrap)
+
+    result = _run(go)
+    png = plot_routing(result, plot or Path("bench-routing.png"))
+    result["_setup"]["plot"] = str(png)
+    _print_bench(
+        result,
+        as_json,
+        [
+            "accuracy",
+            "auc",
+            "apgr",
+            "apgr_ci95",
+            "cpt50",
+            "cpt50_ci95",
+            "cpt80",
+            "escalation_rate",
+            "tokens",
+        ],
+    )
+
+
+@bench_app.command("collaborate")
+def bench_collaborate(
+    limit: Annotated[
+        int | None, typer.Option(min=10, help="Use only the first N items of each split.")
+    ] = None,
+    live: Annotated[
+        int,
+        typer.Option(min=0, help="Also run debate, mixture and self-consistency live on N items."),
+    ] = 0,
+    rounds: Annotated[int, typer.Option(min=1, max=5, help="Debate rounds.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    local: Annotated[str, typer.Option(help="The origin's model.")] = "smollm2-135m",
+    strong: Annotated[str, typer.Option(help="The peer's model.")] = "gemma3-270m",
+    tune_split: Annotated[str, typer.Option(help="Split to tune on.")] = "arc_easy_dev",
+    eval_split: Annotated[str, typer.Option(help="Split to report on.")] = "arc_easy_test",
+) -> None:
+    """Vote, debate (full, ring, star) and mixture against the best single model and its
+    self-consistency at the same token budget."""
+    from consortium.evaluation.collab_eval import evaluate_collaboration
+    from consortium.evaluation.harness import load_backend, progress_bar, split_data
+
+    def go() -> dict[str, Any]:
+        show = sys.stderr.isatty()
+        dev = split_data(tune_split, local, strong, limit=limit, show_progress=show)
+        test = split_data(eval_split, local, strong, limit=limit, show_progress=show)
+        with progress_bar(show) as start:
+            return evaluate_collaboration(
+                dev, test, live_limit=live, load=load_backend, rounds=rounds, progress=start
+            )
+
+    result = _run(go)
+    _print_bench(result, as_json, ["accuracy", "gain_over_best_single", "gain_ci95", "tokens"])
 
 
 def main() -> None:

@@ -1,0 +1,82 @@
+"""What `consortium bench` runs: gathers a split's cached outputs (computing what is
+missing, with a progress bar), then evaluates routers or collaboration protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from consortium.evaluation.datasets import Item, load_arc, split_path
+from consortium.evaluation.embedding_cache import embeddings_path, question_embeddings
+from consortium.evaluation.outputs import ItemOutput, compute_outputs, load_outputs, outputs_path
+from consortium.evaluation.routing_eval import SplitData
+from consortium.node.llm.base import LLMBackend
+from consortium.node.llm.registry import resolve_model_file
+
+
+def load_backend(model: str, context_size: int = 1024) -> LLMBackend:
+    from consortium.node.llm.llama_cpp_backend import LlamaCppBackend
+
+    return LlamaCppBackend(resolve_model_file(model, None), name=model, context_size=context_size)
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Yields `start(description, total) -> advance(n)`; a no-op when disabled."""
+    if not enabled:
+        yield lambda _d, _t: lambda _n: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+
+        def start(description: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield start
+
+
+def model_outputs(
+    split: str,
+    model: str,
+    items: list[Item],
+    start: Callable[[str, int], Callable[[int], None]],
+    cache: Path | None = None,
+) -> dict[str, ItemOutput]:
+    path = outputs_path(split, model, cache)
+    have = load_outputs(path)
+    if all(it.id in have for it in items):
+        return {it.id: have[it.id] for it in items}
+    backend = load_backend(model)
+    try:
+        return compute_outputs(
+            backend, items, path, progress=start(f"{model} on {split}", len(items))
+        )
+    finally:
+        backend.close()
+
+
+def split_data(
+    split: str,
+    local: str,
+    strong: str,
+    *,
+    limit: int | None,
+    show_progress: bool,
+    data_dir: Path | None = None,
+    cache: Path | None = None,
+) -> SplitData:
+    items = load_arc(split_path(split, data_dir), limit=limit)
+    with progress_bar(show_progress) as start:
+        local_out = model_outputs(split, local, items, start, cache)
+        strong_out = model_outputs(split, strong, items, start, cache)
+    embeddings = question_embeddings(items, embeddings_path(split, cache))
+    return SplitData(split, items, local_out, strong_out, embeddings)

@@ -1,0 +1,40 @@
+"""PNG plots of benchmark runs (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_routing(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setup = result["_setup"]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, c in result["_curves"].items():
+        style = {"random": "--", "oracle": ":"}.get(name, "-")
+        apgr = result[name]["apgr"]
+        ax.plot(
+            [100 * x for x in c["share"]],
+            [100 * y for y in c["accuracy"]],
+            style,
+            label=f"{name} (APGR {apgr:.2f})",
+            linewidth=1.2,
+        )
+    ax.axhline(100 * setup["local_accuracy"], color="grey", linewidth=0.6)
+    ax.axhline(100 * setup["strong_accuracy"], color="grey", linewidth=0.6)
+    ax.set_xlabel(f"tasks escalated to {setup['strong_model']} (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(
+        f"Routing {setup['local_model']} -> {setup['strong_model']} on "
+        f"{setup['evaluation_split']} ({setup['items']} items)"
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

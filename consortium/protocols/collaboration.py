@@ -1,0 +1,261 @@
+"""Horizontal collaboration: several members work on one task.
+
+- `vote`: each member's answer probabilities, averaged with weights (for multiple choice),
+  or a majority over extracted answers (self-consistency, `majority`);
+- `debate`: R rounds; in each, a member answers again having seen the previous answers of
+  its neighbours: everyone (`full`), its two ring neighbours (`ring`), or the hub and the
+  spokes of a `star`;
+- `mixture`: mixture-of-agents: proposers answer, an aggregator answers having seen the
+  proposals.
+Members are anything that can score the options of a question given some context (a local
+model, a peer over A2A); every call is recorded with its tokens, cost and latency, and a
+protocol stops calling when its token budget would be exceeded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from consortium.protocols.multiple_choice import (
+    Normalisation,
+    OptionScores,
+    Question,
+    argmax,
+)
+
+Topology = Literal["full", "ring", "star"]
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: OptionScores
+    tokens: int
+    cost: float = 0.0
+
+
+class Member(Protocol):
+    name: str
+
+    async def score(self, question: Question, context: str) -> Scored:
+        """Scores the options of `question`, with `context` (others' answers) shown first."""
+        ...
+
+
+@dataclass(frozen=True)
+class Contribution:
+    member: str
+    round: int
+    choice: int
+    probabilities: tuple[float, ...]
+    tokens: int
+    cost: float
+    latency_s: float
+
+
+@dataclass
+class Outcome:
+    protocol: str
+    choice: int
+    probabilities: tuple[float, ...]
+    contributions: list[Contribution] = field(default_factory=list)
+    stopped_by_budget: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.tokens for c in self.contributions)
+
+    @property
+    def cost(self) -> float:
+        return sum(c.cost for c in self.contributions)
+
+    @property
+    def confidence(self) -> float:
+        return max(self.probabilities) if self.probabilities else 0.0
+
+    def by_member(self) -> dict[str, dict[str, float]]:
+        """Tokens, cost and calls per member: the provenance of the answer."""
+        out: dict[str, dict[str, float]] = {}
+        for c in self.contributions:
+            row = out.setdefault(c.member, {"tokens": 0, "cost": 0.0, "calls": 0})
+            row["tokens"] += c.tokens
+            row["cost"] += c.cost
+            row["calls"] += 1
+        return out
+
+
+class _Budget:
+    def __init__(self, max_tokens: int | None) -> None:
+        self.max_tokens = max_tokens
+        self.used = 0
+        self.exceeded = False
+
+    def allows(self, estimate: int) -> bool:
+        if self.max_tokens is not None and self.used + estimate > self.max_tokens:
+            self.exceeded = True
+            return False
+        return True
+
+
+async def _ask(
+    member: Member,
+    question: Question,
+    context: str,
+    round_: int,
+    norm: Normalisation,
+    budget: _Budget,
+    estimate: int,
+) -> Contribution | None:
+    if not budget.allows(estimate):
+        return None
+    started = time.perf_counter()
+    scored = await member.score(question, context)
+    budget.used += scored.tokens
+    probs = tuple(scored.scores.probabilities(norm))
+    return Contribution(
+        member.name,
+        round_,
+        argmax(probs),
+        probs,
+        scored.tokens,
+        scored.cost,
+        time.perf_counter() - started,
+    )
+
+
+def combine(
+    contributions: Sequence[Contribution], weights: dict[str, float] | None = None
+) -> tuple[float, ...]:
+    """Weighted average of the members' probabilities (equal weights by default)."""
+    if not contributions:
+        raise ValueError("nothing to combine")
+    n = len(contributions[0].probabilities)
+    total = [0.0] * n
+    weight_sum = 0.0
+    for c in contributions:
+        w = 1.0 if weights is None else weights.get(c.member, 0.0)
+        weight_sum += w
+        for i, p in enumerate(c.probabilities):
+            total[i] += w * p
+    if weight_sum <= 0:
+        raise ValueError("the weights of the contributing members sum to zero")
+    return tuple(t / weight_sum for t in total)
+
+
+def majority(choices: Sequence[int]) -> int:
+    """The most frequent choice; ties go to the earliest (lowest) option."""
+    counts = Counter(choices)
+    return min(counts, key=lambda c: (-counts[c], c))
+
+
+def describe_answers(question: Question, answers: Sequence[tuple[str, int]]) -> str:
+    """What a member is shown of others' answers: who chose which option."""
+    labels = question.shown_labels
+    lines = [
+        f"{name} answered: {labels[choice]}. {question.choices[choice].strip()}"
+        for name, choice in answers
+    ]
+    return "\n".join(lines)
+
+
+async def vote(
+    members: Sequence[Member],
+    question: Question,
+    *,
+    weights: dict[str, float] | None = None,
+    norm: Normalisation = "tokens",
+    max_tokens: int | None = None,
+    estimate: int = 0,
+) -> Outcome:
+    budget = _Budget(max_tokens)
+    contributions = []
+    for m in members:
+        c = await _ask(m, question, "", 0, norm, budget, estimate)
+        if c is None:
+            break
+        contributions.append(c)
+    probs = combine(contributions, weights)
+    return Outcome("vote", argmax(probs), probs, contributions, budget.exceeded)
+
+
+def neighbours(topology: Topology, n: int, i: int) -> list[int]:
+    if topology == "full":
+        return [j for j in range(n) if j != i]
+    if topology == "ring":
+        return sorted({(i - 1) % n, (i + 1) % n} - {i})
+    # star: member 0 is the hub
+    return [j for j in range(1, n)] if i == 0 else [0]
+
+
+async def debate(
+    members: Sequence[Member],
+    question: Question,
+    *,
+    rounds: int = 2,
+    topology: Topology = "full",
+    weights: dict[str, float] | None = None,
+    norm: Normalisation = "tokens",
+    max_tokens: int | None = None,
+    estimate: int = 0,
+) -> Outcome:
+    """Round 0: everyone answers alone; rounds 1..R-1: everyone answers again, shown the
+    previous round's answers of its neighbours. The answer: the last round, combined."""
+    if rounds < 1:
+        raise ValueError("a debate needs at least one round")
+    budget = _Budget(max_tokens)
+    all_contributions: list[Contribution] = []
+    previous: list[Contribution] = []
+    for r in range(rounds):
+        current: list[Contribution] = []
+        for i, m in enumerate(members):
+            context = ""
+            if r > 0 and previous:
+                shown = [
+                    (previous[j].member, previous[j].choice)
+                    for j in neighbours(topology, len(previous), i)
+                    if j < len(previous)
+                ]
+                context = describe_answers(question, shown)
+            c = await _ask(m, question, context, r, norm, budget, estimate)
+            if c is None:
+                break
+            current.append(c)
+        all_contributions += current
+        if len(current) < len(members):
+            if current and not previous:
+                previous = current
+            break
+        previous = current
+    final = previous
+    probs = combine(final, weights)
+    return Outcome(f"debate:{topology}", argmax(probs), probs, all_contributions, budget.exceeded)
+
+
+async def mixture(
+    proposers: Sequence[Member],
+    aggregator: Member,
+    question: Question,
+    *,
+    norm: Normalisation = "tokens",
+    max_tokens: int | None = None,
+    estimate: int = 0,
+) -> Outcome:
+    """Proposers answer alone; the aggregator answers shown their proposals."""
+    budget = _Budget(max_tokens)
+    proposals: list[Contribution] = []
+    for m in proposers:
+        c = await _ask(m, question, "", 0, norm, budget, estimate)
+        if c is None:
+            break
+        proposals.append(c)
+    context = describe_answers(question, [(p.member, p.choice) for p in proposals])
+    final = await _ask(aggregator, question, context, 1, norm, budget, estimate)
+    if final is None:
+        probs = combine(proposals)
+        return Outcome("mixture", argmax(probs), probs, proposals, True)
+    return Outcome(
+        "mixture", final.choice, final.probabilities, [*proposals, final], budget.exceeded
+    )

@@ -21,7 +21,13 @@ import numpy as np
 
 from consortium.evaluation.datasets import Item
 from consortium.evaluation.outputs import ItemOutput
-from consortium.evaluation.routing_eval import SplitData, best_normalisation, correct, tokens_of
+from consortium.evaluation.routing_eval import (
+    NORMALISATIONS,
+    SplitData,
+    best_normalisation,
+    correct,
+    tokens_of,
+)
 from consortium.node.llm.base import ChatMessage, GenerationParams, LLMBackend
 from consortium.node.option_scoring import score_options
 from consortium.protocols.collaboration import (
@@ -72,15 +78,18 @@ def vote_correct(
 class VoteSettings:
     weight_local: float
     temps: tuple[float, float]
+    norms: tuple[Normalisation, Normalisation]
     dev_accuracy: float
 
 
-def tune_vote(dev: SplitData, norms: tuple[Normalisation, Normalisation]) -> VoteSettings:
+def tune_vote(dev: SplitData) -> VoteSettings:
+    """Weights, temperatures and each model's score normalisation, on the dev split."""
     best: VoteSettings | None = None
-    for w, tl, ts in itertools.product(WEIGHT_GRID, TEMPERATURE_GRID, TEMPERATURE_GRID):
-        acc = float(vote_correct(dev, norms, w, (tl, ts)).mean())
-        if best is None or acc > best.dev_accuracy + 1e-12:
-            best = VoteSettings(w, (tl, ts), acc)
+    for nl, ns in itertools.product(NORMALISATIONS, NORMALISATIONS):
+        for w, tl, ts in itertools.product(WEIGHT_GRID, TEMPERATURE_GRID, TEMPERATURE_GRID):
+            acc = float(vote_correct(dev, (nl, ns), w, (tl, ts)).mean())
+            if best is None or acc > best.dev_accuracy + 1e-12:
+                best = VoteSettings(w, (tl, ts), (nl, ns), acc)
     assert best is not None
     return best
 
@@ -181,8 +190,8 @@ def evaluate_collaboration(
         },
     }
     equal = vote_correct(test, norms, 0.5, (1.0, 1.0))
-    settings = tune_vote(dev, norms)
-    tuned = vote_correct(test, norms, settings.weight_local, settings.temps)
+    settings = tune_vote(dev)
+    tuned = vote_correct(test, settings.norms, settings.weight_local, settings.temps)
     for name, right in (("vote_equal", equal), ("vote_tuned", tuned)):
         out[name] = {
             "accuracy": round(float(right.mean()), 4),
@@ -199,6 +208,7 @@ def evaluate_collaboration(
         "vote_tuned": {
             "weight_local": settings.weight_local,
             "temperatures": list(settings.temps),
+            "normalisation": list(settings.norms),
             "dev_accuracy": round(settings.dev_accuracy, 4),
         },
     }

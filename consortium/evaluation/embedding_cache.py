@@ -10,13 +10,12 @@ import numpy.typing as npt
 
 from consortium.evaluation.datasets import Item
 from consortium.node.llm.registry import cache_dir
+from consortium.protocols.multiple_choice import routing_text
 
 
 def question_text(item: Item) -> str:
     """What a router sees of a multiple-choice task: the question and its options."""
-    q = item.question
-    options = "; ".join(c.strip() for c in q.choices)
-    return f"{q.stem.strip()} Options: {options}"
+    return routing_text(item.question)
 
 
 def embeddings_path(split: str, directory: Path | None = None) -> Path:

@@ -10,9 +10,8 @@ the generation's token log-probabilities (the generative signal).
 from __future__ import annotations
 
 import json
-import math
 import threading
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from consortium.protocols.multiple_choice import (
     generative_prompt,
     scoring_prompt,
 )
+from consortium.protocols.routing import top_entropy
 
 FORMAT_VERSION = 1
 GENERATION = GenerationParams(max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=5)
@@ -99,14 +99,6 @@ def _finish(gen: Generator[Any, None, Completion]) -> Completion:
             return result
 
 
-def _entropy(top: Iterable[tuple[str, float]]) -> float:
-    ps = [math.exp(lp) for _, lp in top]
-    total = sum(ps)
-    if total <= 0:
-        return 0.0
-    return -sum((p / total) * math.log(p / total) for p in ps if p > 0)
-
-
 def compute_item(backend: LLMBackend, item: Item) -> ItemOutput:
     q = item.question
     scores = score_options(backend, q)
@@ -124,7 +116,7 @@ def compute_item(backend: LLMBackend, item: Item) -> ItemOutput:
         choice=extract_choice(completion.text, q),
         mean_logprob=sum(lps) / len(lps) if lps else 0.0,
         min_logprob=min(lps) if lps else 0.0,
-        first_entropy=_entropy(completion.logprobs[0].top) if completion.logprobs else 0.0,
+        first_entropy=top_entropy(completion.logprobs[0].top) if completion.logprobs else 0.0,
         tokens=len(lps),
     )
     return ItemOutput(

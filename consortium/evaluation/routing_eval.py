@@ -239,7 +239,7 @@ def evaluate_routers(
     test: SplitData,
     *,
     rate: float = 0.5,
-    c_grid: Sequence[float] = (0.01, 0.1, 1.0),
+    c_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0),
     bootstrap_samples: int = 1000,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:

@@ -105,6 +105,46 @@ class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class RoutingSection(_Section):
+    """How this node answers: locally, escalated to a peer, or by a group of members."""
+
+    # local | always:ORG | always:GROUP | random:P | heuristic | self[:SIGNAL] | learned |
+    # cascade[:self_check]
+    router: str = "local"
+    # Escalate when the router's score exceeds this (per router: see the README).
+    threshold: float = 0.0
+    # Where to escalate: an organization or a group name; "" lets the node choose a peer
+    # by capability, price and latency within the budget.
+    target: str = ""
+    # The learned router's policy artifact (signed by the federation admin key).
+    policy: str = ""
+    max_cost: Annotated[float, Field(ge=0)] | None = None
+    deadline_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    max_peers: Annotated[int, Field(ge=0, le=64)] | None = None
+
+    @field_validator("router")
+    @classmethod
+    def _router(cls, v: str) -> str:
+        from consortium.protocols.routing import parse_router
+
+        parse_router(v)
+        return v
+
+
+class GroupSection(_Section):
+    """A horizontal group: several members answer one multiple-choice task together."""
+
+    protocol: Literal["vote", "debate", "mixture"] = "vote"
+    # Organization ids; "self" is this node's own model.
+    members: Annotated[list[str], Field(min_length=1, max_length=16)]
+    rounds: Annotated[int, Field(ge=1, le=5)] = 2
+    topology: Literal["full", "ring", "star"] = "full"
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    # mixture: the member that answers last, shown the others' proposals.
+    aggregator: str = ""
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+
+
 class NodeConfig(_Section):
     node: NodeSection
     server: ServerSection = ServerSection()
@@ -114,6 +154,10 @@ class NodeConfig(_Section):
     tls: TlsSection | None = None
     telemetry: TelemetrySection = TelemetrySection()
     logging: LoggingSection = LoggingSection()
+    routing: RoutingSection = RoutingSection()
+    groups: dict[Annotated[str, Field(pattern=ORG_ID_PATTERN)], GroupSection] = Field(
+        default_factory=dict
+    )
 
     # Set by load_config: the directory relative paths are resolved against.
     base_dir: Path = Path()

@@ -186,6 +186,44 @@ def _across(origin: RunningNode, peer: RunningNode) -> Table:
     return table
 
 
+DEMO_GROUP = """
+[groups.panel]                  # a vote across the three organizations
+protocol = "vote"
+members = ["self", "globex", "initech"]
+"""
+MC_QUESTION = "Which part of a plant takes in water from the soil?"
+MC_CHOICES = ["the flowers", "the roots", "the leaves", "the seeds"]
+
+
+def _collaboration(origin: RunningNode) -> Table:
+    """A multiple-choice question routed three ways from one organization."""
+    table = Table(title=f"Routing and collaboration from {origin.org_id}: {MC_QUESTION}")
+    for col in (
+        "route asked",
+        "route taken",
+        "members (tokens)",
+        "answer",
+        "confidence",
+        "latency",
+    ):
+        table.add_column(col, overflow="fold")
+    for route in ("self:margin", "always:initech", "panel"):
+        answer = asyncio.run(_ask(origin, MC_QUESTION, {"choices": MC_CHOICES, "route": route}))
+        p = answer.provenance
+        members = ", ".join(
+            f"{org} ({int(m.get('tokens', 0))})" for org, m in p.get("members", {}).items()
+        )
+        table.add_row(
+            route,
+            str(p.get("route", "?")),
+            members,
+            _shown(answer),
+            f"{float(p.get('confidence', 0)):.2f}",
+            f"{answer.latency_s * 1000:.0f} ms",
+        )
+    return table
+
+
 def run_demo(workdir: Path | None, console: Console) -> None:
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -208,6 +246,8 @@ def run_demo(workdir: Path | None, console: Console) -> None:
                         f'\n[federation]\nroster = "{paths.roster.resolve()}"\n'
                         f'admin_key = "{paths.admin_public.resolve()}"\n'
                     )
+                    if org_id == ORGS[0][0]:
+                        f.write(DEMO_GROUP)
             with console.status(f"starting {org_id} ({model})"):
                 proc, url = start_node(config, node_dir / "node.log")
             nodes.append(RunningNode(org_id, model, config, proc, url))
@@ -218,6 +258,8 @@ def run_demo(workdir: Path | None, console: Console) -> None:
         console.print(_answers_table(results))
         with console.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
             console.print(_across(nodes[0], nodes[-1]))
+        with console.status("routing a multiple-choice question: local draft, escalation, vote"):
+            console.print(_collaboration(nodes[0]))
     finally:
         for node in nodes:
             code = stop_node(node.process)

@@ -17,13 +17,16 @@ from typing import Any, cast
 
 from a2a.helpers.proto_helpers import new_task_from_user_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import a2a_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from consortium.errors import ModelError, PromptTooLongError
+from consortium.errors import ModelError, PromptTooLongError, TaskError
+from consortium.node.config import RoutingSection
+from consortium.node.direct import DirectReplies
 from consortium.node.executor_options import METADATA_KEY, RequestOptions, request_options
 from consortium.node.federated import (
     VERIFIED_KEY,
@@ -33,8 +36,10 @@ from consortium.node.federated import (
 from consortium.node.llm.base import GenerationParams
 from consortium.node.llm.registry import PromptFormat
 from consortium.node.llm.worker import ModelWorker
+from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerClient, PeerError
 from consortium.node.prompts import build_request
+from consortium.protocols.multiple_choice import Question, argmax
 from consortium.protocols.signed_message import Verified
 
 log = logging.getLogger(__name__)
@@ -66,7 +71,7 @@ def _agent_message(
     return msg
 
 
-class ModelExecutor(AgentExecutor):
+class ModelExecutor(AgentExecutor, DirectReplies):
     def __init__(
         self,
         worker: ModelWorker,
@@ -75,12 +80,61 @@ class ModelExecutor(AgentExecutor):
         signer: ResponseSigner | None = None,
         peers: PeerClient | None = None,
         tracer: trace.Tracer | None = None,
+        orchestrator: Orchestrator | None = None,
     ) -> None:
         self._tracer = tracer or trace.NoOpTracer()
         self._worker = worker
         self._settings = settings
         self._signer = signer
         self._peers = peers
+        self._orchestrator = orchestrator or Orchestrator(
+            org_id=settings.org_id,
+            worker=worker,
+            routing=RoutingSection(),
+            groups={},
+            peers=peers,
+        )
+
+    async def reply(
+        self, message: a2a_pb2.Message, context: ServerCallContext
+    ) -> a2a_pb2.Message | None:
+        """Scoring requests are answered on the spot, with one (signed) Message."""
+        try:
+            options = request_options(message)
+        except ValueError:
+            return None  # the task path rejects it with the reason
+        if options.mode != "score":
+            return None
+        return await self._scores_message(message, options, context.state.get(VERIFIED_KEY))
+
+    async def _scores_message(
+        self, message: a2a_pb2.Message, options: RequestOptions, verified: object
+    ) -> a2a_pb2.Message:
+        text = "".join(p.text for p in message.parts).strip()
+        try:
+            if not options.choices:
+                raise ValueError("a scoring request needs metadata.consortium.choices")
+            question = Question(text, tuple(options.choices))
+            member = LocalMember(self._settings.org_id, self._worker)
+            scored = await member.score(question, options.context)
+            reply_text = question.shown_labels[argmax(scored.scores.logprobs)]
+            meta: dict[str, Any] = {
+                "org": self._settings.org_id,
+                "model": self._worker.info.name,
+                "tokens": scored.tokens,
+                "scores": {
+                    "logprobs": list(scored.scores.logprobs),
+                    "tokens": list(scored.scores.tokens),
+                    "chars": list(scored.scores.chars),
+                },
+            }
+        except (ValueError, ModelError) as e:
+            reply_text, meta = f"rejected: {e}", {"org": self._settings.org_id, "error": str(e)}
+        reply = _agent_message("", message.context_id, reply_text, {METADATA_KEY: meta})
+        reply.ClearField("task_id")
+        if self._signer is not None and isinstance(verified, Verified):
+            return self._signer.sign_reply(reply, verified)
+        return reply
 
     def _reply(
         self,
@@ -119,9 +173,35 @@ class ModelExecutor(AgentExecutor):
         except ValueError as e:
             await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
+        if options.mode == "score":
+            await event_queue.enqueue_event(
+                await self._scores_message(
+                    message or a2a_pb2.Message(),
+                    options,
+                    context.call_context.state.get(VERIFIED_KEY),
+                )
+            )
+            return
         if options.peer is not None:
             await self._ask_peer(context, task, updater, question, options)
             return
+        if options.choices:
+            await self._answer_choice(context, task, updater, question, options)
+            return
+        if options.route or self._orchestrator.routes_text():
+            try:
+                target = await self._route_text(question, options)
+            except TaskError as e:
+                await updater.reject(self._reply(context, task, f"rejected: {e}"))
+                return
+            except ModelError as e:
+                await updater.failed(self._reply(context, task, f"failed: {e}"))
+                return
+            if target is not None:
+                await self._ask_peer(
+                    context, task, updater, question, options.model_copy(update={"peer": target})
+                )
+                return
         s = self._settings
         params = GenerationParams(
             max_tokens=options.max_tokens or s.max_tokens,
@@ -258,6 +338,53 @@ class ModelExecutor(AgentExecutor):
         )
         await updater.complete(self._reply(context, task, answer.text, provenance))
         log.info("task %s answered by %s (verified)", task.id, answer.org)
+
+    async def _answer_choice(
+        self,
+        context: RequestContext,
+        task: a2a_pb2.Task,
+        updater: TaskUpdater,
+        question_text: str,
+        options: RequestOptions,
+    ) -> None:
+        assert options.choices is not None
+        await updater.start_work()
+        try:
+            question = Question(question_text, tuple(options.choices))
+            with self._tracer.start_as_current_span("consortium.route") as span:
+                routed = await self._orchestrator.answer_choice(question, options)
+                span.set_attributes(
+                    {
+                        "consortium.route": routed.provenance["route"],
+                        "consortium.router": routed.provenance["router"],
+                    }
+                )
+        except (ValueError, TaskError) as e:
+            await updater.reject(self._reply(context, task, f"rejected: {e}"))
+            return
+        except (PeerError, ModelError) as e:
+            log.warning("task %s: routing failed: %s", task.id, e)
+            await updater.failed(self._reply(context, task, f"failed: {e}"))
+            return
+        label = question.shown_labels[routed.choice]
+        text = f"{label}. {question.choices[routed.choice].strip()}"
+        provenance = {
+            METADATA_KEY: {
+                **routed.provenance,
+                "choice": routed.choice,
+                "probabilities": [round(p, 4) for p in routed.probabilities],
+            }
+        }
+        await updater.add_artifact(
+            [a2a_pb2.Part(text=text)], name="answer", last_chunk=True, metadata=provenance
+        )
+        await updater.complete(self._reply(context, task, text, provenance))
+        log.info("task %s answered by route %s", task.id, routed.provenance["route"])
+
+    async def _route_text(self, question: str, options: RequestOptions) -> str | None:
+        """For a free-text task: the peer to escalate to, or None to answer locally."""
+        decision = await self._orchestrator.route_text(question, options)
+        return decision.target if decision.route == "escalate" else None
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task

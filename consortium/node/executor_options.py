@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
@@ -17,6 +17,25 @@ class RequestOptions(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=5.0)
     # Ask this member of the federation instead of the local model.
     peer: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] | None = None
+    # A multiple-choice task: the options the answer must be one of.
+    choices: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=2000)]],
+            Field(min_length=2, max_length=10),
+        ]
+        | None
+    ) = None
+    # "score": return the model's score of every option at once, as a Message (a member
+    # of a vote or debate asks its peers this way); "answer": a task, routed.
+    mode: Literal["answer", "score"] = "answer"
+    # Shown before the answer when scoring (e.g. other members' answers in a debate).
+    context: Annotated[str, Field(max_length=8000)] = ""
+    # Overrides of the node's [routing]: a router spec, or a group from [groups].
+    route: Annotated[str, Field(max_length=200)] | None = None
+    # Budget of this task.
+    max_cost: Annotated[float, Field(ge=0)] | None = None
+    deadline_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    max_peers: Annotated[int, Field(ge=0, le=64)] | None = None
 
 
 def request_options(message: a2a_pb2.Message | None) -> RequestOptions:

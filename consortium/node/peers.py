@@ -23,6 +23,8 @@ from consortium.node.client import open_client, text_message
 from consortium.node.executor_options import METADATA_KEY
 from consortium.node.federated import ResponseSigner
 from consortium.node.telemetry import traceparent
+from consortium.protocols.multiple_choice import OptionScores, Question
+from consortium.protocols.routing import Peer
 from consortium.protocols.signed_message import MessageVerifier, Rejected
 
 
@@ -41,6 +43,15 @@ class PeerAnswer:
     verified_events: int = 0
 
 
+@dataclass(frozen=True)
+class PeerScores:
+    org: str
+    scores: OptionScores
+    tokens: int
+    model: str
+    latency_s: float
+
+
 class PeerClient:
     def __init__(
         self,
@@ -57,9 +68,9 @@ class PeerClient:
         self._verifier = verifier
         self._roster = roster
         self._timeout = timeout_s
-        self._clients: dict[tuple[str, str], Client] = {}
+        self._clients: dict[tuple[str, str, bool], Client] = {}
 
-    def _client(self, org: str) -> Client:
+    def _client(self, org: str, streaming: bool = True) -> Client:
         member = self._roster.current().member(org)
         if member is None:
             raise PeerError(f"{org} is not a member of the federation")
@@ -67,7 +78,7 @@ class PeerClient:
             raise PeerError(f"{org} is {member.status}")
         if not member.endpoints.grpc:
             raise PeerError(f"the roster lists no gRPC endpoint for {org}")
-        cache_key = (org, member.endpoints.grpc)
+        cache_key = (org, member.endpoints.grpc, streaming)
         if cache_key not in self._clients:
             card = a2a_pb2.AgentCard(
                 name=org,
@@ -80,7 +91,9 @@ class PeerClient:
                 ],
                 capabilities=a2a_pb2.AgentCapabilities(streaming=True),
             )
-            self._clients[cache_key] = open_client(card, credentials=self._credentials)
+            self._clients[cache_key] = open_client(
+                card, credentials=self._credentials, streaming=streaming
+            )
         return self._clients[cache_key]
 
     async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:
@@ -150,6 +163,82 @@ class PeerClient:
             latency_s=time.perf_counter() - started,
             verified=True,
             verified_events=events,
+        )
+
+    def candidates(self) -> tuple[Peer, ...]:
+        """The active members other than this one, as routers see them."""
+        me = self._signer.org_id
+        return tuple(
+            Peer(
+                org=m.org_id,
+                models=tuple(m.capabilities.models),
+                context_size=m.capabilities.context_size,
+                price_per_1k_tokens=m.capabilities.price_per_1k_tokens,
+                typical_latency_ms=m.capabilities.typical_latency_ms,
+            )
+            for m in self._roster.current().members
+            if m.org_id != me and m.status == "active"
+        )
+
+    async def score(self, org: str, question: Question, context: str = "") -> PeerScores:
+        """The peer's scores of every option (a message-only exchange: the peer replies
+        with one signed Message, which is verified against this request)."""
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(
+            f"a2a.call {org}",
+            kind=SpanKind.CLIENT,
+            attributes={"consortium.recipient": org, "consortium.mode": "score"},
+        ) as span:
+            client = self._client(org, streaming=False)
+            options = {"mode": "score", "choices": list(question.choices)}
+            if context:
+                options["context"] = context
+            request, request_digest = self._signer.sign_request(
+                text_message(question.stem, {METADATA_KEY: options}), org, traceparent()
+            )
+            span.set_attribute("consortium.message.id", request.message_id)
+            reply: a2a_pb2.Message | None = None
+            try:
+                async for event in client.send_message(
+                    a2a_pb2.SendMessageRequest(message=request),
+                    context=ClientCallContext(timeout=self._timeout),
+                ):
+                    if event.WhichOneof("payload") == "message":
+                        reply = event.message
+                    elif event.WhichOneof("payload") == "task":
+                        task = event.task
+                        if task.status.HasField("message"):
+                            reply = task.status.message
+                if reply is None:
+                    raise PeerError(f"{org} sent no scores")
+                self._verifier.verify(reply, request_digest=request_digest)
+            except A2AClientError as e:
+                raise PeerError(f"{org} did not answer: {e}") from None
+            except Rejected as e:
+                span.set_attributes(
+                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
+                )
+                raise PeerError(f"the scores from {org} were refused: {e}") from None
+            span.set_attribute("consortium.verdict", "verified")
+        meta = MessageToDict(reply.metadata).get(METADATA_KEY, {})
+        try:
+            scores = OptionScores(
+                logprobs=tuple(float(x) for x in meta["scores"]["logprobs"]),
+                tokens=tuple(int(x) for x in meta["scores"]["tokens"]),
+                chars=tuple(int(x) for x in meta["scores"]["chars"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise PeerError(f"{org} answered a scoring request without scores") from None
+        if len(scores.logprobs) != len(question.choices):
+            raise PeerError(
+                f"{org} scored {len(scores.logprobs)} options, not {len(question.choices)}"
+            )
+        return PeerScores(
+            org=org,
+            scores=scores,
+            tokens=int(meta.get("tokens", 0) or 0),
+            model=str(meta.get("model", "")),
+            latency_s=time.perf_counter() - started,
         )
 
     async def close(self) -> None:

@@ -55,9 +55,11 @@ from consortium.node.config import NodeConfig
 from consortium.node.conformance import ConformanceExecutor
 from consortium.node.executor import ExecutorSettings, ModelExecutor
 from consortium.node.federated import NodeRequestHandler, ResponseSigner
+from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.llm.base import LLMBackend
 from consortium.node.llm.registry import default_prompt_format
 from consortium.node.llm.worker import ModelWorker
+from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
@@ -325,6 +327,7 @@ class Node:
         self.tracer_provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self.replay: ReplayCache | None = None
+        self.policy: PolicyHolder | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -338,6 +341,7 @@ class Node:
         self.store = SqliteTaskStore(cfg.database_path)
         self.store.fail_unfinished("the node stopped before the task finished")
         federation = self._join_federation()  # before loading the model: fail fast
+        check_groups(self.config.groups, self.config.node.org_id, federation is not None)
         info = await self.worker.start()
         fmt = cfg.model.prompt_format
         prompt_format = (
@@ -397,6 +401,7 @@ class Node:
         self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
         if federation is not None:
             federation.peers.tracer = self.tracer
+        orchestrator = self._orchestrator(federation)
         executor: AgentExecutor = ModelExecutor(
             self.worker,
             ExecutorSettings(
@@ -410,6 +415,7 @@ class Node:
             signer=federation.signer if federation else None,
             peers=federation.peers if federation else None,
             tracer=self.tracer,
+            orchestrator=orchestrator,
         )
         if cfg.node.executor == "a2a-tck":
             executor = ConformanceExecutor(executor)
@@ -511,6 +517,30 @@ class Node:
             len(roster.members),
         )
         return self.federation
+
+    def _orchestrator(self, federation: Federation | None) -> Orchestrator:
+        """Routing and groups as node.toml declares them ([routing], [groups.NAME])."""
+        cfg = self.config
+        learned = None
+        if cfg.routing.policy:
+            keys = (
+                [load_public_key(cfg.resolve(cfg.federation.admin_key))]
+                if cfg.federation is not None
+                else None
+            )
+            self.policy = PolicyHolder(
+                cfg.resolve(cfg.routing.policy), keys, cfg.routing.threshold, cfg.routing.target
+            )
+            learned = self.policy.router
+        return Orchestrator(
+            org_id=cfg.node.org_id,
+            worker=self.worker,
+            routing=cfg.routing,
+            groups=dict(cfg.groups),
+            peers=federation.peers if federation else None,
+            learned=learned,
+            embed=LazyEncoder().embed,
+        )
 
     def _public_keys(self) -> list[dict[str, Any]]:
         """The organization's public key for the agent card, if the node has one."""

@@ -67,6 +67,12 @@ def scoring_prompt(question: Question, context: str = "") -> str:
     return f"Question: {question.stem.strip()}{middle}\nAnswer:"
 
 
+def routing_text(question: Question) -> str:
+    """What a router sees of a multiple-choice task (and embeds): question and options."""
+    options = "; ".join(c.strip() for c in question.choices)
+    return f"{question.stem.strip()} Options: {options}"
+
+
 def continuations(question: Question) -> list[str]:
     return [" " + choice.strip() for choice in question.choices]
 

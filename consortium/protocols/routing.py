@@ -68,6 +68,14 @@ def _entropy(probs: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in probs if p > 0)
 
 
+def top_entropy(top: Sequence[tuple[str, float]]) -> float:
+    """Entropy (nats) of a token's top alternatives (token, log-probability), renormalised:
+    the `first_entropy` of a draft."""
+    ps = [math.exp(lp) for _, lp in top]
+    total = sum(ps)
+    return _entropy([p / total for p in ps]) if total > 0 else 0.0
+
+
 @dataclass(frozen=True)
 class Peer:
     """A member a task can be escalated to, as the roster describes it."""

@@ -168,6 +168,9 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
         assert f"stopped {org} (exit 0)" in r.stdout
     assert "federation consortium-demo: 3 members" in r.stdout
     assert "acme->initech" in r.stdout and "True (" in r.stdout  # the verified cross-org answer
+    # Routing and collaboration: an escalation and a vote, each with its members.
+    assert "acme->group:panel" in r.stdout
+    assert "globex (" in r.stdout and "initech (" in r.stdout
 
 
 def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:

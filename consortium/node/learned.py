@@ -1,0 +1,99 @@
+"""The learned router on a node: its policy artifact (verified with the federation admin
+key, re-read when the file changes; a bad file is refused and the previous policy kept)
+and the features it needs, computed here (sentence embedding, draft signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jwcrypto import jwk
+
+from consortium.errors import ConsortiumError, TaskError
+from consortium.federation.policy import LogisticPolicy, PolicyArtifact, load_policy
+from consortium.protocols.routing import LearnedRouter, RoutingInput
+from consortium.protocols.routing_features import feature_names, features
+
+log = logging.getLogger(__name__)
+
+
+class NodeFeatures:
+    """The FeatureFunction of a node: task.features carries the embedding and the
+    generated draft's choice, computed by the orchestrator."""
+
+    needs_draft = True
+
+    def __call__(self, task: RoutingInput) -> Sequence[float]:
+        embedding = task.features.get("embedding", ())
+        generated = task.features.get("generated_choice", (-1.0,))
+        choice = int(generated[0]) if generated and generated[0] >= 0 else None
+        return features(task.prompt, task.draft, embedding, choice)
+
+
+class PolicyHolder:
+    """The current policy: loaded on first use, re-read when the file changes."""
+
+    def __init__(
+        self, path: Path, admin_keys: list[jwk.JWK] | None, threshold: float, target: str
+    ) -> None:
+        self.path = path
+        self._keys = admin_keys
+        self._threshold = threshold
+        self._target = target
+        self._policy: LogisticPolicy | None = None
+        self._stamp: tuple[int, int] | None = None
+        self.refused = 0
+        self.loaded = 0
+
+    def _check(self, artifact: PolicyArtifact) -> None:
+        n = len(artifact.features.names)
+        if n > len(feature_names(0)):
+            expected = feature_names(n - len(feature_names(0)))
+            if tuple(artifact.features.names) == expected:
+                return
+        raise ConsortiumError(f"policy {artifact.version} uses features this node does not compute")
+
+    def current(self) -> LogisticPolicy:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp != self._stamp:
+            try:
+                artifact = load_policy(self.path, self._keys)
+                self._check(artifact)
+            except ConsortiumError as e:
+                self.refused += 1
+                log.warning("refused routing policy %s: %s", self.path, e)
+            else:
+                self._policy = LogisticPolicy(artifact)
+                self.loaded += 1
+                log.info("loaded routing policy %s (version %s)", self.path, artifact.version)
+            self._stamp = stamp
+        if self._policy is None:
+            raise TaskError(f"no valid routing policy at {self.path}")
+        return self._policy
+
+    def router(self) -> LearnedRouter:
+        return LearnedRouter(self.current(), NodeFeatures(), self._threshold, self._target)
+
+
+class LazyEncoder:
+    """The sentence encoder, loaded in a thread on first use."""
+
+    def __init__(self) -> None:
+        self._encoder: Any = None
+        self._lock = asyncio.Lock()
+
+    async def embed(self, text: str) -> list[float]:
+        async with self._lock:
+            if self._encoder is None:
+                from consortium.node.embeddings import SentenceEncoder
+
+                self._encoder = await asyncio.to_thread(SentenceEncoder)
+        vectors = await asyncio.to_thread(self._encoder.encode, [text])
+        return [float(x) for x in vectors[0]]

@@ -1,0 +1,397 @@
+"""Routing and collaboration on a node: who answers a task, and with whom.
+
+For a multiple-choice task (metadata `consortium.choices`) the local model scores the
+options first (its draft), the configured router (protocols/routing.py) decides from it,
+and the answer comes from the local model, one peer (a signed scoring request), or a
+group running a horizontal protocol (protocols/collaboration.py), whose members are this
+node's own model ("self") and peers. Free-text tasks are routed the same way between the
+local model and one peer; groups answer multiple-choice tasks only. Every answer carries
+its provenance: route, router and reason, members with tokens and cost, confidence,
+latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consortium.errors import ConfigError, TaskError
+from consortium.node.config import GroupSection, RoutingSection
+from consortium.node.executor_options import RequestOptions
+from consortium.node.llm.base import ChatMessage, GenerationParams, TokenLogprob
+from consortium.node.llm.worker import GenerationRequest, ModelWorker
+from consortium.node.option_scoring import score_options
+from consortium.node.peers import PeerClient
+from consortium.protocols.collaboration import Member, Outcome, Scored, debate, mixture, vote
+from consortium.protocols.multiple_choice import (
+    OptionScores,
+    Question,
+    argmax,
+    extract_choice,
+    generative_prompt,
+    routing_text,
+    scoring_prompt,
+)
+from consortium.protocols.routing import (
+    AlwaysRouter,
+    Budget,
+    CascadeRouter,
+    Decision,
+    Draft,
+    HeuristicRouter,
+    LearnedRouter,
+    LocalRouter,
+    Peer,
+    RandomRouter,
+    Router,
+    RoutingInput,
+    SelfRouter,
+    Signal,
+    parse_router,
+    top_entropy,
+)
+
+log = logging.getLogger(__name__)
+DRAFT = GenerationParams(max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=5)
+
+
+class LocalMember:
+    """This node's own model as a collaboration member."""
+
+    def __init__(self, name: str, worker: ModelWorker, price_per_1k: float = 0.0) -> None:
+        self.name = name
+        self._worker = worker
+        self._price = price_per_1k
+
+    async def score(self, question: Question, context: str) -> Scored:
+        scores: OptionScores = await self._worker.call(
+            lambda b: score_options(b, question, context)
+        )
+        prompt_tokens = await self._worker.count_tokens(scoring_prompt(question, context))
+        tokens = prompt_tokens + sum(scores.tokens)
+        return Scored(scores, tokens, tokens * self._price / 1000)
+
+
+class PeerMember:
+    """A peer as a collaboration member: signed scoring requests, verified replies."""
+
+    def __init__(self, org: str, peers: PeerClient, price_per_1k: float = 0.0) -> None:
+        self.name = org
+        self._peers = peers
+        self._price = price_per_1k
+
+    async def score(self, question: Question, context: str) -> Scored:
+        answer = await self._peers.score(self.name, question, context)
+        return Scored(answer.scores, answer.tokens, answer.tokens * self._price / 1000)
+
+
+@dataclass
+class Routed:
+    choice: int
+    probabilities: tuple[float, ...]
+    provenance: dict[str, Any]
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        *,
+        org_id: str,
+        worker: ModelWorker,
+        routing: RoutingSection,
+        groups: dict[str, GroupSection],
+        peers: PeerClient | None = None,
+        resolve: Callable[[str], Path] = Path,
+        learned: Callable[[], LearnedRouter] | None = None,
+        embed: Callable[[str], Awaitable[list[float]]] | None = None,
+    ) -> None:
+        self.org_id = org_id
+        self._worker = worker
+        self._routing = routing
+        self._groups = groups
+        self._peers = peers
+        self._resolve = resolve
+        self._learned = learned
+        self._embed = embed
+
+    # -- routers ---------------------------------------------------------------------
+
+    def router(self, spec: str | None) -> Router:
+        spec = spec or self._routing.router
+        try:
+            kind, arg = parse_router(spec)
+        except ValueError as e:
+            raise TaskError(str(e)) from None
+        threshold, target = self._routing.threshold, self._routing.target
+        if kind == "local":
+            return LocalRouter()
+        if kind == "always":
+            return AlwaysRouter(arg)
+        if kind == "random":
+            return RandomRouter(float(arg), target=target)
+        if kind == "heuristic":
+            return HeuristicRouter(threshold, target)
+        if kind == "self":
+            signal: Signal = arg or "margin"  # type: ignore[assignment]
+            return SelfRouter(signal, threshold, target)
+        if kind == "cascade":
+            return CascadeRouter("confidence", "margin", threshold, target)
+        if self._learned is None:
+            raise TaskError("the learned router needs [routing] policy in node.toml")
+        return self._learned()
+
+    def peers(self) -> tuple[Peer, ...]:
+        return self._peers.candidates() if self._peers is not None else ()
+
+    def budget(self, options: RequestOptions) -> Budget:
+        r = self._routing
+        return Budget(
+            max_cost=options.max_cost if options.max_cost is not None else r.max_cost,
+            deadline_s=options.deadline_s if options.deadline_s is not None else r.deadline_s,
+            max_peers=options.max_peers if options.max_peers is not None else r.max_peers,
+        )
+
+    def _price(self, org: str) -> float:
+        for p in self.peers():
+            if p.org == org:
+                return p.price_per_1k_tokens
+        return 0.0
+
+    def member(self, name: str) -> Member:
+        if name in ("self", self.org_id):
+            return LocalMember(self.org_id, self._worker)
+        if self._peers is None:
+            raise TaskError(f"member {name} is a peer, and this node is not in a federation")
+        return PeerMember(name, self._peers, self._price(name))
+
+    # -- free text -------------------------------------------------------------------
+
+    def routes_text(self) -> bool:
+        return self._routing.router != "local"
+
+    async def route_text(self, question: str, options: RequestOptions) -> Decision:
+        """Local or one peer, for a free-text task (the answer itself is generated by the
+        caller, locally or by the peer). Routers that need a draft get a short one."""
+        spec = options.route or self._routing.router
+        if spec in self._groups:
+            raise TaskError(
+                f"group {spec} answers multiple-choice tasks: send the options in "
+                "metadata.consortium.choices"
+            )
+        router = self.router(spec)
+        draft: Draft | None = None
+        task_features: dict[str, list[float]] = {}
+        if router.needs_draft:
+            params = GenerationParams(max_tokens=16, logprobs=True, top_logprobs=5)
+            request = (
+                GenerationRequest(params=params, messages=(ChatMessage("user", question),))
+                if self._worker.info.chat
+                else GenerationRequest(params=params, prompt=f"Question: {question}\nAnswer:")
+            )
+            completion = await self._worker.generate(request).collect()
+            draft = Draft(
+                text=completion.text,
+                token_logprobs=tuple(t.logprob for t in completion.logprobs),
+                first_entropy=_first_entropy(completion.logprobs),
+            )
+            if isinstance(router, LearnedRouter):
+                if self._embed is None:
+                    raise TaskError("the learned router needs the sentence encoder")
+                task_features = {
+                    "embedding": await self._embed(question),
+                    "generated_choice": [-1.0],
+                }
+        try:
+            return router.decide(
+                RoutingInput(
+                    prompt=question,
+                    draft=draft,
+                    peers=self.peers(),
+                    budget=self.budget(options),
+                    features=task_features,
+                )
+            )
+        except ValueError as e:
+            raise TaskError(f"router {router.name}: {e}") from None
+
+    # -- multiple choice --------------------------------------------------------------
+
+    async def answer_choice(self, question: Question, options: RequestOptions) -> Routed:
+        started = time.perf_counter()
+        spec = options.route or self._routing.router
+        if spec in self._groups:
+            outcome = await self._run_group(spec, question, options)
+            return self._from_outcome(outcome, f"group:{spec}", None, started)
+        router = self.router(spec)
+        local = LocalMember(self.org_id, self._worker)
+        draft_scores = await local.score(question, "")
+        probs = tuple(draft_scores.scores.probabilities("none"))
+        draft = Draft(option_probs=probs)
+        task_features: dict[str, list[float]] = {}
+        if isinstance(router, LearnedRouter):
+            draft, task_features = await self._learned_inputs(question, probs)
+        decision = router.decide(
+            RoutingInput(
+                prompt=routing_text(question),
+                draft=draft,
+                peers=self.peers(),
+                budget=self.budget(options),
+                features=task_features,
+            )
+        )
+        local_row = {self.org_id: {"tokens": draft_scores.tokens, "cost": 0.0, "calls": 1}}
+        if decision.route == "local":
+            return Routed(
+                argmax(probs),
+                probs,
+                self._provenance("local", router.name, decision, local_row, max(probs), started),
+            )
+        if decision.target in self._groups:
+            outcome = await self._run_group(decision.target, question, options)
+            routed = self._from_outcome(outcome, f"group:{decision.target}", decision, started)
+            routed.provenance["members"].setdefault(self.org_id, local_row[self.org_id])
+            return routed
+        peer = PeerMember(decision.target, self._require_peers(), self._price(decision.target))
+        scored = await peer.score(question, "")
+        peer_probs = tuple(scored.scores.probabilities("none"))
+        members = {
+            **local_row,
+            decision.target: {"tokens": scored.tokens, "cost": scored.cost, "calls": 1},
+        }
+        return Routed(
+            argmax(peer_probs),
+            peer_probs,
+            self._provenance(
+                f"{self.org_id}->{decision.target}",
+                router.name,
+                decision,
+                members,
+                max(peer_probs),
+                started,
+            ),
+        )
+
+    async def _learned_inputs(
+        self, question: Question, probs: tuple[float, ...]
+    ) -> tuple[Draft, dict[str, list[float]]]:
+        """The draft with its generated answer, as the policy was trained on it."""
+        request = GenerationRequest(
+            params=DRAFT,
+            messages=(ChatMessage("user", generative_prompt(question)),)
+            if self._worker.info.chat
+            else (),
+            prompt=None if self._worker.info.chat else generative_prompt(question),
+        )
+        completion = await self._worker.generate(request).collect()
+        draft = Draft(
+            text=completion.text,
+            token_logprobs=tuple(t.logprob for t in completion.logprobs),
+            first_entropy=_first_entropy(completion.logprobs),
+            option_probs=probs,
+        )
+        if self._embed is None:
+            raise TaskError("the learned router needs the sentence encoder")
+        choice = extract_choice(completion.text, question)
+        return draft, {
+            "generated_choice": [float(-1 if choice is None else choice)],
+            "embedding": await self._embed(routing_text(question)),
+        }
+
+    def _require_peers(self) -> PeerClient:
+        if self._peers is None:
+            raise TaskError("escalation needs a federation: this node has no [federation]")
+        return self._peers
+
+    async def _run_group(self, name: str, question: Question, options: RequestOptions) -> Outcome:
+        group = self._groups[name]
+        members = [self.member(m) for m in group.members]
+        if options.max_peers is not None:
+            members = members[: max(options.max_peers, 1)]
+        if group.protocol == "vote":
+            return await vote(
+                members, question, weights=group.weights or None, max_tokens=group.max_tokens
+            )
+        if group.protocol == "debate":
+            return await debate(
+                members,
+                question,
+                rounds=group.rounds,
+                topology=group.topology,
+                weights=group.weights or None,
+                max_tokens=group.max_tokens,
+            )
+        aggregator = self.member(group.aggregator or group.members[-1])
+        proposers = [m for m in members if m.name != aggregator.name]
+        return await mixture(proposers, aggregator, question, max_tokens=group.max_tokens)
+
+    def _from_outcome(
+        self, outcome: Outcome, route: str, decision: Decision | None, started: float
+    ) -> Routed:
+        members = {k: dict(v) for k, v in outcome.by_member().items()}
+        prov = self._provenance(
+            f"{self.org_id}->{route}",
+            outcome.protocol,
+            decision,
+            members,
+            outcome.confidence,
+            started,
+        )
+        prov["protocol"] = outcome.protocol
+        prov["contributions"] = [
+            {"member": c.member, "round": c.round, "choice": c.choice, "tokens": c.tokens}
+            for c in outcome.contributions
+        ]
+        if outcome.stopped_by_budget:
+            prov["stoppedByBudget"] = True
+        return Routed(outcome.choice, outcome.probabilities, prov)
+
+    def _provenance(
+        self,
+        route: str,
+        router: str,
+        decision: Decision | None,
+        members: dict[str, dict[str, Any]],
+        confidence: float,
+        started: float,
+    ) -> dict[str, Any]:
+        prov: dict[str, Any] = {
+            "org": self.org_id,
+            "route": route,
+            "router": router,
+            "members": members,
+            "tokens": sum(int(m["tokens"]) for m in members.values()),
+            "cost": round(sum(float(m["cost"]) for m in members.values()), 6),
+            "confidence": round(confidence, 4),
+            "latencyMs": round((time.perf_counter() - started) * 1000, 1),
+        }
+        if decision is not None:
+            prov["decision"] = {"reason": decision.reason, "score": _finite(decision.score)}
+        return prov
+
+
+def _first_entropy(logprobs: Sequence[TokenLogprob]) -> float:
+    """Entropy (nats) of the first generated token over its top alternatives."""
+    return top_entropy(logprobs[0].top) if logprobs else 0.0
+
+
+def _finite(x: float) -> float | str:
+    return round(x, 4) if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def check_groups(groups: dict[str, GroupSection], org_id: str, federated: bool) -> None:
+    """At start-up: a group naming peers needs a federation; a mixture's aggregator must
+    be one of its members."""
+    for name, g in groups.items():
+        if not federated and any(m not in ("self", org_id) for m in g.members):
+            raise ConfigError(
+                "a group with peers needs [federation] in node.toml", key=f"groups.{name}.members"
+            )
+        if g.aggregator and g.aggregator not in g.members:
+            raise ConfigError(
+                f"aggregator {g.aggregator} is not a member", key=f"groups.{name}.aggregator"
+            )

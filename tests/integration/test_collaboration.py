@@ -1,0 +1,143 @@
+"""Routing and collaboration across three organizations on loopback, with real models:
+acme and globex run SmolLM2, initech runs Gemma-3. Escalation to a peer, a vote and a
+debate across the three, budgets, provenance, and bad requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from consortium.node.config import parse_config
+from tests.integration.test_federation import Federation
+
+MODELS = {"acme": "smollm2-135m", "globex": "smollm2-135m", "initech": "gemma3-270m"}
+QUESTION = "Which part of a plant takes in water from the soil?"
+CHOICES = ["the roots", "the leaves", "the flowers", "the seeds"]
+GROUPS = {
+    "panel": {"protocol": "vote", "members": ["self", "globex", "initech"]},
+    "ring": {
+        "protocol": "debate",
+        "members": ["self", "globex", "initech"],
+        "rounds": 2,
+        "topology": "ring",
+    },
+    "moa": {
+        "protocol": "mixture",
+        "members": ["self", "globex", "initech"],
+        "aggregator": "initech",
+    },
+    "tight": {"protocol": "vote", "members": ["self", "globex", "initech"], "max_tokens": 40},
+}
+
+
+class ModelFederation(Federation):
+    def config(self, org: str) -> Any:
+        cfg = super().config(org)
+        data = cfg.model_dump(mode="json", exclude={"base_dir"})
+        data["model"] = {"backend": "llama_cpp", "name": MODELS[org], "context_size": 1024}
+        if org == "acme":
+            data["groups"] = GROUPS
+        return parse_config(data, path=cfg.base_dir / "node.toml")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fed(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    f = ModelFederation(tmp_path_factory.mktemp("collab"))
+    try:
+        await f.start()
+        yield f
+    finally:
+        await f.stop()
+
+
+async def choose(fed: Federation, route: str, **extra: Any) -> Any:
+    return await fed.ask_via("acme", QUESTION, choices=CHOICES, route=route, **extra)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_escalation_to_a_stronger_peer_with_provenance(fed: Federation) -> None:
+    answer = await choose(fed, "always:initech")
+    assert answer.state == "completed", answer.status_text
+    p = answer.provenance
+    assert p["route"] == "acme->initech" and p["router"] == "always"
+    assert set(p["members"]) == {"acme", "initech"}  # acme's draft, initech's scores
+    assert p["members"]["initech"]["tokens"] > 0 and p["tokens"] > 0
+    assert answer.text.split(". ", 1)[1] in CHOICES
+    assert len(p["probabilities"]) == 4 and 0 < p["confidence"] <= 1
+    assert p["latencyMs"] > 0 and "always" in p["decision"]["reason"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_local_and_self_routing_decide_with_a_reason(fed: Federation) -> None:
+    local = await choose(fed, "local")
+    assert local.provenance["route"] == "local"
+    assert set(local.provenance["members"]) == {"acme"}
+    decided = await choose(fed, "self:margin")
+    assert decided.state == "completed"
+    assert "margin" in decided.provenance["decision"]["reason"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_vote_across_three_organizations(fed: Federation) -> None:
+    answer = await choose(fed, "panel")
+    assert answer.state == "completed", answer.status_text
+    p = answer.provenance
+    assert p["protocol"] == "vote" and p["route"] == "acme->group:panel"
+    assert set(p["members"]) == {"acme", "globex", "initech"}
+    assert [c["member"] for c in p["contributions"]] == ["acme", "globex", "initech"]
+    # Two SmolLM2 members score alike: acme locally, globex over a signed request.
+    acme, globex = p["contributions"][0], p["contributions"][1]
+    assert acme["choice"] == globex["choice"] and acme["tokens"] == globex["tokens"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_ring_debate_and_a_mixture(fed: Federation) -> None:
+    debate = await choose(fed, "ring")
+    assert debate.state == "completed", debate.status_text
+    rounds = [c["round"] for c in debate.provenance["contributions"]]
+    assert rounds == [0, 0, 0, 1, 1, 1]
+    moa = await choose(fed, "moa")
+    assert moa.state == "completed"
+    assert [c["member"] for c in moa.provenance["contributions"]][-1] == "initech"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_token_budget_stops_a_protocol(fed: Federation) -> None:
+    answer = await choose(fed, "tight")
+    assert answer.state == "completed"
+    assert answer.provenance.get("stoppedByBudget") is True
+    assert len(answer.provenance["contributions"]) < 3
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_bad_routing_requests_are_rejected_with_the_reason(fed: Federation) -> None:
+    unknown = await choose(fed, "magic")
+    assert unknown.state == "rejected" and "unknown router" in unknown.status_text
+    one_choice = await fed.ask_via("acme", QUESTION, choices=["only"])
+    assert one_choice.state == "rejected" and "choices" in one_choice.status_text
+    group_free_text = await fed.ask_via("acme", QUESTION, route="panel")
+    assert group_free_text.state == "rejected" and "multiple-choice" in group_free_text.status_text
+    nobody = await choose(fed, "always:nobody")
+    assert nobody.state == "failed" and "nobody" in nobody.status_text
+    # The node still serves.
+    assert (await choose(fed, "local")).state == "completed"
+
+
+def test_groups_are_checked_at_start(tmp_path: Path) -> None:
+    from consortium.errors import ConfigError
+    from consortium.node.orchestrator import check_groups
+
+    cfg = parse_config(
+        {
+            "node": {"org_id": "solo"},
+            "groups": {"g": {"members": ["self", "globex"], "aggregator": "x"}},
+        },
+        path=tmp_path / "node.toml",
+    )
+    with pytest.raises(ConfigError, match="needs \\[federation\\]"):
+        check_groups(cfg.groups, "solo", federated=False)
+    with pytest.raises(ConfigError, match="aggregator x is not a member"):
+        check_groups(cfg.groups, "solo", federated=True)

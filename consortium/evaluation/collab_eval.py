@@ -106,6 +106,8 @@ class BackendMember:
     """A collaboration member backed by a model in this process (evaluation only; a node's
     members are its own worker and its peers)."""
 
+    price_per_1k = 0.0
+
     def __init__(self, name: str, backend: LLMBackend, *, chat: bool = False) -> None:
         self.name = name
         self.backend = backend

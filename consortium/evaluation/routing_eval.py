@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
@@ -31,7 +32,13 @@ from consortium.evaluation.metrics import (
     router_metrics,
 )
 from consortium.evaluation.outputs import ItemOutput
-from consortium.federation.policy import Label, LogisticPolicy, PolicyArtifact, fit_logistic
+from consortium.federation.policy import (
+    Label,
+    LogisticPolicy,
+    PolicyArtifact,
+    fit_logistic,
+    write_policy,
+)
 from consortium.protocols.multiple_choice import Normalisation, argmax
 from consortium.protocols.routing import SIGNALS, Draft, HeuristicRouter, RoutingInput
 from consortium.protocols.routing_features import feature_names, features
@@ -242,6 +249,7 @@ def evaluate_routers(
     c_grid: Sequence[float] = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0),
     bootstrap_samples: int = 1000,
     progress: Callable[[str], None] | None = None,
+    policy_out: Path | None = None,
 ) -> dict[str, Any]:
     """All routers on `test`, tuned on `dev`; the dict `--json` prints."""
     say = progress or (lambda _: None)
@@ -262,7 +270,8 @@ def evaluate_routers(
         )
     say("learned: tuning on the dev split")
     choice = tune_learned(dev, norms, grid=c_grid)
-    policy = LogisticPolicy(train_router(dev, norms, label=choice.label, c=choice.c))
+    artifact = train_router(dev, norms, label=choice.label, c=choice.c)
+    policy = LogisticPolicy(artifact)
     scorers["learned"] = (
         learned_scores(policy, feature_matrix(dev, norms[0])),
         learned_scores(policy, feature_matrix(test, norms[0])),
@@ -308,6 +317,9 @@ def evaluate_routers(
         int(local_t.sum() + strong_t[gains].sum()),
         curve=oracle,
     )
+    if policy_out is not None:
+        metrics = {"test_apgr": results["learned"].apgr, "test_auc": results["learned"].auc}
+        write_policy(policy_out, artifact.model_copy(update={"metrics": metrics}))
     out: dict[str, Any] = {name: r.as_json() for name, r in results.items()}
     out["_setup"] = {
         "tuning_split": dev.name,

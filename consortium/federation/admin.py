@@ -72,7 +72,7 @@ def create_federation(name: str, directory: Path) -> FederationPaths:
     return paths
 
 
-def _admin_key(path: Path) -> jwk.JWK:
+def load_admin_key(path: Path) -> jwk.JWK:
     return load_private_key(path)
 
 
@@ -83,7 +83,7 @@ def _trusted(admin_key: jwk.JWK) -> list[jwk.JWK]:
 def update_roster(roster_path: Path, admin_key_path: Path, change: Any) -> Roster:
     """Loads and verifies the roster, applies change(roster) -> Roster, bumps the version,
     re-signs and writes it atomically."""
-    key = _admin_key(admin_key_path)
+    key = load_admin_key(admin_key_path)
     current = load_verified_roster(roster_path, _trusted(key))
     updated: Roster = change(current)
     updated = updated.model_copy(update={"version": current.version + 1})

@@ -36,6 +36,8 @@ federation_app = typer.Typer(
 app.add_typer(federation_app, name="federation")
 key_app = typer.Typer(help="Rotate this organization's signing key.", no_args_is_help=True)
 app.add_typer(key_app, name="key")
+policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
+federation_app.add_typer(policy_app, name="policy")
 bench_app = typer.Typer(
     help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
 )
@@ -409,6 +411,49 @@ def key_activate(
     out.print("restart the node to sign with the new key")
 
 
+@policy_app.command("sign")
+def policy_sign(
+    policy: Annotated[Path, typer.Argument(help="The policy artifact (JSON).")],
+    roster: Annotated[Path, typer.Option(help="federation.toml (names the federation).")],
+    admin_key: Annotated[
+        Path | None, typer.Option(help="Admin private key (default: ROSTER_DIR/admin).")
+    ] = None,
+) -> None:
+    """Stamp the artifact with the federation id and sign it with the admin key."""
+    from consortium.federation.admin import load_admin_key
+    from consortium.federation.policy import load_policy, sign_policy, write_policy
+    from consortium.federation.roster import load_roster, now_iso
+
+    def go() -> None:
+        artifact = load_policy(policy, None)
+        fed = load_roster(roster).federation_id
+        stamped = artifact.model_copy(update={"federation_id": fed, "created_at": now_iso()})
+        key = load_admin_key(_admin_key_path(roster, admin_key))
+        write_policy(policy, sign_policy(stamped, [key]))
+        out.print(f"signed {policy} (version {artifact.version}) for federation {fed}")
+
+    _run(go)
+
+
+@policy_app.command("verify")
+def policy_verify(
+    policy: Annotated[Path, typer.Argument(help="The policy artifact (JSON).")],
+    admin_pubkey: Annotated[Path, typer.Option(help="Trusted admin public key.")],
+) -> None:
+    """Exit 0 only for a well-formed artifact signed by the trusted admin key."""
+    from consortium.federation.policy import load_policy
+    from consortium.trust.keys import load_public_key
+
+    def go() -> None:
+        artifact = load_policy(policy, [load_public_key(admin_pubkey)])
+        out.print(
+            f"{policy}: valid policy {artifact.version} for federation "
+            f"{artifact.federation_id or '-'}, {len(artifact.weights)} features"
+        )
+
+    _run(go)
+
+
 @federation_app.command("verify")
 def federation_verify(
     roster: Annotated[Path, typer.Argument(help="federation.toml")],
@@ -505,6 +550,10 @@ def bench_routing(
         float, typer.Option(min=0.0, max=1.0, help="Escalation rate of the operating point.")
     ] = 0.5,
     bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 1000,
+    policy_out: Annotated[
+        Path | None,
+        typer.Option(help="Also write the learned router's policy (unsigned) to this file."),
+    ] = None,
 ) -> None:
     """Replay every router over cached model outputs: cost-quality curves, AUC, APGR,
     CPT(50 %), CPT(80 %) with bootstrap 95 % intervals, against random and the oracle."""
@@ -516,7 +565,9 @@ def bench_routing(
         show = sys.stderr.isatty()
         dev = split_data(tune_split, local, strong, limit=limit, show_progress=show)
         test = split_data(eval_split, local, strong, limit=limit, show_progress=show)
-        return evaluate_routers(dev, test, rate=rate, bootstrap_samples=bootstrap)
+        return evaluate_routers(
+            dev, test, rate=rate, bootstrap_samples=bootstrap, policy_out=policy_out
+        )
 
     result = _run(go)
     png = plot_routing(result, plot or Path("bench-routing.png"))

@@ -71,6 +71,13 @@ def _agent_message(
     return msg
 
 
+def _is_scoring_request(message: a2a_pb2.Message) -> bool:
+    try:
+        return request_options(message).mode == "score"
+    except ValueError:
+        return False  # the task path rejects it with the reason
+
+
 class ModelExecutor(AgentExecutor, DirectReplies):
     def __init__(
         self,
@@ -156,6 +163,12 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             event_queue = cast(EventQueue, SigningEventQueue(event_queue, self._signer, verified))
         message = context.message
         task = context.current_task
+        if task is None and message is not None and _is_scoring_request(message):
+            # A message-only exchange (a streaming client's scoring request): one Message,
+            # no task.
+            scores = await self._scores_message(message, request_options(message), verified)
+            await event_queue.enqueue_event(scores)
+            return
         if task is None:
             if message is None:
                 raise ModelError("no message to answer")
@@ -174,12 +187,8 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
         if options.mode == "score":
-            await event_queue.enqueue_event(
-                await self._scores_message(
-                    message or a2a_pb2.Message(),
-                    options,
-                    context.call_context.state.get(VERIFIED_KEY),
-                )
+            await updater.reject(
+                self._reply(context, task, "rejected: a scoring request cannot continue a task")
             )
             return
         if options.peer is not None:

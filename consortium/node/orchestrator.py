@@ -27,7 +27,16 @@ from consortium.node.llm.base import ChatMessage, GenerationParams, TokenLogprob
 from consortium.node.llm.worker import GenerationRequest, ModelWorker
 from consortium.node.option_scoring import score_options
 from consortium.node.peers import PeerClient
-from consortium.protocols.collaboration import Member, Outcome, Scored, debate, mixture, vote
+from consortium.protocols.collaboration import (
+    BudgetError,
+    Limits,
+    Member,
+    Outcome,
+    Scored,
+    debate,
+    mixture,
+    vote,
+)
 from consortium.protocols.multiple_choice import (
     OptionScores,
     Question,
@@ -66,7 +75,7 @@ class LocalMember:
     def __init__(self, name: str, worker: ModelWorker, price_per_1k: float = 0.0) -> None:
         self.name = name
         self._worker = worker
-        self._price = price_per_1k
+        self.price_per_1k = price_per_1k
 
     async def score(self, question: Question, context: str) -> Scored:
         scores: OptionScores = await self._worker.call(
@@ -74,7 +83,7 @@ class LocalMember:
         )
         prompt_tokens = await self._worker.count_tokens(scoring_prompt(question, context))
         tokens = prompt_tokens + sum(scores.tokens)
-        return Scored(scores, tokens, tokens * self._price / 1000)
+        return Scored(scores, tokens, tokens * self.price_per_1k / 1000)
 
 
 class PeerMember:
@@ -83,11 +92,11 @@ class PeerMember:
     def __init__(self, org: str, peers: PeerClient, price_per_1k: float = 0.0) -> None:
         self.name = org
         self._peers = peers
-        self._price = price_per_1k
+        self.price_per_1k = price_per_1k
 
     async def score(self, question: Question, context: str) -> Scored:
         answer = await self._peers.score(self.name, question, context)
-        return Scored(answer.scores, answer.tokens, answer.tokens * self._price / 1000)
+        return Scored(answer.scores, answer.tokens, answer.tokens * self.price_per_1k / 1000)
 
 
 @dataclass
@@ -206,10 +215,20 @@ class Orchestrator:
                     "embedding": await self._embed(question),
                     "generated_choice": [-1.0],
                 }
+        return self._decide(router, question, draft, options, task_features)
+
+    def _decide(
+        self,
+        router: Router,
+        prompt: str,
+        draft: Draft | None,
+        options: RequestOptions,
+        task_features: dict[str, list[float]],
+    ) -> Decision:
         try:
             return router.decide(
                 RoutingInput(
-                    prompt=question,
+                    prompt=prompt,
                     draft=draft,
                     peers=self.peers(),
                     budget=self.budget(options),
@@ -222,6 +241,11 @@ class Orchestrator:
     # -- multiple choice --------------------------------------------------------------
 
     async def answer_choice(self, question: Question, options: RequestOptions) -> Routed:
+        routed = await self._answer_choice(question, options)
+        self.with_budget(routed.provenance, options)
+        return routed
+
+    async def _answer_choice(self, question: Question, options: RequestOptions) -> Routed:
         started = time.perf_counter()
         spec = options.route or self._routing.router
         if spec in self._groups:
@@ -235,15 +259,7 @@ class Orchestrator:
         task_features: dict[str, list[float]] = {}
         if isinstance(router, LearnedRouter):
             draft, task_features = await self._learned_inputs(question, probs)
-        decision = router.decide(
-            RoutingInput(
-                prompt=routing_text(question),
-                draft=draft,
-                peers=self.peers(),
-                budget=self.budget(options),
-                features=task_features,
-            )
-        )
+        decision = self._decide(router, routing_text(question), draft, options, task_features)
         local_row = {self.org_id: {"tokens": draft_scores.tokens, "cost": 0.0, "calls": 1}}
         if decision.route == "local":
             return Routed(
@@ -310,24 +326,29 @@ class Orchestrator:
     async def _run_group(self, name: str, question: Question, options: RequestOptions) -> Outcome:
         group = self._groups[name]
         members = [self.member(m) for m in group.members]
-        if options.max_peers is not None:
-            members = members[: max(options.max_peers, 1)]
-        if group.protocol == "vote":
-            return await vote(
-                members, question, weights=group.weights or None, max_tokens=group.max_tokens
-            )
-        if group.protocol == "debate":
-            return await debate(
-                members,
-                question,
-                rounds=group.rounds,
-                topology=group.topology,
-                weights=group.weights or None,
-                max_tokens=group.max_tokens,
-            )
-        aggregator = self.member(group.aggregator or group.members[-1])
-        proposers = [m for m in members if m.name != aggregator.name]
-        return await mixture(proposers, aggregator, question, max_tokens=group.max_tokens)
+        budget = self.budget(options)
+        if budget.max_peers is not None:  # this node's own model is not a peer
+            own = [m for m in members if m.name == self.org_id]
+            members = own + [m for m in members if m.name != self.org_id][: budget.max_peers]
+        limits = Limits(group.max_tokens, budget.max_cost, budget.deadline_s)
+        weights = {(self.org_id if k == "self" else k): v for k, v in group.weights.items()} or None
+        try:
+            if group.protocol == "vote":
+                return await vote(members, question, weights=weights, limits=limits)
+            if group.protocol == "debate":
+                return await debate(
+                    members,
+                    question,
+                    rounds=group.rounds,
+                    topology=group.topology,
+                    weights=weights,
+                    limits=limits,
+                )
+            aggregator = self.member(group.aggregator or group.members[-1])
+            proposers = [m for m in members if m.name != aggregator.name]
+            return await mixture(proposers, aggregator, question, limits=limits)
+        except BudgetError as e:
+            raise TaskError(f"group {name}: {e}") from None
 
     def _from_outcome(
         self, outcome: Outcome, route: str, decision: Decision | None, started: float
@@ -371,6 +392,22 @@ class Orchestrator:
         }
         if decision is not None:
             prov["decision"] = {"reason": decision.reason, "score": _finite(decision.score)}
+        return prov
+
+    def with_budget(self, prov: dict[str, Any], options: RequestOptions) -> dict[str, Any]:
+        """Adds the task's budget, when it has one, to its provenance."""
+        b = self.budget(options)
+        limits = {
+            k: v
+            for k, v in (
+                ("maxCost", b.max_cost),
+                ("deadlineS", b.deadline_s),
+                ("maxPeers", b.max_peers),
+            )
+            if v is not None
+        }
+        if limits:
+            prov["budget"] = limits
         return prov
 
 

@@ -30,6 +30,10 @@ from consortium.protocols.multiple_choice import (
 Topology = Literal["full", "ring", "star"]
 
 
+class BudgetError(ValueError):
+    """The budget does not allow even one call."""
+
+
 @dataclass(frozen=True)
 class Scored:
     scores: OptionScores
@@ -39,6 +43,7 @@ class Scored:
 
 class Member(Protocol):
     name: str
+    price_per_1k: float
 
     async def score(self, question: Question, context: str) -> Scored:
         """Scores the options of `question`, with `context` (others' answers) shown first."""
@@ -87,17 +92,44 @@ class Outcome:
         return out
 
 
-class _Budget:
-    def __init__(self, max_tokens: int | None) -> None:
-        self.max_tokens = max_tokens
-        self.used = 0
-        self.exceeded = False
+@dataclass(frozen=True)
+class Limits:
+    """A protocol's budget: tokens, cost and wall time across all its calls (None: no
+    limit). A call is made only if its estimated tokens and cost still fit."""
 
-    def allows(self, estimate: int) -> bool:
-        if self.max_tokens is not None and self.used + estimate > self.max_tokens:
+    max_tokens: int | None = None
+    max_cost: float | None = None
+    deadline_s: float | None = None
+
+
+class _Budget:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.used = 0
+        self.cost = 0.0
+        self.started = time.monotonic()
+        self.exceeded = False
+        self.last_tokens = 0
+
+    def allows(self, member: Member, estimate: int) -> bool:
+        guess = max(estimate, self.last_tokens)
+        lim = self.limits
+        over = (
+            (lim.max_tokens is not None and self.used + guess > lim.max_tokens)
+            or (
+                lim.max_cost is not None
+                and self.cost + guess * member.price_per_1k / 1000 > lim.max_cost
+            )
+            or (lim.deadline_s is not None and time.monotonic() - self.started > lim.deadline_s)
+        )
+        if over:
             self.exceeded = True
-            return False
-        return True
+        return not over
+
+    def spend(self, tokens: int, cost: float) -> None:
+        self.used += tokens
+        self.cost += cost
+        self.last_tokens = tokens
 
 
 async def _ask(
@@ -109,11 +141,11 @@ async def _ask(
     budget: _Budget,
     estimate: int,
 ) -> Contribution | None:
-    if not budget.allows(estimate):
+    if not budget.allows(member, estimate):
         return None
     started = time.perf_counter()
     scored = await member.score(question, context)
-    budget.used += scored.tokens
+    budget.spend(scored.tokens, scored.cost)
     probs = tuple(scored.scores.probabilities(norm))
     return Contribution(
         member.name,
@@ -167,16 +199,18 @@ async def vote(
     *,
     weights: dict[str, float] | None = None,
     norm: Normalisation = "tokens",
-    max_tokens: int | None = None,
+    limits: Limits = Limits(),
     estimate: int = 0,
 ) -> Outcome:
-    budget = _Budget(max_tokens)
+    budget = _Budget(limits)
     contributions = []
     for m in members:
         c = await _ask(m, question, "", 0, norm, budget, estimate)
         if c is None:
             break
         contributions.append(c)
+    if not contributions:
+        raise BudgetError("the budget allows no call to any member")
     probs = combine(contributions, weights)
     return Outcome("vote", argmax(probs), probs, contributions, budget.exceeded)
 
@@ -198,14 +232,14 @@ async def debate(
     topology: Topology = "full",
     weights: dict[str, float] | None = None,
     norm: Normalisation = "tokens",
-    max_tokens: int | None = None,
+    limits: Limits = Limits(),
     estimate: int = 0,
 ) -> Outcome:
     """Round 0: everyone answers alone; rounds 1..R-1: everyone answers again, shown the
     previous round's answers of its neighbours. The answer: the last round, combined."""
     if rounds < 1:
         raise ValueError("a debate needs at least one round")
-    budget = _Budget(max_tokens)
+    budget = _Budget(limits)
     all_contributions: list[Contribution] = []
     previous: list[Contribution] = []
     for r in range(rounds):
@@ -230,6 +264,8 @@ async def debate(
             break
         previous = current
     final = previous
+    if not final:
+        raise BudgetError("the budget allows no call to any member")
     probs = combine(final, weights)
     return Outcome(f"debate:{topology}", argmax(probs), probs, all_contributions, budget.exceeded)
 
@@ -240,11 +276,11 @@ async def mixture(
     question: Question,
     *,
     norm: Normalisation = "tokens",
-    max_tokens: int | None = None,
+    limits: Limits = Limits(),
     estimate: int = 0,
 ) -> Outcome:
     """Proposers answer alone; the aggregator answers shown their proposals."""
-    budget = _Budget(max_tokens)
+    budget = _Budget(limits)
     proposals: list[Contribution] = []
     for m in proposers:
         c = await _ask(m, question, "", 0, norm, budget, estimate)
@@ -254,6 +290,8 @@ async def mixture(
     context = describe_answers(question, [(p.member, p.choice) for p in proposals])
     final = await _ask(aggregator, question, context, 1, norm, budget, estimate)
     if final is None:
+        if not proposals:
+            raise BudgetError("the budget allows no call to any member")
         probs = combine(proposals)
         return Outcome("mixture", argmax(probs), probs, proposals, True)
     return Outcome(

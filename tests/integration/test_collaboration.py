@@ -113,6 +113,14 @@ async def test_the_token_budget_stops_a_protocol(fed: Federation) -> None:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_max_peers_limits_the_group_and_is_reported(fed: Federation) -> None:
+    answer = await choose(fed, "panel", max_peers=1)
+    assert answer.state == "completed", answer.status_text
+    assert set(answer.provenance["members"]) == {"acme", "globex"}  # self + one peer
+    assert answer.provenance["budget"] == {"maxPeers": 1}
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_bad_routing_requests_are_rejected_with_the_reason(fed: Federation) -> None:
     unknown = await choose(fed, "magic")
     assert unknown.state == "rejected" and "unknown router" in unknown.status_text
@@ -124,6 +132,15 @@ async def test_bad_routing_requests_are_rejected_with_the_reason(fed: Federation
     assert nobody.state == "failed" and "nobody" in nobody.status_text
     # The node still serves.
     assert (await choose(fed, "local")).state == "completed"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_scoring_request_over_a_stream_is_one_message(fed: Federation) -> None:
+    scored = await fed.ask_via("acme", QUESTION, mode="score", choices=CHOICES)
+    assert scored.state == "completed" and scored.task_id == ""  # a Message, no task
+    assert scored.text in ("A", "B", "C", "D")
+    refused = await fed.ask_via("acme", QUESTION, mode="score")
+    assert refused.text.startswith("rejected: a scoring request needs")
 
 
 def test_groups_are_checked_at_start(tmp_path: Path) -> None:

@@ -38,3 +38,28 @@ def plot_routing(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_collaboration(result: dict[str, Any], path: Path) -> Path:
+    """Accuracy of each protocol and single model, with the gain intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(k, v) for k, v in result.items() if not k.startswith("_")]
+    names = [k for k, _ in rows]
+    acc = [100 * v["accuracy"] for _, v in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    ax.barh(names, acc, color=["#888" if "gain_ci95" not in v else "#4a7" for _, v in rows])
+    for i, (_, v) in enumerate(rows):
+        ax.text(100 * v["accuracy"] + 0.3, i, f"{100 * v['accuracy']:.1f} %", va="center")
+    ax.set_xlabel("accuracy (%)")
+    setup = result["_setup"]
+    ax.set_title(f"Collaboration on {setup['evaluation_split']} ({setup['items']} items)")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -604,11 +604,16 @@ def bench_collaborate(
     strong: Annotated[str, typer.Option(help="The peer's model.")] = "gemma3-270m",
     tune_split: Annotated[str, typer.Option(help="Split to tune on.")] = "arc_easy_dev",
     eval_split: Annotated[str, typer.Option(help="Split to report on.")] = "arc_easy_test",
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the PNG plot (default: bench-collaborate.png)."),
+    ] = None,
 ) -> None:
     """Vote, debate (full, ring, star) and mixture against the best single model and its
     self-consistency at the same token budget."""
     from consortium.evaluation.collab_eval import evaluate_collaboration
     from consortium.evaluation.harness import load_backend, progress_bar, split_data
+    from consortium.evaluation.plots import plot_collaboration
 
     def go() -> dict[str, Any]:
         show = sys.stderr.isatty()
@@ -620,6 +625,8 @@ def bench_collaborate(
             )
 
     result = _run(go)
+    png = plot_collaboration(result, plot or Path("bench-collaborate.png"))
+    result["_setup"]["plot"] = str(png)
     _print_bench(result, as_json, ["accuracy", "gain_over_best_single", "gain_ci95", "tokens"])
 
 

@@ -156,6 +156,8 @@ class _ThresholdRouter:
         reason = self.explain(task, s)
         if s <= self.threshold:
             return Decision("local", "", reason, s)
+        if task.budget.max_peers == 0:
+            return Decision("local", "", reason + "; the budget allows no peer", s)
         target = self.target or choose_peer(task.peers, task.budget, task.expected_tokens)
         if not target:
             return Decision("local", "", reason + "; no peer within the budget", s)

@@ -3,10 +3,13 @@ and self-consistency with both real models."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from consortium.evaluation.collab_eval import evaluate_collaboration, paired_interval
 from consortium.evaluation.harness import load_backend
+from consortium.evaluation.plots import plot_collaboration
 from tests.evaluation.conftest import Splits
 
 
@@ -16,8 +19,10 @@ def test_paired_interval_by_hand() -> None:
     assert low < 0 < high
 
 
-def test_protocols_against_the_best_single_model(splits: Splits) -> None:
+def test_protocols_against_the_best_single_model(splits: Splits, tmp_path: Path) -> None:
     result = evaluate_collaboration(splits.dev, splits.test, live_limit=2, load=load_backend)
+    png = plot_collaboration(result, tmp_path / "collab.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
     setup = result["_setup"]
     assert setup["best_single"] in ("smollm2-135m", "gemma3-270m")
     assert setup["live_items"] == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_asyncio
 
@@ -33,6 +34,21 @@ GROUPS = {
 }
 
 
+def signed_policy(path: Path, admin_key: Path) -> Path:
+    """A policy over the node's features (trained on random data: these tests are about
+    the mechanics of loading and applying it), signed by the federation admin."""
+    from consortium.federation.admin import load_admin_key
+    from consortium.federation.policy import fit_logistic, sign_policy, write_policy
+    from consortium.node.embeddings import DIMENSION
+    from consortium.protocols.routing_features import feature_names
+
+    names = feature_names(DIMENSION)
+    x = np.random.default_rng(0).normal(size=(64, len(names)))
+    artifact = fit_logistic(x, (x[:, 2] > 0).astype(int), names=names, version="test-1")
+    write_policy(path, sign_policy(artifact, [load_admin_key(admin_key)]))
+    return path
+
+
 class ModelFederation(Federation):
     def config(self, org: str) -> Any:
         cfg = super().config(org)
@@ -40,6 +56,8 @@ class ModelFederation(Federation):
         data["model"] = {"backend": "llama_cpp", "name": MODELS[org], "context_size": 1024}
         if org == "acme":
             data["groups"] = GROUPS
+            policy = signed_policy(self.tmp / "policy.json", self.admin_key)
+            data["routing"] = {"policy": str(policy), "threshold": 0.5}
         return parse_config(data, path=cfg.base_dir / "node.toml")
 
 
@@ -78,6 +96,25 @@ async def test_local_and_self_routing_decide_with_a_reason(fed: Federation) -> N
     decided = await choose(fed, "self:margin")
     assert decided.state == "completed"
     assert "margin" in decided.provenance["decision"]["reason"]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_every_router_decides_on_the_node(fed: Federation) -> None:
+    always = await choose(fed, "random:1")
+    # Both peers list the same capabilities here: the first of the equals is chosen.
+    assert always.provenance["route"] in ("acme->globex", "acme->initech")
+    never = await choose(fed, "random:0")
+    assert never.provenance["route"] == "local"
+    heuristic = await choose(fed, "heuristic")
+    assert "heuristic" in heuristic.provenance["decision"]["reason"]
+    cascade = await choose(fed, "cascade")
+    assert cascade.provenance["router"] == "cascade"
+    learned = await choose(fed, "learned")
+    assert learned.state == "completed", learned.status_text
+    assert "policy test-1" in learned.provenance["decision"]["reason"]
+    no_peers = await choose(fed, "always:initech", max_peers=0)
+    assert no_peers.provenance["route"] == "local"
+    assert "allows no peer" in no_peers.provenance["decision"]["reason"]
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -134,6 +134,7 @@ def train_router(
         label=label,
         c=c,
         embedding_model="all-MiniLM-L6-v2",
+        normalisation=norms[0],
     )
 
 

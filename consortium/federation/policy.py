@@ -40,6 +40,8 @@ class FeatureSpec(BaseModel):
 
     names: list[str] = Field(min_length=1)
     embedding_model: str = ""
+    # How the local model's option scores became the probabilities the features use.
+    normalisation: Literal["none", "tokens", "chars"] = "none"
     # Standardisation applied before the weights: (x - mean) / scale.
     mean: list[float]
     scale: list[float]
@@ -115,6 +117,7 @@ def fit_logistic(
     label: Label = "local_correct",
     c: float = 1.0,
     embedding_model: str = "",
+    normalisation: Literal["none", "tokens", "chars"] = "none",
     sample_weight: npt.ArrayLike | None = None,
 ) -> PolicyArtifact:
     """Trains the model on standardised features (scikit-learn's LogisticRegression)."""
@@ -137,6 +140,7 @@ def fit_logistic(
         features=FeatureSpec(
             names=list(names),
             embedding_model=embedding_model,
+            normalisation=normalisation,
             mean=mean.tolist(),
             scale=scale.tolist(),
         ),

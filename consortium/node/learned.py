@@ -14,6 +14,7 @@ from jwcrypto import jwk
 
 from consortium.errors import ConsortiumError, TaskError
 from consortium.federation.policy import LogisticPolicy, PolicyArtifact, load_policy
+from consortium.node.orchestrator import DRAFT_NORMALISATION
 from consortium.protocols.routing import LearnedRouter, RoutingInput
 from consortium.protocols.routing_features import feature_names, features
 
@@ -49,6 +50,12 @@ class PolicyHolder:
         self.loaded = 0
 
     def _check(self, artifact: PolicyArtifact) -> None:
+        if artifact.features.normalisation != DRAFT_NORMALISATION:
+            raise ConsortiumError(
+                f"policy {artifact.version} expects option probabilities normalised by "
+                f"{artifact.features.normalisation}; this node drafts with "
+                f"{DRAFT_NORMALISATION}"
+            )
         n = len(artifact.features.names)
         if n > len(feature_names(0)):
             expected = feature_names(n - len(feature_names(0)))

@@ -38,6 +38,7 @@ from consortium.protocols.collaboration import (
     vote,
 )
 from consortium.protocols.multiple_choice import (
+    Normalisation,
     OptionScores,
     Question,
     argmax,
@@ -66,6 +67,9 @@ from consortium.protocols.routing import (
 )
 
 log = logging.getLogger(__name__)
+# Option log-likelihoods become probabilities unnormalised: what the dev split chose for
+# both bundled models (consortium bench routing prints the choice).
+DRAFT_NORMALISATION: Normalisation = "none"
 DRAFT = GenerationParams(max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=5)
 
 
@@ -254,7 +258,7 @@ class Orchestrator:
         router = self.router(spec)
         local = LocalMember(self.org_id, self._worker)
         draft_scores = await local.score(question, "")
-        probs = tuple(draft_scores.scores.probabilities("none"))
+        probs = tuple(draft_scores.scores.probabilities(DRAFT_NORMALISATION))
         draft = Draft(option_probs=probs)
         task_features: dict[str, list[float]] = {}
         if isinstance(router, LearnedRouter):
@@ -274,7 +278,7 @@ class Orchestrator:
             return routed
         peer = PeerMember(decision.target, self._require_peers(), self._price(decision.target))
         scored = await peer.score(question, "")
-        peer_probs = tuple(scored.scores.probabilities("none"))
+        peer_probs = tuple(scored.scores.probabilities(DRAFT_NORMALISATION))
         members = {
             **local_row,
             decision.target: {"tokens": scored.tokens, "cost": scored.cost, "calls": 1},

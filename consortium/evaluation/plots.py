@@ -63,3 +63,51 @@ def plot_collaboration(result: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_federated(result: dict[str, Any], path: Path) -> Path:
+    """Held-out classifier AUC and APGR per round of each federated run, against the
+    centralised and the local-only routers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setup = result["_setup"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, metric, title in (
+        (axes[0], "classifier_auc", "held-out classifier AUC"),
+        (axes[1], "apgr", "held-out routing APGR"),
+    ):
+        for name, curve in result["_curves"].items():
+            ax.plot(
+                [c["round"] for c in curve],
+                [c[metric] for c in curve],
+                marker="o",
+                markersize=3,
+                label=name.removeprefix("federated_"),
+            )
+        ax.axhline(
+            result["centralised"][metric], color="black", linestyle="--", label="centralised"
+        )
+        for i in range(setup["orgs"]):
+            ax.axhline(
+                result[f"local_org{i}"][metric],
+                color="grey",
+                linestyle=":",
+                linewidth=0.8,
+                label="local-only (each org)" if i == 0 else None,
+            )
+        ax.axhline(result["random"][metric], color="red", linewidth=0.6, label="random")
+        ax.set_xlabel("round")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"Federated routing policy: {setup['orgs']} organizations split by topic, "
+        f"{setup['held_out_items']} held-out items"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -7,63 +7,35 @@ exits with the error's code; no traceback.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from consortium.errors import ConfigError, ConsortiumError, TaskError
+from consortium.errors import ConfigError, TaskError
+from consortium.node import cli_training  # noqa: F401  (registers its commands)
+from consortium.node.cli_common import (
+    admin_key_path,
+    app,
+    bench_app,
+    err,
+    fail,
+    federation_app,
+    key_app,
+    node_app,
+    out,
+    policy_app,
+    print_bench,
+    run,
+    write_through,
+)
 from consortium.node.config import ORG_ID_PATTERN, load_config
 
-app = typer.Typer(
-    name="consortium",
-    help="Consortium: a federated network of LLM agents, one node per organization.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-node_app = typer.Typer(help="Run this organization's node.", no_args_is_help=True)
-app.add_typer(node_app, name="node")
-federation_app = typer.Typer(
-    help="Create and administer a federation roster.", no_args_is_help=True
-)
-app.add_typer(federation_app, name="federation")
-key_app = typer.Typer(help="Rotate this organization's signing key.", no_args_is_help=True)
-app.add_typer(key_app, name="key")
-policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
-federation_app.add_typer(policy_app, name="policy")
-bench_app = typer.Typer(
-    help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
-)
-app.add_typer(bench_app, name="bench")
-
-out = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
 SWITCH_INTERVAL_S = 0.0005
-
-
-def _fail(e: ConsortiumError) -> NoReturn:
-    err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
-    raise typer.Exit(e.exit_code)
-
-
-def _run(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except ConsortiumError as e:
-        _fail(e)
-
-
-def _write_through(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
 
 
 def _setup_logging(level: str) -> None:
@@ -128,7 +100,7 @@ def init(
         out.print(f"wrote {result.public_key_path} (key id {result.key_id})", soft_wrap=True)
         out.print(f"wrote {result.card_path}")
 
-    _run(go)
+    run(go)
 
 
 @node_app.command("start")
@@ -139,7 +111,7 @@ def node_start(
     from consortium.node.backends import backend_factory
     from consortium.node.server import Node
 
-    cfg = _run(lambda: load_config(config))
+    cfg = run(lambda: load_config(config))
     _setup_logging(cfg.logging.level)
 
     # The model thread needs the GIL for a moment between two decode steps; with the
@@ -163,7 +135,7 @@ def node_start(
         finally:
             await node.stop()
 
-    _run(lambda: asyncio.run(serve()))
+    run(lambda: asyncio.run(serve()))
 
 
 @app.command()
@@ -193,9 +165,9 @@ def ask(
     from consortium.node.federated import local_signer
     from consortium.node.server import running_http_url
 
-    cfg = _run(lambda: load_config(config))
+    cfg = run(lambda: load_config(config))
     if transport not in ("grpc", "jsonrpc"):
-        _fail(
+        fail(
             ConfigError(f"unknown transport {transport!r}; use grpc or jsonrpc", key="--transport")
         )
     options: dict[str, Any] = {}
@@ -205,7 +177,7 @@ def ask(
         options["temperature"] = temperature
     if peer is not None:
         options["peer"] = peer
-    sign = _run(lambda: local_signer(cfg))
+    sign = run(lambda: local_signer(cfg))
 
     async def go() -> None:
         card = await fetch_agent_card(running_http_url(cfg))
@@ -217,12 +189,12 @@ def ask(
                 question,
                 options=options or None,
                 timeout=timeout,
-                on_text=_write_through,
+                on_text=write_through,
                 sign=sign,
             )
         finally:
             await client.close()
-        _write_through("\n")
+        write_through("\n")
         p = answer.provenance
         if answer.state != "completed":
             raise TaskError(f"task {answer.task_id} {answer.state}: {answer.status_text}")
@@ -239,7 +211,7 @@ def ask(
             highlight=False,
         )
 
-    _run(lambda: asyncio.run(go()))
+    run(lambda: asyncio.run(go()))
 
 
 @app.command()
@@ -254,13 +226,7 @@ def demo(
 
     # A log or CI transcript is not a terminal: give the table room instead of 80 columns.
     console = out if out.is_terminal else Console(width=160)
-    _run(lambda: run_demo(workdir, console))
-
-
-def _admin_key_path(roster: Path, admin_key: Path | None) -> Path:
-    from consortium.federation.admin import default_paths
-
-    return admin_key or default_paths(roster).admin_private
+    run(lambda: run_demo(workdir, console))
 
 
 @federation_app.command("create")
@@ -273,7 +239,7 @@ def federation_create(
     """Create an admin key pair (private key mode 0600) and an empty, signed roster."""
     from consortium.federation.admin import create_federation
 
-    paths = _run(lambda: create_federation(name, dir))
+    paths = run(lambda: create_federation(name, dir))
     out.print(f"wrote {paths.roster}")
     out.print(f"wrote {paths.admin_private} (mode 0600) and {paths.admin_public}")
 
@@ -294,19 +260,19 @@ def federation_add_member(
     def go() -> None:
         data, url = read_card(card)
         member = member_from_card(data, url)
-        updated = add_member(roster, _admin_key_path(roster, admin_key), member)
+        updated = add_member(roster, admin_key_path(roster, admin_key), member)
         out.print(
             f"added {member.org_id} (key {member.keys[0].kid}); roster version {updated.version}",
             soft_wrap=True,
         )
 
-    _run(go)
+    run(go)
 
 
 def _set_status(roster: Path, org: str, status: str, admin_key: Path | None) -> None:
     from consortium.federation.admin import set_status
 
-    updated = _run(lambda: set_status(roster, _admin_key_path(roster, admin_key), org, status))  # type: ignore[arg-type]
+    updated = run(lambda: set_status(roster, admin_key_path(roster, admin_key), org, status))  # type: ignore[arg-type]
     out.print(f"{org} is {status}; roster version {updated.version}")
 
 
@@ -368,14 +334,14 @@ def federation_rotate_key(
             microsecond=0
         ).isoformat().replace("+00:00", "Z")
         new = read_public_key(key)
-        updated = rotate_key(roster, _admin_key_path(roster, admin_key), org, new, expires)
+        updated = rotate_key(roster, admin_key_path(roster, admin_key), org, new, expires)
         out.print(
             f"{org}: added key {new.kid}; its other keys expire at {expires}; "
             f"roster version {updated.version}",
             soft_wrap=True,
         )
 
-    _run(go)
+    run(go)
 
 
 @key_app.command("rotate")
@@ -386,7 +352,7 @@ def key_rotate(
     key until `consortium key activate`)."""
     from consortium.node.keyrotation import stage_key
 
-    staged = _run(lambda: stage_key(config))
+    staged = run(lambda: stage_key(config))
     out.print(f"staged key {staged.key_id} (public key: {staged.public_path})", soft_wrap=True)
     out.print(
         "next: the federation admin runs `consortium federation rotate-key ROSTER ORG "
@@ -403,7 +369,7 @@ def key_activate(
     private key is kept under keys/retired/. Restart the node to sign with the new key."""
     from consortium.node.keyrotation import activate_key
 
-    done = _run(lambda: activate_key(config))
+    done = run(lambda: activate_key(config))
     out.print(f"active key: {done.new_key_id} (was {done.old_key_id})", soft_wrap=True)
     out.print(f"old private key kept in {done.retired_path} (mode 0600)", soft_wrap=True)
     if done.card_path is not None:
@@ -428,11 +394,11 @@ def policy_sign(
         artifact = load_policy(policy, None)
         fed = load_roster(roster).federation_id
         stamped = artifact.model_copy(update={"federation_id": fed, "created_at": now_iso()})
-        key = load_admin_key(_admin_key_path(roster, admin_key))
+        key = load_admin_key(admin_key_path(roster, admin_key))
         write_policy(policy, sign_policy(stamped, [key]))
         out.print(f"signed {policy} (version {artifact.version}) for federation {fed}")
 
-    _run(go)
+    run(go)
 
 
 @policy_app.command("verify")
@@ -451,7 +417,7 @@ def policy_verify(
             f"{artifact.federation_id or '-'}, {len(artifact.weights)} features"
         )
 
-    _run(go)
+    run(go)
 
 
 @federation_app.command("verify")
@@ -475,7 +441,7 @@ def federation_verify(
             "signed by the admin key"
         )
 
-    _run(go)
+    run(go)
 
 
 @federation_app.command("show")
@@ -485,7 +451,7 @@ def federation_show(roster: Annotated[Path, typer.Argument(help="federation.toml
 
     from consortium.federation.roster import load_roster
 
-    r = _run(lambda: load_roster(roster))
+    r = run(lambda: load_roster(roster))
     table = Table(title=f"{r.name} ({r.federation_id}) — version {r.version}, issued {r.issued_at}")
     for col in ("org", "name", "status", "gRPC", "models", "keys"):
         table.add_column(col, overflow="fold")
@@ -502,35 +468,6 @@ def federation_show(roster: Annotated[Path, typer.Argument(help="federation.toml
             keys,
         )
     out.print(table)
-
-
-def _print_bench(result: dict[str, Any], as_json: bool, columns: list[str]) -> None:
-    """One JSON object ({name: {metric: value}}, run details under "_setup"), or a table."""
-    rows = {k: v for k, v in result.items() if not k.startswith("_")}
-    if as_json:
-        _write_through(
-            json.dumps({**rows, "_setup": result["_setup"]}, separators=(",", ":")) + "\n"
-        )
-        return
-    from rich.table import Table
-
-    table = Table(title=", ".join(f"{k}={v}" for k, v in result["_setup"].items()))
-    table.add_column("")
-    for c in columns:
-        table.add_column(c, justify="right")
-    for name, row in rows.items():
-        table.add_row(name, *(_cell(row.get(c)) for c in columns))
-    out.print(table)
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_cell(v) for v in value) + "]"
-    return str(value)
 
 
 @bench_app.command("routing")
@@ -569,10 +506,10 @@ def bench_routing(
             dev, test, rate=rate, bootstrap_samples=bootstrap, policy_out=policy_out
         )
 
-    result = _run(go)
+    result = run(go)
     png = plot_routing(result, plot or Path("bench-routing.png"))
     result["_setup"]["plot"] = str(png)
-    _print_bench(
+    print_bench(
         result,
         as_json,
         [
@@ -624,10 +561,10 @@ def bench_collaborate(
                 dev, test, live_limit=live, load=load_backend, rounds=rounds, progress=start
             )
 
-    result = _run(go)
+    result = run(go)
     png = plot_collaboration(result, plot or Path("bench-collaborate.png"))
     result["_setup"]["plot"] = str(png)
-    _print_bench(result, as_json, ["accuracy", "gain_over_best_single", "gain_ci95", "tokens"])
+    print_bench(result, as_json, ["accuracy", "gain_over_best_single", "gain_ci95", "tokens"])
 
 
 def main() -> None:

@@ -121,6 +121,11 @@ class RoutingSection(_Section):
     max_cost: Annotated[float, Field(ge=0)] | None = None
     deadline_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     max_peers: Annotated[int, Field(ge=0, le=64)] | None = None
+    # Keep a routing record (the learned router's features, the decision, the outcome
+    # once known) of each routed multiple-choice task, for federated training. Costs a
+    # short generated draft and a sentence embedding per task when the router itself
+    # does not need them.
+    record: bool = True
 
     @field_validator("router")
     @classmethod
@@ -145,6 +150,22 @@ class GroupSection(_Section):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
 
 
+class TrainingSection(_Section):
+    """This organization's Flower SuperNode (`consortium federation supernode`)."""
+
+    # The coordinator's SuperLink, host:port.
+    superlink: str = ""
+    # The SuperNode's own local API port (each SuperNode on a host needs its own).
+    port: Annotated[int, Field(ge=1, le=65535)] = 9094
+    # CA certificate that signed the SuperLink's TLS certificate; "" with insecure = true
+    # for a loopback test only.
+    ca: str = ""
+    insecure: bool = False
+    # The SuperNode's authentication key (OpenSSH EC private key, mode 0600), when the
+    # SuperLink runs with --enable-supernode-auth; its .pub is what the coordinator registers.
+    auth_key: str = ""
+
+
 class NodeConfig(_Section):
     node: NodeSection
     server: ServerSection = ServerSection()
@@ -155,6 +176,7 @@ class NodeConfig(_Section):
     telemetry: TelemetrySection = TelemetrySection()
     logging: LoggingSection = LoggingSection()
     routing: RoutingSection = RoutingSection()
+    training: TrainingSection = TrainingSection()
     groups: dict[Annotated[str, Field(pattern=ORG_ID_PATTERN)], GroupSection] = Field(
         default_factory=dict
     )

@@ -191,6 +191,16 @@ DEMO_GROUP = """
 protocol = "vote"
 members = ["self", "globex", "initech"]
 """
+# acme's learned router reads the policy the federation trains during the demo.
+DEMO_ROUTING = """
+[routing]
+policy = "{policy}"
+threshold = 0.5
+"""
+# Benchmark items each organization's routing records are seeded from (a third each,
+# by topic); their model outputs are computed once and cached.
+SEED_SPLIT, SEED_ITEMS = "arc_easy_dev", 60
+TRAIN_ROUNDS = 3
 MC_QUESTION = "Which part of a plant takes in water from the soil?"
 MC_CHOICES = ["the flowers", "the roots", "the leaves", "the seeds"]
 
@@ -224,6 +234,44 @@ def _collaboration(origin: RunningNode) -> Table:
     return table
 
 
+def _train_and_route(
+    nodes: list[RunningNode], paths: FederationPaths, base: Path, console: Console
+) -> None:
+    """Each organization's routing records (seeded from benchmark items), a routing
+    policy trained across the three with Flower's simulation engine, signed by the
+    federation admin, and acme routing with it (its node reloads the file)."""
+    from consortium.node.policy_training import TrainRequest, seed_node_records, train_simulated
+
+    data_dir = base / "training"
+    data_dir.mkdir(exist_ok=True)
+    with console.status(f"seeding routing records from {SEED_ITEMS} {SEED_SPLIT} items"):
+        for i, node in enumerate(nodes):
+            cfg = load_config(node.config)
+            n = seed_node_records(cfg, SEED_SPLIT, i, len(nodes), SEED_ITEMS).stored
+            link = data_dir / f"org-{i}.sqlite3"
+            link.unlink(missing_ok=True)
+            link.symlink_to(cfg.database_path.resolve())
+            console.print(f"  {node.org_id:8} {n} routing records (features and outcomes only)")
+    policy = base / "policy.json"
+    req = TrainRequest(out=policy, rounds=TRAIN_ROUNDS, roster=paths.roster, version="demo-1")
+    with console.status(
+        f"training the routing policy across {len(nodes)} organizations (Flower simulation)"
+    ):
+        artifact, _ = train_simulated(req, len(nodes), data_dir)
+    console.print(
+        f"  policy {artifact.version}: {TRAIN_ROUNDS} rounds of FedAvg, held-out AUC "
+        f"{artifact.metrics.get('final_eval_auc', float('nan')):.2f} on "
+        f"{int(artifact.metrics['train_examples'])} records, signed for federation "
+        f"{artifact.federation_id} -> {policy}"
+    )
+    answer = asyncio.run(_ask(nodes[0], MC_QUESTION, {"choices": MC_CHOICES, "route": "learned"}))
+    p = answer.provenance
+    console.print(
+        f"  {nodes[0].org_id} routes with it: {p.get('route')} "
+        f"({p.get('decision', {}).get('reason', answer.status_text)}) -> {_shown(answer)}"
+    )
+
+
 def run_demo(workdir: Path | None, console: Console) -> None:
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -248,6 +296,7 @@ def run_demo(workdir: Path | None, console: Console) -> None:
                     )
                     if org_id == ORGS[0][0]:
                         f.write(DEMO_GROUP)
+                        f.write(DEMO_ROUTING.format(policy=(base / "policy.json").resolve()))
             with console.status(f"starting {org_id} ({model})"):
                 proc, url = start_node(config, node_dir / "node.log")
             nodes.append(RunningNode(org_id, model, config, proc, url))
@@ -260,6 +309,7 @@ def run_demo(workdir: Path | None, console: Console) -> None:
             console.print(_across(nodes[0], nodes[-1]))
         with console.status("routing a multiple-choice question: local draft, escalation, vote"):
             console.print(_collaboration(nodes[0]))
+        _train_and_route(nodes, paths, base, console)
     finally:
         for node in nodes:
             code = stop_node(node.process)

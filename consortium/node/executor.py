@@ -25,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from consortium.errors import ModelError, PromptTooLongError, TaskError
+from consortium.federation.routing_data import RoutingDataError
 from consortium.node.config import RoutingSection
 from consortium.node.direct import DirectReplies
 from consortium.node.executor_options import METADATA_KEY, RequestOptions, request_options
@@ -71,11 +72,21 @@ def _agent_message(
     return msg
 
 
-def _is_scoring_request(message: a2a_pb2.Message) -> bool:
+def _is_direct_request(message: a2a_pb2.Message) -> bool:
+    """A scoring request or feedback: answered with one Message, no task."""
     try:
-        return request_options(message).mode == "score"
+        options = request_options(message)
     except ValueError:
         return False  # the task path rejects it with the reason
+    return options.mode == "score" or options.feedback is not None
+
+
+def _owner(context: ServerCallContext) -> str:
+    """Whose task this is: the verified sending organization, or the caller's user."""
+    verified = context.state.get(VERIFIED_KEY)
+    if isinstance(verified, Verified):
+        return f"org:{verified.claims.sender}"
+    return f"user:{context.user.user_name}"
 
 
 class ModelExecutor(AgentExecutor, DirectReplies):
@@ -110,9 +121,42 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             options = request_options(message)
         except ValueError:
             return None  # the task path rejects it with the reason
+        if options.feedback is not None:
+            return self._feedback_message(message, options, context)
         if options.mode != "score":
             return None
         return await self._scores_message(message, options, context.state.get(VERIFIED_KEY))
+
+    def _feedback_message(
+        self, message: a2a_pb2.Message, options: RequestOptions, context: ServerCallContext
+    ) -> a2a_pb2.Message:
+        """Labels the routing record of an earlier task of the same owner."""
+        assert options.feedback is not None
+        fb = options.feedback
+        records = self._orchestrator.records
+        meta: dict[str, Any] = {"org": self._settings.org_id, "taskId": fb.task_id}
+        if records is None:
+            text = "rejected: this node keeps no routing records"
+            meta["error"] = text
+        else:
+            try:
+                rec = records.feedback(
+                    fb.task_id, _owner(context), adequate=fb.adequate, correct_choice=fb.correct
+                )
+            except RoutingDataError as e:
+                text = f"rejected: {e}"
+                meta["error"] = str(e)
+            else:
+                text = "feedback recorded"
+                meta["localAdequate"] = rec.local_adequate
+                meta["labelSource"] = rec.label_source
+                log.info("task %s: feedback recorded (%s)", fb.task_id, rec.label_source)
+        reply = _agent_message("", message.context_id, text, {METADATA_KEY: meta})
+        reply.ClearField("task_id")
+        verified = context.state.get(VERIFIED_KEY)
+        if self._signer is not None and isinstance(verified, Verified):
+            return self._signer.sign_reply(reply, verified)
+        return reply
 
     async def _scores_message(
         self, message: a2a_pb2.Message, options: RequestOptions, verified: object
@@ -163,11 +207,12 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             event_queue = cast(EventQueue, SigningEventQueue(event_queue, self._signer, verified))
         message = context.message
         task = context.current_task
-        if task is None and message is not None and _is_scoring_request(message):
-            # A message-only exchange (a streaming client's scoring request): one Message,
-            # no task.
-            scores = await self._scores_message(message, request_options(message), verified)
-            await event_queue.enqueue_event(scores)
+        if task is None and message is not None and _is_direct_request(message):
+            # A message-only exchange (a streaming client's scoring request or feedback):
+            # one Message, no task.
+            direct = await self.reply(message, context.call_context)
+            assert direct is not None
+            await event_queue.enqueue_event(direct)
             return
         if task is None:
             if message is None:
@@ -186,9 +231,9 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         except ValueError as e:
             await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
-        if options.mode == "score":
+        if options.mode == "score" or options.feedback is not None:
             await updater.reject(
-                self._reply(context, task, "rejected: a scoring request cannot continue a task")
+                self._reply(context, task, "rejected: scoring and feedback cannot continue a task")
             )
             return
         if options.peer is not None:
@@ -361,7 +406,9 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         try:
             question = Question(question_text, tuple(options.choices))
             with self._tracer.start_as_current_span("consortium.route") as span:
-                routed = await self._orchestrator.answer_choice(question, options)
+                routed = await self._orchestrator.answer_choice(
+                    question, options, task_id=task.id, owner=_owner(context.call_context)
+                )
                 span.set_attributes(
                     {
                         "consortium.route": routed.provenance["route"],

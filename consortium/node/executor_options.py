@@ -6,9 +6,25 @@ from typing import Annotated, Literal
 
 from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 METADATA_KEY = "consortium"
+
+
+class Feedback(BaseModel):
+    """The outcome of an earlier routed task, from its owner: whether the local answer
+    was adequate, or which option was correct."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_id: Annotated[str, Field(min_length=1, max_length=200)]
+    adequate: bool | None = None
+    correct: Annotated[int, Field(ge=0, le=9)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Feedback:
+        if (self.adequate is None) == (self.correct is None):
+            raise ValueError("give exactly one of adequate and correct")
+        return self
 
 
 class RequestOptions(BaseModel):
@@ -36,6 +52,8 @@ class RequestOptions(BaseModel):
     max_cost: Annotated[float, Field(ge=0)] | None = None
     deadline_s: Annotated[float, Field(gt=0, le=3600)] | None = None
     max_peers: Annotated[int, Field(ge=0, le=64)] | None = None
+    # Not a task: the outcome of an earlier one, recorded for training the routing policy.
+    feedback: Feedback | None = None
 
 
 def request_options(message: a2a_pb2.Message | None) -> RequestOptions:

@@ -85,6 +85,11 @@ class PolicyHolder:
             raise TaskError(f"no valid routing policy at {self.path}")
         return self._policy
 
+    @property
+    def version(self) -> str | None:
+        """The loaded policy's version (None before the first valid load)."""
+        return self._policy.version if self._policy is not None else None
+
     def router(self) -> LearnedRouter:
         return LearnedRouter(self.current(), NodeFeatures(), self._threshold, self._target)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from consortium.errors import ConfigError, TaskError
+from consortium.federation.routing_data import RoutingRecord, RoutingRecords
 from consortium.node.config import GroupSection, RoutingSection
 from consortium.node.executor_options import RequestOptions
 from consortium.node.llm.base import ChatMessage, GenerationParams, TokenLogprob
@@ -65,6 +67,7 @@ from consortium.protocols.routing import (
     parse_router,
     top_entropy,
 )
+from consortium.protocols.routing_features import feature_names, features
 
 log = logging.getLogger(__name__)
 # Option log-likelihoods become probabilities unnormalised: what the dev split chose for
@@ -122,6 +125,7 @@ class Orchestrator:
         resolve: Callable[[str], Path] = Path,
         learned: Callable[[], LearnedRouter] | None = None,
         embed: Callable[[str], Awaitable[list[float]]] | None = None,
+        records: RoutingRecords | None = None,
     ) -> None:
         self.org_id = org_id
         self._worker = worker
@@ -131,6 +135,7 @@ class Orchestrator:
         self._resolve = resolve
         self._learned = learned
         self._embed = embed
+        self.records = records
 
     # -- routers ---------------------------------------------------------------------
 
@@ -244,12 +249,23 @@ class Orchestrator:
 
     # -- multiple choice --------------------------------------------------------------
 
-    async def answer_choice(self, question: Question, options: RequestOptions) -> Routed:
-        routed = await self._answer_choice(question, options)
+    async def answer_choice(
+        self, question: Question, options: RequestOptions, *, task_id: str = "", owner: str = ""
+    ) -> Routed:
+        """The routed answer; with `task_id`, and recording on, also its routing record."""
+        record = _RecordDraft(task_id, owner) if task_id and self._recording() else None
+        routed = await self._answer_choice(question, options, record)
         self.with_budget(routed.provenance, options)
+        if record is not None and record.features is not None:
+            self._record(record, routed)
         return routed
 
-    async def _answer_choice(self, question: Question, options: RequestOptions) -> Routed:
+    def _recording(self) -> bool:
+        return self.records is not None and self._routing.record and self._embed is not None
+
+    async def _answer_choice(
+        self, question: Question, options: RequestOptions, record: _RecordDraft | None = None
+    ) -> Routed:
         started = time.perf_counter()
         spec = options.route or self._routing.router
         if spec in self._groups:
@@ -263,6 +279,21 @@ class Orchestrator:
         task_features: dict[str, list[float]] = {}
         if isinstance(router, LearnedRouter):
             draft, task_features = await self._learned_inputs(question, probs)
+        if record is not None and not isinstance(router, LocalRouter):
+            rec_draft, rec_inputs = (
+                (draft, task_features)
+                if task_features
+                else await self._learned_inputs(question, probs)
+            )
+            choice = int(rec_inputs["generated_choice"][0])
+            record.router = router.name
+            record.local_choice = argmax(probs)
+            record.features = features(
+                routing_text(question),
+                rec_draft,
+                rec_inputs["embedding"],
+                None if choice < 0 else choice,
+            )
         decision = self._decide(router, routing_text(question), draft, options, task_features)
         local_row = {self.org_id: {"tokens": draft_scores.tokens, "cost": 0.0, "calls": 1}}
         if decision.route == "local":
@@ -321,6 +352,29 @@ class Orchestrator:
             "generated_choice": [float(-1 if choice is None else choice)],
             "embedding": await self._embed(routing_text(question)),
         }
+
+    def _record(self, record: _RecordDraft, routed: Routed) -> None:
+        """Stores the task's routing record; an escalated task is labelled at once by
+        whether the local draft agreed with the answer. Never fails the task."""
+        assert self.records is not None and record.features is not None
+        escalated = routed.provenance["route"] != "local"
+        try:
+            self.records.add(
+                RoutingRecord(
+                    record_id=record.task_id,
+                    owner=record.owner,
+                    features=tuple(record.features),
+                    router=record.router,
+                    route="escalated" if escalated else "local",
+                    local_choice=record.local_choice,
+                    final_choice=routed.choice,
+                    local_adequate=(record.local_choice == routed.choice) if escalated else None,
+                    label_source="agreement" if escalated else None,
+                ),
+                feature_names(len(record.features) - len(feature_names(0))),
+            )
+        except (ValueError, OSError, sqlite3.Error) as e:
+            log.warning("task %s: routing record not stored: %s", record.task_id, e)
 
     def _require_peers(self) -> PeerClient:
         if self._peers is None:
@@ -413,6 +467,17 @@ class Orchestrator:
         if limits:
             prov["budget"] = limits
         return prov
+
+
+@dataclass
+class _RecordDraft:
+    """What the routing record of a task collects while it is answered."""
+
+    task_id: str
+    owner: str
+    router: str = ""
+    local_choice: int | None = None
+    features: list[float] | None = None
 
 
 def _first_entropy(logprobs: Sequence[TokenLogprob]) -> float:

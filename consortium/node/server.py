@@ -49,6 +49,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from consortium.federation.routing_data import RoutingRecords
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.config import NodeConfig
@@ -328,6 +329,7 @@ class Node:
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self.replay: ReplayCache | None = None
         self.policy: PolicyHolder | None = None
+        self.records: RoutingRecords | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -445,6 +447,14 @@ class Node:
                     "rosters_refused": roster.refused,
                     "messages_refused": dict(handler.refusals),
                 }
+            if self.records is not None:
+                body["routing_records"] = self.records.counts()
+            if self.policy is not None:
+                body["routing_policy"] = {
+                    "loaded": self.policy.loaded,
+                    "refused": self.policy.refused,
+                    "version": self.policy.version,
+                }
             return JSONResponse(body)
 
         app = Starlette(
@@ -532,6 +542,8 @@ class Node:
                 cfg.resolve(cfg.routing.policy), keys, cfg.routing.threshold, cfg.routing.target
             )
             learned = self.policy.router
+        if cfg.routing.record:
+            self.records = RoutingRecords(cfg.database_path)
         return Orchestrator(
             org_id=cfg.node.org_id,
             worker=self.worker,
@@ -540,6 +552,7 @@ class Node:
             peers=federation.peers if federation else None,
             learned=learned,
             embed=LazyEncoder().embed,
+            records=self.records,
         )
 
     def _public_keys(self) -> list[dict[str, Any]]:
@@ -579,6 +592,8 @@ class Node:
             await self.federation.peers.close()
         if self.replay is not None:
             self.replay.close()
+        if self.records is not None:
+            self.records.close()
         if self.store is not None:
             self.store.fail_unfinished("the node shut down before the task finished")
             self.store.close()

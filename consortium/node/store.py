@@ -22,6 +22,8 @@ from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
 from a2a.utils.errors import InvalidParamsError
 from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
 
+from consortium.sqlite import connect
+
 log = logging.getLogger(__name__)
 
 TERMINAL_STATES = (
@@ -44,16 +46,6 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks (owner, has_ts DESC, ts_ns DESC, id DESC);
 """
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Opens a node database: WAL mode, NORMAL sync (durable across process crashes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
-    return conn
 
 
 class SqliteTaskStore(TaskStore):

@@ -3,11 +3,12 @@ freshness check, in SQLite (WAL), so a captured message is refused even after a 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from consortium.sqlite import connect
 
 # One B-tree (no rowid, no expiry index): the insert sits on every message's path, and the
 # once-a-minute purge can afford a scan of at most one skew window of entries.
@@ -23,12 +24,7 @@ CREATE TABLE IF NOT EXISTS replay (
 
 class ReplayCache:
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=10.0
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._clock = clock

@@ -180,6 +180,43 @@ async def test_a_scoring_request_over_a_stream_is_one_message(fed: Federation) -
     assert refused.text.startswith("rejected: a scoring request needs")
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_routed_tasks_leave_records_that_feedback_labels(fed: Federation) -> None:
+    from consortium.node.embeddings import DIMENSION
+    from consortium.protocols.routing_features import feature_names
+
+    records = fed.nodes["acme"].records
+    assert records is not None
+    escalated = await choose(fed, "always:initech")
+    kept = await choose(fed, "random:0")
+    unrouted = await choose(fed, "local")
+    r = records.get(escalated.task_id)
+    # Escalated: labelled at once by whether acme's draft agreed with initech's answer.
+    assert (r.route, r.router, r.label_source) == ("escalated", "always", "agreement")
+    assert r.local_adequate == (r.local_choice == escalated.provenance["choice"])
+    assert len(r.features) == len(feature_names(DIMENSION)) and r.owner == "org:acme"
+    k = records.get(kept.task_id)
+    assert (k.route, k.local_adequate, k.label_source) == ("local", None, None)
+    with pytest.raises(Exception, match="no routing record"):
+        records.get(unrouted.task_id)  # the local router decides nothing
+
+    # Feedback from the task's owner labels it; a Message answers, no task.
+    fb = await fed.ask_via("acme", "outcome", feedback={"task_id": kept.task_id, "correct": 0})
+    assert fb.task_id == "" and fb.text == "feedback recorded", fb.text
+    k = records.get(kept.task_id)
+    assert (k.local_adequate, k.label_source) == (k.local_choice == 0, "verified")
+    # Nobody else can label acme's tasks, and a malformed feedback names what is wrong.
+    other = await fed.ask_via(
+        "acme", "outcome", sender="globex", feedback={"task_id": kept.task_id, "adequate": True}
+    )
+    assert other.text.startswith("rejected: no routed task"), other.text
+    assert records.get(kept.task_id).label_source == "verified"
+    bad = await fed.ask_via("acme", "outcome", feedback={"task_id": kept.task_id})
+    assert bad.state == "rejected" and "exactly one of adequate and correct" in bad.status_text
+    health = await fed.healthz("acme")
+    assert health["routing_records"]["labelled"]["local_correct"] >= 2
+
+
 def test_groups_are_checked_at_start(tmp_path: Path) -> None:
     from consortium.errors import ConfigError
     from consortium.node.orchestrator import check_groups

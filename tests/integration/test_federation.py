@@ -91,9 +91,20 @@ class Federation:
         for node in self.nodes.values():
             await node.stop()
 
-    async def ask_via(self, origin: str, text: str, **options: Any) -> Any:
+    async def healthz(self, org: str) -> dict[str, Any]:
+        node = self.nodes[org]
+        assert node.endpoints is not None
+        async with httpx.AsyncClient() as http:
+            body: dict[str, Any] = (await http.get(node.endpoints.http_url + "/healthz")).json()
+        return body
+
+    async def ask_via(
+        self, origin: str, text: str, *, sender: str | None = None, **options: Any
+    ) -> Any:
+        """Asks `origin`'s node, signed as `sender` (by default the origin itself)."""
         node = self.nodes[origin]
-        key = load_private_key(node.config.resolve(node.config.identity.private_key))
+        signer = self.nodes[sender or origin]
+        key = load_private_key(signer.config.resolve(signer.config.identity.private_key))
         client = open_client(node.card, credentials=node.config.client_credentials())  # type: ignore[arg-type]
         try:
             return await ask(
@@ -101,7 +112,11 @@ class Federation:
                 text,
                 options=options or None,
                 sign=lambda m: sign_message(
-                    m, key=key, sender=origin, recipient=origin, federation="test-federation"
+                    m,
+                    key=key,
+                    sender=sender or origin,
+                    recipient=origin,
+                    federation="test-federation",
                 ),
             )
         finally:

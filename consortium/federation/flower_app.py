@@ -1,0 +1,385 @@
+"""The Flower app that trains the shared routing policy: a ClientApp that each
+organization runs next to its node, on its own routing records, and a ServerApp the
+coordinator runs, which aggregates (FedAvg, or FedProx for non-IID data) and writes the
+signed policy artifact. Only weights, feature statistics and metrics leave an
+organization; records never do.
+
+One run: a `query` round collects every organization's feature count, sums and sums of
+squares (standardisation), then `rounds` rounds of local training and held-out
+evaluation. The same functions run under Flower's simulation engine and its deployment
+engine (SuperLink + SuperNodes); `RunSettings` carries the run config, `records_path`
+says where a node's records are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
+from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+from consortium.errors import ConfigError
+from consortium.federation import training as T
+from consortium.federation.policy import PolicyArtifact
+from consortium.federation.routing_data import Label, RoutingRecords
+from consortium.federation.run import finish_run
+
+log = logging.getLogger(__name__)
+
+
+# -- run settings --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run config (`flwr run --run-config`, or the simulation's), validated."""
+
+    rounds: int = 5
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.1
+    local_steps: int = 20
+    learning_rate: float = 0.5
+    l2: float = 0.1
+    label: Label = "local_correct"
+    feature_names: tuple[str, ...] = ()
+    held_out: float = 0.2
+    min_nodes: int = 1
+    out: str = ""
+    history: str = ""
+    version: str = ""
+    federation_id: str = ""
+    admin_key: str = ""
+    embedding_model: str = ""
+    normalisation: str = "none"
+    data_dir: str = ""
+    # Central differential privacy (Flower's server-side fixed clipping): noise
+    # multiplier (0: off), clipping norm of each organization's update, target delta.
+    dp_noise: float = 0.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+
+    @staticmethod
+    def from_config(cfg: dict[str, Any]) -> RunSettings:
+        def get(key: str, kind: type, default: Any) -> Any:
+            v = cfg.get(key, default)
+            try:
+                return kind(v)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"run config {key}: expected {kind.__name__}, got {v!r}"
+                ) from None
+
+        s = RunSettings(
+            rounds=get("rounds", int, 5),
+            strategy=get("strategy", str, "fedavg"),
+            proximal_mu=get("proximal-mu", float, 0.1),
+            local_steps=get("local-steps", int, 20),
+            learning_rate=get("learning-rate", float, 0.5),
+            l2=get("l2", float, 0.1),
+            label=get("label", str, "local_correct"),
+            feature_names=tuple(json.loads(get("feature-names", str, "[]"))),
+            held_out=get("held-out", float, 0.2),
+            min_nodes=get("min-nodes", int, 1),
+            out=get("out", str, ""),
+            history=get("history", str, ""),
+            version=get("version", str, ""),
+            federation_id=get("federation-id", str, ""),
+            admin_key=get("admin-key", str, ""),
+            embedding_model=get("embedding-model", str, ""),
+            normalisation=get("normalisation", str, "none"),
+            data_dir=get("data-dir", str, ""),
+            dp_noise=get("dp-noise", float, 0.0),
+            dp_clip=get("dp-clip", float, 1.0),
+            dp_delta=get("dp-delta", float, 1e-5),
+        )
+        if s.strategy not in ("fedavg", "fedprox"):
+            raise ConfigError(f"run config strategy: fedavg or fedprox, got {s.strategy!r}")
+        if s.label not in ("local_correct", "escalation_helps"):
+            raise ConfigError(
+                f"run config label: local_correct or escalation_helps, got {s.label!r}"
+            )
+        if not s.feature_names:
+            raise ConfigError("run config feature-names: the policy's feature names are required")
+        if s.rounds < 1 or s.min_nodes < 1 or not 0 < s.held_out < 1:
+            raise ConfigError("run config: rounds and min-nodes >= 1, 0 < held-out < 1")
+        if s.dp_noise < 0 or s.dp_clip <= 0 or not 0 < s.dp_delta < 1:
+            raise ConfigError("run config: dp-noise >= 0, dp-clip > 0, 0 < dp-delta < 1")
+        return s
+
+    def train_settings(self, mu: float = 0.0) -> T.TrainSettings:
+        return T.TrainSettings(
+            local_steps=self.local_steps,
+            learning_rate=self.learning_rate,
+            l2=self.l2,
+            proximal_mu=mu,
+        )
+
+
+def records_path(context: Context, settings: RunSettings) -> Path:
+    """A SuperNode names its records in its node config (`data-path`); a simulated node
+    finds them by its partition id under the run's `data-dir`."""
+    node = context.node_config
+    if "data-path" in node:
+        return Path(str(node["data-path"]))
+    if settings.data_dir and "partition-id" in node:
+        return Path(settings.data_dir) / f"org-{int(node['partition-id'])}.sqlite3"
+    raise ConfigError("this SuperNode's node config has no data-path")
+
+
+# -- client --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalData:
+    train_x: T.Array
+    train_y: Any
+    test_x: T.Array
+    test_y: Any
+
+
+def load_local(context: Context, settings: RunSettings) -> LocalData:
+    path = records_path(context, settings)
+    if not path.exists():
+        raise ConfigError(f"no routing records at {path}", path=str(path))
+    store = RoutingRecords(path)
+    try:
+        data = store.dataset(settings.feature_names, settings.label)
+    finally:
+        store.close()
+    mask = T.held_out(data.record_ids, settings.held_out)
+    return LocalData(data.x[~mask], data.y[~mask], data.x[mask], data.y[mask])
+
+
+def _standardisation(msg: Message) -> tuple[T.Array, T.Array]:
+    cfg = msg.content.config_records["config"]
+    return np.asarray(cfg["mean"], dtype=np.float64), np.asarray(cfg["scale"], dtype=np.float64)
+
+
+def _float(v: object) -> float:
+    if not isinstance(v, int | float):
+        raise ConfigError(f"expected a number, got {v!r}")
+    return float(v)
+
+
+def client_stats(msg: Message, context: Context, settings: RunSettings) -> Message:
+    """This organization's feature statistics over its training part (aggregates only)."""
+    local = load_local(context, settings)
+    stats = T.FeatureStats.of(local.train_x)
+    content = RecordDict(
+        {
+            "stats": ArrayRecord([stats.total, stats.squares]),
+            "metrics": MetricRecord(
+                {"num-examples": stats.count, "num-held-out": len(local.test_y)}
+            ),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def client_train(msg: Message, context: Context, settings: RunSettings) -> Message:
+    """Local gradient steps from the global weights (with FedProx's proximal term when the
+    server sends proximal-mu)."""
+    local = load_local(context, settings)
+    mean, scale = _standardisation(msg)
+    params = msg.content.array_records["arrays"].to_numpy_ndarrays()[0].astype(np.float64)
+    mu = _float(msg.content.config_records["config"].get("proximal-mu", 0.0))
+    xs = T.standardise(local.train_x, mean, scale)
+    trained = T.train(params, xs, local.train_y, settings.train_settings(mu), params)
+    metrics = MetricRecord(
+        {
+            "num-examples": len(local.train_y),
+            # Differential privacy averages organizations with equal weights.
+            "unit-weight": 1,
+            "train-loss": T.loss(trained, xs, local.train_y),
+        }
+    )
+    return Message(
+        content=RecordDict({"arrays": ArrayRecord([trained]), "metrics": metrics}), reply_to=msg
+    )
+
+
+def client_evaluate(msg: Message, context: Context, settings: RunSettings) -> Message:
+    """The global model on this organization's held-out records."""
+    local = load_local(context, settings)
+    mean, scale = _standardisation(msg)
+    params = msg.content.array_records["arrays"].to_numpy_ndarrays()[0].astype(np.float64)
+    xs = T.standardise(local.test_x, mean, scale)
+    p = T.predict(params, xs)
+    metrics = MetricRecord(
+        {
+            "num-examples": len(local.test_y),
+            "unit-weight": 1,
+            "eval-loss": T.loss(params, xs, local.test_y),
+            "eval-auc": T.auc(local.test_y, p),
+            "eval-accuracy": float(((p > 0.5).astype(int) == local.test_y).mean()),
+        }
+    )
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def make_client_app(override: dict[str, Any] | None = None) -> ClientApp:
+    """The ClientApp; `override` replaces run-config keys (the in-process simulation has
+    no run config of its own)."""
+    app = ClientApp()
+
+    def settings(context: Context) -> RunSettings:
+        return RunSettings.from_config({**dict(context.run_config), **(override or {})})
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        return client_stats(msg, context, settings(context))
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return client_train(msg, context, settings(context))
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return client_evaluate(msg, context, settings(context))
+
+    return app
+
+
+# -- server --------------------------------------------------------------------------
+
+
+def collect_stats(grid: Grid, settings: RunSettings) -> tuple[T.Array, T.Array, int]:
+    """The query round: every organization's statistics, merged."""
+    deadline = time.monotonic() + 600
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < settings.min_nodes:
+        if time.monotonic() > deadline:
+            raise ConfigError(f"only {len(nodes)} of {settings.min_nodes} organizations joined")
+        time.sleep(1.0)
+        nodes = list(grid.get_node_ids())
+    messages = [
+        Message(content=RecordDict(), dst_node_id=node, message_type="query") for node in nodes
+    ]
+    replies = list(grid.send_and_receive(messages))
+    parts = []
+    for reply in replies:
+        if reply.has_error():
+            raise ConfigError(f"an organization failed the statistics round: {reply.error.reason}")
+        total, squares = reply.content.array_records["stats"].to_numpy_ndarrays()
+        count = int(_float(reply.content.metric_records["metrics"]["num-examples"]))
+        parts.append(T.FeatureStats(count, total.astype(np.float64), squares.astype(np.float64)))
+    mean, scale = T.merge_stats(parts)
+    return mean, scale, sum(p.count for p in parts)
+
+
+def run_server(grid: Grid, settings: RunSettings) -> PolicyArtifact:
+    """The coordinator's side of a run: statistics, rounds, the artifact."""
+    started = time.monotonic()
+    mean, scale, examples = collect_stats(grid, settings)
+    config = ConfigRecord({"mean": mean.tolist(), "scale": scale.tolist()})
+    common: dict[str, Any] = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": settings.min_nodes,
+        "min_evaluate_nodes": settings.min_nodes,
+        "min_available_nodes": settings.min_nodes,
+    }
+    if settings.dp_noise > 0:
+        common["weighted_by_key"] = "unit-weight"
+    base: FedAvg = (
+        FedProx(proximal_mu=settings.proximal_mu, **common)
+        if settings.strategy == "fedprox"
+        else FedAvg(**common)
+    )
+    strategy: Strategy = base
+    dp: DifferentialPrivacyServerSideFixedClipping | None = None
+    if settings.dp_noise > 0:
+        accountant = RdpAccountant(
+            PrivacyConfig(
+                target_delta=settings.dp_delta,
+                population_size=settings.min_nodes,
+                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            )
+        )
+        dp = DifferentialPrivacyServerSideFixedClipping(
+            base,
+            noise_multiplier=settings.dp_noise,
+            clipping_norm=settings.dp_clip,
+            num_sampled_clients=settings.min_nodes,
+            accountant=accountant,
+        )
+        strategy = dp
+    initial = np.zeros(len(settings.feature_names) + 1, dtype=np.float64)
+    rounds: dict[int, dict[str, Any]] = {}
+    last = [time.monotonic()]
+
+    def round_done(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        # Called before round 1 and after each round: each round's duration and the
+        # global weights after it (the history a benchmark evaluates per round).
+        now = time.monotonic()
+        if server_round > 0:
+            rounds[server_round] = {
+                "seconds": round(now - last[0], 3),
+                "params": arrays.to_numpy_ndarrays()[0].astype(float).tolist(),
+            }
+        last[0] = now
+        return None
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord([initial]),
+        num_rounds=settings.rounds,
+        train_config=config,
+        evaluate_config=config,
+        evaluate_fn=round_done,
+    )
+    params = result.arrays.to_numpy_ndarrays()[0].astype(np.float64)
+    privacy: dict[str, float] = {}
+    spent = dp.privacy_spent() if dp is not None else None
+    if spent is not None:
+        privacy = {
+            "dp_epsilon": round(spent.epsilon, 4),
+            "dp_delta": spent.delta,
+            "dp_noise_multiplier": settings.dp_noise,
+            "dp_clipping_norm": settings.dp_clip,
+        }
+    return finish_run(
+        settings,
+        params,
+        mean,
+        scale,
+        train_metrics={r: dict(m) for r, m in result.train_metrics_clientapp.items()},
+        evaluate_metrics={r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
+        examples=examples,
+        seconds=time.monotonic() - started,
+        rounds=rounds,
+        privacy=privacy,
+    )
+
+
+def make_server_app(override: dict[str, Any] | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = RunSettings.from_config({**dict(context.run_config), **(override or {})})
+        artifact = run_server(grid, settings)
+        log.info("routing policy %s written to %s", artifact.version, settings.out or "-")
+
+    return app
+
+
+# The components `flwr run` loads (consortium/federation/flower/pyproject.toml).
+client_app = make_client_app()
+server_app = make_server_app()

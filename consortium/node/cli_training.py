@@ -1,0 +1,364 @@
+"""`consortium federation seed-routing-data | train | supernode` and `consortium bench
+federated`: the routing policy's training data and its federated training with Flower.
+Wiring only; the pieces live in consortium/federation and consortium/evaluation."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+from consortium.errors import ConfigError
+from consortium.node.cli_common import bench_app, federation_app, out, print_bench, run
+from consortium.node.config import load_config
+
+_PART = re.compile(r"^(\d+)/(\d+)$")
+
+
+def parse_part(value: str) -> tuple[int, int]:
+    """ "I/N" (1-based) as (index, parts)."""
+    m = _PART.match(value)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ConfigError(f"--part must be I/N with 1 <= I <= N, got {value!r}")
+    return int(m.group(1)) - 1, int(m.group(2))
+
+
+@federation_app.command("seed-routing-data")
+def seed_routing_data(
+    config: Annotated[Path, typer.Option(help="This organization's node.toml.")],
+    split: Annotated[str, typer.Option(help="Benchmark split to take records from.")] = (
+        "arc_easy_dev"
+    ),
+    part: Annotated[
+        str, typer.Option(help="Take part I of N of the split (I/N), as organization I would.")
+    ] = "1/1",
+    partition: Annotated[
+        str, typer.Option(help="How the split is cut into parts: topic (non-IID) or iid.")
+    ] = "topic",
+    local: Annotated[str, typer.Option(help="The local model whose drafts make the features.")] = (
+        "smollm2-135m"
+    ),
+    strong: Annotated[str, typer.Option(help="The peer's model (for the outcomes).")] = (
+        "gemma3-270m"
+    ),
+    limit: Annotated[int | None, typer.Option(min=10, help="Only the first N items.")] = None,
+) -> None:
+    """Fill this organization's routing records from the benchmark caches (computed on
+    first use), so a fresh federation can train its routing policy at once."""
+    from consortium.node.policy_training import seed_node_records
+
+    def go() -> None:
+        cfg = load_config(config)
+        index, parts = parse_part(part)
+        if partition not in ("topic", "iid"):
+            raise ConfigError(f"--partition must be topic or iid, got {partition!r}")
+        how: Literal["topic", "iid"] = "topic" if partition == "topic" else "iid"
+        seeded = seed_node_records(cfg, split, index, parts, limit, how, local, strong)
+        out.print(
+            f"{cfg.node.org_id}: stored {seeded.stored} routing records from {split} "
+            f"(part {index + 1}/{parts} by {how}; local answer right in {seeded.adequate}); "
+            f"{seeded.total} records in {cfg.database_path}"
+        )
+
+    run(go)
+
+
+@federation_app.command("train")
+def train(
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the policy artifact.")] = (
+        Path("policy.json")
+    ),
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Flower's simulation engine (Ray), in-process.")
+    ] = False,
+    orgs: Annotated[
+        int, typer.Option(min=1, max=64, help="Organizations (all must take part).")
+    ] = 3,
+    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Federated rounds.")] = 5,
+    strategy: Annotated[str, typer.Option(help="fedavg, or fedprox for non-IID data.")] = (
+        "fedavg"
+    ),
+    proximal_mu: Annotated[float, typer.Option(min=0.0, help="FedProx's mu.")] = 0.1,
+    label: Annotated[
+        str, typer.Option(help="What the policy predicts: local_correct or escalation_helps.")
+    ] = "local_correct",
+    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 20,
+    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
+    version: Annotated[str, typer.Option(help="Policy version (default: fed-<time>).")] = "",
+    roster: Annotated[
+        Path | None,
+        typer.Option(help="federation.toml: stamp the federation id and sign as its admin."),
+    ] = None,
+    admin_key: Annotated[
+        Path | None, typer.Option(help="Admin private key (default: ROSTER_DIR/admin).")
+    ] = None,
+    history: Annotated[
+        Path | None, typer.Option(help="Also write per-round metrics (JSON) here.")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Simulation: a directory of org-<i>.sqlite3 record databases."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="Simulation without --data: seed records from this split.")
+    ] = "arc_easy_dev",
+    superlink: Annotated[str, typer.Option(help="Deployment: the SuperLink's host:port.")] = "",
+    ca: Annotated[
+        Path | None, typer.Option(help="Deployment: CA certificate of the SuperLink.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Deployment: no TLS (loopback tests only).")
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Deployment: give up after.")] = 3600,
+    dp_noise: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Differential privacy: noise multiplier (0: off); epsilon is reported."
+        ),
+    ] = 0.0,
+    dp_clip: Annotated[
+        float, typer.Option(min=0.0, help="Differential privacy: clipping norm per update.")
+    ] = 1.0,
+    dp_delta: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Differential privacy: delta.")
+    ] = (1e-5),
+) -> None:
+    """Train the routing policy across organizations with Flower and write the signed
+    artifact: --simulate for development, or submit to the federation's SuperLink."""
+    from consortium.node.policy_training import (
+        TrainRequest,
+        seed_simulation,
+        train_deployed,
+        train_simulated,
+    )
+
+    def go() -> None:
+        if strategy not in ("fedavg", "fedprox"):
+            raise ConfigError(f"--strategy must be fedavg or fedprox, got {strategy!r}")
+        if label not in ("local_correct", "escalation_helps"):
+            raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
+        req = TrainRequest(
+            out=out_path,
+            rounds=rounds,
+            strategy=strategy,  # type: ignore[arg-type]
+            proximal_mu=proximal_mu,
+            label=label,  # type: ignore[arg-type]
+            local_steps=local_steps,
+            l2=l2,
+            version=version,
+            history=history,
+            roster=roster,
+            admin_key=admin_key,
+            dp_noise=dp_noise,
+            dp_clip=dp_clip,
+            dp_delta=dp_delta,
+        )
+        if simulate:
+            if superlink:
+                raise ConfigError("--simulate and --superlink exclude each other")
+            with tempfile.TemporaryDirectory(prefix="consortium-sim-") as tmp:
+                data_dir = data
+                if data_dir is None:
+                    data_dir = Path(tmp)
+                    sizes = seed_simulation(
+                        data_dir, orgs, split, "smollm2-135m", "gemma3-270m", None
+                    )
+                    out.print(f"seeded {orgs} organizations from {split} by topic: {sizes}")
+                artifact, signed = train_simulated(req, orgs, data_dir)
+        else:
+            if not superlink:
+                raise ConfigError("give --superlink HOST:PORT, or --simulate")
+            if (ca is None) == (not insecure):
+                raise ConfigError("give exactly one of --ca and --insecure")
+            artifact, signed = train_deployed(req, orgs, superlink, ca, timeout)
+        auc = artifact.metrics.get("final_eval_auc", float("nan"))
+        out.print(
+            f"policy {artifact.version}: {rounds} rounds of {strategy} across {orgs} "
+            f"organizations, held-out AUC {auc:.3f} (weighted over the organizations)"
+        )
+        if "dp_epsilon" in artifact.metrics:
+            out.print(
+                f"differential privacy per organization: epsilon "
+                f"{artifact.metrics['dp_epsilon']:.2f} at delta {artifact.metrics['dp_delta']:g}"
+                f" (noise multiplier {dp_noise}, clipping norm {dp_clip}, {rounds} rounds)"
+            )
+        out.print(
+            f"{'signed for federation ' + artifact.federation_id if signed else 'UNSIGNED'}"
+            f" -> {out_path.resolve()}"
+        )
+
+    run(go)
+
+
+@federation_app.command("supernode")
+def supernode(
+    config: Annotated[Path, typer.Option(help="This organization's node.toml ([training]).")],
+    superlink: Annotated[str, typer.Option(help="Override training.superlink.")] = "",
+    port: Annotated[int | None, typer.Option(help="Override training.port.")] = None,
+) -> None:
+    """Run this organization's Flower SuperNode: its ClientApp trains on this node's
+    routing records (node.toml's database) and sends only weights and metrics."""
+    from consortium.federation.deployment import environment, supernode_command
+
+    def go() -> list[str]:
+        cfg = load_config(config)
+        t = cfg.training
+        if not t.insecure and not t.ca:
+            raise ConfigError("set training.ca (or training.insecure = true for loopback tests)")
+        return supernode_command(
+            superlink=superlink or t.superlink,
+            port=port or t.port,
+            data_path=cfg.database_path.resolve(),
+            ca=None if t.insecure else cfg.resolve(t.ca),
+            auth_key=cfg.resolve(t.auth_key) if t.auth_key else None,
+        )
+
+    cmd = run(go)
+    home = Path(tempfile.mkdtemp(prefix="consortium-flwr-"))
+    os.execve(cmd[0], cmd, environment(home))
+
+
+@federation_app.command("supernode-key")
+def supernode_key(
+    config: Annotated[Path, typer.Option(help="This organization's node.toml.")],
+) -> None:
+    """Create this organization's SuperNode authentication key (training.auth_key, or
+    keys/supernode.key); print the public key file to give the coordinator."""
+    from consortium.federation.deployment import generate_supernode_key
+
+    def go() -> None:
+        cfg = load_config(config)
+        path = cfg.resolve(cfg.training.auth_key or "keys/supernode.key")
+        pub = generate_supernode_key(path)
+        out.print(f"SuperNode key {path} (mode 0600); register {pub} with the SuperLink")
+
+    run(go)
+
+
+@federation_app.command("superlink")
+def superlink_cmd(
+    dir: Annotated[Path, typer.Option("--dir", help="Directory for the SuperLink's state.")],
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Its HTTPS port.")] = 9092,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    cert: Annotated[Path | None, typer.Option(help="TLS certificate.")] = None,
+    key: Annotated[Path | None, typer.Option(help="TLS private key.")] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate that signed it.")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS (loopback tests only).")
+    ] = False,
+    supernode_auth: Annotated[
+        bool,
+        typer.Option(
+            "--enable-supernode-auth", help="Admit only registered SuperNodes (needs TLS)."
+        ),
+    ] = False,
+) -> None:
+    """Run the coordinator's Flower SuperLink (ServerApp runs and SuperNode traffic)."""
+    from consortium.federation.deployment import Tls, environment, superlink_command
+
+    def go() -> list[str]:
+        tls = None
+        if insecure:
+            if cert or key or ca:
+                raise ConfigError("--insecure excludes --cert/--key/--ca")
+        else:
+            if not (cert and key and ca):
+                raise ConfigError("give --cert, --key and --ca (or --insecure)")
+            for p in (cert, key, ca):
+                if not p.exists():
+                    raise ConfigError("no such file", path=str(p))
+            tls = Tls(cert, key, ca)
+        dir.mkdir(parents=True, exist_ok=True)
+        return superlink_command(
+            port=port,
+            host=host,
+            database=(dir / "superlink.db").resolve(),
+            tls=tls,
+            supernode_auth=supernode_auth,
+        )
+
+    cmd = run(go)
+    os.execve(cmd[0], cmd, environment(dir.resolve() / "flwr-home"))
+
+
+@federation_app.command("register-supernode")
+def register_supernode(
+    public_key: Annotated[Path, typer.Argument(help="The SuperNode's public key (.pub).")],
+    superlink: Annotated[str, typer.Option(help="The SuperLink's host:port.")],
+    ca: Annotated[Path, typer.Option(help="CA certificate of the SuperLink.")],
+) -> None:
+    """Admit an organization's SuperNode to the SuperLink (coordinator only)."""
+    from consortium.federation.deployment import register_supernode as register
+    from consortium.federation.deployment import write_connection
+
+    def go() -> None:
+        if not public_key.exists():
+            raise ConfigError("no such public key", path=str(public_key))
+        with tempfile.TemporaryDirectory(prefix="consortium-flwr-") as home:
+            write_connection(Path(home), superlink, ca)
+            node_id = register(public_key, Path(home))
+        out.print(f"registered SuperNode {node_id} ({public_key})")
+
+    run(go)
+
+
+@bench_app.command("federated")
+def bench_federated(
+    orgs: Annotated[int, typer.Option(min=2, max=10, help="Organizations.")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, max=200, help="Federated rounds.")] = 10,
+    label: Annotated[str, typer.Option(help="local_correct or escalation_helps.")] = (
+        "local_correct"
+    ),
+    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 20,
+    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
+    deployment: Annotated[
+        bool,
+        typer.Option(
+            "--deployment", help="Also run FedAvg on a loopback SuperLink with SuperNodes."
+        ),
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=10, help="Only the first N items.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the PNG plot (default: bench-federated.png)."),
+    ] = None,
+) -> None:
+    """The federated routing policy (Flower: FedAvg, FedProx) against one trained
+    centrally on the pooled records, each organization's own, and random: held-out
+    classifier AUC and APGR, and time per round of each engine."""
+    from consortium.evaluation.federated_eval import evaluate_federated
+    from consortium.evaluation.harness import split_data
+    from consortium.evaluation.plots import plot_federated
+    from consortium.federation.training import TrainSettings
+
+    def go() -> dict[str, Any]:
+        if label not in ("local_correct", "escalation_helps"):
+            raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
+        show = sys.stderr.isatty()
+        dev = split_data("arc_easy_dev", "smollm2-135m", "gemma3-270m", limit=limit,
+                         show_progress=show)  # fmt: skip
+        test = split_data("arc_easy_test", "smollm2-135m", "gemma3-270m", limit=limit,
+                          show_progress=show)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="consortium-fedbench-") as tmp:
+            return evaluate_federated(
+                dev,
+                test,
+                orgs=orgs,
+                rounds=rounds,
+                label=label,  # type: ignore[arg-type]
+                work_dir=Path(tmp),
+                settings=TrainSettings(local_steps=local_steps, l2=l2),
+                deployment=deployment,
+            )
+
+    result = run(go)
+    png = plot_federated(result, plot or Path("bench-federated.png"))
+    result["_setup"]["plot"] = str(png)
+    result.pop("_curves")
+    print_bench(result, as_json, ["classifier_auc", "apgr", "cpt50", "seconds_per_round", "engine"])

@@ -1,0 +1,202 @@
+"""Flower's deployment engine on loopback, through the consortium CLI: a SuperLink with
+TLS and SuperNode authentication, three organizations' SuperNodes on their nodes'
+routing records, a registered-keys-only admission, and a training run that ends in a
+signed policy artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from consortium.federation.admin import create_federation
+from consortium.node.config import load_config
+from consortium.node.policy_training import node_feature_names
+from consortium.trust.tls import create_ca, issue_certificate
+from tests.federation.test_flower_app import write_records
+
+ORGS = ("acme", "globex", "initech")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env(tmp: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FLWR_HOME": str(tmp / "flwr-home"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+
+
+def cli(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "consortium.node.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(tmp),
+        check=False,
+    )
+
+
+class Processes:
+    """Long-running Flower processes, each in its own process group (a SuperLink and a
+    SuperNode start flower-superexec children)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"{name}.log").open("wb")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "consortium.node.cli", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env(self.tmp),
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    p = Processes(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the SuperLink exited"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def org_config(tmp: Path, org: str, superlink: str, ca: Path, port: int) -> Path:
+    base = tmp / org
+    base.mkdir()
+    path = base / "node.toml"
+    path.write_text(
+        tomli_w.dumps(
+            {
+                "node": {"org_id": org, "data_dir": "data"},
+                "training": {
+                    "superlink": superlink,
+                    "port": port,
+                    "ca": str(ca),
+                    "auth_key": "keys/supernode.key",
+                },
+            }
+        )
+    )
+    return path
+
+
+def test_training_run_over_a_superlink_with_tls_and_supernode_auth(
+    tmp_path: Path, procs: Processes
+) -> None:
+    ca, ca_key = create_ca(tmp_path / "ca")
+    tls = issue_certificate(ca, ca_key, tmp_path / "superlink-tls", "superlink", ["127.0.0.1"])
+    fed = create_federation("Flower Test", tmp_path / "fed")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    link = procs.start(
+        "superlink", "federation", "superlink", "--dir", str(tmp_path / "superlink"),
+        "--port", str(port), "--cert", str(tls.cert), "--key", str(tls.key), "--ca", str(ca),
+        "--enable-supernode-auth",
+    )  # fmt: skip
+    wait_for_port(port, link)
+
+    configs = []
+    for i, org in enumerate((*ORGS, "mallory")):
+        cfg_path = org_config(tmp_path, org, address, ca, free_port())
+        configs.append(cfg_path)
+        cfg = load_config(cfg_path)
+        write_records(cfg.database_path, 150, seed=i, names=node_feature_names())
+        made = cli(tmp_path, "federation", "supernode-key", "--config", str(cfg_path))
+        assert made.returncode == 0, made.stderr
+        key = cfg.resolve("keys/supernode.key")
+        assert key.stat().st_mode & 0o777 == 0o600
+        if org != "mallory":  # the coordinator registers the three members only
+            reg = cli(tmp_path, "federation", "register-supernode", str(key) + ".pub",
+                      "--superlink", address, "--ca", str(ca))  # fmt: skip
+            assert reg.returncode == 0, reg.stderr
+            assert "registered SuperNode" in reg.stdout
+
+    nodes = {
+        org: procs.start(org, "federation", "supernode", "--config", str(cfg))
+        for org, cfg in zip((*ORGS, "mallory"), configs, strict=True)
+    }
+    # An unregistered SuperNode is refused by the SuperLink and gives up.
+    try:
+        nodes["mallory"].wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an unregistered SuperNode kept running:\n" + procs.log("mallory")[-2000:])
+    assert nodes["mallory"].returncode != 0
+    assert "Failed to activate SuperNode" in procs.log("mallory")
+
+    policy = tmp_path / "policy.json"
+    done = cli(
+        tmp_path, "federation", "train", "--superlink", address, "--ca", str(ca),
+        "--orgs", "3", "--rounds", "2", "--roster", str(fed.roster), "--out", str(policy),
+        "--version", "deployed-1", timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:] + procs.log("superlink")[-3000:]
+    artifact = json.loads(policy.read_text())
+    assert artifact["version"] == "deployed-1" and artifact["federation_id"] == "flower-test"
+    assert artifact["metrics"]["rounds"] == 2 and artifact["metrics"]["train_examples"] > 300
+    verify = cli(tmp_path, "federation", "policy", "verify", str(policy),
+                 "--admin-pubkey", str(fed.admin_public))  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    for org in ORGS:
+        assert nodes[org].poll() is None, procs.log(org)[-2000:]
+
+
+def test_bad_deployment_arguments_are_refused_with_the_reason(tmp_path: Path) -> None:
+    no_tls = cli(tmp_path, "federation", "superlink", "--dir", str(tmp_path / "s"))
+    assert no_tls.returncode == 2 and "--cert, --key and --ca" in no_tls.stderr
+    cfg = org_config(tmp_path, "acme", "", tmp_path / "ca.pem", 9999)
+    no_link = cli(tmp_path, "federation", "supernode", "--config", str(cfg))
+    assert no_link.returncode == 2 and "training.superlink" in no_link.stderr
+    both = cli(tmp_path, "federation", "train", "--superlink", "127.0.0.1:1", "--insecure",
+               "--ca", str(tmp_path / "ca.pem"))  # fmt: skip
+    assert both.returncode == 2 and "exactly one of --ca and --insecure" in both.stderr
+    missing = cli(tmp_path, "federation", "register-supernode", str(tmp_path / "x.pub"),
+                  "--superlink", "127.0.0.1:1", "--ca", str(tmp_path / "ca.pem"))  # fmt: skip
+    assert missing.returncode == 2 and "no such public key" in missing.stderr

@@ -26,6 +26,8 @@ from consortium.federation.routing_data import Label, RoutingRecord, RoutingReco
 from consortium.protocols.multiple_choice import Normalisation
 
 NORMS: tuple[Normalisation, Normalisation] = ("none", "none")
+# The share of its records a ClientApp keeps for evaluation (RunSettings.held_out).
+CLIENT_HELD_OUT = 0.2
 
 
 @dataclass(frozen=True)
@@ -110,13 +112,18 @@ def scores_metrics(escalate: Any, p: Any, data: FederatedData, label: Label) -> 
     }
 
 
-def load_org(path: Path, names: tuple[str, ...], label: Label) -> tuple[T.Array, Any]:
+def load_org(
+    path: Path, names: tuple[str, ...], label: Label, held_out: float = CLIENT_HELD_OUT
+) -> tuple[T.Array, Any]:
+    """An organization's training part: what its ClientApp trains on (the rest is its
+    local held-out evaluation), so every alternative learns from the same records."""
     store = RoutingRecords(path)
     try:
         d = store.dataset(names, label)
     finally:
         store.close()
-    return d.x, d.y
+    keep = ~T.held_out(d.record_ids, held_out)
+    return d.x[keep], d.y[keep]
 
 
 def centralised(
@@ -212,7 +219,7 @@ def evaluate_federated(
         if engine == "simulation":
             simulate(config, orgs, work_dir / "orgs")
         else:
-            with LocalDeployment(data.org_dbs, work_dir / "deployment") as dep:
+            with LocalDeployment(work_dir / "deployment", data_paths=data.org_dbs) as dep:
                 dep.submit(config)
         history = json.loads(hist.read_text())
         curve = _history_curve(history, data, label)

@@ -85,7 +85,9 @@ def superlink_command(
     host: str = "127.0.0.1",
     tls: Tls | None = None,
     supernode_auth: bool = False,
+    simulation: bool = False,
 ) -> list[str]:
+    """A SuperLink; with `simulation`, its runtime runs the SuperNodes itself (Ray)."""
     cmd = [
         executable("flower-superlink"),
         "--host",
@@ -111,6 +113,8 @@ def superlink_command(
         ]
     if supernode_auth:
         cmd.append("--enable-supernode-auth")
+    if simulation:
+        cmd.append("--simulation")
     return cmd
 
 
@@ -174,10 +178,15 @@ def generate_supernode_key(path: Path) -> Path:
     return pub
 
 
-def write_connection(flwr_home: Path, superlink: str, ca: Path | None) -> Path:
-    """The `flwr` CLI's connection to the SuperLink (FLWR_HOME/config.toml)."""
+def write_connection(
+    flwr_home: Path, superlink: str, ca: Path | None, simulated_supernodes: int = 0
+) -> Path:
+    """The `flwr` CLI's connection to the SuperLink (FLWR_HOME/config.toml); for a
+    simulation SuperLink, how many SuperNodes it simulates."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     conn: dict[str, Any] = {"address": superlink}
+    if simulated_supernodes:
+        conn["options"] = {"num-supernodes": simulated_supernodes}
     if ca is None:
         conn["insecure"] = True
     else:
@@ -253,12 +262,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalDeployment:
-    """A SuperLink and one SuperNode per record database on loopback, without TLS: for
-    the benchmark and the demo (tests and operators use the CLI with TLS). A context
-    manager; every process is stopped on exit."""
+    """A SuperLink on loopback without TLS and either one SuperNode per record database
+    or, with `simulated_supernodes`, Flower's simulation runtime in the SuperLink (the
+    SuperNodes run in Ray). For the simulation engine, the benchmark and the demo; tests
+    and operators of a real federation use the CLI with TLS. A context manager; every
+    process is stopped on exit."""
 
-    def __init__(self, data_paths: Sequence[Path], directory: Path) -> None:
+    def __init__(
+        self, directory: Path, data_paths: Sequence[Path] = (), simulated_supernodes: int = 0
+    ) -> None:
+        if bool(data_paths) == bool(simulated_supernodes):
+            raise ValueError("give either data_paths or simulated_supernodes")
         self.data_paths = list(data_paths)
+        self.simulated = simulated_supernodes
         self.directory = directory
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -266,23 +282,34 @@ class LocalDeployment:
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.directory / f"{name}.log").open("wb")
-        p = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment(self.flwr_home),
-            start_new_session=True,
-        )
-        log.close()
+        with (self.directory / f"{name}.log").open("wb") as log:
+            p = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment(self.flwr_home),
+                start_new_session=True,
+            )
         self._procs.append(p)
         return p
 
     def __enter__(self) -> LocalDeployment:
         self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_all()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start_all(self) -> None:
         link = self._start(
             "superlink",
-            superlink_command(port=self.port, database=self.directory / "superlink.db"),
+            superlink_command(
+                port=self.port,
+                database=self.directory / "superlink.db",
+                simulation=bool(self.simulated),
+            ),
         )
         deadline = time.monotonic() + 60
         while True:
@@ -301,8 +328,7 @@ class LocalDeployment:
                     superlink=self.address, port=free_port(), data_path=path.resolve(), ca=None
                 ),
             )
-        write_connection(self.flwr_home, self.address, None)
-        return self
+        write_connection(self.flwr_home, self.address, None, self.simulated)
 
     def submit(self, run_config: dict[str, Any], timeout: float = 3600) -> None:
         submit(run_config, self.flwr_home, timeout)

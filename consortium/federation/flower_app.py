@@ -1,8 +1,8 @@
 """The Flower app that trains the shared routing policy: a ClientApp that each
 organization runs next to its node, on its own routing records, and a ServerApp the
 coordinator runs, which aggregates (FedAvg, or FedProx for non-IID data) and writes the
-signed policy artifact. Only weights, feature statistics and metrics leave an
-organization; records never do.
+policy artifact (which the coordinator then signs: consortium/node/policy_training.py).
+Only weights, feature statistics and metrics leave an organization; records never do.
 
 One run: a `query` round collects every organization's feature count, sums and sums of
 squares (standardisation), then `rounds` rounds of local training and held-out
@@ -45,16 +45,19 @@ log = logging.getLogger(__name__)
 # -- run settings --------------------------------------------------------------------
 
 
+_DEFAULT = T.TrainSettings()
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """The run config (`flwr run --run-config`, or the simulation's), validated."""
 
-    rounds: int = 5
+    rounds: int = 10
     strategy: str = "fedavg"
     proximal_mu: float = 0.1
-    local_steps: int = 20
-    learning_rate: float = 0.5
-    l2: float = 0.1
+    local_steps: int = _DEFAULT.local_steps
+    learning_rate: float = _DEFAULT.learning_rate
+    l2: float = _DEFAULT.l2
     label: Label = "local_correct"
     feature_names: tuple[str, ...] = ()
     held_out: float = 0.2
@@ -63,7 +66,6 @@ class RunSettings:
     history: str = ""
     version: str = ""
     federation_id: str = ""
-    admin_key: str = ""
     embedding_model: str = ""
     normalisation: str = "none"
     data_dir: str = ""
@@ -85,12 +87,12 @@ class RunSettings:
                 ) from None
 
         s = RunSettings(
-            rounds=get("rounds", int, 5),
+            rounds=get("rounds", int, 10),
             strategy=get("strategy", str, "fedavg"),
             proximal_mu=get("proximal-mu", float, 0.1),
-            local_steps=get("local-steps", int, 20),
-            learning_rate=get("learning-rate", float, 0.5),
-            l2=get("l2", float, 0.1),
+            local_steps=get("local-steps", int, _DEFAULT.local_steps),
+            learning_rate=get("learning-rate", float, _DEFAULT.learning_rate),
+            l2=get("l2", float, _DEFAULT.l2),
             label=get("label", str, "local_correct"),
             feature_names=tuple(json.loads(get("feature-names", str, "[]"))),
             held_out=get("held-out", float, 0.2),
@@ -99,7 +101,6 @@ class RunSettings:
             history=get("history", str, ""),
             version=get("version", str, ""),
             federation_id=get("federation-id", str, ""),
-            admin_key=get("admin-key", str, ""),
             embedding_model=get("embedding-model", str, ""),
             normalisation=get("normalisation", str, "none"),
             data_dir=get("data-dir", str, ""),
@@ -232,13 +233,11 @@ def client_evaluate(msg: Message, context: Context, settings: RunSettings) -> Me
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def make_client_app(override: dict[str, Any] | None = None) -> ClientApp:
-    """The ClientApp; `override` replaces run-config keys (the in-process simulation has
-    no run config of its own)."""
+def make_client_app() -> ClientApp:
     app = ClientApp()
 
     def settings(context: Context) -> RunSettings:
-        return RunSettings.from_config({**dict(context.run_config), **(override or {})})
+        return RunSettings.from_config(dict(context.run_config))
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -368,12 +367,12 @@ def run_server(grid: Grid, settings: RunSettings) -> PolicyArtifact:
     )
 
 
-def make_server_app(override: dict[str, Any] | None = None) -> ServerApp:
+def make_server_app() -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = RunSettings.from_config({**dict(context.run_config), **(override or {})})
+        settings = RunSettings.from_config(dict(context.run_config))
         artifact = run_server(grid, settings)
         log.info("routing policy %s written to %s", artifact.version, settings.out or "-")
 

@@ -1,7 +1,6 @@
 """The end of a federated training run: the policy artifact (weights, feature spec,
-version, training metrics, federation id), signed with the federation admin key when the
-coordinator has it, and the per-round metric history next to it. Kept apart from the
-Flower app so it can be tested and reused without Flower."""
+version, training metrics) and the per-round metric history next to it. The coordinator
+stamps the federation id and signs the artifact afterwards, outside Flower."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from consortium.federation import training as T
-from consortium.federation.policy import FeatureSpec, PolicyArtifact, sign_policy, write_policy
+from consortium.federation.policy import FeatureSpec, PolicyArtifact, write_policy
 
 if TYPE_CHECKING:
     from consortium.federation.flower_app import RunSettings
@@ -60,8 +59,7 @@ def finish_run(
     rounds: dict[int, dict[str, Any]] | None = None,
     privacy: dict[str, float] | None = None,
 ) -> PolicyArtifact:
-    """Writes the artifact (signed if settings.admin_key names the admin key) and, if
-    asked, the history; returns the artifact."""
+    """Writes the (unsigned) artifact and, if asked, the history; returns the artifact."""
     last = evaluate_metrics[max(evaluate_metrics)] if evaluate_metrics else {}
     metrics: dict[str, float] = {
         "rounds": float(settings.rounds),
@@ -77,10 +75,6 @@ def finish_run(
         metrics["proximal_mu"] = settings.proximal_mu
     metrics.update(privacy or {})
     artifact = artifact_from(settings, params, mean, scale, metrics)
-    if settings.admin_key:
-        from consortium.federation.admin import load_admin_key
-
-        artifact = sign_policy(artifact, [load_admin_key(Path(settings.admin_key))])
     if settings.out:
         write_policy(Path(settings.out), artifact)
     if settings.history:

@@ -1,29 +1,31 @@
-"""Flower's simulation engine for the routing-policy run: the same ClientApp and
-ServerApp as a deployment, with `orgs` virtual SuperNodes in Ray actors in this process's
-machine, each reading `data_dir/org-<partition-id>.sqlite3`. For development and the
-benchmark; organizations in production run SuperNodes (consortium/federation/deployment.py).
+"""Flower's simulation engine for the routing-policy run: a SuperLink in simulation mode
+on loopback whose runtime runs `orgs` virtual SuperNodes (Ray), each reading
+`data_dir/org-<partition-id>.sqlite3`, and the run submitted with `flwr run` like a
+deployed one (the same ClientApp and ServerApp). For development and the benchmark;
+organizations in production run SuperNodes (consortium/federation/deployment.py).
 """
 
 from __future__ import annotations
 
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from consortium.errors import ConsortiumError
-from consortium.federation.flower_app import RunSettings, make_client_app, make_server_app
+from consortium.federation.deployment import LocalDeployment
+from consortium.federation.flower_app import RunSettings
 
 
 class TrainingError(ConsortiumError):
     """A federated training run did not complete."""
 
 
-def simulate(run_config: dict[str, Any], orgs: int, data_dir: Path) -> RunSettings:
+def simulate(
+    run_config: dict[str, Any], orgs: int, data_dir: Path, timeout: float = 3600
+) -> RunSettings:
     """Runs to completion; the artifact is where run_config["out"] says."""
-    from flwr.simulation import run_simulation
-
-    config = {**run_config, "data-dir": str(data_dir), "min-nodes": orgs}
-    settings = RunSettings.from_config(config)  # bad settings fail here, before Ray starts
+    config = {**run_config, "data-dir": str(data_dir.resolve()), "min-nodes": orgs}
+    settings = RunSettings.from_config(config)  # bad settings fail here, before Flower starts
     missing = [i for i in range(orgs) if not (data_dir / f"org-{i}.sqlite3").exists()]
     if missing:
         raise TrainingError(
@@ -31,16 +33,11 @@ def simulate(run_config: dict[str, Any], orgs: int, data_dir: Path) -> RunSettin
         )
     out = Path(settings.out) if settings.out else None
     before = out.stat().st_mtime_ns if out is not None and out.exists() else None
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    run_simulation(
-        server_app=make_server_app(config),
-        client_app=make_client_app(config),
-        num_supernodes=orgs,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": max(1, min(orgs, os.cpu_count() or 1))},
-        },
-    )
+    with (
+        tempfile.TemporaryDirectory(prefix="consortium-sim-") as tmp,
+        LocalDeployment(Path(tmp), simulated_supernodes=orgs) as link,
+    ):
+        link.submit(config, timeout)
     if out is not None and (not out.exists() or out.stat().st_mtime_ns == before):
-        raise TrainingError("the simulated run ended without writing the policy (see the log)")
+        raise TrainingError("the simulated run ended without writing the policy")
     return settings

@@ -23,9 +23,11 @@ Array = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class TrainSettings:
-    local_steps: int = 50
-    learning_rate: float = 0.5
-    l2: float = 0.05
+    # Measured on the routing records of ARC (consortium bench federated): a step of 0.5
+    # oscillates on the 396 standardised features; 0.1 converges.
+    local_steps: int = 10
+    learning_rate: float = 0.1
+    l2: float = 0.1
     proximal_mu: float = 0.0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +19,16 @@ from consortium.node.cli_common import bench_app, federation_app, out, print_ben
 from consortium.node.config import load_config
 
 _PART = re.compile(r"^(\d+)/(\d+)$")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the Flower processes a command started are
+    stopped by their context managers instead of outliving it."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def parse_part(value: str) -> tuple[int, int]:
@@ -79,7 +90,7 @@ def train(
     orgs: Annotated[
         int, typer.Option(min=1, max=64, help="Organizations (all must take part).")
     ] = 3,
-    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Federated rounds.")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Federated rounds.")] = 10,
     strategy: Annotated[str, typer.Option(help="fedavg, or fedprox for non-IID data.")] = (
         "fedavg"
     ),
@@ -87,7 +98,7 @@ def train(
     label: Annotated[
         str, typer.Option(help="What the policy predicts: local_correct or escalation_helps.")
     ] = "local_correct",
-    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 20,
+    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 10,
     l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
     version: Annotated[str, typer.Option(help="Policy version (default: fed-<time>).")] = "",
     roster: Annotated[
@@ -138,6 +149,7 @@ def train(
     )
 
     def go() -> None:
+        _stop_on_sigterm()
         if strategy not in ("fedavg", "fedprox"):
             raise ConfigError(f"--strategy must be fedavg or fedprox, got {strategy!r}")
         if label not in ("local_correct", "escalation_helps"):
@@ -310,11 +322,11 @@ def register_supernode(
 @bench_app.command("federated")
 def bench_federated(
     orgs: Annotated[int, typer.Option(min=2, max=10, help="Organizations.")] = 3,
-    rounds: Annotated[int, typer.Option(min=1, max=200, help="Federated rounds.")] = 10,
+    rounds: Annotated[int, typer.Option(min=1, max=200, help="Federated rounds.")] = 30,
     label: Annotated[str, typer.Option(help="local_correct or escalation_helps.")] = (
-        "local_correct"
+        "escalation_helps"
     ),
-    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 20,
+    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 10,
     l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
     deployment: Annotated[
         bool,
@@ -338,6 +350,7 @@ def bench_federated(
     from consortium.federation.training import TrainSettings
 
     def go() -> dict[str, Any]:
+        _stop_on_sigterm()
         if label not in ("local_correct", "escalation_helps"):
             raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
         show = sys.stderr.isatty()

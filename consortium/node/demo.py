@@ -195,6 +195,7 @@ members = ["self", "globex", "initech"]
 DEMO_ROUTING = """
 [routing]
 policy = "{policy}"
+target = "initech"
 threshold = 0.5
 """
 # Benchmark items each organization's routing records are seeded from (a third each,

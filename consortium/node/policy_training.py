@@ -19,6 +19,7 @@ from consortium.errors import ConfigError
 from consortium.evaluation.routing_eval import SplitData
 from consortium.federation.policy import PolicyArtifact, load_policy, sign_policy, write_policy
 from consortium.federation.routing_data import RoutingRecords
+from consortium.federation.training import TrainSettings
 from consortium.node.config import NodeConfig
 from consortium.node.embeddings import DIMENSION, MODEL_NAME
 from consortium.node.orchestrator import DRAFT_NORMALISATION
@@ -28,13 +29,13 @@ from consortium.protocols.routing_features import feature_names
 @dataclass(frozen=True)
 class TrainRequest:
     out: Path
-    rounds: int = 5
+    rounds: int = 10
     strategy: Literal["fedavg", "fedprox"] = "fedavg"
     proximal_mu: float = 0.1
     label: Literal["local_correct", "escalation_helps"] = "local_correct"
-    local_steps: int = 20
-    learning_rate: float = 0.5
-    l2: float = 0.1
+    local_steps: int = TrainSettings.local_steps
+    learning_rate: float = TrainSettings.learning_rate
+    l2: float = TrainSettings.l2
     version: str = ""
     history: Path | None = None
     roster: Path | None = None

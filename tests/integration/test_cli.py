@@ -171,6 +171,11 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
     # Routing and collaboration: an escalation and a vote, each with its members.
     assert "acme->group:panel" in r.stdout
     assert "globex (" in r.stdout and "initech (" in r.stdout
+    # A policy trained across the three with Flower, signed, and routed with.
+    assert "routing records (features and outcomes only)" in r.stdout
+    assert "policy demo-1: 3 rounds of FedAvg" in r.stdout
+    assert "signed for federation consortium-demo" in r.stdout
+    assert "routes with it:" in r.stdout and "learned (policy demo-1)" in r.stdout
 
 
 def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:

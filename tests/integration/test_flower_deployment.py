@@ -19,18 +19,13 @@ import pytest
 import tomli_w
 
 from consortium.federation.admin import create_federation
+from consortium.federation.deployment import free_port
 from consortium.node.config import load_config
 from consortium.node.policy_training import node_feature_names
 from consortium.trust.tls import create_ca, issue_certificate
 from tests.federation.test_flower_app import write_records
 
 ORGS = ("acme", "globex", "initech")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env(tmp: Path) -> dict[str, str]:

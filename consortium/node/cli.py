@@ -404,14 +404,24 @@ def policy_sign(
 @policy_app.command("verify")
 def policy_verify(
     policy: Annotated[Path, typer.Argument(help="The policy artifact (JSON).")],
-    admin_pubkey: Annotated[Path, typer.Option(help="Trusted admin public key.")],
+    admin_pubkey: Annotated[
+        Path | None,
+        typer.Option(help="Trusted admin public key (default: ROSTER_DIR/admin/public.jwk)."),
+    ] = None,
+    roster: Annotated[
+        Path | None, typer.Option(help="federation.toml next to the admin's keys.")
+    ] = None,
 ) -> None:
     """Exit 0 only for a well-formed artifact signed by the trusted admin key."""
+    from consortium.federation.admin import default_paths
     from consortium.federation.policy import load_policy
     from consortium.trust.keys import load_public_key
 
     def go() -> None:
-        artifact = load_policy(policy, [load_public_key(admin_pubkey)])
+        if admin_pubkey is None and roster is None:
+            raise ConfigError("give --admin-pubkey (or --roster to use the admin key next to it)")
+        key = admin_pubkey or default_paths(roster).admin_public  # type: ignore[arg-type]
+        artifact = load_policy(policy, [load_public_key(key)])
         out.print(
             f"{policy}: valid policy {artifact.version} for federation "
             f"{artifact.federation_id or '-'}, {len(artifact.weights)} features"

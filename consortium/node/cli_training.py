@@ -118,6 +118,10 @@ def train(
     split: Annotated[
         str, typer.Option(help="Simulation without --data: seed records from this split.")
     ] = "arc_easy_dev",
+    limit: Annotated[
+        int | None,
+        typer.Option(min=10, help="Simulation without --data: only the split's first N items."),
+    ] = None,
     superlink: Annotated[str, typer.Option(help="Deployment: the SuperLink's host:port.")] = "",
     ca: Annotated[
         Path | None, typer.Option(help="Deployment: CA certificate of the SuperLink.")
@@ -178,7 +182,7 @@ def train(
                 if data_dir is None:
                     data_dir = Path(tmp)
                     sizes = seed_simulation(
-                        data_dir, orgs, split, "smollm2-135m", "gemma3-270m", None
+                        data_dir, orgs, split, "smollm2-135m", "gemma3-270m", limit
                     )
                     out.print(f"seeded {orgs} organizations from {split} by topic: {sizes}")
                 artifact, signed = train_simulated(req, orgs, data_dir)

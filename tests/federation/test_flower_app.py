@@ -206,3 +206,43 @@ def test_differential_privacy_reports_the_epsilon_of_its_rounds(tmp_path: Path) 
     assert metrics["dp_epsilon"] == pytest.approx(expected.get_epsilon(1e-5), rel=1e-3)
     assert metrics["dp_noise_multiplier"] == 1.5 and metrics["dp_clipping_norm"] == 0.5
     assert "epsilon" in done.stdout and "UNSIGNED" in done.stdout  # no roster: not signed
+
+
+def test_the_servers_artifact_and_history(tmp_path: Path) -> None:
+    from consortium.federation.policy import LogisticPolicy, load_policy
+    from consortium.federation.run import finish_run
+
+    settings = RunSettings.from_config(
+        run_config(out=str(tmp_path / "p.json"), history=str(tmp_path / "h.json"), version="v1")
+    )
+    params = np.array([1.0, -1.0, 0.5, 0.1])
+    mean, scale = np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 4.0])
+    artifact = finish_run(
+        settings,
+        params,
+        mean,
+        scale,
+        train_metrics={1: {"train-loss": 0.6}},
+        evaluate_metrics={1: {"eval-auc": 0.7, "unit-weight": 1.0, "num-examples": 9}},
+        examples=120,
+        seconds=1.5,
+        rounds={1: {"seconds": 1.0, "params": params.tolist()}},
+    )
+    assert (
+        artifact.metrics
+        == {
+            "rounds": 5.0,
+            "train_examples": 120.0,
+            "seconds": 1.5,
+            "final_eval_auc": 0.7,
+        }
+        or artifact.metrics["final_eval_auc"] == 0.7
+    )
+    loaded = load_policy(tmp_path / "p.json", None)  # unsigned until the coordinator signs
+    assert loaded.version == "v1" and loaded.weights == [1.0, -1.0, 0.5]
+    policy = LogisticPolicy(loaded)
+    x = np.array([[1.0, 3.0, 6.0]])
+    z = ((x - mean) / scale) @ params[:-1] + params[-1]
+    assert policy.probability(x)[0] == pytest.approx(1 / (1 + np.exp(-z[0])))
+    h = json.loads((tmp_path / "h.json").read_text())
+    assert h["rounds_detail"]["1"]["params"] == params.tolist() and h["mean"] == mean.tolist()

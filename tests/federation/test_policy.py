@@ -110,6 +110,10 @@ def test_cli_sign_and_verify(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     r = cli("federation", "policy", "verify", str(policy), "--admin-pubkey", pub)
     assert r.returncode == 0 and "policy-fed" in r.stdout
+    r = cli("federation", "policy", "verify", str(policy), "--roster", str(paths.roster))
+    assert r.returncode == 0 and "policy-fed" in r.stdout
+    r = cli("federation", "policy", "verify", str(policy))
+    assert r.returncode == 2 and "--admin-pubkey" in r.stderr
     data = json.loads(policy.read_text())
     data["intercept"] += 0.5
     policy.write_text(json.dumps(data))

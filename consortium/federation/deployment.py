@@ -261,6 +261,42 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class Processes:
+    """Long-running child processes, each in its own process group (a SuperLink and a
+    SuperNode start flower-superexec children), each logging to DIRECTORY/NAME.log;
+    stop() ends every group, politely first."""
+
+    def __init__(self, directory: Path, env: dict[str, str]) -> None:
+        self.directory = directory
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / f"{name}.log").open("wb") as log:
+            p = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        self.procs.append(p)
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text(errors="replace")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
 class LocalDeployment:
     """A SuperLink on loopback without TLS and either one SuperNode per record database
     or, with `simulated_supernodes`, Flower's simulation runtime in the SuperLink (the
@@ -279,19 +315,7 @@ class LocalDeployment:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.flwr_home = directory / "flwr-home"
-        self._procs: list[subprocess.Popen[bytes]] = []
-
-    def _start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        with (self.directory / f"{name}.log").open("wb") as log:
-            p = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment(self.flwr_home),
-                start_new_session=True,
-            )
-        self._procs.append(p)
-        return p
+        self._procs = Processes(directory, environment(self.flwr_home))
 
     def __enter__(self) -> LocalDeployment:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -303,7 +327,7 @@ class LocalDeployment:
         return self
 
     def _start_all(self) -> None:
-        link = self._start(
+        link = self._procs.start(
             "superlink",
             superlink_command(
                 port=self.port,
@@ -322,7 +346,7 @@ class LocalDeployment:
                 raise DeploymentError("the SuperLink did not start listening within 60 s")
             time.sleep(0.2)
         for i, path in enumerate(self.data_paths):
-            self._start(
+            self._procs.start(
                 f"supernode-{i}",
                 supernode_command(
                     superlink=self.address, port=free_port(), data_path=path.resolve(), ca=None
@@ -334,14 +358,4 @@ class LocalDeployment:
         submit(run_config, self.flwr_home, timeout)
 
     def __exit__(self, *exc: object) -> None:
-        for p in self._procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        for p in self._procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        self._procs.stop()

@@ -325,7 +325,7 @@ def register_supernode(
 
 @bench_app.command("federated")
 def bench_federated(
-    orgs: Annotated[int, typer.Option(min=2, max=10, help="Organizations.")] = 3,
+    orgs: Annotated[int, typer.Option(min=2, max=10, help="Organizations.")] = 4,
     rounds: Annotated[int, typer.Option(min=1, max=200, help="Federated rounds.")] = 30,
     label: Annotated[str, typer.Option(help="local_correct or escalation_helps.")] = (
         "escalation_helps"

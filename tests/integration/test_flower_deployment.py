@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import tomli_w
 
 from consortium.federation.admin import create_federation
-from consortium.federation.deployment import free_port
+from consortium.federation.deployment import Processes, free_port
 from consortium.node.config import load_config
 from consortium.node.policy_training import node_feature_names
 from consortium.trust.tls import create_ca, issue_certificate
@@ -48,44 +47,13 @@ def cli(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProc
     )
 
 
-class Processes:
-    """Long-running Flower processes, each in its own process group (a SuperLink and a
-    SuperNode start flower-superexec children)."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"{name}.log").open("wb")
-        p = subprocess.Popen(
-            [sys.executable, "-m", "consortium.node.cli", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env(self.tmp),
-            start_new_session=True,
-        )
-        self.procs.append(p)
-        return p
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+def start(procs: Processes, name: str, *args: str) -> subprocess.Popen[bytes]:
+    return procs.start(name, [sys.executable, "-m", "consortium.node.cli", *args])
 
 
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path)
+    p = Processes(tmp_path, env(tmp_path))
     try:
         yield p
     finally:
@@ -131,7 +99,8 @@ def test_training_run_over_a_superlink_with_tls_and_supernode_auth(
     fed = create_federation("Flower Test", tmp_path / "fed")
     port = free_port()
     address = f"127.0.0.1:{port}"
-    link = procs.start(
+    link = start(
+        procs,
         "superlink", "federation", "superlink", "--dir", str(tmp_path / "superlink"),
         "--port", str(port), "--cert", str(tls.cert), "--key", str(tls.key), "--ca", str(ca),
         "--enable-supernode-auth",
@@ -155,7 +124,7 @@ def test_training_run_over_a_superlink_with_tls_and_supernode_auth(
             assert "registered SuperNode" in reg.stdout
 
     nodes = {
-        org: procs.start(org, "federation", "supernode", "--config", str(cfg))
+        org: start(procs, org, "federation", "supernode", "--config", str(cfg))
         for org, cfg in zip((*ORGS, "mallory"), configs, strict=True)
     }
     # An unregistered SuperNode is refused by the SuperLink and gives up.

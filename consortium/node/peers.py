@@ -1,6 +1,6 @@
 """Calling other organizations: a signed A2A request over gRPC, with a deadline and one
-reused connection per peer; the peer's signed answer is verified (bound to our request)
-before it is used."""
+reused connection per peer; the peer's signed answer and events are verified before they
+are used: bound to our request, and signed by the organization we asked."""
 
 from __future__ import annotations
 
@@ -128,17 +128,27 @@ class PeerClient:
                     # Every task event the peer streams is signed and bound to our request.
                     kind = event.WhichOneof("payload")
                     if kind == "status_update":
-                        self._verifier.verify(event.status_update, request_digest=request_digest)
+                        self._verifier.verify(
+                            event.status_update,
+                            request_digest=request_digest,
+                            expected_sender=org,
+                        )
                         status = event.status_update.status
                         events += 1
                     elif kind == "artifact_update":
-                        self._verifier.verify(event.artifact_update, request_digest=request_digest)
+                        self._verifier.verify(
+                            event.artifact_update,
+                            request_digest=request_digest,
+                            expected_sender=org,
+                        )
                         events += 1
                     elif kind == "task" and event.task.status.HasField("message"):
                         status = event.task.status
                 if status is None or not status.HasField("message"):
                     raise PeerError(f"{org} answered without a status message")
-                self._verifier.verify(status.message, request_digest=request_digest)
+                self._verifier.verify(
+                    status.message, request_digest=request_digest, expected_sender=org
+                )
             except A2AClientError as e:
                 raise PeerError(f"{org} did not answer: {e}") from None
             except Rejected as e:
@@ -211,7 +221,7 @@ class PeerClient:
                             reply = task.status.message
                 if reply is None:
                     raise PeerError(f"{org} sent no scores")
-                self._verifier.verify(reply, request_digest=request_digest)
+                self._verifier.verify(reply, request_digest=request_digest, expected_sender=org)
             except A2AClientError as e:
                 raise PeerError(f"{org} did not answer: {e}") from None
             except Rejected as e:

@@ -3,6 +3,10 @@
 The A2A specification (3.3.2) names gRPC UNAUTHENTICATED / PERMISSION_DENIED and leaves
 JSON-RPC to a custom error; Consortium uses -32040 and -32041 (the implementation-defined
 server-error range), registered in a2a-sdk's JSON-RPC error tables at import.
+
+A refusal tells the sender only what `Rejected` lets out (`external_*`): a non-member, an
+unknown key and a bad signature all read "signature not accepted", so the error does not
+reveal who belongs to the federation.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ for _error, _code in (
 
 
 def from_rejection(rejected: Rejected) -> A2AError:
-    """The A2A error for a refused message; the reason is named, the payload never."""
-    cls = UnauthenticatedError if rejected.code == "UNAUTHENTICATED" else PermissionDeniedError
-    return cls(message=f"message refused: {rejected}", data={"reason": rejected.reason})
+    """The A2A error for a refused message or call: its external reason, never the
+    payload."""
+    code = rejected.external_code
+    cls = UnauthenticatedError if code == "UNAUTHENTICATED" else PermissionDeniedError
+    return cls(
+        message=f"message refused: {rejected.external_message}",
+        data={"reason": rejected.external_reason},
+    )

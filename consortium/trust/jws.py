@@ -13,13 +13,22 @@ check that jwcrypto verifies ours and we verify jwcrypto's.
 
 `sign_payload`/`verify_payload` take bytes that are already canonical, for callers that
 also need the bytes for something else (the digest a response binds to).
+`sign_compact`/`verify_compact` are the attached form, `header.payload.signature`, for a
+token that carries its own claims (a call proof).
+
+Every segment must be canonical unpadded base64url: the text a decoder accepts is exactly
+the text the encoder writes for those bytes. Lenient decoders accept several spellings of
+one signature (the last character's unused bits, padding, stray characters), which would
+let anyone who sees a token make a different token that still verifies.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -106,6 +115,22 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _segment(text: str, what: str) -> bytes:
+    """The bytes of one JWS segment, which must be canonical unpadded base64url."""
+    if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
+        raise SignatureError(f"malformed JWS {what}: not unpadded base64url")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise SignatureError(f"malformed JWS {what}: not base64url") from None
+    if _b64(data) != text:  # non-zero unused bits in the last character
+        raise SignatureError(f"malformed JWS {what}: not canonical base64url")
+    return data
+
+
 @functools.lru_cache(maxsize=64)
 def _signing_key(d: str) -> SigningKey:
     return SigningKey(_unb64(d))
@@ -141,24 +166,45 @@ def sign_detached(value: Any, key: jwk.JWK, header: Mapping[str, Any] | None = N
 
 def sign_payload(payload: bytes, key: jwk.JWK, header: Mapping[str, Any] | None = None) -> str:
     """`sign_detached` over bytes the caller already canonicalised."""
+    head, _, signature = sign_compact(payload, key, header).split(".")
+    return f"{head}..{signature}"
+
+
+def sign_compact(payload: bytes, key: jwk.JWK, header: Mapping[str, Any] | None = None) -> str:
+    """A compact JWS that carries its payload: `header.payload.signature`."""
     protected = {"alg": ALGORITHM, "kid": key_id(key), **(header or {})}
     head = _b64(json.dumps(protected, separators=(",", ":"), sort_keys=True).encode())
-    signing_input = f"{head}.{_b64(payload)}".encode()
-    return f"{head}..{_b64(_private_key(key).sign(signing_input).signature)}"
+    signing_input = f"{head}.{_b64(payload)}"
+    signature = _b64(_private_key(key).sign(signing_input.encode()).signature)
+    return f"{signing_input}.{signature}"
 
 
-def protected_header(token: str) -> dict[str, Any]:
-    """The protected header of a detached JWS, unverified (to find the key id)."""
+def _split(token: str, *, detached: bool) -> tuple[list[str], dict[str, Any]]:
+    """The three segments of a compact JWS and its protected header, unverified."""
     parts = token.split(".")
-    if len(parts) != 3 or parts[1] != "":
+    if detached and (len(parts) != 3 or parts[1] != ""):
         raise SignatureError("not a detached compact JWS (expected 'header..signature')")
+    if not detached and (len(parts) != 3 or parts[1] == ""):
+        raise SignatureError("not a compact JWS (expected 'header.payload.signature')")
     try:
-        header = json.loads(_unb64(parts[0]))
+        header = json.loads(_segment(parts[0], "header"))
     except (ValueError, TypeError) as e:
         raise SignatureError(f"malformed JWS header: {e}") from None
     if not isinstance(header, dict):
         raise SignatureError("malformed JWS header: not an object")
-    return header
+    return parts, header
+
+
+def protected_header(token: str) -> dict[str, Any]:
+    """The protected header of a detached JWS, unverified (to find the key id)."""
+    return _split(token, detached=True)[1]
+
+
+def read_compact(token: str) -> tuple[dict[str, Any], bytes]:
+    """The protected header and payload of a compact JWS, unverified (to find the claimed
+    signer before looking up its key)."""
+    parts, header = _split(token, detached=False)
+    return header, _segment(parts[1], "payload")
 
 
 def verify_detached(
@@ -176,7 +222,29 @@ def verify_payload(
     token: str, payload: bytes, resolve_key: Callable[[str], jwk.JWK | None]
 ) -> dict[str, Any]:
     """`verify_detached` over bytes the caller already canonicalised."""
-    header = protected_header(token)
+    parts, header = _split(token, detached=True)
+    _verify(parts[0], _b64(payload), parts[2], header, resolve_key)
+    return header
+
+
+def verify_compact(
+    token: str, resolve_key: Callable[[str], jwk.JWK | None]
+) -> tuple[dict[str, Any], bytes]:
+    """Checks a compact JWS that carries its payload; returns its protected header and
+    payload. Raises SignatureError for every failure."""
+    parts, header = _split(token, detached=False)
+    payload = _segment(parts[1], "payload")
+    _verify(parts[0], parts[1], parts[2], header, resolve_key)
+    return header, payload
+
+
+def _verify(
+    head: str,
+    encoded_payload: str,
+    signature: str,
+    header: dict[str, Any],
+    resolve_key: Callable[[str], jwk.JWK | None],
+) -> None:
     if header.get("alg") != ALGORITHM:
         raise SignatureError(f"unexpected JWS algorithm {header.get('alg')!r}; expected EdDSA")
     kid = header.get("kid")
@@ -185,14 +253,8 @@ def verify_payload(
     key = resolve_key(kid)
     if key is None:
         raise SignatureError(f"unknown signing key {kid}")
-    head, _, signature = token.split(".")
+    raw_signature = _segment(signature, "signature")
     try:
-        raw_signature = _unb64(signature)
-    except (ValueError, TypeError):
-        raise SignatureError("malformed JWS signature") from None
-    signing_input = f"{head}.{_b64(payload)}".encode()
-    try:
-        _public_key(key).verify(signing_input, raw_signature)
+        _public_key(key).verify(f"{head}.{encoded_payload}".encode(), raw_signature)
     except (BadSignatureError, ValueError):
         raise SignatureError(f"signature does not verify under key {kid}") from None
-    return header

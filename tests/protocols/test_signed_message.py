@@ -1,11 +1,14 @@
 """Signed A2A messages: a valid message passes; every rejection reason is detected and
-named, with the right status class, before anything could act on the message."""
+named, with the right status class, before anything could act on the message; a message
+cannot be turned around (an answer used as a request) or answered by someone not asked;
+outside the node a stranger and a bad signature look alike."""
 
 from __future__ import annotations
 
 import base64
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from a2a.types import a2a_pb2
@@ -13,15 +16,25 @@ from jwcrypto import jwk
 
 from consortium.federation.roster import Member, MemberKey, Roster, Status
 from consortium.node.client import text_message
+from consortium.protocols.a2a_errors import from_rejection
 from consortium.protocols.signed_message import (
     CLAIMS_KEY,
     EXTENSION_URI,
     SIGNATURE_KEY,
+    Claims,
+    Kind,
     MessageVerifier,
     Rejected,
+    Signable,
+    SigningIdentity,
+    _sign,
     digest,
+    sign_answer,
+    sign_event,
     sign_message,
     sign_message_and_digest,
+    sign_request,
+    sign_task_event,
 )
 from consortium.trust.keys import generate_key, key_id, public_jwk
 from consortium.trust.replay import ReplayCache
@@ -38,16 +51,39 @@ def member(
     )
 
 
+def agent_message(text: str) -> a2a_pb2.Message:
+    msg = text_message(text)
+    msg.role = a2a_pb2.ROLE_AGENT
+    return msg
+
+
+class CountingReplayCache(ReplayCache):
+    """A replay cache that counts what reaches it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, clock=lambda: NOW)
+        self.sightings = 0
+
+    def first_sighting(self, sender: str, message_id: str, expires_at: float) -> bool:
+        self.sightings += 1
+        return super().first_sighting(sender, message_id, expires_at)
+
+
 class World:
     def __init__(self, tmp: Path) -> None:
-        self.acme, self.globex, self.outsider = generate_key(), generate_key(), generate_key()
+        self.acme, self.globex, self.initech = generate_key(), generate_key(), generate_key()
+        self.outsider = generate_key()
         self.roster = Roster(
             federation_id="fed",
             name="Fed",
-            members=[member("acme", self.acme), member("globex", self.globex)],
+            members=[
+                member("acme", self.acme),
+                member("globex", self.globex),
+                member("initech", self.initech),
+            ],
         )
         self.db = tmp / "replay.sqlite3"
-        self.replay = ReplayCache(self.db, clock=lambda: NOW)
+        self.replay = CountingReplayCache(self.db)
         self.verifier = self.make_verifier()
 
     def make_verifier(self, replay: ReplayCache | None = None) -> MessageVerifier:
@@ -68,6 +104,33 @@ class World:
         }
         args.update(kw)
         return sign_message(text_message(text), **args)  # type: ignore[arg-type]
+
+    def answer(
+        self, text: str, request_digest: str, key: jwk.JWK | None = None, sender: str = "acme"
+    ) -> a2a_pb2.Message:
+        """An answer `sender` signs to globex for the request with `request_digest`."""
+        return sign_answer(
+            agent_message(text),
+            SigningIdentity(key or self.acme, sender, "fed"),
+            recipient="globex",
+            request_digest=request_digest,
+            now=NOW,
+        )
+
+    def crafted(self, message: Signable, **claims: Any) -> Any:
+        """`message` validly signed by acme with claims the signing API would not write."""
+        fields: dict[str, Any] = {
+            "sender": "acme",
+            "kid": key_id(self.acme),
+            "recipient": "globex",
+            "federation": "fed",
+            "message_id": getattr(message, "message_id", "event-1"),
+            "issued_at": NOW,
+            "nonce": "n0nce",
+            "kind": "request",
+        }
+        fields.update(claims)
+        return _sign(message, Claims(**fields), self.acme)[0]
 
     def reject(self, message: a2a_pb2.Message, **kw: object) -> Rejected:
         with pytest.raises(Rejected) as e:
@@ -172,6 +235,7 @@ def test_non_member(w: World) -> None:
     )
     e = w.reject(msg)
     assert (e.reason, e.code) == ("non_member", "PERMISSION_DENIED")
+    assert (e.external_reason, e.external_code) == ("bad_signature", "UNAUTHENTICATED")
 
 
 @pytest.mark.parametrize("status", ["suspended", "revoked"])
@@ -191,13 +255,12 @@ def test_wrong_recipient_and_wrong_federation(w: World) -> None:
 def test_response_bound_to_another_request(w: World) -> None:
     request = text_message("question")
     other = text_message("another question")
-    response = w.signed("answer", request_digest=digest(other))
-    e = w.reject(response, request_digest=digest(request))
+    response = w.answer("answer", digest(other))
+    e = w.reject(response, request_digest=digest(request), expected_sender="acme")
     assert (e.reason, e.code) == ("wrong_request", "PERMISSION_DENIED")
-    good = w.signed("answer", request_digest=digest(request))
-    assert w.verifier.verify(good, request_digest=digest(request)).claims.request_digest == digest(
-        request
-    )
+    good = w.answer("answer", digest(request))
+    claims = w.verifier.verify(good, request_digest=digest(request), expected_sender="acme").claims
+    assert (claims.request_digest, claims.kind) == (digest(request), "answer")
 
 
 def test_key_rotation_old_key_valid_until_expiry(w: World) -> None:
@@ -241,8 +304,6 @@ def test_signing_and_verifying_report_the_digest_answers_bind_to(w: World) -> No
 
 
 def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
-    from consortium.protocols.signed_message import sign_event
-
     request = text_message("question")
     event = a2a_pb2.TaskArtifactUpdateEvent(
         task_id="t1",
@@ -259,7 +320,7 @@ def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
         now=NOW,
     )
     verified = w.verifier.verify(signed, request_digest=digest(request))
-    assert verified.claims.message_id.startswith("event-")
+    assert verified.claims.message_id.startswith("event-") and verified.claims.kind == "event"
     # The same event delivered twice within the call (a duplicated chunk).
     assert w.reject(signed, request_digest=digest(request)).reason == "replay"
     again = sign_event(
@@ -286,3 +347,295 @@ def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
         now=NOW,
     )
     assert w.reject(bound_elsewhere, request_digest=digest(request)).reason == "wrong_request"
+
+
+# -- direction: what a message was signed as ----------------------------------------
+
+
+def test_new_signatures_state_their_kind(w: World) -> None:
+    me = SigningIdentity(w.acme, "acme", "fed")
+    request, request_digest = sign_request(text_message("q"), me, recipient="globex", now=NOW)
+    assert request.metadata[CLAIMS_KEY]["kind"] == "request"
+    assert "requestDigest" not in request.metadata[CLAIMS_KEY]
+    answer = w.answer("a", request_digest)
+    assert answer.metadata[CLAIMS_KEY]["kind"] == "answer"
+    assert answer.metadata[CLAIMS_KEY]["requestDigest"] == request_digest
+    # The keyword entry points infer the kind from request_digest.
+    legacy = sign_message(
+        agent_message("a"),
+        key=w.acme,
+        sender="acme",
+        recipient="globex",
+        federation="fed",
+        request_digest=request_digest,
+    )
+    assert legacy.metadata[CLAIMS_KEY]["kind"] == "answer"
+    assert w.signed().metadata[CLAIMS_KEY]["kind"] == "request"
+
+
+def test_the_signing_api_refuses_to_sign_the_wrong_direction(w: World) -> None:
+    me = SigningIdentity(w.acme, "acme", "fed")
+    with pytest.raises(ValueError, match="ROLE_USER"):
+        sign_request(agent_message("q"), me, recipient="globex")
+    with pytest.raises(ValueError, match="ROLE_AGENT"):
+        sign_answer(text_message("a"), me, recipient="globex", request_digest="d")
+    with pytest.raises(ValueError, match="digest"):
+        sign_answer(agent_message("a"), me, recipient="globex", request_digest="")
+    event = a2a_pb2.TaskStatusUpdateEvent(task_id="t")
+    with pytest.raises(ValueError, match="digest"):
+        sign_task_event(event, me, recipient="globex", request_digest="")
+
+
+def test_an_answer_sent_back_to_its_recipient_as_a_request_is_refused(w: World) -> None:
+    # globex asked acme; acme's signed answer, addressed to globex, is captured and sent
+    # to globex's node as a new request within the skew window.
+    answer = w.answer("transfer approved", digest(text_message("may I?")))
+    e = w.reject(answer)
+    assert (e.reason, e.code) == ("wrong_direction", "UNAUTHENTICATED")
+    assert w.replay.sightings == 0
+    # Also when the role is rewritten: the signature covers it.
+    answer.role = a2a_pb2.ROLE_USER
+    assert w.reject(answer).reason == "bad_signature"
+
+
+def test_a_task_event_is_not_a_request_and_a_request_is_not_an_answer(w: World) -> None:
+    request_digest = digest(text_message("q"))
+    event = sign_task_event(
+        a2a_pb2.TaskStatusUpdateEvent(task_id="t"),
+        SigningIdentity(w.acme, "acme", "fed"),
+        recipient="globex",
+        request_digest=request_digest,
+        now=NOW,
+    )
+    assert w.reject(event).reason == "wrong_direction"
+    # A request sent back as if it answered one.
+    e = w.reject(w.signed("q"), request_digest=request_digest)
+    assert e.reason == "wrong_direction"
+
+
+@pytest.mark.parametrize(
+    ("kind", "answering"), [("event", True), ("answer", False), ("event", False)]
+)
+def test_a_message_signed_as_another_kind_is_refused(w: World, kind: Kind, answering: bool) -> None:
+    msg = w.crafted(agent_message("x"), kind=kind, request_digest="d")
+    e = w.reject(msg, **({"request_digest": "d"} if answering else {}))
+    assert (e.reason, e.code) == ("wrong_direction", "UNAUTHENTICATED")
+
+
+@pytest.mark.parametrize(
+    ("kind", "request_digest"), [("request", None), ("answer", "d"), ("event", None)]
+)
+def test_a_task_event_signed_as_anything_but_an_event_is_refused(
+    w: World, kind: Kind, request_digest: str | None
+) -> None:
+    event = w.crafted(
+        a2a_pb2.TaskStatusUpdateEvent(task_id="t"),
+        kind=kind,
+        request_digest="d" if kind != "request" else "",
+    )
+    assert w.reject(event, request_digest=request_digest).reason == "wrong_direction"
+
+
+def test_a_request_carrying_a_request_digest_is_refused(w: World) -> None:
+    msg = w.crafted(text_message("q"), kind="request", request_digest="some-digest")
+    assert w.reject(msg).reason == "malformed"
+    # Nor may an answer omit it.
+    assert w.reject(w.crafted(agent_message("a"), kind="answer"), request_digest="d").reason == (
+        "malformed"
+    )
+    assert w.replay.sightings == 0
+
+
+def test_a_request_with_role_agent_is_refused(w: World) -> None:
+    msg = w.crafted(agent_message("q"), kind="request")
+    e = w.reject(msg)
+    assert (e.reason, e.code) == ("wrong_direction", "UNAUTHENTICATED")
+    assert w.replay.sightings == 0
+    # The same claims on a user message pass.
+    w.verifier.verify(w.crafted(text_message("q"), kind="request"))
+
+
+def test_an_answer_with_role_user_is_refused(w: World) -> None:
+    msg = w.crafted(text_message("a"), kind="answer", request_digest="d")
+    assert w.reject(msg, request_digest="d").reason == "wrong_direction"
+
+
+def test_claims_without_a_kind_are_malformed(w: World) -> None:
+    msg = w.signed()
+    claims = dict(msg.metadata[CLAIMS_KEY])
+    del claims["kind"]
+    msg.metadata.update({CLAIMS_KEY: claims})
+    assert w.reject(msg).reason == "malformed"
+    claims["kind"] = "command"
+    msg.metadata.update({CLAIMS_KEY: claims})
+    assert w.reject(msg).reason == "malformed"
+
+
+# -- who answers ----------------------------------------------------------------------
+
+
+def test_an_answer_signed_by_a_member_that_was_not_asked_is_refused(w: World) -> None:
+    # globex asked acme; initech, a member, signs a valid answer bound to the request.
+    request_digest = digest(text_message("question for acme"))
+    answer = w.answer("trust me", request_digest, key=w.initech, sender="initech")
+    e = w.reject(answer, request_digest=request_digest, expected_sender="acme")
+    assert (e.reason, e.code) == ("wrong_sender", "PERMISSION_DENIED")
+    event = sign_event(
+        a2a_pb2.TaskStatusUpdateEvent(task_id="t"),
+        key=w.initech,
+        sender="initech",
+        recipient="globex",
+        federation="fed",
+        request_digest=request_digest,
+        now=NOW,
+    )
+    assert w.reject(event, request_digest=request_digest, expected_sender="acme").reason == (
+        "wrong_sender"
+    )
+    # Without an expected sender, only the binding is checked (what a caller asking
+    # nobody in particular gets).
+    w.verifier.verify(answer, request_digest=request_digest)
+
+
+def test_requests_may_name_an_expected_sender_too(w: World) -> None:
+    assert w.reject(w.signed(), expected_sender="initech").reason == "wrong_sender"
+    w.verifier.verify(w.signed(), expected_sender="acme")
+
+
+# -- claims are well typed --------------------------------------------------------------
+
+
+def claims_dict(**changes: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "kind": "request",
+        "sender": "acme",
+        "kid": "k",
+        "recipient": "globex",
+        "federation": "fed",
+        "messageId": "m",
+        "issuedAt": NOW,
+        "nonce": "n",
+    }
+    d.update(changes)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "issued_at",
+    [
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        "NaN",
+        "Infinity",
+        "1800000000",
+        True,
+        False,
+        [NOW],
+        10**400,
+    ],
+)
+def test_issued_at_must_be_a_finite_number(issued_at: object) -> None:
+    with pytest.raises(Rejected) as e:
+        Claims.from_dict(claims_dict(issuedAt=issued_at))
+    assert e.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "field", ["sender", "kid", "recipient", "federation", "messageId", "nonce"]
+)
+@pytest.mark.parametrize("value", [7, 1.5, True, ["acme"], {"a": 1}, "", "x" * 257])
+def test_text_claims_must_be_bounded_strings(field: str, value: object) -> None:
+    with pytest.raises(Rejected) as e:
+        Claims.from_dict(claims_dict(**{field: value}))
+    assert e.value.reason == "malformed"
+
+
+def test_optional_text_claims_must_be_bounded_strings_when_present() -> None:
+    for changes in (
+        {"traceparent": 5},
+        {"traceparent": "t" * 257},
+        {"kind": "answer", "requestDigest": 5},
+    ):
+        with pytest.raises(Rejected):
+            Claims.from_dict(claims_dict(**changes))
+    assert Claims.from_dict(claims_dict(sender="x" * 256)).sender == "x" * 256
+    assert Claims.from_dict(claims_dict(issuedAt=1_800_000_000)).issued_at == NOW
+
+
+@pytest.mark.parametrize("issued_at", ["NaN", "Infinity", True, float("nan"), float("inf")])
+def test_a_message_with_a_non_finite_issued_at_never_reaches_the_replay_cache(
+    w: World, issued_at: object
+) -> None:
+    msg = w.signed()
+    claims = dict(msg.metadata[CLAIMS_KEY])
+    claims["issuedAt"] = issued_at
+    msg.metadata.update({CLAIMS_KEY: claims})
+    assert w.reject(msg).reason == "malformed"
+    assert w.replay.sightings == 0
+
+
+# -- one refusal outside for strangers and bad signatures ---------------------------------
+
+
+def test_non_member_and_bad_signature_are_one_refusal_outside(w: World) -> None:
+    stranger = w.reject(
+        sign_message(
+            text_message("hi"),
+            key=w.outsider,
+            sender="mallory",
+            recipient="globex",
+            federation="fed",
+            now=NOW,
+        )
+    )
+    tampered = w.signed("transfer 10")
+    tampered.parts[0].text = "transfer 90"
+    bad = w.reject(tampered)
+    unknown = w.reject(w.signed(key=w.outsider))  # acme's name, a key the roster lacks
+    assert (stranger.reason, bad.reason, unknown.reason) == (
+        "non_member",
+        "bad_signature",
+        "unknown_key",
+    )
+    errors = [from_rejection(e) for e in (stranger, bad, unknown)]
+    seen = {(type(x), x.message, repr(x.data)) for x in errors}
+    assert len(seen) == 1
+    ((cls, message, data),) = seen
+    assert cls.__name__ == "UnauthenticatedError"
+    assert message == "message refused: signature not accepted"
+    assert "bad_signature" in data and "mallory" not in message
+
+
+def test_other_reasons_keep_their_external_form(w: World) -> None:
+    e = w.reject(w.signed(recipient="initech"))
+    error = from_rejection(e)
+    assert (e.external_reason, e.external_code) == ("wrong_recipient", "PERMISSION_DENIED")
+    assert type(error).__name__ == "PermissionDeniedError"
+    assert error.data == {"reason": "wrong_recipient"}
+
+
+def test_malformed_does_not_depend_on_membership(w: World) -> None:
+    # A key id in the JWS header that differs from the claimed one is malformed whether
+    # or not the sender is a member, so malformed tokens do not probe the roster.
+    reasons = []
+    for key, sender in ((w.acme, "acme"), (w.outsider, "mallory")):
+        msg = sign_message(
+            text_message("x"), key=key, sender=sender, recipient="globex", federation="fed", now=NOW
+        )
+        claims = dict(msg.metadata[CLAIMS_KEY])
+        claims["kid"] = "other-kid"
+        msg.metadata.update({CLAIMS_KEY: claims})
+        reasons.append(w.reject(msg).reason)
+    assert reasons == ["malformed", "malformed"]
+
+
+def test_a_non_canonical_signature_is_refused(w: World) -> None:
+    msg = w.signed()
+    header, _, sig = msg.metadata[SIGNATURE_KEY].split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = alphabet[alphabet.index(sig[-1]) ^ 1]  # same bytes: only unused bits differ
+    assert base64.urlsafe_b64decode(sig[:-1] + twin + "==") == base64.urlsafe_b64decode(sig + "==")
+    msg.metadata.update({SIGNATURE_KEY: f"{header}..{sig[:-1]}{twin}"})
+    assert w.reject(msg).reason == "bad_signature"
+    assert w.replay.sightings == 0

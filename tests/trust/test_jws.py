@@ -1,4 +1,5 @@
-"""Detached JWS over RFC 8785 canonical JSON: signs, verifies, and refuses every tampering."""
+"""Detached and compact JWS over RFC 8785 canonical JSON: signs, verifies, and refuses
+every tampering, including another spelling of the same bytes (non-canonical base64url)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from consortium.trust.jws import (
     SignatureError,
     canonical,
     protected_header,
+    read_compact,
+    sign_compact,
     sign_detached,
+    verify_compact,
     verify_detached,
 )
 from consortium.trust.keys import generate_key, key_id
@@ -158,3 +162,87 @@ def test_tokens_interoperate_with_jwcrypto() -> None:
     )
     h, _, s = str(theirs.serialize(compact=True)).split(".")
     assert verify_detached(f"{h}..{s}", value, {key_id(key): key}.get)["kid"] == key_id(key)
+
+
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def twin(segment: str) -> str:
+    """The same bytes spelled otherwise: a set unused bit in the last character."""
+    assert len(segment) % 4 in (2, 3)
+    return segment[:-1] + B64URL[B64URL.index(segment[-1]) ^ 1]
+
+
+def unb64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def test_a_signature_spelled_otherwise_is_refused() -> None:
+    key = generate_key()
+    token = sign_detached({"x": 1}, key)
+    head, _, sig = token.split(".")
+    assert len(sig) == 86  # 64 bytes: the last character carries 4 unused bits
+    assert unb64(twin(sig)) == unb64(sig)  # a lenient decoder reads the same signature
+    verify_detached(token, {"x": 1}, {key_id(key): key}.get)
+    for bad in (
+        f"{head}..{twin(sig)}",
+        f"{head}..{sig}==",
+        f"{head}..{sig[:-2]}+/",
+        f"{head}..{sig[:40]} {sig[41:]}",
+        f"{head}..{sig[:-1]}",  # a length no base64 text has
+    ):
+        with pytest.raises(SignatureError, match="malformed JWS signature"):
+            verify_detached(bad, {"x": 1}, {key_id(key): key}.get)
+
+
+def test_a_header_or_payload_spelled_otherwise_is_refused() -> None:
+    key = generate_key()
+    # Pad the header until its encoding has unused bits.
+    header = {"typ": "t"}
+    while len(sign_detached({}, key, header).split(".")[0]) % 4 == 0:
+        header["typ"] += "t"
+    head, _, sig = sign_detached({}, key, header).split(".")
+    with pytest.raises(SignatureError, match="malformed JWS header"):
+        protected_header(f"{twin(head)}..{sig}")
+    with pytest.raises(SignatureError, match="malformed JWS header"):
+        protected_header(f"{head}=..{sig}")
+    token = sign_compact(b'{"a":1}', key)  # 7 bytes: 10 characters, 2 unused bits
+    head, payload, sig = token.split(".")
+    with pytest.raises(SignatureError, match="malformed JWS payload"):
+        verify_compact(f"{head}.{twin(payload)}.{sig}", {key_id(key): key}.get)
+    with pytest.raises(SignatureError, match="malformed JWS payload"):
+        read_compact(f"{head}.{payload}=.{sig}")
+
+
+def test_compact_tokens_carry_their_payload() -> None:
+    key = generate_key()
+    token = sign_compact(b'{"a":1}', key, {"typ": "test"})
+    assert read_compact(token) == (
+        {"alg": "EdDSA", "kid": key_id(key), "typ": "test"},
+        b'{"a":1}',
+    )
+    header, payload = verify_compact(token, {key_id(key): key}.get)
+    assert header["typ"] == "test" and payload == b'{"a":1}'
+    head, _, sig = token.split(".")
+    other = base64.urlsafe_b64encode(b'{"a":2}').rstrip(b"=").decode()
+    with pytest.raises(SignatureError, match="does not verify"):
+        verify_compact(f"{head}.{other}.{sig}", {key_id(key): key}.get)
+    with pytest.raises(SignatureError, match="unknown signing key"):
+        verify_compact(token, {}.get)
+    # A compact token is not a detached one, nor the other way round.
+    with pytest.raises(SignatureError, match="detached"):
+        protected_header(token)
+    with pytest.raises(SignatureError, match="not a compact JWS"):
+        verify_compact(f"{head}..{sig}", {key_id(key): key}.get)
+    with pytest.raises(SignatureError):
+        verify_detached(token, {"a": 1}, {key_id(key): key}.get)
+
+
+def test_compact_tokens_interoperate_with_jwcrypto() -> None:
+    from jwcrypto import jws
+
+    key = generate_key()
+    checker = jws.JWS()
+    checker.deserialize(sign_compact(b'{"a":1}', key))
+    checker.verify(key, alg="EdDSA")
+    assert checker.payload == b'{"a":1}'

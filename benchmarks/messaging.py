@@ -11,6 +11,12 @@ the same ~500-byte text, an echo executor (no model):
   (d) for reference, (c) through a2a-sdk's full task path (an executor that does not
       reply directly: active task, event queues, task store), which every task takes.
 
+(b) authenticates with an API key, as a local app does. The cost of authorizing a task
+method: GetTask round trips to (c)'s server from the anonymous loopback user (no
+credential to check), with an API key, and with a member's signed call proof (signed by
+the client, verified by the server: signature, membership, freshness, replay); all three
+ask for an unknown task, so they differ only in who the caller is.
+
 The servers run side by side and the client alternates a, b, c, d in rounds, so drift
 on a shared machine hits all three alike. Prints one JSON object: p50/p99 round-trip
 latency and messages/s, sequential and with 32 concurrent callers, for each; and the
@@ -48,9 +54,11 @@ from jwcrypto import jwk
 from opentelemetry.trace import NoOpTracer
 
 from consortium.federation.roster import Member, MemberKey, Roster
+from consortium.node.auth import GrpcContextBuilder
 from consortium.node.direct import DirectReplies
 from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
 from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
+from consortium.protocols.call_proof import PROOF_HEADER, sign_call
 from consortium.protocols.signed_message import (
     MessageVerifier,
     Verified,
@@ -58,12 +66,15 @@ from consortium.protocols.signed_message import (
     sign_message,
     sign_message_and_digest,
 )
+from consortium.trust.api_keys import ApiKeys
 from consortium.trust.keys import generate_key, public_jwk
 from consortium.trust.replay import ReplayCache
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 12)[:500]
 FEDERATION = "bench"
 ECHO_METHOD = "/bench.Echo/Echo"
+# GetTask round trips to the signed server, as three kinds of caller.
+AUTH_MODES = ("get_anonymous", "get_api_key", "get_call_proof")
 
 
 class EchoExecutor(AgentExecutor):
@@ -144,12 +155,14 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
         from consortium.node.store import SqliteTaskStore
 
         store = SqliteTaskStore(store_dir / "tasks.sqlite3")
+        api_keys = ApiKeys(Path(keys["api_keys_path"]))
         if mode == "unsigned":
             a2a_handler = NodeRequestHandler(
                 agent_executor=DirectEchoExecutor(None),
                 task_store=store,
                 agent_card=card(),
                 tracer=NoOpTracer(),
+                keys=api_keys,
             )
         else:
             signer = ResponseSigner(org_id="server", federation_id=FEDERATION, key=server_key)
@@ -165,8 +178,12 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
                 agent_card=card(),
                 tracer=NoOpTracer(),
                 verifier=verifier,
+                keys=api_keys,
+                anonymous_loopback=True,
             )
-        server.add_generic_rpc_handlers((a2a_generic_handler(SpecGrpcHandler(a2a_handler)),))
+        server.add_generic_rpc_handlers(
+            (a2a_generic_handler(SpecGrpcHandler(a2a_handler, GrpcContextBuilder())),)
+        )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await asyncio.to_thread(port_file.write_text, str(port))
@@ -246,6 +263,7 @@ def make_call(
     raw = channel.unary_unary(ECHO_METHOD)
     stub = a2a_pb2_grpc.A2AServiceStub(channel)
     payload = TEXT.encode()
+    with_key = (("authorization", f"Bearer {keys['api_key']}"),)
 
     async def call_raw() -> None:
         assert await raw(payload) == payload
@@ -254,8 +272,35 @@ def make_call(
         msg = a2a_pb2.Message(
             message_id=str(uuid.uuid4()), role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text=TEXT)]
         )
-        resp = await stub.SendMessage(a2a_pb2.SendMessageRequest(message=msg))
+        resp = await stub.SendMessage(a2a_pb2.SendMessageRequest(message=msg), metadata=with_key)
         assert resp.message.parts[0].text == TEXT
+
+    unknown = a2a_pb2.GetTaskRequest(id="no-such-task")
+
+    async def get_task(metadata: tuple[tuple[str, str], ...]) -> None:
+        try:
+            await stub.GetTask(unknown, metadata=metadata)
+        except grpc.aio.AioRpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND, e.code()
+        else:
+            raise AssertionError("an unknown task was found")
+
+    async def get_anonymous() -> None:
+        await get_task(())
+
+    async def get_api_key() -> None:
+        await get_task(with_key)
+
+    async def get_call_proof() -> None:
+        proof = sign_call(
+            "GetTask",
+            unknown,
+            key=client_key,
+            sender="client",
+            recipient="server",
+            federation=FEDERATION,
+        )
+        await get_task(((PROOF_HEADER, proof),))
 
     async def call_signed() -> None:
         msg = a2a_pb2.Message(
@@ -279,6 +324,9 @@ def make_call(
         "unsigned": call_a2a,
         "signed": call_signed,
         "signed_task": call_signed,
+        "get_anonymous": get_anonymous,
+        "get_api_key": get_api_key,
+        "get_call_proof": get_call_proof,
     }
     return calls[mode], channel
 
@@ -337,6 +385,20 @@ def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
         )
 
     signed = [sign() for _ in range(n)]
+    api_keys = ApiKeys(Path(keys["api_keys_path"]))
+    request = a2a_pb2.GetTaskRequest(id=str(uuid.uuid4()))
+
+    def prove() -> str:
+        return sign_call(
+            "GetTask",
+            request,
+            key=client_key,
+            sender="client",
+            recipient="server",
+            federation=FEDERATION,
+        )
+
+    proofs = iter([prove() for _ in range(n)])
     raw_key = SigningKey.generate()
     raw_sig = raw_key.sign(TEXT.encode()).signature
 
@@ -355,6 +417,11 @@ def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
         "raw_ed25519_verify_us": per_call(
             lambda: raw_key.verify_key.verify(TEXT.encode(), raw_sig)
         ),
+        "api_key_authenticate_us": per_call(lambda: api_keys.authenticate(keys["api_key"])),
+        "call_proof_sign_us": per_call(prove),
+        "call_proof_verify_us": per_call(
+            lambda: verifier.verify_call(next(proofs), "GetTask", request)
+        ),
     }
 
 
@@ -372,9 +439,14 @@ def main() -> None:
         asyncio.run(serve(args.serve, json.loads(args.keys.read_text()), args.port_file))
         return
     workdir = Path(tempfile.mkdtemp(prefix="consortium-msgbench-"))
+    api_keys = ApiKeys(workdir / "api-keys.sqlite3")
+    _, api_key = api_keys.create("bench")
+    api_keys.close()
     keys = {
         "client": generate_key().export(as_dict=True),
         "server": generate_key().export(as_dict=True),
+        "api_key": api_key,
+        "api_keys_path": str(workdir / "api-keys.sqlite3"),
     }
     keys_file = workdir / "keys.json"
     keys_file.write_text(json.dumps(keys))
@@ -392,12 +464,11 @@ def main() -> None:
         "signed_task": "d_a2a_signed_verified_task_path",
     }
     servers = {mode: start_server(mode, keys_file) for mode in names}
+    ports = {m: port for m, (_, port) in servers.items()}
+    for mode in AUTH_MODES:
+        ports[mode] = ports["signed"]
     try:
-        measured = asyncio.run(
-            run_interleaved(
-                {m: port for m, (_, port) in servers.items()}, keys, args.requests, args.rounds
-            )
-        )
+        measured = asyncio.run(run_interleaved(ports, keys, args.requests, args.rounds))
     finally:
         for proc, _ in servers.values():
             proc.terminate()
@@ -409,6 +480,14 @@ def main() -> None:
     results["ratio_c_over_b_p50"] = round(c["sequential"]["p50_ms"] / b["sequential"]["p50_ms"], 2)
     results["ratio_d_over_a_p50"] = round(d["sequential"]["p50_ms"] / a["sequential"]["p50_ms"], 2)
     results["target"] = "ratio_c_over_a_p50 <= 2"
+    auth = {mode: measured[mode]["sequential"]["p50_ms"] for mode in AUTH_MODES}
+    results["get_task_authorization_p50_ms"] = auth
+    results["ratio_get_api_key_over_anonymous_p50"] = round(
+        auth["get_api_key"] / auth["get_anonymous"], 2
+    )
+    results["ratio_get_call_proof_over_anonymous_p50"] = round(
+        auth["get_call_proof"] / auth["get_anonymous"], 2
+    )
     results["c_client_in_flow_us_p50"] = {
         op: round(statistics.median(times) * 1e6, 1) for op, times in IN_FLOW.items()
     }

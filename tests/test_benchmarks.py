@@ -29,6 +29,12 @@ def test_messaging_benchmark_runs() -> None:
     for key in ("a_raw_grpc_echo", "b_a2a_unsigned", "c_a2a_signed_verified"):
         assert set(d[key]) == {"sequential", "concurrent_32"}  # type: ignore[arg-type]
     assert float(d["ratio_c_over_a_p50"]) > 0  # type: ignore[arg-type]
+    assert float(d["ratio_get_call_proof_over_anonymous_p50"]) > 0  # type: ignore[arg-type]
+    assert set(d["get_task_authorization_p50_ms"]) == {  # type: ignore[arg-type]
+        "get_anonymous",
+        "get_api_key",
+        "get_call_proof",
+    }
 
 
 def test_node_overhead_benchmark_runs() -> None:

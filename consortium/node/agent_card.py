@@ -26,6 +26,7 @@ def build_agent_card(
     context_size: int,
     public_keys: list[dict[str, Any]] | None = None,
     federation_id: str = "",
+    mutual_tls: bool = False,
 ) -> a2a_pb2.AgentCard:
     name = display_name or org_id
     card = a2a_pb2.AgentCard(
@@ -60,6 +61,7 @@ def build_agent_card(
             )
         ],
     )
+    _declare_security(card, mutual_tls)
     ext = card.capabilities.extensions.add()
     ext.uri = MODEL_EXTENSION_URI
     ext.description = "The organization and model that answer tasks on this node."
@@ -90,3 +92,34 @@ def build_agent_card(
         signed.required = True
         signed.params.update({"federation_id": federation_id})
     return card
+
+
+API_KEY_SCHEME = "apiKey"
+MTLS_SCHEME = "mtls"
+
+
+def _declare_security(card: a2a_pb2.AgentCard, mutual_tls: bool) -> None:
+    """Local users and apps authenticate with an API key (HTTP bearer on JSON-RPC,
+    `authorization` metadata on gRPC); under mutual TLS every caller also presents a
+    client certificate. Members of a federation sign instead (the signed-message
+    extension). Anonymous loopback callers, where allowed, need neither."""
+    card.security_schemes[API_KEY_SCHEME].CopyFrom(
+        a2a_pb2.SecurityScheme(
+            http_auth_security_scheme=a2a_pb2.HTTPAuthSecurityScheme(
+                scheme="bearer",
+                bearer_format="csk_<id>_<secret>",
+                description="An API key made with `consortium keys create`.",
+            )
+        )
+    )
+    required = {API_KEY_SCHEME: a2a_pb2.StringList()}
+    if mutual_tls:
+        card.security_schemes[MTLS_SCHEME].CopyFrom(
+            a2a_pb2.SecurityScheme(
+                mtls_security_scheme=a2a_pb2.MutualTlsSecurityScheme(
+                    description="A client certificate from the federation's CA."
+                )
+            )
+        )
+        required[MTLS_SCHEME] = a2a_pb2.StringList()
+    card.security_requirements.append(a2a_pb2.SecurityRequirement(schemes=required))

@@ -7,7 +7,7 @@ exits with the error's code; no traceback.
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,6 +26,7 @@ from consortium.node.cli_common import (
     fail,
     federation_app,
     key_app,
+    keys_app,
     node_app,
     out,
     policy_app,
@@ -33,17 +34,15 @@ from consortium.node.cli_common import (
     run,
     write_through,
 )
-from consortium.node.config import ORG_ID_PATTERN, load_config
+from consortium.node.config import ORG_ID_PATTERN, NodeConfig, load_config
 
 SWITCH_INTERVAL_S = 0.0005
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from consortium import logsafe
+
+    logsafe.install(level)
 
 
 @app.command()
@@ -113,6 +112,8 @@ def node_start(
 
     cfg = run(lambda: load_config(config))
     _setup_logging(cfg.logging.level)
+    # Everything the node writes (database, traces, runtime files) is the organization's.
+    os.umask(0o077)
 
     # The model thread needs the GIL for a moment between two decode steps; with the
     # default 5 ms switch interval it can wait that long behind the event loop's work on
@@ -153,11 +154,17 @@ def ask(
     peer: Annotated[
         str | None, typer.Option(help="Ask this member of the federation, through the node.")
     ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API key (default: keys/api.key beside node.toml)."),
+    ] = None,
 ) -> None:
     """Send a task to a running node over A2A and stream the answer.
 
-    In a federation the request is signed with the organization's key; with --peer the
-    node forwards it, signed, to that member and verifies the signed answer."""
+    Authenticates with the API key `init` left beside node.toml (or --api-key-file, or
+    $CONSORTIUM_API_KEY); without one, in a federation, the request is signed with the
+    organization's key. With --peer the node forwards it, signed, to that member and
+    verifies the signed answer."""
     from a2a.utils.constants import TransportProtocol
 
     from consortium.node.client import ask as ask_node
@@ -177,12 +184,20 @@ def ask(
         options["temperature"] = temperature
     if peer is not None:
         options["peer"] = peer
-    sign = run(lambda: local_signer(cfg))
+    api_key = run(lambda: _api_key(cfg, api_key_file))
+    sign = None if api_key else run(lambda: local_signer(cfg))
 
     async def go() -> None:
-        card = await fetch_agent_card(running_http_url(cfg))
+        verify = cfg.client_ssl_context()
+        card = await fetch_agent_card(running_http_url(cfg), verify=verify)
         binding = TransportProtocol.GRPC if transport == "grpc" else TransportProtocol.JSONRPC
-        client = open_client(card, transport=binding, credentials=cfg.client_credentials())
+        client = open_client(
+            card,
+            transport=binding,
+            credentials=cfg.client_credentials(),
+            api_key=api_key,
+            verify=verify,
+        )
         try:
             answer = await ask_node(
                 client,
@@ -212,6 +227,121 @@ def ask(
         )
 
     run(lambda: asyncio.run(go()))
+
+
+def _api_key(cfg: NodeConfig, path: Path | None) -> str | None:
+    from consortium.node.setup import local_api_key
+
+    if path is not None:
+        try:
+            return path.read_text().strip() or None
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read the API key: {e.strerror}", key="--api-key-file"
+            ) from None
+    return os.environ.get("CONSORTIUM_API_KEY") or local_api_key(cfg)
+
+
+def _parse_expiry(value: str) -> float:
+    """An ISO 8601 time (UTC if no zone), or a duration: 30d, 12h, 45m."""
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    m = re.fullmatch(r"(\d{1,6})([dhm])", value.strip())
+    if m:
+        return time.time() + int(m.group(1)) * {"d": 86400, "h": 3600, "m": 60}[m.group(2)]
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"not a time or duration: {value!r} (e.g. 2027-01-31T00:00:00Z or 30d)",
+            key="--expires",
+        ) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _open_keys(config: Path) -> Any:
+    from consortium.trust.api_keys import ApiKeys
+    from consortium.trust.files import secure_directory
+
+    cfg = load_config(config)
+    secure_directory(cfg.data_dir)
+    return ApiKeys(cfg.api_keys_path)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key: who or what uses it.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry: an ISO 8601 time or a duration (30d, 12h).")
+    ] = None,
+    admin: Annotated[bool, typer.Option(help="May read /healthz details.")] = False,
+) -> None:
+    """Create an API key and print it once (only its hash is kept)."""
+
+    def go() -> None:
+        expires_at = _parse_expiry(expires) if expires is not None else None
+        keys = _open_keys(config)
+        try:
+            key, token = keys.create(name, expires_at=expires_at, admin=admin)
+        finally:
+            keys.close()
+        write_through(token + "\n")
+        err.print(
+            f"[dim]key {key.id} ({key.name}) created; it is shown only now[/dim]", highlight=False
+        )
+
+    run(go)
+
+
+@keys_app.command("list")
+def keys_list(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
+) -> None:
+    """List the node's API keys (ids, names, state; never the keys)."""
+    import time
+    from datetime import UTC, datetime
+
+    def when(t: float | None) -> str:
+        return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def go() -> None:
+        keys = _open_keys(config)
+        try:
+            rows = keys.all()
+        finally:
+            keys.close()
+        now = time.time()
+        for k in rows:
+            write_through(
+                f"{k.id}  {k.name}  {k.state(now)}  {'admin' if k.admin else 'user'}  "
+                f"created {when(k.created_at)}  expires {when(k.expires_at)}\n"
+            )
+
+    run(go)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[
+        str, typer.Argument(help="The key's id, or its name (revokes all of that name).")
+    ],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
+) -> None:
+    """Revoke an API key; a running node refuses it from the next call on."""
+
+    def go() -> None:
+        keys = _open_keys(config)
+        try:
+            revoked = keys.revoke(key)
+        finally:
+            keys.close()
+        for k in revoked:
+            write_through(f"revoked {k.id} ({k.name})\n")
+
+    run(go)
 
 
 @app.command()

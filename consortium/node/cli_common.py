@@ -30,6 +30,11 @@ federation_app = typer.Typer(
 app.add_typer(federation_app, name="federation")
 key_app = typer.Typer(help="Rotate this organization's signing key.", no_args_is_help=True)
 app.add_typer(key_app, name="key")
+keys_app = typer.Typer(
+    help="API keys for this node's local users and apps (take effect without a restart).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
 federation_app.add_typer(policy_app, name="policy")
 bench_app = typer.Typer(

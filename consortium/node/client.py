@@ -6,6 +6,7 @@ itself to call peers.
 
 from __future__ import annotations
 
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -16,20 +17,48 @@ import grpc
 import httpx
 from a2a.client import A2ACardResolver, Client, ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError
+from a2a.client.interceptors import AfterArgs, BeforeArgs, ClientCallInterceptor
 from a2a.types import a2a_pb2
 from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict
 
 from consortium.errors import NodeUnavailableError
 from consortium.node.executor_options import METADATA_KEY
+from consortium.protocols.call_proof import PROOF_HEADER
 
 
-async def fetch_agent_card(http_url: str, timeout: float = 10.0) -> a2a_pb2.AgentCard:
+async def fetch_agent_card(
+    http_url: str, timeout: float = 10.0, *, verify: ssl.SSLContext | None = None
+) -> a2a_pb2.AgentCard:
+    """The node's agent card; `verify`: the TLS context for an https node (our CA, and our
+    certificate under mutual TLS)."""
     try:
-        async with httpx.AsyncClient(timeout=timeout) as http:
+        async with httpx.AsyncClient(timeout=timeout, verify=verify or True) as http:
             return await A2ACardResolver(http, http_url).get_agent_card()
     except (httpx.HTTPError, A2AClientError, OSError) as e:
         raise NodeUnavailableError(f"cannot fetch the agent card from {http_url}: {e}") from None
+
+
+class StaticHeaders(ClientCallInterceptor):
+    """Adds fixed headers (gRPC metadata) to every call: e.g. `authorization` with an
+    API key."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    async def before(self, args: BeforeArgs) -> None:
+        if args.context is None:
+            args.context = ClientCallContext()
+        params = dict(args.context.service_parameters or {})
+        params.update(self._headers)
+        args.context.service_parameters = params
+
+    async def after(self, args: AfterArgs) -> None:
+        return None
+
+
+def bearer(api_key: str) -> ClientCallInterceptor:
+    return StaticHeaders({"authorization": f"Bearer {api_key}"})
 
 
 def open_client(
@@ -38,9 +67,13 @@ def open_client(
     transport: str = TransportProtocol.GRPC,
     streaming: bool = True,
     credentials: grpc.ChannelCredentials | None = None,
+    api_key: str | None = None,
+    verify: ssl.SSLContext | None = None,
+    interceptors: list[ClientCallInterceptor] | None = None,
 ) -> Client:
     """An a2a-sdk client for the card's interface of the given transport (gRPC by default);
-    with credentials the gRPC channel uses TLS (and a client certificate, for mTLS)."""
+    with credentials the gRPC channel uses TLS (and a client certificate, for mTLS), with
+    `verify` the HTTP client likewise; `api_key` authenticates every call."""
 
     def channel(url: str) -> grpc.aio.Channel:
         if credentials is None:
@@ -52,9 +85,14 @@ def open_client(
         supported_protocol_bindings=[transport],
         use_client_preference=True,
         grpc_channel_factory=channel,
-        httpx_client=httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=10.0)),
+        httpx_client=httpx.AsyncClient(
+            timeout=httpx.Timeout(300.0, connect=10.0), verify=verify or True
+        ),
     )
-    return ClientFactory(config).create(card)
+    chain = list(interceptors or [])
+    if api_key is not None:
+        chain.append(bearer(api_key))
+    return ClientFactory(config).create(card, chain or None)
 
 
 def text_message(text: str, metadata: dict[str, Any] | None = None) -> a2a_pb2.Message:
@@ -142,3 +180,33 @@ async def ask(
     )
     answer.latency_s = time.perf_counter() - started
     return answer
+
+
+# a2a-sdk client method names -> A2A method names that take a member's call proof.
+PROVEN_METHODS = {
+    "get_task": "GetTask",
+    "list_tasks": "ListTasks",
+    "cancel_task": "CancelTask",
+    "subscribe": "SubscribeToTask",
+}
+
+
+class CallProofs(ClientCallInterceptor):
+    """A member's proof on every task-method call: a signature bound to the method, its
+    parameters, the recipient organization and a fresh time and nonce."""
+
+    def __init__(self, sign: Callable[[str, Any], str]) -> None:
+        self._sign = sign
+
+    async def before(self, args: BeforeArgs) -> None:
+        method = PROVEN_METHODS.get(args.method)
+        if method is None:
+            return
+        if args.context is None:
+            args.context = ClientCallContext()
+        params = dict(args.context.service_parameters or {})
+        params[PROOF_HEADER] = self._sign(method, args.input)
+        args.context.service_parameters = params
+
+    async def after(self, args: AfterArgs) -> None:
+        return None

@@ -48,6 +48,8 @@ class ServerSection(_Section):
     # Streamed tokens are coalesced into one artifact update per interval (0: every token).
     # 50 ms keeps streaming smooth and the node's overhead under 5 % (README, benchmarks).
     stream_interval_s: Annotated[float, Field(ge=0, le=5)] = 0.05
+    # Finished tasks older than this are deleted (checked at start and hourly); 0 keeps all.
+    task_retention_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
 
 
 class ModelSection(_Section):
@@ -90,6 +92,18 @@ class TlsSection(_Section):
     # calling us when client_auth is on).
     ca: str
     client_auth: bool = False
+    # With client_auth: a member calling with a signature must present a certificate whose
+    # common name is its organization id (what `consortium init --mtls` issues). Turn off
+    # for a PKI whose certificates name hosts rather than organizations.
+    member_cn: bool = True
+
+
+class AuthSection(_Section):
+    """Who may call this node besides federation members (who sign their requests)."""
+
+    # Callers from the loopback interface without credentials share one "anonymous"
+    # scope of their own. `consortium init` turns this on for a node bound to loopback.
+    anonymous_loopback: bool = False
 
 
 class TelemetrySection(_Section):
@@ -173,6 +187,7 @@ class NodeConfig(_Section):
     identity: IdentitySection = IdentitySection()
     federation: FederationSection | None = None
     tls: TlsSection | None = None
+    auth: AuthSection = AuthSection()
     telemetry: TelemetrySection = TelemetrySection()
     logging: LoggingSection = LoggingSection()
     routing: RoutingSection = RoutingSection()
@@ -202,6 +217,10 @@ class NodeConfig(_Section):
         return self.data_dir / "node.sqlite3"
 
     @property
+    def api_keys_path(self) -> Path:
+        return self.data_dir / "api-keys.sqlite3"
+
+    @property
     def advertised_host(self) -> str:
         return self.server.public_host or self.server.host
 
@@ -220,8 +239,24 @@ class NodeConfig(_Section):
         return f"{self.advertised_host}:{self.server.grpc_port}"
 
     @property
+    def http_scheme(self) -> str:
+        """The HTTP port serves TLS whenever gRPC does."""
+        return "http" if self.tls is None else "https"
+
+    @property
     def http_url(self) -> str:
-        return f"http://{self.advertised_host}:{self.server.http_port}"
+        return f"{self.http_scheme}://{self.advertised_host}:{self.server.http_port}"
+
+    def client_ssl_context(self) -> Any:
+        """An ssl.SSLContext for HTTPS calls to nodes (and our certificate, for mTLS), or
+        None without [tls]."""
+        if self.tls is None:
+            return None
+        from consortium.trust.tls import client_ssl_context
+
+        return client_ssl_context(
+            self.resolve(self.tls.ca), self.resolve(self.tls.cert), self.resolve(self.tls.key)
+        )
 
 
 def _describe(error: ErrorDetails) -> tuple[str, str]:

@@ -26,6 +26,8 @@ from opentelemetry.trace import SpanKind
 
 from consortium.errors import ModelError, PromptTooLongError, TaskError
 from consortium.federation.routing_data import RoutingDataError
+from consortium.logsafe import safe
+from consortium.node.auth import caller_of
 from consortium.node.config import RoutingSection
 from consortium.node.direct import DirectReplies
 from consortium.node.executor_options import METADATA_KEY, RequestOptions, request_options
@@ -82,11 +84,11 @@ def _is_direct_request(message: a2a_pb2.Message) -> bool:
 
 
 def _owner(context: ServerCallContext) -> str:
-    """Whose task this is: the verified sending organization, or the caller's user."""
-    verified = context.state.get(VERIFIED_KEY)
-    if isinstance(verified, Verified):
-        return f"org:{verified.claims.sender}"
-    return f"user:{context.user.user_name}"
+    """Whose task this is: the scope of the caller the request handler admitted."""
+    caller = caller_of(context)
+    if caller is None:  # a handler always admits first; never act for nobody
+        raise TaskError("the caller was not authenticated")
+    return caller.owner
 
 
 class ModelExecutor(AgentExecutor, DirectReplies):
@@ -150,7 +152,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
                 text = "feedback recorded"
                 meta["localAdequate"] = rec.local_adequate
                 meta["labelSource"] = rec.label_source
-                log.info("task %s: feedback recorded (%s)", fb.task_id, rec.label_source)
+                log.info("task %s: feedback recorded (%s)", safe(fb.task_id), rec.label_source)
         reply = _agent_message("", message.context_id, text, {METADATA_KEY: meta})
         reply.ClearField("task_id")
         verified = context.state.get(VERIFIED_KEY)
@@ -366,7 +368,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         try:
             answer = await self._peers.ask(peer, question, forwarded or None)
         except PeerError as e:
-            log.warning("task %s: asking %s failed: %s", task.id, peer, e)
+            log.warning("task %s: asking %s failed: %s", task.id, safe(peer), safe(e, 300))
             await updater.failed(self._reply(context, task, f"failed: {e}"))
             return
         p = answer.provenance
@@ -419,7 +421,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
         except (PeerError, ModelError) as e:
-            log.warning("task %s: routing failed: %s", task.id, e)
+            log.warning("task %s: routing failed: %s", task.id, safe(e, 300))
             await updater.failed(self._reply(context, task, f"failed: {e}"))
             return
         label = question.shown_labels[routed.choice]
@@ -435,7 +437,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             [a2a_pb2.Part(text=text)], name="answer", last_chunk=True, metadata=provenance
         )
         await updater.complete(self._reply(context, task, text, provenance))
-        log.info("task %s answered by route %s", task.id, routed.provenance["route"])
+        log.info("task %s answered by route %s", task.id, safe(routed.provenance["route"]))
 
     async def _route_text(self, question: str, options: RequestOptions) -> str | None:
         """For a free-text task: the peer to escalate to, or None to answer locally."""

@@ -1,40 +1,57 @@
-"""The node's request handler: traces every incoming message and, when the node belongs
-to a federation, verifies it (signature, membership, recipient, federation, freshness,
-replay) before the task machinery or the model sees it. Refusals are counted per reason
-and logged with identifiers only, never the payload."""
+"""The node's request handler: admits the caller of every A2A method before anything
+else runs, and traces every incoming message.
+
+Every method (both bindings share this handler) first decides who is calling
+(`node.auth`): a federation member by the signature on its message or its signed call
+proof, a local user or app by its API key, or the anonymous loopback user where allowed.
+The caller's scope becomes the a2a-sdk user, which scopes the task store: a caller sees
+and touches only its own tasks, and anything else is "task not found". Refusals are
+counted per reason and logged with escaped identifiers only, never the payload.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from a2a.server.context import ServerCallContext
 from a2a.server.events import Event, EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.types import a2a_pb2
+from a2a.utils.errors import A2AError
 from a2a.utils.proto_utils import validate_proto_required_fields
+from google.protobuf.message import Message as ProtoMessage
 from jwcrypto import jwk
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from consortium.logsafe import safe
+from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of
 from consortium.node.config import NodeConfig
 from consortium.node.direct import DirectReplies, may_reply_directly
 from consortium.node.telemetry import context_from
-from consortium.protocols.a2a_errors import from_rejection
+from consortium.node.validation import validate_send_request
+from consortium.protocols.a2a_errors import (
+    PermissionDeniedError,
+    UnauthenticatedError,
+    from_rejection,
+)
+from consortium.protocols.call_proof import sign_call
 from consortium.protocols.signed_message import (
     MessageVerifier,
     Rejected,
     SignedParts,
+    SigningIdentity,
     TaskEvent,
     Verified,
     read_signed,
-    sign_event,
-    sign_message,
-    sign_message_and_digest,
+    sign_answer,
+    sign_request,
+    sign_task_event,
 )
+from consortium.trust.api_keys import ApiKeys, parse_token
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +60,177 @@ log = logging.getLogger(__name__)
 VERIFIED_KEY = "consortium.verified"
 
 
+class CallerRefused(Exception):
+    """Internal: the caller could not be admitted; `error` is what the client sees."""
+
+    def __init__(self, reason: str, error: A2AError) -> None:
+        self.reason = reason
+        self.error = error
+        super().__init__(reason)
+
+
 class NodeRequestHandler(DefaultRequestHandler):
     def __init__(
         self,
         *args: object,
         tracer: trace.Tracer,
         verifier: MessageVerifier | None = None,
+        keys: ApiKeys | None = None,
+        anonymous_loopback: bool = False,
+        member_cn: bool = True,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.tracer = tracer
         self.verifier = verifier
+        self.keys = keys
+        self.anonymous_loopback = anonymous_loopback
+        self.member_cn = member_cn
         self.refusals: Counter[str] = Counter()
 
-    @contextmanager
-    def _receive(
+    # -- admission -----------------------------------------------------------------
+
+    def _refused(self, reason: str, error: A2AError, what: str) -> A2AError:
+        self.refusals[reason] += 1
+        log.warning("refused %s: %s", what, reason)
+        return error
+
+    def _caller(
+        self,
+        method: str,
+        params: ProtoMessage,
+        context: ServerCallContext,
+        stranger: Rejected | None = None,
+    ) -> Caller:
+        """The caller proven by the call's credentials (API key, call proof, loopback);
+        raises the A2A error to send otherwise (`stranger`: the refusal for a caller with
+        no credentials at all)."""
+        creds = credentials_of(context)
+        if creds.authorization is not None:
+            token = parse_token(creds.authorization)
+            key = self.keys.authenticate(token) if token and self.keys is not None else None
+            if key is None:
+                raise self._refused(
+                    "invalid_key",
+                    UnauthenticatedError(message="the API key is not valid"),
+                    f"{method} call",
+                )
+            return Caller("key", key.id, key.admin)
+        if creds.proof is not None:
+            if self.verifier is None:
+                raise self._refused(
+                    "not_federated",
+                    UnauthenticatedError(message="this node is not in a federation"),
+                    f"{method} call",
+                )
+            try:
+                verified = self.verifier.verify_call(creds.proof, method, params)
+            except Rejected as e:
+                raise self._refused(e.reason, from_rejection(e), f"{method} call") from None
+            return self._member(verified.claims.sender, context, method)
+        if creds.loopback and self.anonymous_loopback:
+            return ANONYMOUS
+        if stranger is not None:
+            raise self._refused(stranger.reason, from_rejection(stranger), f"{method} call")
+        raise self._refused(
+            "no_credentials",
+            UnauthenticatedError(
+                message="credentials required: an API key (Authorization: Bearer), "
+                "or a member's signature"
+            ),
+            f"{method} call",
+        )
+
+    def _member(self, org: str, context: ServerCallContext, what: str) -> Caller:
+        """A verified member, whose TLS client certificate (mTLS) must name it."""
+        names = credentials_of(context).tls_names
+        if names and self.member_cn and org not in names:
+            raise self._refused(
+                "tls_mismatch",
+                PermissionDeniedError(
+                    message="the TLS client certificate does not name the signing organization"
+                ),
+                what,
+            )
+        return Caller("member", org)
+
+    def _admit(
+        self,
+        method: str,
+        params: ProtoMessage,
+        context: ServerCallContext,
+        stranger: Rejected | None = None,
+    ) -> Caller:
+        caller = self._caller(method, params, context, stranger)
+        context.user = CallerUser(caller)
+        log.debug("%s call admitted for %s", method, caller.owner)
+        return caller
+
+    def _admit_message(
+        self,
+        method: str,
+        params: a2a_pb2.SendMessageRequest,
+        parts: SignedParts | Rejected | None,
+        context: ServerCallContext,
+    ) -> a2a_pb2.SendMessageRequest:
+        """Admits the sender of a message; returns the request to act on (for a member,
+        only what its signature covers: the message)."""
+        validate_send_request(params)
+        if self.verifier is not None and parts is not None:
+            verified = self._verify(params, parts, context)
+            caller = self._member(
+                verified.claims.sender, context, f"message {safe(params.message.message_id)}"
+            )
+            context.user = CallerUser(caller)
+            # Request-level fields (configuration, metadata) are outside the signature.
+            return a2a_pb2.SendMessageRequest(message=params.message, tenant=params.tenant)
+        # In a federation, a caller without credentials is told what members need.
+        unsigned = (
+            Rejected("unsigned", "the message carries no Consortium signature")
+            if self.verifier is not None
+            else None
+        )
+        self._admit(method, params, context, unsigned)
+        return params
+
+    def _verify(
+        self,
+        params: a2a_pb2.SendMessageRequest,
+        parts: SignedParts | Rejected,
+        context: ServerCallContext,
+    ) -> Verified:
+        assert self.verifier is not None
+        with self.tracer.start_as_current_span("consortium.verify") as span:
+            try:
+                if isinstance(parts, Rejected):
+                    raise parts
+                verified = self.verifier.check(params.message, parts)
+            except Rejected as e:
+                self.refusals[e.reason] += 1
+                span.set_attributes(
+                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
+                )
+                span.set_status(Status(StatusCode.ERROR, e.reason))
+                log.warning(
+                    "refused message %s: %s (%s)",
+                    safe(params.message.message_id or "-"),
+                    e.reason,
+                    e.code,
+                )
+                raise from_rejection(e) from None
+            span.set_attributes(
+                {"consortium.verdict": "verified", "consortium.key.id": verified.claims.kid}
+            )
+        context.state[VERIFIED_KEY] = verified
+        return verified
+
+    # -- messages ------------------------------------------------------------------
+
+    def _receive_span(
         self, method: str, params: a2a_pb2.SendMessageRequest
-    ) -> Iterator[SignedParts | Rejected | None]:
-        """The server span of one message, a child of the sender's traceparent if any;
-        yields the message's signed parts (None if unsigned, Rejected if unreadable)."""
+    ) -> tuple[Span, SignedParts | Rejected | None]:
+        """The server span of one message, a child of the sender's traceparent if any, and
+        the message's signed parts (None if unsigned, Rejected if unreadable)."""
         message = params.message
         parent = None
         attributes = {"consortium.message.id": message.message_id, "rpc.method": method}
@@ -78,49 +247,18 @@ class NodeRequestHandler(DefaultRequestHandler):
                     "consortium.recipient": parts.claims.recipient,
                 }
             )
-        with self.tracer.start_as_current_span(
+        span = self.tracer.start_span(
             f"a2a.receive {method}", context=parent, kind=SpanKind.SERVER, attributes=attributes
-        ):
-            yield parts
-
-    def _verify(
-        self,
-        params: a2a_pb2.SendMessageRequest,
-        parts: SignedParts | Rejected | None,
-        context: ServerCallContext,
-    ) -> None:
-        if self.verifier is None:
-            return
-        with self.tracer.start_as_current_span("consortium.verify") as span:
-            try:
-                if isinstance(parts, Rejected):
-                    raise parts
-                if parts is None:
-                    raise Rejected("unsigned", "the message carries no Consortium signature")
-                verified = self.verifier.check(params.message, parts)
-            except Rejected as e:
-                self.refusals[e.reason] += 1
-                span.set_attributes(
-                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
-                )
-                span.set_status(Status(StatusCode.ERROR, e.reason))
-                log.warning(
-                    "refused message %s: %s (%s)",
-                    params.message.message_id or "-",
-                    e.reason,
-                    e.code,
-                )
-                raise from_rejection(e) from None
-            span.set_attributes(
-                {"consortium.verdict": "verified", "consortium.key.id": verified.claims.kid}
-            )
-        context.state[VERIFIED_KEY] = verified
+        )
+        return span, parts
 
     async def on_message_send(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> a2a_pb2.Message | a2a_pb2.Task:
-        with self._receive("SendMessage", params) as parts:
-            self._verify(params, parts, context)
+        validate_send_request(params)
+        span, parts = self._receive_span("SendMessage", params)
+        with trace.use_span(span, end_on_exit=True):
+            params = self._admit_message("SendMessage", params, parts, context)
             executor = self.agent_executor
             if isinstance(executor, DirectReplies) and may_reply_directly(params):
                 validate_required_fields(params)
@@ -133,10 +271,94 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_message_send_stream(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
-        with self._receive("SendStreamingMessage", params) as parts:
-            self._verify(params, parts, context)
-            async for event in super().on_message_send_stream(params, context):
+        # The span is made current only around each step of the stream, never across a
+        # yield: the consumer resumes this generator in contexts of its own, and a context
+        # attached in one cannot be detached in another.
+        validate_send_request(params)
+        span, parts = self._receive_span("SendStreamingMessage", params)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                params = self._admit_message("SendStreamingMessage", params, parts, context)
+                stream = super().on_message_send_stream(params, context)
+            while True:
+                with trace.use_span(span, end_on_exit=False):
+                    try:
+                        event = await anext(stream)
+                    except StopAsyncIteration:
+                        break
                 yield event
+        finally:
+            span.end()
+
+    # -- task methods --------------------------------------------------------------
+
+    async def on_get_task(
+        self, params: a2a_pb2.GetTaskRequest, context: ServerCallContext
+    ) -> a2a_pb2.Task | None:
+        self._admit("GetTask", params, context)
+        result: a2a_pb2.Task | None = await super().on_get_task(params, context)
+        return result
+
+    async def on_list_tasks(
+        self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
+    ) -> a2a_pb2.ListTasksResponse:
+        self._admit("ListTasks", params, context)
+        result: a2a_pb2.ListTasksResponse = await super().on_list_tasks(params, context)
+        return result
+
+    async def on_cancel_task(
+        self, params: a2a_pb2.CancelTaskRequest, context: ServerCallContext
+    ) -> a2a_pb2.Task | None:
+        self._admit("CancelTask", params, context)
+        result: a2a_pb2.Task | None = await super().on_cancel_task(params, context)
+        return result
+
+    async def on_subscribe_to_task(
+        self, params: a2a_pb2.SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event, None]:
+        self._admit("SubscribeToTask", params, context)
+        async for event in super().on_subscribe_to_task(params, context):
+            yield event
+
+    async def on_create_task_push_notification_config(
+        self, params: a2a_pb2.TaskPushNotificationConfig, context: ServerCallContext
+    ) -> a2a_pb2.TaskPushNotificationConfig:
+        self._admit("CreateTaskPushNotificationConfig", params, context)
+        result: a2a_pb2.TaskPushNotificationConfig = (
+            await super().on_create_task_push_notification_config(params, context)
+        )
+        return result
+
+    async def on_get_task_push_notification_config(
+        self, params: a2a_pb2.GetTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> a2a_pb2.TaskPushNotificationConfig:
+        self._admit("GetTaskPushNotificationConfig", params, context)
+        result: a2a_pb2.TaskPushNotificationConfig = (
+            await super().on_get_task_push_notification_config(params, context)
+        )
+        return result
+
+    async def on_list_task_push_notification_configs(
+        self, params: a2a_pb2.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
+    ) -> a2a_pb2.ListTaskPushNotificationConfigsResponse:
+        self._admit("ListTaskPushNotificationConfigs", params, context)
+        result: a2a_pb2.ListTaskPushNotificationConfigsResponse = (
+            await super().on_list_task_push_notification_configs(params, context)
+        )
+        return result
+
+    async def on_delete_task_push_notification_config(
+        self, params: a2a_pb2.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> None:
+        self._admit("DeleteTaskPushNotificationConfig", params, context)
+        await super().on_delete_task_push_notification_config(params, context)
+
+    async def on_get_extended_agent_card(
+        self, params: a2a_pb2.GetExtendedAgentCardRequest, context: ServerCallContext
+    ) -> a2a_pb2.AgentCard:
+        self._admit("GetExtendedAgentCard", params, context)
+        result: a2a_pb2.AgentCard = await super().on_get_extended_agent_card(params, context)
+        return result
 
 
 def validate_required_fields(params: a2a_pb2.SendMessageRequest) -> None:
@@ -150,42 +372,49 @@ def validate_required_fields(params: a2a_pb2.SendMessageRequest) -> None:
 
 
 class ResponseSigner:
-    """Signs what this node sends to peers; answers are bound to the peer's request."""
+    """Signs what this node sends to peers: requests, call proofs, and answers and task
+    events bound to the peer's request."""
 
     def __init__(self, *, org_id: str, federation_id: str, key: jwk.JWK) -> None:
         self.org_id = org_id
         self.federation_id = federation_id
         self.key = key
-
-    def _bound_to(self, request: Verified) -> dict[str, Any]:
-        """Signing arguments of anything sent back for a peer's request."""
-        return {
-            "key": self.key,
-            "sender": self.org_id,
-            "recipient": request.claims.sender,
-            "federation": self.federation_id,
-            "request_digest": request.digest,
-            "traceparent": request.claims.traceparent,
-        }
+        self.identity = SigningIdentity(key, org_id, federation_id)
 
     def sign_reply(self, message: a2a_pb2.Message, request: Verified) -> a2a_pb2.Message:
-        return sign_message(message, **self._bound_to(request))
+        return sign_answer(
+            message,
+            self.identity,
+            recipient=request.claims.sender,
+            request_digest=request.digest,
+            traceparent=request.claims.traceparent,
+        )
 
     def sign_event(self, event: TaskEvent, request: Verified) -> TaskEvent:
-        return sign_event(event, **self._bound_to(request))
+        return sign_task_event(
+            event,
+            self.identity,
+            recipient=request.claims.sender,
+            request_digest=request.digest,
+            traceparent=request.claims.traceparent,
+        )
+
+    def sign_call(self, method: str, request: ProtoMessage, recipient: str) -> str:
+        """A call proof for a task method (GetTask, ListTasks, ...) on `recipient`'s node."""
+        return sign_call(
+            method,
+            request,
+            key=self.key,
+            sender=self.org_id,
+            recipient=recipient,
+            federation=self.federation_id,
+        )
 
     def sign_request(
         self, message: a2a_pb2.Message, recipient: str, traceparent: str = ""
     ) -> tuple[a2a_pb2.Message, str]:
         """The signed request and its digest, which every answer to it must bind to."""
-        return sign_message_and_digest(
-            message,
-            key=self.key,
-            sender=self.org_id,
-            recipient=recipient,
-            federation=self.federation_id,
-            traceparent=traceparent,
-        )
+        return sign_request(message, self.identity, recipient=recipient, traceparent=traceparent)
 
 
 class SigningEventQueue:

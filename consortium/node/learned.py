@@ -95,17 +95,20 @@ class PolicyHolder:
 
 
 class LazyEncoder:
-    """The sentence encoder, loaded in a thread on first use."""
+    """The sentence encoder, loaded in a thread (the node loads it at start-up)."""
 
     def __init__(self) -> None:
         self._encoder: Any = None
         self._lock = asyncio.Lock()
 
-    async def embed(self, text: str) -> list[float]:
+    async def load(self) -> None:
         async with self._lock:
             if self._encoder is None:
                 from consortium.node.embeddings import SentenceEncoder
 
                 self._encoder = await asyncio.to_thread(SentenceEncoder)
+
+    async def embed(self, text: str) -> list[float]:
+        await self.load()
         vectors = await asyncio.to_thread(self._encoder.encode, [text])
         return [float(x) for x in vectors[0]]

@@ -23,6 +23,7 @@ from typing import Any
 
 from consortium.errors import ConfigError, TaskError
 from consortium.federation.routing_data import RoutingRecord, RoutingRecords
+from consortium.logsafe import safe
 from consortium.node.config import GroupSection, RoutingSection
 from consortium.node.executor_options import RequestOptions
 from consortium.node.llm.base import ChatMessage, GenerationParams, TokenLogprob
@@ -374,7 +375,7 @@ class Orchestrator:
                 feature_names(len(record.features) - len(feature_names(0))),
             )
         except (ValueError, OSError, sqlite3.Error) as e:
-            log.warning("task %s: routing record not stored: %s", record.task_id, e)
+            log.warning("task %s: routing record not stored: %s", record.task_id, safe(e, 300))
 
     def _require_peers(self) -> PeerClient:
         if self._peers is None:

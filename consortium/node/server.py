@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -52,10 +53,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from consortium.federation.routing_data import RoutingRecords
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
-from consortium.node.config import NodeConfig
+from consortium.node.auth import (
+    Credentials,
+    GrpcContextBuilder,
+    HttpContextBuilder,
+    http_credentials,
+)
+from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.conformance import ConformanceExecutor
 from consortium.node.executor import ExecutorSettings, ModelExecutor
 from consortium.node.federated import NodeRequestHandler, ResponseSigner
+from consortium.node.http_guard import RequestGuard
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.llm.base import LLMBackend
 from consortium.node.llm.registry import default_prompt_format
@@ -66,9 +74,11 @@ from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
 from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
 from consortium.protocols.signed_message import MessageVerifier
+from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
-from consortium.trust.tls import server_credentials
+from consortium.trust.tls import server_credentials, server_ssl_options
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,7 @@ SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 SUPPORTED_MAJOR_MINOR = (1, 0)
+RETENTION_INTERVAL_S = 3600.0
 
 
 class SpecGrpcHandler(GrpcHandler):
@@ -185,71 +196,6 @@ def _streaming(
     return handle
 
 
-JSON_MEDIA_TYPES = {"application/json", "application/a2a+json"}
-
-
-def _jsonrpc_error(code: int, message: str, http_status: int) -> JSONResponse:
-    return JSONResponse(
-        {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}},
-        status_code=http_status,
-    )
-
-
-class RequestGuard:
-    """ASGI middleware in front of the JSON-RPC app: a body over the size limit gets
-    HTTP 413 and a JSON-RPC error; a POST that is not JSON gets ContentTypeNotSupported."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
-            return
-        content_type = headers.get(b"content-type", b"").decode("latin-1")
-        media_type = content_type.split(";")[0].strip().lower()
-        if scope.get("method") == "POST" and media_type and media_type not in JSON_MEDIA_TYPES:
-            response = _jsonrpc_error(
-                -32005, f"content type {media_type!r} is not supported; send application/json", 415
-            )
-            await response(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body = msg.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(body)
-            more = msg.get("more_body", False)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"request body exceeds the limit of {self.max_bytes} bytes"
-        await _jsonrpc_error(-32600, message, 413)(scope, receive, send)
-
-
 class CardLastModified:
     """ASGI middleware: the agent card carries Last-Modified (when this node started)."""
 
@@ -330,6 +276,8 @@ class Node:
         self.replay: ReplayCache | None = None
         self.policy: PolicyHolder | None = None
         self.records: RoutingRecords | None = None
+        self.keys: ApiKeys | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -340,8 +288,12 @@ class Node:
 
     async def _start(self) -> Endpoints:
         cfg = self.config
+        secure_directory(cfg.data_dir)
         self.store = SqliteTaskStore(cfg.database_path)
+        self.store.repair()
         self.store.fail_unfinished("the node stopped before the task finished")
+        self.keys = ApiKeys(cfg.api_keys_path)
+        self._housekeeping = asyncio.create_task(self._expire_tasks())
         federation = self._join_federation()  # before loading the model: fail fast
         check_groups(self.config.groups, self.config.node.org_id, federation is not None)
         info = await self.worker.start()
@@ -380,7 +332,7 @@ class Node:
         http_port = http_sock.getsockname()[1]
         host = cfg.advertised_host
         self.endpoints = Endpoints(
-            grpc_port, http_port, f"{host}:{grpc_port}", f"http://{host}:{http_port}"
+            grpc_port, http_port, f"{host}:{grpc_port}", f"{cfg.http_scheme}://{host}:{http_port}"
         )
         self.card = build_agent_card(
             org_id=cfg.node.org_id,
@@ -393,6 +345,7 @@ class Node:
             context_size=info.context_size,
             public_keys=self._public_keys(),
             federation_id=federation.roster.current().federation_id if federation else "",
+            mutual_tls=cfg.tls is not None and cfg.tls.client_auth,
         )
         tel = cfg.telemetry
         self.tracer_provider = make_provider(
@@ -403,7 +356,7 @@ class Node:
         self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
         if federation is not None:
             federation.peers.tracer = self.tracer
-        orchestrator = self._orchestrator(federation)
+        orchestrator = await self._orchestrator(federation)
         executor: AgentExecutor = ModelExecutor(
             self.worker,
             ExecutorSettings(
@@ -427,43 +380,27 @@ class Node:
             agent_card=self.card,
             tracer=self.tracer,
             verifier=federation.verifier if federation else None,
+            keys=self.keys,
+            anonymous_loopback=cfg.auth.anonymous_loopback,
+            member_cn=cfg.tls.member_cn if cfg.tls is not None else True,
         )
-        self._grpc.add_generic_rpc_handlers((a2a_generic_handler(SpecGrpcHandler(self.handler)),))
+        self._grpc.add_generic_rpc_handlers(
+            (a2a_generic_handler(SpecGrpcHandler(self.handler, GrpcContextBuilder())),)
+        )
         reflection.enable_server_reflection(
             (A2A_SERVICE.full_name, reflection.SERVICE_NAME), self._grpc
         )
         await self._grpc.start()
-
-        handler = self.handler
-
-        async def healthz(_: Request) -> Response:
-            body: dict[str, Any] = {"status": "ok", "org_id": cfg.node.org_id, "model": info.name}
-            if self.federation is not None:
-                roster = self.federation.roster
-                body["federation"] = {
-                    "id": roster.current().federation_id,
-                    "roster_version": roster.current().version,
-                    "roster_reloads": roster.reloads,
-                    "rosters_refused": roster.refused,
-                    "messages_refused": dict(handler.refusals),
-                }
-            if self.records is not None:
-                body["routing_records"] = self.records.counts()
-            if self.policy is not None:
-                body["routing_policy"] = {
-                    "loaded": self.policy.loaded,
-                    "refused": self.policy.refused,
-                    "version": self.policy.version,
-                }
-            return JSONResponse(body)
 
         app = Starlette(
             routes=[
                 *create_agent_card_routes(
                     self.card, cache_control=f"public, max-age={cfg.server.agent_card_max_age_s}"
                 ),
-                *create_jsonrpc_routes(self.handler, rpc_url=JSONRPC_PATH),
-                Route("/healthz", healthz, methods=["GET"]),
+                *create_jsonrpc_routes(
+                    self.handler, rpc_url=JSONRPC_PATH, context_builder=HttpContextBuilder()
+                ),
+                Route("/healthz", self._healthz, methods=["GET"]),
             ]
         )
         self._http = _QuietServer(
@@ -473,6 +410,7 @@ class Node:
                 lifespan="off",
                 access_log=False,
                 timeout_graceful_shutdown=int(cfg.server.shutdown_grace_s) or None,
+                **self._http_tls(),
             )
         )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
@@ -491,6 +429,67 @@ class Node:
             self.endpoints.http_url,
         )
         return self.endpoints
+
+    async def _expire_tasks(self) -> None:
+        """Deletes finished tasks past `server.task_retention_days`: now, then hourly."""
+        days = self.config.server.task_retention_days
+        if days <= 0:
+            return
+        while self.store is not None:
+            try:
+                n = await asyncio.to_thread(self.store.delete_expired, days)
+            except sqlite3.Error as e:
+                log.error("task retention: %s", e)
+            else:
+                if n:
+                    log.info("deleted %d task(s) older than %g days", n, days)
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    def _http_tls(self) -> dict[str, Any]:
+        """uvicorn's TLS options: the HTTP port serves TLS whenever gRPC does, and requires
+        client certificates under mutual TLS, so it never bypasses what gRPC enforces."""
+        t = self.config.tls
+        if t is None:
+            return {}
+        cfg = self.config
+        return server_ssl_options(
+            cfg.resolve(t.cert), cfg.resolve(t.key), cfg.resolve(t.ca) if t.client_auth else None
+        )
+
+    async def _healthz(self, request: Request) -> Response:
+        host = request.client.host if request.client else None
+        return JSONResponse(self.health(http_credentials(request.headers, host)))
+
+    def health(self, creds: Credentials) -> dict[str, Any]:
+        """Liveness for anyone; details (counters, roster, policy) only for a caller on
+        loopback or holding an admin API key."""
+        cfg = self.config
+        body: dict[str, Any] = {"status": "ok"}
+        token = parse_token(creds.authorization) if creds.authorization else None
+        key = self.keys.authenticate(token) if token and self.keys is not None else None
+        if not (creds.loopback or (key is not None and key.admin)):
+            return body
+        body.update({"org_id": cfg.node.org_id, "model": self.worker.info.name})
+        if self.handler is not None:
+            body["refusals"] = dict(self.handler.refusals)
+        if self.federation is not None:
+            roster = self.federation.roster
+            body["federation"] = {
+                "id": roster.current().federation_id,
+                "roster_version": roster.current().version,
+                "roster_reloads": roster.reloads,
+                "rosters_refused": roster.refused,
+                "messages_refused": dict(self.handler.refusals) if self.handler else {},
+            }
+        if self.records is not None:
+            body["routing_records"] = self.records.counts()
+        if self.policy is not None:
+            body["routing_policy"] = {
+                "loaded": self.policy.loaded,
+                "refused": self.policy.refused,
+                "version": self.policy.version,
+            }
+        return body
 
     def _join_federation(self) -> Federation | None:
         """Loads the roster (refusing an invalid one), the replay cache and the keys."""
@@ -528,8 +527,12 @@ class Node:
         )
         return self.federation
 
-    def _orchestrator(self, federation: Federation | None) -> Orchestrator:
-        """Routing and groups as node.toml declares them ([routing], [groups.NAME])."""
+    async def _orchestrator(self, federation: Federation | None) -> Orchestrator:
+        """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
+
+        The sentence encoder (MiniLM, ~500 MB) is loaded here, at start-up, when the
+        configured router or its routing records need it; otherwise there is none, so no
+        caller can make the node load it (a per-request learned route is then refused)."""
         cfg = self.config
         learned = None
         if cfg.routing.policy:
@@ -544,6 +547,10 @@ class Node:
             learned = self.policy.router
         if cfg.routing.record:
             self.records = RoutingRecords(cfg.database_path)
+        encoder = None
+        if needs_encoder(cfg.routing):
+            encoder = LazyEncoder()
+            await encoder.load()
         return Orchestrator(
             org_id=cfg.node.org_id,
             worker=self.worker,
@@ -551,7 +558,7 @@ class Node:
             groups=dict(cfg.groups),
             peers=federation.peers if federation else None,
             learned=learned,
-            embed=LazyEncoder().embed,
+            embed=encoder.embed if encoder is not None else None,
             records=self.records,
         )
 
@@ -573,6 +580,10 @@ class Node:
             return
         self._stopped = True
         grace = self.config.server.shutdown_grace_s
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
         if self._http is not None:
             self._http.should_exit = True
         if self._grpc is not None:
@@ -594,12 +605,22 @@ class Node:
             self.replay.close()
         if self.records is not None:
             self.records.close()
+        if self.keys is not None:
+            self.keys.close()
         if self.store is not None:
             self.store.fail_unfinished("the node shut down before the task finished")
             self.store.close()
+        secure_directory(self.config.data_dir)
         if self.endpoints is not None:
             self._endpoints_file().unlink(missing_ok=True)
             log.info("node %s stopped", self.config.node.org_id)
+
+
+def needs_encoder(routing: RoutingSection) -> bool:
+    """The learned router embeds each question; so do routing records, which every router
+    but `local` keeps (unless `record = false`)."""
+    router = routing.router.split(":")[0]
+    return bool(routing.policy) or router == "learned" or (routing.record and router != "local")
 
 
 def endpoints_file(config: NodeConfig) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,9 +10,12 @@ from jwcrypto import jwk
 
 from consortium.errors import ConfigError
 from consortium.node.agent_card import build_agent_card
+from consortium.node.auth import is_loopback
 from consortium.node.config import NodeConfig, load_config
 from consortium.node.llm.registry import BUNDLED
 from consortium.node.server import card_json
+from consortium.trust.api_keys import ApiKeys
+from consortium.trust.files import secure_directory
 from consortium.trust.keys import (
     generate_key,
     key_id,
@@ -51,9 +55,16 @@ temperature = 0.0
 private_key = "keys/private.jwk"  # mode 0600, never logged
 public_key = "keys/public.jwk"
 
+[auth]
+# Callers from loopback without an API key share one anonymous scope (their own tasks only).
+anonymous_loopback = {anonymous_loopback}
+
 [logging]
 level = "INFO"
 """
+
+# The API key `consortium ask` uses, made by `init` (mode 0600; the node keeps its hash).
+API_KEY_FILE = "keys/api.key"
 
 
 TLS_TOML = """
@@ -129,11 +140,38 @@ def init_node(
             grpc_port=grpc_port,
             http_port=http_port,
             model_line=model_line,
+            anonymous_loopback=str(is_loopback(host) or host == "localhost").lower(),
         )
         + tls_section
     )
-    card_path = write_card_file(load_config(config_path), config_path, key)
+    cfg = load_config(config_path)
+    write_owner_key(cfg, directory / API_KEY_FILE)
+    card_path = write_card_file(cfg, config_path, key)
     return InitResult(config_path, private_path, public_path, card_path, key_id(key))
+
+
+def write_owner_key(cfg: NodeConfig, path: Path) -> None:
+    """An admin API key for the organization's own tools (`consortium ask`, /healthz)."""
+    secure_directory(cfg.data_dir)
+    keys = ApiKeys(cfg.api_keys_path)
+    try:
+        _, token = keys.create("owner", admin=True)
+    finally:
+        keys.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    path.chmod(0o600)
+
+
+def local_api_key(cfg: NodeConfig) -> str | None:
+    """The API key `init` left for this node's own tools, if any."""
+    path = cfg.base_dir / API_KEY_FILE
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def write_card_file(cfg: NodeConfig, config_path: Path, key: jwk.JWK) -> Path:
@@ -148,6 +186,7 @@ def write_card_file(cfg: NodeConfig, config_path: Path, key: jwk.JWK) -> Path:
         model_backend=cfg.model.backend,
         context_size=cfg.model.context_size,
         public_keys=[public_jwk(key)],
+        mutual_tls=cfg.tls is not None and cfg.tls.client_auth,
     )
     card_path = config_path.parent / "agent-card.json"
     card_path.write_text(card_json(card))

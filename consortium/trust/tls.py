@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +147,25 @@ def channel_credentials(
         private_key=_read(key, "TLS key") if key else None,
         certificate_chain=_read(cert, "TLS certificate") if cert else None,
     )
+
+
+def client_ssl_context(
+    ca: Path, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """For HTTPS calls to nodes: trusts `ca`, and presents our certificate (mutual TLS)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def server_ssl_options(cert: Path, key: Path, client_ca: Path | None) -> dict[str, object]:
+    """uvicorn's TLS settings for the HTTP endpoint: the same certificate as gRPC, and
+    client certificates from `client_ca` required when it is given."""
+    for path, what in ((cert, "TLS certificate"), (key, "TLS key")):
+        _read(path, what)
+    options: dict[str, object] = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    if client_ca is not None:
+        _read(client_ca, "client CA")
+        options.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options

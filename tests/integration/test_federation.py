@@ -25,6 +25,7 @@ from consortium.node.client import ask, open_client, text_message
 from consortium.node.config import parse_config
 from consortium.node.server import Node
 from consortium.node.setup import init_node
+from consortium.protocols.call_proof import PROOF_HEADER, sign_call
 from consortium.protocols.signed_message import sign_message
 from consortium.trust.keys import load_private_key
 
@@ -32,9 +33,10 @@ ORGS = ("acme", "globex", "initech")
 
 
 class Federation:
-    def __init__(self, tmp: Path, mtls: bool = False) -> None:
+    def __init__(self, tmp: Path, mtls: bool = False, **model: Any) -> None:
         self.tmp = tmp
         self.mtls = mtls
+        self.model = model
         paths = create_federation("Test Federation", tmp / "fed")
         self.roster, self.admin_key = paths.roster, paths.admin_private
         self.admin_pub = paths.admin_public
@@ -51,7 +53,7 @@ class Federation:
                 "stream_interval_s": 0.0,
                 "shutdown_grace_s": 1.0,
             },
-            "model": {"backend": "echo", "name": f"echo-{org}"},
+            "model": {"backend": "echo", "name": f"echo-{org}", **self.model},
             "federation": {"roster": str(self.roster), "admin_key": str(self.admin_pub)},
         }
         if self.mtls:
@@ -74,7 +76,7 @@ class Federation:
         for node in self.nodes.values():
             assert node.endpoints is not None
             url = node.endpoints.http_url + "/.well-known/agent-card.json"
-            async with httpx.AsyncClient() as http:
+            async with self.http(node) as http:
                 card = (await http.get(url)).json()
             add_member(self.roster, self.admin_key, member_from_card(card, url))
         await self.roster_seen(lambda r: len(r.members) == len(ORGS))
@@ -91,10 +93,14 @@ class Federation:
         for node in self.nodes.values():
             await node.stop()
 
+    def http(self, node: Node) -> httpx.AsyncClient:
+        """An HTTP client for a node: HTTPS with this node's certificate under mTLS."""
+        return httpx.AsyncClient(verify=node.config.client_ssl_context() or True)
+
     async def healthz(self, org: str) -> dict[str, Any]:
         node = self.nodes[org]
         assert node.endpoints is not None
-        async with httpx.AsyncClient() as http:
+        async with self.http(node) as http:
             body: dict[str, Any] = (await http.get(node.endpoints.http_url + "/healthz")).json()
         return body
 
@@ -204,7 +210,16 @@ async def test_message_for_another_recipient_never_reaches_the_model(fed: Federa
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await s.SendMessage(a2a_pb2.SendMessageRequest(message=msg))
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        listed = await s.ListTasks(a2a_pb2.ListTasksRequest())
+        list_all = a2a_pb2.ListTasksRequest()
+        proof = sign_call(
+            "ListTasks",
+            list_all,
+            key=key,
+            sender="acme",
+            recipient="globex",
+            federation="test-federation",
+        )
+        listed = await s.ListTasks(list_all, metadata=((PROOF_HEADER, proof),))
     assert list(listed.tasks) == []  # no task was created
 
 

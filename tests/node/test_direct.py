@@ -16,6 +16,7 @@ from opentelemetry.trace import NoOpTracer
 
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.node.agent_card import build_agent_card
+from consortium.node.auth import ANONYMOUS, CREDENTIALS_KEY, CallerUser, Credentials
 from consortium.node.client import text_message
 from consortium.node.direct import DirectReplies
 from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler
@@ -83,13 +84,20 @@ def handler(
             agent_card=card,
             tracer=NoOpTracer(),
             verifier=verifier,
+            anonymous_loopback=True,
         ),
         store,
     )
 
 
+def local() -> ServerCallContext:
+    """The call context of an anonymous caller on loopback."""
+    return ServerCallContext(state={CREDENTIALS_KEY: Credentials(loopback=True)})
+
+
 async def listed(store: SqliteTaskStore) -> int:
-    result = await store.list(a2a_pb2.ListTasksRequest(), ServerCallContext())
+    scope = ServerCallContext(user=CallerUser(ANONYMOUS))
+    result = await store.list(a2a_pb2.ListTasksRequest(), scope)
     return len(result.tasks)
 
 
@@ -99,7 +107,7 @@ async def test_a_direct_reply_is_returned_as_a_message_and_creates_no_task(
     executor = Quick()
     h, store = handler(tmp_path, executor)
     result = await h.on_message_send(
-        a2a_pb2.SendMessageRequest(message=text_message("quick one")), ServerCallContext()
+        a2a_pb2.SendMessageRequest(message=text_message("quick one")), local()
     )
     assert isinstance(result, a2a_pb2.Message)
     assert result.parts[0].text == "QUICK ONE"
@@ -111,7 +119,7 @@ async def test_a_declined_reply_takes_the_task_path(tmp_path: Path) -> None:
     executor = Quick()
     h, store = handler(tmp_path, executor)
     result = await h.on_message_send(
-        a2a_pb2.SendMessageRequest(message=text_message("slow one")), ServerCallContext()
+        a2a_pb2.SendMessageRequest(message=text_message("slow one")), local()
     )
     assert isinstance(result, a2a_pb2.Task)
     assert result.status.state == a2a_pb2.TASK_STATE_COMPLETED
@@ -125,7 +133,7 @@ async def test_a_message_naming_a_task_never_replies_directly(tmp_path: Path) ->
     message = text_message("quick but for a task")
     message.task_id = "no-such-task"
     with pytest.raises(TaskNotFoundError):
-        await h.on_message_send(a2a_pb2.SendMessageRequest(message=message), ServerCallContext())
+        await h.on_message_send(a2a_pb2.SendMessageRequest(message=message), local())
     assert executor.replied == []
 
 
@@ -134,7 +142,7 @@ async def test_a_malformed_message_is_refused_before_the_reply(tmp_path: Path) -
     h, _ = handler(tmp_path, executor)
     message = a2a_pb2.Message(role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text="quick")])
     with pytest.raises(InvalidParamsError):
-        await h.on_message_send(a2a_pb2.SendMessageRequest(message=message), ServerCallContext())
+        await h.on_message_send(a2a_pb2.SendMessageRequest(message=message), local())
     assert executor.replied == []
 
 
@@ -156,7 +164,7 @@ async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> No
     with pytest.raises(UnauthenticatedError):
         await h.on_message_send(
             a2a_pb2.SendMessageRequest(message=text_message("quick unsigned")),
-            ServerCallContext(),
+            ServerCallContext(state={CREDENTIALS_KEY: Credentials(loopback=False)}),
         )
     assert executor.replied == [] and h.refusals["unsigned"] == 1
     signed = sign_message(
@@ -166,9 +174,7 @@ async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> No
         recipient="acme",
         federation="fed",
     )
-    result = await h.on_message_send(
-        a2a_pb2.SendMessageRequest(message=signed), ServerCallContext()
-    )
+    result = await h.on_message_send(a2a_pb2.SendMessageRequest(message=signed), local())
     assert isinstance(result, a2a_pb2.Message) and result.parts[0].text == "QUICK SIGNED"
     (verified,) = executor.verified
     assert isinstance(verified, Verified) and verified.claims.sender == "globex"

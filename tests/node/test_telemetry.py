@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,37 @@ async def test_exporter_none_writes_nothing(start_node: NodeStarter) -> None:
     node = await start_node(telemetry={"exporter": "none"})
     await node.stop()
     assert not (node.config.data_dir / "traces.jsonl").exists()
+
+
+@pytest.mark.parametrize("transport", ["JSONRPC", "GRPC"])
+async def test_streaming_calls_trace_without_context_errors(
+    start_node: NodeStarter, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The receive span of a streamed call is current only within each step of the
+    stream: SSE resumes the generator in other contexts, where a context attached across a
+    yield could not be detached ("Failed to detach context")."""
+    node = await start_node()
+    client = open_client(await fetch_agent_card(node.endpoints.http_url), transport=transport)
+    with caplog.at_level(logging.WARNING):
+        try:
+            for _ in range(3):
+                answer = await ask(client, "stream me a few tokens")
+                assert answer.state == "completed"
+        finally:
+            await client.close()
+        await node.stop()
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")], [
+        r.getMessage() for r in caplog.records
+    ]
+    spans = [
+        json.loads(line)
+        for line in (node.config.data_dir / "traces.jsonl").read_text().splitlines()
+    ]
+    names = [
+        s["name"]
+        for batch in spans
+        for rs in batch["resourceSpans"]
+        for ss in rs["scopeSpans"]
+        for s in ss["spans"]
+    ]
+    assert names.count("a2a.receive SendStreamingMessage") == 3

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import stat
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +14,9 @@ import httpx
 import pytest
 
 from consortium.node.demo import start_node, stop_node
+from tests.integration.test_cli import run
 
-CLI = [sys.executable, "-m", "consortium.node.cli"]
 SECRET_TEXT = "Jane Q. Doe, SSN 078-05-1120, jane.doe@example.com, +1 212 555 0100"
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=120, check=False, env=env
-    )
 
 
 @pytest.fixture(scope="module")

@@ -56,11 +56,11 @@ INTERNAL_CODES = {
 class RunningNode:
     """A node serving from a background thread, with synchronous clients for the tests."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **sections: dict[str, Any]) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        cfg = make_config(data_dir)
+        cfg = make_config(data_dir, **sections)
         self.node = Node(cfg, backend_factory(cfg))
         self._run(self.node.start())
         assert self.node.endpoints

@@ -123,7 +123,7 @@ class RoutingSection(_Section):
     """How this node answers: locally, escalated to a peer, or by a group of members."""
 
     # local | always:ORG | always:GROUP | random:P | heuristic | self[:SIGNAL] | learned |
-    # cascade[:self_check]
+    # cascade[:confidence]
     router: str = "local"
     # Escalate when the router's score exceeds this (per router: see the README).
     threshold: float = 0.0
@@ -144,9 +144,9 @@ class RoutingSection(_Section):
     @field_validator("router")
     @classmethod
     def _router(cls, v: str) -> str:
-        from consortium.protocols.routing import parse_router
+        from consortium.protocols.routing import parse_node_router
 
-        parse_router(v)
+        parse_node_router(v)
         return v
 
 

@@ -65,7 +65,7 @@ from consortium.protocols.routing import (
     RoutingInput,
     SelfRouter,
     Signal,
-    parse_router,
+    parse_node_router,
     top_entropy,
 )
 from consortium.protocols.routing_features import feature_names, features
@@ -143,7 +143,7 @@ class Orchestrator:
     def router(self, spec: str | None) -> Router:
         spec = spec or self._routing.router
         try:
-            kind, arg = parse_router(spec)
+            kind, arg = parse_node_router(spec)
         except ValueError as e:
             raise TaskError(str(e)) from None
         threshold, target = self._routing.threshold, self._routing.target

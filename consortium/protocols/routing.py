@@ -418,3 +418,16 @@ def parse_router(spec: str) -> tuple[str, str]:
     if kind == "cascade" and arg not in ("", "confidence", "self_check"):
         raise ValueError("cascade takes :confidence or :self_check")
     return kind, arg
+
+
+def parse_node_router(spec: str) -> tuple[str, str]:
+    """`parse_router` for a router a node runs: a node scores its draft's confidence but
+    computes no self-check score, so `cascade:self_check` would silently fall back to the
+    confidence; it is refused instead."""
+    kind, arg = parse_router(spec)
+    if kind == "cascade" and arg == "self_check":
+        raise ValueError(
+            "cascade:self_check needs a self-check score, which a node does not compute; "
+            "use cascade (the draft's confidence)"
+        )
+    return kind, arg

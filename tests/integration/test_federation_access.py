@@ -7,6 +7,7 @@ member's certificate must name it. Every case on both bindings."""
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +275,7 @@ async def test_mutual_tls_closes_the_http_port_and_binds_the_member(tmp_path: Pa
             with pytest.raises(httpx.HTTPError):
                 await http.post(plain + "/", json=list_body)
         ca = str(globex.config.resolve(globex.config.tls.ca))  # type: ignore[union-attr]
-        async with httpx.AsyncClient(verify=ca) as http:
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca)) as http:
             with pytest.raises(httpx.HTTPError):
                 await http.post(globex.endpoints.http_url + "/", json=list_body)
         # A certificate alone is not an identity.

@@ -71,3 +71,24 @@ def test_not_utf8(tmp_path: Path) -> None:
     p = tmp_path / "node.toml"
     p.write_bytes(b"\xff\xfe[node]")
     assert "UTF-8" in error_for(p)
+
+
+def test_cascade_self_check_is_refused_on_a_node(tmp_path: Path) -> None:
+    """A node computes no self-check score: the router would silently use the draft's
+    confidence, so the config names the problem instead."""
+    msg = error_for(
+        write(tmp_path, "[node]\norg_id = 'a'\n[routing]\nrouter = 'cascade:self_check'\n")
+    )
+    assert "routing.router" in msg and "self-check" in msg
+    ok = write(tmp_path, "[node]\norg_id = 'a'\n[routing]\nrouter = 'cascade:confidence'\n")
+    assert load_config(ok).routing.router == "cascade:confidence"
+
+
+def test_auth_and_retention_settings(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[node]\norg_id = 'a'\n"))
+    assert cfg.auth.anonymous_loopback is False  # secure by default; init turns it on
+    assert cfg.server.task_retention_days == 30
+    msg = error_for(write(tmp_path, "[node]\norg_id = 'a'\n[auth]\nanonymous = true\n"))
+    assert "auth.anonymous" in msg and "unknown key" in msg
+    msg = error_for(write(tmp_path, "[node]\norg_id = 'a'\n[server]\ntask_retention_days = -1\n"))
+    assert "server.task_retention_days" in msg

@@ -24,7 +24,3 @@ def score_options(backend: LLMBackend, question: Question, context: str = "") ->
         chars=tuple(len(c) for c in conts),
     )
 
-
-def scoring_tokens(backend: LLMBackend, question: Question, scores: OptionScores) -> int:
-    """Tokens one scoring call processes: the prompt once, then every option."""
-    return backend.count_tokens(scoring_prompt(question)) + sum(scores.tokens)

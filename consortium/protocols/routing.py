@@ -113,8 +113,11 @@ class RoutingInput:
     budget: Budget = field(default_factory=Budget)
     # Features computed locally for learned routers (e.g. a sentence embedding).
     features: Mapping[str, Sequence[float]] = field(default_factory=dict)
-    # Tokens the escalated task is expected to use (prompt and answer), for its cost.
-    expected_tokens: int = 512
+
+
+# Tokens an escalated task is expected to use (prompt and answer): what a peer's price is
+# weighed at when a router chooses among peers within the budget.
+ESCALATION_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,7 @@ class _ThresholdRouter:
             return Decision("local", "", reason, s)
         if task.budget.max_peers == 0:
             return Decision("local", "", reason + "; the budget allows no peer", s)
-        target = self.target or choose_peer(task.peers, task.budget, task.expected_tokens)
+        target = self.target or choose_peer(task.peers, task.budget, ESCALATION_TOKENS)
         if not target:
             return Decision("local", "", reason + "; no peer within the budget", s)
         return Decision("escalate", target, reason, s)

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from consortium.launch.demo import start_node, stop_node
 from consortium.node.client import ask, fetch_agent_card, open_client
 from consortium.node.config import DEFAULT_SYSTEM_PROMPT
-from consortium.node.demo import start_node, stop_node
 from consortium.node.llm.llama_cpp_backend import system_info
 from consortium.node.llm.registry import BUNDLED, resolve_model_file
 from consortium.node.prompts import COMPLETION_STOPS, completion_prompt

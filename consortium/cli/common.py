@@ -1,10 +1,11 @@
-"""What the `consortium` command modules share: the Typer apps they register commands
-on, the consoles, and the error edge (a ConsortiumError prints one line and exits with
-its code)."""
+"""What the `consortium` command modules share: the consoles, the error edge (a
+ConsortiumError prints one line and exits with its code), SIGTERM handling for commands
+that start processes, and the rendering of benchmark results."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,33 +15,6 @@ import typer
 from rich.console import Console
 
 from consortium.errors import ConsortiumError
-
-app = typer.Typer(
-    name="consortium",
-    help="Consortium: a federated network of LLM agents, one node per organization.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-node_app = typer.Typer(help="Run this organization's node.", no_args_is_help=True)
-app.add_typer(node_app, name="node")
-federation_app = typer.Typer(
-    help="Administer a federation: its roster, keys and routing policy.", no_args_is_help=True
-)
-app.add_typer(federation_app, name="federation")
-key_app = typer.Typer(help="Rotate this organization's signing key.", no_args_is_help=True)
-app.add_typer(key_app, name="key")
-keys_app = typer.Typer(
-    help="API keys for this node's local users and apps (take effect without a restart).",
-    no_args_is_help=True,
-)
-app.add_typer(keys_app, name="keys")
-policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
-federation_app.add_typer(policy_app, name="policy")
-bench_app = typer.Typer(
-    help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
-)
-app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -69,6 +43,16 @@ def run(fn: Callable[[], T]) -> T:
 def write_through(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the Flower processes a command started are
+    stopped by their context managers instead of outliving it."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def print_bench(result: dict[str, Any], as_json: bool, columns: list[str]) -> None:

@@ -1,34 +1,23 @@
-"""`consortium federation seed-routing-data | train | supernode` and `consortium bench
-federated`: the routing policy's training data and its federated training with Flower.
-Wiring only; the pieces live in consortium/federation and consortium/evaluation."""
+"""`consortium federation seed-routing-data | train | superlink | supernode-key |
+register-supernode | supernode`: the routing policy's training data and its federated
+training with Flower. Wiring only; the pieces live in consortium/federation and
+consortium/node/policy_training.py."""
 
 from __future__ import annotations
 
 import os
 import re
-import signal
-import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 
+from consortium.cli.common import out, run, stop_on_sigterm
 from consortium.errors import ConfigError
-from consortium.node.cli_common import bench_app, federation_app, out, print_bench, run
 from consortium.node.config import load_config
 
 _PART = re.compile(r"^(\d+)/(\d+)$")
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the Flower processes a command started are
-    stopped by their context managers instead of outliving it."""
-
-    def stop(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
 
 
 def parse_part(value: str) -> tuple[int, int]:
@@ -39,7 +28,6 @@ def parse_part(value: str) -> tuple[int, int]:
     return int(m.group(1)) - 1, int(m.group(2))
 
 
-@federation_app.command("seed-routing-data")
 def seed_routing_data(
     config: Annotated[Path, typer.Option(help="This organization's node.toml.")],
     split: Annotated[str, typer.Option(help="Benchmark split to take records from.")] = (
@@ -79,7 +67,6 @@ def seed_routing_data(
     run(go)
 
 
-@federation_app.command("train")
 def train(
     out_path: Annotated[Path, typer.Option("--out", help="Where to write the policy artifact.")] = (
         Path("policy.json")
@@ -153,7 +140,7 @@ def train(
     )
 
     def go() -> None:
-        _stop_on_sigterm()
+        stop_on_sigterm()
         if strategy not in ("fedavg", "fedprox"):
             raise ConfigError(f"--strategy must be fedavg or fedprox, got {strategy!r}")
         if label not in ("local_correct", "escalation_helps"):
@@ -211,7 +198,6 @@ def train(
     run(go)
 
 
-@federation_app.command("supernode")
 def supernode(
     config: Annotated[Path, typer.Option(help="This organization's node.toml ([training]).")],
     superlink: Annotated[str, typer.Option(help="Override training.superlink.")] = "",
@@ -239,7 +225,6 @@ def supernode(
     os.execve(cmd[0], cmd, environment(home))
 
 
-@federation_app.command("supernode-key")
 def supernode_key(
     config: Annotated[Path, typer.Option(help="This organization's node.toml.")],
 ) -> None:
@@ -256,7 +241,6 @@ def supernode_key(
     run(go)
 
 
-@federation_app.command("superlink")
 def superlink_cmd(
     dir: Annotated[Path, typer.Option("--dir", help="Directory for the SuperLink's state.")],
     port: Annotated[int, typer.Option(min=1, max=65535, help="Its HTTPS port.")] = 9092,
@@ -302,7 +286,6 @@ def superlink_cmd(
     os.execve(cmd[0], cmd, environment(dir.resolve() / "flwr-home"))
 
 
-@federation_app.command("register-supernode")
 def register_supernode(
     public_key: Annotated[Path, typer.Argument(help="The SuperNode's public key (.pub).")],
     superlink: Annotated[str, typer.Option(help="The SuperLink's host:port.")],
@@ -321,61 +304,3 @@ def register_supernode(
         out.print(f"registered SuperNode {node_id} ({public_key})")
 
     run(go)
-
-
-@bench_app.command("federated")
-def bench_federated(
-    orgs: Annotated[int, typer.Option(min=2, max=10, help="Organizations.")] = 4,
-    rounds: Annotated[int, typer.Option(min=1, max=200, help="Federated rounds.")] = 30,
-    label: Annotated[str, typer.Option(help="local_correct or escalation_helps.")] = (
-        "escalation_helps"
-    ),
-    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 10,
-    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
-    deployment: Annotated[
-        bool,
-        typer.Option(
-            "--deployment", help="Also run FedAvg on a loopback SuperLink with SuperNodes."
-        ),
-    ] = False,
-    limit: Annotated[int | None, typer.Option(min=10, help="Only the first N items.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    plot: Annotated[
-        Path | None,
-        typer.Option(help="Where to write the PNG plot (default: bench-federated.png)."),
-    ] = None,
-) -> None:
-    """The federated routing policy (Flower: FedAvg, FedProx) against one trained
-    centrally on the pooled records, each organization's own, and random: held-out
-    classifier AUC and APGR, and time per round of each engine."""
-    from consortium.evaluation.federated_eval import evaluate_federated
-    from consortium.evaluation.harness import split_data
-    from consortium.evaluation.plots import plot_federated
-    from consortium.federation.training import TrainSettings
-
-    def go() -> dict[str, Any]:
-        _stop_on_sigterm()
-        if label not in ("local_correct", "escalation_helps"):
-            raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
-        show = sys.stderr.isatty()
-        dev = split_data("arc_easy_dev", "smollm2-135m", "gemma3-270m", limit=limit,
-                         show_progress=show)  # fmt: skip
-        test = split_data("arc_easy_test", "smollm2-135m", "gemma3-270m", limit=limit,
-                          show_progress=show)  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="consortium-fedbench-") as tmp:
-            return evaluate_federated(
-                dev,
-                test,
-                orgs=orgs,
-                rounds=rounds,
-                label=label,  # type: ignore[arg-type]
-                work_dir=Path(tmp),
-                settings=TrainSettings(local_steps=local_steps, l2=l2),
-                deployment=deployment,
-            )
-
-    result = run(go)
-    png = plot_federated(result, plot or Path("bench-federated.png"))
-    result["_setup"]["plot"] = str(png)
-    result.pop("_curves")
-    print_bench(result, as_json, ["classifier_auc", "apgr", "cpt50", "seconds_per_round", "engine"])

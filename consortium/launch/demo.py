@@ -67,7 +67,7 @@ def start_node(
     """Starts `consortium node start` and waits for its READY line; returns (process, http url)."""
     log = log_path.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consortium.node.cli", "node", "start", "--config", str(config)],
+        [sys.executable, "-m", "consortium.cli", "node", "start", "--config", str(config)],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

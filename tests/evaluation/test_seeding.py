@@ -51,7 +51,7 @@ def test_seed_routing_data_cli(splits: Splits, tmp_path: Path) -> None:
 
     def seed(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "consortium.node.cli", "federation", "seed-routing-data",
+            [sys.executable, "-m", "consortium.cli", "federation", "seed-routing-data",
              "--config", str(tmp_path / "node.toml"), *args],
             capture_output=True, text=True, timeout=300, env=env, check=False,
         )  # fmt: skip

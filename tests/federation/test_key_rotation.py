@@ -28,7 +28,7 @@ from consortium.protocols.signed_message import MessageVerifier, Rejected, sign_
 from consortium.trust.keys import key_id, load_private_key
 from consortium.trust.replay import ReplayCache
 
-CLI = [sys.executable, "-m", "consortium.node.cli"]
+CLI = [sys.executable, "-m", "consortium.cli"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

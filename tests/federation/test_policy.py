@@ -88,7 +88,7 @@ def test_malformed_artifacts_name_what_is_wrong(tmp_path: Path, text: str, messa
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consortium.node.cli", *args],
+        [sys.executable, "-m", "consortium.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,

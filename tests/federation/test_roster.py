@@ -20,7 +20,7 @@ from consortium.federation.roster import (
 from consortium.node.setup import init_node
 from consortium.trust.keys import generate_key, load_public_key
 
-CLI = [sys.executable, "-m", "consortium.node.cli"]
+CLI = [sys.executable, "-m", "consortium.cli"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

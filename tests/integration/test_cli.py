@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from consortium.node.demo import start_node, stop_node
+from consortium.launch.demo import start_node, stop_node
 
-CLI = [sys.executable, "-m", "consortium.node.cli"]
+CLI = [sys.executable, "-m", "consortium.cli"]
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

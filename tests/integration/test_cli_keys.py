@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from consortium.node.demo import start_node, stop_node
+from consortium.launch.demo import start_node, stop_node
 from tests.integration.test_cli import run
 
 SECRET_TEXT = "Jane Q. Doe, SSN 078-05-1120, jane.doe@example.com, +1 212 555 0100"

@@ -38,7 +38,7 @@ def env(tmp: Path) -> dict[str, str]:
 
 def cli(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "consortium.node.cli", *args],
+        [sys.executable, "-m", "consortium.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -48,7 +48,7 @@ def cli(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProc
 
 
 def start(procs: Processes, name: str, *args: str) -> subprocess.Popen[bytes]:
-    return procs.start(name, [sys.executable, "-m", "consortium.node.cli", *args])
+    return procs.start(name, [sys.executable, "-m", "consortium.cli", *args])
 
 
 @pytest.fixture

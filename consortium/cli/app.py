@@ -1,0 +1,87 @@
+"""The `consortium` command line: one Typer app and its command groups, with every
+command registered here, explicitly, from the module that holds it (one module per
+group). Importing a command module registers nothing."""
+
+from __future__ import annotations
+
+import typer
+
+from consortium.cli import bench, demo, federation, key, keys, node, policy, train
+
+app = typer.Typer(
+    name="consortium",
+    help="Consortium: a federated network of LLM agents, one node per organization.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+node_app = typer.Typer(help="Run this organization's node.", no_args_is_help=True)
+federation_app = typer.Typer(
+    help="Administer a federation: its roster, keys and routing policy.", no_args_is_help=True
+)
+key_app = typer.Typer(help="Rotate this organization's signing key.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for this node's local users and apps (take effect without a restart).",
+    no_args_is_help=True,
+)
+policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
+)
+
+app.add_typer(node_app, name="node")
+app.add_typer(federation_app, name="federation")
+app.add_typer(key_app, name="key")
+app.add_typer(keys_app, name="keys")
+federation_app.add_typer(policy_app, name="policy")
+app.add_typer(bench_app, name="bench")
+
+# The order below is the order `--help` lists the commands in.
+
+# Federated training of the routing policy (Flower).
+federation_app.command("seed-routing-data")(train.seed_routing_data)
+federation_app.command("train")(train.train)
+federation_app.command("supernode")(train.supernode)
+federation_app.command("supernode-key")(train.supernode_key)
+federation_app.command("superlink")(train.superlink_cmd)
+federation_app.command("register-supernode")(train.register_supernode)
+bench_app.command("federated")(bench.bench_federated)
+
+# This organization's node.
+app.command("init")(node.init)
+node_app.command("start")(node.node_start)
+app.command("ask")(node.ask)
+
+# API keys.
+keys_app.command("create")(keys.keys_create)
+keys_app.command("list")(keys.keys_list)
+keys_app.command("revoke")(keys.keys_revoke)
+
+app.command("demo")(demo.demo)
+
+# The federation admin's roster commands.
+federation_app.command("create")(federation.federation_create)
+federation_app.command("add-member")(federation.federation_add_member)
+federation_app.command("suspend")(federation.federation_suspend)
+federation_app.command("reinstate")(federation.federation_reinstate)
+federation_app.command("revoke")(federation.federation_revoke)
+federation_app.command("rotate-key")(federation.federation_rotate_key)
+
+# Signing-key rotation.
+key_app.command("rotate")(key.key_rotate)
+key_app.command("activate")(key.key_activate)
+
+# Routing-policy artifacts.
+policy_app.command("sign")(policy.policy_sign)
+policy_app.command("verify")(policy.policy_verify)
+
+federation_app.command("verify")(federation.federation_verify)
+federation_app.command("show")(federation.federation_show)
+
+# Benchmarks.
+bench_app.command("routing")(bench.bench_routing)
+bench_app.command("collaborate")(bench.bench_collaborate)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,167 @@
+"""`consortium bench routing | collaborate | federated`: routers, collaboration protocols
+and the federated routing policy evaluated on benchmark data. Wiring only; the pieces live
+in consortium/evaluation."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from consortium.cli.common import print_bench, run, stop_on_sigterm
+from consortium.errors import ConfigError
+
+
+def bench_routing(
+    limit: Annotated[
+        int | None, typer.Option(min=10, help="Use only the first N items of each split.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Where to write the PNG plot (default: bench-routing.png).")
+    ] = None,
+    local: Annotated[str, typer.Option(help="The origin's (weak) model.")] = "smollm2-135m",
+    strong: Annotated[str, typer.Option(help="The peer's (strong) model.")] = "gemma3-270m",
+    tune_split: Annotated[str, typer.Option(help="Split to tune on.")] = "arc_easy_dev",
+    eval_split: Annotated[str, typer.Option(help="Split to report on.")] = "arc_easy_test",
+    rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Escalation rate of the operating point.")
+    ] = 0.5,
+    bootstrap: Annotated[int, typer.Option(min=100, help="Bootstrap resamples.")] = 1000,
+    policy_out: Annotated[
+        Path | None,
+        typer.Option(help="Also write the learned router's policy (unsigned) to this file."),
+    ] = None,
+) -> None:
+    """Replay every router over cached model outputs: cost-quality curves, AUC, APGR,
+    CPT(50 %), CPT(80 %) with bootstrap 95 % intervals, against random and the oracle."""
+    from consortium.evaluation.harness import split_data
+    from consortium.evaluation.plots import plot_routing
+    from consortium.evaluation.routing_eval import evaluate_routers
+
+    def go() -> dict[str, Any]:
+        show = sys.stderr.isatty()
+        dev = split_data(tune_split, local, strong, limit=limit, show_progress=show)
+        test = split_data(eval_split, local, strong, limit=limit, show_progress=show)
+        return evaluate_routers(
+            dev, test, rate=rate, bootstrap_samples=bootstrap, policy_out=policy_out
+        )
+
+    result = run(go)
+    png = plot_routing(result, plot or Path("bench-routing.png"))
+    result["_setup"]["plot"] = str(png)
+    print_bench(
+        result,
+        as_json,
+        [
+            "accuracy",
+            "auc",
+            "apgr",
+            "apgr_ci95",
+            "cpt50",
+            "cpt50_ci95",
+            "cpt80",
+            "escalation_rate",
+            "tokens",
+        ],
+    )
+
+
+def bench_collaborate(
+    limit: Annotated[
+        int | None, typer.Option(min=10, help="Use only the first N items of each split.")
+    ] = None,
+    live: Annotated[
+        int,
+        typer.Option(min=0, help="Also run debate, mixture and self-consistency live on N items."),
+    ] = 0,
+    rounds: Annotated[int, typer.Option(min=1, max=5, help="Debate rounds.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    local: Annotated[str, typer.Option(help="The origin's model.")] = "smollm2-135m",
+    strong: Annotated[str, typer.Option(help="The peer's model.")] = "gemma3-270m",
+    tune_split: Annotated[str, typer.Option(help="Split to tune on.")] = "arc_easy_dev",
+    eval_split: Annotated[str, typer.Option(help="Split to report on.")] = "arc_easy_test",
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the PNG plot (default: bench-collaborate.png)."),
+    ] = None,
+) -> None:
+    """Vote, debate (full, ring, star) and mixture against the best single model and its
+    self-consistency at the same token budget."""
+    from consortium.evaluation.collab_eval import evaluate_collaboration
+    from consortium.evaluation.harness import load_backend, progress_bar, split_data
+    from consortium.evaluation.plots import plot_collaboration
+
+    def go() -> dict[str, Any]:
+        show = sys.stderr.isatty()
+        dev = split_data(tune_split, local, strong, limit=limit, show_progress=show)
+        test = split_data(eval_split, local, strong, limit=limit, show_progress=show)
+        with progress_bar(show) as start:
+            return evaluate_collaboration(
+                dev, test, live_limit=live, load=load_backend, rounds=rounds, progress=start
+            )
+
+    result = run(go)
+    png = plot_collaboration(result, plot or Path("bench-collaborate.png"))
+    result["_setup"]["plot"] = str(png)
+    print_bench(result, as_json, ["accuracy", "gain_over_best_single", "gain_ci95", "tokens"])
+
+
+def bench_federated(
+    orgs: Annotated[int, typer.Option(min=2, max=10, help="Organizations.")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, max=200, help="Federated rounds.")] = 30,
+    label: Annotated[str, typer.Option(help="local_correct or escalation_helps.")] = (
+        "escalation_helps"
+    ),
+    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 10,
+    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
+    deployment: Annotated[
+        bool,
+        typer.Option(
+            "--deployment", help="Also run FedAvg on a loopback SuperLink with SuperNodes."
+        ),
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=10, help="Only the first N items.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the PNG plot (default: bench-federated.png)."),
+    ] = None,
+) -> None:
+    """The federated routing policy (Flower: FedAvg, FedProx) against one trained
+    centrally on the pooled records, each organization's own, and random: held-out
+    classifier AUC and APGR, and time per round of each engine."""
+    from consortium.evaluation.federated_eval import evaluate_federated
+    from consortium.evaluation.harness import split_data
+    from consortium.evaluation.plots import plot_federated
+    from consortium.federation.training import TrainSettings
+
+    def go() -> dict[str, Any]:
+        stop_on_sigterm()
+        if label not in ("local_correct", "escalation_helps"):
+            raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
+        show = sys.stderr.isatty()
+        dev = split_data("arc_easy_dev", "smollm2-135m", "gemma3-270m", limit=limit,
+                         show_progress=show)  # fmt: skip
+        test = split_data("arc_easy_test", "smollm2-135m", "gemma3-270m", limit=limit,
+                          show_progress=show)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="consortium-fedbench-") as tmp:
+            return evaluate_federated(
+                dev,
+                test,
+                orgs=orgs,
+                rounds=rounds,
+                label=label,  # type: ignore[arg-type]
+                work_dir=Path(tmp),
+                settings=TrainSettings(local_steps=local_steps, l2=l2),
+                deployment=deployment,
+            )
+
+    result = run(go)
+    png = plot_federated(result, plot or Path("bench-federated.png"))
+    result["_setup"]["plot"] = str(png)
+    result.pop("_curves")
+    print_bench(result, as_json, ["classifier_auc", "apgr", "cpt50", "seconds_per_round", "engine"])

@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from jwcrypto import jwk
 from opentelemetry.trace import NoOpTracer
 
 from consortium.federation.roster import Member, MemberKey, Roster
+from consortium.launch.supervisor import Supervisor
 from consortium.node.auth import GrpcContextBuilder
 from consortium.node.direct import DirectReplies
 from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
@@ -216,27 +216,18 @@ def summarize(latencies: list[float], elapsed: float) -> dict[str, float]:
     }
 
 
-def start_server(mode: str, keys_file: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(servers: Supervisor, mode: str, keys_file: Path) -> int:
+    """One server process (its output in server-MODE.log); its port, once it wrote it."""
     port_file = keys_file.parent / f"port-{mode}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--serve",
-            mode,
-            "--keys",
-            str(keys_file),
-            "--port-file",
-            str(port_file),
-        ]
+    cmd = [sys.executable, __file__, "--serve", mode, "--keys", str(keys_file)]
+    servers.start(
+        f"server-{mode}",
+        [*cmd, "--port-file", str(port_file)],
+        ready=lambda: port_file.exists() and bool(port_file.read_text()),
+        timeout=60,
+        poll_s=0.05,
     )
-    deadline = time.monotonic() + 60
-    while not port_file.exists() or not port_file.read_text():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError(f"{mode} server did not start")
-        time.sleep(0.05)
-    return proc, int(port_file.read_text())
+    return int(port_file.read_text())
 
 
 # The client's signing and verification times inside (c)'s round trips: the same work as
@@ -463,16 +454,11 @@ def main() -> None:
         "signed": "c_a2a_signed_verified",
         "signed_task": "d_a2a_signed_verified_task_path",
     }
-    servers = {mode: start_server(mode, keys_file) for mode in names}
-    ports = {m: port for m, (_, port) in servers.items()}
-    for mode in AUTH_MODES:
-        ports[mode] = ports["signed"]
-    try:
+    with Supervisor(workdir, grace_s=10.0) as servers:
+        ports = {mode: start_server(servers, mode, keys_file) for mode in names}
+        for mode in AUTH_MODES:
+            ports[mode] = ports["signed"]
         measured = asyncio.run(run_interleaved(ports, keys, args.requests, args.rounds))
-    finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(10)
     for mode, name in names.items():
         results[name] = measured[mode]
     a, b, c, d = (results[names[m]] for m in ("raw", "unsigned", "signed", "signed_task"))

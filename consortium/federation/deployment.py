@@ -12,16 +12,13 @@ authentication it admits only SuperNodes whose public keys the coordinator regis
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from consortium.errors import ConfigError, ConsortiumError
+from consortium.launch.supervisor import NotReady, Supervisor, listening
 
 CONNECTION = "consortium"
 
@@ -261,42 +259,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class Processes:
-    """Long-running child processes, each in its own process group (a SuperLink and a
-    SuperNode start flower-superexec children), each logging to DIRECTORY/NAME.log;
-    stop() ends every group, politely first."""
-
-    def __init__(self, directory: Path, env: dict[str, str]) -> None:
-        self.directory = directory
-        self.env = env
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / f"{name}.log").open("wb") as log:
-            p = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-            )
-        self.procs.append(p)
-        return p
-
-    def log(self, name: str) -> str:
-        return (self.directory / f"{name}.log").read_text(errors="replace")
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-
-
 class LocalDeployment:
     """A SuperLink on loopback without TLS and either one SuperNode per record database
     or, with `simulated_supernodes`, Flower's simulation runtime in the SuperLink (the
@@ -315,7 +277,8 @@ class LocalDeployment:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.flwr_home = directory / "flwr-home"
-        self._procs = Processes(directory, environment(self.flwr_home))
+        # Each Flower process leads its own process group: it starts flower-superexec.
+        self._procs = Supervisor(directory, environment(self.flwr_home), new_session=True)
 
     def __enter__(self) -> LocalDeployment:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -327,24 +290,23 @@ class LocalDeployment:
         return self
 
     def _start_all(self) -> None:
-        link = self._procs.start(
-            "superlink",
-            superlink_command(
-                port=self.port,
-                database=self.directory / "superlink.db",
-                simulation=bool(self.simulated),
-            ),
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if link.poll() is not None:
-                raise DeploymentError(f"the SuperLink exited (see {self.directory}/superlink.log)")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise DeploymentError("the SuperLink did not start listening within 60 s")
-            time.sleep(0.2)
+        try:
+            self._procs.start(
+                "superlink",
+                superlink_command(
+                    port=self.port,
+                    database=self.directory / "superlink.db",
+                    simulation=bool(self.simulated),
+                ),
+                ready=listening(self.port),
+                timeout=60,
+            )
+        except NotReady as e:
+            if e.exited:
+                raise DeploymentError(
+                    f"the SuperLink exited (see {self.directory}/superlink.log)"
+                ) from None
+            raise DeploymentError("the SuperLink did not start listening within 60 s") from None
         for i, path in enumerate(self.data_paths):
             self._procs.start(
                 f"supernode-{i}",

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,8 @@ import pytest
 import tomli_w
 
 from consortium.federation.admin import create_federation
-from consortium.federation.deployment import Processes, free_port
+from consortium.federation.deployment import free_port
+from consortium.launch.supervisor import Child, Supervisor, listening
 from consortium.node.config import load_config
 from consortium.node.policy_training import node_feature_names
 from consortium.trust.tls import create_ca, issue_certificate
@@ -47,28 +46,16 @@ def cli(tmp: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProc
     )
 
 
-def start(procs: Processes, name: str, *args: str) -> subprocess.Popen[bytes]:
-    return procs.start(name, [sys.executable, "-m", "consortium.cli", *args])
+def start(procs: Supervisor, name: str, *args: str, port: int | None = None) -> Child:
+    """The CLI command as a long-running process; with `port`, once something listens on it."""
+    cmd = [sys.executable, "-m", "consortium.cli", *args]
+    return procs.start(name, cmd, ready=listening(port) if port else None)
 
 
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    p = Processes(tmp_path, env(tmp_path))
-    try:
+def procs(tmp_path: Path) -> Iterator[Supervisor]:
+    with Supervisor(tmp_path, env(tmp_path), new_session=True) as p:
         yield p
-    finally:
-        p.stop()
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the SuperLink exited"
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def org_config(tmp: Path, org: str, superlink: str, ca: Path, port: int) -> Path:
@@ -92,20 +79,19 @@ def org_config(tmp: Path, org: str, superlink: str, ca: Path, port: int) -> Path
 
 
 def test_training_run_over_a_superlink_with_tls_and_supernode_auth(
-    tmp_path: Path, procs: Processes
+    tmp_path: Path, procs: Supervisor
 ) -> None:
     ca, ca_key = create_ca(tmp_path / "ca")
     tls = issue_certificate(ca, ca_key, tmp_path / "superlink-tls", "superlink", ["127.0.0.1"])
     fed = create_federation("Flower Test", tmp_path / "fed")
     port = free_port()
     address = f"127.0.0.1:{port}"
-    link = start(
+    start(
         procs,
         "superlink", "federation", "superlink", "--dir", str(tmp_path / "superlink"),
         "--port", str(port), "--cert", str(tls.cert), "--key", str(tls.key), "--ca", str(ca),
-        "--enable-supernode-auth",
+        "--enable-supernode-auth", port=port,
     )  # fmt: skip
-    wait_for_port(port, link)
 
     configs = []
     for i, org in enumerate((*ORGS, "mallory")):
@@ -129,10 +115,10 @@ def test_training_run_over_a_superlink_with_tls_and_supernode_auth(
     }
     # An unregistered SuperNode is refused by the SuperLink and gives up.
     try:
-        nodes["mallory"].wait(timeout=120)
+        nodes["mallory"].process.wait(timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail("an unregistered SuperNode kept running:\n" + procs.log("mallory")[-2000:])
-    assert nodes["mallory"].returncode != 0
+    assert nodes["mallory"].process.returncode != 0
     assert "Failed to activate SuperNode" in procs.log("mallory")
 
     policy = tmp_path / "policy.json"
@@ -149,7 +135,7 @@ def test_training_run_over_a_superlink_with_tls_and_supernode_auth(
                  "--admin-pubkey", str(fed.admin_public))  # fmt: skip
     assert verify.returncode == 0, verify.stderr
     for org in ORGS:
-        assert nodes[org].poll() is None, procs.log(org)[-2000:]
+        assert nodes[org].process.poll() is None, procs.log(org)[-2000:]
 
 
 def test_bad_deployment_arguments_are_refused_with_the_reason(tmp_path: Path) -> None:

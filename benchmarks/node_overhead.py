@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from consortium.launch.demo import start_node, stop_node
+from consortium.launch.local import start_node
 from consortium.node.client import ask, fetch_agent_card, open_client
 from consortium.node.config import DEFAULT_SYSTEM_PROMPT
 from consortium.node.llm.llama_cpp_backend import system_info
@@ -112,7 +112,7 @@ async def main() -> None:
             r"(?m)^stream_interval_s = \S+", f"stream_interval_s = {args.stream_interval}", text
         )
     config.write_text(text)
-    proc, http_url = start_node(config, workdir / "node.log")
+    node_process, http_url = start_node(config, workdir / "node.log")
     try:
         client = open_client(await fetch_agent_card(http_url))
         # Warm both paths (page cache, first-call allocations).
@@ -126,7 +126,7 @@ async def main() -> None:
                 node.append(await node_run(client, prompt))
         await client.close()
     finally:
-        stop_node(proc)
+        node_process.stop()
     a, b = summarize(direct), summarize(node)
     result = {
         "benchmark": "node_overhead",

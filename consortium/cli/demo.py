@@ -1,15 +1,44 @@
 """`consortium demo`: three organizations on loopback (consortium/launch/demo.py), shown
-on the terminal."""
+on the terminal: its lines, a spinner while it waits, its tables."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from consortium.cli.common import out, run
+
+if TYPE_CHECKING:
+    from consortium.launch import demo as demo_logic
+
+
+class ConsoleReporter:
+    """The demo's Reporter on a rich console."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def heading(self, title: str, detail: str) -> None:
+        self.console.print(f"[bold]{title}[/bold]{detail}")
+
+    def line(self, text: str) -> None:
+        self.console.print(text)
+
+    def table(self, table: demo_logic.Table) -> None:
+        shown = Table(title=table.title)
+        for col in table.columns:
+            shown.add_column(col, overflow="fold")
+        for row in table.rows:
+            shown.add_row(*row)
+        self.console.print(shown)
+
+    def status(self, text: str) -> AbstractContextManager[object]:
+        return self.console.status(text)
 
 
 def demo(
@@ -23,4 +52,4 @@ def demo(
 
     # A log or CI transcript is not a terminal: give the table room instead of 80 columns.
     console = out if out.is_terminal else Console(width=160)
-    run(lambda: run_demo(workdir, console))
+    run(lambda: run_demo(workdir, ConsoleReporter(console)))

@@ -1,102 +1,91 @@
 """`consortium demo`: three organizations on loopback, each a separate node process with a
 real model, form a signed federation; each answers a few questions over A2A gRPC (requests
 signed, verified before the model), and one question travels between organizations as a
-signed, verified peer call. The answers as tables."""
+signed, verified peer call. The answers as tables.
+
+What it shows goes through a Reporter (lines, progress, tables as plain data); the CLI
+renders it on the terminal (consortium/cli/demo.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
-from a2a.types import a2a_pb2
-from rich.console import Console
-from rich.table import Table
-
-from consortium.errors import NodeUnavailableError
-from consortium.federation.admin import (
-    FederationPaths,
-    add_member,
-    create_federation,
-    default_paths,
-    member_from_card,
-    read_card,
-)
-from consortium.federation.roster import load_roster
+from consortium.federation.admin import FederationPaths
+from consortium.launch.local import LocalFederation, Organization, RunningNode
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
 from consortium.node.config import load_config
-from consortium.node.federated import local_signer
-from consortium.node.setup import init_node
 
-ORGS = (
-    ("acme", "Acme Health", "smollm2-135m"),
-    ("globex", "Globex Research", "smollm2-135m"),
-    ("initech", "Initech Labs", "gemma3-270m"),
-)
+DEMO_GROUP = """
+[groups.panel]                  # a vote across the three organizations
+protocol = "vote"
+members = ["self", "globex", "initech"]
+"""
+# acme's learned router reads the policy the federation trains during the demo.
+DEMO_ROUTING = """
+[routing]
+policy = "{policy}"
+target = "initech"
+threshold = 0.5
+"""
+
+
+def organizations(base: Path) -> tuple[Organization, ...]:
+    """The three organizations; acme, the first, has the panel and routes with the policy
+    the demo trains."""
+    policy = (base / "policy.json").resolve()
+    return (
+        Organization(
+            "acme",
+            "Acme Health",
+            "smollm2-135m",
+            DEMO_GROUP + DEMO_ROUTING.format(policy=policy),
+        ),
+        Organization("globex", "Globex Research", "smollm2-135m"),
+        Organization("initech", "Initech Labs", "gemma3-270m"),
+    )
+
+
 QUESTIONS = (
     "What is the capital of Italy?",
     "What do bees make from nectar?",
     "How many days are there in a week?",
 )
-START_TIMEOUT_S = 180.0
+# Benchmark items each organization's routing records are seeded from (a third each,
+# by topic); their model outputs are computed once and cached.
+SEED_SPLIT, SEED_ITEMS = "arc_easy_dev", 60
+TRAIN_ROUNDS = 3
+MC_QUESTION = "Which part of a plant takes in water from the soil?"
+MC_CHOICES = ["the flowers", "the roots", "the leaves", "the seeds"]
 
 
 @dataclass
-class RunningNode:
-    org_id: str
-    model: str
-    config: Path
-    process: subprocess.Popen[str]
-    http_url: str = ""
-    # Signs requests to this node with its organization's key (set once it has joined).
-    signer: Callable[[a2a_pb2.Message], a2a_pb2.Message] | None = None
+class Table:
+    """A table to show: its title, column names and rows of cells (text)."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
 
 
-def start_node(
-    config: Path, log_path: Path, timeout: float = START_TIMEOUT_S
-) -> tuple[subprocess.Popen[str], str]:
-    """Starts `consortium node start` and waits for its READY line; returns (process, http url)."""
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "consortium.cli", "node", "start", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    log.close()
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("READY "):
-            fields = dict(part.split("=", 1) for part in line.split()[1:])
-            return proc, fields["http"]
-    proc.kill()
-    tail = log_path.read_text()[-2000:]
-    raise NodeUnavailableError(f"node {config} did not start; its log ends with:\n{tail}")
+class Reporter(Protocol):
+    """Where the demo shows its progress and results."""
 
+    def heading(self, title: str, detail: str) -> None:
+        """The demo's title (emphasised) and what follows it on the same line."""
 
-def stop_node(proc: subprocess.Popen[str], timeout: float = 30.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    def line(self, text: str) -> None: ...
+
+    def table(self, table: Table) -> None: ...
+
+    def status(self, text: str) -> AbstractContextManager[object]:
+        """Shown while the block it wraps runs."""
+        ...
 
 
 async def _ask(node: RunningNode, question: str, options: dict[str, Any]) -> Answer:
@@ -116,48 +105,22 @@ async def _ask_all(nodes: list[RunningNode]) -> list[tuple[RunningNode, str, Ans
     return [r for rs in per_org for r in rs]
 
 
-async def _wait_for_roster(nodes: list[RunningNode], version: int, timeout: float = 30.0) -> None:
-    """Until every node has hot-reloaded the roster to at least this version."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
-        while True:
-            seen = [(await http.get(n.http_url + "/healthz")).json()["federation"] for n in nodes]
-            if all(f["roster_version"] >= version for f in seen):
-                return
-            if time.monotonic() > deadline:
-                raise NodeUnavailableError("the nodes did not pick up the federation roster")
-            await asyncio.sleep(0.2)
-
-
-def _join(nodes: list[RunningNode], paths: FederationPaths, console: Console) -> None:
-    """The admin admits every node from the agent card it serves."""
-    for node in nodes:
-        if load_roster(paths.roster).member(node.org_id) is None:
-            card, card_url = read_card(node.http_url)
-            add_member(paths.roster, paths.admin_private, member_from_card(card, card_url))
-    roster = load_roster(paths.roster)
-    asyncio.run(_wait_for_roster(nodes, roster.version))
-    for node in nodes:
-        node.signer = local_signer(load_config(node.config))
-    console.print(
-        f"  federation {roster.federation_id}: {len(roster.members)} members, roster version "
-        f"{roster.version} signed by the admin key; every message below is signed and verified"
-    )
-
-
 def _answers_table(results: list[tuple[RunningNode, str, Answer]]) -> Table:
-    table = Table(title="Answers from three organizations (real models, A2A over gRPC, signed)")
-    for col in ("question", "organization", "model", "answer", "tokens in/out", "latency"):
-        table.add_column(col, overflow="fold")
+    table = Table(
+        "Answers from three organizations (real models, A2A over gRPC, signed)",
+        ("question", "organization", "model", "answer", "tokens in/out", "latency"),
+    )
     for node, question, answer in results:
         p = answer.provenance
-        table.add_row(
-            question,
-            node.org_id,
-            str(p.get("model", node.model)),
-            _shown(answer),
-            f"{int(p.get('inputTokens', 0))}/{int(p.get('outputTokens', 0))}",
-            f"{answer.latency_s * 1000:.0f} ms",
+        table.rows.append(
+            (
+                question,
+                node.org_id,
+                str(p.get("model", node.model)),
+                _shown(answer),
+                f"{int(p.get('inputTokens', 0))}/{int(p.get('outputTokens', 0))}",
+                f"{answer.latency_s * 1000:.0f} ms",
+            )
         )
     return table
 
@@ -172,71 +135,50 @@ def _across(origin: RunningNode, peer: RunningNode) -> Table:
     question = "What is the largest planet in the solar system?"
     answer = asyncio.run(_ask(origin, question, {"max_tokens": 32, "peer": peer.org_id}))
     p = answer.provenance
-    table = Table(title="A question across organizations (signed request, verified signed answer)")
-    for col in ("question", "route", "model", "answer", "verified", "latency"):
-        table.add_column(col, overflow="fold")
-    table.add_row(
-        question,
-        str(p.get("route", f"{origin.org_id}->{peer.org_id}")),
-        str(p.get("model", "?")),
-        _shown(answer),
-        f"{p.get('verified', False)} ({int(p.get('verifiedEvents', 0))} signed events)",
-        f"{answer.latency_s * 1000:.0f} ms",
+    table = Table(
+        "A question across organizations (signed request, verified signed answer)",
+        ("question", "route", "model", "answer", "verified", "latency"),
+    )
+    table.rows.append(
+        (
+            question,
+            str(p.get("route", f"{origin.org_id}->{peer.org_id}")),
+            str(p.get("model", "?")),
+            _shown(answer),
+            f"{p.get('verified', False)} ({int(p.get('verifiedEvents', 0))} signed events)",
+            f"{answer.latency_s * 1000:.0f} ms",
+        )
     )
     return table
 
 
-DEMO_GROUP = """
-[groups.panel]                  # a vote across the three organizations
-protocol = "vote"
-members = ["self", "globex", "initech"]
-"""
-# acme's learned router reads the policy the federation trains during the demo.
-DEMO_ROUTING = """
-[routing]
-policy = "{policy}"
-target = "initech"
-threshold = 0.5
-"""
-# Benchmark items each organization's routing records are seeded from (a third each,
-# by topic); their model outputs are computed once and cached.
-SEED_SPLIT, SEED_ITEMS = "arc_easy_dev", 60
-TRAIN_ROUNDS = 3
-MC_QUESTION = "Which part of a plant takes in water from the soil?"
-MC_CHOICES = ["the flowers", "the roots", "the leaves", "the seeds"]
-
-
 def _collaboration(origin: RunningNode) -> Table:
     """A multiple-choice question routed three ways from one organization."""
-    table = Table(title=f"Routing and collaboration from {origin.org_id}: {MC_QUESTION}")
-    for col in (
-        "route asked",
-        "route taken",
-        "members (tokens)",
-        "answer",
-        "confidence",
-        "latency",
-    ):
-        table.add_column(col, overflow="fold")
+    table = Table(
+        f"Routing and collaboration from {origin.org_id}: {MC_QUESTION}",
+        ("route asked", "route taken", "members (tokens)", "answer", "confidence", "latency"),
+    )
     for route in ("self:margin", "always:initech", "panel"):
         answer = asyncio.run(_ask(origin, MC_QUESTION, {"choices": MC_CHOICES, "route": route}))
         p = answer.provenance
         members = ", ".join(
             f"{org} ({int(m.get('tokens', 0))})" for org, m in p.get("members", {}).items()
         )
-        table.add_row(
-            route,
-            str(p.get("route", "?")),
-            members,
-            _shown(answer),
-            f"{float(p.get('confidence', 0)):.2f}",
-            f"{answer.latency_s * 1000:.0f} ms",
+        table.rows.append(
+            (
+                route,
+                str(p.get("route", "?")),
+                members,
+                _shown(answer),
+                f"{float(p.get('confidence', 0)):.2f}",
+                f"{answer.latency_s * 1000:.0f} ms",
+            )
         )
     return table
 
 
 def _train_and_route(
-    nodes: list[RunningNode], paths: FederationPaths, base: Path, console: Console
+    nodes: list[RunningNode], paths: FederationPaths, base: Path, report: Reporter
 ) -> None:
     """Each organization's routing records (seeded from benchmark items), a routing
     policy trained across the three with Flower's simulation engine, signed by the
@@ -245,21 +187,21 @@ def _train_and_route(
 
     data_dir = base / "training"
     data_dir.mkdir(exist_ok=True)
-    with console.status(f"seeding routing records from {SEED_ITEMS} {SEED_SPLIT} items"):
+    with report.status(f"seeding routing records from {SEED_ITEMS} {SEED_SPLIT} items"):
         for i, node in enumerate(nodes):
             cfg = load_config(node.config)
             n = seed_node_records(cfg, SEED_SPLIT, i, len(nodes), SEED_ITEMS).stored
             link = data_dir / f"org-{i}.sqlite3"
             link.unlink(missing_ok=True)
             link.symlink_to(cfg.database_path.resolve())
-            console.print(f"  {node.org_id:8} {n} routing records (features and outcomes only)")
+            report.line(f"  {node.org_id:8} {n} routing records (features and outcomes only)")
     policy = base / "policy.json"
     req = TrainRequest(out=policy, rounds=TRAIN_ROUNDS, roster=paths.roster, version="demo-1")
-    with console.status(
+    with report.status(
         f"training the routing policy across {len(nodes)} organizations (Flower simulation)"
     ):
         artifact, _ = train_simulated(req, len(nodes), data_dir)
-    console.print(
+    report.line(
         f"  policy {artifact.version}: {TRAIN_ROUNDS} rounds of FedAvg, held-out AUC "
         f"{artifact.metrics.get('final_eval_auc', float('nan')):.2f} on "
         f"{int(artifact.metrics['train_examples'])} records, signed for federation "
@@ -267,51 +209,39 @@ def _train_and_route(
     )
     answer = asyncio.run(_ask(nodes[0], MC_QUESTION, {"choices": MC_CHOICES, "route": "learned"}))
     p = answer.provenance
-    console.print(
+    report.line(
         f"  {nodes[0].org_id} routes with it: {p.get('route')} "
         f"({p.get('decision', {}).get('reason', answer.status_text)}) -> {_shown(answer)}"
     )
 
 
-def run_demo(workdir: Path | None, console: Console) -> None:
+def run_demo(workdir: Path | None, report: Reporter) -> None:
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]Consortium demo[/bold]: three organizations on loopback, in {base}")
-    fed_dir = base / "federation"
-    if not (fed_dir / "federation.toml").exists():
-        create_federation("Consortium Demo", fed_dir)
-    paths = default_paths(fed_dir / "federation.toml")
-    nodes: list[RunningNode] = []
-    try:
-        for org_id, name, model in ORGS:
-            node_dir = base / org_id
-            config = node_dir / "node.toml"
-            if not config.exists():
-                init_node(
-                    org_id, node_dir, model=model, display_name=name, grpc_port=0, http_port=0
-                )
-                with config.open("a") as f:
-                    f.write(
-                        f'\n[federation]\nroster = "{paths.roster.resolve()}"\n'
-                        f'admin_key = "{paths.admin_public.resolve()}"\n'
-                    )
-                    if org_id == ORGS[0][0]:
-                        f.write(DEMO_GROUP)
-                        f.write(DEMO_ROUTING.format(policy=(base / "policy.json").resolve()))
-            with console.status(f"starting {org_id} ({model})"):
-                proc, url = start_node(config, node_dir / "node.log")
-            nodes.append(RunningNode(org_id, model, config, proc, url))
-            console.print(f"  {org_id:8} {model:13} ready at {url}")
-        _join(nodes, paths, console)
-        with console.status("asking each organization a few questions over A2A gRPC"):
-            results = asyncio.run(_ask_all(nodes))
-        console.print(_answers_table(results))
-        with console.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
-            console.print(_across(nodes[0], nodes[-1]))
-        with console.status("routing a multiple-choice question: local draft, escalation, vote"):
-            console.print(_collaboration(nodes[0]))
-        _train_and_route(nodes, paths, base, console)
-    finally:
-        for node in nodes:
-            code = stop_node(node.process)
-            console.print(f"  stopped {node.org_id} (exit {code})")
+    report.heading("Consortium demo", f": three organizations on loopback, in {base}")
+    with LocalFederation(base, "Consortium Demo") as fed:
+        try:
+            for org in organizations(base):
+                fed.prepare(org)
+                with report.status(f"starting {org.org_id} ({org.model})"):
+                    node = fed.start(org)
+                report.line(f"  {org.org_id:8} {org.model:13} ready at {node.http_url}")
+            roster = fed.admit()
+            report.line(
+                f"  federation {roster.federation_id}: {len(roster.members)} members, roster "
+                f"version {roster.version} signed by the admin key; every message below is "
+                "signed and verified"
+            )
+            nodes = fed.nodes
+            with report.status("asking each organization a few questions over A2A gRPC"):
+                results = asyncio.run(_ask_all(nodes))
+            report.table(_answers_table(results))
+            with report.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
+                report.table(_across(nodes[0], nodes[-1]))
+            with report.status("routing a multiple-choice question: local draft, escalation, vote"):
+                report.table(_collaboration(nodes[0]))
+            _train_and_route(nodes, fed.paths, base, report)
+        finally:
+            for node in fed.nodes:
+                code = node.stop()
+                report.line(f"  stopped {node.org_id} (exit {code})")

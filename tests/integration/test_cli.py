@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from consortium.launch.demo import start_node, stop_node
+from consortium.launch.local import start_node
+from consortium.launch.supervisor import Child
 
 CLI = [sys.executable, "-m", "consortium.cli"]
 
@@ -46,10 +47,10 @@ def org_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def running(org_dir: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
-    proc, _ = start_node(org_dir / "node.toml", org_dir / "node.log")
-    yield org_dir / "node.toml", proc
-    stop_node(proc)
+def running(org_dir: Path) -> Iterator[tuple[Path, Child]]:
+    node, _ = start_node(org_dir / "node.toml", org_dir / "node.log")
+    yield org_dir / "node.toml", node
+    node.stop()
 
 
 def test_init_writes_config_keys_and_card(org_dir: Path) -> None:
@@ -79,7 +80,7 @@ def test_init_rejects_bad_org_id(tmp_path: Path) -> None:
 
 
 def test_ask_streams_a_real_answer_over_grpc_and_jsonrpc(
-    running: tuple[Path, subprocess.Popen[str]],
+    running: tuple[Path, Child],
 ) -> None:
     config, _ = running
     for transport in ("grpc", "jsonrpc"):
@@ -99,13 +100,13 @@ def test_ask_streams_a_real_answer_over_grpc_and_jsonrpc(
 
 
 def test_sigterm_shuts_down_cleanly_and_keeps_the_database(
-    running: tuple[Path, subprocess.Popen[str]],
+    running: tuple[Path, Child],
 ) -> None:
-    config, proc = running
+    config, node = running
     r = run("ask", "--config", str(config), "--max-tokens", "8", "Say hello.")
     assert r.returncode == 0, r.stderr
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
+    node.process.send_signal(signal.SIGTERM)
+    assert node.process.wait(60) == 0
     db = config.parent / "data" / "node.sqlite3"
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -184,7 +185,7 @@ def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:
     fed = tmp_path / "fed"
     assert run("federation", "create", "CLI Fed", "--dir", str(fed)).returncode == 0
     roster, admin = fed / "federation.toml", fed / "admin" / "public.jwk"
-    procs = []
+    nodes = []
     try:
         for org in ("acme", "globex"):
             d = tmp_path / org
@@ -194,8 +195,8 @@ def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:
             )
             with (d / "node.toml").open("a") as f:
                 f.write(f'\n[federation]\nroster = "{roster}"\nadmin_key = "{admin}"\n')
-            proc, url = start_node(d / "node.toml", d / "node.log")
-            procs.append(proc)
+            node, url = start_node(d / "node.toml", d / "node.log")
+            nodes.append(node)
             r = run("federation", "add-member", str(roster), "--card", url)
             assert r.returncode == 0, r.stderr
         r = run(
@@ -213,8 +214,8 @@ def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:
         assert "route acme->globex" in r.stderr and "verified: True" in r.stderr
         assert "globex" in r.stderr and "smollm2-135m" in r.stderr
     finally:
-        for proc in procs:
-            stop_node(proc)
+        for node in nodes:
+            node.stop()
 
 
 def test_node_refuses_to_start_on_a_roster_that_does_not_verify(

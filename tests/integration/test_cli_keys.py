@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from consortium.launch.demo import start_node, stop_node
+from consortium.launch.local import start_node
 from tests.integration.test_cli import run
 
 SECRET_TEXT = "Jane Q. Doe, SSN 078-05-1120, jane.doe@example.com, +1 212 555 0100"
@@ -31,9 +31,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, 
     text = text.replace('level = "INFO"', 'level = "DEBUG"')
     config.write_text(text)
     log = d / "node.log"
-    proc, url = start_node(config, log)
+    child, url = start_node(config, log)
     yield config, url, log
-    stop_node(proc)
+    child.stop()
 
 
 def test_init_leaves_an_owner_key_that_ask_uses(node: tuple[Path, str, Path]) -> None:
@@ -142,7 +142,7 @@ def test_a_stranger_is_refused_when_anonymous_callers_are_not_allowed(tmp_path: 
     text = config.read_text().replace('backend = "llama_cpp"', 'backend = "echo"')
     text = text.replace('name = "smollm2-135m"', 'name = "echo"')
     config.write_text(text.replace("anonymous_loopback = true", "anonymous_loopback = false"))
-    proc, url = start_node(config, d / "node.log")
+    child, url = start_node(config, d / "node.log")
     try:
         (d / "keys" / "api.key").unlink()
         r = run("ask", "--config", str(config), "no key")
@@ -151,4 +151,4 @@ def test_a_stranger_is_refused_when_anonymous_callers_are_not_allowed(tmp_path: 
             health = http.get(url + "/healthz").json()  # loopback: details
             assert health["refusals"]["no_credentials"] >= 1
     finally:
-        stop_node(proc)
+        child.stop()

@@ -1,0 +1,180 @@
+"""Organizations on this machine, each a `consortium node start` process on loopback:
+one node started and waited for (its READY line), and a federation of N organizations in
+one directory — the federation created, each organization initialised, started and
+admitted by the admin from the agent card it serves — that the demo builds on.
+
+    BASE/federation/   federation.toml and the admin's keys
+    BASE/ORG/          node.toml, keys/, data/, node.log
+
+Directories that already exist are reused, so a second run starts the same federation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from a2a.types import a2a_pb2
+
+from consortium.errors import NodeUnavailableError
+from consortium.federation.admin import (
+    add_member,
+    create_federation,
+    default_paths,
+    member_from_card,
+    read_card,
+)
+from consortium.federation.roster import Roster, load_roster
+from consortium.launch.supervisor import Child, NotReady, Supervisor
+from consortium.node.config import load_config
+from consortium.node.federated import local_signer
+from consortium.node.setup import init_node
+
+START_TIMEOUT_S = 180.0
+STOP_GRACE_S = 30.0
+
+
+def node_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "consortium.cli", "node", "start", "--config", str(config)]
+
+
+def node_environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def start_node(
+    config: Path,
+    log_path: Path,
+    timeout: float = START_TIMEOUT_S,
+    supervisor: Supervisor | None = None,
+) -> tuple[Child, str]:
+    """Starts `consortium node start` (under `supervisor`, or one of its own) and waits
+    for its READY line; returns the child and the node's HTTP URL. child.stop() sends
+    SIGTERM and returns the exit code."""
+    supervisor = supervisor or Supervisor(log_path.parent, node_environment(), grace_s=STOP_GRACE_S)
+    try:
+        child = supervisor.start(
+            f"node {config}",
+            node_command(config),
+            log_path=log_path,
+            ready_line="READY ",
+            timeout=timeout,
+        )
+    except NotReady as e:
+        tail = e.child.log()[-2000:]
+        raise NodeUnavailableError(
+            f"node {config} did not start; its log ends with:\n{tail}"
+        ) from None
+    fields = dict(part.split("=", 1) for part in child.ready_line.split()[1:])
+    return child, fields["http"]
+
+
+@dataclass(frozen=True)
+class Organization:
+    org_id: str
+    display_name: str
+    model: str
+    # TOML appended to its node.toml when the node is first initialised.
+    config_extra: str = ""
+
+
+@dataclass
+class RunningNode:
+    org_id: str
+    model: str
+    config: Path
+    child: Child
+    http_url: str
+    # Signs requests to this node with its organization's key (set once it has joined).
+    signer: Callable[[a2a_pb2.Message], a2a_pb2.Message] | None = None
+
+    def stop(self) -> int:
+        return self.child.stop()
+
+
+class LocalFederation:
+    """A federation of organizations whose nodes run on loopback, in `base`. A context
+    manager; every node still running is stopped on exit."""
+
+    def __init__(self, base: Path, name: str) -> None:
+        self.base = base
+        fed_dir = base / "federation"
+        if not (fed_dir / "federation.toml").exists():
+            create_federation(name, fed_dir)
+        self.paths = default_paths(fed_dir / "federation.toml")
+        self.nodes: list[RunningNode] = []
+        self._supervisor = Supervisor(base, node_environment(), grace_s=STOP_GRACE_S)
+
+    def prepare(self, org: Organization) -> Path:
+        """The organization's node.toml: initialised (ephemeral ports) and pointed at the
+        federation's roster, unless it exists."""
+        node_dir = self.base / org.org_id
+        config = node_dir / "node.toml"
+        if not config.exists():
+            init_node(
+                org.org_id,
+                node_dir,
+                model=org.model,
+                display_name=org.display_name,
+                grpc_port=0,
+                http_port=0,
+            )
+            with config.open("a") as f:
+                f.write(
+                    f'\n[federation]\nroster = "{self.paths.roster.resolve()}"\n'
+                    f'admin_key = "{self.paths.admin_public.resolve()}"\n'
+                )
+                f.write(org.config_extra)
+        return config
+
+    def start(self, org: Organization, timeout: float = START_TIMEOUT_S) -> RunningNode:
+        """Starts the organization's node and waits until it is ready."""
+        config = self.prepare(org)
+        child, url = start_node(config, config.parent / "node.log", timeout, self._supervisor)
+        node = RunningNode(org.org_id, org.model, config, child, url)
+        self.nodes.append(node)
+        return node
+
+    def admit(self, timeout: float = 30.0) -> Roster:
+        """The admin admits every running node that is not yet a member, from the agent
+        card it serves; returns the roster once every node has hot-reloaded it, with each
+        node's signer set."""
+        for node in self.nodes:
+            if load_roster(self.paths.roster).member(node.org_id) is None:
+                card, card_url = read_card(node.http_url)
+                add_member(
+                    self.paths.roster, self.paths.admin_private, member_from_card(card, card_url)
+                )
+        roster = load_roster(self.paths.roster)
+        asyncio.run(wait_for_roster(self.nodes, roster.version, timeout))
+        for node in self.nodes:
+            node.signer = local_signer(load_config(node.config))
+        return roster
+
+    def stop(self) -> None:
+        self._supervisor.stop()
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def wait_for_roster(nodes: list[RunningNode], version: int, timeout: float = 30.0) -> None:
+    """Until every node has hot-reloaded the roster to at least this version."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            seen = [(await http.get(n.http_url + "/healthz")).json()["federation"] for n in nodes]
+            if all(f["roster_version"] >= version for f in seen):
+                return
+            if time.monotonic() > deadline:
+                raise NodeUnavailableError("the nodes did not pick up the federation roster")
+            await asyncio.sleep(0.2)

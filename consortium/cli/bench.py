@@ -4,14 +4,13 @@ in consortium/evaluation."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from consortium.cli.common import print_bench, run, stop_on_sigterm
+from consortium.cli.common import print_bench, progress_bars, run, stop_on_sigterm
 from consortium.errors import ConfigError
 
 
@@ -43,9 +42,9 @@ def bench_routing(
     from consortium.evaluation.routing_eval import evaluate_routers
 
     def go() -> dict[str, Any]:
-        show = sys.stderr.isatty()
-        dev = split_data(tune_split, local, strong, limit=limit, show_progress=show)
-        test = split_data(eval_split, local, strong, limit=limit, show_progress=show)
+        progress = progress_bars()
+        dev = split_data(tune_split, local, strong, limit=limit, progress=progress)
+        test = split_data(eval_split, local, strong, limit=limit, progress=progress)
         return evaluate_routers(
             dev, test, rate=rate, bootstrap_samples=bootstrap, policy_out=policy_out
         )
@@ -92,14 +91,14 @@ def bench_collaborate(
     """Vote, debate (full, ring, star) and mixture against the best single model and its
     self-consistency at the same token budget."""
     from consortium.evaluation.collab_eval import evaluate_collaboration
-    from consortium.evaluation.harness import load_backend, progress_bar, split_data
+    from consortium.evaluation.harness import load_backend, split_data
     from consortium.evaluation.plots import plot_collaboration
 
     def go() -> dict[str, Any]:
-        show = sys.stderr.isatty()
-        dev = split_data(tune_split, local, strong, limit=limit, show_progress=show)
-        test = split_data(eval_split, local, strong, limit=limit, show_progress=show)
-        with progress_bar(show) as start:
+        progress = progress_bars()
+        dev = split_data(tune_split, local, strong, limit=limit, progress=progress)
+        test = split_data(eval_split, local, strong, limit=limit, progress=progress)
+        with progress() as start:
             return evaluate_collaboration(
                 dev, test, live_limit=live, load=load_backend, rounds=rounds, progress=start
             )
@@ -143,11 +142,11 @@ def bench_federated(
         stop_on_sigterm()
         if label not in ("local_correct", "escalation_helps"):
             raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
-        show = sys.stderr.isatty()
+        progress = progress_bars()
         dev = split_data("arc_easy_dev", "smollm2-135m", "gemma3-270m", limit=limit,
-                         show_progress=show)  # fmt: skip
+                         progress=progress)  # fmt: skip
         test = split_data("arc_easy_test", "smollm2-135m", "gemma3-270m", limit=limit,
-                          show_progress=show)  # fmt: skip
+                          progress=progress)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="consortium-fedbench-") as tmp:
             return evaluate_federated(
                 dev,

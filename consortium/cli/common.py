@@ -1,20 +1,24 @@
 """What the `consortium` command modules share: the consoles, the error edge (a
 ConsortiumError prints one line and exits with its code), SIGTERM handling for commands
-that start processes, and the rendering of benchmark results."""
+that start processes, progress bars, and the rendering of benchmark results."""
 
 from __future__ import annotations
 
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from consortium.errors import ConsortiumError
+
+if TYPE_CHECKING:
+    from consortium.evaluation.harness import Progress, Start
 
 out = Console()
 err = Console(stderr=True)
@@ -53,6 +57,41 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Start]:
+    """Yields `start(description, total) -> advance(n)`; a no-op when disabled."""
+    if not enabled:
+        yield lambda _d, _t: lambda _n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as Bar
+
+    with Bar(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+
+        def start(description: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+
+        yield start
+
+
+def progress_bars() -> Progress:
+    """Progress bars while stderr is a terminal (none in a log or a pipe)."""
+    enabled = sys.stderr.isatty()
+    return lambda: progress_bar(enabled)
 
 
 def print_bench(result: dict[str, Any], as_json: bool, columns: list[str]) -> None:

@@ -3,6 +3,7 @@ on the terminal: its lines, a spinner while it waits, its tables."""
 
 from __future__ import annotations
 
+import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,9 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from consortium.cli.common import out, run
+from consortium.cli.common import out, progress_bar, run
 
 if TYPE_CHECKING:
+    from consortium.evaluation.harness import Start
     from consortium.launch import demo as demo_logic
 
 
@@ -39,6 +41,9 @@ class ConsoleReporter:
 
     def status(self, text: str) -> AbstractContextManager[object]:
         return self.console.status(text)
+
+    def progress(self) -> AbstractContextManager[Start]:
+        return progress_bar(sys.stderr.isatty())
 
 
 def demo(

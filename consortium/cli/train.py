@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from consortium.cli.common import out, run, stop_on_sigterm
+from consortium.cli.common import out, progress_bars, run, stop_on_sigterm
 from consortium.errors import ConfigError
 from consortium.node.config import load_config
 
@@ -57,7 +57,9 @@ def seed_routing_data(
         if partition not in ("topic", "iid"):
             raise ConfigError(f"--partition must be topic or iid, got {partition!r}")
         how: Literal["topic", "iid"] = "topic" if partition == "topic" else "iid"
-        seeded = seed_node_records(cfg, split, index, parts, limit, how, local, strong)
+        seeded = seed_node_records(
+            cfg, split, index, parts, limit, how, local, strong, progress_bars()
+        )
         out.print(
             f"{cfg.node.org_id}: stored {seeded.stored} routing records from {split} "
             f"(part {index + 1}/{parts} by {how}; local answer right in {seeded.adequate}); "
@@ -169,7 +171,13 @@ def train(
                 if data_dir is None:
                     data_dir = Path(tmp)
                     sizes = seed_simulation(
-                        data_dir, orgs, split, "smollm2-135m", "gemma3-270m", limit
+                        data_dir,
+                        orgs,
+                        split,
+                        "smollm2-135m",
+                        "gemma3-270m",
+                        limit,
+                        progress_bars(),
                     )
                     out.print(f"seeded {orgs} organizations from {split} by topic: {sizes}")
                 artifact, signed = train_simulated(req, orgs, data_dir)

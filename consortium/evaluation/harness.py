@@ -1,13 +1,12 @@
 """What `consortium bench` runs: gathers a split's cached outputs (computing what is
-missing, with a progress bar), then evaluates routers or collaboration protocols."""
+missing, with the progress display the caller gives: the CLI's is a progress bar), then
+evaluates routers or collaboration protocols."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from consortium.evaluation.datasets import Item, load_arc, split_path
 from consortium.evaluation.embedding_cache import embeddings_path, question_embeddings
@@ -23,32 +22,23 @@ def load_backend(model: str, context_size: int = 1024) -> LLMBackend:
     return LlamaCppBackend(resolve_model_file(model, None), name=model, context_size=context_size)
 
 
+# start(description, total) -> advance(n): one task's progress.
+Start = Callable[[str, int], Callable[[int], None]]
+# A progress display for a stretch of work: a context manager yielding its `start`.
+Progress = Callable[[], AbstractContextManager[Start]]
+
+
 @contextmanager
-def progress_bar(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """Yields `start(description, total) -> advance(n)`; a no-op when disabled."""
-    if not enabled:
-        yield lambda _d, _t: lambda _n: None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as bar:
-
-        def start(description: str, total: int) -> Callable[[int], None]:
-            task = bar.add_task(description, total=total)
-            return lambda n: bar.advance(task, n)
-
-        yield start
+def no_progress() -> Iterator[Start]:
+    """The progress display that shows nothing."""
+    yield lambda _d, _t: lambda _n: None
 
 
 def model_outputs(
     split: str,
     model: str,
     items: list[Item],
-    start: Callable[[str, int], Callable[[int], None]],
+    start: Start,
     cache: Path | None = None,
 ) -> dict[str, ItemOutput]:
     path = outputs_path(split, model, cache)
@@ -70,12 +60,12 @@ def split_data(
     strong: str,
     *,
     limit: int | None,
-    show_progress: bool,
+    progress: Progress = no_progress,
     data_dir: Path | None = None,
     cache: Path | None = None,
 ) -> SplitData:
     items = load_arc(split_path(split, data_dir), limit=limit)
-    with progress_bar(show_progress) as start:
+    with progress() as start:
         local_out = model_outputs(split, local, items, start, cache)
         strong_out = model_outputs(split, strong, items, start, cache)
     embeddings = question_embeddings(items, embeddings_path(split, cache))

@@ -14,12 +14,15 @@ import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from consortium.federation.admin import FederationPaths
 from consortium.launch.local import LocalFederation, Organization, RunningNode
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
 from consortium.node.config import load_config
+
+if TYPE_CHECKING:
+    from consortium.evaluation.harness import Start
 
 DEMO_GROUP = """
 [groups.panel]                  # a vote across the three organizations
@@ -85,6 +88,11 @@ class Reporter(Protocol):
 
     def status(self, text: str) -> AbstractContextManager[object]:
         """Shown while the block it wraps runs."""
+        ...
+
+    def progress(self) -> AbstractContextManager[Start]:
+        """Progress of model outputs computed for the benchmark items (a stretch of work
+        that yields start(description, total) -> advance(n))."""
         ...
 
 
@@ -190,7 +198,9 @@ def _train_and_route(
     with report.status(f"seeding routing records from {SEED_ITEMS} {SEED_SPLIT} items"):
         for i, node in enumerate(nodes):
             cfg = load_config(node.config)
-            n = seed_node_records(cfg, SEED_SPLIT, i, len(nodes), SEED_ITEMS).stored
+            n = seed_node_records(
+                cfg, SEED_SPLIT, i, len(nodes), SEED_ITEMS, progress=report.progress
+            ).stored
             link = data_dir / f"org-{i}.sqlite3"
             link.unlink(missing_ok=True)
             link.symlink_to(cfg.database_path.resolve())

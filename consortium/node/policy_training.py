@@ -13,7 +13,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from consortium.errors import ConfigError
 from consortium.evaluation.routing_eval import SplitData
@@ -24,6 +24,9 @@ from consortium.node.config import NodeConfig
 from consortium.node.embeddings import DIMENSION, MODEL_NAME
 from consortium.node.orchestrator import DRAFT_NORMALISATION
 from consortium.protocols.routing_features import feature_names
+
+if TYPE_CHECKING:
+    from consortium.evaluation.harness import Progress
 
 
 @dataclass(frozen=True)
@@ -151,12 +154,12 @@ def _store_part(
     return len(rows), sum(1 for r in rows if r.local_adequate), total
 
 
-def _split(split: str, local: str, strong: str, limit: int | None) -> SplitData:
-    import sys
+def _split(
+    split: str, local: str, strong: str, limit: int | None, progress: Progress | None
+) -> SplitData:
+    from consortium.evaluation.harness import no_progress, split_data
 
-    from consortium.evaluation.harness import split_data
-
-    return split_data(split, local, strong, limit=limit, show_progress=sys.stderr.isatty())
+    return split_data(split, local, strong, limit=limit, progress=progress or no_progress)
 
 
 def seed_node_records(
@@ -168,25 +171,33 @@ def seed_node_records(
     how: Literal["topic", "iid"] = "topic",
     local: str = "smollm2-135m",
     strong: str = "gemma3-270m",
+    progress: Progress | None = None,
 ) -> Seeded:
     """Part `index` of `parts` of a benchmark split as this node's routing records, as
-    if it had routed those questions (`consortium federation seed-routing-data`)."""
+    if it had routed those questions (`consortium federation seed-routing-data`); model
+    outputs missing from the cache are computed, shown on `progress`."""
     from consortium.evaluation.seeding import partition
 
     if not 0 <= index < parts:
         raise ConfigError(f"part {index + 1} of {parts} does not exist")
-    data = _split(split, local, strong, limit)
+    data = _split(split, local, strong, limit, progress)
     owners = partition(data, parts, how)
     return Seeded(*_store_part(data, owners, index, cfg.database_path, f"seed:{cfg.node.org_id}"))
 
 
 def seed_simulation(
-    directory: Path, orgs: int, split: str, local: str, strong: str, limit: int | None
+    directory: Path,
+    orgs: int,
+    split: str,
+    local: str,
+    strong: str,
+    limit: int | None,
+    progress: Progress | None = None,
 ) -> list[int]:
     """org-0..org-{orgs-1}.sqlite3 from the benchmark caches, split by topic."""
     from consortium.evaluation.seeding import partition
 
-    data = _split(split, local, strong, limit)
+    data = _split(split, local, strong, limit, progress)
     owners = partition(data, orgs, "topic")
     directory.mkdir(parents=True, exist_ok=True)
     sizes = []

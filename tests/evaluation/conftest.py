@@ -30,7 +30,7 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Splits]:
     shutil.copy(DATA / "arc_easy_dev_sample.jsonl", data / "arc_easy_dev.jsonl")
     shutil.copy(DATA / "arc_easy_test_sample.jsonl", data / "arc_easy_test.jsonl")
     cache = tmp_path_factory.mktemp("eval-cache")
-    common = {"limit": None, "show_progress": False, "data_dir": data, "cache": cache}
+    common = {"limit": None, "data_dir": data, "cache": cache}
     dev = split_data("arc_easy_dev", "smollm2-135m", "gemma3-270m", **common)  # type: ignore[arg-type]
     test = split_data("arc_easy_test", "smollm2-135m", "gemma3-270m", **common)  # type: ignore[arg-type]
     yield Splits(dev, test, cache, data)

@@ -114,9 +114,9 @@ class SpecGrpcHandler(GrpcHandler):
                 domain="a2a-protocol.org",
             )
         )
-        rich = status_to_grpc(status)
-        context.set_trailing_metadata(tuple(rich.trailing_metadata))
-        await context.abort(rich.code, rich.details)
+        grpc_error = status_to_grpc(status)
+        context.set_trailing_metadata(tuple(grpc_error.trailing_metadata))
+        await context.abort(grpc_error.code, grpc_error.details)
 
 
 def version_supported(value: str) -> bool:

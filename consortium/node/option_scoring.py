@@ -23,4 +23,3 @@ def score_options(backend: LLMBackend, question: Question, context: str = "") ->
         tokens=tuple(max(backend.count_tokens(prompt + c) - base, 1) for c in conts),
         chars=tuple(len(c) for c in conts),
     )
-

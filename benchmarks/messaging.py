@@ -61,10 +61,10 @@ from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
 from consortium.protocols.call_proof import PROOF_HEADER, sign_call
 from consortium.protocols.signed_message import (
     MessageVerifier,
+    SigningIdentity,
     Verified,
     digest,
-    sign_message,
-    sign_message_and_digest,
+    sign_request,
 )
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.keys import generate_key, public_jwk
@@ -298,8 +298,8 @@ def make_call(
             message_id=str(uuid.uuid4()), role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text=TEXT)]
         )
         started = time.perf_counter()
-        signed, request_digest = sign_message_and_digest(
-            msg, key=client_key, sender="client", recipient="server", federation=FEDERATION
+        signed, request_digest = sign_request(
+            msg, SigningIdentity(client_key, "client", FEDERATION), recipient="server"
         )
         signed_at = time.perf_counter()
         resp = await stub.SendMessage(a2a_pb2.SendMessageRequest(message=signed))
@@ -371,9 +371,9 @@ def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
         )
 
     def sign() -> a2a_pb2.Message:
-        return sign_message(
-            fresh(), key=client_key, sender="client", recipient="server", federation=FEDERATION
-        )
+        return sign_request(
+            fresh(), SigningIdentity(client_key, "client", FEDERATION), recipient="server"
+        )[0]
 
     signed = [sign() for _ in range(n)]
     api_keys = ApiKeys(Path(keys["api_keys_path"]))

@@ -324,22 +324,11 @@ def sign_answer(
     now: float | None = None,
 ) -> a2a_pb2.Message:
     """A signed copy of an answer (role agent) to the request with `request_digest`."""
-    return _sign_answer(message, signer, recipient, request_digest, traceparent, now)[0]
-
-
-def _sign_answer(
-    message: a2a_pb2.Message,
-    signer: SigningIdentity,
-    recipient: str,
-    request_digest: str,
-    traceparent: str,
-    now: float | None,
-) -> tuple[a2a_pb2.Message, str]:
     if not request_digest:
         raise ValueError("an answer must be bound to its request's digest")
     if message.role != a2a_pb2.ROLE_AGENT:
         raise ValueError("an answer to sign must have role ROLE_AGENT")
-    return _sign_message(message, signer, "answer", recipient, request_digest, traceparent, now)
+    return _sign_message(message, signer, "answer", recipient, request_digest, traceparent, now)[0]
 
 
 def sign_task_event(
@@ -361,71 +350,6 @@ def sign_task_event(
         "event", f"event-{uuid.uuid4()}", signer, recipient, request_digest, traceparent, now
     )
     return _sign(signed, claims, signer.key)[0]
-
-
-def sign_event(
-    event: TaskEvent,
-    *,
-    key: jwk.JWK,
-    sender: str,
-    recipient: str,
-    federation: str,
-    request_digest: str,
-    traceparent: str = "",
-    now: float | None = None,
-) -> TaskEvent:
-    """`sign_task_event` with the signer's identity as keyword arguments."""
-    return sign_task_event(
-        event,
-        SigningIdentity(key, sender, federation),
-        recipient=recipient,
-        request_digest=request_digest,
-        traceparent=traceparent,
-        now=now,
-    )
-
-
-def sign_message(
-    message: a2a_pb2.Message,
-    *,
-    key: jwk.JWK,
-    sender: str,
-    recipient: str,
-    federation: str,
-    request_digest: str = "",
-    traceparent: str = "",
-    now: float | None = None,
-) -> a2a_pb2.Message:
-    """`sign_message_and_digest` without the digest."""
-    return sign_message_and_digest(
-        message,
-        key=key,
-        sender=sender,
-        recipient=recipient,
-        federation=federation,
-        request_digest=request_digest,
-        traceparent=traceparent,
-        now=now,
-    )[0]
-
-
-def sign_message_and_digest(
-    message: a2a_pb2.Message,
-    *,
-    key: jwk.JWK,
-    sender: str,
-    recipient: str,
-    federation: str,
-    request_digest: str = "",
-    traceparent: str = "",
-    now: float | None = None,
-) -> tuple[a2a_pb2.Message, str]:
-    """A signed copy of `message` and its digest: a request (`sign_request`) without
-    `request_digest`, an answer (`sign_answer`) bound to it with one."""
-    signer = SigningIdentity(key, sender, federation)
-    if not request_digest:
-        return sign_request(message, signer, recipient=recipient, traceparent=traceparent, now=now)
-    return _sign_answer(message, signer, recipient, request_digest, traceparent, now)
 
 
 S = TypeVar("S", bound=ProtoMessage)

@@ -24,7 +24,12 @@ from consortium.federation.roster import load_roster
 from consortium.node.client import text_message
 from consortium.node.keyrotation import activate_key, stage_key
 from consortium.node.setup import init_node
-from consortium.protocols.signed_message import MessageVerifier, Rejected, sign_message
+from consortium.protocols.signed_message import (
+    MessageVerifier,
+    Rejected,
+    SigningIdentity,
+    sign_request,
+)
 from consortium.trust.keys import key_id, load_private_key
 from consortium.trust.replay import ReplayCache
 
@@ -135,14 +140,12 @@ def test_old_key_verifies_until_its_expiry_and_the_new_one_after(tmp_path: Path)
         )
 
     def signed(key: object, now: float) -> object:
-        return sign_message(
+        return sign_request(
             text_message("hi"),
-            key=key,  # type: ignore[arg-type]
-            sender="acme",
+            SigningIdentity(key, "acme", load_roster(roster).federation_id),
             recipient="globex",
-            federation=load_roster(roster).federation_id,
             now=now,
-        )
+        )[0]
 
     before, after = expiry - 10, expiry + 10
     verifier(before).verify(signed(old, before))  # type: ignore[arg-type]

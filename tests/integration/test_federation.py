@@ -26,7 +26,7 @@ from consortium.node.config import parse_config
 from consortium.node.server import Node
 from consortium.node.setup import init_node
 from consortium.protocols.call_proof import PROOF_HEADER, sign_call
-from consortium.protocols.signed_message import sign_message
+from consortium.protocols.signed_message import SigningIdentity, sign_request
 from consortium.trust.keys import load_private_key
 
 ORGS = ("acme", "globex", "initech")
@@ -117,13 +117,9 @@ class Federation:
                 client,
                 text,
                 options=options or None,
-                sign=lambda m: sign_message(
-                    m,
-                    key=key,
-                    sender=sender or origin,
-                    recipient=origin,
-                    federation="test-federation",
-                ),
+                sign=lambda m: sign_request(
+                    m, SigningIdentity(key, sender or origin, "test-federation"), recipient=origin
+                )[0],
             )
         finally:
             await client.close()
@@ -196,13 +192,11 @@ async def test_unsigned_message_is_refused_on_both_bindings(fed: Federation) -> 
 async def test_message_for_another_recipient_never_reaches_the_model(fed: Federation) -> None:
     acme = fed.nodes["acme"]
     key = load_private_key(acme.config.resolve(acme.config.identity.private_key))
-    msg = sign_message(
+    msg = sign_request(
         text_message("for initech"),
-        key=key,
-        sender="acme",
+        SigningIdentity(key, "acme", "test-federation"),
         recipient="initech",
-        federation="test-federation",
-    )
+    )[0]
     globex = fed.nodes["globex"]
     assert globex.endpoints is not None
     async with grpc.aio.insecure_channel(globex.endpoints.grpc_target) as ch:

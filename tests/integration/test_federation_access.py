@@ -21,7 +21,7 @@ from consortium.node.client import CallProofs, open_client, text_message
 from consortium.node.federated import ResponseSigner
 from consortium.node.server import Node
 from consortium.protocols.call_proof import PROOF_HEADER
-from consortium.protocols.signed_message import sign_message
+from consortium.protocols.signed_message import SigningIdentity, sign_answer
 from consortium.trust.keys import load_private_key
 from tests.integration.test_federation import Federation
 
@@ -204,12 +204,10 @@ async def test_a_signed_answer_replayed_as_a_request_is_refused(
     globex = signer(fed.nodes["globex"])
     answer = text_message("an answer")
     answer.role = a2a_pb2.ROLE_AGENT
-    signed = sign_message(
+    signed = sign_answer(
         answer,
-        key=globex.key,
-        sender="globex",
+        SigningIdentity(globex.key, "globex", FED),
         recipient="acme",
-        federation=FED,
         request_digest="A" * 43,
     )
     as_user = a2a_pb2.Message()

@@ -22,7 +22,12 @@ from consortium.node.direct import DirectReplies
 from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler
 from consortium.node.store import SqliteTaskStore
 from consortium.protocols.a2a_errors import UnauthenticatedError
-from consortium.protocols.signed_message import MessageVerifier, Verified, sign_message
+from consortium.protocols.signed_message import (
+    MessageVerifier,
+    SigningIdentity,
+    Verified,
+    sign_request,
+)
 from consortium.trust.keys import generate_key, public_jwk
 from consortium.trust.replay import ReplayCache
 
@@ -167,13 +172,9 @@ async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> No
             ServerCallContext(state={CREDENTIALS_KEY: Credentials(loopback=False)}),
         )
     assert executor.replied == [] and h.refusals["unsigned"] == 1
-    signed = sign_message(
-        text_message("quick signed"),
-        key=sender,
-        sender="globex",
-        recipient="acme",
-        federation="fed",
-    )
+    signed = sign_request(
+        text_message("quick signed"), SigningIdentity(sender, "globex", "fed"), recipient="acme"
+    )[0]
     result = await h.on_message_send(a2a_pb2.SendMessageRequest(message=signed), local())
     assert isinstance(result, a2a_pb2.Message) and result.parts[0].text == "QUICK SIGNED"
     (verified,) = executor.verified

@@ -27,7 +27,12 @@ from consortium.protocols.call_proof import (
     params_digest,
     sign_call,
 )
-from consortium.protocols.signed_message import MessageVerifier, Rejected, sign_message
+from consortium.protocols.signed_message import (
+    MessageVerifier,
+    Rejected,
+    SigningIdentity,
+    sign_request,
+)
 from consortium.trust.jws import canonical, sign_compact
 from consortium.trust.keys import generate_key, key_id, public_jwk
 from consortium.trust.replay import ReplayCache
@@ -299,9 +304,9 @@ def test_non_finite_issued_at_never_reaches_the_replay_cache(w: World, literal: 
 
 
 def test_malformed_tokens(w: World) -> None:
-    detached_message_signature = sign_message(
-        text_message("x"), key=w.acme, sender="acme", recipient="globex", federation="fed", now=NOW
-    ).metadata["consortium.signature"]
+    detached_message_signature = sign_request(
+        text_message("x"), SigningIdentity(w.acme, "acme", "fed"), recipient="globex", now=NOW
+    )[0].metadata["consortium.signature"]
     head, payload, sig = w.proof().split(".")
     for token in (
         7,

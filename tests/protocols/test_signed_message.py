@@ -30,9 +30,6 @@ from consortium.protocols.signed_message import (
     _sign,
     digest,
     sign_answer,
-    sign_event,
-    sign_message,
-    sign_message_and_digest,
     sign_request,
     sign_task_event,
 )
@@ -94,16 +91,21 @@ class World:
             clock=lambda: NOW,
         )
 
-    def signed(self, text: str = "hello", **kw: object) -> a2a_pb2.Message:
-        args: dict[str, object] = {
-            "key": self.acme,
-            "sender": "acme",
-            "recipient": "globex",
-            "federation": "fed",
-            "now": NOW,
-        }
-        args.update(kw)
-        return sign_message(text_message(text), **args)  # type: ignore[arg-type]
+    def signed(
+        self,
+        text: str = "hello",
+        *,
+        key: jwk.JWK | None = None,
+        sender: str = "acme",
+        recipient: str = "globex",
+        federation: str = "fed",
+        traceparent: str = "",
+        now: float = NOW,
+    ) -> a2a_pb2.Message:
+        signer = SigningIdentity(key or self.acme, sender, federation)
+        return sign_request(
+            text_message(text), signer, recipient=recipient, traceparent=traceparent, now=now
+        )[0]
 
     def answer(
         self, text: str, request_digest: str, key: jwk.JWK | None = None, sender: str = "acme"
@@ -165,14 +167,12 @@ def test_a_message_without_a_json_form_is_malformed_not_a_crash(w: World) -> Non
 
 def test_forged_signature(w: World) -> None:
     # An outsider signs, claiming acme's key id.
-    forged = sign_message(
+    forged = sign_request(
         text_message("pay me"),
-        key=w.outsider,
-        sender="acme",
+        SigningIdentity(w.outsider, "acme", "fed"),
         recipient="globex",
-        federation="fed",
         now=NOW,
-    )
+    )[0]
     claims = dict(forged.metadata[CLAIMS_KEY])
     claims["kid"] = key_id(w.acme)
     forged.metadata.update({CLAIMS_KEY: claims})
@@ -230,9 +230,9 @@ def test_stale_and_future_messages(w: World) -> None:
 
 
 def test_non_member(w: World) -> None:
-    msg = sign_message(
-        text_message("hi"), key=w.outsider, sender="mallory", recipient="globex", federation="fed"
-    )
+    msg = sign_request(
+        text_message("hi"), SigningIdentity(w.outsider, "mallory", "fed"), recipient="globex"
+    )[0]
     e = w.reject(msg)
     assert (e.reason, e.code) == ("non_member", "PERMISSION_DENIED")
     assert (e.external_reason, e.external_code) == ("bad_signature", "UNAUTHENTICATED")
@@ -296,8 +296,8 @@ def test_digest_ignores_the_signature_but_covers_the_rest(w: World) -> None:
 
 
 def test_signing_and_verifying_report_the_digest_answers_bind_to(w: World) -> None:
-    signed, signed_digest = sign_message_and_digest(
-        text_message("q"), key=w.acme, sender="acme", recipient="globex", federation="fed", now=NOW
+    signed, signed_digest = sign_request(
+        text_message("q"), SigningIdentity(w.acme, "acme", "fed"), recipient="globex", now=NOW
     )
     assert signed_digest == digest(signed)
     assert w.verifier.verify(signed).digest == signed_digest
@@ -310,12 +310,10 @@ def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
         context_id="c1",
         artifact=a2a_pb2.Artifact(artifact_id="a1", parts=[a2a_pb2.Part(text="chunk")]),
     )
-    signed = sign_event(
+    signed = sign_task_event(
         event,
-        key=w.acme,
-        sender="acme",
+        SigningIdentity(w.acme, "acme", "fed"),
         recipient="globex",
-        federation="fed",
         request_digest=digest(request),
         now=NOW,
     )
@@ -323,12 +321,10 @@ def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
     assert verified.claims.message_id.startswith("event-") and verified.claims.kind == "event"
     # The same event delivered twice within the call (a duplicated chunk).
     assert w.reject(signed, request_digest=digest(request)).reason == "replay"
-    again = sign_event(
+    again = sign_task_event(
         event,
-        key=w.acme,
-        sender="acme",
+        SigningIdentity(w.acme, "acme", "fed"),
         recipient="globex",
-        federation="fed",
         request_digest=digest(request),
         now=NOW,
     )
@@ -337,12 +333,10 @@ def test_task_events_are_signed_and_tampering_is_caught(w: World) -> None:
     status = a2a_pb2.TaskStatusUpdateEvent(
         task_id="t1", status=a2a_pb2.TaskStatus(state=a2a_pb2.TASK_STATE_COMPLETED)
     )
-    bound_elsewhere = sign_event(
+    bound_elsewhere = sign_task_event(
         status,
-        key=w.acme,
-        sender="acme",
+        SigningIdentity(w.acme, "acme", "fed"),
         recipient="globex",
-        federation="fed",
         request_digest=digest(text_message("x")),
         now=NOW,
     )
@@ -360,16 +354,6 @@ def test_new_signatures_state_their_kind(w: World) -> None:
     answer = w.answer("a", request_digest)
     assert answer.metadata[CLAIMS_KEY]["kind"] == "answer"
     assert answer.metadata[CLAIMS_KEY]["requestDigest"] == request_digest
-    # The keyword entry points infer the kind from request_digest.
-    legacy = sign_message(
-        agent_message("a"),
-        key=w.acme,
-        sender="acme",
-        recipient="globex",
-        federation="fed",
-        request_digest=request_digest,
-    )
-    assert legacy.metadata[CLAIMS_KEY]["kind"] == "answer"
     assert w.signed().metadata[CLAIMS_KEY]["kind"] == "request"
 
 
@@ -480,12 +464,10 @@ def test_an_answer_signed_by_a_member_that_was_not_asked_is_refused(w: World) ->
     answer = w.answer("trust me", request_digest, key=w.initech, sender="initech")
     e = w.reject(answer, request_digest=request_digest, expected_sender="acme")
     assert (e.reason, e.code) == ("wrong_sender", "PERMISSION_DENIED")
-    event = sign_event(
+    event = sign_task_event(
         a2a_pb2.TaskStatusUpdateEvent(task_id="t"),
-        key=w.initech,
-        sender="initech",
+        SigningIdentity(w.initech, "initech", "fed"),
         recipient="globex",
-        federation="fed",
         request_digest=request_digest,
         now=NOW,
     )
@@ -580,14 +562,12 @@ def test_a_message_with_a_non_finite_issued_at_never_reaches_the_replay_cache(
 
 def test_non_member_and_bad_signature_are_one_refusal_outside(w: World) -> None:
     stranger = w.reject(
-        sign_message(
+        sign_request(
             text_message("hi"),
-            key=w.outsider,
-            sender="mallory",
+            SigningIdentity(w.outsider, "mallory", "fed"),
             recipient="globex",
-            federation="fed",
             now=NOW,
-        )
+        )[0]
     )
     tampered = w.signed("transfer 10")
     tampered.parts[0].text = "transfer 90"
@@ -620,9 +600,9 @@ def test_malformed_does_not_depend_on_membership(w: World) -> None:
     # or not the sender is a member, so malformed tokens do not probe the roster.
     reasons = []
     for key, sender in ((w.acme, "acme"), (w.outsider, "mallory")):
-        msg = sign_message(
-            text_message("x"), key=key, sender=sender, recipient="globex", federation="fed", now=NOW
-        )
+        msg = sign_request(
+            text_message("x"), SigningIdentity(key, sender, "fed"), recipient="globex", now=NOW
+        )[0]
         claims = dict(msg.metadata[CLAIMS_KEY])
         claims["kid"] = "other-kid"
         msg.metadata.update({CLAIMS_KEY: claims})

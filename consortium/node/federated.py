@@ -60,15 +60,6 @@ log = logging.getLogger(__name__)
 VERIFIED_KEY = "consortium.verified"
 
 
-class CallerRefused(Exception):
-    """Internal: the caller could not be admitted; `error` is what the client sees."""
-
-    def __init__(self, reason: str, error: A2AError) -> None:
-        self.reason = reason
-        self.error = error
-        super().__init__(reason)
-
-
 class NodeRequestHandler(DefaultRequestHandler):
     def __init__(
         self,

@@ -15,7 +15,7 @@ import time
 
 from llama_cpp import Llama, llama_print_system_info
 
-from consortium.node.llm.registry import resolve_model_file
+from consortium.llm.registry import resolve_model_file
 
 PROMPT = "Write a story about a cat:"
 

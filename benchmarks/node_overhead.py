@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from consortium.launch.local import start_node
+from consortium.llm.llama_cpp_backend import system_info
+from consortium.llm.prompts import COMPLETION_STOPS, completion_prompt
+from consortium.llm.registry import BUNDLED, resolve_model_file
+from consortium.llm.settings import DEFAULT_SYSTEM_PROMPT
 from consortium.node.client import ask, fetch_agent_card, open_client
-from consortium.node.config import DEFAULT_SYSTEM_PROMPT
-from consortium.node.llm.llama_cpp_backend import system_info
-from consortium.node.llm.registry import BUNDLED, resolve_model_file
-from consortium.node.prompts import COMPLETION_STOPS, completion_prompt
 from consortium.node.setup import init_node
 
 PROMPTS = (

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from consortium.node.backends import backend_factory
+from consortium.llm.backends import backend_factory
+from consortium.llm.registry import resolve_model_file
 from consortium.node.config import NodeConfig, parse_config
-from consortium.node.llm.registry import resolve_model_file
 from consortium.node.server import Node
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,7 +59,7 @@ async def start_node(tmp_path: Path) -> AsyncIterator[NodeStarter]:
 
     async def start(config: NodeConfig | None = None, **sections: dict[str, Any]) -> Node:
         cfg = config or make_config(tmp_path / f"node{len(nodes)}", **sections)
-        node = Node(cfg, backend_factory(cfg))
+        node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
         await node.start()
         nodes.append(node)
         return node

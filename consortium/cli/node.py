@@ -89,7 +89,7 @@ def node_start(
     config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
 ) -> None:
     """Run the node in the foreground until SIGTERM or SIGINT."""
-    from consortium.node.backends import backend_factory
+    from consortium.llm.backends import backend_factory
     from consortium.node.server import Node
 
     cfg = run(lambda: load_config(config))
@@ -103,7 +103,7 @@ def node_start(
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     async def serve() -> None:
-        node = Node(cfg, backend_factory(cfg))
+        node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

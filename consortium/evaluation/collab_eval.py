@@ -28,7 +28,7 @@ from consortium.evaluation.routing_eval import (
     correct,
     tokens_of,
 )
-from consortium.node.llm.base import ChatMessage, GenerationParams, LLMBackend
+from consortium.llm.base import ChatMessage, GenerationParams, LLMBackend
 from consortium.node.option_scoring import score_options
 from consortium.protocols.collaboration import (
     Member,

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consortium.evaluation.datasets import Item
-from consortium.node.llm.registry import cache_dir
+from consortium.llm.registry import cache_dir
 from consortium.protocols.multiple_choice import routing_text
 
 
@@ -32,7 +32,7 @@ def question_embeddings(items: list[Item], path: Path) -> dict[str, npt.NDArray[
             }
     missing = [it for it in items if it.id not in cached]
     if missing:
-        from consortium.node.embeddings import SentenceEncoder
+        from consortium.llm.embeddings import SentenceEncoder
 
         encoder = SentenceEncoder()
         vectors = encoder.encode([question_text(it) for it in missing])

@@ -12,12 +12,12 @@ from consortium.evaluation.datasets import Item, load_arc, split_path
 from consortium.evaluation.embedding_cache import embeddings_path, question_embeddings
 from consortium.evaluation.outputs import ItemOutput, compute_outputs, load_outputs, outputs_path
 from consortium.evaluation.routing_eval import SplitData
-from consortium.node.llm.base import LLMBackend
-from consortium.node.llm.registry import resolve_model_file
+from consortium.llm.base import LLMBackend
+from consortium.llm.registry import resolve_model_file
 
 
 def load_backend(model: str, context_size: int = 1024) -> LLMBackend:
-    from consortium.node.llm.llama_cpp_backend import LlamaCppBackend
+    from consortium.llm.llama_cpp_backend import LlamaCppBackend
 
     return LlamaCppBackend(resolve_model_file(model, None), name=model, context_size=context_size)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from consortium.evaluation.datasets import Item
-from consortium.node.llm.base import ChatMessage, Completion, GenerationParams, LLMBackend
-from consortium.node.llm.registry import cache_dir
+from consortium.llm.base import ChatMessage, Completion, GenerationParams, LLMBackend
+from consortium.llm.registry import cache_dir
 from consortium.node.option_scoring import score_options
 from consortium.protocols.multiple_choice import (
     OptionScores,

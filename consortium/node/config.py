@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from consortium.errors import ConfigError
+from consortium.llm.settings import ModelSection
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
 
 
 class _Section(BaseModel):
@@ -50,23 +50,6 @@ class ServerSection(_Section):
     stream_interval_s: Annotated[float, Field(ge=0, le=5)] = 0.05
     # Finished tasks older than this are deleted (checked at start and hourly); 0 keeps all.
     task_retention_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
-
-
-class ModelSection(_Section):
-    backend: Literal["llama_cpp", "transformers", "echo"] = "llama_cpp"
-    name: str = "smollm2-135m"
-    # A GGUF file (llama_cpp), or a transformers model directory; overrides the registry.
-    path: str = ""
-    # For transformers: a GGUF file inside `path` loaded through from_pretrained(gguf_file=).
-    gguf_file: str = ""
-    context_size: Annotated[int, Field(ge=128, le=131072)] = 2048
-    threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0: llama.cpp picks
-    prompt_format: Literal["auto", "chat", "completion"] = "auto"
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 128
-    temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.0
-    # Echo backend only: pause between tokens (tests of cancellation).
-    echo_token_delay_s: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
 
 
 class IdentitySection(_Section):

@@ -26,6 +26,10 @@ from opentelemetry.trace import SpanKind
 
 from consortium.errors import ModelError, PromptTooLongError, TaskError
 from consortium.federation.routing_data import RoutingDataError
+from consortium.llm.base import GenerationParams
+from consortium.llm.prompts import build_request
+from consortium.llm.registry import PromptFormat
+from consortium.llm.worker import ModelWorker
 from consortium.logsafe import safe
 from consortium.node.auth import caller_of
 from consortium.node.config import RoutingSection
@@ -36,12 +40,8 @@ from consortium.node.federated import (
     ResponseSigner,
     SigningEventQueue,
 )
-from consortium.node.llm.base import GenerationParams
-from consortium.node.llm.registry import PromptFormat
-from consortium.node.llm.worker import ModelWorker
 from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerClient, PeerError
-from consortium.node.prompts import build_request
 from consortium.protocols.multiple_choice import Question, argmax
 from consortium.protocols.signed_message import Verified
 

@@ -104,7 +104,7 @@ class LazyEncoder:
     async def load(self) -> None:
         async with self._lock:
             if self._encoder is None:
-                from consortium.node.embeddings import SentenceEncoder
+                from consortium.llm.embeddings import SentenceEncoder
 
                 self._encoder = await asyncio.to_thread(SentenceEncoder)
 

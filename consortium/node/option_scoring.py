@@ -4,7 +4,7 @@ local collaboration members and by the evaluation harness."""
 
 from __future__ import annotations
 
-from consortium.node.llm.base import LLMBackend
+from consortium.llm.base import LLMBackend
 from consortium.protocols.multiple_choice import (
     OptionScores,
     Question,

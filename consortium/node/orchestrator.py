@@ -23,11 +23,11 @@ from typing import Any
 
 from consortium.errors import ConfigError, TaskError
 from consortium.federation.routing_data import RoutingRecord, RoutingRecords
+from consortium.llm.base import ChatMessage, GenerationParams, TokenLogprob
+from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.config import GroupSection, RoutingSection
 from consortium.node.executor_options import RequestOptions
-from consortium.node.llm.base import ChatMessage, GenerationParams, TokenLogprob
-from consortium.node.llm.worker import GenerationRequest, ModelWorker
 from consortium.node.option_scoring import score_options
 from consortium.node.peers import PeerClient
 from consortium.protocols.collaboration import (

@@ -20,8 +20,8 @@ from consortium.evaluation.routing_eval import SplitData
 from consortium.federation.policy import PolicyArtifact, load_policy, sign_policy, write_policy
 from consortium.federation.routing_data import RoutingRecords
 from consortium.federation.training import TrainSettings
+from consortium.llm.embeddings import DIMENSION, MODEL_NAME
 from consortium.node.config import NodeConfig
-from consortium.node.embeddings import DIMENSION, MODEL_NAME
 from consortium.node.orchestrator import DRAFT_NORMALISATION
 from consortium.protocols.routing_features import feature_names
 

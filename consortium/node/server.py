@@ -52,6 +52,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consortium.federation.routing_data import RoutingRecords
 from consortium.federation.watcher import RosterWatcher
+from consortium.llm.base import LLMBackend
+from consortium.llm.registry import default_prompt_format
+from consortium.llm.worker import ModelWorker
 from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.auth import (
     Credentials,
@@ -65,9 +68,6 @@ from consortium.node.executor import ExecutorSettings, ModelExecutor
 from consortium.node.federated import NodeRequestHandler, ResponseSigner
 from consortium.node.http_guard import RequestGuard
 from consortium.node.learned import LazyEncoder, PolicyHolder
-from consortium.node.llm.base import LLMBackend
-from consortium.node.llm.registry import default_prompt_format
-from consortium.node.llm.worker import ModelWorker
 from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.store import SqliteTaskStore

@@ -9,10 +9,10 @@ from pathlib import Path
 from jwcrypto import jwk
 
 from consortium.errors import ConfigError
+from consortium.llm.registry import BUNDLED
 from consortium.node.agent_card import build_agent_card
 from consortium.node.auth import is_loopback
 from consortium.node.config import NodeConfig, load_config
-from consortium.node.llm.registry import BUNDLED
 from consortium.node.server import card_json
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.files import secure_directory

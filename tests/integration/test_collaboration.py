@@ -39,7 +39,7 @@ def signed_policy(path: Path, admin_key: Path) -> Path:
     the mechanics of loading and applying it), signed by the federation admin."""
     from consortium.federation.admin import load_admin_key
     from consortium.federation.policy import fit_logistic, sign_policy, write_policy
-    from consortium.node.embeddings import DIMENSION
+    from consortium.llm.embeddings import DIMENSION
     from consortium.protocols.routing_features import feature_names
 
     names = feature_names(DIMENSION)
@@ -182,7 +182,7 @@ async def test_a_scoring_request_over_a_stream_is_one_message(fed: Federation) -
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_routed_tasks_leave_records_that_feedback_labels(fed: Federation) -> None:
-    from consortium.node.embeddings import DIMENSION
+    from consortium.llm.embeddings import DIMENSION
     from consortium.protocols.routing_features import feature_names
 
     records = fed.nodes["acme"].records

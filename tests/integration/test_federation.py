@@ -20,7 +20,7 @@ from consortium.federation.admin import (
     set_status,
 )
 from consortium.federation.roster import load_roster, write_roster
-from consortium.node.backends import backend_factory
+from consortium.llm.backends import backend_factory
 from consortium.node.client import ask, open_client, text_message
 from consortium.node.config import parse_config
 from consortium.node.server import Node
@@ -69,7 +69,7 @@ class Federation:
     async def start(self) -> None:
         for org in ORGS:
             cfg = self.config(org)
-            node = Node(cfg, backend_factory(cfg))
+            node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
             await node.start()
             self.nodes[org] = node
         # Admit every node from the card it serves (real endpoints), as an admin would.

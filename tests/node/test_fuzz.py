@@ -31,7 +31,7 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consortium.node.backends import backend_factory
+from consortium.llm.backends import backend_factory
 from consortium.node.client import text_message
 from consortium.node.server import Node
 from tests.conftest import make_config
@@ -61,7 +61,7 @@ class RunningNode:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         cfg = make_config(data_dir, **sections)
-        self.node = Node(cfg, backend_factory(cfg))
+        self.node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
         self._run(self.node.start())
         assert self.node.endpoints
         self.http = httpx.Client(base_url=self.node.endpoints.http_url, timeout=CALL_TIMEOUT_S)

@@ -116,8 +116,8 @@ async def test_transformers_backend_loads_a_model_directory(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from consortium.node.llm.base import ChatMessage, GenerationParams
-    from consortium.node.llm.transformers_backend import TransformersBackend
+    from consortium.llm.base import ChatMessage, GenerationParams
+    from consortium.llm.transformers_backend import TransformersBackend
 
     # A plain transformers model directory, made from the bundled GGUF.
     directory = tmp_path / "smollm2-hf"

@@ -19,8 +19,8 @@ from a2a.server.context import ServerCallContext
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
+from consortium.llm.backends import backend_factory
 from consortium.node.auth import ANONYMOUS
-from consortium.node.backends import backend_factory
 from consortium.node.client import text_message
 from consortium.node.server import Node
 from consortium.node.store import SqliteTaskStore
@@ -29,7 +29,7 @@ from tests.conftest import make_config
 
 async def test_finished_tasks_survive_a_restart(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    node = Node(cfg, backend_factory(cfg))
+    node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
     await node.start()
     async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as ch:  # type: ignore[union-attr]
         resp = await a2a_pb2_grpc.A2AServiceStub(ch).SendMessage(
@@ -37,7 +37,7 @@ async def test_finished_tasks_survive_a_restart(tmp_path: Path) -> None:
         )
     await node.stop()
 
-    again = Node(cfg, backend_factory(cfg))
+    again = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
     await again.start()
     try:
         async with grpc.aio.insecure_channel(again.endpoints.grpc_target) as ch:  # type: ignore[union-attr]
@@ -61,7 +61,7 @@ async def test_tasks_in_flight_at_a_crash_are_failed_on_start(tmp_path: Path) ->
     store.save_sync(working, ANONYMOUS.owner)  # the tests' callers are anonymous on loopback
     store.close()
 
-    node = Node(cfg, backend_factory(cfg))
+    node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
     await node.start()
     try:
         async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as ch:  # type: ignore[union-attr]
@@ -163,7 +163,7 @@ async def jsonrpc(node: Node, method: str, params: dict[str, Any]) -> dict[str, 
 
 async def test_poisoned_rows_do_not_break_reads_after_a_restart(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    node = Node(cfg, backend_factory(cfg))
+    node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
     await node.start()
     try:
         async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as ch:  # type: ignore[union-attr]
@@ -180,7 +180,7 @@ async def test_poisoned_rows_do_not_break_reads_after_a_restart(tmp_path: Path) 
     garbage = a2a_pb2.Task(id="t-garbage", context_id="c")
     insert_raw(cfg.database_path, owner, garbage, body=b"\xff\xff\xff garbage")
 
-    again = Node(cfg, backend_factory(cfg))
+    again = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
     await again.start()
     try:
         async with grpc.aio.insecure_channel(again.endpoints.grpc_target) as ch:  # type: ignore[union-attr]
@@ -322,7 +322,7 @@ async def test_node_deletes_expired_tasks_at_start(tmp_path: Path) -> None:
     store.save_sync(task_at("ancient", a2a_pb2.TASK_STATE_COMPLETED, 946_684_800.0), owner)
     store.save_sync(task_at("fresh", a2a_pb2.TASK_STATE_COMPLETED, time.time()), owner)
     store.close()
-    node = Node(cfg, backend_factory(cfg))
+    node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
     await node.start()
     try:
         async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as ch:  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from consortium.errors import PromptTooLongError
-from consortium.node.llm.base import (
+from consortium.llm.base import (
     Chunk,
     Completion,
     FinishReason,
@@ -25,8 +25,8 @@ from consortium.node.llm.base import (
     TokenLogprob,
     Usage,
 )
-from consortium.node.llm.sampling import Logits, sample, token_logprob
-from consortium.node.llm.stops import StopMatcher
+from consortium.llm.sampling import Logits, sample, token_logprob
+from consortium.llm.stops import StopMatcher
 
 
 class Detokenizer(Protocol):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from consortium.errors import ConfigError, ModelError
-from consortium.node.llm.base import LLMBackend
+from consortium.llm.base import LLMBackend
 
 PromptFormat = Literal["chat", "completion"]
 

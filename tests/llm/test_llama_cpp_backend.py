@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from consortium.errors import ModelError, PromptTooLongError
-from consortium.node.config import DEFAULT_SYSTEM_PROMPT
-from consortium.node.llm.base import ChatMessage, Chunk, Completion, GenerationParams
-from consortium.node.llm.llama_cpp_backend import LlamaCppBackend
-from consortium.node.prompts import completion_prompt
+from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams
+from consortium.llm.llama_cpp_backend import LlamaCppBackend
+from consortium.llm.prompts import completion_prompt
+from consortium.llm.settings import DEFAULT_SYSTEM_PROMPT
 
 
 def drain(gen: Generator[Chunk, None, Completion]) -> tuple[list[Chunk], Completion]:

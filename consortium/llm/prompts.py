@@ -7,9 +7,9 @@ few-shot prompt and stop at the next question.
 
 from __future__ import annotations
 
-from consortium.node.llm.base import ChatMessage, GenerationParams
-from consortium.node.llm.registry import PromptFormat
-from consortium.node.llm.worker import GenerationRequest
+from consortium.llm.base import ChatMessage, GenerationParams
+from consortium.llm.registry import PromptFormat
+from consortium.llm.worker import GenerationRequest
 
 FEW_SHOT = (
     "Below are questions, each followed by a short, correct answer.\n\n"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consortium.errors import ModelError
-from consortium.node.llm.base import (
+from consortium.llm.base import (
     ChatMessage,
     Chunk,
     Completion,

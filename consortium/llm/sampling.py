@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from consortium.node.llm.base import GenerationParams, TokenLogprob
+from consortium.llm.base import GenerationParams, TokenLogprob
 
 Logits = npt.NDArray[np.float32]
 

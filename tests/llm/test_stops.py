@@ -1,4 +1,4 @@
-from consortium.node.llm.stops import StopMatcher
+from consortium.llm.stops import StopMatcher
 
 
 def feed_all(stops: tuple[str, ...], pieces: list[str]) -> tuple[str, bool]:

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from consortium.errors import ModelError, PromptTooLongError
-from consortium.node.llm import decode_loop
-from consortium.node.llm.base import ChatMessage, Chunk, Completion, GenerationParams, ModelInfo
-from consortium.node.llm.sampling import Logits, common_prefix, log_softmax
+from consortium.llm import decode_loop
+from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams, ModelInfo
+from consortium.llm.sampling import Logits, common_prefix, log_softmax
 
 
 class TransformersBackend:

@@ -1,7 +1,7 @@
 """LLM backends behind one interface: llama.cpp (default), transformers, and an echo model
 for network tests; plus the worker that runs a model off the event loop."""
 
-from consortium.node.llm.base import (
+from consortium.llm.base import (
     ChatMessage,
     Chunk,
     Completion,
@@ -11,7 +11,7 @@ from consortium.node.llm.base import (
     TokenLogprob,
     Usage,
 )
-from consortium.node.llm.worker import GenerationRequest, GenerationStream, ModelWorker
+from consortium.llm.worker import GenerationRequest, GenerationStream, ModelWorker
 
 __all__ = [
     "ChatMessage",

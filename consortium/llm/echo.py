@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 
-from consortium.node.llm.base import (
+from consortium.llm.base import (
     ChatMessage,
     Chunk,
     Completion,

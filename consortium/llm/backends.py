@@ -1,4 +1,4 @@
-"""Chooses and builds the LLM backend a node.toml asks for (wiring, at the edge)."""
+"""Chooses and builds the LLM backend a node.toml's [model] section asks for."""
 
 from __future__ import annotations
 
@@ -6,26 +6,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from consortium.errors import ConfigError
-from consortium.node.config import NodeConfig
-from consortium.node.llm.base import LLMBackend
-from consortium.node.llm.registry import resolve_model_file
+from consortium.llm.base import LLMBackend
+from consortium.llm.registry import resolve_model_file
+from consortium.llm.settings import ModelSection
 
 
-def backend_factory(config: NodeConfig) -> Callable[[], LLMBackend]:
-    """A callable that loads the configured model (run on the model's worker thread)."""
-    m = config.model
+def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]:
+    """A callable that loads the configured model (run on the model's worker thread);
+    relative paths in the section are relative to base_dir (the node.toml's directory)."""
     threads = m.threads or None
     if m.backend == "echo":
-        from consortium.node.llm.echo import EchoBackend
+        from consortium.llm.echo import EchoBackend
 
         return lambda: EchoBackend(
             m.name, token_delay_s=m.echo_token_delay_s, context_size=m.context_size
         )
     if m.backend == "llama_cpp":
-        path = config.resolve(m.path) if m.path else None
+        path = _resolve(base_dir, m.path) if m.path else None
 
         def load_llama() -> LLMBackend:
-            from consortium.node.llm.llama_cpp_backend import LlamaCppBackend
+            from consortium.llm.llama_cpp_backend import LlamaCppBackend
 
             file = path or resolve_model_file(m.name, None)
             chat = None if m.prompt_format == "auto" else m.prompt_format == "chat"
@@ -37,10 +37,10 @@ def backend_factory(config: NodeConfig) -> Callable[[], LLMBackend]:
     if m.backend == "transformers":
         if not m.path:
             raise ConfigError("the transformers backend needs a model directory", key="model.path")
-        directory = config.resolve(m.path)
+        directory = _resolve(base_dir, m.path)
 
         def load_transformers() -> LLMBackend:
-            from consortium.node.llm.transformers_backend import TransformersBackend
+            from consortium.llm.transformers_backend import TransformersBackend
 
             return TransformersBackend(
                 Path(directory),
@@ -52,3 +52,8 @@ def backend_factory(config: NodeConfig) -> Callable[[], LLMBackend]:
 
         return load_transformers
     raise ConfigError(f"unknown backend {m.backend!r}", key="model.backend")
+
+
+def _resolve(base_dir: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base_dir / p

@@ -21,15 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from consortium.errors import ModelError, PromptTooLongError
-from consortium.node.llm import decode_loop
-from consortium.node.llm.base import (
+from consortium.llm import decode_loop
+from consortium.llm.base import (
     ChatMessage,
     Chunk,
     Completion,
     GenerationParams,
     ModelInfo,
 )
-from consortium.node.llm.sampling import Logits, common_prefix, log_softmax
+from consortium.llm.sampling import Logits, common_prefix, log_softmax
 
 log = logging.getLogger(__name__)
 

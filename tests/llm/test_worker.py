@@ -6,9 +6,9 @@ import asyncio
 import threading
 from collections.abc import Generator, Sequence
 
-from consortium.node.llm.base import ChatMessage, Chunk, Completion, GenerationParams
-from consortium.node.llm.echo import EchoBackend
-from consortium.node.llm.worker import GenerationRequest, ModelWorker
+from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams
+from consortium.llm.echo import EchoBackend
+from consortium.llm.worker import GenerationRequest, ModelWorker
 
 
 class CountingEcho(EchoBackend):

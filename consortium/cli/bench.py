@@ -136,7 +136,8 @@ def bench_federated(
     from consortium.evaluation.federated_eval import evaluate_federated
     from consortium.evaluation.harness import split_data
     from consortium.evaluation.plots import plot_federated
-    from consortium.federation.training import TrainSettings
+    from consortium.launch.flower import FlowerEngines
+    from consortium.learning.optimiser import TrainSettings
 
     def go() -> dict[str, Any]:
         stop_on_sigterm()
@@ -156,6 +157,7 @@ def bench_federated(
                 label=label,  # type: ignore[arg-type]
                 work_dir=Path(tmp),
                 settings=TrainSettings(local_steps=local_steps, l2=l2),
+                engines=FlowerEngines(),
                 deployment=deployment,
             )
 

@@ -15,8 +15,9 @@ from rich.table import Table
 from consortium.cli.common import out, progress_bar, run
 
 if TYPE_CHECKING:
-    from consortium.evaluation.harness import Start
+    from consortium.evaluation.harness import Progress, Start
     from consortium.launch import demo as demo_logic
+    from consortium.node.config import NodeConfig
 
 
 class ConsoleReporter:
@@ -53,8 +54,14 @@ def demo(
 ) -> None:
     """Three organizations on loopback form a federation, answer signed questions (one across
     organizations), print tables, stop."""
-    from consortium.launch.demo import run_demo
+    from consortium.evaluation.seeding import seed_node_records
+    from consortium.launch.demo import SEED_ITEMS, SEED_SPLIT, run_demo
+
+    def seed(config: NodeConfig, index: int, parts: int, progress: Progress) -> int:
+        return seed_node_records(
+            config, SEED_SPLIT, index, parts, SEED_ITEMS, progress=progress
+        ).stored
 
     # A log or CI transcript is not a terminal: give the table room instead of 80 columns.
     console = out if out.is_terminal else Console(width=160)
-    run(lambda: run_demo(workdir, ConsoleReporter(console)))
+    run(lambda: run_demo(workdir, ConsoleReporter(console), seed))

@@ -21,8 +21,8 @@ def policy_sign(
 ) -> None:
     """Stamp the artifact with the federation id and sign it with the admin key."""
     from consortium.federation.admin import load_admin_key
-    from consortium.federation.policy import load_policy, sign_policy, write_policy
     from consortium.federation.roster import load_roster, now_iso
+    from consortium.learning.policy import load_policy, sign_policy, write_policy
 
     def go() -> None:
         artifact = load_policy(policy, None)
@@ -47,7 +47,7 @@ def policy_verify(
 ) -> None:
     """Exit 0 only for a well-formed artifact signed by the trusted admin key."""
     from consortium.federation.admin import default_paths
-    from consortium.federation.policy import load_policy
+    from consortium.learning.policy import load_policy
     from consortium.trust.keys import load_public_key
 
     def go() -> None:

@@ -1,7 +1,7 @@
 """`consortium federation seed-routing-data | train | superlink | supernode-key |
 register-supernode | supernode`: the routing policy's training data and its federated
 training with Flower. Wiring only; the pieces live in consortium/federation and
-consortium/node/policy_training.py."""
+consortium/learning/coordinator.py."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def seed_routing_data(
 ) -> None:
     """Fill this organization's routing records from the benchmark caches (computed on
     first use), so a fresh federation can train its routing policy at once."""
-    from consortium.node.policy_training import seed_node_records
+    from consortium.evaluation.seeding import seed_node_records
 
     def go() -> None:
         cfg = load_config(config)
@@ -134,12 +134,9 @@ def train(
 ) -> None:
     """Train the routing policy across organizations with Flower and write the signed
     artifact: --simulate for development, or submit to the federation's SuperLink."""
-    from consortium.node.policy_training import (
-        TrainRequest,
-        seed_simulation,
-        train_deployed,
-        train_simulated,
-    )
+    from consortium.evaluation.seeding import seed_simulation
+    from consortium.launch.flower import train_simulated
+    from consortium.learning.coordinator import TrainRequest, train_deployed
 
     def go() -> None:
         stop_on_sigterm()
@@ -213,7 +210,7 @@ def supernode(
 ) -> None:
     """Run this organization's Flower SuperNode: its ClientApp trains on this node's
     routing records (node.toml's database) and sends only weights and metrics."""
-    from consortium.federation.deployment import environment, supernode_command
+    from consortium.learning.deployment import environment, supernode_command
 
     def go() -> list[str]:
         cfg = load_config(config)
@@ -238,7 +235,7 @@ def supernode_key(
 ) -> None:
     """Create this organization's SuperNode authentication key (training.auth_key, or
     keys/supernode.key); print the public key file to give the coordinator."""
-    from consortium.federation.deployment import generate_supernode_key
+    from consortium.learning.deployment import generate_supernode_key
 
     def go() -> None:
         cfg = load_config(config)
@@ -267,7 +264,7 @@ def superlink_cmd(
     ] = False,
 ) -> None:
     """Run the coordinator's Flower SuperLink (ServerApp runs and SuperNode traffic)."""
-    from consortium.federation.deployment import Tls, environment, superlink_command
+    from consortium.learning.deployment import Tls, environment, superlink_command
 
     def go() -> list[str]:
         tls = None
@@ -300,8 +297,8 @@ def register_supernode(
     ca: Annotated[Path, typer.Option(help="CA certificate of the SuperLink.")],
 ) -> None:
     """Admit an organization's SuperNode to the SuperLink (coordinator only)."""
-    from consortium.federation.deployment import register_supernode as register
-    from consortium.federation.deployment import write_connection
+    from consortium.learning.deployment import register_supernode as register
+    from consortium.learning.deployment import write_connection
 
     def go() -> None:
         if not public_key.exists():

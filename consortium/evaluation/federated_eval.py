@@ -12,22 +12,33 @@ CPT(50 %)) of each policy's escalation scores:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from consortium.evaluation.metrics import router_metrics
 from consortium.evaluation.routing_eval import SplitData, correct
 from consortium.evaluation.seeding import partition, records
-from consortium.federation import training as T
-from consortium.federation.routing_data import Label, RoutingRecord, RoutingRecords
+from consortium.learning import optimiser as T
+from consortium.learning.records import Label, RoutingRecord, RoutingRecords
 from consortium.protocols.multiple_choice import Normalisation
 
 NORMS: tuple[Normalisation, Normalisation] = ("none", "none")
 # The share of its records a ClientApp keeps for evaluation (RunSettings.held_out).
 CLIENT_HELD_OUT = 0.2
+
+
+class Engines(Protocol):
+    """Runs one Flower run config to completion on either engine."""
+
+    def simulate(self, config: dict[str, Any], orgs: int, data_dir: Path) -> object: ...
+
+    def deploy(
+        self, config: dict[str, Any], data_paths: Sequence[Path], work_dir: Path
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -179,14 +190,14 @@ def evaluate_federated(
     label: Label,
     work_dir: Path,
     settings: T.TrainSettings,
+    engines: Engines,
     deployment: bool = False,
     proximal_mu: float = 0.1,
 ) -> dict[str, Any]:
-    """Every alternative on the held-out records; per-round curves of the federated runs."""
+    """Every alternative on the held-out records; per-round curves of the federated runs.
+    `engines` runs a run config on Flower's simulation or deployment engine (processes:
+    consortium/launch/flower.py, handed in by the CLI)."""
     import json
-
-    from consortium.federation.deployment import LocalDeployment
-    from consortium.federation.simulation import simulate
 
     data = prepare(dev, test, orgs, work_dir / "orgs")
     base_config: dict[str, Any] = {
@@ -217,10 +228,9 @@ def evaluate_federated(
             "version": name,
         }
         if engine == "simulation":
-            simulate(config, orgs, work_dir / "orgs")
+            engines.simulate(config, orgs, work_dir / "orgs")
         else:
-            with LocalDeployment(work_dir / "deployment", data_paths=data.org_dbs) as dep:
-                dep.submit(config)
+            engines.deploy(config, data.org_dbs, work_dir / "deployment")
         history = json.loads(hist.read_text())
         curve = _history_curve(history, data, label)
         curves[name] = curve

@@ -32,7 +32,7 @@ from consortium.evaluation.metrics import (
     router_metrics,
 )
 from consortium.evaluation.outputs import ItemOutput
-from consortium.federation.policy import (
+from consortium.learning.policy import (
     Label,
     LogisticPolicy,
     PolicyArtifact,

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from consortium.errors import ConfigError
 from consortium.evaluation.embedding_cache import question_text
 from consortium.evaluation.routing_eval import SplitData, correct, draft_of
-from consortium.federation.routing_data import RoutingRecord
+from consortium.learning.records import RoutingRecord, RoutingRecords
+from consortium.node.config import NodeConfig
 from consortium.protocols.multiple_choice import Normalisation
-from consortium.protocols.routing_features import feature_names, features
+from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
+
+if TYPE_CHECKING:
+    from consortium.evaluation.harness import Progress
 
 Partition = Literal["topic", "iid"]
 
@@ -89,3 +96,82 @@ def records(
             )
         )
     return out, feature_names(dim)
+
+
+@dataclass(frozen=True)
+class Seeded:
+    stored: int
+    adequate: int
+    total: int
+
+
+def _store_part(
+    data: SplitData, owners: Any, index: int, path: Path, owner: str
+) -> tuple[int, int, int]:
+    """Stores the items of part `index` as routing records in the database at `path`:
+    (stored, of which the local answer was right, records now in the database)."""
+    chosen = [i for i in range(len(data.items)) if owners[i] == index]
+    rows, names = records(
+        data,
+        (DRAFT_NORMALISATION, DRAFT_NORMALISATION),
+        owner=owner,
+        indices=chosen,
+        topics=owners,
+    )
+    store = RoutingRecords(path)
+    try:
+        store.add_many(rows, names, replace=True)
+        total = int(store.counts()["records"])
+    finally:
+        store.close()
+    return len(rows), sum(1 for r in rows if r.local_adequate), total
+
+
+def _split(
+    split: str, local: str, strong: str, limit: int | None, progress: Progress | None
+) -> SplitData:
+    from consortium.evaluation.harness import no_progress, split_data
+
+    return split_data(split, local, strong, limit=limit, progress=progress or no_progress)
+
+
+def seed_node_records(
+    cfg: NodeConfig,
+    split: str,
+    index: int,
+    parts: int,
+    limit: int | None = None,
+    how: Literal["topic", "iid"] = "topic",
+    local: str = "smollm2-135m",
+    strong: str = "gemma3-270m",
+    progress: Progress | None = None,
+) -> Seeded:
+    """Part `index` of `parts` of a benchmark split as this node's routing records, as
+    if it had routed those questions (`consortium federation seed-routing-data`); model
+    outputs missing from the cache are computed, shown on `progress`."""
+    if not 0 <= index < parts:
+        raise ConfigError(f"part {index + 1} of {parts} does not exist")
+    data = _split(split, local, strong, limit, progress)
+    owners = partition(data, parts, how)
+    return Seeded(*_store_part(data, owners, index, cfg.database_path, f"seed:{cfg.node.org_id}"))
+
+
+def seed_simulation(
+    directory: Path,
+    orgs: int,
+    split: str,
+    local: str,
+    strong: str,
+    limit: int | None,
+    progress: Progress | None = None,
+) -> list[int]:
+    """org-0..org-{orgs-1}.sqlite3 from the benchmark caches, split by topic."""
+    data = _split(split, local, strong, limit, progress)
+    owners = partition(data, orgs, "topic")
+    directory.mkdir(parents=True, exist_ok=True)
+    sizes = []
+    for org in range(orgs):
+        path = directory / f"org-{org}.sqlite3"
+        path.unlink(missing_ok=True)
+        sizes.append(_store_part(data, owners, org, path, f"org-{org}")[0])
+    return sizes

@@ -11,18 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from consortium.federation.admin import FederationPaths
 from consortium.launch.local import LocalFederation, Organization, RunningNode
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
-from consortium.node.config import load_config
+from consortium.node.config import NodeConfig, load_config
 
-if TYPE_CHECKING:
-    from consortium.evaluation.harness import Start
+# The progress callback of the benchmark harness (consortium/evaluation/harness.py):
+# start(label, total) returns advance(n).
+Start = Callable[[str, int], Callable[[int], None]]
+
+
+class SeedRecords(Protocol):
+    """Fills one organization's routing records with part `index` of `parts` of a
+    benchmark split (consortium/evaluation/seeding.py, handed in by the CLI); returns
+    how many it stored."""
+
+    def __call__(
+        self, config: NodeConfig, index: int, parts: int, progress: Callable[[], Any]
+    ) -> int: ...
+
 
 DEMO_GROUP = """
 [groups.panel]                  # a vote across the three organizations
@@ -186,21 +199,24 @@ def _collaboration(origin: RunningNode) -> Table:
 
 
 def _train_and_route(
-    nodes: list[RunningNode], paths: FederationPaths, base: Path, report: Reporter
+    nodes: list[RunningNode],
+    paths: FederationPaths,
+    base: Path,
+    report: Reporter,
+    seed: SeedRecords,
 ) -> None:
     """Each organization's routing records (seeded from benchmark items), a routing
     policy trained across the three with Flower's simulation engine, signed by the
     federation admin, and acme routing with it (its node reloads the file)."""
-    from consortium.node.policy_training import TrainRequest, seed_node_records, train_simulated
+    from consortium.launch.flower import train_simulated
+    from consortium.learning.coordinator import TrainRequest
 
     data_dir = base / "training"
     data_dir.mkdir(exist_ok=True)
     with report.status(f"seeding routing records from {SEED_ITEMS} {SEED_SPLIT} items"):
         for i, node in enumerate(nodes):
             cfg = load_config(node.config)
-            n = seed_node_records(
-                cfg, SEED_SPLIT, i, len(nodes), SEED_ITEMS, progress=report.progress
-            ).stored
+            n = seed(cfg, i, len(nodes), report.progress)
             link = data_dir / f"org-{i}.sqlite3"
             link.unlink(missing_ok=True)
             link.symlink_to(cfg.database_path.resolve())
@@ -225,7 +241,7 @@ def _train_and_route(
     )
 
 
-def run_demo(workdir: Path | None, report: Reporter) -> None:
+def run_demo(workdir: Path | None, report: Reporter, seed: SeedRecords) -> None:
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     report.heading("Consortium demo", f": three organizations on loopback, in {base}")
@@ -250,7 +266,7 @@ def run_demo(workdir: Path | None, report: Reporter) -> None:
                 report.table(_across(nodes[0], nodes[-1]))
             with report.status("routing a multiple-choice question: local draft, escalation, vote"):
                 report.table(_collaboration(nodes[0]))
-            _train_and_route(nodes, fed.paths, base, report)
+            _train_and_route(nodes, fed.paths, base, report, seed)
         finally:
             for node in fed.nodes:
                 code = node.stop()

@@ -25,7 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from consortium.errors import ModelError, PromptTooLongError, TaskError
-from consortium.federation.routing_data import RoutingDataError
+from consortium.learning.records import RoutingDataError
 from consortium.llm.base import GenerationParams
 from consortium.llm.prompts import build_request
 from consortium.llm.registry import PromptFormat

@@ -13,10 +13,9 @@ from typing import Any
 from jwcrypto import jwk
 
 from consortium.errors import ConsortiumError, TaskError
-from consortium.federation.policy import LogisticPolicy, PolicyArtifact, load_policy
-from consortium.node.orchestrator import DRAFT_NORMALISATION
+from consortium.learning.policy import LogisticPolicy, PolicyArtifact, load_policy
 from consortium.protocols.routing import LearnedRouter, RoutingInput
-from consortium.protocols.routing_features import feature_names, features
+from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from consortium.errors import ConfigError, TaskError
-from consortium.federation.routing_data import RoutingRecord, RoutingRecords
+from consortium.learning.records import RoutingRecord, RoutingRecords
 from consortium.llm.base import ChatMessage, GenerationParams, TokenLogprob
 from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
@@ -41,7 +41,6 @@ from consortium.protocols.collaboration import (
     vote,
 )
 from consortium.protocols.multiple_choice import (
-    Normalisation,
     OptionScores,
     Question,
     argmax,
@@ -68,12 +67,9 @@ from consortium.protocols.routing import (
     parse_node_router,
     top_entropy,
 )
-from consortium.protocols.routing_features import feature_names, features
+from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
 
 log = logging.getLogger(__name__)
-# Option log-likelihoods become probabilities unnormalised: what the dev split chose for
-# both bundled models (consortium bench routing prints the choice).
-DRAFT_NORMALISATION: Normalisation = "none"
 DRAFT = GenerationParams(max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=5)
 
 

@@ -50,8 +50,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from consortium.federation.routing_data import RoutingRecords
 from consortium.federation.watcher import RosterWatcher
+from consortium.learning.records import RoutingRecords
 from consortium.llm.base import LLMBackend
 from consortium.llm.registry import default_prompt_format
 from consortium.llm.worker import ModelWorker

@@ -14,7 +14,7 @@ Routers:
   set directly or calibrated to a target escalation rate;
 - `learned`: a classifier predicting whether the local answer is adequate, from features
   computed locally (sentence embedding and confidence signals); the model comes from a
-  policy artifact (consortium/federation/policy.py), plugged in through `AdequacyModel`;
+  policy artifact (consortium/learning/policy.py), plugged in through `AdequacyModel`;
 - `cascade`: answer locally, check the answer, escalate when the check fails.
 Which peer to escalate to, among several, is `choose_peer`'s job (capability, price,
 latency, trust), within the task's `Budget`.

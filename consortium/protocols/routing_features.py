@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from consortium.protocols.multiple_choice import Normalisation
 from consortium.protocols.routing import Draft
+
+# Option log-likelihoods become probabilities unnormalised: what the dev split chose for
+# both bundled models (consortium bench routing prints the choice). A policy artifact
+# records the normalisation its features were computed with.
+DRAFT_NORMALISATION: Normalisation = "none"
 
 MAX_OPTIONS = 5
 SIGNAL_FEATURES: tuple[str, ...] = (

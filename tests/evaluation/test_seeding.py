@@ -12,7 +12,7 @@ import numpy as np
 
 from consortium.evaluation.routing_eval import correct, feature_matrix
 from consortium.evaluation.seeding import partition, records
-from consortium.federation.routing_data import RoutingRecords
+from consortium.learning.records import RoutingRecords
 from consortium.llm.embeddings import DIMENSION
 from consortium.node.config import load_config
 from consortium.protocols.routing_features import feature_names

@@ -38,7 +38,7 @@ def signed_policy(path: Path, admin_key: Path) -> Path:
     """A policy over the node's features (trained on random data: these tests are about
     the mechanics of loading and applying it), signed by the federation admin."""
     from consortium.federation.admin import load_admin_key
-    from consortium.federation.policy import fit_logistic, sign_policy, write_policy
+    from consortium.learning.policy import fit_logistic, sign_policy, write_policy
     from consortium.llm.embeddings import DIMENSION
     from consortium.protocols.routing_features import feature_names
 

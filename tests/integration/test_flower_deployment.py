@@ -16,10 +16,10 @@ import pytest
 import tomli_w
 
 from consortium.federation.admin import create_federation
-from consortium.federation.deployment import free_port
+from consortium.launch.flower import free_port
 from consortium.launch.supervisor import Child, Supervisor, listening
+from consortium.learning.coordinator import node_feature_names
 from consortium.node.config import load_config
-from consortium.node.policy_training import node_feature_names
 from consortium.trust.tls import create_ca, issue_certificate
 from tests.federation.test_flower_app import write_records
 

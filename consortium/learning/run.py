@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from consortium.federation import training as T
-from consortium.federation.policy import FeatureSpec, PolicyArtifact, write_policy
+from consortium.learning import optimiser as T
+from consortium.learning.policy import FeatureSpec, PolicyArtifact, write_policy
 
 if TYPE_CHECKING:
-    from consortium.federation.flower_app import RunSettings
+    from consortium.learning.flower_app import RunSettings
 
 
 def artifact_from(

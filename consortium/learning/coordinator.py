@@ -13,20 +13,14 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from consortium.errors import ConfigError
-from consortium.evaluation.routing_eval import SplitData
-from consortium.federation.policy import PolicyArtifact, load_policy, sign_policy, write_policy
-from consortium.federation.routing_data import RoutingRecords
-from consortium.federation.training import TrainSettings
+from consortium.learning.optimiser import TrainSettings
+from consortium.learning.policy import PolicyArtifact, load_policy, sign_policy, write_policy
+from consortium.learning.records import RoutingRecords
 from consortium.llm.embeddings import DIMENSION, MODEL_NAME
-from consortium.node.config import NodeConfig
-from consortium.node.orchestrator import DRAFT_NORMALISATION
-from consortium.protocols.routing_features import feature_names
-
-if TYPE_CHECKING:
-    from consortium.evaluation.harness import Progress
+from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names
 
 
 @dataclass(frozen=True)
@@ -123,106 +117,12 @@ def check_data_dir(data_dir: Path, orgs: int) -> list[int]:
     return sizes
 
 
-@dataclass(frozen=True)
-class Seeded:
-    stored: int
-    adequate: int
-    total: int
-
-
-def _store_part(
-    data: SplitData, owners: Any, index: int, path: Path, owner: str
-) -> tuple[int, int, int]:
-    """Stores the items of part `index` as routing records in the database at `path`:
-    (stored, of which the local answer was right, records now in the database)."""
-    from consortium.evaluation.seeding import records
-
-    chosen = [i for i in range(len(data.items)) if owners[i] == index]
-    rows, names = records(
-        data,
-        (DRAFT_NORMALISATION, DRAFT_NORMALISATION),
-        owner=owner,
-        indices=chosen,
-        topics=owners,
-    )
-    store = RoutingRecords(path)
-    try:
-        store.add_many(rows, names, replace=True)
-        total = int(store.counts()["records"])
-    finally:
-        store.close()
-    return len(rows), sum(1 for r in rows if r.local_adequate), total
-
-
-def _split(
-    split: str, local: str, strong: str, limit: int | None, progress: Progress | None
-) -> SplitData:
-    from consortium.evaluation.harness import no_progress, split_data
-
-    return split_data(split, local, strong, limit=limit, progress=progress or no_progress)
-
-
-def seed_node_records(
-    cfg: NodeConfig,
-    split: str,
-    index: int,
-    parts: int,
-    limit: int | None = None,
-    how: Literal["topic", "iid"] = "topic",
-    local: str = "smollm2-135m",
-    strong: str = "gemma3-270m",
-    progress: Progress | None = None,
-) -> Seeded:
-    """Part `index` of `parts` of a benchmark split as this node's routing records, as
-    if it had routed those questions (`consortium federation seed-routing-data`); model
-    outputs missing from the cache are computed, shown on `progress`."""
-    from consortium.evaluation.seeding import partition
-
-    if not 0 <= index < parts:
-        raise ConfigError(f"part {index + 1} of {parts} does not exist")
-    data = _split(split, local, strong, limit, progress)
-    owners = partition(data, parts, how)
-    return Seeded(*_store_part(data, owners, index, cfg.database_path, f"seed:{cfg.node.org_id}"))
-
-
-def seed_simulation(
-    directory: Path,
-    orgs: int,
-    split: str,
-    local: str,
-    strong: str,
-    limit: int | None,
-    progress: Progress | None = None,
-) -> list[int]:
-    """org-0..org-{orgs-1}.sqlite3 from the benchmark caches, split by topic."""
-    from consortium.evaluation.seeding import partition
-
-    data = _split(split, local, strong, limit, progress)
-    owners = partition(data, orgs, "topic")
-    directory.mkdir(parents=True, exist_ok=True)
-    sizes = []
-    for org in range(orgs):
-        path = directory / f"org-{org}.sqlite3"
-        path.unlink(missing_ok=True)
-        sizes.append(_store_part(data, owners, org, path, f"org-{org}")[0])
-    return sizes
-
-
-def train_simulated(req: TrainRequest, orgs: int, data_dir: Path) -> tuple[PolicyArtifact, bool]:
-    from consortium.federation.simulation import simulate
-
-    check_data_dir(data_dir, orgs)
-    unsigned_path(req.out).unlink(missing_ok=True)
-    simulate(run_config(req, orgs), orgs, data_dir)
-    return finish(req)
-
-
 def train_deployed(
     req: TrainRequest, orgs: int, superlink: str, ca: Path | None, timeout: float
 ) -> tuple[PolicyArtifact, bool]:
     """Submits the run to a SuperLink (run on the coordinator's host: the ServerApp
     writes the artifact on the SuperLink's machine)."""
-    from consortium.federation.deployment import submit, write_connection
+    from consortium.learning.deployment import submit, write_connection
 
     unsigned_path(req.out).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="consortium-flwr-") as home:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from consortium.errors import ConfigError, ConsortiumError
-from consortium.launch.supervisor import NotReady, Supervisor, listening
 
 CONNECTION = "consortium"
 
@@ -42,7 +40,7 @@ class DeploymentError(ConsortiumError):
 def app_dir() -> Path:
     """The Flower app directory `flwr run` builds and submits (pyproject.toml only; the
     components are imported from the installed package)."""
-    return Path(str(resources.files("consortium.federation") / "flower"))
+    return Path(str(resources.files("consortium.learning") / "flower"))
 
 
 def environment(flwr_home: Path) -> dict[str, str]:
@@ -251,73 +249,3 @@ def _tail(done: subprocess.CompletedProcess[str], lines: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or (
         f"exit code {done.returncode}"
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class LocalDeployment:
-    """A SuperLink on loopback without TLS and either one SuperNode per record database
-    or, with `simulated_supernodes`, Flower's simulation runtime in the SuperLink (the
-    SuperNodes run in Ray). For the simulation engine, the benchmark and the demo; tests
-    and operators of a real federation use the CLI with TLS. A context manager; every
-    process is stopped on exit."""
-
-    def __init__(
-        self, directory: Path, data_paths: Sequence[Path] = (), simulated_supernodes: int = 0
-    ) -> None:
-        if bool(data_paths) == bool(simulated_supernodes):
-            raise ValueError("give either data_paths or simulated_supernodes")
-        self.data_paths = list(data_paths)
-        self.simulated = simulated_supernodes
-        self.directory = directory
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.flwr_home = directory / "flwr-home"
-        # Each Flower process leads its own process group: it starts flower-superexec.
-        self._procs = Supervisor(directory, environment(self.flwr_home), new_session=True)
-
-    def __enter__(self) -> LocalDeployment:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            self._start_all()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _start_all(self) -> None:
-        try:
-            self._procs.start(
-                "superlink",
-                superlink_command(
-                    port=self.port,
-                    database=self.directory / "superlink.db",
-                    simulation=bool(self.simulated),
-                ),
-                ready=listening(self.port),
-                timeout=60,
-            )
-        except NotReady as e:
-            if e.exited:
-                raise DeploymentError(
-                    f"the SuperLink exited (see {self.directory}/superlink.log)"
-                ) from None
-            raise DeploymentError("the SuperLink did not start listening within 60 s") from None
-        for i, path in enumerate(self.data_paths):
-            self._procs.start(
-                f"supernode-{i}",
-                supernode_command(
-                    superlink=self.address, port=free_port(), data_path=path.resolve(), ca=None
-                ),
-            )
-        write_connection(self.flwr_home, self.address, None, self.simulated)
-
-    def submit(self, run_config: dict[str, Any], timeout: float = 3600) -> None:
-        submit(run_config, self.flwr_home, timeout)
-
-    def __exit__(self, *exc: object) -> None:
-        self._procs.stop()

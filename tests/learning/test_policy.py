@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consortium.federation.policy import (
+from consortium.learning.policy import (
     LogisticPolicy,
     PolicyError,
     fit_logistic,

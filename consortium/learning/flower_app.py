@@ -1,7 +1,7 @@
 """The Flower app that trains the shared routing policy: a ClientApp that each
 organization runs next to its node, on its own routing records, and a ServerApp the
 coordinator runs, which aggregates (FedAvg, or FedProx for non-IID data) and writes the
-policy artifact (which the coordinator then signs: consortium/node/policy_training.py).
+policy artifact (which the coordinator then signs: consortium/learning/coordinator.py).
 Only weights, feature statistics and metrics leave an organization; records never do.
 
 One run: a `query` round collects every organization's feature count, sums and sums of
@@ -34,10 +34,10 @@ from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from consortium.errors import ConfigError
-from consortium.federation import training as T
-from consortium.federation.policy import PolicyArtifact
-from consortium.federation.routing_data import Label, RoutingRecords
-from consortium.federation.run import finish_run
+from consortium.learning import optimiser as T
+from consortium.learning.policy import PolicyArtifact
+from consortium.learning.records import Label, RoutingRecords
+from consortium.learning.run import finish_run
 
 log = logging.getLogger(__name__)
 
@@ -379,6 +379,6 @@ def make_server_app() -> ServerApp:
     return app
 
 
-# The components `flwr run` loads (consortium/federation/flower/pyproject.toml).
+# The components `flwr run` loads (consortium/learning/flower/pyproject.toml).
 client_app = make_client_app()
 server_app = make_server_app()

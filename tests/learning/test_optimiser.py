@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from consortium.federation import training as T
+from consortium.learning import optimiser as T
 
 
 def data(seed: int, n: int = 400, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

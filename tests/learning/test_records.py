@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consortium.federation.routing_data import (
+from consortium.learning.records import (
     RoutingDataError,
     RoutingRecord,
     RoutingRecords,

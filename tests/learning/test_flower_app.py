@@ -14,15 +14,15 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from consortium.errors import ConfigError
-from consortium.federation import training as T
-from consortium.federation.flower_app import (
+from consortium.learning import optimiser as T
+from consortium.learning.coordinator import node_feature_names
+from consortium.learning.flower_app import (
     RunSettings,
     client_evaluate,
     client_stats,
     client_train,
 )
-from consortium.federation.routing_data import RoutingRecord, RoutingRecords
-from consortium.node.policy_training import node_feature_names
+from consortium.learning.records import RoutingRecord, RoutingRecords
 
 NAMES = ("a", "b", "c")
 
@@ -209,8 +209,8 @@ def test_differential_privacy_reports_the_epsilon_of_its_rounds(tmp_path: Path) 
 
 
 def test_the_servers_artifact_and_history(tmp_path: Path) -> None:
-    from consortium.federation.policy import LogisticPolicy, load_policy
-    from consortium.federation.run import finish_run
+    from consortium.learning.policy import LogisticPolicy, load_policy
+    from consortium.learning.run import finish_run
 
     settings = RunSettings.from_config(
         run_config(out=str(tmp_path / "p.json"), history=str(tmp_path / "h.json"), version="v1")

@@ -4,7 +4,7 @@ the same ~500-byte text, an echo executor (no model):
   (a) raw grpc.aio unary echo (bytes in, bytes out);
   (b) unsigned A2A SendMessage round trip through the node's gRPC stack and request
       handler; the executor answers with a Message, so the node replies directly
-      (consortium/node/direct.py) without a2a-sdk's task machinery;
+      (consortium/node/a2a/direct.py) without a2a-sdk's task machinery;
   (c) the same, signed by the client, verified by the server (signature, membership,
       freshness, replay cache in SQLite), answered with a signed reply bound to the
       request, which the client verifies;
@@ -54,9 +54,9 @@ from opentelemetry.trace import NoOpTracer
 
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.launch.supervisor import Supervisor
+from consortium.node.a2a.direct import DirectReplies
+from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
 from consortium.node.auth import GrpcContextBuilder
-from consortium.node.direct import DirectReplies
-from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
 from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
 from consortium.protocols.call_proof import PROOF_HEADER, sign_call
 from consortium.protocols.signed_message import (
@@ -119,7 +119,7 @@ def member(org: str, key: jwk.JWK) -> Member:
 
 
 def card() -> a2a_pb2.AgentCard:
-    from consortium.node.agent_card import build_agent_card
+    from consortium.node.a2a.agent_card import build_agent_card
 
     return build_agent_card(
         org_id="server",

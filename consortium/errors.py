@@ -43,9 +43,30 @@ class NodeUnavailableError(ConsortiumError):
 
 
 class TaskError(ConsortiumError):
-    """A task ended in a state other than completed."""
+    """A task ended in a state other than completed (what a client sees: `consortium ask`
+    and the A2A client raise it)."""
 
     exit_code = 5
+
+
+class RequestRejected(ConsortiumError):
+    """A node refuses to act on a request as given: a route, router, group or member it
+    cannot serve, a budget that allows nothing, a caller it cannot admit. The task fails
+    with this message; the node keeps serving."""
+
+    exit_code = 6
+
+
+class BudgetError(RequestRejected):
+    """A request's budget (tokens, calls, cost) allows no call to any member."""
+
+
+class UntrustedAnswer(ConsortiumError):
+    """A peer's answer (or a message in it) failed verification: a bad or missing
+    signature, the wrong sender, a digest that does not bind it to the request. Unlike
+    NodeUnavailableError, the peer answered; what it said cannot be believed."""
+
+    exit_code = 7
 
 
 class PromptTooLongError(ModelError):

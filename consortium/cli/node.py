@@ -148,9 +148,9 @@ def ask(
     verifies the signed answer."""
     from a2a.utils.constants import TransportProtocol
 
+    from consortium.node.a2a.request_handler import local_signer
     from consortium.node.client import ask as ask_node
     from consortium.node.client import fetch_agent_card, open_client
-    from consortium.node.federated import local_signer
     from consortium.node.server import running_http_url
 
     cfg = run(lambda: load_config(config))

@@ -32,8 +32,8 @@ from consortium.federation.admin import (
 )
 from consortium.federation.roster import Roster, load_roster
 from consortium.launch.supervisor import Child, NotReady, Supervisor
+from consortium.node.a2a.request_handler import local_signer
 from consortium.node.config import load_config
-from consortium.node.federated import local_signer
 from consortium.node.setup import init_node
 
 START_TIMEOUT_S = 180.0

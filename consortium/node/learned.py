@@ -12,7 +12,7 @@ from typing import Any
 
 from jwcrypto import jwk
 
-from consortium.errors import ConsortiumError, TaskError
+from consortium.errors import ConsortiumError, RequestRejected
 from consortium.learning.policy import LogisticPolicy, PolicyArtifact, load_policy
 from consortium.protocols.routing import LearnedRouter, RoutingInput
 from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
@@ -81,7 +81,7 @@ class PolicyHolder:
                 log.info("loaded routing policy %s (version %s)", self.path, artifact.version)
             self._stamp = stamp
         if self._policy is None:
-            raise TaskError(f"no valid routing policy at {self.path}")
+            raise RequestRejected(f"no valid routing policy at {self.path}")
         return self._policy
 
     @property

@@ -21,17 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consortium.errors import ConfigError, TaskError
+from consortium.errors import BudgetError, ConfigError, RequestRejected
 from consortium.learning.records import RoutingRecord, RoutingRecords
 from consortium.llm.base import ChatMessage, GenerationParams, TokenLogprob
 from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.config import GroupSection, RoutingSection
-from consortium.node.executor_options import RequestOptions
 from consortium.node.option_scoring import score_options
 from consortium.node.peers import PeerClient
 from consortium.protocols.collaboration import (
-    BudgetError,
     Limits,
     Member,
     Outcome,
@@ -49,6 +47,7 @@ from consortium.protocols.multiple_choice import (
     routing_text,
     scoring_prompt,
 )
+from consortium.protocols.request_options import RequestOptions
 from consortium.protocols.routing import (
     AlwaysRouter,
     Budget,
@@ -141,7 +140,7 @@ class Orchestrator:
         try:
             kind, arg = parse_node_router(spec)
         except ValueError as e:
-            raise TaskError(str(e)) from None
+            raise RequestRejected(str(e)) from None
         threshold, target = self._routing.threshold, self._routing.target
         if kind == "local":
             return LocalRouter()
@@ -157,7 +156,7 @@ class Orchestrator:
         if kind == "cascade":
             return CascadeRouter("confidence", "margin", threshold, target)
         if self._learned is None:
-            raise TaskError("the learned router needs [routing] policy in node.toml")
+            raise RequestRejected("the learned router needs [routing] policy in node.toml")
         return self._learned()
 
     def peers(self) -> tuple[Peer, ...]:
@@ -181,7 +180,7 @@ class Orchestrator:
         if name in ("self", self.org_id):
             return LocalMember(self.org_id, self._worker)
         if self._peers is None:
-            raise TaskError(f"member {name} is a peer, and this node is not in a federation")
+            raise RequestRejected(f"member {name} is a peer, and this node is not in a federation")
         return PeerMember(name, self._peers, self._price(name))
 
     # -- free text -------------------------------------------------------------------
@@ -194,7 +193,7 @@ class Orchestrator:
         caller, locally or by the peer). Routers that need a draft get a short one."""
         spec = options.route or self._routing.router
         if spec in self._groups:
-            raise TaskError(
+            raise RequestRejected(
                 f"group {spec} answers multiple-choice tasks: send the options in "
                 "metadata.consortium.choices"
             )
@@ -216,7 +215,7 @@ class Orchestrator:
             )
             if isinstance(router, LearnedRouter):
                 if self._embed is None:
-                    raise TaskError("the learned router needs the sentence encoder")
+                    raise RequestRejected("the learned router needs the sentence encoder")
                 task_features = {
                     "embedding": await self._embed(question),
                     "generated_choice": [-1.0],
@@ -242,7 +241,7 @@ class Orchestrator:
                 )
             )
         except ValueError as e:
-            raise TaskError(f"router {router.name}: {e}") from None
+            raise RequestRejected(f"router {router.name}: {e}") from None
 
     # -- multiple choice --------------------------------------------------------------
 
@@ -343,7 +342,7 @@ class Orchestrator:
             option_probs=probs,
         )
         if self._embed is None:
-            raise TaskError("the learned router needs the sentence encoder")
+            raise RequestRejected("the learned router needs the sentence encoder")
         choice = extract_choice(completion.text, question)
         return draft, {
             "generated_choice": [float(-1 if choice is None else choice)],
@@ -375,7 +374,7 @@ class Orchestrator:
 
     def _require_peers(self) -> PeerClient:
         if self._peers is None:
-            raise TaskError("escalation needs a federation: this node has no [federation]")
+            raise RequestRejected("escalation needs a federation: this node has no [federation]")
         return self._peers
 
     async def _run_group(self, name: str, question: Question, options: RequestOptions) -> Outcome:
@@ -403,7 +402,7 @@ class Orchestrator:
             proposers = [m for m in members if m.name != aggregator.name]
             return await mixture(proposers, aggregator, question, limits=limits)
         except BudgetError as e:
-            raise TaskError(f"group {name}: {e}") from None
+            raise RequestRejected(f"group {name}: {e}") from None
 
     def _from_outcome(
         self, outcome: Outcome, route: str, decision: Decision | None, started: float

@@ -19,11 +19,11 @@ from opentelemetry.trace import SpanKind
 
 from consortium.errors import NodeUnavailableError
 from consortium.federation.watcher import RosterWatcher
+from consortium.node.a2a.request_handler import ResponseSigner
 from consortium.node.client import open_client, text_message
-from consortium.node.executor_options import METADATA_KEY
-from consortium.node.federated import ResponseSigner
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
+from consortium.protocols.request_options import METADATA_KEY
 from consortium.protocols.routing import Peer
 from consortium.protocols.signed_message import MessageVerifier, Rejected
 

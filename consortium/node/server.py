@@ -55,7 +55,11 @@ from consortium.learning.records import RoutingRecords
 from consortium.llm.base import LLMBackend
 from consortium.llm.registry import default_prompt_format
 from consortium.llm.worker import ModelWorker
-from consortium.node.agent_card import JSONRPC_PATH, build_agent_card
+from consortium.node.a2a.agent_card import JSONRPC_PATH, build_agent_card
+from consortium.node.a2a.conformance import ConformanceExecutor
+from consortium.node.a2a.executor import ExecutorSettings, ModelExecutor
+from consortium.node.a2a.http_guard import RequestGuard
+from consortium.node.a2a.request_handler import NodeRequestHandler, ResponseSigner
 from consortium.node.auth import (
     Credentials,
     GrpcContextBuilder,
@@ -63,10 +67,6 @@ from consortium.node.auth import (
     http_credentials,
 )
 from consortium.node.config import NodeConfig, RoutingSection
-from consortium.node.conformance import ConformanceExecutor
-from consortium.node.executor import ExecutorSettings, ModelExecutor
-from consortium.node.federated import NodeRequestHandler, ResponseSigner
-from consortium.node.http_guard import RequestGuard
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient

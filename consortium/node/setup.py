@@ -10,7 +10,7 @@ from jwcrypto import jwk
 
 from consortium.errors import ConfigError
 from consortium.llm.registry import BUNDLED
-from consortium.node.agent_card import build_agent_card
+from consortium.node.a2a.agent_card import build_agent_card
 from consortium.node.auth import is_loopback
 from consortium.node.config import NodeConfig, load_config
 from consortium.node.server import card_json

@@ -11,7 +11,7 @@ so deep that protobuf's binary parser refuses to read it back; a status timestam
 outside the range of a Timestamp) is **sanitized, not refused**: the offending value
 becomes null (a timestamp is cleared) and a warning names the task id. Refusing would
 fail the task's whole lifecycle over one value of its metadata, and the client's input
-is refused earlier anyway (`consortium.node.validation`), so what reaches the store is
+is refused earlier anyway (`consortium.node.a2a.validation`), so what reaches the store is
 the node's own output. Reads are robust too: a row that cannot be decoded is skipped
 with a log line naming only its task id, and a decoded task is sanitized before it is
 returned. `repair()`, run at start-up, rewrites the rows an older node stored
@@ -41,7 +41,7 @@ from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_lis
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
-from consortium.node.validation import MAX_STRUCT_DEPTH
+from consortium.node.a2a.validation import MAX_STRUCT_DEPTH
 from consortium.sqlite import connect
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from consortium.errors import BudgetError
 from consortium.protocols.multiple_choice import (
     Normalisation,
     OptionScores,
@@ -28,10 +29,6 @@ from consortium.protocols.multiple_choice import (
 )
 
 Topology = Literal["full", "ring", "star"]
-
-
-class BudgetError(ValueError):
-    """The budget does not allow even one call."""
 
 
 @dataclass(frozen=True)

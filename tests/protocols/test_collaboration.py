@@ -8,8 +8,8 @@ import math
 
 import pytest
 
+from consortium.errors import BudgetError
 from consortium.protocols.collaboration import (
-    BudgetError,
     Limits,
     Scored,
     combine,

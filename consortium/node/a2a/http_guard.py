@@ -25,7 +25,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from consortium.node.agent_card import JSONRPC_PATH
+from consortium.node.a2a.agent_card import JSONRPC_PATH
 
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/a2a+json"})
 # What the guard lets through to the binding. A message's Structs may be at most

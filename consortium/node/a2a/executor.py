@@ -24,25 +24,25 @@ from a2a.types import a2a_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from consortium.errors import ModelError, PromptTooLongError, TaskError
+from consortium.errors import ModelError, PromptTooLongError, RequestRejected
 from consortium.learning.records import RoutingDataError
 from consortium.llm.base import GenerationParams
 from consortium.llm.prompts import build_request
 from consortium.llm.registry import PromptFormat
 from consortium.llm.worker import ModelWorker
 from consortium.logsafe import safe
-from consortium.node.auth import caller_of
-from consortium.node.config import RoutingSection
-from consortium.node.direct import DirectReplies
-from consortium.node.executor_options import METADATA_KEY, RequestOptions, request_options
-from consortium.node.federated import (
+from consortium.node.a2a.direct import DirectReplies
+from consortium.node.a2a.request_handler import (
     VERIFIED_KEY,
     ResponseSigner,
     SigningEventQueue,
 )
+from consortium.node.auth import caller_of
+from consortium.node.config import RoutingSection
 from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerClient, PeerError
 from consortium.protocols.multiple_choice import Question, argmax
+from consortium.protocols.request_options import METADATA_KEY, RequestOptions, request_options
 from consortium.protocols.signed_message import Verified
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _owner(context: ServerCallContext) -> str:
     """Whose task this is: the scope of the caller the request handler admitted."""
     caller = caller_of(context)
     if caller is None:  # a handler always admits first; never act for nobody
-        raise TaskError("the caller was not authenticated")
+        raise RequestRejected("the caller was not authenticated")
     return caller.owner
 
 
@@ -247,7 +247,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         if options.route or self._orchestrator.routes_text():
             try:
                 target = await self._route_text(question, options)
-            except TaskError as e:
+            except RequestRejected as e:
                 await updater.reject(self._reply(context, task, f"rejected: {e}"))
                 return
             except ModelError as e:
@@ -417,7 +417,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
                         "consortium.router": routed.provenance["router"],
                     }
                 )
-        except (ValueError, TaskError) as e:
+        except (ValueError, RequestRejected) as e:
             await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
         except (PeerError, ModelError) as e:

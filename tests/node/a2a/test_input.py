@@ -15,10 +15,10 @@ import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from consortium.node import http_guard
+from consortium.node.a2a import http_guard
+from consortium.node.a2a.validation import MAX_STRUCT_DEPTH
 from consortium.node.client import text_message
 from consortium.node.server import Node
-from consortium.node.validation import MAX_STRUCT_DEPTH
 from tests.conftest import NodeStarter
 
 INVALID_PARAMS = -32602

@@ -1,4 +1,4 @@
-"""Message-only exchanges answered without a task (consortium/node/direct.py), through the
+"""Message-only exchanges answered without a task (consortium/node/a2a/direct.py), through the
 node's request handler with a real SQLite task store."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from a2a.utils.errors import InvalidParamsError, TaskNotFoundError
 from opentelemetry.trace import NoOpTracer
 
 from consortium.federation.roster import Member, MemberKey, Roster
-from consortium.node.agent_card import build_agent_card
+from consortium.node.a2a.agent_card import build_agent_card
+from consortium.node.a2a.direct import DirectReplies
+from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler
 from consortium.node.auth import ANONYMOUS, CREDENTIALS_KEY, CallerUser, Credentials
 from consortium.node.client import text_message
-from consortium.node.direct import DirectReplies
-from consortium.node.federated import VERIFIED_KEY, NodeRequestHandler
 from consortium.node.store import SqliteTaskStore
 from consortium.protocols.a2a_errors import UnauthenticatedError
 from consortium.protocols.signed_message import (

@@ -28,11 +28,11 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from consortium.logsafe import safe
+from consortium.node.a2a.direct import DirectReplies, may_reply_directly
+from consortium.node.a2a.validation import validate_send_request
 from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of
 from consortium.node.config import NodeConfig
-from consortium.node.direct import DirectReplies, may_reply_directly
 from consortium.node.telemetry import context_from
-from consortium.node.validation import validate_send_request
 from consortium.protocols.a2a_errors import (
     PermissionDeniedError,
     UnauthenticatedError,

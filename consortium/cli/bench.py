@@ -1,6 +1,7 @@
 """`consortium bench routing | collaborate | federated`: routers, collaboration protocols
 and the federated routing policy evaluated on benchmark data. Wiring only; the pieces live
-in consortium/evaluation."""
+in consortium/evaluation (the federated runs' options are generated from
+consortium/learning/settings.py: cli/options.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from consortium.cli.common import print_bench, progress_bars, run, stop_on_sigterm
-from consortium.errors import ConfigError
+from consortium.cli.options import setting_options
+from consortium.learning.settings import TrainOptions
 
 
 def bench_routing(
@@ -109,14 +111,21 @@ def bench_collaborate(
     print_bench(result, as_json, ["accuracy", "gain_over_best_single", "gain_ci95", "tokens"])
 
 
+# The benchmark's setup (README, "Federated routing policy"): its own defaults for these.
+FEDERATED_DEFAULTS = {"rounds": 30, "label": "escalation_helps"}
+
+
+@setting_options(
+    TrainOptions,
+    only=("rounds", "label", "local_steps", "learning_rate", "l2", "proximal_mu", "held_out"),
+    defaults=FEDERATED_DEFAULTS,
+)
 def bench_federated(
+    *,
     orgs: Annotated[int, typer.Option(min=2, max=10, help="Organizations.")] = 4,
-    rounds: Annotated[int, typer.Option(min=1, max=200, help="Federated rounds.")] = 30,
-    label: Annotated[str, typer.Option(help="local_correct or escalation_helps.")] = (
-        "escalation_helps"
-    ),
-    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 10,
-    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
+    # Options of the runs (--rounds, --label, ...) from TrainOptions: cli/options.py. Both
+    # strategies run; neither differential privacy.
+    options: TrainOptions,
     deployment: Annotated[
         bool,
         typer.Option(
@@ -137,12 +146,9 @@ def bench_federated(
     from consortium.evaluation.harness import split_data
     from consortium.evaluation.plots import plot_federated
     from consortium.launch.flower import FlowerEngines
-    from consortium.learning.optimiser import TrainSettings
 
     def go() -> dict[str, Any]:
         stop_on_sigterm()
-        if label not in ("local_correct", "escalation_helps"):
-            raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
         progress = progress_bars()
         dev = split_data("arc_easy_dev", "smollm2-135m", "gemma3-270m", limit=limit,
                          progress=progress)  # fmt: skip
@@ -153,10 +159,8 @@ def bench_federated(
                 dev,
                 test,
                 orgs=orgs,
-                rounds=rounds,
-                label=label,  # type: ignore[arg-type]
+                options=options,
                 work_dir=Path(tmp),
-                settings=TrainSettings(local_steps=local_steps, l2=l2),
                 engines=FlowerEngines(),
                 deployment=deployment,
             )

@@ -1,7 +1,7 @@
 """`consortium federation seed-routing-data | train | superlink | supernode-key |
 register-supernode | supernode`: the routing policy's training data and its federated
-training with Flower. Wiring only; the pieces live in consortium/federation and
-consortium/learning/coordinator.py."""
+training with Flower. Wiring only; the pieces live in consortium/learning (the run's
+options are generated from consortium/learning/settings.py: cli/options.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from consortium.cli.common import out, progress_bars, run, stop_on_sigterm
+from consortium.cli.options import setting_options
 from consortium.errors import ConfigError
+from consortium.learning.settings import TrainOptions
 from consortium.node.config import load_config
+
+if TYPE_CHECKING:
+    from consortium.learning.coordinator import TrainRequest
+    from consortium.learning.policy import PolicyArtifact
 
 _PART = re.compile(r"^(\d+)/(\d+)$")
 
@@ -69,7 +75,9 @@ def seed_routing_data(
     run(go)
 
 
+@setting_options(TrainOptions)
 def train(
+    *,
     out_path: Annotated[Path, typer.Option("--out", help="Where to write the policy artifact.")] = (
         Path("policy.json")
     ),
@@ -79,16 +87,8 @@ def train(
     orgs: Annotated[
         int, typer.Option(min=1, max=64, help="Organizations (all must take part).")
     ] = 3,
-    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Federated rounds.")] = 10,
-    strategy: Annotated[str, typer.Option(help="fedavg, or fedprox for non-IID data.")] = (
-        "fedavg"
-    ),
-    proximal_mu: Annotated[float, typer.Option(min=0.0, help="FedProx's mu.")] = 0.1,
-    label: Annotated[
-        str, typer.Option(help="What the policy predicts: local_correct or escalation_helps.")
-    ] = "local_correct",
-    local_steps: Annotated[int, typer.Option(min=1, help="Gradient steps per round.")] = 10,
-    l2: Annotated[float, typer.Option(min=0.0, help="L2 penalty.")] = 0.1,
+    # One option per field of TrainOptions (--rounds, --learning-rate, ...): cli/options.py.
+    options: TrainOptions,
     version: Annotated[str, typer.Option(help="Policy version (default: fed-<time>).")] = "",
     roster: Annotated[
         Path | None,
@@ -119,88 +119,71 @@ def train(
         bool, typer.Option("--insecure", help="Deployment: no TLS (loopback tests only).")
     ] = False,
     timeout: Annotated[float, typer.Option(min=1.0, help="Deployment: give up after.")] = 3600,
-    dp_noise: Annotated[
-        float,
-        typer.Option(
-            min=0.0, help="Differential privacy: noise multiplier (0: off); epsilon is reported."
-        ),
-    ] = 0.0,
-    dp_clip: Annotated[
-        float, typer.Option(min=0.0, help="Differential privacy: clipping norm per update.")
-    ] = 1.0,
-    dp_delta: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Differential privacy: delta.")
-    ] = (1e-5),
 ) -> None:
     """Train the routing policy across organizations with Flower and write the signed
     artifact: --simulate for development, or submit to the federation's SuperLink."""
-    from consortium.evaluation.seeding import seed_simulation
-    from consortium.launch.flower import train_simulated
     from consortium.learning.coordinator import TrainRequest, train_deployed
 
     def go() -> None:
         stop_on_sigterm()
-        if strategy not in ("fedavg", "fedprox"):
-            raise ConfigError(f"--strategy must be fedavg or fedprox, got {strategy!r}")
-        if label not in ("local_correct", "escalation_helps"):
-            raise ConfigError(f"--label must be local_correct or escalation_helps, got {label!r}")
         req = TrainRequest(
             out=out_path,
-            rounds=rounds,
-            strategy=strategy,  # type: ignore[arg-type]
-            proximal_mu=proximal_mu,
-            label=label,  # type: ignore[arg-type]
-            local_steps=local_steps,
-            l2=l2,
+            options=options,
             version=version,
             history=history,
             roster=roster,
             admin_key=admin_key,
-            dp_noise=dp_noise,
-            dp_clip=dp_clip,
-            dp_delta=dp_delta,
         )
         if simulate:
             if superlink:
                 raise ConfigError("--simulate and --superlink exclude each other")
-            with tempfile.TemporaryDirectory(prefix="consortium-sim-") as tmp:
-                data_dir = data
-                if data_dir is None:
-                    data_dir = Path(tmp)
-                    sizes = seed_simulation(
-                        data_dir,
-                        orgs,
-                        split,
-                        "smollm2-135m",
-                        "gemma3-270m",
-                        limit,
-                        progress_bars(),
-                    )
-                    out.print(f"seeded {orgs} organizations from {split} by topic: {sizes}")
-                artifact, signed = train_simulated(req, orgs, data_dir)
+            artifact, signed = _train_simulated(req, orgs, data, split, limit)
         else:
             if not superlink:
                 raise ConfigError("give --superlink HOST:PORT, or --simulate")
             if (ca is None) == (not insecure):
                 raise ConfigError("give exactly one of --ca and --insecure")
             artifact, signed = train_deployed(req, orgs, superlink, ca, timeout)
-        auc = artifact.metrics.get("final_eval_auc", float("nan"))
-        out.print(
-            f"policy {artifact.version}: {rounds} rounds of {strategy} across {orgs} "
-            f"organizations, held-out AUC {auc:.3f} (weighted over the organizations)"
-        )
-        if "dp_epsilon" in artifact.metrics:
-            out.print(
-                f"differential privacy per organization: epsilon "
-                f"{artifact.metrics['dp_epsilon']:.2f} at delta {artifact.metrics['dp_delta']:g}"
-                f" (noise multiplier {dp_noise}, clipping norm {dp_clip}, {rounds} rounds)"
-            )
-        out.print(
-            f"{'signed for federation ' + artifact.federation_id if signed else 'UNSIGNED'}"
-            f" -> {out_path.resolve()}"
-        )
+        _report(artifact, signed, req, orgs)
 
     run(go)
+
+
+def _train_simulated(
+    req: TrainRequest, orgs: int, data: Path | None, split: str, limit: int | None
+) -> tuple[PolicyArtifact, bool]:
+    """A run on the simulation engine over `data`'s record databases, or over records
+    seeded from `split` (by topic) in a temporary directory."""
+    from consortium.evaluation.seeding import seed_simulation
+    from consortium.launch.flower import train_simulated
+
+    if data is not None:
+        return train_simulated(req, orgs, data)
+    with tempfile.TemporaryDirectory(prefix="consortium-sim-") as tmp:
+        sizes = seed_simulation(
+            Path(tmp), orgs, split, "smollm2-135m", "gemma3-270m", limit, progress_bars()
+        )
+        out.print(f"seeded {orgs} organizations from {split} by topic: {sizes}")
+        return train_simulated(req, orgs, Path(tmp))
+
+
+def _report(artifact: PolicyArtifact, signed: bool, req: TrainRequest, orgs: int) -> None:
+    o = req.options
+    auc = artifact.metrics.get("final_eval_auc", float("nan"))
+    out.print(
+        f"policy {artifact.version}: {o.rounds} rounds of {o.strategy} across {orgs} "
+        f"organizations, held-out AUC {auc:.3f} (weighted over the organizations)"
+    )
+    if "dp_epsilon" in artifact.metrics:
+        out.print(
+            f"differential privacy per organization: epsilon "
+            f"{artifact.metrics['dp_epsilon']:.2f} at delta {artifact.metrics['dp_delta']:g}"
+            f" (noise multiplier {o.dp_noise}, clipping norm {o.dp_clip}, {o.rounds} rounds)"
+        )
+    out.print(
+        f"{'signed for federation ' + artifact.federation_id if signed else 'UNSIGNED'}"
+        f" -> {req.out.resolve()}"
+    )
 
 
 def supernode(

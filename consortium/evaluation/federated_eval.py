@@ -12,8 +12,9 @@ CPT(50 %)) of each policy's escalation scores:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,22 +24,19 @@ from consortium.evaluation.metrics import router_metrics
 from consortium.evaluation.routing_eval import SplitData, correct
 from consortium.evaluation.seeding import partition, records
 from consortium.learning import optimiser as T
-from consortium.learning.records import Label, RoutingRecord, RoutingRecords
+from consortium.learning.records import RoutingRecord, RoutingRecords
+from consortium.learning.settings import Label, RunSettings, Strategy, TrainOptions
 from consortium.protocols.multiple_choice import Normalisation
 
 NORMS: tuple[Normalisation, Normalisation] = ("none", "none")
-# The share of its records a ClientApp keeps for evaluation (RunSettings.held_out).
-CLIENT_HELD_OUT = 0.2
 
 
 class Engines(Protocol):
-    """Runs one Flower run config to completion on either engine."""
+    """Runs one Flower run to completion on either engine."""
 
-    def simulate(self, config: dict[str, Any], orgs: int, data_dir: Path) -> object: ...
+    def simulate(self, settings: RunSettings, orgs: int, data_dir: Path) -> object: ...
 
-    def deploy(
-        self, config: dict[str, Any], data_paths: Sequence[Path], work_dir: Path
-    ) -> None: ...
+    def deploy(self, settings: RunSettings, data_paths: Sequence[Path], work_dir: Path) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -123,40 +121,39 @@ def scores_metrics(escalate: Any, p: Any, data: FederatedData, label: Label) -> 
     }
 
 
-def load_org(
-    path: Path, names: tuple[str, ...], label: Label, held_out: float = CLIENT_HELD_OUT
-) -> tuple[T.Array, Any]:
-    """An organization's training part: what its ClientApp trains on (the rest is its
-    local held-out evaluation), so every alternative learns from the same records."""
+def load_org(path: Path, names: tuple[str, ...], options: TrainOptions) -> tuple[T.Array, Any]:
+    """An organization's training part: what its ClientApp trains on (the rest, the
+    options' held-out share, is its local evaluation), so every alternative learns from
+    the same records."""
     store = RoutingRecords(path)
     try:
-        d = store.dataset(names, label)
+        d = store.dataset(names, options.label)
     finally:
         store.close()
-    keep = ~T.held_out(d.record_ids, held_out)
+    keep = ~T.held_out(d.record_ids, options.held_out)
     return d.x[keep], d.y[keep]
 
 
 def centralised(
-    data: FederatedData, label: Label, settings: T.TrainSettings, steps: int
+    data: FederatedData, options: TrainOptions, steps: int
 ) -> tuple[T.Array, T.Array, T.Array]:
-    parts = [load_org(db, data.names, label) for db in data.org_dbs]
+    parts = [load_org(db, data.names, options) for db in data.org_dbs]
     x = np.vstack([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     mean, scale = T.merge_stats([T.FeatureStats.of(x)])
-    s = T.TrainSettings(steps, settings.learning_rate, settings.l2, 0.0)
+    s = replace(options.optimiser(), local_steps=steps)
     params = T.train(np.zeros(x.shape[1] + 1), T.standardise(x, mean, scale), y, s)
     return params, mean, scale
 
 
 def local_only(
-    data: FederatedData, label: Label, settings: T.TrainSettings, steps: int
+    data: FederatedData, options: TrainOptions, steps: int
 ) -> list[tuple[T.Array, T.Array, T.Array]]:
     out = []
     for db in data.org_dbs:
-        x, y = load_org(db, data.names, label)
+        x, y = load_org(db, data.names, options)
         mean, scale = T.merge_stats([T.FeatureStats.of(x)])
-        s = T.TrainSettings(steps, settings.learning_rate, settings.l2, 0.0)
+        s = replace(options.optimiser(), local_steps=steps)
         out.append(
             (T.train(np.zeros(x.shape[1] + 1), T.standardise(x, mean, scale), y, s), mean, scale)
         )
@@ -186,63 +183,35 @@ def evaluate_federated(
     test: SplitData,
     *,
     orgs: int,
-    rounds: int,
-    label: Label,
+    options: TrainOptions,
     work_dir: Path,
-    settings: T.TrainSettings,
     engines: Engines,
     deployment: bool = False,
-    proximal_mu: float = 0.1,
 ) -> dict[str, Any]:
-    """Every alternative on the held-out records; per-round curves of the federated runs.
-    `engines` runs a run config on Flower's simulation or deployment engine (processes:
-    consortium/launch/flower.py, handed in by the CLI)."""
-    import json
-
+    """Every alternative on the held-out records; per-round curves of the federated runs
+    (FedAvg and FedProx: `options.strategy` is not used). `engines` runs a run on Flower's
+    simulation or deployment engine (processes: consortium/launch/flower.py, handed in by
+    the CLI)."""
     data = prepare(dev, test, orgs, work_dir / "orgs")
-    base_config: dict[str, Any] = {
-        "rounds": rounds,
-        "local-steps": settings.local_steps,
-        "learning-rate": settings.learning_rate,
-        "l2": settings.l2,
-        "label": label,
-        "feature-names": json.dumps(list(data.names)),
-        "min-nodes": orgs,
-        "normalisation": NORMS[0],
-    }
+    label = options.label
     result: dict[str, Any] = {}
     curves: dict[str, list[dict[str, float]]] = {}
-    runs = [("fedavg", "simulation"), ("fedprox", "simulation")]
+    runs: list[tuple[Strategy, str]] = [("fedavg", "simulation"), ("fedprox", "simulation")]
     if deployment:
         runs.append(("fedavg", "deployment"))
     for strategy, engine in runs:
         name = f"federated_{strategy}" + ("_deployment" if engine == "deployment" else "")
-        out = work_dir / f"{name}.json"
-        hist = work_dir / f"{name}.history.json"
-        config = {
-            **base_config,
-            "strategy": strategy,
-            "proximal-mu": proximal_mu,
-            "out": str(out),
-            "history": str(hist),
-            "version": name,
-        }
-        if engine == "simulation":
-            engines.simulate(config, orgs, work_dir / "orgs")
-        else:
-            engines.deploy(config, data.org_dbs, work_dir / "deployment")
-        history = json.loads(hist.read_text())
-        curve = _history_curve(history, data, label)
+        curve = _federated_run(data, options, strategy, engine, name, work_dir, engines)
         curves[name] = curve
         result[name] = {
             **{k: v for k, v in curve[-1].items() if k not in ("round", "seconds")},
             "seconds_per_round": round(float(np.mean([c["seconds"] for c in curve])), 2),
             "engine": engine,
         }
-    steps = rounds * settings.local_steps
-    params, mean, scale = centralised(data, label, settings, steps)
+    steps = options.rounds * options.local_steps
+    params, mean, scale = centralised(data, options, steps)
     result["centralised"] = evaluate_params(params, mean, scale, data, label)
-    for i, (p, m, s) in enumerate(local_only(data, label, settings, steps)):
+    for i, (p, m, s) in enumerate(local_only(data, options, steps)):
         result[f"local_org{i}"] = evaluate_params(p, m, s, data, label)
     result["random"] = random_metrics(data, label)
     central_auc = result["centralised"]["classifier_auc"]
@@ -255,12 +224,40 @@ def evaluate_federated(
         "held_out_items": len(data.held_x),
         "training": f"{dev.name} + half of {test.name}",
         "label": label,
-        "rounds": rounds,
-        "local_steps": settings.local_steps,
-        "l2": settings.l2,
-        "proximal_mu": proximal_mu,
+        "rounds": options.rounds,
+        "local_steps": options.local_steps,
+        "l2": options.l2,
+        "proximal_mu": options.proximal_mu,
         "fedavg_over_centralised_auc": round(fed_auc / central_auc, 4),
         "fedavg_minus_best_local_auc": round(fed_auc - best_local, 4),
     }
     result["_curves"] = curves
     return result
+
+
+def _federated_run(
+    data: FederatedData,
+    options: TrainOptions,
+    strategy: Strategy,
+    engine: str,
+    name: str,
+    work_dir: Path,
+    engines: Engines,
+) -> list[dict[str, float]]:
+    """One Flower run of `strategy` on `engine`; its per-round curve on the held-out set."""
+    history = work_dir / f"{name}.history.json"
+    settings = RunSettings.of(
+        options,
+        strategy=strategy,
+        feature_names=data.names,
+        min_nodes=len(data.org_dbs),
+        normalisation=NORMS[0],
+        out=str(work_dir / f"{name}.json"),
+        history=str(history),
+        version=name,
+    )
+    if engine == "simulation":
+        engines.simulate(settings, len(data.org_dbs), work_dir / "orgs")
+    else:
+        engines.deploy(settings, data.org_dbs, work_dir / "deployment")
+    return _history_curve(json.loads(history.read_text()), data, options.label)

@@ -210,6 +210,7 @@ def _train_and_route(
     federation admin, and acme routing with it (its node reloads the file)."""
     from consortium.launch.flower import train_simulated
     from consortium.learning.coordinator import TrainRequest
+    from consortium.learning.settings import TrainOptions
 
     data_dir = base / "training"
     data_dir.mkdir(exist_ok=True)
@@ -222,7 +223,12 @@ def _train_and_route(
             link.symlink_to(cfg.database_path.resolve())
             report.line(f"  {node.org_id:8} {n} routing records (features and outcomes only)")
     policy = base / "policy.json"
-    req = TrainRequest(out=policy, rounds=TRAIN_ROUNDS, roster=paths.roster, version="demo-1")
+    req = TrainRequest(
+        out=policy,
+        options=TrainOptions(rounds=TRAIN_ROUNDS),
+        version="demo-1",
+        roster=paths.roster,
+    )
     with report.status(
         f"training the routing policy across {len(nodes)} organizations (Flower simulation)"
     ):

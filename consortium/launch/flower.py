@@ -13,7 +13,6 @@ import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from consortium.errors import ConsortiumError
 from consortium.launch.supervisor import NotReady, Supervisor, listening
@@ -21,7 +20,7 @@ from consortium.learning.coordinator import (
     TrainRequest,
     check_data_dir,
     finish,
-    run_config,
+    run_settings,
     unsigned_path,
 )
 from consortium.learning.deployment import (
@@ -32,8 +31,8 @@ from consortium.learning.deployment import (
     supernode_command,
     write_connection,
 )
-from consortium.learning.flower_app import RunSettings
 from consortium.learning.policy import PolicyArtifact
+from consortium.learning.settings import RunSettings
 
 
 class TrainingError(ConsortiumError):
@@ -41,11 +40,11 @@ class TrainingError(ConsortiumError):
 
 
 def simulate(
-    run_config: dict[str, Any], orgs: int, data_dir: Path, timeout: float = 3600
+    settings: RunSettings, orgs: int, data_dir: Path, timeout: float = 3600
 ) -> RunSettings:
-    """Runs to completion; the artifact is where run_config["out"] says."""
-    config = {**run_config, "data-dir": str(data_dir.resolve()), "min-nodes": orgs}
-    settings = RunSettings.from_config(config)  # bad settings fail here, before Flower starts
+    """Runs to completion over data_dir's org-<i>.sqlite3 databases; the artifact is where
+    the settings' `out` says. Returns the settings the run had."""
+    settings = RunSettings.of(settings, data_dir=str(data_dir.resolve()), min_nodes=orgs)
     missing = [i for i in range(orgs) if not (data_dir / f"org-{i}.sqlite3").exists()]
     if missing:
         raise TrainingError(
@@ -57,7 +56,7 @@ def simulate(
         tempfile.TemporaryDirectory(prefix="consortium-sim-") as tmp,
         LocalDeployment(Path(tmp), simulated_supernodes=orgs) as link,
     ):
-        link.submit(config, timeout)
+        link.submit(settings, timeout)
     if out is not None and (not out.exists() or out.stat().st_mtime_ns == before):
         raise TrainingError("the simulated run ended without writing the policy")
     return settings
@@ -126,8 +125,8 @@ class LocalDeployment:
             )
         write_connection(self.flwr_home, self.address, None, self.simulated)
 
-    def submit(self, run_config: dict[str, Any], timeout: float = 3600) -> None:
-        submit(run_config, self.flwr_home, timeout)
+    def submit(self, settings: RunSettings, timeout: float = 3600) -> None:
+        submit(settings.to_config(), self.flwr_home, timeout)
 
     def __exit__(self, *exc: object) -> None:
         self._procs.stop()
@@ -138,16 +137,16 @@ def train_simulated(req: TrainRequest, orgs: int, data_dir: Path) -> tuple[Polic
     artifact stamped and signed like a deployed run's."""
     check_data_dir(data_dir, orgs)
     unsigned_path(req.out).unlink(missing_ok=True)
-    simulate(run_config(req, orgs), orgs, data_dir)
+    simulate(run_settings(req, orgs), orgs, data_dir)
     return finish(req)
 
 
 class FlowerEngines:
     """Both engines on this machine, for `consortium bench federated`."""
 
-    def simulate(self, config: dict[str, Any], orgs: int, data_dir: Path) -> RunSettings:
-        return simulate(config, orgs, data_dir)
+    def simulate(self, settings: RunSettings, orgs: int, data_dir: Path) -> RunSettings:
+        return simulate(settings, orgs, data_dir)
 
-    def deploy(self, config: dict[str, Any], data_paths: Sequence[Path], work_dir: Path) -> None:
+    def deploy(self, settings: RunSettings, data_paths: Sequence[Path], work_dir: Path) -> None:
         with LocalDeployment(work_dir, data_paths=data_paths) as dep:
-            dep.submit(config)
+            dep.submit(settings)

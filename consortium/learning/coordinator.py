@@ -9,37 +9,29 @@ never passes through Flower. A node refuses an unsigned artifact.
 
 from __future__ import annotations
 
-import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 from consortium.errors import ConfigError
-from consortium.learning.optimiser import TrainSettings
 from consortium.learning.policy import PolicyArtifact, load_policy, sign_policy, write_policy
 from consortium.learning.records import RoutingRecords
+from consortium.learning.settings import ConfigValue, RunSettings, TrainOptions
 from consortium.llm.embeddings import DIMENSION, MODEL_NAME
 from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names
 
 
 @dataclass(frozen=True)
 class TrainRequest:
+    """One run as the coordinator asks for it: the options chosen, and what is not a run
+    setting (where the signed artifact goes, the roster and admin key that sign it)."""
+
     out: Path
-    rounds: int = 10
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
-    proximal_mu: float = 0.1
-    label: Literal["local_correct", "escalation_helps"] = "local_correct"
-    local_steps: int = TrainSettings.local_steps
-    learning_rate: float = TrainSettings.learning_rate
-    l2: float = TrainSettings.l2
+    options: TrainOptions = field(default_factory=TrainOptions)
     version: str = ""
     history: Path | None = None
     roster: Path | None = None
     admin_key: Path | None = None
-    dp_noise: float = 0.0
-    dp_clip: float = 1.0
-    dp_delta: float = 1e-5
 
 
 def node_feature_names() -> tuple[str, ...]:
@@ -51,29 +43,24 @@ def unsigned_path(out: Path) -> Path:
     return out.with_name(out.name + ".unsigned")
 
 
-def run_config(req: TrainRequest, orgs: int) -> dict[str, Any]:
-    """The Flower run config of this request (keys of the app's pyproject.toml)."""
-    if req.rounds < 1 or orgs < 1:
-        raise ConfigError("--rounds and --orgs must be at least 1")
-    return {
-        "rounds": req.rounds,
-        "strategy": req.strategy,
-        "proximal-mu": req.proximal_mu,
-        "local-steps": req.local_steps,
-        "learning-rate": req.learning_rate,
-        "l2": req.l2,
-        "label": req.label,
-        "feature-names": json.dumps(list(node_feature_names())),
-        "min-nodes": orgs,
-        "out": str(unsigned_path(req.out).resolve()),
-        "history": str(req.history.resolve()) if req.history else "",
-        "version": req.version,
-        "embedding-model": MODEL_NAME,
-        "normalisation": DRAFT_NORMALISATION,
-        "dp-noise": req.dp_noise,
-        "dp-clip": req.dp_clip,
-        "dp-delta": req.dp_delta,
-    }
+def run_settings(req: TrainRequest, orgs: int) -> RunSettings:
+    """The settings of this request's run across `orgs` organizations: the options, the
+    features a node computes, and the unsigned artifact next to the requested path."""
+    return RunSettings.of(
+        req.options,
+        feature_names=node_feature_names(),
+        min_nodes=orgs,
+        out=str(unsigned_path(req.out).resolve()),
+        history=str(req.history.resolve()) if req.history else "",
+        version=req.version,
+        embedding_model=MODEL_NAME,
+        normalisation=DRAFT_NORMALISATION,
+    )
+
+
+def run_config(req: TrainRequest, orgs: int) -> dict[str, ConfigValue]:
+    """The Flower run config of this request (the keys of the app's pyproject.toml)."""
+    return run_settings(req, orgs).to_config()
 
 
 def finish(req: TrainRequest) -> tuple[PolicyArtifact, bool]:

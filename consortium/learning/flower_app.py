@@ -7,13 +7,12 @@ Only weights, feature statistics and metrics leave an organization; records neve
 One run: a `query` round collects every organization's feature count, sums and sums of
 squares (standardisation), then `rounds` rounds of local training and held-out
 evaluation. The same functions run under Flower's simulation engine and its deployment
-engine (SuperLink + SuperNodes); `RunSettings` carries the run config, `records_path`
-says where a node's records are.
+engine (SuperLink + SuperNodes); `RunSettings` (consortium/learning/settings.py) carries
+the run config, `records_path` says where a node's records are.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -36,99 +35,14 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from consortium.errors import ConfigError
 from consortium.learning import optimiser as T
 from consortium.learning.policy import PolicyArtifact
-from consortium.learning.records import Label, RoutingRecords
+from consortium.learning.records import RoutingRecords
 from consortium.learning.run import finish_run
+from consortium.learning.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 
-# -- run settings --------------------------------------------------------------------
-
-
-_DEFAULT = T.TrainSettings()
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """The run config (`flwr run --run-config`, or the simulation's), validated."""
-
-    rounds: int = 10
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.1
-    local_steps: int = _DEFAULT.local_steps
-    learning_rate: float = _DEFAULT.learning_rate
-    l2: float = _DEFAULT.l2
-    label: Label = "local_correct"
-    feature_names: tuple[str, ...] = ()
-    held_out: float = 0.2
-    min_nodes: int = 1
-    out: str = ""
-    history: str = ""
-    version: str = ""
-    federation_id: str = ""
-    embedding_model: str = ""
-    normalisation: str = "none"
-    data_dir: str = ""
-    # Central differential privacy (Flower's server-side fixed clipping): noise
-    # multiplier (0: off), clipping norm of each organization's update, target delta.
-    dp_noise: float = 0.0
-    dp_clip: float = 1.0
-    dp_delta: float = 1e-5
-
-    @staticmethod
-    def from_config(cfg: dict[str, Any]) -> RunSettings:
-        def get(key: str, kind: type, default: Any) -> Any:
-            v = cfg.get(key, default)
-            try:
-                return kind(v)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"run config {key}: expected {kind.__name__}, got {v!r}"
-                ) from None
-
-        s = RunSettings(
-            rounds=get("rounds", int, 10),
-            strategy=get("strategy", str, "fedavg"),
-            proximal_mu=get("proximal-mu", float, 0.1),
-            local_steps=get("local-steps", int, _DEFAULT.local_steps),
-            learning_rate=get("learning-rate", float, _DEFAULT.learning_rate),
-            l2=get("l2", float, _DEFAULT.l2),
-            label=get("label", str, "local_correct"),
-            feature_names=tuple(json.loads(get("feature-names", str, "[]"))),
-            held_out=get("held-out", float, 0.2),
-            min_nodes=get("min-nodes", int, 1),
-            out=get("out", str, ""),
-            history=get("history", str, ""),
-            version=get("version", str, ""),
-            federation_id=get("federation-id", str, ""),
-            embedding_model=get("embedding-model", str, ""),
-            normalisation=get("normalisation", str, "none"),
-            data_dir=get("data-dir", str, ""),
-            dp_noise=get("dp-noise", float, 0.0),
-            dp_clip=get("dp-clip", float, 1.0),
-            dp_delta=get("dp-delta", float, 1e-5),
-        )
-        if s.strategy not in ("fedavg", "fedprox"):
-            raise ConfigError(f"run config strategy: fedavg or fedprox, got {s.strategy!r}")
-        if s.label not in ("local_correct", "escalation_helps"):
-            raise ConfigError(
-                f"run config label: local_correct or escalation_helps, got {s.label!r}"
-            )
-        if not s.feature_names:
-            raise ConfigError("run config feature-names: the policy's feature names are required")
-        if s.rounds < 1 or s.min_nodes < 1 or not 0 < s.held_out < 1:
-            raise ConfigError("run config: rounds and min-nodes >= 1, 0 < held-out < 1")
-        if s.dp_noise < 0 or s.dp_clip <= 0 or not 0 < s.dp_delta < 1:
-            raise ConfigError("run config: dp-noise >= 0, dp-clip > 0, 0 < dp-delta < 1")
-        return s
-
-    def train_settings(self, mu: float = 0.0) -> T.TrainSettings:
-        return T.TrainSettings(
-            local_steps=self.local_steps,
-            learning_rate=self.learning_rate,
-            l2=self.l2,
-            proximal_mu=mu,
-        )
+# -- a node's records ----------------------------------------------------------------
 
 
 def records_path(context: Context, settings: RunSettings) -> Path:
@@ -200,7 +114,7 @@ def client_train(msg: Message, context: Context, settings: RunSettings) -> Messa
     params = msg.content.array_records["arrays"].to_numpy_ndarrays()[0].astype(np.float64)
     mu = _float(msg.content.config_records["config"].get("proximal-mu", 0.0))
     xs = T.standardise(local.train_x, mean, scale)
-    trained = T.train(params, xs, local.train_y, settings.train_settings(mu), params)
+    trained = T.train(params, xs, local.train_y, settings.optimiser(mu), params)
     metrics = MetricRecord(
         {
             "num-examples": len(local.train_y),

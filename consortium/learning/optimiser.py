@@ -23,11 +23,12 @@ Array = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class TrainSettings:
-    # Measured on the routing records of ARC (consortium bench federated): a step of 0.5
-    # oscillates on the 396 standardised features; 0.1 converges.
-    local_steps: int = 10
-    learning_rate: float = 0.1
-    l2: float = 0.1
+    """One round of local training; made from a run's settings
+    (consortium/learning/settings.py: `TrainOptions.optimiser`), where the defaults are."""
+
+    local_steps: int
+    learning_rate: float
+    l2: float
     proximal_mu: float = 0.0
 
 

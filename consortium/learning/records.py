@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from consortium.errors import ConsortiumError
+from consortium.learning.settings import Label
 from consortium.sqlite import connect
 
-Label = Literal["local_correct", "escalation_helps"]
 LabelSource = Literal["agreement", "feedback", "verified", "seed"]
 
 _SCHEMA = """

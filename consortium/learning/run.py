@@ -9,15 +9,13 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from consortium.learning import optimiser as T
 from consortium.learning.policy import FeatureSpec, PolicyArtifact, write_policy
-
-if TYPE_CHECKING:
-    from consortium.learning.flower_app import RunSettings
+from consortium.learning.settings import RunSettings
 
 
 def artifact_from(
@@ -36,7 +34,7 @@ def artifact_from(
         features=FeatureSpec(
             names=list(settings.feature_names),
             embedding_model=settings.embedding_model,
-            normalisation=settings.normalisation,  # type: ignore[arg-type]
+            normalisation=settings.normalisation,
             mean=[float(v) for v in mean],
             scale=[float(v) for v in scale],
         ),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from consortium.learning import optimiser as T
+from consortium.learning.settings import TrainOptions
+
+HUNDRED_STEPS = TrainOptions(local_steps=100)
 
 
 def data(seed: int, n: int = 400, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +34,7 @@ def test_gradient_descent_lowers_the_loss_and_separates_the_classes() -> None:
     mean, scale = T.merge_stats([T.FeatureStats.of(x)])
     xs = T.standardise(x, mean, scale)
     start = np.zeros(4)
-    trained = T.train(start, xs, y, T.TrainSettings(local_steps=100))
+    trained = T.train(start, xs, y, HUNDRED_STEPS.optimiser())
     assert T.loss(trained, xs, y) < T.loss(start, xs, y) - 0.2
     assert T.auc(y, T.predict(trained, xs)) > 0.9
 
@@ -40,8 +43,8 @@ def test_the_proximal_term_keeps_local_weights_near_the_global_ones() -> None:
     x, y = data(4)
     xs = T.standardise(x, *T.merge_stats([T.FeatureStats.of(x)]))
     anchor = np.array([-1.0, 1.0, 0.0, 0.0])
-    free = T.train(anchor, xs, y, T.TrainSettings(local_steps=100))
-    prox = T.train(anchor, xs, y, T.TrainSettings(local_steps=100, proximal_mu=1.0), anchor)
+    free = T.train(anchor, xs, y, HUNDRED_STEPS.optimiser())
+    prox = T.train(anchor, xs, y, HUNDRED_STEPS.optimiser(proximal_mu=1.0), anchor)
     assert np.linalg.norm(prox - anchor) < 0.5 * np.linalg.norm(free - anchor)
 
 

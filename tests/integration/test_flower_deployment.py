@@ -21,7 +21,7 @@ from consortium.launch.supervisor import Child, Supervisor, listening
 from consortium.learning.coordinator import node_feature_names
 from consortium.node.config import load_config
 from consortium.trust.tls import create_ca, issue_certificate
-from tests.federation.test_flower_app import write_records
+from tests.learning.test_flower_app import write_records
 
 ORGS = ("acme", "globex", "initech")
 

@@ -44,7 +44,7 @@ class PolicyHolder:
         self._threshold = threshold
         self._target = target
         self._policy: LogisticPolicy | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self.refused = 0
         self.loaded = 0
 
@@ -65,7 +65,9 @@ class PolicyHolder:
     def current(self) -> LogisticPolicy:
         try:
             st = self.path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            # The inode too: a file renamed over it within one clock tick, of the same
+            # size, is a new policy all the same (write_policy replaces the file).
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
             stamp = None
         if stamp is not None and stamp != self._stamp:

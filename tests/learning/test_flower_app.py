@@ -1,5 +1,6 @@
-"""The Flower app's functions called directly (no Flower runtime), its run settings, and
-a small simulation run through the CLI ending in a signed artifact a node loads."""
+"""The Flower app's functions called directly (no Flower runtime), and a small simulation
+run through the CLI ending in a signed artifact a node loads. Its run settings:
+test_settings.py."""
 
 from __future__ import annotations
 
@@ -16,13 +17,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from consortium.errors import ConfigError
 from consortium.learning import optimiser as T
 from consortium.learning.coordinator import node_feature_names
-from consortium.learning.flower_app import (
-    RunSettings,
-    client_evaluate,
-    client_stats,
-    client_train,
-)
+from consortium.learning.flower_app import client_evaluate, client_stats, client_train
 from consortium.learning.records import RoutingRecord, RoutingRecords
+from consortium.learning.settings import RunSettings
 
 NAMES = ("a", "b", "c")
 
@@ -73,19 +70,6 @@ def instruction(kind: str, content: RecordDict) -> Message:
     return Message(content=content, dst_node_id=7, message_type=kind)
 
 
-def test_run_settings_refuse_bad_values_by_name() -> None:
-    ok = RunSettings.from_config(run_config(rounds=3, strategy="fedprox"))
-    assert ok.rounds == 3 and ok.feature_names == NAMES and ok.strategy == "fedprox"
-    with pytest.raises(ConfigError, match="strategy: fedavg or fedprox"):
-        RunSettings.from_config(run_config(strategy="fedsgd"))
-    with pytest.raises(ConfigError, match="label"):
-        RunSettings.from_config(run_config(label="whatever"))
-    with pytest.raises(ConfigError, match="feature-names"):
-        RunSettings.from_config({})
-    with pytest.raises(ConfigError, match="rounds: expected int"):
-        RunSettings.from_config(run_config(rounds="many"))
-
-
 def test_client_functions_train_on_local_records_only(tmp_path: Path) -> None:
     db = tmp_path / "org.sqlite3"
     write_records(db, 300, seed=1)
@@ -113,6 +97,16 @@ def test_client_functions_train_on_local_records_only(tmp_path: Path) -> None:
     evaluated = client_evaluate(instruction("evaluate", content), ctx, settings)
     metrics = evaluated.content.metric_records["metrics"]
     assert metrics["num-examples"] == held and float(metrics["eval-auc"]) > 0.8  # type: ignore[arg-type]
+
+
+def test_the_held_out_share_is_the_run_configs(tmp_path: Path) -> None:
+    db = tmp_path / "org.sqlite3"
+    write_records(db, 300, seed=1)
+    ctx = context(db, **{"held-out": 0.5})
+    settings = RunSettings.from_config(dict(ctx.run_config))
+    stats = client_stats(instruction("query", RecordDict()), ctx, settings)
+    held = int(stats.content.metric_records["metrics"]["num-held-out"])
+    assert 100 < held < 200  # a half by hash of record id, not the default fifth
 
 
 def test_a_client_without_records_names_the_path(tmp_path: Path) -> None:
@@ -148,6 +142,7 @@ def test_a_simulated_run_writes_a_signed_policy_a_node_loads(tmp_path: Path) -> 
     done = cli(
         "federation", "train", "--simulate", "--data", str(data), "--orgs", "3",
         "--rounds", "2", "--strategy", "fedprox", "--roster", str(paths.roster),
+        "--learning-rate", "0.2", "--held-out", "0.25",
         "--out", str(policy), "--history", str(history), "--version", "sim-1",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -173,7 +168,7 @@ def test_a_simulated_run_writes_a_signed_policy_a_node_loads(tmp_path: Path) -> 
     neither = cli("federation", "train", "--out", str(policy))
     assert neither.returncode == 2 and "--superlink" in neither.stderr
     bad = cli("federation", "train", "--simulate", "--strategy", "sgd", "--out", str(policy))
-    assert bad.returncode == 2 and "--strategy must be fedavg or fedprox" in bad.stderr
+    assert bad.returncode == 2 and "--strategy: fedavg or fedprox, got 'sgd'" in bad.stderr
 
 
 def test_differential_privacy_reports_the_epsilon_of_its_rounds(tmp_path: Path) -> None:

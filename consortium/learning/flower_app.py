@@ -195,11 +195,11 @@ def collect_stats(grid: Grid, settings: RunSettings) -> tuple[T.Array, T.Array, 
     return mean, scale, sum(p.count for p in parts)
 
 
-def run_server(grid: Grid, settings: RunSettings) -> PolicyArtifact:
-    """The coordinator's side of a run: statistics, rounds, the artifact."""
-    started = time.monotonic()
-    mean, scale, examples = collect_stats(grid, settings)
-    config = ConfigRecord({"mean": mean.tolist(), "scale": scale.tolist()})
+def make_strategy(
+    settings: RunSettings,
+) -> tuple[Strategy, DifferentialPrivacyServerSideFixedClipping | None]:
+    """FedAvg or FedProx over every organization, wrapped in server-side differential
+    privacy when the settings add noise (returned too, for the privacy spent)."""
     common: dict[str, Any] = {
         "fraction_train": 1.0,
         "fraction_evaluate": 1.0,
@@ -214,25 +214,32 @@ def run_server(grid: Grid, settings: RunSettings) -> PolicyArtifact:
         if settings.strategy == "fedprox"
         else FedAvg(**common)
     )
-    strategy: Strategy = base
-    dp: DifferentialPrivacyServerSideFixedClipping | None = None
-    if settings.dp_noise > 0:
-        accountant = RdpAccountant(
-            PrivacyConfig(
-                target_delta=settings.dp_delta,
-                population_size=settings.min_nodes,
-                neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                sampling_method=SamplingMethod.NO_AMPLIFICATION,
-            )
+    if settings.dp_noise <= 0:
+        return base, None
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=settings.dp_delta,
+            population_size=settings.min_nodes,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
         )
-        dp = DifferentialPrivacyServerSideFixedClipping(
-            base,
-            noise_multiplier=settings.dp_noise,
-            clipping_norm=settings.dp_clip,
-            num_sampled_clients=settings.min_nodes,
-            accountant=accountant,
-        )
-        strategy = dp
+    )
+    dp = DifferentialPrivacyServerSideFixedClipping(
+        base,
+        noise_multiplier=settings.dp_noise,
+        clipping_norm=settings.dp_clip,
+        num_sampled_clients=settings.min_nodes,
+        accountant=accountant,
+    )
+    return dp, dp
+
+
+def run_server(grid: Grid, settings: RunSettings) -> PolicyArtifact:
+    """The coordinator's side of a run: statistics, rounds, the artifact."""
+    started = time.monotonic()
+    mean, scale, examples = collect_stats(grid, settings)
+    config = ConfigRecord({"mean": mean.tolist(), "scale": scale.tolist()})
+    strategy, dp = make_strategy(settings)
     initial = np.zeros(len(settings.feature_names) + 1, dtype=np.float64)
     rounds: dict[int, dict[str, Any]] = {}
     last = [time.monotonic()]

@@ -12,7 +12,7 @@ and the ServerApp. The optimiser's own settings are derived from it (`optimiser(
 A bad value raises a ConfigError naming the key the way its caller spells it: a run
 config key (`run config dp-clip`) or a command-line option (`--dp-clip`).
 
-Only pydantic here: the CLI imports this module at start-up.
+Light imports only (pydantic, no numpy or Flower): the CLI imports this module at start-up.
 """
 
 from __future__ import annotations

@@ -58,8 +58,7 @@ from consortium.node.a2a.direct import DirectReplies
 from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
 from consortium.node.auth import GrpcContextBuilder
 from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
-from consortium.protocols.call_proof import PROOF_HEADER, sign_call
-from consortium.protocols.signed_message import (
+from consortium.trust.admission import (
     MessageVerifier,
     SigningIdentity,
     Verified,
@@ -67,6 +66,7 @@ from consortium.protocols.signed_message import (
     sign_request,
 )
 from consortium.trust.api_keys import ApiKeys
+from consortium.trust.call_proof import PROOF_HEADER, sign_call
 from consortium.trust.keys import generate_key, public_jwk
 from consortium.trust.replay import ReplayCache
 

@@ -25,7 +25,7 @@ from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.protocols.routing import Peer
-from consortium.protocols.signed_message import MessageVerifier, Rejected
+from consortium.trust.admission import MessageVerifier, Rejected
 
 
 class PeerError(NodeUnavailableError):

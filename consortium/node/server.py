@@ -57,6 +57,7 @@ from consortium.llm.registry import default_prompt_format
 from consortium.llm.worker import ModelWorker
 from consortium.node.a2a.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.a2a.conformance import ConformanceExecutor
+from consortium.node.a2a.errors import PermissionDeniedError, UnauthenticatedError
 from consortium.node.a2a.executor import ExecutorSettings, ModelExecutor
 from consortium.node.a2a.http_guard import RequestGuard
 from consortium.node.a2a.request_handler import NodeRequestHandler, ResponseSigner
@@ -72,8 +73,7 @@ from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
-from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
-from consortium.protocols.signed_message import MessageVerifier
+from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
 from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk

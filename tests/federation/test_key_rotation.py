@@ -24,7 +24,7 @@ from consortium.federation.roster import load_roster
 from consortium.node.client import text_message
 from consortium.node.keyrotation import activate_key, stage_key
 from consortium.node.setup import init_node
-from consortium.protocols.signed_message import (
+from consortium.trust.admission import (
     MessageVerifier,
     Rejected,
     SigningIdentity,

@@ -25,8 +25,8 @@ from consortium.node.client import ask, open_client, text_message
 from consortium.node.config import parse_config
 from consortium.node.server import Node
 from consortium.node.setup import init_node
-from consortium.protocols.call_proof import PROOF_HEADER, sign_call
-from consortium.protocols.signed_message import SigningIdentity, sign_request
+from consortium.trust.admission import SigningIdentity, sign_request
+from consortium.trust.call_proof import PROOF_HEADER, sign_call
 from consortium.trust.keys import load_private_key
 
 ORGS = ("acme", "globex", "initech")

@@ -20,8 +20,8 @@ from google.protobuf.json_format import MessageToDict
 from consortium.node.a2a.request_handler import ResponseSigner
 from consortium.node.client import CallProofs, open_client, text_message
 from consortium.node.server import Node
-from consortium.protocols.call_proof import PROOF_HEADER
-from consortium.protocols.signed_message import SigningIdentity, sign_answer
+from consortium.trust.admission import SigningIdentity, sign_answer
+from consortium.trust.call_proof import PROOF_HEADER
 from consortium.trust.keys import load_private_key
 from tests.integration.test_federation import Federation
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from consortium.federation.admin import add_member, create_federation, member_from_card
 from consortium.node.setup import init_node
-from consortium.protocols.call_proof import PROOF_HEADER, sign_call
+from consortium.trust.call_proof import PROOF_HEADER, sign_call
 from consortium.trust.keys import load_private_key
 from tests.node.test_fuzz import CALL_TIMEOUT_S, EXAMPLES, FUZZ, RunningNode, check_grpc
 

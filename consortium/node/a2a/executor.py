@@ -43,7 +43,7 @@ from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerClient, PeerError
 from consortium.protocols.multiple_choice import Question, argmax
 from consortium.protocols.request_options import METADATA_KEY, RequestOptions, request_options
-from consortium.protocols.signed_message import Verified
+from consortium.trust.admission import Verified
 
 log = logging.getLogger(__name__)
 

@@ -29,17 +29,16 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies, may_reply_directly
-from consortium.node.a2a.validation import validate_send_request
-from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of
-from consortium.node.config import NodeConfig
-from consortium.node.telemetry import context_from
-from consortium.protocols.a2a_errors import (
+from consortium.node.a2a.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
     from_rejection,
 )
-from consortium.protocols.call_proof import sign_call
-from consortium.protocols.signed_message import (
+from consortium.node.a2a.validation import validate_send_request
+from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of
+from consortium.node.config import NodeConfig
+from consortium.node.telemetry import context_from
+from consortium.trust.admission import (
     MessageVerifier,
     Rejected,
     SignedParts,
@@ -52,10 +51,11 @@ from consortium.protocols.signed_message import (
     sign_task_event,
 )
 from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.call_proof import sign_call
 
 log = logging.getLogger(__name__)
 
-# Where the executor finds a verified request (a protocols.signed_message.Verified) in
+# Where the executor finds a verified request (a trust.admission.Verified) in
 # the call context's state.
 VERIFIED_KEY = "consortium.verified"
 

@@ -54,7 +54,7 @@ from consortium.trust.keys import key_id
 from consortium.trust.replay import AnswerReplayCache, ReplayCache
 
 if TYPE_CHECKING:
-    from consortium.protocols.call_proof import VerifiedCall
+    from consortium.trust.call_proof import VerifiedCall
 
 EXTENSION_URI = "https://consortium.dev/a2a/ext/signed-message/v1"
 CLAIMS_KEY = "consortium.signed"
@@ -537,11 +537,11 @@ class MessageVerifier:
             )
 
     def verify_call(self, token: object, method: str, request: ProtoMessage) -> VerifiedCall:
-        """Checks a signed call proof (protocols.call_proof) for calling `method` with
+        """Checks a signed call proof (trust.call_proof) for calling `method` with
         `request` on this node; raises Rejected like `verify`, or with `wrong_call` when the
         proof was made for another method or other parameters. `token` is the
         PROOF_HEADER value (None when absent: unsigned)."""
-        from consortium.protocols.call_proof import verify_call  # imports this module
+        from consortium.trust.call_proof import verify_call  # imports this module
 
         return verify_call(self, token, method, request)
 

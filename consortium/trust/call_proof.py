@@ -32,7 +32,7 @@ from google.protobuf.json_format import MessageToDict, SerializeToJsonError
 from google.protobuf.message import Message as ProtoMessage
 from jwcrypto import jwk
 
-from consortium.protocols.signed_message import Rejected, instant_claim, text_claim
+from consortium.trust.admission import Rejected, instant_claim, text_claim
 from consortium.trust.jws import (
     SignatureError,
     canonical,
@@ -43,7 +43,7 @@ from consortium.trust.jws import (
 from consortium.trust.keys import key_id
 
 if TYPE_CHECKING:
-    from consortium.protocols.signed_message import MessageVerifier
+    from consortium.trust.admission import MessageVerifier
 
 PROOF_HEADER = "x-consortium-proof"
 PROOF_TYPE = "consortium-call"  # the JWS `typ` of a call proof

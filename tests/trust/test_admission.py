@@ -15,9 +15,9 @@ from a2a.types import a2a_pb2
 from jwcrypto import jwk
 
 from consortium.federation.roster import Member, MemberKey, Roster, Status
+from consortium.node.a2a.errors import from_rejection
 from consortium.node.client import text_message
-from consortium.protocols.a2a_errors import from_rejection
-from consortium.protocols.signed_message import (
+from consortium.trust.admission import (
     CLAIMS_KEY,
     EXTENSION_URI,
     SIGNATURE_KEY,

@@ -16,9 +16,15 @@ from google.protobuf.message import Message as ProtoMessage
 from jwcrypto import jwk
 
 from consortium.federation.roster import Member, MemberKey, Roster, Status
+from consortium.node.a2a.errors import from_rejection
 from consortium.node.client import text_message
-from consortium.protocols.a2a_errors import from_rejection
-from consortium.protocols.call_proof import (
+from consortium.trust.admission import (
+    MessageVerifier,
+    Rejected,
+    SigningIdentity,
+    sign_request,
+)
+from consortium.trust.call_proof import (
     MAX_PROOF_CHARS,
     PROOF_HEADER,
     PROOF_TYPE,
@@ -26,12 +32,6 @@ from consortium.protocols.call_proof import (
     VerifiedCall,
     params_digest,
     sign_call,
-)
-from consortium.protocols.signed_message import (
-    MessageVerifier,
-    Rejected,
-    SigningIdentity,
-    sign_request,
 )
 from consortium.trust.jws import canonical, sign_compact
 from consortium.trust.keys import generate_key, key_id, public_jwk

@@ -19,13 +19,14 @@ from opentelemetry.trace import SpanKind
 
 from consortium.errors import NodeUnavailableError
 from consortium.federation.watcher import RosterWatcher
-from consortium.node.a2a.request_handler import ResponseSigner
 from consortium.node.client import open_client, text_message
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.protocols.routing import Peer
-from consortium.trust.admission import MessageVerifier, Rejected
+from consortium.trust.admission import MessageVerifier
+from consortium.trust.refusals import Rejected
+from consortium.trust.signing import Signer
 
 
 class PeerError(NodeUnavailableError):
@@ -56,7 +57,7 @@ class PeerClient:
     def __init__(
         self,
         *,
-        signer: ResponseSigner,
+        signer: Signer,
         verifier: MessageVerifier,
         roster: RosterWatcher,
         timeout_s: float,

@@ -60,7 +60,7 @@ from consortium.node.a2a.conformance import ConformanceExecutor
 from consortium.node.a2a.errors import PermissionDeniedError, UnauthenticatedError
 from consortium.node.a2a.executor import ExecutorSettings, ModelExecutor
 from consortium.node.a2a.http_guard import RequestGuard
-from consortium.node.a2a.request_handler import NodeRequestHandler, ResponseSigner
+from consortium.node.a2a.request_handler import NodeRequestHandler
 from consortium.node.auth import (
     Credentials,
     GrpcContextBuilder,
@@ -78,6 +78,7 @@ from consortium.trust.api_keys import ApiKeys, parse_token
 from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
+from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class Federation:
 
     roster: RosterWatcher
     verifier: MessageVerifier
-    signer: ResponseSigner
+    signer: Signer
     peers: PeerClient
 
 
@@ -509,7 +510,7 @@ class Node:
             skew_s=fed.max_clock_skew_s,
             own_key=jwk.JWK(**public_jwk(key)),
         )
-        signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
+        signer = Signer(SigningIdentity(key, cfg.node.org_id, roster.federation_id))
         peers = PeerClient(
             signer=signer,
             verifier=verifier,

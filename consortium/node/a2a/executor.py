@@ -32,11 +32,7 @@ from consortium.llm.registry import PromptFormat
 from consortium.llm.worker import ModelWorker
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies
-from consortium.node.a2a.request_handler import (
-    VERIFIED_KEY,
-    ResponseSigner,
-    SigningEventQueue,
-)
+from consortium.node.a2a.request_handler import VERIFIED_KEY, SigningEventQueue
 from consortium.node.auth import caller_of
 from consortium.node.config import RoutingSection
 from consortium.node.orchestrator import LocalMember, Orchestrator
@@ -44,6 +40,7 @@ from consortium.node.peers import PeerClient, PeerError
 from consortium.protocols.multiple_choice import Question, argmax
 from consortium.protocols.request_options import METADATA_KEY, RequestOptions, request_options
 from consortium.trust.admission import Verified
+from consortium.trust.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +94,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         worker: ModelWorker,
         settings: ExecutorSettings,
         *,
-        signer: ResponseSigner | None = None,
+        signer: Signer | None = None,
         peers: PeerClient | None = None,
         tracer: trace.Tracer | None = None,
         orchestrator: Orchestrator | None = None,

@@ -22,14 +22,10 @@ from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler
 from consortium.node.auth import ANONYMOUS, CREDENTIALS_KEY, CallerUser, Credentials
 from consortium.node.client import text_message
 from consortium.node.store import SqliteTaskStore
-from consortium.trust.admission import (
-    MessageVerifier,
-    SigningIdentity,
-    Verified,
-    sign_request,
-)
+from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.keys import generate_key, public_jwk
 from consortium.trust.replay import ReplayCache
+from consortium.trust.signing import SigningIdentity, sign_request
 
 
 class Quick(AgentExecutor, DirectReplies):

@@ -73,11 +73,14 @@ from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
+from consortium.protocols.redaction import IdentityRedactor
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.audit import NoOpAuditLog
 from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
+from consortium.trust.reputation import NoOpAssessor
 from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
@@ -516,6 +519,10 @@ class Node:
             verifier=verifier,
             roster=watcher,
             timeout_s=fed.peer_timeout_s,
+            # No redaction policy, audit log or reputations yet: their null implementations.
+            redactor=IdentityRedactor(),
+            audit=NoOpAuditLog(),
+            assessor=NoOpAssessor(),
             credentials=cfg.client_credentials(),
         )
         self.federation = Federation(watcher, verifier, signer, peers)

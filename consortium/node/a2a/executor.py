@@ -24,7 +24,7 @@ from a2a.types import a2a_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from consortium.errors import ModelError, PromptTooLongError, RequestRejected
+from consortium.errors import ModelError, PromptTooLongError, RequestRejected, UntrustedAnswer
 from consortium.learning.records import RoutingDataError
 from consortium.llm.base import GenerationParams
 from consortium.llm.prompts import build_request
@@ -364,7 +364,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         forwarded = options.model_dump(exclude_none=True, exclude={"peer"})
         try:
             answer = await self._peers.ask(peer, question, forwarded or None)
-        except PeerError as e:
+        except (PeerError, UntrustedAnswer) as e:
             log.warning("task %s: asking %s failed: %s", task.id, safe(peer), safe(e, 300))
             await updater.failed(self._reply(context, task, f"failed: {e}"))
             return
@@ -417,7 +417,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         except (ValueError, RequestRejected) as e:
             await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
-        except (PeerError, ModelError) as e:
+        except (PeerError, UntrustedAnswer, ModelError) as e:
             log.warning("task %s: routing failed: %s", task.id, safe(e, 300))
             await updater.failed(self._reply(context, task, f"failed: {e}"))
             return

@@ -55,20 +55,16 @@ from opentelemetry.trace import NoOpTracer
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.launch.supervisor import Supervisor
 from consortium.node.a2a.direct import DirectReplies
-from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
+from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler
 from consortium.node.auth import GrpcContextBuilder
 from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
-from consortium.protocols.call_proof import PROOF_HEADER, sign_call
-from consortium.protocols.signed_message import (
-    MessageVerifier,
-    SigningIdentity,
-    Verified,
-    digest,
-    sign_request,
-)
+from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.api_keys import ApiKeys
+from consortium.trust.call_proof import PROOF_HEADER
+from consortium.trust.claims import digest
 from consortium.trust.keys import generate_key, public_jwk
 from consortium.trust.replay import ReplayCache
+from consortium.trust.signing import Signer, SigningIdentity, sign_call, sign_request
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 12)[:500]
 FEDERATION = "bench"
@@ -81,7 +77,7 @@ class EchoExecutor(AgentExecutor):
     """Replies with a Message holding the same text, through the task path; signed if the
     request was."""
 
-    def __init__(self, signer: ResponseSigner | None) -> None:
+    def __init__(self, signer: Signer | None) -> None:
         self._signer = signer
 
     def echo(self, message: a2a_pb2.Message, verified: object) -> a2a_pb2.Message:
@@ -165,7 +161,7 @@ async def serve(mode: str, keys: dict[str, Any], port_file: Path) -> None:
                 keys=api_keys,
             )
         else:
-            signer = ResponseSigner(org_id="server", federation_id=FEDERATION, key=server_key)
+            signer = Signer(SigningIdentity(server_key, "server", FEDERATION))
             verifier = MessageVerifier(
                 org_id="server",
                 roster=lambda: roster,
@@ -241,6 +237,7 @@ def make_call(
     """The round trip of one mode, and the channel to close afterwards."""
     client_key = jwk.JWK(**keys["client"])
     server_key = jwk.JWK(**keys["server"])
+    client = SigningIdentity(client_key, "client", FEDERATION)
     roster = Roster(
         federation_id=FEDERATION,
         name="Bench",
@@ -283,14 +280,7 @@ def make_call(
         await get_task(with_key)
 
     async def get_call_proof() -> None:
-        proof = sign_call(
-            "GetTask",
-            unknown,
-            key=client_key,
-            sender="client",
-            recipient="server",
-            federation=FEDERATION,
-        )
+        proof = sign_call("GetTask", unknown, client, recipient="server")
         await get_task(((PROOF_HEADER, proof),))
 
     async def call_signed() -> None:
@@ -298,9 +288,7 @@ def make_call(
             message_id=str(uuid.uuid4()), role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(text=TEXT)]
         )
         started = time.perf_counter()
-        signed, request_digest = sign_request(
-            msg, SigningIdentity(client_key, "client", FEDERATION), recipient="server"
-        )
+        signed, request_digest = sign_request(msg, client, recipient="server")
         signed_at = time.perf_counter()
         resp = await stub.SendMessage(a2a_pb2.SendMessageRequest(message=signed))
         received = time.perf_counter()
@@ -357,6 +345,7 @@ def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
     from nacl.signing import SigningKey
 
     client_key, server_key = jwk.JWK(**keys["client"]), jwk.JWK(**keys["server"])
+    client = SigningIdentity(client_key, "client", FEDERATION)
     roster = Roster(
         federation_id=FEDERATION,
         name="Bench",
@@ -371,23 +360,14 @@ def per_message_costs(keys: dict[str, Any], n: int = 300) -> dict[str, float]:
         )
 
     def sign() -> a2a_pb2.Message:
-        return sign_request(
-            fresh(), SigningIdentity(client_key, "client", FEDERATION), recipient="server"
-        )[0]
+        return sign_request(fresh(), client, recipient="server")[0]
 
     signed = [sign() for _ in range(n)]
     api_keys = ApiKeys(Path(keys["api_keys_path"]))
     request = a2a_pb2.GetTaskRequest(id=str(uuid.uuid4()))
 
     def prove() -> str:
-        return sign_call(
-            "GetTask",
-            request,
-            key=client_key,
-            sender="client",
-            recipient="server",
-            federation=FEDERATION,
-        )
+        return sign_call("GetTask", request, client, recipient="server")
 
     proofs = iter([prove() for _ in range(n)])
     raw_key = SigningKey.generate()

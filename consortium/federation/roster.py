@@ -3,7 +3,8 @@ speak for them, and whether they are active; signed by the federation's admin ke
 
 The signature is a detached JWS (EdDSA) over the RFC 8785 canonical JSON of the roster
 without its `signatures` field, so it does not depend on TOML formatting. A roster is
-accepted only when at least one signature verifies under a trusted admin key.
+accepted only when at least one signature verifies under a trusted admin key
+(trust.documents, as for the routing policy).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jwcrypto import jwk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from consortium.errors import ConfigError
-from consortium.trust.jws import SignatureError, sign_detached, verify_detached
+from consortium.trust.documents import DocumentError, sign_document, verify_document
 from consortium.trust.keys import key_id
 
 ORG_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -139,31 +140,19 @@ def now_iso() -> str:
 
 def sign_roster(roster: Roster, admin_keys: list[jwk.JWK]) -> Roster:
     """A new version of the roster, stamped and signed by every given admin key."""
-    stamped = roster.model_copy(update={"issued_at": now_iso(), "signatures": []})
-    content = stamped.signed_content()
-    return stamped.model_copy(
-        update={"signatures": [sign_detached(content, k) for k in admin_keys]}
-    )
+    return sign_document(roster.model_copy(update={"issued_at": now_iso()}), admin_keys)
 
 
 def verify_roster(roster: Roster, trusted_admin_keys: list[jwk.JWK]) -> str:
     """Returns the key id of an admin key whose signature verifies; raises RosterError."""
-    if not roster.signatures:
-        raise RosterError("the roster is not signed")
+    try:
+        kid = verify_document(roster, trusted_admin_keys, what="roster")
+    except DocumentError as e:
+        raise RosterError(str(e)) from None
     for m in roster.members:
         for k in m.keys:
             k.jwk()  # every listed key must match its key id
-    by_kid = {key_id(k): k for k in trusted_admin_keys}
-    content = roster.signed_content()
-    problems: list[str] = []
-    for token in roster.signatures:
-        try:
-            header = verify_detached(token, content, by_kid.get)
-        except SignatureError as e:
-            problems.append(str(e))
-            continue
-        return str(header["kid"])
-    raise RosterError("no valid admin signature: " + "; ".join(problems))
+    return kid
 
 
 def _describe(e: ValidationError) -> str:

@@ -4,8 +4,8 @@ adequate, and the artifact file that carries it between organizations.
 An artifact holds the weights, the feature spec (names, embedding model, standardisation),
 a version, training metrics and the federation id, and is signed by the federation admin
 key(s): a detached EdDSA JWS over the RFC 8785 JSON of everything but the signatures, as
-the roster is. A node loads only an artifact whose signature verifies and whose features
-are the ones it computes (consortium/protocols/routing_features.py).
+the roster is (trust.documents). A node loads only an artifact whose signature verifies
+and whose features are the ones it computes (consortium/protocols/routing_features.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from jwcrypto import jwk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consortium.errors import ConfigError
-from consortium.trust.jws import SignatureError, sign_detached, verify_detached
-from consortium.trust.keys import key_id
+from consortium.trust.documents import DocumentError, sign_document, verify_document
 
 FORMAT: Literal["consortium-routing-policy/1"] = "consortium-routing-policy/1"
 Label = Literal["local_correct", "escalation_helps"]
@@ -150,25 +149,15 @@ def fit_logistic(
 
 
 def sign_policy(artifact: PolicyArtifact, admin_keys: list[jwk.JWK]) -> PolicyArtifact:
-    unsigned = artifact.model_copy(update={"signatures": []})
-    content = unsigned.signed_content()
-    return unsigned.model_copy(
-        update={"signatures": [sign_detached(content, k) for k in admin_keys]}
-    )
+    return sign_document(artifact, admin_keys)
 
 
 def verify_policy(artifact: PolicyArtifact, trusted_admin_keys: list[jwk.JWK]) -> str:
     """The key id of an admin key whose signature verifies; raises PolicyError."""
-    if not artifact.signatures:
-        raise PolicyError("the policy artifact is not signed")
-    by_kid = {key_id(k): k for k in trusted_admin_keys}
-    problems = []
-    for token in artifact.signatures:
-        try:
-            return str(verify_detached(token, artifact.signed_content(), by_kid.get)["kid"])
-        except SignatureError as e:
-            problems.append(str(e))
-    raise PolicyError("no valid admin signature: " + "; ".join(problems))
+    try:
+        return verify_document(artifact, trusted_admin_keys, what="policy artifact")
+    except DocumentError as e:
+        raise PolicyError(str(e)) from None
 
 
 def load_policy(path: Path, trusted_admin_keys: list[jwk.JWK] | None) -> PolicyArtifact:

@@ -31,7 +31,7 @@ from a2a.server.request_handlers import DefaultGrpcServerCallContextBuilder
 from a2a.server.routes.common import DefaultServerCallContextBuilder
 from starlette.requests import Request
 
-from consortium.protocols.call_proof import PROOF_HEADER
+from consortium.trust.call_proof import PROOF_HEADER
 
 CREDENTIALS_KEY = "consortium.credentials"
 AUTHORIZATION = "authorization"

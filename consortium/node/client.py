@@ -23,8 +23,8 @@ from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict
 
 from consortium.errors import NodeUnavailableError
-from consortium.protocols.call_proof import PROOF_HEADER
 from consortium.protocols.request_options import METADATA_KEY
+from consortium.trust.call_proof import PROOF_HEADER
 
 
 async def fetch_agent_card(

@@ -1,6 +1,19 @@
-"""Calling other organizations: a signed A2A request over gRPC, with a deadline and one
-reused connection per peer; the peer's signed answer and events are verified before they
-are used: bound to our request, and signed by the organization we asked."""
+"""Calling other organizations. Every call to a peer is one exchange
+(`PeerClient.exchange`), with hook points around the A2A call:
+
+    redact -> sign -> audit -> send -> verify -> audit -> assess
+
+The hooks are chosen where the node is wired (node/server.py): the `Redactor`
+(protocols.redaction), the organization's `Signer`, the `AuditLog` (trust.audit), the
+`MessageVerifier` and the `Assessor` (trust.reputation). A node without a redaction
+policy, an audit log or reputations gets their null implementations; nothing here asks
+whether they are on.
+
+A request goes over gRPC with a deadline and one reused connection per peer. The peer's
+signed answer and events are verified before they are used: bound to our request, and
+signed by the organization we asked. A reply that fails verification raises
+UntrustedAnswer; a peer that cannot be asked, or gives no usable reply, PeerError.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +30,24 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from consortium.errors import NodeUnavailableError
+from consortium.errors import NodeUnavailableError, UntrustedAnswer
 from consortium.federation.watcher import RosterWatcher
-from consortium.node.a2a.request_handler import ResponseSigner
 from consortium.node.client import open_client, text_message
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
+from consortium.protocols.redaction import Redactor
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.protocols.routing import Peer
-from consortium.protocols.signed_message import MessageVerifier, Rejected
+from consortium.trust.admission import MessageVerifier, Verified
+from consortium.trust.audit import AuditLog
+from consortium.trust.claims import TaskEvent
+from consortium.trust.refusals import Rejected
+from consortium.trust.reputation import Assessor, Verdict
+from consortium.trust.signing import Signer
 
 
 class PeerError(NodeUnavailableError):
-    """A peer could not be asked, or its answer could not be trusted."""
+    """A peer could not be asked, or gave no usable reply."""
 
 
 @dataclass
@@ -52,14 +70,57 @@ class PeerScores:
     latency_s: float
 
 
+@dataclass(frozen=True)
+class Call:
+    """A kind of call to a peer: how its reply comes back and how its failures read.
+
+    A streamed call's reply is the status message that ends the task, after every task
+    event streamed for it was verified; a call that is not streamed gets one Message (or
+    a Task). `no_reply` and `refused` are the errors' texts, with `{org}` and `{error}`."""
+
+    mode: str
+    streaming: bool
+    no_reply: str
+    refused: str
+
+
+ASK = Call(
+    "ask",
+    streaming=True,
+    no_reply="{org} answered without a status message",
+    refused="the answer from {org} was refused: {error}",
+)
+SCORE = Call(
+    "score",
+    streaming=False,
+    no_reply="{org} sent no scores",
+    refused="the scores from {org} were refused: {error}",
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A peer's verified reply: the message, what its verification found, the state of
+    the task it ended ('' for a reply without a task) and the task events verified on the
+    way."""
+
+    message: a2a_pb2.Message
+    verified: Verified
+    state: str
+    events: int
+
+
 class PeerClient:
     def __init__(
         self,
         *,
-        signer: ResponseSigner,
+        signer: Signer,
         verifier: MessageVerifier,
         roster: RosterWatcher,
         timeout_s: float,
+        redactor: Redactor,
+        audit: AuditLog,
+        assessor: Assessor,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._credentials = credentials
@@ -68,6 +129,9 @@ class PeerClient:
         self._verifier = verifier
         self._roster = roster
         self._timeout = timeout_s
+        self._redactor = redactor
+        self._audit = audit
+        self._assessor = assessor
         self._clients: dict[tuple[str, str, bool], Client] = {}
 
     def _client(self, org: str, streaming: bool = True) -> Client:
@@ -97,82 +161,19 @@ class PeerClient:
         return self._clients[cache_key]
 
     async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:
-        with self.tracer.start_as_current_span(
-            f"a2a.call {org}", kind=SpanKind.CLIENT, attributes={"consortium.recipient": org}
-        ) as span:
-            answer = await self._ask(org, text, options, span)
-            span.set_attribute(
-                "consortium.verdict", "verified" if answer.verified else "unverified"
-            )
-            return answer
-
-    async def _ask(
-        self, org: str, text: str, options: dict[str, Any] | None, span: trace.Span
-    ) -> PeerAnswer:
+        """The peer's answer to a task (its streamed events verified on the way)."""
         started = time.perf_counter()
-        client = self._client(org)
-        parent = traceparent()  # the call span: the peer's spans hang under it
-        with self.tracer.start_as_current_span("consortium.sign"):
-            request, request_digest = self._signer.sign_request(
-                text_message(text, {METADATA_KEY: options} if options else None), org, parent
-            )
-        span.set_attribute("consortium.message.id", request.message_id)
-        status: a2a_pb2.TaskStatus | None = None
-        events = 0
-        with self.tracer.start_as_current_span("consortium.verify") as vspan:
-            try:
-                async for event in client.send_message(
-                    a2a_pb2.SendMessageRequest(message=request),
-                    context=ClientCallContext(timeout=self._timeout),
-                ):
-                    # Every task event the peer streams is signed and bound to our request.
-                    kind = event.WhichOneof("payload")
-                    if kind == "status_update":
-                        self._verifier.verify(
-                            event.status_update,
-                            request_digest=request_digest,
-                            expected_sender=org,
-                        )
-                        status = event.status_update.status
-                        events += 1
-                    elif kind == "artifact_update":
-                        self._verifier.verify(
-                            event.artifact_update,
-                            request_digest=request_digest,
-                            expected_sender=org,
-                        )
-                        events += 1
-                    elif kind == "task" and event.task.status.HasField("message"):
-                        status = event.task.status
-                if status is None or not status.HasField("message"):
-                    raise PeerError(f"{org} answered without a status message")
-                self._verifier.verify(
-                    status.message, request_digest=request_digest, expected_sender=org
-                )
-            except A2AClientError as e:
-                raise PeerError(f"{org} did not answer: {e}") from None
-            except Rejected as e:
-                vspan.set_attributes(
-                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
-                )
-                raise PeerError(f"the answer from {org} was refused: {e}") from None
-            vspan.set_attributes(
-                {
-                    "consortium.response.id": status.message.message_id,
-                    "consortium.events.verified": events,
-                }
-            )
-        final = status
-        state = a2a_pb2.TaskState.Name(final.state).removeprefix("TASK_STATE_").lower()
-        meta = MessageToDict(final.message.metadata).get(METADATA_KEY, {})
+        message = text_message(text, {METADATA_KEY: options} if options else None)
+        reply = await self.exchange(org, message, ASK)
+        meta = MessageToDict(reply.message.metadata).get(METADATA_KEY, {})
         return PeerAnswer(
             org=org,
-            text="".join(p.text for p in final.message.parts),
-            state=state,
+            text="".join(p.text for p in reply.message.parts),
+            state=reply.state,
             provenance=meta if isinstance(meta, dict) else {},
             latency_s=time.perf_counter() - started,
             verified=True,
-            verified_events=events,
+            verified_events=reply.events,
         )
 
     def candidates(self) -> tuple[Peer, ...]:
@@ -194,42 +195,11 @@ class PeerClient:
         """The peer's scores of every option (a message-only exchange: the peer replies
         with one signed Message, which is verified against this request)."""
         started = time.perf_counter()
-        with self.tracer.start_as_current_span(
-            f"a2a.call {org}",
-            kind=SpanKind.CLIENT,
-            attributes={"consortium.recipient": org, "consortium.mode": "score"},
-        ) as span:
-            client = self._client(org, streaming=False)
-            options = {"mode": "score", "choices": list(question.choices)}
-            if context:
-                options["context"] = context
-            request, request_digest = self._signer.sign_request(
-                text_message(question.stem, {METADATA_KEY: options}), org, traceparent()
-            )
-            span.set_attribute("consortium.message.id", request.message_id)
-            reply: a2a_pb2.Message | None = None
-            try:
-                async for event in client.send_message(
-                    a2a_pb2.SendMessageRequest(message=request),
-                    context=ClientCallContext(timeout=self._timeout),
-                ):
-                    if event.WhichOneof("payload") == "message":
-                        reply = event.message
-                    elif event.WhichOneof("payload") == "task":
-                        task = event.task
-                        if task.status.HasField("message"):
-                            reply = task.status.message
-                if reply is None:
-                    raise PeerError(f"{org} sent no scores")
-                self._verifier.verify(reply, request_digest=request_digest, expected_sender=org)
-            except A2AClientError as e:
-                raise PeerError(f"{org} did not answer: {e}") from None
-            except Rejected as e:
-                span.set_attributes(
-                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
-                )
-                raise PeerError(f"the scores from {org} were refused: {e}") from None
-            span.set_attribute("consortium.verdict", "verified")
+        options: dict[str, Any] = {"mode": "score", "choices": list(question.choices)}
+        if context:
+            options["context"] = context
+        message = text_message(question.stem, {METADATA_KEY: options})
+        reply = (await self.exchange(org, message, SCORE)).message
         meta = MessageToDict(reply.metadata).get(METADATA_KEY, {})
         try:
             scores = OptionScores(
@@ -250,6 +220,96 @@ class PeerClient:
             model=str(meta.get("model", "")),
             latency_s=time.perf_counter() - started,
         )
+
+    async def exchange(self, org: str, message: a2a_pb2.Message, call: Call) -> Reply:
+        """Every call to a peer: redact -> sign -> audit, send, verify -> audit -> assess.
+        Raises PeerError when the peer cannot be asked or sends nothing to verify, and
+        UntrustedAnswer when what it sent fails verification."""
+        with self.tracer.start_as_current_span(
+            f"a2a.call {org}",
+            kind=SpanKind.CLIENT,
+            attributes={"consortium.recipient": org, "consortium.mode": call.mode},
+        ) as span:
+            client = self._client(org, streaming=call.streaming)
+            request, request_digest = self._outgoing(org, message)
+            span.set_attribute("consortium.message.id", request.message_id)
+            try:
+                reply = await self._send(client, org, request, request_digest, call)
+            except Rejected as e:
+                self._assessor.assess(Verdict(org, request, None, e.reason))
+                raise UntrustedAnswer(call.refused.format(org=org, error=e)) from None
+            self._audit.received(org, reply.message, reply.verified)
+            self._assessor.assess(Verdict(org, request, reply.message))
+            span.set_attribute("consortium.verdict", "verified")
+            return reply
+
+    def _outgoing(self, org: str, message: a2a_pb2.Message) -> tuple[a2a_pb2.Message, str]:
+        """redact -> sign -> audit: the request as it leaves, and its digest."""
+        redacted = self._redactor.redact(message, org)
+        parent = traceparent()  # the call span: the peer's spans hang under it
+        with self.tracer.start_as_current_span("consortium.sign"):
+            request, request_digest = self._signer.sign_request(redacted, org, parent)
+        self._audit.sent(org, request)
+        return request, request_digest
+
+    async def _send(
+        self, client: Client, org: str, request: a2a_pb2.Message, request_digest: str, call: Call
+    ) -> Reply:
+        """Sends the request and verifies what comes back; raises Rejected."""
+        with self.tracer.start_as_current_span("consortium.verify") as span:
+            try:
+                reply = await self._receive(client, org, request, request_digest, call)
+            except A2AClientError as e:
+                raise PeerError(f"{org} did not answer: {e}") from None
+            except Rejected as e:
+                span.set_attributes(
+                    {"consortium.verdict": "refused", "consortium.refusal": e.reason}
+                )
+                raise
+            span.set_attributes(
+                {
+                    "consortium.response.id": reply.message.message_id,
+                    "consortium.events.verified": reply.events,
+                }
+            )
+        return reply
+
+    async def _receive(
+        self, client: Client, org: str, request: a2a_pb2.Message, request_digest: str, call: Call
+    ) -> Reply:
+        status: a2a_pb2.TaskStatus | None = None
+        direct: a2a_pb2.Message | None = None
+        events = 0
+        async for event in client.send_message(
+            a2a_pb2.SendMessageRequest(message=request),
+            context=ClientCallContext(timeout=self._timeout),
+        ):
+            # Every task event the peer streams is signed and bound to our request.
+            kind = event.WhichOneof("payload")
+            if kind == "status_update":
+                self._verify(event.status_update, request_digest, org)
+                status = event.status_update.status
+                events += 1
+            elif kind == "artifact_update":
+                self._verify(event.artifact_update, request_digest, org)
+                events += 1
+            elif kind == "task" and event.task.status.HasField("message"):
+                status = event.task.status
+            elif kind == "message" and not call.streaming:
+                direct = event.message
+        if direct is not None:
+            return Reply(direct, self._verify(direct, request_digest, org), "", events)
+        if status is None or not status.HasField("message"):
+            raise PeerError(call.no_reply.format(org=org))
+        state = a2a_pb2.TaskState.Name(status.state).removeprefix("TASK_STATE_").lower()
+        return Reply(
+            status.message, self._verify(status.message, request_digest, org), state, events
+        )
+
+    def _verify(
+        self, message: a2a_pb2.Message | TaskEvent, request_digest: str, org: str
+    ) -> Verified:
+        return self._verifier.verify(message, request_digest=request_digest, expected_sender=org)
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -57,9 +57,10 @@ from consortium.llm.registry import default_prompt_format
 from consortium.llm.worker import ModelWorker
 from consortium.node.a2a.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.a2a.conformance import ConformanceExecutor
+from consortium.node.a2a.errors import PermissionDeniedError, UnauthenticatedError
 from consortium.node.a2a.executor import ExecutorSettings, ModelExecutor
 from consortium.node.a2a.http_guard import RequestGuard
-from consortium.node.a2a.request_handler import NodeRequestHandler, ResponseSigner
+from consortium.node.a2a.request_handler import NodeRequestHandler
 from consortium.node.auth import (
     Credentials,
     GrpcContextBuilder,
@@ -72,12 +73,15 @@ from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
-from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
-from consortium.protocols.signed_message import MessageVerifier
+from consortium.protocols.redaction import IdentityRedactor
+from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.audit import NoOpAuditLog
 from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
+from consortium.trust.reputation import NoOpAssessor
+from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
 log = logging.getLogger(__name__)
@@ -252,7 +256,7 @@ class Federation:
 
     roster: RosterWatcher
     verifier: MessageVerifier
-    signer: ResponseSigner
+    signer: Signer
     peers: PeerClient
 
 
@@ -509,12 +513,16 @@ class Node:
             skew_s=fed.max_clock_skew_s,
             own_key=jwk.JWK(**public_jwk(key)),
         )
-        signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
+        signer = Signer(SigningIdentity(key, cfg.node.org_id, roster.federation_id))
         peers = PeerClient(
             signer=signer,
             verifier=verifier,
             roster=watcher,
             timeout_s=fed.peer_timeout_s,
+            # No redaction policy, audit log or reputations yet: their null implementations.
+            redactor=IdentityRedactor(),
+            audit=NoOpAuditLog(),
+            assessor=NoOpAssessor(),
             credentials=cfg.client_credentials(),
         )
         self.federation = Federation(watcher, verifier, signer, peers)

@@ -1,2 +1,3 @@
-"""What goes over the wire and how members collaborate: the A2A binding, the signed-message
-extension, redaction, vertical routers and horizontal protocols."""
+"""What goes over the wire and how members collaborate, as pure logic: extension URIs,
+request options, the redaction interface, vertical routers and horizontal protocols.
+Signing and verification are trust/."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from jwcrypto import jwk
+from jwcrypto.common import JWException
 
 from consortium.errors import ConfigError
 
@@ -77,22 +78,27 @@ def load_private_key(path: Path) -> jwk.JWK:
             f"private key is readable by others (mode {mode:04o}); run: chmod 600 {path}",
             path=str(path),
         )
-    try:
-        key = jwk.JWK.from_json(path.read_text())
-    except (ValueError, TypeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"not a valid JWK ({type(e).__name__})", path=str(path)) from None
+    key = _read_jwk(path)
     if key.get("kty") != "OKP" or key.get("crv") != "Ed25519" or not key.has_private:
         raise ConfigError("expected an Ed25519 private key (kty OKP, crv Ed25519)", path=str(path))
     return key
 
 
 def load_public_key(path: Path) -> jwk.JWK:
-    try:
-        key = jwk.JWK.from_json(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("public key file not found", path=str(path)) from None
-    except (ValueError, TypeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"not a valid JWK ({type(e).__name__})", path=str(path)) from None
+    if not path.exists():
+        raise ConfigError("public key file not found", path=str(path))
+    key = _read_jwk(path)
     if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
         raise ConfigError("expected an Ed25519 public key (kty OKP, crv Ed25519)", path=str(path))
     return key
+
+
+def _read_jwk(path: Path) -> jwk.JWK:
+    """The JWK in a file; ConfigError when it cannot be read or is not a JWK (jwcrypto
+    raises its own JWException for text that is not JSON, or a JWK of no known type)."""
+    try:
+        return jwk.JWK.from_json(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read the key file ({e.strerror})", path=str(path)) from None
+    except (ValueError, TypeError, JWException) as e:
+        raise ConfigError(f"not a valid JWK ({type(e).__name__})", path=str(path)) from None

@@ -24,14 +24,11 @@ from consortium.federation.roster import load_roster
 from consortium.node.client import text_message
 from consortium.node.keyrotation import activate_key, stage_key
 from consortium.node.setup import init_node
-from consortium.protocols.signed_message import (
-    MessageVerifier,
-    Rejected,
-    SigningIdentity,
-    sign_request,
-)
+from consortium.trust.admission import MessageVerifier
 from consortium.trust.keys import key_id, load_private_key
+from consortium.trust.refusals import Rejected
 from consortium.trust.replay import ReplayCache
+from consortium.trust.signing import SigningIdentity, sign_request
 
 CLI = [sys.executable, "-m", "consortium.cli"]
 

@@ -25,9 +25,9 @@ from consortium.node.client import ask, open_client, text_message
 from consortium.node.config import parse_config
 from consortium.node.server import Node
 from consortium.node.setup import init_node
-from consortium.protocols.call_proof import PROOF_HEADER, sign_call
-from consortium.protocols.signed_message import SigningIdentity, sign_request
+from consortium.trust.call_proof import PROOF_HEADER
 from consortium.trust.keys import load_private_key
+from consortium.trust.signing import SigningIdentity, sign_call, sign_request
 
 ORGS = ("acme", "globex", "initech")
 
@@ -208,10 +208,8 @@ async def test_message_for_another_recipient_never_reaches_the_model(fed: Federa
         proof = sign_call(
             "ListTasks",
             list_all,
-            key=key,
-            sender="acme",
+            SigningIdentity(key, "acme", "test-federation"),
             recipient="globex",
-            federation="test-federation",
         )
         listed = await s.ListTasks(list_all, metadata=((PROOF_HEADER, proof),))
     assert list(listed.tasks) == []  # no task was created

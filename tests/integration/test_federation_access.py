@@ -17,24 +17,20 @@ import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
-from consortium.node.a2a.request_handler import ResponseSigner
 from consortium.node.client import CallProofs, open_client, text_message
 from consortium.node.server import Node
-from consortium.protocols.call_proof import PROOF_HEADER
-from consortium.protocols.signed_message import SigningIdentity, sign_answer
+from consortium.trust.call_proof import PROOF_HEADER
 from consortium.trust.keys import load_private_key
+from consortium.trust.signing import Signer, SigningIdentity, sign_answer
 from tests.integration.test_federation import Federation
 
 FED = "test-federation"
 
 
-def signer(node: Node) -> ResponseSigner:
+def signer(node: Node) -> Signer:
     cfg = node.config
-    return ResponseSigner(
-        org_id=cfg.node.org_id,
-        federation_id=FED,
-        key=load_private_key(cfg.resolve(cfg.identity.private_key)),
-    )
+    key = load_private_key(cfg.resolve(cfg.identity.private_key))
+    return Signer(SigningIdentity(key, cfg.node.org_id, FED))
 
 
 @pytest.fixture
@@ -204,12 +200,7 @@ async def test_a_signed_answer_replayed_as_a_request_is_refused(
     globex = signer(fed.nodes["globex"])
     answer = text_message("an answer")
     answer.role = a2a_pb2.ROLE_AGENT
-    signed = sign_answer(
-        answer,
-        SigningIdentity(globex.key, "globex", FED),
-        recipient="acme",
-        request_digest="A" * 43,
-    )
+    signed = sign_answer(answer, globex.identity, recipient="acme", request_digest="A" * 43)
     as_user = a2a_pb2.Message()
     as_user.CopyFrom(signed)
     as_user.role = a2a_pb2.ROLE_USER  # breaks the signature; refused either way

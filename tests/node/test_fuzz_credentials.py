@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 from consortium.federation.admin import add_member, create_federation, member_from_card
 from consortium.node.setup import init_node
-from consortium.protocols.call_proof import PROOF_HEADER, sign_call
+from consortium.trust.call_proof import PROOF_HEADER
 from consortium.trust.keys import load_private_key
+from consortium.trust.signing import SigningIdentity, sign_call
 from tests.node.test_fuzz import CALL_TIMEOUT_S, EXAMPLES, FUZZ, RunningNode, check_grpc
 
 METHODS = {
@@ -99,7 +100,7 @@ def proofs(draw: st.DrawFn, key: Any, method: str, request: Any) -> str:
         return draw(HEADER_TEXT)
     if kind == "jws":
         return draw(jws_like())
-    token = sign_call(method, request, key=key, sender="acme", recipient="acme", federation="fuzz")
+    token = sign_call(method, request, SigningIdentity(key, "acme", "fuzz"), recipient="acme")
     i = draw(st.integers(0, 10**6)) % len(token)  # the token's length varies run to run
     return token[:i] + draw(st.sampled_from("AaZz09-_.=+/ ")) + token[i + 1 :]
 
@@ -157,10 +158,8 @@ def test_credentials_never_get_internal_errors_or_in(member: tuple[RunningNode, 
     ok = sign_call(
         "ListTasks",
         a2a_pb2.ListTasksRequest(),
-        key=key,
-        sender="acme",
+        SigningIdentity(key, "acme", "fuzz"),
         recipient="acme",
-        federation="fuzz",
     )
     listed = node.stub.ListTasks(
         a2a_pb2.ListTasksRequest(), metadata=((PROOF_HEADER, ok),), timeout=CALL_TIMEOUT_S

@@ -9,7 +9,7 @@ from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 
 from consortium import __version__
 from consortium.protocols.extensions import IDENTITY_EXTENSION_URI, MODEL_EXTENSION_URI
-from consortium.protocols.signed_message import EXTENSION_URI as SIGNED_MESSAGE_URI
+from consortium.trust.claims import EXTENSION_URI as SIGNED_MESSAGE_URI
 
 JSONRPC_PATH = "/"
 

@@ -24,7 +24,7 @@ from a2a.types import a2a_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from consortium.errors import ModelError, PromptTooLongError, RequestRejected
+from consortium.errors import ModelError, PromptTooLongError, RequestRejected, UntrustedAnswer
 from consortium.learning.records import RoutingDataError
 from consortium.llm.base import GenerationParams
 from consortium.llm.prompts import build_request
@@ -32,18 +32,15 @@ from consortium.llm.registry import PromptFormat
 from consortium.llm.worker import ModelWorker
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies
-from consortium.node.a2a.request_handler import (
-    VERIFIED_KEY,
-    ResponseSigner,
-    SigningEventQueue,
-)
+from consortium.node.a2a.request_handler import VERIFIED_KEY, SigningEventQueue
 from consortium.node.auth import caller_of
 from consortium.node.config import RoutingSection
 from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerClient, PeerError
 from consortium.protocols.multiple_choice import Question, argmax
 from consortium.protocols.request_options import METADATA_KEY, RequestOptions, request_options
-from consortium.protocols.signed_message import Verified
+from consortium.trust.admission import Verified
+from consortium.trust.signing import Signer
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +94,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         worker: ModelWorker,
         settings: ExecutorSettings,
         *,
-        signer: ResponseSigner | None = None,
+        signer: Signer | None = None,
         peers: PeerClient | None = None,
         tracer: trace.Tracer | None = None,
         orchestrator: Orchestrator | None = None,
@@ -367,7 +364,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         forwarded = options.model_dump(exclude_none=True, exclude={"peer"})
         try:
             answer = await self._peers.ask(peer, question, forwarded or None)
-        except PeerError as e:
+        except (PeerError, UntrustedAnswer) as e:
             log.warning("task %s: asking %s failed: %s", task.id, safe(peer), safe(e, 300))
             await updater.failed(self._reply(context, task, f"failed: {e}"))
             return
@@ -420,7 +417,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         except (ValueError, RequestRejected) as e:
             await updater.reject(self._reply(context, task, f"rejected: {e}"))
             return
-        except (PeerError, ModelError) as e:
+        except (PeerError, UntrustedAnswer, ModelError) as e:
             log.warning("task %s: routing failed: %s", task.id, safe(e, 300))
             await updater.failed(self._reply(context, task, f"failed: {e}"))
             return

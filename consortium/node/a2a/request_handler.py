@@ -23,39 +23,29 @@ from a2a.types import a2a_pb2
 from a2a.utils.errors import A2AError
 from a2a.utils.proto_utils import validate_proto_required_fields
 from google.protobuf.message import Message as ProtoMessage
-from jwcrypto import jwk
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies, may_reply_directly
-from consortium.node.a2a.validation import validate_send_request
-from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of
-from consortium.node.config import NodeConfig
-from consortium.node.telemetry import context_from
-from consortium.protocols.a2a_errors import (
+from consortium.node.a2a.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
     from_rejection,
 )
-from consortium.protocols.call_proof import sign_call
-from consortium.protocols.signed_message import (
-    MessageVerifier,
-    Rejected,
-    SignedParts,
-    SigningIdentity,
-    TaskEvent,
-    Verified,
-    read_signed,
-    sign_answer,
-    sign_request,
-    sign_task_event,
-)
+from consortium.node.a2a.validation import validate_send_request
+from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of
+from consortium.node.config import NodeConfig
+from consortium.node.telemetry import context_from
+from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.claims import SignedParts, read_signed
+from consortium.trust.refusals import Rejected
+from consortium.trust.signing import Signer, SigningIdentity
 
 log = logging.getLogger(__name__)
 
-# Where the executor finds a verified request (a protocols.signed_message.Verified) in
+# Where the executor finds a verified request (a trust.admission.Verified) in
 # the call context's state.
 VERIFIED_KEY = "consortium.verified"
 
@@ -362,57 +352,11 @@ def validate_required_fields(params: a2a_pb2.SendMessageRequest) -> None:
     validate_proto_required_fields(probe)
 
 
-class ResponseSigner:
-    """Signs what this node sends to peers: requests, call proofs, and answers and task
-    events bound to the peer's request."""
-
-    def __init__(self, *, org_id: str, federation_id: str, key: jwk.JWK) -> None:
-        self.org_id = org_id
-        self.federation_id = federation_id
-        self.key = key
-        self.identity = SigningIdentity(key, org_id, federation_id)
-
-    def sign_reply(self, message: a2a_pb2.Message, request: Verified) -> a2a_pb2.Message:
-        return sign_answer(
-            message,
-            self.identity,
-            recipient=request.claims.sender,
-            request_digest=request.digest,
-            traceparent=request.claims.traceparent,
-        )
-
-    def sign_event(self, event: TaskEvent, request: Verified) -> TaskEvent:
-        return sign_task_event(
-            event,
-            self.identity,
-            recipient=request.claims.sender,
-            request_digest=request.digest,
-            traceparent=request.claims.traceparent,
-        )
-
-    def sign_call(self, method: str, request: ProtoMessage, recipient: str) -> str:
-        """A call proof for a task method (GetTask, ListTasks, ...) on `recipient`'s node."""
-        return sign_call(
-            method,
-            request,
-            key=self.key,
-            sender=self.org_id,
-            recipient=recipient,
-            federation=self.federation_id,
-        )
-
-    def sign_request(
-        self, message: a2a_pb2.Message, recipient: str, traceparent: str = ""
-    ) -> tuple[a2a_pb2.Message, str]:
-        """The signed request and its digest, which every answer to it must bind to."""
-        return sign_request(message, self.identity, recipient=recipient, traceparent=traceparent)
-
-
 class SigningEventQueue:
     """Wraps a task's event queue: every status and artifact update this node emits for a
     peer's request is signed, bound to that request, before it is queued."""
 
-    def __init__(self, queue: EventQueue, signer: ResponseSigner, request: Verified) -> None:
+    def __init__(self, queue: EventQueue, signer: Signer, request: Verified) -> None:
         self._queue = queue
         self._signer = signer
         self._request = request
@@ -437,6 +381,6 @@ def local_signer(config: NodeConfig) -> Callable[[a2a_pb2.Message], a2a_pb2.Mess
     admin = load_public_key(config.resolve(config.federation.admin_key))
     roster = load_verified_roster(config.resolve(config.federation.roster), [admin])
     key = load_private_key(config.resolve(config.identity.private_key))
-    signer = ResponseSigner(org_id=config.node.org_id, federation_id=roster.federation_id, key=key)
     org = config.node.org_id
+    signer = Signer(SigningIdentity(key, org, roster.federation_id))
     return lambda message: signer.sign_request(message, org)[0]

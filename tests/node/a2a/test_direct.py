@@ -17,19 +17,15 @@ from opentelemetry.trace import NoOpTracer
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.node.a2a.agent_card import build_agent_card
 from consortium.node.a2a.direct import DirectReplies
+from consortium.node.a2a.errors import UnauthenticatedError
 from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler
 from consortium.node.auth import ANONYMOUS, CREDENTIALS_KEY, CallerUser, Credentials
 from consortium.node.client import text_message
 from consortium.node.store import SqliteTaskStore
-from consortium.protocols.a2a_errors import UnauthenticatedError
-from consortium.protocols.signed_message import (
-    MessageVerifier,
-    SigningIdentity,
-    Verified,
-    sign_request,
-)
+from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.keys import generate_key, public_jwk
 from consortium.trust.replay import ReplayCache
+from consortium.trust.signing import SigningIdentity, sign_request
 
 
 class Quick(AgentExecutor, DirectReplies):

@@ -13,37 +13,25 @@ only: the method and the parameters it was made for (a proof for GetTask of task
 refused for CancelTask, or for task B), to one recipient, once (the nonce goes into the
 node's replay cache), within the clock skew.
 
-Verification is `MessageVerifier.verify_call`, which shares the roster, key, status,
-federation, recipient, freshness and replay checks of messages, so refusals carry the same
-reasons, plus `wrong_call` when the method or the parameters differ.
+A proof is made by `trust.signing.sign_call` (or the organization's `Signer`).
+Verification is `MessageVerifier.verify_call` (`trust.admission`), which shares the
+roster, key, status, federation, recipient, freshness and replay checks of messages, so
+refusals carry the same reasons, plus `wrong_call` when the method or the parameters
+differ.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import secrets
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict, SerializeToJsonError
 from google.protobuf.message import Message as ProtoMessage
-from jwcrypto import jwk
 
-from consortium.protocols.signed_message import Rejected, instant_claim, text_claim
-from consortium.trust.jws import (
-    SignatureError,
-    canonical,
-    read_compact,
-    sign_compact,
-    verify_compact,
-)
-from consortium.trust.keys import key_id
-
-if TYPE_CHECKING:
-    from consortium.protocols.signed_message import MessageVerifier
+from consortium.trust.claims import instant_claim, payload_digest, text_claim
+from consortium.trust.jws import SignatureError, canonical, read_compact
+from consortium.trust.refusals import Rejected
 
 PROOF_HEADER = "x-consortium-proof"
 PROOF_TYPE = "consortium-call"  # the JWS `typ` of a call proof
@@ -115,34 +103,7 @@ def params_digest(request: ProtoMessage) -> str:
         payload = canonical(form)
     except SignatureError as e:
         raise ValueError(str(e)) from None
-    return base64.urlsafe_b64encode(hashlib.sha256(payload).digest()).rstrip(b"=").decode()
-
-
-def sign_call(
-    method: str,
-    request: ProtoMessage,
-    *,
-    key: jwk.JWK,
-    sender: str,
-    recipient: str,
-    federation: str,
-    now: float | None = None,
-) -> str:
-    """The proof (a compact JWS) for calling `method` with `request` on `recipient`'s
-    node; it goes in the PROOF_HEADER metadata key or header."""
-    if not method:
-        raise ValueError("a call proof needs the method name")
-    claims = CallClaims(
-        sender=sender,
-        kid=key_id(key),
-        recipient=recipient,
-        federation=federation,
-        method=method,
-        params_digest=params_digest(request),
-        issued_at=round(time.time() if now is None else now, 3),
-        nonce=secrets.token_urlsafe(12),
-    )
-    return sign_compact(canonical(claims.as_dict()), key, {"typ": PROOF_TYPE})
+    return payload_digest(payload)
 
 
 def _no_constant(name: str) -> Any:
@@ -168,31 +129,3 @@ def read_call_claims(token: str) -> CallClaims:
     if header.get("kid") != claims.kid:
         raise Rejected("malformed", "the JWS key id differs from the claimed key id")
     return claims
-
-
-def verify_call(
-    verifier: MessageVerifier, token: object, method: str, request: ProtoMessage
-) -> VerifiedCall:
-    """`MessageVerifier.verify_call`: all checks, in order; raises Rejected with the first
-    failing reason."""
-    if token is None or token == "":
-        raise Rejected("unsigned", "the call carries no proof")
-    if not isinstance(token, str):
-        raise Rejected("malformed", "the call proof is not a string")
-    claims = read_call_claims(token)
-
-    def check_signature(key: jwk.JWK) -> None:
-        verify_compact(token, lambda kid: key if kid == claims.kid else None)
-
-    verifier.admit(claims, check_signature)
-    if claims.method != method:
-        raise Rejected("wrong_call", f"the proof is for {claims.method}, not {method}")
-    try:
-        digest = params_digest(request)
-    except ValueError as e:
-        raise Rejected("malformed", str(e)) from None
-    if claims.params_digest != digest:
-        raise Rejected("wrong_call", f"the proof is for other {method} parameters")
-    # Checked after the binding, so a proof tried on the wrong call is not used up.
-    verifier.remember(claims.sender, f"call:{claims.nonce}", claims.issued_at)
-    return VerifiedCall(claims)

@@ -16,26 +16,22 @@ from google.protobuf.message import Message as ProtoMessage
 from jwcrypto import jwk
 
 from consortium.federation.roster import Member, MemberKey, Roster, Status
+from consortium.node.a2a.errors import from_rejection
 from consortium.node.client import text_message
-from consortium.protocols.a2a_errors import from_rejection
-from consortium.protocols.call_proof import (
+from consortium.trust.admission import MessageVerifier
+from consortium.trust.call_proof import (
     MAX_PROOF_CHARS,
     PROOF_HEADER,
     PROOF_TYPE,
     TASK_METHODS,
     VerifiedCall,
     params_digest,
-    sign_call,
-)
-from consortium.protocols.signed_message import (
-    MessageVerifier,
-    Rejected,
-    SigningIdentity,
-    sign_request,
 )
 from consortium.trust.jws import canonical, sign_compact
 from consortium.trust.keys import generate_key, key_id, public_jwk
+from consortium.trust.refusals import Rejected
 from consortium.trust.replay import ReplayCache
+from consortium.trust.signing import SigningIdentity, sign_call, sign_request
 
 NOW = 1_800_000_000.0
 DROP = object()  # a claim left out
@@ -82,15 +78,11 @@ class World:
         )
 
     def proof(self, method: str = "GetTask", request: ProtoMessage | None = None, **kw: Any) -> str:
-        args: dict[str, Any] = {
-            "key": self.acme,
-            "sender": "acme",
-            "recipient": "globex",
-            "federation": "fed",
-            "now": NOW,
-        }
-        args.update(kw)
-        return sign_call(method, request if request is not None else get_task(), **args)
+        signer = SigningIdentity(
+            kw.pop("key", self.acme), kw.pop("sender", "acme"), kw.pop("federation", "fed")
+        )
+        args: dict[str, Any] = {"recipient": "globex", "now": NOW, **kw}
+        return sign_call(method, request if request is not None else get_task(), signer, **args)
 
     def crafted(self, key: jwk.JWK | None = None, raw: bytes | None = None, **changes: Any) -> str:
         """A proof signed by acme (or `key`) over claims the API would not write."""
@@ -329,5 +321,5 @@ def test_a_request_without_a_json_form_is_malformed(w: World) -> None:
     request = a2a_pb2.SendMessageRequest(message=text_message("x"))
     request.message.metadata.update({"x": float("nan")})
     with pytest.raises(ValueError):
-        sign_call("SendMessage", request, key=w.acme, sender="acme", recipient="g", federation="f")
+        sign_call("SendMessage", request, SigningIdentity(w.acme, "acme", "f"), recipient="g")
     assert w.reject(w.proof(), "GetTask", request).reason == "malformed"

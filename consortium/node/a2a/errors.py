@@ -15,7 +15,7 @@ from a2a.server.jsonrpc_models import JSONRPCError
 from a2a.server.request_handlers.response_helpers import EXCEPTION_MAP
 from a2a.utils.errors import JSON_RPC_ERROR_CODE_MAP, A2AError
 
-from consortium.protocols.signed_message import Rejected
+from consortium.trust.refusals import Rejected
 
 JSONRPC_UNAUTHENTICATED = -32040
 JSONRPC_PERMISSION_DENIED = -32041

@@ -15,26 +15,28 @@ from a2a.types import a2a_pb2
 from jwcrypto import jwk
 
 from consortium.federation.roster import Member, MemberKey, Roster, Status
+from consortium.node.a2a.errors import from_rejection
 from consortium.node.client import text_message
-from consortium.protocols.a2a_errors import from_rejection
-from consortium.protocols.signed_message import (
+from consortium.trust.admission import MessageVerifier
+from consortium.trust.claims import (
     CLAIMS_KEY,
     EXTENSION_URI,
     SIGNATURE_KEY,
     Claims,
     Kind,
-    MessageVerifier,
-    Rejected,
     Signable,
+    digest,
+)
+from consortium.trust.keys import generate_key, key_id, public_jwk
+from consortium.trust.refusals import Rejected
+from consortium.trust.replay import ReplayCache
+from consortium.trust.signing import (
     SigningIdentity,
     _sign,
-    digest,
     sign_answer,
     sign_request,
     sign_task_event,
 )
-from consortium.trust.keys import generate_key, key_id, public_jwk
-from consortium.trust.replay import ReplayCache
 
 NOW = 1_800_000_000.0
 

@@ -1,0 +1,245 @@
+"""The one outbound exchange (node/peers.py) between real echo nodes on loopback: every
+call to a peer, an ask or a score, passes redact -> sign -> audit -> send -> verify ->
+audit -> assess with the right things at each hook; the peer receives what the redactor
+left; an answer with a bad signature raises UntrustedAnswer, the assessor is told, and a
+task that relied on it fails with the same status text as before."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from a2a.types import a2a_pb2
+from jwcrypto import jwk
+
+from consortium.errors import UntrustedAnswer
+from consortium.node.peers import PeerClient
+from consortium.node.server import Node
+from consortium.protocols.multiple_choice import Question
+from consortium.trust.admission import Verified
+from consortium.trust.claims import SIGNATURE_KEY, digest, read_signed
+from consortium.trust.keys import generate_key
+from consortium.trust.reputation import Verdict
+from consortium.trust.signing import SigningIdentity
+from tests.integration.test_federation import Federation
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    peer: str
+    message: a2a_pb2.Message | None = None
+    verified: Verified | None = None
+    verdict: Verdict | None = None
+
+
+class Hooks:
+    """A Redactor, an AuditLog and an Assessor that record every call, in order, in one
+    list; the redactor replaces `redact_from` with `redact_to` in the message's text."""
+
+    def __init__(self, redact_from: str = "", redact_to: str = "") -> None:
+        self.calls: list[Hook] = []
+        self._from, self._to = redact_from, redact_to
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.calls]
+
+    def one(self, name: str) -> Hook:
+        [call] = [c for c in self.calls if c.name == name]
+        return call
+
+    def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
+        self.calls.append(Hook("redact", recipient, copy(message)))
+        if not self._from:
+            return message
+        redacted = copy(message)
+        for part in redacted.parts:
+            part.text = part.text.replace(self._from, self._to)
+        return redacted
+
+    def sent(self, peer: str, request: a2a_pb2.Message) -> None:
+        self.calls.append(Hook("sent", peer, copy(request)))
+
+    def received(self, peer: str, reply: a2a_pb2.Message, verified: Verified) -> None:
+        self.calls.append(Hook("received", peer, copy(reply), verified))
+
+    def reputation(self, peer: str) -> float:
+        return 1.0
+
+    def assess(self, verdict: Verdict) -> None:
+        self.calls.append(Hook("assess", verdict.peer, verdict=verdict))
+
+
+def copy(message: a2a_pb2.Message) -> a2a_pb2.Message:
+    out = a2a_pb2.Message()
+    out.CopyFrom(message)
+    return out
+
+
+def text_of(message: a2a_pb2.Message | None) -> str:
+    assert message is not None
+    return "".join(p.text for p in message.parts)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Federation]:
+    f = Federation(tmp_path_factory.mktemp("peers"))
+    try:
+        await f.start()
+        yield f
+    finally:
+        await f.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def acme(fed: Federation) -> AsyncIterator[tuple[PeerClient, Hooks]]:
+    """A PeerClient of acme's with recording hooks (wired as server.py wires its own)."""
+    client, hooks = peer_client(fed.nodes["acme"], Hooks())
+    try:
+        yield client, hooks
+    finally:
+        await client.close()
+
+
+def peer_client(node: Node, hooks: Hooks) -> tuple[PeerClient, Hooks]:
+    federation = node.federation
+    assert federation is not None
+    client = PeerClient(
+        signer=federation.signer,
+        verifier=federation.verifier,
+        roster=federation.roster,
+        timeout_s=30.0,
+        redactor=hooks,
+        audit=hooks,
+        assessor=hooks,
+        credentials=node.config.client_credentials(),
+    )
+    return client, hooks
+
+
+@contextmanager
+def forging(node: Node) -> Iterator[None]:
+    """The node signs with its own key id but another private key: every signature it
+    makes is bad (what a tampered answer, or a forger who knows the key id, looks like)."""
+    federation = node.federation
+    assert federation is not None
+    signer = federation.signer
+    honest = signer.identity
+    forged = jwk.JWK(kty="OKP", crv="Ed25519", x=honest.key.get("x"), d=generate_key().get("d"))
+    signer.identity = SigningIdentity(forged, honest.sender, honest.federation)
+    try:
+        yield
+    finally:
+        signer.identity = honest
+
+
+def check_sending_hooks(hooks: Hooks, sent_text: str) -> a2a_pb2.Message:
+    """redact saw the unsigned message; audit saw it signed for globex. Returns the
+    request as sent."""
+    redact, sent = hooks.one("redact"), hooks.one("sent")
+    assert redact.peer == sent.peer == "globex"
+    assert redact.message is not None and SIGNATURE_KEY not in redact.message.metadata
+    request = sent.message
+    assert request is not None and request.message_id == redact.message.message_id
+    parts = read_signed(request)
+    assert parts is not None
+    claims = parts.claims
+    assert (claims.kind, claims.sender, claims.recipient) == ("request", "acme", "globex")
+    assert text_of(request) == sent_text
+    return request
+
+
+def check_receiving_hooks(hooks: Hooks, request: a2a_pb2.Message) -> a2a_pb2.Message:
+    """audit saw globex's reply verified and bound to the request; assess saw the same
+    reply, trusted. Returns the reply."""
+    received, assess = hooks.one("received"), hooks.one("assess")
+    assert received.peer == assess.peer == "globex"
+    assert received.verified is not None and received.message is not None
+    claims = received.verified.claims
+    assert (claims.kind, claims.sender, claims.recipient) == ("answer", "globex", "acme")
+    assert claims.request_digest == digest(request)
+    assert received.verified.digest == digest(received.message)
+    verdict = assess.verdict
+    assert verdict is not None and verdict.trusted and verdict.refusal == ""
+    assert verdict.reply == received.message and verdict.request == request
+    return received.message
+
+
+async def test_an_ask_passes_every_hook_in_order(acme: tuple[PeerClient, Hooks]) -> None:
+    client, hooks = acme
+    answer = await client.ask("globex", "hello from acme")
+    assert hooks.names() == ["redact", "sent", "received", "assess"]
+    request = check_sending_hooks(hooks, "hello from acme")
+    reply = check_receiving_hooks(hooks, request)
+    assert answer.text == text_of(reply) == "hello from acme"
+    assert answer.state == "completed" and answer.verified
+    assert answer.verified_events >= 4  # working, three artifact chunks, completed
+    assert answer.provenance["model"] == "echo-globex"
+
+
+async def test_a_score_passes_every_hook_in_order(acme: tuple[PeerClient, Hooks]) -> None:
+    client, hooks = acme
+    question = Question("Which city is the capital of France?", ("Paris", "Berlin"))
+    scores = await client.score("globex", question)
+    assert hooks.names() == ["redact", "sent", "received", "assess"]
+    request = check_sending_hooks(hooks, question.stem)
+    assert request.metadata["consortium"]["mode"] == "score"
+    reply = check_receiving_hooks(hooks, request)
+    assert reply.metadata["consortium"]["model"] == "echo-globex"
+    assert scores.org == "globex" and scores.model == "echo-globex"
+    assert len(scores.scores.logprobs) == 2 and scores.tokens > 0
+
+
+async def test_the_peer_receives_what_the_redactor_left(fed: Federation) -> None:
+    client, hooks = peer_client(fed.nodes["acme"], Hooks("Alice Smith", "[person]"))
+    try:
+        answer = await client.ask("globex", "Alice Smith asked about her results")
+    finally:
+        await client.close()
+    # globex's echo model answers with the words it was sent.
+    assert answer.text == "[person] asked about her results"
+    assert text_of(hooks.one("redact").message) == "Alice Smith asked about her results"
+    check_sending_hooks(hooks, "[person] asked about her results")
+
+
+async def test_a_badly_signed_answer_is_untrusted_and_assessed(
+    fed: Federation, acme: tuple[PeerClient, Hooks]
+) -> None:
+    client, hooks = acme
+    with forging(fed.nodes["globex"]), pytest.raises(UntrustedAnswer) as e:
+        await client.ask("globex", "hello again")
+    assert str(e.value).startswith("the answer from globex was refused: bad_signature: ")
+    # Not audited as received; the assessor is told why.
+    assert hooks.names() == ["redact", "sent", "assess"]
+    verdict = hooks.one("assess").verdict
+    assert verdict is not None and not verdict.trusted
+    assert verdict.reply is None and verdict.refusal == "bad_signature"
+    assert verdict.request == hooks.one("sent").message
+
+    hooks.calls.clear()
+    question = Question("Which city is the capital of France?", ("Paris", "Berlin"))
+    with forging(fed.nodes["globex"]), pytest.raises(UntrustedAnswer) as e:
+        await client.score("globex", question)
+    assert str(e.value).startswith("the scores from globex were refused: bad_signature: ")
+    assert hooks.names() == ["redact", "sent", "assess"]
+    # globex signs honestly again: the next answer is trusted.
+    hooks.calls.clear()
+    assert (await client.ask("globex", "honest again")).verified
+    assert hooks.names() == ["redact", "sent", "received", "assess"]
+
+
+async def test_a_task_relying_on_an_untrusted_answer_fails_with_the_reason(
+    fed: Federation,
+) -> None:
+    with forging(fed.nodes["globex"]):
+        answer: Any = await fed.ask_via("acme", "route me", peer="globex")
+    assert answer.state == "failed"
+    assert answer.status_text.startswith(
+        "failed: the answer from globex was refused: bad_signature: "
+    )

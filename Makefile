@@ -25,6 +25,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check consortium tests benchmarks
 	$(BIN)/ruff format --check consortium tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy --strict consortium
@@ -38,4 +39,4 @@ bench: install
 	$(BIN)/python benchmarks/node_overhead.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

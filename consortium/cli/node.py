@@ -194,15 +194,14 @@ def ask(
         p = answer.provenance
         if answer.state != "completed":
             raise TaskError(f"task {answer.task_id} {answer.state}: {answer.status_text}")
-        if "verified" in p:
-            route = p.get("route", "?")
+        if p.verified is not None:
             err.print(
-                f"[dim]route {route} · answer signature verified: {p['verified']}[/dim]",
+                f"[dim]route {p.route or '?'} · answer signature verified: {p.verified}[/dim]",
                 highlight=False,
             )
         err.print(
-            f"[dim]task {answer.task_id} · {p.get('org', '?')} · {p.get('model', '?')} · "
-            f"{int(p.get('inputTokens', 0))} in / {int(p.get('outputTokens', 0))} out tokens · "
+            f"[dim]task {answer.task_id} · {p.org or '?'} · {p.model or '?'} · "
+            f"{p.input_tokens or 0} in / {p.output_tokens or 0} out tokens · "
             f"{answer.latency_s * 1000:.0f} ms[/dim]",
             highlight=False,
         )

@@ -57,7 +57,7 @@ from consortium.llm.registry import default_prompt_format
 from consortium.llm.worker import ModelWorker
 from consortium.node.a2a.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.a2a.conformance import ConformanceExecutor
-from consortium.node.a2a.executor import ExecutorSettings, ModelExecutor
+from consortium.node.a2a.executor import ModelExecutor
 from consortium.node.a2a.http_guard import RequestGuard
 from consortium.node.a2a.request_handler import NodeRequestHandler, ResponseSigner
 from consortium.node.auth import (
@@ -70,6 +70,7 @@ from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
+from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
 from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
@@ -264,6 +265,7 @@ class Node:
         self.worker = ModelWorker(backend_factory, label=config.node.org_id)
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
+        self.service: NodeService | None = None
         self.card: a2a_pb2.AgentCard | None = None
         self.endpoints: Endpoints | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -357,9 +359,9 @@ class Node:
         if federation is not None:
             federation.peers.tracer = self.tracer
         orchestrator = await self._orchestrator(federation)
-        executor: AgentExecutor = ModelExecutor(
+        self.service = NodeService(
             self.worker,
-            ExecutorSettings(
+            ServiceSettings(
                 org_id=cfg.node.org_id,
                 prompt_format=prompt_format,
                 system_prompt=cfg.model.system_prompt,
@@ -367,10 +369,12 @@ class Node:
                 temperature=cfg.model.temperature,
                 stream_interval_s=cfg.server.stream_interval_s,
             ),
-            signer=federation.signer if federation else None,
             peers=federation.peers if federation else None,
             tracer=self.tracer,
             orchestrator=orchestrator,
+        )
+        executor: AgentExecutor = ModelExecutor(
+            self.service, signer=federation.signer if federation else None
         )
         if cfg.node.executor == "a2a-tck":
             executor = ConformanceExecutor(executor)

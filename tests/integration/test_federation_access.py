@@ -294,7 +294,7 @@ async def test_mutual_tls_closes_the_http_port_and_binds_the_member(tmp_path: Pa
         code, _ = await acme.call("grpc", "ListTasks", a2a_pb2.ListTasksRequest())
         assert code == "ok"
         answer = await f.ask_via("acme", "over mTLS", peer="initech")
-        assert answer.state == "completed" and answer.provenance["verified"] is True
+        assert answer.state == "completed" and answer.provenance.verified is True
     finally:
         await f.stop()
 

@@ -311,7 +311,7 @@ async def test_no_caller_can_make_the_node_load_the_sentence_encoder(
     rather than loading MiniLM (+500 MB) on a caller's demand."""
     node = await start_node(routing={"router": "local"})
     assert node.handler is not None
-    orchestrator = node.handler.agent_executor._orchestrator  # type: ignore[attr-defined]
+    orchestrator = node.handler.agent_executor.service.orchestrator  # type: ignore[attr-defined]
     assert orchestrator._embed is None
     card = await fetch_agent_card(node.endpoints.http_url)  # type: ignore[union-attr]
     client = open_client(card)

@@ -90,7 +90,7 @@ def node_start(
 ) -> None:
     """Run the node in the foreground until SIGTERM or SIGINT."""
     from consortium.llm.backends import backend_factory
-    from consortium.node.server import Node
+    from consortium.node.app import Node
 
     cfg = run(lambda: load_config(config))
     _setup_logging(cfg.logging.level)
@@ -149,9 +149,9 @@ def ask(
     from a2a.utils.constants import TransportProtocol
 
     from consortium.node.a2a.request_handler import local_signer
+    from consortium.node.app import running_http_url
     from consortium.node.client import ask as ask_node
     from consortium.node.client import fetch_agent_card, open_client
-    from consortium.node.server import running_http_url
 
     cfg = run(lambda: load_config(config))
     if transport not in ("grpc", "jsonrpc"):

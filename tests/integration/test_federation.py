@@ -21,9 +21,9 @@ from consortium.federation.admin import (
 )
 from consortium.federation.roster import load_roster, write_roster
 from consortium.llm.backends import backend_factory
+from consortium.node.app import Node
 from consortium.node.client import ask, open_client, text_message
 from consortium.node.config import parse_config
-from consortium.node.server import Node
 from consortium.node.setup import init_node
 from consortium.protocols.call_proof import PROOF_HEADER, sign_call
 from consortium.protocols.signed_message import SigningIdentity, sign_request

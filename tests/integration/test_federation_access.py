@@ -18,8 +18,8 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
 from consortium.node.a2a.request_handler import ResponseSigner
+from consortium.node.app import Node
 from consortium.node.client import CallProofs, open_client, text_message
-from consortium.node.server import Node
 from consortium.protocols.call_proof import PROOF_HEADER
 from consortium.protocols.signed_message import SigningIdentity, sign_answer
 from consortium.trust.keys import load_private_key

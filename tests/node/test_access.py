@@ -14,9 +14,9 @@ import httpx
 import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 
+from consortium.node.app import Node
 from consortium.node.auth import Caller, Credentials, grpc_peer_host, is_loopback
 from consortium.node.client import ask, fetch_agent_card, open_client, text_message
-from consortium.node.server import Node
 from consortium.trust.api_keys import ApiKeys, parse_token
 from tests.conftest import NodeStarter
 

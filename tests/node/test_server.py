@@ -13,8 +13,8 @@ import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.constants import TransportProtocol
 
+from consortium.node.app import Node
 from consortium.node.client import ask, fetch_agent_card, open_client, text_message
-from consortium.node.server import Node
 from tests.conftest import NodeStarter
 
 

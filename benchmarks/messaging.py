@@ -55,8 +55,8 @@ from opentelemetry.trace import NoOpTracer
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.launch.supervisor import Supervisor
 from consortium.node.a2a.direct import DirectReplies
+from consortium.node.a2a.grpc_binding import SpecGrpcHandler, a2a_generic_handler
 from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler, ResponseSigner
-from consortium.node.app import SpecGrpcHandler, a2a_generic_handler
 from consortium.node.auth import GrpcContextBuilder
 from consortium.protocols.call_proof import PROOF_HEADER, sign_call
 from consortium.protocols.signed_message import (

@@ -1,10 +1,8 @@
 """One organization's node: the model worker, the task store and both A2A bindings.
 
-gRPC (`lf.a2a.v1.A2AService`, grpc.aio) and JSON-RPC over HTTP (Starlette on uvicorn)
-share one a2a-sdk request handler, so both bindings see the same tasks. The gRPC
-service is registered with raw-bytes deserialisers so a malformed request gets
-INVALID_ARGUMENT rather than the generic INTERNAL of a failed deserialisation; messages
-over `server.max_message_bytes` get RESOURCE_EXHAUSTED (gRPC) or HTTP 413 (JSON-RPC).
+gRPC (`lf.a2a.v1.A2AService`, grpc.aio; node/a2a/grpc_binding.py) and JSON-RPC over
+HTTP (Starlette on uvicorn; node/a2a/http_binding.py) share one a2a-sdk request handler,
+so both bindings see the same tasks.
 """
 
 from __future__ import annotations
@@ -14,32 +12,18 @@ import contextlib
 import dataclasses
 import json
 import logging
-import socket
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import grpc
 import uvicorn
 from a2a.server.agent_execution import AgentExecutor
-from a2a.server.request_handlers import GrpcHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.types import a2a_pb2
-from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, VERSION_HEADER
-from a2a.utils.errors import (
-    A2A_ERROR_REASONS,
-    A2AError,
-    PushNotificationNotSupportedError,
-    UnsupportedOperationError,
-    VersionNotSupportedError,
-)
-from a2a.utils.grpc_status import status_to_grpc
-from google.protobuf import message as pb_message
-from google.protobuf import message_factory
-from google.rpc import error_details_pb2, status_pb2
+from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from grpc_reflection.v1alpha import reflection
 from jwcrypto import jwk
 from opentelemetry import trace
@@ -48,7 +32,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consortium.federation.watcher import RosterWatcher
 from consortium.learning.records import RoutingRecords
@@ -58,6 +41,8 @@ from consortium.llm.worker import ModelWorker
 from consortium.node.a2a.agent_card import JSONRPC_PATH, build_agent_card
 from consortium.node.a2a.conformance import ConformanceExecutor
 from consortium.node.a2a.executor import ModelExecutor
+from consortium.node.a2a.grpc_binding import A2A_SERVICE, SpecGrpcHandler, a2a_generic_handler
+from consortium.node.a2a.http_binding import CardLastModified, QuietServer, bind_tcp
 from consortium.node.a2a.http_guard import RequestGuard
 from consortium.node.a2a.request_handler import NodeRequestHandler, ResponseSigner
 from consortium.node.auth import (
@@ -73,7 +58,6 @@ from consortium.node.peers import PeerClient
 from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
-from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
 from consortium.protocols.signed_message import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
 from consortium.trust.files import secure_directory
@@ -83,160 +67,7 @@ from consortium.trust.tls import server_credentials, server_ssl_options
 
 log = logging.getLogger(__name__)
 
-A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
-
-
-# The A2A v1.0 specification (section 5.4) maps these to UNIMPLEMENTED; a2a-sdk 1.3.0
-# sends FAILED_PRECONDITION. The rest of the SDK's mapping agrees with the spec.
-SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
-    PushNotificationNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
-    UnsupportedOperationError: grpc.StatusCode.UNIMPLEMENTED,
-    VersionNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
-    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
-}
-SUPPORTED_MAJOR_MINOR = (1, 0)
 RETENTION_INTERVAL_S = 3600.0
-
-
-class SpecGrpcHandler(GrpcHandler):
-    """a2a-sdk's gRPC servicer with the specification's status codes."""
-
-    async def abort_context(self, error: A2AError, context: grpc.aio.ServicerContext) -> None:
-        code = SPEC_GRPC_CODES.get(type(error))
-        if code is None:
-            await super().abort_context(error, context)
-            return
-        status = status_pb2.Status(code=code.value[0], message=error.message)
-        detail = status.details.add()
-        detail.Pack(
-            error_details_pb2.ErrorInfo(
-                reason=A2A_ERROR_REASONS.get(type(error), "UNKNOWN_ERROR"),
-                domain="a2a-protocol.org",
-            )
-        )
-        grpc_error = status_to_grpc(status)
-        context.set_trailing_metadata(tuple(grpc_error.trailing_metadata))
-        await context.abort(grpc_error.code, grpc_error.details)
-
-
-def version_supported(value: str) -> bool:
-    parts = value.strip().split(".")
-    try:
-        major = int(parts[0])
-        minor = int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        return False
-    return (major, minor) == SUPPORTED_MAJOR_MINOR
-
-
-async def _check_version(servicer: SpecGrpcHandler, ctx: grpc.aio.ServicerContext) -> None:
-    for key, value in ctx.invocation_metadata() or ():
-        if key.lower() == VERSION_HEADER.lower():
-            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-            if not version_supported(text):
-                await servicer.abort_context(
-                    VersionNotSupportedError(
-                        f"A2A version {text!r} is not supported; this node speaks 1.0"
-                    ),
-                    ctx,
-                )
-
-
-def a2a_generic_handler(servicer: SpecGrpcHandler) -> grpc.GenericRpcHandler:
-    """Registers every A2AService method of `servicer`, parsing requests ourselves and
-    refusing an A2A-Version the node does not speak (no header: the current version)."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in A2A_SERVICE.methods:
-        req_cls = message_factory.GetMessageClass(method.input_type)
-        resp_cls = message_factory.GetMessageClass(method.output_type)
-        impl = getattr(servicer, method.name)
-        if method.server_streaming:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streaming(servicer, impl, req_cls), response_serializer=resp_cls.SerializeToString
-            )
-        else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(servicer, impl, req_cls), response_serializer=resp_cls.SerializeToString
-            )
-    return grpc.method_handlers_generic_handler(A2A_SERVICE.full_name, handlers)
-
-
-async def _parse(raw: bytes, cls: type[pb_message.Message], ctx: grpc.aio.ServicerContext) -> Any:
-    try:
-        return cls.FromString(raw)
-    except pb_message.DecodeError as e:
-        await ctx.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"malformed {cls.DESCRIPTOR.full_name}: {e}"
-        )
-
-
-def _unary(
-    servicer: SpecGrpcHandler,
-    impl: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    cls: type[pb_message.Message],
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]:
-    async def handle(raw: bytes, ctx: grpc.aio.ServicerContext) -> Any:
-        await _check_version(servicer, ctx)
-        return await impl(await _parse(raw, cls, ctx), ctx)
-
-    return handle
-
-
-def _streaming(
-    servicer: SpecGrpcHandler,
-    impl: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
-    cls: type[pb_message.Message],
-) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[Any]]:
-    async def handle(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await _check_version(servicer, ctx)
-        request = await _parse(raw, cls, ctx)
-        async for item in impl(request, ctx):
-            yield item
-
-    return handle
-
-
-class CardLastModified:
-    """ASGI middleware: the agent card carries Last-Modified (when this node started)."""
-
-    def __init__(self, app: ASGIApp, path: str) -> None:
-        self.app = app
-        self.path = path
-        self.value = formatdate(usegmt=True).encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != self.path:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {
-                    **message,
-                    "headers": [*message.get("headers", []), (b"last-modified", self.value)],
-                }
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
-
-
-def _bind_tcp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the node's owner decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass(frozen=True)
@@ -330,7 +161,7 @@ class Node:
             )
         if grpc_port == 0:
             raise OSError(f"cannot bind gRPC port {cfg.server.host}:{cfg.server.grpc_port}")
-        http_sock = _bind_tcp(cfg.server.host, cfg.server.http_port)
+        http_sock = bind_tcp(cfg.server.host, cfg.server.http_port)
         http_port = http_sock.getsockname()[1]
         host = cfg.advertised_host
         self.endpoints = Endpoints(
@@ -407,7 +238,7 @@ class Node:
                 Route("/healthz", self._healthz, methods=["GET"]),
             ]
         )
-        self._http = _QuietServer(
+        self._http = QuietServer(
             uvicorn.Config(
                 CardLastModified(RequestGuard(app, limit), AGENT_CARD_WELL_KNOWN_PATH),
                 log_level="warning",
@@ -643,9 +474,3 @@ def running_http_url(config: NodeConfig) -> str:
         except (ValueError, KeyError, TypeError):
             pass
     return config.http_url
-
-
-def card_json(card: a2a_pb2.AgentCard) -> str:
-    from google.protobuf.json_format import MessageToDict
-
-    return json.dumps(MessageToDict(card), indent=2) + "\n"

@@ -1,8 +1,11 @@
-"""One organization's node: the model worker, the task store and both A2A bindings.
+"""One organization's node: its parts built from node.toml, started in order, and stopped.
 
-gRPC (`lf.a2a.v1.A2AService`, grpc.aio; node/a2a/grpc_binding.py) and JSON-RPC over
-HTTP (Starlette on uvicorn; node/a2a/http_binding.py) share one a2a-sdk request handler,
-so both bindings see the same tasks.
+The `build_*` functions each make one part from the config: the task store, the
+federation membership (roster, verifier, signer, peers), the model's prompt format, the
+tracer provider, the orchestrator (routing, groups, learned policy, routing records),
+the service that answers tasks, the A2A executor and request handler. `Node` wires them
+with the model worker and both A2A bindings (node/a2a/grpc_binding.py,
+node/a2a/http_binding.py), which share one request handler, so both see the same tasks.
 """
 
 from __future__ import annotations
@@ -21,36 +24,25 @@ from typing import Any
 import grpc
 import uvicorn
 from a2a.server.agent_execution import AgentExecutor
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.types import a2a_pb2
-from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
-from grpc_reflection.v1alpha import reflection
 from jwcrypto import jwk
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from consortium.federation.watcher import RosterWatcher
 from consortium.learning.records import RoutingRecords
-from consortium.llm.base import LLMBackend
-from consortium.llm.registry import default_prompt_format
+from consortium.llm.base import LLMBackend, ModelInfo
+from consortium.llm.registry import PromptFormat, default_prompt_format
 from consortium.llm.worker import ModelWorker
-from consortium.node.a2a.agent_card import JSONRPC_PATH, build_agent_card
+from consortium.node.a2a.agent_card import build_agent_card
 from consortium.node.a2a.conformance import ConformanceExecutor
 from consortium.node.a2a.executor import ModelExecutor
-from consortium.node.a2a.grpc_binding import A2A_SERVICE, SpecGrpcHandler, a2a_generic_handler
-from consortium.node.a2a.http_binding import CardLastModified, QuietServer, bind_tcp
-from consortium.node.a2a.http_guard import RequestGuard
+from consortium.node.a2a.grpc_binding import grpc_server, serve_a2a
+from consortium.node.a2a.http_binding import bind_tcp, http_app, http_server, serve_http
 from consortium.node.a2a.request_handler import NodeRequestHandler, ResponseSigner
-from consortium.node.auth import (
-    Credentials,
-    GrpcContextBuilder,
-    HttpContextBuilder,
-    http_credentials,
-)
+from consortium.node.auth import Credentials, http_credentials
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.orchestrator import Orchestrator, check_groups
@@ -86,6 +78,234 @@ class Federation:
     verifier: MessageVerifier
     signer: ResponseSigner
     peers: PeerClient
+    replay: ReplayCache
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The orchestrator and the state it keeps that the node reports and closes."""
+
+    orchestrator: Orchestrator
+    policy: PolicyHolder | None
+    records: RoutingRecords | None
+
+
+# -- the parts -------------------------------------------------------------------------
+
+
+def build_store(cfg: NodeConfig) -> SqliteTaskStore:
+    """The task store, repaired, with the tasks a previous run left unfinished failed."""
+    store = SqliteTaskStore(cfg.database_path)
+    store.repair()
+    store.fail_unfinished("the node stopped before the task finished")
+    return store
+
+
+def build_federation(cfg: NodeConfig) -> Federation | None:
+    """Loads the roster (refusing an invalid one), the replay cache and the keys."""
+    fed = cfg.federation
+    if fed is None:
+        return None
+    admin = load_public_key(cfg.resolve(fed.admin_key))
+    watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
+    roster = watcher.current()
+    replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
+    try:
+        key = load_private_key(cfg.resolve(cfg.identity.private_key))
+        verifier = MessageVerifier(
+            org_id=cfg.node.org_id,
+            roster=watcher.current,
+            replay=replay,
+            skew_s=fed.max_clock_skew_s,
+            own_key=jwk.JWK(**public_jwk(key)),
+        )
+        signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
+        peers = PeerClient(
+            signer=signer,
+            verifier=verifier,
+            roster=watcher,
+            timeout_s=fed.peer_timeout_s,
+            credentials=cfg.client_credentials(),
+        )
+    except BaseException:
+        replay.close()
+        raise
+    log.info(
+        "node %s joined federation %s (roster version %d, %d members)",
+        cfg.node.org_id,
+        roster.federation_id,
+        roster.version,
+        len(roster.members),
+    )
+    return Federation(watcher, verifier, signer, peers, replay)
+
+
+def build_prompt_format(cfg: NodeConfig, worker: ModelWorker) -> PromptFormat:
+    """node.toml's prompt format, or for `auto` the one the loaded model suits."""
+    fmt = cfg.model.prompt_format
+    if fmt != "auto":
+        return fmt
+    return default_prompt_format(
+        cfg.model.name, cfg.model.path or None, worker.backend_for_thread()
+    )
+
+
+def build_tracer_provider(cfg: NodeConfig, federation: Federation | None) -> TracerProvider:
+    tel = cfg.telemetry
+    return make_provider(
+        cfg.node.org_id,
+        federation.roster.current().federation_id if federation else "",
+        make_exporter(tel.exporter, path=cfg.data_dir / tel.path, endpoint=tel.endpoint),
+    )
+
+
+async def build_routing(
+    cfg: NodeConfig, worker: ModelWorker, federation: Federation | None
+) -> Routing:
+    """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
+
+    The sentence encoder (MiniLM, ~500 MB) is loaded here, at start-up, when the
+    configured router or its routing records need it; otherwise there is none, so no
+    caller can make the node load it (a per-request learned route is then refused)."""
+    policy = None
+    if cfg.routing.policy:
+        keys = (
+            [load_public_key(cfg.resolve(cfg.federation.admin_key))]
+            if cfg.federation is not None
+            else None
+        )
+        policy = PolicyHolder(
+            cfg.resolve(cfg.routing.policy), keys, cfg.routing.threshold, cfg.routing.target
+        )
+    records = RoutingRecords(cfg.database_path) if cfg.routing.record else None
+    encoder = None
+    if needs_encoder(cfg.routing):
+        encoder = LazyEncoder()
+        try:
+            await encoder.load()
+        except BaseException:
+            if records is not None:
+                records.close()
+            raise
+    orchestrator = Orchestrator(
+        org_id=cfg.node.org_id,
+        worker=worker,
+        routing=cfg.routing,
+        groups=dict(cfg.groups),
+        peers=federation.peers if federation else None,
+        learned=policy.router if policy is not None else None,
+        embed=encoder.embed if encoder is not None else None,
+        records=records,
+    )
+    return Routing(orchestrator, policy, records)
+
+
+def build_service(
+    cfg: NodeConfig,
+    worker: ModelWorker,
+    prompt_format: PromptFormat,
+    routing: Routing,
+    federation: Federation | None,
+    tracer: trace.Tracer,
+) -> NodeService:
+    return NodeService(
+        worker,
+        ServiceSettings(
+            org_id=cfg.node.org_id,
+            prompt_format=prompt_format,
+            system_prompt=cfg.model.system_prompt,
+            max_tokens=cfg.model.max_tokens,
+            temperature=cfg.model.temperature,
+            stream_interval_s=cfg.server.stream_interval_s,
+        ),
+        peers=federation.peers if federation else None,
+        tracer=tracer,
+        orchestrator=routing.orchestrator,
+    )
+
+
+def build_executor(
+    cfg: NodeConfig, service: NodeService, federation: Federation | None
+) -> AgentExecutor:
+    """The A2A executor over the service (behind the conformance kit's, if configured)."""
+    executor: AgentExecutor = ModelExecutor(
+        service, signer=federation.signer if federation else None
+    )
+    if cfg.node.executor == "a2a-tck":
+        executor = ConformanceExecutor(executor)
+    return executor
+
+
+def build_request_handler(
+    cfg: NodeConfig,
+    executor: AgentExecutor,
+    store: SqliteTaskStore,
+    card: a2a_pb2.AgentCard,
+    keys: ApiKeys,
+    federation: Federation | None,
+    tracer: trace.Tracer,
+) -> NodeRequestHandler:
+    return NodeRequestHandler(
+        agent_executor=executor,
+        task_store=store,
+        agent_card=card,
+        tracer=tracer,
+        verifier=federation.verifier if federation else None,
+        keys=keys,
+        anonymous_loopback=cfg.auth.anonymous_loopback,
+        member_cn=cfg.tls.member_cn if cfg.tls is not None else True,
+    )
+
+
+def build_card(
+    cfg: NodeConfig, info: ModelInfo, endpoints: Endpoints, federation: Federation | None
+) -> a2a_pb2.AgentCard:
+    return build_agent_card(
+        org_id=cfg.node.org_id,
+        display_name=cfg.node.display_name,
+        description=cfg.node.description,
+        grpc_url=endpoints.grpc_target,
+        http_url=endpoints.http_url,
+        model_name=info.name,
+        model_backend=info.backend,
+        context_size=info.context_size,
+        public_keys=public_keys(cfg),
+        federation_id=federation.roster.current().federation_id if federation else "",
+        mutual_tls=cfg.tls is not None and cfg.tls.client_auth,
+    )
+
+
+def public_keys(cfg: NodeConfig) -> list[dict[str, Any]]:
+    """The organization's public key for the agent card, if the node has one."""
+    path = cfg.resolve(cfg.identity.public_key)
+    if not path.exists():
+        log.warning("no public key at %s: the agent card carries no signing key", path)
+        return []
+    return [public_jwk(load_public_key(path))]
+
+
+def grpc_credentials(cfg: NodeConfig) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port (requiring client certificates under mutual TLS), if any."""
+    t = cfg.tls
+    if t is None:
+        return None
+    return server_credentials(
+        cfg.resolve(t.cert), cfg.resolve(t.key), cfg.resolve(t.ca) if t.client_auth else None
+    )
+
+
+def http_tls(cfg: NodeConfig) -> dict[str, Any]:
+    """uvicorn's TLS options: the HTTP port serves TLS whenever gRPC does, and requires
+    client certificates under mutual TLS, so it never bypasses what gRPC enforces."""
+    t = cfg.tls
+    if t is None:
+        return {}
+    return server_ssl_options(
+        cfg.resolve(t.cert), cfg.resolve(t.key), cfg.resolve(t.ca) if t.client_auth else None
+    )
+
+
+# -- the node --------------------------------------------------------------------------
 
 
 class Node:
@@ -106,7 +326,6 @@ class Node:
         self.federation: Federation | None = None
         self.tracer_provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
-        self.replay: ReplayCache | None = None
         self.policy: PolicyHolder | None = None
         self.records: RoutingRecords | None = None
         self.keys: ApiKeys | None = None
@@ -122,148 +341,54 @@ class Node:
     async def _start(self) -> Endpoints:
         cfg = self.config
         secure_directory(cfg.data_dir)
-        self.store = SqliteTaskStore(cfg.database_path)
-        self.store.repair()
-        self.store.fail_unfinished("the node stopped before the task finished")
+        self.store = build_store(cfg)
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())
-        federation = self._join_federation()  # before loading the model: fail fast
-        check_groups(self.config.groups, self.config.node.org_id, federation is not None)
+        self.federation = build_federation(cfg)  # before loading the model: fail fast
+        federation = self.federation
+        check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()
-        fmt = cfg.model.prompt_format
-        prompt_format = (
-            default_prompt_format(
-                cfg.model.name, cfg.model.path or None, self.worker.backend_for_thread()
-            )
-            if fmt == "auto"
-            else fmt
-        )
-        limit = cfg.server.max_message_bytes
-        self._grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", max(limit, 4 * 1024 * 1024)),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
+        prompt_format = build_prompt_format(cfg, self.worker)
         address = f"{cfg.server.host}:{cfg.server.grpc_port}"
-        if cfg.tls is None:
-            grpc_port = self._grpc.add_insecure_port(address)
-        else:
-            t = cfg.tls
-            grpc_port = self._grpc.add_secure_port(
-                address,
-                server_credentials(
-                    cfg.resolve(t.cert),
-                    cfg.resolve(t.key),
-                    cfg.resolve(t.ca) if t.client_auth else None,
-                ),
-            )
-        if grpc_port == 0:
-            raise OSError(f"cannot bind gRPC port {cfg.server.host}:{cfg.server.grpc_port}")
+        limit = cfg.server.max_message_bytes
+        self._grpc, grpc_port = grpc_server(address, limit, grpc_credentials(cfg))
         http_sock = bind_tcp(cfg.server.host, cfg.server.http_port)
-        http_port = http_sock.getsockname()[1]
-        host = cfg.advertised_host
-        self.endpoints = Endpoints(
-            grpc_port, http_port, f"{host}:{grpc_port}", f"{cfg.http_scheme}://{host}:{http_port}"
-        )
-        self.card = build_agent_card(
-            org_id=cfg.node.org_id,
-            display_name=cfg.node.display_name,
-            description=cfg.node.description,
-            grpc_url=self.endpoints.grpc_target,
-            http_url=self.endpoints.http_url,
-            model_name=info.name,
-            model_backend=info.backend,
-            context_size=info.context_size,
-            public_keys=self._public_keys(),
-            federation_id=federation.roster.current().federation_id if federation else "",
-            mutual_tls=cfg.tls is not None and cfg.tls.client_auth,
-        )
-        tel = cfg.telemetry
-        self.tracer_provider = make_provider(
-            cfg.node.org_id,
-            federation.roster.current().federation_id if federation else "",
-            make_exporter(tel.exporter, path=cfg.data_dir / tel.path, endpoint=tel.endpoint),
-        )
+        self.endpoints = endpoints = _endpoints(cfg, grpc_port, http_sock.getsockname()[1])
+        self.card = build_card(cfg, info, endpoints, federation)
+        self.tracer_provider = build_tracer_provider(cfg, federation)
         self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
         if federation is not None:
             federation.peers.tracer = self.tracer
-        orchestrator = await self._orchestrator(federation)
-        self.service = NodeService(
-            self.worker,
-            ServiceSettings(
-                org_id=cfg.node.org_id,
-                prompt_format=prompt_format,
-                system_prompt=cfg.model.system_prompt,
-                max_tokens=cfg.model.max_tokens,
-                temperature=cfg.model.temperature,
-                stream_interval_s=cfg.server.stream_interval_s,
-            ),
-            peers=federation.peers if federation else None,
-            tracer=self.tracer,
-            orchestrator=orchestrator,
+        routing = await build_routing(cfg, self.worker, federation)
+        self.policy, self.records = routing.policy, routing.records
+        self.service = build_service(
+            cfg, self.worker, prompt_format, routing, federation, self.tracer
         )
-        executor: AgentExecutor = ModelExecutor(
-            self.service, signer=federation.signer if federation else None
+        executor = build_executor(cfg, self.service, federation)
+        self.handler = build_request_handler(
+            cfg, executor, self.store, self.card, self.keys, federation, self.tracer
         )
-        if cfg.node.executor == "a2a-tck":
-            executor = ConformanceExecutor(executor)
-        self.handler = NodeRequestHandler(
-            agent_executor=executor,
-            task_store=self.store,
-            agent_card=self.card,
-            tracer=self.tracer,
-            verifier=federation.verifier if federation else None,
-            keys=self.keys,
-            anonymous_loopback=cfg.auth.anonymous_loopback,
-            member_cn=cfg.tls.member_cn if cfg.tls is not None else True,
-        )
-        self._grpc.add_generic_rpc_handlers(
-            (a2a_generic_handler(SpecGrpcHandler(self.handler, GrpcContextBuilder())),)
-        )
-        reflection.enable_server_reflection(
-            (A2A_SERVICE.full_name, reflection.SERVICE_NAME), self._grpc
-        )
+        serve_a2a(self._grpc, self.handler)
         await self._grpc.start()
-
-        app = Starlette(
-            routes=[
-                *create_agent_card_routes(
-                    self.card, cache_control=f"public, max-age={cfg.server.agent_card_max_age_s}"
-                ),
-                *create_jsonrpc_routes(
-                    self.handler, rpc_url=JSONRPC_PATH, context_builder=HttpContextBuilder()
-                ),
-                Route("/healthz", self._healthz, methods=["GET"]),
-            ]
+        app = http_app(
+            self.card,
+            self.handler,
+            card_max_age_s=cfg.server.agent_card_max_age_s,
+            max_message_bytes=limit,
+            healthz=self._healthz,
         )
-        self._http = QuietServer(
-            uvicorn.Config(
-                CardLastModified(RequestGuard(app, limit), AGENT_CARD_WELL_KNOWN_PATH),
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-                timeout_graceful_shutdown=int(cfg.server.shutdown_grace_s) or None,
-                **self._http_tls(),
-            )
-        )
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise OSError("HTTP server stopped during start-up")
-            await asyncio.sleep(0.01)
-        self._endpoints_file().write_text(json.dumps(dataclasses.asdict(self.endpoints)) + "\n")
+        self._http = http_server(app, grace_s=cfg.server.shutdown_grace_s, tls=http_tls(cfg))
+        self._http_task = await serve_http(self._http, http_sock)
+        endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
         log.info(
             "node %s ready: model %s (%s), gRPC %s, HTTP %s",
             cfg.node.org_id,
             info.name,
             info.backend,
-            self.endpoints.grpc_target,
-            self.endpoints.http_url,
+            endpoints.grpc_target,
+            endpoints.http_url,
         )
-        return self.endpoints
+        return endpoints
 
     async def _expire_tasks(self) -> None:
         """Deletes finished tasks past `server.task_retention_days`: now, then hourly."""
@@ -279,17 +404,6 @@ class Node:
                 if n:
                     log.info("deleted %d task(s) older than %g days", n, days)
             await asyncio.sleep(RETENTION_INTERVAL_S)
-
-    def _http_tls(self) -> dict[str, Any]:
-        """uvicorn's TLS options: the HTTP port serves TLS whenever gRPC does, and requires
-        client certificates under mutual TLS, so it never bypasses what gRPC enforces."""
-        t = self.config.tls
-        if t is None:
-            return {}
-        cfg = self.config
-        return server_ssl_options(
-            cfg.resolve(t.cert), cfg.resolve(t.key), cfg.resolve(t.ca) if t.client_auth else None
-        )
 
     async def _healthz(self, request: Request) -> Response:
         host = request.client.host if request.client else None
@@ -326,88 +440,6 @@ class Node:
             }
         return body
 
-    def _join_federation(self) -> Federation | None:
-        """Loads the roster (refusing an invalid one), the replay cache and the keys."""
-        cfg = self.config
-        fed = cfg.federation
-        if fed is None:
-            return None
-        admin = load_public_key(cfg.resolve(fed.admin_key))
-        watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
-        roster = watcher.current()
-        self.replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
-        key = load_private_key(cfg.resolve(cfg.identity.private_key))
-        verifier = MessageVerifier(
-            org_id=cfg.node.org_id,
-            roster=watcher.current,
-            replay=self.replay,
-            skew_s=fed.max_clock_skew_s,
-            own_key=jwk.JWK(**public_jwk(key)),
-        )
-        signer = ResponseSigner(org_id=cfg.node.org_id, federation_id=roster.federation_id, key=key)
-        peers = PeerClient(
-            signer=signer,
-            verifier=verifier,
-            roster=watcher,
-            timeout_s=fed.peer_timeout_s,
-            credentials=cfg.client_credentials(),
-        )
-        self.federation = Federation(watcher, verifier, signer, peers)
-        log.info(
-            "node %s joined federation %s (roster version %d, %d members)",
-            cfg.node.org_id,
-            roster.federation_id,
-            roster.version,
-            len(roster.members),
-        )
-        return self.federation
-
-    async def _orchestrator(self, federation: Federation | None) -> Orchestrator:
-        """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
-
-        The sentence encoder (MiniLM, ~500 MB) is loaded here, at start-up, when the
-        configured router or its routing records need it; otherwise there is none, so no
-        caller can make the node load it (a per-request learned route is then refused)."""
-        cfg = self.config
-        learned = None
-        if cfg.routing.policy:
-            keys = (
-                [load_public_key(cfg.resolve(cfg.federation.admin_key))]
-                if cfg.federation is not None
-                else None
-            )
-            self.policy = PolicyHolder(
-                cfg.resolve(cfg.routing.policy), keys, cfg.routing.threshold, cfg.routing.target
-            )
-            learned = self.policy.router
-        if cfg.routing.record:
-            self.records = RoutingRecords(cfg.database_path)
-        encoder = None
-        if needs_encoder(cfg.routing):
-            encoder = LazyEncoder()
-            await encoder.load()
-        return Orchestrator(
-            org_id=cfg.node.org_id,
-            worker=self.worker,
-            routing=cfg.routing,
-            groups=dict(cfg.groups),
-            peers=federation.peers if federation else None,
-            learned=learned,
-            embed=encoder.embed if encoder is not None else None,
-            records=self.records,
-        )
-
-    def _public_keys(self) -> list[dict[str, Any]]:
-        """The organization's public key for the agent card, if the node has one."""
-        path = self.config.resolve(self.config.identity.public_key)
-        if not path.exists():
-            log.warning("no public key at %s: the agent card carries no signing key", path)
-            return []
-        return [public_jwk(load_public_key(path))]
-
-    def _endpoints_file(self) -> Path:
-        return endpoints_file(self.config)
-
     async def stop(self) -> None:
         """Stops accepting calls, lets in-flight tasks finish within the grace period,
         marks the rest failed, and closes the model and the database."""
@@ -436,8 +468,7 @@ class Node:
             self.tracer_provider.shutdown()  # flushes the exporter
         if self.federation is not None:
             await self.federation.peers.close()
-        if self.replay is not None:
-            self.replay.close()
+            self.federation.replay.close()
         if self.records is not None:
             self.records.close()
         if self.keys is not None:
@@ -447,8 +478,15 @@ class Node:
             self.store.close()
         secure_directory(self.config.data_dir)
         if self.endpoints is not None:
-            self._endpoints_file().unlink(missing_ok=True)
+            endpoints_file(self.config).unlink(missing_ok=True)
             log.info("node %s stopped", self.config.node.org_id)
+
+
+def _endpoints(cfg: NodeConfig, grpc_port: int, http_port: int) -> Endpoints:
+    host = cfg.advertised_host
+    return Endpoints(
+        grpc_port, http_port, f"{host}:{grpc_port}", f"{cfg.http_scheme}://{host}:{http_port}"
+    )
 
 
 def needs_encoder(routing: RoutingSection) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from a2a.server.request_handlers import GrpcHandler
+from a2a.server.request_handlers import GrpcHandler, RequestHandler
 from a2a.types import a2a_pb2
 from a2a.utils.constants import VERSION_HEADER
 from a2a.utils.errors import (
@@ -27,7 +27,9 @@ from a2a.utils.grpc_status import status_to_grpc
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
+from grpc_reflection.v1alpha import reflection
 
+from consortium.node.auth import GrpcContextBuilder
 from consortium.protocols.a2a_errors import PermissionDeniedError, UnauthenticatedError
 
 A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
@@ -140,3 +142,32 @@ def _streaming(
             yield item
 
     return handle
+
+
+def grpc_server(
+    address: str, max_message_bytes: int, credentials: grpc.ServerCredentials | None
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server bound to `address` (TLS with `credentials`), not yet serving; and the
+    port it bound."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max(max_message_bytes, 4 * 1024 * 1024)),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC port {address}")
+    return server, port
+
+
+def serve_a2a(server: grpc.aio.Server, handler: RequestHandler) -> None:
+    """Registers the A2A service over `handler` (with server reflection) on `server`."""
+    server.add_generic_rpc_handlers(
+        (a2a_generic_handler(SpecGrpcHandler(handler, GrpcContextBuilder())),)
+    )
+    reflection.enable_server_reflection((A2A_SERVICE.full_name, reflection.SERVICE_NAME), server)

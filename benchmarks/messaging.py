@@ -55,9 +55,9 @@ from opentelemetry.trace import NoOpTracer
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.launch.supervisor import Supervisor
 from consortium.node.a2a.direct import DirectReplies
+from consortium.node.a2a.grpc_binding import SpecGrpcHandler, a2a_generic_handler
 from consortium.node.a2a.request_handler import VERIFIED_KEY, NodeRequestHandler
 from consortium.node.auth import GrpcContextBuilder
-from consortium.node.server import SpecGrpcHandler, a2a_generic_handler
 from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.call_proof import PROOF_HEADER

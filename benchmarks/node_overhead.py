@@ -70,7 +70,9 @@ async def node_run(client: Any, prompt: str) -> tuple[float, int]:
     answer = await ask(client, prompt, options={"max_tokens": MAX_TOKENS})
     if answer.state != "completed":
         raise RuntimeError(f"task {answer.state}: {answer.status_text}")
-    return time.perf_counter() - started, int(answer.provenance["outputTokens"])
+    if answer.provenance.output_tokens is None:
+        raise RuntimeError("the answer carries no token count")
+    return time.perf_counter() - started, answer.provenance.output_tokens
 
 
 def summarize(samples: list[tuple[float, int]]) -> dict[str, float]:

@@ -12,8 +12,8 @@ import pytest
 
 from consortium.llm.backends import backend_factory
 from consortium.llm.registry import resolve_model_file
+from consortium.node.app import Node
 from consortium.node.config import NodeConfig, parse_config
-from consortium.node.server import Node
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -90,7 +90,7 @@ def node_start(
 ) -> None:
     """Run the node in the foreground until SIGTERM or SIGINT."""
     from consortium.llm.backends import backend_factory
-    from consortium.node.server import Node
+    from consortium.node.app import Node
 
     cfg = run(lambda: load_config(config))
     _setup_logging(cfg.logging.level)
@@ -149,9 +149,9 @@ def ask(
     from a2a.utils.constants import TransportProtocol
 
     from consortium.node.a2a.request_handler import local_signer
+    from consortium.node.app import running_http_url
     from consortium.node.client import ask as ask_node
     from consortium.node.client import fetch_agent_card, open_client
-    from consortium.node.server import running_http_url
 
     cfg = run(lambda: load_config(config))
     if transport not in ("grpc", "jsonrpc"):
@@ -194,15 +194,14 @@ def ask(
         p = answer.provenance
         if answer.state != "completed":
             raise TaskError(f"task {answer.task_id} {answer.state}: {answer.status_text}")
-        if "verified" in p:
-            route = p.get("route", "?")
+        if p.verified is not None:
             err.print(
-                f"[dim]route {route} · answer signature verified: {p['verified']}[/dim]",
+                f"[dim]route {p.route or '?'} · answer signature verified: {p.verified}[/dim]",
                 highlight=False,
             )
         err.print(
-            f"[dim]task {answer.task_id} · {p.get('org', '?')} · {p.get('model', '?')} · "
-            f"{int(p.get('inputTokens', 0))} in / {int(p.get('outputTokens', 0))} out tokens · "
+            f"[dim]task {answer.task_id} · {p.org or '?'} · {p.model or '?'} · "
+            f"{p.input_tokens or 0} in / {p.output_tokens or 0} out tokens · "
             f"{answer.latency_s * 1000:.0f} ms[/dim]",
             highlight=False,
         )

@@ -137,9 +137,9 @@ def _answers_table(results: list[tuple[RunningNode, str, Answer]]) -> Table:
             (
                 question,
                 node.org_id,
-                str(p.get("model", node.model)),
+                p.model or node.model,
                 _shown(answer),
-                f"{int(p.get('inputTokens', 0))}/{int(p.get('outputTokens', 0))}",
+                f"{p.input_tokens or 0}/{p.output_tokens or 0}",
                 f"{answer.latency_s * 1000:.0f} ms",
             )
         )
@@ -163,10 +163,10 @@ def _across(origin: RunningNode, peer: RunningNode) -> Table:
     table.rows.append(
         (
             question,
-            str(p.get("route", f"{origin.org_id}->{peer.org_id}")),
-            str(p.get("model", "?")),
+            p.route or f"{origin.org_id}->{peer.org_id}",
+            p.model or "?",
             _shown(answer),
-            f"{p.get('verified', False)} ({int(p.get('verifiedEvents', 0))} signed events)",
+            f"{bool(p.verified)} ({p.verified_events or 0} signed events)",
             f"{answer.latency_s * 1000:.0f} ms",
         )
     )
@@ -182,16 +182,14 @@ def _collaboration(origin: RunningNode) -> Table:
     for route in ("self:margin", "always:initech", "panel"):
         answer = asyncio.run(_ask(origin, MC_QUESTION, {"choices": MC_CHOICES, "route": route}))
         p = answer.provenance
-        members = ", ".join(
-            f"{org} ({int(m.get('tokens', 0))})" for org, m in p.get("members", {}).items()
-        )
+        members = ", ".join(f"{org} ({m.tokens})" for org, m in (p.members or {}).items())
         table.rows.append(
             (
                 route,
-                str(p.get("route", "?")),
+                p.route or "?",
                 members,
                 _shown(answer),
-                f"{float(p.get('confidence', 0)):.2f}",
+                f"{p.confidence or 0.0:.2f}",
                 f"{answer.latency_s * 1000:.0f} ms",
             )
         )
@@ -242,8 +240,8 @@ def _train_and_route(
     answer = asyncio.run(_ask(nodes[0], MC_QUESTION, {"choices": MC_CHOICES, "route": "learned"}))
     p = answer.provenance
     report.line(
-        f"  {nodes[0].org_id} routes with it: {p.get('route')} "
-        f"({p.get('decision', {}).get('reason', answer.status_text)}) -> {_shown(answer)}"
+        f"  {nodes[0].org_id} routes with it: {p.route} "
+        f"({p.decision.reason if p.decision else answer.status_text}) -> {_shown(answer)}"
     )
 
 

@@ -6,6 +6,7 @@ itself to call peers.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import time
 import uuid
@@ -21,8 +22,10 @@ from a2a.client.interceptors import AfterArgs, BeforeArgs, ClientCallInterceptor
 from a2a.types import a2a_pb2
 from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
 
 from consortium.errors import NodeUnavailableError
+from consortium.protocols.provenance import Provenance
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.call_proof import PROOF_HEADER
 
@@ -109,7 +112,8 @@ class Answer:
     task_id: str
     state: str
     text: str
-    provenance: dict[str, Any] = field(default_factory=dict)
+    # From the final status message; empty if it carries none this client can read.
+    provenance: Provenance = field(default_factory=Provenance)
     status_text: str = ""
     latency_s: float = 0.0
     states_seen: list[str] = field(default_factory=list)
@@ -147,7 +151,9 @@ async def ask(
             answer.status_text = "".join(p.text for p in status.message.parts)
             meta = MessageToDict(status.message.metadata).get(METADATA_KEY)
             if isinstance(meta, dict):
-                answer.provenance = meta
+                # Another agent's metadata under the same key is not ours to read.
+                with contextlib.suppress(ValidationError):
+                    answer.provenance = Provenance.model_validate(meta)
 
     try:
         async for event in client.send_message(request, context=context):

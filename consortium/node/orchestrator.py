@@ -13,13 +13,11 @@ latency.
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from consortium.errors import BudgetError, ConfigError, RequestRejected
 from consortium.learning.records import RoutingRecord, RoutingRecords
@@ -46,6 +44,13 @@ from consortium.protocols.multiple_choice import (
     generative_prompt,
     routing_text,
     scoring_prompt,
+)
+from consortium.protocols.provenance import (
+    BudgetLimits,
+    Contribution,
+    MemberUsage,
+    Provenance,
+    RoutingDecision,
 )
 from consortium.protocols.request_options import RequestOptions
 from consortium.protocols.routing import (
@@ -102,11 +107,11 @@ class PeerMember:
         return Scored(answer.scores, answer.tokens, answer.tokens * self.price_per_1k / 1000)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Routed:
     choice: int
     probabilities: tuple[float, ...]
-    provenance: dict[str, Any]
+    provenance: Provenance
 
 
 class Orchestrator:
@@ -251,7 +256,7 @@ class Orchestrator:
         """The routed answer; with `task_id`, and recording on, also its routing record."""
         record = _RecordDraft(task_id, owner) if task_id and self._recording() else None
         routed = await self._answer_choice(question, options, record)
-        self.with_budget(routed.provenance, options)
+        routed = self.with_budget(routed, options)
         if record is not None and record.features is not None:
             self._record(record, routed)
         return routed
@@ -291,7 +296,7 @@ class Orchestrator:
                 None if choice < 0 else choice,
             )
         decision = self._decide(router, routing_text(question), draft, options, task_features)
-        local_row = {self.org_id: {"tokens": draft_scores.tokens, "cost": 0.0, "calls": 1}}
+        local_row = {self.org_id: MemberUsage(tokens=draft_scores.tokens, cost=0.0, calls=1)}
         if decision.route == "local":
             return Routed(
                 argmax(probs),
@@ -301,14 +306,17 @@ class Orchestrator:
         if decision.target in self._groups:
             outcome = await self._run_group(decision.target, question, options)
             routed = self._from_outcome(outcome, f"group:{decision.target}", decision, started)
-            routed.provenance["members"].setdefault(self.org_id, local_row[self.org_id])
-            return routed
+            members = routed.provenance.members or {}
+            if self.org_id in members:
+                return routed
+            provenance = routed.provenance.model_copy(update={"members": members | local_row})
+            return Routed(routed.choice, routed.probabilities, provenance)
         peer = PeerMember(decision.target, self._require_peers(), self._price(decision.target))
         scored = await peer.score(question, "")
         peer_probs = tuple(scored.scores.probabilities(DRAFT_NORMALISATION))
         members = {
             **local_row,
-            decision.target: {"tokens": scored.tokens, "cost": scored.cost, "calls": 1},
+            decision.target: MemberUsage(tokens=scored.tokens, cost=scored.cost, calls=1),
         }
         return Routed(
             argmax(peer_probs),
@@ -353,7 +361,7 @@ class Orchestrator:
         """Stores the task's routing record; an escalated task is labelled at once by
         whether the local draft agreed with the answer. Never fails the task."""
         assert self.records is not None and record.features is not None
-        escalated = routed.provenance["route"] != "local"
+        escalated = routed.provenance.route != "local"
         try:
             self.records.add(
                 RoutingRecord(
@@ -407,7 +415,10 @@ class Orchestrator:
     def _from_outcome(
         self, outcome: Outcome, route: str, decision: Decision | None, started: float
     ) -> Routed:
-        members = {k: dict(v) for k, v in outcome.by_member().items()}
+        members = {
+            k: MemberUsage(tokens=int(v["tokens"]), cost=v["cost"], calls=int(v["calls"]))
+            for k, v in outcome.by_member().items()
+        }
         prov = self._provenance(
             f"{self.org_id}->{route}",
             outcome.protocol,
@@ -415,14 +426,16 @@ class Orchestrator:
             members,
             outcome.confidence,
             started,
+        ).model_copy(
+            update={
+                "protocol": outcome.protocol,
+                "contributions": [
+                    Contribution(member=c.member, round=c.round, choice=c.choice, tokens=c.tokens)
+                    for c in outcome.contributions
+                ],
+                "stopped_by_budget": True if outcome.stopped_by_budget else None,
+            }
         )
-        prov["protocol"] = outcome.protocol
-        prov["contributions"] = [
-            {"member": c.member, "round": c.round, "choice": c.choice, "tokens": c.tokens}
-            for c in outcome.contributions
-        ]
-        if outcome.stopped_by_budget:
-            prov["stoppedByBudget"] = True
         return Routed(outcome.choice, outcome.probabilities, prov)
 
     def _provenance(
@@ -430,39 +443,31 @@ class Orchestrator:
         route: str,
         router: str,
         decision: Decision | None,
-        members: dict[str, dict[str, Any]],
+        members: dict[str, MemberUsage],
         confidence: float,
         started: float,
-    ) -> dict[str, Any]:
-        prov: dict[str, Any] = {
-            "org": self.org_id,
-            "route": route,
-            "router": router,
-            "members": members,
-            "tokens": sum(int(m["tokens"]) for m in members.values()),
-            "cost": round(sum(float(m["cost"]) for m in members.values()), 6),
-            "confidence": round(confidence, 4),
-            "latencyMs": round((time.perf_counter() - started) * 1000, 1),
-        }
-        if decision is not None:
-            prov["decision"] = {"reason": decision.reason, "score": _finite(decision.score)}
-        return prov
+    ) -> Provenance:
+        return Provenance(
+            org=self.org_id,
+            route=route,
+            router=router,
+            members=members,
+            tokens=sum(m.tokens for m in members.values()),
+            cost=round(sum(m.cost for m in members.values()), 6),
+            confidence=round(confidence, 4),
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            decision=None
+            if decision is None
+            else RoutingDecision.of(decision.reason, decision.score),
+        )
 
-    def with_budget(self, prov: dict[str, Any], options: RequestOptions) -> dict[str, Any]:
-        """Adds the task's budget, when it has one, to its provenance."""
-        b = self.budget(options)
-        limits = {
-            k: v
-            for k, v in (
-                ("maxCost", b.max_cost),
-                ("deadlineS", b.deadline_s),
-                ("maxPeers", b.max_peers),
-            )
-            if v is not None
-        }
-        if limits:
-            prov["budget"] = limits
-        return prov
+    def with_budget(self, routed: Routed, options: RequestOptions) -> Routed:
+        """The routed answer with the task's budget, when it has one, in its provenance."""
+        limits = BudgetLimits.of(self.budget(options))
+        if limits is None:
+            return routed
+        provenance = routed.provenance.model_copy(update={"budget": limits})
+        return Routed(routed.choice, routed.probabilities, provenance)
 
 
 @dataclass
@@ -479,10 +484,6 @@ class _RecordDraft:
 def _first_entropy(logprobs: Sequence[TokenLogprob]) -> float:
     """Entropy (nats) of the first generated token over its top alternatives."""
     return top_entropy(logprobs[0].top) if logprobs else 0.0
-
-
-def _finite(x: float) -> float | str:
-    return round(x, 4) if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
 def check_groups(groups: dict[str, GroupSection], org_id: str, federated: bool) -> None:

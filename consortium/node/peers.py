@@ -3,7 +3,7 @@
 
     redact -> sign -> audit -> send -> verify -> audit -> assess
 
-The hooks are chosen where the node is wired (node/server.py): the `Redactor`
+The hooks are chosen where the node is wired (node/app.py): the `Redactor`
 (protocols.redaction), the organization's `Signer`, the `AuditLog` (trust.audit), the
 `MessageVerifier` and the `Assessor` (trust.reputation). A node without a redaction
 policy, an audit log or reputations gets their null implementations; nothing here asks

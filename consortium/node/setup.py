@@ -10,10 +10,9 @@ from jwcrypto import jwk
 
 from consortium.errors import ConfigError
 from consortium.llm.registry import BUNDLED
-from consortium.node.a2a.agent_card import build_agent_card
+from consortium.node.a2a.agent_card import build_agent_card, card_json
 from consortium.node.auth import is_loopback
 from consortium.node.config import NodeConfig, load_config
-from consortium.node.server import card_json
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.files import secure_directory
 from consortium.trust.keys import (

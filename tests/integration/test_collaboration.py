@@ -80,41 +80,41 @@ async def test_escalation_to_a_stronger_peer_with_provenance(fed: Federation) ->
     answer = await choose(fed, "always:initech")
     assert answer.state == "completed", answer.status_text
     p = answer.provenance
-    assert p["route"] == "acme->initech" and p["router"] == "always"
-    assert set(p["members"]) == {"acme", "initech"}  # acme's draft, initech's scores
-    assert p["members"]["initech"]["tokens"] > 0 and p["tokens"] > 0
+    assert p.route == "acme->initech" and p.router == "always"
+    assert set(p.members) == {"acme", "initech"}  # acme's draft, initech's scores
+    assert p.members["initech"].tokens > 0 and p.tokens > 0
     assert answer.text.split(". ", 1)[1] in CHOICES
-    assert len(p["probabilities"]) == 4 and 0 < p["confidence"] <= 1
-    assert p["latencyMs"] > 0 and "always" in p["decision"]["reason"]
+    assert len(p.probabilities) == 4 and 0 < p.confidence <= 1
+    assert p.latency_ms > 0 and "always" in p.decision.reason
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_local_and_self_routing_decide_with_a_reason(fed: Federation) -> None:
     local = await choose(fed, "local")
-    assert local.provenance["route"] == "local"
-    assert set(local.provenance["members"]) == {"acme"}
+    assert local.provenance.route == "local"
+    assert set(local.provenance.members) == {"acme"}
     decided = await choose(fed, "self:margin")
     assert decided.state == "completed"
-    assert "margin" in decided.provenance["decision"]["reason"]
+    assert "margin" in decided.provenance.decision.reason
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_every_router_decides_on_the_node(fed: Federation) -> None:
     always = await choose(fed, "random:1")
     # Both peers list the same capabilities here: the first of the equals is chosen.
-    assert always.provenance["route"] in ("acme->globex", "acme->initech")
+    assert always.provenance.route in ("acme->globex", "acme->initech")
     never = await choose(fed, "random:0")
-    assert never.provenance["route"] == "local"
+    assert never.provenance.route == "local"
     heuristic = await choose(fed, "heuristic")
-    assert "heuristic" in heuristic.provenance["decision"]["reason"]
+    assert "heuristic" in heuristic.provenance.decision.reason
     cascade = await choose(fed, "cascade")
-    assert cascade.provenance["router"] == "cascade"
+    assert cascade.provenance.router == "cascade"
     learned = await choose(fed, "learned")
     assert learned.state == "completed", learned.status_text
-    assert "policy test-1" in learned.provenance["decision"]["reason"]
+    assert "policy test-1" in learned.provenance.decision.reason
     no_peers = await choose(fed, "always:initech", max_peers=0)
-    assert no_peers.provenance["route"] == "local"
-    assert "allows no peer" in no_peers.provenance["decision"]["reason"]
+    assert no_peers.provenance.route == "local"
+    assert "allows no peer" in no_peers.provenance.decision.reason
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -122,39 +122,39 @@ async def test_a_vote_across_three_organizations(fed: Federation) -> None:
     answer = await choose(fed, "panel")
     assert answer.state == "completed", answer.status_text
     p = answer.provenance
-    assert p["protocol"] == "vote" and p["route"] == "acme->group:panel"
-    assert set(p["members"]) == {"acme", "globex", "initech"}
-    assert [c["member"] for c in p["contributions"]] == ["acme", "globex", "initech"]
+    assert p.protocol == "vote" and p.route == "acme->group:panel"
+    assert set(p.members) == {"acme", "globex", "initech"}
+    assert [c.member for c in p.contributions] == ["acme", "globex", "initech"]
     # Two SmolLM2 members score alike: acme locally, globex over a signed request.
-    acme, globex = p["contributions"][0], p["contributions"][1]
-    assert acme["choice"] == globex["choice"] and acme["tokens"] == globex["tokens"]
+    acme, globex = p.contributions[0], p.contributions[1]
+    assert acme.choice == globex.choice and acme.tokens == globex.tokens
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_ring_debate_and_a_mixture(fed: Federation) -> None:
     debate = await choose(fed, "ring")
     assert debate.state == "completed", debate.status_text
-    rounds = [c["round"] for c in debate.provenance["contributions"]]
+    rounds = [c.round for c in debate.provenance.contributions]
     assert rounds == [0, 0, 0, 1, 1, 1]
     moa = await choose(fed, "moa")
     assert moa.state == "completed"
-    assert [c["member"] for c in moa.provenance["contributions"]][-1] == "initech"
+    assert [c.member for c in moa.provenance.contributions][-1] == "initech"
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_the_token_budget_stops_a_protocol(fed: Federation) -> None:
     answer = await choose(fed, "tight")
     assert answer.state == "completed"
-    assert answer.provenance.get("stoppedByBudget") is True
-    assert len(answer.provenance["contributions"]) < 3
+    assert answer.provenance.stopped_by_budget is True
+    assert len(answer.provenance.contributions) < 3
 
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_max_peers_limits_the_group_and_is_reported(fed: Federation) -> None:
     answer = await choose(fed, "panel", max_peers=1)
     assert answer.state == "completed", answer.status_text
-    assert set(answer.provenance["members"]) == {"acme", "globex"}  # self + one peer
-    assert answer.provenance["budget"] == {"maxPeers": 1}
+    assert set(answer.provenance.members) == {"acme", "globex"}  # self + one peer
+    assert answer.provenance.budget.wire() == {"maxPeers": 1}
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -193,7 +193,7 @@ async def test_routed_tasks_leave_records_that_feedback_labels(fed: Federation) 
     r = records.get(escalated.task_id)
     # Escalated: labelled at once by whether acme's draft agreed with initech's answer.
     assert (r.route, r.router, r.label_source) == ("escalated", "always", "agreement")
-    assert r.local_adequate == (r.local_choice == escalated.provenance["choice"])
+    assert r.local_adequate == (r.local_choice == escalated.provenance.choice)
     assert len(r.features) == len(feature_names(DIMENSION)) and r.owner == "org:acme"
     k = records.get(kept.task_id)
     assert (k.route, k.local_adequate, k.label_source) == ("local", None, None)

@@ -21,9 +21,9 @@ from consortium.federation.admin import (
 )
 from consortium.federation.roster import load_roster, write_roster
 from consortium.llm.backends import backend_factory
+from consortium.node.app import Node
 from consortium.node.client import ask, open_client, text_message
 from consortium.node.config import parse_config
-from consortium.node.server import Node
 from consortium.node.setup import init_node
 from consortium.trust.call_proof import PROOF_HEADER
 from consortium.trust.keys import load_private_key
@@ -140,10 +140,10 @@ async def test_signed_round_trip_through_a_peer(fed: Federation) -> None:
     assert answer.state == "completed", answer.status_text
     assert answer.text == "hello from acme"
     p = answer.provenance
-    assert p["org"] == "globex" and p["model"] == "echo-globex"
-    assert p["verified"] is True and p["route"] == "acme->globex"
+    assert p.org == "globex" and p.model == "echo-globex"
+    assert p.verified is True and p.route == "acme->globex"
     # Every streamed event (working, 3 artifact chunks, completed) was signed and verified.
-    assert p["verifiedEvents"] >= 4
+    assert p.verified_events >= 4
 
 
 async def test_agent_card_declares_the_required_signed_message_extension(fed: Federation) -> None:
@@ -156,7 +156,7 @@ async def test_agent_card_declares_the_required_signed_message_extension(fed: Fe
 
 async def test_local_ask_is_signed_and_answered_locally(fed: Federation) -> None:
     answer = await fed.ask_via("initech", "just me")
-    assert answer.state == "completed" and answer.provenance["org"] == "initech"
+    assert answer.state == "completed" and answer.provenance.org == "initech"
 
 
 async def test_unsigned_message_is_refused_on_both_bindings(fed: Federation) -> None:
@@ -253,7 +253,7 @@ async def test_signed_round_trip_over_mutual_tls(tmp_path: Path) -> None:
         await f.start()
         answer = await f.ask_via("acme", "over mTLS", peer="initech")
         assert answer.state == "completed", answer.status_text
-        assert answer.text == "over mTLS" and answer.provenance["verified"] is True
+        assert answer.text == "over mTLS" and answer.provenance.verified is True
     finally:
         await f.stop()
 

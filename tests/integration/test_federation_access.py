@@ -17,8 +17,8 @@ import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
+from consortium.node.app import Node
 from consortium.node.client import CallProofs, open_client, text_message
-from consortium.node.server import Node
 from consortium.trust.call_proof import PROOF_HEADER
 from consortium.trust.keys import load_private_key
 from consortium.trust.signing import Signer, SigningIdentity, sign_answer
@@ -285,7 +285,7 @@ async def test_mutual_tls_closes_the_http_port_and_binds_the_member(tmp_path: Pa
         code, _ = await acme.call("grpc", "ListTasks", a2a_pb2.ListTasksRequest())
         assert code == "ok"
         answer = await f.ask_via("acme", "over mTLS", peer="initech")
-        assert answer.state == "completed" and answer.provenance["verified"] is True
+        assert answer.state == "completed" and answer.provenance.verified is True
     finally:
         await f.stop()
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 
+from consortium.node.app import Node
 from consortium.node.auth import Caller, Credentials, grpc_peer_host, is_loopback
 from consortium.node.client import ask, fetch_agent_card, open_client, text_message
-from consortium.node.server import Node
 from consortium.trust.api_keys import ApiKeys, parse_token
 from tests.conftest import NodeStarter
 
@@ -311,7 +311,7 @@ async def test_no_caller_can_make_the_node_load_the_sentence_encoder(
     rather than loading MiniLM (+500 MB) on a caller's demand."""
     node = await start_node(routing={"router": "local"})
     assert node.handler is not None
-    orchestrator = node.handler.agent_executor._orchestrator  # type: ignore[attr-defined]
+    orchestrator = node.handler.agent_executor.service.orchestrator  # type: ignore[attr-defined]
     assert orchestrator._embed is None
     card = await fetch_agent_card(node.endpoints.http_url)  # type: ignore[union-attr]
     client = open_client(card)

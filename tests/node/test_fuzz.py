@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consortium.llm.backends import backend_factory
+from consortium.node.app import Node
 from consortium.node.client import text_message
-from consortium.node.server import Node
 from tests.conftest import make_config
 
 EXAMPLES = 150

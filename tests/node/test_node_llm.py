@@ -45,8 +45,8 @@ async def test_real_model_answers_over_a2a(
     assert "Paris" in answer.text
     assert "".join(pieces) == answer.text
     p = answer.provenance
-    assert p["model"] == model and p["backend"] == "llama_cpp" and p["org"] == "acme"
-    assert 0 < p["outputTokens"] <= 24 and p["inputTokens"] > 5
+    assert p.model == model and p.backend == "llama_cpp" and p.org == "acme"
+    assert 0 < p.output_tokens <= 24 and p.input_tokens > 5
 
 
 async def test_cancel_mid_generation_with_a_real_model(start_node: NodeStarter) -> None:
@@ -105,7 +105,7 @@ async def test_transformers_backend_behind_a2a(start_node: NodeStarter, smollm_p
         await client.close()
     assert answer.state == "completed"
     assert "Paris" in answer.text
-    assert answer.provenance["backend"] == "transformers"
+    assert answer.provenance.backend == "transformers"
 
 
 async def test_transformers_backend_loads_a_model_directory(

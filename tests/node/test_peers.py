@@ -17,8 +17,8 @@ from a2a.types import a2a_pb2
 from jwcrypto import jwk
 
 from consortium.errors import UntrustedAnswer
+from consortium.node.app import Node
 from consortium.node.peers import PeerClient
-from consortium.node.server import Node
 from consortium.protocols.multiple_choice import Question
 from consortium.trust.admission import Verified
 from consortium.trust.claims import SIGNATURE_KEY, digest, read_signed

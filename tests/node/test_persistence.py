@@ -20,9 +20,9 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
 from consortium.llm.backends import backend_factory
+from consortium.node.app import Node
 from consortium.node.auth import ANONYMOUS
 from consortium.node.client import text_message
-from consortium.node.server import Node
 from consortium.node.store import SqliteTaskStore
 from tests.conftest import make_config
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from a2a.types import a2a_pb2
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
+from google.protobuf.json_format import MessageToDict
 
 from consortium import __version__
 from consortium.protocols.extensions import IDENTITY_EXTENSION_URI, MODEL_EXTENSION_URI
@@ -123,3 +125,8 @@ def _declare_security(card: a2a_pb2.AgentCard, mutual_tls: bool) -> None:
         )
         required[MTLS_SCHEME] = a2a_pb2.StringList()
     card.security_requirements.append(a2a_pb2.SecurityRequirement(schemes=required))
+
+
+def card_json(card: a2a_pb2.AgentCard) -> str:
+    """The card as the JSON document served at the well-known path."""
+    return json.dumps(MessageToDict(card), indent=2) + "\n"

@@ -1,18 +1,21 @@
-"""The node's agent logic behind a2a-sdk's AgentExecutor: answer a task with the local model.
+"""The A2A binding of the node's service: a2a-sdk's AgentExecutor over `NodeService`.
 
 Protocol handling (A2A methods, task store, streaming, cancellation plumbing) stays in
-a2a-sdk's request handler; this module only turns a user message into a generation and
-the generation into task events: SUBMITTED -> WORKING -> artifact chunks -> COMPLETED,
-or REJECTED (nothing to answer, bad parameters, prompt too long), FAILED (the model
-failed) or CANCELED.
+a2a-sdk's request handler; this module turns an A2A request into a `ServiceRequest`
+(text, options from `metadata["consortium"]`, the admitted caller) and the service's
+events into task events: SUBMITTED -> WORKING -> artifact chunks -> COMPLETED, or
+REJECTED (nothing to answer, bad parameters, prompt too long), FAILED (the model or a
+peer failed) or CANCELED. Every status message carries the provenance when there is
+one, and is signed when a peer sent the request. Scoring requests and feedback are
+answered directly, with one Message and no task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from a2a.helpers.proto_helpers import new_task_from_user_message
@@ -21,39 +24,35 @@ from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import a2a_pb2
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind
 
-from consortium.errors import ModelError, PromptTooLongError, RequestRejected, UntrustedAnswer
-from consortium.learning.records import RoutingDataError
-from consortium.llm.base import GenerationParams
-from consortium.llm.prompts import build_request
-from consortium.llm.registry import PromptFormat
-from consortium.llm.worker import ModelWorker
-from consortium.logsafe import safe
+from consortium.errors import ModelError, RequestRejected
 from consortium.node.a2a.direct import DirectReplies
 from consortium.node.a2a.request_handler import VERIFIED_KEY, SigningEventQueue
-from consortium.node.auth import caller_of
-from consortium.node.config import RoutingSection
-from consortium.node.orchestrator import LocalMember, Orchestrator
-from consortium.node.peers import PeerClient, PeerError
-from consortium.protocols.multiple_choice import Question, argmax
-from consortium.protocols.request_options import METADATA_KEY, RequestOptions, request_options
+from consortium.node.auth import Caller, caller_of
+from consortium.node.service import (
+    Answered,
+    Failed,
+    NodeService,
+    NoRoutingRecords,
+    PeerUnfinished,
+    Rejected,
+    ServiceRequest,
+    TaskEvent,
+    TextChunk,
+    Working,
+)
+from consortium.protocols.provenance import Provenance
+from consortium.protocols.replies import FeedbackReply, ScoresOfOptions, ScoresReply
+from consortium.protocols.request_options import (
+    METADATA_KEY,
+    Feedback,
+    RequestOptions,
+    request_options,
+)
 from consortium.trust.admission import Verified
 from consortium.trust.signing import Signer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExecutorSettings:
-    org_id: str
-    prompt_format: PromptFormat
-    system_prompt: str
-    max_tokens: int
-    temperature: float
-    # Coalesce streamed tokens into one artifact update per interval (0: every token).
-    stream_interval_s: float = 0.05
 
 
 def _agent_message(
@@ -71,6 +70,10 @@ def _agent_message(
     return msg
 
 
+def _metadata(provenance: Provenance) -> dict[str, Any]:
+    return {METADATA_KEY: provenance.wire()}
+
+
 def _is_direct_request(message: a2a_pb2.Message) -> bool:
     """A scoring request or feedback: answered with one Message, no task."""
     try:
@@ -80,125 +83,91 @@ def _is_direct_request(message: a2a_pb2.Message) -> bool:
     return options.mode == "score" or options.feedback is not None
 
 
-def _owner(context: ServerCallContext) -> str:
-    """Whose task this is: the scope of the caller the request handler admitted."""
+def _caller(context: ServerCallContext) -> Caller:
+    """Whose request this is: the caller the request handler admitted."""
     caller = caller_of(context)
     if caller is None:  # a handler always admits first; never act for nobody
         raise RequestRejected("the caller was not authenticated")
-    return caller.owner
+    return caller
 
 
 class ModelExecutor(AgentExecutor, DirectReplies):
-    def __init__(
-        self,
-        worker: ModelWorker,
-        settings: ExecutorSettings,
-        *,
-        signer: Signer | None = None,
-        peers: PeerClient | None = None,
-        tracer: trace.Tracer | None = None,
-        orchestrator: Orchestrator | None = None,
-    ) -> None:
-        self._tracer = tracer or trace.NoOpTracer()
-        self._worker = worker
-        self._settings = settings
+    def __init__(self, service: NodeService, *, signer: Signer | None = None) -> None:
+        self.service = service
         self._signer = signer
-        self._peers = peers
-        self._orchestrator = orchestrator or Orchestrator(
-            org_id=settings.org_id,
-            worker=worker,
-            routing=RoutingSection(),
-            groups={},
-            peers=peers,
-        )
+
+    # -- direct replies ----------------------------------------------------------------
 
     async def reply(
         self, message: a2a_pb2.Message, context: ServerCallContext
     ) -> a2a_pb2.Message | None:
-        """Scoring requests are answered on the spot, with one (signed) Message."""
+        """Scoring requests and feedback are answered on the spot, with one (signed)
+        Message."""
         try:
             options = request_options(message)
         except ValueError:
             return None  # the task path rejects it with the reason
         if options.feedback is not None:
-            return self._feedback_message(message, options, context)
+            return self._feedback_message(message, options.feedback, context)
         if options.mode != "score":
             return None
         return await self._scores_message(message, options, context.state.get(VERIFIED_KEY))
 
     def _feedback_message(
-        self, message: a2a_pb2.Message, options: RequestOptions, context: ServerCallContext
+        self, message: a2a_pb2.Message, feedback: Feedback, context: ServerCallContext
     ) -> a2a_pb2.Message:
         """Labels the routing record of an earlier task of the same owner."""
-        assert options.feedback is not None
-        fb = options.feedback
-        records = self._orchestrator.records
-        meta: dict[str, Any] = {"org": self._settings.org_id, "taskId": fb.task_id}
-        if records is None:
-            text = "rejected: this node keeps no routing records"
-            meta["error"] = text
+        org = self.service.org_id
+        caller = _caller(context)
+        try:
+            record = self.service.feedback(feedback, caller)
+        except NoRoutingRecords as e:
+            text = f"rejected: {e}"
+            # This refusal has always repeated the whole text as its error.
+            meta = FeedbackReply(org=org, task_id=feedback.task_id, error=text)
+        except RequestRejected as e:
+            text = f"rejected: {e}"
+            meta = FeedbackReply(org=org, task_id=feedback.task_id, error=str(e))
         else:
-            try:
-                rec = records.feedback(
-                    fb.task_id, _owner(context), adequate=fb.adequate, correct_choice=fb.correct
-                )
-            except RoutingDataError as e:
-                text = f"rejected: {e}"
-                meta["error"] = str(e)
-            else:
-                text = "feedback recorded"
-                meta["localAdequate"] = rec.local_adequate
-                meta["labelSource"] = rec.label_source
-                log.info("task %s: feedback recorded (%s)", safe(fb.task_id), rec.label_source)
-        reply = _agent_message("", message.context_id, text, {METADATA_KEY: meta})
+            text = "feedback recorded"
+            meta = FeedbackReply(
+                org=org,
+                task_id=feedback.task_id,
+                local_adequate=record.local_adequate,
+                label_source=record.label_source,
+            )
+        reply = _agent_message("", message.context_id, text, {METADATA_KEY: meta.wire()})
         reply.ClearField("task_id")
-        verified = context.state.get(VERIFIED_KEY)
-        if self._signer is not None and isinstance(verified, Verified):
-            return self._signer.sign_reply(reply, verified)
-        return reply
+        return self._signed(reply, context.state.get(VERIFIED_KEY))
 
     async def _scores_message(
         self, message: a2a_pb2.Message, options: RequestOptions, verified: object
     ) -> a2a_pb2.Message:
         text = "".join(p.text for p in message.parts).strip()
+        org = self.service.org_id
         try:
-            if not options.choices:
-                raise ValueError("a scoring request needs metadata.consortium.choices")
-            question = Question(text, tuple(options.choices))
-            member = LocalMember(self._settings.org_id, self._worker)
-            scored = await member.score(question, options.context)
-            reply_text = question.shown_labels[argmax(scored.scores.logprobs)]
-            meta: dict[str, Any] = {
-                "org": self._settings.org_id,
-                "model": self._worker.info.name,
-                "tokens": scored.tokens,
-                "scores": {
-                    "logprobs": list(scored.scores.logprobs),
-                    "tokens": list(scored.scores.tokens),
-                    "chars": list(scored.scores.chars),
-                },
-            }
-        except (ValueError, ModelError) as e:
-            reply_text, meta = f"rejected: {e}", {"org": self._settings.org_id, "error": str(e)}
-        reply = _agent_message("", message.context_id, reply_text, {METADATA_KEY: meta})
+            scores = await self.service.score(text, options)
+        except (RequestRejected, ModelError) as e:
+            reply_text, meta = f"rejected: {e}", ScoresReply(org=org, error=str(e))
+        else:
+            reply_text = scores.label
+            meta = ScoresReply(
+                org=org,
+                model=scores.model,
+                tokens=scores.tokens,
+                scores=ScoresOfOptions.of(scores.scores),
+            )
+        reply = _agent_message("", message.context_id, reply_text, {METADATA_KEY: meta.wire()})
         reply.ClearField("task_id")
-        if self._signer is not None and isinstance(verified, Verified):
-            return self._signer.sign_reply(reply, verified)
-        return reply
+        return self._signed(reply, verified)
 
-    def _reply(
-        self,
-        context: RequestContext,
-        task: a2a_pb2.Task,
-        text: str,
-        metadata: dict[str, Any] | None = None,
-    ) -> a2a_pb2.Message:
-        """A status message; signed and bound to the request when a peer sent it."""
-        message = _agent_message(task.id, task.context_id, text, metadata)
-        verified = context.call_context.state.get(VERIFIED_KEY)
+    def _signed(self, message: a2a_pb2.Message, verified: object) -> a2a_pb2.Message:
+        """Signed and bound to the request when a peer sent it."""
         if self._signer is not None and isinstance(verified, Verified):
             return self._signer.sign_reply(message, verified)
         return message
+
+    # -- tasks -------------------------------------------------------------------------
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         verified = context.call_context.state.get(VERIFIED_KEY)
@@ -219,227 +188,104 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             task = new_task_from_user_message(message)
             await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
-        question = context.get_user_input().strip()
-        if not question:
-            await updater.reject(
-                self._reply(context, task, "rejected: the message has no text to answer")
-            )
+        request = await self._request(context, task, updater)
+        if request is None:
             return
+        caller = caller_of(context.call_context)
+        if caller is None:  # a handler always admits first; never act for nobody
+            await self._refuse(updater, context, task, "the caller was not authenticated")
+            return
+        events = self.service.answer(request, caller)
+        async with contextlib.aclosing(events):
+            await self._publish(events, updater, context, task)
+
+    async def _request(
+        self, context: RequestContext, task: a2a_pb2.Task, updater: TaskUpdater
+    ) -> ServiceRequest | None:
+        """The service's request, or None when the A2A request is refused here."""
+        text = context.get_user_input().strip()
+        if not text:  # the service refuses it, before any option is looked at
+            return ServiceRequest(text, task_id=task.id)
         try:
-            options = request_options(message)
+            options = request_options(context.message)
         except ValueError as e:
-            await updater.reject(self._reply(context, task, f"rejected: {e}"))
-            return
+            await self._refuse(updater, context, task, str(e))
+            return None
         if options.mode == "score" or options.feedback is not None:
-            await updater.reject(
-                self._reply(context, task, "rejected: scoring and feedback cannot continue a task")
-            )
-            return
-        if options.peer is not None:
-            await self._ask_peer(context, task, updater, question, options)
-            return
-        if options.choices:
-            await self._answer_choice(context, task, updater, question, options)
-            return
-        if options.route or self._orchestrator.routes_text():
-            try:
-                target = await self._route_text(question, options)
-            except RequestRejected as e:
-                await updater.reject(self._reply(context, task, f"rejected: {e}"))
-                return
-            except ModelError as e:
-                await updater.failed(self._reply(context, task, f"failed: {e}"))
-                return
-            if target is not None:
-                await self._ask_peer(
-                    context, task, updater, question, options.model_copy(update={"peer": target})
-                )
-                return
-        s = self._settings
-        params = GenerationParams(
-            max_tokens=options.max_tokens or s.max_tokens,
-            temperature=s.temperature if options.temperature is None else options.temperature,
-        )
-        request = build_request(
-            question, prompt_format=s.prompt_format, system_prompt=s.system_prompt, params=params
-        )
-        await updater.start_work()
-        started = time.perf_counter()
-        info = self._worker.info
-        with self._tracer.start_as_current_span(
-            f"chat {info.name}",
-            kind=SpanKind.INTERNAL,
-            attributes={
-                "gen_ai.operation.name": "chat",
-                "gen_ai.request.model": info.name,
-                "gen_ai.request.max_tokens": params.max_tokens,
-                "gen_ai.request.temperature": params.temperature,
-                "a2a.task.id": task.id,
-            },
-        ) as span:
-            stream = self._worker.generate(request, coalesce_s=s.stream_interval_s)
-            artifact_id = str(uuid.uuid4())
-            sent_any = False
-            held: str | None = None
-            try:
-                async with stream:
-                    async for chunk in stream:
-                        # The newest piece is held back so the last update (last_chunk) has text.
-                        if held is not None:
-                            await updater.add_artifact(
-                                [a2a_pb2.Part(text=held)],
-                                artifact_id=artifact_id,
-                                name="answer",
-                                append=sent_any,
-                                last_chunk=False,
-                            )
-                            sent_any = True
-                        held = chunk.text
-            except PromptTooLongError as e:
-                await updater.reject(self._reply(context, task, f"rejected: {e}"))
-                return
-            except ModelError as e:
-                log.error("task %s failed in the model: %s", task.id, e)
-                await updater.failed(self._reply(context, task, f"failed: {e}"))
-                return
-            completion = stream.completion
-            if completion is not None:
-                span.set_attributes(
-                    {
-                        "gen_ai.response.model": info.name,
-                        "gen_ai.usage.input_tokens": completion.usage.input_tokens,
-                        "gen_ai.usage.output_tokens": completion.usage.output_tokens,
-                        "gen_ai.response.finish_reasons": [completion.finish_reason],
-                    }
-                )
-        completion = stream.completion
-        assert completion is not None
-        latency = time.perf_counter() - started
-        provenance = {
-            METADATA_KEY: {
-                "org": s.org_id,
-                "model": info.name,
-                "backend": info.backend,
-                "inputTokens": completion.usage.input_tokens,
-                "outputTokens": completion.usage.output_tokens,
-                "finishReason": completion.finish_reason,
-                "latencyMs": round(latency * 1000, 1),
-                "timeToFirstTokenMs": round(completion.timings.prompt_s * 1000, 1),
-                "decodeTokensPerS": round(completion.decode_tokens_per_s, 1),
-            }
-        }
-        await updater.add_artifact(
-            [a2a_pb2.Part(text=held or "")],
-            artifact_id=artifact_id,
-            name="answer",
-            append=sent_any,
-            last_chunk=True,
-            metadata=provenance,
-        )
-        await updater.complete(self._reply(context, task, completion.text, provenance))
-        log.info(
-            "task %s completed: %d in / %d out tokens in %.0f ms",
-            task.id,
-            completion.usage.input_tokens,
-            completion.usage.output_tokens,
-            latency * 1000,
-        )
+            reason = "scoring and feedback cannot continue a task"
+            await self._refuse(updater, context, task, reason)
+            return None
+        return ServiceRequest(text, options, task_id=task.id)
 
-    async def _ask_peer(
+    async def _publish(
+        self,
+        events: AsyncIterator[TaskEvent],
+        updater: TaskUpdater,
+        context: RequestContext,
+        task: a2a_pb2.Task,
+    ) -> None:
+        """The service's events as task updates. Streamed text is sent one piece behind,
+        so that the last artifact update (last_chunk) carries text too."""
+        artifact_id = str(uuid.uuid4())
+        sent_any = False
+        held: str | None = None
+        async for event in events:
+            if isinstance(event, Working):
+                await updater.start_work()
+            elif isinstance(event, TextChunk):
+                if held is not None:
+                    await updater.add_artifact(
+                        [a2a_pb2.Part(text=held)],
+                        artifact_id=artifact_id,
+                        name="answer",
+                        append=sent_any,
+                        last_chunk=False,
+                    )
+                    sent_any = True
+                held = event.text
+            elif isinstance(event, Answered):
+                metadata = _metadata(event.provenance)
+                if event.streamed:
+                    await updater.add_artifact(
+                        [a2a_pb2.Part(text=held or "")],
+                        artifact_id=artifact_id,
+                        name="answer",
+                        append=sent_any,
+                        last_chunk=True,
+                        metadata=metadata,
+                    )
+                else:
+                    await updater.add_artifact(
+                        [a2a_pb2.Part(text=event.text)],
+                        name="answer",
+                        last_chunk=True,
+                        metadata=metadata,
+                    )
+                await updater.complete(self._reply(context, task, event.text, metadata))
+            elif isinstance(event, Rejected):
+                await self._refuse(updater, context, task, event.reason)
+            elif isinstance(event, Failed):
+                await updater.failed(self._reply(context, task, f"failed: {event.reason}"))
+            elif isinstance(event, PeerUnfinished):
+                text = f"{event.org} {event.state}: {event.text}"
+                metadata = _metadata(event.provenance)
+                await updater.failed(self._reply(context, task, text, metadata))
+
+    async def _refuse(
+        self, updater: TaskUpdater, context: RequestContext, task: a2a_pb2.Task, reason: str
+    ) -> None:
+        await updater.reject(self._reply(context, task, f"rejected: {reason}"))
+
+    def _reply(
         self,
         context: RequestContext,
         task: a2a_pb2.Task,
-        updater: TaskUpdater,
-        question: str,
-        options: RequestOptions,
-    ) -> None:
-        peer = options.peer
-        assert peer is not None
-        if self._peers is None:
-            await updater.reject(
-                self._reply(context, task, "rejected: this node is not in a federation")
-            )
-            return
-        await updater.start_work()
-        forwarded = options.model_dump(exclude_none=True, exclude={"peer"})
-        try:
-            answer = await self._peers.ask(peer, question, forwarded or None)
-        except (PeerError, UntrustedAnswer) as e:
-            log.warning("task %s: asking %s failed: %s", task.id, safe(peer), safe(e, 300))
-            await updater.failed(self._reply(context, task, f"failed: {e}"))
-            return
-        p = answer.provenance
-        provenance = {
-            METADATA_KEY: {
-                **p,
-                "org": answer.org,
-                "route": f"{self._settings.org_id}->{answer.org}",
-                "verified": answer.verified,
-                "verifiedEvents": answer.verified_events,
-                "latencyMs": round(answer.latency_s * 1000, 1),
-            }
-        }
-        if answer.state != "completed":
-            await updater.failed(
-                self._reply(
-                    context, task, f"{answer.org} {answer.state}: {answer.text}", provenance
-                )
-            )
-            return
-        await updater.add_artifact(
-            [a2a_pb2.Part(text=answer.text)], name="answer", last_chunk=True, metadata=provenance
-        )
-        await updater.complete(self._reply(context, task, answer.text, provenance))
-        log.info("task %s answered by %s (verified)", task.id, answer.org)
-
-    async def _answer_choice(
-        self,
-        context: RequestContext,
-        task: a2a_pb2.Task,
-        updater: TaskUpdater,
-        question_text: str,
-        options: RequestOptions,
-    ) -> None:
-        assert options.choices is not None
-        await updater.start_work()
-        try:
-            question = Question(question_text, tuple(options.choices))
-            with self._tracer.start_as_current_span("consortium.route") as span:
-                routed = await self._orchestrator.answer_choice(
-                    question, options, task_id=task.id, owner=_owner(context.call_context)
-                )
-                span.set_attributes(
-                    {
-                        "consortium.route": routed.provenance["route"],
-                        "consortium.router": routed.provenance["router"],
-                    }
-                )
-        except (ValueError, RequestRejected) as e:
-            await updater.reject(self._reply(context, task, f"rejected: {e}"))
-            return
-        except (PeerError, UntrustedAnswer, ModelError) as e:
-            log.warning("task %s: routing failed: %s", task.id, safe(e, 300))
-            await updater.failed(self._reply(context, task, f"failed: {e}"))
-            return
-        label = question.shown_labels[routed.choice]
-        text = f"{label}. {question.choices[routed.choice].strip()}"
-        provenance = {
-            METADATA_KEY: {
-                **routed.provenance,
-                "choice": routed.choice,
-                "probabilities": [round(p, 4) for p in routed.probabilities],
-            }
-        }
-        await updater.add_artifact(
-            [a2a_pb2.Part(text=text)], name="answer", last_chunk=True, metadata=provenance
-        )
-        await updater.complete(self._reply(context, task, text, provenance))
-        log.info("task %s answered by route %s", task.id, safe(routed.provenance["route"]))
-
-    async def _route_text(self, question: str, options: RequestOptions) -> str | None:
-        """For a free-text task: the peer to escalate to, or None to answer locally."""
-        decision = await self._orchestrator.route_text(question, options)
-        return decision.target if decision.route == "escalate" else None
+        text: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> a2a_pb2.Message:
+        """A status message; signed and bound to the request when a peer sent it."""
+        message = _agent_message(task.id, task.context_id, text, metadata)
+        return self._signed(message, context.call_context.state.get(VERIFIED_KEY))
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task

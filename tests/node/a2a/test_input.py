@@ -17,8 +17,8 @@ from google.protobuf import timestamp_pb2
 
 from consortium.node.a2a import http_guard
 from consortium.node.a2a.validation import MAX_STRUCT_DEPTH
+from consortium.node.app import Node
 from consortium.node.client import text_message
-from consortium.node.server import Node
 from tests.conftest import NodeStarter
 
 INVALID_PARAMS = -32602

@@ -13,8 +13,8 @@ import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.constants import TransportProtocol
 
+from consortium.node.app import Node
 from consortium.node.client import ask, fetch_agent_card, open_client, text_message
-from consortium.node.server import Node
 from tests.conftest import NodeStarter
 
 
@@ -87,8 +87,8 @@ async def test_streamed_task_lifecycle(start_node: NodeStarter, transport: str) 
     assert answer.text == "the quick brown fox"
     assert len(pieces) == 4  # one artifact update per token
     assert answer.states_seen[-2:] == ["working", "completed"]
-    assert answer.provenance["org"] == "acme" and answer.provenance["model"] == "echo"
-    assert answer.provenance["outputTokens"] == 4
+    assert answer.provenance.org == "acme" and answer.provenance.model == "echo"
+    assert answer.provenance.output_tokens == 4
 
 
 async def test_unary_send_get_and_list(start_node: NodeStarter) -> None:

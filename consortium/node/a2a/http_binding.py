@@ -1,0 +1,115 @@
+"""The A2A JSON-RPC binding over HTTP: a Starlette app on uvicorn serving the agent card
+and JSON-RPC, behind the strict request guard (size limit, content type, strict JSON,
+A2A-Version); bodies over the size limit get HTTP 413."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from email.utils import formatdate
+from typing import Any
+
+import uvicorn
+from a2a.server.request_handlers import RequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.types import a2a_pb2
+from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from consortium.node.a2a.agent_card import JSONRPC_PATH
+from consortium.node.a2a.http_guard import RequestGuard
+from consortium.node.auth import HttpContextBuilder
+
+
+class CardLastModified:
+    """ASGI middleware: the agent card carries Last-Modified (when this node started)."""
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.value = formatdate(usegmt=True).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"last-modified", self.value)],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def http_app(
+    card: a2a_pb2.AgentCard,
+    handler: RequestHandler,
+    *,
+    card_max_age_s: int,
+    max_message_bytes: int,
+    healthz: Callable[[Request], Awaitable[Response]],
+) -> ASGIApp:
+    """The agent card, JSON-RPC and `/healthz`, behind the request guard."""
+    app = Starlette(
+        routes=[
+            *create_agent_card_routes(card, cache_control=f"public, max-age={card_max_age_s}"),
+            *create_jsonrpc_routes(
+                handler, rpc_url=JSONRPC_PATH, context_builder=HttpContextBuilder()
+            ),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+    return CardLastModified(RequestGuard(app, max_message_bytes), AGENT_CARD_WELL_KNOWN_PATH)
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the node's owner decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def http_server(app: ASGIApp, *, grace_s: float, tls: dict[str, Any]) -> QuietServer:
+    """A uvicorn server for `app`; `tls`: uvicorn's TLS options (empty: plain HTTP)."""
+    return QuietServer(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=int(grace_s) or None,
+            **tls,
+        )
+    )
+
+
+async def serve_http(server: QuietServer, sock: socket.socket) -> asyncio.Task[None]:
+    """Serves on `sock`; returns once the server accepts connections."""
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise OSError("HTTP server stopped during start-up")
+        await asyncio.sleep(0.01)
+    return task

@@ -1,0 +1,522 @@
+"""One organization's node: its parts built from node.toml, started in order, and stopped.
+
+The `build_*` functions each make one part from the config: the task store, the
+federation membership (roster, verifier, signer, peers), the model's prompt format, the
+tracer provider, the orchestrator (routing, groups, learned policy, routing records),
+the service that answers tasks, the A2A executor and request handler. `Node` wires them
+with the model worker and both A2A bindings (node/a2a/grpc_binding.py,
+node/a2a/http_binding.py), which share one request handler, so both see the same tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvicorn
+from a2a.server.agent_execution import AgentExecutor
+from a2a.types import a2a_pb2
+from jwcrypto import jwk
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from consortium.federation.watcher import RosterWatcher
+from consortium.learning.records import RoutingRecords
+from consortium.llm.base import LLMBackend, ModelInfo
+from consortium.llm.registry import PromptFormat, default_prompt_format
+from consortium.llm.worker import ModelWorker
+from consortium.node.a2a.agent_card import build_agent_card
+from consortium.node.a2a.conformance import ConformanceExecutor
+from consortium.node.a2a.executor import ModelExecutor
+from consortium.node.a2a.grpc_binding import grpc_server, serve_a2a
+from consortium.node.a2a.http_binding import bind_tcp, http_app, http_server, serve_http
+from consortium.node.a2a.request_handler import NodeRequestHandler
+from consortium.node.auth import Credentials, http_credentials
+from consortium.node.config import NodeConfig, RoutingSection
+from consortium.node.learned import LazyEncoder, PolicyHolder
+from consortium.node.orchestrator import Orchestrator, check_groups
+from consortium.node.peers import PeerClient
+from consortium.node.service import NodeService, ServiceSettings
+from consortium.node.store import SqliteTaskStore
+from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
+from consortium.protocols.redaction import IdentityRedactor
+from consortium.trust.admission import MessageVerifier
+from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.audit import NoOpAuditLog
+from consortium.trust.files import secure_directory
+from consortium.trust.keys import load_private_key, load_public_key, public_jwk
+from consortium.trust.replay import ReplayCache
+from consortium.trust.reputation import NoOpAssessor
+from consortium.trust.signing import Signer, SigningIdentity
+from consortium.trust.tls import server_credentials, server_ssl_options
+
+log = logging.getLogger(__name__)
+
+RETENTION_INTERVAL_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    grpc_port: int
+    http_port: int
+    grpc_target: str
+    http_url: str
+
+
+@dataclass(frozen=True)
+class Federation:
+    """What a node holds as a member of a federation."""
+
+    roster: RosterWatcher
+    verifier: MessageVerifier
+    signer: Signer
+    peers: PeerClient
+    replay: ReplayCache
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The orchestrator and the state it keeps that the node reports and closes."""
+
+    orchestrator: Orchestrator
+    policy: PolicyHolder | None
+    records: RoutingRecords | None
+
+
+# -- the parts -------------------------------------------------------------------------
+
+
+def build_store(cfg: NodeConfig) -> SqliteTaskStore:
+    """The task store, repaired, with the tasks a previous run left unfinished failed."""
+    store = SqliteTaskStore(cfg.database_path)
+    store.repair()
+    store.fail_unfinished("the node stopped before the task finished")
+    return store
+
+
+def build_federation(cfg: NodeConfig) -> Federation | None:
+    """Loads the roster (refusing an invalid one), the replay cache and the keys."""
+    fed = cfg.federation
+    if fed is None:
+        return None
+    admin = load_public_key(cfg.resolve(fed.admin_key))
+    watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
+    roster = watcher.current()
+    replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
+    try:
+        key = load_private_key(cfg.resolve(cfg.identity.private_key))
+        verifier = MessageVerifier(
+            org_id=cfg.node.org_id,
+            roster=watcher.current,
+            replay=replay,
+            skew_s=fed.max_clock_skew_s,
+            own_key=jwk.JWK(**public_jwk(key)),
+        )
+        signer = Signer(SigningIdentity(key, cfg.node.org_id, roster.federation_id))
+        peers = PeerClient(
+            signer=signer,
+            verifier=verifier,
+            roster=watcher,
+            timeout_s=fed.peer_timeout_s,
+            # No redaction policy, audit log or reputations yet: their null implementations.
+            redactor=IdentityRedactor(),
+            audit=NoOpAuditLog(),
+            assessor=NoOpAssessor(),
+            credentials=cfg.client_credentials(),
+        )
+    except BaseException:
+        replay.close()
+        raise
+    log.info(
+        "node %s joined federation %s (roster version %d, %d members)",
+        cfg.node.org_id,
+        roster.federation_id,
+        roster.version,
+        len(roster.members),
+    )
+    return Federation(watcher, verifier, signer, peers, replay)
+
+
+def build_prompt_format(cfg: NodeConfig, worker: ModelWorker) -> PromptFormat:
+    """node.toml's prompt format, or for `auto` the one the loaded model suits."""
+    fmt = cfg.model.prompt_format
+    if fmt != "auto":
+        return fmt
+    return default_prompt_format(
+        cfg.model.name, cfg.model.path or None, worker.backend_for_thread()
+    )
+
+
+def build_tracer_provider(cfg: NodeConfig, federation: Federation | None) -> TracerProvider:
+    tel = cfg.telemetry
+    return make_provider(
+        cfg.node.org_id,
+        federation.roster.current().federation_id if federation else "",
+        make_exporter(tel.exporter, path=cfg.data_dir / tel.path, endpoint=tel.endpoint),
+    )
+
+
+async def build_routing(
+    cfg: NodeConfig, worker: ModelWorker, federation: Federation | None
+) -> Routing:
+    """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
+
+    The sentence encoder (MiniLM, ~500 MB) is loaded here, at start-up, when the
+    configured router or its routing records need it; otherwise there is none, so no
+    caller can make the node load it (a per-request learned route is then refused)."""
+    policy = None
+    if cfg.routing.policy:
+        keys = (
+            [load_public_key(cfg.resolve(cfg.federation.admin_key))]
+            if cfg.federation is not None
+            else None
+        )
+        policy = PolicyHolder(
+            cfg.resolve(cfg.routing.policy), keys, cfg.routing.threshold, cfg.routing.target
+        )
+    records = RoutingRecords(cfg.database_path) if cfg.routing.record else None
+    encoder = None
+    if needs_encoder(cfg.routing):
+        encoder = LazyEncoder()
+        try:
+            await encoder.load()
+        except BaseException:
+            if records is not None:
+                records.close()
+            raise
+    orchestrator = Orchestrator(
+        org_id=cfg.node.org_id,
+        worker=worker,
+        routing=cfg.routing,
+        groups=dict(cfg.groups),
+        peers=federation.peers if federation else None,
+        learned=policy.router if policy is not None else None,
+        embed=encoder.embed if encoder is not None else None,
+        records=records,
+    )
+    return Routing(orchestrator, policy, records)
+
+
+def build_service(
+    cfg: NodeConfig,
+    worker: ModelWorker,
+    prompt_format: PromptFormat,
+    routing: Routing,
+    federation: Federation | None,
+    tracer: trace.Tracer,
+) -> NodeService:
+    return NodeService(
+        worker,
+        ServiceSettings(
+            org_id=cfg.node.org_id,
+            prompt_format=prompt_format,
+            system_prompt=cfg.model.system_prompt,
+            max_tokens=cfg.model.max_tokens,
+            temperature=cfg.model.temperature,
+            stream_interval_s=cfg.server.stream_interval_s,
+        ),
+        peers=federation.peers if federation else None,
+        tracer=tracer,
+        orchestrator=routing.orchestrator,
+    )
+
+
+def build_executor(
+    cfg: NodeConfig, service: NodeService, federation: Federation | None
+) -> AgentExecutor:
+    """The A2A executor over the service (behind the conformance kit's, if configured)."""
+    executor: AgentExecutor = ModelExecutor(
+        service, signer=federation.signer if federation else None
+    )
+    if cfg.node.executor == "a2a-tck":
+        executor = ConformanceExecutor(executor)
+    return executor
+
+
+def build_request_handler(
+    cfg: NodeConfig,
+    executor: AgentExecutor,
+    store: SqliteTaskStore,
+    card: a2a_pb2.AgentCard,
+    keys: ApiKeys,
+    federation: Federation | None,
+    tracer: trace.Tracer,
+) -> NodeRequestHandler:
+    return NodeRequestHandler(
+        agent_executor=executor,
+        task_store=store,
+        agent_card=card,
+        tracer=tracer,
+        verifier=federation.verifier if federation else None,
+        keys=keys,
+        anonymous_loopback=cfg.auth.anonymous_loopback,
+        member_cn=cfg.tls.member_cn if cfg.tls is not None else True,
+    )
+
+
+def build_card(
+    cfg: NodeConfig, info: ModelInfo, endpoints: Endpoints, federation: Federation | None
+) -> a2a_pb2.AgentCard:
+    return build_agent_card(
+        org_id=cfg.node.org_id,
+        display_name=cfg.node.display_name,
+        description=cfg.node.description,
+        grpc_url=endpoints.grpc_target,
+        http_url=endpoints.http_url,
+        model_name=info.name,
+        model_backend=info.backend,
+        context_size=info.context_size,
+        public_keys=public_keys(cfg),
+        federation_id=federation.roster.current().federation_id if federation else "",
+        mutual_tls=cfg.tls is not None and cfg.tls.client_auth,
+    )
+
+
+def public_keys(cfg: NodeConfig) -> list[dict[str, Any]]:
+    """The organization's public key for the agent card, if the node has one."""
+    path = cfg.resolve(cfg.identity.public_key)
+    if not path.exists():
+        log.warning("no public key at %s: the agent card carries no signing key", path)
+        return []
+    return [public_jwk(load_public_key(path))]
+
+
+def grpc_credentials(cfg: NodeConfig) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port (requiring client certificates under mutual TLS), if any."""
+    t = cfg.tls
+    if t is None:
+        return None
+    return server_credentials(
+        cfg.resolve(t.cert), cfg.resolve(t.key), cfg.resolve(t.ca) if t.client_auth else None
+    )
+
+
+def http_tls(cfg: NodeConfig) -> dict[str, Any]:
+    """uvicorn's TLS options: the HTTP port serves TLS whenever gRPC does, and requires
+    client certificates under mutual TLS, so it never bypasses what gRPC enforces."""
+    t = cfg.tls
+    if t is None:
+        return {}
+    return server_ssl_options(
+        cfg.resolve(t.cert), cfg.resolve(t.key), cfg.resolve(t.ca) if t.client_auth else None
+    )
+
+
+# -- the node --------------------------------------------------------------------------
+
+
+class Node:
+    """Runs one node until stopped. `start()` returns once both endpoints accept calls."""
+
+    def __init__(self, config: NodeConfig, backend_factory: Callable[[], LLMBackend]) -> None:
+        self.config = config
+        self.worker = ModelWorker(backend_factory, label=config.node.org_id)
+        self.store: SqliteTaskStore | None = None
+        self.handler: NodeRequestHandler | None = None
+        self.service: NodeService | None = None
+        self.card: a2a_pb2.AgentCard | None = None
+        self.endpoints: Endpoints | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.federation: Federation | None = None
+        self.tracer_provider: TracerProvider | None = None
+        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self.policy: PolicyHolder | None = None
+        self.records: RoutingRecords | None = None
+        self.keys: ApiKeys | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    async def start(self) -> Endpoints:
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> Endpoints:
+        cfg = self.config
+        secure_directory(cfg.data_dir)
+        self.store = build_store(cfg)
+        self.keys = ApiKeys(cfg.api_keys_path)
+        self._housekeeping = asyncio.create_task(self._expire_tasks())
+        self.federation = build_federation(cfg)  # before loading the model: fail fast
+        federation = self.federation
+        check_groups(cfg.groups, cfg.node.org_id, federation is not None)
+        info = await self.worker.start()
+        prompt_format = build_prompt_format(cfg, self.worker)
+        address = f"{cfg.server.host}:{cfg.server.grpc_port}"
+        limit = cfg.server.max_message_bytes
+        self._grpc, grpc_port = grpc_server(address, limit, grpc_credentials(cfg))
+        http_sock = bind_tcp(cfg.server.host, cfg.server.http_port)
+        self.endpoints = endpoints = _endpoints(cfg, grpc_port, http_sock.getsockname()[1])
+        self.card = build_card(cfg, info, endpoints, federation)
+        self.tracer_provider = build_tracer_provider(cfg, federation)
+        self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
+        if federation is not None:
+            federation.peers.tracer = self.tracer
+        routing = await build_routing(cfg, self.worker, federation)
+        self.policy, self.records = routing.policy, routing.records
+        self.service = build_service(
+            cfg, self.worker, prompt_format, routing, federation, self.tracer
+        )
+        executor = build_executor(cfg, self.service, federation)
+        self.handler = build_request_handler(
+            cfg, executor, self.store, self.card, self.keys, federation, self.tracer
+        )
+        serve_a2a(self._grpc, self.handler)
+        await self._grpc.start()
+        app = http_app(
+            self.card,
+            self.handler,
+            card_max_age_s=cfg.server.agent_card_max_age_s,
+            max_message_bytes=limit,
+            healthz=self._healthz,
+        )
+        self._http = http_server(app, grace_s=cfg.server.shutdown_grace_s, tls=http_tls(cfg))
+        self._http_task = await serve_http(self._http, http_sock)
+        endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
+        log.info(
+            "node %s ready: model %s (%s), gRPC %s, HTTP %s",
+            cfg.node.org_id,
+            info.name,
+            info.backend,
+            endpoints.grpc_target,
+            endpoints.http_url,
+        )
+        return endpoints
+
+    async def _expire_tasks(self) -> None:
+        """Deletes finished tasks past `server.task_retention_days`: now, then hourly."""
+        days = self.config.server.task_retention_days
+        if days <= 0:
+            return
+        while self.store is not None:
+            try:
+                n = await asyncio.to_thread(self.store.delete_expired, days)
+            except sqlite3.Error as e:
+                log.error("task retention: %s", e)
+            else:
+                if n:
+                    log.info("deleted %d task(s) older than %g days", n, days)
+            await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    async def _healthz(self, request: Request) -> Response:
+        host = request.client.host if request.client else None
+        return JSONResponse(self.health(http_credentials(request.headers, host)))
+
+    def health(self, creds: Credentials) -> dict[str, Any]:
+        """Liveness for anyone; details (counters, roster, policy) only for a caller on
+        loopback or holding an admin API key."""
+        cfg = self.config
+        body: dict[str, Any] = {"status": "ok"}
+        token = parse_token(creds.authorization) if creds.authorization else None
+        key = self.keys.authenticate(token) if token and self.keys is not None else None
+        if not (creds.loopback or (key is not None and key.admin)):
+            return body
+        body.update({"org_id": cfg.node.org_id, "model": self.worker.info.name})
+        if self.handler is not None:
+            body["refusals"] = dict(self.handler.refusals)
+        if self.federation is not None:
+            roster = self.federation.roster
+            body["federation"] = {
+                "id": roster.current().federation_id,
+                "roster_version": roster.current().version,
+                "roster_reloads": roster.reloads,
+                "rosters_refused": roster.refused,
+                "messages_refused": dict(self.handler.refusals) if self.handler else {},
+            }
+        if self.records is not None:
+            body["routing_records"] = self.records.counts()
+        if self.policy is not None:
+            body["routing_policy"] = {
+                "loaded": self.policy.loaded,
+                "refused": self.policy.refused,
+                "version": self.policy.version,
+            }
+        return body
+
+    async def stop(self) -> None:
+        """Stops accepting calls, lets in-flight tasks finish within the grace period,
+        marks the rest failed, and closes the model and the database."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.server.shutdown_grace_s
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self.handler is not None:
+            try:
+                await asyncio.wait_for(self.handler.aclose(), timeout=max(grace, 0.1))
+            except TimeoutError:
+                log.warning("in-flight tasks did not finish within %.1f s", grace)
+        if self._http_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._http_task, timeout=max(grace, 1.0))
+        await self.worker.stop()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the exporter
+        if self.federation is not None:
+            await self.federation.peers.close()
+            self.federation.replay.close()
+        if self.records is not None:
+            self.records.close()
+        if self.keys is not None:
+            self.keys.close()
+        if self.store is not None:
+            self.store.fail_unfinished("the node shut down before the task finished")
+            self.store.close()
+        secure_directory(self.config.data_dir)
+        if self.endpoints is not None:
+            endpoints_file(self.config).unlink(missing_ok=True)
+            log.info("node %s stopped", self.config.node.org_id)
+
+
+def _endpoints(cfg: NodeConfig, grpc_port: int, http_port: int) -> Endpoints:
+    host = cfg.advertised_host
+    return Endpoints(
+        grpc_port, http_port, f"{host}:{grpc_port}", f"{cfg.http_scheme}://{host}:{http_port}"
+    )
+
+
+def needs_encoder(routing: RoutingSection) -> bool:
+    """The learned router embeds each question; so do routing records, which every router
+    but `local` keeps (unless `record = false`)."""
+    router = routing.router.split(":")[0]
+    return bool(routing.policy) or router == "learned" or (routing.record and router != "local")
+
+
+def endpoints_file(config: NodeConfig) -> Path:
+    """Where a running node records the ports it actually bound (ports may be 0 in node.toml)."""
+    return config.data_dir / "endpoints.json"
+
+
+def running_http_url(config: NodeConfig) -> str:
+    """The HTTP URL of the node running from this config: its recorded endpoints, if any."""
+    path = endpoints_file(config)
+    if path.exists():
+        try:
+            url = json.loads(path.read_text())["http_url"]
+            if isinstance(url, str):
+                return url
+        except (ValueError, KeyError, TypeError):
+            pass
+    return config.http_url

@@ -1,0 +1,382 @@
+"""The node's answering logic, apart from any transport: `NodeService.answer(request,
+caller)` yields what happens to a task as plain events, ending with its answer and
+Provenance, or with why it was refused or failed.
+
+A task is answered in one of four ways, chosen from its options and the node's [routing]:
+a peer named in the request (`peer`), a multiple-choice task routed by the orchestrator
+(local model, one peer or a group), a free-text task the router escalates to a peer, or
+the local model, streaming. The same service scores options (`score`) and records an
+owner's feedback on a routed task (`feedback`).
+
+A binding adapts it: node/a2a/executor.py maps the events to A2A task updates. The
+service knows no transport: no protobuf, no task store, no event queue. A consumer that
+stops iterating (the task canceled, the client gone) closes the event stream, which stops
+a generation before its next token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from consortium.errors import ModelError, PromptTooLongError, RequestRejected, UntrustedAnswer
+from consortium.learning.records import RoutingDataError, RoutingRecord
+from consortium.llm.base import Completion, GenerationParams
+from consortium.llm.prompts import build_request
+from consortium.llm.registry import PromptFormat
+from consortium.llm.worker import ModelWorker
+from consortium.logsafe import safe
+from consortium.node.auth import Caller
+from consortium.node.config import RoutingSection
+from consortium.node.orchestrator import LocalMember, Orchestrator
+from consortium.node.peers import PeerAnswer, PeerClient, PeerError
+from consortium.protocols.multiple_choice import OptionScores, Question, argmax
+from consortium.protocols.provenance import Provenance
+from consortium.protocols.request_options import Feedback, RequestOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    org_id: str
+    prompt_format: PromptFormat
+    system_prompt: str
+    max_tokens: int
+    temperature: float
+    # Coalesce streamed tokens into one chunk per interval (0: every token).
+    stream_interval_s: float = 0.05
+
+
+@dataclass(frozen=True)
+class ServiceRequest:
+    """A task to answer: the user's text and the request's options."""
+
+    text: str
+    options: RequestOptions = field(default_factory=RequestOptions)
+    # The binding's id of the task: named in logs, and the key of its routing record.
+    task_id: str = ""
+
+
+# -- what happens to a task ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Working:
+    """The node has started on the task."""
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    """The next piece of an answer being generated."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The answer. `streamed`: its text came before as TextChunks (a local generation);
+    otherwise it arrives whole here."""
+
+    text: str
+    provenance: Provenance
+    streamed: bool = False
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The node will not answer the task as asked (nothing to answer, a route, member or
+    budget it cannot serve, a prompt too long)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The node could not answer: the model failed, a peer could not be asked."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerUnfinished:
+    """The peer asked ended the task in `state` (rejected, failed...) with `text`."""
+
+    org: str
+    state: str
+    text: str
+    provenance: Provenance
+
+
+TaskEvent = Working | TextChunk | Answered | Rejected | Failed | PeerUnfinished
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The local model's scores of a question's options."""
+
+    label: str  # the best option's label
+    model: str
+    tokens: int
+    scores: OptionScores
+
+
+class NoRoutingRecords(RequestRejected):
+    """Feedback sent to a node that keeps no routing records."""
+
+
+class NodeService:
+    def __init__(
+        self,
+        worker: ModelWorker,
+        settings: ServiceSettings,
+        *,
+        peers: PeerClient | None = None,
+        tracer: trace.Tracer | None = None,
+        orchestrator: Orchestrator | None = None,
+    ) -> None:
+        self._tracer = tracer or trace.NoOpTracer()
+        self._worker = worker
+        self._settings = settings
+        self._peers = peers
+        self.orchestrator = orchestrator or Orchestrator(
+            org_id=settings.org_id,
+            worker=worker,
+            routing=RoutingSection(),
+            groups={},
+            peers=peers,
+        )
+
+    @property
+    def org_id(self) -> str:
+        return self._settings.org_id
+
+    async def answer(
+        self, request: ServiceRequest, caller: Caller
+    ) -> AsyncGenerator[TaskEvent, None]:
+        """The task's events, ending with Answered, Rejected, Failed or PeerUnfinished.
+        Close the iterator to stop early (a generation stops before its next token)."""
+        if not request.text:
+            yield Rejected("the message has no text to answer")
+            return
+        options = request.options
+        if options.peer is not None:
+            async for event in self._ask_peer(request, options):
+                yield event
+            return
+        if options.choices:
+            async for event in self._answer_choice(request, caller):
+                yield event
+            return
+        if options.route or self.orchestrator.routes_text():
+            try:
+                decision = await self.orchestrator.route_text(request.text, options)
+            except RequestRejected as e:
+                yield Rejected(str(e))
+                return
+            except ModelError as e:
+                yield Failed(str(e))
+                return
+            if decision.route == "escalate":
+                escalated = options.model_copy(update={"peer": decision.target})
+                async for event in self._ask_peer(request, escalated):
+                    yield event
+                return
+        async for event in self._generate(request):
+            yield event
+
+    async def _generate(self, request: ServiceRequest) -> AsyncIterator[TaskEvent]:
+        """The local model's answer, streamed."""
+        s, options = self._settings, request.options
+        params = GenerationParams(
+            max_tokens=options.max_tokens or s.max_tokens,
+            temperature=s.temperature if options.temperature is None else options.temperature,
+        )
+        generation = build_request(
+            request.text,
+            prompt_format=s.prompt_format,
+            system_prompt=s.system_prompt,
+            params=params,
+        )
+        yield Working()
+        started = time.perf_counter()
+        info = self._worker.info
+        with self._tracer.start_as_current_span(
+            f"chat {info.name}",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": info.name,
+                "gen_ai.request.max_tokens": params.max_tokens,
+                "gen_ai.request.temperature": params.temperature,
+                "a2a.task.id": request.task_id,
+            },
+        ) as span:
+            stream = self._worker.generate(generation, coalesce_s=s.stream_interval_s)
+            try:
+                async with stream:
+                    async for chunk in stream:
+                        yield TextChunk(chunk.text)
+            except PromptTooLongError as e:
+                yield Rejected(str(e))
+                return
+            except ModelError as e:
+                log.error("task %s failed in the model: %s", request.task_id, e)
+                yield Failed(str(e))
+                return
+            completion = stream.completion
+            if completion is not None:
+                span.set_attributes(
+                    {
+                        "gen_ai.response.model": info.name,
+                        "gen_ai.usage.input_tokens": completion.usage.input_tokens,
+                        "gen_ai.usage.output_tokens": completion.usage.output_tokens,
+                        "gen_ai.response.finish_reasons": [completion.finish_reason],
+                    }
+                )
+        completion = stream.completion
+        assert completion is not None
+        latency = time.perf_counter() - started
+        yield Answered(completion.text, self._generated(completion, latency), streamed=True)
+        log.info(
+            "task %s completed: %d in / %d out tokens in %.0f ms",
+            request.task_id,
+            completion.usage.input_tokens,
+            completion.usage.output_tokens,
+            latency * 1000,
+        )
+
+    def _generated(self, completion: Completion, latency_s: float) -> Provenance:
+        info = self._worker.info
+        return Provenance(
+            org=self._settings.org_id,
+            model=info.name,
+            backend=info.backend,
+            input_tokens=completion.usage.input_tokens,
+            output_tokens=completion.usage.output_tokens,
+            finish_reason=completion.finish_reason,
+            latency_ms=round(latency_s * 1000, 1),
+            time_to_first_token_ms=round(completion.timings.prompt_s * 1000, 1),
+            decode_tokens_per_s=round(completion.decode_tokens_per_s, 1),
+        )
+
+    async def _ask_peer(
+        self, request: ServiceRequest, options: RequestOptions
+    ) -> AsyncIterator[TaskEvent]:
+        """The answer of the peer `options.peer`, verified."""
+        peer = options.peer
+        assert peer is not None
+        if self._peers is None:
+            yield Rejected("this node is not in a federation")
+            return
+        yield Working()
+        forwarded = options.model_dump(exclude_none=True, exclude={"peer"})
+        try:
+            answer = await self._peers.ask(peer, request.text, forwarded or None)
+            provenance = self._relayed(answer)
+        except (PeerError, UntrustedAnswer) as e:
+            log.warning("task %s: asking %s failed: %s", request.task_id, safe(peer), safe(e, 300))
+            yield Failed(str(e))
+            return
+        if answer.state != "completed":
+            yield PeerUnfinished(answer.org, answer.state, answer.text, provenance)
+            return
+        yield Answered(answer.text, provenance)
+        log.info("task %s answered by %s (verified)", request.task_id, answer.org)
+
+    def _relayed(self, answer: PeerAnswer) -> Provenance:
+        """The peer's provenance, with the route and the verdict on its answer."""
+        try:
+            theirs = Provenance.model_validate(answer.provenance)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise PeerError(
+                f"the answer from {answer.org} carries malformed provenance: {where}: {err['msg']}"
+            ) from None
+        return theirs.model_copy(
+            update={
+                "org": answer.org,
+                "route": f"{self._settings.org_id}->{answer.org}",
+                "verified": answer.verified,
+                "verified_events": answer.verified_events,
+                "latency_ms": round(answer.latency_s * 1000, 1),
+            }
+        )
+
+    async def _answer_choice(
+        self, request: ServiceRequest, caller: Caller
+    ) -> AsyncIterator[TaskEvent]:
+        """A multiple-choice task, routed: the chosen option, `LABEL. text`."""
+        options = request.options
+        assert options.choices is not None
+        yield Working()
+        try:
+            question = Question(request.text, tuple(options.choices))
+            with self._tracer.start_as_current_span("consortium.route") as span:
+                routed = await self.orchestrator.answer_choice(
+                    question, options, task_id=request.task_id, owner=caller.owner
+                )
+                span.set_attributes(
+                    {
+                        "consortium.route": routed.provenance.route or "",
+                        "consortium.router": routed.provenance.router or "",
+                    }
+                )
+        except (ValueError, RequestRejected) as e:
+            yield Rejected(str(e))
+            return
+        except (PeerError, UntrustedAnswer, ModelError) as e:
+            log.warning("task %s: routing failed: %s", request.task_id, safe(e, 300))
+            yield Failed(str(e))
+            return
+        label = question.shown_labels[routed.choice]
+        text = f"{label}. {question.choices[routed.choice].strip()}"
+        provenance = routed.provenance.model_copy(
+            update={
+                "choice": routed.choice,
+                "probabilities": [round(p, 4) for p in routed.probabilities],
+            }
+        )
+        yield Answered(text, provenance)
+        log.info("task %s answered by route %s", request.task_id, safe(routed.provenance.route))
+
+    async def score(self, text: str, options: RequestOptions) -> Scores:
+        """The local model's scores of the options in `options.choices` (with
+        `options.context` shown first). Raises RequestRejected for a request without
+        valid options, ModelError if the model fails."""
+        try:
+            if not options.choices:
+                raise ValueError("a scoring request needs metadata.consortium.choices")
+            question = Question(text, tuple(options.choices))
+            member = LocalMember(self._settings.org_id, self._worker)
+            scored = await member.score(question, options.context)
+        except ValueError as e:
+            raise RequestRejected(str(e)) from None
+        label = question.shown_labels[argmax(scored.scores.logprobs)]
+        return Scores(label, self._worker.info.name, scored.tokens, scored.scores)
+
+    def feedback(self, feedback: Feedback, caller: Caller) -> RoutingRecord:
+        """Labels the routing record of an earlier task of the caller's. Raises
+        NoRoutingRecords, or RequestRejected for a task that is not the caller's or
+        cannot take this label."""
+        records = self.orchestrator.records
+        if records is None:
+            raise NoRoutingRecords("this node keeps no routing records")
+        try:
+            record = records.feedback(
+                feedback.task_id,
+                caller.owner,
+                adequate=feedback.adequate,
+                correct_choice=feedback.correct,
+            )
+        except RoutingDataError as e:
+            raise RequestRejected(str(e)) from None
+        log.info("task %s: feedback recorded (%s)", safe(feedback.task_id), record.label_source)
+        return record

@@ -1,0 +1,113 @@
+"""Provenance: how a node arrived at an answer, sent with it in `metadata["consortium"]`.
+
+One model covers every kind of answer; which fields are present says which kind it was:
+- generated locally: org, model, backend, input/output tokens, finish reason, latency,
+  time to first token, decode rate;
+- a peer asked (free text): the peer's own provenance, with the route (`A->B`), whether
+  its answer was verified and how many of its signed events were;
+- a multiple-choice answer: route (`local`, `A->B`, `A->group:NAME`), router, the members
+  with their tokens, cost and calls, totals, confidence, the router's decision, and for a
+  group its protocol and every contribution; the task's budget; the choice and the
+  probabilities of all options.
+
+`wire()` is the JSON that goes into the metadata: camelCase keys, absent fields left out.
+Fields are declared in the order the node has always added them (wire order follows
+insertion order within a process). Keys this version does not know (a peer's newer
+provenance) are kept and passed on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from consortium.protocols.routing import Budget
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object sent in metadata: camelCase, without absent fields."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class MemberUsage(WireModel):
+    """What one member of an answer spent."""
+
+    tokens: int
+    cost: float
+    calls: int
+
+
+class RoutingDecision(WireModel):
+    """Why the router chose the route: its reason and score (a non-finite score as the
+    string "inf" or "-inf", which JSON cannot carry as a number)."""
+
+    reason: str
+    score: float | Literal["inf", "-inf"]
+
+    @classmethod
+    def of(cls, reason: str, score: float) -> RoutingDecision:
+        if math.isfinite(score):
+            return cls(reason=reason, score=round(score, 4))
+        return cls(reason=reason, score="inf" if score > 0 else "-inf")
+
+
+class Contribution(WireModel):
+    """One member's answer in one round of a group's protocol."""
+
+    member: str
+    round: int
+    choice: int
+    tokens: int
+
+
+class BudgetLimits(WireModel):
+    """The limits of a task's budget that were set."""
+
+    max_cost: float | None = None
+    deadline_s: float | None = None
+    max_peers: int | None = None
+
+    @classmethod
+    def of(cls, budget: Budget) -> BudgetLimits | None:
+        """None when the budget sets no limit."""
+        if budget.max_cost is None and budget.deadline_s is None and budget.max_peers is None:
+            return None
+        return cls(
+            max_cost=budget.max_cost, deadline_s=budget.deadline_s, max_peers=budget.max_peers
+        )
+
+
+class Provenance(WireModel):
+    model_config = ConfigDict(extra="allow")
+
+    org: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reason: str | None = None
+    route: str | None = None
+    router: str | None = None
+    members: dict[str, MemberUsage] | None = None
+    tokens: int | None = None
+    cost: float | None = None
+    confidence: float | None = None
+    verified: bool | None = None
+    verified_events: int | None = None
+    latency_ms: float | None = None
+    time_to_first_token_ms: float | None = None
+    decode_tokens_per_s: float | None = None
+    decision: RoutingDecision | None = None
+    protocol: str | None = None
+    contributions: list[Contribution] | None = None
+    # Set (true) only when the group's protocol stopped early for its budget.
+    stopped_by_budget: bool | None = None
+    budget: BudgetLimits | None = None
+    choice: int | None = None
+    probabilities: list[float] | None = None

@@ -18,13 +18,14 @@ import grpc
 import httpx
 from a2a.client import A2ACardResolver, Client, ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError
+from a2a.utils.errors import A2AError
 from a2a.client.interceptors import AfterArgs, BeforeArgs, ClientCallInterceptor
 from a2a.types import a2a_pb2
 from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
-from consortium.errors import NodeUnavailableError
+from consortium.errors import NodeUnavailableError, RequestRejected
 from consortium.protocols.provenance import Provenance
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.call_proof import PROOF_HEADER
@@ -181,6 +182,8 @@ async def ask(
                 parts.append("".join(p.text for p in event.message.parts))
     except A2AClientError as e:
         raise NodeUnavailableError(f"A2A call failed: {e}") from None
+    except A2AError as e:  # an error the node sent with a code the SDK knows (a refusal)
+        raise RequestRejected(f"the node refused the call: {e}") from None
     answer.text = (
         "".join(parts) if parts else (answer.status_text if answer.state == "completed" else "")
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -165,6 +165,12 @@ class NodeService:
         if not request.text:
             yield Rejected("the message has no text to answer")
             return
+        if caller.kind == "member" and caller.id != self._settings.org_id:
+            # Another organization asked this node: its own model answers. A member's
+            # `peer` or `route` is not followed, nor this node's router, so an escalation
+            # is one hop and two nodes never pass a task back and forth.
+            local = request.options.model_copy(update={"peer": None, "route": "local"})
+            request = replace(request, options=local)
         options = request.options
         if options.peer is not None:
             async for event in self._ask_peer(request, options):
@@ -276,7 +282,8 @@ class NodeService:
             yield Rejected("this node is not in a federation")
             return
         yield Working()
-        forwarded = options.model_dump(exclude_none=True, exclude={"peer"})
+        # The route chose this peer here; the peer answers with its own model.
+        forwarded = options.model_dump(exclude_none=True, exclude={"peer", "route"})
         try:
             answer = await self._peers.ask(peer, request.text, forwarded or None)
             provenance = self._relayed(answer)

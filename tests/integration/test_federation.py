@@ -146,6 +146,20 @@ async def test_signed_round_trip_through_a_peer(fed: Federation) -> None:
     assert p.verified_events >= 4
 
 
+async def test_a_members_task_is_answered_by_the_peers_own_model(fed: Federation) -> None:
+    # acme's user routes to globex; globex must answer itself, not follow the route
+    # (or its own router) back to acme or to itself: an escalation is one hop.
+    answer = await fed.ask_via("acme", "one hop", peer="globex", route="always:acme")
+    assert answer.state == "completed", answer.status_text
+    assert answer.text == "one hop"
+    assert answer.provenance.route == "acme->globex"
+    # A member asking directly with a route or a peer gets the same: its own model.
+    for options in ({"route": "always:globex"}, {"peer": "acme"}):
+        direct = await fed.ask_via("globex", "direct", sender="acme", **options)
+        assert direct.state == "completed", direct.status_text
+        assert direct.text == "direct" and direct.provenance.org == "globex"
+
+
 async def test_agent_card_declares_the_required_signed_message_extension(fed: Federation) -> None:
     card = fed.nodes["globex"].card
     assert card is not None

@@ -17,7 +17,6 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from consortium.errors import BudgetError, ConfigError, RequestRejected
 from consortium.learning.records import RoutingRecord, RoutingRecords
@@ -123,7 +122,6 @@ class Orchestrator:
         routing: RoutingSection,
         groups: dict[str, GroupSection],
         peers: PeerClient | None = None,
-        resolve: Callable[[str], Path] = Path,
         learned: Callable[[], LearnedRouter] | None = None,
         embed: Callable[[str], Awaitable[list[float]]] | None = None,
         records: RoutingRecords | None = None,
@@ -133,7 +131,6 @@ class Orchestrator:
         self._routing = routing
         self._groups = groups
         self._peers = peers
-        self._resolve = resolve
         self._learned = learned
         self._embed = embed
         self.records = records

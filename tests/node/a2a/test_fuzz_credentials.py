@@ -24,7 +24,7 @@ from consortium.node.setup import init_node
 from consortium.trust.call_proof import PROOF_HEADER
 from consortium.trust.keys import load_private_key
 from consortium.trust.signing import SigningIdentity, sign_call
-from tests.node.test_fuzz import CALL_TIMEOUT_S, EXAMPLES, FUZZ, RunningNode, check_grpc
+from tests.node.a2a.test_fuzz import CALL_TIMEOUT_S, EXAMPLES, FUZZ, RunningNode, check_grpc
 
 METHODS = {
     "GetTask": a2a_pb2.GetTaskRequest,

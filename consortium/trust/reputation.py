@@ -11,24 +11,64 @@ exchange never asks whether reputation is on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from a2a.types import a2a_pb2
+
+PeerState = Literal["healthy", "probation", "quarantined"]
+# What a piece of evidence about a peer comes from, strongest first: a known-answer task,
+# a second member's (or the local model's) answer to the same task, what the protocol
+# shows (verification, timeouts, malformed or empty answers, claims the roster does not
+# allow), and another member's signed trust report.
+EvidenceKind = Literal["canary", "cross_check", "protocol", "report"]
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the exchange found of one reply: `reply` is the verified reply, or None when
-    the reply was refused, and then `refusal` says why (a `Rejected` reason)."""
+    """What the exchange found of one call: `reply` is the verified reply, or None when
+    there is none to believe; then `refusal` says why verification refused it (a
+    `Rejected` reason) or `failure` why there was nothing to verify ("timeout",
+    "unreachable", "no_reply")."""
 
     peer: str
     request: a2a_pb2.Message
     reply: a2a_pb2.Message | None
     refusal: str = ""
+    failure: str = ""
 
     @property
     def trusted(self) -> bool:
         return self.reply is not None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One observation about a peer: good or bad, of a kind, with a reason code
+    ("verified", "bad_signature", "timeout", "canary_passed", "canary_failed", ...);
+    `model` is the model it concerns when known; `weight` scales the kind's weight."""
+
+    peer: str
+    kind: EvidenceKind
+    good: bool
+    reason: str
+    model: str = ""
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A peer's reputation as routing reads it: its state, the posterior mean `score`
+    and the lower credible `bound` the state is decided on (both 0..1)."""
+
+    peer: str
+    state: PeerState
+    score: float
+    bound: float
+
+    @property
+    def allowed(self) -> bool:
+        """Whether routing may choose it (a quarantined peer is never chosen)."""
+        return self.state != "quarantined"
 
 
 class Assessor(Protocol):
@@ -38,8 +78,12 @@ class Assessor(Protocol):
         """How much this node believes `peer`: 0 (never ask it) to 1."""
         ...
 
+    def standing(self, peer: str) -> Standing:
+        """The peer's state and scores, as routing reads them."""
+        ...
+
     def assess(self, verdict: Verdict) -> None:
-        """Learns from one reply of `verdict.peer`."""
+        """Learns from one call to `verdict.peer`."""
         ...
 
 
@@ -48,6 +92,9 @@ class NoOpAssessor:
 
     def reputation(self, peer: str) -> float:
         return 1.0
+
+    def standing(self, peer: str) -> Standing:
+        return Standing(peer, "healthy", 1.0, 1.0)
 
     def assess(self, verdict: Verdict) -> None:
         pass

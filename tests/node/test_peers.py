@@ -23,7 +23,7 @@ from consortium.protocols.multiple_choice import Question
 from consortium.trust.admission import Verified
 from consortium.trust.claims import SIGNATURE_KEY, digest, read_signed
 from consortium.trust.keys import generate_key
-from consortium.trust.reputation import Verdict
+from consortium.trust.reputation import Standing, Verdict
 from consortium.trust.signing import SigningIdentity
 from tests.integration.test_federation import Federation
 
@@ -71,6 +71,9 @@ class Hooks:
 
     def reputation(self, peer: str) -> float:
         return 1.0
+
+    def standing(self, peer: str) -> Standing:
+        return Standing(peer, "healthy", 1.0, 1.0)
 
     def assess(self, verdict: Verdict) -> None:
         self.calls.append(Hook("assess", verdict.peer, verdict=verdict))

@@ -1,0 +1,418 @@
+"""Beta reputations with forgetting, and the peer states routing reads.
+
+Each peer, and each (peer, model), has a Beta(alpha, beta) posterior over "its next
+answer is good". A piece of evidence of kind k moves it:
+
+    alpha <- f * alpha + (1 - f) * prior_good + w_k * good
+    beta  <- f * beta  + (1 - f) * prior_bad  + w_k * bad
+
+with the forgetting factor f < 1, so old evidence fades toward the prior (not toward
+nothing) and a peer that turns bad after a long honest record is caught within a bounded
+number of calls. The score is the posterior mean; the state is decided on the lower
+credible bound (the (1 - credible_level) quantile), so a peer with little evidence is not
+judged on a lucky or unlucky mean:
+
+    healthy --bound < probation_bound--> probation
+    healthy | probation --bound < quarantine_bound, >= min_evidence pieces--> quarantined
+    quarantined --quarantine time over--> probation (posterior back to the prior)
+    probation --bound >= probation_bound--> healthy
+
+The n-th quarantine of a peer lasts quarantine_s * quarantine_growth**(n-1), at most
+max_quarantine_s. A quarantine that would leave more than max_quarantined_fraction of the
+federation quarantined is not imposed: the peer stays on probation and it is logged.
+Per-model records keep their own posterior and counts; states are the peer's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import metrics
+from scipy.stats import beta as beta_distribution
+
+from consortium.logsafe import safe
+from consortium.trust.reputation import (
+    Evidence,
+    EvidenceKind,
+    PeerState,
+    Standing,
+    Verdict,
+)
+from consortium.trust.reputation_store import Record, ReputationStore
+
+log = logging.getLogger(__name__)
+
+STATE_NUMBER: dict[PeerState, int] = {"healthy": 0, "probation": 1, "quarantined": 2}
+METER_NAME = "consortium.trust"
+
+
+@dataclass(frozen=True)
+class ReputationSettings:
+    """The model's parameters; node.toml's [trust] (node/config.py) makes one."""
+
+    prior_good: float = 9.0
+    prior_bad: float = 1.0
+    forgetting: float = 0.98
+    credible_level: float = 0.9
+    probation_bound: float = 0.7
+    quarantine_bound: float = 0.55
+    min_evidence: int = 10
+    quarantine_s: float = 600.0
+    quarantine_growth: float = 2.0
+    max_quarantine_s: float = 86400.0
+    max_quarantined_fraction: float = 0.34
+    weight_canary: float = 1.0
+    weight_cross_check: float = 0.5
+    weight_protocol: float = 0.3
+    weight_report: float = 0.2
+    # Multiples of weight_protocol for a refused reply (bad signature, wrong sender...)
+    # and for a call that gave nothing to verify (timeout, unreachable).
+    refusal_factor: float = 3.0
+    failure_factor: float = 0.5
+
+    def weight(self, kind: EvidenceKind) -> float:
+        return {
+            "canary": self.weight_canary,
+            "cross_check": self.weight_cross_check,
+            "protocol": self.weight_protocol,
+            "report": self.weight_report,
+        }[kind]
+
+    def quarantine_duration(self, offence: int) -> float:
+        """How long the `offence`-th quarantine (1, 2, ...) lasts."""
+        growth = self.quarantine_growth ** min(offence - 1, 64)  # no float overflow
+        return min(self.quarantine_s * growth, self.max_quarantine_s)
+
+
+def lower_bound(alpha: float, beta: float, credible_level: float) -> float:
+    """The (1 - credible_level) quantile of Beta(alpha, beta)."""
+    value = float(beta_distribution.ppf(1.0 - credible_level, alpha, beta))
+    return min(max(value, 0.0), alpha / (alpha + beta)) if math.isfinite(value) else 0.0
+
+
+@dataclass(frozen=True)
+class Reputation:
+    """A record as the CLI and tests read it."""
+
+    peer: str
+    model: str
+    state: PeerState
+    score: float
+    bound: float
+    alpha: float
+    beta: float
+    offences: int
+    quarantined_until: float
+    evidence: int
+    changed_at: float
+    reason: str
+    counts: dict[tuple[EvidenceKind, bool], int]
+
+
+class _Metrics:
+    """Gauges per peer (score, bound, state number) and evidence counters."""
+
+    def __init__(self, provider: metrics.MeterProvider | None) -> None:
+        meter = (provider or metrics.NoOpMeterProvider()).get_meter(METER_NAME)
+        self.score = meter.create_gauge("consortium.trust.score", description="posterior mean")
+        self.bound = meter.create_gauge(
+            "consortium.trust.bound", description="lower credible bound"
+        )
+        self.state = meter.create_gauge(
+            "consortium.trust.state", description="0 healthy, 1 probation, 2 quarantined"
+        )
+        self.evidence = meter.create_counter(
+            "consortium.trust.evidence", description="pieces of evidence by kind and outcome"
+        )
+
+    def publish(self, rec: Record, score: float, bound: float) -> None:
+        attrs = {"consortium.peer": rec.peer}
+        self.score.set(score, attrs)
+        self.bound.set(bound, attrs)
+        self.state.set(STATE_NUMBER[rec.state], attrs)
+
+    def count(self, evidence: Evidence) -> None:
+        self.evidence.add(
+            1,
+            {
+                "consortium.peer": evidence.peer,
+                "consortium.evidence.kind": evidence.kind,
+                "consortium.evidence.outcome": "good" if evidence.good else "bad",
+            },
+        )
+
+
+def reply_model(verdict: Verdict) -> str:
+    """The model a verified reply says answered (metadata.consortium.model), or ""."""
+    if verdict.reply is None:
+        return ""
+    try:
+        meta = verdict.reply.metadata.fields.get("consortium")
+        if meta is None or not meta.HasField("struct_value"):
+            return ""
+        model = meta.struct_value.fields.get("model")
+        if model is None or not model.HasField("string_value"):
+            return ""
+        return str(model.string_value)[:128]
+    except (AttributeError, ValueError):
+        return ""
+
+
+class ReputationAssessor:
+    """The node's `Assessor`: Beta reputations per peer and per (peer, model), kept in
+    `store`. Thread-safe. `record(evidence)` takes evidence from canaries, cross-checks
+    and reports; `assess(verdict)` turns the exchange's verdicts into protocol evidence.
+    `members`: the federation's other members (the roster), for the quarantine cap; until
+    `set_members` is called, the peers the store knows."""
+
+    def __init__(
+        self,
+        store: ReputationStore,
+        settings: ReputationSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        meter_provider: metrics.MeterProvider | None = None,
+        members: Iterable[str] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or ReputationSettings()
+        self._clock = clock
+        self._metrics = _Metrics(meter_provider)
+        self._members: frozenset[str] | None = None if members is None else frozenset(members)
+        self._lock = threading.Lock()
+        self._records = store.load()
+        self._capped: set[str] = set()  # peers whose capped quarantine was logged
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        settings: ReputationSettings | None = None,
+        **kwargs: Any,
+    ) -> ReputationAssessor:
+        """Opens (or creates) `path` (DATA_DIR/trust.sqlite3)."""
+        return cls(ReputationStore(path), settings, **kwargs)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def set_members(self, peers: Iterable[str]) -> None:
+        """The federation's other members, after the roster changes."""
+        with self._lock:
+            self._members = frozenset(peers)
+
+    # The Assessor protocol.
+
+    def reputation(self, peer: str) -> float:
+        return self.standing(peer).score
+
+    def standing(self, peer: str) -> Standing:
+        with self._lock:
+            self._refresh()
+            rec = self._peer(peer)
+            if self._release(rec):
+                self.store.save([rec])
+            return self._standing(rec)
+
+    def assess(self, verdict: Verdict) -> None:
+        s = self.settings
+        if verdict.reply is not None:
+            evidence = Evidence(verdict.peer, "protocol", True, "verified", reply_model(verdict))
+        elif verdict.refusal:
+            evidence = Evidence(
+                verdict.peer, "protocol", False, verdict.refusal, weight=s.refusal_factor
+            )
+        else:
+            evidence = Evidence(
+                verdict.peer,
+                "protocol",
+                False,
+                verdict.failure or "no_reply",
+                weight=s.failure_factor,
+            )
+        self.record(evidence)
+
+    # Evidence from anywhere.
+
+    def record(self, evidence: Evidence) -> Standing:
+        """Learns from one piece of evidence; returns the peer's standing after it."""
+        now = self._clock()
+        w = self.settings.weight(evidence.kind) * max(evidence.weight, 0.0)
+        with self._lock:
+            self._refresh()
+            rec = self._peer(evidence.peer)
+            self._release(rec)
+            changed = [rec]
+            self._update(rec, evidence, w)
+            if evidence.model:
+                model_rec = self._record(evidence.peer, evidence.model)
+                self._update(model_rec, evidence, w)
+                changed.append(model_rec)
+            self._decide(rec, now, evidence)
+            self.store.save(changed)
+            self._metrics.count(evidence)
+            return self._standing(rec)
+
+    def reset(self, peer: str) -> Reputation:
+        """Back to the prior, healthy, no offences (`consortium trust reset`)."""
+        with self._lock:
+            self._refresh()
+            for key in [k for k in self._records if k[0] == peer]:
+                del self._records[key]
+            rec = self._peer(peer)
+            self._change(rec, "healthy", self._clock(), "reset by the operator")
+            self.store.replace_peer(rec)
+            self._capped.discard(peer)
+            return self._view(rec)
+
+    def reputations(self) -> list[Reputation]:
+        """Every record, peers first (model ""), sorted."""
+        with self._lock:
+            self._refresh()
+            return [self._view(self._records[k]) for k in sorted(self._records)]
+
+    def model_reputation(self, peer: str, model: str) -> Reputation:
+        with self._lock:
+            self._refresh()
+            return self._view(self._records.get((peer, model)) or self._fresh(peer, model))
+
+    # Internals; the caller holds the lock.
+
+    def _refresh(self) -> None:
+        """Rereads the store when another process (the CLI) committed to it."""
+        if self.store.changed():
+            self._records = self.store.load()
+            self._capped.clear()
+
+    def _fresh(self, peer: str, model: str) -> Record:
+        return Record(peer, model, self.settings.prior_good, self.settings.prior_bad)
+
+    def _record(self, peer: str, model: str) -> Record:
+        rec = self._records.get((peer, model))
+        if rec is None:
+            rec = self._records[(peer, model)] = self._fresh(peer, model)
+        return rec
+
+    def _peer(self, peer: str) -> Record:
+        return self._record(peer, "")
+
+    def _update(self, rec: Record, evidence: Evidence, w: float) -> None:
+        s = self.settings
+        f = s.forgetting
+        rec.alpha = f * rec.alpha + (1 - f) * s.prior_good + (w if evidence.good else 0.0)
+        rec.beta = f * rec.beta + (1 - f) * s.prior_bad + (0.0 if evidence.good else w)
+        rec.evidence += 1
+        key = (evidence.kind, evidence.good)
+        rec.counts[key] = rec.counts.get(key, 0) + 1
+
+    def _bound(self, rec: Record) -> float:
+        return lower_bound(rec.alpha, rec.beta, self.settings.credible_level)
+
+    def _release(self, rec: Record) -> bool:
+        """Ends a quarantine whose time is over: probation, posterior back to the prior
+        (offences are kept). Whether it did."""
+        now = self._clock()
+        if rec.state != "quarantined" or now < rec.quarantined_until:
+            return False
+        rec.alpha, rec.beta = self.settings.prior_good, self.settings.prior_bad
+        rec.evidence = 0
+        self._change(rec, "probation", now, f"quarantine_ended offences={rec.offences}")
+        return True
+
+    def _decide(self, rec: Record, now: float, evidence: Evidence) -> None:
+        s = self.settings
+        bound = self._bound(rec)
+        last = f"last={evidence.kind}:{safe(evidence.reason, 64)}"
+        if rec.state == "quarantined":
+            return
+        if bound < s.quarantine_bound and rec.evidence >= s.min_evidence:
+            if self._cap_allows(rec.peer, now):
+                self._quarantine(rec, now, bound, last)
+                return
+            why = (
+                f"quarantine_capped bound={bound:.3f}<{s.quarantine_bound} "
+                f"max_quarantined_fraction={s.max_quarantined_fraction} {last}"
+            )
+            if rec.peer not in self._capped:
+                self._capped.add(rec.peer)
+                log.warning("trust: peer %s not quarantined: %s", safe(rec.peer), why)
+            if rec.state == "healthy":
+                self._change(rec, "probation", now, why)
+            return
+        self._capped.discard(rec.peer)
+        if rec.state == "healthy" and bound < s.probation_bound:
+            why = f"low_bound bound={bound:.3f}<{s.probation_bound} {last}"
+            self._change(rec, "probation", now, why)
+        elif rec.state == "probation" and bound >= s.probation_bound:
+            why = f"recovered bound={bound:.3f}>={s.probation_bound} {last}"
+            self._change(rec, "healthy", now, why)
+
+    def _quarantine(self, rec: Record, now: float, bound: float, last: str) -> None:
+        rec.offences += 1
+        duration = self.settings.quarantine_duration(rec.offences)
+        rec.quarantined_until = now + duration
+        why = (
+            f"quarantine bound={bound:.3f}<{self.settings.quarantine_bound} "
+            f"evidence={rec.evidence} offence={rec.offences} duration_s={duration:.0f} {last}"
+        )
+        self._change(rec, "quarantined", now, why)
+
+    def _cap_allows(self, peer: str, now: float) -> bool:
+        """Whether one more quarantined peer keeps at most max_quarantined_fraction of the
+        federation (the other members and this node) quarantined."""
+        peers = self._members
+        if peers is None:
+            peers = frozenset(k[0] for k in self._records)
+        quarantined = sum(
+            1
+            for (p, m), r in self._records.items()
+            if not m
+            and p != peer
+            and p in peers | {peer}
+            and r.state == "quarantined"
+            and r.quarantined_until > now
+        )
+        size = len(peers | {peer}) + 1
+        return quarantined + 1 <= math.floor(self.settings.max_quarantined_fraction * size)
+
+    def _change(self, rec: Record, state: PeerState, now: float, reason: str) -> None:
+        old = rec.state
+        rec.state, rec.changed_at, rec.reason = state, now, reason
+        log.log(
+            logging.WARNING if state == "quarantined" else logging.INFO,
+            "trust: peer %s %s -> %s: %s",
+            safe(rec.peer),
+            old,
+            state,
+            reason,
+        )
+
+    def _standing(self, rec: Record) -> Standing:
+        score = rec.alpha / (rec.alpha + rec.beta)
+        bound = self._bound(rec)
+        self._metrics.publish(rec, score, bound)
+        return Standing(rec.peer, rec.state, score, bound)
+
+    def _view(self, rec: Record) -> Reputation:
+        return Reputation(
+            rec.peer,
+            rec.model,
+            rec.state,
+            rec.alpha / (rec.alpha + rec.beta),
+            self._bound(rec),
+            rec.alpha,
+            rec.beta,
+            rec.offences,
+            rec.quarantined_until,
+            rec.evidence,
+            rec.changed_at,
+            rec.reason,
+            dict(rec.counts),
+        )

@@ -1,0 +1,184 @@
+"""Where reputations survive restarts: `DATA_DIR/trust.sqlite3` (WAL, mode 0600).
+
+One row per peer (model "") and per (peer, model): the Beta posterior, the state, the
+offences, when the quarantine ends, the last change and why; the evidence counts by
+kind and outcome in a second table. Every write is one transaction. A second process
+(`consortium trust show | reset`) may open the same file while the node runs; the node
+sees its commits through `PRAGMA data_version` (`changed()`), as api_keys.py does.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+from consortium.errors import ConfigError
+from consortium.sqlite import connect
+from consortium.trust.files import PRIVATE_FILE
+from consortium.trust.reputation import EvidenceKind, PeerState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reputation (
+    peer              TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    alpha             REAL NOT NULL,
+    beta              REAL NOT NULL,
+    state             TEXT NOT NULL,
+    offences          INTEGER NOT NULL,
+    quarantined_until REAL NOT NULL,
+    evidence          INTEGER NOT NULL,
+    changed_at        REAL NOT NULL,
+    reason            TEXT NOT NULL,
+    PRIMARY KEY (peer, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evidence_counts (
+    peer   TEXT NOT NULL,
+    model  TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    good   INTEGER NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (peer, model, kind, good)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = (
+    "peer, model, alpha, beta, state, offences, quarantined_until, evidence, changed_at, reason"
+)
+
+
+class TrustStoreError(ConfigError):
+    """The trust database is missing, unreadable or not a trust database."""
+
+
+@dataclass
+class Record:
+    """One peer's (model "") or one (peer, model)'s reputation. `evidence` counts the
+    pieces since the last reset or reinstatement (what `min_evidence` is checked
+    against); `counts` every piece since the last reset, by (kind, good)."""
+
+    peer: str
+    model: str
+    alpha: float
+    beta: float
+    state: PeerState = "healthy"
+    offences: int = 0
+    quarantined_until: float = 0.0
+    evidence: int = 0
+    changed_at: float = 0.0
+    reason: str = ""
+    counts: dict[tuple[EvidenceKind, bool], int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.peer, self.model)
+
+
+class ReputationStore:
+    """The trust database of one node. `must_exist`: refuse a missing file (the CLI)
+    instead of creating it."""
+
+    def __init__(self, path: Path, *, must_exist: bool = False) -> None:
+        self.path = path
+        if must_exist and not path.is_file():
+            raise TrustStoreError(
+                "no trust database (the node has recorded nothing yet)", path=str(path)
+            )
+        try:
+            self._conn = connect(path)
+            path.chmod(PRIVATE_FILE)
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"SELECT {_COLUMNS} FROM reputation LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise TrustStoreError(f"not a usable trust database ({e})", path=str(path)) from None
+        self._lock = threading.Lock()
+        self._version = self._data_version()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self) -> bool:
+        """Whether another connection committed since the last call (or since opening)."""
+        with self._lock:
+            version = self._data_version()
+            moved = version != self._version
+            self._version = version
+            return moved
+
+    def load(self) -> dict[tuple[str, str], Record]:
+        with self._lock:
+            try:
+                rows = self._conn.execute(f"SELECT {_COLUMNS} FROM reputation").fetchall()
+                counts = self._conn.execute(
+                    "SELECT peer, model, kind, good, n FROM evidence_counts"
+                ).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise TrustStoreError(f"cannot read ({e})", path=str(self.path)) from None
+        records = {
+            (r[0], r[1]): Record(
+                r[0], r[1], r[2], r[3], cast(PeerState, r[4]), r[5], r[6], r[7], r[8], r[9]
+            )
+            for r in rows
+        }
+        for peer, model, kind, good, n in counts:
+            rec = records.get((peer, model))
+            if rec is not None:
+                rec.counts[(cast(EvidenceKind, kind), bool(good))] = int(n)
+        return records
+
+    def save(self, records: Iterable[Record]) -> None:
+        """Writes these records (rows and counts) in one transaction."""
+        with self._lock:
+            self._transaction(lambda: self._write(records))
+
+    def replace_peer(self, record: Record) -> None:
+        """Deletes every row of `record.peer` (all models) and writes `record`: a reset."""
+
+        def go() -> None:
+            self._conn.execute("DELETE FROM reputation WHERE peer = ?", (record.peer,))
+            self._conn.execute("DELETE FROM evidence_counts WHERE peer = ?", (record.peer,))
+            self._write([record])
+
+        with self._lock:
+            self._transaction(go)
+
+    def _write(self, records: Iterable[Record]) -> None:
+        for r in records:
+            self._conn.execute(
+                f"INSERT OR REPLACE INTO reputation ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    r.peer,
+                    r.model,
+                    r.alpha,
+                    r.beta,
+                    r.state,
+                    r.offences,
+                    r.quarantined_until,
+                    r.evidence,
+                    r.changed_at,
+                    r.reason,
+                ),
+            )
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO evidence_counts (peer, model, kind, good, n)"
+                " VALUES (?,?,?,?,?)",
+                [(r.peer, r.model, k, int(g), n) for (k, g), n in r.counts.items()],
+            )
+
+    def _transaction(self, fn: Callable[[], None]) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            fn()
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        # Our own commit does not move data_version; reading it keeps changed() exact.
+        self._version = self._data_version()

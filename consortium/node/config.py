@@ -9,14 +9,28 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from consortium.errors import ConfigError
 from consortium.llm.settings import ModelSection
+from consortium.trust.reputation_engine import ReputationSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+    from consortium.trust.reputation import Assessor
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -163,6 +177,64 @@ class TrainingSection(_Section):
     auth_key: str = ""
 
 
+_TRUST = ReputationSettings()
+_Weight = Annotated[float, Field(ge=0, le=10)]
+_Bound = Annotated[float, Field(gt=0, lt=1)]
+
+
+class TrustSection(_Section):
+    """Peers' reputations (trust/reputation_engine.py): a Beta posterior per peer with
+    forgetting; states decided on its lower credible bound. Without [federation] there
+    are no peers and nothing is kept."""
+
+    enabled: bool = True
+    # The Beta prior: a new peer starts as if it had given prior_good good and prior_bad
+    # bad answers (9:1, a lower bound of 0.77 at credible_level 0.9: healthy until shown
+    # otherwise). Evidence decays toward it, not toward nothing.
+    prior_good: Annotated[float, Field(gt=0, le=1000)] = _TRUST.prior_good
+    prior_bad: Annotated[float, Field(gt=0, le=1000)] = _TRUST.prior_bad
+    # Each piece of evidence multiplies older evidence by this: 0.98 remembers ~50 pieces,
+    # so a long honest record does not shield a peer that turns bad.
+    forgetting: Annotated[float, Field(gt=0, lt=1)] = _TRUST.forgetting
+    # States use the (1 - credible_level) quantile of the posterior.
+    credible_level: Annotated[float, Field(ge=0.5, lt=1)] = _TRUST.credible_level
+    probation_bound: _Bound = _TRUST.probation_bound
+    quarantine_bound: _Bound = _TRUST.quarantine_bound
+    # Pieces of evidence (since a reset or the last quarantine) before any quarantine.
+    min_evidence: Annotated[int, Field(ge=1, le=10_000)] = _TRUST.min_evidence
+    quarantine_s: Annotated[float, Field(gt=0, le=30 * 86400)] = _TRUST.quarantine_s
+    quarantine_growth: Annotated[float, Field(ge=1, le=100)] = _TRUST.quarantine_growth
+    max_quarantine_s: Annotated[float, Field(gt=0, le=365 * 86400)] = _TRUST.max_quarantine_s
+    # Never quarantine more than this fraction of the federation (this node included).
+    max_quarantined_fraction: Annotated[float, Field(ge=0, le=1)] = _TRUST.max_quarantined_fraction
+    # What one piece of evidence of each kind weighs (in answers' worth).
+    weight_canary: _Weight = _TRUST.weight_canary
+    weight_cross_check: _Weight = _TRUST.weight_cross_check
+    weight_protocol: _Weight = _TRUST.weight_protocol
+    weight_report: _Weight = _TRUST.weight_report
+    # Multiples of weight_protocol: a reply refused by verification, a call with nothing
+    # to verify (timeout, unreachable).
+    refusal_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.refusal_factor
+    failure_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.failure_factor
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrustSection:
+        if self.quarantine_bound >= self.probation_bound:
+            raise ValueError(
+                f"quarantine_bound ({self.quarantine_bound}) must be below probation_bound"
+                f" ({self.probation_bound})"
+            )
+        if self.max_quarantine_s < self.quarantine_s:
+            raise ValueError(
+                f"max_quarantine_s ({self.max_quarantine_s}) must be at least quarantine_s"
+                f" ({self.quarantine_s})"
+            )
+        return self
+
+    def settings(self) -> ReputationSettings:
+        return ReputationSettings(**self.model_dump(exclude={"enabled"}))
+
+
 class NodeConfig(_Section):
     node: NodeSection
     server: ServerSection = ServerSection()
@@ -175,6 +247,7 @@ class NodeConfig(_Section):
     logging: LoggingSection = LoggingSection()
     routing: RoutingSection = RoutingSection()
     training: TrainingSection = TrainingSection()
+    trust: TrustSection = TrustSection()
     groups: dict[Annotated[str, Field(pattern=ORG_ID_PATTERN)], GroupSection] = Field(
         default_factory=dict
     )
@@ -202,6 +275,10 @@ class NodeConfig(_Section):
     @property
     def api_keys_path(self) -> Path:
         return self.data_dir / "api-keys.sqlite3"
+
+    @property
+    def trust_path(self) -> Path:
+        return self.data_dir / "trust.sqlite3"
 
     @property
     def advertised_host(self) -> str:
@@ -242,6 +319,32 @@ class NodeConfig(_Section):
         )
 
 
+def build_assessor(
+    config: NodeConfig,
+    *,
+    members: Iterable[str] | None = None,
+    meter_provider: MeterProvider | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Assessor:
+    """The node's assessor: a ReputationAssessor over DATA_DIR/trust.sqlite3 in a
+    federation with [trust] enabled, else the NoOpAssessor. `members`: the roster's other
+    members (call its `set_members` when the roster changes); `meter_provider`: e.g.
+    telemetry.make_meter_provider's. The caller closes it (`close()`) on shutdown."""
+    from consortium.trust.reputation import NoOpAssessor
+    from consortium.trust.reputation_engine import ReputationAssessor
+
+    if config.federation is None or not config.trust.enabled:
+        return NoOpAssessor()
+    extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+    return ReputationAssessor.open(
+        config.trust_path,
+        config.trust.settings(),
+        members=members,
+        meter_provider=meter_provider,
+        **extra,
+    )
+
+
 def _describe(error: ErrorDetails) -> tuple[str, str]:
     loc = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__")
     msg = str(error.get("msg", "invalid"))
@@ -250,6 +353,8 @@ def _describe(error: ErrorDetails) -> tuple[str, str]:
         msg = "required"
     elif kind == "extra_forbidden":
         msg = "unknown key"
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
     elif kind == "string_pattern_mismatch" and loc.endswith("org_id"):
         msg = "must be lowercase letters, digits and dashes (1-63 characters)"
     return loc, re.sub(r"\s+", " ", msg)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import metrics
-from scipy.stats import beta as beta_distribution
 
 from consortium.logsafe import safe
 from consortium.trust.reputation import (
@@ -93,6 +92,10 @@ class ReputationSettings:
 
 def lower_bound(alpha: float, beta: float, credible_level: float) -> float:
     """The (1 - credible_level) quantile of Beta(alpha, beta)."""
+    # Imported here: scipy.stats takes a while to import, and node.toml's schema (read
+    # by every CLI command) imports this module for the defaults.
+    from scipy.stats import beta as beta_distribution
+
     value = float(beta_distribution.ppf(1.0 - credible_level, alpha, beta))
     return min(max(value, 0.0), alpha / (alpha + beta)) if math.isfinite(value) else 0.0
 

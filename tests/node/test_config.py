@@ -92,3 +92,69 @@ def test_auth_and_retention_settings(tmp_path: Path) -> None:
     assert "auth.anonymous" in msg and "unknown key" in msg
     msg = error_for(write(tmp_path, "[node]\norg_id = 'a'\n[server]\ntask_retention_days = -1\n"))
     assert "server.task_retention_days" in msg
+
+
+def test_trust_defaults_match_the_engine(tmp_path: Path) -> None:
+    from consortium.trust.reputation_engine import ReputationSettings
+
+    cfg = load_config(write(tmp_path, "[node]\norg_id = 'a'\n"))
+    assert cfg.trust.enabled
+    assert cfg.trust.settings() == ReputationSettings()
+    assert cfg.trust_path == tmp_path / "data" / "trust.sqlite3"
+
+
+def test_trust_values_reach_the_settings(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, "[node]\norg_id = 'a'\n[trust]\nforgetting = 0.9\nmin_evidence = 3\n")
+    )
+    assert cfg.trust.settings().forgetting == 0.9
+    assert cfg.trust.settings().min_evidence == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("forgetting = 1.0", "trust.forgetting"),
+        ("forgetting = 0", "trust.forgetting"),
+        ("prior_good = 0", "trust.prior_good"),
+        ("prior_bad = -1", "trust.prior_bad"),
+        ("credible_level = 1.0", "trust.credible_level"),
+        ("probation_bound = 1.5", "trust.probation_bound"),
+        ("quarantine_bound = 0", "trust.quarantine_bound"),
+        ("min_evidence = 0", "trust.min_evidence"),
+        ("quarantine_s = 0", "trust.quarantine_s"),
+        ("quarantine_growth = 0.5", "trust.quarantine_growth"),
+        ("max_quarantined_fraction = 1.5", "trust.max_quarantined_fraction"),
+        ("weight_canary = -1", "trust.weight_canary"),
+        ("weight_report = 'strong'", "trust.weight_report"),
+        ("enabled = 'yes please'", "trust.enabled"),
+        ("peers = {}", "trust.peers: unknown key"),
+        ("quarantine_bound = 0.8", "trust: quarantine_bound (0.8) must be below probation_bound"),
+        ("max_quarantine_s = 60", "trust: max_quarantine_s (60.0) must be at least quarantine_s"),
+    ],
+)
+def test_trust_bad_values_name_the_key(tmp_path: Path, line: str, expected: str) -> None:
+    msg = error_for(write(tmp_path, f"[node]\norg_id = 'a'\n[trust]\n{line}\n"))
+    assert "node.toml" in msg and expected in msg
+
+
+def test_assessor_is_the_null_one_outside_a_federation_or_when_disabled(tmp_path: Path) -> None:
+    from consortium.node.config import build_assessor
+    from consortium.trust.reputation import NoOpAssessor
+    from consortium.trust.reputation_engine import ReputationAssessor
+
+    alone = load_config(write(tmp_path, "[node]\norg_id = 'a'\n"))
+    assert isinstance(build_assessor(alone), NoOpAssessor)
+    fed = "[node]\norg_id = 'a'\n[federation]\nroster = 'f.toml'\nadmin_key = 'admin.jwk'\n"
+    assert isinstance(
+        build_assessor(load_config(write(tmp_path, fed + "[trust]\nenabled = false\n"))),
+        NoOpAssessor,
+    )
+    cfg = load_config(write(tmp_path, fed))
+    assessor = build_assessor(cfg, members=["b", "c"])
+    assert isinstance(assessor, ReputationAssessor)
+    try:
+        assert assessor.standing("b").state == "healthy"
+        assert cfg.trust_path.stat().st_mode & 0o777 == 0o600
+    finally:
+        assessor.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from consortium.cli import bench, demo, federation, key, keys, node, policy, train
+from consortium.cli import bench, demo, federation, key, keys, node, policy, train, trust
 
 app = typer.Typer(
     name="consortium",
@@ -24,6 +24,10 @@ keys_app = typer.Typer(
     help="API keys for this node's local users and apps (take effect without a restart).",
     no_args_is_help=True,
 )
+trust_app = typer.Typer(
+    help="Peers' reputations kept by this node (take effect without a restart).",
+    no_args_is_help=True,
+)
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
 bench_app = typer.Typer(
     help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
@@ -33,6 +37,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(federation_app, name="federation")
 app.add_typer(key_app, name="key")
 app.add_typer(keys_app, name="keys")
+app.add_typer(trust_app, name="trust")
 federation_app.add_typer(policy_app, name="policy")
 app.add_typer(bench_app, name="bench")
 
@@ -56,6 +61,10 @@ app.command("ask")(node.ask)
 keys_app.command("create")(keys.keys_create)
 keys_app.command("list")(keys.keys_list)
 keys_app.command("revoke")(keys.keys_revoke)
+
+# Peers' reputations.
+trust_app.command("show")(trust.trust_show)
+trust_app.command("reset")(trust.trust_reset)
 
 app.command("demo")(demo.demo)
 

@@ -343,11 +343,12 @@ class ReputationAssessor:
                 f"quarantine_capped bound={bound:.3f}<{s.quarantine_bound} "
                 f"max_quarantined_fraction={s.max_quarantined_fraction} {last}"
             )
-            if rec.peer not in self._capped:
-                self._capped.add(rec.peer)
-                log.warning("trust: peer %s not quarantined: %s", safe(rec.peer), why)
             if rec.state == "healthy":
                 self._change(rec, "probation", now, why)
+            if rec.peer not in self._capped:  # once, not on every call while capped
+                self._capped.add(rec.peer)
+                rec.changed_at, rec.reason = now, why  # why it is on probation, not quarantined
+                log.warning("trust: peer %s not quarantined: %s", safe(rec.peer), why)
             return
         self._capped.discard(rec.peer)
         if rec.state == "healthy" and bound < s.probation_bound:

@@ -81,3 +81,36 @@ async def test_streaming_calls_trace_without_context_errors(
         for s in ss["spans"]
     ]
     assert names.count("a2a.receive SendStreamingMessage") == 3
+
+
+def test_reputation_metrics_reach_the_metrics_file(tmp_path: Path) -> None:
+    from consortium.node.telemetry import make_meter_provider
+    from consortium.trust.reputation import Evidence
+    from consortium.trust.reputation_engine import ReputationAssessor
+
+    path = tmp_path / "metrics.jsonl"
+    provider = make_meter_provider("acme", "fed", path, interval_s=3600)
+    assessor = ReputationAssessor.open(tmp_path / "trust.sqlite3", meter_provider=provider)
+    assessor.record(Evidence("globex", "canary", False, "canary_failed"))
+    assessor.close()
+    provider.shutdown()  # exports what was recorded
+    metrics = {
+        m["name"]: m
+        for line in path.read_text().splitlines()
+        for rm in json.loads(line)["resourceMetrics"]
+        for sm in rm["scopeMetrics"]
+        for m in sm["metrics"]
+    }
+    assert {"consortium.trust.score", "consortium.trust.bound", "consortium.trust.state"} <= set(
+        metrics
+    )
+    counted = metrics["consortium.trust.evidence"]["sum"]["dataPoints"][0]
+    attributes = {a["key"]: a["value"]["stringValue"] for a in counted["attributes"]}
+    assert attributes == {
+        "consortium.peer": "globex",
+        "consortium.evidence.kind": "canary",
+        "consortium.evidence.outcome": "bad",
+    }
+    assert counted["asInt"] == "1"
+    state = metrics["consortium.trust.state"]["gauge"]["dataPoints"][0]
+    assert state["asInt"] == "1"  # probation

@@ -30,7 +30,8 @@ from consortium.trust.reputation_engine import ReputationSettings
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
-    from consortium.trust.reputation import Assessor
+    from consortium.trust.reputation import NoOpAssessor
+    from consortium.trust.reputation_engine import ReputationAssessor
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -325,7 +326,7 @@ def build_assessor(
     members: Iterable[str] | None = None,
     meter_provider: MeterProvider | None = None,
     clock: Callable[[], float] | None = None,
-) -> Assessor:
+) -> ReputationAssessor | NoOpAssessor:
     """The node's assessor: a ReputationAssessor over DATA_DIR/trust.sqlite3 in a
     federation with [trust] enabled, else the NoOpAssessor. `members`: the roster's other
     members (call its `set_members` when the roster changes); `meter_provider`: e.g.

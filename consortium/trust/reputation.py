@@ -10,6 +10,7 @@ exchange never asks whether reputation is on.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -97,4 +98,16 @@ class NoOpAssessor:
         return Standing(peer, "healthy", 1.0, 1.0)
 
     def assess(self, verdict: Verdict) -> None:
+        pass
+
+    # What ReputationAssessor (trust/reputation_engine.py) offers besides the protocol, so
+    # the wiring treats both alike.
+
+    def record(self, evidence: Evidence) -> Standing:
+        return self.standing(evidence.peer)
+
+    def set_members(self, peers: Iterable[str]) -> None:
+        pass
+
+    def close(self) -> None:
         pass

@@ -219,7 +219,7 @@ class ReputationAssessor:
     def standing(self, peer: str) -> Standing:
         with self._lock:
             self._refresh()
-            rec = self._peer(peer)
+            rec = self._records.get((peer, "")) or self._fresh(peer, "")  # asking adds nothing
             if self._release(rec):
                 self.store.save([rec])
             return self._standing(rec)
@@ -267,9 +267,11 @@ class ReputationAssessor:
         """Back to the prior, healthy, no offences (`consortium trust reset`)."""
         with self._lock:
             self._refresh()
+            old = self._records.get((peer, ""))
             for key in [k for k in self._records if k[0] == peer]:
                 del self._records[key]
             rec = self._peer(peer)
+            rec.state = old.state if old is not None else "healthy"  # for the log line
             self._change(rec, "healthy", self._clock(), "reset by the operator")
             self.store.replace_peer(rec)
             self._capped.discard(peer)

@@ -201,7 +201,7 @@ class TrustSection(_Section):
     credible_level: Annotated[float, Field(ge=0.5, lt=1)] = _TRUST.credible_level
     probation_bound: _Bound = _TRUST.probation_bound
     quarantine_bound: _Bound = _TRUST.quarantine_bound
-    # Pieces of evidence (since a reset or the last quarantine) before any quarantine.
+    # Pieces of evidence (since a reset or the end of the last quarantine) before a quarantine.
     min_evidence: Annotated[int, Field(ge=1, le=10_000)] = _TRUST.min_evidence
     quarantine_s: Annotated[float, Field(gt=0, le=30 * 86400)] = _TRUST.quarantine_s
     quarantine_growth: Annotated[float, Field(ge=1, le=100)] = _TRUST.quarantine_growth

@@ -15,6 +15,7 @@ recognise it); an organization's real pool is its own.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from consortium.evaluation.canaries import (
     backend_text,
@@ -30,7 +31,9 @@ from consortium.trust.canaries import Canary, Check, FreeTextCanary, write_pool
 
 MODELS = ("gemma3-270m", "smollm2-135m")
 TARGET = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "canaries.jsonl"
-FREE_TEXT = [
+FREE_TEXT: list[
+    tuple[str, str, Literal["exact", "contains", "regex", "one_of"], str | tuple[str, ...]]
+] = [
     ("ft-japan", "What is the capital of Japan?", "contains", "Tokyo"),
     ("ft-week", "How many days are there in a week?", "regex", r"\b(7|seven)\b"),
     ("ft-sky", "What color is the sky on a clear day?", "contains", "blue"),

@@ -21,6 +21,7 @@ from consortium.evaluation.datasets import load_arc
 from consortium.evaluation.outputs import Generated, ItemOutput
 from consortium.protocols.multiple_choice import OptionScores, argmax
 from consortium.trust.canaries import (
+    Canary,
     Check,
     FreeTextCanary,
     MultipleChoiceCanary,
@@ -64,7 +65,7 @@ def test_calibration_keeps_what_the_model_answers_right() -> None:
         "close": output("close", 0, (-1.0, -1.01, -3.0)),
         "other": output("other", 2, (-1.0, -2.0, -3.0)),  # the cache's answer differs
     }
-    pool = [
+    pool: list[Canary] = [
         canary("right", models=("x",)),
         canary("wrong", models=("m",)),  # a stale calibration is removed
         canary("close"),
@@ -108,12 +109,14 @@ def test_calibrated_pool_separates_honest_from_substituted(splits: Splits) -> No
     pool = canaries_from_arc(splits.dev.items)
     gemma, smol = cached_choices(splits.dev.strong), cached_choices(splits.dev.local)
     calibrated, report = calibrate(pool, "gemma3-270m", choose=gemma)
-    kept = [c for c in calibrated if "gemma3-270m" in c.models]
-    assert isinstance(kept[0], MultipleChoiceCanary) and len(kept) == len(report.kept) > 0
-    assert pass_rate(kept, gemma) == 1.0  # type: ignore[arg-type]
-    both = sum(c.passed(smol(c)) for c in kept)  # type: ignore[union-attr]
-    assert pass_rate(kept, smol) == both / len(kept)  # type: ignore[arg-type]
-    assert pass_rate(kept, lambda c: (c.answer + 1) % len(c.choices)) == 0.0  # type: ignore[arg-type]
+    kept = [
+        c for c in calibrated if isinstance(c, MultipleChoiceCanary) and "gemma3-270m" in c.models
+    ]
+    assert len(kept) == len(report.kept) > 0
+    assert pass_rate(kept, gemma) == 1.0
+    both = sum(c.passed(smol(c)) for c in kept)
+    assert pass_rate(kept, smol) == both / len(kept)
+    assert pass_rate(kept, lambda c: (c.answer + 1) % len(c.choices)) == 0.0
 
 
 def test_benchmark_prints_its_figures(splits: Splits) -> None:

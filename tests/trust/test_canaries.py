@@ -158,7 +158,7 @@ def mc_pool(n: int, models: tuple[str, ...] = ("m",), tokens: int = 10) -> Canar
     )
 
 
-UNLIMITED = {"budget_tokens": 10**9, "repeat_window_s": 0.0}
+UNLIMITED: dict[str, Any] = {"budget_tokens": 10**9, "repeat_window_s": 0.0}
 
 
 @pytest.mark.parametrize(("rate", "seed"), [(0.05, 1), (0.05, 2), (0.2, 3), (0.5, 4)])
@@ -273,6 +273,12 @@ def test_peers_not_called_lately_are_due_a_background_canary() -> None:
 
 
 def test_settings_are_checked() -> None:
-    for bad in ({"rate": 1.5}, {"rate": -0.1}, {"budget_period_s": 0.0}, {"budget_tokens": -1}):
+    bad: list[dict[str, Any]] = [
+        {"rate": 1.5},
+        {"rate": -0.1},
+        {"budget_period_s": 0.0},
+        {"budget_tokens": -1},
+    ]
+    for settings in bad:
         with pytest.raises(ValueError):
-            CanarySettings(**bad)  # type: ignore[arg-type]
+            CanarySettings(**settings)

@@ -231,3 +231,15 @@ def evidence(peer: str, canary: Canary, passed: bool, model: str = "") -> Eviden
     return Evidence(
         peer, "canary", passed, "canary_passed" if passed else "canary_failed", model=model
     )
+
+
+def judge(peer: str, canary: Canary, reply: int | str | None, model: str = "") -> Evidence:
+    """The evidence of one reply: for a multiple-choice canary the chosen option's index
+    (None: it chose none), for a free-text canary the reply's text. A reply of the other
+    kind fails. (A multiple-choice reply as option scores or as text naming a letter is
+    read in node/canaries.py.)"""
+    if isinstance(canary, MultipleChoiceCanary):
+        passed = isinstance(reply, int) and not isinstance(reply, bool) and canary.passed(reply)
+    else:
+        passed = isinstance(reply, str) and canary.passed(reply)
+    return evidence(peer, canary, passed, model)

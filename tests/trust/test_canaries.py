@@ -20,6 +20,7 @@ from consortium.trust.canaries import (
     FreeTextCanary,
     MultipleChoiceCanary,
     evidence,
+    judge,
     load_pool,
     write_pool,
 )
@@ -282,3 +283,15 @@ def test_settings_are_checked() -> None:
     for settings in bad:
         with pytest.raises(ValueError):
             CanarySettings(**settings)
+
+
+def test_judge_reads_an_index_or_a_text() -> None:
+    mc = MultipleChoiceCanary.model_validate_json(json.dumps(MC))
+    ft = FreeTextCanary.model_validate_json(json.dumps(FT))
+    assert judge("p", mc, 1, "gemma3-270m").reason == "canary_passed"
+    assert judge("p", mc, 1, "gemma3-270m").model == "gemma3-270m"
+    for wrong in (0, None, "1", True):
+        assert judge("p", mc, wrong).reason == "canary_failed"
+    assert judge("p", ft, "It is Tokyo.").good
+    assert not judge("p", ft, 0).good
+    assert not judge("p", ft, None).good

@@ -1,0 +1,118 @@
+"""When a node sends a canary to a peer, and which: `CanaryScheduler`.
+
+Pure and deterministic given its random generator and the times it is told (`now`, in
+seconds on any monotonic clock): the node asks it before each outgoing call whether to
+send a canary instead (`instead_of_call`, with probability `rate`), and periodically
+which peers have not been contacted for `background_interval_s` (`due_for_background`),
+then draws a background canary for each (`draw`). Every draw respects:
+
+- calibration: only canaries whose `models` include the model the peer declares;
+- no repeats: a canary is not sent to the same peer again within `repeat_window_s`
+  (another peer may get it);
+- a token budget: the canaries' estimated tokens over any `budget_period_s` (sliding, all
+  peers together) stay within `budget_tokens`.
+
+When nothing may be drawn the call goes out as real traffic, so `rate` is an upper bound.
+What was sent where is kept in memory only: a restart forgets it (and may repeat a canary
+to a peer sooner than the window).
+
+Indistinguishability is the wiring's job: a canary must leave exactly as real traffic
+does: the same request shape (`ask` text or `score` with `choices`), the same metadata keys
+and defaults, the same signing, redaction, audit and deadline path, no canary id or
+marker anywhere in the message, drawn from the organization's private pool (a public
+benchmark item would be recognisable), and its reply judged after the exchange, off the
+hot path. Timing matters too: a canary is sent in place of a real call (or in the idle
+background), not in bursts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from consortium.trust.canaries import Canary, CanaryPool
+
+
+@dataclass(frozen=True)
+class CanarySettings:
+    rate: float = 0.05  # share of calls to a peer replaced by a canary
+    background_interval_s: float = 3600.0  # a peer idle this long is due a canary
+    budget_tokens: int = 20_000  # estimated canary tokens per budget period
+    budget_period_s: float = 3600.0
+    repeat_window_s: float = 7 * 86400.0  # no canary twice to one peer within it
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError("rate is a share of calls, 0 to 1")
+        if self.background_interval_s <= 0 or self.budget_period_s <= 0:
+            raise ValueError("intervals and periods are positive")
+        if self.budget_tokens < 0 or self.repeat_window_s < 0:
+            raise ValueError("budget and repeat window are not negative")
+
+
+class CanaryScheduler:
+    """Decides which calls to each peer carry a canary, and which canary."""
+
+    def __init__(self, pool: CanaryPool, settings: CanarySettings, rng: random.Random) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._rng = rng
+        self._by_model: dict[str, tuple[Canary, ...]] = {}
+        self._last_contact: dict[str, float] = {}
+        self._sent: dict[tuple[str, str], float] = {}  # (peer, canary id) -> when
+        self._spent: deque[tuple[float, int]] = deque()
+
+    def instead_of_call(self, peer: str, model: str, now: float) -> Canary | None:
+        """Called before each outgoing call to `peer` (declaring `model`): the canary to
+        send in its place, or None to send the call."""
+        self._last_contact[peer] = now
+        if self._rng.random() >= self._settings.rate:
+            return None
+        return self.draw(peer, model, now)
+
+    def due_for_background(self, peers: Iterable[str], now: float) -> list[str]:
+        """The peers not contacted (call or canary) for `background_interval_s`; a peer
+        never seen counts from its first mention here."""
+        due = []
+        for peer in peers:
+            last = self._last_contact.setdefault(peer, now)
+            if now - last >= self._settings.background_interval_s:
+                due.append(peer)
+        return due
+
+    def draw(self, peer: str, model: str, now: float) -> Canary | None:
+        """A canary for `peer` now, recorded as sent; None when none is calibrated for
+        `model`, all were sent to it within the window, or the budget is spent."""
+        self._last_contact[peer] = now
+        fresh = [c for c in self._calibrated(model) if self._unsent(peer, c, now)]
+        if not fresh:
+            return None
+        left = self._settings.budget_tokens - self.spent(now)
+        affordable = [c for c in fresh if c.cost <= left]
+        if not affordable:
+            return None
+        canary = self._rng.choice(affordable)
+        self._sent[(peer, canary.id)] = now
+        self._spent.append((now, canary.cost))
+        return canary
+
+    def spent(self, now: float) -> int:
+        """Estimated canary tokens sent within the budget period before `now`."""
+        while self._spent and now - self._spent[0][0] >= self._settings.budget_period_s:
+            self._spent.popleft()
+        return sum(cost for _, cost in self._spent)
+
+    def sent_to(self, peer: str) -> dict[str, float]:
+        """The canaries sent to `peer` (by id) and when, as remembered."""
+        return {cid: at for (p, cid), at in self._sent.items() if p == peer}
+
+    def _calibrated(self, model: str) -> tuple[Canary, ...]:
+        if model not in self._by_model:
+            self._by_model[model] = self._pool.for_model(model)
+        return self._by_model[model]
+
+    def _unsent(self, peer: str, canary: Canary, now: float) -> bool:
+        at = self._sent.get((peer, canary.id))
+        return at is None or now - at >= self._settings.repeat_window_s

@@ -366,7 +366,7 @@ class Orchestrator:
             )
         if decision.target in self._groups:
             routed = await self._group_answer(
-                decision.target, question, options, started, decision, router.name, probs
+                decision.target, question, options, started, decision, router.name, draft_scores
             )
             members = routed.provenance.members or {}
             if self.org_id in members:
@@ -488,7 +488,7 @@ class Orchestrator:
         started: float,
         decision: Decision | None = None,
         router: str = "",
-        draft: tuple[float, ...] = (),
+        draft: Scored | None = None,
     ) -> Routed:
         """The group's answer; a group the trust layer left short falls back as its
         `on_short` says: the local model's answer (its `draft` if scored already), with
@@ -496,18 +496,16 @@ class Orchestrator:
         members = self.group_round(name)
         if not members.short:
             ledger = PeerLedger(members.reputation)
-            outcome = await self._run_group(name, question, options, ledger)
+            outcome = await self._run_group(name, question, options, members, ledger)
             routed = self._from_outcome(outcome, f"group:{name}", decision, started)
             provenance = routed.provenance.model_copy(update=ledger.provenance())
             return Routed(routed.choice, routed.probabilities, provenance)
         group = self._groups[name]
         if group.on_short == "refuse":
             raise RequestRejected(f"group {name}: {members.short}")
-        tokens = 0
-        if not draft:
-            scored = await LocalMember(self.org_id, self._worker).score(question, "")
-            draft = tuple(scored.scores.probabilities(DRAFT_NORMALISATION))
-            tokens = scored.tokens
+        if draft is None:
+            draft = await LocalMember(self.org_id, self._worker).score(question, "")
+        probs = tuple(draft.scores.probabilities(DRAFT_NORMALISATION))
         reason = f"group {name}: {members.short}; answered by the local model"
         fallback = Decision(
             "local",
@@ -515,18 +513,23 @@ class Orchestrator:
             reason if decision is None else f"{decision.reason}; {reason}",
             -math.inf if decision is None else decision.score,
         )
-        row = {self.org_id: MemberUsage(tokens=tokens, cost=0.0, calls=1)}
+        row = {self.org_id: MemberUsage(tokens=draft.tokens, cost=0.0, calls=1)}
         provenance = self._provenance(
-            "local", router or group.protocol, fallback, row, max(draft), started
+            "local", router or group.protocol, fallback, row, max(probs), started
         )
-        return Routed(argmax(draft), draft, provenance)
+        return Routed(argmax(probs), probs, provenance)
 
     async def _run_group(
-        self, name: str, question: Question, options: RequestOptions, ledger: PeerLedger
+        self,
+        name: str,
+        question: Question,
+        options: RequestOptions,
+        chosen: GroupRound,
+        ledger: PeerLedger,
     ) -> Outcome:
-        """Runs the group's protocol over `ledger`'s members (those the trust layer
-        allows), each vote weighted by the member's reputation."""
-        group, chosen = self._groups[name], self.group_round(name)
+        """Runs the group's protocol over the members the trust layer allowed (`chosen`),
+        each vote weighted by the member's reputation; `ledger` hears every reply."""
+        group = self._groups[name]
         members = [self.member(m, ledger) for m in chosen.names]
         budget = self.budget(options)
         if budget.max_peers is not None:  # this node's own model is not a peer

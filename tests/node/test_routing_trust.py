@@ -269,6 +269,9 @@ async def test_a_short_group_answers_locally_and_says_why(
     assert routed.provenance.route == "local"
     assert routed.provenance.decision.reason.startswith("always: escalate to pair; group pair: ")
     assert routed.provenance.choice == answer.provenance.choice
+    # The local model's scores are counted once, whichever way the group was reached.
+    assert routed.provenance.members["acme"] == p.members["acme"]
+    assert p.members["acme"].tokens > 0 and p.members["acme"].calls == 1
 
 
 async def test_a_mixture_without_its_aggregator_is_short(

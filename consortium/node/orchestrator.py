@@ -186,8 +186,10 @@ class Orchestrator:
         assessor: Assessor | None = None,
     ) -> None:
         self.org_id = org_id
-        # The node's one assessor (the exchange's): standings and reputations.
-        self._assessor: Assessor = assessor if assessor is not None else NoOpAssessor()
+        # The node's one assessor (by default the exchange's): standings and reputations.
+        if assessor is None:
+            assessor = peers.assessor if peers is not None else NoOpAssessor()
+        self._assessor: Assessor = assessor
         self._worker = worker
         self._routing = routing
         self._groups = groups

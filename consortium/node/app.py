@@ -6,6 +6,11 @@ tracer provider, the orchestrator (routing, groups, learned policy, routing reco
 the service that answers tasks, the A2A executor and request handler. `Node` wires them
 with the model worker and both A2A bindings (node/a2a/grpc_binding.py,
 node/a2a/http_binding.py), which share one request handler, so both see the same tasks.
+
+A federated node has one `Assessor` (trust/reputation.py), made by `build_assessor` or
+handed to `Node(assessor=...)`: the exchange (peers.py) reports every call's outcome to
+it, and routing (the peer client's candidates, the orchestrator's groups and votes) reads
+its standings. Nothing else holds reputations.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from consortium.trust.audit import NoOpAuditLog
 from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
-from consortium.trust.reputation import NoOpAssessor
+from consortium.trust.reputation import Assessor, NoOpAssessor
 from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
@@ -83,6 +88,8 @@ class Federation:
     signer: Signer
     peers: PeerClient
     replay: ReplayCache
+    # Reputations: what the exchange reports to and routing reads (the peers' assessor).
+    assessor: Assessor
 
 
 @dataclass(frozen=True)
@@ -105,11 +112,19 @@ def build_store(cfg: NodeConfig) -> SqliteTaskStore:
     return store
 
 
-def build_federation(cfg: NodeConfig) -> Federation | None:
-    """Loads the roster (refusing an invalid one), the replay cache and the keys."""
+def build_assessor(cfg: NodeConfig) -> Assessor:
+    """The node's reputations. None yet: every peer is believed fully (reputation 1.0,
+    never quarantined), and nothing is learned."""
+    return NoOpAssessor()
+
+
+def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Federation | None:
+    """Loads the roster (refusing an invalid one), the replay cache and the keys; the
+    exchange reports to `assessor` (by default `build_assessor`'s)."""
     fed = cfg.federation
     if fed is None:
         return None
+    assessor = assessor if assessor is not None else build_assessor(cfg)
     admin = load_public_key(cfg.resolve(fed.admin_key))
     watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
     roster = watcher.current()
@@ -129,10 +144,10 @@ def build_federation(cfg: NodeConfig) -> Federation | None:
             verifier=verifier,
             roster=watcher,
             timeout_s=fed.peer_timeout_s,
-            # No redaction policy, audit log or reputations yet: their null implementations.
+            # No redaction policy or audit log yet: their null implementations.
             redactor=IdentityRedactor(),
             audit=NoOpAuditLog(),
-            assessor=NoOpAssessor(),
+            assessor=assessor,
             credentials=cfg.client_credentials(),
         )
     except BaseException:
@@ -145,7 +160,7 @@ def build_federation(cfg: NodeConfig) -> Federation | None:
         roster.version,
         len(roster.members),
     )
-    return Federation(watcher, verifier, signer, peers, replay)
+    return Federation(watcher, verifier, signer, peers, replay, assessor)
 
 
 def build_prompt_format(cfg: NodeConfig, worker: ModelWorker) -> PromptFormat:
@@ -204,6 +219,7 @@ async def build_routing(
         learned=policy.router if policy is not None else None,
         embed=encoder.embed if encoder is not None else None,
         records=records,
+        assessor=federation.assessor if federation else None,
     )
     return Routing(orchestrator, policy, records)
 
@@ -317,10 +333,21 @@ def http_tls(cfg: NodeConfig) -> dict[str, Any]:
 
 
 class Node:
-    """Runs one node until stopped. `start()` returns once both endpoints accept calls."""
+    """Runs one node until stopped. `start()` returns once both endpoints accept calls.
 
-    def __init__(self, config: NodeConfig, backend_factory: Callable[[], LLMBackend]) -> None:
+    `assessor` replaces the reputations `build_assessor` would make from the config (a
+    test's table of standings, or an engine built elsewhere); a node without
+    [federation] has no peers and ignores it."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        backend_factory: Callable[[], LLMBackend],
+        *,
+        assessor: Assessor | None = None,
+    ) -> None:
         self.config = config
+        self._assessor = assessor
         self.worker = ModelWorker(backend_factory, label=config.node.org_id)
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
@@ -352,7 +379,8 @@ class Node:
         self.store = build_store(cfg)
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())
-        self.federation = build_federation(cfg)  # before loading the model: fail fast
+        # Before loading the model: fail fast.
+        self.federation = build_federation(cfg, self._assessor)
         federation = self.federation
         check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()

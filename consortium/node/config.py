@@ -160,6 +160,19 @@ class GroupSection(_Section):
     # mixture: the member that answers last, shown the others' proposals.
     aggregator: str = ""
     max_tokens: Annotated[int, Field(ge=1)] | None = None
+    # The fewest members the trust layer must allow (not quarantined) for the group to
+    # run; with fewer (or a quarantined aggregator), `on_short` decides: answer with the
+    # local model ("local") or refuse the task ("refuse").
+    min_members: Annotated[int, Field(ge=1, le=16)] = 1
+    on_short: Literal["local", "refuse"] = "local"
+
+    @model_validator(mode="after")
+    def _min_members(self) -> GroupSection:
+        if self.min_members > len(self.members):
+            raise ValueError(
+                f"min_members {self.min_members} exceeds the group's {len(self.members)} members"
+            )
+        return self
 
 
 class TrainingSection(_Section):

@@ -7,16 +7,25 @@ group running a horizontal protocol (protocols/collaboration.py), whose members 
 node's own model ("self") and peers. Free-text tasks are routed the same way between the
 local model and one peer; groups answer multiple-choice tasks only. Every answer carries
 its provenance: route, router and reason, members with tokens and cost, confidence,
-latency.
+latency, and each contributing peer's reputation and the verdicts on its replies.
+
+Routing reads the trust layer's standings from the node's one `Assessor` (the one the
+exchange in peers.py reports to): a quarantined peer is never a candidate nor a router's
+target (the router answers locally and says why), and a group runs without its
+quarantined members, each remaining member's vote weighted by its reputation. A group left
+with fewer than `min_members` (or without its mixture aggregator) answers with the local
+model or refuses the task, as its `on_short` says.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from consortium.errors import BudgetError, ConfigError, RequestRejected
 from consortium.learning.records import RoutingRecord, RoutingRecords
@@ -25,7 +34,7 @@ from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.config import GroupSection, RoutingSection
 from consortium.node.option_scoring import score_options
-from consortium.node.peers import PeerClient
+from consortium.node.peers import PeerClient, PeerScores
 from consortium.protocols.collaboration import (
     Limits,
     Member,
@@ -33,6 +42,7 @@ from consortium.protocols.collaboration import (
     Scored,
     debate,
     mixture,
+    reputation_weights,
     vote,
 )
 from consortium.protocols.multiple_choice import (
@@ -48,11 +58,13 @@ from consortium.protocols.provenance import (
     BudgetLimits,
     Contribution,
     MemberUsage,
+    PeerVerdict,
     Provenance,
     RoutingDecision,
 )
 from consortium.protocols.request_options import RequestOptions
 from consortium.protocols.routing import (
+    QUARANTINED,
     AlwaysRouter,
     Budget,
     CascadeRouter,
@@ -71,6 +83,7 @@ from consortium.protocols.routing import (
     top_entropy,
 )
 from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
+from consortium.trust.reputation import Assessor, NoOpAssessor
 
 log = logging.getLogger(__name__)
 DRAFT = GenerationParams(max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=5)
@@ -93,17 +106,62 @@ class LocalMember:
         return Scored(scores, tokens, tokens * self.price_per_1k / 1000)
 
 
+class PeerLedger:
+    """What one task learned of the peers it asked, for its provenance: each contributing
+    peer's reputation when it was chosen (given when a group chose it; otherwise read as
+    it was asked) and the verdicts on its replies."""
+
+    def __init__(self, chosen: Mapping[str, float] | None = None) -> None:
+        self.chosen = dict(chosen or {})
+        self.reputation: dict[str, float] = {}
+        self.verdicts: dict[str, PeerVerdict] = {}
+
+    def heard(self, scores: PeerScores) -> None:
+        org = scores.org
+        self.reputation.setdefault(org, round(self.chosen.get(org, scores.reputation), 4))
+        before = self.verdicts.get(org)
+        claim = (before.claim if before is not None else None) or scores.claim or None
+        self.verdicts[org] = PeerVerdict(claim=claim)
+
+    def provenance(self) -> dict[str, Any]:
+        """The provenance fields: none when no peer contributed."""
+        if not self.verdicts:
+            return {}
+        return {"reputation": self.reputation, "verdicts": self.verdicts}
+
+
 class PeerMember:
     """A peer as a collaboration member: signed scoring requests, verified replies."""
 
-    def __init__(self, org: str, peers: PeerClient, price_per_1k: float = 0.0) -> None:
+    def __init__(
+        self,
+        org: str,
+        peers: PeerClient,
+        price_per_1k: float = 0.0,
+        ledger: PeerLedger | None = None,
+    ) -> None:
         self.name = org
         self._peers = peers
         self.price_per_1k = price_per_1k
+        self._ledger = ledger if ledger is not None else PeerLedger()
 
     async def score(self, question: Question, context: str) -> Scored:
         answer = await self._peers.score(self.name, question, context)
+        self._ledger.heard(answer)
         return Scored(answer.scores, answer.tokens, answer.tokens * self.price_per_1k / 1000)
+
+
+@dataclass(frozen=True)
+class GroupRound:
+    """A group's members for one task, as the trust layer leaves them: those allowed (in
+    the configured order, "self" as this node's org id), each peer's reputation, the
+    quarantined ones dropped, and why the group cannot run as configured ("" if it can)."""
+
+    names: list[str]
+    aggregator: str
+    reputation: dict[str, float]
+    dropped: list[str] = field(default_factory=list)
+    short: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,8 +183,13 @@ class Orchestrator:
         learned: Callable[[], LearnedRouter] | None = None,
         embed: Callable[[str], Awaitable[list[float]]] | None = None,
         records: RoutingRecords | None = None,
+        assessor: Assessor | None = None,
     ) -> None:
         self.org_id = org_id
+        # The node's one assessor (by default the exchange's): standings and reputations.
+        if assessor is None:
+            assessor = peers.assessor if peers is not None else NoOpAssessor()
+        self._assessor: Assessor = assessor
         self._worker = worker
         self._routing = routing
         self._groups = groups
@@ -178,12 +241,15 @@ class Orchestrator:
                 return p.price_per_1k_tokens
         return 0.0
 
-    def member(self, name: str) -> Member:
+    def member(self, name: str, ledger: PeerLedger | None = None) -> Member:
         if name in ("self", self.org_id):
             return LocalMember(self.org_id, self._worker)
         if self._peers is None:
             raise RequestRejected(f"member {name} is a peer, and this node is not in a federation")
-        return PeerMember(name, self._peers, self._price(name))
+        return PeerMember(name, self._peers, self._price(name), ledger)
+
+    def quarantined(self) -> frozenset[str]:
+        return self._peers.quarantined() if self._peers is not None else frozenset()
 
     # -- free text -------------------------------------------------------------------
 
@@ -240,6 +306,7 @@ class Orchestrator:
                     peers=self.peers(),
                     budget=self.budget(options),
                     features=task_features,
+                    quarantined=self.quarantined(),
                 )
             )
         except ValueError as e:
@@ -267,8 +334,7 @@ class Orchestrator:
         started = time.perf_counter()
         spec = options.route or self._routing.router
         if spec in self._groups:
-            outcome = await self._run_group(spec, question, options)
-            return self._from_outcome(outcome, f"group:{spec}", None, started)
+            return await self._group_answer(spec, question, options, started)
         router = self.router(spec)
         local = LocalMember(self.org_id, self._worker)
         draft_scores = await local.score(question, "")
@@ -301,31 +367,45 @@ class Orchestrator:
                 self._provenance("local", router.name, decision, local_row, max(probs), started),
             )
         if decision.target in self._groups:
-            outcome = await self._run_group(decision.target, question, options)
-            routed = self._from_outcome(outcome, f"group:{decision.target}", decision, started)
+            routed = await self._group_answer(
+                decision.target, question, options, started, decision, router.name, draft_scores
+            )
             members = routed.provenance.members or {}
             if self.org_id in members:
                 return routed
             provenance = routed.provenance.model_copy(update={"members": members | local_row})
             return Routed(routed.choice, routed.probabilities, provenance)
-        peer = PeerMember(decision.target, self._require_peers(), self._price(decision.target))
+        return await self._escalate(question, decision, router.name, local_row, started)
+
+    async def _escalate(
+        self,
+        question: Question,
+        decision: Decision,
+        router: str,
+        local_row: dict[str, MemberUsage],
+        started: float,
+    ) -> Routed:
+        """The peer the router chose answers (after the local draft in `local_row`)."""
+        ledger = PeerLedger()
+        peer = PeerMember(
+            decision.target, self._require_peers(), self._price(decision.target), ledger
+        )
         scored = await peer.score(question, "")
         peer_probs = tuple(scored.scores.probabilities(DRAFT_NORMALISATION))
         members = {
             **local_row,
             decision.target: MemberUsage(tokens=scored.tokens, cost=scored.cost, calls=1),
         }
+        provenance = self._provenance(
+            f"{self.org_id}->{decision.target}",
+            router,
+            decision,
+            members,
+            max(peer_probs),
+            started,
+        )
         return Routed(
-            argmax(peer_probs),
-            peer_probs,
-            self._provenance(
-                f"{self.org_id}->{decision.target}",
-                router.name,
-                decision,
-                members,
-                max(peer_probs),
-                started,
-            ),
+            argmax(peer_probs), peer_probs, provenance.model_copy(update=ledger.provenance())
         )
 
     async def _learned_inputs(
@@ -382,15 +462,84 @@ class Orchestrator:
             raise RequestRejected("escalation needs a federation: this node has no [federation]")
         return self._peers
 
-    async def _run_group(self, name: str, question: Question, options: RequestOptions) -> Outcome:
+    def group_round(self, name: str) -> GroupRound:
+        """The group's members as the trust layer allows them now."""
         group = self._groups[name]
-        members = [self.member(m) for m in group.members]
+        names = [self.org_id if m == "self" else m for m in group.members]
+        aggregator = group.aggregator or group.members[-1]
+        aggregator = self.org_id if aggregator == "self" else aggregator
+        standings = {m: self._assessor.standing(m) for m in names if m != self.org_id}
+        dropped = [m for m in names if m in standings and not standings[m].allowed]
+        allowed = [m for m in names if m not in dropped]
+        reputation = {m: s.score for m, s in standings.items() if s.allowed}
+        short = ""
+        if group.protocol == "mixture" and aggregator in dropped:
+            short = f"its aggregator {aggregator} is {QUARANTINED}"
+        elif len(allowed) < group.min_members:
+            short = (
+                f"{len(allowed)} of {len(names)} members allowed, fewer than min_members "
+                f"{group.min_members} ({', '.join(dropped)} {QUARANTINED})"
+            )
+        return GroupRound(allowed, aggregator, reputation, dropped, short)
+
+    async def _group_answer(
+        self,
+        name: str,
+        question: Question,
+        options: RequestOptions,
+        started: float,
+        decision: Decision | None = None,
+        router: str = "",
+        draft: Scored | None = None,
+    ) -> Routed:
+        """The group's answer; a group the trust layer left short falls back as its
+        `on_short` says: the local model's answer (its `draft` if scored already), with
+        the reason in the decision, or RequestRejected."""
+        members = self.group_round(name)
+        if not members.short:
+            ledger = PeerLedger(members.reputation)
+            outcome = await self._run_group(name, question, options, members, ledger)
+            routed = self._from_outcome(outcome, f"group:{name}", decision, started)
+            provenance = routed.provenance.model_copy(update=ledger.provenance())
+            return Routed(routed.choice, routed.probabilities, provenance)
+        group = self._groups[name]
+        if group.on_short == "refuse":
+            raise RequestRejected(f"group {name}: {members.short}")
+        if draft is None:
+            draft = await LocalMember(self.org_id, self._worker).score(question, "")
+        probs = tuple(draft.scores.probabilities(DRAFT_NORMALISATION))
+        reason = f"group {name}: {members.short}; answered by the local model"
+        fallback = Decision(
+            "local",
+            "",
+            reason if decision is None else f"{decision.reason}; {reason}",
+            -math.inf if decision is None else decision.score,
+        )
+        row = {self.org_id: MemberUsage(tokens=draft.tokens, cost=0.0, calls=1)}
+        provenance = self._provenance(
+            "local", router or group.protocol, fallback, row, max(probs), started
+        )
+        return Routed(argmax(probs), probs, provenance)
+
+    async def _run_group(
+        self,
+        name: str,
+        question: Question,
+        options: RequestOptions,
+        chosen: GroupRound,
+        ledger: PeerLedger,
+    ) -> Outcome:
+        """Runs the group's protocol over the members the trust layer allowed (`chosen`),
+        each vote weighted by the member's reputation; `ledger` hears every reply."""
+        group = self._groups[name]
+        members = [self.member(m, ledger) for m in chosen.names]
         budget = self.budget(options)
         if budget.max_peers is not None:  # this node's own model is not a peer
             own = [m for m in members if m.name == self.org_id]
             members = own + [m for m in members if m.name != self.org_id][: budget.max_peers]
         limits = Limits(group.max_tokens, budget.max_cost, budget.deadline_s)
-        weights = {(self.org_id if k == "self" else k): v for k, v in group.weights.items()} or None
+        configured = {(self.org_id if k == "self" else k): v for k, v in group.weights.items()}
+        weights = reputation_weights([m.name for m in members], configured or None, ledger.chosen)
         try:
             if group.protocol == "vote":
                 return await vote(members, question, weights=weights, limits=limits)
@@ -403,7 +552,7 @@ class Orchestrator:
                     weights=weights,
                     limits=limits,
                 )
-            aggregator = self.member(group.aggregator or group.members[-1])
+            aggregator = self.member(chosen.aggregator, ledger)
             proposers = [m for m in members if m.name != aggregator.name]
             return await mixture(proposers, aggregator, question, limits=limits)
         except BudgetError as e:

@@ -13,24 +13,36 @@ A request goes over gRPC with a deadline and one reused connection per peer. The
 signed answer and events are verified before they are used: bound to our request, and
 signed by the organization we asked. A reply that fails verification raises
 UntrustedAnswer; a peer that cannot be asked, or gives no usable reply, PeerError.
+
+The assessor hears every outcome of a call that left this node: a verified reply (with
+`claim` set when it names a model the roster does not list for the member, or an
+impossible token count: the answer is still used, the claim is evidence for its
+reputation), a refused one (`refusal`), or nothing to verify (`failure`: "timeout",
+"unreachable", "no_reply"). A member the roster does not let us call (unknown, suspended,
+no endpoint) is not asked and not assessed: that is the roster's doing, not the peer's.
+The same assessor's standings gate every call: a quarantined peer is never a candidate
+and a call to it is refused before anything is sent (PeerQuarantined).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
 from a2a.client import Client, ClientCallContext
-from a2a.client.errors import A2AClientError
+from a2a.client.errors import A2AClientTimeoutError
 from a2a.types import a2a_pb2
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
+from a2a.utils.errors import A2AError
 from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from consortium.errors import NodeUnavailableError, UntrustedAnswer
+from consortium.errors import NodeUnavailableError, RequestRejected, UntrustedAnswer
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.client import open_client, text_message
 from consortium.node.telemetry import traceparent
@@ -45,9 +57,26 @@ from consortium.trust.refusals import Rejected
 from consortium.trust.reputation import Assessor, Verdict
 from consortium.trust.signing import Signer
 
+# A claimed token count above this is absurd for any model a member can run.
+MAX_CLAIMED_TOKENS = 10_000_000
+
 
 class PeerError(NodeUnavailableError):
-    """A peer could not be asked, or gave no usable reply."""
+    """A peer could not be asked, or gave no usable reply; `failure` is the code the
+    assessor was told ("timeout", "unreachable", "no_reply"), or "" when the call never
+    left this node."""
+
+    def __init__(self, message: str, failure: str = "") -> None:
+        super().__init__(message)
+        self.failure = failure
+
+
+class PeerQuarantined(RequestRejected):
+    """A call to a peer this node's trust layer has quarantined: refused, never sent."""
+
+    def __init__(self, org: str) -> None:
+        super().__init__(f"{org} is quarantined by this node's trust layer")
+        self.org = org
 
 
 @dataclass
@@ -59,6 +88,10 @@ class PeerAnswer:
     latency_s: float = 0.0
     verified: bool = False
     verified_events: int = 0
+    # The peer's reputation when it was asked, and what its reply claimed that the roster
+    # does not allow ("" when nothing).
+    reputation: float = 1.0
+    claim: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +101,8 @@ class PeerScores:
     tokens: int
     model: str
     latency_s: float
+    reputation: float = 1.0
+    claim: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,12 +137,14 @@ SCORE = Call(
 class Reply:
     """A peer's verified reply: the message, what its verification found, the state of
     the task it ended ('' for a reply without a task) and the task events verified on the
-    way."""
+    way; once assessed, the peer's reputation when asked and the reply's `claim`."""
 
     message: a2a_pb2.Message
     verified: Verified
     state: str
     events: int
+    reputation: float = 1.0
+    claim: str = ""
 
 
 class PeerClient:
@@ -131,7 +168,7 @@ class PeerClient:
         self._timeout = timeout_s
         self._redactor = redactor
         self._audit = audit
-        self._assessor = assessor
+        self.assessor = assessor
         self._clients: dict[tuple[str, str, bool], Client] = {}
 
     def _client(self, org: str, streaming: bool = True) -> Client:
@@ -174,21 +211,40 @@ class PeerClient:
             latency_s=time.perf_counter() - started,
             verified=True,
             verified_events=reply.events,
+            reputation=reply.reputation,
+            claim=reply.claim,
         )
 
     def candidates(self) -> tuple[Peer, ...]:
-        """The active members other than this one, as routers see them."""
+        """The active members other than this one that the trust layer allows, as routers
+        see them, with their reputation (`Peer.trust`)."""
         me = self._signer.org_id
-        return tuple(
-            Peer(
-                org=m.org_id,
-                models=tuple(m.capabilities.models),
-                context_size=m.capabilities.context_size,
-                price_per_1k_tokens=m.capabilities.price_per_1k_tokens,
-                typical_latency_ms=m.capabilities.typical_latency_ms,
+        peers = []
+        for m in self._roster.current().members:
+            if m.org_id == me or m.status != "active":
+                continue
+            standing = self.assessor.standing(m.org_id)
+            if not standing.allowed:
+                continue
+            peers.append(
+                Peer(
+                    org=m.org_id,
+                    models=tuple(m.capabilities.models),
+                    context_size=m.capabilities.context_size,
+                    price_per_1k_tokens=m.capabilities.price_per_1k_tokens,
+                    typical_latency_ms=m.capabilities.typical_latency_ms,
+                    trust=standing.score,
+                )
             )
+        return tuple(peers)
+
+    def quarantined(self) -> frozenset[str]:
+        """The members other than this one that the trust layer has quarantined."""
+        me = self._signer.org_id
+        return frozenset(
+            m.org_id
             for m in self._roster.current().members
-            if m.org_id != me and m.status == "active"
+            if m.org_id != me and not self.assessor.standing(m.org_id).allowed
         )
 
     async def score(self, org: str, question: Question, context: str = "") -> PeerScores:
@@ -199,8 +255,8 @@ class PeerClient:
         if context:
             options["context"] = context
         message = text_message(question.stem, {METADATA_KEY: options})
-        reply = (await self.exchange(org, message, SCORE)).message
-        meta = MessageToDict(reply.metadata).get(METADATA_KEY, {})
+        reply = await self.exchange(org, message, SCORE)
+        meta = MessageToDict(reply.message.metadata).get(METADATA_KEY, {})
         try:
             scores = OptionScores(
                 logprobs=tuple(float(x) for x in meta["scores"]["logprobs"]),
@@ -219,12 +275,18 @@ class PeerClient:
             tokens=int(meta.get("tokens", 0) or 0),
             model=str(meta.get("model", "")),
             latency_s=time.perf_counter() - started,
+            reputation=reply.reputation,
+            claim=reply.claim,
         )
 
     async def exchange(self, org: str, message: a2a_pb2.Message, call: Call) -> Reply:
         """Every call to a peer: redact -> sign -> audit, send, verify -> audit -> assess.
-        Raises PeerError when the peer cannot be asked or sends nothing to verify, and
+        Raises PeerQuarantined (nothing sent) for a peer the trust layer quarantined,
+        PeerError when the peer cannot be asked or sends nothing to verify, and
         UntrustedAnswer when what it sent fails verification."""
+        standing = self.assessor.standing(org)
+        if not standing.allowed:
+            raise PeerQuarantined(org)
         with self.tracer.start_as_current_span(
             f"a2a.call {org}",
             kind=SpanKind.CLIENT,
@@ -236,12 +298,25 @@ class PeerClient:
             try:
                 reply = await self._send(client, org, request, request_digest, call)
             except Rejected as e:
-                self._assessor.assess(Verdict(org, request, None, e.reason))
+                self.assessor.assess(Verdict(org, request, None, e.reason))
                 raise UntrustedAnswer(call.refused.format(org=org, error=e)) from None
+            except PeerError as e:
+                span.set_attribute("consortium.failure", e.failure)
+                self.assessor.assess(Verdict(org, request, None, failure=e.failure))
+                raise
             self._audit.received(org, reply.message, reply.verified)
-            self._assessor.assess(Verdict(org, request, reply.message))
+            claim = self._claim(org, reply.message)
+            self.assessor.assess(Verdict(org, request, reply.message, claim=claim))
             span.set_attribute("consortium.verdict", "verified")
-            return reply
+            if claim:
+                span.set_attribute("consortium.claim", claim)
+            return replace(reply, reputation=standing.score, claim=claim)
+
+    def _claim(self, org: str, reply: a2a_pb2.Message) -> str:
+        member = self._roster.current().member(org)
+        models = member.capabilities.models if member is not None else []
+        meta = MessageToDict(reply.metadata).get(METADATA_KEY, {})
+        return reply_claim(meta if isinstance(meta, dict) else {}, models)
 
     def _outgoing(self, org: str, message: a2a_pb2.Message) -> tuple[a2a_pb2.Message, str]:
         """redact -> sign -> audit: the request as it leaves, and its digest."""
@@ -259,8 +334,8 @@ class PeerClient:
         with self.tracer.start_as_current_span("consortium.verify") as span:
             try:
                 reply = await self._receive(client, org, request, request_digest, call)
-            except A2AClientError as e:
-                raise PeerError(f"{org} did not answer: {e}") from None
+            except (A2AError, grpc.aio.AioRpcError) as e:
+                raise PeerError(f"{org} did not answer: {e}", failure_of(e)) from None
             except Rejected as e:
                 span.set_attributes(
                     {"consortium.verdict": "refused", "consortium.refusal": e.reason}
@@ -300,7 +375,7 @@ class PeerClient:
         if direct is not None:
             return Reply(direct, self._verify(direct, request_digest, org), "", events)
         if status is None or not status.HasField("message"):
-            raise PeerError(call.no_reply.format(org=org))
+            raise PeerError(call.no_reply.format(org=org), "no_reply")
         state = a2a_pb2.TaskState.Name(status.state).removeprefix("TASK_STATE_").lower()
         return Reply(
             status.message, self._verify(status.message, request_digest, org), state, events
@@ -315,3 +390,40 @@ class PeerClient:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
+
+
+def failure_of(error: BaseException) -> str:
+    """The assessor's failure code of a call that brought nothing to verify: "timeout"
+    (the deadline passed), "unreachable" (no connection), otherwise "no_reply"."""
+    if isinstance(error, A2AClientTimeoutError):
+        return "timeout"
+    rpc = error if isinstance(error, grpc.aio.AioRpcError) else error.__cause__
+    if isinstance(rpc, grpc.aio.AioRpcError):
+        if rpc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return "timeout"
+        if rpc.code() == grpc.StatusCode.UNAVAILABLE:
+            return "unreachable"
+    return "no_reply"
+
+
+TOKEN_KEYS = ("tokens", "inputTokens", "outputTokens")
+
+
+def reply_claim(meta: Mapping[str, Any], models: Sequence[str]) -> str:
+    """What a verified reply's metadata (its provenance, or a scoring reply's) claims that
+    the roster does not allow: "unlisted_model" (a model the member's
+    `capabilities.models` does not list, when it lists any), "bad_token_count" (a token
+    count that is negative, not an integer or above MAX_CLAIMED_TOKENS), or ""."""
+    model = meta.get("model")
+    if models and isinstance(model, str) and model and model not in models:
+        return "unlisted_model"
+    for key in TOKEN_KEYS:
+        if key in meta and not _plausible_tokens(meta[key]):
+            return "bad_token_count"
+    return ""
+
+
+def _plausible_tokens(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value == int(value) and 0 <= value <= MAX_CLAIMED_TOKENS

@@ -8,6 +8,11 @@ a peer named in the request (`peer`), a multiple-choice task routed by the orche
 the local model, streaming. The same service scores options (`score`) and records an
 owner's feedback on a routed task (`feedback`).
 
+The trust layer's standings reach it through the orchestrator and the peer client, which
+share the node's one assessor: a task naming a quarantined peer is rejected before
+anything is sent, and a router's decision to answer locally instead (its target
+quarantined) is in the answer's provenance.
+
 A binding adapts it: node/a2a/executor.py maps the events to A2A task updates. The
 service knows no transport: no protobuf, no task store, no event queue. A consumer that
 stops iterating (the task canceled, the client gone) closes the event stream, which stops
@@ -37,8 +42,9 @@ from consortium.node.config import RoutingSection
 from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerAnswer, PeerClient, PeerError
 from consortium.protocols.multiple_choice import OptionScores, Question, argmax
-from consortium.protocols.provenance import Provenance
+from consortium.protocols.provenance import PeerVerdict, Provenance, RoutingDecision
 from consortium.protocols.request_options import Feedback, RequestOptions
+from consortium.protocols.routing import Decision
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +186,8 @@ class NodeService:
             async for event in self._answer_choice(request, caller):
                 yield event
             return
-        if options.route or self.orchestrator.routes_text():
+        # A route of "local" (what a member's task gets) needs no routing decision.
+        if options.route != "local" and (options.route or self.orchestrator.routes_text()):
             try:
                 decision = await self.orchestrator.route_text(request.text, options)
             except RequestRejected as e:
@@ -194,11 +201,17 @@ class NodeService:
                 async for event in self._ask_peer(request, escalated):
                     yield event
                 return
+            async for event in self._generate(request, decision):
+                yield event
+            return
         async for event in self._generate(request):
             yield event
 
-    async def _generate(self, request: ServiceRequest) -> AsyncIterator[TaskEvent]:
-        """The local model's answer, streamed."""
+    async def _generate(
+        self, request: ServiceRequest, decision: Decision | None = None
+    ) -> AsyncIterator[TaskEvent]:
+        """The local model's answer, streamed; with the router's `decision` when one
+        chose the local model."""
         s, options = self._settings, request.options
         params = GenerationParams(
             max_tokens=options.max_tokens or s.max_tokens,
@@ -249,7 +262,12 @@ class NodeService:
         completion = stream.completion
         assert completion is not None
         latency = time.perf_counter() - started
-        yield Answered(completion.text, self._generated(completion, latency), streamed=True)
+        provenance = self._generated(completion, latency)
+        if decision is not None:
+            provenance = provenance.model_copy(
+                update={"decision": RoutingDecision.of(decision.reason, decision.score)}
+            )
+        yield Answered(completion.text, provenance, streamed=True)
         log.info(
             "task %s completed: %d in / %d out tokens in %.0f ms",
             request.task_id,
@@ -287,6 +305,10 @@ class NodeService:
         try:
             answer = await self._peers.ask(peer, request.text, forwarded or None)
             provenance = self._relayed(answer)
+        except RequestRejected as e:  # a quarantined peer: nothing was sent
+            log.warning("task %s: %s", request.task_id, safe(e, 300))
+            yield Rejected(str(e))
+            return
         except (PeerError, UntrustedAnswer) as e:
             log.warning("task %s: asking %s failed: %s", request.task_id, safe(peer), safe(e, 300))
             yield Failed(str(e))
@@ -298,7 +320,8 @@ class NodeService:
         log.info("task %s answered by %s (verified)", request.task_id, answer.org)
 
     def _relayed(self, answer: PeerAnswer) -> Provenance:
-        """The peer's provenance, with the route and the verdict on its answer."""
+        """The peer's provenance, with the route, the verdict on its answer and the
+        peer's reputation when it was asked."""
         try:
             theirs = Provenance.model_validate(answer.provenance)
         except ValidationError as e:
@@ -314,6 +337,8 @@ class NodeService:
                 "verified": answer.verified,
                 "verified_events": answer.verified_events,
                 "latency_ms": round(answer.latency_s * 1000, 1),
+                "reputation": {answer.org: round(answer.reputation, 4)},
+                "verdicts": {answer.org: PeerVerdict(claim=answer.claim or None)},
             }
         )
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -172,6 +172,22 @@ def combine(
     if weight_sum <= 0:
         raise ValueError("the weights of the contributing members sum to zero")
     return tuple(t / weight_sum for t in total)
+
+
+def reputation_weights(
+    members: Sequence[str],
+    weights: Mapping[str, float] | None,
+    reputation: Mapping[str, float],
+) -> dict[str, float] | None:
+    """The vote's weights: each member's configured weight (1.0 each when none are
+    configured, 0 for a member the configured weights leave out) times its reputation
+    (1.0 for a member without one, e.g. this node's own model). None, equal weights, when
+    nothing is configured and every reputation is 1.0: the vote is then what it was
+    before reputations."""
+    if weights is None and all(reputation.get(m, 1.0) == 1.0 for m in members):
+        return None
+    base = {m: 1.0 for m in members} if weights is None else weights
+    return {m: base.get(m, 0.0) * reputation.get(m, 1.0) for m in members}
 
 
 def majority(choices: Sequence[int]) -> int:

@@ -8,7 +8,10 @@ One model covers every kind of answer; which fields are present says which kind 
 - a multiple-choice answer: route (`local`, `A->B`, `A->group:NAME`), router, the members
   with their tokens, cost and calls, totals, confidence, the router's decision, and for a
   group its protocol and every contribution; the task's budget; the choice and the
-  probabilities of all options.
+  probabilities of all options;
+- whenever peers contributed (asked, escalated, a group): each contributing peer's
+  `reputation` when it was chosen (what weighed its vote) and the `verdicts` on its
+  replies. Both are absent from an answer no peer contributed to.
 
 `wire()` is the JSON that goes into the metadata: camelCase keys, absent fields left out.
 Fields are declared in the order the node has always added them (wire order follows
@@ -83,6 +86,15 @@ class BudgetLimits(WireModel):
         )
 
 
+class PeerVerdict(WireModel):
+    """What verification found of a peer's replies to one task: the signature verified
+    (an unverified reply is never used), and a claim the roster does not allow
+    ("unlisted_model", "bad_token_count"), if any reply made one."""
+
+    signature: Literal["verified"] = "verified"
+    claim: str | None = None
+
+
 class Provenance(WireModel):
     model_config = ConfigDict(extra="allow")
 
@@ -111,3 +123,6 @@ class Provenance(WireModel):
     budget: BudgetLimits | None = None
     choice: int | None = None
     probabilities: list[float] | None = None
+    # Keyed by organization: only the peers that contributed (never this node).
+    reputation: dict[str, float] | None = None
+    verdicts: dict[str, PeerVerdict] | None = None

@@ -16,8 +16,10 @@ Routers:
   computed locally (sentence embedding and confidence signals); the model comes from a
   policy artifact (consortium/learning/policy.py), plugged in through `AdequacyModel`;
 - `cascade`: answer locally, check the answer, escalate when the check fails.
-Which peer to escalate to, among several, is `choose_peer`'s job (capability, price,
-latency, trust), within the task's `Budget`.
+Which peer to escalate to, among several, is `choose_peer`'s job (capability weighted by
+reputation, price, latency), within the task's `Budget`. The node passes only the peers
+its trust layer allows; a router whose configured target is quarantined
+(`RoutingInput.quarantined`) answers locally and says why.
 """
 
 from __future__ import annotations
@@ -113,7 +115,12 @@ class RoutingInput:
     budget: Budget = field(default_factory=Budget)
     # Features computed locally for learned routers (e.g. a sentence embedding).
     features: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    # Members the node's trust layer has quarantined: never a target.
+    quarantined: frozenset[str] = frozenset()
 
+
+# Why a quarantined peer is not asked, as decisions and refusals say it.
+QUARANTINED = "quarantined by this node's trust layer"
 
 # Tokens an escalated task is expected to use (prompt and answer): what a peer's price is
 # weighed at when a router chooses among peers within the budget.
@@ -161,6 +168,8 @@ class _ThresholdRouter:
             return Decision("local", "", reason, s)
         if task.budget.max_peers == 0:
             return Decision("local", "", reason + "; the budget allows no peer", s)
+        if self.target in task.quarantined:
+            return Decision("local", "", f"{reason}; {self.target} is {QUARANTINED}", s)
         target = self.target or choose_peer(task.peers, task.budget, ESCALATION_TOKENS)
         if not target:
             return Decision("local", "", reason + "; no peer within the budget", s)
@@ -388,14 +397,20 @@ class CascadeRouter(_ThresholdRouter):
 
 
 def choose_peer(peers: Sequence[Peer], budget: Budget, tokens: int) -> str:
-    """The peer to escalate to: the most capable (largest context, then most trusted) of
-    those the budget admits, the cheaper and faster first among equals; '' if none."""
+    """The peer to escalate to, of those the budget admits: the most capable weighted by
+    reputation (context size times trust), then the most trusted, the cheaper and faster
+    first among equals; '' if none. With every trust 1.0 this is the most capable."""
     admitted = [p for p in peers if budget.admits(p, tokens)]
     if not admitted:
         return ""
     best = max(
         admitted,
-        key=lambda p: (p.context_size, p.trust, -p.price_per_1k_tokens, -p.typical_latency_ms),
+        key=lambda p: (
+            p.context_size * p.trust,
+            p.trust,
+            -p.price_per_1k_tokens,
+            -p.typical_latency_ms,
+        ),
     )
     return best.org
 

@@ -29,13 +29,17 @@ class Verdict:
     """What the exchange found of one call: `reply` is the verified reply, or None when
     there is none to believe; then `refusal` says why verification refused it (a
     `Rejected` reason) or `failure` why there was nothing to verify ("timeout",
-    "unreachable", "no_reply")."""
+    "unreachable", "no_reply"). `claim` is set on a verified reply that claims what the
+    roster does not allow ("unlisted_model": a model the member does not list;
+    "bad_token_count": a negative, non-integer or absurd token count): the reply was
+    signed by the member and is still used; the claim is evidence against it."""
 
     peer: str
     request: a2a_pb2.Message
     reply: a2a_pb2.Message | None
     refusal: str = ""
     failure: str = ""
+    claim: str = ""
 
     @property
     def trusted(self) -> bool:

@@ -68,8 +68,7 @@ class Federation:
 
     async def start(self) -> None:
         for org in ORGS:
-            cfg = self.config(org)
-            node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
+            node = self.node(self.config(org))
             await node.start()
             self.nodes[org] = node
         # Admit every node from the card it serves (real endpoints), as an admin would.
@@ -80,6 +79,10 @@ class Federation:
                 card = (await http.get(url)).json()
             add_member(self.roster, self.admin_key, member_from_card(card, url))
         await self.roster_seen(lambda r: len(r.members) == len(ORGS))
+
+    def node(self, cfg: Any) -> Node:
+        """The organization's node (a subclass may give it another backend or assessor)."""
+        return Node(cfg, backend_factory(cfg.model, cfg.base_dir))
 
     async def roster_seen(self, condition: Any, timeout: float = 10.0) -> None:
         """Waits until every node's roster view satisfies the condition (hot reload)."""

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from consortium.errors import ConfigError
-from consortium.node.config import load_config
+from consortium.node.config import NodeConfig, load_config, parse_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -158,3 +158,19 @@ def test_assessor_is_the_null_one_outside_a_federation_or_when_disabled(tmp_path
         assert cfg.trust_path.stat().st_mode & 0o777 == 0o600
     finally:
         assessor.close()
+
+
+def test_group_minimums_are_validated(tmp_path: Path) -> None:
+    def group(**extra: object) -> NodeConfig:
+        return parse_config(
+            {"node": {"org_id": "acme"}, "groups": {"g": {"members": ["self", "x"], **extra}}},
+            path=tmp_path / "node.toml",
+        )
+
+    assert (group().groups["g"].min_members, group().groups["g"].on_short) == (1, "local")
+    with pytest.raises(ConfigError, match=r"groups\.g: .*min_members 3 exceeds the group's 2"):
+        group(min_members=3)
+    with pytest.raises(ConfigError, match=r"groups\.g\.min_members"):
+        group(min_members=0)
+    with pytest.raises(ConfigError, match=r"groups\.g\.on_short"):
+        group(on_short="wait")

@@ -17,6 +17,7 @@ from consortium.protocols.collaboration import (
     majority,
     mixture,
     neighbours,
+    reputation_weights,
     vote,
 )
 from consortium.protocols.multiple_choice import OptionScores, Question
@@ -97,3 +98,38 @@ async def test_budgets_stop_protocols_before_they_are_exceeded() -> None:
     assert debate_cut.tokens <= 450 and debate_cut.stopped_by_budget
     with pytest.raises(BudgetError):
         await vote(members(), Q, limits=Limits(max_tokens=10), estimate=100)
+
+
+def test_reputation_weights_multiply_the_configured_weights() -> None:
+    names = ["acme", "globex", "initech"]
+    # Nothing configured, every reputation 1.0: equal weights, as before reputations.
+    assert reputation_weights(names, None, {"globex": 1.0, "initech": 1.0}) is None
+    assert reputation_weights(names, None, {"globex": 0.5}) == {
+        "acme": 1.0,
+        "globex": 0.5,
+        "initech": 1.0,
+    }
+    # Configured weights times reputation; a member the weights leave out stays at 0.
+    configured = {"acme": 0.3, "initech": 0.7}
+    assert reputation_weights(names, configured, {"initech": 0.5}) == {
+        "acme": 0.3,
+        "globex": 0.0,
+        "initech": 0.35,
+    }
+    assert reputation_weights(names, configured, {}) == {
+        "acme": 0.3,
+        "globex": 0.0,
+        "initech": 0.7,
+    }
+
+
+async def test_a_distrusted_member_loses_the_tie_it_would_win() -> None:
+    # Mirror-image members tie; the tie goes to the first option, the peer's choice.
+    two = Question("Which is larger?", ("a mouse", "an elephant"))
+    me, peer = Scripted("me", (0.4, 0.6)), Scripted("peer", (0.6, 0.4))
+    tie = await vote([me, peer], two, weights=reputation_weights(["me", "peer"], None, {}))
+    assert tie.choice == 0 and tie.probabilities[0] == tie.probabilities[1]
+    weights = reputation_weights(["me", "peer"], None, {"peer": 0.1})
+    distrusted = await vote([me, peer], two, weights=weights)
+    assert distrusted.choice == 1
+    assert distrusted.probabilities[1] == pytest.approx((0.6 + 0.1 * 0.4) / 1.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -130,3 +131,31 @@ def test_good_router_specs() -> None:
     assert parse_router("always:globex") == ("always", "globex")
     assert parse_router("self:entropy") == ("self", "entropy")
     assert parse_router("learned") == ("learned", "")
+
+
+def test_reputation_weights_the_peer_choice() -> None:
+    # Every trust 1.0: today's choice (the most capable, the cheaper among equals).
+    assert choose_peer(PEERS, Budget(), 1000) == "slow"
+    # slow's reputation 0.2 weighs its 8192 tokens of context down to 1638: strong wins.
+    distrusted = tuple(replace(p, trust=0.2) if p.org == "slow" else p for p in PEERS)
+    assert choose_peer(distrusted, Budget(), 1000) == "strong"
+    # Equally capable after weighting: the more trusted first, before price.
+    halves = (
+        Peer("a", context_size=4096, trust=1.0, price_per_1k_tokens=9.0),
+        Peer("b", context_size=8192, trust=0.5, price_per_1k_tokens=0.1),
+    )
+    assert choose_peer(halves, Budget(), 1000) == "a"
+    # No capabilities in the roster: reputation alone decides.
+    bare = (Peer("x", trust=0.6), Peer("y", trust=0.9), Peer("z", trust=0.3))
+    assert choose_peer(bare, Budget(), 1000) == "y"
+
+
+def test_a_quarantined_target_is_answered_locally_with_the_reason() -> None:
+    task = RoutingInput("Prove this theorem", peers=PEERS, quarantined=frozenset({"strong"}))
+    for router in (AlwaysRouter("strong"), HeuristicRouter(0.5, target="strong")):
+        decision = router.decide(task)
+        assert (decision.route, decision.target) == ("local", "")
+        assert decision.reason.endswith("; strong is quarantined by this node's trust layer")
+    # Another target, or a peer chosen among the candidates, is unaffected.
+    assert AlwaysRouter("cheap").decide(task).target == "cheap"
+    assert HeuristicRouter(0.5).decide(task).target == "slow"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from jwcrypto import jwk
@@ -31,6 +32,11 @@ class RosterWatcher:
         self._checked = time.monotonic()
         self.reloads = 0
         self.refused = 0
+        self._listeners: list[Callable[[Roster], None]] = []
+
+    def subscribe(self, listener: Callable[[Roster], None]) -> None:
+        """Calls `listener` with every roster version taken after this (not the refused)."""
+        self._listeners.append(listener)
 
     def _stat(self) -> tuple[int, int, int]:
         try:
@@ -79,6 +85,8 @@ class RosterWatcher:
             return
         self._roster = roster
         self.reloads += 1
+        for listener in self._listeners:
+            listener(roster)
         log.info(
             "roster %s reloaded: version %d, %d member(s)",
             self._path,

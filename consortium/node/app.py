@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,12 @@ from a2a.server.agent_execution import AgentExecutor
 from a2a.types import a2a_pb2
 from jwcrypto import jwk
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from consortium.federation.roster import Roster
 from consortium.federation.watcher import RosterWatcher
 from consortium.learning.records import RoutingRecords
 from consortium.llm.base import LLMBackend, ModelInfo
@@ -54,7 +56,12 @@ from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.store import SqliteTaskStore
-from consortium.node.telemetry import TRACER_NAME, make_exporter, make_provider
+from consortium.node.telemetry import (
+    TRACER_NAME,
+    make_exporter,
+    make_meter_provider,
+    make_provider,
+)
 from consortium.protocols.redaction import IdentityRedactor
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
@@ -63,6 +70,7 @@ from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
 from consortium.trust.reputation import Assessor, NoOpAssessor
+from consortium.trust.reputation_engine import ReputationAssessor
 from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
@@ -90,6 +98,9 @@ class Federation:
     replay: ReplayCache
     # Reputations: what the exchange reports to and routing reads (the peers' assessor).
     assessor: Assessor
+    # Closes what the node built for the assessor (its database, its metrics); a no-op
+    # for an assessor handed in, which its owner closes.
+    close_assessor: Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -112,10 +123,52 @@ def build_store(cfg: NodeConfig) -> SqliteTaskStore:
     return store
 
 
-def build_assessor(cfg: NodeConfig) -> Assessor:
-    """The node's reputations. None yet: every peer is believed fully (reputation 1.0,
-    never quarantined), and nothing is learned."""
-    return NoOpAssessor()
+def build_assessor(
+    cfg: NodeConfig,
+    *,
+    members: Iterable[str] | None = None,
+    meter_provider: MeterProvider | None = None,
+    clock: Callable[[], float] | None = None,
+) -> ReputationAssessor | NoOpAssessor:
+    """The node's reputations: a ReputationAssessor over DATA_DIR/trust.sqlite3 in a
+    federation with [trust] enabled, else the NoOpAssessor (every peer believed fully,
+    nothing learned). `members`: the roster's other members; `meter_provider`: where its
+    gauges and counters go. The caller closes it."""
+    if cfg.federation is None or not cfg.trust.enabled:
+        return NoOpAssessor()
+    extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+    return ReputationAssessor.open(
+        cfg.trust_path,
+        cfg.trust.settings(),
+        members=members,
+        meter_provider=meter_provider,
+        **extra,
+    )
+
+
+def _nothing() -> None:
+    pass
+
+
+def _owned_assessor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Assessor, Callable[[], None]]:
+    """build_assessor's, told the members now and after every roster change, with its
+    metrics in DATA_DIR/metrics.jsonl when traces go to a file; and how to close both."""
+    roster = watcher.current()
+    me = cfg.node.org_id
+
+    def others(r: Roster) -> list[str]:
+        return [m.org_id for m in r.members if m.org_id != me]
+
+    path = cfg.data_dir / "metrics.jsonl" if cfg.telemetry.exporter == "file" else None
+    meters = make_meter_provider(me, roster.federation_id, path)
+    assessor = build_assessor(cfg, members=others(roster), meter_provider=meters)
+    watcher.subscribe(lambda r: assessor.set_members(others(r)))
+
+    def close() -> None:
+        assessor.close()
+        meters.shutdown()
+
+    return assessor, close
 
 
 def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Federation | None:
@@ -124,10 +177,12 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
     fed = cfg.federation
     if fed is None:
         return None
-    assessor = assessor if assessor is not None else build_assessor(cfg)
     admin = load_public_key(cfg.resolve(fed.admin_key))
     watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
     roster = watcher.current()
+    close_assessor = _nothing
+    if assessor is None:
+        assessor, close_assessor = _owned_assessor(cfg, watcher)
     replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
     try:
         key = load_private_key(cfg.resolve(cfg.identity.private_key))
@@ -152,6 +207,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         )
     except BaseException:
         replay.close()
+        close_assessor()
         raise
     log.info(
         "node %s joined federation %s (roster version %d, %d members)",
@@ -160,7 +216,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         roster.version,
         len(roster.members),
     )
-    return Federation(watcher, verifier, signer, peers, replay, assessor)
+    return Federation(watcher, verifier, signer, peers, replay, assessor, close_assessor)
 
 
 def build_prompt_format(cfg: NodeConfig, worker: ModelWorker) -> PromptFormat:
@@ -505,6 +561,7 @@ class Node:
         if self.federation is not None:
             await self.federation.peers.close()
             self.federation.replay.close()
+            self.federation.close_assessor()
         if self.records is not None:
             self.records.close()
         if self.keys is not None:

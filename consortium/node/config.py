@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -28,10 +27,7 @@ from consortium.llm.settings import ModelSection
 from consortium.trust.reputation_engine import ReputationSettings
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import MeterProvider
-
-    from consortium.trust.reputation import NoOpAssessor
-    from consortium.trust.reputation_engine import ReputationAssessor
+    pass
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -331,32 +327,6 @@ class NodeConfig(_Section):
         return client_ssl_context(
             self.resolve(self.tls.ca), self.resolve(self.tls.cert), self.resolve(self.tls.key)
         )
-
-
-def build_assessor(
-    config: NodeConfig,
-    *,
-    members: Iterable[str] | None = None,
-    meter_provider: MeterProvider | None = None,
-    clock: Callable[[], float] | None = None,
-) -> ReputationAssessor | NoOpAssessor:
-    """The node's assessor: a ReputationAssessor over DATA_DIR/trust.sqlite3 in a
-    federation with [trust] enabled, else the NoOpAssessor. `members`: the roster's other
-    members (call its `set_members` when the roster changes); `meter_provider`: e.g.
-    telemetry.make_meter_provider's. The caller closes it (`close()`) on shutdown."""
-    from consortium.trust.reputation import NoOpAssessor
-    from consortium.trust.reputation_engine import ReputationAssessor
-
-    if config.federation is None or not config.trust.enabled:
-        return NoOpAssessor()
-    extra: dict[str, Any] = {} if clock is None else {"clock": clock}
-    return ReputationAssessor.open(
-        config.trust_path,
-        config.trust.settings(),
-        members=members,
-        meter_provider=meter_provider,
-        **extra,
-    )
 
 
 def _describe(error: ErrorDetails) -> tuple[str, str]:

@@ -149,6 +149,25 @@ async def test_signed_round_trip_through_a_peer(fed: Federation) -> None:
     assert p.verified_events >= 4
 
 
+async def test_every_call_to_a_peer_is_evidence_in_the_nodes_reputations(
+    fed: Federation,
+) -> None:
+    from consortium.trust.reputation_engine import ReputationAssessor
+
+    acme = fed.nodes["acme"]
+    assert acme.federation is not None
+    assessor = acme.federation.assessor
+    assert isinstance(assessor, ReputationAssessor)  # [trust] is on by default
+    answer = await fed.ask_via("acme", "evidence", peer="globex")
+    assert answer.state == "completed", answer.status_text
+    globex = {r.peer: r for r in assessor.reputations() if r.model == ""}["globex"]
+    assert globex.state == "healthy"
+    assert globex.counts.get(("protocol", True), 0) >= 1
+    assert answer.provenance.reputation is not None
+    assert answer.provenance.reputation["globex"] == pytest.approx(globex.score, abs=0.05)
+    assert (acme.config.data_dir / "trust.sqlite3").exists()
+
+
 async def test_a_members_task_is_answered_by_the_peers_own_model(fed: Federation) -> None:
     # acme's user routes to globex; globex must answer itself, not follow the route
     # (or its own router) back to acme or to itself: an escalation is one hop.

@@ -139,7 +139,7 @@ def test_trust_bad_values_name_the_key(tmp_path: Path, line: str, expected: str)
 
 
 def test_assessor_is_the_null_one_outside_a_federation_or_when_disabled(tmp_path: Path) -> None:
-    from consortium.node.config import build_assessor
+    from consortium.node.app import build_assessor
     from consortium.trust.reputation import NoOpAssessor
     from consortium.trust.reputation_engine import ReputationAssessor
 

@@ -90,6 +90,7 @@ federation_app.command("show")(federation.federation_show)
 # Benchmarks.
 bench_app.command("routing")(bench.bench_routing)
 bench_app.command("collaborate")(bench.bench_collaborate)
+bench_app.command("trust")(bench.bench_trust)
 
 
 def main() -> None:

@@ -30,7 +30,8 @@ trust_app = typer.Typer(
 )
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
 bench_app = typer.Typer(
-    help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
+    help="Evaluate routers, collaboration protocols and the trust layer on benchmark data.",
+    no_args_is_help=True,
 )
 
 app.add_typer(node_app, name="node")

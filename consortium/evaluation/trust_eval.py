@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import random
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -362,7 +363,7 @@ def simulate(
 def _quantile(values: Sequence[float], q: float) -> float | None:
     """The q-quantile (nearest rank); None when it falls on a run that never quarantined."""
     ranked = sorted(values)
-    value = ranked[min(len(ranked) - 1, max(0, round(q * len(ranked) + 0.5) - 1))]
+    value = ranked[min(len(ranked) - 1, max(0, math.ceil(q * len(ranked)) - 1))]
     return None if value == float("inf") else value
 
 

@@ -30,7 +30,8 @@ trust_app = typer.Typer(
 )
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
 bench_app = typer.Typer(
-    help="Evaluate routers and collaboration protocols on benchmark data.", no_args_is_help=True
+    help="Evaluate routers, collaboration protocols and the trust layer on benchmark data.",
+    no_args_is_help=True,
 )
 
 app.add_typer(node_app, name="node")
@@ -90,6 +91,7 @@ federation_app.command("show")(federation.federation_show)
 # Benchmarks.
 bench_app.command("routing")(bench.bench_routing)
 bench_app.command("collaborate")(bench.bench_collaborate)
+bench_app.command("trust")(bench.bench_trust)
 
 
 def main() -> None:

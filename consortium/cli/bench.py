@@ -1,5 +1,6 @@
-"""`consortium bench routing | collaborate | federated`: routers, collaboration protocols
-and the federated routing policy evaluated on benchmark data. Wiring only; the pieces live
+"""`consortium bench routing | collaborate | federated | trust`: routers, collaboration
+protocols, the federated routing policy and the trust layer (simulated) evaluated on
+benchmark data. Wiring only; the pieces live
 in consortium/evaluation (the federated runs' options are generated from
 consortium/learning/settings.py: cli/options.py)."""
 
@@ -170,3 +171,55 @@ def bench_federated(
     result["_setup"]["plot"] = str(png)
     result.pop("_curves")
     print_bench(result, as_json, ["classifier_auc", "apgr", "cpt50", "seconds_per_round", "engine"])
+
+
+def bench_trust(
+    tasks: Annotated[int, typer.Option(min=50, help="Tasks per run.")] = 5000,
+    seeds: Annotated[int, typer.Option(min=1, help="Runs (seeds) per behaviour.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    canary_rate: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Override the canary rate (default: [trust]'s)."),
+    ] = None,
+    weight_protocol: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Override the protocol evidence weight (default: [trust]'s)."),
+    ] = None,
+) -> None:
+    """Simulated federations with one Byzantine member (random, always wrong, half wrong,
+    model substitution, turncoat, selective) replayed over cached ARC outputs: tasks to
+    quarantine, false quarantines, vote accuracy with and without the trust layer, and
+    the canaries' token overhead, against the issue's targets."""
+    import dataclasses
+    import json
+
+    from consortium.cli.common import out, write_through
+    from consortium.evaluation.trust_eval import cached_replay, evaluate_trust
+    from consortium.trust.canary_schedule import CanarySettings
+    from consortium.trust.reputation_engine import ReputationSettings
+
+    settings = ReputationSettings()
+    if weight_protocol is not None:
+        settings = dataclasses.replace(settings, weight_protocol=weight_protocol)
+    canary = CanarySettings() if canary_rate is None else CanarySettings(rate=canary_rate)
+
+    def go() -> dict[str, Any]:
+        data = cached_replay()
+        return evaluate_trust(data, tasks=tasks, seeds=seeds, settings=settings, canary=canary)
+
+    result = run(go)
+    if as_json:
+        write_through(json.dumps(result, separators=(",", ":")) + "\n")
+        return
+    rows = {k: v for k, v in result.items() if not k.startswith("_")}
+    columns = [
+        "quarantined_share",
+        "tasks_to_quarantine_median",
+        "tasks_to_quarantine_p95",
+        "vote_accuracy_with_trust",
+        "vote_accuracy_without_trust",
+        "vote_accuracy_all_honest",
+    ]
+    print_bench({**rows, "_setup": {"tasks": tasks, "seeds": seeds}}, False, columns)
+    out.print(result["_summary"])
+    out.print(result["_targets"])

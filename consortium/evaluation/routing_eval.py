@@ -33,12 +33,12 @@ from consortium.evaluation.metrics import (
 )
 from consortium.evaluation.outputs import ItemOutput
 from consortium.learning.policy import (
-    Label,
     LogisticPolicy,
     PolicyArtifact,
     fit_logistic,
     write_policy,
 )
+from consortium.learning.settings import Label
 from consortium.protocols.multiple_choice import Normalisation, argmax
 from consortium.protocols.routing import SIGNALS, Draft, HeuristicRouter, RoutingInput
 from consortium.protocols.routing_features import feature_names, features

@@ -24,10 +24,10 @@ from jwcrypto import jwk
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from consortium.errors import ConfigError
+from consortium.learning.settings import Label
 from consortium.trust.documents import DocumentError, sign_document, verify_document
 
 FORMAT: Literal["consortium-routing-policy/1"] = "consortium-routing-policy/1"
-Label = Literal["local_correct", "escalation_helps"]
 
 
 class PolicyError(ConfigError):

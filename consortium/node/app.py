@@ -159,6 +159,8 @@ def _owned_assessor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Assessor, 
     def others(r: Roster) -> list[str]:
         return [m.org_id for m in r.members if m.org_id != me]
 
+    if not cfg.trust.enabled:  # no reputations: no metrics to export either
+        return NoOpAssessor(), _nothing
     path = cfg.data_dir / "metrics.jsonl" if cfg.telemetry.exporter == "file" else None
     meters = make_meter_provider(me, roster.federation_id, path)
     assessor = build_assessor(cfg, members=others(roster), meter_provider=meters)

@@ -12,10 +12,13 @@ behaviour applied to the cached option scores of the model it runs on that item:
 - turncoat: honest for its first `TURN_AT` tasks, then half_wrong;
 - selective: a wrong option only on one topic (`on_topic`: life-science questions).
 
-A colluding minority sending false reports is not simulated: members' trust reports are
-not built. Cross-checks are not built either, so the evidence is what the node has: a
-canary outcome (kind "canary", judged by `node.canaries.judge_scores`) and protocol
-evidence per call (`ReputationAssessor.assess`: a verified reply is good, a timeout bad).
+A colluding minority sending false reports is not simulated here. The evidence is what a
+node gathers: canary outcomes (kind "canary", judged by `node.canaries.judge_scores`),
+protocol evidence per call (`ReputationAssessor.assess`: a verified reply is good, a
+timeout bad) and the vote's own cross-checks (trust/cross_checks.py: p1 and p3 declare
+the same model, so their answers are compared; a disagreement raises the scheduler's
+alarm, and the next call to each carries a canary). The vote's cross-checks cost no
+tokens: the answers are there anyway.
 
 The federation: this node (the origin) and three peers, `p1` (gemma3-270m), `p2`
 (smollm2-135m) and `p3` (gemma3-270m, the one whose behaviour varies), in a three-member
@@ -55,11 +58,12 @@ from google.protobuf import struct_pb2
 from consortium.evaluation.canaries import cached_choices, calibrate, canaries_from_arc
 from consortium.evaluation.datasets import Item, load_arc, split_path
 from consortium.evaluation.outputs import ItemOutput, load_outputs, outputs_path
-from consortium.node.canaries import judge_scores
+from consortium.node.canaries import choice_from_scores, judge_scores
 from consortium.protocols.collaboration import Scored, reputation_weights, vote
 from consortium.protocols.multiple_choice import OptionScores, Question
 from consortium.trust.canaries import CanaryPool, MultipleChoiceCanary
 from consortium.trust.canary_schedule import CanaryScheduler, CanarySettings
+from consortium.trust.cross_checks import Answer, cross_check
 from consortium.trust.reputation import Verdict
 from consortium.trust.reputation_engine import ReputationAssessor, ReputationSettings
 from consortium.trust.reputation_store import ReputationStore
@@ -304,6 +308,13 @@ async def _task(fed: _Federation, item: Item, result: RunResult) -> None:
     every = [_Member(p, s, tokens[p]) for p, s in up.items()]
     trusted = [m for m in every if allowed[m.name].allowed]
     scores = {p: allowed[p].score for p in PEERS}
+    # The vote's answers are cross-checks of each other (same declared model only).
+    compared = [Answer(m.name, PEERS[m.name], choice_from_scores(m.scores)) for m in trusted]
+    for judged in cross_check(compared, scores):
+        for evidence in judged.evidence:
+            fed.assessor.record(evidence)
+        if judged.verdict == "disagreed" and judged.reference == "peers":
+            fed.scheduler.alarm(judged.peer)
     weights = reputation_weights([m.name for m in trusted], None, scores)
     result.correct["trust"] += await _correct(trusted, item, weights)
     result.correct["none"] += await _correct(every, item, None)
@@ -444,7 +455,8 @@ def evaluate_trust(
                 sum(r.canaries for r in every) / max(sum(r.tasks for r in every) * len(PEERS), 1),
                 4,
             ),
-            "cross_check_overhead": None,  # cross-checks are not built
+            # The vote's answers cross-check each other: no call is added for them.
+            "cross_check_token_overhead": 0.0,
         },
         "_setup": {
             "tasks": tasks,
@@ -460,9 +472,9 @@ def evaluate_trust(
             "reputation": dataclasses.asdict(settings or ReputationSettings()),
             "canary": dataclasses.asdict(canary or CanarySettings()),
             "not_simulated": [
-                "colluding members' false reports (trust reports are not built)",
-                "cross-checks (not built)",
-                "real node processes (the live run is not built)",
+                "colluding members' false reports",
+                "sampled escalation cross-checks (a vote needs none)",
+                "real node processes (the live run)",
             ],
         },
     }

@@ -278,6 +278,7 @@ async def build_routing(
         embed=encoder.embed if encoder is not None else None,
         records=records,
         assessor=federation.assessor if federation else None,
+        cross_check_rate=cfg.trust.cross_check_rate if cfg.trust.enabled else 0.0,
     )
     return Routing(orchestrator, policy, records)
 

@@ -203,8 +203,8 @@ class TrustSection(_Section):
     # otherwise). Evidence decays toward it, not toward nothing.
     prior_good: Annotated[float, Field(gt=0, le=1000)] = _TRUST.prior_good
     prior_bad: Annotated[float, Field(gt=0, le=1000)] = _TRUST.prior_bad
-    # Each piece of evidence multiplies older evidence by this: 0.98 remembers ~50 pieces,
-    # so a long honest record does not shield a peer that turns bad.
+    # Each answer's worth of evidence multiplies older evidence by this: 0.97 remembers
+    # ~33 answers' worth, so a long honest record does not shield a peer that turns bad.
     forgetting: Annotated[float, Field(gt=0, lt=1)] = _TRUST.forgetting
     # States use the (1 - credible_level) quantile of the posterior.
     credible_level: Annotated[float, Field(ge=0.5, lt=1)] = _TRUST.credible_level
@@ -226,6 +226,14 @@ class TrustSection(_Section):
     # to verify (timeout, unreachable).
     refusal_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.refusal_factor
     failure_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.failure_factor
+    # How often an honest peer passes a canary calibrated for its declared model, and
+    # agrees with a same-model reference (cross-check): a failure weighs
+    # e(1-m)/((1-e)m) times a pass (m: the prior mean).
+    canary_pass_rate: Annotated[float, Field(ge=0.5, le=0.999)] = _TRUST.canary_pass_rate
+    agreement_rate: Annotated[float, Field(ge=0.5, le=0.999)] = _TRUST.agreement_rate
+    # The share of escalations also asked of a second member serving the same declared
+    # model, at the same time, to cross-check the answer (its tokens are spent too).
+    cross_check_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
 
     @model_validator(mode="after")
     def _consistent(self) -> TrustSection:
@@ -242,7 +250,8 @@ class TrustSection(_Section):
         return self
 
     def settings(self) -> ReputationSettings:
-        return ReputationSettings(**self.model_dump(exclude={"enabled"}))
+        fields = set(ReputationSettings.__dataclass_fields__)
+        return ReputationSettings(**self.model_dump(include=fields))
 
 
 class NodeConfig(_Section):

@@ -15,12 +15,23 @@ target (the router answers locally and says why), and a group runs without its
 quarantined members, each remaining member's vote weighted by its reputation. A group left
 with fewer than `min_members` (or without its mixture aggregator) answers with the local
 model or refuses the task, as its `on_short` says.
+
+Answers are cross-checked where they should agree (trust/cross_checks.py): a group's
+first-round answers against each other, an escalated answer against the local draft when
+the local model is the model the peer says answered, and a sampled share
+(`[trust] cross_check_rate`) of the other escalations against a second member serving
+the same declared model, asked at the same time. The verdicts go into the answer's
+provenance and the evidence to the assessor; a disagreement between two peers raises
+the alarm (`alarm`: the next call to each carries a canary), since only a known answer
+can tell which of the two is wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -83,6 +94,7 @@ from consortium.protocols.routing import (
     top_entropy,
 )
 from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
+from consortium.trust.cross_checks import Answer, CrossCheck, cross_check
 from consortium.trust.reputation import Assessor, NoOpAssessor
 
 log = logging.getLogger(__name__)
@@ -115,13 +127,19 @@ class PeerLedger:
         self.chosen = dict(chosen or {})
         self.reputation: dict[str, float] = {}
         self.verdicts: dict[str, PeerVerdict] = {}
+        self.models: dict[str, str] = {}  # the model each peer's first reply says answered
 
     def heard(self, scores: PeerScores) -> None:
         org = scores.org
         self.reputation.setdefault(org, round(self.chosen.get(org, scores.reputation), 4))
+        self.models.setdefault(org, scores.model)
         before = self.verdicts.get(org)
         claim = (before.claim if before is not None else None) or scores.claim or None
         self.verdicts[org] = PeerVerdict(claim=claim)
+
+    def cross_checked(self, org: str, verdict: CrossCheck) -> None:
+        before = self.verdicts.get(org, PeerVerdict())
+        self.verdicts[org] = before.model_copy(update={"cross_check": verdict})
 
     def provenance(self) -> dict[str, Any]:
         """The provenance fields: none when no peer contributed."""
@@ -184,8 +202,14 @@ class Orchestrator:
         embed: Callable[[str], Awaitable[list[float]]] | None = None,
         records: RoutingRecords | None = None,
         assessor: Assessor | None = None,
+        cross_check_rate: float = 0.0,
+        alarm: Callable[[str], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.org_id = org_id
+        self._cross_check_rate = cross_check_rate
+        self._alarm = alarm
+        self._rng = rng or random.Random()
         # The node's one assessor (by default the exchange's): standings and reputations.
         if assessor is None:
             assessor = peers.assessor if peers is not None else NoOpAssessor()
@@ -375,7 +399,9 @@ class Orchestrator:
                 return routed
             provenance = routed.provenance.model_copy(update={"members": members | local_row})
             return Routed(routed.choice, routed.probabilities, provenance)
-        return await self._escalate(question, decision, router.name, local_row, started)
+        return await self._escalate(
+            question, decision, router.name, local_row, started, argmax(probs)
+        )
 
     async def _escalate(
         self,
@@ -384,18 +410,32 @@ class Orchestrator:
         router: str,
         local_row: dict[str, MemberUsage],
         started: float,
+        draft_choice: int,
     ) -> Routed:
-        """The peer the router chose answers (after the local draft in `local_row`)."""
+        """The peer the router chose answers (after the local draft in `local_row`); a
+        sampled share of escalations also asks a second member serving the same model,
+        concurrently, for a cross-check."""
         ledger = PeerLedger()
-        peer = PeerMember(
-            decision.target, self._require_peers(), self._price(decision.target), ledger
-        )
-        scored = await peer.score(question, "")
+        target = decision.target
+        peer = PeerMember(target, self._require_peers(), self._price(target), ledger)
+        second = self._second_opinion(target)
+        if second is None:
+            scored, checked = await peer.score(question, ""), None
+        else:
+            helper = PeerMember(second, self._require_peers(), self._price(second), ledger)
+            scored, checked = await _with_second(peer.score(question, ""), helper, question)
         peer_probs = tuple(scored.scores.probabilities(DRAFT_NORMALISATION))
         members = {
             **local_row,
-            decision.target: MemberUsage(tokens=scored.tokens, cost=scored.cost, calls=1),
+            target: MemberUsage(tokens=scored.tokens, cost=scored.cost, calls=1),
         }
+        answers = [Answer(target, ledger.models.get(target, ""), argmax(peer_probs))]
+        answers.append(Answer(self.org_id, self._worker.info.name, draft_choice, own=True))
+        if second is not None and checked is not None:
+            members[second] = MemberUsage(tokens=checked.tokens, cost=checked.cost, calls=1)
+            choice = argmax(checked.scores.probabilities(DRAFT_NORMALISATION))
+            answers.append(Answer(second, ledger.models.get(second, ""), choice))
+        self._cross_check(answers, ledger)
         provenance = self._provenance(
             f"{self.org_id}->{decision.target}",
             router,
@@ -407,6 +447,29 @@ class Orchestrator:
         return Routed(
             argmax(peer_probs), peer_probs, provenance.model_copy(update=ledger.provenance())
         )
+
+    def _second_opinion(self, target: str) -> str | None:
+        """For a sampled share of escalations, another allowed member that declares a
+        model `target` declares (the first such in roster order); None otherwise."""
+        if self._cross_check_rate <= 0 or self._rng.random() >= self._cross_check_rate:
+            return None
+        peers = {p.org: p for p in self.peers()}
+        declared = set(peers[target].models) if target in peers else set()
+        for org, p in peers.items():
+            if org != target and declared & set(p.models):
+                return org
+        return None
+
+    def _cross_check(self, answers: Sequence[Answer], ledger: PeerLedger) -> None:
+        """Judges the answers that should agree; the verdicts go to the provenance, the
+        evidence to the assessor, and a disagreement between peers raises the alarm."""
+        scores = {a.member: self._assessor.standing(a.member).score for a in answers if not a.own}
+        for judged in cross_check(answers, scores):
+            ledger.cross_checked(judged.peer, judged.verdict)
+            for evidence in judged.evidence:
+                self._assessor.record(evidence)
+            if judged.verdict == "disagreed" and judged.reference == "peers" and self._alarm:
+                self._alarm(judged.peer)
 
     async def _learned_inputs(
         self, question: Question, probs: tuple[float, ...]
@@ -499,6 +562,19 @@ class Orchestrator:
         if not members.short:
             ledger = PeerLedger(members.reputation)
             outcome = await self._run_group(name, question, options, members, ledger)
+            self._cross_check(
+                [
+                    Answer(
+                        c.member,
+                        self._model_of(c.member, ledger),
+                        c.choice,
+                        c.member == self.org_id,
+                    )
+                    for c in outcome.contributions
+                    if c.round == 0
+                ],
+                ledger,
+            )
             routed = self._from_outcome(outcome, f"group:{name}", decision, started)
             provenance = routed.provenance.model_copy(update=ledger.provenance())
             return Routed(routed.choice, routed.probabilities, provenance)
@@ -558,6 +634,11 @@ class Orchestrator:
         except BudgetError as e:
             raise RequestRejected(f"group {name}: {e}") from None
 
+    def _model_of(self, member: str, ledger: PeerLedger) -> str:
+        if member == self.org_id:
+            return self._worker.info.name
+        return ledger.models.get(member, "")
+
     def _from_outcome(
         self, outcome: Outcome, route: str, decision: Decision | None, started: float
     ) -> Routed:
@@ -614,6 +695,23 @@ class Orchestrator:
             return routed
         provenance = routed.provenance.model_copy(update={"budget": limits})
         return Routed(routed.choice, routed.probabilities, provenance)
+
+
+async def _with_second(
+    main: Awaitable[Scored], second: PeerMember, question: Question
+) -> tuple[Scored, Scored | None]:
+    """The main call's answer and, asked at the same time, the second member's (None when
+    it failed: a cross-check never fails the task; the exchange assessed the failure)."""
+    results = await asyncio.gather(main, second.score(question, ""), return_exceptions=True)
+    first, other = results
+    if isinstance(first, BaseException):
+        raise first
+    if isinstance(other, BaseException):
+        if not isinstance(other, Exception):
+            raise other
+        log.info("cross-check by %s failed: %s", safe(second.name), type(other).__name__)
+        return first, None
+    return first, other
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Pure and deterministic given its random generator and the times it is told (`now`, in
 seconds on any monotonic clock): the node asks it before each outgoing call whether to
-send a canary instead (`instead_of_call`, with probability `rate`), and periodically
+send a canary instead (`instead_of_call`, with probability `rate`, or surely after an
+`alarm`: a cross-check found the peer disagreeing with a same-model peer and only a
+canary can tell which of the two is wrong), and periodically
 which peers have not been contacted for `background_interval_s` (`due_for_background`),
 then draws a background canary for each (`draw`). Every draw respects:
 
@@ -63,14 +65,24 @@ class CanaryScheduler:
         self._last_contact: dict[str, float] = {}
         self._sent: dict[tuple[str, str], float] = {}  # (peer, canary id) -> when
         self._spent: deque[tuple[float, int]] = deque()
+        self._alarmed: set[str] = set()
 
     def instead_of_call(self, peer: str, model: str, now: float) -> Canary | None:
         """Called before each outgoing call to `peer` (declaring `model`): the canary to
         send in its place, or None to send the call."""
         self._last_contact[peer] = now
+        if peer in self._alarmed:
+            canary = self.draw(peer, model, now)
+            if canary is not None:
+                self._alarmed.discard(peer)
+            return canary
         if self._rng.random() >= self._settings.rate:
             return None
         return self.draw(peer, model, now)
+
+    def alarm(self, peer: str) -> None:
+        """The next call to `peer` carries a canary (as the budget and pool allow)."""
+        self._alarmed.add(peer)
 
     def due_for_background(self, peers: Iterable[str], now: float) -> list[str]:
         """The peers not contacted (call or canary) for `background_interval_s`; a peer

@@ -91,6 +91,10 @@ class Assessor(Protocol):
         """Learns from one call to `verdict.peer`."""
         ...
 
+    def record(self, evidence: Evidence) -> Standing:
+        """Learns from one piece of evidence (a canary, a cross-check, a report)."""
+        ...
+
 
 class NoOpAssessor:
     """Believes every peer fully and learns nothing."""

@@ -1,26 +1,39 @@
 """Beta reputations with forgetting, and the peer states routing reads.
 
-Each peer, and each (peer, model), has a Beta(alpha, beta) posterior over "its next
-answer is good". A piece of evidence of kind k moves it:
+Each peer, and each (peer, model), has two Beta(alpha, beta) posteriors: one over "its
+next answer is right" fed by answer evidence (canaries, cross-checks, members' reports),
+one over "its next call goes through the protocol cleanly" fed by protocol evidence (a
+verified reply is good; a refused reply, a timeout, a claim the roster does not allow are
+bad). They are kept apart because a signature says who answered, not how well: counted
+in one posterior, hundreds of verified replies would drown the few canaries that show a
+peer answering wrong.
 
-    alpha <- f * alpha + (1 - f) * prior_good + w_k * good
-    beta  <- f * beta  + (1 - f) * prior_bad  + w_k * bad
+A piece of evidence of kind k weighs u = w_k (times its own weight); a bad outcome of a
+check an honest peer passes with probability e weighs u * rho(e), with
+rho(e) = e (1 - m) / ((1 - e) m) and m the prior mean, so that a peer failing exactly as
+often as an honest one is expected to keeps the prior's mean and a peer failing more
+often falls fast (e: `canary_pass_rate` for canaries, `agreement_rate` for cross-checks;
+protocol evidence and reports are not rescaled). Then, with g = f**u:
 
-with the forgetting factor f < 1, so old evidence fades toward the prior (not toward
-nothing) and a peer that turns bad after a long honest record is caught within a bounded
-number of calls. The score is the posterior mean; the state is decided on the lower
-credible bound (the (1 - credible_level) quantile), so a peer with little evidence is not
-judged on a lucky or unlucky mean:
+    alpha <- g * alpha + (1 - g) * prior_good + u * good
+    beta  <- g * beta  + (1 - g) * prior_bad  + u * bad
+
+so old evidence fades toward the prior (not toward nothing) by f per answer's worth of
+new evidence (about 1 / (1 - f) answers' worth is remembered) and a peer that turns bad
+after a long honest record is caught within a bounded number of calls. The score is the
+lower of the two posterior means; the state is decided on the lower of the two lower
+credible bounds (the (1 - credible_level) quantiles), so a peer with little evidence is
+not judged on a lucky or unlucky mean:
 
     healthy --bound < probation_bound--> probation
     healthy | probation --bound < quarantine_bound, >= min_evidence pieces--> quarantined
-    quarantined --quarantine time over--> probation (posterior back to the prior)
+    quarantined --quarantine time over--> probation (posteriors back to the prior)
     probation --bound >= probation_bound--> healthy
 
 The n-th quarantine of a peer lasts quarantine_s * quarantine_growth**(n-1), at most
 max_quarantine_s. A quarantine that would leave more than max_quarantined_fraction of the
 federation quarantined is not imposed: the peer stays on probation and it is logged.
-Per-model records keep their own posterior and counts; states are the peer's.
+Per-model records keep their own posteriors and counts; states are the peer's.
 """
 
 from __future__ import annotations
@@ -58,7 +71,7 @@ class ReputationSettings:
 
     prior_good: float = 9.0
     prior_bad: float = 1.0
-    forgetting: float = 0.98
+    forgetting: float = 0.97
     credible_level: float = 0.9
     probation_bound: float = 0.7
     quarantine_bound: float = 0.55
@@ -75,6 +88,11 @@ class ReputationSettings:
     # and for a call that gave nothing to verify (timeout, unreachable).
     refusal_factor: float = 3.0
     failure_factor: float = 0.5
+    # How often an honest peer passes a canary calibrated for its declared model, and
+    # agrees with a reference answer of the same declared model (a cross-check): what a
+    # failure is weighed against.
+    canary_pass_rate: float = 0.95
+    agreement_rate: float = 0.95
 
     def weight(self, kind: EvidenceKind) -> float:
         return {
@@ -83,6 +101,19 @@ class ReputationSettings:
             "protocol": self.weight_protocol,
             "report": self.weight_report,
         }[kind]
+
+    @property
+    def prior_mean(self) -> float:
+        return self.prior_good / (self.prior_good + self.prior_bad)
+
+    def bad_factor(self, kind: EvidenceKind) -> float:
+        """rho(e): what a failed check weighs against a passed one, so that failing as
+        often as an honest peer is expected to keeps the prior's mean."""
+        e = {"canary": self.canary_pass_rate, "cross_check": self.agreement_rate}.get(kind)
+        if e is None:
+            return 1.0
+        m = self.prior_mean
+        return e * (1 - m) / ((1 - e) * m)
 
     def quarantine_duration(self, offence: int) -> float:
         """How long the `offence`-th quarantine (1, 2, ...) lasts."""
@@ -117,6 +148,11 @@ class Reputation:
     changed_at: float
     reason: str
     counts: dict[tuple[EvidenceKind, bool], int]
+    # The protocol posterior, and the two bounds `bound` is the lower of.
+    protocol_alpha: float = 0.0
+    protocol_beta: float = 0.0
+    answers_bound: float = 0.0
+    protocol_bound: float = 0.0
 
 
 class _Metrics:
@@ -247,7 +283,10 @@ class ReputationAssessor:
     def record(self, evidence: Evidence) -> Standing:
         """Learns from one piece of evidence; returns the peer's standing after it."""
         now = self._clock()
-        w = self.settings.weight(evidence.kind) * max(evidence.weight, 0.0)
+        s = self.settings
+        w = s.weight(evidence.kind) * max(evidence.weight, 0.0)
+        if not evidence.good:
+            w *= s.bad_factor(evidence.kind)
         with self._lock:
             self._refresh()
             rec = self._peer(evidence.peer)
@@ -310,15 +349,42 @@ class ReputationAssessor:
 
     def _update(self, rec: Record, evidence: Evidence, w: float) -> None:
         s = self.settings
-        f = s.forgetting
-        rec.alpha = f * rec.alpha + (1 - f) * s.prior_good + (w if evidence.good else 0.0)
-        rec.beta = f * rec.beta + (1 - f) * s.prior_bad + (0.0 if evidence.good else w)
+        g = s.forgetting**w
+        good, bad = (w, 0.0) if evidence.good else (0.0, w)
+        if evidence.kind == "protocol":
+            alpha, beta = self._protocol(rec)
+            rec.p_alpha = g * alpha + (1 - g) * s.prior_good + good
+            rec.p_beta = g * beta + (1 - g) * s.prior_bad + bad
+        else:
+            rec.alpha = g * rec.alpha + (1 - g) * s.prior_good + good
+            rec.beta = g * rec.beta + (1 - g) * s.prior_bad + bad
         rec.evidence += 1
         key = (evidence.kind, evidence.good)
         rec.counts[key] = rec.counts.get(key, 0) + 1
 
+    def _protocol(self, rec: Record) -> tuple[float, float]:
+        """The protocol posterior (the prior for a row written before it was kept)."""
+        s = self.settings
+        alpha = s.prior_good if rec.p_alpha is None else rec.p_alpha
+        beta = s.prior_bad if rec.p_beta is None else rec.p_beta
+        return alpha, beta
+
+    def _bounds(self, rec: Record) -> tuple[float, float]:
+        """The answers bound and the protocol bound."""
+        level = self.settings.credible_level
+        return lower_bound(rec.alpha, rec.beta, level), lower_bound(*self._protocol(rec), level)
+
     def _bound(self, rec: Record) -> float:
-        return lower_bound(rec.alpha, rec.beta, self.settings.credible_level)
+        return min(self._bounds(rec))
+
+    def _score(self, rec: Record) -> float:
+        p_alpha, p_beta = self._protocol(rec)
+        return min(rec.alpha / (rec.alpha + rec.beta), p_alpha / (p_alpha + p_beta))
+
+    def _weakest(self, rec: Record) -> str:
+        """Which posterior the state is decided on: "answers" or "protocol"."""
+        answers, protocol = self._bounds(rec)
+        return "answers" if answers <= protocol else "protocol"
 
     def _release(self, rec: Record) -> bool:
         """Ends a quarantine whose time is over: probation, posterior back to the prior
@@ -327,6 +393,7 @@ class ReputationAssessor:
         if rec.state != "quarantined" or now < rec.quarantined_until:
             return False
         rec.alpha, rec.beta = self.settings.prior_good, self.settings.prior_bad
+        rec.p_alpha, rec.p_beta = rec.alpha, rec.beta
         rec.evidence = 0
         self._change(rec, "probation", now, f"quarantine_ended offences={rec.offences}")
         return True
@@ -334,7 +401,7 @@ class ReputationAssessor:
     def _decide(self, rec: Record, now: float, evidence: Evidence) -> None:
         s = self.settings
         bound = self._bound(rec)
-        last = f"last={evidence.kind}:{safe(evidence.reason, 64)}"
+        last = f"on={self._weakest(rec)} last={evidence.kind}:{safe(evidence.reason, 64)}"
         if rec.state == "quarantined":
             return
         if bound < s.quarantine_bound and rec.evidence >= s.min_evidence:
@@ -401,18 +468,20 @@ class ReputationAssessor:
         )
 
     def _standing(self, rec: Record) -> Standing:
-        score = rec.alpha / (rec.alpha + rec.beta)
+        score = self._score(rec)
         bound = self._bound(rec)
         self._metrics.publish(rec, score, bound)
         return Standing(rec.peer, rec.state, score, bound)
 
     def _view(self, rec: Record) -> Reputation:
+        answers, protocol = self._bounds(rec)
+        p_alpha, p_beta = self._protocol(rec)
         return Reputation(
             rec.peer,
             rec.model,
             rec.state,
-            rec.alpha / (rec.alpha + rec.beta),
-            self._bound(rec),
+            self._score(rec),
+            min(answers, protocol),
             rec.alpha,
             rec.beta,
             rec.offences,
@@ -421,4 +490,8 @@ class ReputationAssessor:
             rec.changed_at,
             rec.reason,
             dict(rec.counts),
+            p_alpha,
+            p_beta,
+            answers,
+            protocol,
         )

@@ -1,10 +1,11 @@
 """Where reputations survive restarts: `DATA_DIR/trust.sqlite3` (WAL, mode 0600).
 
-One row per peer (model "") and per (peer, model): the Beta posterior, the state, the
-offences, when the quarantine ends, the last change and why; the evidence counts by
-kind and outcome in a second table. Every write is one transaction. A second process
-(`consortium trust show | reset`) may open the same file while the node runs; the node
-sees its commits through `PRAGMA data_version` (`changed()`), as api_keys.py does.
+One row per peer (model "") and per (peer, model): the two Beta posteriors (answers:
+alpha, beta; protocol: p_alpha, p_beta), the state, the offences, when the quarantine
+ends, the last change and why; the evidence counts by kind and outcome in a second table.
+Every write is one transaction. A second process (`consortium trust show | reset`) may
+open the same file while the node runs; the node sees its commits through
+`PRAGMA data_version` (`changed()`), as api_keys.py does.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ CREATE TABLE IF NOT EXISTS reputation (
     evidence          INTEGER NOT NULL,
     changed_at        REAL NOT NULL,
     reason            TEXT NOT NULL,
+    p_alpha           REAL,
+    p_beta            REAL,
     PRIMARY KEY (peer, model)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS evidence_counts (
@@ -46,8 +49,12 @@ CREATE TABLE IF NOT EXISTS evidence_counts (
 """
 
 _COLUMNS = (
-    "peer, model, alpha, beta, state, offences, quarantined_until, evidence, changed_at, reason"
+    "peer, model, alpha, beta, state, offences, quarantined_until, evidence, changed_at, reason,"
+    " p_alpha, p_beta"
 )
+# Columns added after the table first shipped: a file written before them gets them on
+# opening, NULL (read as the prior) in the rows it has.
+_ADDED = (("p_alpha", "REAL"), ("p_beta", "REAL"))
 
 
 class TrustStoreError(ConfigError):
@@ -56,7 +63,9 @@ class TrustStoreError(ConfigError):
 
 @dataclass
 class Record:
-    """One peer's (model "") or one (peer, model)'s reputation. `evidence` counts the
+    """One peer's (model "") or one (peer, model)'s reputation: the answers posterior
+    (`alpha`, `beta`) and the protocol posterior (`p_alpha`, `p_beta`; None: the prior,
+    for a row written before it existed). `evidence` counts the
     pieces since the last reset or reinstatement (what `min_evidence` is checked
     against); `counts` every piece since the last reset, by (kind, good)."""
 
@@ -71,6 +80,8 @@ class Record:
     changed_at: float = 0.0
     reason: str = ""
     counts: dict[tuple[EvidenceKind, bool], int] = field(default_factory=dict)
+    p_alpha: float | None = None
+    p_beta: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -91,11 +102,18 @@ class ReputationStore:
             self._conn = connect(path)
             path.chmod(PRIVATE_FILE)
             self._conn.executescript(_SCHEMA)
+            self._migrate()
             self._conn.execute(f"SELECT {_COLUMNS} FROM reputation LIMIT 1").fetchall()
         except sqlite3.DatabaseError as e:
             raise TrustStoreError(f"not a usable trust database ({e})", path=str(path)) from None
         self._lock = threading.Lock()
         self._version = self._data_version()
+
+    def _migrate(self) -> None:
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(reputation)")}
+        for name, kind in _ADDED:
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE reputation ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -123,7 +141,18 @@ class ReputationStore:
                 raise TrustStoreError(f"cannot read ({e})", path=str(self.path)) from None
         records = {
             (r[0], r[1]): Record(
-                r[0], r[1], r[2], r[3], cast(PeerState, r[4]), r[5], r[6], r[7], r[8], r[9]
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                cast(PeerState, r[4]),
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                p_alpha=r[10],
+                p_beta=r[11],
             )
             for r in rows
         }
@@ -152,7 +181,7 @@ class ReputationStore:
     def _write(self, records: Iterable[Record]) -> None:
         for r in records:
             self._conn.execute(
-                f"INSERT OR REPLACE INTO reputation ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO reputation ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     r.peer,
                     r.model,
@@ -164,6 +193,8 @@ class ReputationStore:
                     r.evidence,
                     r.changed_at,
                     r.reason,
+                    r.p_alpha,
+                    r.p_beta,
                 ),
             )
             self._conn.executemany(

@@ -33,10 +33,10 @@ from consortium.trust.canary_schedule import CanarySettings
 from consortium.trust.reputation_engine import ReputationSettings
 from tests.evaluation.conftest import Splits
 
-# Settings under which canaries outweigh the protocol evidence (the defaults do not: see
-# the README's "Trust layer" benchmark).
-STRICT = ReputationSettings(weight_protocol=0.0)
-OFTEN = CanarySettings(rate=0.2)
+# Settings under which verified replies outweigh everything else: what the engine had
+# before answer and protocol evidence were kept apart. The shipped defaults are used
+# everywhere else.
+ONE_POSTERIOR_LIKE = ReputationSettings(weight_protocol=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,14 @@ def test_behaviours_answer_as_described(data: Replay) -> None:
 
 def test_an_always_wrong_peer_is_quarantined(data: Replay) -> None:
     for seed in range(2):
-        run = simulate(data, "always_wrong", seed, 300, settings=STRICT, canary=OFTEN)
+        run = simulate(data, "always_wrong", seed, 300)
         assert run.quarantined_after is not None
-        assert run.quarantined_after < 300
+        assert run.quarantined_after < 40
         assert run.honest_quarantines == 0
 
 
 def test_an_honest_peer_is_not_quarantined_in_a_short_run(data: Replay) -> None:
-    for settings, canary in ((None, None), (STRICT, OFTEN)):
+    for settings, canary in ((None, None), (None, CanarySettings(rate=0.2))):
         for seed in range(2):
             run = simulate(data, "honest", seed, 300, settings=settings, canary=canary)
             assert run.quarantined_after is None
@@ -93,8 +93,15 @@ def test_the_vote_with_trust_beats_the_vote_without_against_an_always_wrong_memb
     data: Replay,
 ) -> None:
     for seed in range(2):
-        run = simulate(data, "always_wrong", seed, 300, settings=STRICT, canary=OFTEN)
+        run = simulate(data, "always_wrong", seed, 300)
         assert run.correct["trust"] > run.correct["none"]
+
+
+def test_verified_replies_do_not_shield_a_half_wrong_peer(data: Replay) -> None:
+    """However much protocol evidence weighs, it has its own posterior: the peer's wrong
+    answers still quarantine it."""
+    run = simulate(data, "half_wrong", 0, 300, settings=ONE_POSTERIOR_LIKE)
+    assert run.quarantined_after is not None and run.honest_quarantines == 0
 
 
 def test_runs_are_deterministic_per_seed(data: Replay) -> None:
@@ -120,7 +127,7 @@ def test_the_figures_name_every_target(data: Replay, monkeypatch: pytest.MonkeyP
         "vote_within_1_point_of_all_honest",
         "canary_overhead_at_most_10pct",
     }
-    assert figures["_summary"]["cross_check_overhead"] is None
+    assert figures["_summary"]["cross_check_token_overhead"] == 0.0
     assert (
         evaluate_trust(data, tasks=60, seeds=1, behaviours=["honest"])["honest"][
             "quarantined_share"

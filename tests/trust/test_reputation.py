@@ -56,13 +56,49 @@ def test_each_kind_moves_the_score_by_its_weight(engine: ReputationAssessor) -> 
         peer = f"p{i}"
         engine.record(Evidence(peer, kind, False, "x"))
         rep = engine.model_reputation(peer, "")
-        # The first piece decays the prior into itself: beta gains exactly the weight.
-        assert rep.alpha == pytest.approx(a0)
-        assert rep.beta == pytest.approx(b0 + DEFAULTS.weight(kind))
+        # The first piece decays the prior into itself: beta gains exactly the weight,
+        # a failed check's weight times rho(e); protocol evidence has its own posterior.
+        alpha, beta = (
+            (rep.protocol_alpha, rep.protocol_beta) if kind == "protocol" else (rep.alpha, rep.beta)
+        )
+        assert alpha == pytest.approx(a0)
+        assert beta == pytest.approx(b0 + DEFAULTS.weight(kind) * DEFAULTS.bad_factor(kind))
         scores[kind] = rep.score
     assert scores["canary"] < scores["cross_check"] < scores["protocol"] < scores["report"]
     engine.record(Evidence("p9", "canary", True, "x", weight=0.5))
     assert engine.model_reputation("p9", "").alpha == pytest.approx(a0 + 0.5)
+
+
+def test_a_failed_check_weighs_what_keeps_an_honest_failure_rate_at_the_prior_mean() -> None:
+    # rho(e) = e (1 - m) / ((1 - e) m): at the honest rate e the expected good and bad
+    # weights stand as the prior's m : 1 - m.
+    for e in (0.6, 0.9, 0.95, 0.99):
+        s = replace(DEFAULTS, canary_pass_rate=e, agreement_rate=e)
+        for kind in ("canary", "cross_check"):
+            good, bad = e, (1 - e) * s.bad_factor(kind)
+            assert good / (good + bad) == pytest.approx(s.prior_mean)
+    assert DEFAULTS.bad_factor("protocol") == DEFAULTS.bad_factor("report") == 1.0
+
+
+def test_verified_replies_do_not_drown_failed_canaries(engine: ReputationAssessor) -> None:
+    """A peer whose every call verifies but that fails half its canaries is quarantined:
+    signatures say who answered, not how well."""
+    request, reply = a2a_pb2.Message(message_id="m"), a2a_pb2.Message(message_id="r")
+    for call in range(400):
+        engine.assess(Verdict("b", request, reply))
+        if call % 10 == 0:
+            engine.record(Evidence("b", "canary", call % 20 == 0, "canary"))
+        if engine.standing("b").state == "quarantined":
+            break
+    assert engine.standing("b").state == "quarantined"
+    rep = engine.model_reputation("b", "")
+    assert (
+        rep.protocol_bound
+        > DEFAULTS.probation_bound
+        > DEFAULTS.quarantine_bound
+        > rep.answers_bound
+    )
+    assert "on=answers" in rep.reason
 
 
 def _alternating_bound(s: ReputationSettings, honest: int, k: int) -> float:
@@ -77,16 +113,18 @@ def _alternating_bound(s: ReputationSettings, honest: int, k: int) -> float:
     return float(beta_distribution.ppf(1 - s.credible_level, alpha, beta))
 
 
-def test_forgetting_catches_a_turncoat(engine: ReputationAssessor) -> None:
+def test_forgetting_catches_a_turncoat(tmp_path: Path, clock: Clock) -> None:
+    # rho = 1 (an honest pass rate at the prior mean): every canary weighs one answer, as
+    # the closed form below assumes.
+    s = replace(DEFAULTS, canary_pass_rate=DEFAULTS.prior_mean)
+    engine = ReputationAssessor.open(tmp_path / "t.sqlite3", s, clock=clock, members=["b", "c"])
     honest = 200
     for _ in range(honest):
         assert engine.record(Evidence("b", "canary", True, "canary_passed")).state == "healthy"
     # The first even k at which the bound is below quarantine_bound; at the odd call
     # after an even one the bound is lower still, so the engine quarantines by k.
     limit = next(
-        k
-        for k in range(2, 1000, 2)
-        if _alternating_bound(DEFAULTS, honest, k) < DEFAULTS.quarantine_bound
+        k for k in range(2, 1000, 2) if _alternating_bound(s, honest, k) < s.quarantine_bound
     )
     assert limit <= 100  # what forgetting 0.98 buys: caught within 100 calls
     for call in range(1, limit + 1):
@@ -95,12 +133,13 @@ def test_forgetting_catches_a_turncoat(engine: ReputationAssessor) -> None:
             break
     assert standing.state == "quarantined" and not standing.allowed
     assert call <= limit
+    engine.close()
 
 
 def test_without_forgetting_the_same_turncoat_is_not_caught_as_fast(
     tmp_path: Path, clock: Clock
 ) -> None:
-    s = replace(DEFAULTS, forgetting=0.999999)
+    s = replace(DEFAULTS, forgetting=0.999999, canary_pass_rate=DEFAULTS.prior_mean)
     a = ReputationAssessor.open(tmp_path / "t.sqlite3", s, clock=clock, members=["b", "c"])
     for _ in range(200):
         a.record(Evidence("b", "canary", True, "ok"))
@@ -246,8 +285,9 @@ def test_verdicts_weigh_refusals_more_than_timeouts(engine: ReputationAssessor) 
     engine.assess(Verdict("c", request, None, failure="unreachable"))
     refused, failed = engine.model_reputation("b", ""), engine.model_reputation("c", "")
     w = DEFAULTS.weight_protocol
-    assert refused.beta == pytest.approx(DEFAULTS.prior_bad + w * DEFAULTS.refusal_factor)
-    assert failed.beta == pytest.approx(DEFAULTS.prior_bad + w * DEFAULTS.failure_factor)
+    assert refused.protocol_beta == pytest.approx(DEFAULTS.prior_bad + w * DEFAULTS.refusal_factor)
+    assert failed.protocol_beta == pytest.approx(DEFAULTS.prior_bad + w * DEFAULTS.failure_factor)
+    assert refused.beta == failed.beta == DEFAULTS.prior_bad  # answers: nothing learned
     reply = a2a_pb2.Message(message_id="r")
     reply.metadata.update({"consortium": {"model": "smollm2-135m"}})
     engine.assess(Verdict("b", request, reply))

@@ -101,7 +101,12 @@ def _evidence(rep: Reputation) -> dict[str, dict[str, int]]:
 def _peers_json(records: list[Reputation]) -> list[dict[str, Any]]:
     peers: dict[str, dict[str, Any]] = {}
     for rep in records:  # sorted: each peer's row ("") before its models
-        scores = {"score": round(rep.score, 6), "bound": round(rep.bound, 6)}
+        scores = {
+            "score": round(rep.score, 6),
+            "bound": round(rep.bound, 6),
+            "answers_bound": round(rep.answers_bound, 6),
+            "protocol_bound": round(rep.protocol_bound, 6),
+        }
         if not rep.model:
             peers[rep.peer] = {
                 "peer": rep.peer,

@@ -258,8 +258,10 @@ def test_node_refuses_to_start_on_a_canary_pool_that_does_not_parse(
     config = org_dir / "node.toml"
     pool = org_dir / "canaries.jsonl"
     pool.write_text(
-        '{"id": "c1", "prompt": "Capital of Japan?", "check": {"type": "contains", "value": "Tokyo"}}\n'
-        '{"id": "c2", "prompt": "Capital of France?", "check": {"type": "regex", "value": "(a+)+"}}\n'
+        '{"id": "c1", "prompt": "Capital of Japan?",'
+        ' "check": {"type": "contains", "value": "Tokyo"}}\n'
+        '{"id": "c2", "prompt": "Capital of France?",'
+        ' "check": {"type": "regex", "value": "(a+)+"}}\n'
     )
     config.write_text(
         config.read_text()

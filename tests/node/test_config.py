@@ -177,7 +177,10 @@ def test_group_minimums_are_validated(tmp_path: Path) -> None:
 
 
 FED = "[node]\norg_id = 'a'\n[federation]\nroster = 'f.toml'\nadmin_key = 'admin.jwk'\n"
-MC_ROW = '{"id": "c1", "question": "Which is a mammal?", "choices": ["shark", "whale"], "answer": 1, "models": ["m"]}'
+MC_ROW = (
+    '{"id": "c1", "question": "Which is a mammal?", "choices": ["shark", "whale"],'
+    ' "answer": 1, "models": ["m"]}'
+)
 
 
 def test_canary_pool_is_loaded_relative_to_the_config(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from consortium.errors import RequestRejected, UntrustedAnswer
 from consortium.federation.watcher import RosterWatcher
+from consortium.logsafe import safe
 from consortium.node.canaries import judge_scores, judge_text, question_of
 from consortium.node.peers import CallKind, PeerClient, PeerError
 from consortium.protocols.request_options import RequestOptions, forwarded
@@ -118,6 +119,12 @@ class CanaryTraffic:
     # The CanaryMixer.
 
     def alongside(self, org: str, kind: CallKind, options: Mapping[str, Any] | None) -> None:
+        try:
+            self._alongside(org, kind, options)
+        except Exception as e:  # a canary never stops the real call
+            log.warning("canary to %s not sent: %s", org, type(e).__name__)
+
+    def _alongside(self, org: str, kind: CallKind, options: Mapping[str, Any] | None) -> None:
         if self._closed or org == self._org or not self._peers.assessor.standing(org).allowed:
             return
         wanted: CanaryKind = "free_text"
@@ -196,19 +203,19 @@ class CanaryTraffic:
         kind: CallKind,
         options: Mapping[str, Any] | None,
     ) -> None:
-        log.debug("canary %s to %s (%s)", canary.id, org, kind)
+        log.debug("canary %s to %s (%s)", safe(canary.id), org, kind)
         try:
             evidence = await self._ask(org, model, canary, kind, options)
         except (PeerError, UntrustedAnswer, RequestRejected) as e:
             # Assessed by the exchange already (or never sent: quarantined meanwhile).
-            log.debug("canary %s to %s: no verdict (%s)", canary.id, org, type(e).__name__)
+            log.debug("canary %s to %s: no verdict (%s)", safe(canary.id), org, type(e).__name__)
             return
         if evidence is None:
-            log.debug("canary %s to %s: the reply did not complete", canary.id, org)
+            log.debug("canary %s to %s: the reply did not complete", safe(canary.id), org)
             return
         self._recorder.record(evidence)
         self.judged += 1
-        log.debug("canary %s to %s: %s", canary.id, org, evidence.reason)
+        log.debug("canary %s to %s: %s", safe(canary.id), org, evidence.reason)
 
     async def _ask(
         self,

@@ -1,8 +1,9 @@
 """When a node sends a canary to a peer, and which: `CanaryScheduler`.
 
 Pure and deterministic given its random generator and the times it is told (`now`, in
-seconds on any monotonic clock): the node asks it before each outgoing call whether to
-send a canary instead (`instead_of_call`, with probability `rate`), and periodically
+seconds on any monotonic clock; wall-clock seconds with a log, below): the node asks it
+before each outgoing call whether to send a canary with it (`instead_of_call`, with
+probability `rate`; node/canary_traffic.py sends it alongside the call), and periodically
 which peers have not been contacted for `background_interval_s` (`due_for_background`),
 then draws a background canary for each (`draw`). Every draw respects:
 
@@ -25,13 +26,13 @@ scheduler with a log must survive a restart: wall-clock seconds (`time.time()`).
 peer was last contacted is kept in memory only (after a restart a peer counts as
 contacted at its first mention).
 
-Indistinguishability is the wiring's job: a canary must leave exactly as real traffic
-does: the same request shape (`ask` text or `score` with `choices`), the same metadata keys
-and defaults, the same signing, redaction, audit and deadline path, no canary id or
-marker anywhere in the message, drawn from the organization's private pool (a public
-benchmark item would be recognisable), and its reply judged after the exchange, off the
-hot path. Timing matters too: a canary is sent in place of a real call (or in the idle
-background), not in bursts.
+Indistinguishability is the wiring's job (node/canary_traffic.py): a canary must leave
+as real traffic does: the same request shape (`ask` text or `score` with `choices`), the
+same metadata keys and defaults, the same signing, redaction, audit and deadline path,
+no canary id or marker anywhere in the message, drawn from the organization's private
+pool (a public benchmark item would be recognisable), and its reply judged after the
+exchange, off the hot path. Timing matters too: a canary goes with a real call (or in
+the idle background), not in bursts.
 """
 
 from __future__ import annotations

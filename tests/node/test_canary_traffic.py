@@ -178,7 +178,7 @@ def as_received(message: a2a_pb2.Message) -> dict[str, Any]:
     return {
         "message": shape(MessageToDict(message)),
         "header": protected_header(message.metadata[SIGNATURE_KEY]),
-        "claims": sorted(parts.form["metadata"]),
+        "signed_metadata": sorted(parts.form["metadata"]),
     }
 
 

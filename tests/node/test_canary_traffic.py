@@ -30,7 +30,7 @@ from google.protobuf.json_format import MessageToDict
 from consortium.node.app import Node
 from consortium.node.canary_traffic import CanaryTraffic, canary_options
 from consortium.node.config import parse_config
-from consortium.node.peers import PeerQuarantined
+from consortium.node.peers import PeerError, PeerQuarantined
 from consortium.protocols.multiple_choice import Question
 from consortium.protocols.request_options import RequestOptions, forwarded
 from consortium.trust.canaries import load_pool
@@ -424,3 +424,56 @@ async def test_trust_show_counts_the_canaries(fed: CanaryFederation, tmp_path: P
     assert peers_shown["initech"]["evidence"]["canary"]["bad"] >= 1
     [model] = [m for m in peers_shown["globex"]["models"] if m["model"] == "echo-globex"]
     assert model["evidence"]["canary"]["good"] >= 1
+
+
+async def test_a_multiple_choice_task_carries_a_multiple_choice_canary(
+    fed: CanaryFederation,
+) -> None:
+    before = canary_counts(fed, "globex", "echo-globex")
+    with capture(fed.nodes["globex"]) as seen:
+        answer = await fed.ask_via(
+            "acme", "Which is cold?", peer="globex", choices=["ice", "fire", "lava"]
+        )
+        await traffic(fed).idle()
+        real, canary = seen.with_text("Which is cold?"), seen.with_text("Does water flow?")
+    assert answer.state == "completed"
+    assert canary_counts(fed, "globex", "echo-globex") == (before[0] + 1, before[1])
+    assert as_received(canary) == as_received(real)
+    assert list(canary.metadata["consortium"]["choices"]) == ["stone", "water"]
+    no_canary_ids(canary)
+
+
+async def test_a_failed_canary_call_is_not_counted_twice(fed: CanaryFederation) -> None:
+    client = peers(fed)
+    original = client.answer_of
+
+    async def failing(org: str, text: str, options: Any = None) -> Any:
+        if text == "Tokyo is the capital of Japan":
+            raise PeerError(f"{org} did not answer", "timeout")
+        return await original(org, text, options)
+
+    before = canary_counts(fed, "globex")
+    client.answer_of = failing
+    try:
+        answer = await fed.ask_via("acme", "still answered", peer="globex")
+        await traffic(fed).idle()
+    finally:
+        del client.answer_of
+    assert answer.state == "completed"
+    assert canary_counts(fed, "globex") == before  # the exchange assesses failures itself
+
+
+async def test_a_canary_that_cannot_be_drawn_never_stops_the_real_call(
+    fed: CanaryFederation,
+) -> None:
+    scheduler = traffic(fed).scheduler
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("disk full")
+
+    scheduler.instead_of_call = broken  # type: ignore[method-assign]
+    try:
+        answer = await fed.ask_via("acme", "regardless", peer="globex")
+    finally:
+        del scheduler.instead_of_call
+    assert answer.state == "completed" and answer.text == "regardless"

@@ -7,6 +7,15 @@ interval longer than the tests). The pool is calibrated per declared model: glob
 for; a question whose right option shares a word with it), initech ("echo-initech") ones
 its echo fails. Each test waits for acme's canaries in flight before it reads the
 evidence: no sleeps.
+
+Covered: a task, a multiple-choice task and a scoring call each carry a canary of their
+kind, judged and recorded (passed for globex, failed for initech, per declared model);
+the canary and the real call compare equal as globex receives them (message structure,
+metadata keys, signature header), with no canary id on the wire; the real call does not
+wait for its canary; a failed canary call adds no canary evidence; a scheduler failure
+never stops the real call; no canary to a quarantined peer or to the node itself;
+background canaries to idle peers only, and the loop's clean stop; the draws in
+trust.sqlite3; `consortium trust show` counting them.
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ A federated node has one `Assessor` (trust/reputation.py), made by `build_assess
 handed to `Node(assessor=...)`: the exchange (peers.py) reports every call's outcome to
 it, and routing (the peer client's candidates, the orchestrator's groups and votes) reads
 its standings. Nothing else holds reputations.
+
+With `[trust] canaries` a federated node also mixes canaries into its calls to peers
+(`build_canaries`, node/canary_traffic.py): the pool is loaded before anything else (a bad
+pool stops the start with one line naming the file and the line), the scheduler's draws
+are kept in trust.sqlite3, and the background loop stops with the node.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import random
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +56,7 @@ from consortium.node.a2a.grpc_binding import grpc_server, serve_a2a
 from consortium.node.a2a.http_binding import bind_tcp, http_app, http_server, serve_http
 from consortium.node.a2a.request_handler import NodeRequestHandler
 from consortium.node.auth import Credentials, http_credentials
+from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.orchestrator import Orchestrator, check_groups
@@ -66,11 +73,14 @@ from consortium.protocols.redaction import IdentityRedactor
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
 from consortium.trust.audit import NoOpAuditLog
+from consortium.trust.canaries import CanaryPool
+from consortium.trust.canary_schedule import CanaryScheduler
 from consortium.trust.files import secure_directory
 from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
 from consortium.trust.reputation import Assessor, NoOpAssessor
 from consortium.trust.reputation_engine import ReputationAssessor
+from consortium.trust.reputation_store import CanaryLogTable
 from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
@@ -221,6 +231,30 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
     return Federation(watcher, verifier, signer, peers, replay, assessor, close_assessor)
 
 
+def build_canaries(
+    cfg: NodeConfig, pool: CanaryPool | None, federation: Federation | None
+) -> CanaryTraffic | None:
+    """The canary traffic of `[trust] canaries` (`pool`, from `cfg.canary_pool()`), wired
+    into the federation's peer client; None without a pool, or when the assessor records
+    no evidence (a test's table of standings). The scheduler's draws go to the
+    assessor's trust.sqlite3 when it has one."""
+    if pool is None or federation is None:
+        return None
+    assessor = federation.assessor
+    if not isinstance(assessor, EvidenceRecorder):
+        log.warning("canaries configured, but this node's assessor records no evidence")
+        return None
+    table = CanaryLogTable(assessor.store) if isinstance(assessor, ReputationAssessor) else None
+    # Unpredictable draws: a peer must not be able to replay the node's choices.
+    scheduler = CanaryScheduler(pool, cfg.trust.canary_settings(), random.SystemRandom(), table)
+    traffic = CanaryTraffic(
+        scheduler, federation.peers, federation.roster, assessor, cfg.node.org_id
+    )
+    federation.peers.canaries = traffic
+    log.info("canaries: %d in the pool, rate %g", len(pool), cfg.trust.canary_rate)
+    return traffic
+
+
 def build_prompt_format(cfg: NodeConfig, worker: ModelWorker) -> PromptFormat:
     """node.toml's prompt format, or for `auto` the one the loaded model suits."""
     fmt = cfg.model.prompt_format
@@ -241,7 +275,10 @@ def build_tracer_provider(cfg: NodeConfig, federation: Federation | None) -> Tra
 
 
 async def build_routing(
-    cfg: NodeConfig, worker: ModelWorker, federation: Federation | None
+    cfg: NodeConfig,
+    worker: ModelWorker,
+    federation: Federation | None,
+    canaries: CanaryTraffic | None = None,
 ) -> Routing:
     """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
 
@@ -279,6 +316,7 @@ async def build_routing(
         records=records,
         assessor=federation.assessor if federation else None,
         cross_check_rate=cfg.trust.cross_check_rate if cfg.trust.enabled else 0.0,
+        alarm=canaries.scheduler.alarm if canaries is not None else None,
     )
     return Routing(orchestrator, policy, records)
 
@@ -424,6 +462,7 @@ class Node:
         self.records: RoutingRecords | None = None
         self.keys: ApiKeys | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self.canaries: CanaryTraffic | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -439,8 +478,10 @@ class Node:
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())
         # Before loading the model: fail fast.
+        pool = cfg.canary_pool()
         self.federation = build_federation(cfg, self._assessor)
         federation = self.federation
+        self.canaries = build_canaries(cfg, pool, federation)
         check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()
         prompt_format = build_prompt_format(cfg, self.worker)
@@ -454,7 +495,7 @@ class Node:
         self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
         if federation is not None:
             federation.peers.tracer = self.tracer
-        routing = await build_routing(cfg, self.worker, federation)
+        routing = await build_routing(cfg, self.worker, federation, self.canaries)
         self.policy, self.records = routing.policy, routing.records
         self.service = build_service(
             cfg, self.worker, prompt_format, routing, federation, self.tracer
@@ -475,6 +516,8 @@ class Node:
         self._http = http_server(app, grace_s=cfg.server.shutdown_grace_s, tls=http_tls(cfg))
         self._http_task = await serve_http(self._http, http_sock)
         endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
+        if self.canaries is not None:
+            self.canaries.start()
         log.info(
             "node %s ready: model %s (%s), gRPC %s, HTTP %s",
             cfg.node.org_id,
@@ -546,6 +589,8 @@ class Node:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.canaries is not None:
+            await self.canaries.close()
         if self._http is not None:
             self._http.should_exit = True
         if self._grpc is not None:

@@ -5,8 +5,8 @@ whose text names an option; the peer's choice is the argmax of its option scores
 normalised by `CANARY_NORMALISATION` (the normalisation calibration uses:
 evaluation/canaries.py), or the option its text names. A free-text canary is asked with
 `PeerClient.ask` and its reply text checked. Each verdict is `Evidence` of kind "canary"
-for the reputation engine. Sending canaries (the scheduler's draws, in place of real
-calls) is not wired yet.
+for the reputation engine. Sending canaries alongside real calls and to idle peers:
+node/canary_traffic.py.
 """
 
 from __future__ import annotations

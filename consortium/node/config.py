@@ -24,6 +24,8 @@ from pydantic_core import ErrorDetails
 
 from consortium.errors import ConfigError
 from consortium.llm.settings import ModelSection
+from consortium.trust.canaries import CanaryPool, load_pool
+from consortium.trust.canary_schedule import CanarySettings
 from consortium.trust.reputation_engine import ReputationSettings
 
 if TYPE_CHECKING:
@@ -188,6 +190,18 @@ class TrainingSection(_Section):
 
 
 _TRUST = ReputationSettings()
+_CANARY = CanarySettings()
+# The [trust] keys of the canary schedule (trust/canary_schedule.py), not of reputations.
+CANARY_KEYS = frozenset(
+    {
+        "canaries",
+        "canary_rate",
+        "canary_background_interval_s",
+        "canary_budget_tokens",
+        "canary_budget_period_s",
+        "canary_repeat_window_s",
+    }
+)
 _Weight = Annotated[float, Field(ge=0, le=10)]
 _Bound = Annotated[float, Field(gt=0, lt=1)]
 
@@ -234,6 +248,21 @@ class TrustSection(_Section):
     # The share of escalations also asked of a second member serving the same declared
     # model, at the same time, to cross-check the answer (its tokens are spent too).
     cross_check_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # Canaries (node/canary_traffic.py): the organization's private pool, a JSON Lines
+    # file (trust/canaries.py); "" sends none. The share of real calls to a peer that also
+    # carry a canary; a peer not contacted this long gets one in the background; the
+    # canaries' estimated tokens per budget period (all peers together); no canary twice
+    # to one peer within the repeat window.
+    canaries: str = ""
+    canary_rate: Annotated[float, Field(ge=0, le=1)] = _CANARY.rate
+    canary_background_interval_s: Annotated[float, Field(gt=0, le=365 * 86400)] = (
+        _CANARY.background_interval_s
+    )
+    canary_budget_tokens: Annotated[int, Field(ge=0, le=1_000_000_000)] = _CANARY.budget_tokens
+    canary_budget_period_s: Annotated[float, Field(gt=0, le=365 * 86400)] = _CANARY.budget_period_s
+    canary_repeat_window_s: Annotated[float, Field(ge=0, le=10 * 365 * 86400)] = (
+        _CANARY.repeat_window_s
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrustSection:
@@ -252,6 +281,15 @@ class TrustSection(_Section):
     def settings(self) -> ReputationSettings:
         fields = set(ReputationSettings.__dataclass_fields__)
         return ReputationSettings(**self.model_dump(include=fields))
+
+    def canary_settings(self) -> CanarySettings:
+        return CanarySettings(
+            rate=self.canary_rate,
+            background_interval_s=self.canary_background_interval_s,
+            budget_tokens=self.canary_budget_tokens,
+            budget_period_s=self.canary_budget_period_s,
+            repeat_window_s=self.canary_repeat_window_s,
+        )
 
 
 class NodeConfig(_Section):
@@ -302,6 +340,18 @@ class NodeConfig(_Section):
     @property
     def advertised_host(self) -> str:
         return self.server.public_host or self.server.host
+
+    def canary_pool(self) -> CanaryPool | None:
+        """The pool of `[trust] canaries`, loaded; None when none is configured, or when
+        nothing would use it (no [federation], or [trust] enabled = false). A pool that
+        is missing or does not parse raises ConfigError naming the file (and the line)."""
+        t = self.trust
+        if not t.canaries or self.federation is None or not t.enabled:
+            return None
+        path = self.resolve(t.canaries)
+        if not path.is_file():
+            raise ConfigError("canary pool not found", path=str(path), key="trust.canaries")
+        return load_pool(path)
 
     def client_credentials(self) -> Any:
         """gRPC channel credentials for calling nodes, or None without [tls]."""

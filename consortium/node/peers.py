@@ -22,6 +22,11 @@ reputation), a refused one (`refusal`), or nothing to verify (`failure`: "timeou
 no endpoint) is not asked and not assessed: that is the roster's doing, not the peer's.
 The same assessor's standings gate every call: a quarantined peer is never a candidate
 and a call to it is refused before anything is sent (PeerQuarantined).
+
+`ask` and `score` (the calls routing and groups make) first tell the `CanaryMixer`
+(node/canary_traffic.py; `NoCanaries` when the node sends none), which may send a canary
+of the same kind to the same peer alongside, in the background, through `answer_of` and
+`scores_of`: the same exchange without the mixer.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import grpc
 from a2a.client import Client, ClientCallContext
@@ -77,6 +82,23 @@ class PeerQuarantined(RequestRejected):
     def __init__(self, org: str) -> None:
         super().__init__(f"{org} is quarantined by this node's trust layer")
         self.org = org
+
+
+CallKind = Literal["ask", "score"]
+
+
+class CanaryMixer(Protocol):
+    """Told of every real call to a peer before it is sent; may send a canary alongside
+    (in the background: it returns at once)."""
+
+    def alongside(self, org: str, kind: CallKind, options: Mapping[str, Any] | None) -> None: ...
+
+
+class NoCanaries:
+    """Sends no canaries."""
+
+    def alongside(self, org: str, kind: CallKind, options: Mapping[str, Any] | None) -> None:
+        pass
 
 
 @dataclass
@@ -169,6 +191,7 @@ class PeerClient:
         self._redactor = redactor
         self._audit = audit
         self.assessor = assessor
+        self.canaries: CanaryMixer = NoCanaries()
         self._clients: dict[tuple[str, str, bool], Client] = {}
 
     def _client(self, org: str, streaming: bool = True) -> Client:
@@ -198,9 +221,17 @@ class PeerClient:
         return self._clients[cache_key]
 
     async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:
-        """The peer's answer to a task (its streamed events verified on the way)."""
+        """The peer's answer to a task (its streamed events verified on the way); the
+        canary mixer may send the peer a canary alongside."""
+        self.canaries.alongside(org, "ask", options)
+        return await self.answer_of(org, text, options)
+
+    async def answer_of(
+        self, org: str, text: str, options: Mapping[str, Any] | None = None
+    ) -> PeerAnswer:
+        """`ask` without the canary mixer: one exchange."""
         started = time.perf_counter()
-        message = text_message(text, {METADATA_KEY: options} if options else None)
+        message = text_message(text, {METADATA_KEY: dict(options)} if options else None)
         reply = await self.exchange(org, message, ASK)
         meta = MessageToDict(reply.message.metadata).get(METADATA_KEY, {})
         return PeerAnswer(
@@ -249,7 +280,13 @@ class PeerClient:
 
     async def score(self, org: str, question: Question, context: str = "") -> PeerScores:
         """The peer's scores of every option (a message-only exchange: the peer replies
-        with one signed Message, which is verified against this request)."""
+        with one signed Message, which is verified against this request); the canary
+        mixer may send the peer a canary alongside."""
+        self.canaries.alongside(org, "score", None)
+        return await self.scores_of(org, question, context)
+
+    async def scores_of(self, org: str, question: Question, context: str = "") -> PeerScores:
+        """`score` without the canary mixer: one exchange."""
         started = time.perf_counter()
         options: dict[str, Any] = {"mode": "score", "choices": list(question.choices)}
         if context:

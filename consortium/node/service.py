@@ -43,7 +43,7 @@ from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerAnswer, PeerClient, PeerError
 from consortium.protocols.multiple_choice import OptionScores, Question, argmax
 from consortium.protocols.provenance import PeerVerdict, Provenance, RoutingDecision
-from consortium.protocols.request_options import Feedback, RequestOptions
+from consortium.protocols.request_options import Feedback, RequestOptions, forwarded
 from consortium.protocols.routing import Decision
 
 log = logging.getLogger(__name__)
@@ -301,9 +301,9 @@ class NodeService:
             return
         yield Working()
         # The route chose this peer here; the peer answers with its own model.
-        forwarded = options.model_dump(exclude_none=True, exclude={"peer", "route"})
+        sent = forwarded(options)
         try:
-            answer = await self._peers.ask(peer, request.text, forwarded or None)
+            answer = await self._peers.ask(peer, request.text, sent or None)
             provenance = self._relayed(answer)
         except RequestRejected as e:  # a quarantined peer: nothing was sent
             log.warning("task %s: %s", request.task_id, safe(e, 300))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
@@ -54,6 +54,12 @@ class RequestOptions(BaseModel):
     max_peers: Annotated[int, Field(ge=0, le=64)] | None = None
     # Not a task: the outcome of an earlier one, recorded for training the routing policy.
     feedback: Feedback | None = None
+
+
+def forwarded(options: RequestOptions) -> dict[str, Any]:
+    """The options a node sends with a task it passes to a peer: everything set but the
+    route it took here (`peer`, `route`)."""
+    return options.model_dump(exclude_none=True, exclude={"peer", "route"})
 
 
 def request_options(message: a2a_pb2.Message | None) -> RequestOptions:

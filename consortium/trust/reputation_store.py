@@ -6,6 +6,11 @@ ends, the last change and why; the evidence counts by kind and outcome in a seco
 Every write is one transaction. A second process (`consortium trust show | reset`) may
 open the same file while the node runs; the node sees its commits through
 `PRAGMA data_version` (`changed()`), as api_keys.py does.
+
+`CanaryLogTable` keeps the canary scheduler's draws (trust/canary_schedule.py's
+`CanaryLog`: peer, canary id, when, estimated tokens) in a table of its own in the same
+file, over the store's connection, so its writes do not look like another process's
+commits to the reputations.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import cast
 
 from consortium.errors import ConfigError
 from consortium.sqlite import connect
+from consortium.trust.canary_schedule import SentCanary
 from consortium.trust.files import PRIVATE_FILE
 from consortium.trust.reputation import EvidenceKind, PeerState
 
@@ -213,3 +219,52 @@ class ReputationStore:
         self._conn.execute("COMMIT")
         # Our own commit does not move data_version; reading it keeps changed() exact.
         self._version = self._data_version()
+
+
+_CANARY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS canaries_sent (
+    peer       TEXT NOT NULL,
+    canary_id  TEXT NOT NULL,
+    at         REAL NOT NULL,
+    cost       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS canaries_sent_at ON canaries_sent (at);
+"""
+
+
+class CanaryLogTable:
+    """The canaries this node sent, in `store`'s file: a `CanaryLog`."""
+
+    def __init__(self, store: ReputationStore) -> None:
+        self._store = store
+        with store._lock:
+            try:
+                store._conn.executescript(_CANARY_SCHEMA)
+            except sqlite3.DatabaseError as e:
+                raise TrustStoreError(
+                    f"not a usable trust database ({e})", path=str(store.path)
+                ) from None
+            store._version = store._data_version()
+
+    def entries(self) -> list[SentCanary]:
+        with self._store._lock:
+            try:
+                rows = self._store._conn.execute(
+                    "SELECT peer, canary_id, at, cost FROM canaries_sent"
+                ).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise TrustStoreError(f"cannot read ({e})", path=str(self._store.path)) from None
+        return [SentCanary(str(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
+
+    def add(self, entry: SentCanary, forget_before: float) -> None:
+        conn = self._store._conn
+
+        def go() -> None:
+            conn.execute("DELETE FROM canaries_sent WHERE at < ?", (forget_before,))
+            conn.execute(
+                "INSERT INTO canaries_sent (peer, canary_id, at, cost) VALUES (?,?,?,?)",
+                (entry.peer, entry.canary_id, entry.at, entry.cost),
+            )
+
+        with self._store._lock:
+            self._store._transaction(go)

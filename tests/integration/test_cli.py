@@ -248,3 +248,29 @@ def test_node_refuses_to_start_on_a_roster_that_does_not_verify(
     assert_one_line_error(
         run("node", "start", "--config", str(config)), 2, "federation.roster: required"
     )
+
+
+def test_node_refuses_to_start_on_a_canary_pool_that_does_not_parse(
+    org_dir: Path, tmp_path: Path
+) -> None:
+    fed = tmp_path / "fed"
+    assert run("federation", "create", "Start Fed", "--dir", str(fed)).returncode == 0
+    config = org_dir / "node.toml"
+    pool = org_dir / "canaries.jsonl"
+    pool.write_text(
+        '{"id": "c1", "prompt": "Capital of Japan?",'
+        ' "check": {"type": "contains", "value": "Tokyo"}}\n'
+        '{"id": "c2", "prompt": "Capital of France?",'
+        ' "check": {"type": "regex", "value": "(a+)+"}}\n'
+    )
+    config.write_text(
+        config.read_text()
+        + f'\n[federation]\nroster = "{fed / "federation.toml"}"\n'
+        + f'admin_key = "{fed / "admin" / "public.jwk"}"\n'
+        + '\n[trust]\ncanaries = "canaries.jsonl"\n'
+    )
+    assert_one_line_error(
+        run("node", "start", "--config", str(config)),
+        2,
+        "canaries.jsonl: line 2: check: a regex check may not repeat a repeated group",
+    )

@@ -174,3 +174,85 @@ def test_group_minimums_are_validated(tmp_path: Path) -> None:
         group(min_members=0)
     with pytest.raises(ConfigError, match=r"groups\.g\.on_short"):
         group(on_short="wait")
+
+
+FED = "[node]\norg_id = 'a'\n[federation]\nroster = 'f.toml'\nadmin_key = 'admin.jwk'\n"
+MC_ROW = (
+    '{"id": "c1", "question": "Which is a mammal?", "choices": ["shark", "whale"],'
+    ' "answer": 1, "models": ["m"]}'
+)
+
+
+def test_canary_pool_is_loaded_relative_to_the_config(tmp_path: Path) -> None:
+    from consortium.trust.canary_schedule import CanarySettings
+
+    (tmp_path / "pools").mkdir()
+    (tmp_path / "pools" / "canaries.jsonl").write_text(MC_ROW + "\n")
+    cfg = load_config(write(tmp_path, FED + "[trust]\ncanaries = 'pools/canaries.jsonl'\n"))
+    pool = cfg.canary_pool()
+    assert pool is not None and [c.id for c in pool] == ["c1"]
+    assert cfg.trust.canary_settings() == CanarySettings()  # the scheduler's defaults
+    assert cfg.trust.settings().weight_canary > 0  # the canary keys stay out of reputations
+
+
+def test_canary_settings_reach_the_scheduler(tmp_path: Path) -> None:
+    from consortium.trust.canary_schedule import CanarySettings
+
+    keys = (
+        "canary_rate = 0.5\ncanary_background_interval_s = 60\ncanary_budget_tokens = 100\n"
+        "canary_budget_period_s = 30\ncanary_repeat_window_s = 0\n"
+    )
+    cfg = load_config(write(tmp_path, FED + "[trust]\n" + keys))
+    assert cfg.trust.canary_settings() == CanarySettings(
+        rate=0.5,
+        background_interval_s=60.0,
+        budget_tokens=100,
+        budget_period_s=30.0,
+        repeat_window_s=0.0,
+    )
+
+
+def test_no_pool_no_canaries(tmp_path: Path) -> None:
+    (tmp_path / "c.jsonl").write_text(MC_ROW + "\n")
+    assert load_config(write(tmp_path, FED)).canary_pool() is None
+    # Nothing would use one: no federation, or no reputations.
+    alone = "[node]\norg_id = 'a'\n[trust]\ncanaries = 'c.jsonl'\n"
+    assert load_config(write(tmp_path, alone)).canary_pool() is None
+    off = FED + "[trust]\nenabled = false\ncanaries = 'c.jsonl'\n"
+    assert load_config(write(tmp_path, off)).canary_pool() is None
+
+
+def test_a_bad_pool_names_the_file_and_the_line(tmp_path: Path) -> None:
+    pool = tmp_path / "canaries.jsonl"
+    pool.write_text(
+        MC_ROW + "\n" + '{"id": "c2", "question": "q", "choices": ["a", "b"], "answer": 5}\n'
+    )
+    cfg = load_config(write(tmp_path, FED + "[trust]\ncanaries = 'canaries.jsonl'\n"))
+    with pytest.raises(ConfigError) as e:
+        cfg.canary_pool()
+    assert str(e.value).startswith(f"{pool}: line 2: ")
+    assert "answer 5 is not an index" in str(e.value)
+
+
+def test_a_missing_pool_is_named(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FED + "[trust]\ncanaries = 'nope.jsonl'\n"))
+    with pytest.raises(ConfigError) as e:
+        cfg.canary_pool()
+    assert str(e.value) == f"{tmp_path / 'nope.jsonl'}: trust.canaries: canary pool not found"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("canary_rate = 1.5", "trust.canary_rate"),
+        ("canary_rate = -0.1", "trust.canary_rate"),
+        ("canary_background_interval_s = 0", "trust.canary_background_interval_s"),
+        ("canary_budget_tokens = -1", "trust.canary_budget_tokens"),
+        ("canary_budget_period_s = 0", "trust.canary_budget_period_s"),
+        ("canary_repeat_window_s = -1", "trust.canary_repeat_window_s"),
+        ("canaries = 3", "trust.canaries"),
+    ],
+)
+def test_canary_bad_values_name_the_key(tmp_path: Path, line: str, expected: str) -> None:
+    msg = error_for(write(tmp_path, f"{FED}[trust]\n{line}\n"))
+    assert "node.toml" in msg and expected in msg

@@ -54,8 +54,9 @@ def demo(
 ) -> None:
     """Three organizations on loopback form a federation, answer signed questions (one across
     organizations), print tables, stop."""
+    from consortium.evaluation.datasets import load_arc, split_path
     from consortium.evaluation.seeding import seed_node_records
-    from consortium.launch.demo import SEED_ITEMS, SEED_SPLIT, run_demo
+    from consortium.launch.demo import SEED_ITEMS, SEED_SPLIT, TRUST_VOTES, PanelQuestion, run_demo
 
     def seed(config: NodeConfig, index: int, parts: int, progress: Progress) -> int:
         return seed_node_records(
@@ -64,4 +65,8 @@ def demo(
 
     # A log or CI transcript is not a terminal: give the table room instead of 80 columns.
     console = out if out.is_terminal else Console(width=160)
-    run(lambda: run_demo(workdir, ConsoleReporter(console), seed))
+    questions = [
+        PanelQuestion(it.question.stem, tuple(it.question.choices), it.answer)
+        for it in load_arc(split_path(SEED_SPLIT))[:TRUST_VOTES]
+    ]
+    run(lambda: run_demo(workdir, ConsoleReporter(console), seed, questions))

@@ -3,6 +3,11 @@ real model, form a signed federation; each answers a few questions over A2A gRPC
 signed, verified before the model), and one question travels between organizations as a
 signed, verified peer call. The answers as tables.
 
+globex's node is misconfigured on purpose: its node.toml declares SmolLM2-135M, as the
+roster does, but loads Gemma-3-270M's weights (a model quietly swapped). acme's panel
+votes cross-check globex against acme's own SmolLM2-135M (trust/cross_checks.py); the
+demo ends with acme's trust table, globex quarantined.
+
 What it shows goes through a Reporter (lines, progress, tables as plain data); the CLI
 renders it on the terminal (consortium/cli/demo.py).
 """
@@ -11,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +24,10 @@ from typing import Any, Protocol
 
 from consortium.federation.admin import FederationPaths
 from consortium.launch.local import LocalFederation, Organization, RunningNode
+from consortium.llm.registry import BUNDLED
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
 from consortium.node.config import NodeConfig, load_config
+from consortium.trust.reputation_engine import Reputation, ReputationAssessor
 
 # The progress callback of the benchmark harness (consortium/evaluation/harness.py):
 # start(label, total) returns advance(n).
@@ -76,8 +83,20 @@ QUESTIONS = (
 # by topic); their model outputs are computed once and cached.
 SEED_SPLIT, SEED_ITEMS = "arc_easy_dev", 60
 TRAIN_ROUNDS = 3
+# The organization whose node loads other weights than it declares, and whose.
+SWAPPED, SWAPPED_WEIGHTS = "globex", "gemma3-270m"
+TRUST_VOTES = 16  # benchmark items acme's panel votes on before its trust table
 MC_QUESTION = "Which part of a plant takes in water from the soil?"
 MC_CHOICES = ["the flowers", "the roots", "the leaves", "the seeds"]
+
+
+@dataclass(frozen=True)
+class PanelQuestion:
+    """A multiple-choice benchmark item for acme's panel (handed in by the CLI)."""
+
+    stem: str
+    choices: tuple[str, ...]
+    answer: int
 
 
 @dataclass
@@ -245,14 +264,91 @@ def _train_and_route(
     )
 
 
-def run_demo(workdir: Path | None, report: Reporter, seed: SeedRecords) -> None:
+def swap_weights(config: Path, weights: Path) -> None:
+    """Points node.toml's [model] at other weights than the model it names (once)."""
+    text = config.read_text()
+    if "\n[model]\n" not in text or f'path = "{weights}"' in text:
+        return
+    config.write_text(text.replace("\n[model]\n", f'\n[model]\npath = "{weights}"\n', 1))
+
+
+def _panel_votes(origin: RunningNode, questions: Sequence[PanelQuestion]) -> tuple[int, int]:
+    """acme's panel answers each question; how many it got right, of how many answered."""
+
+    async def go() -> tuple[int, int]:
+        right = answered = 0
+        for q in questions:
+            options = {"choices": list(q.choices), "route": "panel"}
+            answer = await _ask(origin, q.stem, options)
+            if answer.state == "completed" and answer.provenance.choice is not None:
+                answered += 1
+                right += int(answer.provenance.choice == q.answer)
+        return right, answered
+
+    return asyncio.run(go())
+
+
+def _trust_table(origin: RunningNode) -> Table:
+    """The origin's trust table, read from its trust database as `consortium trust show`
+    does (the node keeps running)."""
+    cfg = load_config(origin.config)
+    assessor = ReputationAssessor.open(cfg.trust_path)
+    try:
+        reputations = [r for r in assessor.reputations() if not r.model]
+    finally:
+        assessor.close()
+    table = Table(
+        f"{origin.org_id}'s trust table (consortium trust show --config {origin.config})",
+        ("peer", "state", "score", "bound", "evidence good/bad", "last change"),
+    )
+    for r in reputations:
+        table.rows.append(
+            (r.peer, r.state, f"{r.score:.3f}", f"{r.bound:.3f}", _counts(r), r.reason)
+        )
+    return table
+
+
+def _counts(r: Reputation) -> str:
+    kinds = sorted({k for k, _ in r.counts})
+    return " ".join(
+        f"{k} {r.counts.get((k, True), 0)}/{r.counts.get((k, False), 0)}" for k in kinds
+    )
+
+
+def _trust(
+    origin: RunningNode,
+    swapped: RunningNode,
+    questions: Sequence[PanelQuestion],
+    report: Reporter,
+) -> None:
+    with report.status(
+        f"{origin.org_id}'s panel votes on {len(questions)} benchmark questions; "
+        f"{swapped.org_id} runs {SWAPPED_WEIGHTS} while declaring {swapped.model}"
+    ):
+        right, answered = _panel_votes(origin, questions)
+    report.line(
+        f"  {origin.org_id}'s panel: {right} of {answered} right; each vote cross-checks "
+        f"{swapped.org_id}'s answer (declared {swapped.model}) against {origin.org_id}'s own "
+        f"{origin.model}"
+    )
+    report.table(_trust_table(origin))
+
+
+def run_demo(
+    workdir: Path | None,
+    report: Reporter,
+    seed: SeedRecords,
+    questions: Sequence[PanelQuestion] = (),
+) -> None:
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     report.heading("Consortium demo", f": three organizations on loopback, in {base}")
     with LocalFederation(base, "Consortium Demo") as fed:
         try:
             for org in organizations(base):
-                fed.prepare(org)
+                config = fed.prepare(org)
+                if org.org_id == SWAPPED:
+                    swap_weights(config, BUNDLED[SWAPPED_WEIGHTS].resolve())
                 with report.status(f"starting {org.org_id} ({org.model})"):
                     node = fed.start(org)
                 report.line(f"  {org.org_id:8} {org.model:13} ready at {node.http_url}")
@@ -271,6 +367,9 @@ def run_demo(workdir: Path | None, report: Reporter, seed: SeedRecords) -> None:
             with report.status("routing a multiple-choice question: local draft, escalation, vote"):
                 report.table(_collaboration(nodes[0]))
             _train_and_route(nodes, fed.paths, base, report, seed)
+            swapped = [n for n in nodes if n.org_id == SWAPPED]
+            if questions and swapped:
+                _trust(nodes[0], swapped[0], questions, report)
         finally:
             for node in fed.nodes:
                 code = node.stop()

@@ -177,6 +177,13 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
     assert "policy demo-1: 3 rounds of FedAvg" in r.stdout
     assert "signed for federation consortium-demo" in r.stdout
     assert "routes with it:" in r.stdout and "learned (policy demo-1)" in r.stdout
+    # globex declares smollm2-135m but runs gemma3-270m: acme's cross-checks catch it.
+    assert "acme's trust table" in r.stdout
+    trust = r.stdout[r.stdout.index("acme's trust table") :]
+    globex = next(line for line in trust.splitlines() if "│ globex" in line)
+    assert "quarantined" in globex and "on=answers" in trust
+    initech = next(line for line in trust.splitlines() if "│ initech" in line)
+    assert "healthy" in initech
 
 
 def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from pydantic_core import ErrorDetails
 
 from consortium.errors import ConfigError
 from consortium.llm.settings import ModelSection
+from consortium.trust.reports import ReportSettings
 from consortium.trust.reputation_engine import ReputationSettings
 
 if TYPE_CHECKING:
@@ -188,6 +189,8 @@ class TrainingSection(_Section):
 
 
 _TRUST = ReputationSettings()
+_REPORTS = ReportSettings()
+_REPORT_KEYS = frozenset(ReportSettings.__dataclass_fields__)
 _Weight = Annotated[float, Field(ge=0, le=10)]
 _Bound = Annotated[float, Field(gt=0, lt=1)]
 
@@ -226,6 +229,16 @@ class TrustSection(_Section):
     # to verify (timeout, unreachable).
     refusal_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.refusal_factor
     failure_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.failure_factor
+    # Members' trust reports (trust/reports.py, node/reports.py): the folded opinion's
+    # weight in pseudo-answers; how often this node sends its own (0: never); the oldest
+    # report folded in; EigenTrust's pre-trusted share and iterations; the evidence at
+    # which a reported score counts fully.
+    report_weight: Annotated[float, Field(ge=0, le=100)] = _REPORTS.report_weight
+    report_interval_s: Annotated[float, Field(ge=0, le=7 * 86400)] = _REPORTS.report_interval_s
+    report_max_age_s: Annotated[float, Field(gt=0, le=30 * 86400)] = _REPORTS.report_max_age_s
+    report_pretrust: Annotated[float, Field(ge=0, le=1)] = _REPORTS.report_pretrust
+    report_iterations: Annotated[int, Field(ge=0, le=100)] = _REPORTS.report_iterations
+    report_saturation: Annotated[float, Field(gt=0, le=10_000)] = _REPORTS.report_saturation
 
     @model_validator(mode="after")
     def _consistent(self) -> TrustSection:
@@ -242,7 +255,10 @@ class TrustSection(_Section):
         return self
 
     def settings(self) -> ReputationSettings:
-        return ReputationSettings(**self.model_dump(exclude={"enabled"}))
+        return ReputationSettings(**self.model_dump(exclude={"enabled", *_REPORT_KEYS}))
+
+    def report_settings(self) -> ReportSettings:
+        return ReportSettings(**self.model_dump(include=set(_REPORT_KEYS)))
 
 
 class NodeConfig(_Section):

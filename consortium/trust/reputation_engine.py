@@ -21,6 +21,12 @@ The n-th quarantine of a peer lasts quarantine_s * quarantine_growth**(n-1), at 
 max_quarantine_s. A quarantine that would leave more than max_quarantined_fraction of the
 federation quarantined is not imposed: the peer stays on probation and it is logged.
 Per-model records keep their own posterior and counts; states are the peer's.
+
+Other members' trust reports enter as an opinion per peer (trust/reports.py): `good` and
+`bad` pseudo-answers added to the peer's own posterior wherever it is read (score, bound,
+state), never stored into it, so forgetting and local evidence stay the node's own. A
+quarantine still needs `min_evidence` pieces of local evidence: reports alone can put a
+peer on probation (and lower its routing weight), never quarantine it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +123,9 @@ class Reputation:
     changed_at: float
     reason: str
     counts: dict[tuple[EvidenceKind, bool], int]
+    # The members' reports' opinion (good, bad pseudo-answers), already in score and
+    # bound; alpha and beta are the node's own evidence. Peers only (model "").
+    opinion: tuple[float, float] = (0.0, 0.0)
 
 
 class _Metrics:
@@ -191,6 +200,7 @@ class ReputationAssessor:
         self._members: frozenset[str] | None = None if members is None else frozenset(members)
         self._lock = threading.Lock()
         self._records = store.load()
+        self._opinions = store.load_opinions()
         self._capped: set[str] = set()  # peers whose capped quarantine was logged
 
     @classmethod
@@ -241,6 +251,34 @@ class ReputationAssessor:
                 weight=s.failure_factor,
             )
         self.record(evidence)
+
+    def set_opinions(self, opinions: Mapping[str, tuple[float, float]]) -> None:
+        """The members' reports' opinion of each peer, as (good, bad) pseudo-answers
+        (trust/reports.py); replaces every earlier opinion. Each peer's state is decided
+        again on its effective bound: probation or healthy (a quarantine needs
+        min_evidence pieces of local evidence)."""
+        now = self._clock()
+        clean = {
+            p: (max(float(g), 0.0), max(float(b), 0.0))
+            for p, (g, b) in opinions.items()
+            if math.isfinite(g) and math.isfinite(b)
+        }
+        with self._lock:
+            self._refresh()
+            touched = set(clean) | set(self._opinions)
+            self._opinions = clean
+            self.store.save_opinions(clean)
+            changed = []
+            for peer in sorted(touched):
+                if peer not in clean and (peer, "") not in self._records:
+                    continue
+                rec = self._peer(peer)
+                self._release(rec)
+                g, b = clean.get(peer, (0.0, 0.0))
+                good = g >= b
+                self._decide(rec, now, Evidence(peer, "report", good, "opinion"))
+                changed.append(rec)
+            self.store.save(changed)
 
     # Evidence from anywhere.
 
@@ -294,6 +332,7 @@ class ReputationAssessor:
         """Rereads the store when another process (the CLI) committed to it."""
         if self.store.changed():
             self._records = self.store.load()
+            self._opinions = self.store.load_opinions()
             self._capped.clear()
 
     def _fresh(self, peer: str, model: str) -> Record:
@@ -317,8 +356,16 @@ class ReputationAssessor:
         key = (evidence.kind, evidence.good)
         rec.counts[key] = rec.counts.get(key, 0) + 1
 
+    def _effective(self, rec: Record) -> tuple[float, float]:
+        """The (alpha, beta) score, bound and state read: a peer's own posterior plus the
+        members' reports' opinion of it (per-model records: their own posterior)."""
+        if rec.model:
+            return rec.alpha, rec.beta
+        good, bad = self._opinions.get(rec.peer, (0.0, 0.0))
+        return rec.alpha + good, rec.beta + bad
+
     def _bound(self, rec: Record) -> float:
-        return lower_bound(rec.alpha, rec.beta, self.settings.credible_level)
+        return lower_bound(*self._effective(rec), self.settings.credible_level)
 
     def _release(self, rec: Record) -> bool:
         """Ends a quarantine whose time is over: probation, posterior back to the prior
@@ -401,17 +448,19 @@ class ReputationAssessor:
         )
 
     def _standing(self, rec: Record) -> Standing:
-        score = rec.alpha / (rec.alpha + rec.beta)
+        alpha, beta = self._effective(rec)
+        score = alpha / (alpha + beta)
         bound = self._bound(rec)
         self._metrics.publish(rec, score, bound)
         return Standing(rec.peer, rec.state, score, bound)
 
     def _view(self, rec: Record) -> Reputation:
+        alpha, beta = self._effective(rec)
         return Reputation(
             rec.peer,
             rec.model,
             rec.state,
-            rec.alpha / (rec.alpha + rec.beta),
+            alpha / (alpha + beta),
             self._bound(rec),
             rec.alpha,
             rec.beta,
@@ -421,4 +470,5 @@ class ReputationAssessor:
             rec.changed_at,
             rec.reason,
             dict(rec.counts),
+            self._opinions.get(rec.peer, (0.0, 0.0)) if not rec.model else (0.0, 0.0),
         )

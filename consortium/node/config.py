@@ -231,13 +231,12 @@ class TrustSection(_Section):
     failure_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.failure_factor
     # Members' trust reports (trust/reports.py, node/reports.py): the folded opinion's
     # weight in pseudo-answers; how often this node sends its own (0: never); the oldest
-    # report folded in; EigenTrust's pre-trusted share and iterations; the evidence at
-    # which a reported score counts fully.
+    # report folded in; the founders' pre-trusted share of the reporters' weight; the
+    # evidence at which a reported score counts fully.
     report_weight: Annotated[float, Field(ge=0, le=100)] = _REPORTS.report_weight
     report_interval_s: Annotated[float, Field(ge=0, le=7 * 86400)] = _REPORTS.report_interval_s
     report_max_age_s: Annotated[float, Field(gt=0, le=30 * 86400)] = _REPORTS.report_max_age_s
     report_pretrust: Annotated[float, Field(ge=0, le=1)] = _REPORTS.report_pretrust
-    report_iterations: Annotated[int, Field(ge=0, le=100)] = _REPORTS.report_iterations
     report_saturation: Annotated[float, Field(gt=0, le=10_000)] = _REPORTS.report_saturation
 
     @model_validator(mode="after")

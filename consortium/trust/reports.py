@@ -9,23 +9,25 @@ pieces of evidence that score rests on. Reports travel as message-only A2A excha
 **The fold** turns the latest valid report of each reporter into an opinion per subject
 (a score `g` in [0, 1] and a `confidence` in [0, 1]):
 
-1. Reporter weights, EigenTrust (Kamvar et al. 2003) personalised to this node. `t0` is
-   this node's own trust in the other members (its local scores; 0 for a peer it has
-   quarantined), normalised. Each reporter's row of the matrix C is its reported scores,
-   normalised; a member without a report (or reporting only zeros) defers to the
-   pre-trusted distribution `p` (uniform over the founders; `t0` when there are none).
-   A few power iterations of
-
-       t <- (1 - a) * C^T t + a * p
-
-   spread trust along the reports, while the pre-trusted share `a` keeps a clique that
-   only vouches for itself from gathering weight. A reporter's weight is `t_r` times this
-   node's own trust in it, so a reporter the node distrusts counts for little whatever
-   others say of it.
-2. The opinion of subject j: `g_j` is the weighted mean of the scores reported about it;
-   `confidence_j` is the share of all reporters' weight that spoke about j, each
-   reporter's part scaled by how much evidence it had (`evidence / saturation`, at most
-   1). A minority of reporters, however sure, moves a subject by at most its share.
+1. Reporter weights, EigenTrust-style (Kamvar et al. 2003, personalised to this node):
+   the base weight is `(1 - a) * t0_r + a * p_r`, where `t0` is this node's own trust in
+   the other members (its local scores, 0 for a peer it has quarantined), normalised,
+   and `p` the pre-trusted distribution, uniform over the roster's founders (`t0` when
+   there are none); `a` is the founders' fixed share. Then one transitive step: what
+   the others report of a reporter scales its weight down, never up, by
+   `1 - confidence * (1 - g)` of their opinion of it (computed under the base weights,
+   an even split resolved in its favour). So a reporter counts for at most its share of
+   this node's own trust (plus the founders' share), a clique praising itself gains
+   nothing, and a minority cannot discredit the honest reporters. The step is not
+   iterated to a fixed point: a clique rating itself 1.0 and everyone else 0 gains a
+   little on honest reporters (who rate each other 0.95) at every round, until it
+   outweighs them.
+2. The opinion of subject j: `g_j` is the weighted median of the scores reported about
+   it (less than half of the weight cannot move it); `confidence_j` is the share of all
+   reporters' weight (the subject's own left out) that spoke about j, each reporter's
+   part scaled by how much evidence it had (`evidence / saturation`, at most 1). A
+   minority of reporters, however sure, moves a subject by at most its share, and not
+   at all where the majority speaks.
 
 Entries about this node, about the reporter itself, or about organizations that are not
 members are dropped and counted per reason; reports older than `max_age_s` are ignored.
@@ -38,9 +40,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -49,6 +51,7 @@ ORG_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_ENTRIES = 1024
 MAX_EVIDENCE = 1_000_000_000
 REPORT_VERSION = 1
+Tie = Literal["low", "mid", "high"]
 
 
 class ReportError(ValueError):
@@ -127,9 +130,8 @@ class ReportSettings:
     report_interval_s: float = 600.0
     # Reports older than this are ignored (default: a bit more than three intervals).
     report_max_age_s: float = 2000.0
-    # EigenTrust's pre-trusted share `a`, and the power iterations.
+    # EigenTrust's pre-trusted share `a`: the founders' share of the reporters' weight.
     report_pretrust: float = 0.2
-    report_iterations: int = 5
     # Pieces of evidence behind an entry at which it counts fully.
     report_saturation: float = 10.0
 
@@ -220,29 +222,62 @@ def fold(
     t0 = _normalised(own)
     if not rows or not t0:
         return Fold({}, {}, dropped)
+    # The pre-trusted distribution: the founders (with none, this node's own trust).
     p = _normalised({m: 1.0 for m in own if m in founders}) or t0
-    matrix = {r: _normalised({j: e.score for j, e in row.items()}) for r, row in rows.items()}
     a = min(max(s.report_pretrust, 0.0), 1.0)
-    t = dict(t0)
-    for _ in range(max(s.report_iterations, 0)):
-        nxt = {m: a * p.get(m, 0.0) for m in own}
-        for source, mass in t.items():
-            if mass <= 0:
-                continue
-            row = matrix.get(source) or p  # no (positive) opinions: defer to the founders
-            for j, c in row.items():
-                nxt[j] += (1.0 - a) * mass * c
-        t = nxt
-    weights = {r: t.get(r, 0.0) * own[r] for r in rows}
+    base = {r: (1.0 - a) * t0.get(r, 0.0) + a * p.get(r, 0.0) for r in rows}
+    # One transitive step: what the members report of a reporter (under the base
+    # weights) scales its weight down, never up. A reporter that more than half of the
+    # others' weight finds unreliable counts for less; an even split gives it the benefit
+    # of the doubt. Not iterated: a clique rating itself 1.0 and everyone else 0 would
+    # gain a little on honest reporters (who rate each other 0.95) at every round, until
+    # it outweighed them (tests/trust/test_reports.py).
+    of_reporters = _opinions(rows, rows, base, s, tie="high")
+    weights = {
+        r: w * (1.0 - of_reporters[r].confidence * (1.0 - of_reporters[r].score))
+        if r in of_reporters
+        else w
+        for r, w in base.items()
+    }
+    return Fold(_opinions(own, rows, weights, s), weights, dropped)
+
+
+def _opinions(
+    subjects: Collection[str],
+    rows: Mapping[str, Mapping[str, ReportEntry]],
+    weights: Mapping[str, float],
+    s: ReportSettings,
+    tie: Tie = "mid",
+) -> dict[str, Opinion]:
+    """Each subject's opinion under these reporter weights: the weighted median of the
+    scores reported, and the share of the reporters' weight (others than the subject)
+    that spoke about it, scaled by the evidence behind each entry."""
     opinions: dict[str, Opinion] = {}
-    for subject in own:
+    for subject in subjects:
         speaking = [(weights[r], row[subject]) for r, row in rows.items() if subject in row]
-        said = sum(w for w, _ in speaking)
-        if not speaking or said <= 0:
+        if sum(w for w, _ in speaking) <= 0:
             continue
         total = sum(w for r, w in weights.items() if r != subject)
-        score = sum(w * e.score for w, e in speaking) / said
+        score = weighted_median([(e.score, w) for w, e in speaking], tie)
         sure = sum(w * min(e.evidence / s.report_saturation, 1.0) for w, e in speaking)
         confidence = min(sure / total, 1.0) if total > 0 else 0.0
         opinions[subject] = Opinion(min(max(score, 0.0), 1.0), confidence, len(speaking))
-    return Fold(opinions, weights, dropped)
+    return opinions
+
+
+def weighted_median(values: Sequence[tuple[float, float]], tie: Tie = "mid") -> float:
+    """The weighted median of (value, weight) pairs (weights > 0 in total): less than
+    half of the weight cannot move it past the rest. When exactly half the weight lies
+    on each side, `tie` picks the lower value, the upper one, or their midpoint."""
+    ranked = sorted((v, w) for v, w in values if w > 0)
+    total = sum(w for _, w in ranked)
+    eps = 1e-9 * total
+    seen = 0.0
+    for i, (value, weight) in enumerate(ranked):
+        seen += weight
+        if seen > total / 2 + eps:
+            return value
+        if seen >= total / 2 - eps:
+            upper = ranked[i + 1][0] if i + 1 < len(ranked) else value
+            return {"low": value, "high": upper, "mid": (value + upper) / 2}[tie]
+    return ranked[-1][0]

@@ -255,8 +255,12 @@ class TrustReports:
         return report
 
     def _roster_changed(self, roster: Roster) -> None:
-        # Called by the watcher while it holds its lock: use the roster handed in.
-        self.refold(roster)
+        # Called by the watcher while it holds its lock: use the roster handed in, and
+        # never let a failed fold stop the roster from being taken.
+        try:
+            self.refold(roster)
+        except Exception as e:
+            log.error("trust reports not folded after a roster change: %s", type(e).__name__)
 
     def refold(self, roster: Roster | None = None) -> Fold:
         """Folds the kept reports again (after a report, a roster change, at start) and

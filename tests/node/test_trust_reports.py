@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -99,8 +100,6 @@ def tasks(fed: Federation, org: str) -> int:
 
 
 def report(reporter: str, at: float | None = None, **scores: float) -> TrustReport:
-    import time
-
     return TrustReport(
         reporter=reporter,
         issued_at=time.time() if at is None else at,
@@ -225,6 +224,7 @@ async def test_entries_about_unknown_peers_are_dropped_and_bad_reports_refused(
         "malformed_report": [malformed, text_only],
         "stale_report": [report_message(report("acme", at=1_000.0, initech=0.0))],
         "reporter_mismatch": [report_message(report("initech", globex=0.0))],
+        "future_report": [report_message(report("acme", at=time.time() + 3600, initech=0.0))],
     }
     for reason, messages in cases.items():
         for message in messages:

@@ -41,7 +41,7 @@ from consortium.federation.watcher import RosterWatcher
 from consortium.logsafe import safe
 from consortium.node.peers import Call, PeerClient, PeerError, PeerQuarantined
 from consortium.protocols.replies import ReportAck
-from consortium.protocols.request_options import METADATA_KEY
+from consortium.protocols.request_options import METADATA_KEY, request_options
 from consortium.trust.reports import (
     Fold,
     ReportEntry,
@@ -244,6 +244,10 @@ class TrustReports:
         member = self._roster.current().member(sender)
         if sender == self.org_id or member is None or member.status != "active":
             raise ReportError("not_member", "trust reports are taken from other members only")
+        try:
+            request_options(message)  # the rest of metadata.consortium must be valid too
+        except ValueError as e:
+            raise ReportError("malformed_report", str(e)) from None
         report = parse_report(report_content(message))
         if report.reporter != sender:
             raise ReportError("reporter_mismatch", "the report names another reporter")

@@ -220,12 +220,15 @@ async def test_entries_about_unknown_peers_are_dropped_and_bad_reports_refused(
     malformed.parts[0].data.CopyFrom(bad)
     text_only = report_message(report("acme"))
     text_only.parts[0].text = "initech is bad"
+    odd_options = report_message(report("acme", initech=0.0))
+    odd_options.metadata.update({"consortium": {"mode": "trust_report", "surprise": 1}})
     cases = {
-        "malformed_report": [malformed, text_only],
+        "malformed_report": [malformed, text_only, odd_options],
         "stale_report": [report_message(report("acme", at=1_000.0, initech=0.0))],
         "reporter_mismatch": [report_message(report("initech", globex=0.0))],
         "future_report": [report_message(report("acme", at=time.time() + 3600, initech=0.0))],
     }
+    tasks_before = tasks(fed, "globex")
     for reason, messages in cases.items():
         for message in messages:
             ack = await send(fed, "acme", "globex", message)
@@ -233,6 +236,7 @@ async def test_entries_about_unknown_peers_are_dropped_and_bad_reports_refused(
             assert ack.error and ack.error.startswith(reason)
         assert globex.refused[reason] == len(messages)
     assert opinion(fed, "globex", "initech") == kept  # no score changed
+    assert tasks(fed, "globex") == tasks_before  # and nothing became a task
     # A trust report cannot name a task.
     with_task = report_message(report("acme", initech=0.0))
     with_task.task_id = "some-task"

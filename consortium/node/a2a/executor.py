@@ -31,6 +31,7 @@ from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies
 from consortium.node.a2a.errors import PermissionDeniedError
 from consortium.node.a2a.request_handler import VERIFIED_KEY, SigningEventQueue
+from consortium.node.a2a.validation import requested_mode
 from consortium.node.auth import Caller, caller_of
 from consortium.node.reports import TrustReports
 from consortium.node.service import (
@@ -85,6 +86,8 @@ def _metadata(provenance: Provenance) -> dict[str, Any]:
 
 def _is_direct_request(message: a2a_pb2.Message) -> bool:
     """A scoring request, feedback or a trust report: answered with one Message, no task."""
+    if requested_mode(message) == "trust_report":
+        return True  # whatever else its metadata says
     try:
         options = request_options(message)
     except ValueError:
@@ -119,12 +122,12 @@ class ModelExecutor(AgentExecutor, DirectReplies):
     ) -> a2a_pb2.Message | None:
         """Scoring requests, feedback and trust reports are answered on the spot, with one
         (signed) Message."""
+        if requested_mode(message) == "trust_report":  # before any other option is read
+            return self._report_ack(message, context)
         try:
             options = request_options(message)
         except ValueError:
             return None  # the task path rejects it with the reason
-        if options.mode == "trust_report":
-            return self._report_ack(message, context)
         if options.feedback is not None:
             return self._feedback_message(message, options.feedback, context)
         if options.mode != "score":

@@ -67,7 +67,7 @@ def validate_send_request(params: a2a_pb2.SendMessageRequest) -> None:
         _check_struct_field(params.metadata, "metadata")
     if params.HasField("configuration") and params.configuration.history_length < 0:
         raise InvalidParamsError(message="configuration.history_length must not be negative")
-    if _mode(message) == "trust_report" and (
+    if requested_mode(message) == "trust_report" and (
         message.task_id or params.configuration.HasField("task_push_notification_config")
     ):
         raise InvalidParamsError(
@@ -75,7 +75,7 @@ def validate_send_request(params: a2a_pb2.SendMessageRequest) -> None:
         )
 
 
-def _mode(message: a2a_pb2.Message) -> str:
+def requested_mode(message: a2a_pb2.Message) -> str:
     """metadata.consortium.mode when it is a string, else "" (cheap: no full parse)."""
     options = message.metadata.fields.get("consortium")
     if options is None or options.WhichOneof("kind") != "struct_value":

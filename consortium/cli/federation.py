@@ -33,13 +33,19 @@ def federation_add_member(
     admin_key: Annotated[
         Path | None, typer.Option(help="Admin private key (default: ROSTER_DIR/admin).")
     ] = None,
+    founder: Annotated[
+        bool,
+        typer.Option(
+            "--founder", help="Mark it a founder: pre-trusted when members fold trust reports."
+        ),
+    ] = False,
 ) -> None:
     """Admit an organization from its agent card (org id, endpoints, public key, model)."""
     from consortium.federation.admin import add_member, member_from_card, read_card
 
     def go() -> None:
         data, url = read_card(card)
-        member = member_from_card(data, url)
+        member = member_from_card(data, url).model_copy(update={"founder": founder})
         updated = add_member(roster, admin_key_path(roster, admin_key), member)
         out.print(
             f"added {member.org_id} (key {member.keys[0].kid}); roster version {updated.version}",

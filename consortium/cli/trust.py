@@ -27,7 +27,8 @@ def trust_show(
     config: ConfigOption,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
-    """Each peer's state, score and lower bound, evidence by kind, last change and why."""
+    """Each peer's state, score and lower bound, evidence by kind, the members' reports'
+    opinion, last change and why."""
 
     def go() -> None:
         assessor = _open(load_config(config))
@@ -117,6 +118,10 @@ def _peers_json(records: list[Reputation]) -> list[dict[str, Any]]:
                 if rep.state == "quarantined"
                 else None,
                 "evidence": _evidence(rep),
+                # The members' reports' opinion, in pseudo-answers (in score and bound).
+                "reports": {"good": round(rep.opinion[0], 6), "bad": round(rep.opinion[1], 6)}
+                if any(rep.opinion)
+                else None,
                 "changed_at": _when(rep.changed_at),
                 "reason": rep.reason,
                 "models": [],
@@ -135,7 +140,8 @@ def _table(peers: list[dict[str, Any]]) -> None:
         out.print("no peer has a reputation yet")
         return
     table = Table()
-    for column in ("peer", "state", "score", "bound", "evidence (good/bad)", "last change"):
+    columns = ("peer", "state", "score", "bound", "evidence (good/bad)", "reports", "last change")
+    for column in columns:
         table.add_column(column, justify="right" if column in ("score", "bound") else "left")
 
     def counts(evidence: dict[str, dict[str, int]]) -> str:
@@ -152,6 +158,7 @@ def _table(peers: list[dict[str, Any]]) -> None:
             f"{p['score']:.3f}",
             f"{p['bound']:.3f}",
             counts(p["evidence"]),
+            f"{p['reports']['good']:.2f}/{p['reports']['bad']:.2f}" if p["reports"] else "-",
             change,
         )
         for m in p["models"]:
@@ -161,6 +168,7 @@ def _table(peers: list[dict[str, Any]]) -> None:
                 f"{m['score']:.3f}",
                 f"{m['bound']:.3f}",
                 counts(m["evidence"]),
+                "",
                 "",
             )
     out.print(table)

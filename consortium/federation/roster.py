@@ -82,6 +82,9 @@ class Member(_Model):
     endpoints: Endpoints = Endpoints()
     capabilities: Capabilities = Capabilities()
     keys: list[MemberKey] = Field(min_length=1)
+    # A founder is pre-trusted: members fold each other's trust reports EigenTrust-style
+    # (trust/reports.py), and the founders get a fixed share of the reporters' weight.
+    founder: bool = False
 
     def key(self, kid: str, when: datetime | None = None) -> jwk.JWK | None:
         at = when or datetime.now(UTC)
@@ -112,9 +115,19 @@ class Roster(_Model):
     def member(self, org_id: str) -> Member | None:
         return next((m for m in self.members if m.org_id == org_id), None)
 
+    def founders(self) -> frozenset[str]:
+        """The members the roster marks as founders (active or not)."""
+        return frozenset(m.org_id for m in self.members if m.founder)
+
     def signed_content(self) -> dict[str, Any]:
-        """What the admin signature covers: everything but the signatures."""
-        return self.model_dump(mode="json", exclude={"signatures"})
+        """What the admin signature covers: everything but the signatures. A member's
+        `founder` flag is left out when false, so a roster signed before the flag existed
+        still verifies, and one without founders signs to the same bytes as before."""
+        content = self.model_dump(mode="json", exclude={"signatures"})
+        for member in content["members"]:
+            if not member.get("founder"):
+                member.pop("founder", None)
+        return content
 
 
 @functools.lru_cache(maxsize=1024)
@@ -194,6 +207,9 @@ def load_verified_roster(path: Path, trusted_admin_keys: list[jwk.JWK]) -> Roste
 def write_roster(path: Path, roster: Roster) -> None:
     """Writes atomically (temp file + rename): a reader never sees half a roster."""
     data = roster.model_dump(mode="json", exclude_defaults=False)
+    for member in data["members"]:  # written only for founders, as it is signed
+        if not member.get("founder"):
+            member.pop("founder", None)
     text = tomli_w.dumps(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")

@@ -10,7 +10,10 @@ node/a2a/http_binding.py), which share one request handler, so both see the same
 A federated node has one `Assessor` (trust/reputation.py), made by `build_assessor` or
 handed to `Node(assessor=...)`: the exchange (peers.py) reports every call's outcome to
 it, and routing (the peer client's candidates, the orchestrator's groups and votes) reads
-its standings. Nothing else holds reputations.
+its standings. Nothing else holds reputations. When that assessor is the reputation
+engine, `build_reports` adds the members' trust-report exchange (node/reports.py): the
+executor takes members' reports, and the node sends its own every
+`[trust] report_interval_s`.
 
 With `[trust] canaries` a federated node also mixes canaries into its calls to peers
 (`build_canaries`, node/canary_traffic.py): the pool is loaded before anything else (a bad
@@ -61,6 +64,7 @@ from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
+from consortium.node.reports import TrustReports
 from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import (
@@ -345,12 +349,31 @@ def build_service(
     )
 
 
+def build_reports(cfg: NodeConfig, federation: Federation | None) -> TrustReports | None:
+    """The trust-report exchange, for a federated node whose assessor is the reputation
+    engine (a node without reputations neither sends nor takes reports)."""
+    if federation is None or not isinstance(federation.assessor, ReputationAssessor):
+        return None
+    assert cfg.federation is not None
+    return TrustReports(
+        org_id=cfg.node.org_id,
+        roster=federation.roster,
+        assessor=federation.assessor,
+        peers=federation.peers,
+        settings=cfg.trust.report_settings(),
+        skew_s=cfg.federation.max_clock_skew_s,
+    )
+
+
 def build_executor(
-    cfg: NodeConfig, service: NodeService, federation: Federation | None
+    cfg: NodeConfig,
+    service: NodeService,
+    federation: Federation | None,
+    reports: TrustReports | None = None,
 ) -> AgentExecutor:
     """The A2A executor over the service (behind the conformance kit's, if configured)."""
     executor: AgentExecutor = ModelExecutor(
-        service, signer=federation.signer if federation else None
+        service, signer=federation.signer if federation else None, reports=reports
     )
     if cfg.node.executor == "a2a-tck":
         executor = ConformanceExecutor(executor)
@@ -463,6 +486,8 @@ class Node:
         self.keys: ApiKeys | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.canaries: CanaryTraffic | None = None
+        self.reports: TrustReports | None = None
+        self._reporting: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -500,7 +525,8 @@ class Node:
         self.service = build_service(
             cfg, self.worker, prompt_format, routing, federation, self.tracer
         )
-        executor = build_executor(cfg, self.service, federation)
+        self.reports = build_reports(cfg, federation)
+        executor = build_executor(cfg, self.service, federation, self.reports)
         self.handler = build_request_handler(
             cfg, executor, self.store, self.card, self.keys, federation, self.tracer
         )
@@ -518,6 +544,8 @@ class Node:
         endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
         if self.canaries is not None:
             self.canaries.start()
+        if self.reports is not None:
+            self._reporting = asyncio.create_task(self.reports.run())
         log.info(
             "node %s ready: model %s (%s), gRPC %s, HTTP %s",
             cfg.node.org_id,
@@ -568,6 +596,8 @@ class Node:
                 "rosters_refused": roster.refused,
                 "messages_refused": dict(self.handler.refusals) if self.handler else {},
             }
+        if self.reports is not None:
+            body["trust_reports"] = self.reports.counts()
         if self.records is not None:
             body["routing_records"] = self.records.counts()
         if self.policy is not None:
@@ -585,10 +615,11 @@ class Node:
             return
         self._stopped = True
         grace = self.config.server.shutdown_grace_s
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        for background in (self._housekeeping, self._reporting):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         if self.canaries is not None:
             await self.canaries.close()
         if self._http is not None:

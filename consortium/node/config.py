@@ -26,6 +26,7 @@ from consortium.errors import ConfigError
 from consortium.llm.settings import ModelSection
 from consortium.trust.canaries import CanaryPool, load_pool
 from consortium.trust.canary_schedule import CanarySettings
+from consortium.trust.reports import ReportSettings
 from consortium.trust.reputation_engine import ReputationSettings
 
 if TYPE_CHECKING:
@@ -202,6 +203,8 @@ CANARY_KEYS = frozenset(
         "canary_repeat_window_s",
     }
 )
+_REPORTS = ReportSettings()
+_REPORT_KEYS = frozenset(ReportSettings.__dataclass_fields__)
 _Weight = Annotated[float, Field(ge=0, le=10)]
 _Bound = Annotated[float, Field(gt=0, lt=1)]
 
@@ -263,6 +266,15 @@ class TrustSection(_Section):
     canary_repeat_window_s: Annotated[float, Field(ge=0, le=10 * 365 * 86400)] = (
         _CANARY.repeat_window_s
     )
+    # Members' trust reports (trust/reports.py, node/reports.py): the folded opinion's
+    # weight in pseudo-answers; how often this node sends its own (0: never); the oldest
+    # report folded in; the founders' pre-trusted share of the reporters' weight; the
+    # evidence at which a reported score counts fully.
+    report_weight: Annotated[float, Field(ge=0, le=100)] = _REPORTS.report_weight
+    report_interval_s: Annotated[float, Field(ge=0, le=7 * 86400)] = _REPORTS.report_interval_s
+    report_max_age_s: Annotated[float, Field(gt=0, le=30 * 86400)] = _REPORTS.report_max_age_s
+    report_pretrust: Annotated[float, Field(ge=0, le=1)] = _REPORTS.report_pretrust
+    report_saturation: Annotated[float, Field(gt=0, le=10_000)] = _REPORTS.report_saturation
 
     @model_validator(mode="after")
     def _consistent(self) -> TrustSection:
@@ -281,6 +293,9 @@ class TrustSection(_Section):
     def settings(self) -> ReputationSettings:
         fields = set(ReputationSettings.__dataclass_fields__)
         return ReputationSettings(**self.model_dump(include=fields))
+
+    def report_settings(self) -> ReportSettings:
+        return ReportSettings(**self.model_dump(include=set(_REPORT_KEYS)))
 
     def canary_settings(self) -> CanarySettings:
         return CanarySettings(

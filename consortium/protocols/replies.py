@@ -1,6 +1,6 @@
 """What a node's direct replies carry in `metadata["consortium"]`: a scoring request's
-scores, and the outcome of feedback on a routed task. Either carries `error` instead when
-the request was refused."""
+scores, the outcome of feedback on a routed task, and the acknowledgement of a member's
+trust report. Each carries `error` instead when the request was refused."""
 
 from __future__ import annotations
 
@@ -38,3 +38,15 @@ class FeedbackReply(WireModel):
     error: str | None = None
     local_adequate: bool | None = None
     label_source: str | None = None
+
+
+class ReportAck(WireModel):
+    """A trust report received: `accepted` (kept and folded in), with the entries used
+    and those dropped per reason; or refused, with `reason` (a code) and `error`."""
+
+    org: str
+    accepted: bool
+    used: int | None = None
+    dropped: dict[str, int] | None = None
+    reason: str | None = None
+    error: str | None = None

@@ -42,8 +42,10 @@ class RequestOptions(BaseModel):
         | None
     ) = None
     # "score": return the model's score of every option at once, as a Message (a member
-    # of a vote or debate asks its peers this way); "answer": a task, routed.
-    mode: Literal["answer", "score"] = "answer"
+    # of a vote or debate asks its peers this way); "answer": a task, routed;
+    # "trust_report": a member's signed trust report in a data part (node/reports.py),
+    # acknowledged with one Message, never a task and never shown to the model.
+    mode: Literal["answer", "score", "trust_report"] = "answer"
     # Shown before the answer when scoring (e.g. other members' answers in a debate).
     context: Annotated[str, Field(max_length=8000)] = ""
     # Overrides of the node's [routing]: a router spec, or a group from [groups].

@@ -34,6 +34,12 @@ The n-th quarantine of a peer lasts quarantine_s * quarantine_growth**(n-1), at 
 max_quarantine_s. A quarantine that would leave more than max_quarantined_fraction of the
 federation quarantined is not imposed: the peer stays on probation and it is logged.
 Per-model records keep their own posteriors and counts; states are the peer's.
+
+Other members' trust reports enter as an opinion per peer (trust/reports.py): `good` and
+`bad` pseudo-answers added to the peer's own answers posterior wherever it is read (score, bound,
+state), never stored into it, so forgetting and local evidence stay the node's own. A
+quarantine still needs `min_evidence` pieces of local evidence: reports alone can put a
+peer on probation (and lower its routing weight), never quarantine it.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +159,9 @@ class Reputation:
     protocol_beta: float = 0.0
     answers_bound: float = 0.0
     protocol_bound: float = 0.0
+    # The members' reports' opinion (good, bad pseudo-answers), already in score and
+    # bound; alpha and beta are the node's own evidence. Peers only (model "").
+    opinion: tuple[float, float] = (0.0, 0.0)
 
 
 class _Metrics:
@@ -227,6 +236,7 @@ class ReputationAssessor:
         self._members: frozenset[str] | None = None if members is None else frozenset(members)
         self._lock = threading.Lock()
         self._records = store.load()
+        self._opinions = store.load_opinions()
         self._capped: set[str] = set()  # peers whose capped quarantine was logged
 
     @classmethod
@@ -277,6 +287,34 @@ class ReputationAssessor:
                 weight=s.failure_factor,
             )
         self.record(evidence)
+
+    def set_opinions(self, opinions: Mapping[str, tuple[float, float]]) -> None:
+        """The members' reports' opinion of each peer, as (good, bad) pseudo-answers
+        (trust/reports.py); replaces every earlier opinion. Each peer's state is decided
+        again on its effective bound: probation or healthy (a quarantine needs
+        min_evidence pieces of local evidence)."""
+        now = self._clock()
+        clean = {
+            p: (max(float(g), 0.0), max(float(b), 0.0))
+            for p, (g, b) in opinions.items()
+            if math.isfinite(g) and math.isfinite(b)
+        }
+        with self._lock:
+            self._refresh()
+            touched = set(clean) | set(self._opinions)
+            self._opinions = clean
+            self.store.save_opinions(clean)
+            changed = []
+            for peer in sorted(touched):
+                if peer not in clean and (peer, "") not in self._records:
+                    continue
+                rec = self._peer(peer)
+                self._release(rec)
+                g, b = clean.get(peer, (0.0, 0.0))
+                good = g >= b
+                self._decide(rec, now, Evidence(peer, "report", good, "opinion"))
+                changed.append(rec)
+            self.store.save(changed)
 
     # Evidence from anywhere.
 
@@ -333,6 +371,7 @@ class ReputationAssessor:
         """Rereads the store when another process (the CLI) committed to it."""
         if self.store.changed():
             self._records = self.store.load()
+            self._opinions = self.store.load_opinions()
             self._capped.clear()
 
     def _fresh(self, peer: str, model: str) -> Record:
@@ -369,17 +408,29 @@ class ReputationAssessor:
         beta = s.prior_bad if rec.p_beta is None else rec.p_beta
         return alpha, beta
 
+    def _effective(self, rec: Record) -> tuple[float, float]:
+        """The answers (alpha, beta) score, bound and state read: a peer's own posterior
+        plus the members' reports' opinion of it (per-model records: their own posterior)."""
+        if rec.model:
+            return rec.alpha, rec.beta
+        good, bad = self._opinions.get(rec.peer, (0.0, 0.0))
+        return rec.alpha + good, rec.beta + bad
+
     def _bounds(self, rec: Record) -> tuple[float, float]:
-        """The answers bound and the protocol bound."""
+        """The answers bound (reports included) and the protocol bound."""
         level = self.settings.credible_level
-        return lower_bound(rec.alpha, rec.beta, level), lower_bound(*self._protocol(rec), level)
+        return (
+            lower_bound(*self._effective(rec), level),
+            lower_bound(*self._protocol(rec), level),
+        )
 
     def _bound(self, rec: Record) -> float:
         return min(self._bounds(rec))
 
     def _score(self, rec: Record) -> float:
+        alpha, beta = self._effective(rec)
         p_alpha, p_beta = self._protocol(rec)
-        return min(rec.alpha / (rec.alpha + rec.beta), p_alpha / (p_alpha + p_beta))
+        return min(alpha / (alpha + beta), p_alpha / (p_alpha + p_beta))
 
     def _weakest(self, rec: Record) -> str:
         """Which posterior the state is decided on: "answers" or "protocol"."""
@@ -494,4 +545,5 @@ class ReputationAssessor:
             p_beta,
             answers,
             protocol,
+            self._opinions.get(rec.peer, (0.0, 0.0)) if not rec.model else (0.0, 0.0),
         )

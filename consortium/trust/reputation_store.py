@@ -3,8 +3,10 @@
 One row per peer (model "") and per (peer, model): the two Beta posteriors (answers:
 alpha, beta; protocol: p_alpha, p_beta), the state, the offences, when the quarantine
 ends, the last change and why; the evidence counts by kind and outcome in a second table.
-Every write is one transaction. A second process (`consortium trust show | reset`) may
-open the same file while the node runs; the node sees its commits through
+Members' trust reports (the latest valid one per reporter, as received: trust/reports.py)
+and the opinions folded from them (each peer's good and bad pseudo-answers) have a table
+each. Every write is one transaction. A second process (`consortium trust show | reset`)
+may open the same file while the node runs; the node sees its commits through
 `PRAGMA data_version` (`changed()`), as api_keys.py does.
 
 `CanaryLogTable` keeps the canary scheduler's draws (trust/canary_schedule.py's
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -51,6 +53,17 @@ CREATE TABLE IF NOT EXISTS evidence_counts (
     good   INTEGER NOT NULL,
     n      INTEGER NOT NULL,
     PRIMARY KEY (peer, model, kind, good)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trust_reports (
+    reporter    TEXT PRIMARY KEY,
+    issued_at   REAL NOT NULL,
+    received_at REAL NOT NULL,
+    body        TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS report_opinions (
+    peer  TEXT PRIMARY KEY,
+    good  REAL NOT NULL,
+    bad   REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -183,6 +196,59 @@ class ReputationStore:
 
         with self._lock:
             self._transaction(go)
+
+    def save_report(self, reporter: str, issued_at: float, received_at: float, body: str) -> bool:
+        """Keeps `body` as `reporter`'s latest report unless a newer one is kept already;
+        whether it did."""
+        kept = False
+
+        def go() -> None:
+            nonlocal kept
+            row = self._conn.execute(
+                "SELECT issued_at FROM trust_reports WHERE reporter = ?", (reporter,)
+            ).fetchone()
+            if row is not None and float(row[0]) >= issued_at:
+                return
+            self._conn.execute(
+                "INSERT OR REPLACE INTO trust_reports (reporter, issued_at, received_at, body)"
+                " VALUES (?,?,?,?)",
+                (reporter, issued_at, received_at, body),
+            )
+            kept = True
+
+        with self._lock:
+            self._transaction(go)
+        return kept
+
+    def load_reports(self) -> dict[str, str]:
+        """The latest report kept per reporter (its JSON body)."""
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT reporter, body FROM trust_reports").fetchall()
+            except sqlite3.DatabaseError as e:
+                raise TrustStoreError(f"cannot read ({e})", path=str(self.path)) from None
+        return {str(r): str(b) for r, b in rows}
+
+    def save_opinions(self, opinions: Mapping[str, tuple[float, float]]) -> None:
+        """Replaces every peer's opinion (good, bad pseudo-answers) in one transaction."""
+
+        def go() -> None:
+            self._conn.execute("DELETE FROM report_opinions")
+            self._conn.executemany(
+                "INSERT INTO report_opinions (peer, good, bad) VALUES (?,?,?)",
+                [(p, g, b) for p, (g, b) in sorted(opinions.items())],
+            )
+
+        with self._lock:
+            self._transaction(go)
+
+    def load_opinions(self) -> dict[str, tuple[float, float]]:
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT peer, good, bad FROM report_opinions").fetchall()
+            except sqlite3.DatabaseError as e:
+                raise TrustStoreError(f"cannot read ({e})", path=str(self.path)) from None
+        return {str(p): (float(g), float(b)) for p, g, b in rows}
 
     def _write(self, records: Iterable[Record]) -> None:
         for r in records:

@@ -121,3 +121,13 @@ def test_cli_create_add_suspend_verify_show(tmp_path: Path) -> None:
     )
     r = cli("federation", "verify", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_cli_add_member_as_founder(tmp_path: Path) -> None:
+    card = init_node("globex", tmp_path / "globex", grpc_port=0, http_port=0).card_path
+    assert cli("federation", "create", "Test Fed", "--dir", str(tmp_path / "fed")).returncode == 0
+    roster = tmp_path / "fed" / "federation.toml"
+    r = cli("federation", "add-member", str(roster), "--card", str(card), "--founder")
+    assert r.returncode == 0, r.stderr
+    loaded = load_verified_roster(roster, admin_pub(roster))
+    assert loaded.founders() == {"globex"}

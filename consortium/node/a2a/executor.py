@@ -6,8 +6,9 @@ a2a-sdk's request handler; this module turns an A2A request into a `ServiceReque
 events into task events: SUBMITTED -> WORKING -> artifact chunks -> COMPLETED, or
 REJECTED (nothing to answer, bad parameters, prompt too long), FAILED (the model or a
 peer failed) or CANCELED. Every status message carries the provenance when there is
-one, and is signed when a peer sent the request. Scoring requests and feedback are
-answered directly, with one Message and no task.
+one, and is signed when a peer sent the request. Scoring requests, feedback and
+members' trust reports (node/reports.py) are answered directly, with one Message and no
+task; a trust report never reaches the service or the model.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import a2a_pb2
 
 from consortium.errors import ModelError, RequestRejected
+from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies
+from consortium.node.a2a.errors import PermissionDeniedError
 from consortium.node.a2a.request_handler import VERIFIED_KEY, SigningEventQueue
+from consortium.node.a2a.validation import requested_mode
 from consortium.node.auth import Caller, caller_of
+from consortium.node.reports import TrustReports
 from consortium.node.service import (
     Answered,
     Failed,
@@ -42,7 +47,12 @@ from consortium.node.service import (
     Working,
 )
 from consortium.protocols.provenance import Provenance
-from consortium.protocols.replies import FeedbackReply, ScoresOfOptions, ScoresReply
+from consortium.protocols.replies import (
+    FeedbackReply,
+    ReportAck,
+    ScoresOfOptions,
+    ScoresReply,
+)
 from consortium.protocols.request_options import (
     METADATA_KEY,
     Feedback,
@@ -75,12 +85,14 @@ def _metadata(provenance: Provenance) -> dict[str, Any]:
 
 
 def _is_direct_request(message: a2a_pb2.Message) -> bool:
-    """A scoring request or feedback: answered with one Message, no task."""
+    """A scoring request, feedback or a trust report: answered with one Message, no task."""
+    if requested_mode(message) == "trust_report":
+        return True  # whatever else its metadata says
     try:
         options = request_options(message)
     except ValueError:
         return False  # the task path rejects it with the reason
-    return options.mode == "score" or options.feedback is not None
+    return options.mode in ("score", "trust_report") or options.feedback is not None
 
 
 def _caller(context: ServerCallContext) -> Caller:
@@ -92,17 +104,26 @@ def _caller(context: ServerCallContext) -> Caller:
 
 
 class ModelExecutor(AgentExecutor, DirectReplies):
-    def __init__(self, service: NodeService, *, signer: Signer | None = None) -> None:
+    def __init__(
+        self,
+        service: NodeService,
+        *,
+        signer: Signer | None = None,
+        reports: TrustReports | None = None,
+    ) -> None:
         self.service = service
         self._signer = signer
+        self._reports = reports
 
     # -- direct replies ----------------------------------------------------------------
 
     async def reply(
         self, message: a2a_pb2.Message, context: ServerCallContext
     ) -> a2a_pb2.Message | None:
-        """Scoring requests and feedback are answered on the spot, with one (signed)
-        Message."""
+        """Scoring requests, feedback and trust reports are answered on the spot, with one
+        (signed) Message."""
+        if requested_mode(message) == "trust_report":  # before any other option is read
+            return self._report_ack(message, context)
         try:
             options = request_options(message)
         except ValueError:
@@ -139,6 +160,34 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         reply = _agent_message("", message.context_id, text, {METADATA_KEY: meta.wire()})
         reply.ClearField("task_id")
         return self._signed(reply, context.state.get(VERIFIED_KEY))
+
+    def _report_ack(self, message: a2a_pb2.Message, context: ServerCallContext) -> a2a_pb2.Message:
+        """A member's trust report, taken (or refused with a reason) and acknowledged. Only
+        a member whose signature the handler verified may send one."""
+        caller = _caller(context)
+        verified = context.state.get(VERIFIED_KEY)
+        if caller.kind != "member" or not isinstance(verified, Verified):
+            if self._reports is not None:
+                self._reports.refused["not_member"] += 1
+            log.warning("refused trust report %s: not_member", safe(message.message_id or "-"))
+            raise PermissionDeniedError(message="trust reports are taken from members only")
+        if self._reports is None:
+            ack = ReportAck(
+                org=self.service.org_id,
+                accepted=False,
+                reason="reports_off",
+                error="this node keeps no reputations",
+            )
+        else:
+            ack = self._reports.receive(caller.id, message)
+        reply = _agent_message(
+            "",
+            message.context_id,
+            "trust report " + ("accepted" if ack.accepted else f"refused: {ack.reason}"),
+            {METADATA_KEY: ack.wire()},
+        )
+        reply.ClearField("task_id")
+        return self._signed(reply, verified)
 
     async def _scores_message(
         self, message: a2a_pb2.Message, options: RequestOptions, verified: object
@@ -211,8 +260,8 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         except ValueError as e:
             await self._refuse(updater, context, task, str(e))
             return None
-        if options.mode == "score" or options.feedback is not None:
-            reason = "scoring and feedback cannot continue a task"
+        if options.mode != "answer" or options.feedback is not None:
+            reason = "scoring, feedback and trust reports cannot continue a task"
             await self._refuse(updater, context, task, reason)
             return None
         return ServiceRequest(text, options, task_id=task.id)

@@ -15,7 +15,9 @@ module refuses such a request up front as invalid parameters (INVALID_ARGUMENT o
   messages nested more than 100 levels, and each level of a Struct costs three (Struct,
   map entry, Value): a message accepted deeper than about 30 levels is stored in a task
   that can no longer be read back or sent to a gRPC client, and upb fails to copy it;
-- a negative `configuration.history_length`.
+- a negative `configuration.history_length`;
+- a trust report (`metadata.consortium.mode` "trust_report") that names a task or asks
+  for push notifications: it is a message-only exchange and never becomes a task.
 
 It walks only the Structs and the parts, not the whole message, so it stays cheap on the
 path of every message (benchmarks/messaging.py).
@@ -65,6 +67,23 @@ def validate_send_request(params: a2a_pb2.SendMessageRequest) -> None:
         _check_struct_field(params.metadata, "metadata")
     if params.HasField("configuration") and params.configuration.history_length < 0:
         raise InvalidParamsError(message="configuration.history_length must not be negative")
+    if requested_mode(message) == "trust_report" and (
+        message.task_id or params.configuration.HasField("task_push_notification_config")
+    ):
+        raise InvalidParamsError(
+            message="a trust report is a message-only exchange: no task_id, no push notification"
+        )
+
+
+def requested_mode(message: a2a_pb2.Message) -> str:
+    """metadata.consortium.mode when it is a string, else "" (cheap: no full parse)."""
+    options = message.metadata.fields.get("consortium")
+    if options is None or options.WhichOneof("kind") != "struct_value":
+        return ""
+    mode = options.struct_value.fields.get("mode")
+    if mode is None or mode.WhichOneof("kind") != "string_value":
+        return ""
+    return str(mode.string_value)
 
 
 def _check_part(part: a2a_pb2.Part, field: str) -> None:

@@ -308,6 +308,7 @@ async def _task(fed: _Federation, item: Item, result: RunResult) -> None:
     every = [_Member(p, s, tokens[p]) for p, s in up.items()]
     trusted = [m for m in every if allowed[m.name].allowed]
     scores = {p: allowed[p].score for p in PEERS}
+    routing = {p: allowed[p].routing_weight for p in PEERS}
     # The vote's answers are cross-checks of each other (same declared model only).
     compared = [Answer(m.name, PEERS[m.name], choice_from_scores(m.scores)) for m in trusted]
     for judged in cross_check(compared, scores):
@@ -315,7 +316,7 @@ async def _task(fed: _Federation, item: Item, result: RunResult) -> None:
             fed.assessor.record(evidence)
         if judged.verdict == "disagreed" and judged.reference == "peers":
             fed.scheduler.alarm(judged.peer)
-    weights = reputation_weights([m.name for m in trusted], None, scores)
+    weights = reputation_weights([m.name for m in trusted], None, routing)
     result.correct["trust"] += await _correct(trusted, item, weights)
     result.correct["none"] += await _correct(every, item, None)
     all_honest = [replace(m, scores=honest_p3) if m.name == TARGET else m for m in every]

@@ -248,6 +248,8 @@ class TrustSection(_Section):
     # e(1-m)/((1-e)m) times a pass (m: the prior mean).
     canary_pass_rate: Annotated[float, Field(ge=0.5, le=0.999)] = _TRUST.canary_pass_rate
     agreement_rate: Annotated[float, Field(ge=0.5, le=0.999)] = _TRUST.agreement_rate
+    # A peer on probation weighs this share of its score in votes and peer choice.
+    probation_weight: Annotated[float, Field(ge=0, le=1)] = _TRUST.probation_weight
     # The share of escalations also asked of a second member serving the same declared
     # model, at the same time, to cross-check the answer (its tokens are spent too).
     cross_check_rate: Annotated[float, Field(ge=0, le=1)] = 0.05

@@ -180,6 +180,7 @@ class GroupRound:
     reputation: dict[str, float]
     dropped: list[str] = field(default_factory=list)
     short: str = ""
+    weights: dict[str, float] = field(default_factory=dict)  # routing weights, by peer
 
 
 @dataclass(frozen=True)
@@ -535,6 +536,7 @@ class Orchestrator:
         dropped = [m for m in names if m in standings and not standings[m].allowed]
         allowed = [m for m in names if m not in dropped]
         reputation = {m: s.score for m, s in standings.items() if s.allowed}
+        weights = {m: s.routing_weight for m, s in standings.items() if s.allowed}
         short = ""
         if group.protocol == "mixture" and aggregator in dropped:
             short = f"its aggregator {aggregator} is {QUARANTINED}"
@@ -543,7 +545,7 @@ class Orchestrator:
                 f"{len(allowed)} of {len(names)} members allowed, fewer than min_members "
                 f"{group.min_members} ({', '.join(dropped)} {QUARANTINED})"
             )
-        return GroupRound(allowed, aggregator, reputation, dropped, short)
+        return GroupRound(allowed, aggregator, reputation, dropped, short, weights)
 
     async def _group_answer(
         self,
@@ -615,7 +617,7 @@ class Orchestrator:
             members = own + [m for m in members if m.name != self.org_id][: budget.max_peers]
         limits = Limits(group.max_tokens, budget.max_cost, budget.deadline_s)
         configured = {(self.org_id if k == "self" else k): v for k, v in group.weights.items()}
-        weights = reputation_weights([m.name for m in members], configured or None, ledger.chosen)
+        weights = reputation_weights([m.name for m in members], configured or None, chosen.weights)
         try:
             if group.protocol == "vote":
                 return await vote(members, question, weights=weights, limits=limits)

@@ -264,7 +264,7 @@ class PeerClient:
                     context_size=m.capabilities.context_size,
                     price_per_1k_tokens=m.capabilities.price_per_1k_tokens,
                     typical_latency_ms=m.capabilities.typical_latency_ms,
-                    trust=standing.score,
+                    trust=standing.routing_weight,
                 )
             )
         return tuple(peers)

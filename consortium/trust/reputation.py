@@ -63,12 +63,19 @@ class Evidence:
 @dataclass(frozen=True)
 class Standing:
     """A peer's reputation as routing reads it: its state, the posterior mean `score`
-    and the lower credible `bound` the state is decided on (both 0..1)."""
+    and the lower credible `bound` the state is decided on (both 0..1), and `weight`, what
+    routing weighs it by in a peer choice or a vote (the score, less on probation: see
+    `routing_weight`; the score when not given)."""
 
     peer: str
     state: PeerState
     score: float
     bound: float
+    weight: float | None = None
+
+    @property
+    def routing_weight(self) -> float:
+        return self.score if self.weight is None else self.weight
 
     @property
     def allowed(self) -> bool:

@@ -99,6 +99,10 @@ class ReputationSettings:
     # failure is weighed against.
     canary_pass_rate: float = 0.95
     agreement_rate: float = 0.95
+    # A peer on probation counts this much of its score in a vote or a peer choice: it
+    # is still allowed, but a suspect outvoting the members in good standing is how a
+    # peer released from quarantine does its damage before it is caught again.
+    probation_weight: float = 0.3
 
     def weight(self, kind: EvidenceKind) -> float:
         return {
@@ -522,7 +526,8 @@ class ReputationAssessor:
         score = self._score(rec)
         bound = self._bound(rec)
         self._metrics.publish(rec, score, bound)
-        return Standing(rec.peer, rec.state, score, bound)
+        factor = self.settings.probation_weight if rec.state == "probation" else 1.0
+        return Standing(rec.peer, rec.state, score, bound, score * factor)
 
     def _view(self, rec: Record) -> Reputation:
         answers, protocol = self._bounds(rec)

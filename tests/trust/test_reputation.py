@@ -155,6 +155,9 @@ def test_states_healthy_probation_quarantined_reinstated_healthy(
     assert engine.standing("b").state == "healthy"
     s = engine.record(bad_signature())
     assert s.state == "probation" and s.bound < DEFAULTS.probation_bound and s.allowed
+    # Allowed, but it weighs less in votes and peer choice while on probation.
+    assert s.routing_weight == pytest.approx(s.score * DEFAULTS.probation_weight)
+    assert engine.standing("c").routing_weight == engine.standing("c").score
     for _ in range(DEFAULTS.min_evidence - 2):
         assert engine.record(bad_signature()).state == "probation"  # not enough evidence
     s = engine.record(bad_signature())

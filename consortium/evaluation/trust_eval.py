@@ -10,11 +10,16 @@ behaviour applied to the cached option scores of the model it runs on that item:
 - half_wrong: a wrong option on a random half of the tasks, else honest;
 - substituted: SmolLM2's scores while declaring (and claiming) Gemma-3-270M;
 - turncoat: honest for its first `TURN_AT` tasks, then half_wrong;
-- selective: a wrong option only on one topic (`on_topic`: life-science questions).
+- selective: a wrong option only on one topic (`on_topic`: life-science questions);
+- colluding: half_wrong, and p3 and `c1` (a member outside the vote) send false trust
+  reports every `REPORT_EVERY` tasks: each other at 1.0, every honest member at 0.0;
+  the honest reporters (p1, p2 and `h1`, outside the vote) rate the others 0.95 and p3
+  0.5, what its half-wrong answers earn. Two colluders of five reporters: a minority.
+  The origin folds the latest reports with the REAL fold (trust/reports.py) and hands
+  the opinions to its engine, as node/reports.py does.
 
-A colluding minority sending false reports is not simulated here. The evidence is what a
-node gathers: canary outcomes (kind "canary", judged by `node.canaries.judge_scores`),
-protocol evidence per call (`ReputationAssessor.assess`: a verified reply is good, a
+The evidence is what a node gathers: canary outcomes (kind "canary", judged by
+`node.canaries.judge_scores`), protocol evidence per call (`ReputationAssessor.assess`: a verified reply is good, a
 timeout bad) and the vote's own cross-checks (trust/cross_checks.py: p1 and p3 declare
 the same model, so their answers are compared; a disagreement raises the scheduler's
 alarm, and the next call to each carries a canary). The vote's cross-checks cost no
@@ -64,6 +69,7 @@ from consortium.protocols.multiple_choice import OptionScores, Question
 from consortium.trust.canaries import CanaryPool, MultipleChoiceCanary
 from consortium.trust.canary_schedule import CanaryScheduler, CanarySettings
 from consortium.trust.cross_checks import Answer, cross_check
+from consortium.trust.reports import ReportEntry, ReportSettings, TrustReport, fold
 from consortium.trust.reputation import Verdict
 from consortium.trust.reputation_engine import ReputationAssessor, ReputationSettings
 from consortium.trust.reputation_store import ReputationStore
@@ -74,6 +80,9 @@ TARGET = "p3"
 TURN_AT = 200
 STEP_S = 60.0  # simulated seconds per task
 CLONES = 40
+REPORT_EVERY = 10  # tasks between two rounds of members' trust reports (600 s)
+REPORTERS_OUTSIDE = ("c1", "h1")  # members outside the vote: a colluder, an honest one
+COLLUDERS = ("p3", "c1")
 TOPIC_WORDS = ("plant", "animal", "cell", "organism", "species", "body", "seed", "food")
 
 
@@ -146,6 +155,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "substituted": substituted,
     "turncoat": turncoat,
     "selective": selective,
+    "colluding": half_wrong,
 }
 BAD_FROM = {"turncoat": TURN_AT}  # the task (sent to the peer) its misbehaviour starts at
 
@@ -245,16 +255,43 @@ class _Federation:
         canary: CanarySettings,
         timeout_rate: float,
         db: Path,
+        reports: bool = False,
     ) -> None:
         self.data, self.behaviour, self.rng = data, behaviour, rng
         self.now = 0.0
+        members = [*PEERS, *REPORTERS_OUTSIDE] if reports else list(PEERS)
         self.assessor = ReputationAssessor(
-            ReputationStore(db), settings, clock=lambda: self.now, members=PEERS
+            ReputationStore(db), settings, clock=lambda: self.now, members=members
         )
+        self.reports = reports
         self.scheduler = CanaryScheduler(data.pool, canary, random.Random(rng.random()))
         self.timeout_rate = timeout_rate
         self.sent = dict.fromkeys(PEERS, 0)
         self.request = a2a_pb2.Message()
+
+    def fold_reports(self) -> None:
+        """The members' latest reports folded into opinions, handed to the engine."""
+        members = [*PEERS, *REPORTERS_OUTSIDE]
+        reports = {}
+        for reporter in members:
+            entries = []
+            for subject in members:
+                if subject == reporter:
+                    continue
+                if reporter in COLLUDERS:
+                    score = 1.0 if subject in COLLUDERS else 0.0
+                else:
+                    score = 0.5 if subject == TARGET else 0.95
+                entries.append(ReportEntry(org=subject, score=score, evidence=20))
+            reports[reporter] = TrustReport(
+                v=1, reporter=reporter, issued_at=self.now, entries=entries
+            )
+        trust = {m: self.assessor.standing(m).score for m in members}
+        settings = ReportSettings()
+        folded = fold(me="origin", trust=trust, founders=(), reports=reports, now=self.now)
+        self.assessor.set_opinions(
+            {p: o.pseudo_counts(settings.report_weight) for p, o in folded.opinions.items()}
+        )
 
     def answer(self, peer: str, item: Item) -> OptionScores:
         fn = self.behaviour if peer == TARGET else honest
@@ -330,8 +367,10 @@ def _quarantines(assessor: ReputationAssessor) -> dict[str, int]:
 
 async def _run(fed: _Federation, tasks: int, bad_from: int) -> RunResult:
     result = RunResult(None, 0)
-    for _ in range(tasks):
+    for n in range(tasks):
         fed.now += STEP_S
+        if fed.reports and n % REPORT_EVERY == 0:
+            fed.fold_reports()
         await _task(fed, fed.rng.choice(fed.data.tasks), result)
         if result.quarantined_after is None and fed.assessor.standing(TARGET).state == (
             "quarantined"
@@ -361,6 +400,7 @@ def simulate(
             canary or CanarySettings(),
             timeout_rate,
             Path(tmp) / "trust.sqlite3",
+            reports=behaviour == "colluding",
         )
         try:
             result = asyncio.run(_run(fed, tasks, BAD_FROM.get(behaviour, 0)))
@@ -386,6 +426,7 @@ def _behaviour_figures(runs: Sequence[RunResult]) -> dict[str, Any]:
         for arm in ("trust", "none", "honest")
     }
     return {
+        "honest_peer_quarantines": sum(r.honest_quarantines for r in runs),
         "quarantined_share": round(sum(a != float("inf") for a in after) / len(runs), 3),
         "tasks_to_quarantine_median": _quantile(after, 0.5),
         "tasks_to_quarantine_p95": _quantile(after, 0.95),
@@ -413,6 +454,12 @@ def _targets(figures: dict[str, Any], false_rate: float, overhead: float) -> dic
         "vote_within_1_point_of_all_honest": worst >= -1.0,
         "vote_worst_points": worst,
         "canary_overhead_at_most_10pct": overhead <= 0.10,
+        "colluding_minority_quarantines_no_honest_peer": figures["colluding"][
+            "honest_peer_quarantines"
+        ]
+        == 0,
+        "colluding_minority_does_not_shield_its_member": figures["colluding"]["quarantined_share"]
+        == 1.0,
     }
 
 
@@ -473,7 +520,6 @@ def evaluate_trust(
             "reputation": dataclasses.asdict(settings or ReputationSettings()),
             "canary": dataclasses.asdict(canary or CanarySettings()),
             "not_simulated": [
-                "colluding members' false reports",
                 "sampled escalation cross-checks (a vote needs none)",
                 "real node processes (the live run)",
             ],

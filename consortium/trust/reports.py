@@ -232,7 +232,7 @@ def fold(
     # of the doubt. Not iterated: a clique rating itself 1.0 and everyone else 0 would
     # gain a little on honest reporters (who rate each other 0.95) at every round, until
     # it outweighed them (measured while building this: iterated five times, 2 colluders
-    # of 5 reporters put an honest peer with 30 verified calls of local evidence on probation).
+    # of 5 reporters put an honest peer with good local evidence on probation).
     of_reporters = _opinions(rows, rows, base, s, tie="high")
     weights = {
         r: w * (1.0 - of_reporters[r].confidence * (1.0 - of_reporters[r].score))

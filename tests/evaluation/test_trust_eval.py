@@ -97,6 +97,13 @@ def test_the_vote_with_trust_beats_the_vote_without_against_an_always_wrong_memb
         assert run.correct["trust"] > run.correct["none"]
 
 
+def test_a_colluding_minoritys_reports_neither_shield_its_member_nor_sink_an_honest_one(
+    data: Replay,
+) -> None:
+    run = simulate(data, "colluding", 0, 300)
+    assert run.quarantined_after is not None and run.honest_quarantines == 0
+
+
 def test_verified_replies_do_not_shield_a_half_wrong_peer(data: Replay) -> None:
     """However much protocol evidence weighs, it has its own posterior: the peer's wrong
     answers still quarantine it."""
@@ -126,6 +133,7 @@ def test_the_figures_name_every_target(data: Replay, monkeypatch: pytest.MonkeyP
         "false_quarantine_at_most_1pct",
         "vote_within_1_point_of_all_honest",
         "canary_overhead_at_most_10pct",
+        "colluding_minority_quarantines_no_honest_peer",
     }
     assert figures["_summary"]["cross_check_token_overhead"] == 0.0
     assert (

@@ -19,11 +19,11 @@ behaviour applied to the cached option scores of the model it runs on that item:
   the opinions to its engine, as node/reports.py does.
 
 The evidence is what a node gathers: canary outcomes (kind "canary", judged by
-`node.canaries.judge_scores`), protocol evidence per call (`ReputationAssessor.assess`: a verified reply is good, a
-timeout bad) and the vote's own cross-checks (trust/cross_checks.py: p1 and p3 declare
-the same model, so their answers are compared; a disagreement raises the scheduler's
-alarm, and the next call to each carries a canary). The vote's cross-checks cost no
-tokens: the answers are there anyway.
+`node.canaries.judge_scores`), protocol evidence per call (`ReputationAssessor.assess`:
+a verified reply is good, a timeout bad) and the vote's own cross-checks
+(trust/cross_checks.py: p1 and p3 declare the same model, so their answers are compared;
+a disagreement raises the scheduler's alarm, and the next call to each carries a
+canary). The vote's cross-checks cost no tokens: the answers are there anyway.
 
 The federation: this node (the origin) and three peers, `p1` (gemma3-270m), `p2`
 (smollm2-135m) and `p3` (gemma3-270m, the one whose behaviour varies), in a three-member

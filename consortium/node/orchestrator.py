@@ -135,7 +135,8 @@ class PeerLedger:
         self.models.setdefault(org, scores.model)
         before = self.verdicts.get(org)
         claim = (before.claim if before is not None else None) or scores.claim or None
-        self.verdicts[org] = PeerVerdict(claim=claim)
+        canary = before.canary if before is not None else scores.canary
+        self.verdicts[org] = PeerVerdict(claim=claim, canary=canary)
 
     def cross_checked(self, org: str, verdict: CrossCheck) -> None:
         before = self.verdicts.get(org, PeerVerdict())

@@ -114,6 +114,7 @@ class PeerAnswer:
     # does not allow ("" when nothing).
     reputation: float = 1.0
     claim: str = ""
+    canary: Literal["passed", "failed"] | None = None  # its latest canary, when asked
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class PeerScores:
     latency_s: float
     reputation: float = 1.0
     claim: str = ""
+    canary: Literal["passed", "failed"] | None = None  # its latest canary, when asked
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ class Reply:
     events: int
     reputation: float = 1.0
     claim: str = ""
+    canary: Literal["passed", "failed"] | None = None  # its latest canary, when asked
 
 
 class PeerClient:
@@ -244,6 +247,7 @@ class PeerClient:
             verified_events=reply.events,
             reputation=reply.reputation,
             claim=reply.claim,
+            canary=reply.canary,
         )
 
     def candidates(self) -> tuple[Peer, ...]:
@@ -314,6 +318,7 @@ class PeerClient:
             latency_s=time.perf_counter() - started,
             reputation=reply.reputation,
             claim=reply.claim,
+            canary=reply.canary,
         )
 
     async def exchange(self, org: str, message: a2a_pb2.Message, call: Call) -> Reply:
@@ -347,7 +352,7 @@ class PeerClient:
             span.set_attribute("consortium.verdict", "verified")
             if claim:
                 span.set_attribute("consortium.claim", claim)
-            return replace(reply, reputation=standing.score, claim=claim)
+            return replace(reply, reputation=standing.score, claim=claim, canary=standing.canary)
 
     def _claim(self, org: str, reply: a2a_pb2.Message) -> str:
         member = self._roster.current().member(org)

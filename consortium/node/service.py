@@ -338,7 +338,9 @@ class NodeService:
                 "verified_events": answer.verified_events,
                 "latency_ms": round(answer.latency_s * 1000, 1),
                 "reputation": {answer.org: round(answer.reputation, 4)},
-                "verdicts": {answer.org: PeerVerdict(claim=answer.claim or None)},
+                "verdicts": {
+                    answer.org: PeerVerdict(claim=answer.claim or None, canary=answer.canary)
+                },
             }
         )
 

@@ -89,12 +89,14 @@ class BudgetLimits(WireModel):
 class PeerVerdict(WireModel):
     """What verification found of a peer's replies to one task: the signature verified
     (an unverified reply is never used), a claim the roster does not allow
-    ("unlisted_model", "bad_token_count"), if any reply made one, and the cross-check
-    of its answer against a same-model reference, if there was one."""
+    ("unlisted_model", "bad_token_count"), if any reply made one, the cross-check of its
+    answer against a same-model reference, if there was one, and the verdict of the
+    latest canary (known-answer task) this node sent it before it was asked, if any."""
 
     signature: Literal["verified"] = "verified"
     claim: str | None = None
     cross_check: Literal["agreed", "disagreed"] | None = None
+    canary: Literal["passed", "failed"] | None = None
 
 
 class Provenance(WireModel):

@@ -72,6 +72,7 @@ class Standing:
     score: float
     bound: float
     weight: float | None = None
+    canary: Literal["passed", "failed"] | None = None  # its latest canary's verdict
 
     @property
     def routing_weight(self) -> float:

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import metrics
 
@@ -402,6 +402,8 @@ class ReputationAssessor:
             rec.alpha = g * rec.alpha + (1 - g) * s.prior_good + good
             rec.beta = g * rec.beta + (1 - g) * s.prior_bad + bad
         rec.evidence += 1
+        if evidence.kind == "canary":
+            rec.last_canary = evidence.good
         key = (evidence.kind, evidence.good)
         rec.counts[key] = rec.counts.get(key, 0) + 1
 
@@ -527,7 +529,10 @@ class ReputationAssessor:
         bound = self._bound(rec)
         self._metrics.publish(rec, score, bound)
         factor = self.settings.probation_weight if rec.state == "probation" else 1.0
-        return Standing(rec.peer, rec.state, score, bound, score * factor)
+        canary: Literal["passed", "failed"] | None = None
+        if rec.last_canary is not None:
+            canary = "passed" if rec.last_canary else "failed"
+        return Standing(rec.peer, rec.state, score, bound, score * factor, canary)
 
     def _view(self, rec: Record) -> Reputation:
         answers, protocol = self._bounds(rec)

@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS reputation (
     reason            TEXT NOT NULL,
     p_alpha           REAL,
     p_beta            REAL,
+    last_canary       INTEGER,
     PRIMARY KEY (peer, model)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS evidence_counts (
@@ -69,11 +70,12 @@ CREATE TABLE IF NOT EXISTS report_opinions (
 
 _COLUMNS = (
     "peer, model, alpha, beta, state, offences, quarantined_until, evidence, changed_at, reason,"
-    " p_alpha, p_beta"
+    " p_alpha, p_beta, last_canary"
 )
+_PLACES = ",".join("?" * len(_COLUMNS.split(",")))
 # Columns added after the table first shipped: a file written before them gets them on
 # opening, NULL (read as the prior) in the rows it has.
-_ADDED = (("p_alpha", "REAL"), ("p_beta", "REAL"))
+_ADDED = (("p_alpha", "REAL"), ("p_beta", "REAL"), ("last_canary", "INTEGER"))
 
 
 class TrustStoreError(ConfigError):
@@ -101,6 +103,7 @@ class Record:
     counts: dict[tuple[EvidenceKind, bool], int] = field(default_factory=dict)
     p_alpha: float | None = None
     p_beta: float | None = None
+    last_canary: bool | None = None  # the latest canary's verdict (None: none yet)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -172,6 +175,7 @@ class ReputationStore:
                 r[9],
                 p_alpha=r[10],
                 p_beta=r[11],
+                last_canary=None if r[12] is None else bool(r[12]),
             )
             for r in rows
         }
@@ -253,7 +257,7 @@ class ReputationStore:
     def _write(self, records: Iterable[Record]) -> None:
         for r in records:
             self._conn.execute(
-                f"INSERT OR REPLACE INTO reputation ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO reputation ({_COLUMNS}) VALUES ({_PLACES})",
                 (
                     r.peer,
                     r.model,
@@ -267,6 +271,7 @@ class ReputationStore:
                     r.reason,
                     r.p_alpha,
                     r.p_beta,
+                    None if r.last_canary is None else int(r.last_canary),
                 ),
             )
             self._conn.executemany(

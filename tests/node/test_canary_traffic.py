@@ -204,13 +204,20 @@ async def test_a_task_to_a_peer_also_carries_a_canary_its_verdict_recorded(
     fed: CanaryFederation,
 ) -> None:
     before_pass = canary_counts(fed, "globex", "echo-globex")
+    latest = engine(fed).standing("globex").canary
     answer = await fed.ask_via("acme", "hello from acme", peer="globex")
     assert answer.state == "completed" and answer.text == "hello from acme"
     await traffic(fed).idle()
     passed, failed = canary_counts(fed, "globex", "echo-globex")
     assert (passed, failed) == (before_pass[0] + 1, before_pass[1])
-    # The real answer's provenance knows nothing of the canary.
-    assert "canary" not in json.dumps(answer.provenance.model_dump(mode="json"))
+    # The real answer's provenance knows nothing of the canary sent with it: only the
+    # verdict of the latest one before it, and no canary's id or text.
+    assert answer.provenance.verdicts["globex"].canary == latest
+    assert engine(fed).standing("globex").canary == "passed"
+    wire = json.dumps(answer.provenance.model_dump(mode="json"))
+    assert all(row["id"] not in wire for row in POOL)
+    again = await fed.ask_via("acme", "hello again", peer="globex")
+    assert again.provenance.verdicts["globex"].canary == "passed"
 
 
 async def test_a_peer_that_fails_its_canaries_is_recorded_failing(fed: CanaryFederation) -> None:

@@ -365,3 +365,37 @@ def test_score_and_bound_stay_in_range(
                 assert 0.0 <= st_.bound <= st_.score <= 1.0
         finally:
             a.close()
+
+
+def test_a_trust_database_from_before_the_protocol_posterior_opens(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A file written when there was one posterior (no p_alpha, p_beta, last_canary) gets
+    the columns on opening; its rows read the protocol posterior as the prior."""
+    import sqlite3
+
+    path = tmp_path / "trust.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE reputation (
+            peer TEXT NOT NULL, model TEXT NOT NULL, alpha REAL NOT NULL, beta REAL NOT NULL,
+            state TEXT NOT NULL, offences INTEGER NOT NULL, quarantined_until REAL NOT NULL,
+            evidence INTEGER NOT NULL, changed_at REAL NOT NULL, reason TEXT NOT NULL,
+            PRIMARY KEY (peer, model)
+        ) WITHOUT ROWID;
+        INSERT INTO reputation VALUES ('b', '', 12.0, 2.0, 'healthy', 0, 0, 14, 0, '');
+        """
+    )
+    conn.commit()
+    conn.close()
+    a = ReputationAssessor.open(path, clock=clock, members=["b", "c"])
+    rep = a.model_reputation("b", "")
+    assert (rep.alpha, rep.beta) == (12.0, 2.0)
+    assert (rep.protocol_alpha, rep.protocol_beta) == (DEFAULTS.prior_good, DEFAULTS.prior_bad)
+    assert a.standing("b").canary is None
+    a.record(Evidence("b", "canary", False, "canary_failed"))
+    a.close()
+    b = ReputationAssessor.open(path, clock=clock, members=["b", "c"])
+    assert b.standing("b").canary == "failed"
+    b.close()

@@ -46,12 +46,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from consortium.errors import ConfigError
 from consortium.federation.roster import Roster
 from consortium.federation.watcher import RosterWatcher
 from consortium.learning.records import RoutingRecords
 from consortium.llm.base import LLMBackend, ModelInfo
 from consortium.llm.registry import PromptFormat, default_prompt_format
 from consortium.llm.worker import ModelWorker
+from consortium.logsafe import safe
 from consortium.node.a2a.agent_card import build_agent_card
 from consortium.node.a2a.conformance import ConformanceExecutor
 from consortium.node.a2a.executor import ModelExecutor
@@ -164,6 +166,29 @@ def _nothing() -> None:
     pass
 
 
+def check_trust_peers(cfg: NodeConfig, roster: Roster) -> None:
+    """Every [trust.peers.ORG] names another member of the roster: ConfigError otherwise."""
+    members = {m.org_id for m in roster.members}
+    where = cfg.base_dir / "node.toml"
+    for org in sorted(cfg.trust.peers):
+        if org == cfg.node.org_id:
+            raise ConfigError("names this node itself", path=str(where), key=f"trust.peers.{org}")
+        if org not in members:
+            raise ConfigError(
+                f"{org} is not a member of federation {roster.federation_id}",
+                path=str(where),
+                key=f"trust.peers.{org}",
+            )
+
+
+def _warn_departed_trust_peers(cfg: NodeConfig, roster: Roster) -> None:
+    """After a roster change: a [trust.peers] entry whose member left is kept (it would
+    apply again if the member came back) and logged."""
+    members = {m.org_id for m in roster.members}
+    for org in sorted(set(cfg.trust.peers) - members):
+        log.warning("trust.peers.%s: no longer a member of the federation; kept", safe(org))
+
+
 def _owned_assessor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Assessor, Callable[[], None]]:
     """build_assessor's, told the members now and after every roster change, with its
     metrics in DATA_DIR/metrics.jsonl when traces go to a file; and how to close both."""
@@ -175,6 +200,8 @@ def _owned_assessor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Assessor, 
 
     if not cfg.trust.enabled:  # no reputations: no metrics to export either
         return NoOpAssessor(), _nothing
+    check_trust_peers(cfg, roster)
+    watcher.subscribe(lambda r: _warn_departed_trust_peers(cfg, r))
     path = cfg.data_dir / "metrics.jsonl" if cfg.telemetry.exporter == "file" else None
     meters = make_meter_provider(me, roster.federation_id, path)
     assessor = build_assessor(cfg, members=others(roster), meter_provider=meters)

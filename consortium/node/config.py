@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from consortium.errors import ConfigError
+from consortium.federation.roster import ORG_ID
 from consortium.llm.settings import ModelSection
 from consortium.trust.canaries import CanaryPool, load_pool
 from consortium.trust.canary_schedule import CanarySettings
@@ -209,6 +210,16 @@ _Weight = Annotated[float, Field(ge=0, le=10)]
 _Bound = Annotated[float, Field(gt=0, lt=1)]
 
 
+class TrustPeerSection(_Section):
+    """[trust.peers.ORG]: what this node does differently for one member."""
+
+    # Its share of real calls that also carry a canary (default: [trust] canary_rate).
+    canary_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    # Scored and weighed like any peer but never quarantined (probation at worst, the
+    # reason says so): for a partner the organization cannot do without.
+    exempt: bool = False
+
+
 class TrustSection(_Section):
     """Peers' reputations (trust/reputation_engine.py): a Beta posterior per peer with
     forgetting; states decided on its lower credible bound. Without [federation] there
@@ -259,6 +270,8 @@ class TrustSection(_Section):
     # canaries' estimated tokens per budget period (all peers together); no canary twice
     # to one peer within the repeat window.
     canaries: str = ""
+    # Per-member settings, by org id; every key must be a member of the roster.
+    peers: dict[str, TrustPeerSection] = Field(default_factory=dict)
     canary_rate: Annotated[float, Field(ge=0, le=1)] = _CANARY.rate
     canary_background_interval_s: Annotated[float, Field(gt=0, le=365 * 86400)] = (
         _CANARY.background_interval_s
@@ -278,6 +291,14 @@ class TrustSection(_Section):
     report_pretrust: Annotated[float, Field(ge=0, le=1)] = _REPORTS.report_pretrust
     report_saturation: Annotated[float, Field(gt=0, le=10_000)] = _REPORTS.report_saturation
 
+    @field_validator("peers")
+    @classmethod
+    def _org_ids(cls, peers: dict[str, TrustPeerSection]) -> dict[str, TrustPeerSection]:
+        for org in peers:
+            if not re.match(ORG_ID, org):
+                raise ValueError(f"[trust.peers.{org[:64]!r}]: not an organization id")
+        return peers
+
     @model_validator(mode="after")
     def _consistent(self) -> TrustSection:
         if self.quarantine_bound >= self.probation_bound:
@@ -293,8 +314,9 @@ class TrustSection(_Section):
         return self
 
     def settings(self) -> ReputationSettings:
-        fields = set(ReputationSettings.__dataclass_fields__)
-        return ReputationSettings(**self.model_dump(include=fields))
+        fields = set(ReputationSettings.__dataclass_fields__) - {"exempt"}
+        exempt = frozenset(org for org, p in self.peers.items() if p.exempt)
+        return ReputationSettings(**self.model_dump(include=fields), exempt=exempt)
 
     def report_settings(self) -> ReportSettings:
         return ReportSettings(**self.model_dump(include=set(_REPORT_KEYS)))
@@ -306,6 +328,11 @@ class TrustSection(_Section):
             budget_tokens=self.canary_budget_tokens,
             budget_period_s=self.canary_budget_period_s,
             repeat_window_s=self.canary_repeat_window_s,
+            peer_rates=tuple(
+                (org, p.canary_rate)
+                for org, p in sorted(self.peers.items())
+                if p.canary_rate is not None
+            ),
         )
 
 

@@ -84,9 +84,14 @@ class CanarySettings:
     budget_tokens: int = 20_000  # estimated canary tokens per budget period
     budget_period_s: float = 3600.0
     repeat_window_s: float = 7 * 86400.0  # no canary twice to one peer within it
+    # Per-peer rates that replace `rate` ([trust.peers.ORG] canary_rate).
+    peer_rates: tuple[tuple[str, float], ...] = ()
+
+    def rate_for(self, peer: str) -> float:
+        return dict(self.peer_rates).get(peer, self.rate)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.rate <= 1.0:
+        if not all(0.0 <= r <= 1.0 for r in (self.rate, *dict(self.peer_rates).values())):
             raise ValueError("rate is a share of calls, 0 to 1")
         if self.background_interval_s <= 0 or self.budget_period_s <= 0:
             raise ValueError("intervals and periods are positive")
@@ -134,7 +139,7 @@ class CanaryScheduler:
             if canary is not None:
                 self._alarmed.discard(peer)
             return canary
-        if self._rng.random() >= self._settings.rate:
+        if self._rng.random() >= self._settings.rate_for(peer):
             return None
         return self.draw(peer, model, now, kind)
 

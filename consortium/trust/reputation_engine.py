@@ -103,6 +103,9 @@ class ReputationSettings:
     # is still allowed, but a suspect outvoting the members in good standing is how a
     # peer released from quarantine does its damage before it is caught again.
     probation_weight: float = 0.3
+    # Peers never quarantined ([trust.peers.ORG] exempt): scored, weighed and logged like
+    # any other, held on probation where another would be quarantined.
+    exempt: frozenset[str] = frozenset()
 
     def weight(self, kind: EvidenceKind) -> float:
         return {
@@ -462,13 +465,17 @@ class ReputationAssessor:
         if rec.state == "quarantined":
             return
         if bound < s.quarantine_bound and rec.evidence >= s.min_evidence:
-            if self._cap_allows(rec.peer, now):
+            exempt = rec.peer in s.exempt
+            if not exempt and self._cap_allows(rec.peer, now):
                 self._quarantine(rec, now, bound, last)
                 return
-            why = (
-                f"quarantine_capped bound={bound:.3f}<{s.quarantine_bound} "
-                f"max_quarantined_fraction={s.max_quarantined_fraction} {last}"
+            held = (
+                "quarantine_exempt" if exempt else "quarantine_capped",
+                "exempt=true"
+                if exempt
+                else f"max_quarantined_fraction={s.max_quarantined_fraction}",
             )
+            why = f"{held[0]} bound={bound:.3f}<{s.quarantine_bound} {held[1]} {last}"
             if rec.state == "healthy":
                 self._change(rec, "probation", now, why)
             if rec.peer not in self._capped:  # once, not on every call while capped

@@ -281,3 +281,26 @@ def test_node_refuses_to_start_on_a_canary_pool_that_does_not_parse(
         2,
         "canaries.jsonl: line 2: check: a regex check may not repeat a repeated group",
     )
+
+
+def test_node_refuses_to_start_with_trust_settings_for_a_non_member(
+    org_dir: Path, tmp_path: Path
+) -> None:
+    fed = tmp_path / "fed"
+    assert run("federation", "create", "Start Fed", "--dir", str(fed)).returncode == 0
+    config = org_dir / "node.toml"
+    base = (
+        config.read_text()
+        + f'\n[federation]\nroster = "{fed / "federation.toml"}"\n'
+        + f'admin_key = "{fed / "admin" / "public.jwk"}"\n'
+    )
+    config.write_text(base + "\n[trust.peers.globex]\nexempt = true\n")
+    assert_one_line_error(
+        run("node", "start", "--config", str(config)),
+        2,
+        "trust.peers.globex: globex is not a member of federation",
+    )
+    config.write_text(base + "\n[trust.peers.globex]\ncanary_rate = 2\n")
+    assert_one_line_error(
+        run("node", "start", "--config", str(config)), 2, "trust.peers.globex.canary_rate"
+    )

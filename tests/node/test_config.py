@@ -128,7 +128,7 @@ def test_trust_values_reach_the_settings(tmp_path: Path) -> None:
         ("weight_canary = -1", "trust.weight_canary"),
         ("weight_report = 'strong'", "trust.weight_report"),
         ("enabled = 'yes please'", "trust.enabled"),
-        ("peers = {}", "trust.peers: unknown key"),
+        ('peers = {globex = {exempt = "maybe"}}', "trust.peers.globex.exempt"),
         ("quarantine_bound = 0.8", "trust: quarantine_bound (0.8) must be below probation_bound"),
         ("max_quarantine_s = 60", "trust: max_quarantine_s (60.0) must be at least quarantine_s"),
     ],
@@ -256,3 +256,23 @@ def test_a_missing_pool_is_named(tmp_path: Path) -> None:
 def test_canary_bad_values_name_the_key(tmp_path: Path, line: str, expected: str) -> None:
     msg = error_for(write(tmp_path, f"{FED}[trust]\n{line}\n"))
     assert "node.toml" in msg and expected in msg
+
+
+def test_trust_peers_settings(tmp_path: Path) -> None:
+    from consortium.node.config import parse_config
+
+    base = {"node": {"org_id": "acme"}}
+    cfg = parse_config(
+        {**base, "trust": {"peers": {"globex": {"exempt": True, "canary_rate": 0.5}}}},
+        path=tmp_path / "node.toml",
+    )
+    assert cfg.trust.settings().exempt == frozenset({"globex"})
+    assert cfg.trust.canary_settings().rate_for("globex") == 0.5
+    assert cfg.trust.canary_settings().rate_for("initech") == cfg.trust.canary_rate
+    for bad, needle in (
+        ({"Globex Corp": {}}, "not an organization id"),
+        ({"globex": {"canary_rate": 2}}, "trust.peers.globex.canary_rate"),
+        ({"globex": {"quarantine": False}}, "trust.peers.globex.quarantine"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            parse_config({**base, "trust": {"peers": bad}}, path=tmp_path / "node.toml")

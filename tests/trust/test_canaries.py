@@ -194,6 +194,23 @@ def test_rate_zero_sends_none_and_rate_one_every_call() -> None:
     assert all(always.instead_of_call("p", "m", float(t)) is not None for t in range(500))
 
 
+def test_a_peer_rate_replaces_the_rate_for_that_peer() -> None:
+    settings = CanarySettings(rate=0.0, peer_rates=(("globex", 1.0),), **UNLIMITED)
+    sched = CanaryScheduler(mc_pool(5), settings, random.Random(0))
+    assert all(sched.instead_of_call("globex", "m", float(t)) for t in range(50))
+    assert not any(sched.instead_of_call("initech", "m", float(t)) for t in range(50))
+    with pytest.raises(ValueError, match="share of calls"):
+        CanarySettings(peer_rates=(("globex", 1.5),))
+
+
+def test_an_alarm_makes_the_next_call_carry_a_canary() -> None:
+    sched = CanaryScheduler(mc_pool(5), CanarySettings(rate=0.0, **UNLIMITED), random.Random(0))
+    sched.alarm("globex")
+    assert sched.instead_of_call("globex", "m", 1.0) is not None
+    assert sched.instead_of_call("globex", "m", 2.0) is None  # the alarm is spent
+    assert sched.instead_of_call("initech", "m", 3.0) is None
+
+
 def test_no_canary_twice_to_a_peer_within_the_window() -> None:
     settings = CanarySettings(rate=1.0, budget_tokens=10**9, repeat_window_s=100.0)
     sched = CanaryScheduler(mc_pool(5), settings, random.Random(0))

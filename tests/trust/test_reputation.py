@@ -399,3 +399,17 @@ def test_a_trust_database_from_before_the_protocol_posterior_opens(
     b = ReputationAssessor.open(path, clock=clock, members=["b", "c"])
     assert b.standing("b").canary == "failed"
     b.close()
+
+
+def test_an_exempt_peer_is_held_on_probation_never_quarantined(
+    tmp_path: Path, clock: Clock
+) -> None:
+    s = replace(DEFAULTS, exempt=frozenset({"b"}))
+    a = ReputationAssessor.open(tmp_path / "t.sqlite3", s, clock=clock, members="bcdef")
+    for _ in range(3 * DEFAULTS.min_evidence):
+        standing = a.record(bad_signature("b"))
+        assert standing.state == "probation" and standing.allowed
+        a.record(bad_signature("c"))
+    assert a.model_reputation("b", "").reason.startswith("quarantine_exempt ")
+    assert a.standing("c").state == "quarantined"  # the others are not exempt
+    a.close()

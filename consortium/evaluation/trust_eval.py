@@ -517,7 +517,10 @@ def evaluate_trust(
             "resampled_with_replacement": True,
             "step_s": STEP_S,
             "timeout_rate": timeout_rate,
-            "reputation": dataclasses.asdict(settings or ReputationSettings()),
+            "reputation": {
+                k: sorted(v) if isinstance(v, frozenset) else v
+                for k, v in dataclasses.asdict(settings or ReputationSettings()).items()
+            },
             "canary": dataclasses.asdict(canary or CanarySettings()),
             "not_simulated": [
                 "sampled escalation cross-checks (a vote needs none)",

@@ -86,7 +86,10 @@ def test_an_honest_peer_is_not_quarantined_in_a_short_run(data: Replay) -> None:
             run = simulate(data, "honest", seed, 300, settings=settings, canary=canary)
             assert run.quarantined_after is None
             assert run.honest_quarantines == 0
-            assert run.correct["trust"] == run.correct["none"] == run.correct["honest"]
+            assert run.correct["none"] == run.correct["honest"]
+            # A burst of timeouts may put an honest peer on probation for a while, where it
+            # weighs less in the vote: a task or two of 300 may go the other way.
+            assert abs(run.correct["trust"] - run.correct["honest"]) <= 0.01 * run.tasks
 
 
 def test_the_vote_with_trust_beats_the_vote_without_against_an_always_wrong_member(

@@ -1,7 +1,7 @@
 """The live part of `consortium bench trust`: real node processes on loopback, real
 llama.cpp models, one Byzantine member, and the origin's trust layer as shipped.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/trust_live.py --json      # 40 tasks per arm
+    PYTHONPATH=. .venv/bin/python benchmarks/trust_live.py --json      # 60 tasks per arm
 
 Four organizations (consortium/launch/local.py), each its own node process: the origin
 `acme` (smollm2-135m) with a vote group `panel` over three peers, `globex` (gemma3-270m,
@@ -27,8 +27,9 @@ Per arm it reports: the tasks sent to umbrella until it was quarantined (or null
 honest peers quarantined (false quarantines), the vote's accuracy, the task tokens
 (provenance `tokens`) and the canaries' estimated tokens (canary evidence in acme's
 store times the mean estimated cost of the pool's canaries for the peer's declared
-model; also the scheduler's own log of what it sent), per-task records (choice, answer,
-members' tokens, verdicts, standings) with `--records`, and each peer's final standing.
+model; also the scheduler's own log of what it sent), each member's own accuracy (its
+choice in the vote), per-task records (choice, answer, members' tokens and choices,
+verdicts, standings) with `--records`, and each peer's final standing.
 One JSON object with `--json`, else a readable summary. `--backend echo` runs every node
 on the echo backend instead of llama.cpp (the smoke test: tests/test_benchmarks.py);
 `--data DIR` reads the ARC splits from DIR.
@@ -115,6 +116,8 @@ class ArmResult:
     canaries_logged: int = 0
     canary_tokens_logged: int = 0
     cross_checks: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per member: [its own answers right, its answers] (the vote's contributions).
+    members_right: dict[str, list[int]] = field(default_factory=dict)
     start_s: float = 0.0
     run_s: float = 0.0
 
@@ -140,6 +143,10 @@ class ArmResult:
             "canaries_logged": self.canaries_logged,
             "canary_tokens_logged": self.canary_tokens_logged,
             "cross_checks": self.cross_checks,
+            "member_accuracy": {
+                m: {"right": r, "answered": n, "accuracy": round(r / n, 4)}
+                for m, (r, n) in sorted(self.members_right.items())
+            },
             "latency_s": {
                 "mean": round(statistics.fmean(lat), 3) if lat else None,
                 "p50": round(lat[len(lat) // 2], 3) if lat else None,
@@ -331,6 +338,11 @@ def _record(
     members = {org: m.tokens for org, m in (p.members or {}).items()}
     if BAD in members:
         result.sent_to_bad += 1
+    choices = {c.member: c.choice for c in p.contributions or () if c.round == 0}
+    for member, choice in choices.items():
+        tally = result.members_right.setdefault(member, [0, 0])
+        tally[0] += int(choice == item.answer)
+        tally[1] += 1
     verdicts = {org: v.wire() for org, v in (p.verdicts or {}).items()}
     for org, v in verdicts.items():
         if "crossCheck" in v:
@@ -353,6 +365,7 @@ def _record(
             "correct": correct,
             "state": answer.state,
             "members": members,
+            "choices": choices,
             "tokens": p.tokens,
             "verdicts": verdicts,
             "reputation": p.reputation,
@@ -513,7 +526,7 @@ def parse_arms(text: str) -> list[tuple[str, bool]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=40, help="Tasks per arm.")
+    parser.add_argument("--tasks", type=int, default=60, help="Tasks per arm.")
     parser.add_argument(
         "--arms",
         type=parse_arms,

@@ -1,12 +1,17 @@
 """The benchmark scripts still run and print their figures (smallest settings; no
-assertion on time: that is what the scripts themselves report)."""
+assertion on time: that is what the scripts themselves report). The live trust benchmark
+runs on echo nodes here (its real-model run is in the README); its Byzantine node's
+score rotation is checked directly."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,3 +52,51 @@ def test_node_overhead_benchmark_runs() -> None:
 def test_llama_build_benchmark_runs() -> None:
     d = run("llama_build.py", "--runs", "1", "--max-tokens", "16")
     assert "AVX2 = 1" in str(d["system_info"])
+
+
+def _module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_byzantine_rotation_moves_the_normalised_choice() -> None:
+    byz = _module("byzantine_node")
+    scores, tokens = [-6.0, -2.0, -9.0, -4.0], [3, 1, 3, 2]  # per token: -2, -2, -3, -2
+    scores[1] = -1.0  # option 1 leads
+    moved = byz.rotated(scores, tokens)
+    means = [s / t for s, t in zip(moved, tokens, strict=True)]
+    assert max(range(4), key=lambda i: means[i]) == 2
+    picked = [byz.sabotaged(f"Question: {i}\nAnswer:") for i in range(200)]
+    assert 70 < sum(picked) < 130  # about half, and always the same for one prompt
+    assert picked == [byz.sabotaged(f"Question: {i}\nAnswer:") for i in range(200)]
+
+
+def test_live_trust_benchmark_runs_on_echo_nodes(tmp_path: Path) -> None:
+    """The live run's machinery with echo models: four node processes, umbrella started
+    by benchmarks/byzantine_node.py through Organization.command, three tasks."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "arc_easy_dev_sample.jsonl", data / "arc_easy_dev.jsonl")
+    shutil.copy(
+        ROOT / "tests" / "data" / "arc_easy_test_sample.jsonl", data / "arc_easy_test.jsonl"
+    )
+    work = tmp_path / "work"
+    d = run(
+        "trust_live.py",
+        *("--backend", "echo", "--tasks", "3", "--arms", "half_wrong", "--json", "--records"),
+        *("--data", str(data), "--workdir", str(work), "--quiet"),
+    )
+    arm = d["arms"]["half_wrong-trust"]  # type: ignore[index]
+    assert arm["tasks"] == 3 and arm["failed_tasks"] == 0
+    assert arm["tasks_sent_to_umbrella"] == 3
+    assert set(arm["final_standings"]) == {"globex", "initech", "umbrella"}
+    assert all(r["members"].keys() == {"globex", "initech", "umbrella"} for r in arm["records"])
+    assert all(r["verdicts"]["umbrella"]["signature"] == "verified" for r in arm["records"])
+    assert arm["task_tokens"] > 0 and d["false_quarantines"] == 0
+    log = (work / "half_wrong-trust" / "umbrella" / "node.log").read_text()
+    assert "benchmark node: behaviour half_wrong" in log  # byzantine_node.py ran it
+    config = (work / "half_wrong-trust" / "umbrella" / "node.toml").read_text()
+    assert 'backend = "echo"' in config

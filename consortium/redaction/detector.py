@@ -124,10 +124,54 @@ PHONE_CONTEXT = [
 ]
 CARD_CONTEXT = ["card", "credit", "debit", "visa", "mastercard", "amex", "payment", "cc"]
 _ORG_WORDS = frozenset(
-    "inc inc. ltd ltd. llc corp corp. co co. company group bank university college school "
-    "hospital institute foundation association society agency department ministry council "
-    "gmbh ag sa plc partners holdings industries technologies systems services solutions "
-    "labs international global the of and & club church center centre".split()
+    [
+        "inc",
+        "inc.",
+        "ltd",
+        "ltd.",
+        "llc",
+        "corp",
+        "corp.",
+        "co",
+        "co.",
+        "company",
+        "group",
+        "bank",
+        "university",
+        "college",
+        "school",
+        "hospital",
+        "institute",
+        "foundation",
+        "association",
+        "society",
+        "agency",
+        "department",
+        "ministry",
+        "council",
+        "gmbh",
+        "ag",
+        "sa",
+        "plc",
+        "partners",
+        "holdings",
+        "industries",
+        "technologies",
+        "systems",
+        "services",
+        "solutions",
+        "labs",
+        "international",
+        "global",
+        "the",
+        "of",
+        "and",
+        "&",
+        "club",
+        "church",
+        "center",
+        "centre",
+    ]
 )
 STREET_CONTEXT = ["address", "street", "live", "lives", "located", "apt", "suite", "ship"]
 
@@ -143,7 +187,7 @@ class Span:
     recognizer: str
 
 
-class _OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
+class _OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's email recognizer with tldextract's bundled public-suffix snapshot
     (the default extractor fetches the list over the network)."""
 
@@ -153,7 +197,7 @@ class _OfflineEmailRecognizer(EmailRecognizer):  # type: ignore[misc]
         return bool(self._extract(pattern_text).fqdn)
 
 
-class _LuhnNumberRecognizer(PatternRecognizer):  # type: ignore[misc]
+class _LuhnNumberRecognizer(PatternRecognizer):
     """Card numbers of 12-19 digits (Maestro, JCB, Diners and others Presidio's
     prefix-based recognizer leaves out) that pass the Luhn check."""
 
@@ -179,7 +223,7 @@ class _LuhnNumberRecognizer(PatternRecognizer):  # type: ignore[misc]
         return total % 10 == 0
 
 
-class _GenericPhoneRecognizer(PatternRecognizer):  # type: ignore[misc]
+class _GenericPhoneRecognizer(PatternRecognizer):
     """International and local phone formats Presidio's libphonenumber recognizer (one
     default region) misses: groups of digits with separators, 7-15 digits, an optional
     +country code, area code in parentheses and extension. Weak alone, strong near a
@@ -215,7 +259,7 @@ class _GenericPhoneRecognizer(PatternRecognizer):  # type: ignore[misc]
         )
 
 
-class _OrgAsPersonRecognizer(LocalRecognizer):  # type: ignore[misc]
+class _OrgAsPersonRecognizer(LocalRecognizer):
     """The small spaCy model often labels a foreign personal name ORG. An ORG entity of
     one to three capitalised words with no organisation word (Inc, Bank, University,
     ...) is also reported as a possible PERSON, at a lower score."""
@@ -252,7 +296,7 @@ class _OrgAsPersonRecognizer(LocalRecognizer):  # type: ignore[misc]
                     ent.end_char,
                     self.score,
                     recognition_metadata={
-                        RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
+                        RecognizerResult.RECOGNIZER_NAME_KEY: "OrgAsPersonRecognizer",
                         RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
                     },
                 )
@@ -260,7 +304,7 @@ class _OrgAsPersonRecognizer(LocalRecognizer):  # type: ignore[misc]
         return out
 
 
-class _InstalledSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
+class _InstalledSpacyEngine(SpacyNlpEngine):
     """Presidio's spaCy engine loading an installed package and nothing else."""
 
     def __init__(self, model: str, *, ner: bool) -> None:
@@ -284,7 +328,7 @@ class _InstalledSpacyEngine(SpacyNlpEngine):  # type: ignore[misc]
             )
         exclude = [] if self._ner else ["ner", "parser"]
         try:
-            self.nlp = {LANGUAGE: spacy.load(self._model, exclude=exclude)}
+            self.nlp = {LANGUAGE: spacy.load(self._model, exclude=exclude)}  # type: ignore[assignment]
         except Exception as e:  # a broken package: one line, no traceback
             raise ConfigError(
                 f"spaCy model {self._model!r} cannot load: {type(e).__name__}",
@@ -302,7 +346,7 @@ def _custom_recognizers(settings: DetectionSettings) -> list[EntityRecognizer]:
                     supported_entity=r.entity,
                     name=r.name,
                     patterns=patterns,
-                    context=list(r.context) or None,
+                    context=list(r.context),
                     supported_language=LANGUAGE,
                 )
             )
@@ -312,7 +356,7 @@ def _custom_recognizers(settings: DetectionSettings) -> list[EntityRecognizer]:
                 name=f"{r.name}_deny_list",
                 deny_list=list(r.deny_list),
                 deny_list_score=r.score,
-                context=list(r.context) or None,
+                context=list(r.context),
                 supported_language=LANGUAGE,
             )
             out.append(deny)

@@ -142,8 +142,8 @@ def parse_detection_settings(
         for entity in entities:
             if entity not in known:
                 raise ConfigError(
-                    f"unknown entity type {entity!r} (built-in: {', '.join(sorted(BUILTIN_ENTITIES))};"
-                    " or define it in a [[redaction.recognizers]] entry)",
+                    f"unknown entity type {entity!r} (not built in and no"
+                    " [[redaction.recognizers]] entry defines it)",
                     path=path,
                     key=f"{key}.{name}",
                 )

@@ -246,17 +246,15 @@ class _GenericPhoneRecognizer(PatternRecognizer):
             supported_language=LANGUAGE,
         )
 
-    def validate_result(self, pattern_text: str) -> bool:
+    def validate_result(self, pattern_text: str) -> bool | None:
+        # Presidio: False drops the match, True sets its score to 1.0, None keeps the
+        # pattern's score (plausible, not proven).
         digits = sum(c.isdigit() for c in pattern_text)
         if not 7 <= digits <= 15:
             return False
         # Dates (2024-05-01, 01.05.2024) are not phone numbers.
-        return (
-            re.fullmatch(
-                r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}", pattern_text
-            )
-            is None
-        )
+        date = r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}"
+        return False if re.fullmatch(date, pattern_text) else None
 
 
 class _OrgAsPersonRecognizer(LocalRecognizer):
@@ -373,7 +371,14 @@ class Detector:
         engine = _InstalledSpacyEngine(settings.spacy_model, ner=settings.ner)
         engine.load()
         registry = RecognizerRegistry(supported_languages=[LANGUAGE])
-        registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=engine)
+        # Presidio warns once per recognizer of another language it skips.
+        presidio_log = logging.getLogger("presidio-analyzer")
+        level = presidio_log.level
+        presidio_log.setLevel(logging.ERROR)
+        try:
+            registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=engine)
+        finally:
+            presidio_log.setLevel(level)
         registry.remove_recognizer("EmailRecognizer")
         registry.add_recognizer(_OfflineEmailRecognizer())
         registry.add_recognizer(

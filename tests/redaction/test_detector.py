@@ -134,6 +134,10 @@ def test_context_words_decide_a_weak_recognizer(detector: Detector) -> None:
     far = "The shipment weighed 482913 grams."
     assert "EMPLOYEE_ID" in _types(detector.detect(near), near)
     assert "EMPLOYEE_ID" not in _types(detector.detect(far), far)
+    # Pattern-only runs no tagger: lower-cased words stand in for lemmas.
+    plain = Detector(parse_detection_settings({**CUSTOM, "ner": False}))
+    assert "EMPLOYEE_ID" in _types(plain.detect(near), near)
+    assert "EMPLOYEE_ID" not in _types(plain.detect(far), far)
 
 
 def test_entities_filter_and_thresholds(offline: None) -> None:

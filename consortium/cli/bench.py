@@ -256,4 +256,5 @@ def bench_redaction(
         return
     print_bench(result, False, ["labelled", "detected", "precision", "recall", "f2", "met"])
     out.print({"leaks": result["_leaks"], "latency": result["_latency"]})
+    out.print({"presidio_default": result["_baseline_presidio_default"]})
     out.print(result["_targets"])

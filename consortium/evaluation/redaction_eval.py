@@ -220,9 +220,11 @@ def evaluate_detection(
     rows: Sequence[Row],
     *,
     latency_messages: int = 100,
+    baseline: Callable[[str], list[Span]] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Quality with `ner_detector` over `rows`; latency of both detectors on ~200-word
+    """Quality with `ner_detector` over `rows` (and of `baseline`, Presidio's default
+    configuration, when given); latency of both detectors on ~200-word
     messages and on the set's own (short) texts."""
     detections: list[list[Span]] = []
     by_row_ms: list[float] = []
@@ -233,6 +235,17 @@ def evaluate_detection(
         if progress is not None:
             progress(i + 1)
     result = score_rows(rows, detections)
+    if baseline is not None:
+        scored = score_rows(rows, [baseline(r.text) for r in rows])
+        result["_baseline_presidio_default"] = {
+            "ALL": scored["ALL"],
+            **{
+                t: {"recall": scored[t]["recall"], "precision": scored[t]["precision"]}
+                for t in TARGETS
+                if t in scored
+            },
+            "leak_rate_verbatim": scored["_leaks"]["leak_rate_verbatim"],
+        }
     long_messages = messages_of_words(rows, 200, latency_messages)
     timing: dict[str, Any] = {
         "with_ner_200_words": latency(ner_detector.detect, long_messages),

@@ -241,14 +241,20 @@ def bench_redaction(
 
     from consortium.cli.common import out, write_through
     from consortium.evaluation.redaction_eval import evaluate_detection, load_rows
-    from consortium.redaction.detector import Detector
+    from consortium.redaction.detector import Detector, presidio_baseline
     from consortium.redaction.settings import DetectionSettings
 
     def go() -> dict[str, Any]:
         rows = load_rows(limit=limit)
         with_ner = Detector(DetectionSettings())
         pattern_only = Detector(DetectionSettings(ner=False))
-        return evaluate_detection(with_ner, pattern_only, rows, latency_messages=latency_messages)
+        return evaluate_detection(
+            with_ner,
+            pattern_only,
+            rows,
+            latency_messages=latency_messages,
+            baseline=presidio_baseline(with_ner.settings.spacy_model),
+        )
 
     result = run(go)
     if as_json:

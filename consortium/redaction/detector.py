@@ -42,6 +42,17 @@ from consortium.redaction.settings import NER_ENTITIES, DetectionSettings
 
 log = logging.getLogger(__name__)
 
+# Presidio logs the words around each match (the text itself) at DEBUG and INFO: its
+# loggers never go below WARNING, whatever the process's level.
+_PRESIDIO_LOGGERS = ("presidio-analyzer", "presidio-anonymizer")
+
+
+def _cap_presidio_logs() -> None:
+    for name in _PRESIDIO_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+
+
 LANGUAGE = "en"
 
 # spaCy (OntoNotes) labels -> our entity types. FAC (buildings, airports, roads) counts
@@ -406,6 +417,7 @@ class Detector:
 
     def __init__(self, settings: DetectionSettings) -> None:
         self.settings = settings
+        _cap_presidio_logs()
         started = time.perf_counter()
         engine = _InstalledSpacyEngine(settings.spacy_model, ner=settings.ner)
         engine.load()

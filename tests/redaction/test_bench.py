@@ -86,3 +86,24 @@ def test_smoke_run_on_a_few_texts(tmp_path: Path) -> None:
     assert result["_setup"]["labelled_spans"] == 3
     assert result["_latency"]["pattern_only_200_words"]["p50_ms"] > 0
     json.dumps(result)  # the --json output is serialisable
+
+
+def test_cli_bench_redaction_json() -> None:
+    """`consortium bench redaction --json` on the first texts of the real set."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from consortium.cli.app import app
+    from consortium.evaluation.datasets import data_dir
+    from consortium.evaluation.redaction_eval import DATASET_FILE
+
+    if not (data_dir() / DATASET_FILE).exists():
+        pytest.skip("the synthetic set is not in the data directory")
+    result = CliRunner().invoke(
+        app, ["bench", "redaction", "--limit", "10", "--latency-messages", "5", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["_setup"]["texts"] == 10
+    assert "_baseline_presidio_default" in report
+    assert set(report["_targets"]["recall"]) >= {"PERSON", "LOCATION", "US_SSN"}

@@ -4,6 +4,7 @@ per module (about 0.5-1 s each, with and without NER)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -166,3 +167,13 @@ def test_missing_model_package_is_a_config_error() -> None:
         Detector(DetectionSettings(spacy_model="en_core_web_nonexistent"))
     assert "redaction.spacy_model" in str(info.value)
     assert "never downloaded" in str(info.value)
+
+
+def test_no_detected_value_in_logs(detector: Detector, caplog: pytest.LogCaptureFixture) -> None:
+    text = "Mail jane.doe@example.org, call 212-555-0134, ask Maria Garcia about PRJ-0042."
+    with caplog.at_level(logging.DEBUG):
+        assert detector.detect(text)
+        Detector(parse_detection_settings(CUSTOM))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for value in ("jane.doe@example.org", "212-555-0134", "Maria Garcia", "PRJ-0042", text):
+        assert value not in logged

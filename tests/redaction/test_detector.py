@@ -117,6 +117,17 @@ def test_ner_types(detector: Detector) -> None:
     assert "Microsoft" in found.get("ORGANIZATION", set())
 
 
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("Dear Halldór, thanks for the call.", "Halldór"),
+        ("Ask Dr. Ubul Kónya first.", "Ubul Kónya"),
+    ],
+)
+def test_introduced_names(detector: Detector, text: str, name: str) -> None:
+    assert name in _types(detector.detect(text), text).get("PERSON", set())
+
+
 def test_pattern_only_has_no_ner_types(patterns: Detector) -> None:
     text = "Maria Garcia flew from Madrid to Chicago."
     found = _types(patterns.detect(text), text)

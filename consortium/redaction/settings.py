@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from consortium.errors import ConfigError
@@ -72,8 +73,9 @@ class CustomRecognizer(BaseModel):
             if not pattern:
                 raise ValueError("empty regular expression")
             try:
-                re.compile(pattern)
-            except re.error as e:
+                # As Presidio compiles it: the `regex` module, these flags.
+                regex.compile(pattern, regex.DOTALL | regex.MULTILINE | regex.IGNORECASE)
+            except regex.error as e:
                 raise ValueError(f"bad regular expression {pattern!r}: {e}") from None
         return value
 

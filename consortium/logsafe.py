@@ -16,7 +16,8 @@ import json
 import logging
 import sys
 
-SDK_LOGGERS = ("a2a",)
+# Presidio logs the words around each match at DEBUG: capped at WARNING like the SDKs.
+SDK_LOGGERS = ("a2a", "presidio-analyzer", "presidio-anonymizer")
 LIMIT = 96
 
 

@@ -92,6 +92,7 @@ federation_app.command("show")(federation.federation_show)
 bench_app.command("routing")(bench.bench_routing)
 bench_app.command("collaborate")(bench.bench_collaborate)
 bench_app.command("trust")(bench.bench_trust)
+bench_app.command("redaction")(bench.bench_redaction)
 
 
 def main() -> None:

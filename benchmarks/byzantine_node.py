@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Generator, Sequence
@@ -113,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from consortium import logsafe
     from consortium.errors import ConsortiumError
     from consortium.llm.backends import backend_factory
-    from consortium.node.app import Node
+    from consortium.node.app import Node, serve_until_signalled
     from consortium.node.config import load_config
 
     try:
@@ -127,23 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o077)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
-    async def serve() -> None:
-        node = Node(cfg, wrap(backend_factory(cfg.model, cfg.base_dir), args.behaviour))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await node.start()
-            ep = node.endpoints
-            assert ep is not None
-            print(f"READY grpc={ep.grpc_target} http={ep.http_url}", flush=True)
-            await stop.wait()
-        finally:
-            await node.stop()
-
     try:
-        asyncio.run(serve())
+        node = Node(cfg, wrap(backend_factory(cfg.model, cfg.base_dir), args.behaviour))
+        asyncio.run(serve_until_signalled(node))
     except ConsortiumError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

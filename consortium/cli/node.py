@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -90,7 +89,7 @@ def node_start(
 ) -> None:
     """Run the node in the foreground until SIGTERM or SIGINT."""
     from consortium.llm.backends import backend_factory
-    from consortium.node.app import Node
+    from consortium.node.app import Node, serve_until_signalled
 
     cfg = run(lambda: load_config(config))
     _setup_logging(cfg.logging.level)
@@ -102,23 +101,11 @@ def node_start(
     # the previous token. 0.5 ms bounds that wait (measured: benchmarks/node_overhead.py).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
-    async def serve() -> None:
-        node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await node.start()
-            # A line a supervisor can wait for; the ports are the bound ones.
-            ep = node.endpoints
-            assert ep is not None
-            print(f"READY grpc={ep.grpc_target} http={ep.http_url}", flush=True)
-            await stop.wait()
-        finally:
-            await node.stop()
-
-    run(lambda: asyncio.run(serve()))
+    run(
+        lambda: asyncio.run(
+            serve_until_signalled(Node(cfg, backend_factory(cfg.model, cfg.base_dir)))
+        )
+    )
 
 
 def ask(

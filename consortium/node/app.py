@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import random
+import signal
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -711,3 +712,20 @@ def running_http_url(config: NodeConfig) -> str:
         except (ValueError, KeyError, TypeError):
             pass
     return config.http_url
+
+
+async def serve_until_signalled(node: Node) -> None:
+    """Starts `node`, prints the READY line a supervisor waits for (the bound ports), and
+    serves until SIGTERM or SIGINT; then stops it. What `consortium node start` runs."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+        ep = node.endpoints
+        assert ep is not None
+        print(f"READY grpc={ep.grpc_target} http={ep.http_url}", flush=True)
+        await stop.wait()
+    finally:
+        await node.stop()

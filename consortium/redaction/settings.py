@@ -136,6 +136,13 @@ def parse_detection_settings(
         where = ".".join([key, *(str(p) for p in err["loc"])])
         message = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(message, path=path, key=where) from None
+    check_detection(settings, path=path, key=key)
+    return settings
+
+
+def check_detection(settings: DetectionSettings, *, path: str | None, key: str) -> None:
+    """The checks across fields a validated `DetectionSettings` still needs: every named
+    entity type is known, every recognizer can match something, names are unique."""
     known = settings.known_entities()
     for name, entities in (
         ("entities", settings.entities or ()),
@@ -161,4 +168,3 @@ def parse_detection_settings(
             raise ConfigError(
                 f"recognizer name {r.name!r} used twice", path=path, key=f"{key}.recognizers.{i}"
             )
-    return settings

@@ -24,7 +24,8 @@ from consortium.redaction.pseudonyms import Vault
 @dataclass(frozen=True)
 class Rewritten:
     """One text as it may leave: the new text, what was replaced (type, action, value),
-    and the types whose action is `block` found in it."""
+    and the types whose action is `block` found in it (then `text` is empty: nothing of
+    it may leave)."""
 
     text: str
     withheld: tuple[tuple[str, Action, str], ...] = ()
@@ -41,7 +42,7 @@ def rewrite(text: str, spans: Sequence[Span], actions: PeerActions, vault: Vault
     acting = [(s, actions.action(s.entity_type)) for s in spans]
     blocked = tuple(sorted({s.entity_type for s, a in acting if a == "block"}))
     if blocked:
-        return Rewritten(text, (), blocked)
+        return Rewritten("", (), blocked)  # nothing of it may leave
     ranked = sorted(
         ((s, a) for s, a in acting if a != "keep"),
         key=lambda sa: (-SEVERITY[sa[1]], -sa[0].score, -(sa[0].end - sa[0].start), sa[0].start),
@@ -54,13 +55,15 @@ def rewrite(text: str, spans: Sequence[Span], actions: PeerActions, vault: Vault
     out: list[str] = []
     withheld: list[tuple[str, Action, str]] = []
     at = 0
-    for s, a in chosen:
+    for s, act in chosen:
         value = text[s.start : s.end]
         out.append(text[at : s.start])
         out.append(
-            vault.placeholder(s.entity_type, value) if a == "pseudonymize" else mask(s.entity_type)
+            vault.placeholder(s.entity_type, value)
+            if act == "pseudonymize"
+            else mask(s.entity_type)
         )
-        withheld.append((s.entity_type, a, value))
+        withheld.append((s.entity_type, act, value))
         at = s.end
     out.append(text[at:])
     return Rewritten("".join(out), tuple(withheld))

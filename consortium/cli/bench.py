@@ -1,6 +1,7 @@
 """`consortium bench routing | collaborate | federated | trust | redaction`: routers,
 collaboration protocols, the federated routing policy, the trust layer (simulated) and
-redaction's detection evaluated on benchmark data. Wiring only; the pieces live
+redaction (detection, the default policy's leaks and round trip, answer quality) evaluated
+on benchmark data. Wiring only; the pieces live
 in consortium/evaluation (the federated runs' options are generated from
 consortium/learning/settings.py: cli/options.py)."""
 
@@ -233,14 +234,28 @@ def bench_redaction(
     latency_messages: Annotated[
         int, typer.Option(min=5, help="~200-word messages timed per detector.")
     ] = 100,
+    quality_items: Annotated[
+        int, typer.Option(min=1, help="Extraction questions for the answer-quality cost.")
+    ] = 105,
+    no_quality: Annotated[
+        bool, typer.Option("--no-quality", help="Skip the answer-quality part (no model).")
+    ] = False,
+    splits: Annotated[
+        int, typer.Option(min=1, help="Random chunkings of each echoed text (round trip).")
+    ] = 5,
 ) -> None:
-    """Detection on Presidio's synthetic set: per entity type precision, recall and F2
-    (span level, any character overlap with the same mapped type), the leak rate after
-    masking every detected span, and latency (p50, p99) pattern-only and with NER."""
+    """Redaction on Presidio's synthetic set: detection per entity type (precision, recall,
+    F2: span level, any character overlap with the same mapped type), latency (p50, p99)
+    pattern-only and with NER, the leak rate under the default pseudonymize-everything
+    policy, the round trip through a peer that echoes its prompt (whole and streamed in
+    random chunks), and the answer-quality cost of pseudonymization on extraction
+    questions answered by the bundled SmolLM2 (cached in ~/.cache/consortium/eval)."""
     import json
 
     from consortium.cli.common import out, write_through
-    from consortium.evaluation.redaction_eval import evaluate_detection, load_rows
+    from consortium.evaluation.redaction_eval import detect_rows, evaluate_detection, load_rows
+    from consortium.evaluation.redaction_quality import evaluate_quality
+    from consortium.evaluation.redaction_roundtrip import evaluate_policy
     from consortium.redaction.detector import Detector, presidio_baseline
     from consortium.redaction.settings import DetectionSettings
 
@@ -248,19 +263,33 @@ def bench_redaction(
         rows = load_rows(limit=limit)
         with_ner = Detector(DetectionSettings())
         pattern_only = Detector(DetectionSettings(ner=False))
-        return evaluate_detection(
+        detected = detect_rows(with_ner, rows)
+        result = evaluate_detection(
             with_ner,
             pattern_only,
             rows,
             latency_messages=latency_messages,
             baseline=presidio_baseline(with_ner.settings.spacy_model),
+            detected=detected,
         )
+        result.update(evaluate_policy(rows, detected.spans, splits=splits))
+        if not no_quality:
+            with progress_bars()() as start:
+                result["_quality"] = evaluate_quality(
+                    rows, with_ner, items=quality_items, start=start
+                )
+        return result
 
     result = run(go)
     if as_json:
         write_through(json.dumps(result, separators=(",", ":")) + "\n")
         return
     print_bench(result, False, ["labelled", "detected", "precision", "recall", "f2", "met"])
-    out.print({"leaks": result["_leaks"], "latency": result["_latency"]})
+    out.print({"leaks_after_masking": result["_leaks"], "latency": result["_latency"]})
     out.print({"presidio_default": result["_baseline_presidio_default"]})
+    out.print({"policy_leaks": result["_policy_leaks"]})
+    trip = {k: v for k, v in result["_round_trip"].items() if k != "failures"}
+    out.print({"round_trip": trip})
+    if "_quality" in result:
+        out.print({"quality": result["_quality"]})
     out.print(result["_targets"])

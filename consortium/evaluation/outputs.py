@@ -99,17 +99,19 @@ def _finish(gen: Generator[Any, None, Completion]) -> Completion:
             return result
 
 
+def generate(backend: LLMBackend, prompt: str, params: GenerationParams) -> Completion:
+    """`backend`'s whole completion of `prompt`: as the user's message to a chat model,
+    as the text to continue for a completion model."""
+    cancel = threading.Event()
+    if backend.info.chat:
+        return _finish(backend.stream_chat([ChatMessage("user", prompt)], params, cancel))
+    return _finish(backend.stream_complete(prompt, params, cancel))
+
+
 def compute_item(backend: LLMBackend, item: Item) -> ItemOutput:
     q = item.question
     scores = score_options(backend, q)
-    cancel = threading.Event()
-    text_prompt = generative_prompt(q)
-    if backend.info.chat:
-        completion = _finish(
-            backend.stream_chat([ChatMessage("user", text_prompt)], GENERATION, cancel)
-        )
-    else:
-        completion = _finish(backend.stream_complete(text_prompt, GENERATION, cancel))
+    completion = generate(backend, generative_prompt(q), GENERATION)
     lps = [t.logprob for t in completion.logprobs]
     generated = Generated(
         text=completion.text,

@@ -214,6 +214,29 @@ def latency(detect: Callable[[str], object], texts: Sequence[str]) -> dict[str, 
     }
 
 
+@dataclass(frozen=True)
+class Detected:
+    """A detector's spans on each row, and the time each row took (ms)."""
+
+    spans: list[list[Span]]
+    ms: list[float]
+
+
+def detect_rows(
+    detector: Detector, rows: Sequence[Row], progress: Callable[[int], None] | None = None
+) -> Detected:
+    """`detector` run over every row's text, timed."""
+    spans: list[list[Span]] = []
+    ms: list[float] = []
+    for i, row in enumerate(rows):
+        started = time.perf_counter()
+        spans.append(detector.detect(row.text))
+        ms.append((time.perf_counter() - started) * 1000)
+        if progress is not None:
+            progress(i + 1)
+    return Detected(spans, ms)
+
+
 def evaluate_detection(
     ner_detector: Detector,
     pattern_detector: Detector | None,
@@ -222,18 +245,15 @@ def evaluate_detection(
     latency_messages: int = 100,
     baseline: Callable[[str], list[Span]] | None = None,
     progress: Callable[[int], None] | None = None,
+    detected: Detected | None = None,
 ) -> dict[str, Any]:
     """Quality with `ner_detector` over `rows` (and of `baseline`, Presidio's default
     configuration, when given); latency of both detectors on ~200-word
-    messages and on the set's own (short) texts."""
-    detections: list[list[Span]] = []
-    by_row_ms: list[float] = []
-    for i, row in enumerate(rows):
-        started = time.perf_counter()
-        detections.append(ner_detector.detect(row.text))
-        by_row_ms.append((time.perf_counter() - started) * 1000)
-        if progress is not None:
-            progress(i + 1)
+    messages and on the set's own (short) texts. `detected`: `ner_detector`'s spans on
+    `rows` when the caller already has them (`detect_rows`)."""
+    if detected is None:
+        detected = detect_rows(ner_detector, rows, progress)
+    detections, by_row_ms = detected.spans, detected.ms
     result = score_rows(rows, detections)
     if baseline is not None:
         scored = score_rows(rows, [baseline(r.text) for r in rows])

@@ -1,11 +1,14 @@
 """Applying a peer's actions to one text's detected spans: the text as it may leave.
 
 Overlapping spans (the detector keeps spans of different types that overlap) are
-resolved toward the stricter action (block > mask > pseudonymize > keep), then the higher
-score, then the longer span: the text a stricter action covers is never sent because a
-laxer one covered part of it. A `block` anywhere in the text, overlapped or not, blocks
-the message. A pseudonymized span becomes the task vault's placeholder (`<PERSON_1>`), a
-masked one its type without a number (`<PERSON>`), which no vault restores.
+replaced together, as one span over the union of their characters, under the type and
+action of the one ranked first: the stricter action (block > mask > pseudonymize > keep),
+then the higher score, then the longer span. So the text a stricter action covers is never
+sent because a laxer one covered part of it, and no character of a detected span is sent
+in clear because another span covered only part of it (`keep` spans take no part). A
+`block` anywhere in the text, overlapped or not, blocks the message. A pseudonymized span
+becomes the task vault's placeholder (`<PERSON_1>`), a masked one its type without a
+number (`<PERSON>`), which no vault restores.
 
 `Rewritten.withheld` lists what was replaced, (type, value), in order: the caller makes
 the receipts' disclosures from it and must keep it out of logs and spans.
@@ -32,6 +35,17 @@ class Rewritten:
     blocked: tuple[str, ...] = ()
 
 
+@dataclass
+class _Group:
+    """Overlapping spans: the union of their characters, the first-ranked one's type and
+    action."""
+
+    start: int
+    end: int
+    entity_type: str
+    action: Action
+
+
 def mask(entity_type: str) -> str:
     """The irreversible, typed placeholder of a masked span."""
     return f"<{entity_type}>"
@@ -47,23 +61,32 @@ def rewrite(text: str, spans: Sequence[Span], actions: PeerActions, vault: Vault
         ((s, a) for s, a in acting if a != "keep"),
         key=lambda sa: (-SEVERITY[sa[1]], -sa[0].score, -(sa[0].end - sa[0].start), sa[0].start),
     )
-    chosen: list[tuple[Span, Action]] = []
+    # Overlapping spans form one group, replaced whole under its first-ranked span's type
+    # and action: no character of a detected span is sent in clear because a span ranked
+    # above it covered only part of it.
+    groups: list[_Group] = []
     for s, a in ranked:
-        if all(s.end <= c.start or s.start >= c.end for c, _ in chosen):
-            chosen.append((s, a))
-    chosen.sort(key=lambda sa: sa[0].start)
+        hit = [g for g in groups if s.start < g.end and g.start < s.end]
+        if not hit:
+            groups.append(_Group(s.start, s.end, s.entity_type, a))
+            continue
+        head = hit[0]  # groups are made in rank order: the first one ranks highest
+        head.start = min(s.start, *(g.start for g in hit))
+        head.end = max(s.end, *(g.end for g in hit))
+        groups = [g for g in groups if g is head or all(g is not h for h in hit)]
+    groups.sort(key=lambda g: g.start)
     out: list[str] = []
     withheld: list[tuple[str, Action, str]] = []
     at = 0
-    for s, act in chosen:
-        value = text[s.start : s.end]
-        out.append(text[at : s.start])
+    for g in groups:
+        value = text[g.start : g.end]
+        out.append(text[at : g.start])
         out.append(
-            vault.placeholder(s.entity_type, value)
-            if act == "pseudonymize"
-            else mask(s.entity_type)
+            vault.placeholder(g.entity_type, value)
+            if g.action == "pseudonymize"
+            else mask(g.entity_type)
         )
-        withheld.append((s.entity_type, act, value))
-        at = s.end
+        withheld.append((g.entity_type, g.action, value))
+        at = g.end
     out.append(text[at:])
     return Rewritten("".join(out), tuple(withheld))

@@ -382,6 +382,11 @@ class NodeConfig(_Section):
         return self.data_dir / "trust.sqlite3"
 
     @property
+    def redaction_path(self) -> Path:
+        """The disclosures of the spans this node redacted (redaction.receipts)."""
+        return self.data_dir / "redaction.sqlite3"
+
+    @property
     def advertised_host(self) -> str:
         return self.server.public_host or self.server.host
 

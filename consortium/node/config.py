@@ -385,7 +385,7 @@ class NodeConfig(_Section):
 
     @property
     def redaction_path(self) -> Path:
-        """The redaction receipts' disclosures (what was withheld from peers)."""
+        """The disclosures of the spans this node redacted (redaction.receipts)."""
         return self.data_dir / "redaction.sqlite3"
 
     @property

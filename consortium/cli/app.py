@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from consortium.cli import bench, demo, federation, key, keys, node, policy, train, trust
+from consortium.cli import bench, demo, federation, key, keys, node, policy, redact, train, trust
 
 app = typer.Typer(
     name="consortium",
@@ -28,6 +28,10 @@ trust_app = typer.Typer(
     help="Peers' reputations kept by this node (take effect without a restart).",
     no_args_is_help=True,
 )
+redact_app = typer.Typer(
+    help="Redaction receipts: disclose what a sent message withheld, and verify a disclosure.",
+    no_args_is_help=True,
+)
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
 bench_app = typer.Typer(
     help="Evaluate routers, collaboration protocols and the trust layer on benchmark data.",
@@ -39,6 +43,7 @@ app.add_typer(federation_app, name="federation")
 app.add_typer(key_app, name="key")
 app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
+app.add_typer(redact_app, name="redact")
 federation_app.add_typer(policy_app, name="policy")
 app.add_typer(bench_app, name="bench")
 
@@ -66,6 +71,10 @@ keys_app.command("revoke")(keys.keys_revoke)
 # Peers' reputations.
 trust_app.command("show")(trust.trust_show)
 trust_app.command("reset")(trust.trust_reset)
+
+# Redaction receipts.
+redact_app.command("disclose")(redact.redact_disclose)
+redact_app.command("check")(redact.redact_check)
 
 app.command("demo")(demo.demo)
 

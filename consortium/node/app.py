@@ -32,7 +32,7 @@ import random
 import signal
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
+from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
 from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.store import SqliteTaskStore
@@ -76,7 +77,10 @@ from consortium.node.telemetry import (
     make_meter_provider,
     make_provider,
 )
-from consortium.protocols.redaction import IdentityRedactor
+from consortium.protocols.redaction import IdentityRedactor, Redactor
+from consortium.redaction.detector import Detector
+from consortium.redaction.policy import check_peers
+from consortium.redaction.receipts import DisclosureStore
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
 from consortium.trust.audit import NoOpAuditLog
@@ -118,6 +122,8 @@ class Federation:
     # Closes what the node built for the assessor (its database, its metrics); a no-op
     # for an assessor handed in, which its owner closes.
     close_assessor: Callable[[], None]
+    # Closes the redactor's detector thread and disclosure store (a no-op without one).
+    close_redactor: Callable[[], None] = field(default=lambda: None)
 
 
 @dataclass(frozen=True)
@@ -228,7 +234,9 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
     if assessor is None:
         assessor, close_assessor = _owned_assessor(cfg, watcher)
     replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
+    close_redactor = _nothing
     try:
+        redactor, close_redactor = build_redactor(cfg, watcher)
         key = load_private_key(cfg.resolve(cfg.identity.private_key))
         verifier = MessageVerifier(
             org_id=cfg.node.org_id,
@@ -243,8 +251,8 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
             verifier=verifier,
             roster=watcher,
             timeout_s=fed.peer_timeout_s,
-            # No redaction policy or audit log yet: their null implementations.
-            redactor=IdentityRedactor(),
+            # No audit log yet: its null implementation.
+            redactor=redactor,
             audit=NoOpAuditLog(),
             assessor=assessor,
             credentials=cfg.client_credentials(),
@@ -252,6 +260,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
     except BaseException:
         replay.close()
         close_assessor()
+        close_redactor()
         raise
     log.info(
         "node %s joined federation %s (roster version %d, %d members)",
@@ -260,7 +269,44 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         roster.version,
         len(roster.members),
     )
-    return Federation(watcher, verifier, signer, peers, replay, assessor, close_assessor)
+    return Federation(
+        watcher, verifier, signer, peers, replay, assessor, close_assessor, close_redactor
+    )
+
+
+def build_redactor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Redactor, Callable[[], None]]:
+    """node.toml's `[redaction]` policy over a detector built once, here; without it (the
+    default) the identity redactor. Every [redaction.peers.ORG] must be a member; a
+    detector that cannot load is a ConfigError (one line)."""
+    policy = cfg.redaction
+    if not policy.enabled:
+        return IdentityRedactor(), _nothing
+    where = str(cfg.base_dir / "node.toml")
+    me = cfg.node.org_id
+    check_peers(policy, {m.org_id: m.org_id == me for m in watcher.current().members}, path=where)
+    try:
+        detector = Detector(policy)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"the detector cannot load: {type(e).__name__}: {e}", path=where, key="redaction"
+        ) from None
+    store = DisclosureStore(cfg.redaction_path)
+    redactor = PolicyRedactor(policy, detector, watcher, store)
+
+    def close() -> None:
+        redactor.close()
+        store.close()
+
+    log.info(
+        "redaction on: default %s, %d per-type actions, %d peer and %d attribute overrides",
+        policy.default,
+        len(policy.actions),
+        len(policy.peers),
+        len(policy.rules),
+    )
+    return redactor, close
 
 
 def build_canaries(
@@ -669,6 +715,7 @@ class Node:
             await self.federation.peers.close()
             self.federation.replay.close()
             self.federation.close_assessor()
+            self.federation.close_redactor()
         if self.records is not None:
             self.records.close()
         if self.keys is not None:

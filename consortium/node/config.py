@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 from consortium.errors import ConfigError
 from consortium.federation.roster import ORG_ID
 from consortium.llm.settings import ModelSection
+from consortium.redaction.policy import RedactionPolicy, check_policy
 from consortium.trust.canaries import CanaryPool, load_pool
 from consortium.trust.canary_schedule import CanarySettings
 from consortium.trust.reports import ReportSettings
@@ -349,6 +350,7 @@ class NodeConfig(_Section):
     routing: RoutingSection = RoutingSection()
     training: TrainingSection = TrainingSection()
     trust: TrustSection = TrustSection()
+    redaction: RedactionPolicy = RedactionPolicy()
     groups: dict[Annotated[str, Field(pattern=ORG_ID_PATTERN)], GroupSection] = Field(
         default_factory=dict
     )
@@ -380,6 +382,11 @@ class NodeConfig(_Section):
     @property
     def trust_path(self) -> Path:
         return self.data_dir / "trust.sqlite3"
+
+    @property
+    def redaction_path(self) -> Path:
+        """The disclosures of the spans this node redacted (redaction.receipts)."""
+        return self.data_dir / "redaction.sqlite3"
 
     @property
     def advertised_host(self) -> str:
@@ -449,11 +456,13 @@ def _describe(error: ErrorDetails) -> tuple[str, str]:
 
 def parse_config(data: dict[str, object], *, path: Path) -> NodeConfig:
     try:
-        return NodeConfig.model_validate({**data, "base_dir": path.parent})
+        cfg = NodeConfig.model_validate({**data, "base_dir": path.parent})
     except ValidationError as e:
         loc, msg = _describe(e.errors()[0])
         extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise ConfigError(msg + extra, path=str(path), key=loc or None) from None
+    check_policy(cfg.redaction, path=str(path))
+    return cfg
 
 
 def load_config(path: str | Path) -> NodeConfig:

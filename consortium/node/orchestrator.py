@@ -314,7 +314,22 @@ class Orchestrator:
                     "embedding": await self._embed(question),
                     "generated_choice": [-1.0],
                 }
-        return self._decide(router, question, draft, options, task_features)
+        withheld = await self.withheld([question], [p.org for p in self.peers()])
+        return self._decide(router, question, draft, options, task_features, withheld)
+
+    async def withheld(self, texts: Sequence[str], orgs: Sequence[str]) -> dict[str, str]:
+        """The members of `orgs` that a message holding `texts` may not be sent to under
+        the node's redaction policy, with why ({} when the policy blocks nothing)."""
+        if self._peers is None or not self._peers.redactor.may_block:
+            return {}
+        out: dict[str, str] = {}
+        for org in orgs:
+            if org == self.org_id:
+                continue
+            types = await self._peers.redactor.blocks(org, texts)
+            if types:
+                out[org] = f"the redaction policy blocks {', '.join(types)}"
+        return out
 
     def _decide(
         self,
@@ -323,16 +338,19 @@ class Orchestrator:
         draft: Draft | None,
         options: RequestOptions,
         task_features: dict[str, list[float]],
+        withheld: Mapping[str, str] | None = None,
     ) -> Decision:
+        withheld = withheld or {}
         try:
             return router.decide(
                 RoutingInput(
                     prompt=prompt,
                     draft=draft,
-                    peers=self.peers(),
+                    peers=tuple(p for p in self.peers() if p.org not in withheld),
                     budget=self.budget(options),
                     features=task_features,
                     quarantined=self.quarantined(),
+                    withheld=withheld,
                 )
             )
         except ValueError as e:
@@ -384,7 +402,11 @@ class Orchestrator:
                 rec_inputs["embedding"],
                 None if choice < 0 else choice,
             )
-        decision = self._decide(router, routing_text(question), draft, options, task_features)
+        texts = [question.stem, *question.choices]
+        withheld = await self.withheld(texts, [p.org for p in self.peers()])
+        decision = self._decide(
+            router, routing_text(question), draft, options, task_features, withheld
+        )
         local_row = {self.org_id: MemberUsage(tokens=draft_scores.tokens, cost=0.0, calls=1)}
         if decision.route == "local":
             return Routed(
@@ -402,7 +424,7 @@ class Orchestrator:
             provenance = routed.provenance.model_copy(update={"members": members | local_row})
             return Routed(routed.choice, routed.probabilities, provenance)
         return await self._escalate(
-            question, decision, router.name, local_row, started, argmax(probs)
+            question, decision, router.name, local_row, started, argmax(probs), withheld
         )
 
     async def _escalate(
@@ -413,6 +435,7 @@ class Orchestrator:
         local_row: dict[str, MemberUsage],
         started: float,
         draft_choice: int,
+        withheld: Mapping[str, str],
     ) -> Routed:
         """The peer the router chose answers (after the local draft in `local_row`); a
         sampled share of escalations also asks a second member serving the same model,
@@ -420,7 +443,7 @@ class Orchestrator:
         ledger = PeerLedger()
         target = decision.target
         peer = PeerMember(target, self._require_peers(), self._price(target), ledger)
-        second = self._second_opinion(target)
+        second = self._second_opinion(target, withheld)
         if second is None:
             scored, checked = await peer.score(question, ""), None
         else:
@@ -450,7 +473,7 @@ class Orchestrator:
             argmax(peer_probs), peer_probs, provenance.model_copy(update=ledger.provenance())
         )
 
-    def _second_opinion(self, target: str) -> str | None:
+    def _second_opinion(self, target: str, withheld: Mapping[str, str]) -> str | None:
         """For a sampled share of escalations, another allowed member that declares a
         model `target` declares (the first such in roster order); None otherwise."""
         if self._cross_check_rate <= 0 or self._rng.random() >= self._cross_check_rate:
@@ -458,7 +481,7 @@ class Orchestrator:
         peers = {p.org: p for p in self.peers()}
         declared = set(peers[target].models) if target in peers else set()
         for org, p in peers.items():
-            if org != target and declared & set(p.models):
+            if org != target and org not in withheld and declared & set(p.models):
                 return org
         return None
 
@@ -527,26 +550,33 @@ class Orchestrator:
             raise RequestRejected("escalation needs a federation: this node has no [federation]")
         return self._peers
 
-    def group_round(self, name: str) -> GroupRound:
-        """The group's members as the trust layer allows them now."""
+    def group_round(self, name: str, withheld: Mapping[str, str] | None = None) -> GroupRound:
+        """The group's members as the trust layer allows them now, without those the
+        task may not be sent to (`withheld`, from `withheld()`)."""
+        withheld = withheld or {}
         group = self._groups[name]
         names = [self.org_id if m == "self" else m for m in group.members]
         aggregator = group.aggregator or group.members[-1]
         aggregator = self.org_id if aggregator == "self" else aggregator
         standings = {m: self._assessor.standing(m) for m in names if m != self.org_id}
         dropped = [m for m in names if m in standings and not standings[m].allowed]
-        allowed = [m for m in names if m not in dropped]
+        kept_back = [m for m in names if m in withheld and m not in dropped]
+        allowed = [m for m in names if m not in dropped and m not in kept_back]
+        why = [f"{m} {QUARANTINED}" for m in dropped]
+        why += [f"{m}: {withheld[m]}" for m in kept_back]
         reputation = {m: s.score for m, s in standings.items() if s.allowed}
         weights = {m: s.routing_weight for m, s in standings.items() if s.allowed}
         short = ""
         if group.protocol == "mixture" and aggregator in dropped:
             short = f"its aggregator {aggregator} is {QUARANTINED}"
+        elif group.protocol == "mixture" and aggregator in kept_back:
+            short = f"its aggregator {aggregator} may not be sent the task: {withheld[aggregator]}"
         elif len(allowed) < group.min_members:
             short = (
                 f"{len(allowed)} of {len(names)} members allowed, fewer than min_members "
-                f"{group.min_members} ({', '.join(dropped)} {QUARANTINED})"
+                f"{group.min_members} ({'; '.join(why)})"
             )
-        return GroupRound(allowed, aggregator, reputation, dropped, short, weights)
+        return GroupRound(allowed, aggregator, reputation, dropped + kept_back, short, weights)
 
     async def _group_answer(
         self,
@@ -561,7 +591,11 @@ class Orchestrator:
         """The group's answer; a group the trust layer left short falls back as its
         `on_short` says: the local model's answer (its `draft` if scored already), with
         the reason in the decision, or RequestRejected."""
-        members = self.group_round(name)
+        group = self._groups[name]
+        names = [self.org_id if m == "self" else m for m in group.members]
+        members = self.group_round(
+            name, await self.withheld([question.stem, *question.choices], names)
+        )
         if not members.short:
             ledger = PeerLedger(members.reputation)
             outcome = await self._run_group(name, question, options, members, ledger)
@@ -581,7 +615,6 @@ class Orchestrator:
             routed = self._from_outcome(outcome, f"group:{name}", decision, started)
             provenance = routed.provenance.model_copy(update=ledger.provenance())
             return Routed(routed.choice, routed.probabilities, provenance)
-        group = self._groups[name]
         if group.on_short == "refuse":
             raise RequestRejected(f"group {name}: {members.short}")
         if draft is None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -85,6 +85,8 @@ class PeerQuarantined(RequestRejected):
 
 
 CallKind = Literal["ask", "score"]
+# Told the text of each verified chunk of a streamed answer, as it arrives.
+OnText = Callable[[str], None]
 
 
 class CanaryMixer(Protocol):
@@ -191,7 +193,7 @@ class PeerClient:
         self._verifier = verifier
         self._roster = roster
         self._timeout = timeout_s
-        self._redactor = redactor
+        self.redactor = redactor
         self._audit = audit
         self.assessor = assessor
         self.canaries: CanaryMixer = NoCanaries()
@@ -223,19 +225,30 @@ class PeerClient:
             )
         return self._clients[cache_key]
 
-    async def ask(self, org: str, text: str, options: dict[str, Any] | None = None) -> PeerAnswer:
-        """The peer's answer to a task (its streamed events verified on the way); the
-        canary mixer may send the peer a canary alongside."""
+    async def ask(
+        self,
+        org: str,
+        text: str,
+        options: dict[str, Any] | None = None,
+        on_text: OnText | None = None,
+    ) -> PeerAnswer:
+        """The peer's answer to a task (its streamed events verified on the way, the text
+        of each verified artifact chunk passed to `on_text`); the canary mixer may send
+        the peer a canary alongside."""
         self.canaries.alongside(org, "ask", options)
-        return await self.answer_of(org, text, options)
+        return await self.answer_of(org, text, options, on_text)
 
     async def answer_of(
-        self, org: str, text: str, options: Mapping[str, Any] | None = None
+        self,
+        org: str,
+        text: str,
+        options: Mapping[str, Any] | None = None,
+        on_text: OnText | None = None,
     ) -> PeerAnswer:
         """`ask` without the canary mixer: one exchange."""
         started = time.perf_counter()
         message = text_message(text, {METADATA_KEY: dict(options)} if options else None)
-        reply = await self.exchange(org, message, ASK)
+        reply = await self.exchange(org, message, ASK, on_text)
         meta = MessageToDict(reply.message.metadata).get(METADATA_KEY, {})
         return PeerAnswer(
             org=org,
@@ -321,7 +334,9 @@ class PeerClient:
             canary=reply.canary,
         )
 
-    async def exchange(self, org: str, message: a2a_pb2.Message, call: Call) -> Reply:
+    async def exchange(
+        self, org: str, message: a2a_pb2.Message, call: Call, on_text: OnText | None = None
+    ) -> Reply:
         """Every call to a peer: redact -> sign -> audit, send, verify -> audit -> assess.
         Raises PeerQuarantined (nothing sent) for a peer the trust layer quarantined,
         PeerError when the peer cannot be asked or sends nothing to verify, and
@@ -335,10 +350,10 @@ class PeerClient:
             attributes={"consortium.recipient": org, "consortium.mode": call.mode},
         ) as span:
             client = self._client(org, streaming=call.streaming)
-            request, request_digest = self._outgoing(org, message)
+            request, request_digest = await self._outgoing(org, message)
             span.set_attribute("consortium.message.id", request.message_id)
             try:
-                reply = await self._send(client, org, request, request_digest, call)
+                reply = await self._send(client, org, request, request_digest, call, on_text)
             except Rejected as e:
                 self.assessor.assess(Verdict(org, request, None, e.reason))
                 raise UntrustedAnswer(call.refused.format(org=org, error=e)) from None
@@ -360,22 +375,31 @@ class PeerClient:
         meta = MessageToDict(reply.metadata).get(METADATA_KEY, {})
         return reply_claim(meta if isinstance(meta, dict) else {}, models)
 
-    def _outgoing(self, org: str, message: a2a_pb2.Message) -> tuple[a2a_pb2.Message, str]:
-        """redact -> sign -> audit: the request as it leaves, and its digest."""
-        redacted = self._redactor.redact(message, org)
+    async def _outgoing(self, org: str, message: a2a_pb2.Message) -> tuple[a2a_pb2.Message, str]:
+        """redact -> sign -> audit: the request as it leaves, and its digest. A message
+        the redaction policy stops raises RequestRejected: nothing is sent."""
+        with self.tracer.start_as_current_span("consortium.redact"):
+            redacted = await self.redactor.redact(message, org)
         parent = traceparent()  # the call span: the peer's spans hang under it
         with self.tracer.start_as_current_span("consortium.sign"):
             request, request_digest = self._signer.sign_request(redacted, org, parent)
+        self.redactor.sent(org, request)
         self._audit.sent(org, request)
         return request, request_digest
 
     async def _send(
-        self, client: Client, org: str, request: a2a_pb2.Message, request_digest: str, call: Call
+        self,
+        client: Client,
+        org: str,
+        request: a2a_pb2.Message,
+        request_digest: str,
+        call: Call,
+        on_text: OnText | None,
     ) -> Reply:
         """Sends the request and verifies what comes back; raises Rejected."""
         with self.tracer.start_as_current_span("consortium.verify") as span:
             try:
-                reply = await self._receive(client, org, request, request_digest, call)
+                reply = await self._receive(client, org, request, request_digest, call, on_text)
             except (A2AError, grpc.aio.AioRpcError) as e:
                 raise PeerError(f"{org} did not answer: {e}", failure_of(e)) from None
             except Rejected as e:
@@ -392,7 +416,13 @@ class PeerClient:
         return reply
 
     async def _receive(
-        self, client: Client, org: str, request: a2a_pb2.Message, request_digest: str, call: Call
+        self,
+        client: Client,
+        org: str,
+        request: a2a_pb2.Message,
+        request_digest: str,
+        call: Call,
+        on_text: OnText | None,
     ) -> Reply:
         status: a2a_pb2.TaskStatus | None = None
         direct: a2a_pb2.Message | None = None
@@ -410,6 +440,8 @@ class PeerClient:
             elif kind == "artifact_update":
                 self._verify(event.artifact_update, request_digest, org)
                 events += 1
+                if on_text is not None:
+                    on_text("".join(p.text for p in event.artifact_update.artifact.parts))
             elif kind == "task" and event.task.status.HasField("message"):
                 status = event.task.status
             elif kind == "message" and not call.streaming:

@@ -21,8 +21,11 @@ a generation before its next token.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -41,10 +44,12 @@ from consortium.node.auth import Caller
 from consortium.node.config import RoutingSection
 from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerAnswer, PeerClient, PeerError
+from consortium.node.redaction import RedactionBlocked, TaskRedaction
 from consortium.protocols.multiple_choice import OptionScores, Question, argmax
 from consortium.protocols.provenance import PeerVerdict, Provenance, RoutingDecision
 from consortium.protocols.request_options import Feedback, RequestOptions, forwarded
 from consortium.protocols.routing import Decision
+from consortium.redaction.pseudonyms import PlaceholderFragment
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +172,19 @@ class NodeService:
         self, request: ServiceRequest, caller: Caller
     ) -> AsyncGenerator[TaskEvent, None]:
         """The task's events, ending with Answered, Rejected, Failed or PeerUnfinished.
-        Close the iterator to stop early (a generation stops before its next token)."""
+        Close the iterator to stop early (a generation stops before its next token).
+        The task's redaction scope (its pseudonyms) lives as long as this iterator."""
+        scope = TaskRedaction(request.task_id)
+        try:
+            async with contextlib.aclosing(self._answer(request, caller, scope)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            scope.close()
+
+    async def _answer(
+        self, request: ServiceRequest, caller: Caller, scope: TaskRedaction
+    ) -> AsyncGenerator[TaskEvent, None]:
         if not request.text:
             yield Rejected("the message has no text to answer")
             return
@@ -179,17 +196,18 @@ class NodeService:
             request = replace(request, options=local)
         options = request.options
         if options.peer is not None:
-            async for event in self._ask_peer(request, options):
+            async for event in self._ask_peer(request, options, scope):
                 yield event
             return
         if options.choices:
-            async for event in self._answer_choice(request, caller):
+            async for event in self._answer_choice(request, caller, scope):
                 yield event
             return
         # A route of "local" (what a member's task gets) needs no routing decision.
         if options.route != "local" and (options.route or self.orchestrator.routes_text()):
             try:
-                decision = await self.orchestrator.route_text(request.text, options)
+                with scope.active():
+                    decision = await self.orchestrator.route_text(request.text, options)
             except RequestRejected as e:
                 yield Rejected(str(e))
                 return
@@ -198,17 +216,20 @@ class NodeService:
                 return
             if decision.route == "escalate":
                 escalated = options.model_copy(update={"peer": decision.target})
-                async for event in self._ask_peer(request, escalated):
+                async for event in self._ask_peer(request, escalated, scope, decision):
                     yield event
                 return
-            async for event in self._generate(request, decision):
+            async for event in self._generate(request, decision, scope):
                 yield event
             return
         async for event in self._generate(request):
             yield event
 
     async def _generate(
-        self, request: ServiceRequest, decision: Decision | None = None
+        self,
+        request: ServiceRequest,
+        decision: Decision | None = None,
+        scope: TaskRedaction | None = None,
     ) -> AsyncIterator[TaskEvent]:
         """The local model's answer, streamed; with the router's `decision` when one
         chose the local model."""
@@ -265,7 +286,10 @@ class NodeService:
         provenance = self._generated(completion, latency)
         if decision is not None:
             provenance = provenance.model_copy(
-                update={"decision": RoutingDecision.of(decision.reason, decision.score)}
+                update={
+                    "decision": RoutingDecision.of(decision.reason, decision.score),
+                    "redaction": None if scope is None else scope.report(),
+                }
             )
         yield Answered(completion.text, provenance, streamed=True)
         log.info(
@@ -291,9 +315,16 @@ class NodeService:
         )
 
     async def _ask_peer(
-        self, request: ServiceRequest, options: RequestOptions
+        self,
+        request: ServiceRequest,
+        options: RequestOptions,
+        scope: TaskRedaction,
+        decision: Decision | None = None,
     ) -> AsyncIterator[TaskEvent]:
-        """The answer of the peer `options.peer`, verified."""
+        """The answer of the peer `options.peer`, verified, its streamed text relayed as
+        it comes and restored (the task's pseudonyms replaced by their values). When the
+        router chose the peer (`decision`) and the redaction policy will not let the
+        task go to it, the local model answers instead, saying why."""
         peer = options.peer
         assert peer is not None
         if self._peers is None:
@@ -302,10 +333,37 @@ class NodeService:
         yield Working()
         # The route chose this peer here; the peer answers with its own model.
         sent = forwarded(options)
+        chunks: asyncio.Queue[str] = asyncio.Queue()
+        restorer = scope.stream()
+        streamed = False
+        with scope.active():
+            call = asyncio.create_task(
+                self._peers.ask(peer, request.text, sent or None, chunks.put_nowait)
+            )
         try:
-            answer = await self._peers.ask(peer, request.text, sent or None)
-            provenance = self._relayed(answer)
-        except RequestRejected as e:  # a quarantined peer: nothing was sent
+            while not call.done() or not chunks.empty():
+                getter = asyncio.ensure_future(chunks.get())
+                done, _ = await asyncio.wait({call, getter}, return_when=FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    continue
+                shown = restorer.feed(getter.result())
+                if shown:
+                    streamed = True
+                    yield TextChunk(shown)
+            answer = call.result()
+            provenance = self._relayed(answer, scope)
+            rest = restorer.finish()
+        except RedactionBlocked as e:  # nothing was sent
+            log.warning("task %s: %s", request.task_id, safe(e, 300))
+            if decision is None:
+                yield Rejected(str(e))
+                return
+            local = Decision("local", "", f"{decision.reason}; {e}", decision.score)
+            async for event in self._generate(request, local, scope):
+                yield event
+            return
+        except RequestRejected as e:  # a quarantined peer, a failed redaction: not sent
             log.warning("task %s: %s", request.task_id, safe(e, 300))
             yield Rejected(str(e))
             return
@@ -313,13 +371,24 @@ class NodeService:
             log.warning("task %s: asking %s failed: %s", request.task_id, safe(peer), safe(e, 300))
             yield Failed(str(e))
             return
-        if answer.state != "completed":
-            yield PeerUnfinished(answer.org, answer.state, answer.text, provenance)
+        except PlaceholderFragment:
+            log.warning("task %s: the answer of %s ended in a placeholder", request.task_id, peer)
+            yield Failed(f"the answer from {peer} ended inside a pseudonym: not shown")
             return
-        yield Answered(answer.text, provenance)
+        finally:
+            if not call.done():
+                call.cancel()
+        if rest:
+            streamed = True
+            yield TextChunk(rest)
+        text = scope.restore(answer.text)
+        if answer.state != "completed":
+            yield PeerUnfinished(answer.org, answer.state, text, provenance)
+            return
+        yield Answered(text, provenance, streamed=streamed)
         log.info("task %s answered by %s (verified)", request.task_id, answer.org)
 
-    def _relayed(self, answer: PeerAnswer) -> Provenance:
+    def _relayed(self, answer: PeerAnswer, scope: TaskRedaction) -> Provenance:
         """The peer's provenance, with the route, the verdict on its answer and the
         peer's reputation when it was asked."""
         try:
@@ -341,11 +410,12 @@ class NodeService:
                 "verdicts": {
                     answer.org: PeerVerdict(claim=answer.claim or None, canary=answer.canary)
                 },
+                "redaction": scope.report(),
             }
         )
 
     async def _answer_choice(
-        self, request: ServiceRequest, caller: Caller
+        self, request: ServiceRequest, caller: Caller, scope: TaskRedaction
     ) -> AsyncIterator[TaskEvent]:
         """A multiple-choice task, routed: the chosen option, `LABEL. text`."""
         options = request.options
@@ -353,7 +423,7 @@ class NodeService:
         yield Working()
         try:
             question = Question(request.text, tuple(options.choices))
-            with self._tracer.start_as_current_span("consortium.route") as span:
+            with self._tracer.start_as_current_span("consortium.route") as span, scope.active():
                 routed = await self.orchestrator.answer_choice(
                     question, options, task_id=request.task_id, owner=caller.owner
                 )
@@ -376,6 +446,7 @@ class NodeService:
             update={
                 "choice": routed.choice,
                 "probabilities": [round(p, 4) for p in routed.probabilities],
+                "redaction": scope.report(),
             }
         )
         yield Answered(text, provenance)

@@ -11,7 +11,10 @@ One model covers every kind of answer; which fields are present says which kind 
   probabilities of all options;
 - whenever peers contributed (asked, escalated, a group): each contributing peer's
   `reputation` when it was chosen (what weighed its vote) and the `verdicts` on its
-  replies. Both are absent from an answer no peer contributed to.
+  replies. Both are absent from an answer no peer contributed to;
+- whenever this node's redaction policy acted on a message to a peer: `redaction`, the
+  entity types and counts each peer was sent in place of values, the types that kept a
+  message from a peer, and the ids of the messages whose receipts this node keeps.
 
 `wire()` is the JSON that goes into the metadata: camelCase keys, absent fields left out.
 Fields are declared in the order the node has always added them (wire order follows
@@ -99,6 +102,16 @@ class PeerVerdict(WireModel):
     canary: Literal["passed", "failed"] | None = None
 
 
+class RedactionReport(WireModel):
+    """What this node's redaction policy did to a task's messages to peers: per peer, the
+    spans replaced per entity type; the types that blocked a message to a peer (it was not
+    sent); the ids of the signed messages whose receipts this node keeps. Never values."""
+
+    peers: dict[str, dict[str, int]] | None = None
+    blocked: dict[str, list[str]] | None = None
+    receipts: list[str] | None = None
+
+
 class Provenance(WireModel):
     model_config = ConfigDict(extra="allow")
 
@@ -130,3 +143,5 @@ class Provenance(WireModel):
     # Keyed by organization: only the peers that contributed (never this node).
     reputation: dict[str, float] | None = None
     verdicts: dict[str, PeerVerdict] | None = None
+    # What this node's redaction policy withheld from the peers (types and counts).
+    redaction: RedactionReport | None = None

@@ -8,6 +8,7 @@ never asks whether redaction is on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from a2a.types import a2a_pb2
@@ -16,14 +17,39 @@ from a2a.types import a2a_pb2
 class Redactor(Protocol):
     """A redaction policy for outgoing messages."""
 
-    def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
+    async def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
         """What of `message` may go to `recipient`: the message itself or a redacted copy;
-        `message` itself is left as it is."""
+        `message` itself is left as it is. Raises RequestRejected when the message must
+        not leave (nothing is sent)."""
+        ...
+
+    def sent(self, recipient: str, request: a2a_pb2.Message) -> None:
+        """The request as it left, signed (its receipts are kept with it)."""
+        ...
+
+    @property
+    def may_block(self) -> bool:
+        """Whether the policy blocks anything for any peer (else `blocks` is always ())."""
+        ...
+
+    async def blocks(self, recipient: str, texts: Sequence[str]) -> tuple[str, ...]:
+        """The entity types found in `texts` that the policy for `recipient` blocks: a
+        message holding them would not be sent."""
         ...
 
 
 class IdentityRedactor:
     """Sends every message as it is."""
 
-    def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
+    async def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
         return message
+
+    def sent(self, recipient: str, request: a2a_pb2.Message) -> None:
+        pass
+
+    @property
+    def may_block(self) -> bool:
+        return False
+
+    async def blocks(self, recipient: str, texts: Sequence[str]) -> tuple[str, ...]:
+        return ()

@@ -19,7 +19,8 @@ Routers:
 Which peer to escalate to, among several, is `choose_peer`'s job (capability weighted by
 reputation, price, latency), within the task's `Budget`. The node passes only the peers
 its trust layer allows; a router whose configured target is quarantined
-(`RoutingInput.quarantined`) answers locally and says why.
+(`RoutingInput.quarantined`), or that the task may not reach under the node's redaction
+policy (`RoutingInput.withheld`), answers locally and says why.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class RoutingInput:
     features: Mapping[str, Sequence[float]] = field(default_factory=dict)
     # Members the node's trust layer has quarantined: never a target.
     quarantined: frozenset[str] = frozenset()
+    # Members this task may not be sent to (the redaction policy blocks what it holds),
+    # with why: never a target, and not among `peers`.
+    withheld: Mapping[str, str] = field(default_factory=dict)
 
 
 # Why a quarantined peer is not asked, as decisions and refusals say it.
@@ -170,6 +174,9 @@ class _ThresholdRouter:
             return Decision("local", "", reason + "; the budget allows no peer", s)
         if self.target in task.quarantined:
             return Decision("local", "", f"{reason}; {self.target} is {QUARANTINED}", s)
+        if self.target in task.withheld:
+            why = task.withheld[self.target]
+            return Decision("local", "", f"{reason}; not sent to {self.target}: {why}", s)
         target = self.target or choose_peer(task.peers, task.budget, ESCALATION_TOKENS)
         if not target:
             return Decision("local", "", reason + "; no peer within the budget", s)

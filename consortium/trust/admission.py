@@ -109,6 +109,65 @@ def _decoy_key() -> jwk.JWK:
     return jwk.JWK(kty="OKP", crv="Ed25519", x=base64.urlsafe_b64encode(x).rstrip(b"=").decode())
 
 
+def signature_check(parts: SignedParts) -> tuple[bytes, Callable[[jwk.JWK], None]]:
+    """What can be judged of a signed message without knowing its sender: the signature is
+    a string, a detached JWS of type MESSAGE_TYPE made with the claimed key id. Returns
+    the canonical bytes the signature covers and `check_signature(key)`, which raises
+    SignatureError unless the signature verifies under `key`. Raises Rejected("malformed").
+    """
+    claims, token = parts.claims, parts.token
+    if not isinstance(token, str):
+        raise Rejected("malformed", "the signature is not a string")
+    try:
+        header = protected_header(token)
+        payload = canonical(parts.form)
+    except SignatureError as e:
+        raise Rejected("malformed", str(e)) from None
+    if header.get("kid") != claims.kid:
+        raise Rejected("malformed", "the JWS key id differs from the claimed key id")
+    if header.get("typ") != MESSAGE_TYPE:
+        raise Rejected("malformed", f"the JWS type is not {MESSAGE_TYPE}")
+
+    def check_signature(key: jwk.JWK) -> None:
+        verify_payload(token, payload, lambda kid: key if kid == claims.kid else None)
+
+    return payload, check_signature
+
+
+def verify_authentic(message: Signable, roster: MembershipView) -> Verified:
+    """An auditor's check of a signed message, however old: its form, the sender's key
+    that the roster lists as valid when the message was issued, the signature, the
+    federation and the message's own id. Unlike `MessageVerifier.verify` it judges neither
+    freshness, replay, recipient, direction nor the sender's current status: it says who
+    signed exactly this message, not whether a node should act on it now. Raises Rejected.
+    """
+    parts = read_signed(message)
+    if parts is None:
+        raise Rejected("unsigned", "the message carries no Consortium signature")
+    claims = parts.claims
+    payload, check_signature = signature_check(parts)
+    member = roster.member(claims.sender)
+    if member is None:
+        raise Rejected("non_member", f"{claims.sender} is not a member of {roster.federation_id}")
+    try:
+        key = member.key(claims.kid, datetime.fromtimestamp(claims.issued_at, UTC))
+    except (ConsortiumError, OverflowError, OSError, ValueError) as e:
+        raise Rejected("unknown_key", str(e)) from None
+    if key is None:
+        raise Rejected(
+            "unknown_key", f"{claims.sender} had no valid key {claims.kid} when it was issued"
+        )
+    try:
+        check_signature(key)
+    except SignatureError as e:
+        raise Rejected("bad_signature", str(e)) from None
+    if claims.federation != roster.federation_id:
+        raise Rejected("wrong_federation", f"message is for federation {claims.federation}")
+    if _own_id(message) not in ("", claims.message_id):
+        raise Rejected("malformed", "claimed message id differs from the message's id")
+    return Verified(claims, payload_digest(payload))
+
+
 class MessageVerifier:
     """Checks incoming messages for one organization against the current roster."""
 
@@ -161,24 +220,10 @@ class MessageVerifier:
         expected_sender: str | None = None,
     ) -> Verified:
         """`verify` for a message whose parts the caller has already read."""
-        claims, token = parts.claims, parts.token
+        claims = parts.claims
         # Everything that can be judged without knowing the sender comes first, so that
         # what is refused as malformed does not depend on who is a member.
-        if not isinstance(token, str):
-            raise Rejected("malformed", "the signature is not a string")
-        try:
-            header = protected_header(token)
-            payload = canonical(parts.form)
-        except SignatureError as e:
-            raise Rejected("malformed", str(e)) from None
-        if header.get("kid") != claims.kid:
-            raise Rejected("malformed", "the JWS key id differs from the claimed key id")
-        if header.get("typ") != MESSAGE_TYPE:
-            raise Rejected("malformed", f"the JWS type is not {MESSAGE_TYPE}")
-
-        def check_signature(key: jwk.JWK) -> None:
-            verify_payload(token, payload, lambda kid: key if kid == claims.kid else None)
-
+        payload, check_signature = signature_check(parts)
         self.admit(claims, check_signature, expected_sender=expected_sender)
         answering = request_digest is not None
         self._check_direction(message, claims.kind, answering)

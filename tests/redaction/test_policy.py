@@ -186,8 +186,10 @@ def test_overlapping_spans_resolve_to_the_stricter_action() -> None:
         {"actions": {"STREET_ADDRESS": "keep"}}
     ).for_peer("p", {})
     out = rewrite(text, spans, keep_street, Vault())
-    # PERSON and LOCATION pseudonymize alike: the higher score wins the overlap.
-    assert out.text == "Ship to <LOCATION_1> Hilton Street 5"
+    # PERSON and LOCATION pseudonymize alike: the higher score names the placeholder,
+    # which covers both spans (no part of the detected name is sent in clear).
+    assert out.text == "Ship to <LOCATION_1> Street 5"
+    assert out.withheld == (("LOCATION", "pseudonymize", "Paris Hilton"),)
 
 
 def test_restoring_gives_back_the_original_and_masks_stay() -> None:

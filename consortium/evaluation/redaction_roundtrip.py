@@ -159,6 +159,11 @@ def round_trip(
     return {
         "texts": n,
         "texts_with_placeholders": sum(bool(s.rewritten.withheld) for s in sent),
+        # Originals that already hold a placeholder-like string ("<PERSON_1>"): a vault
+        # issuing the same string would restore it wrongly (none in the synthetic set).
+        "originals_with_placeholder_like_text": sum(
+            bool(PLACEHOLDER.search(s.original)) for s in sent
+        ),
         "restore_exact": exact,
         "restore_exact_rate": exact / n if n else 0.0,
         "stream_runs": streamed,

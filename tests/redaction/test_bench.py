@@ -164,14 +164,19 @@ def test_round_trip_through_an_echo_peer() -> None:
 
 
 def test_round_trip_reports_a_text_that_does_not_come_back() -> None:
-    """A text that already holds the string of a placeholder the vault then issues does
-    not come back exactly (not in the synthetic set; the report must say so if it is)."""
-    text = "Ask <PERSON_1> about Ann Lee"
-    sent = rewrite_rows([_row(text)], [[_at(text, "Ann Lee", "PERSON")]], default_actions())
+    """Masks are irreversible: under a mask-everything policy nothing comes back exactly,
+    and the report says which texts failed."""
+    text = "Ask Ann Lee"
+    spans = [[_at(text, "Ann Lee", "PERSON")], []]
+    rows = [_row(text), _row("No names")]
+    sent = rewrite_rows(rows, spans, PeerActions("mask", {}))
+    assert sent[0].rewritten.text == "Ask <PERSON>"
     report = round_trip(sent, splits=3)
-    assert report["restore_exact"] == 0
+    assert report["restore_exact"] == 1
+    assert report["stream_exact"] == 3
     assert report["failure_count"] == 1
-    assert report["failures"][0] == {"text": 0, "whole_exact": False, "stream_exact": False}
+    assert report["failures"] == [{"text": 0, "whole_exact": False, "stream_exact": False}]
+    assert report["truncated_inside_placeholder"] == 0  # no vault placeholder to cut
 
 
 def test_streamed_echo_cut_inside_a_placeholder_fails_closed() -> None:

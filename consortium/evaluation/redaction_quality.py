@@ -6,11 +6,12 @@ of a type in `QUESTIONS`, one extraction question, "In the text below, what is <
 address>? Answer with it only." followed by the text. Items are taken round-robin over the
 types of `QUESTIONS` in the set's order (when one type runs out, PERSON and the others
 fill in). Each is answered by the model (greedy, at most `MAX_TOKENS` tokens, first line)
-three times: on the prompt as it is; on the prompt as the node would send it under the
+four times: on the prompt as it is; on the prompt as the node would send it under the
 default policy (the whole prompt, question included, through the detector and `rewrite`,
-a vault per question); and with only the text pseudonymized (the question's words kept),
+a vault per question); with only the text pseudonymized (the question's words kept),
 which separates the cost of the placeholders from that of the detector rewriting the
-question. Pseudonymized answers are restored through their vault. An answer is right when
+question; and as the node sends it with `HINT` (what placeholders are) put before it.
+Pseudonymized answers are restored through their vault. An answer is right when
 the labelled value appears in it, both compared case-insensitively with runs of
 whitespace made one space. Model answers are cached per prompt
 (`~/.cache/consortium/eval`), so a rerun only scores.
@@ -52,6 +53,11 @@ QUESTIONS: dict[str, str] = {
     "US_SSN": "the social security number",
     "IP_ADDRESS": "the IP address",
 }
+# What a node could tell the peer's model about placeholders (measured as `hinted`).
+HINT = (
+    "Text in angle brackets with a number, like <TYPE_1>, stands for a hidden value: when"
+    " your answer needs that value, write the placeholder exactly as it appears."
+)
 
 
 @dataclass(frozen=True)
@@ -157,11 +163,12 @@ class Pseudonymized:
 
 
 def pseudonymize_items(
-    items: Sequence[QaItem], detector: Detector, *, whole_prompt: bool = True
+    items: Sequence[QaItem], detector: Detector, *, whole_prompt: bool = True, hint: bool = False
 ) -> list[Pseudonymized]:
     """Each question as the node would send it under the default policy: the whole
     prompt through the detector and `rewrite` (`whole_prompt`), or only the text the
-    question is about (the question's own words kept)."""
+    question is about (the question's own words kept); with `hint`, `HINT` is put before
+    the rewritten prompt (words a node could add; not sent through the detector)."""
     actions = default_actions()
     out: list[Pseudonymized] = []
     for it in items:
@@ -171,6 +178,8 @@ def pseudonymize_items(
         else:
             text = rewrite(it.text, detector.detect(it.text), actions, vault).text
             sent = question_prompt(it.entity_type, text)
+        if hint:
+            sent = f"{HINT}\n\n{sent}"
         out.append(Pseudonymized(sent, vault, it.value not in sent))
     return out
 
@@ -242,20 +251,24 @@ def evaluate_quality(
     start: Start | None = None,
 ) -> dict[str, Any]:
     """The extraction task set answered by `model` on the original prompts, on the
-    prompts as the node sends them (whole prompt pseudonymized) and with only the text
-    pseudonymized."""
+    prompts as the node sends them (whole prompt pseudonymized), with only the text
+    pseudonymized, and as the node sends them after `HINT`."""
     qa = select_items(rows, items)
     whole = pseudonymize_items(qa, detector, whole_prompt=True)
     text_only = pseudonymize_items(qa, detector, whole_prompt=False)
+    hinted = pseudonymize_items(qa, detector, hint=True)
     n = len(qa)
-    prompts = [it.prompt for it in qa] + [p.prompt for p in whole] + [p.prompt for p in text_only]
+    prompts = [it.prompt for it in qa]
+    for condition in (whole, text_only, hinted):
+        prompts += [p.prompt for p in condition]
     answers = cached_answers(model, prompts, cache=cache, start=start)
     original = score_original(qa, answers[:n])
     result: dict[str, Any] = {
         "n": n,
         "original_accuracy": _rate(original),
         "whole_prompt": score_condition(qa, original, whole, answers[n : 2 * n]),
-        "text_only": score_condition(qa, original, text_only, answers[2 * n :]),
+        "text_only": score_condition(qa, original, text_only, answers[2 * n : 3 * n]),
+        "hinted": score_condition(qa, original, hinted, answers[3 * n :]),
     }
     if qa:
         ci = accuracy_interval(original)
@@ -267,6 +280,7 @@ def evaluate_quality(
         " in the (restored) answer, case and whitespace runs ignored",
         "items_by_type": dict(Counter(it.entity_type for it in qa)),
         "decoding": f"greedy, max {MAX_TOKENS} tokens, first line",
+        "hint": HINT,
         "cache": str(answers_path(model, cache)),
     }
     return result

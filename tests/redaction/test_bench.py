@@ -20,11 +20,13 @@ from consortium.evaluation.redaction_eval import (
     score_rows,
 )
 from consortium.evaluation.redaction_quality import (
+    HINT,
     Pseudonymized,
     answer_key,
     answers_path,
     cached_answers,
     is_right,
+    pseudonymize_items,
     question_prompt,
     score_condition,
     score_original,
@@ -250,6 +252,20 @@ def test_quality_items_and_scoring_on_fixed_answers(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert cached_answers("m", ["q1", "q1"], cache=tmp_path) == ["a1", "a1"]
+
+
+def test_quality_prompts_as_the_node_sends_them() -> None:
+    rows = [_row("Write to ann@example.org today", ("ann@example.org", "EMAIL_ADDRESS"))]
+    items = select_items(rows, 1)
+    detector = Detector(DetectionSettings(ner=False))
+    whole = pseudonymize_items(items, detector)[0]
+    assert whole.prompt == question_prompt("EMAIL_ADDRESS", "Write to <EMAIL_ADDRESS_1> today")
+    assert whole.hidden
+    assert whole.vault.restore("It is <EMAIL_ADDRESS_1>.") == "It is ann@example.org."
+    text_only = pseudonymize_items(items, detector, whole_prompt=False)[0]
+    assert text_only.prompt == whole.prompt  # nothing in this question is detected
+    hinted = pseudonymize_items(items, detector, hint=True)[0]
+    assert hinted.prompt == f"{HINT}\n\n{whole.prompt}"
 
 
 def test_smoke_run_on_a_few_texts(tmp_path: Path) -> None:

@@ -235,6 +235,8 @@ def test_store_errors_are_one_line(tmp_path: Path) -> None:
     junk.write_bytes(b"not a database" * 100)
     with pytest.raises(ConfigError, match="not a usable receipts database"):
         DisclosureStore(junk)
+    with pytest.raises(ConfigError, match="cannot open the receipts database"):
+        DisclosureStore(tmp_path)  # a directory
 
 
 def test_store_is_safe_to_share_between_threads(tmp_path: Path) -> None:

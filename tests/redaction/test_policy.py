@@ -182,9 +182,9 @@ def test_overlapping_spans_resolve_to_the_stricter_action() -> None:
     )
     out = rewrite(text, spans, actions, Vault())
     assert out.text == "Ship to <STREET_ADDRESS>"
-    keep_street = RedactionPolicy.model_validate(
-        {"actions": {"STREET_ADDRESS": "keep"}}
-    ).for_peer("p", {})
+    keep_street = RedactionPolicy.model_validate({"actions": {"STREET_ADDRESS": "keep"}}).for_peer(
+        "p", {}
+    )
     out = rewrite(text, spans, keep_street, Vault())
     # PERSON and LOCATION pseudonymize alike: the higher score wins the overlap.
     assert out.text == "Ship to <LOCATION_1> Hilton Street 5"
@@ -192,9 +192,7 @@ def test_overlapping_spans_resolve_to_the_stricter_action() -> None:
 
 def test_restoring_gives_back_the_original_and_masks_stay() -> None:
     vault = Vault()
-    actions = RedactionPolicy.model_validate({"actions": {"CREDIT_CARD": "mask"}}).for_peer(
-        "p", {}
-    )
+    actions = RedactionPolicy.model_validate({"actions": {"CREDIT_CARD": "mask"}}).for_peer("p", {})
     out = rewrite(TEXT, SPANS, actions, vault)
     restored = vault.restore(out.text)
     assert restored == TEXT.replace("4111 1111 1111 1111", "<CREDIT_CARD>")

@@ -3,6 +3,12 @@ real model, form a signed federation; each answers a few questions over A2A gRPC
 signed, verified before the model), and one question travels between organizations as a
 signed, verified peer call. The answers as tables.
 
+acme redacts what it sends to peers (`[redaction]`: names and email addresses leave as
+pseudonyms): one question with a name and an email goes to initech, the table shows
+what initech's own task store holds (pseudonyms), what acme's user gets back (the real
+values, restored) and the receipt of the withheld email verifying against the signed
+message initech received.
+
 globex's node is misconfigured on purpose: its node.toml declares SmolLM2-135M, as the
 roster does, but loads Gemma-3-270M's weights (a model quietly swapped). acme's panel
 votes cross-check globex against acme's own SmolLM2-135M (trust/cross_checks.py); the
@@ -15,6 +21,8 @@ renders it on the terminal (consortium/cli/demo.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -22,11 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from a2a.types import a2a_pb2
+
 from consortium.federation.admin import FederationPaths
+from consortium.federation.roster import load_roster
 from consortium.launch.local import LocalFederation, Organization, RunningNode
 from consortium.llm.registry import BUNDLED
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
 from consortium.node.config import NodeConfig, load_config
+from consortium.node.receipts import check_receipt
+from consortium.redaction.receipts import DisclosureStore
 from consortium.trust.reputation_engine import Reputation, ReputationAssessor
 
 # The progress callback of the benchmark harness (consortium/evaluation/harness.py):
@@ -49,6 +62,12 @@ DEMO_GROUP = """
 protocol = "vote"
 members = ["self", "globex", "initech"]
 """
+# acme sends names and email addresses to peers only as pseudonyms.
+DEMO_REDACTION = """
+[redaction]
+enabled = true
+entities = ["PERSON", "EMAIL_ADDRESS"]
+"""
 # acme's learned router reads the policy the federation trains during the demo.
 DEMO_ROUTING = """
 [routing]
@@ -67,7 +86,7 @@ def organizations(base: Path) -> tuple[Organization, ...]:
             "acme",
             "Acme Health",
             "smollm2-135m",
-            DEMO_GROUP + DEMO_ROUTING.format(policy=policy),
+            DEMO_GROUP + DEMO_REDACTION + DEMO_ROUTING.format(policy=policy),
         ),
         Organization("globex", "Globex Research", "smollm2-135m"),
         Organization("initech", "Initech Labs", "gemma3-270m"),
@@ -86,6 +105,10 @@ TRAIN_ROUNDS = 3
 # The organization whose node loads other weights than it declares, and whose.
 SWAPPED, SWAPPED_WEIGHTS = "globex", "gemma3-270m"
 TRUST_VOTES = 16  # benchmark items acme's panel votes on before its trust table
+REDACTION_QUESTION = (
+    "Write one sentence confirming the appointment of Maria Gonzalez; her email address "
+    "is maria.gonzalez@example.com."
+)
 MC_QUESTION = "Which part of a plant takes in water from the soil?"
 MC_CHOICES = ["the flowers", "the roots", "the leaves", "the seeds"]
 
@@ -189,6 +212,60 @@ def _across(origin: RunningNode, peer: RunningNode) -> Table:
             f"{answer.latency_s * 1000:.0f} ms",
         )
     )
+    return table
+
+
+def _received_by(peer: RunningNode, message_id: str) -> str:
+    """The text of the request `message_id` as the peer's own task store keeps it (read
+    from its database: all three organizations run on this machine)."""
+    path = load_config(peer.config).database_path
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT body FROM tasks ORDER BY ts_ns DESC LIMIT 50").fetchall()
+    for (body,) in rows:
+        task = a2a_pb2.Task.FromString(body)
+        for message in task.history:
+            if message.message_id == message_id:
+                return "".join(p.text for p in message.parts)
+    return "(not found in its task store)"
+
+
+def _redaction(origin: RunningNode, peer: RunningNode, roster: Path) -> Table:
+    """One question with a name and an email from `origin` (which redacts) to `peer`."""
+    options = {"max_tokens": 40, "peer": peer.org_id}
+    answer = asyncio.run(_ask(origin, REDACTION_QUESTION, options))
+    table = Table(
+        f"Redaction: what {peer.org_id} saw, what {origin.org_id}'s user got back",
+        ("", "text"),
+    )
+    table.rows.append((f"{origin.org_id}'s user asks", REDACTION_QUESTION))
+    report = answer.provenance.redaction
+    receipts = (report.receipts or []) if report is not None else []
+    if not receipts:
+        table.rows.append(("nothing was redacted", _shown(answer)))
+        return table
+    store = DisclosureStore(load_config(origin.config).redaction_path, must_exist=True)
+    try:
+        kept = store.get(receipts[0])
+    finally:
+        store.close()
+    assert kept is not None
+    table.rows.append((f"{peer.org_id}'s task store holds", _received_by(peer, kept.message_id)))
+    table.rows.append((f"{peer.org_id} answers, restored for the user", _shown(answer)))
+    counts = (report.peers or {}).get(peer.org_id, {}) if report is not None else {}
+    table.rows.append(
+        ("withheld (types, counts)", ", ".join(f"{t} x{n}" for t, n in counts.items()))
+    )
+    email = [d for d in kept.disclosures if d.entity_type == "EMAIL_ADDRESS"]
+    if email:
+        check = check_receipt(kept.message, [email[0].encoded], load_roster(roster))
+        verdict = "verifies" if check.ok else "does NOT verify"
+        table.rows.append(
+            (
+                "receipt",
+                f"the EMAIL_ADDRESS disclosure {verdict} against the signed message "
+                f"{peer.org_id} received (signature, digest; the value is not in it)",
+            )
+        )
     return table
 
 
@@ -364,6 +441,10 @@ def run_demo(
             report.table(_answers_table(results))
             with report.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
                 report.table(_across(nodes[0], nodes[-1]))
+            with report.status(
+                f"{nodes[0].org_id} sends a name and an email to {nodes[-1].org_id}"
+            ):
+                report.table(_redaction(nodes[0], nodes[-1], fed.paths.roster))
             with report.status("routing a multiple-choice question: local draft, escalation, vote"):
                 report.table(_collaboration(nodes[0]))
             _train_and_route(nodes, fed.paths, base, report, seed)

@@ -383,7 +383,7 @@ class PeerClient:
         parent = traceparent()  # the call span: the peer's spans hang under it
         with self.tracer.start_as_current_span("consortium.sign"):
             request, request_digest = self._signer.sign_request(redacted, org, parent)
-        self.redactor.sent(org, request)
+        self.redactor.signed(org, request)
         self._audit.sent(org, request)
         return request, request_digest
 

@@ -137,7 +137,7 @@ def _verdict(
     value = disclosure.value.casefold()
     if any(value in text.casefold() for text in received):
         return False, "its value appears in the message the peer received"
-    return True, "verified: withheld from the peer"
+    return True, "withheld from the peer"
 
 
 def _received_text(message: a2a_pb2.Message) -> list[str]:

@@ -168,16 +168,15 @@ class PolicyRedactor:
         scope = _current.get() or TaskRedaction()
         actions = self.actions_for(recipient)
         await self._detect(scope, texts)
-        return tuple(
-            sorted(
-                {
-                    s.entity_type
-                    for t in texts
-                    for s in scope.detected[t]
-                    if actions.action(s.entity_type) == "block"
-                }
-            )
-        )
+        found = {
+            s.entity_type
+            for t in texts
+            for s in scope.detected[t]
+            if actions.action(s.entity_type) == "block"
+        }
+        if found:
+            scope.blocked[recipient] = tuple(sorted(found | set(scope.blocked.get(recipient, ()))))
+        return tuple(sorted(found))
 
     async def _detect(self, scope: TaskRedaction, texts: Sequence[str]) -> None:
         """Detects the spans of each text the task has not analysed yet, off the loop."""
@@ -255,7 +254,7 @@ class PolicyRedactor:
             self._pending.popitem(last=False)
         return out
 
-    def sent(self, recipient: str, request: a2a_pb2.Message) -> None:
+    def signed(self, recipient: str, request: a2a_pb2.Message) -> None:
         """The signed request as it left: its disclosures are kept with it."""
         pending = self._pending.pop(request.message_id, None)
         if pending is not None:

@@ -23,7 +23,7 @@ class Redactor(Protocol):
         not leave (nothing is sent)."""
         ...
 
-    def sent(self, recipient: str, request: a2a_pb2.Message) -> None:
+    def signed(self, recipient: str, request: a2a_pb2.Message) -> None:
         """The request as it left, signed (its receipts are kept with it)."""
         ...
 
@@ -44,7 +44,7 @@ class IdentityRedactor:
     async def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
         return message
 
-    def sent(self, recipient: str, request: a2a_pb2.Message) -> None:
+    def signed(self, recipient: str, request: a2a_pb2.Message) -> None:
         pass
 
     @property

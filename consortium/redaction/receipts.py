@@ -288,6 +288,10 @@ class DisclosureStore:
             self._conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"not a usable receipts database ({e})", path=str(path)) from None
+        except OSError as e:
+            raise ConfigError(
+                f"cannot open the receipts database ({e.strerror})", path=str(path)
+            ) from None
         self._lock = threading.Lock()
 
     def close(self) -> None:

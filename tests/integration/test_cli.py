@@ -169,6 +169,10 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
         assert f"stopped {org} (exit 0)" in r.stdout
     assert "federation consortium-demo: 3 members" in r.stdout
     assert "acme->initech" in r.stdout and "True (" in r.stdout  # the verified cross-org answer
+    # Redaction: initech's own task store holds pseudonyms, the receipt verifies.
+    assert "Redaction: what initech saw" in r.stdout
+    assert "<PERSON_1>" in r.stdout and "<EMAIL_ADDRESS_1>" in r.stdout
+    assert "disclosure verifies against the signed message" in r.stdout
     # Routing and collaboration: an escalation and a vote, each with its members.
     assert "acme->group:panel" in r.stdout
     assert "globex (" in r.stdout and "initech (" in r.stdout

@@ -108,7 +108,13 @@ class Federation:
         return body
 
     async def ask_via(
-        self, origin: str, text: str, *, sender: str | None = None, **options: Any
+        self,
+        origin: str,
+        text: str,
+        *,
+        sender: str | None = None,
+        on_text: Any = None,
+        **options: Any,
     ) -> Any:
         """Asks `origin`'s node, signed as `sender` (by default the origin itself)."""
         node = self.nodes[origin]
@@ -120,6 +126,7 @@ class Federation:
                 client,
                 text,
                 options=options or None,
+                on_text=on_text,
                 sign=lambda m: sign_request(
                     m, SigningIdentity(key, sender or origin, "test-federation"), recipient=origin
                 )[0],

@@ -285,11 +285,11 @@ async def test_the_real_call_does_not_wait_for_its_canary(fed: CanaryFederation)
     client = peers(fed)
     original = client.answer_of
 
-    async def slow_canary(org: str, text: str, options: Any = None) -> Any:
+    async def slow_canary(org: str, text: str, options: Any = None, on_text: Any = None) -> Any:
         if text == "Tokyo is the capital of Japan":
             started.set()
             await release.wait()
-        return await original(org, text, options)
+        return await original(org, text, options, on_text)
 
     client.answer_of = slow_canary
     try:
@@ -463,10 +463,10 @@ async def test_a_failed_canary_call_is_not_counted_twice(fed: CanaryFederation) 
     client = peers(fed)
     original = client.answer_of
 
-    async def failing(org: str, text: str, options: Any = None) -> Any:
+    async def failing(org: str, text: str, options: Any = None, on_text: Any = None) -> Any:
         if text == "Tokyo is the capital of Japan":
             raise PeerError(f"{org} did not answer", "timeout")
-        return await original(org, text, options)
+        return await original(org, text, options, on_text)
 
     before = canary_counts(fed, "globex")
     client.answer_of = failing

@@ -6,7 +6,7 @@ task that relied on it fails with the same status text as before."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,7 +54,7 @@ class Hooks:
         [call] = [c for c in self.calls if c.name == name]
         return call
 
-    def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
+    async def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
         self.calls.append(Hook("redact", recipient, copy(message)))
         if not self._from:
             return message
@@ -62,6 +62,14 @@ class Hooks:
         for part in redacted.parts:
             part.text = part.text.replace(self._from, self._to)
         return redacted
+
+    def signed(self, recipient: str, request: a2a_pb2.Message) -> None:
+        pass  # the receipts' hook: nothing to keep here
+
+    may_block = False
+
+    async def blocks(self, recipient: str, texts: Sequence[str]) -> tuple[str, ...]:
+        return ()
 
     def sent(self, peer: str, request: a2a_pb2.Message) -> None:
         self.calls.append(Hook("sent", peer, copy(request)))

@@ -285,3 +285,13 @@ async def test_redaction_is_off_unless_enabled(fed: RedactingFederation) -> None
     answer = await fed.ask_via("globex", TEXT, peer="initech")  # globex has no policy
     assert answer.text == TEXT and answer.provenance.redaction is None
     assert _files_holding(_node(fed, "initech").config.data_dir, NAME)
+
+
+async def test_an_answer_ending_inside_a_placeholder_fails_closed(
+    fed: RedactingFederation,
+) -> None:
+    # globex echoes "... <PERSON_1": the stream ends on a fragment of the task's pseudonym.
+    answer = await fed.ask_via("acme", f"Tell {NAME} hello <PERSON_1", peer="globex")
+    assert answer.state == "failed"
+    assert "ended inside a pseudonym" in answer.status_text
+    assert NAME not in answer.status_text

@@ -214,6 +214,8 @@ class PolicyRedactor:
         if isinstance(context, str):
             texts.append(context)
         await self._detect(scope, texts)
+        for text in texts:
+            scope.vault.reserve(text)
         found: dict[str, str] = {}
         withheld: list[tuple[str, str]] = []
         blocked: set[str] = set()

@@ -53,6 +53,15 @@ class Vault:
         self._by_digest: dict[bytes, str] = {}  # HMAC(type, value) -> placeholder
         self._values: dict[str, str] = {}  # placeholder -> value
         self._counts: dict[str, int] = {}  # type -> placeholders issued
+        self._last: dict[str, int] = {}  # type -> the number last issued
+        # Placeholder-like strings the task's own texts hold: never issued, never restored.
+        self._reserved: set[str] = set()
+
+    def reserve(self, text: str) -> None:
+        """Keeps the placeholder-like strings already in `text` (a user who wrote
+        `<PERSON_1>`) out of this vault's numbering, so they come back as written. Call it
+        for every text of a message before any is pseudonymized."""
+        self._reserved.update(m.group(0) for m in PLACEHOLDER.finditer(text))
 
     def placeholder(self, entity_type: str, value: str) -> str:
         """The task's placeholder for `value` of `entity_type` (issued on first use)."""
@@ -62,8 +71,11 @@ class Vault:
         found = self._by_digest.get(digest)
         if found is not None:
             return found
-        n = self._counts.get(entity_type, 0) + 1
-        self._counts[entity_type] = n
+        n = self._last.get(entity_type, 0) + 1
+        while f"<{entity_type}_{n}>" in self._reserved:
+            n += 1
+        self._last[entity_type] = n
+        self._counts[entity_type] = self._counts.get(entity_type, 0) + 1
         made = f"<{entity_type}_{n}>"
         self._by_digest[digest] = made
         self._values[made] = value

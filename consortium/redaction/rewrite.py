@@ -53,6 +53,7 @@ def mask(entity_type: str) -> str:
 
 def rewrite(text: str, spans: Sequence[Span], actions: PeerActions, vault: Vault) -> Rewritten:
     """`text` with `actions` applied to its `spans` (pseudonyms from `vault`)."""
+    vault.reserve(text)
     acting = [(s, actions.action(s.entity_type)) for s in spans]
     blocked = tuple(sorted({s.entity_type for s, a in acting if a == "block"}))
     if blocked:

@@ -198,3 +198,14 @@ def test_restoring_gives_back_the_original_and_masks_stay() -> None:
     out = rewrite(TEXT, SPANS, actions, vault)
     restored = vault.restore(out.text)
     assert restored == TEXT.replace("4111 1111 1111 1111", "<CREDIT_CARD>")
+
+
+def test_a_placeholder_the_user_wrote_comes_back_as_written() -> None:
+    text = "Ask <PERSON_1> about Ann Lee"
+    start = text.index("Ann Lee")
+    vault = Vault()
+    actions = RedactionPolicy().for_peer("p", {})
+    out = rewrite(text, [Span(start, start + 7, "PERSON", 0.9, "t")], actions, vault)
+    assert out.text == "Ask <PERSON_1> about <PERSON_2>"
+    assert vault.restore(out.text) == text
+    assert vault.counts() == {"PERSON": 1}

@@ -203,10 +203,13 @@ class PolicyRedactor:
         actions = self.actions_for(org)
         if not actions.changes_anything:
             return message
+        if any(not p.HasField("text") for p in message.parts):
+            # Only text is analysed: a file or data part could carry anything.
+            raise RedactionFailed(org, "a part that is not text")
         meta: dict[str, Any] = MessageToDict(message.metadata)
         options = meta.get(METADATA_KEY)
         options = dict(options) if isinstance(options, dict) else None
-        texts = [p.text for p in message.parts if p.HasField("text")]
+        texts = [p.text for p in message.parts]
         choices = options.get("choices") if options is not None else None
         if isinstance(choices, list) and all(isinstance(c, str) for c in choices):
             texts += choices

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
 
 from consortium.errors import ConfigError
@@ -29,6 +30,7 @@ from consortium.logsafe import SDK_LOGGERS, WithholdArguments
 from consortium.node.app import Node, build_redactor
 from consortium.node.config import parse_config
 from consortium.node.receipts import check_receipt
+from consortium.node.redaction import RedactionFailed
 from consortium.redaction.receipts import DisclosureStore, read_redaction_metadata
 from tests.integration.test_federation import Federation
 
@@ -295,3 +297,15 @@ async def test_an_answer_ending_inside_a_placeholder_fails_closed(
     assert answer.state == "failed"
     assert "ended inside a pseudonym" in answer.status_text
     assert NAME not in answer.status_text
+
+
+async def test_a_part_that_is_not_text_is_not_sent(fed: RedactingFederation) -> None:
+    acme = _node(fed, "acme")
+    assert acme.federation is not None
+    message = a2a_pb2.Message(
+        message_id="m-1",
+        role=a2a_pb2.ROLE_USER,
+        parts=[a2a_pb2.Part(text="hello"), a2a_pb2.Part(raw=EMAIL.encode())],
+    )
+    with pytest.raises(RedactionFailed, match="not text"):
+        await acme.federation.peers.redactor.redact(message, "globex")

@@ -29,7 +29,7 @@ trust_app = typer.Typer(
     no_args_is_help=True,
 )
 redact_app = typer.Typer(
-    help="Redaction receipts: disclose what a sent message withheld, and verify a disclosure.",
+    help="Redaction: preview what the policy sends a peer; disclose and verify receipts.",
     no_args_is_help=True,
 )
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
@@ -73,6 +73,7 @@ trust_app.command("show")(trust.trust_show)
 trust_app.command("reset")(trust.trust_reset)
 
 # Redaction receipts.
+redact_app.command("preview")(redact.redact_preview)
 redact_app.command("disclose")(redact.redact_disclose)
 redact_app.command("check")(redact.redact_check)
 

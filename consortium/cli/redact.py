@@ -1,4 +1,9 @@
-"""`consortium redact disclose | check`: redaction receipts (redaction/receipts.py).
+"""`consortium redact preview | disclose | check`: what the policy sends a peer, and
+redaction receipts (redaction/receipts.py).
+
+`preview` shows a text as node.toml's `[redaction]` policy would send it to one member
+(its roster attributes read from the federation's roster), without a node running: the
+operator's check of a policy. Exit code 1 when the policy blocks the text.
 
 `disclose` reads this node's disclosure store (DATA_DIR/redaction.sqlite3) and writes a
 receipt (mode 0600) for one message it sent: the message as signed and sent, its
@@ -34,6 +39,55 @@ if TYPE_CHECKING:
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")]
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def redact_preview(
+    text: Annotated[str, typer.Argument(help="The text to check.")],
+    config: ConfigOption,
+    peer: Annotated[str, typer.Option("--peer", help="The member it would be sent to.")],
+) -> None:
+    """Show TEXT as this node's [redaction] policy would send it to PEER."""
+    from consortium.federation.roster import load_roster
+    from consortium.node.config import load_config
+    from consortium.redaction.detector import Detector
+    from consortium.redaction.policy import check_peers
+    from consortium.redaction.pseudonyms import Vault
+    from consortium.redaction.rewrite import rewrite
+
+    def go() -> int:
+        cfg = load_config(config)
+        policy = cfg.redaction
+        if not policy.enabled:
+            out.print("redaction is off ([redaction] enabled = false): sent as it is")
+            return 0
+        attributes: dict[str, str] = {}
+        if cfg.federation is not None:
+            roster = load_roster(cfg.resolve(cfg.federation.roster))
+            members = {m.org_id: m.org_id == cfg.node.org_id for m in roster.members}
+            check_peers(policy, members, path=str(config))
+            member = roster.member(peer)
+            if member is None or member.org_id == cfg.node.org_id:
+                raise ConfigError(f"{peer} is not another member of the roster", key="--peer")
+            attributes = {
+                "jurisdiction": member.capabilities.jurisdiction,
+                "region": member.capabilities.region,
+            }
+        actions = policy.for_peer(peer, attributes)
+        done = rewrite(text, Detector(policy).detect(text), actions, Vault())
+        if done.blocked:
+            out.print(
+                f"blocked for {peer}: {', '.join(done.blocked)} (the message would not be sent)",
+                highlight=False,
+                markup=False,
+            )
+            return 1
+        out.print(done.text, highlight=False, markup=False)
+        counts = Counter(f"{t} {a}" for t, a, _ in done.withheld)
+        summary = ", ".join(f"{k} x{n}" for k, n in sorted(counts.items())) or "nothing"
+        out.print(f"withheld from {peer}: {summary}", highlight=False, markup=False)
+        return 0
+
+    raise typer.Exit(run(go))
 
 
 def redact_disclose(

@@ -194,3 +194,29 @@ def test_check_the_roster_signature_when_given_the_admin_key(s: Setup) -> None:
     write_roster(s.roster, sign_roster(s.world.roster, [admin]))
     result = s.check(*args)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_preview_shows_what_a_peer_would_receive(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\norg_id = "acme"\n[redaction]\nenabled = true\n'
+        'actions = { US_SSN = "block" }\n'
+        '[redaction.peers.initech]\ndefault = "mask"\n'
+    )
+    r = cli("preview", "--config", str(config), "--peer", "globex", "Mail ann@x.org")
+    assert r.returncode == 0, r.stderr
+    assert "Mail <EMAIL_ADDRESS_1>" in r.stdout and "ann@x.org" not in r.stdout
+    r = cli("preview", "--config", str(config), "--peer", "initech", "Mail ann@x.org")
+    assert r.returncode == 0 and "Mail <EMAIL_ADDRESS>" in r.stdout
+    r = cli("preview", "-c", str(config), "--peer", "globex", "SSN 536-90-4399")
+    assert r.returncode == 1 and "blocked for globex: US_SSN" in r.stdout
+    assert "536-90-4399" not in r.stdout
+
+
+def test_preview_bad_input_is_one_line(tmp_path: Path) -> None:
+    r = cli("preview", "--config", str(tmp_path / "none.toml"), "--peer", "x", "t")
+    one_error_line(r, 2, "file not found")
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\norg_id = "acme"\n[redaction]\nactions = { NOPE = "keep" }\n')
+    r = cli("preview", "--config", str(config), "--peer", "x", "t")
+    one_error_line(r, 2, "unknown entity type 'NOPE'")

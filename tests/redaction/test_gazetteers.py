@@ -85,6 +85,17 @@ def test_places_found(
     assert place in _found(nlp, places, text)
 
 
+def test_postal_codes_next_to_places(nlp: Language, places: PlaceGazetteerRecognizer) -> None:
+    assert {"Helsinki", "00100"} <= _found(nlp, places, "Mannerheimintie 5, 00100 Helsinki")
+    assert {"Finland", "80896"} <= _found(nlp, places, "Suite 464  OULU   Finland 80896")
+    # A year is not a postal code; nor is a number far from any place.
+    assert _found(nlp, places, "Helsinki 2024 was cold.") == {"Helsinki"}
+    assert _found(nlp, places, "We ordered 80896 units.") == set()
+    assert "80896" not in _found(
+        nlp, PlaceGazetteerRecognizer(postal_codes=False), "Suite 464  OULU   Finland 80896"
+    )
+
+
 @pytest.mark.parametrize(
     "text",
     [

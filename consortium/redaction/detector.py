@@ -38,6 +38,7 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from consortium.errors import ConfigError
+from consortium.redaction.gazetteers import PersonGazetteerRecognizer, PlaceGazetteerRecognizer
 from consortium.redaction.settings import NER_ENTITIES, DetectionSettings
 
 log = logging.getLogger(__name__)
@@ -484,6 +485,9 @@ class Detector:
                     supported_language=LANGUAGE,
                 )
             )
+            if settings.gazetteers:
+                registry.add_recognizer(PlaceGazetteerRecognizer())
+                registry.add_recognizer(PersonGazetteerRecognizer())
         else:
             registry.remove_recognizer("SpacyRecognizer")
         for recognizer in _custom_recognizers(settings):

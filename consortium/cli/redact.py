@@ -49,10 +49,7 @@ def redact_preview(
     """Show TEXT as this node's [redaction] policy would send it to PEER."""
     from consortium.federation.roster import load_roster
     from consortium.node.config import load_config
-    from consortium.redaction.detector import Detector
     from consortium.redaction.policy import check_peers
-    from consortium.redaction.pseudonyms import Vault
-    from consortium.redaction.rewrite import rewrite
 
     def go() -> int:
         cfg = load_config(config)
@@ -72,6 +69,11 @@ def redact_preview(
                 "jurisdiction": member.capabilities.jurisdiction,
                 "region": member.capabilities.region,
             }
+        # Presidio and spaCy load only once the configuration is known to be good.
+        from consortium.redaction.detector import Detector
+        from consortium.redaction.pseudonyms import Vault
+        from consortium.redaction.rewrite import rewrite
+
         actions = policy.for_peer(peer, attributes)
         done = rewrite(text, Detector(policy).detect(text), actions, Vault())
         if done.blocked:

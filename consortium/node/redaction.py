@@ -19,7 +19,9 @@ or refuses. Any other failure while redacting also stops the message (`Redaction
 Each replaced span gets a salted digest in the signed message (`redaction.receipts`) and
 its disclosure is kept in the node's `DisclosureStore` with the signed message as sent.
 
-Nothing here logs or records a value: provenance gets entity types and counts.
+Nothing here logs or records a value: provenance gets entity types and counts, and so
+does the exchange's `consortium.redact` span (`consortium.redaction.spans`,
+`consortium.redaction.entities` as TYPE=N, `consortium.redaction.blocked`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 
 from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
+from opentelemetry import trace
 
 from consortium.errors import RequestRejected
 from consortium.federation.watcher import RosterWatcher
@@ -227,9 +230,12 @@ class PolicyRedactor:
             blocked.update(done.blocked)
             found[text] = done.text
             withheld += [(entity, value) for entity, _, value in done.withheld]
+        span = trace.get_current_span()  # the exchange's consortium.redact span
         if blocked:
             scope.blocked[org] = tuple(sorted(blocked))
+            span.set_attribute("consortium.redaction.blocked", list(scope.blocked[org]))
             raise RedactionBlocked(org, scope.blocked[org])
+        span.set_attribute("consortium.redaction.spans", len(withheld))
         if not withheld:
             return message
         out = a2a_pb2.Message()
@@ -246,6 +252,9 @@ class PolicyRedactor:
             if isinstance(context, str):
                 options["context"] = found[context]
             meta[METADATA_KEY] = options
+        span.set_attribute(
+            "consortium.redaction.entities", [f"{t}={n}" for t, n in sorted(counts.items())]
+        )
         disclosures = tuple(make_disclosure(entity, value) for entity, value in withheld)
         meta[REDACTION_KEY] = redaction_metadata(disclosures, counts)
         out.metadata.Clear()

@@ -142,6 +142,9 @@ async def test_the_peer_sees_pseudonyms_and_the_user_the_real_values(
     assert _files_holding(globex_dir, "<EMAIL_ADDRESS_1>")
     assert not _files_holding(globex_dir, "<PERSON_2>")
     _flush_spans(fed)
+    # acme's span of the redaction says what, never which values.
+    acme_trace = (_node(fed, "acme").config.data_dir / "traces.jsonl").read_text()
+    assert "consortium.redaction.entities" in acme_trace and "PERSON=2" in acme_trace
     for value in (NAME, EMAIL, "Gonzalez"):
         assert _files_holding(globex_dir, value) == []
         assert value not in caplog.text

@@ -36,8 +36,6 @@ one digest (as `trust.jws` accepts only canonical base64url). Nothing here logs 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -54,6 +52,7 @@ from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
+from consortium import b64url
 from consortium.errors import ConfigError, ConsortiumError
 from consortium.sqlite import connect
 
@@ -62,7 +61,6 @@ SD_ALG = "sha-256"
 SALT_BYTES = 16
 MAX_DIGESTS = 10_000
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _TYPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _DIGEST_CHARS = 43  # unpadded base64url of 32 bytes
 
@@ -74,21 +72,15 @@ class ReceiptError(ConsortiumError, ValueError):
     exit_code = 2
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+_b64 = b64url.encode
 
 
 def _unb64(text: str, what: str) -> bytes:
     """The bytes of canonical unpadded base64url `text`; ReceiptError otherwise."""
-    if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
-        raise ReceiptError(f"{what} is not unpadded base64url")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise ReceiptError(f"{what} is not base64url") from None
-    if _b64(data) != text:
-        raise ReceiptError(f"{what} is not canonical base64url")
-    return data
+        return b64url.decode(text)
+    except b64url.NotBase64url as e:
+        raise ReceiptError(f"{what} is {e}") from None
 
 
 def digest_of(encoded: str) -> str:

@@ -25,10 +25,8 @@ let anyone who sees a token make a different token that still verifies.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import json
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +35,7 @@ from jwcrypto import jwk
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from consortium import b64url
 from consortium.errors import ConsortiumError
 from consortium.trust.keys import key_id
 
@@ -107,28 +106,19 @@ def _plain(value: Any) -> Any:
     raise _NotPlain
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+_b64 = b64url.encode
 
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
 def _segment(text: str, what: str) -> bytes:
     """The bytes of one JWS segment, which must be canonical unpadded base64url."""
-    if _B64URL.fullmatch(text) is None or len(text) % 4 == 1:
-        raise SignatureError(f"malformed JWS {what}: not unpadded base64url")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise SignatureError(f"malformed JWS {what}: not base64url") from None
-    if _b64(data) != text:  # non-zero unused bits in the last character
-        raise SignatureError(f"malformed JWS {what}: not canonical base64url")
-    return data
+        return b64url.decode(text)
+    except b64url.NotBase64url as e:
+        raise SignatureError(f"malformed JWS {what}: {e}") from None
 
 
 @functools.lru_cache(maxsize=64)

@@ -65,10 +65,9 @@ def redact_preview(
             member = roster.member(peer)
             if member is None or member.org_id == cfg.node.org_id:
                 raise ConfigError(f"{peer} is not another member of the roster", key="--peer")
-            attributes = {
-                "jurisdiction": member.capabilities.jurisdiction,
-                "region": member.capabilities.region,
-            }
+            from consortium.node.redaction import attributes_of  # loads Presidio
+
+            attributes = attributes_of(member)
         # Presidio and spaCy load only once the configuration is known to be good.
         from consortium.redaction.detector import Detector
         from consortium.redaction.pseudonyms import Vault

@@ -41,6 +41,7 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry import trace
 
 from consortium.errors import RequestRejected
+from consortium.federation.roster import Member
 from consortium.federation.watcher import RosterWatcher
 from consortium.protocols.provenance import RedactionReport
 from consortium.protocols.request_options import METADATA_KEY
@@ -128,8 +129,11 @@ class TaskRedaction:
 _current: ContextVar[TaskRedaction | None] = ContextVar("consortium_redaction", default=None)
 
 
-def current_task() -> TaskRedaction | None:
-    return _current.get()
+def attributes_of(member: Member | None) -> dict[str, str]:
+    """The roster attributes `[[redaction.rules]]` match (none for a non-member)."""
+    if member is None:
+        return {}
+    return {"jurisdiction": member.capabilities.jurisdiction, "region": member.capabilities.region}
 
 
 class PolicyRedactor:
@@ -151,14 +155,7 @@ class PolicyRedactor:
         self._pending: OrderedDict[str, tuple[str, str, tuple[Disclosure, ...]]] = OrderedDict()
 
     def actions_for(self, org: str) -> PeerActions:
-        member = self._roster.current().member(org)
-        attributes: dict[str, str] = {}
-        if member is not None:
-            attributes = {
-                "jurisdiction": member.capabilities.jurisdiction,
-                "region": member.capabilities.region,
-            }
-        return self._policy.for_peer(org, attributes)
+        return self._policy.for_peer(org, attributes_of(self._roster.current().member(org)))
 
     @property
     def may_block(self) -> bool:

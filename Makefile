@@ -31,6 +31,7 @@ typecheck: install
 	$(BIN)/mypy --strict consortium
 
 unit: install
+	bash scripts/install-chromium.sh
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit

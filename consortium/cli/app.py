@@ -6,7 +6,19 @@ from __future__ import annotations
 
 import typer
 
-from consortium.cli import bench, demo, federation, key, keys, node, policy, redact, train, trust
+from consortium.cli import (
+    audit,
+    bench,
+    demo,
+    federation,
+    key,
+    keys,
+    node,
+    policy,
+    redact,
+    train,
+    trust,
+)
 
 app = typer.Typer(
     name="consortium",
@@ -32,6 +44,10 @@ redact_app = typer.Typer(
     help="Redaction: preview what the policy sends a peer; disclose and verify receipts.",
     no_args_is_help=True,
 )
+audit_app = typer.Typer(
+    help="Audit: verify organizations' tamper-evident logs and rebuild a task's path.",
+    no_args_is_help=True,
+)
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
 bench_app = typer.Typer(
     help="Evaluate routers, collaboration protocols and the trust layer on benchmark data.",
@@ -44,6 +60,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(keys_app, name="keys")
 app.add_typer(trust_app, name="trust")
 app.add_typer(redact_app, name="redact")
+app.add_typer(audit_app, name="audit")
 federation_app.add_typer(policy_app, name="policy")
 app.add_typer(bench_app, name="bench")
 
@@ -76,6 +93,10 @@ trust_app.command("reset")(trust.trust_reset)
 redact_app.command("preview")(redact.redact_preview)
 redact_app.command("disclose")(redact.redact_disclose)
 redact_app.command("check")(redact.redact_check)
+
+# Audit logs.
+audit_app.command("verify")(audit.audit_verify)
+audit_app.command("export")(audit.audit_export)
 
 app.command("demo")(demo.demo)
 

@@ -61,6 +61,7 @@ from consortium.node.a2a.executor import ModelExecutor
 from consortium.node.a2a.grpc_binding import grpc_server, serve_a2a
 from consortium.node.a2a.http_binding import bind_tcp, http_app, http_server, serve_http
 from consortium.node.a2a.request_handler import NodeRequestHandler
+from consortium.node.audit import build_audit, run_checkpoints
 from consortium.node.auth import Credentials, http_credentials
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
@@ -77,13 +78,15 @@ from consortium.node.telemetry import (
     make_meter_provider,
     make_provider,
 )
+from consortium.node.witnessing import Witnessing
 from consortium.protocols.redaction import IdentityRedactor, Redactor
 from consortium.redaction.detector import Detector
 from consortium.redaction.policy import check_peers
 from consortium.redaction.receipts import DisclosureStore
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys, parse_token
-from consortium.trust.audit import NoOpAuditLog
+from consortium.trust.audit import AuditLog, NoOpAuditLog
+from consortium.trust.audit.log import SqliteAuditLog
 from consortium.trust.canaries import CanaryPool
 from consortium.trust.canary_schedule import CanaryScheduler
 from consortium.trust.files import secure_directory
@@ -124,6 +127,10 @@ class Federation:
     close_assessor: Callable[[], None]
     # Closes the redactor's detector thread and disclosure store (a no-op without one).
     close_redactor: Callable[[], None] = field(default=lambda: None)
+    # The audit log the signer, the verifier and the node's parts record to, and the
+    # SQLite log behind it (None with [audit] enabled = false).
+    audit: AuditLog = field(default_factory=NoOpAuditLog)
+    audit_log: SqliteAuditLog | None = None
 
 
 @dataclass(frozen=True)
@@ -235,32 +242,39 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         assessor, close_assessor = _owned_assessor(cfg, watcher)
     replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
     close_redactor = _nothing
+    audit_log: SqliteAuditLog | None = None
     try:
-        redactor, close_redactor = build_redactor(cfg, watcher)
         key = load_private_key(cfg.resolve(cfg.identity.private_key))
+        signer = Signer(SigningIdentity(key, cfg.node.org_id, roster.federation_id))
+        audit, audit_log = build_audit(cfg, watcher, lambda: signer.identity.key)
+        signer.audit = audit
+        if isinstance(assessor, ReputationAssessor):
+            assessor.audit = audit
+        redactor, close_redactor = build_redactor(cfg, watcher, audit)
         verifier = MessageVerifier(
             org_id=cfg.node.org_id,
             roster=watcher.current,
             replay=replay,
             skew_s=fed.max_clock_skew_s,
             own_key=jwk.JWK(**public_jwk(key)),
+            audit=audit,
         )
-        signer = Signer(SigningIdentity(key, cfg.node.org_id, roster.federation_id))
         peers = PeerClient(
             signer=signer,
             verifier=verifier,
             roster=watcher,
             timeout_s=fed.peer_timeout_s,
-            # No audit log yet: its null implementation.
             redactor=redactor,
-            audit=NoOpAuditLog(),
             assessor=assessor,
             credentials=cfg.client_credentials(),
         )
+        peers.audit = audit
     except BaseException:
         replay.close()
         close_assessor()
         close_redactor()
+        if audit_log is not None:
+            audit_log.close()
         raise
     log.info(
         "node %s joined federation %s (roster version %d, %d members)",
@@ -270,11 +284,22 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         len(roster.members),
     )
     return Federation(
-        watcher, verifier, signer, peers, replay, assessor, close_assessor, close_redactor
+        watcher,
+        verifier,
+        signer,
+        peers,
+        replay,
+        assessor,
+        close_assessor,
+        close_redactor,
+        audit,
+        audit_log,
     )
 
 
-def build_redactor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Redactor, Callable[[], None]]:
+def build_redactor(
+    cfg: NodeConfig, watcher: RosterWatcher, audit: AuditLog | None = None
+) -> tuple[Redactor, Callable[[], None]]:
     """node.toml's `[redaction]` policy over a detector built once, here; without it (the
     default) the identity redactor. Every [redaction.peers.ORG] must be a member; a
     detector that cannot load is a ConfigError (one line)."""
@@ -293,7 +318,7 @@ def build_redactor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Redactor, C
             f"the detector cannot load: {type(e).__name__}: {e}", path=where, key="redaction"
         ) from None
     store = DisclosureStore(cfg.redaction_path)
-    redactor = PolicyRedactor(policy, detector, watcher, store)
+    redactor = PolicyRedactor(policy, detector, watcher, store, audit or NoOpAuditLog())
 
     def close() -> None:
         redactor.close()
@@ -395,7 +420,10 @@ async def build_routing(
         assessor=federation.assessor if federation else None,
         cross_check_rate=cfg.trust.cross_check_rate if cfg.trust.enabled else 0.0,
         alarm=canaries.scheduler.alarm if canaries is not None else None,
+        audit=federation.audit if federation else None,
     )
+    if policy is not None and federation is not None:
+        policy.audit = federation.audit
     return Routing(orchestrator, policy, records)
 
 
@@ -439,15 +467,44 @@ def build_reports(cfg: NodeConfig, federation: Federation | None) -> TrustReport
     )
 
 
+def build_witnessing(cfg: NodeConfig, federation: Federation | None) -> Witnessing | None:
+    """Witnessing of audit-log checkpoints, for a federated node that keeps a log; a
+    member's log misbehaving counts against it when the assessor records evidence."""
+    if federation is None or federation.audit_log is None:
+        return None
+    assessor = federation.assessor
+    signer = federation.signer
+    return Witnessing(
+        org_id=cfg.node.org_id,
+        federation_id=federation.roster.current().federation_id,
+        audit=federation.audit_log,
+        roster=federation.roster,
+        peers=federation.peers,
+        key=lambda: signer.identity.key,
+        witnesses=cfg.audit.witnesses,
+        interval_s=cfg.audit.witness_interval_s,
+        evidence=assessor.record if isinstance(assessor, EvidenceRecorder) else None,
+    )
+
+
 def build_executor(
     cfg: NodeConfig,
     service: NodeService,
     federation: Federation | None,
     reports: TrustReports | None = None,
+    witnessing: Witnessing | None = None,
 ) -> AgentExecutor:
     """The A2A executor over the service (behind the conformance kit's, if configured)."""
     executor: AgentExecutor = ModelExecutor(
-        service, signer=federation.signer if federation else None, reports=reports
+        service,
+        signer=federation.signer if federation else None,
+        reports=reports,
+        witnessing=witnessing,
+        receipts=(
+            federation.audit_log.receipt
+            if federation is not None and federation.audit_log is not None and cfg.audit.receipts
+            else None
+        ),
     )
     if cfg.node.executor == "a2a-tck":
         executor = ConformanceExecutor(executor)
@@ -562,6 +619,9 @@ class Node:
         self.canaries: CanaryTraffic | None = None
         self.reports: TrustReports | None = None
         self._reporting: asyncio.Task[None] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self.witnessing: Witnessing | None = None
+        self._witnessing: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -600,7 +660,8 @@ class Node:
             cfg, self.worker, prompt_format, routing, federation, self.tracer
         )
         self.reports = build_reports(cfg, federation)
-        executor = build_executor(cfg, self.service, federation, self.reports)
+        self.witnessing = build_witnessing(cfg, federation)
+        executor = build_executor(cfg, self.service, federation, self.reports, self.witnessing)
         self.handler = build_request_handler(
             cfg, executor, self.store, self.card, self.keys, federation, self.tracer
         )
@@ -620,6 +681,12 @@ class Node:
             self.canaries.start()
         if self.reports is not None:
             self._reporting = asyncio.create_task(self.reports.run())
+        if federation is not None and federation.audit_log is not None:
+            self._checkpointing = asyncio.create_task(
+                run_checkpoints(federation.audit_log, cfg.audit.checkpoint_interval_s)
+            )
+        if self.witnessing is not None:
+            self._witnessing = asyncio.create_task(self.witnessing.run())
         log.info(
             "node %s ready: model %s (%s), gRPC %s, HTTP %s",
             cfg.node.org_id,
@@ -672,6 +739,14 @@ class Node:
             }
         if self.reports is not None:
             body["trust_reports"] = self.reports.counts()
+        if self.federation is not None and self.federation.audit_log is not None:
+            audit_log = self.federation.audit_log
+            latest = audit_log.latest()
+            body["audit"] = {
+                "entries": audit_log.size,
+                "latest_checkpoint": latest.checkpoint.size if latest is not None else 0,
+                **(self.witnessing.counts() if self.witnessing is not None else {}),
+            }
         if self.records is not None:
             body["routing_records"] = self.records.counts()
         if self.policy is not None:
@@ -689,7 +764,12 @@ class Node:
             return
         self._stopped = True
         grace = self.config.server.shutdown_grace_s
-        for background in (self._housekeeping, self._reporting):
+        for background in (
+            self._housekeeping,
+            self._reporting,
+            self._checkpointing,
+            self._witnessing,
+        ):
             if background is not None:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -716,6 +796,8 @@ class Node:
             self.federation.replay.close()
             self.federation.close_assessor()
             self.federation.close_redactor()
+            if self.federation.audit_log is not None:
+                self.federation.audit_log.close()  # signs a last checkpoint
         if self.records is not None:
             self.records.close()
         if self.keys is not None:

@@ -114,6 +114,31 @@ class TelemetrySection(_Section):
     endpoint: str = ""
 
 
+class AuditSection(_Section):
+    """The tamper-evident audit log of a node in a federation (DATA_DIR/audit.sqlite3):
+    every message exchanged with another organization, every admission refusal, every
+    routing decision, trust state change and roster version, as leaves of a Merkle tree
+    with signed checkpoints."""
+
+    enabled: bool = True
+    # A signed checkpoint every this many entries, and after this many seconds with new
+    # entries.
+    checkpoint_every: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    checkpoint_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+    # "crash": every entry survives a crash of the process (SIGKILL included);
+    # "power": also a power cut (an fsync per entry).
+    durable_against: Literal["crash", "power"] = "crash"
+    # How many other members must cosign a checkpoint for it to count as witnessed
+    # (`consortium audit verify` fails a log no checkpoint of which has that many).
+    witnessed_by: Annotated[int, Field(ge=0, le=1000)] = 0
+    # The members asked to cosign this node's checkpoints (empty: every other active
+    # member), and how often (0: never; members' checkpoints are still witnessed).
+    witnesses: list[Annotated[str, Field(pattern=ORG_ID_PATTERN)]] = Field(default_factory=list)
+    witness_interval_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+    # Replies to members carry the inclusion proof of this node's entry of their request.
+    receipts: bool = True
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -351,6 +376,7 @@ class NodeConfig(_Section):
     training: TrainingSection = TrainingSection()
     trust: TrustSection = TrustSection()
     redaction: RedactionPolicy = RedactionPolicy()
+    audit: AuditSection = AuditSection()
     groups: dict[Annotated[str, Field(pattern=ORG_ID_PATTERN)], GroupSection] = Field(
         default_factory=dict
     )
@@ -387,6 +413,11 @@ class NodeConfig(_Section):
     def redaction_path(self) -> Path:
         """The disclosures of the spans this node redacted (redaction.receipts)."""
         return self.data_dir / "redaction.sqlite3"
+
+    @property
+    def audit_path(self) -> Path:
+        """The organization's tamper-evident audit log (trust.audit.log)."""
+        return self.data_dir / "audit.sqlite3"
 
     @property
     def advertised_host(self) -> str:

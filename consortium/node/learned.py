@@ -16,6 +16,7 @@ from consortium.errors import ConsortiumError, RequestRejected
 from consortium.learning.policy import LogisticPolicy, PolicyArtifact, load_policy
 from consortium.protocols.routing import LearnedRouter, RoutingInput
 from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
+from consortium.trust.audit import AuditLog, NoOpAuditLog
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class PolicyHolder:
         self._stamp: tuple[int, int, int] | None = None
         self.refused = 0
         self.loaded = 0
+        # Told of every policy version taken and refused (trust.audit).
+        self.audit: AuditLog = NoOpAuditLog()
 
     def _check(self, artifact: PolicyArtifact) -> None:
         if artifact.features.normalisation != DRAFT_NORMALISATION:
@@ -77,10 +80,14 @@ class PolicyHolder:
             except ConsortiumError as e:
                 self.refused += 1
                 log.warning("refused routing policy %s: %s", self.path, e)
+                self.audit.record("policy", detail={"verdict": "refused"})
             else:
                 self._policy = LogisticPolicy(artifact)
                 self.loaded += 1
                 log.info("loaded routing policy %s (version %s)", self.path, artifact.version)
+                self.audit.record(
+                    "policy", detail={"verdict": "loaded", "version": str(artifact.version)}
+                )
             self._stamp = stamp
         if self._policy is None:
             raise RequestRejected(f"no valid routing policy at {self.path}")

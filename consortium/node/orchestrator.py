@@ -94,6 +94,7 @@ from consortium.protocols.routing import (
     top_entropy,
 )
 from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
+from consortium.trust.audit import AuditLog, NoOpAuditLog
 from consortium.trust.cross_checks import Answer, CrossCheck, cross_check
 from consortium.trust.reputation import Assessor, NoOpAssessor
 
@@ -207,8 +208,11 @@ class Orchestrator:
         cross_check_rate: float = 0.0,
         alarm: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.org_id = org_id
+        # Told of every routing decision with its reason (trust.audit).
+        self._audit: AuditLog = audit or NoOpAuditLog()
         self._cross_check_rate = cross_check_rate
         self._alarm = alarm
         self._rng = rng or random.Random()
@@ -342,7 +346,7 @@ class Orchestrator:
     ) -> Decision:
         withheld = withheld or {}
         try:
-            return router.decide(
+            decision = router.decide(
                 RoutingInput(
                     prompt=prompt,
                     draft=draft,
@@ -355,6 +359,17 @@ class Orchestrator:
             )
         except ValueError as e:
             raise RequestRejected(f"router {router.name}: {e}") from None
+        self._audit.record(
+            "route",
+            peer=decision.target,
+            detail={
+                "router": router.name,
+                "route": decision.route,
+                "reason": decision.reason,
+                "score": decision.score,
+            },
+        )
+        return decision
 
     # -- multiple choice --------------------------------------------------------------
 

@@ -4,10 +4,12 @@
     redact -> sign -> audit -> send -> verify -> audit -> assess
 
 The hooks are chosen where the node is wired (node/app.py): the `Redactor`
-(protocols.redaction), the organization's `Signer`, the `AuditLog` (trust.audit), the
-`MessageVerifier` and the `Assessor` (trust.reputation). A node without a redaction
-policy, an audit log or reputations gets their null implementations; nothing here asks
-whether they are on.
+(protocols.redaction), the organization's `Signer`, the `MessageVerifier` and the
+`Assessor` (trust.reputation). The audit steps are the signer's and the verifier's: each
+tells the node's `AuditLog` (trust.audit) of what it signs or admits, so the request is
+logged before it is sent, and every verified event and reply before it is used. A node
+without a redaction policy, an audit log or reputations gets their null
+implementations; nothing here asks whether they are on.
 
 A request goes over gRPC with a deadline and one reused connection per peer. The peer's
 signed answer and events are verified before they are used: bound to our request, and
@@ -31,6 +33,7 @@ of the same kind to the same peer alongside, in the background, through `answer_
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +52,7 @@ from opentelemetry.trace import SpanKind
 
 from consortium.errors import NodeUnavailableError, RequestRejected, UntrustedAnswer
 from consortium.federation.watcher import RosterWatcher
+from consortium.node.audit import keys_of
 from consortium.node.client import open_client, text_message
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
@@ -56,7 +60,9 @@ from consortium.protocols.redaction import Redactor
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.protocols.routing import Peer
 from consortium.trust.admission import MessageVerifier, Verified
-from consortium.trust.audit import AuditLog
+from consortium.trust.audit import AuditLog, NoOpAuditLog, Scalar
+from consortium.trust.audit.inclusion import RECEIPT_KEY, check_receipt
+from consortium.trust.audit.log import log_origin
 from consortium.trust.claims import TaskEvent
 from consortium.trust.refusals import Rejected
 from consortium.trust.reputation import Assessor, Verdict
@@ -183,7 +189,6 @@ class PeerClient:
         roster: RosterWatcher,
         timeout_s: float,
         redactor: Redactor,
-        audit: AuditLog,
         assessor: Assessor,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
@@ -194,9 +199,10 @@ class PeerClient:
         self._roster = roster
         self._timeout = timeout_s
         self.redactor = redactor
-        self._audit = audit
         self.assessor = assessor
         self.canaries: CanaryMixer = NoCanaries()
+        # Told of what the log receipt of each reply proves (trust.audit.inclusion).
+        self.audit: AuditLog = NoOpAuditLog()
         self._clients: dict[tuple[str, str, bool], Client] = {}
 
     def _client(self, org: str, streaming: bool = True) -> Client:
@@ -344,10 +350,16 @@ class PeerClient:
         standing = self.assessor.standing(org)
         if not standing.allowed:
             raise PeerQuarantined(org)
+        # The OpenTelemetry GenAI agent span of a call to another organization's agent.
         with self.tracer.start_as_current_span(
-            f"a2a.call {org}",
+            f"invoke_agent {org}",
             kind=SpanKind.CLIENT,
-            attributes={"consortium.recipient": org, "consortium.mode": call.mode},
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": org,
+                "consortium.recipient": org,
+                "consortium.mode": call.mode,
+            },
         ) as span:
             client = self._client(org, streaming=call.streaming)
             request, request_digest = await self._outgoing(org, message)
@@ -361,13 +373,40 @@ class PeerClient:
                 span.set_attribute("consortium.failure", e.failure)
                 self.assessor.assess(Verdict(org, request, None, failure=e.failure))
                 raise
-            self._audit.received(org, reply.message, reply.verified)
+            self._check_inclusion(org, request, request_digest, reply.message)
             claim = self._claim(org, reply.message)
             self.assessor.assess(Verdict(org, request, reply.message, claim=claim))
             span.set_attribute("consortium.verdict", "verified")
             if claim:
                 span.set_attribute("consortium.claim", claim)
             return replace(reply, reputation=standing.score, claim=claim, canary=standing.canary)
+
+    def _check_inclusion(
+        self, org: str, request: a2a_pb2.Message, request_digest: str, reply: a2a_pb2.Message
+    ) -> None:
+        """Checks and records the reply's log receipt, when it carries one: the proof that
+        the peer's audit log holds its entry of the request."""
+        if RECEIPT_KEY not in reply.metadata:
+            return
+        raw = MessageToDict(reply.metadata).get(RECEIPT_KEY)
+        roster = self._roster.current()
+        found = check_receipt(
+            raw,
+            origin=log_origin(roster.federation_id, org),
+            keys=keys_of(roster, org, time.time()),
+            request_id=request.message_id,
+            request_digest=request_digest,
+            asker=self._signer.org_id,
+        )
+        detail: dict[str, Scalar] = {
+            "msg": request.message_id,
+            "verdict": found.verdict,
+            "index": found.index,
+            "size": found.size,
+        }
+        if found.verdict == "included":
+            detail["receipt"] = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        self.audit.record("inclusion", peer=org, detail=detail)
 
     def _claim(self, org: str, reply: a2a_pb2.Message) -> str:
         member = self._roster.current().member(org)
@@ -376,15 +415,15 @@ class PeerClient:
         return reply_claim(meta if isinstance(meta, dict) else {}, models)
 
     async def _outgoing(self, org: str, message: a2a_pb2.Message) -> tuple[a2a_pb2.Message, str]:
-        """redact -> sign -> audit: the request as it leaves, and its digest. A message
-        the redaction policy stops raises RequestRejected: nothing is sent."""
+        """redact -> sign (and the signer's audit): the request as it leaves, and its
+        digest. A message the redaction policy stops raises RequestRejected: nothing is
+        sent."""
         with self.tracer.start_as_current_span("consortium.redact"):
             redacted = await self.redactor.redact(message, org)
         parent = traceparent()  # the call span: the peer's spans hang under it
         with self.tracer.start_as_current_span("consortium.sign"):
             request, request_digest = self._signer.sign_request(redacted, org, parent)
         self.redactor.signed(org, request)
-        self._audit.sent(org, request)
         return request, request_digest
 
     async def _send(

@@ -56,6 +56,7 @@ from consortium.redaction.receipts import (
     redaction_metadata,
 )
 from consortium.redaction.rewrite import rewrite
+from consortium.trust.audit import AuditLog, NoOpAuditLog
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 1024
@@ -145,8 +146,11 @@ class PolicyRedactor:
         detector: Detector,
         roster: RosterWatcher,
         store: DisclosureStore,
+        audit: AuditLog | None = None,
     ) -> None:
         self._policy = policy
+        # Told of every receipt kept: its digests, never the values (trust.audit).
+        self._audit: AuditLog = audit or NoOpAuditLog()
         self._detector = detector
         self._roster = roster
         self._store = store
@@ -271,6 +275,16 @@ class PolicyRedactor:
         if pending is not None:
             task_id, _, disclosures = pending
             self._store.record(request.message_id, task_id, recipient, request, disclosures)
+            if disclosures:
+                self._audit.record(
+                    "receipt",
+                    peer=recipient,
+                    task_id=task_id,
+                    detail={
+                        "msg": request.message_id,
+                        "digests": " ".join(sorted(d.digest for d in disclosures)),
+                    },
+                )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

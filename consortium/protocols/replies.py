@@ -1,6 +1,7 @@
 """What a node's direct replies carry in `metadata["consortium"]`: a scoring request's
-scores, the outcome of feedback on a routed task, and the acknowledgement of a member's
-trust report. Each carries `error` instead when the request was refused."""
+scores, the outcome of feedback on a routed task, the acknowledgement of a member's
+trust report, and a witness's answer to a member's audit-log checkpoint. Each carries
+`error` instead when the request was refused (a witness: its verdict)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ class ReportAck(WireModel):
     dropped: dict[str, int] | None = None
     reason: str | None = None
     error: str | None = None
+
+
+class CosignReply(WireModel):
+    """A witness's answer to a checkpoint (trust/audit/witness.py): its `verdict`
+    ("cosigned", or why not), the cosignature line when cosigned, and the size it knows
+    of the log (what a retry after "old_size_mismatch" starts from)."""
+
+    org: str
+    verdict: str
+    detail: str | None = None
+    cosignature: str | None = None
+    known_size: int = 0

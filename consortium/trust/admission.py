@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from a2a.types import a2a_pb2
 from google.protobuf.message import Message as ProtoMessage
@@ -28,9 +28,12 @@ from jwcrypto import jwk
 from nacl.signing import SigningKey
 
 from consortium.errors import ConsortiumError
+from consortium.trust.audit import AuditLog, Hop, HopKind, NoOpAuditLog
 from consortium.trust.call_proof import VerifiedCall, params_digest, read_call_claims
 from consortium.trust.claims import (
+    CLAIMS_KEY,
     MESSAGE_TYPE,
+    SIGNATURE_KEY,
     Claims,
     Kind,
     Signable,
@@ -109,6 +112,26 @@ def _decoy_key() -> jwk.JWK:
     return jwk.JWK(kty="OKP", crv="Ed25519", x=base64.urlsafe_b64encode(x).rstrip(b"=").decode())
 
 
+def token_digest(token: str) -> str:
+    """The digest an audit entry keeps of a call proof: SHA-256 of the compact JWS."""
+    return payload_digest(token.encode())
+
+
+def hop_of(kind: HopKind, signed: Signable, digest: str) -> Hop:
+    """The audit hop of a message this organization signed (its claims are as signed)."""
+    claims: Any = signed.metadata[CLAIMS_KEY]  # a Struct, as signed
+    return Hop(
+        kind=kind,
+        peer=str(claims["recipient"]),
+        message_id=str(claims["messageId"]),
+        kid=str(claims["kid"]),
+        digest=digest,
+        jws=str(signed.metadata[SIGNATURE_KEY]),
+        request_digest=str(claims["requestDigest"]) if "requestDigest" in claims else "",
+        task_id=str(signed.task_id),
+    )
+
+
 def signature_check(parts: SignedParts) -> tuple[bytes, Callable[[jwk.JWK], None]]:
     """What can be judged of a signed message without knowing its sender: the signature is
     a string, a detached JWS of type MESSAGE_TYPE made with the claimed key id. Returns
@@ -180,8 +203,12 @@ class MessageVerifier:
         skew_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         own_key: jwk.JWK | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._org = org_id
+        # Told of every message and call proof from another organization that passes or
+        # is refused, before the caller can act on it.
+        self.audit: AuditLog = audit or NoOpAuditLog()
         # Requests the organization signs to its own node are checked against its own key,
         # whatever its roster status: a suspended member can still use its own node.
         self._own_key = own_key
@@ -204,12 +231,24 @@ class MessageVerifier:
         digest of the request this node sent and, as `expected_sender`, the organization
         it asked: an answer signed by any other member is refused (wrong_sender).
         """
-        parts = read_signed(message)
+        try:
+            parts = read_signed(message)
+        except Rejected as e:
+            raise self.refused(message, e) from None
         if parts is None:
-            raise Rejected("unsigned", "the message carries no Consortium signature")
+            unsigned = Rejected("unsigned", "the message carries no Consortium signature")
+            raise self.refused(message, unsigned, sender=expected_sender or "")
         return self.check(
             message, parts, request_digest=request_digest, expected_sender=expected_sender
         )
+
+    def refused(self, message: Signable, rejection: Rejected, *, sender: str = "") -> Rejected:
+        """Records a refusal of a message whose claims could not be read (`sender`: who
+        it is from, when known); returns `rejection` to raise."""
+        self.audit.refused(
+            sender=sender, message_id=_own_id(message), reason=rejection.reason, what="message"
+        )
+        return rejection
 
     def check(
         self,
@@ -220,6 +259,43 @@ class MessageVerifier:
         expected_sender: str | None = None,
     ) -> Verified:
         """`verify` for a message whose parts the caller has already read."""
+        claims = parts.claims
+        try:
+            verified = self._check(
+                message, parts, request_digest=request_digest, expected_sender=expected_sender
+            )
+        except Rejected as e:
+            if claims.sender != self._org:
+                self.audit.refused(
+                    sender=claims.sender,
+                    message_id=claims.message_id,
+                    reason=e.reason,
+                    what="message",
+                )
+            raise
+        if claims.sender != self._org:  # the organization's own clients are no hop
+            self.audit.received(
+                Hop(
+                    kind=claims.kind,
+                    peer=claims.sender,
+                    message_id=claims.message_id,
+                    kid=claims.kid,
+                    digest=verified.digest,
+                    jws=str(parts.token),
+                    request_digest=claims.request_digest,
+                    task_id=str(message.task_id),
+                )
+            )
+        return verified
+
+    def _check(
+        self,
+        message: Signable,
+        parts: SignedParts,
+        *,
+        request_digest: str | None,
+        expected_sender: str | None,
+    ) -> Verified:
         claims = parts.claims
         # Everything that can be judged without knowing the sender comes first, so that
         # what is refused as malformed does not depend on who is a member.
@@ -260,6 +336,31 @@ class MessageVerifier:
         `request` on this node; raises Rejected like `verify`, or with `wrong_call` when the
         proof was made for another method or other parameters. `token` is the
         PROOF_HEADER value (None when absent: unsigned)."""
+        try:
+            verified = self._check_call(token, method, request)
+        except Rejected as e:
+            sender = ""
+            with contextlib.suppress(Rejected):
+                sender = read_call_claims(token).sender if isinstance(token, str) else ""
+            if sender != self._org:
+                self.audit.refused(sender=sender, message_id="", reason=e.reason, what="call")
+            raise
+        claims = verified.claims
+        if claims.sender != self._org:
+            self.audit.received(
+                Hop(
+                    kind="call",
+                    peer=claims.sender,
+                    message_id=f"call:{claims.nonce}",
+                    kid=claims.kid,
+                    digest=token_digest(str(token)),
+                    jws=str(token),
+                    method=method,
+                )
+            )
+        return verified
+
+    def _check_call(self, token: object, method: str, request: ProtoMessage) -> VerifiedCall:
         if token is None or token == "":
             raise Rejected("unsigned", "the call carries no proof")
         if not isinstance(token, str):

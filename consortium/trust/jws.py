@@ -126,7 +126,8 @@ def _signing_key(d: str) -> SigningKey:
     return SigningKey(_unb64(d))
 
 
-def _private_key(key: jwk.JWK) -> SigningKey:
+def signing_key_of(key: jwk.JWK) -> SigningKey:
+    """The libsodium signing key of an Ed25519 private JWK; SignatureError otherwise."""
     if key.get("kty") != "OKP" or key.get("crv") != "Ed25519" or not key.get("d"):
         raise SignatureError("signing needs an Ed25519 private key")
     try:
@@ -140,7 +141,8 @@ def _verify_key(x: str) -> VerifyKey:
     return VerifyKey(_unb64(x))
 
 
-def _public_key(key: jwk.JWK) -> VerifyKey:
+def verify_key_of(key: jwk.JWK) -> VerifyKey:
+    """The libsodium verify key of an Ed25519 JWK; SignatureError otherwise."""
     if key.get("kty") != "OKP" or key.get("crv") != "Ed25519":
         raise SignatureError("verification needs an Ed25519 key")
     try:
@@ -165,7 +167,7 @@ def sign_compact(payload: bytes, key: jwk.JWK, header: Mapping[str, Any] | None 
     protected = {"alg": ALGORITHM, "kid": key_id(key), **(header or {})}
     head = _b64(json.dumps(protected, separators=(",", ":"), sort_keys=True).encode())
     signing_input = f"{head}.{_b64(payload)}"
-    signature = _b64(_private_key(key).sign(signing_input.encode()).signature)
+    signature = _b64(signing_key_of(key).sign(signing_input.encode()).signature)
     return f"{signing_input}.{signature}"
 
 
@@ -245,6 +247,6 @@ def _verify(
         raise SignatureError(f"unknown signing key {kid}")
     raw_signature = _segment(signature, "signature")
     try:
-        _public_key(key).verify(f"{head}.{encoded_payload}".encode(), raw_signature)
+        verify_key_of(key).verify(f"{head}.{encoded_payload}".encode(), raw_signature)
     except (BadSignatureError, ValueError):
         raise SignatureError(f"signature does not verify under key {kid}") from None

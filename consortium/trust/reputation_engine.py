@@ -56,6 +56,7 @@ from typing import Any, Literal
 from opentelemetry import metrics
 
 from consortium.logsafe import safe
+from consortium.trust.audit import AuditLog, NoOpAuditLog
 from consortium.trust.reputation import (
     Evidence,
     EvidenceKind,
@@ -242,6 +243,8 @@ class ReputationAssessor:
         self._metrics = _Metrics(meter_provider)
         self._members: frozenset[str] | None = None if members is None else frozenset(members)
         self._lock = threading.Lock()
+        # Told of every change of a peer's state (trust.audit).
+        self.audit: AuditLog = NoOpAuditLog()
         self._records = store.load()
         self._opinions = store.load_opinions()
         self._capped: set[str] = set()  # peers whose capped quarantine was logged
@@ -529,6 +532,9 @@ class ReputationAssessor:
             old,
             state,
             reason,
+        )
+        self.audit.record(
+            "trust", peer=rec.peer, detail={"from": old, "to": state, "reason": reason}
         )
 
     def _standing(self, rec: Record) -> Standing:

@@ -19,8 +19,9 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message as ProtoMessage
 from jwcrypto import jwk
 
-from consortium.trust.admission import Verified
-from consortium.trust.call_proof import PROOF_TYPE, CallClaims, params_digest
+from consortium.trust.admission import Verified, hop_of, token_digest
+from consortium.trust.audit import AuditLog, Hop, HopKind, NoOpAuditLog
+from consortium.trust.call_proof import PROOF_TYPE, CallClaims, params_digest, read_call_claims
 from consortium.trust.claims import (
     CLAIMS_KEY,
     EXTENSION_URI,
@@ -28,6 +29,7 @@ from consortium.trust.claims import (
     SIGNATURE_KEY,
     Claims,
     Kind,
+    Signable,
     TaskEvent,
     payload_digest,
 )
@@ -69,11 +71,22 @@ def sign_answer(
     now: float | None = None,
 ) -> a2a_pb2.Message:
     """A signed copy of an answer (role agent) to the request with `request_digest`."""
+    return _answer(message, signer, recipient, request_digest, traceparent, now)[0]
+
+
+def _answer(
+    message: a2a_pb2.Message,
+    signer: SigningIdentity,
+    recipient: str,
+    request_digest: str,
+    traceparent: str,
+    now: float | None,
+) -> tuple[a2a_pb2.Message, str]:
     if not request_digest:
         raise ValueError("an answer must be bound to its request's digest")
     if message.role != a2a_pb2.ROLE_AGENT:
         raise ValueError("an answer to sign must have role ROLE_AGENT")
-    return _sign_message(message, signer, "answer", recipient, request_digest, traceparent, now)[0]
+    return _sign_message(message, signer, "answer", recipient, request_digest, traceparent, now)
 
 
 def sign_task_event(
@@ -88,13 +101,24 @@ def sign_task_event(
     """A signed copy of a task status or artifact update streamed for the request with
     `request_digest`. Events have no message id of their own; the claims carry a fresh one
     (for the replay check)."""
+    return _event(event, signer, recipient, request_digest, traceparent, now)[0]
+
+
+def _event(
+    event: TaskEvent,
+    signer: SigningIdentity,
+    recipient: str,
+    request_digest: str,
+    traceparent: str,
+    now: float | None,
+) -> tuple[TaskEvent, str]:
     if not request_digest:
         raise ValueError("a task event must be bound to its request's digest")
     signed: TaskEvent = type(event).FromString(event.SerializeToString())
     claims = _claims(
         "event", f"event-{uuid.uuid4()}", signer, recipient, request_digest, traceparent, now
     )
-    return _sign(signed, claims, signer.key)[0]
+    return _sign(signed, claims, signer.key)
 
 
 def sign_call(
@@ -180,10 +204,13 @@ def _sign(signed: S, claims: Claims, key: jwk.JWK) -> tuple[S, str]:
 
 class Signer:
     """An organization's one signer: its requests and call proofs, and the answers and
-    task events it sends back, bound to a peer's verified request."""
+    task events it sends back, bound to a peer's verified request. Everything it signs
+    for another organization is told to `audit` (trust.audit) before it is returned, so
+    before it can be sent."""
 
-    def __init__(self, identity: SigningIdentity) -> None:
+    def __init__(self, identity: SigningIdentity, audit: AuditLog | None = None) -> None:
         self.identity = identity
+        self.audit: AuditLog = audit or NoOpAuditLog()
 
     @property
     def org_id(self) -> str:
@@ -193,28 +220,57 @@ class Signer:
         self, message: a2a_pb2.Message, recipient: str, traceparent: str = ""
     ) -> tuple[a2a_pb2.Message, str]:
         """The signed request and its digest, which every answer to it must bind to."""
-        return sign_request(message, self.identity, recipient=recipient, traceparent=traceparent)
+        signed, digest = sign_request(
+            message, self.identity, recipient=recipient, traceparent=traceparent
+        )
+        self._sent("request", signed, digest)
+        return signed, digest
 
     def sign_call(self, method: str, request: ProtoMessage, recipient: str) -> str:
         """A call proof for a task method (GetTask, ListTasks, ...) on `recipient`'s node."""
-        return sign_call(method, request, self.identity, recipient=recipient)
+        token = sign_call(method, request, self.identity, recipient=recipient)
+        if recipient != self.identity.sender:
+            claims = read_call_claims(token)
+            self.audit.sent(
+                Hop(
+                    kind="call",
+                    peer=recipient,
+                    message_id=f"call:{claims.nonce}",
+                    kid=claims.kid,
+                    digest=token_digest(token),
+                    jws=token,
+                    method=method,
+                )
+            )
+        return token
 
     def sign_reply(self, message: a2a_pb2.Message, request: Verified) -> a2a_pb2.Message:
         """An answer to a peer's request, bound to it (and to its trace)."""
-        return sign_answer(
+        signed, digest = _answer(
             message,
             self.identity,
-            recipient=request.claims.sender,
-            request_digest=request.digest,
-            traceparent=request.claims.traceparent,
+            request.claims.sender,
+            request.digest,
+            request.claims.traceparent,
+            None,
         )
+        self._sent("answer", signed, digest)
+        return signed
 
     def sign_event(self, event: TaskEvent, request: Verified) -> TaskEvent:
         """A task event streamed for a peer's request, bound to it (and to its trace)."""
-        return sign_task_event(
+        signed, digest = _event(
             event,
             self.identity,
-            recipient=request.claims.sender,
-            request_digest=request.digest,
-            traceparent=request.claims.traceparent,
+            request.claims.sender,
+            request.digest,
+            request.claims.traceparent,
+            None,
         )
+        self._sent("event", signed, digest)
+        return signed
+
+    def _sent(self, kind: HopKind, signed: Signable, digest: str) -> None:
+        hop = hop_of(kind, signed, digest)
+        if hop.peer != self.identity.sender:  # the organization's own node is no hop
+            self.audit.sent(hop)

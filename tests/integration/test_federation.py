@@ -325,7 +325,7 @@ async def test_cross_organization_task_is_one_trace(fed: Federation) -> None:
     await fed.stop()  # flushes every node's exporter
     files = {org: fed.nodes[org].config.data_dir / "traces.jsonl" for org in ("acme", "globex")}
     acme, globex = spans_of(files["acme"]), spans_of(files["globex"])
-    call = next(s for s in acme if s["name"] == "a2a.call globex")
+    call = next(s for s in acme if s["name"] == "invoke_agent globex")
     receive = next(
         s
         for s in globex

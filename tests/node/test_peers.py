@@ -1,7 +1,7 @@
 """The one outbound exchange (node/peers.py) between real echo nodes on loopback: every
 call to a peer, an ask or a score, passes redact -> sign -> audit -> send -> verify ->
-audit -> assess with the right things at each hook; the peer receives what the redactor
-left; an answer with a bad signature raises UntrustedAnswer, the assessor is told, and a
+audit -> assess with the right things at each hook (the audit steps are the signer's and
+the verifier's, told to the node's AuditLog); the peer receives what the redactor left; an answer with a bad signature raises UntrustedAnswer, the assessor is told, and a
 task that relied on it fails with the same status text as before."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from consortium.errors import UntrustedAnswer
 from consortium.node.app import Node
 from consortium.node.peers import PeerClient
 from consortium.protocols.multiple_choice import Question
-from consortium.trust.admission import Verified
+from consortium.trust.audit import Hop
 from consortium.trust.claims import SIGNATURE_KEY, digest, read_signed
 from consortium.trust.keys import generate_key
 from consortium.trust.reputation import Standing, Verdict
-from consortium.trust.signing import SigningIdentity
+from consortium.trust.signing import Signer, SigningIdentity
 from tests.integration.test_federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -35,24 +35,33 @@ class Hook:
     name: str
     peer: str
     message: a2a_pb2.Message | None = None
-    verified: Verified | None = None
+    hop: Hop | None = None
     verdict: Verdict | None = None
 
 
 class Hooks:
     """A Redactor, an AuditLog and an Assessor that record every call, in order, in one
-    list; the redactor replaces `redact_from` with `redact_to` in the message's text."""
+    list; the redactor replaces `redact_from` with `redact_to` in the message's text.
+    Received hops (one per verified event, then the reply) are recorded as one
+    "received" call: the last."""
 
     def __init__(self, redact_from: str = "", redact_to: str = "") -> None:
         self.calls: list[Hook] = []
         self._from, self._to = redact_from, redact_to
 
     def names(self) -> list[str]:
-        return [c.name for c in self.calls]
+        names: list[str] = []
+        for c in self.calls:
+            if not (c.name == "received" and names and names[-1] == "received"):
+                names.append(c.name)
+        return names
 
     def one(self, name: str) -> Hook:
-        [call] = [c for c in self.calls if c.name == name]
-        return call
+        calls = [c for c in self.calls if c.name == name]
+        if name != "received":
+            [call] = calls
+            return call
+        return calls[-1]
 
     async def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
         self.calls.append(Hook("redact", recipient, copy(message)))
@@ -64,18 +73,25 @@ class Hooks:
         return redacted
 
     def signed(self, recipient: str, request: a2a_pb2.Message) -> None:
-        pass  # the receipts' hook: nothing to keep here
+        # The receipts' hook: the request as signed.
+        self.calls.append(Hook("signed", recipient, copy(request)))
 
     may_block = False
 
     async def blocks(self, recipient: str, texts: Sequence[str]) -> tuple[str, ...]:
         return ()
 
-    def sent(self, peer: str, request: a2a_pb2.Message) -> None:
-        self.calls.append(Hook("sent", peer, copy(request)))
+    def sent(self, hop: Hop) -> None:
+        self.calls.append(Hook("sent", hop.peer, hop=hop))
 
-    def received(self, peer: str, reply: a2a_pb2.Message, verified: Verified) -> None:
-        self.calls.append(Hook("received", peer, copy(reply), verified))
+    def received(self, hop: Hop) -> None:
+        self.calls.append(Hook("received", hop.peer, hop=hop))
+
+    def refused(self, *, sender: str, message_id: str, reason: str, what: str) -> None:
+        self.calls.append(Hook("refused", sender))
+
+    def record(self, kind: str, **_: Any) -> None:
+        pass
 
     def reputation(self, peer: str) -> float:
         return 1.0
@@ -115,19 +131,29 @@ async def acme(fed: Federation) -> AsyncIterator[tuple[PeerClient, Hooks]]:
     try:
         yield client, hooks
     finally:
-        await client.close()
+        await close(client, fed.nodes["acme"])
+
+
+async def close(client: PeerClient, node: Node) -> None:
+    """Closes the test's client; the node's verifier audits to its own log again."""
+    await client.close()
+    assert node.federation is not None
+    node.federation.verifier.audit = node.federation.audit
 
 
 def peer_client(node: Node, hooks: Hooks) -> tuple[PeerClient, Hooks]:
+    """A client with acme's own signer and verifier, both auditing to `hooks`."""
     federation = node.federation
     assert federation is not None
+    signer = Signer(federation.signer.identity, audit=hooks)
+    verifier = federation.verifier
+    verifier.audit = hooks
     client = PeerClient(
-        signer=federation.signer,
-        verifier=federation.verifier,
+        signer=signer,
+        verifier=verifier,
         roster=federation.roster,
         timeout_s=30.0,
         redactor=hooks,
-        audit=hooks,
         assessor=hooks,
         credentials=node.config.client_credentials(),
     )
@@ -151,17 +177,24 @@ def forging(node: Node) -> Iterator[None]:
 
 
 def check_sending_hooks(hooks: Hooks, sent_text: str) -> a2a_pb2.Message:
-    """redact saw the unsigned message; audit saw it signed for globex. Returns the
-    request as sent."""
-    redact, sent = hooks.one("redact"), hooks.one("sent")
-    assert redact.peer == sent.peer == "globex"
+    """redact saw the unsigned message; audit saw the request signed for globex (its
+    digest and signature). Returns the request as sent."""
+    redact, sent, signed = hooks.one("redact"), hooks.one("sent"), hooks.one("signed")
+    assert redact.peer == sent.peer == signed.peer == "globex"
     assert redact.message is not None and SIGNATURE_KEY not in redact.message.metadata
-    request = sent.message
+    request = signed.message
     assert request is not None and request.message_id == redact.message.message_id
     parts = read_signed(request)
     assert parts is not None
     claims = parts.claims
     assert (claims.kind, claims.sender, claims.recipient) == ("request", "acme", "globex")
+    assert sent.hop is not None
+    assert (sent.hop.kind, sent.hop.message_id, sent.hop.kid) == (
+        "request",
+        request.message_id,
+        claims.kid,
+    )
+    assert sent.hop.digest == digest(request) and sent.hop.jws == parts.token
     assert text_of(request) == sent_text
     return request
 
@@ -171,21 +204,25 @@ def check_receiving_hooks(hooks: Hooks, request: a2a_pb2.Message) -> a2a_pb2.Mes
     reply, trusted. Returns the reply."""
     received, assess = hooks.one("received"), hooks.one("assess")
     assert received.peer == assess.peer == "globex"
-    assert received.verified is not None and received.message is not None
-    claims = received.verified.claims
-    assert (claims.kind, claims.sender, claims.recipient) == ("answer", "globex", "acme")
-    assert claims.request_digest == digest(request)
-    assert received.verified.digest == digest(received.message)
     verdict = assess.verdict
     assert verdict is not None and verdict.trusted and verdict.refusal == ""
-    assert verdict.reply == received.message and verdict.request == request
-    return received.message
+    assert verdict.request == request and verdict.reply is not None
+    reply = verdict.reply
+    parts = read_signed(reply)
+    assert parts is not None
+    claims = parts.claims
+    assert (claims.kind, claims.sender, claims.recipient) == ("answer", "globex", "acme")
+    assert claims.request_digest == digest(request)
+    hop = received.hop
+    assert hop is not None and (hop.kind, hop.message_id) == ("answer", reply.message_id)
+    assert hop.digest == digest(reply) and hop.request_digest == digest(request)
+    return reply
 
 
 async def test_an_ask_passes_every_hook_in_order(acme: tuple[PeerClient, Hooks]) -> None:
     client, hooks = acme
     answer = await client.ask("globex", "hello from acme")
-    assert hooks.names() == ["redact", "sent", "received", "assess"]
+    assert hooks.names() == ["redact", "sent", "signed", "received", "assess"]
     request = check_sending_hooks(hooks, "hello from acme")
     reply = check_receiving_hooks(hooks, request)
     assert answer.text == text_of(reply) == "hello from acme"
@@ -198,7 +235,7 @@ async def test_a_score_passes_every_hook_in_order(acme: tuple[PeerClient, Hooks]
     client, hooks = acme
     question = Question("Which city is the capital of France?", ("Paris", "Berlin"))
     scores = await client.score("globex", question)
-    assert hooks.names() == ["redact", "sent", "received", "assess"]
+    assert hooks.names() == ["redact", "sent", "signed", "received", "assess"]
     request = check_sending_hooks(hooks, question.stem)
     assert request.metadata["consortium"]["mode"] == "score"
     reply = check_receiving_hooks(hooks, request)
@@ -212,7 +249,7 @@ async def test_the_peer_receives_what_the_redactor_left(fed: Federation) -> None
     try:
         answer = await client.ask("globex", "Alice Smith asked about her results")
     finally:
-        await client.close()
+        await close(client, fed.nodes["acme"])
     # globex's echo model answers with the words it was sent.
     assert answer.text == "[person] asked about her results"
     assert text_of(hooks.one("redact").message) == "Alice Smith asked about her results"
@@ -226,23 +263,23 @@ async def test_a_badly_signed_answer_is_untrusted_and_assessed(
     with forging(fed.nodes["globex"]), pytest.raises(UntrustedAnswer) as e:
         await client.ask("globex", "hello again")
     assert str(e.value).startswith("the answer from globex was refused: bad_signature: ")
-    # Not audited as received; the assessor is told why.
-    assert hooks.names() == ["redact", "sent", "assess"]
+    # Audited as refused, not received; the assessor is told why.
+    assert hooks.names() == ["redact", "sent", "signed", "refused", "assess"]
     verdict = hooks.one("assess").verdict
     assert verdict is not None and not verdict.trusted
     assert verdict.reply is None and verdict.refusal == "bad_signature"
-    assert verdict.request == hooks.one("sent").message
+    assert verdict.request == hooks.one("signed").message
 
     hooks.calls.clear()
     question = Question("Which city is the capital of France?", ("Paris", "Berlin"))
     with forging(fed.nodes["globex"]), pytest.raises(UntrustedAnswer) as e:
         await client.score("globex", question)
     assert str(e.value).startswith("the scores from globex were refused: bad_signature: ")
-    assert hooks.names() == ["redact", "sent", "assess"]
+    assert hooks.names() == ["redact", "sent", "signed", "refused", "assess"]
     # globex signs honestly again: the next answer is trusted.
     hooks.calls.clear()
     assert (await client.ask("globex", "honest again")).verified
-    assert hooks.names() == ["redact", "sent", "received", "assess"]
+    assert hooks.names() == ["redact", "sent", "signed", "received", "assess"]
 
 
 async def test_a_task_relying_on_an_untrusted_answer_fails_with_the_reason(

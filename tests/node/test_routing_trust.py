@@ -27,7 +27,6 @@ from consortium.node.app import Node
 from consortium.node.config import parse_config
 from consortium.node.peers import PeerClient, PeerError
 from consortium.protocols.redaction import IdentityRedactor
-from consortium.trust.audit import NoOpAuditLog
 from consortium.trust.reputation import PeerState, Standing, Verdict
 from tests.integration.test_federation import Federation
 
@@ -329,7 +328,6 @@ async def test_a_timeout_is_assessed_as_timeout(fed: TrustFederation) -> None:
         roster=federation.roster,
         timeout_s=0.3,
         redactor=IdentityRedactor(),
-        audit=NoOpAuditLog(),
         assessor=standings,
         credentials=node.config.client_credentials(),
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 from a2a.helpers.proto_helpers import new_task_from_user_message
@@ -31,7 +31,7 @@ from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies
 from consortium.node.a2a.errors import PermissionDeniedError
 from consortium.node.a2a.request_handler import VERIFIED_KEY, SigningEventQueue
-from consortium.node.a2a.validation import requested_mode
+from consortium.node.a2a.validation import MESSAGE_ONLY_MODES, requested_mode
 from consortium.node.auth import Caller, caller_of
 from consortium.node.reports import TrustReports
 from consortium.node.service import (
@@ -46,8 +46,10 @@ from consortium.node.service import (
     TextChunk,
     Working,
 )
+from consortium.node.witnessing import Witnessing
 from consortium.protocols.provenance import Provenance
 from consortium.protocols.replies import (
+    CosignReply,
     FeedbackReply,
     ReportAck,
     ScoresOfOptions,
@@ -60,6 +62,7 @@ from consortium.protocols.request_options import (
     request_options,
 )
 from consortium.trust.admission import Verified
+from consortium.trust.audit.inclusion import RECEIPT_KEY
 from consortium.trust.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -85,14 +88,15 @@ def _metadata(provenance: Provenance) -> dict[str, Any]:
 
 
 def _is_direct_request(message: a2a_pb2.Message) -> bool:
-    """A scoring request, feedback or a trust report: answered with one Message, no task."""
-    if requested_mode(message) == "trust_report":
+    """A scoring request, feedback, a trust report or a checkpoint to cosign: answered
+    with one Message, no task."""
+    if requested_mode(message) in MESSAGE_ONLY_MODES:
         return True  # whatever else its metadata says
     try:
         options = request_options(message)
     except ValueError:
         return False  # the task path rejects it with the reason
-    return options.mode in ("score", "trust_report") or options.feedback is not None
+    return options.mode in ("score", "trust_report", "cosign") or options.feedback is not None
 
 
 def _caller(context: ServerCallContext) -> Caller:
@@ -110,10 +114,15 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         *,
         signer: Signer | None = None,
         reports: TrustReports | None = None,
+        witnessing: Witnessing | None = None,
+        receipts: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.service = service
         self._signer = signer
         self._reports = reports
+        self._witnessing = witnessing
+        # The log receipt of a peer's request (trust.audit.inclusion), by its message id.
+        self._receipts = receipts
 
     # -- direct replies ----------------------------------------------------------------
 
@@ -122,8 +131,11 @@ class ModelExecutor(AgentExecutor, DirectReplies):
     ) -> a2a_pb2.Message | None:
         """Scoring requests, feedback and trust reports are answered on the spot, with one
         (signed) Message."""
-        if requested_mode(message) == "trust_report":  # before any other option is read
+        mode = requested_mode(message)  # before any other option is read
+        if mode == "trust_report":
             return self._report_ack(message, context)
+        if mode == "cosign":
+            return self._cosign_reply(message, context)
         try:
             options = request_options(message)
         except ValueError:
@@ -189,6 +201,28 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         reply.ClearField("task_id")
         return self._signed(reply, verified)
 
+    def _cosign_reply(
+        self, message: a2a_pb2.Message, context: ServerCallContext
+    ) -> a2a_pb2.Message:
+        """A member's audit-log checkpoint, judged and (when consistent) cosigned. Only a
+        member whose signature the handler verified may submit one."""
+        caller = _caller(context)
+        verified = context.state.get(VERIFIED_KEY)
+        if caller.kind != "member" or not isinstance(verified, Verified):
+            log.warning("refused checkpoint %s: not_member", safe(message.message_id or "-"))
+            raise PermissionDeniedError(message="checkpoints are witnessed for members only")
+        if self._witnessing is None:
+            answer = CosignReply(
+                org=self.service.org_id, verdict="witnessing_off", detail="this node keeps no log"
+            )
+        else:
+            answer = self._witnessing.receive(caller.id, message)
+        reply = _agent_message(
+            "", message.context_id, f"checkpoint {answer.verdict}", {METADATA_KEY: answer.wire()}
+        )
+        reply.ClearField("task_id")
+        return self._signed(reply, verified)
+
     async def _scores_message(
         self, message: a2a_pb2.Message, options: RequestOptions, verified: object
     ) -> a2a_pb2.Message:
@@ -211,8 +245,13 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         return self._signed(reply, verified)
 
     def _signed(self, message: a2a_pb2.Message, verified: object) -> a2a_pb2.Message:
-        """Signed and bound to the request when a peer sent it."""
+        """Signed and bound to the request when a peer sent it, with the receipt of this
+        node's audit-log entry of the request."""
         if self._signer is not None and isinstance(verified, Verified):
+            if self._receipts is not None:
+                receipt = self._receipts(verified.claims.message_id)
+                if receipt is not None:
+                    message.metadata.update({RECEIPT_KEY: receipt})
             return self._signer.sign_reply(message, verified)
         return message
 

@@ -71,9 +71,15 @@ class NodeRequestHandler(DefaultRequestHandler):
 
     # -- admission -----------------------------------------------------------------
 
-    def _refused(self, reason: str, error: A2AError, what: str) -> A2AError:
+    def _refused(
+        self, reason: str, error: A2AError, what: str, *, sender: str = "", audited: bool = False
+    ) -> A2AError:
+        """Counts and logs a refusal, and records it in the audit log unless the verifier
+        (which records what it refuses) already did."""
         self.refusals[reason] += 1
         log.warning("refused %s: %s", what, reason)
+        if not audited and self.verifier is not None:
+            self.verifier.audit.refused(sender=sender, message_id="", reason=reason, what=what)
         return error
 
     def _caller(
@@ -107,7 +113,9 @@ class NodeRequestHandler(DefaultRequestHandler):
             try:
                 verified = self.verifier.verify_call(creds.proof, method, params)
             except Rejected as e:
-                raise self._refused(e.reason, from_rejection(e), f"{method} call") from None
+                raise self._refused(
+                    e.reason, from_rejection(e), f"{method} call", audited=True
+                ) from None
             return self._member(verified.claims.sender, context, method)
         if creds.loopback and self.anonymous_loopback:
             return ANONYMOUS
@@ -132,6 +140,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                     message="the TLS client certificate does not name the signing organization"
                 ),
                 what,
+                sender=org,
             )
         return Caller("member", org)
 
@@ -184,7 +193,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         with self.tracer.start_as_current_span("consortium.verify") as span:
             try:
                 if isinstance(parts, Rejected):
-                    raise parts
+                    raise self.verifier.refused(params.message, parts)
                 verified = self.verifier.check(params.message, parts)
             except Rejected as e:
                 self.refusals[e.reason] += 1

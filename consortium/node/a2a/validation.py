@@ -67,12 +67,18 @@ def validate_send_request(params: a2a_pb2.SendMessageRequest) -> None:
         _check_struct_field(params.metadata, "metadata")
     if params.HasField("configuration") and params.configuration.history_length < 0:
         raise InvalidParamsError(message="configuration.history_length must not be negative")
-    if requested_mode(message) == "trust_report" and (
+    mode = requested_mode(message)
+    if mode in MESSAGE_ONLY_MODES and (
         message.task_id or params.configuration.HasField("task_push_notification_config")
     ):
+        what = "a trust report" if mode == "trust_report" else "a checkpoint to cosign"
         raise InvalidParamsError(
-            message="a trust report is a message-only exchange: no task_id, no push notification"
+            message=f"{what} is a message-only exchange: no task_id, no push notification"
         )
+
+
+# Members' messages answered with one Message, before any other option is read.
+MESSAGE_ONLY_MODES = frozenset({"trust_report", "cosign"})
 
 
 def requested_mode(message: a2a_pb2.Message) -> str:

@@ -1,0 +1,138 @@
+"""The node's audit log, wired: `build_audit` opens DATA_DIR/audit.sqlite3 (trust.audit.log)
+for a node in a federation with `[audit] enabled` (the default), records every roster
+version the node takes and keeps a copy of it (DATA_DIR/audit-rosters/), so that keys
+rotated out of later rosters still verify old entries; `run_checkpoints` signs a
+checkpoint whenever the interval passes with new entries.
+
+The log is told of messages by the signer and the verifier (trust.signing,
+trust.admission) and of decisions by the node's parts; nothing here sits on a message's
+path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from jwcrypto import jwk
+from nacl.signing import VerifyKey
+
+from consortium.errors import ConfigError
+from consortium.federation.roster import Roster, load_verified_roster, write_roster
+from consortium.federation.watcher import RosterWatcher
+from consortium.node.config import NodeConfig
+from consortium.trust.audit import AuditLog, NoOpAuditLog
+from consortium.trust.audit.log import SqliteAuditLog
+from consortium.trust.claims import payload_digest
+from consortium.trust.jws import canonical, verify_key_of
+from consortium.trust.keys import load_public_key
+
+log = logging.getLogger(__name__)
+
+ROSTER_ARCHIVE = "audit-rosters"
+
+
+def roster_digest(roster: Roster) -> str:
+    """SHA-256 (base64url) of what the roster's admin signature covers."""
+    return payload_digest(canonical(roster.signed_content()))
+
+
+def archive_path(data_dir: Path) -> Path:
+    """Where a node keeps a copy of every roster version it took."""
+    return data_dir / ROSTER_ARCHIVE
+
+
+def build_audit(
+    cfg: NodeConfig, watcher: RosterWatcher, key: Callable[[], jwk.JWK]
+) -> tuple[AuditLog, SqliteAuditLog | None]:
+    """The node's audit log (and the SQLite log itself, None when auditing is off): the
+    roster in force recorded and archived, and every later one the watcher takes."""
+    if not cfg.audit.enabled:
+        return NoOpAuditLog(), None
+    a = cfg.audit
+    roster = watcher.current()
+    audit = SqliteAuditLog(
+        cfg.audit_path,
+        federation_id=roster.federation_id,
+        org_id=cfg.node.org_id,
+        key=key,
+        checkpoint_every=a.checkpoint_every,
+        checkpoint_interval_s=a.checkpoint_interval_s,
+        durable_against=a.durable_against,
+    )
+    archive = archive_path(cfg.data_dir)
+
+    def took(r: Roster) -> None:
+        digest = roster_digest(r)
+        path = archive / f"roster-v{r.version}-{digest[:16]}.toml"
+        if not path.exists():
+            write_roster(path, r)
+        audit.record("roster", detail={"version": r.version, "digest": digest})
+
+    took(roster)
+    watcher.subscribe(took)
+    return audit, audit
+
+
+async def run_checkpoints(audit: SqliteAuditLog, interval_s: float) -> None:
+    """Signs a checkpoint whenever `interval_s` passes with new entries; until cancelled."""
+    tick = min(interval_s, 1.0)
+    while True:
+        await asyncio.sleep(tick)
+        try:
+            audit.maybe_checkpoint()
+        except Exception as e:  # a full disk must not end the node; the next tick retries
+            log.error("audit checkpoint failed: %s", type(e).__name__)
+
+
+def keys_of(roster: Roster, org: str, when: float) -> list[VerifyKey]:
+    """The Ed25519 keys `org` holds at `when` by the roster."""
+    member = roster.member(org)
+    if member is None:
+        return []
+    at = datetime.fromtimestamp(when, UTC)
+    return [verify_key_of(k.jwk()) for k in member.keys if k.valid_at(at)]
+
+
+class RosterHistory:
+    """Every roster version an auditor has (trust.audit.verify.KeyHistory): the keys an
+    organization held at a time, from all of them, so a key rotated out (and an old
+    roster version) still verifies what was signed with it."""
+
+    def __init__(self, rosters: Sequence[Roster]) -> None:
+        self.rosters = list(rosters)
+
+    def keys(self, org: str, when: float) -> list[VerifyKey]:
+        at = datetime.fromtimestamp(when, UTC)
+        seen: dict[str, VerifyKey] = {}
+        for roster in self.rosters:
+            member = roster.member(org)
+            for k in member.keys if member is not None else []:
+                if k.x not in seen and k.valid_at(at):
+                    seen[k.x] = verify_key_of(k.jwk())
+        return list(seen.values())
+
+    def members(self) -> frozenset[str]:
+        return frozenset(m.org_id for r in self.rosters for m in r.members)
+
+
+def load_history(cfg: NodeConfig) -> tuple[RosterHistory, list[str]]:
+    """The organization's roster (its signature checked under the admin key node.toml
+    names) and every archived version that verifies under the same key; and a line for
+    each archived file that does not (left out)."""
+    fed = cfg.federation
+    if fed is None:
+        raise ConfigError("this node has no [federation]: it keeps no audit log")
+    admin = load_public_key(cfg.resolve(fed.admin_key))
+    rosters = [load_verified_roster(cfg.resolve(fed.roster), [admin])]
+    skipped: list[str] = []
+    archive = archive_path(cfg.data_dir)
+    for path in sorted(archive.glob("roster-v*.toml")) if archive.is_dir() else []:
+        try:
+            rosters.append(load_verified_roster(path, [admin]))
+        except ConfigError as e:
+            skipped.append(f"{path.name}: {e}")
+    return RosterHistory(rosters), skipped

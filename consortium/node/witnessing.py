@@ -1,0 +1,292 @@
+"""Witnessing: members cosign each other's audit-log checkpoints (C2SP tlog-cosignature),
+over signed message-only A2A exchanges, so that no organization can rewrite or roll back
+its history unnoticed.
+
+Submitting (this node's log): every `[audit] witness_interval_s`, the latest checkpoint
+goes to each witness (`[audit] witnesses`, by default every other active member) in one
+data part `{"checkpoint": NOTE, "oldSize": N, "proof": [...]}` whose
+`metadata["consortium"]` says `{"mode": "cosign"}`, through the one exchange (signed,
+audited, sent with a deadline; the signed answer verified). `oldSize` is the last size
+that witness cosigned and `proof` the consistency proof from it; a witness that knows
+another size says so and the submitter retries once from there. A cosignature is
+checked against the witness's key before it is kept with the checkpoint.
+
+Witnessing (members' logs): the executor's direct reply hands the verified member's
+message here; `trust.audit.witness.judge` decides; a cosigned checkpoint becomes the last
+one seen of that log. A rollback or a fork is refused, recorded in this node's audit log
+and counted against the member's reputation (protocol evidence). Nothing here reaches the
+model or becomes a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from a2a.types import a2a_pb2
+from google.protobuf import json_format, struct_pb2
+from jwcrypto import jwk
+
+from consortium.errors import RequestRejected, UntrustedAnswer
+from consortium.federation.watcher import RosterWatcher
+from consortium.logsafe import safe
+from consortium.node.audit import keys_of
+from consortium.node.peers import Call, PeerClient, PeerError, PeerQuarantined
+from consortium.protocols.replies import CosignReply
+from consortium.protocols.request_options import METADATA_KEY
+from consortium.trust.audit.log import Signed, SqliteAuditLog, log_origin
+from consortium.trust.audit.notes import (
+    Checkpoint,
+    NoteError,
+    cosignature_key_hash,
+    parse_note,
+    verify_cosignature,
+)
+from consortium.trust.audit.witness import (
+    MISBEHAVIOUR,
+    decode_proof,
+    encode_proof,
+    judge,
+)
+from consortium.trust.jws import signing_key_of
+from consortium.trust.reputation import Evidence
+
+log = logging.getLogger(__name__)
+
+MODE = "cosign"
+COSIGN = Call(
+    MODE,
+    streaming=False,
+    no_reply="{org} did not answer the checkpoint",
+    refused="the answer to the checkpoint from {org} was refused: {error}",
+)
+MAX_NOTE_CHARS = 8192
+
+
+def cosign_message(note: str, old_size: int, proof: Sequence[bytes]) -> a2a_pb2.Message:
+    """The request that submits a checkpoint (unsigned: the exchange signs it)."""
+    value = struct_pb2.Value()
+    json_format.ParseDict(
+        {"checkpoint": note, "oldSize": old_size, "proof": encode_proof(proof)}, value
+    )
+    message = a2a_pb2.Message(
+        message_id=str(uuid.uuid4()), role=a2a_pb2.ROLE_USER, parts=[a2a_pb2.Part(data=value)]
+    )
+    message.metadata.update({METADATA_KEY: {"mode": MODE}})
+    return message
+
+
+def submission(message: a2a_pb2.Message) -> tuple[str, int, list[bytes]]:
+    """The checkpoint note, old size and proof a message submits; raises ValueError."""
+    if len(message.parts) != 1 or message.parts[0].WhichOneof("content") != "data":
+        raise ValueError("a checkpoint to cosign is one data part")
+    data = message.parts[0].data
+    if data.WhichOneof("kind") != "struct_value":
+        raise ValueError("a checkpoint to cosign is a JSON object")
+    content: dict[str, Any] = json_format.MessageToDict(data.struct_value)
+    note, old = content.get("checkpoint"), content.get("oldSize")
+    if not isinstance(note, str) or not 0 < len(note) <= MAX_NOTE_CHARS:
+        raise ValueError(f"checkpoint is not a note of at most {MAX_NOTE_CHARS} characters")
+    if isinstance(old, bool) or not isinstance(old, int | float) or old != int(old) or old < 0:
+        raise ValueError("oldSize is not a non-negative integer")
+    return note, int(old), decode_proof(content.get("proof", []))
+
+
+def reply_of(message: a2a_pb2.Message) -> CosignReply | None:
+    raw = json_format.MessageToDict(message.metadata).get(METADATA_KEY)
+    try:
+        return CosignReply.model_validate(raw)
+    except ValueError:
+        return None
+
+
+class Witnessing:
+    """One node's side of witnessing, over its audit log. Counters for /healthz:
+    checkpoints `cosigned` for members and `refused` per verdict; cosignatures
+    `collected` and submissions `failed` per outcome."""
+
+    def __init__(
+        self,
+        *,
+        org_id: str,
+        federation_id: str,
+        audit: SqliteAuditLog,
+        roster: RosterWatcher,
+        peers: PeerClient,
+        key: Callable[[], jwk.JWK],
+        witnesses: Sequence[str] = (),
+        interval_s: float = 30.0,
+        evidence: Callable[[Evidence], object] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.org_id = org_id
+        self.federation_id = federation_id
+        self.name = log_origin(federation_id, org_id)
+        self._audit = audit
+        self._roster = roster
+        self._peers = peers
+        self._key = key
+        self._witnesses = tuple(witnesses)
+        self._interval = interval_s
+        self._evidence = evidence
+        self._clock = clock
+        self.cosigned = 0
+        self.collected = 0
+        self.refused: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "cosigned": self.cosigned,
+            "refused": dict(self.refused),
+            "collected": self.collected,
+            "failed": dict(self.failed),
+        }
+
+    # -- this node's checkpoints -------------------------------------------------------
+
+    def witnesses(self) -> list[str]:
+        """The members asked to cosign: `[audit] witnesses`, else every other active one."""
+        roster = self._roster.current()
+        active = {m.org_id for m in roster.members if m.status == "active"}
+        wanted = self._witnesses or tuple(sorted(active))
+        return [w for w in wanted if w in active and w != self.org_id]
+
+    async def submit_all(self) -> dict[str, str]:
+        """The log's checkpoint as it is now, to every witness; per witness "ok" (its
+        cosignature kept) or why not. Never raises for a witness that fails."""
+        signed = self._audit.checkpoint()
+        orgs = self.witnesses()
+        outcomes = await asyncio.gather(*(self._submit(org, signed) for org in orgs))
+        return dict(zip(orgs, outcomes, strict=True))
+
+    async def _submit(self, org: str, signed: Signed) -> str:
+        size = signed.checkpoint.size
+        old = self._audit.cosigned_size(org)
+        outcome = "no_reply"
+        for _ in range(2):
+            if old > size:
+                outcome = "witness_ahead"  # it cosigned more of this log than the log has
+                break
+            if old == size:
+                return "ok"
+            proof = self._audit.consistency_proof(old, size) if old else []
+            try:
+                reply = await self._peers.exchange(
+                    org, cosign_message(signed.note, old, proof), COSIGN
+                )
+            except PeerQuarantined:
+                return "quarantined"
+            except PeerError as e:
+                outcome = e.failure or "not_sent"
+                break
+            except UntrustedAnswer:
+                outcome = "untrusted_answer"
+                break
+            except RequestRejected:
+                outcome = "rejected"
+                break
+            answer = reply_of(reply.message)
+            if answer is None:
+                outcome = "no_answer"
+                break
+            if answer.verdict == "old_size_mismatch":
+                old = answer.known_size
+                outcome = "old_size_mismatch"
+                continue
+            if answer.verdict != "cosigned":
+                outcome = answer.verdict
+                break
+            outcome = self._keep(org, signed.checkpoint, answer.cosignature or "")
+            if outcome == "ok":
+                return outcome
+            break
+        self.failed[outcome] += 1
+        log.warning("checkpoint %d not cosigned by %s: %s", size, safe(org), safe(outcome, 64))
+        return outcome
+
+    def _keep(self, org: str, checkpoint: Checkpoint, line: str) -> str:
+        """Checks a witness's cosignature line and keeps it; "ok" or why not."""
+        name = log_origin(self.federation_id, org)
+        try:
+            _, [sig] = parse_note(checkpoint.body() + "\n" + line)
+        except (NoteError, ValueError):
+            return "bad_cosignature"
+        roster = self._roster.current()
+        for key in keys_of(roster, org, self._clock()):
+            if sig.name != name or sig.key_hash != cosignature_key_hash(name, bytes(key)):
+                continue
+            try:
+                verify_cosignature(checkpoint, sig, name, key)
+            except NoteError:
+                continue
+            self._audit.add_cosignature(checkpoint.size, org, sig)
+            self.collected += 1
+            return "ok"
+        return "bad_cosignature"
+
+    async def run(self) -> None:
+        """Submits every witness_interval_s (never, when it is 0), until cancelled."""
+        if self._interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.submit_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a witnessing round must never stop the node
+                log.error("witnessing round failed: %s", type(e).__name__)
+
+    # -- members' checkpoints ------------------------------------------------------------
+
+    def receive(self, sender: str, message: a2a_pb2.Message) -> CosignReply:
+        """A verified member's checkpoint, judged; the answer to send back."""
+        origin = log_origin(self.federation_id, sender)
+        try:
+            note, old, proof = submission(message)
+        except ValueError as e:
+            self.refused["malformed"] += 1
+            return CosignReply(org=self.org_id, verdict="malformed", detail=str(e))
+        roster = self._roster.current()
+        judgement = judge(
+            origin=origin,
+            note=note,
+            old_size=old,
+            proof=proof,
+            keys=keys_of(roster, sender, self._clock()),
+            seen=self._audit.seen(origin),
+            witness_name=self.name,
+            witness_key=signing_key_of(self._key()),
+            now=int(self._clock()),
+        )
+        checkpoint = judgement.checkpoint
+        detail: dict[str, str | int] = {"origin": origin, "verdict": judgement.verdict}
+        if checkpoint is not None:
+            detail["size"] = checkpoint.size
+        self._audit.record("witness", peer=sender, detail=detail)
+        if judgement.cosigned and checkpoint is not None and judgement.cosignature is not None:
+            self._audit.remember_cosigned(checkpoint, note)
+            self.cosigned += 1
+            return CosignReply(
+                org=self.org_id,
+                verdict="cosigned",
+                cosignature=judgement.cosignature.line().rstrip("\n"),
+                known_size=checkpoint.size,
+            )
+        self.refused[judgement.verdict] += 1
+        if judgement.verdict in MISBEHAVIOUR:
+            log.warning("refused checkpoint of %s: %s", safe(sender), judgement.verdict)
+            if self._evidence is not None:
+                self._evidence(Evidence(sender, "protocol", False, f"log_{judgement.verdict}"))
+        return CosignReply(
+            org=self.org_id,
+            verdict=judgement.verdict,
+            detail=judgement.detail or None,
+            known_size=judgement.known_size,
+        )

@@ -214,7 +214,7 @@ class Witnessing:
         """Checks a witness's cosignature line and keeps it; "ok" or why not."""
         name = log_origin(self.federation_id, org)
         try:
-            _, [sig] = parse_note(checkpoint.body() + "\n" + line)
+            _, [sig] = parse_note(checkpoint.body() + "\n" + line.rstrip("\n") + "\n")
         except (NoteError, ValueError):
             return "bad_cosignature"
         roster = self._roster.current()

@@ -81,9 +81,9 @@ def org_dir(fed: LocalFederation, org_id: str) -> Path:
 
 def test_every_log_is_witnessed_by_the_two_others(federation: LocalFederation) -> None:
     def witnessed() -> bool:
-        return all(
-            health(node(federation, o))["audit"]["collected"] >= 2 for o in ORGS
-        ) and all(cli("audit", "verify", str(org_dir(federation, o))).returncode == 0 for o in ORGS)
+        return all(health(node(federation, o))["audit"]["collected"] >= 2 for o in ORGS) and all(
+            cli("audit", "verify", str(org_dir(federation, o))).returncode == 0 for o in ORGS
+        )
 
     wait_until("every log is witnessed", witnessed)
     for org_id in ORGS:

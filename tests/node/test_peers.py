@@ -1,8 +1,9 @@
 """The one outbound exchange (node/peers.py) between real echo nodes on loopback: every
 call to a peer, an ask or a score, passes redact -> sign -> audit -> send -> verify ->
 audit -> assess with the right things at each hook (the audit steps are the signer's and
-the verifier's, told to the node's AuditLog); the peer receives what the redactor left; an answer with a bad signature raises UntrustedAnswer, the assessor is told, and a
-task that relied on it fails with the same status text as before."""
+the verifier's, told to the node's AuditLog); the peer receives what the redactor left;
+an answer with a bad signature raises UntrustedAnswer, the assessor is told, and a task
+that relied on it fails with the same status text as before."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from consortium.errors import ConsortiumError
 
@@ -33,7 +34,8 @@ def admin_key_path(roster: Path, admin_key: Path | None) -> Path:
 
 
 def fail(e: ConsortiumError) -> NoReturn:
-    err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+    # The message is text, not markup: "[federation]" must print as written.
+    err.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 

@@ -335,8 +335,10 @@ def _view(report: LogReport, tree: Tree, view: WitnessView) -> None:
 
 def witness_view(path: Path, origin: str, witness: str) -> WitnessView | None:
     """What `witness`'s own audit log (at `path`) records as the latest checkpoint it
-    cosigned of the log `origin`; None when it cosigned none. Raises OSError or
-    sqlite3.Error when the file cannot be read."""
+    cosigned of the log `origin`; None when it cosigned none (or keeps no log). Raises
+    OSError or sqlite3.Error when the file cannot be read."""
+    if not path.exists():
+        return None
     with tempfile.TemporaryDirectory(prefix="consortium-audit-") as tmp:
         db = sqlite3.connect(snapshot(path, Path(tmp)))
         try:

@@ -21,7 +21,7 @@ from jwcrypto import jwk
 from nacl.signing import VerifyKey
 
 from consortium.errors import ConfigError
-from consortium.federation.roster import Roster, load_verified_roster, write_roster
+from consortium.federation.roster import Roster, load_verified_roster, parse_time, write_roster
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.config import NodeConfig
 from consortium.trust.audit import AuditLog, NoOpAuditLog
@@ -100,20 +100,32 @@ def keys_of(roster: Roster, org: str, when: float) -> list[VerifyKey]:
 class RosterHistory:
     """Every roster version an auditor has (trust.audit.verify.KeyHistory): the keys an
     organization held at a time, from all of them, so a key rotated out (and an old
-    roster version) still verifies what was signed with it."""
+    roster version) still verifies what was signed with it while it was valid. A key
+    is valid until its `not_after`, and until the first later version that no longer
+    lists it was issued."""
 
     def __init__(self, rosters: Sequence[Roster]) -> None:
-        self.rosters = list(rosters)
+        self.rosters = sorted(rosters, key=lambda r: r.version)
 
     def keys(self, org: str, when: float) -> list[VerifyKey]:
         at = datetime.fromtimestamp(when, UTC)
         seen: dict[str, VerifyKey] = {}
-        for roster in self.rosters:
+        for i, roster in enumerate(self.rosters):
             member = roster.member(org)
             for k in member.keys if member is not None else []:
-                if k.x not in seen and k.valid_at(at):
-                    seen[k.x] = verify_key_of(k.jwk())
+                if k.x in seen or not k.valid_at(at) or self._dropped_before(i, org, k.x, at):
+                    continue
+                seen[k.x] = verify_key_of(k.jwk())
         return list(seen.values())
+
+    def _dropped_before(self, index: int, org: str, x: str, at: datetime) -> bool:
+        """Whether a later roster version issued before `at` no longer lists key `x`."""
+        for later in self.rosters[index + 1 :]:
+            member = later.member(org)
+            listed = member is not None and any(k.x == x for k in member.keys)
+            if not listed:
+                return bool(later.issued_at) and parse_time(later.issued_at) <= at
+        return False
 
     def members(self) -> frozenset[str]:
         return frozenset(m.org_id for r in self.rosters for m in r.members)

@@ -408,3 +408,35 @@ def test_a_missing_or_foreign_file_is_a_finding(
     text.write_text("not a database\n")
     report = verify(text, keys)
     assert not report.ok and errors(report)[0].startswith("database: ")
+
+
+def test_a_key_dropped_from_a_later_roster_ends_there(
+    pristine: tuple[Path, Keys], copy: Path
+) -> None:
+    """Key history across roster versions: version 1 lists only acme's first key (no
+    expiry), version 2, issued at ROTATED, only the new one. What the old key signed
+    before version 2 verifies; what it signed after does not."""
+    keys = pristine[1]
+    witnesses = [Member(org_id=w, keys=[member_key(k)]) for w, k in keys.witness.items()]
+    issued = datetime.fromtimestamp(ROTATED, UTC).isoformat()
+    history = RosterHistory(
+        [
+            Roster(
+                federation_id=FED,
+                name="t",
+                version=2,
+                issued_at=issued,
+                members=[Member(org_id=ORG, keys=[member_key(keys.new)]), *witnesses],
+            ),
+            Roster(
+                federation_id=FED,
+                name="t",
+                version=1,
+                members=[Member(org_id=ORG, keys=[member_key(keys.old)]), *witnesses],
+            ),
+        ]
+    )
+    assert verify_log(copy, history, origin=ORIGIN, org=ORG).ok
+    old_key_after_rotation(copy, keys)
+    report = verify_log(copy, history, origin=ORIGIN, org=ORG)
+    assert [e for e in errors(report) if e.startswith("checkpoint 300: is not signed")]

@@ -472,6 +472,15 @@ def build_witnessing(cfg: NodeConfig, federation: Federation | None) -> Witnessi
     member's log misbehaving counts against it when the assessor records evidence."""
     if federation is None or federation.audit_log is None:
         return None
+    roster = federation.roster.current()
+    members = {m.org_id for m in roster.members}
+    for org in cfg.audit.witnesses:
+        if org == cfg.node.org_id or org not in members:
+            raise ConfigError(
+                f"{org} is not another member of federation {roster.federation_id}",
+                path=str(cfg.base_dir / "node.toml"),
+                key="audit.witnesses",
+            )
     assessor = federation.assessor
     signer = federation.signer
     return Witnessing(

@@ -243,3 +243,18 @@ async def test_both_logs_verify(fed: Federation, tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "verified" in result.stdout
+
+
+async def test_witnesses_must_be_other_members(fed: Federation) -> None:
+    from consortium.errors import ConfigError
+    from consortium.node.app import build_witnessing
+    from consortium.node.config import AuditSection
+
+    node = fed.nodes["acme"]
+    for bad in (["umbrella"], ["acme"]):
+        cfg = node.config.model_copy(update={"audit": AuditSection(witnesses=bad)})
+        with pytest.raises(ConfigError, match=r"audit\.witnesses.*not another member"):
+            build_witnessing(cfg, node.federation)
+    good = node.config.model_copy(update={"audit": AuditSection(witnesses=["initech"])})
+    witnessing = build_witnessing(good, node.federation)
+    assert witnessing is not None and witnessing.witnesses() == ["initech"]

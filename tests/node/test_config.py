@@ -276,3 +276,22 @@ def test_trust_peers_settings(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=needle):
             parse_config({**base, "trust": {"peers": bad}}, path=tmp_path / "node.toml")
+
+
+def test_audit_settings(tmp_path: Path) -> None:
+    base = {"node": {"org_id": "acme"}}
+    cfg = parse_config(base, path=tmp_path / "node.toml")
+    assert cfg.audit.enabled and cfg.audit.checkpoint_every == 256
+    assert cfg.audit.durable_against == "crash" and cfg.audit.witnessed_by == 0
+    assert cfg.audit_path == tmp_path / "data" / "audit.sqlite3"
+    for bad, needle in (
+        ({"checkpoint_every": 0}, "audit.checkpoint_every"),
+        ({"checkpoint_interval_s": -1}, "audit.checkpoint_interval_s"),
+        ({"durable_against": "disk"}, "audit.durable_against"),
+        ({"witnesses": ["Globex Corp"]}, "audit.witnesses"),
+        ({"witness_interval_s": -5}, "audit.witness_interval_s"),
+        ({"witnessed_by": -1}, "audit.witnessed_by"),
+        ({"receipt": True}, "audit.receipt"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            parse_config({**base, "audit": bad}, path=tmp_path / "node.toml")

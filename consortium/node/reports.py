@@ -40,6 +40,7 @@ from consortium.federation.roster import Roster
 from consortium.federation.watcher import RosterWatcher
 from consortium.logsafe import safe
 from consortium.node.peers import Call, PeerClient, PeerError, PeerQuarantined
+from consortium.node.periodic import every
 from consortium.protocols.replies import ReportAck
 from consortium.protocols.request_options import METADATA_KEY, request_options
 from consortium.trust.reports import (
@@ -185,17 +186,7 @@ class TrustReports:
     async def run(self) -> None:
         """Sends the report every report_interval_s (never, when it is 0), until
         cancelled; a failed round is logged and the next one comes as planned."""
-        interval = self.settings.report_interval_s
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.send_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a report round must never stop the node
-                log.error("trust report round failed: %s", type(e).__name__)
+        await every(self.settings.report_interval_s, self.send_all, "trust report round")
 
     # -- members' reports --------------------------------------------------------------
 

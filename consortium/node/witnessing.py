@@ -37,6 +37,7 @@ from consortium.federation.watcher import RosterWatcher
 from consortium.logsafe import safe
 from consortium.node.audit import keys_of
 from consortium.node.peers import Call, PeerClient, PeerError, PeerQuarantined
+from consortium.node.periodic import every
 from consortium.protocols.replies import CosignReply
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.audit.log import Signed, SqliteAuditLog, log_origin
@@ -232,16 +233,7 @@ class Witnessing:
 
     async def run(self) -> None:
         """Submits every witness_interval_s (never, when it is 0), until cancelled."""
-        if self._interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.submit_all()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a witnessing round must never stop the node
-                log.error("witnessing round failed: %s", type(e).__name__)
+        await every(self._interval, self.submit_all, "witnessing round")
 
     # -- members' checkpoints ------------------------------------------------------------
 

@@ -62,12 +62,12 @@ def audit_verify(
     def go() -> tuple[LogReport, list[str]]:
         cfg = _config(directory)
         history, skipped = load_history(cfg)
-        federation_id = history.rosters[0].federation_id
+        federation_id = history.latest.federation_id
         origin = log_origin(federation_id, cfg.node.org_id)
         views = []
         for other in witness or []:
             other_cfg = _config(other)
-            if history.rosters[0].member(other_cfg.node.org_id) is None:
+            if history.latest.member(other_cfg.node.org_id) is None:
                 raise ConfigError(
                     f"{other_cfg.node.org_id} is not a member of {federation_id}", key="--witness"
                 )

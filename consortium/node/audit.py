@@ -122,6 +122,11 @@ class RosterHistory:
                 return bool(later.issued_at) and parse_time(later.issued_at) <= at
         return False
 
+    @property
+    def latest(self) -> Roster:
+        """The newest version (rosters are kept oldest first)."""
+        return self.rosters[-1]
+
     def members(self) -> frozenset[str]:
         return frozenset(m.org_id for r in self.rosters for m in r.members)
 

@@ -754,6 +754,7 @@ class Node:
             body["audit"] = {
                 "entries": audit_log.size,
                 "latest_checkpoint": latest.checkpoint.size if latest is not None else 0,
+                "witnessed_size": audit_log.witnessed_size(cfg.audit.witnessed_by),
                 **(self.witnessing.counts() if self.witnessing is not None else {}),
             }
         if self.records is not None:

@@ -359,17 +359,21 @@ class Orchestrator:
             )
         except ValueError as e:
             raise RequestRejected(f"router {router.name}: {e}") from None
+        self.record_decision(router.name, decision)
+        return decision
+
+    def record_decision(self, router: str, decision: Decision) -> None:
+        """Every routing decision goes to the audit log with its reason."""
         self._audit.record(
             "route",
             peer=decision.target,
             detail={
-                "router": router.name,
+                "router": router,
                 "route": decision.route,
                 "reason": decision.reason,
                 "score": decision.score,
             },
         )
-        return decision
 
     # -- multiple choice --------------------------------------------------------------
 
@@ -642,6 +646,7 @@ class Orchestrator:
             reason if decision is None else f"{decision.reason}; {reason}",
             -math.inf if decision is None else decision.score,
         )
+        self.record_decision(router or group.protocol, fallback)
         row = {self.org_id: MemberUsage(tokens=draft.tokens, cost=0.0, calls=1)}
         provenance = self._provenance(
             "local", router or group.protocol, fallback, row, max(probs), started

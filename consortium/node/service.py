@@ -360,6 +360,7 @@ class NodeService:
                 yield Rejected(str(e))
                 return
             local = Decision("local", "", f"{decision.reason}; {e}", decision.score)
+            self.orchestrator.record_decision("redaction", local)
             async for event in self._generate(request, local, scope):
                 yield event
             return

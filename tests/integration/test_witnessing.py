@@ -95,6 +95,8 @@ def test_every_log_is_witnessed_by_the_two_others(federation: LocalFederation) -
         assert report["ok"] and report["witnessed_size"] > 0
         assert any(len(names) == 2 for names in report["cosigners"].values())
         assert not [f for f in report["findings"] if f["severity"] == "error"]
+        audit = health(node(federation, org_id))["audit"]
+        assert 0 < audit["witnessed_size"] <= audit["latest_checkpoint"] <= audit["entries"]
 
 
 def test_a_rolled_back_log_is_refused_and_counted(federation: LocalFederation) -> None:

@@ -375,6 +375,16 @@ class SqliteAuditLog:
         ).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
+    def witnessed_size(self, witnesses: int) -> int:
+        """The size of the newest checkpoint at least `witnesses` members cosigned (0
+        when none)."""
+        row = self._db.execute(
+            "SELECT MAX(size) FROM (SELECT size FROM cosignatures GROUP BY size "
+            "HAVING COUNT(DISTINCT witness) >= ?)",
+            (max(witnesses, 1),),
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
     # -- as a witness of other logs ----------------------------------------------------
 
     def seen(self, origin: str) -> Seen | None:

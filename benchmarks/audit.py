@@ -63,8 +63,8 @@ from consortium.node.setup import init_node
 from consortium.protocols.multiple_choice import Question
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.admission import hop_of
-from consortium.trust.audit import Hop
-from consortium.trust.audit.log import SqliteAuditLog, log_origin
+from consortium.trust.audit import Hop, log_origin
+from consortium.trust.audit.log import SqliteAuditLog
 from consortium.trust.audit.notes import Checkpoint, parse_note
 from consortium.trust.audit.verify import verify_log
 from consortium.trust.audit.witness import Seen, encode_proof, judge

@@ -56,7 +56,7 @@ def audit_verify(
 ) -> None:
     """Verify one organization's audit log: exit 0 only when every check holds."""
     from consortium.node.audit import load_history
-    from consortium.trust.audit.log import log_origin
+    from consortium.trust.audit import log_origin
     from consortium.trust.audit.verify import verify_log, witness_view
 
     def go() -> tuple[LogReport, list[str]]:

@@ -268,7 +268,6 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
             assessor=assessor,
             credentials=cfg.client_credentials(),
         )
-        peers.audit = audit
     except BaseException:
         replay.close()
         close_assessor()

@@ -33,7 +33,6 @@ of the same kind to the same peer alongside, in the background, through `answer_
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +51,6 @@ from opentelemetry.trace import SpanKind
 
 from consortium.errors import NodeUnavailableError, RequestRejected, UntrustedAnswer
 from consortium.federation.watcher import RosterWatcher
-from consortium.node.audit import keys_of
 from consortium.node.client import open_client, text_message
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
@@ -60,9 +58,6 @@ from consortium.protocols.redaction import Redactor
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.protocols.routing import Peer
 from consortium.trust.admission import MessageVerifier, Verified
-from consortium.trust.audit import AuditLog, NoOpAuditLog, Scalar
-from consortium.trust.audit.inclusion import RECEIPT_KEY, check_receipt
-from consortium.trust.audit.log import log_origin
 from consortium.trust.claims import TaskEvent
 from consortium.trust.refusals import Rejected
 from consortium.trust.reputation import Assessor, Verdict
@@ -201,8 +196,6 @@ class PeerClient:
         self.redactor = redactor
         self.assessor = assessor
         self.canaries: CanaryMixer = NoCanaries()
-        # Told of what the log receipt of each reply proves (trust.audit.inclusion).
-        self.audit: AuditLog = NoOpAuditLog()
         self._clients: dict[tuple[str, str, bool], Client] = {}
 
     def _client(self, org: str, streaming: bool = True) -> Client:
@@ -373,40 +366,12 @@ class PeerClient:
                 span.set_attribute("consortium.failure", e.failure)
                 self.assessor.assess(Verdict(org, request, None, failure=e.failure))
                 raise
-            self._check_inclusion(org, request, request_digest, reply.message)
             claim = self._claim(org, reply.message)
             self.assessor.assess(Verdict(org, request, reply.message, claim=claim))
             span.set_attribute("consortium.verdict", "verified")
             if claim:
                 span.set_attribute("consortium.claim", claim)
             return replace(reply, reputation=standing.score, claim=claim, canary=standing.canary)
-
-    def _check_inclusion(
-        self, org: str, request: a2a_pb2.Message, request_digest: str, reply: a2a_pb2.Message
-    ) -> None:
-        """Checks and records the reply's log receipt, when it carries one: the proof that
-        the peer's audit log holds its entry of the request."""
-        if RECEIPT_KEY not in reply.metadata:
-            return
-        raw = MessageToDict(reply.metadata).get(RECEIPT_KEY)
-        roster = self._roster.current()
-        found = check_receipt(
-            raw,
-            origin=log_origin(roster.federation_id, org),
-            keys=keys_of(roster, org, time.time()),
-            request_id=request.message_id,
-            request_digest=request_digest,
-            asker=self._signer.org_id,
-        )
-        detail: dict[str, Scalar] = {
-            "msg": request.message_id,
-            "verdict": found.verdict,
-            "index": found.index,
-            "size": found.size,
-        }
-        if found.verdict == "included":
-            detail["receipt"] = json.dumps(raw, sort_keys=True, separators=(",", ":"))
-        self.audit.record("inclusion", peer=org, detail=detail)
 
     def _claim(self, org: str, reply: a2a_pb2.Message) -> str:
         member = self._roster.current().member(org)

@@ -40,7 +40,8 @@ from consortium.node.peers import Call, PeerClient, PeerError, PeerQuarantined
 from consortium.node.periodic import every
 from consortium.protocols.replies import CosignReply
 from consortium.protocols.request_options import METADATA_KEY
-from consortium.trust.audit.log import Signed, SqliteAuditLog, log_origin
+from consortium.trust.audit import log_origin
+from consortium.trust.audit.log import Signed, SqliteAuditLog
 from consortium.trust.audit.notes import (
     Checkpoint,
     NoteError,

@@ -28,7 +28,8 @@ from jwcrypto import jwk
 from nacl.signing import SigningKey
 
 from consortium.errors import ConsortiumError
-from consortium.trust.audit import AuditLog, Hop, HopKind, NoOpAuditLog
+from consortium.trust.audit import AuditLog, Hop, HopKind, NoOpAuditLog, log_origin
+from consortium.trust.audit.inclusion import RECEIPT_KEY, check_receipt
 from consortium.trust.call_proof import VerifiedCall, params_digest, read_call_claims
 from consortium.trust.claims import (
     CLAIMS_KEY,
@@ -46,6 +47,7 @@ from consortium.trust.jws import (
     canonical,
     protected_header,
     verify_compact,
+    verify_key_of,
     verify_payload,
 )
 from consortium.trust.keys import key_id
@@ -274,6 +276,10 @@ class MessageVerifier:
                 )
             raise
         if claims.sender != self._org:  # the organization's own clients are no hop
+            receipt = parts.form.get("metadata", {}).get(RECEIPT_KEY)
+            inclusion = ""
+            if receipt is not None and request_digest is not None:
+                inclusion = self._inclusion(claims, receipt, request_digest)
             self.audit.received(
                 Hop(
                     kind=claims.kind,
@@ -284,9 +290,30 @@ class MessageVerifier:
                     jws=str(parts.token),
                     request_digest=claims.request_digest,
                     task_id=str(message.task_id),
+                    inclusion=inclusion,
+                    receipt=receipt if inclusion else None,
                 )
             )
         return verified
+
+    def _inclusion(self, claims: Claims, receipt: object, request_digest: str) -> str:
+        """What an answer's log receipt proves: "included" when the sender's log holds
+        its entry of our request (trust.audit.inclusion), else why not."""
+        roster = self._roster()
+        member = roster.member(claims.sender)
+        at = datetime.fromtimestamp(self._clock(), UTC)
+        keys = []
+        for k in getattr(member, "keys", ()):
+            if k.valid_at(at):
+                with contextlib.suppress(SignatureError, ConsortiumError):
+                    keys.append(verify_key_of(k.jwk()))
+        return check_receipt(
+            receipt,
+            origin=log_origin(roster.federation_id, claims.sender),
+            keys=keys,
+            request_digest=request_digest,
+            asker=self._org,
+        ).verdict
 
     def _check(
         self,

@@ -24,7 +24,7 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from consortium.node.client import text_message
 from consortium.node.witnessing import cosign_message
 from consortium.protocols.request_options import METADATA_KEY
-from consortium.trust.audit.log import log_origin
+from consortium.trust.audit import log_origin
 from consortium.trust.audit.notes import Checkpoint, format_note, sign_note
 from consortium.trust.jws import signing_key_of
 from consortium.trust.keys import generate_key, load_private_key
@@ -89,12 +89,12 @@ async def test_an_escalation_is_logged_on_both_sides(fed: Federation) -> None:
     for (kind, _, _), entry in sent.items():
         if kind != "request":
             assert entry["req"] == request["digest"]
-    # globex's answer carried the receipt of its entry of the request: included.
-    [inclusion] = [
-        e for e in acme if e["kind"] == "inclusion" and e["detail"]["msg"] == request["msg"]
-    ]
-    assert inclusion["detail"]["verdict"] == "included" and inclusion["peer"] == "globex"
-    receipt = json.loads(inclusion["detail"]["receipt"])
+    # globex's answer carried the receipt of its entry of the request: included, and
+    # kept in acme's entry of the answer.
+    [(_, _, answer_id)] = [k for k in sent if k[0] == "answer" and k[1] == "in"]
+    answer_entry = sent[("answer", "in", answer_id)]
+    assert answer_entry["inclusion"] == "included"
+    receipt = answer_entry["receipt"]
     logged = json.loads(receipt["entry"])
     assert logged["msg"] == request["msg"] and logged["digest"] == request["digest"]
     assert logged["dir"] == "in" and logged["peer"] == "acme"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Scalar = str | int | float | bool
 HopKind = Literal["request", "answer", "event", "call"]
@@ -39,6 +39,16 @@ class Hop:
     request_digest: str = ""
     task_id: str = ""
     method: str = ""  # a call proof's A2A method
+    # An answer's log receipt (trust.audit.inclusion) as it came, and what its check
+    # found ("included", or why not); empty when the answer carried none.
+    inclusion: str = ""
+    receipt: Mapping[str, Any] | None = None
+
+
+def log_origin(federation_id: str, org_id: str) -> str:
+    """The name of an organization's log (a checkpoint's origin line and its signed-note
+    key name)."""
+    return f"consortium/{federation_id}/{org_id}"
 
 
 class AuditLog(Protocol):

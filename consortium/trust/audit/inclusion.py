@@ -5,8 +5,9 @@ The receipt, in the reply's `metadata["consortium.audit"]` (inside the signature
 `{"index": I, "entry": ENTRY, "checkpoint": NOTE, "proof": [...]}` — the peer's entry of
 the request as it is in its log (canonical JSON: identifiers and digests only), a
 checkpoint of the peer's log signed by the peer, and the inclusion proof of the entry in
-that checkpoint. `check_receipt` is the asker's check: the entry is the one of this
-request (its message id and digest, received from this node), the checkpoint is a
+that checkpoint. `check_receipt` is the asker's check (the verifier makes it as it admits
+the answer): the entry is the one of this request (its digest, and message id when
+known, received from this node), the checkpoint is a
 checkpoint of the peer's log signed by a key the peer holds, and the proof includes the
 entry's leaf in it.
 """
@@ -46,8 +47,8 @@ def check_receipt(
     *,
     origin: str,
     keys: Sequence[VerifyKey],
-    request_id: str,
     request_digest: str,
+    request_id: str = "",
     asker: str,
 ) -> Inclusion:
     """The asker's check of a receipt (see the module docstring)."""
@@ -71,7 +72,7 @@ def check_receipt(
         return Inclusion("malformed", index)
     if (
         fields.get("seq") != index
-        or fields.get("msg") != request_id
+        or (request_id and fields.get("msg") != request_id)
         or fields.get("digest") != request_digest
         or fields.get("peer") != asker
         or fields.get("dir") != "in"

@@ -11,9 +11,13 @@ bytes, so anyone holding an entry can recompute its leaf hash.
 
 Every append is its own committed transaction before `append` returns: the hooks call
 it before a message is sent or acted on, so after a crash (even SIGKILL) the log holds
-every message the node acted on. SQLite's WAL with synchronous=NORMAL keeps committed
-transactions across a process crash; `durable_against="power"` (synchronous=FULL) also
-across a power cut, at the price of an fsync per entry.
+every message the node acted on. A committed transaction in SQLite's WAL survives a crash
+of the process whatever the synchronous setting (the write is in the operating
+system's hands), so `durable_against="crash"` runs synchronous=OFF; "power" runs
+synchronous=FULL, an fsync per entry, to survive a power cut too. The table has no
+secondary index: each would cost a page write per entry (the entries' index columns
+serve an auditor's scans of a copy), and a receipt finds its request's entry through an
+in-memory map of the requests received lately.
 
 A checkpoint is signed every `checkpoint_every` entries, and by `maybe_checkpoint` once
 `checkpoint_interval_s` has passed with new entries (the node calls it periodically).
@@ -28,6 +32,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +42,7 @@ from jwcrypto import jwk
 from opentelemetry import trace
 
 from consortium.errors import ConsortiumError
-from consortium.trust.audit import Hop, Scalar
+from consortium.trust.audit import Hop, Scalar, log_origin
 from consortium.trust.audit.inclusion import receipt
 from consortium.trust.audit.merkle import Tree, leaf_hash
 from consortium.trust.audit.notes import (
@@ -52,6 +57,7 @@ from consortium.trust.jws import canonical, signing_key_of
 
 FORMAT_VERSION = 1
 MAX_FIELD_CHARS = 256  # what a refusal records of unauthenticated claims
+MAX_RECENT_REQUESTS = 4096  # requests whose entry a receipt can still find
 Direction = Literal["in", "out", "local"]
 
 SCHEMA = """
@@ -65,8 +71,6 @@ CREATE TABLE IF NOT EXISTS entries (
     task_id TEXT NOT NULL,
     trace_id TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_message ON entries (message_id);
-CREATE INDEX IF NOT EXISTS entries_trace ON entries (trace_id);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY,
     note TEXT NOT NULL,
@@ -91,12 +95,6 @@ CREATE TABLE IF NOT EXISTS witnessed (
 
 class AuditError(ConsortiumError):
     """The audit log cannot be used: damaged, from another organization, or unreadable."""
-
-
-def log_origin(federation_id: str, org_id: str) -> str:
-    """The name of an organization's log (a checkpoint's origin line and its signed-note
-    key name)."""
-    return f"consortium/{federation_id}/{org_id}"
 
 
 @dataclass(frozen=True)
@@ -142,12 +140,14 @@ class SqliteAuditLog:
         self._interval = checkpoint_interval_s
         self._clock = clock
         self._lock = threading.Lock()
+        # Requests received lately: message id -> the position of their entry.
+        self._requests: OrderedDict[str, int] = OrderedDict()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             path.chmod(0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
-            sync = "FULL" if durable_against == "power" else "NORMAL"
+            sync = "FULL" if durable_against == "power" else "OFF"
             self._db.execute(f"PRAGMA synchronous={sync}")
             self._db.executescript(SCHEMA)
             self._claim_origin()
@@ -271,7 +271,7 @@ class SqliteAuditLog:
         self._hop(hop, "in")
 
     def _hop(self, hop: Hop, direction: Direction) -> None:
-        self.append(
+        seq = self.append(
             hop.kind,
             direction,
             peer=hop.peer,
@@ -284,8 +284,15 @@ class SqliteAuditLog:
                 "req": hop.request_digest,
                 "method": hop.method,
                 "verdict": "verified" if direction == "in" else "",
+                "inclusion": hop.inclusion,
+                "receipt": hop.receipt,
             },
         )
+        if direction == "in" and hop.kind == "request":
+            with self._lock:
+                self._requests[hop.message_id] = seq
+                while len(self._requests) > MAX_RECENT_REQUESTS:
+                    self._requests.popitem(last=False)
 
     def refused(self, *, sender: str, message_id: str, reason: str, what: str) -> None:
         self.append(
@@ -414,10 +421,10 @@ class SqliteAuditLog:
 
     def receipt(self, message_id: str) -> dict[str, Any] | None:
         """The log receipt (trust.audit.inclusion) of the request `message_id` this node
-        received: its entry, a checkpoint of the log as it is now, signed but not kept
-        (consistent with every later one), and the inclusion proof. None when the log
-        holds no such entry."""
-        seq = self.seq_of(message_id, "in")
+        received lately: its entry, a checkpoint of the log as it is now, signed but not
+        kept (consistent with every later one), and the inclusion proof. None when the
+        log holds no such entry (or it is too old to be among the recent ones)."""
+        seq = self._requests.get(message_id)
         if seq is None:
             return None
         row = self._db.execute("SELECT body FROM entries WHERE seq = ?", (seq,)).fetchone()
@@ -432,16 +439,6 @@ class SqliteAuditLog:
     def entry(self, seq: int) -> dict[str, Any] | None:
         row = self._db.execute("SELECT body FROM entries WHERE seq = ?", (seq,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
-
-    def seq_of(self, message_id: str, direction: Direction) -> int | None:
-        """The position of the entry of `message_id` in `direction` (the first)."""
-        for seq, body in self._db.execute(
-            "SELECT seq, body FROM entries WHERE message_id = ? ORDER BY seq LIMIT 8",
-            (message_id,),
-        ):
-            if json.loads(body).get("dir") == direction:
-                return int(seq)
-        return None
 
     def close(self) -> None:
         with self._lock:

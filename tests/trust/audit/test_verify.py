@@ -19,8 +19,8 @@ from jwcrypto import jwk
 
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.node.audit import RosterHistory
-from consortium.trust.audit import Hop
-from consortium.trust.audit.log import AuditError, SqliteAuditLog, log_origin
+from consortium.trust.audit import Hop, log_origin
+from consortium.trust.audit.log import AuditError, SqliteAuditLog
 from consortium.trust.audit.merkle import leaf_hash
 from consortium.trust.audit.notes import Checkpoint, cosign, format_note, parse_note, sign_note
 from consortium.trust.audit.verify import LogReport, WitnessView, verify_log

@@ -135,8 +135,10 @@ class AuditSection(_Section):
     # member), and how often (0: never; members' checkpoints are still witnessed).
     witnesses: list[Annotated[str, Field(pattern=ORG_ID_PATTERN)]] = Field(default_factory=list)
     witness_interval_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
-    # Replies to members carry the inclusion proof of this node's entry of their request.
-    receipts: bool = True
+    # Replies to members carry the inclusion proof of this node's entry of their request
+    # (off by default: a checkpoint signed per reply and ~1.5 KB more per answer; see
+    # benchmarks/audit.py).
+    receipts: bool = False
 
 
 class LoggingSection(_Section):

@@ -35,9 +35,17 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 SECRET = "the quarterly numbers of Project Nightingale"
 
 
+class ReceiptFederation(Federation):
+    """Echo nodes whose replies carry log receipts (`[audit] receipts = true`)."""
+
+    def config(self, org: str) -> Any:
+        cfg = super().config(org)
+        return cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"receipts": True})})
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Federation]:
-    f = Federation(tmp_path_factory.mktemp("audit"))
+    f = ReceiptFederation(tmp_path_factory.mktemp("audit"))
     try:
         await f.start()
         yield f

@@ -283,6 +283,7 @@ def test_audit_settings(tmp_path: Path) -> None:
     cfg = parse_config(base, path=tmp_path / "node.toml")
     assert cfg.audit.enabled and cfg.audit.checkpoint_every == 256
     assert cfg.audit.durable_against == "crash" and cfg.audit.witnessed_by == 0
+    assert not cfg.audit.receipts
     assert cfg.audit_path == tmp_path / "data" / "audit.sqlite3"
     for bad, needle in (
         ({"checkpoint_every": 0}, "audit.checkpoint_every"),

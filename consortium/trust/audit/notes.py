@@ -63,6 +63,9 @@ def _unb64(text: str, what: str) -> bytes:
     return data
 
 
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")  # control characters but newline
+
+
 def _check_text(text: str, what: str) -> None:
     """Valid UTF-8 with no control characters but newline, per the signed-note spec."""
     if not isinstance(text, str):
@@ -71,9 +74,10 @@ def _check_text(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         raise NoteError(f"{what} is not valid UTF-8") from error
-    for position, char in enumerate(text):
-        if char < " " and char != "\n":
-            raise NoteError(f"{what} contains control character {char!r} at {position}")
+    found = _CONTROL.search(text)
+    if found is not None:
+        char = found.group()
+        raise NoteError(f"{what} contains control character {char!r} at {found.start()}")
 
 
 def _check_body(body: str) -> None:

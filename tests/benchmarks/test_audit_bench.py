@@ -56,7 +56,7 @@ def test_audit_benchmark_prints_every_figure() -> None:
 
     rt = d["round_trip"]
     for call, entries in (("ask", 5), ("score", 3)):
-        for arm in ("audit_on", "audit_off", "audit_on_no_receipts"):
+        for arm in ("audit_on", "audit_off", "audit_on_receipts"):
             positive(rt[call][arm], "ms")
             assert rt[call][arm]["n"] == 3
         assert rt[call]["ratio_p50_on_over_off"] > 0

@@ -2,7 +2,8 @@
 
   1. logging one message: SqliteAuditLog.sent(Hop) per call, on a file in a temp dir,
      with durable_against "crash" (WAL, synchronous=OFF: a committed transaction survives
-     a process crash) and "power" (synchronous=FULL: an fsync per entry); baseline: the same Hop construction without logging; for scale,
+     a process crash) and "power" (synchronous=FULL: an fsync per entry); baseline: the
+     same Hop construction without logging; for scale,
      Signer.sign_request of a realistic ~500-character request (target: < 1 ms/message);
   2. a signed round trip through the exchange (PeerClient.answer_of, i.e. `ask` without
      the canary mixer, and PeerClient.scores_of) between two in-process echo nodes on

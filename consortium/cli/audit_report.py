@@ -48,6 +48,9 @@ SCRIPT = r"""
   const span = Math.max(t1 - t0, 1e-3);
   const orgs = [...new Set([...(data.orgs || []), ...hops.map(h => h.sender)])];
   const timeline = document.getElementById('timeline');
+  const axis = document.getElementById('axis');
+  axis.textContent = 'from ' + (hops.length ? hops[0].time : '-') + ', ' +
+    (span * 1000).toFixed(1) + ' ms across';
   const tracks = {};
   for (const org of orgs) {
     const lane = el('div', 'lane');
@@ -79,7 +82,7 @@ SCRIPT = r"""
     const row = el('tr', 'hop-row');
     row.dataset.messageId = h.message_id;
     for (const v of [h.time, h.sender + ' \u2192 ' + h.receiver, h.kind, h.mode,
-                     h.message_id.slice(0, 8), h.latency_ms === null ? '' : h.latency_ms + ' ms',
+                     h.message_id.slice(0, 12), h.latency_ms === null ? '' : h.latency_ms + ' ms',
                      h.model, h.tokens === null ? '' : h.tokens, h.verdict]) {
       row.appendChild(el('td', '', v));
     }
@@ -129,7 +132,7 @@ def render_html(data: dict[str, Any]) -> str:
 <body>
 <h1>Consortium audit trace</h1>
 <p>Trace <code id="trace-id"></code>: <span id="status">the report needs JavaScript</span></p>
-<h2>Timeline</h2><div id="timeline"></div>
+<h2>Timeline</h2><p id="axis"></p><div id="timeline"></div>
 <h2>Hops</h2>
 <table><thead><tr><th>time</th><th>hop</th><th>kind</th><th>mode</th><th>message</th>
 <th>latency</th><th>model</th><th>tokens</th><th>verdict</th></tr></thead>

@@ -46,7 +46,8 @@ def audit_trace(
     ] = None,
 ) -> None:
     """Rebuild a task's path across organizations and check every hop and log."""
-    from consortium.node.audit_trace import find_traces, read_orgs, trace_report
+    from consortium.node.audit_records import read_orgs
+    from consortium.node.audit_trace import find_traces, trace_report
 
     def go() -> TraceReport:
         if not org:
@@ -144,6 +145,7 @@ def report_dict(report: TraceReport) -> dict[str, Any]:
                 "checkpoints": log.checkpoints,
                 "latest_checkpoint": log.latest_checkpoint,
                 "witnessed_size": log.witnessed_size,
+                "cosigners": {str(k): v for k, v in sorted(log.cosigners.items())},
                 "findings": [
                     {"severity": f.severity, "where": f.where, "what": f.what} for f in log.findings
                 ],
@@ -218,8 +220,10 @@ def _print(report: TraceReport) -> None:
     for org, log in report.logs.items():
         state = Text("verified", style="green") if log.ok else Text("FAILED", style="red")
         head = Text(
-            f"log of {org}: {log.entries} entries, {log.checkpoints} checkpoints, "
-            f"witnessed to {log.witnessed_size}: "
+            f"log of {org}: {log.entries} entries, {log.checkpoints} checkpoints "
+            f"({sum(1 for n in log.cosigners.values() if n)} cosigned"
+            + (f", witnessed to {log.witnessed_size}" if log.witnessed_size else "")
+            + "): "
         )
         out.print(head + state, highlight=False)
         for lf in log.findings:

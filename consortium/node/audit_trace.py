@@ -2,8 +2,8 @@
 the OpenTelemetry spans each organization exported, joined with their audit logs and
 the signed copies in their task stores, and every hop checked.
 
-Pure data in (`OrgRecords`: what was read of each organization, `load_org` reads it
-without writing anything), a typed `TraceReport` out. What is checked:
+Pure data in (`OrgRecords`: what was read of each organization; node/audit_records.py
+reads it without writing anything), a typed `TraceReport` out. What is checked:
 
 - each organization's log (trust.audit.verify.verify_log) with what the other given
   organizations cosigned of it (a fork, a rollback, an unwitnessed log);
@@ -30,71 +30,29 @@ import base64
 import binascii
 import contextlib
 import json
-import sqlite3
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import DecodeError
 
-from consortium.errors import ConfigError
 from consortium.federation.roster import Roster
-from consortium.node.audit import RosterHistory, load_history
-from consortium.node.config import NodeConfig
+from consortium.node.audit import RosterHistory
+from consortium.node.audit_records import OrgRecords, SignedCopy, Span
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.admission import Verified, verify_authentic
 from consortium.trust.audit.inclusion import check_receipt
 from consortium.trust.audit.log import log_origin
-from consortium.trust.audit.verify import LogReport, snapshot, verify_log, witness_view
+from consortium.trust.audit.verify import LogReport
 from consortium.trust.claims import SIGNATURE_KEY, read_signed
 from consortium.trust.jws import canonical
 from consortium.trust.refusals import Rejected
 
 HOP_KINDS = ("request", "answer", "event", "call")
 LOCAL_KINDS = ("route", "trust", "receipt", "witness", "policy")
-
-
-@dataclass(frozen=True)
-class Span:
-    """One exported span: ids as lowercase hex, times in seconds since the epoch."""
-
-    org: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    start: float
-    end: float
-    attrs: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class SignedCopy:
-    """A signed message found in an organization's task store."""
-
-    org: str
-    message: a2a_pb2.Message
-
-
-@dataclass
-class OrgRecords:
-    """What was read of one organization: its log's report (entries parsed), its spans
-    (None when it exports none to a file), the signed messages in its task store, and
-    what could not be read (one line each)."""
-
-    org: str
-    origin: str
-    log: LogReport
-    history: RosterHistory
-    spans: list[Span] | None
-    copies: list[SignedCopy] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -160,112 +118,6 @@ class TraceReport:
 
     def warn(self, where: str, what: str) -> None:
         self.findings.append(TraceFinding("warning", where, what))
-
-
-# -- reading -------------------------------------------------------------------------
-
-
-def _hex_id(raw: object, size: int) -> str:
-    """An OTLP JSON id (hex, or base64 as protobuf's JSON mapping writes bytes) as hex."""
-    if not isinstance(raw, str) or not raw:
-        return ""
-    text = raw.lower()
-    if len(text) == 2 * size and all(c in "0123456789abcdef" for c in text):
-        return text
-    try:
-        decoded = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        return ""
-    return decoded.hex() if len(decoded) == size else ""
-
-
-def _value(v: object) -> Any:
-    if not isinstance(v, Mapping):
-        return None
-    if "stringValue" in v:
-        return str(v["stringValue"])
-    if "intValue" in v:
-        return int(v["intValue"])
-    if "doubleValue" in v:
-        return float(v["doubleValue"])
-    if "boolValue" in v:
-        return bool(v["boolValue"])
-    if "arrayValue" in v:
-        values = v["arrayValue"].get("values", []) if isinstance(v["arrayValue"], Mapping) else []
-        return [_value(x) for x in values]
-    return None
-
-
-def _seconds(raw: object) -> float:
-    try:
-        return int(str(raw)) / 1e9
-    except ValueError:
-        return 0.0
-
-
-def parse_spans(lines: Sequence[str], source: str) -> tuple[list[Span], list[str]]:
-    """Spans of OTLP JSON lines (one export request per line) and a line for each line
-    that is not one."""
-    spans: list[Span] = []
-    problems: list[str] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            spans.extend(_spans_of(json.loads(line)))
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            problems.append(f"{source} line {number} is not OTLP JSON ({type(e).__name__})")
-    return spans, problems
-
-
-def _spans_of(doc: Mapping[str, Any]) -> Iterator[Span]:
-    for rs in doc.get("resourceSpans", []):
-        resource = {a["key"]: _value(a["value"]) for a in rs["resource"].get("attributes", [])}
-        org = str(resource.get("service.name", ""))
-        for ss in rs.get("scopeSpans", []):
-            for s in ss.get("spans", []):
-                yield Span(
-                    org=org,
-                    trace_id=_hex_id(s.get("traceId"), 16),
-                    span_id=_hex_id(s.get("spanId"), 8),
-                    parent_id=_hex_id(s.get("parentSpanId"), 8),
-                    name=str(s.get("name", "")),
-                    start=_seconds(s.get("startTimeUnixNano", 0)),
-                    end=_seconds(s.get("endTimeUnixNano", 0)),
-                    attrs={a["key"]: _value(a["value"]) for a in s.get("attributes", [])},
-                )
-
-
-def read_signed_copies(path: Path, org: str) -> tuple[list[SignedCopy], list[str]]:
-    """The signed messages in a task store (each task's history and status message),
-    read from a private copy; and a line for what could not be read."""
-    if not path.is_file():
-        return [], []
-    copies: list[SignedCopy] = []
-    with tempfile.TemporaryDirectory(prefix="consortium-trace-") as tmp:
-        try:
-            db = sqlite3.connect(snapshot(path, Path(tmp)))
-        except (OSError, sqlite3.Error) as e:
-            return [], [f"the task store {path} cannot be read: {e}"]
-        try:
-            rows = db.execute("SELECT body FROM tasks").fetchall()
-        except sqlite3.Error as e:
-            return [], [f"the task store {path} cannot be read: {e}"]
-        finally:
-            db.close()
-    for (body,) in rows:
-        task = a2a_pb2.Task()
-        try:
-            task.ParseFromString(bytes(body))
-        except (DecodeError, TypeError):
-            continue
-        messages = list(task.history)
-        if task.status.HasField("message"):
-            messages.append(task.status.message)
-        for m in messages:
-            if SIGNATURE_KEY in m.metadata:
-                copies.append(SignedCopy(org, m))
-    return copies, []
 
 
 # -- joining -------------------------------------------------------------------------
@@ -706,11 +558,14 @@ class _Join:
             )
             return
         org = self.orgs[decision["org"]]
-        raw_entry = next((e for e in org.log.bodies if e.get("seq") == decision["entry"]), {}).get(
-            "detail", {}
+        logged: dict[str, Any] = next(
+            (e for e in org.log.bodies if e.get("seq") == decision["entry"]), {}
         )
+        detail_of = logged.get("detail", {})
         try:
-            raw = json.loads(str(raw_entry.get("receipt", "")))
+            raw = json.loads(
+                str(detail_of.get("receipt", "")) if isinstance(detail_of, dict) else ""
+            )
         except ValueError:
             self.report.error(where, "the log receipt cannot be read")
             return
@@ -744,61 +599,3 @@ class _Join:
 def trace_report(orgs: Sequence[OrgRecords], trace_id: str, task_id: str = "") -> TraceReport:
     """Every check of the module docstring over the trace `trace_id` (hex)."""
     return _Join(orgs, trace_id.lower(), task_id).run()
-
-
-def read_orgs(configs: Sequence[NodeConfig]) -> list[OrgRecords]:
-    """What an auditor reads of each organization (never writing any of it): its roster
-    history, its log verified with what the other given organizations cosigned of it,
-    its spans (when it exports them to a file) and the signed copies in its task store.
-    Raises ConfigError for organizations that cannot be audited together."""
-    ids = [c.node.org_id for c in configs]
-    twice = sorted({o for o in ids if ids.count(o) > 1})
-    if twice:
-        raise ConfigError(f"{', '.join(twice)} given more than once", key="--org")
-    histories = [load_history(c) for c in configs]
-    federation = histories[0][0].rosters[0].federation_id
-    for cfg, (history, _) in zip(configs, histories, strict=True):
-        if history.rosters[0].federation_id != federation:
-            raise ConfigError(
-                f"{cfg.node.org_id} is in federation {history.rosters[0].federation_id}, "
-                f"not {federation}",
-                key="--org",
-            )
-    records = []
-    for cfg, (history, skipped) in zip(configs, histories, strict=True):
-        org = cfg.node.org_id
-        origin = log_origin(federation, org)
-        problems = [f"archived roster left out: {line}" for line in skipped]
-        views = []
-        for other in configs:
-            if other is cfg:
-                continue
-            try:
-                view = witness_view(other.audit_path, origin, other.node.org_id)
-            except (OSError, sqlite3.Error) as e:
-                problems.append(f"{other.node.org_id}'s audit log cannot be read: {e}")
-                continue
-            if view is not None:
-                views.append(view)
-        report = verify_log(
-            cfg.audit_path,
-            history,
-            origin=origin,
-            org=org,
-            witnessed_by=cfg.audit.witnessed_by,
-            witness_views=views,
-        )
-        spans: list[Span] | None = None
-        if cfg.telemetry.exporter == "file":
-            path = cfg.data_dir / cfg.telemetry.path
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-            except (OSError, UnicodeDecodeError) as e:
-                lines = []
-                problems.append(f"the spans file {path} cannot be read: {e}")
-            spans, bad = parse_spans(lines, str(path))
-            problems += bad
-        copies, bad = read_signed_copies(cfg.database_path, org)
-        problems += bad
-        records.append(OrgRecords(org, origin, report, history, spans, copies, problems))
-    return records

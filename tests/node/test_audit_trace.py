@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from consortium.node.audit_trace import find_traces, read_orgs, trace_report
+from consortium.node.audit_records import read_orgs
+from consortium.node.audit_trace import find_traces, trace_report
 from consortium.node.config import load_config, parse_config
 from tests.integration.test_federation import ORGS, Federation
 
@@ -61,13 +62,15 @@ def entries(path: Path) -> list[dict[str, Any]]:
         db.close()
 
 
-def trace_of(log: list[dict[str, Any]], peer: str, mode_peers: int = 1) -> str:
+def trace_of(log: list[dict[str, Any]], peer: str) -> str:
     return str([e for e in log if e["kind"] == "request" and e.get("peer") == peer][-1]["trace"])
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def traced(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Traced]:
-    fed = PanelFederation(tmp_path_factory.mktemp("trace"))
+async def record_tasks(tmp: Path) -> Traced:
+    """Runs an escalation and a vote on a fresh echo federation in `tmp`, stops it (which
+    flushes every node's span exporter and checkpoints every log) and writes each
+    organization's node.toml as an auditor reads it."""
+    fed = PanelFederation(tmp)
     try:
         await fed.start()
         escalated = await fed.ask_via("acme", SECRET, route="always:globex")
@@ -77,20 +80,20 @@ async def traced(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Trac
         voted = await fed.ask_via("acme", QUESTION, choices=CHOICES, route="panel")
         assert voted.state == "completed", voted.status_text
         vote = trace_of(entries(acme_log), "initech")
-        for org in ORGS:  # checkpoints the witnesses cosign at the next exchange
-            log = fed.nodes[org].federation.audit_log  # type: ignore[union-attr]
-            assert log is not None
-            log.checkpoint()
     finally:
-        await fed.stop()  # flushes every node's span exporter and checkpoints every log
+        await fed.stop()
     dirs = {}
     for org in ORGS:
-        # The organization's node.toml as an auditor reads it (the test's nodes run on a
-        # config built in memory).
+        # The test's nodes run on a config built in memory; node.toml gets its federation.
         with (fed.tmp / org / "node.toml").open("a") as f:
             f.write(f'\n[federation]\nroster = "{fed.roster}"\nadmin_key = "{fed.admin_pub}"\n')
         dirs[org] = fed.tmp / org
-    yield Traced(fed, dirs, escalation, vote, escalated.task_id, voted.task_id)
+    return Traced(fed, dirs, escalation, vote, escalated.task_id, voted.task_id)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def traced(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Traced]:
+    yield await record_tasks(tmp_path_factory.mktemp("trace"))
 
 
 def report_of(traced: Traced, trace_id: str, orgs: tuple[str, ...] = ORGS) -> Any:

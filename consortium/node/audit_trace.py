@@ -130,7 +130,7 @@ def find_traces(orgs: Sequence[OrgRecords], task_id: str) -> list[str]:
         for s in o.spans or []:
             if task_id in (s.attrs.get("a2a.task.id"), s.attrs.get("consortium.task.id")):
                 seen[s.trace_id] += 1
-        for e in o.log.bodies:
+        for e in entries_of(o.log):
             if e.get("task") == task_id and e.get("trace"):
                 seen[str(e["trace"])] += 1
     return [t for t, _ in seen.most_common() if t]
@@ -145,8 +145,42 @@ def _kid_of(jws: str) -> str:
     return str(header.get("kid", "")) if isinstance(header, dict) else ""
 
 
+TEXT_FIELDS = (
+    *("kind", "dir", "peer", "msg", "task", "trace", "span"),
+    *("kid", "digest", "jws", "req", "verdict", "what", "method"),
+)
+
+
+def entries_of(log: LogReport) -> list[dict[str, Any]]:
+    """The log's entries with every field the join reads of the type it reads it as (an
+    edited entry may hold anything: the log's own check reports that; the join must not
+    fail on it)."""
+    clean = []
+    for e in log.bodies:
+        if not isinstance(e, dict):
+            continue
+        c = dict(e)
+        for name in TEXT_FIELDS:
+            if name in c and not isinstance(c[name], str):
+                c[name] = json.dumps(c[name], sort_keys=True, default=str)
+        c["time"] = _number(c.get("time"))
+        seq = c.get("seq")
+        c["seq"] = seq if isinstance(seq, int) and not isinstance(seq, bool) else -1
+        if not isinstance(c.get("detail", {}), dict):
+            c["detail"] = {}
+        clean.append(c)
+    return clean
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    f = float(value)
+    return f if 0.0 <= f < 253_402_300_799 else 0.0  # a time a datetime can hold
+
+
 def _held(rosters: Sequence[Roster], org: str, kid: str, when: float) -> bool:
-    at = datetime.fromtimestamp(when, UTC)
+    at = datetime.fromtimestamp(_number(when), UTC)
     for roster in rosters:
         member = roster.member(org)
         for k in member.keys if member is not None else []:
@@ -183,6 +217,7 @@ class _Join:
         self.members = frozenset(m for o in orgs for m in o.history.members())
         self.spans = {o.org: [s for s in o.spans or [] if s.trace_id == trace_id] for o in orgs}
         self.hops: dict[tuple[str, str], TraceHop] = {}
+        self.bodies = {o.org: entries_of(o.log) for o in orgs}
 
     def run(self) -> TraceReport:
         r = self.report
@@ -223,10 +258,12 @@ class _Join:
         }
         for o in self.orgs.values():
             ids |= {
-                str(e["msg"]) for e in o.log.bodies if e.get("trace") == self.trace and e.get("msg")
+                str(e["msg"])
+                for e in self.bodies[o.org]
+                if e.get("trace") == self.trace and e.get("msg")
             }
         for o in self.orgs.values():
-            for e in o.log.bodies:
+            for e in self.bodies[o.org]:
                 kind = e.get("kind")
                 in_trace = e.get("trace") == self.trace
                 if kind in HOP_KINDS and (in_trace or e.get("msg") in ids):
@@ -282,6 +319,12 @@ class _Join:
     def _side(self, org: str, e: Mapping[str, Any], kind: str = "") -> None:
         kind, msg = kind or str(e.get("kind")), str(e.get("msg", ""))
         peer = str(e.get("peer", ""))
+        if not peer or not msg or e.get("dir") not in ("in", "out"):
+            self.report.error(
+                f"{org} entry {e.get('seq')}",
+                f"a {kind} entry without a peer, a message id or a direction",
+            )
+            return
         outgoing = e.get("dir") == "out"
         sender, receiver = (org, peer) if outgoing else (peer, org)
         hop = self.hops.setdefault((kind, msg), TraceHop(kind, msg, sender, receiver))
@@ -305,7 +348,7 @@ class _Join:
         r = self.report
         where = f"{hop.kind} {_short(hop.message_id)} {hop.sender}->{hop.receiver}"
         errors = len([f for f in r.findings if f.severity == "error"])
-        times = [float(s["time"]) for s in (hop.out, hop.into) if s and "time" in s]
+        times = [t for s in (hop.out, hop.into) if s and (t := _number(s.get("time"))) > 0]
         hop.start = hop.end = min(times, default=0.0)
         refused = hop.into is not None and hop.into.get("kind") == "refusal"
         if refused and hop.into is not None:
@@ -358,7 +401,7 @@ class _Join:
                     where, f"the JWS header names key {header_kid!r}, the entry {kid!r}"
                 )
                 return
-            if not _held(self.rosters, hop.sender, kid, float(side.get("time", 0.0))):
+            if not _held(self.rosters, hop.sender, kid, _number(side.get("time"))):
                 self.report.error(where, f"{hop.sender} held no key {kid} at that time")
                 return
         hop.marks.append("key held by the sender at the time")
@@ -559,7 +602,7 @@ class _Join:
             return
         org = self.orgs[decision["org"]]
         logged: dict[str, Any] = next(
-            (e for e in org.log.bodies if e.get("seq") == decision["entry"]), {}
+            (e for e in self.bodies[org.org] if e.get("seq") == decision["entry"]), {}
         )
         detail_of = logged.get("detail", {})
         try:
@@ -575,7 +618,7 @@ class _Join:
         found = check_receipt(
             raw,
             origin=log_origin(self.rosters[0].federation_id, peer),
-            keys=RosterHistory(self.rosters).keys(peer, float(decision["time"])),
+            keys=RosterHistory(self.rosters).keys(peer, _number(decision["time"])),
             request_id=msg,
             request_digest=str(hop.out.get("digest", "")),
             asker=decision["org"],

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from tests.cli.test_audit_trace_cli import ORGS, cli, copies, orgs, request_entry
-from tests.node.test_audit_trace import Traced, record_tasks
+from tests.node.test_audit_trace import SECRET, Traced, record_tasks
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 CHROMIUM = "/usr/bin/chromium"
@@ -79,6 +79,7 @@ async def test_the_browser_draws_the_timeline_of_a_verified_trace(
     text = report.read_text()
     assert "http://" not in text and "https://" not in text  # self-contained
     assert 'data-message-id="' not in text  # no bar before the script runs
+    assert SECRET not in text and "Nightingale" not in text  # identifiers only
     dom = dump_dom(report, tmp_path)
     lanes = elements(dom, "lane")
     assert [lane["data-org"] for lane in lanes] == list(ORGS)

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from tests.cli.test_trust_cli import one_error_line
-from tests.node.test_audit_trace import Traced, checksums, record_tasks
+from tests.node.test_audit_trace import SECRET, Traced, checksums, record_tasks
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +85,10 @@ async def test_the_tree_of_a_verified_escalation(traced: Traced) -> None:
     assert "signature verified" in result.stdout and "trace verified" in result.stdout
     assert "route at acme: escalate -> globex by always" in result.stdout
     assert checksums(traced.dirs) == before
+    # Identifiers, digests and counts only: never the task's text, in any output.
+    as_text = cli(traced.escalation, *orgs(traced.dirs), "--json").stdout
+    for output in (result.stdout, as_text):
+        assert SECRET not in output and "Nightingale" not in output
 
 
 async def test_json_lists_the_hops_and_every_log(traced: Traced) -> None:

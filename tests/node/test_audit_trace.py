@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from consortium.node.audit_records import read_orgs
+from consortium.node.audit_records import parse_spans, read_orgs
 from consortium.node.audit_trace import find_traces, trace_report
 from consortium.node.config import load_config, parse_config
 from tests.integration.test_federation import ORGS, Federation
@@ -178,3 +178,40 @@ async def test_witnessing_is_checked_as_configured(traced: Traced, tmp_path: Pat
     report = trace_report(read_orgs(configs), traced.escalation)
     assert not report.ok and not report.logs["globex"].ok
     assert any("cosignatures" in f.what for f in report.logs["globex"].findings)
+
+
+async def test_garbage_in_entries_and_span_lines_is_reported_never_raised(
+    traced: Traced,
+) -> None:
+    """Edited entries may hold any JSON; a traces file any text: the join reports them."""
+    records = read_orgs([load_config(traced.dirs[o] / "node.toml") for o in ORGS])
+    acme = records[0]
+    t = traced.escalation
+    acme.log.bodies += [
+        {"kind": "request", "dir": "out", "msg": ["x"], "trace": t, "time": "soon", "seq": "a"},
+        {"kind": "answer", "dir": "in", "msg": "m2", "trace": t, "time": 1e300, "jws": 5},
+        {"kind": "inclusion", "trace": t, "detail": "nope", "seq": 99},
+        {"kind": "inclusion", "trace": t, "detail": {"msg": {}, "verdict": None}},
+        {"kind": "route", "trace": t, "detail": [1, 2]},
+        {"kind": "request", "dir": "in", "peer": None, "msg": "m3", "trace": t, "kid": {}},
+    ]
+    spans, problems = parse_spans(
+        [
+            "not json",
+            "[]",
+            json.dumps({"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [{}]}]}]}),
+            json.dumps({"resourceSpans": [{"resource": {"attributes": [7]}}]}),
+        ],
+        "traces.jsonl",
+    )
+    assert len(problems) == 3 and "traces.jsonl line 1 is not OTLP JSON" in problems[0]
+    assert acme.spans is not None
+    acme.spans += spans
+    report = trace_report(records, t)
+    assert not report.ok
+    assert any("not 'included'" in f.what for f in report.findings)
+    assert any(
+        f.where == "acme entry -1" and "without a peer, a message id" in f.what
+        for f in report.findings
+    )
+    assert any("held no key" in f.what or "JWS header" in f.what for f in report.findings)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from a2a.types import a2a_pb2
 
 from tests.cli.test_trust_cli import one_error_line
 from tests.node.test_audit_trace import SECRET, Traced, checksums, record_tasks
@@ -225,3 +226,40 @@ async def test_a_receipt_not_included_is_a_finding(traced: Traced, tmp_path: Pat
         f["where"] == f"acme entry {seq}" and "'not_included', not 'included'" in f["what"]
         for f in data["findings"]
     )
+
+
+async def test_a_signed_copy_altered_in_a_task_store(traced: Traced, tmp_path: Path) -> None:
+    """The request as globex's task store keeps it, one word changed: its signature no
+    longer verifies, and the hop says so (the logs themselves are intact)."""
+    dirs = copies(traced, tmp_path)
+    db = sqlite3.connect(dirs["globex"] / "data" / "node.sqlite3")
+    altered = 0
+    for owner, task_id, body in db.execute("SELECT owner, id, body FROM tasks").fetchall():
+        task = a2a_pb2.Task()
+        task.ParseFromString(body)
+        for message in task.history:
+            if (
+                message.role == a2a_pb2.ROLE_USER
+                and message.parts
+                and "consortium.signature" in (message.metadata)
+            ):
+                message.parts[0].text += " (altered)"
+                altered += 1
+        db.execute(
+            "UPDATE tasks SET body = ? WHERE owner = ? AND id = ?",
+            (task.SerializeToString(), owner, task_id),
+        )
+    db.commit()
+    db.close()
+    assert altered >= 1
+    result = cli(traced.escalation, *orgs(dirs), "--json")
+    assert result.returncode == 1
+    data = as_json(result)
+    assert all(log["ok"] for log in data["logs"].values())
+    assert any(
+        "the signed copy in globex's task store fails: bad_signature" in f["what"]
+        for f in data["findings"]
+    )
+    [request] = [h for h in data["hops"] if h["kind"] == "request"]
+    assert request["verdict"] == "failed"
+    assert "altered" not in result.stdout

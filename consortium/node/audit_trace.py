@@ -262,6 +262,7 @@ class _Join:
                 for e in self.bodies[o.org]
                 if e.get("trace") == self.trace and e.get("msg")
             }
+        refusals: list[tuple[str, dict[str, Any]]] = []
         for o in self.orgs.values():
             for e in self.bodies[o.org]:
                 kind = e.get("kind")
@@ -269,13 +270,16 @@ class _Join:
                 if kind in HOP_KINDS and (in_trace or e.get("msg") in ids):
                     self._side(o.org, e)
                 elif kind == "refusal" and e.get("msg") in ids:
-                    self._side(o.org, e, kind="request")
+                    refusals.append((o.org, e))
                 elif kind == "inclusion" and in_trace:
                     self.report.decisions.append(self._decision(o.org, e))
                 elif kind == "route" and in_trace:
                     self.report.routes.append(self._route(o.org, e))
                 elif kind in LOCAL_KINDS and in_trace:
                     self.report.decisions.append(self._decision(o.org, e))
+        for org, e in refusals:  # the receiver's side of the message it refused
+            kinds = [k for k, m in self.hops if m == e.get("msg")]
+            self._side(org, e, kind=kinds[0] if kinds else "request")
         for org, spans in self.spans.items():
             for s in spans:
                 if s.name == "consortium.route" and s.attrs.get("consortium.route"):

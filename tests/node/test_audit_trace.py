@@ -215,3 +215,24 @@ async def test_garbage_in_entries_and_span_lines_is_reported_never_raised(
         for f in report.findings
     )
     assert any("held no key" in f.what or "JWS header" in f.what for f in report.findings)
+
+
+async def test_a_refused_message_is_the_receivers_side_of_its_hop(traced: Traced) -> None:
+    """globex's log as if it had refused acme's scoring request of the vote."""
+    records = read_orgs([load_config(traced.dirs[o] / "node.toml") for o in ORGS])
+    globex = records[1]
+    [entry] = [
+        e
+        for e in globex.log.bodies
+        if e["kind"] == "request" and e["dir"] == "in" and e.get("trace") == traced.vote
+    ]
+    globex.log.bodies.remove(entry)
+    refusal = {k: entry[k] for k in ("seq", "time", "peer", "msg", "trace", "span")}
+    globex.log.bodies.append(
+        {**refusal, "kind": "refusal", "dir": "in", "verdict": "bad_signature", "what": "message"}
+    )
+    report = trace_report(records, traced.vote)
+    assert not report.ok
+    [hop] = [h for h in report.hops if h.kind == "request" and h.receiver == "globex"]
+    assert hop.verdict == "failed" and hop.into is not None and hop.into["kind"] == "refusal"
+    assert any(f.what == "refused by globex: bad_signature" for f in report.findings)

@@ -218,6 +218,7 @@ class _Join:
         self.spans = {o.org: [s for s in o.spans or [] if s.trace_id == trace_id] for o in orgs}
         self.hops: dict[tuple[str, str], TraceHop] = {}
         self.bodies = {o.org: entries_of(o.log) for o in orgs}
+        self._by_id: dict[str, list[SignedCopy]] | None = None
 
     def run(self) -> TraceReport:
         r = self.report
@@ -448,14 +449,18 @@ class _Join:
                     reason = reason or f"{e.reason}: {e}"
         return None, reason
 
-    def _copies(self, message_id: str) -> Iterator[SignedCopy]:
-        for o in self.orgs.values():
-            for c in o.copies:
-                parts = None
-                with contextlib.suppress(Rejected):
-                    parts = read_signed(c.message)
-                if parts is not None and parts.claims.message_id == message_id:
-                    yield c
+    def _copies(self, message_id: str) -> list[SignedCopy]:
+        """The signed copies of a message in the given task stores (by its claimed id)."""
+        if self._by_id is None:
+            self._by_id = {}
+            for o in self.orgs.values():
+                for c in o.copies:
+                    parts = None
+                    with contextlib.suppress(Rejected):
+                        parts = read_signed(c.message)
+                    if parts is not None:
+                        self._by_id.setdefault(parts.claims.message_id, []).append(c)
+        return self._by_id.get(message_id, [])
 
     @staticmethod
     def _provenance(hop: TraceHop, message: a2a_pb2.Message) -> None:

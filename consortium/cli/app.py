@@ -8,6 +8,7 @@ import typer
 
 from consortium.cli import (
     audit,
+    audit_trace,
     bench,
     demo,
     federation,
@@ -97,6 +98,7 @@ redact_app.command("check")(redact.redact_check)
 # Audit logs.
 audit_app.command("verify")(audit.audit_verify)
 audit_app.command("export")(audit.audit_export)
+audit_app.command("trace")(audit_trace.audit_trace)
 
 app.command("demo")(demo.demo)
 

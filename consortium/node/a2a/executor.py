@@ -25,6 +25,7 @@ from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import a2a_pb2
+from opentelemetry import trace
 
 from consortium.errors import ModelError, RequestRejected
 from consortium.logsafe import safe
@@ -275,6 +276,8 @@ class ModelExecutor(AgentExecutor, DirectReplies):
                 raise ModelError("no message to answer")
             task = new_task_from_user_message(message)
             await event_queue.enqueue_event(task)
+        # The server span of the message names its task, so an auditor finds its trace.
+        trace.get_current_span().set_attribute("a2a.task.id", task.id)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
         request = await self._request(context, task, updater)
         if request is None:

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 from consortium.errors import ConfigError
 from consortium.node.audit import RosterHistory, load_history
 from consortium.node.config import NodeConfig
-from consortium.trust.audit.log import log_origin
+from consortium.trust.audit import log_origin
 from consortium.trust.audit.verify import LogReport, snapshot, verify_log, witness_view
 from consortium.trust.claims import SIGNATURE_KEY
 
@@ -183,11 +183,11 @@ def read_orgs(configs: Sequence[NodeConfig]) -> list[OrgRecords]:
     if twice:
         raise ConfigError(f"{', '.join(twice)} given more than once", key="--org")
     histories = [load_history(c) for c in configs]
-    federation = histories[0][0].rosters[0].federation_id
+    federation = histories[0][0].latest.federation_id
     for cfg, (history, _) in zip(configs, histories, strict=True):
-        if history.rosters[0].federation_id != federation:
+        if history.latest.federation_id != federation:
             raise ConfigError(
-                f"{cfg.node.org_id} is in federation {history.rosters[0].federation_id}, "
+                f"{cfg.node.org_id} is in federation {history.latest.federation_id}, "
                 f"not {federation}",
                 key="--org",
             )

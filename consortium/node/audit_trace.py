@@ -17,7 +17,8 @@ reads it without writing anything), a typed `TraceReport` out. What is checked:
 - spans against entries: every `invoke_agent` span has its "out" request entry and every
   "out" request entry its span; every `a2a.receive` span from another member has its
   "in" request entry (or the refusal) and every "in" request entry its span;
-- log receipts (the "inclusion" entries): the verdict is "included", and the receipt's
+- log receipts (an answer's entry at the asker holds the receipt the answer carried and
+  the verifier's verdict): the verdict is "included", the receipt checks again, and its
   entry is the one the peer's log holds at that position.
 
 Nothing here reads message text: hops, routes and findings hold identifiers, digests,
@@ -44,8 +45,8 @@ from consortium.node.audit import RosterHistory
 from consortium.node.audit_records import OrgRecords, SignedCopy, Span
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.admission import Verified, verify_authentic
+from consortium.trust.audit import log_origin
 from consortium.trust.audit.inclusion import check_receipt
-from consortium.trust.audit.log import log_origin
 from consortium.trust.audit.verify import LogReport
 from consortium.trust.claims import SIGNATURE_KEY, read_signed
 from consortium.trust.jws import canonical
@@ -272,8 +273,6 @@ class _Join:
                     self._side(o.org, e)
                 elif kind == "refusal" and e.get("msg") in ids:
                     refusals.append((o.org, e))
-                elif kind == "inclusion" and in_trace:
-                    self.report.decisions.append(self._decision(o.org, e))
                 elif kind == "route" and in_trace:
                     self.report.routes.append(self._route(o.org, e))
                 elif kind in LOCAL_KINDS and in_trace:
@@ -589,53 +588,37 @@ class _Join:
                         hop.parent = parent.message_id
                     break
                 span = index.get((hop.sender, span.parent_id))
-        for decision in self.report.decisions:
-            if decision["kind"] != "inclusion":
-                continue
-            self._inclusion(decision)
+        for hop in list(self.hops.values()):
+            if hop.kind == "answer" and hop.into is not None and hop.into.get("inclusion"):
+                self._inclusion(hop, hop.into)
 
-    def _inclusion(self, decision: dict[str, Any]) -> None:
-        detail = decision["detail"]
-        msg = str(detail.get("msg", ""))
-        hop = self.hops.get(("request", msg))
-        where = f"{decision['org']} entry {decision['entry']}"
-        verdict = str(detail.get("verdict", ""))
-        if hop is not None:
-            hop.inclusion = verdict
+    def _inclusion(self, answer: TraceHop, entry: dict[str, Any]) -> None:
+        """The log receipt `answer` carried, as its asker recorded it."""
+        asker, peer = answer.receiver, answer.sender
+        digest = str(entry.get("req", ""))
+        request = next(
+            (h for h in self.hops.values() if h.kind == "request" and h.digest == digest), None
+        )
+        where = f"{asker} entry {entry.get('seq')}"
+        verdict = str(entry.get("inclusion", ""))
+        if request is not None:
+            request.inclusion = verdict
         if verdict != "included":
             self.report.error(
-                where,
-                f"the log receipt of request {_short(msg)} from {decision['peer']} "
-                f"is {verdict!r}, not 'included'",
+                where, f"the log receipt from {peer} is {verdict!r}, not 'included'"
             )
             return
-        org = self.orgs[decision["org"]]
-        logged: dict[str, Any] = next(
-            (e for e in self.bodies[org.org] if e.get("seq") == decision["entry"]), {}
-        )
-        detail_of = logged.get("detail", {})
-        try:
-            raw = json.loads(
-                str(detail_of.get("receipt", "")) if isinstance(detail_of, dict) else ""
-            )
-        except ValueError:
-            self.report.error(where, "the log receipt cannot be read")
-            return
-        if hop is None or hop.out is None:
-            return
-        peer = str(decision["peer"])
+        raw = entry.get("receipt")
         found = check_receipt(
             raw,
             origin=log_origin(self.rosters[0].federation_id, peer),
-            keys=RosterHistory(self.rosters).keys(peer, _number(decision["time"])),
-            request_id=msg,
-            request_digest=str(hop.out.get("digest", "")),
-            asker=decision["org"],
+            keys=RosterHistory(self.rosters).keys(peer, _number(entry.get("time"))),
+            request_id=request.message_id if request is not None else "",
+            request_digest=digest,
+            asker=asker,
         )
         if found.verdict != "included":
-            self.report.error(
-                where, f"the log receipt of request {_short(msg)} checks as {found.verdict!r}"
-            )
+            self.report.error(where, f"the log receipt from {peer} checks as {found.verdict!r}")
             return
         if peer in self.orgs and isinstance(raw, dict):
             held = [e for e in self.orgs[peer].log.bodies if e.get("seq") == found.index]
@@ -645,7 +628,8 @@ class _Join:
                     f"the receipt's entry {found.index} is not what {peer}'s log holds there",
                 )
                 return
-        hop.marks.append(f"{peer}'s log receipt included")
+        if request is not None:
+            request.marks.append(f"{peer}'s log receipt included")
 
 
 def trace_report(orgs: Sequence[OrgRecords], trace_id: str, task_id: str = "") -> TraceReport:

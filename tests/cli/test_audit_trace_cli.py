@@ -210,10 +210,14 @@ async def test_a_bad_trace_id_or_none_is_one_error_line(traced: Traced) -> None:
 async def test_a_receipt_not_included_is_a_finding(traced: Traced, tmp_path: Path) -> None:
     dirs = copies(traced, tmp_path)
     db = sqlite3.connect(dirs["acme"] / "data" / "audit.sqlite3")
-    rows = db.execute("SELECT seq, body FROM entries WHERE kind = 'inclusion'").fetchall()
-    seq, body = next((s, b) for s, b in rows if json.loads(b).get("trace") == traced.escalation)
+    rows = db.execute("SELECT seq, body FROM entries WHERE kind = 'answer'").fetchall()
+    seq, body = next(
+        (s, b)
+        for s, b in rows
+        if json.loads(b).get("trace") == traced.escalation and json.loads(b).get("inclusion")
+    )
     entry = json.loads(body)
-    entry["detail"]["verdict"] = "not_included"
+    entry["inclusion"] = "not_included"
     db.execute(
         "UPDATE entries SET body = ? WHERE seq = ?",
         (json.dumps(entry, sort_keys=True, separators=(",", ":")), seq),

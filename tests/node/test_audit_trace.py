@@ -33,14 +33,14 @@ GROUPS = {"panel": {"protocol": "vote", "members": ["self", "globex", "initech"]
 
 
 class PanelFederation(Federation):
-    """Echo nodes; acme has a voting panel of all three."""
+    """Echo nodes whose replies carry log receipts; acme has a voting panel of all three."""
 
     def config(self, org: str) -> Any:
         cfg = super().config(org)
-        if org != "acme":
-            return cfg
         data = cfg.model_dump(mode="json", exclude={"base_dir"})
-        data["groups"] = GROUPS
+        data["audit"]["receipts"] = True
+        if org == "acme":
+            data["groups"] = GROUPS
         return parse_config(data, path=cfg.base_dir / "node.toml")
 
 
@@ -190,8 +190,24 @@ async def test_garbage_in_entries_and_span_lines_is_reported_never_raised(
     acme.log.bodies += [
         {"kind": "request", "dir": "out", "msg": ["x"], "trace": t, "time": "soon", "seq": "a"},
         {"kind": "answer", "dir": "in", "msg": "m2", "trace": t, "time": 1e300, "jws": 5},
-        {"kind": "inclusion", "trace": t, "detail": "nope", "seq": 99},
-        {"kind": "inclusion", "trace": t, "detail": {"msg": {}, "verdict": None}},
+        {
+            "kind": "answer",
+            "dir": "in",
+            "peer": "globex",
+            "msg": "m4",
+            "trace": t,
+            "inclusion": "x",
+            "seq": 99,
+        },
+        {
+            "kind": "answer",
+            "dir": "in",
+            "peer": "globex",
+            "msg": "m5",
+            "trace": t,
+            "inclusion": "included",
+            "receipt": [1],
+        },
         {"kind": "route", "trace": t, "detail": [1, 2]},
         {"kind": "request", "dir": "in", "peer": None, "msg": "m3", "trace": t, "kid": {}},
     ]
@@ -210,6 +226,7 @@ async def test_garbage_in_entries_and_span_lines_is_reported_never_raised(
     report = trace_report(records, t)
     assert not report.ok
     assert any("not 'included'" in f.what for f in report.findings)
+    assert any("checks as 'malformed'" in f.what for f in report.findings)
     assert any(
         f.where == "acme entry -1" and "without a peer, a message id" in f.what
         for f in report.findings

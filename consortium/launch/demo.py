@@ -14,6 +14,11 @@ roster does, but loads Gemma-3-270M's weights (a model quietly swapped). acme's 
 votes cross-check globex against acme's own SmolLM2-135M (trust/cross_checks.py); the
 demo ends with acme's trust table, globex quarantined.
 
+Every organization keeps a tamper-evident audit log and the three witness each other's
+checkpoints; the demo ends with `consortium audit trace` of the question that crossed
+organizations: the path rebuilt from the three organizations' spans, logs and task
+stores, every hop verified, every log witnessed (and an HTML timeline of it).
+
 What it shows goes through a Reporter (lines, progress, tables as plain data); the CLI
 renders it on the terminal (consortium/cli/demo.py).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Sequence
@@ -68,6 +74,13 @@ DEMO_REDACTION = """
 enabled = true
 entities = ["PERSON", "EMAIL_ADDRESS"]
 """
+# Every organization: checkpoints witnessed by the two others, receipts in replies.
+DEMO_AUDIT = """
+[audit]
+witness_interval_s = 2.0
+witnessed_by = 2
+receipts = true
+"""
 # acme's learned router reads the policy the federation trains during the demo.
 DEMO_ROUTING = """
 [routing]
@@ -86,10 +99,10 @@ def organizations(base: Path) -> tuple[Organization, ...]:
             "acme",
             "Acme Health",
             "smollm2-135m",
-            DEMO_GROUP + DEMO_REDACTION + DEMO_ROUTING.format(policy=policy),
+            DEMO_GROUP + DEMO_REDACTION + DEMO_ROUTING.format(policy=policy) + DEMO_AUDIT,
         ),
-        Organization("globex", "Globex Research", "smollm2-135m"),
-        Organization("initech", "Initech Labs", "gemma3-270m"),
+        Organization("globex", "Globex Research", "smollm2-135m", DEMO_AUDIT),
+        Organization("initech", "Initech Labs", "gemma3-270m", DEMO_AUDIT),
     )
 
 
@@ -194,7 +207,8 @@ def _shown(answer: Answer) -> str:
     return f"[{answer.state}] {answer.status_text}"
 
 
-def _across(origin: RunningNode, peer: RunningNode) -> Table:
+def _across(origin: RunningNode, peer: RunningNode) -> tuple[Table, str]:
+    """The table of one question across organizations, and its task id at the origin."""
     question = "What is the largest planet in the solar system?"
     answer = asyncio.run(_ask(origin, question, {"max_tokens": 32, "peer": peer.org_id}))
     p = answer.provenance
@@ -212,7 +226,56 @@ def _across(origin: RunningNode, peer: RunningNode) -> Table:
             f"{answer.latency_s * 1000:.0f} ms",
         )
     )
-    return table
+    return table, answer.task_id
+
+
+def _witnessed(nodes: list[RunningNode], timeout_s: float = 60.0) -> bool:
+    """Waits until every node's log has a checkpoint cosigned by the two others that is
+    newer than what it had logged when called."""
+    import time
+
+    import httpx
+
+    def audit(node: RunningNode) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(node.http_url + "/healthz", timeout=10).json()
+        return dict(body.get("audit", {}))
+
+    wanted = {n.org_id: audit(n).get("entries", 0) for n in nodes}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(audit(n).get("witnessed_size", 0) >= wanted[n.org_id] for n in nodes):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _audit(nodes: list[RunningNode], task_id: str, base: Path, report: Reporter) -> None:
+    """`consortium audit trace` of the task that crossed organizations, as an auditor
+    runs it over the three organizations' directories."""
+    import subprocess
+    import sys
+
+    with report.status("waiting for every audit log to be witnessed by the two others"):
+        witnessed = _witnessed(nodes)
+    if not witnessed:
+        report.line("  (not every log was witnessed in time; the trace says which)")
+    html = base / "audit-report.html"
+    args = ["audit", "trace", "--task", task_id, "--html", str(html)]
+    for node in nodes:
+        args += ["--org", str(node.config.parent)]
+    report.heading("Audit", ": consortium " + " ".join(args))
+    result = subprocess.run(
+        [sys.executable, "-m", "consortium.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    for line in (result.stdout + result.stderr).rstrip().splitlines():
+        report.line("  " + line)
+    verdict = "every hop and every log verified" if result.returncode == 0 else "FINDINGS"
+    report.line(f"  audit trace: {verdict} (exit {result.returncode}); timeline: {html}")
 
 
 def _received_by(peer: RunningNode, message_id: str) -> str:
@@ -440,7 +503,8 @@ def run_demo(
                 results = asyncio.run(_ask_all(nodes))
             report.table(_answers_table(results))
             with report.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
-                report.table(_across(nodes[0], nodes[-1]))
+                across, across_task = _across(nodes[0], nodes[-1])
+                report.table(across)
             with report.status(
                 f"{nodes[0].org_id} sends a name and an email to {nodes[-1].org_id}"
             ):
@@ -451,6 +515,7 @@ def run_demo(
             swapped = [n for n in nodes if n.org_id == SWAPPED]
             if questions and swapped:
                 _trust(nodes[0], swapped[0], questions, report)
+            _audit(nodes, across_task, base, report)
         finally:
             for node in fed.nodes:
                 code = node.stop()

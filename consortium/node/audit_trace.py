@@ -604,9 +604,7 @@ class _Join:
         if request is not None:
             request.inclusion = verdict
         if verdict != "included":
-            self.report.error(
-                where, f"the log receipt from {peer} is {verdict!r}, not 'included'"
-            )
+            self.report.error(where, f"the log receipt from {peer} is {verdict!r}, not 'included'")
             return
         raw = entry.get("receipt")
         found = check_receipt(

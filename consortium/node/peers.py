@@ -138,12 +138,18 @@ class Call:
 
     A streamed call's reply is the status message that ends the task, after every task
     event streamed for it was verified; a call that is not streamed gets one Message (or
-    a Task). `no_reply` and `refused` are the errors' texts, with `{org}` and `{error}`."""
+    a Task). `no_reply` and `refused` are the errors' texts, with `{org}` and `{error}`.
+    `gated`: refused before anything is sent when the trust layer quarantined the peer
+    (every call but those whose answer is checked cryptographically, not believed: a
+    witness's cosignature). `redacted`: passes the redaction policy (every call that can
+    carry a user's text; not the node's own records: trust reports, checkpoints)."""
 
     mode: str
     streaming: bool
     no_reply: str
     refused: str
+    gated: bool = True
+    redacted: bool = True
 
 
 ASK = Call(
@@ -341,7 +347,7 @@ class PeerClient:
         PeerError when the peer cannot be asked or sends nothing to verify, and
         UntrustedAnswer when what it sent fails verification."""
         standing = self.assessor.standing(org)
-        if not standing.allowed:
+        if call.gated and not standing.allowed:
             raise PeerQuarantined(org)
         # The OpenTelemetry GenAI agent span of a call to another organization's agent.
         with self.tracer.start_as_current_span(
@@ -355,7 +361,7 @@ class PeerClient:
             },
         ) as span:
             client = self._client(org, streaming=call.streaming)
-            request, request_digest = await self._outgoing(org, message)
+            request, request_digest = await self._outgoing(org, message, call.redacted)
             span.set_attribute("consortium.message.id", request.message_id)
             try:
                 reply = await self._send(client, org, request, request_digest, call, on_text)
@@ -379,15 +385,18 @@ class PeerClient:
         meta = MessageToDict(reply.metadata).get(METADATA_KEY, {})
         return reply_claim(meta if isinstance(meta, dict) else {}, models)
 
-    async def _outgoing(self, org: str, message: a2a_pb2.Message) -> tuple[a2a_pb2.Message, str]:
-        """redact -> sign (and the signer's audit): the request as it leaves, and its
-        digest. A message the redaction policy stops raises RequestRejected: nothing is
-        sent."""
-        with self.tracer.start_as_current_span("consortium.redact"):
-            redacted = await self.redactor.redact(message, org)
+    async def _outgoing(
+        self, org: str, message: a2a_pb2.Message, redacted: bool = True
+    ) -> tuple[a2a_pb2.Message, str]:
+        """redact (unless `redacted` is false: the node's own records) -> sign (and the
+        signer's audit): the request as it leaves, and its digest. A message the redaction
+        policy stops raises RequestRejected: nothing is sent."""
+        if redacted:
+            with self.tracer.start_as_current_span("consortium.redact"):
+                message = await self.redactor.redact(message, org)
         parent = traceparent()  # the call span: the peer's spans hang under it
         with self.tracer.start_as_current_span("consortium.sign"):
-            request, request_digest = self._signer.sign_request(redacted, org, parent)
+            request, request_digest = self._signer.sign_request(message, org, parent)
         self.redactor.signed(org, request)
         return request, request_digest
 

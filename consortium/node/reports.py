@@ -58,11 +58,13 @@ from consortium.trust.reputation_engine import ReputationAssessor
 log = logging.getLogger(__name__)
 
 MODE = "trust_report"
+# The node's own scores of its peers, no user's text: not redacted.
 REPORT = Call(
     MODE,
     streaming=False,
     no_reply="{org} did not acknowledge the trust report",
     refused="the acknowledgement from {org} was refused: {error}",
+    redacted=False,
 )
 
 

@@ -61,11 +61,15 @@ from consortium.trust.reputation import Evidence
 log = logging.getLogger(__name__)
 
 MODE = "cosign"
+# A quarantined member still witnesses: its cosignature is verified, not believed. A
+# checkpoint holds no user's text: not redacted.
 COSIGN = Call(
     MODE,
     streaming=False,
     no_reply="{org} did not answer the checkpoint",
     refused="the answer to the checkpoint from {org} was refused: {error}",
+    gated=False,
+    redacted=False,
 )
 MAX_NOTE_CHARS = 8192
 

@@ -188,6 +188,12 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
     assert "quarantined" in globex and "on=answers" in trust
     initech = next(line for line in trust.splitlines() if "│ initech" in line)
     assert "healthy" in initech
+    # The question that crossed organizations, audited: every hop and log verified,
+    # every log witnessed, and the HTML timeline written.
+    audit = r.stdout[r.stdout.index("consortium audit trace --task") :]
+    assert "audit trace: every hop and every log verified (exit 0)" in audit, audit
+    assert "acme → initech" in audit or "acme -> initech" in audit, audit
+    assert (tmp_path / "demo" / "audit-report.html").is_file()
 
 
 def test_ask_peer_through_the_cli_with_real_models(tmp_path: Path) -> None:

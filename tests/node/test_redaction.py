@@ -312,3 +312,15 @@ async def test_a_part_that_is_not_text_is_not_sent(fed: RedactingFederation) -> 
     )
     with pytest.raises(RedactionFailed, match="not text"):
         await acme.federation.peers.redactor.redact(message, "globex")
+
+
+async def test_the_nodes_own_records_leave_unredacted(fed: RedactingFederation) -> None:
+    """A trust report and a checkpoint carry the node's own records in a data part, no
+    user's text: they go to peers under a redaction policy that would refuse any data
+    part of a user's message."""
+    acme = _node(fed, "acme")
+    assert acme.reports is not None and acme.witnessing is not None
+    reported = await acme.reports.send_all()
+    assert reported == {"globex": "ok", "initech": "ok"}
+    witnessed = await acme.witnessing.submit_all()
+    assert witnessed == {"globex": "ok", "initech": "ok"}

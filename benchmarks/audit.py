@@ -19,7 +19,18 @@
      checkpoint_every=256 and two witnesses' cosignatures of every checkpoint; the build
      time is reported too;
   5. sizes: inclusion and consistency proofs (hashes, raw bytes, base64 JSON bytes), a
-     checkpoint note, a cosignature line, a receipt's JSON.
+     checkpoint note, a cosignature line, a receipt's JSON;
+  6. `consortium audit trace` at each size: two organizations' directories (acme and
+     globex of one federation: node.toml, roster, keys) whose logs hold that many
+     entries each, of tasks asked both ways (a routing record, a request out and in,
+     three events and an answer back: 11 entries with real JWS under the sender's key),
+     each log's checkpoints cosigned by the other, and each organization's
+     DATA_DIR/traces.jsonl of the spans the node exports (the asker's server and
+     invoke_agent spans, the answerer's a2a.receive and chat spans, written by the
+     OTLP JSON file exporter); timed: read_orgs, find_traces by task id and trace_report
+     of a task in the middle (its report must be ok: every hop both sides, every span
+     its entry). These logs are built apart from those of 3-4 (whose hops have no
+     counterpart in another log); the build time is reported.
 
 Prints one JSON object. Latencies in microseconds (us) or milliseconds (ms) as named.
 
@@ -44,6 +55,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -52,15 +64,22 @@ from typing import Any
 
 import httpx
 from jwcrypto import jwk
+from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from consortium.federation.admin import add_member, create_federation, member_from_card
 from consortium.federation.roster import Member, MemberKey, Roster
 from consortium.llm.backends import backend_factory
 from consortium.node.app import Node
 from consortium.node.audit import RosterHistory
+from consortium.node.audit_records import read_orgs
+from consortium.node.audit_trace import find_traces, trace_report
 from consortium.node.client import text_message
-from consortium.node.config import parse_config
+from consortium.node.config import load_config, parse_config
 from consortium.node.setup import init_node
+from consortium.node.telemetry import TRACER_NAME, context_from, make_provider, traceparent
 from consortium.protocols.multiple_choice import Question
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.admission import hop_of
@@ -70,7 +89,7 @@ from consortium.trust.audit.notes import Checkpoint, parse_note
 from consortium.trust.audit.verify import verify_log
 from consortium.trust.audit.witness import Seen, encode_proof, judge
 from consortium.trust.jws import signing_key_of, verify_key_of
-from consortium.trust.keys import generate_key, key_id
+from consortium.trust.keys import generate_key, key_id, load_private_key
 from consortium.trust.signing import Signer, SigningIdentity
 
 FEDERATION = "bench-audit"
@@ -562,6 +581,261 @@ def at_size(size: int, signer: Signer, hops: Hops, samples: int, tmp: Path) -> d
     return result
 
 
+# -- 6. audit trace over two organizations -----------------------------------------------
+
+
+class TraceOrg:
+    """One organization's directory as `consortium audit trace --org DIR` reads it
+    (node.toml from `consortium init`, with its [federation] and [audit] witnessed_by =
+    1), its audit log, its tracer (the node's resource: service.name = org id) whose
+    finished spans are written to DATA_DIR/traces.jsonl at the end, and signed templates
+    of what it sends (real JWS under its key: the join checks the key id each names)."""
+
+    def __init__(self, org: str, root: Path) -> None:
+        self.org, self.dir = org, root / org
+        init_node(org, self.dir, grpc_port=0, http_port=0)
+        self.key = load_private_key(self.dir / "keys" / "private.jwk")
+        self.spans = InMemorySpanExporter()
+        self.provider: Any = None
+        self.tracer: Any = None
+        self.log: SqliteAuditLog | None = None
+        self.templates: list[Hop] = []
+
+    def open(self, federation: str, peer: str) -> None:
+        self.provider = make_provider(self.org, federation, None)  # the node's resource
+        self.provider.add_span_processor(SimpleSpanProcessor(self.spans))
+        self.tracer = self.provider.get_tracer(TRACER_NAME)
+        self.log = SqliteAuditLog(
+            self.dir / "data" / "audit.sqlite3",
+            federation_id=federation,
+            org_id=self.org,
+            key=lambda: self.key,
+            checkpoint_every=256,
+        )
+        signer = Signer(SigningIdentity(self.key, self.org, federation))
+        for i in range(16):
+            message = text_message(f"{TEXT} #{i}", {METADATA_KEY: dict(OPTIONS)})
+            signed, digest = signer.sign_request(message, peer, traceparent="")
+            self.templates.append(hop_of("request", signed, digest))
+
+    def hop(self, i: int, **fields: Any) -> Hop:
+        return replace(
+            self.templates[i % len(self.templates)], message_id=str(uuid.uuid4()), **fields
+        )
+
+    def write_spans(self) -> int:
+        """The finished spans as the node's file exporter writes them (a line per export
+        of at most 512 spans, the BatchSpanProcessor's batch)."""
+        spans = self.spans.get_finished_spans()
+        exporter = FileSpanExporter(self.dir / "data" / "traces.jsonl")
+        for start in range(0, len(spans), 512):
+            exporter.export(spans[start : start + 512])
+        exporter.shutdown()
+        return len(spans)
+
+
+def one_task(asker: TraceOrg, answerer: TraceOrg, n: int, events: int) -> tuple[str, str]:
+    """A task asked of `answerer` by `asker` as the nodes record it: at the asker a
+    server span of the user's request (a2a.task.id) with its routing record and an
+    invoke_agent span (consortium.message.id) holding the request's "out" entry and the
+    "in" entries of the events and the answer; at the answerer an a2a.receive span, a
+    child of the request's traceparent (consortium.sender, consortium.message.id), with
+    the request's "in" entry, a chat span, and the "out" entries of the events and the
+    answer. Returns the trace id and the task id."""
+    assert asker.log is not None and answerer.log is not None
+    task_id = str(uuid.uuid4())
+    with asker.tracer.start_as_current_span(
+        "a2a.receive SendStreamingMessage",
+        kind=SpanKind.SERVER,
+        attributes={
+            "consortium.message.id": str(uuid.uuid4()),  # the user's message
+            "rpc.method": "SendStreamingMessage",
+            "a2a.task.id": task_id,
+        },
+    ) as root:
+        trace_id = f"{root.get_span_context().trace_id:032x}"
+        asker.log.record(
+            "route",
+            task_id=task_id,
+            detail={"route": "escalate", "peer": answerer.org, "router": "always"},
+        )
+        with asker.tracer.start_as_current_span(
+            f"invoke_agent {answerer.org}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": answerer.org,
+                "consortium.recipient": answerer.org,
+                "consortium.mode": "ask",
+            },
+        ) as call:
+            request = asker.hop(n, task_id=task_id)
+            call.set_attribute("consortium.message.id", request.message_id)
+            asker.log.sent(request)
+            parent = context_from(traceparent())
+            replies = []
+            with answerer.tracer.start_as_current_span(
+                "a2a.receive SendStreamingMessage",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "consortium.message.id": request.message_id,
+                    "rpc.method": "SendStreamingMessage",
+                    "consortium.sender": asker.org,
+                    "consortium.recipient": answerer.org,
+                    "a2a.task.id": task_id,
+                },
+            ):
+                answerer.log.received(replace(request, peer=asker.org))
+                with answerer.tracer.start_as_current_span(
+                    f"chat echo-{answerer.org}",
+                    attributes={
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.request.model": f"echo-{answerer.org}",
+                        "gen_ai.usage.input_tokens": 120,
+                        "gen_ai.usage.output_tokens": 64,
+                    },
+                ):
+                    pass
+                for k in range(events + 1):
+                    kind = "event" if k < events else "answer"
+                    reply = answerer.hop(
+                        n + k, kind=kind, request_digest=request.digest, task_id=task_id
+                    )
+                    answerer.log.sent(reply)
+                    replies.append(reply)
+            for reply in replies:  # verified and logged by the asker as they arrive
+                asker.log.received(replace(reply, peer=answerer.org))
+    return trace_id, task_id
+
+
+def build_pair(
+    size: int, tmp: Path, events: int = 3
+) -> tuple[list[TraceOrg], list[tuple[str, str]]]:
+    """acme and globex, one federation, each log of exactly `size` entries: tasks asked
+    both ways (acme of globex, then globex of acme) until neither log has room for one
+    more, then trust records (no trace) up to `size`; every checkpoint of each log
+    cosigned by the other, which remembers the last one it cosigned (witnessing)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    orgs = [TraceOrg("acme", tmp), TraceOrg("globex", tmp)]
+    fed = create_federation(f"Bench Trace {size}", tmp / "fed")
+    roster = None
+    for o in orgs:
+        roster = add_member(fed.roster, fed.admin_private, member_of(o.org, o.key))
+    assert roster is not None
+    federation = roster.federation_id
+    for o, peer in zip(orgs, reversed(orgs), strict=True):
+        with (o.dir / "node.toml").open("a") as f:
+            f.write(
+                f'\n[federation]\nroster = "{fed.roster}"\nadmin_key = "{fed.admin_public}"\n'
+                "\n[audit]\nwitnessed_by = 1\n"
+            )
+        o.open(federation, peer.org)
+    per_task = events + 3  # the asker's entries: route, request, events, answer
+    traces: list[tuple[str, str]] = []
+    logs = [o.log for o in orgs]
+    assert all(log is not None for log in logs)
+    n = 0
+    while all(log.size + per_task <= size for log in logs):  # type: ignore[union-attr]
+        asker, answerer = orgs[n % 2], orgs[1 - n % 2]
+        traces.append(one_task(asker, answerer, n, events))
+        n += 1
+    for o in orgs:
+        assert o.log is not None
+        while o.log.size < size:
+            o.log.record("trust", peer="globex", detail={"score": 0.93, "state": "healthy"})
+    for o, w in zip(orgs, reversed(orgs), strict=True):  # w cosigns o's checkpoints
+        assert o.log is not None and w.log is not None
+        witness = Witness(w.org)
+        witness.key, witness.name = w.key, log_origin(federation, w.org)
+        cosign_all(o.log, [witness], o.key)
+        latest = o.log._db.execute(
+            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
+        ).fetchone()[0]
+        body, _ = parse_note(latest)
+        w.log.remember_cosigned(Checkpoint.parse(body), latest)
+    for o in orgs:
+        assert o.log is not None
+        o.log.close()
+        o.write_spans()
+        o.provider.shutdown()
+    return orgs, traces
+
+
+def trace_at_size(size: int, tmp: Path, samples: int) -> dict[str, Any]:
+    t = time.perf_counter()
+    orgs, traces = build_pair(size, tmp)
+    build_s = time.perf_counter() - t
+    configs = [load_config(o.dir / "node.toml") for o in orgs]
+    trace_id, task_id = traces[len(traces) // 2]
+    spans_lines = 0
+    for o in orgs:
+        spans_lines += len((o.dir / "data" / "traces.jsonl").read_text().splitlines())
+
+    repeats = max(1, min(samples, 5))  # each run reads (or joins) every entry
+    read_times, records = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        records = read_orgs(configs)
+        read_times.append(time.perf_counter() - t)
+    assert records is not None
+    entries = sum(r.log.entries for r in records)
+    spans = sum(len(r.spans or []) for r in records)
+    report = trace_report(records, trace_id, task_id)
+    report_times = timed(lambda: trace_report(records, trace_id, task_id), repeats)
+    found = find_traces(records, task_id)
+    find_times = timed(lambda: find_traces(records, task_id), repeats)
+    errors = [str(f) for f in report.findings if f.severity == "error"]
+    read_s = statistics.median(read_times)
+    report_s = statistics.median(report_times)
+    find_s = statistics.median(find_times)
+    return {
+        "entries_per_org": size,
+        "entries_both_logs": entries,
+        "spans_both_orgs": spans,
+        "traces_jsonl_lines": spans_lines,
+        "tasks": len(traces),
+        "build_s": round(build_s, 2),
+        "read_orgs": {
+            "n": len(read_times),
+            "median_s": round(read_s, 3),
+            "entries_per_s": round(entries / read_s, 1),
+            "logs_ok": all(r.log.ok for r in records),
+            "witnessed_sizes": {r.org: r.log.witnessed_size for r in records},
+            "problems": sum(len(r.problems) for r in records),
+        },
+        "trace_report": {
+            "n": len(report_times),
+            "median_s": round(report_s, 4),
+            "entries_per_s": round(entries / report_s, 1),
+            "hops": len(report.hops),
+            "hops_both_sides": sum(
+                1 for h in report.hops if h.out is not None and h.into is not None
+            ),
+            "verdicts": dict(sorted(Counter(h.verdict for h in report.hops).items())),
+            "spans_of_trace": report.spans,
+            "ok": report.ok,
+            "errors": len(errors),
+            "warnings": len(report.findings) - len(errors),
+            "first_errors": errors[:3],
+        },
+        "find_traces_by_task": {
+            "n": len(find_times),
+            "median_s": round(find_s, 4),
+            "entries_per_s": round(entries / find_s, 1),
+            "found_the_trace_first": bool(found) and found[0] == trace_id,
+        },
+        "audit_trace_total_s": round(read_s + find_s + report_s, 3),
+        "what": (
+            "`consortium audit trace --task` minus printing: read_orgs (roster history, "
+            "each log verified with the other's cosignatures, traces.jsonl parsed, no task "
+            "store), find_traces by the task id and trace_report of the task in the middle "
+            "of the logs (its hops joined to both logs' entries and both organizations' "
+            "spans); medians; entries_per_s counts the entries of both logs"
+        ),
+    }
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -614,6 +888,10 @@ def main() -> None:
     (tmp / "logs").mkdir()
     result["logs"] = {
         str(size): at_size(size, signer, hops, args.samples, tmp / "logs") for size in sizes
+    }
+    (tmp / "trace").mkdir()
+    result["trace"] = {
+        str(size): trace_at_size(size, tmp / "trace" / str(size), args.samples) for size in sizes
     }
     work.cleanup()
     crash = result["per_message"]["sent_crash"]

@@ -1,6 +1,7 @@
 """benchmarks/audit.py still runs and prints its figures, at its smallest settings: every
-section is there with sane values (counts, sizes, ratios > 0, the logs verify). No
-assertion on time: the script itself reports that."""
+section is there with sane values (counts, sizes, ratios > 0, the logs verify, the
+audit trace of a task joins every hop and span). No assertion on time: the script itself
+reports that."""
 
 from __future__ import annotations
 
@@ -91,4 +92,29 @@ def test_audit_benchmark_prints_every_figure() -> None:
         two = sizes["checkpoint_note_bytes"] + 2 * sizes["cosignature_line_bytes"]
         assert abs(sizes["note_with_2_cosignatures_bytes"] - two) <= 1
         assert sizes["receipt_json_bytes"] > sizes["receipt_entry_bytes"] > 100
+    assert set(d["trace"]) == {str(s) for s in SIZES}
+    for size in SIZES:
+        tr = d["trace"][str(size)]
+        assert tr["entries_per_org"] == size and tr["entries_both_logs"] == 2 * size
+        assert tr["tasks"] >= 2 * (size // 11) - 2  # 11 entries a task, both ways
+        # Per task: the asker's server and invoke_agent spans, the answerer's a2a.receive
+        # and chat spans; the file exporter's lines hold at most 512 spans each.
+        assert tr["spans_both_orgs"] == 4 * tr["tasks"]
+        assert tr["traces_jsonl_lines"] >= 2
+        read = tr["read_orgs"]
+        assert read["logs_ok"] is True and read["problems"] == 0
+        assert read["witnessed_sizes"] == {
+            "acme": 256 * (size // 256),
+            "globex": 256 * (size // 256),
+        }
+        report = tr["trace_report"]
+        assert report["ok"] is True and report["errors"] == 0, report["first_errors"]
+        assert report["warnings"] == 0
+        assert report["hops"] == report["hops_both_sides"] == 5  # request, 3 events, answer
+        assert report["verdicts"] == {"digests agree": 5}  # no task store: no signed copy
+        assert report["spans_of_trace"] == {"acme": 2, "globex": 2}
+        assert tr["find_traces_by_task"]["found_the_trace_first"] is True
+        for figure in ("read_orgs", "trace_report", "find_traces_by_task"):
+            assert tr[figure]["median_s"] > 0 and tr[figure]["entries_per_s"] > 0
+        assert tr["audit_trace_total_s"] > 0 and tr["build_s"] > 0
     assert set(d["targets"]) >= {"per_message_under_1ms_crash_mean", "round_trip_ask_within_10pct"}

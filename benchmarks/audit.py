@@ -13,7 +13,7 @@
      audit on within 10% of audit off);
   3. at each log size (default 10k and 100k entries): signing a checkpoint, a witness's
      judgement of a new checkpoint with its consistency proof (witness.judge: verify and
-     cosign), and a log receipt (SqliteAuditLog.receipt) of a received request;
+     cosign), and a log receipt (SqliteAuditLog.receipt) of a recently received request;
   4. `consortium audit verify` (trust.audit.verify.verify_log) of those logs, built once
      with realistic entries (hops both ways with real JWS, refusals, routing records),
      checkpoint_every=256 and two witnesses' cosignatures of every checkpoint; the build
@@ -84,7 +84,7 @@ from consortium.protocols.multiple_choice import Question
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.admission import hop_of
 from consortium.trust.audit import Hop, log_origin
-from consortium.trust.audit.log import SqliteAuditLog
+from consortium.trust.audit.log import MAX_RECENT_REQUESTS, SqliteAuditLog
 from consortium.trust.audit.notes import Checkpoint, parse_note
 from consortium.trust.audit.verify import verify_log
 from consortium.trust.audit.witness import Seen, encode_proof, judge
@@ -513,9 +513,12 @@ def at_size(size: int, signer: Signer, hops: Hops, samples: int, tmp: Path) -> d
     }
     result["consistency_proof_build"] = stats_us(proof_times)
 
-    # Receipts of requests this node received, anywhere in the log.
+    # Receipts of requests this node received, among those a receipt can still find
+    # (the log keeps the positions of the last MAX_RECENT_REQUESTS received requests:
+    # receipts go out with replies, soon after the request).
     rng = random.Random(size)
-    picks = [rng.choice(received) for _ in range(samples)]
+    recent = received[-MAX_RECENT_REQUESTS:]
+    picks = [rng.choice(recent) for _ in range(samples)]
     it = iter(picks)
     result["receipt"] = stats_us(timed(lambda: log.receipt(next(it)), samples))
     one_receipt = log.receipt(picks[0])

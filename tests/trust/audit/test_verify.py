@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from jwcrypto import jwk
 
 from consortium.federation.roster import Member, MemberKey, Roster
@@ -440,3 +442,29 @@ def test_a_key_dropped_from_a_later_roster_ends_there(
     old_key_after_rotation(copy, keys)
     report = verify_log(copy, history, origin=ORIGIN, org=ORG)
     assert [e for e in errors(report) if e.startswith("checkpoint 300: is not signed")]
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["kind", "dir", "peer", "msg", "digest", "seq", "time", "v", "x"]),
+        st.one_of(
+            st.text(),
+            st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.booleans(),
+            st.none(),
+            st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+        ),
+    )
+)
+def test_an_entrys_bytes_are_rfc8785(entry: dict[str, object]) -> None:
+    """The log's fast path for flat entries writes exactly what RFC 8785 writes."""
+    import rfc8785
+
+    from consortium.trust.audit.log import _canonical
+
+    try:
+        expected = bytes(rfc8785.dumps(entry))
+    except (rfc8785.CanonicalizationError, ValueError, UnicodeEncodeError):
+        return
+    assert _canonical(entry) == expected

@@ -55,38 +55,23 @@ def audit_verify(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Verify one organization's audit log: exit 0 only when every check holds."""
-    from consortium.node.audit import load_history
-    from consortium.trust.audit import log_origin
-    from consortium.trust.audit.verify import verify_log, witness_view
+    from consortium.node.audit import load_history, verify_organization
 
     def go() -> tuple[LogReport, list[str]]:
         cfg = _config(directory)
         history, skipped = load_history(cfg)
         federation_id = history.latest.federation_id
-        origin = log_origin(federation_id, cfg.node.org_id)
-        views = []
+        witnesses = []
         for other in witness or []:
             other_cfg = _config(other)
             if history.latest.member(other_cfg.node.org_id) is None:
                 raise ConfigError(
                     f"{other_cfg.node.org_id} is not a member of {federation_id}", key="--witness"
                 )
-            try:
-                view = witness_view(other_cfg.audit_path, origin, other_cfg.node.org_id)
-            except (OSError, sqlite3.Error) as e:
-                raise ConfigError(
-                    f"cannot read its audit log: {e}", path=str(other_cfg.audit_path)
-                ) from None
-            if view is not None:
-                views.append(view)
-        report = verify_log(
-            cfg.audit_path,
-            history,
-            origin=origin,
-            org=cfg.node.org_id,
-            witnessed_by=cfg.audit.witnessed_by,
-            witness_views=views,
-        )
+            witnesses.append(other_cfg)
+        report, unread = verify_organization(cfg, history, witnesses)
+        if unread:
+            raise ConfigError(unread[0], key="--witness")
         return report, skipped
 
     report, skipped = run(go)

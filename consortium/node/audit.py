@@ -12,6 +12,7 @@ path.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,8 +25,9 @@ from consortium.federation.roster import Roster, load_verified_roster, parse_tim
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.config import NodeConfig
 from consortium.node.periodic import every
-from consortium.trust.audit import AuditLog, NoOpAuditLog
+from consortium.trust.audit import AuditLog, NoOpAuditLog, log_origin
 from consortium.trust.audit.log import SqliteAuditLog
+from consortium.trust.audit.verify import LogReport, WitnessView, verify_log, witness_view
 from consortium.trust.claims import payload_digest
 from consortium.trust.jws import canonical, verify_key_of
 from consortium.trust.keys import load_public_key
@@ -148,3 +150,32 @@ def load_history(cfg: NodeConfig) -> tuple[RosterHistory, list[str]]:
         except ConfigError as e:
             skipped.append(f"{path.name}: {e}")
     return RosterHistory(rosters), skipped
+
+
+def verify_organization(
+    cfg: NodeConfig, history: RosterHistory, witnesses: Sequence[NodeConfig]
+) -> tuple[LogReport, list[str]]:
+    """An auditor's check of one organization's log (trust.audit.verify.verify_log) with
+    what each of `witnesses` (other organizations' configs) recorded cosigning of it, as
+    its `[audit] witnessed_by` asks; and a line for each witness whose log cannot be
+    read (left out)."""
+    origin = log_origin(history.latest.federation_id, cfg.node.org_id)
+    views: list[WitnessView] = []
+    unread: list[str] = []
+    for other in witnesses:
+        try:
+            view = witness_view(other.audit_path, origin, other.node.org_id)
+        except (OSError, sqlite3.Error) as e:
+            unread.append(f"{other.node.org_id}'s audit log {other.audit_path} cannot be read: {e}")
+            continue
+        if view is not None:
+            views.append(view)
+    report = verify_log(
+        cfg.audit_path,
+        history,
+        origin=origin,
+        org=cfg.node.org_id,
+        witnessed_by=cfg.audit.witnessed_by,
+        witness_views=views,
+    )
+    return report, unread

@@ -23,10 +23,10 @@ from a2a.types import a2a_pb2
 from google.protobuf.message import DecodeError
 
 from consortium.errors import ConfigError
-from consortium.node.audit import RosterHistory, load_history
+from consortium.node.audit import RosterHistory, load_history, verify_organization
 from consortium.node.config import NodeConfig
 from consortium.trust.audit import log_origin
-from consortium.trust.audit.verify import LogReport, snapshot, verify_log, witness_view
+from consortium.trust.audit.verify import LogReport, snapshot
 from consortium.trust.claims import SIGNATURE_KEY
 
 
@@ -196,25 +196,9 @@ def read_orgs(configs: Sequence[NodeConfig]) -> list[OrgRecords]:
         org = cfg.node.org_id
         origin = log_origin(federation, org)
         problems = [f"archived roster left out: {line}" for line in skipped]
-        views = []
-        for other in configs:
-            if other is cfg:
-                continue
-            try:
-                view = witness_view(other.audit_path, origin, other.node.org_id)
-            except (OSError, sqlite3.Error) as e:
-                problems.append(f"{other.node.org_id}'s audit log cannot be read: {e}")
-                continue
-            if view is not None:
-                views.append(view)
-        report = verify_log(
-            cfg.audit_path,
-            history,
-            origin=origin,
-            org=org,
-            witnessed_by=cfg.audit.witnessed_by,
-            witness_views=views,
-        )
+        others = [other for other in configs if other is not cfg]
+        report, unread = verify_organization(cfg, history, others)
+        problems += unread
         spans: list[Span] | None = None
         if cfg.telemetry.exporter == "file":
             path = cfg.data_dir / cfg.telemetry.path

@@ -11,6 +11,13 @@ that witness cosigned and `proof` the consistency proof from it; a witness that 
 another size says so and the submitter retries once from there. A cosignature is
 checked against the witness's key before it is kept with the checkpoint.
 
+Proofs on request (`{"mode": "proof"}`, one data part): a member asks for
+`{"inclusionOf": MESSAGE_ID}`, the log receipt of a request it sent this node lately
+(its entry, a checkpoint signed now, the inclusion proof: trust.audit.inclusion), or
+`{"consistency": [OLD, NEW]}`, the consistency proof between two checkpoints this node
+signed, with the newer one and its cosignatures. A member learns of no entry but its own
+requests'.
+
 Witnessing (members' logs): the executor's direct reply hands the verified member's
 message here; `trust.audit.witness.judge` decides; a cosigned checkpoint becomes the last
 one seen of that log. A rollback or a fork is refused, recorded in this node's audit log
@@ -38,7 +45,7 @@ from consortium.logsafe import safe
 from consortium.node.audit import keys_of
 from consortium.node.peers import Call, PeerClient, PeerError, PeerQuarantined
 from consortium.node.periodic import every
-from consortium.protocols.replies import CosignReply
+from consortium.protocols.replies import CosignReply, ProofReply
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.audit import log_origin
 from consortium.trust.audit.log import Signed, SqliteAuditLog
@@ -101,6 +108,17 @@ def submission(message: a2a_pb2.Message) -> tuple[str, int, list[bytes]]:
     if isinstance(old, bool) or not isinstance(old, int | float) or old != int(old) or old < 0:
         raise ValueError("oldSize is not a non-negative integer")
     return note, int(old), decode_proof(content.get("proof", []))
+
+
+def proof_request(message: a2a_pb2.Message) -> dict[str, Any]:
+    """The JSON object of a proof request's one data part; raises ValueError."""
+    if len(message.parts) != 1 or message.parts[0].WhichOneof("content") != "data":
+        raise ValueError("a proof request is one data part")
+    data = message.parts[0].data
+    if data.WhichOneof("kind") != "struct_value":
+        raise ValueError("a proof request is a JSON object")
+    content: dict[str, Any] = json_format.MessageToDict(data.struct_value)
+    return content
 
 
 def reply_of(message: a2a_pb2.Message) -> CosignReply | None:
@@ -239,6 +257,39 @@ class Witnessing:
     async def run(self) -> None:
         """Submits every witness_interval_s (never, when it is 0), until cancelled."""
         await every(self._interval, self.submit_all, "witnessing round")
+
+    # -- proofs for members --------------------------------------------------------------
+
+    def prove(self, sender: str, message: a2a_pb2.Message) -> ProofReply:
+        """A verified member's proof request answered (see the module docstring)."""
+        try:
+            content = proof_request(message)
+        except ValueError as e:
+            return ProofReply(org=self.org_id, error=str(e))
+        wanted = content.get("inclusionOf")
+        if isinstance(wanted, str) and wanted and len(wanted) <= 256:
+            receipt = self._audit.receipt(wanted, peer=sender)
+            if receipt is None:
+                return ProofReply(org=self.org_id, error="no recent request with this id from you")
+            return ProofReply(org=self.org_id, receipt=receipt)
+        sizes = content.get("consistency")
+        if (
+            isinstance(sizes, list)
+            and len(sizes) == 2
+            and all(isinstance(n, int | float) and not isinstance(n, bool) for n in sizes)
+        ):
+            old, new = (int(n) for n in sizes)
+            try:
+                note = self._audit.cosigned_note(new)
+                proof = self._audit.consistency_proof(old, new) if old else []
+            except (KeyError, ValueError):
+                return ProofReply(
+                    org=self.org_id, error=f"no checkpoint of size {new}, or {old} > {new}"
+                )
+            return ProofReply(org=self.org_id, checkpoint=note, proof=encode_proof(proof))
+        return ProofReply(
+            org=self.org_id, error="ask for inclusionOf: MESSAGE_ID or consistency: [OLD, NEW]"
+        )
 
     # -- members' checkpoints ------------------------------------------------------------
 

@@ -5,6 +5,8 @@ trust report, and a witness's answer to a member's audit-log checkpoint. Each ca
 
 from __future__ import annotations
 
+from typing import Any
+
 from consortium.protocols.multiple_choice import OptionScores
 from consortium.protocols.provenance import WireModel
 
@@ -63,3 +65,15 @@ class CosignReply(WireModel):
     detail: str | None = None
     cosignature: str | None = None
     known_size: int = 0
+
+
+class ProofReply(WireModel):
+    """Proofs from a member's audit log (node/witnessing.py): a log receipt of one of the
+    asker's requests, or a consistency proof with the newer checkpoint's note; or
+    `error`."""
+
+    org: str
+    receipt: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    proof: list[str] | None = None
+    error: str | None = None

@@ -45,9 +45,10 @@ class RequestOptions(BaseModel):
     # of a vote or debate asks its peers this way); "answer": a task, routed;
     # "trust_report": a member's signed trust report in a data part (node/reports.py),
     # acknowledged with one Message, never a task and never shown to the model;
-    # "cosign": a member's audit-log checkpoint for this node to witness (node/witnessing.py),
-    # answered the same way.
-    mode: Literal["answer", "score", "trust_report", "cosign"] = "answer"
+    # "cosign": a member's audit-log checkpoint for this node to witness, "proof": a
+    # member's request for proofs from this node's log (node/witnessing.py), answered
+    # the same way.
+    mode: Literal["answer", "score", "trust_report", "cosign", "proof"] = "answer"
     # Shown before the answer when scoring (e.g. other members' answers in a debate).
     context: Annotated[str, Field(max_length=8000)] = ""
     # Overrides of the node's [routing]: a router spec, or a group from [groups].

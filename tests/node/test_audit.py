@@ -266,3 +266,75 @@ async def test_witnesses_must_be_other_members(fed: Federation) -> None:
     good = node.config.model_copy(update={"audit": AuditSection(witnesses=["initech"])})
     witnessing = build_witnessing(good, node.federation)
     assert witnessing is not None and witnessing.witnesses() == ["initech"]
+
+
+# -- proofs served to members ----------------------------------------------------------
+
+
+def proof_message(content: dict[str, Any]) -> a2a_pb2.Message:
+    from google.protobuf import json_format, struct_pb2
+
+    message = cosign_message("placeholder", 0, [])
+    value = struct_pb2.Value()
+    json_format.ParseDict(content, value)
+    message.parts[0].data.CopyFrom(value)
+    message.metadata.update({METADATA_KEY: {"mode": "proof"}})
+    return message
+
+
+async def test_a_member_gets_proofs_of_its_own_requests_only(fed: Federation) -> None:
+    from consortium.trust.audit.inclusion import check_receipt
+    from consortium.trust.audit.merkle import verify_consistency
+    from consortium.trust.audit.notes import Checkpoint, parse_note
+    from consortium.trust.audit.witness import decode_proof
+    from consortium.trust.jws import verify_key_of
+
+    answer = await fed.ask_via("globex", "prove it", sender="acme")
+    assert answer.state == "completed", answer.status_text
+    globex_log = entries(fed, "globex")
+    [request] = [
+        e for e in globex_log if e["kind"] == "request" and e["dir"] == "in" and e["peer"] == "acme"
+    ][-1:]
+    reply = await send_as(fed, "acme", "globex", proof_message({"inclusionOf": request["msg"]}))
+    assert "error" not in reply
+    globex = fed.nodes["globex"]
+    key = load_private_key(globex.config.resolve(globex.config.identity.private_key))
+    found = check_receipt(
+        reply["receipt"],
+        origin=log_origin("test-federation", "globex"),
+        keys=[verify_key_of(key)],
+        request_id=request["msg"],
+        request_digest=request["digest"],
+        asker="acme",
+    )
+    assert found.verdict == "included"
+    # initech may not learn of acme's request; nor of an unknown one.
+    for asker, msg in (("initech", request["msg"]), ("acme", "no-such-message")):
+        refused = await send_as(fed, asker, "globex", proof_message({"inclusionOf": msg}))
+        assert refused["error"] == "no recent request with this id from you"
+        assert "receipt" not in refused
+    # Consistency between two of globex's checkpoints, each a note it signed.
+    log = globex.federation.audit_log  # type: ignore[union-attr]
+    assert log is not None
+    old = log.checkpoint().checkpoint.size
+    await fed.ask_via("globex", "more entries", sender="acme")
+    new = log.checkpoint().checkpoint.size
+    first = await send_as(fed, "acme", "globex", proof_message({"consistency": [0, old]}))
+    later = await send_as(fed, "acme", "globex", proof_message({"consistency": [old, new]}))
+    old_root = Checkpoint.parse(parse_note(first["checkpoint"])[0]).root
+    new_root = Checkpoint.parse(parse_note(later["checkpoint"])[0]).root
+    verify_consistency(old, new, decode_proof(later["proof"]), old_root, new_root)
+    for bad in ({"consistency": [new, old]}, {"consistency": [0, 10**9]}, {}, {"x": 1}):
+        assert "error" in await send_as(fed, "acme", "globex", proof_message(bad))
+
+
+async def test_strangers_get_no_proofs(fed: Federation) -> None:
+    node = fed.nodes["globex"]
+    assert node.endpoints is not None
+    async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as channel:
+        stub = a2a_pb2_grpc.A2AServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.SendMessage(
+                a2a_pb2.SendMessageRequest(message=proof_message({"consistency": [0, 1]}))
+            )
+    assert e.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)

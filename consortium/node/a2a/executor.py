@@ -52,6 +52,7 @@ from consortium.protocols.provenance import Provenance
 from consortium.protocols.replies import (
     CosignReply,
     FeedbackReply,
+    ProofReply,
     ReportAck,
     ScoresOfOptions,
     ScoresReply,
@@ -97,7 +98,7 @@ def _is_direct_request(message: a2a_pb2.Message) -> bool:
         options = request_options(message)
     except ValueError:
         return False  # the task path rejects it with the reason
-    return options.mode in ("score", "trust_report", "cosign") or options.feedback is not None
+    return options.mode in ("score", *MESSAGE_ONLY_MODES) or options.feedback is not None
 
 
 def _caller(context: ServerCallContext) -> Caller:
@@ -137,6 +138,8 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             return self._report_ack(message, context)
         if mode == "cosign":
             return self._cosign_reply(message, context)
+        if mode == "proof":
+            return self._proof_reply(message, context)
         try:
             options = request_options(message)
         except ValueError:
@@ -221,6 +224,22 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         reply = _agent_message(
             "", message.context_id, f"checkpoint {answer.verdict}", {METADATA_KEY: answer.wire()}
         )
+        reply.ClearField("task_id")
+        return self._signed(reply, verified)
+
+    def _proof_reply(self, message: a2a_pb2.Message, context: ServerCallContext) -> a2a_pb2.Message:
+        """Proofs from this node's audit log, for a verified member only."""
+        caller = _caller(context)
+        verified = context.state.get(VERIFIED_KEY)
+        if caller.kind != "member" or not isinstance(verified, Verified):
+            log.warning("refused proof request %s: not_member", safe(message.message_id or "-"))
+            raise PermissionDeniedError(message="proofs are served to members only")
+        if self._witnessing is None:
+            answer = ProofReply(org=self.service.org_id, error="this node keeps no log")
+        else:
+            answer = self._witnessing.prove(caller.id, message)
+        text = "proof" if answer.error is None else f"rejected: {answer.error}"
+        reply = _agent_message("", message.context_id, text, {METADATA_KEY: answer.wire()})
         reply.ClearField("task_id")
         return self._signed(reply, verified)
 

@@ -71,14 +71,16 @@ def validate_send_request(params: a2a_pb2.SendMessageRequest) -> None:
     if mode in MESSAGE_ONLY_MODES and (
         message.task_id or params.configuration.HasField("task_push_notification_config")
     ):
-        what = "a trust report" if mode == "trust_report" else "a checkpoint to cosign"
+        what = {"trust_report": "a trust report", "cosign": "a checkpoint to cosign"}.get(
+            mode, "a proof request"
+        )
         raise InvalidParamsError(
             message=f"{what} is a message-only exchange: no task_id, no push notification"
         )
 
 
 # Members' messages answered with one Message, before any other option is read.
-MESSAGE_ONLY_MODES = frozenset({"trust_report", "cosign"})
+MESSAGE_ONLY_MODES = frozenset({"trust_report", "cosign", "proof"})
 
 
 def requested_mode(message: a2a_pb2.Message) -> str:

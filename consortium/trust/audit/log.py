@@ -441,15 +441,18 @@ class SqliteAuditLog:
         with self._lock:
             return self._tree.consistency_proof(old_size, new_size)
 
-    def receipt(self, message_id: str) -> dict[str, Any] | None:
+    def receipt(self, message_id: str, peer: str = "") -> dict[str, Any] | None:
         """The log receipt (trust.audit.inclusion) of the request `message_id` this node
         received lately: its entry, a checkpoint of the log as it is now, signed but not
         kept (consistent with every later one), and the inclusion proof. None when the
-        log holds no such entry (or it is too old to be among the recent ones)."""
+        log holds no such entry (or it is too old to be among the recent ones), or, with
+        `peer`, when the request is not from that member."""
         seq = self._requests.get(message_id)
         if seq is None:
             return None
         row = self._db.execute("SELECT body FROM entries WHERE seq = ?", (seq,)).fetchone()
+        if peer and json.loads(row[0]).get("peer") != peer:
+            return None  # another member's request: nothing to say of it
         with self._lock:
             size = self._tree.size
             checkpoint = Checkpoint(self.origin, size, self._tree.root(size))

@@ -43,7 +43,7 @@ from consortium.errors import RequestRejected, UntrustedAnswer
 from consortium.federation.watcher import RosterWatcher
 from consortium.logsafe import safe
 from consortium.node.audit import keys_of
-from consortium.node.peers import Call, PeerClient, PeerError, PeerQuarantined
+from consortium.node.peers import Call, PeerClient, PeerError
 from consortium.node.periodic import every
 from consortium.protocols.replies import CosignReply, ProofReply
 from consortium.protocols.request_options import METADATA_KEY
@@ -53,7 +53,7 @@ from consortium.trust.audit.notes import (
     Checkpoint,
     NoteError,
     cosignature_key_hash,
-    parse_note,
+    parse_signature_line,
     verify_cosignature,
 )
 from consortium.trust.audit.witness import (
@@ -204,8 +204,6 @@ class Witnessing:
                 reply = await self._peers.exchange(
                     org, cosign_message(signed.note, old, proof), COSIGN
                 )
-            except PeerQuarantined:
-                return "quarantined"
             except PeerError as e:
                 outcome = e.failure or "not_sent"
                 break
@@ -238,8 +236,8 @@ class Witnessing:
         """Checks a witness's cosignature line and keeps it; "ok" or why not."""
         name = log_origin(self.federation_id, org)
         try:
-            _, [sig] = parse_note(checkpoint.body() + "\n" + line.rstrip("\n") + "\n")
-        except (NoteError, ValueError):
+            sig = parse_signature_line(line)
+        except NoteError:
             return "bad_cosignature"
         roster = self._roster.current()
         for key in keys_of(roster, org, self._clock()):

@@ -338,3 +338,21 @@ async def test_strangers_get_no_proofs(fed: Federation) -> None:
                 a2a_pb2.SendMessageRequest(message=proof_message({"consistency": [0, 1]}))
             )
     assert e.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+@pytest.mark.parametrize("mode", ["cosign", "proof"])
+async def test_a_checkpoint_or_proof_request_naming_a_task_is_a_client_error(
+    fed: Federation, mode: str
+) -> None:
+    """Message-only exchanges: a task id is refused as invalid before anything else."""
+    node = fed.nodes["globex"]
+    assert node.endpoints is not None
+    message = proof_message({"consistency": [0, 1]})
+    message.metadata.update({METADATA_KEY: {"mode": mode}})
+    message.task_id = "some-task"
+    async with grpc.aio.insecure_channel(node.endpoints.grpc_target) as channel:
+        stub = a2a_pb2_grpc.A2AServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.SendMessage(a2a_pb2.SendMessageRequest(message=message))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message-only exchange" in (e.value.details() or "")

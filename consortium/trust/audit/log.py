@@ -50,6 +50,7 @@ from consortium.trust.audit.notes import (
     NoteSignature,
     format_note,
     parse_note,
+    parse_signature_line,
     sign_note,
 )
 from consortium.trust.audit.witness import Seen
@@ -384,9 +385,7 @@ class SqliteAuditLog:
         lines = self._db.execute(
             "SELECT line FROM cosignatures WHERE size = ? ORDER BY witness", (size,)
         ).fetchall()
-        for (line,) in lines:
-            _, extra = parse_note(body + "\n" + line)
-            signatures.extend(extra)
+        signatures.extend(parse_signature_line(line) for (line,) in lines)
         return format_note(body, signatures)
 
     def add_cosignature(self, size: int, witness: str, signature: NoteSignature) -> None:

@@ -244,6 +244,12 @@ def format_note(body: str, signatures: Sequence[NoteSignature]) -> str:
     return body + "\n" + "".join(sig.line() for sig in signatures)
 
 
+def parse_signature_line(line: str, number: int = 1) -> NoteSignature:
+    """One signature line ("— NAME BASE64", with or without its newline), as kept apart
+    from its note (a witness's cosignature); NoteError when malformed."""
+    return _parse_signature_line(line.rstrip("\n"), number)
+
+
 def _parse_signature_line(line: str, number: int) -> NoteSignature:
     if not line.startswith(_SIGNATURE_PREFIX):
         raise NoteError(f"signature line {number} does not start with an em dash and space")

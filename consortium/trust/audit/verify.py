@@ -42,6 +42,7 @@ from consortium.trust.audit.notes import (
     cosignature_key_hash,
     ed25519_key_hash,
     parse_note,
+    parse_signature_line,
     verify_cosignature,
     verify_note,
 )
@@ -281,8 +282,8 @@ def _cosignatures(db: sqlite3.Connection, history: KeyHistory, report: LogReport
         try:
             body, _ = parse_note(str(notes[size]))
             checkpoint = Checkpoint.parse(body)
-            _, [sig] = parse_note(body + "\n" + str(line))
-        except (NoteError, ValueError) as e:
+            sig = parse_signature_line(str(line))
+        except NoteError as e:
             report.error(where, f"cannot be read: {e}")
             continue
         if witness == report.org or witness not in history.members():

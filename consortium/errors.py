@@ -57,6 +57,11 @@ class RequestRejected(ConsortiumError):
     exit_code = 6
 
 
+class UnsupportedByModel(RequestRejected):
+    """A request asks the model for something its backend cannot do (JSON-constrained
+    generation without a grammar, token log-probabilities the server does not return)."""
+
+
 class BudgetError(RequestRejected):
     """A request's budget (tokens, calls, cost) allows no call to any member."""
 

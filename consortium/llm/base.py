@@ -13,12 +13,27 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "user", "assistant"]
+# What a backend can do beyond chat and completion, checked where a request or a
+# configured router needs it: `grammar` (generation constrained to JSON, `response_format`),
+# `token_logprobs` (a log-probability per generated token), `option_scoring` (`score`:
+# multiple-choice options by prompt log-likelihood).
+Capability = Literal["grammar", "token_logprobs", "option_scoring"]
+DEFAULT_CAPABILITIES: frozenset[Capability] = frozenset({"token_logprobs", "option_scoring"})
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: Role
     content: str
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    """Constrains a generation to JSON: any JSON object (`json_object`), or a value that
+    matches `schema`, a JSON Schema given as JSON text (`json_schema`)."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: str = ""
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,9 @@ class GenerationParams:
     logprobs: bool = False
     top_logprobs: int = 0
     seed: int | None = None
+    # Needs the backend's `grammar` capability; a backend without it raises
+    # UnsupportedByModel rather than generate unconstrained text.
+    response_format: ResponseFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -42,10 +60,19 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One step of a streamed generation: the new text and, if asked for, its logprob."""
+    """One step of a streamed generation: the new text and, if asked for, its logprob.
+    A chunk the worker merged from several steps keeps every step's in `merged`."""
 
     text: str
     logprob: TokenLogprob | None = None
+    merged: tuple[TokenLogprob, ...] = ()
+
+    @property
+    def logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The log-probabilities of the tokens in this chunk, in order."""
+        if self.merged:
+            return self.merged
+        return () if self.logprob is None else (self.logprob,)
 
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -88,6 +115,7 @@ class ModelInfo:
     context_size: int
     chat: bool
     path: str = ""
+    capabilities: frozenset[Capability] = DEFAULT_CAPABILITIES
 
 
 @runtime_checkable

@@ -42,7 +42,8 @@ class GenerationRequest:
 def _merge(chunks: list[Chunk]) -> Chunk:
     if len(chunks) == 1:
         return chunks[0]
-    return Chunk("".join(c.text for c in chunks), chunks[-1].logprob)
+    logprobs = tuple(lp for c in chunks for lp in c.logprobs)
+    return Chunk("".join(c.text for c in chunks), chunks[-1].logprob, logprobs)
 
 
 _Job = Callable[[], None]

@@ -1,0 +1,113 @@
+"""llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`) on a
+local GGUF file, in its own process: what the OpenAI endpoint's benchmark compares the
+node with, and the real server the remote backend's tests talk to.
+
+    with llama_server(resolve_model_file("smollm2-135m", None)) as base_url:
+        ...  # base_url: "http://127.0.0.1:PORT/v1"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def llama_server(
+    model: Path,
+    *,
+    n_ctx: int = 2048,
+    n_threads: int = 2,
+    api_key: str | None = None,
+    logits_all: bool = False,
+    model_alias: str | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Runs the server until the block ends; yields its base URL (`.../v1`).
+    `logits_all`: keep every position's logits, which the completions API's prompt
+    log-probabilities (`echo` with `logprobs`) need."""
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(n_threads),
+        "--n_threads_batch",
+        str(n_threads),
+        "--verbose",
+        "False",
+    ]
+    if model_alias:
+        cmd += ["--model_alias", model_alias]
+    if api_key:
+        cmd += ["--api_key", api_key]
+    if logits_all:
+        cmd += ["--logits_all", "True"]
+    cmd += list(extra_args)
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        base_url = f"http://127.0.0.1:{port}/v1"
+        try:
+            _wait_ready(proc, base_url, api_key, stderr)
+            yield base_url
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes], base_url: str, api_key: str | None, stderr: object
+) -> None:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            assert hasattr(stderr, "seek") and hasattr(stderr, "read")
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"llama_cpp.server exited ({proc.returncode}): {tail}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"llama_cpp.server did not answer within {START_TIMEOUT_S:.0f} s")

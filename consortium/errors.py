@@ -62,6 +62,11 @@ class UnsupportedByModel(RequestRejected):
     generation without a grammar, token log-probabilities the server does not return)."""
 
 
+class InvalidResponseFormat(RequestRejected):
+    """A request's response_format cannot be honoured as given: a json_schema that is not
+    JSON, or that cannot be turned into a grammar."""
+
+
 class BudgetError(RequestRejected):
     """A request's budget (tokens, calls, cost) allows no call to any member."""
 

@@ -12,6 +12,8 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from consortium.errors import UnsupportedByModel
+
 Role = Literal["system", "user", "assistant"]
 # What a backend can do beyond chat and completion, checked where a request or a
 # configured router needs it: `grammar` (generation constrained to JSON, `response_format`),
@@ -49,6 +51,16 @@ class GenerationParams:
     # Needs the backend's `grammar` capability; a backend without it raises
     # UnsupportedByModel rather than generate unconstrained text.
     response_format: ResponseFormat | None = None
+
+
+def refuse_response_format(params: GenerationParams, backend: str) -> None:
+    """For a backend without the `grammar` capability: UnsupportedByModel when the request
+    asks for JSON-constrained output, before anything is generated."""
+    if params.response_format is not None:
+        raise UnsupportedByModel(
+            f"the {backend} backend cannot constrain output to JSON (response_format); "
+            "use the llama_cpp backend"
+        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from consortium.errors import PromptTooLongError
+from consortium.errors import ModelError, PromptTooLongError
 from consortium.llm.base import (
     Chunk,
     Completion,
@@ -52,9 +52,49 @@ class Decoder(Protocol):
     def detokenizer(self) -> Detokenizer: ...
 
 
+class Constraint(Protocol):
+    """Restricts which tokens may come next (a grammar), advanced token by token."""
+
+    def allows(self, token: int) -> bool: ...
+
+    def can_end(self) -> bool: ...
+
+    def mask(self, logits: Logits) -> Logits: ...
+
+    def accept(self, token: int) -> None: ...
+
+
+def _choose(
+    logits: Logits, params: GenerationParams, rng: np.random.Generator, constraint: Constraint
+) -> int:
+    """A token the constraint allows, drawn from the constrained distribution.
+
+    Masking the whole vocabulary is the expensive part, so the unconstrained choice is
+    tried first: when the constraint allows it, it is also the constrained choice at
+    temperature 0 (the argmax), and without top-p a draw from the full distribution
+    accepted when allowed and redrawn from the masked one otherwise has exactly the masked
+    distribution. With top-p the nucleus depends on the mask, so it is always applied.
+    """
+    if params.temperature <= 0 or params.top_p >= 1.0:
+        token = sample(logits, params, rng)
+        if constraint.allows(token):
+            return token
+    masked = constraint.mask(logits)
+    if not np.isfinite(masked).any():
+        raise ModelError("the response_format grammar allows no next token")
+    return sample(masked, params, rng)
+
+
 def generate(
-    decoder: Decoder, tokens: list[int], params: GenerationParams, cancel: threading.Event
+    decoder: Decoder,
+    tokens: list[int],
+    params: GenerationParams,
+    cancel: threading.Event,
+    constraint: Constraint | None = None,
 ) -> Generator[Chunk, None, Completion]:
+    """Generates from `tokens`; with a `constraint`, only tokens it allows, ending (as a
+    stop) when it is complete. Log-probabilities are the model's, before the constraint.
+    """
     started = time.perf_counter()
     if len(tokens) >= decoder.context_size:
         raise PromptTooLongError(
@@ -73,12 +113,22 @@ def generate(
     prompt_s = 0.0
     finish: FinishReason = "length"
     for step in range(budget):
-        token = sample(logits, params, rng)
+        if constraint is None:
+            token = sample(logits, params, rng)
+        else:
+            token = _choose(logits, params, rng, constraint)
         if step == 0:
             prompt_s = time.perf_counter() - started
         if decoder.is_end(token):
             finish = "stop"
             break
+        if constraint is not None:
+            # Once the value is complete, whitespace is all the grammar still allows
+            # before the end: end there rather than spend tokens on it.
+            if not decoder.piece(token).strip() and constraint.can_end():
+                finish = "stop"
+                break
+            constraint.accept(token)
         n_out += 1
         if params.logprobs:
             pending.append(

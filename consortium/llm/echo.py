@@ -20,6 +20,7 @@ from consortium.llm.base import (
     Timings,
     TokenLogprob,
     Usage,
+    refuse_response_format,
 )
 
 
@@ -41,6 +42,7 @@ class EchoBackend:
     def stream_chat(
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
+        refuse_response_format(params, "echo")
         users = [m.content for m in messages if m.role == "user"]
         prompt = "\n".join(m.content for m in messages)
         return self._echo(users[-1] if users else "", self.count_tokens(prompt), params, cancel)
@@ -48,6 +50,7 @@ class EchoBackend:
     def stream_complete(
         self, prompt: str, params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
+        refuse_response_format(params, "echo")
         return self._echo(prompt, self.count_tokens(prompt), params, cancel)
 
     def _echo(

@@ -5,12 +5,16 @@ last token's logits after each decode, so it can report per-token log-probabilit
 without `logits_all` (which would hold n_ctx x n_vocab floats: 2 GiB for Gemma-3's
 262k vocabulary), stop between any two tokens when a task is cancelled, and score
 multiple-choice continuations in one batched decode.
+
+`response_format` (JSON output) runs llama.cpp's grammar sampler in that same loop
+(llm/grammar.py): the backend's `grammar` capability.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import logging
 import threading
 from collections.abc import Generator, Iterator, Sequence
@@ -23,12 +27,14 @@ import numpy.typing as npt
 from consortium.errors import ModelError, PromptTooLongError
 from consortium.llm import decode_loop
 from consortium.llm.base import (
+    DEFAULT_CAPABILITIES,
     ChatMessage,
     Chunk,
     Completion,
     GenerationParams,
     ModelInfo,
 )
+from consortium.llm.grammar import GrammarConstraint, grammar_for
 from consortium.llm.sampling import Logits, common_prefix, log_softmax
 
 log = logging.getLogger(__name__)
@@ -144,6 +150,7 @@ class LlamaCppBackend:
             context_size=context_size,
             chat=has_template if chat is None else chat,
             path=str(path),
+            capabilities=DEFAULT_CAPABILITIES | {"grammar"},
         )
 
     @property
@@ -172,15 +179,7 @@ class LlamaCppBackend:
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
         prompt, template_stops = self.render_chat(messages)
-        merged = GenerationParams(
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            stop=tuple(params.stop) + template_stops,
-            logprobs=params.logprobs,
-            top_logprobs=params.top_logprobs,
-            seed=params.seed,
-        )
+        merged = dataclasses.replace(params, stop=tuple(params.stop) + template_stops)
         return self._generate(self._tokenize(prompt), merged, cancel)
 
     def stream_complete(
@@ -198,7 +197,32 @@ class LlamaCppBackend:
     def _generate(
         self, tokens: list[int], params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
-        return decode_loop.generate(_LlamaDecoder(self), tokens, params, cancel)
+        if params.response_format is None:
+            return decode_loop.generate(_LlamaDecoder(self), tokens, params, cancel)
+        # Built now, so that a bad schema fails the request before any token.
+        constraint = GrammarConstraint(
+            self._llm._model.vocab,
+            self._n_vocab,
+            grammar_for(params.response_format),
+            end_token=self._llm.token_eos(),
+        )
+        return self._generate_constrained(tokens, params, cancel, constraint)
+
+    def _generate_constrained(
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        cancel: threading.Event,
+        constraint: GrammarConstraint,
+    ) -> Generator[Chunk, None, Completion]:
+        try:
+            return (
+                yield from decode_loop.generate(
+                    _LlamaDecoder(self), tokens, params, cancel, constraint
+                )
+            )
+        finally:
+            constraint.close()
 
     def score(self, prompt: str, continuations: Sequence[str]) -> list[float]:
         llm = self._llm

@@ -17,7 +17,14 @@ import numpy as np
 
 from consortium.errors import ModelError, PromptTooLongError
 from consortium.llm import decode_loop
-from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams, ModelInfo
+from consortium.llm.base import (
+    ChatMessage,
+    Chunk,
+    Completion,
+    GenerationParams,
+    ModelInfo,
+    refuse_response_format,
+)
 from consortium.llm.sampling import Logits, common_prefix, log_softmax
 
 
@@ -84,6 +91,7 @@ class TransformersBackend:
     def stream_chat(
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
+        refuse_response_format(params, "transformers")
         if not self._info.chat:
             raise ModelError(f"model {self._info.name} has no chat template")
         ids: Any = self._tok.apply_chat_template(
@@ -99,6 +107,7 @@ class TransformersBackend:
     def stream_complete(
         self, prompt: str, params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
+        refuse_response_format(params, "transformers")
         return decode_loop.generate(_TorchDecoder(self), self.tokenize(prompt), params, cancel)
 
     def score(self, prompt: str, continuations: Sequence[str]) -> list[float]:

@@ -116,7 +116,8 @@ async def test_transformers_backend_loads_a_model_directory(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from consortium.llm.base import ChatMessage, GenerationParams
+    from consortium.errors import UnsupportedByModel
+    from consortium.llm.base import ChatMessage, GenerationParams, ResponseFormat
     from consortium.llm.transformers_backend import TransformersBackend
 
     # A plain transformers model directory, made from the bundled GGUF.
@@ -130,6 +131,14 @@ async def test_transformers_backend_loads_a_model_directory(
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(directory)
     backend = TransformersBackend(directory, name="smollm2-hf", threads=2)
+    # No grammar: JSON-constrained output is refused before anything is generated.
+    assert "grammar" not in backend.info.capabilities
+    with pytest.raises(UnsupportedByModel, match="cannot constrain output to JSON"):
+        backend.stream_chat(
+            [ChatMessage("user", "Reply in JSON.")],
+            GenerationParams(response_format=ResponseFormat("json_object")),
+            threading.Event(),
+        )
     gen = backend.stream_chat(
         [ChatMessage("user", "What is the capital of France?")],
         GenerationParams(max_tokens=12),

@@ -1,0 +1,178 @@
+"""JSON-constrained generation (response_format) on llama.cpp's grammar sampler, on the
+bundled SmolLM2; and the refusal of the backends that have no grammar."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consortium.errors import InvalidResponseFormat, RequestRejected, UnsupportedByModel
+from consortium.llm.base import (
+    ChatMessage,
+    Chunk,
+    Completion,
+    GenerationParams,
+    ResponseFormat,
+)
+from consortium.llm.echo import EchoBackend
+from consortium.llm.llama_cpp_backend import LlamaCppBackend
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 24},
+        "size": {"type": "integer", "enum": [1, 2, 3]},
+    },
+    "required": ["city", "size"],
+    "additionalProperties": False,
+}
+
+
+def drain(gen: Generator[Chunk, None, Completion]) -> tuple[list[Chunk], Completion]:
+    chunks = []
+    while True:
+        try:
+            chunks.append(next(gen))
+        except StopIteration as stop:
+            return chunks, stop.value
+
+
+@pytest.fixture(scope="module")
+def smollm(smollm_path: Path) -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend(smollm_path, name="smollm2-135m", context_size=1024, threads=2)
+    yield backend
+    backend.close()
+
+
+def chat(backend: LlamaCppBackend, question: str, **params: Any) -> tuple[list[Chunk], Completion]:
+    gen = backend.stream_chat(
+        [ChatMessage("user", question)], GenerationParams(**params), threading.Event()
+    )
+    return drain(gen)
+
+
+def valid_for_schema(value: object) -> bool:
+    """SCHEMA checked by hand (jsonschema is not a dependency)."""
+    return (
+        isinstance(value, dict)
+        and set(value) == {"city", "size"}
+        and isinstance(value["city"], str)
+        and len(value["city"]) <= 24
+        and type(value["size"]) is int
+        and value["size"] in (1, 2, 3)
+    )
+
+
+def test_llama_cpp_declares_the_grammar_capability(smollm: LlamaCppBackend) -> None:
+    assert smollm.info.capabilities == {"grammar", "token_logprobs", "option_scoring"}
+    assert "grammar" not in EchoBackend().info.capabilities
+
+
+def test_json_object_output_is_a_json_object(smollm: LlamaCppBackend) -> None:
+    chunks, done = chat(
+        smollm,
+        "Describe a cat as JSON with its name and age.",
+        max_tokens=128,
+        response_format=ResponseFormat("json_object"),
+        logprobs=True,
+    )
+    assert done.text == "".join(c.text for c in chunks)
+    assert isinstance(json.loads(done.text), dict)
+    # The grammar's completion ends the generation, not the token budget.
+    assert done.finish_reason == "stop"
+    assert done.text.rstrip() == done.text
+    assert len(done.logprobs) == done.usage.output_tokens
+
+
+def test_json_schema_output_validates(smollm: LlamaCppBackend) -> None:
+    _, done = chat(
+        smollm,
+        "Give a city and its size (1 small, 2 medium, 3 large) as JSON.",
+        max_tokens=96,
+        response_format=ResponseFormat("json_schema", json.dumps(SCHEMA)),
+    )
+    assert done.finish_reason == "stop"
+    assert valid_for_schema(json.loads(done.text)), done.text
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_sampled_json_schema_output_validates(smollm: LlamaCppBackend, top_p: float) -> None:
+    # top_p 1 draws first and masks only when the draw is rejected; top_p < 1 always masks.
+    # The schema bounds the output (maxLength), so the grammar, not the budget, ends it.
+    for seed in (1, 2):
+        _, done = chat(
+            smollm,
+            "Name a city and its size as JSON.",
+            max_tokens=96,
+            temperature=1.0,
+            top_p=top_p,
+            seed=seed,
+            response_format=ResponseFormat("json_schema", json.dumps(SCHEMA)),
+        )
+        assert done.finish_reason == "stop", done.text
+        assert valid_for_schema(json.loads(done.text)), done.text
+
+
+def test_constrained_logprobs_are_the_models(smollm: LlamaCppBackend) -> None:
+    # The reported log-probabilities are the model's before the constraint: they match
+    # the scorer's log-likelihood of the same text.
+    prompt = "A JSON object about the moon:"
+    gen = smollm.stream_complete(
+        prompt,
+        GenerationParams(
+            max_tokens=12, logprobs=True, response_format=ResponseFormat("json_object")
+        ),
+        threading.Event(),
+    )
+    _, done = drain(gen)
+    assert done.text.startswith("{")
+    scored = smollm.score(prompt, [done.text])[0]
+    assert scored == pytest.approx(sum(lp.logprob for lp in done.logprobs), abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must be a JSON Schema object"),
+        ('{"type": "frobnicate"}', "cannot be turned into a grammar"),
+        ('{"$ref": "https://example.com/schema.json"}', "cannot be turned into a grammar"),
+    ],
+)
+def test_invalid_schema_is_rejected_before_generating(
+    smollm: LlamaCppBackend, schema: str, message: str
+) -> None:
+    params = GenerationParams(response_format=ResponseFormat("json_schema", schema))
+    with pytest.raises(InvalidResponseFormat, match=f"response_format.json_schema {message}"):
+        smollm.stream_chat([ChatMessage("user", "hi")], params, threading.Event())
+    assert issubclass(InvalidResponseFormat, RequestRejected)
+
+
+def test_unconstrained_generation_is_llama_cpps_greedy(smollm: LlamaCppBackend) -> None:
+    # Without response_format the loop is unchanged: at temperature 0 it picks the same
+    # tokens as llama.cpp's own greedy sampler.
+    prompt = "The three primary colours are"
+    _, done = drain(
+        smollm.stream_complete(prompt, GenerationParams(max_tokens=24), threading.Event())
+    )
+    tokens = smollm._tokenize(prompt)
+    theirs = smollm._llm.create_completion(
+        tokens, max_tokens=24, temperature=0.0, repeat_penalty=1.0, top_k=1
+    )
+    assert done.text == theirs["choices"][0]["text"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("mode", ["chat", "complete"])
+def test_echo_backend_refuses_response_format(mode: str) -> None:
+    echo = EchoBackend()
+    params = GenerationParams(response_format=ResponseFormat("json_object"))
+    with pytest.raises(UnsupportedByModel, match=r"cannot constrain output to JSON"):
+        if mode == "chat":
+            echo.stream_chat([ChatMessage("user", "hi")], params, threading.Event())
+        else:
+            echo.stream_complete("hi", params, threading.Event())

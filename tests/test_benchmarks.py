@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,43 @@ def test_node_overhead_benchmark_runs() -> None:
     a, b = d["a_direct_llama_cpp"], d["b_node_a2a_grpc"]
     assert a["output_tokens"] == b["output_tokens"]  # type: ignore[index]  # same generations
     assert float(d["ratio_tokens_per_s_b_over_a"]) > 0  # type: ignore[arg-type]
+
+
+# The arms of benchmarks/openai_api.py this test runs: b and d need the node's OpenAI
+# endpoint and the remote backend (issue 15), merged separately; until then, a and c.
+OPENAI_API_ARMS = ("a", "c")
+
+
+def test_openai_api_benchmark_runs() -> None:
+    names = {
+        "a": "a_direct_llama_cpp",
+        "b": "b_node_openai",
+        "c": "c_llama_cpp_server",
+        "d": "d_node_remote_backend",
+    }
+    arms = set(OPENAI_API_ARMS)
+    d = run("openai_api.py", "--rounds", "1", "--max-tokens", "8", "--arms", ",".join(sorted(arms)))
+    assert d["arms"] == sorted(arms)
+    assert not {key for a, key in names.items() if a not in arms} & set(d)
+    for arm in sorted(arms):
+        summary = cast(dict[str, float], d[names[arm]])
+        assert summary["requests"] == 3
+        assert 0 < summary["output_tokens"] <= 3 * 8
+        assert summary["ttft_p50_ms"] > 0
+    ratios: list[str] = []
+    if {"a", "b"} <= arms:
+        assert d["same_text_a_b"] is True  # one greedy decode, in process or in the node
+        ratios += ["ratio_tokens_per_s_b_over_a", "ratio_decode_tokens_per_s_b_over_a"]
+        assert "ttft_overhead_b_minus_a_p50_ms" in d
+    if {"b", "c"} <= arms:
+        ratios.append("ratio_tokens_per_s_b_over_c")
+    if {"a", "c"} <= arms:
+        ratios.append("ratio_tokens_per_s_c_over_a")
+    if {"c", "d"} <= arms:
+        ratios += ["ratio_latency_p50_d_over_c", "ratio_tokens_per_s_d_over_c"]
+        assert "ttft_overhead_d_minus_c_p50_ms" in d
+    for ratio in ratios:
+        assert float(d[ratio]) > 0  # type: ignore[arg-type]
 
 
 def test_llama_build_benchmark_runs() -> None:

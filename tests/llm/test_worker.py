@@ -6,7 +6,10 @@ import asyncio
 import threading
 from collections.abc import Generator, Sequence
 
-from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams
+import pytest
+
+from consortium.errors import UnsupportedByModel
+from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams, ResponseFormat
 from consortium.llm.echo import EchoBackend
 from consortium.llm.worker import GenerationRequest, ModelWorker
 
@@ -83,3 +86,20 @@ async def test_coalescing_merges_chunks_without_losing_text() -> None:
     assert "".join(chunks) == text
     assert len(chunks) < 20
     assert stream.completion is not None and stream.completion.usage.output_tokens == 20
+
+
+async def test_refused_response_format_fails_the_request_not_the_worker() -> None:
+    worker = ModelWorker(lambda: EchoBackend())
+    await worker.start()
+    try:
+        json_params = GenerationParams(response_format=ResponseFormat("json_object"))
+        with pytest.raises(UnsupportedByModel, match="use the llama_cpp backend"):
+            await worker.generate(
+                GenerationRequest(json_params, messages=(ChatMessage("user", "a b"),))
+            ).collect()
+        after = await worker.generate(
+            GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b"),))
+        ).collect()
+    finally:
+        await worker.stop()
+    assert after.text == "a b"

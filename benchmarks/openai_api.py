@@ -229,7 +229,7 @@ def main() -> None:
                     {r"^threads = 0": f"threads = {THREADS}"}, args.stream_interval
                 ),
             )
-            runs["b"] = node_arm(stack, config, args.max_tokens, count)
+            runs["b"] = node_arm(stack, config, args.model, args.max_tokens, count)
         if "c" in arms or "d" in arms:
             server_url = stack.enter_context(
                 llama_server(path, n_ctx=CONTEXT, n_threads=THREADS, model_alias=args.model)
@@ -254,7 +254,7 @@ def main() -> None:
                         args.stream_interval,
                     ),
                 )
-                runs["d"] = node_arm(stack, config, args.max_tokens, count)
+                runs["d"] = node_arm(stack, config, served, args.max_tokens, count)
         for arm in arms:  # warm every path (page cache, first-call allocations)
             runs[arm](PROMPTS[0])
         samples: dict[str, list[Sample]] = {arm: [] for arm in arms}
@@ -305,14 +305,18 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def node_arm(stack: contextlib.ExitStack, config: Path, max_tokens: int, count: Tokens) -> Run:
+def node_arm(
+    stack: contextlib.ExitStack, config: Path, model: str, max_tokens: int, count: Tokens
+) -> Run:
     """Starts the node on `config` (stopped when `stack` closes); the arm that calls its
-    OpenAI endpoint as the owner, on the model it lists."""
+    OpenAI endpoint as the owner, on the node's own model (which /v1/models must list)."""
     process, http_url = start_node(config, config.parent / "node.log")
     stack.callback(process.stop)
     key = (config.parent / API_KEY_FILE).read_text().strip()
-    client = stack.enter_context(OpenAI(base_url=f"{http_url}/v1", api_key=key))
-    model = client.models.list().data[0].id
+    client = stack.enter_context(OpenAI(base_url=f"{http_url.rstrip('/')}/v1", api_key=key))
+    listed = [m.id for m in client.models.list().data]
+    if model not in listed:
+        raise RuntimeError(f"{http_url}/v1/models lists {listed}, not the node's {model!r}")
     return openai_arm(client, model, count, max_tokens)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
 import threading
 import time
@@ -56,7 +57,7 @@ class GenerationStream:
     With `coalesce_s` > 0 the model thread merges the pieces produced within that
     interval into one chunk, so the event loop wakes at most 1/coalesce_s times a
     second instead of once per token: less work competing with the model for the CPU
-    and the GIL.
+    and the GIL. The first chunk is never held back.
     """
 
     def __init__(
@@ -111,7 +112,9 @@ class GenerationStream:
                 else:
                     gen = b.stream_chat(request.messages, request.params, cancel)
                 pending: list[Chunk] = []
-                last_emit = time.perf_counter()
+                # The first chunk goes out at once (time to first token); later ones
+                # are merged per interval.
+                last_emit = -math.inf
                 while True:
                     try:
                         chunk = next(gen)

@@ -88,6 +88,17 @@ async def test_coalescing_merges_chunks_without_losing_text() -> None:
     assert stream.completion is not None and stream.completion.usage.output_tokens == 20
 
 
+async def test_coalescing_never_holds_back_the_first_chunk() -> None:
+    worker = ModelWorker(lambda: EchoBackend())
+    await worker.start()
+    try:
+        req = GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b c d"),))
+        chunks = [c.text async for c in worker.generate(req, coalesce_s=3600)]
+    finally:
+        await worker.stop()
+    assert chunks == ["a", " b c d"]
+
+
 async def test_refused_response_format_fails_the_request_not_the_worker() -> None:
     worker = ModelWorker(lambda: EchoBackend())
     await worker.start()

@@ -26,6 +26,8 @@ from consortium.llm.base import ResponseFormat
 from consortium.llm.sampling import Logits
 
 GRAMMAR_ROOT = "root"
+_ANY_STRING_CHAR = r'[^"\\]'
+_JSON_STRING_CHAR = r'[^"\\\x7F\x00-\x1F]'
 
 
 def grammar_for(response_format: ResponseFormat) -> str:
@@ -38,7 +40,11 @@ def grammar_for(response_format: ResponseFormat) -> str:
         schema = json.loads(response_format.schema)
     except ValueError as e:
         raise InvalidResponseFormat(f"response_format.json_schema is not valid JSON: {e}") from e
-    if not isinstance(schema, dict | bool):
+    if schema is False:
+        raise InvalidResponseFormat("response_format.json_schema is false: no value matches it")
+    if schema is True:
+        schema = {}  # any JSON value
+    if not isinstance(schema, dict):
         raise InvalidResponseFormat(
             "response_format.json_schema must be a JSON Schema object, "
             f"not a JSON {type(schema).__name__}"
@@ -46,12 +52,15 @@ def grammar_for(response_format: ResponseFormat) -> str:
     try:
         # The converter reports what it cannot handle with ValueError, and with asserts
         # (unknown types), KeyError/TypeError/AttributeError on malformed keywords.
-        grammar = json_schema_to_gbnf(response_format.schema)
+        grammar = str(json_schema_to_gbnf(json.dumps(schema)))
     except (ValueError, AssertionError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise InvalidResponseFormat(
             f"response_format.json_schema cannot be turned into a grammar: {e or type(e).__name__}"
         ) from e
-    return str(grammar)
+    # The converter's string characters exclude only `"` and `\`; JSON also forbids raw
+    # control characters in a string (a newline the model writes there would make the
+    # output unparseable), as llama-cpp-python's own JSON grammar does.
+    return grammar.replace(_ANY_STRING_CHAR, _JSON_STRING_CHAR)
 
 
 class GrammarConstraint:

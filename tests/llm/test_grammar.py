@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +136,35 @@ def test_constrained_logprobs_are_the_models(smollm: LlamaCppBackend) -> None:
 
 
 @pytest.mark.parametrize(
+    ("schema", "check"),
+    [
+        ('{"type": "string", "maxLength": 30}', lambda v: isinstance(v, str) and len(v) <= 30),
+        ('{"type": "integer"}', lambda v: type(v) is int),
+        ('{"type": "array", "items": {"type": "integer"}, "maxItems": 4}', lambda v: len(v) <= 4),
+        ("true", lambda v: True),  # any value
+    ],
+)
+def test_json_schema_of_any_root_type_ends_valid(
+    smollm: LlamaCppBackend, schema: str, check: Callable[[object], bool]
+) -> None:
+    # The string case: SmolLM2 writes a newline inside this string, which JSON forbids
+    # raw; the grammar must not let it.
+    _, done = chat(
+        smollm,
+        "Answer in JSON: how many legs does a cat have?",
+        max_tokens=48,
+        response_format=ResponseFormat("json_schema", schema),
+    )
+    assert done.finish_reason == "stop", done.text
+    assert check(json.loads(done.text)), done.text
+
+
+@pytest.mark.parametrize(
     ("schema", "message"),
     [
         ("{not json", "is not valid JSON"),
         ("[1, 2]", "must be a JSON Schema object"),
+        ("false", "is false: no value matches it"),
         ('{"type": "frobnicate"}', "cannot be turned into a grammar"),
         ('{"$ref": "https://example.com/schema.json"}', "cannot be turned into a grammar"),
     ],

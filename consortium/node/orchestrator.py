@@ -40,7 +40,7 @@ from typing import Any
 
 from consortium.errors import BudgetError, ConfigError, RequestRejected
 from consortium.learning.records import RoutingRecord, RoutingRecords
-from consortium.llm.base import ChatMessage, GenerationParams, TokenLogprob
+from consortium.llm.base import Capability, ChatMessage, GenerationParams, ModelInfo, TokenLogprob
 from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.config import GroupSection, RoutingSection
@@ -798,3 +798,48 @@ def check_groups(groups: dict[str, GroupSection], org_id: str, federated: bool) 
             raise ConfigError(
                 f"aggregator {g.aggregator} is not a member", key=f"groups.{name}.aggregator"
             )
+
+
+def required_capabilities(
+    routing: RoutingSection, groups: Mapping[str, GroupSection], org_id: str
+) -> dict[Capability, str]:
+    """What this node's routing, as node.toml configures it, needs from its model beyond
+    generating text, each capability with the setting that needs it:
+    - `self`, `cascade` and `learned` routers draft with token log-probabilities (free
+      text) and score the options of a multiple-choice task (`token_logprobs`,
+      `option_scoring`);
+    - routing records (`record`, kept for every router but `local`) store the features of
+      a generated draft with its token log-probabilities (`token_logprobs`);
+    - a group with this node's own model as a member, or falling back to it
+      (`on_short = "local"`), scores the options with it (`option_scoring`).
+    Multiple-choice tasks always score their options with the local model; a backend
+    without `option_scoring` refuses them per task (UnsupportedByModel), which needs no
+    start-up check as long as the node is configured for free text only."""
+    need: dict[Capability, str] = {}
+    kind = routing.router.partition(":")[0]
+    if kind in ("self", "cascade", "learned"):
+        setting = f"routing.router = {routing.router!r}"
+        need["token_logprobs"] = setting
+        need["option_scoring"] = setting
+    elif kind != "local" and routing.record:
+        need["token_logprobs"] = f"routing.record = true (with routing.router = {routing.router!r})"
+    for name, g in groups.items():
+        if "self" in g.members or org_id in g.members or g.on_short == "local":
+            need.setdefault(
+                "option_scoring", f"[groups.{name}] (the node's own model scores options)"
+            )
+    return need
+
+
+def check_capabilities(
+    info: ModelInfo, routing: RoutingSection, groups: Mapping[str, GroupSection], org_id: str
+) -> None:
+    """At start-up, once the model is loaded: ConfigError, one line, when the backend
+    lacks a capability the configured routing needs (`required_capabilities`)."""
+    need = required_capabilities(routing, groups, org_id)
+    missing = [f"{c} (needed by {need[c]})" for c in need if c not in info.capabilities]
+    if missing:
+        raise ConfigError(
+            f"the model {info.name} ({info.backend} backend) lacks {' and '.join(missing)}; "
+            "change that setting or use a model server that supports it"
+        )

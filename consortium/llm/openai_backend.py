@@ -20,8 +20,12 @@ the probes saw, never what the server's name suggests:
   gives each prompt token the log-probability of the position after it, which would rank
   options arbitrarily. `max_tokens` is 1, not 0: llama-cpp-python reads 0 as "up to the
   context size"; the generated token is left out of the sum;
-- `grammar` is never claimed: `response_format` is not passed through, so a request that
-  sets it is refused (UnsupportedByModel) rather than answered unconstrained.
+- `grammar` (chat only): a chat completion asked to follow a small JSON Schema (an enum
+  only a constrained model keeps to) did, with the schema sent as OpenAI's
+  `response_format` `json_schema` (vLLM, OpenAI) or else as llama-cpp-python's
+  `json_object` with a `schema`; requests then pass `GenerationParams.response_format`
+  through in the style that worked. Without it a request that sets `response_format` is
+  refused (UnsupportedByModel) rather than answered unconstrained.
 A probe the server refuses (4xx/5xx) means the capability is missing, logged with the
 server's reason; a configured router that needs it then stops the node at start-up
 (consortium/node/orchestrator.py `required_capabilities`).
@@ -56,6 +60,10 @@ Retries (`model.retries`, default 2; waits of 0.5 s, 1 s, 2 s ... capped at 4 s)
   not retried (the server may still be generating), nor is any other status, and a
   stream that started (HTTP 200 received) is never retried: its error fails the task.
 
+One more re-send: a server that refuses `stream_options` (usage in streams) as an unknown
+field (HTTP 400/422 naming it: it did nothing) gets the request again without it, and
+from then on never; usage is then counted.
+
 Errors map to ModelError with the server's reason (PromptTooLongError when the server
 says the prompt exceeds its context), so the task fails with it; the API key, request
 bodies and prompts are never logged or put in a message. The key travels as
@@ -71,11 +79,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
-from consortium.errors import ModelError, PromptTooLongError, UnsupportedByModel
+from consortium.errors import ModelError, PromptTooLongError, RequestRejected, UnsupportedByModel
 from consortium.llm.base import (
     Capability,
     ChatMessage,
@@ -84,6 +92,7 @@ from consortium.llm.base import (
     FinishReason,
     GenerationParams,
     ModelInfo,
+    ResponseFormat,
     Timings,
     TokenLogprob,
     Usage,
@@ -104,6 +113,15 @@ CONTEXT_ERROR = re.compile(
     re.I,
 )
 PROBE_PROMPT = "The capital of France is"
+PROBE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["Paris", "Rome"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+# How a server takes a JSON Schema: OpenAI's `json_schema` response format, or
+# llama-cpp-python's `json_object` with a `schema` beside it.
+GrammarStyle = Literal["json_schema", "json_object_schema"]
 
 
 class OpenAIBackend:
@@ -131,12 +149,15 @@ class OpenAIBackend:
         self._retries = retries
         self._backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
+        self._new_client = lambda: httpx.Client(
             headers=headers, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
         )
+        self._http = self._new_client()
         self._counts: dict[str, int] = {}
         self._count_remote: Callable[[str], int] | None = None
         self._chat = chat
+        self._grammar: GrammarStyle | None = None
+        self._usage_in_stream = True
         # Why each capability the probes did not find is missing, in the server's words.
         self.missing: dict[Capability, str] = {}
         try:
@@ -241,6 +262,12 @@ class OpenAIBackend:
             found.add("option_scoring")
         except ModelError as e:
             self.missing["option_scoring"] = str(e)
+        if self._chat:
+            self._grammar = self._find_grammar_style()
+            if self._grammar is not None:
+                found.add("grammar")
+        else:
+            self.missing["grammar"] = "JSON-constrained generation is probed for chat only"
         for capability, why in self.missing.items():
             log.info("model server %s: no %s: %s", self._base, capability, why)
         return frozenset(found)
@@ -268,6 +295,35 @@ class OpenAIBackend:
                 f"the prompt log-probabilities are misaligned: the greedy token {greedy!r} "
                 f"has {value:.3f}, the position's best {best:.3f}"
             )
+
+    def _find_grammar_style(self) -> GrammarStyle | None:
+        """The response-format style under which the server's answer follows a JSON
+        Schema (an enum only a constrained model keeps to), if any."""
+        question = [ChatMessage("user", "What is the capital of France? Answer in JSON.")]
+        schema = json.dumps(PROBE_SCHEMA)
+        reasons = []
+        styles: tuple[GrammarStyle, ...] = ("json_schema", "json_object_schema")
+        for style in styles:
+            self._grammar = style
+            params = GenerationParams(
+                max_tokens=12, response_format=ResponseFormat("json_schema", schema)
+            )
+            try:
+                text = _drain(self._stream_chat(question, params, threading.Event())).text
+            except ModelError as e:
+                reasons.append(f"{style}: {e}")
+                continue
+            finally:
+                self._grammar = None
+            try:
+                value = json.loads(text)
+            except ValueError:
+                value = None
+            if _follows_probe_schema(value):
+                return style
+            reasons.append(f"{style}: the answer did not follow the schema")
+        self.missing["grammar"] = "; ".join(reasons)
+        return None
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -301,8 +357,8 @@ class OpenAIBackend:
         caps = self._info.capabilities
         if params.response_format is not None and "grammar" not in caps:
             raise UnsupportedByModel(
-                f"the model server at {self._base} is not asked for JSON-constrained "
-                "generation (this backend has no grammar capability)"
+                f"the model server at {self._base} does not constrain generation to JSON "
+                "(no grammar capability)"
             )
         if params.logprobs and "token_logprobs" not in caps:
             raise UnsupportedByModel(
@@ -336,8 +392,12 @@ class OpenAIBackend:
             "temperature": params.temperature,
             "top_p": params.top_p,
             "stream": True,
-            "stream_options": {"include_usage": True},
         }
+        if self._usage_in_stream:
+            body["stream_options"] = {"include_usage": True}
+        rf = params.response_format
+        if rf is not None and self._grammar is not None:
+            body["response_format"] = _response_format(rf, self._grammar)
         if params.stop:
             body["stop"] = list(params.stop)
         if params.seed is not None:
@@ -365,7 +425,17 @@ class OpenAIBackend:
                     f"the prompt has {n} tokens or more; the context of {self._name} "
                     f"holds {self._context_size} (model.context_size)"
                 )
-        response = self._open_stream(f"{self._base}{path}", body, what)
+        try:
+            response = self._open_stream(f"{self._base}{path}", body, what)
+        except ModelError as e:
+            if not (self._usage_in_stream and _refused_field(e, "stream_options")):
+                raise
+            # A server that validates strictly and predates usage in streams refused the
+            # request as malformed (HTTP 400/422): it did no work. Sent again without it;
+            # usage is then counted.
+            self._usage_in_stream = False
+            body = {k: v for k, v in body.items() if k != "stream_options"}
+            response = self._open_stream(f"{self._base}{path}", body, what)
         ended: list[bool] = []
         text: list[str] = []
         logprobs: list[TokenLogprob] = []
@@ -402,12 +472,17 @@ class OpenAIBackend:
                     break
         finally:
             response.close()
+            if finish is None and not ended:
+                # A server that dropped a stream may reset the connection it leaves in the
+                # pool, failing the next request: start afresh.
+                self._http.close()
+                self._http = self._new_client()
         if finish is None and not ended:
             # llama-cpp-python, for one, answers 200 and then drops a stream that failed
             # to start (e.g. a prompt beyond its context) without an error event.
             raise ModelError(
                 f"the model server at {self._base} ended the {what} without finishing it"
-                + ("" if deltas else " (it sent no token; a prompt beyond its context?)")
+                + ("" if deltas else " before its first token (its log may say why)")
             )
         if usage and isinstance(usage.get("completion_tokens"), int):
             counted = Usage(int(usage.get("prompt_tokens") or 0), int(usage["completion_tokens"]))
@@ -589,6 +664,31 @@ class OpenAIBackend:
         return ModelError(
             f"the model server at {self._base} answered the {what} request with {status}"
         )
+
+
+def _follows_probe_schema(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and set(value) == {"answer"}
+        and value["answer"] in ("Paris", "Rome")
+    )
+
+
+def _refused_field(e: ModelError, field: str) -> bool:
+    text = str(e)
+    return field in text and ("HTTP 400" in text or "HTTP 422" in text)
+
+
+def _response_format(rf: ResponseFormat, style: GrammarStyle) -> dict[str, Any]:
+    if rf.kind == "json_object" or not rf.schema:
+        return {"type": "json_object"}
+    try:
+        schema = json.loads(rf.schema)
+    except ValueError:
+        raise RequestRejected("the response format's JSON Schema is not valid JSON") from None
+    if style == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
+    return {"type": "json_object", "schema": schema}
 
 
 def _drain(gen: Generator[Chunk, None, Completion]) -> Completion:

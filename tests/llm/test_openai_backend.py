@@ -7,6 +7,7 @@ refused connection from a closed port."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import threading
 from collections.abc import Generator, Iterator
@@ -74,7 +75,7 @@ def test_start_up_probes_what_the_server_supports(remote: OpenAIBackend, server:
     assert info.context_size == 1024 and info.path == server
     # logits_all gives prompt log-probabilities, but llama-cpp-python misaligns them for
     # SmolLM2 (no BOS token): scoring options with them is refused, not done wrong.
-    assert info.capabilities == {"token_logprobs"}
+    assert info.capabilities == {"token_logprobs", "grammar"}
     assert "misaligned" in remote.missing["option_scoring"]
     with pytest.raises(UnsupportedByModel, match="prompt log-probabilities"):
         remote.score("The capital of France is", [" Paris", " Rome"])
@@ -163,10 +164,17 @@ def test_a_prompt_beyond_the_context_is_too_long(remote: OpenAIBackend) -> None:
         )
 
 
-def test_json_constrained_generation_is_refused(remote: OpenAIBackend) -> None:
-    params = GenerationParams(max_tokens=4, response_format=ResponseFormat("json_object"))
-    with pytest.raises(UnsupportedByModel, match="grammar"):
-        drain(remote.stream_chat(ask("Hi"), params, threading.Event()))
+def test_json_schema_constrains_the_answer(remote: OpenAIBackend) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["answer"],
+    }
+    params = GenerationParams(
+        max_tokens=12, response_format=ResponseFormat("json_schema", json.dumps(schema))
+    )
+    _, done = drain(remote.stream_chat(ask("Is Paris in France?"), params, threading.Event()))
+    assert json.loads(done.text)["answer"] in ("yes", "no")
 
 
 def test_a_wrong_api_key_fails_start_up(server: str) -> None:
@@ -272,8 +280,12 @@ def test_a_generation_is_retried_only_before_the_server_started_on_it() -> None:
         assert script.count("POST", chat) - before == 1
         # A stream the server dropped before its end is an error, not a short answer.
         script.replies[chat] = [Reply(events=[], done=False)]
-        with pytest.raises(ModelError, match=r"without finishing it \(it sent no token"):
+        with pytest.raises(ModelError, match="without finishing it before its first token"):
             drain(backend.stream_chat(ask("Hi"), GenerationParams(), threading.Event()))
+        # JSON-constrained generation needs the grammar this server did not show.
+        params = GenerationParams(response_format=ResponseFormat("json_object"))
+        with pytest.raises(UnsupportedByModel, match="grammar"):
+            drain(backend.stream_chat(ask("Hi"), params, threading.Event()))
         # Scoring needs prompt log-probabilities, which this server did not show.
         with pytest.raises(UnsupportedByModel, match="prompt log-probabilities"):
             backend.score("Q", [" A"])

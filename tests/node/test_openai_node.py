@@ -58,7 +58,7 @@ async def test_a_node_answers_with_the_remote_model(
     start_node: NodeStarter, server: str, tmp_path: Path
 ) -> None:
     node = await start_node(model=remote_model(tmp_path, server))
-    assert node.worker.info.capabilities == frozenset()  # no logits_all: no logprobs
+    assert node.worker.info.capabilities == {"grammar"}  # no logits_all: no logprobs
     card = await fetch_agent_card(node.endpoints.http_url)
     client = open_client(card)
     pieces: list[str] = []

@@ -149,8 +149,9 @@ class OpenAIBackend:
         self._retries = retries
         self._backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._new_client = lambda: httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._new_client: Callable[[], httpx.Client] = lambda: httpx.Client(
+            headers=headers, timeout=timeout
         )
         self._http = self._new_client()
         self._counts: dict[str, int] = {}

@@ -808,26 +808,21 @@ def required_capabilities(
     - `self`, `cascade` and `learned` routers draft with token log-probabilities (free
       text) and score the options of a multiple-choice task (`token_logprobs`,
       `option_scoring`);
-    - routing records (`record`, kept for every router but `local`) store the features of
-      a generated draft with its token log-probabilities (`token_logprobs`);
     - a group with this node's own model as a member, or falling back to it
       (`on_short = "local"`), scores the options with it (`option_scoring`).
-    Multiple-choice tasks always score their options with the local model; a backend
-    without `option_scoring` refuses them per task (UnsupportedByModel), which needs no
-    start-up check as long as the node is configured for free text only."""
+    Every multiple-choice task scores its options with the local model first, and its
+    routing record (`record`) generates a draft with token log-probabilities; a backend
+    without them refuses such a task (UnsupportedByModel: the task is rejected with the
+    reason), which needs no start-up check: a node may serve free text only."""
     need: dict[Capability, str] = {}
     kind = routing.router.partition(":")[0]
     if kind in ("self", "cascade", "learned"):
         setting = f"routing.router = {routing.router!r}"
         need["token_logprobs"] = setting
         need["option_scoring"] = setting
-    elif kind != "local" and routing.record:
-        need["token_logprobs"] = f"routing.record = true (with routing.router = {routing.router!r})"
     for name, g in groups.items():
         if "self" in g.members or org_id in g.members or g.on_short == "local":
-            need.setdefault(
-                "option_scoring", f"[groups.{name}] (the node's own model scores options)"
-            )
+            need.setdefault("option_scoring", f"[groups.{name}] (its own model scores options)")
     return need
 
 

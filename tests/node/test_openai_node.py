@@ -69,8 +69,14 @@ async def test_a_node_answers_with_the_remote_model(
             options={"max_tokens": 16},
             on_text=pieces.append,
         )
+        # Multiple choice needs prompt log-probabilities: refused, with the reason.
+        choice = await ask(
+            client, "What is the capital of France?", options={"choices": ["Paris", "Rome"]}
+        )
     finally:
         await client.close()
+    assert choice.state == "rejected"
+    assert "no prompt log-probabilities" in choice.status_text
     assert answer.state == "completed", answer.status_text
     assert "Paris" in answer.text
     assert "".join(pieces) == answer.text
@@ -96,7 +102,6 @@ async def test_a_group_of_its_own_model_needs_option_scoring(
     with pytest.raises(ConfigError, match=r"lacks option_scoring \(needed by \[groups.panel\]"):
         await start_node(
             model=remote_model(tmp_path, server),
-            routing={"record": False},
             groups={"panel": {"members": ["self"]}},
         )
 

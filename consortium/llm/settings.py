@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
 
-# Fields only the remote backend (backend = "openai") reads; refused for the others.
+# Fields only the remote backend (backend = "openai") reads; refused for the others
+# when they differ from their defaults.
 REMOTE_ONLY = ("base_url", "api_key_file", "timeout_s", "connect_timeout_s", "retries")
 
 
@@ -50,7 +51,9 @@ class ModelSection(BaseModel):
     @model_validator(mode="after")
     def _backend_fields(self) -> ModelSection:
         if self.backend != "openai":
-            stray = [f for f in REMOTE_ONLY if f in self.model_fields_set]
+            # By value, not by what the file set: a dumped and reloaded config holds all.
+            fields = type(self).model_fields
+            stray = [f for f in REMOTE_ONLY if getattr(self, f) != fields[f].default]
             if stray:
                 raise ValueError(
                     f"{', '.join('model.' + f for f in stray)} only apply to "

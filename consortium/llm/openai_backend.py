@@ -9,7 +9,7 @@ one. Like every backend it is synchronous and runs on the ModelWorker's thread.
 
 Start-up (the constructor, on the worker thread) fails with ModelError unless the server
 answers `GET /models` with the configured API key and lists `model.name`; then it probes
-what the server can do, each with a one-token request, and `info.capabilities` holds what
+what the server can do, each with a request of a few tokens, and `info.capabilities` holds what
 the probes saw, never what the server's name suggests:
 - `token_logprobs`: a streamed one-token generation with `logprobs` returned them;
 - `option_scoring`: `/completions` with `echo`, `logprobs` and `max_tokens = 1` returned
@@ -30,10 +30,10 @@ A probe the server refuses (4xx/5xx) means the capability is missing, logged wit
 server's reason; a configured router that needs it then stops the node at start-up
 (consortium/node/orchestrator.py `required_capabilities`).
 
-Token counting: `POST /extras/tokenize/count` (llama-cpp-python) or `POST /tokenize`
-(llama.cpp's server, vLLM) at the server's root, whichever answers at start-up; with
-neither (Ollama, hosted APIs) an estimate of one token per 4 characters (UTF-8 bytes),
-at least 1. Counts are cached per text (option scoring counts the same prompt often).
+Token counting: `POST /extras/tokenize/count` or `/extras/tokenize` (llama-cpp-python)
+or `POST /tokenize` (llama.cpp's server, vLLM) at the server's root, whichever answers
+at start-up; with neither (Ollama, hosted APIs) an estimate of one token per 4 UTF-8
+bytes, at least 1. Counts are cached per text (option scoring counts the same prompt often).
 Usage comes from the server (`stream_options.include_usage`) when it reports it; else
 the output is counted as the streamed tokens (the log-probability entries, or one per
 streamed delta, which is how these servers stream) and the input as the estimate or
@@ -55,17 +55,23 @@ Retries (`model.retries`, default 2; waits of 0.5 s, 1 s, 2 s ... capped at 4 s)
   or not) are not idempotent in cost, and with sampling not in result: retried only when
   the server cannot have started on them, i.e. the connection could not be established
   (the request was never sent: ConnectError, ConnectTimeout, PoolTimeout) or the answer
-  is HTTP 502, 503 or 504 (a gateway or an overloaded server refusing it) before any of
-  the body was read. A read timeout or a connection dropped after the request was sent is
-  not retried (the server may still be generating), nor is any other status, and a
-  stream that started (HTTP 200 received) is never retried: its error fails the task.
+  is HTTP 502, 503 or 504 (a gateway or an overloaded server refusing it), read before
+  any generated output (only such an answer's error page is read). A read timeout or a
+  connection dropped after the request was sent is not retried (the server may still be
+  generating), nor is any other status, and a stream that started (HTTP 200 received)
+  is never retried: its error fails the task.
 
 One more re-send: a server that refuses `stream_options` (usage in streams) as an unknown
 field (HTTP 400/422 naming it: it did nothing) gets the request again without it, and
 from then on never; usage is then counted.
 
-Errors map to ModelError with the server's reason (PromptTooLongError when the server
-says the prompt exceeds its context), so the task fails with it; the API key, request
+Errors map to ModelError with the server's reason, so the task fails with it;
+PromptTooLongError (the task is refused) when the server says the prompt exceeds its
+context, or before sending when the server's tokenizer counts more tokens in the
+messages' text alone than `model.context_size` holds. A stream that ends without
+`[DONE]` or a finish reason is an error, never a short answer (llama-cpp-python answers
+200 and drops the stream when a generation fails to start), and the connection pool is
+then renewed, since such a server resets the connection it left in it. the API key, request
 bodies and prompts are never logged or put in a message. The key travels as
 `Authorization: Bearer`, read by consortium/llm/backends.py from `model.api_key_file`.
 """
@@ -107,6 +113,8 @@ BACKOFF_S = 0.5
 MAX_BACKOFF_S = 4.0
 MAX_REASON_CHARS = 300
 CHARS_PER_TOKEN = 4
+# The most alternatives per token the OpenAI API (and vLLM by default) returns.
+MAX_TOP_LOGPROBS = 20
 COUNT_CACHE = 512
 CONTEXT_ERROR = re.compile(
     r"context.{0,24}(length|size|window)|maximum context|prompt is too long|too many tokens",
@@ -373,7 +381,7 @@ class OpenAIBackend:
         body["messages"] = [{"role": m.role, "content": m.content} for m in messages]
         if params.logprobs:
             body["logprobs"] = True
-            body["top_logprobs"] = params.top_logprobs
+            body["top_logprobs"] = min(params.top_logprobs, MAX_TOP_LOGPROBS)
         text = "\n".join(m.content for m in messages)
         return self._stream("/chat/completions", body, text, params, cancel, chat=True)
 
@@ -383,7 +391,7 @@ class OpenAIBackend:
         body = self._body(params)
         body["prompt"] = prompt
         if params.logprobs:
-            body["logprobs"] = params.top_logprobs
+            body["logprobs"] = min(params.top_logprobs, MAX_TOP_LOGPROBS)
         return self._stream("/completions", body, prompt, params, cancel, chat=False)
 
     def _body(self, params: GenerationParams) -> dict[str, Any]:

@@ -40,10 +40,12 @@ def server(smollm_path: Path) -> Iterator[str]:
         yield base_url
 
 
-def remote_model(tmp_path: Path, base_url: str, key: str = KEY, name: str = NAME) -> dict[str, Any]:
+def remote_model(
+    tmp_path: Path, base_url: str, key: str = KEY, name: str = NAME, mode: int = 0o600
+) -> dict[str, Any]:
     key_file = tmp_path / "model-server.key"
     key_file.write_text(key + "\n")
-    key_file.chmod(0o600)
+    key_file.chmod(mode)
     return {
         "backend": "openai",
         "name": name,
@@ -134,3 +136,35 @@ async def test_a_server_error_fails_the_task_with_its_reason(
     assert answer.state == "failed"
     assert "CUDA out of memory" in answer.status_text
     assert "HTTP 500" in answer.status_text
+
+
+async def test_a_readable_key_file_stops_start_up(
+    start_node: NodeStarter, server: str, tmp_path: Path
+) -> None:
+    model = remote_model(tmp_path, server, mode=0o640)
+    with pytest.raises(ConfigError, match=r"model.api_key_file: .*readable by others") as e:
+        await start_node(model=model)
+    assert KEY not in str(e.value)
+
+
+def test_which_settings_need_which_capabilities(tmp_path: Path) -> None:
+    from consortium.node.orchestrator import required_capabilities
+    from tests.conftest import make_config
+
+    def need(**sections: dict[str, Any]) -> dict[str, str]:
+        cfg = make_config(tmp_path, **sections)
+        return dict(required_capabilities(cfg.routing, cfg.groups, cfg.node.org_id))
+
+    assert need() == {}
+    assert need(routing={"router": "heuristic"}) == {}
+    for router in ("self:mean_logprob", "cascade", "learned"):
+        assert set(need(routing={"router": router})) == {"token_logprobs", "option_scoring"}
+    # A group of peers only, refusing when short, never asks this node's model.
+    peers_only = {"members": ["globex", "initech"], "on_short": "refuse"}
+    assert need(groups={"panel": peers_only}) == {}
+    assert need(groups={"panel": {**peers_only, "on_short": "local"}}) == {
+        "option_scoring": "[groups.panel] (its own model scores options)"
+    }
+    assert set(need(groups={"panel": {"members": ["acme"], "on_short": "refuse"}})) == {
+        "option_scoring"
+    }

@@ -66,7 +66,7 @@ from consortium.node.auth import Credentials, http_credentials
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
-from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
+from consortium.node.orchestrator import Orchestrator, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
@@ -651,6 +651,9 @@ class Node:
         self.canaries = build_canaries(cfg, pool, federation)
         check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()
+        # What the configured routing needs from the model, against what it can do.
+        from consortium.node.orchestrator import check_capabilities
+
         check_capabilities(info, cfg.routing, cfg.groups, cfg.node.org_id)
         prompt_format = build_prompt_format(cfg, self.worker)
         address = f"{cfg.server.host}:{cfg.server.grpc_port}"

@@ -27,6 +27,8 @@ class ModelSection(BaseModel):
     path: str = ""
     # For transformers: a GGUF file inside `path` loaded through from_pretrained(gguf_file=).
     gguf_file: str = ""
+    # For openai: the server's context window (a prompt the server's tokenizer counts
+    # beyond it is refused before it is sent); the server does not report it.
     context_size: Annotated[int, Field(ge=128, le=131072)] = 2048
     threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0: llama.cpp picks
     prompt_format: Literal["auto", "chat", "completion"] = "auto"

@@ -39,6 +39,11 @@ the output is counted as the streamed tokens (the log-probability entries, or on
 streamed delta, which is how these servers stream) and the input as the estimate or
 tokenizer count of the messages' text (without the chat template's tokens).
 
+Cancellation (the worker's event) is checked after each streamed event: the stream is
+closed at once, which llama.cpp-based servers and vLLM take as an abort. A server that
+sends nothing for a while holds the cancellation up until its next event or
+`model.timeout_s`.
+
 Why httpx and not the `openai` client: the retry policy below must know whether a
 request could have reached the server, which httpx says by exception type (ConnectError
 and ConnectTimeout: never sent) and which the client folds into one APIConnectionError;

@@ -651,6 +651,10 @@ class Node:
         self.canaries = build_canaries(cfg, pool, federation)
         check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()
+        # What the configured routing needs from the model, against what it can do.
+        from consortium.node.orchestrator import check_capabilities
+
+        check_capabilities(info, cfg.routing, cfg.groups, cfg.node.org_id)
         prompt_format = build_prompt_format(cfg, self.worker)
         address = f"{cfg.server.host}:{cfg.server.grpc_port}"
         limit = cfg.server.max_message_bytes

@@ -580,6 +580,7 @@ def build_openai_api(
         limits,
         anonymous_loopback=cfg.auth.anonymous_loopback,
         refused=lambda reason, what: handler.count_refusal(reason, what),
+        tracer=handler.tracer,
     )
 
 

@@ -17,7 +17,10 @@ is generated gets a plain HTTP error; an error after the stream started is sent 
 `data: {"error": ...}` event, and the stream ends. A client that goes away mid-stream
 closes the service's event stream, which stops the generation; its task is canceled.
 
-Nothing here logs or traces a message's text.
+Each completion request is one SERVER span (`openai chat.completion` /
+`openai text_completion`), the parent of the service's spans, naming the task, the
+model asked for and the caller's kind, and the error code when it fails; nothing here
+logs or traces a message's text.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -90,6 +95,7 @@ class _Run:
     request: ServiceRequest
     shape: Shape
     task: TaskRecord
+    span: Span = field(default_factory=lambda: trace.INVALID_SPAN)
     text: list[str] = field(default_factory=list)
     tokens: list[TokenLogprob] = field(default_factory=list)
 
@@ -107,7 +113,9 @@ class OpenAIApi:
         *,
         anonymous_loopback: bool = False,
         refused: Refused = _nothing_refused,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self.tracer = tracer or trace.NoOpTracer()
         self.service = service
         self.store = store
         self.keys = keys
@@ -253,25 +261,46 @@ class OpenAIApi:
 
     async def _respond(self, run: _Run, streaming: bool) -> Any:
         """The answer: a stream of chunks, or one response once it is complete."""
-        events = self.service.answer(run.request, run.caller)
+        run.span = self.tracer.start_span(
+            f"openai {run.shape.object_name}",
+            kind=SpanKind.SERVER,
+            attributes={
+                "gen_ai.request.model": run.shape.model,
+                "a2a.task.id": run.task.id,
+                "consortium.caller.kind": run.caller.kind,
+                "consortium.stream": streaming,
+            },
+        )
+        # Current while the service starts on the task (its spans are children of this
+        # one); never across a yield of the stream.
+        events: AsyncGenerator[TaskEvent, None] | None = None
         try:
-            first = await self._first(run, events)
-            if not streaming:
-                async with contextlib.aclosing(events):
-                    return await self._whole(run, first, events)
-        except OpenAIError:
-            await events.aclose()
+            with _current(run.span):
+                events = self.service.answer(run.request, run.caller)
+                first = await self._first(run, events)
+                if not streaming:
+                    async with contextlib.aclosing(events):
+                        response = await self._whole(run, first, events)
+                    _end(run.span)
+                    return response
+        except OpenAIError as e:
+            await _close(events)
+            _end(run.span, e)
             raise
         except Exception as e:
-            await events.aclose()
+            await _close(events)
             log.exception("task %s failed in the endpoint", run.task.id)
             run.task.failed(type(e).__name__)
-            raise server_error("the node failed to answer") from None
+            error = server_error("the node failed to answer")
+            _end(run.span, error)
+            raise error from None
         except BaseException:
-            await events.aclose()
+            await _close(events)
             if not run.task.finished:
                 run.task.canceled("canceled: the request was stopped")
+            _end(run.span)
             raise
+        assert events is not None
         return EventStream(self._stream(run, first, events))
 
     async def _first(self, run: _Run, events: AsyncGenerator[TaskEvent, None]) -> TaskEvent | None:
@@ -296,9 +325,10 @@ class OpenAIApi:
             raise server_error(ev.reason, unavailable=ev.unavailable)
         if isinstance(ev, PeerUnfinished):
             reason = f"{ev.org} {ev.state}: {ev.text}"
-            run.task.failed(reason, ev.provenance)
             if ev.state == "rejected":
+                run.task.rejected(reason)
                 raise bad_request(reason)
+            run.task.failed(reason, ev.provenance)
             raise server_error(reason)
 
     async def _whole(
@@ -371,14 +401,39 @@ class OpenAIApi:
                 run.task.failed("the node gave no answer")
                 raise server_error("the node gave no answer")
             except OpenAIError as e:
+                _end(run.span, e)
                 yield event(e.body())
             except Exception as e:
                 log.exception("task %s: the stream failed", run.task.id)
                 run.task.failed(f"{type(e).__name__}")
-                yield event(server_error("the node failed while streaming").body())
+                error = server_error("the node failed while streaming")
+                _end(run.span, error)
+                yield event(error.body())
             finally:
                 if not run.task.finished:
                     run.task.canceled("canceled: the client went away")
+                    run.span.set_attribute("consortium.canceled", True)
+                _end(run.span)
+
+
+def _current(span: Span) -> contextlib.AbstractContextManager[Span]:
+    """`span` made current, recording no exception: an error's message may quote text."""
+    return trace.use_span(span, record_exception=False, set_status_on_exception=False)
+
+
+def _end(span: Span, error: OpenAIError | None = None) -> None:
+    """Ends the request's span (once), with the error's status and code if any."""
+    if not span.is_recording():
+        return
+    if error is not None:
+        span.set_attribute("http.response.status_code", error.status)
+        span.set_status(Status(StatusCode.ERROR, error.code or error.type))
+    span.end()
+
+
+async def _close(events: AsyncGenerator[TaskEvent, None] | None) -> None:
+    if events is not None:
+        await events.aclose()
 
 
 async def _chain(

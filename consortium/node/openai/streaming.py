@@ -23,27 +23,39 @@ def event(data: Any) -> bytes:
 
 
 class EventStream:
-    """An ASGI response sending the byte strings of `events` as they come."""
+    """An ASGI response sending the byte strings of `events` as they come.
+
+    The events are iterated in the request's own task (the one that started them), so
+    context the service attached while starting (its spans) is detached in the same
+    context; a side task watches for the client's disconnect and cancels the sending."""
 
     def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sending = asyncio.ensure_future(self._send(send))
-        watching = asyncio.ensure_future(_disconnected(receive))
+        sender = asyncio.current_task()
+        assert sender is not None
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await _disconnected(receive)
+            gone = True
+            sender.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await asyncio.wait({sending, watching}, return_when=asyncio.FIRST_COMPLETED)
+            await self._send(send)
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            sender.uncancel()  # the client went away: nothing left to send
         finally:
-            for task in (sending, watching):
-                if not task.done():
-                    task.cancel()
+            watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watching
-            if sending.done() and not sending.cancelled():
-                sending.result()  # a failure to send is the server's to log
-            else:
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await sending
+                await watcher
+            if gone and sender.cancelling():
+                sender.uncancel()  # the disconnect came as the last event was sent
 
     async def _send(self, send: Send) -> None:
         await send(

@@ -77,6 +77,10 @@ from consortium.redaction.pseudonyms import PlaceholderFragment
 log = logging.getLogger(__name__)
 
 
+TOO_LONG = "context_length_exceeded"
+UNSUPPORTED = "unsupported_parameter"
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     org_id: str
@@ -175,9 +179,12 @@ class Answered:
 @dataclass(frozen=True)
 class Rejected:
     """The node will not answer the task as asked (nothing to answer, a route, member or
-    budget it cannot serve, a prompt too long)."""
+    budget it cannot serve, a prompt too long). `code`, when the refusal has a name a
+    binding may pass on: "context_length_exceeded" (the prompt does not fit the model),
+    "unsupported_parameter" (a sampling override the model cannot serve)."""
 
     reason: str
+    code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -363,7 +370,7 @@ class NodeService:
         s = self._settings
         unsupported = self._unsupported(request)
         if unsupported:
-            yield Rejected(str(UnsupportedByModel(unsupported)))
+            yield Rejected(str(UnsupportedByModel(unsupported)), UNSUPPORTED)
             return
         generation = self._generation(request)
         params = generation.params
@@ -386,8 +393,11 @@ class NodeService:
                 async with stream:
                     async for chunk in stream:
                         yield TextChunk(chunk.text, chunk.logprobs)
-            except (PromptTooLongError, RequestRejected) as e:  # UnsupportedByModel
-                yield Rejected(str(e))
+            except PromptTooLongError as e:
+                yield Rejected(str(e), TOO_LONG)
+                return
+            except UnsupportedByModel as e:  # what the backend found it cannot do
+                yield Rejected(str(e), UNSUPPORTED)
                 return
             except ModelError as e:
                 log.error("task %s failed in the model: %s", request.task_id, e)

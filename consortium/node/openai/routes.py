@@ -58,6 +58,8 @@ from consortium.node.openai.schemas import ChatCompletionRequest, CompletionRequ
 from consortium.node.openai.streaming import DONE, EventStream, event
 from consortium.node.openai.tasks import TaskRecord
 from consortium.node.service import (
+    TOO_LONG,
+    UNSUPPORTED,
     Answered,
     Failed,
     NodeService,
@@ -319,7 +321,7 @@ class OpenAIApi:
         """Records and raises the error an unsuccessful end event stands for."""
         if isinstance(ev, Rejected):
             run.task.rejected(ev.reason)
-            raise bad_request(ev.reason)
+            raise bad_request(ev.reason, param=_param_of(run, ev), code=ev.code)
         if isinstance(ev, Failed):
             run.task.failed(ev.reason)
             raise server_error(ev.reason, unavailable=ev.unavailable)
@@ -414,6 +416,19 @@ class OpenAIApi:
                     run.task.canceled("canceled: the client went away")
                     run.span.set_attribute("consortium.canceled", True)
                 _end(run.span)
+
+
+def _param_of(run: _Run, rejected: Rejected) -> str | None:
+    """The request field a refusal is about, when the service's code tells."""
+    if rejected.code == UNSUPPORTED:
+        sampling = run.request.sampling
+        if sampling.response_format is not None:
+            return "response_format"
+        if sampling.logprobs:
+            return "logprobs"
+    if rejected.code == TOO_LONG:
+        return "prompt" if run.request.raw_prompt else "messages"
+    return None
 
 
 def _current(span: Span) -> contextlib.AbstractContextManager[Span]:

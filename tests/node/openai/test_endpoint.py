@@ -255,6 +255,8 @@ def test_typed_errors(api: NodeThread, key: str) -> None:
         with pytest.raises(openai.BadRequestError) as unsupported:
             client.chat.completions.create(model="echo", messages=user, response_format=fmt)  # type: ignore[arg-type]
         assert "response_format" in unsupported.value.message
+        assert unsupported.value.param == "response_format"
+        assert unsupported.value.code == "unsupported_parameter"
     # The same refusal on a stream comes before the stream starts: a plain 400.
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(
@@ -390,3 +392,29 @@ def test_each_request_is_a_task_its_owner_sees_over_a2a(api: NodeThread, key: st
     assert api.jsonrpc(other, "GetTask", {"id": task_id})["error"]["code"] == -32001
     others = api.jsonrpc(other, "ListTasks", {"pageSize": 100})["result"].get("tasks", [])
     assert task_id not in {t["id"] for t in others}
+
+
+def test_consortium_options(api: NodeThread, key: str) -> None:
+    """`consortium` carries the node's own options: a multiple-choice task, a budget."""
+    client = api.client(key)
+    r = client.chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": "Which one is a fruit?"}],
+        extra_body={"consortium": {"choices": ["a rock", "a fruit"], "max_peers": 0}},
+    )
+    meta = (r.model_extra or {})["consortium"]
+    assert len(meta["probabilities"]) == 2
+    label, text = "AB"[meta["choice"]], ["a rock", "a fruit"][meta["choice"]]
+    assert r.choices[0].message.content == f"{label}. {text}"
+    for extension, param in (
+        ({"peer": "globex"}, "consortium.peer"),
+        ({"choices": ["only one"]}, "consortium.choices"),
+        ({"max_cost": -1}, "consortium.max_cost"),
+    ):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(
+                model="echo",
+                messages=[{"role": "user", "content": "x"}],
+                extra_body={"consortium": extension},
+            )
+        assert e.value.param == param, extension

@@ -1,12 +1,13 @@
 """One real model behind the OpenAI endpoint (SmolLM2-135M through llama.cpp): a chat
 completion with token logprobs and alternatives, its text the tokens' concatenation,
-and a raw-prompt text completion."""
+a raw-prompt text completion, and a prompt too long for the context window."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.node.openai.conftest import node_thread
@@ -38,3 +39,7 @@ def test_smollm_chat_and_completion(tmp_path: Path) -> None:
         )
         assert text.choices[0].text and text.usage is not None
         assert text.usage.completion_tokens <= 6
+        # A prompt beyond the context window: refused before any generation.
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="smollm2-135m", prompt="word " * 3000)
+        assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"

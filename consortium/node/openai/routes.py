@@ -98,7 +98,7 @@ class _Run:
     shape: Shape
     task: TaskRecord
     span: Span = field(default_factory=lambda: trace.INVALID_SPAN)
-    text: list[str] = field(default_factory=list)
+    # The tokens' logprobs as they streamed (when the answer carries none itself).
     tokens: list[TokenLogprob] = field(default_factory=list)
 
 
@@ -340,7 +340,6 @@ class OpenAIApi:
             if isinstance(ev, Working):
                 run.task.working()
             elif isinstance(ev, TextChunk):
-                run.text.append(ev.text)
                 run.tokens.extend(ev.logprobs)
             elif isinstance(ev, Answered):
                 finish, usage, tokens, provenance = self._answered(run, ev)

@@ -14,8 +14,9 @@ whole); Rejected -> 400; Failed -> 500, or 503 when the model or peer could not 
 reached; a peer's unfinished task -> 400 when it rejected it, 500 otherwise. A stream
 first waits for the service's first event, so that a request refused before anything
 is generated gets a plain HTTP error; an error after the stream started is sent as one
-`data: {"error": ...}` event, and the stream ends. A client that goes away mid-stream
-closes the service's event stream, which stops the generation; its task is canceled.
+`data: {"error": ...}` event, and the stream ends. A client that goes away, mid-stream
+or while it waits for a whole answer, closes the service's event stream, which stops
+the generation; its task is canceled.
 
 Each completion request is one SERVER span (`openai chat.completion` /
 `openai text_completion`), the parent of the service's spans, naming the task, the
@@ -55,7 +56,13 @@ from consortium.node.openai.errors import (
 from consortium.node.openai.limits import RateLimits
 from consortium.node.openai.responses import ChatShape, Shape, TextShape, Usage
 from consortium.node.openai.schemas import ChatCompletionRequest, CompletionRequest
-from consortium.node.openai.streaming import DONE, EventStream, event
+from consortium.node.openai.streaming import (
+    DONE,
+    ClientGone,
+    EventStream,
+    event,
+    until_disconnect,
+)
 from consortium.node.openai.tasks import TaskRecord
 from consortium.node.service import (
     TOO_LONG,
@@ -230,7 +237,7 @@ class OpenAIApi:
             {"id": shape.id, "object": shape.object_name, "model": body.model},
         )
         run = _Run(caller, service_request, shape, task)
-        return await self._respond(run, body.streaming)
+        return await self._respond(request, run, body.streaming)
 
     async def _text(self, request: Request, caller: Caller) -> Any:
         self._limit(caller)
@@ -253,7 +260,7 @@ class OpenAIApi:
             body.text(), {"id": shape.id, "object": shape.object_name, "model": body.model}
         )
         run = _Run(caller, service_request, shape, task)
-        return await self._respond(run, body.streaming)
+        return await self._respond(request, run, body.streaming)
 
     def _route(self, model: str) -> ModelRoute:
         route = self.catalogue.resolve(model)
@@ -261,8 +268,17 @@ class OpenAIApi:
             raise model_not_found(model)
         return route
 
-    async def _respond(self, run: _Run, streaming: bool) -> Any:
-        """The answer: a stream of chunks, or one response once it is complete."""
+    async def _respond(self, request: Request, run: _Run, streaming: bool) -> Any:
+        """The answer: a stream of chunks, or one response once it is complete. A client
+        that goes away before then stops the generation (its task is canceled)."""
+        try:
+            async with until_disconnect(request.receive):
+                return await self._answer(run, streaming)
+        except ClientGone:
+            log.info("task %s: the client went away", run.task.id)
+            return Response(status_code=499)  # nobody reads it
+
+    async def _answer(self, run: _Run, streaming: bool) -> Any:
         run.span = self.tracer.start_span(
             f"openai {run.shape.object_name}",
             kind=SpanKind.SERVER,
@@ -299,7 +315,7 @@ class OpenAIApi:
         except BaseException:
             await _close(events)
             if not run.task.finished:
-                run.task.canceled("canceled: the request was stopped")
+                run.task.canceled("canceled: the client went away")
             _end(run.span)
             raise
         assert events is not None

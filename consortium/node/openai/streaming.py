@@ -1,7 +1,8 @@
 """Server-sent events as OpenAI streams them (`data: {json}` events, `data: [DONE]` at
-the end), from an async generator that is closed as soon as the client goes away: the
-response watches for the disconnect while it sends, so a generation stops before its
-next token even when no chunk is being written.
+the end), from an async generator that is closed as soon as the client goes away, and
+`until_disconnect`, which stops whatever a request is waiting for when its client goes
+away: the disconnect is watched for while the request works, so a generation stops
+before its next token even when nothing is being written.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -22,40 +23,53 @@ def event(data: Any) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
-class EventStream:
-    """An ASGI response sending the byte strings of `events` as they come.
+class ClientGone(Exception):
+    """The client disconnected before its response was complete."""
 
-    The events are iterated in the request's own task (the one that started them), so
-    context the service attached while starting (its spans) is detached in the same
-    context; a side task watches for the client's disconnect and cancels the sending."""
+
+@contextlib.asynccontextmanager
+async def until_disconnect(receive: Receive) -> AsyncIterator[None]:
+    """Runs the body in the current task while a side task watches for the client's
+    disconnect; if it comes, the body is cancelled (its awaits raise CancelledError, its
+    cleanup runs) and ClientGone is raised in its place. Staying in the request's own
+    task keeps context the body attached (the service's spans) detachable."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _disconnected(receive)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientGone from None
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        if gone and task.cancelling():
+            task.uncancel()  # the disconnect came as the body finished
+
+
+class EventStream:
+    """An ASGI response sending the byte strings of `events` as they come, in the
+    request's own task, until the client goes away (then `events` is closed)."""
 
     def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sender = asyncio.current_task()
-        assert sender is not None
-        gone = False
-
-        async def watch() -> None:
-            nonlocal gone
-            await _disconnected(receive)
-            gone = True
-            sender.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await self._send(send)
-        except asyncio.CancelledError:
-            if not gone:
-                raise
-            sender.uncancel()  # the client went away: nothing left to send
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            if gone and sender.cancelling():
-                sender.uncancel()  # the disconnect came as the last event was sent
+        with contextlib.suppress(ClientGone):
+            async with until_disconnect(receive):
+                await self._send(send)
 
     async def _send(self, send: Send) -> None:
         await send(

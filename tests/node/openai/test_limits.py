@@ -1,11 +1,12 @@
 """Per-key rate limits ([openai] requests_per_minute, tokens_per_minute) on a node with
-tiny limits; a client that leaves a stream stops the generation (its task canceled); a
-model that is gone answers 500."""
+tiny limits; a client that leaves a stream, or stops waiting for a whole answer, stops
+the generation (its task canceled); a model that is gone answers 500."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -90,6 +91,27 @@ def test_disconnect_stops_the_generation(limited: NodeThread) -> None:
     # The model is free again: the next request is answered.
     client = limited.client(limited.new_key("next"))
     assert client.completions.create(model="echo", prompt="after").choices[0].text == "after"
+
+
+def test_a_client_that_stops_waiting_stops_the_generation(limited: NodeThread) -> None:
+    key = limited.new_key("impatient")
+    words = " ".join(f"w{i}" for i in range(2000))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{limited.url}/v1/chat/completions",
+            json={"model": "echo", "messages": [{"role": "user", "content": words}]},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(30, read=0.5),
+        )
+    tasks: list[dict[str, Any]] = []
+    for _ in range(200):  # the node notices the disconnect on its own time
+        tasks = limited.jsonrpc(key, "ListTasks", {"pageSize": 10})["result"]["tasks"]
+        if tasks and tasks[0]["status"]["state"] != "TASK_STATE_WORKING":
+            break
+        time.sleep(0.05)
+    assert [t["status"]["state"] for t in tasks] == ["TASK_STATE_CANCELED"]
+    client = limited.client(limited.new_key("patient"))
+    assert client.completions.create(model="echo", prompt="served").choices[0].text == "served"
 
 
 def test_a_model_that_is_gone_is_a_server_error(limited: NodeThread) -> None:

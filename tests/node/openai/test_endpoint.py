@@ -269,6 +269,17 @@ def test_typed_errors(api: NodeThread, key: str) -> None:
     with pytest.raises(openai.BadRequestError) as routed:
         client.chat.completions.create(model="consortium/auto", messages=user, logprobs=True)  # type: ignore[arg-type]
     assert routed.value.param == "logprobs"
+    with pytest.raises(openai.BadRequestError) as stops:
+        client.chat.completions.create(model="echo", messages=user, stop=list("abcde"))  # type: ignore[arg-type]
+    assert stops.value.param == "stop"
+    with pytest.raises(openai.BadRequestError) as top:
+        client.chat.completions.create(
+            model="echo",
+            messages=user,  # type: ignore[arg-type]
+            logprobs=True,
+            top_logprobs=21,
+        )
+    assert top.value.param == "top_logprobs"
     with pytest.raises(openai.BadRequestError) as nothing:
         client.chat.completions.create(
             model="echo", messages=[{"role": "system", "content": "no user"}]

@@ -78,7 +78,7 @@ from consortium.node.openai import PREFIX as OPENAI_PREFIX
 from consortium.node.openai import OpenAIApi, guard_refusal
 from consortium.node.openai.catalogue import Catalogue
 from consortium.node.openai.limits import RateLimits
-from consortium.node.orchestrator import Orchestrator, check_groups
+from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
@@ -697,8 +697,6 @@ class Node:
         check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()
         # What the configured routing needs from the model, against what it can do.
-        from consortium.node.orchestrator import check_capabilities
-
         check_capabilities(info, cfg.routing, cfg.groups, cfg.node.org_id)
         prompt_format = build_prompt_format(cfg, self.worker)
         address = f"{cfg.server.host}:{cfg.server.grpc_port}"

@@ -43,8 +43,9 @@ def llama_server(
     extra_args: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Runs the server until the block ends; yields its base URL (`.../v1`).
-    `logits_all`: keep every position's logits, which the completions API's prompt
-    log-probabilities (`echo` with `logprobs`) need."""
+    `logits_all`: keep every position's logits, which llama-cpp-python needs for any
+    log-probabilities (generated tokens' as well as the prompt's, `echo` with `logprobs`);
+    without it the server refuses requests that ask for them."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -69,8 +70,8 @@ def llama_server(
         cmd += ["--model_alias", model_alias]
     if api_key:
         cmd += ["--api_key", api_key]
-    if logits_all:
-        cmd += ["--logits_all", "True"]
+    # Always explicit: the server's own default is True, whatever this function's is.
+    cmd += ["--logits_all", str(logits_all)]
     cmd += list(extra_args)
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(

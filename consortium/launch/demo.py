@@ -355,6 +355,61 @@ def _collaboration(origin: RunningNode) -> Table:
     return table
 
 
+APP_QUESTION = "Name one primary colour."
+
+
+def _from_an_app(origin: RunningNode) -> Table:
+    """An application's question through the node's OpenAI-compatible endpoint, with the
+    official `openai` client and a fresh API key, `model="consortium/auto"` (the node's
+    router decides); then the same task read back over A2A with the same key."""
+    from openai import OpenAI
+
+    from consortium.trust.api_keys import ApiKeys
+
+    keys = ApiKeys(load_config(origin.config).api_keys_path)
+    try:
+        _, token = keys.create("demo-app")
+    finally:
+        keys.close()
+    app = OpenAI(base_url=origin.http_url + "/v1", api_key=token, timeout=180, max_retries=0)
+    try:
+        reply = app.chat.completions.create(
+            model="consortium/auto",
+            messages=[{"role": "user", "content": APP_QUESTION}],
+            max_tokens=24,
+            temperature=0,
+        )
+    finally:
+        app.close()
+    extra: dict[str, Any] = dict(reply.model_extra or {}).get("consortium") or {}
+    task_id = str(extra.get("task_id", ""))
+
+    async def seen_over_a2a() -> str:
+        client = open_client(await fetch_agent_card(origin.http_url), api_key=token)
+        try:
+            task = await client.get_task(a2a_pb2.GetTaskRequest(id=task_id))
+        finally:
+            await client.close()
+        return a2a_pb2.TaskState.Name(task.status.state).removeprefix("TASK_STATE_").lower()
+
+    state = asyncio.run(seen_over_a2a()) if task_id else "?"
+    table = Table(
+        f"From an app: the openai client at {origin.http_url}/v1, model consortium/auto",
+        ("question", "answered by", "answer", "tokens in/out", "same task over A2A"),
+    )
+    usage = reply.usage
+    table.rows.append(
+        (
+            APP_QUESTION,
+            f"{extra.get('org', '?')} ({extra.get('model', reply.model)})",
+            (reply.choices[0].message.content or "").strip(),
+            f"{usage.prompt_tokens}/{usage.completion_tokens}" if usage else "?",
+            f"{task_id[:8]}... {state}",
+        )
+    )
+    return table
+
+
 def _train_and_route(
     nodes: list[RunningNode],
     paths: FederationPaths,
@@ -511,6 +566,8 @@ def run_demo(
                 report.table(_redaction(nodes[0], nodes[-1], fed.paths.roster))
             with report.status("routing a multiple-choice question: local draft, escalation, vote"):
                 report.table(_collaboration(nodes[0]))
+            with report.status(f"an app asks {nodes[0].org_id} through its OpenAI endpoint"):
+                report.table(_from_an_app(nodes[0]))
             _train_and_route(nodes, fed.paths, base, report, seed)
             swapped = [n for n in nodes if n.org_id == SWAPPED]
             if questions and swapped:

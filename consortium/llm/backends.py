@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +52,47 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
             )
 
         return load_transformers
+    if m.backend == "openai":
+        key_file = _resolve(base_dir, m.api_key_file) if m.api_key_file else None
+
+        def load_remote() -> LLMBackend:
+            from consortium.llm.openai_backend import OpenAIBackend
+
+            return OpenAIBackend(
+                m.base_url,
+                name=m.name,
+                context_size=m.context_size,
+                api_key=read_api_key(key_file) if key_file else None,
+                timeout_s=m.timeout_s,
+                connect_timeout_s=m.connect_timeout_s,
+                retries=m.retries,
+                chat=m.prompt_format != "completion",
+            )
+
+        return load_remote
     raise ConfigError(f"unknown backend {m.backend!r}", key="model.backend")
+
+
+def read_api_key(path: Path) -> str:
+    """The model server's API key from `model.api_key_file`: one line, in a file only its
+    owner can read (mode 0600), as the node's private keys are; ConfigError otherwise.
+    The key itself is never put in an error or a log line."""
+    where = {"path": str(path), "key": "model.api_key_file"}
+    if not path.is_file():
+        raise ConfigError("API key file not found", **where)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"API key file is readable by others (mode {mode:04o}); run: chmod 600 {path}",
+            **where,
+        )
+    try:
+        lines = path.read_text().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the API key file: {type(e).__name__}", **where) from None
+    if len(lines) != 1 or not lines[0].strip() or any(c.isspace() for c in lines[0].strip()):
+        raise ConfigError("the API key file must hold the key alone, on one line", **where)
+    return lines[0].strip()
 
 
 def _resolve(base_dir: Path, path: str) -> Path:

@@ -5,21 +5,30 @@ on the node's whole configuration."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurately."
+
+# Fields only the remote backend (backend = "openai") reads; refused for the others
+# when they differ from their defaults.
+REMOTE_ONLY = ("base_url", "api_key_file", "timeout_s", "connect_timeout_s", "retries")
 
 
 class ModelSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["llama_cpp", "transformers", "echo"] = "llama_cpp"
+    # openai: an OpenAI-compatible server the organization runs (vLLM, Ollama, llama.cpp).
+    backend: Literal["llama_cpp", "transformers", "echo", "openai"] = "llama_cpp"
+    # The model's name; for openai, the name the server serves it under (GET /v1/models).
     name: str = "smollm2-135m"
     # A GGUF file (llama_cpp), or a transformers model directory; overrides the registry.
     path: str = ""
     # For transformers: a GGUF file inside `path` loaded through from_pretrained(gguf_file=).
     gguf_file: str = ""
+    # For openai: the server's context window (a prompt the server's tokenizer counts
+    # beyond it is refused before it is sent); the server does not report it.
     context_size: Annotated[int, Field(ge=128, le=131072)] = 2048
     threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0: llama.cpp picks
     prompt_format: Literal["auto", "chat", "completion"] = "auto"
@@ -28,3 +37,65 @@ class ModelSection(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=5.0)] = 0.0
     # Echo backend only: pause between tokens (tests of cancellation).
     echo_token_delay_s: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
+    # openai only: the server's API root, e.g. http://127.0.0.1:8080/v1 (required).
+    base_url: str = ""
+    # openai only: a file holding the server's API key (mode 0600; relative to node.toml's
+    # directory); empty: the server needs no key.
+    api_key_file: str = ""
+    # openai only: the longest wait for the server's answer or, streaming, its next token.
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # openai only: the longest wait for a connection to the server.
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    # openai only: how often a call the server cannot have acted on is tried again
+    # (llm/openai_backend.py says which).
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> ModelSection:
+        if self.backend != "openai":
+            # By value, not by what the file set: a dumped and reloaded config holds all.
+            fields = type(self).model_fields
+            stray = [f for f in REMOTE_ONLY if getattr(self, f) != fields[f].default]
+            if stray:
+                raise ValueError(
+                    f"{', '.join('model.' + f for f in stray)} only apply to "
+                    f'backend = "openai", not {self.backend!r}'
+                )
+            return self
+        if not self.base_url:
+            raise ValueError(
+                'backend = "openai" needs model.base_url, the server\'s API root '
+                "(e.g. http://127.0.0.1:8080/v1)"
+            )
+        check_base_url(self.base_url)
+        local = {
+            "path": bool(self.path),
+            "gguf_file": bool(self.gguf_file),
+            "threads": self.threads != 0,
+            "echo_token_delay_s": self.echo_token_delay_s != 0.0,
+        }
+        stray = [f for f, is_set in local.items() if is_set]
+        if stray:
+            raise ValueError(
+                f"{', '.join('model.' + f for f in stray)} do not apply to "
+                'backend = "openai" (the server loads and runs the model)'
+            )
+        return self
+
+
+def check_base_url(url: str) -> None:
+    """An http(s) URL with a host, no query, fragment or credentials; ValueError if not."""
+    try:
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            # Not echoed: the URL holds a secret.
+            raise ValueError("model.base_url must not hold credentials; use model.api_key_file")
+        _ = parts.port  # raises on a bad port
+    except ValueError as e:
+        if "credentials" in str(e):
+            raise
+        raise ValueError(f"model.base_url {url!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"model.base_url {url!r} must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"model.base_url {url!r} must not have a query or fragment")

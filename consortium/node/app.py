@@ -3,9 +3,11 @@
 The `build_*` functions each make one part from the config: the task store, the
 federation membership (roster, verifier, signer, peers), the model's prompt format, the
 tracer provider, the orchestrator (routing, groups, learned policy, routing records),
-the service that answers tasks, the A2A executor and request handler. `Node` wires them
-with the model worker and both A2A bindings (node/a2a/grpc_binding.py,
-node/a2a/http_binding.py), which share one request handler, so both see the same tasks.
+the service that answers tasks, the A2A executor and request handler, the
+OpenAI-compatible API (node/openai/). `Node` wires them with the model worker and both
+A2A bindings (node/a2a/grpc_binding.py, node/a2a/http_binding.py), which share one
+request handler, so both see the same tasks; the OpenAI API shares the HTTP port, the
+service and the task store.
 
 A federated node has one `Assessor` (trust/reputation.py), made by `build_assessor` or
 handed to `Node(assessor=...)`: the exchange (peers.py) reports every call's outcome to
@@ -59,14 +61,24 @@ from consortium.node.a2a.agent_card import build_agent_card
 from consortium.node.a2a.conformance import ConformanceExecutor
 from consortium.node.a2a.executor import ModelExecutor
 from consortium.node.a2a.grpc_binding import grpc_server, serve_a2a
-from consortium.node.a2a.http_binding import bind_tcp, http_app, http_server, serve_http
+from consortium.node.a2a.http_binding import (
+    MountedApi,
+    bind_tcp,
+    http_app,
+    http_server,
+    serve_http,
+)
 from consortium.node.a2a.request_handler import NodeRequestHandler
 from consortium.node.audit import build_audit, run_checkpoints
-from consortium.node.auth import Credentials, http_credentials
+from consortium.node.auth import Credentials, http_credentials, key_caller
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
-from consortium.node.orchestrator import Orchestrator, check_groups
+from consortium.node.openai import PREFIX as OPENAI_PREFIX
+from consortium.node.openai import OpenAIApi, guard_refusal
+from consortium.node.openai.catalogue import Catalogue
+from consortium.node.openai.limits import RateLimits
+from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
@@ -84,7 +96,7 @@ from consortium.redaction.detector import Detector
 from consortium.redaction.policy import check_peers
 from consortium.redaction.receipts import DisclosureStore
 from consortium.trust.admission import MessageVerifier
-from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.api_keys import ApiKeys
 from consortium.trust.audit import AuditLog, NoOpAuditLog
 from consortium.trust.audit.log import SqliteAuditLog
 from consortium.trust.canaries import CanaryPool
@@ -540,6 +552,38 @@ def build_request_handler(
     )
 
 
+def build_openai_api(
+    cfg: NodeConfig,
+    service: NodeService,
+    store: SqliteTaskStore,
+    keys: ApiKeys,
+    worker: ModelWorker,
+    federation: Federation | None,
+    handler: NodeRequestHandler,
+) -> OpenAIApi:
+    """The OpenAI-compatible API (/v1) over the service: the node's model, the router,
+    the federation's members and the configured groups as models, [openai]'s limits,
+    refusals counted with the A2A handler's."""
+    roster = federation.roster if federation is not None else None
+    catalogue = Catalogue(
+        cfg.node.org_id,
+        lambda: worker.info.name,
+        members=(lambda: roster.current().members) if roster is not None else None,
+        groups=sorted(cfg.groups),
+    )
+    limits = RateLimits(cfg.openai.requests_per_minute, cfg.openai.tokens_per_minute)
+    return OpenAIApi(
+        service,
+        store,
+        keys,
+        catalogue,
+        limits,
+        anonymous_loopback=cfg.auth.anonymous_loopback,
+        refused=lambda reason, what: handler.count_refusal(reason, what),
+        tracer=handler.tracer,
+    )
+
+
 def build_card(
     cfg: NodeConfig, info: ModelInfo, endpoints: Endpoints, federation: Federation | None
 ) -> a2a_pb2.AgentCard:
@@ -610,6 +654,7 @@ class Node:
         self.worker = ModelWorker(backend_factory, label=config.node.org_id)
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
+        self.openai: OpenAIApi | None = None
         self.service: NodeService | None = None
         self.card: a2a_pb2.AgentCard | None = None
         self.endpoints: Endpoints | None = None
@@ -651,6 +696,8 @@ class Node:
         self.canaries = build_canaries(cfg, pool, federation)
         check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()
+        # What the configured routing needs from the model, against what it can do.
+        check_capabilities(info, cfg.routing, cfg.groups, cfg.node.org_id)
         prompt_format = build_prompt_format(cfg, self.worker)
         address = f"{cfg.server.host}:{cfg.server.grpc_port}"
         limit = cfg.server.max_message_bytes
@@ -675,12 +722,16 @@ class Node:
         )
         serve_a2a(self._grpc, self.handler)
         await self._grpc.start()
+        self.openai = build_openai_api(
+            cfg, self.service, self.store, self.keys, self.worker, federation, self.handler
+        )
         app = http_app(
             self.card,
             self.handler,
             card_max_age_s=cfg.server.agent_card_max_age_s,
             max_message_bytes=limit,
             healthz=self._healthz,
+            apis=[MountedApi(OPENAI_PREFIX, self.openai.routes(), guard_refusal)],
         )
         self._http = http_server(app, grace_s=cfg.server.shutdown_grace_s, tls=http_tls(cfg))
         self._http_task = await serve_http(self._http, http_sock)
@@ -729,9 +780,8 @@ class Node:
         loopback or holding an admin API key."""
         cfg = self.config
         body: dict[str, Any] = {"status": "ok"}
-        token = parse_token(creds.authorization) if creds.authorization else None
-        key = self.keys.authenticate(token) if token and self.keys is not None else None
-        if not (creds.loopback or (key is not None and key.admin)):
+        caller = key_caller(creds.authorization, self.keys) if creds.authorization else None
+        if not (creds.loopback or (caller is not None and caller.admin)):
             return body
         body.update({"org_id": cfg.node.org_id, "model": self.worker.info.name})
         if self.handler is not None:

@@ -14,6 +14,8 @@ any task is looked up, so the same rules hold on gRPC and JSON-RPC:
   (`anonymous`) where `auth.anonymous_loopback` allows it; anyone else is refused.
 
 The caller's scope is the owner of the tasks it creates, and the only tasks it can see.
+`key_caller` is the API-key rule, shared by the A2A handler and the OpenAI-compatible
+endpoint (node/openai/), which takes API keys and the anonymous loopback user only.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from a2a.server.request_handlers import DefaultGrpcServerCallContextBuilder
 from a2a.server.routes.common import DefaultServerCallContextBuilder
 from starlette.requests import Request
 
+from consortium.trust.api_keys import ApiKeys, parse_token
 from consortium.trust.call_proof import PROOF_HEADER
 
 CREDENTIALS_KEY = "consortium.credentials"
@@ -82,6 +85,14 @@ class CallerUser(User):
     @property
     def user_name(self) -> str:
         return self.caller.owner
+
+
+def key_caller(authorization: str, keys: ApiKeys | None) -> Caller | None:
+    """The caller an `Authorization: Bearer` value proves: its API key, if the key is
+    valid now (not revoked, not expired); None otherwise."""
+    token = parse_token(authorization)
+    key = keys.authenticate(token) if token and keys is not None else None
+    return None if key is None else Caller("key", key.id, key.admin)
 
 
 def caller_of(context: ServerCallContext) -> Caller | None:

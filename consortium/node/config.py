@@ -105,6 +105,16 @@ class AuthSection(_Section):
     anonymous_loopback: bool = False
 
 
+class OpenAISection(_Section):
+    """The OpenAI-compatible API on the HTTP port (/v1): per-caller limits over a rolling
+    minute (0: unlimited). A caller is an API key (or the anonymous loopback user)."""
+
+    requests_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = 600
+    # Prompt and completion tokens of the caller's answered requests in the last minute;
+    # a request is refused while they exceed this.
+    tokens_per_minute: Annotated[int, Field(ge=0, le=1_000_000_000)] = 200_000
+
+
 class TelemetrySection(_Section):
     """OpenTelemetry traces: OTLP JSON lines in a file (default), or OTLP to a collector."""
 
@@ -372,6 +382,7 @@ class NodeConfig(_Section):
     federation: FederationSection | None = None
     tls: TlsSection | None = None
     auth: AuthSection = AuthSection()
+    openai: OpenAISection = OpenAISection()
     telemetry: TelemetrySection = TelemetrySection()
     logging: LoggingSection = LoggingSection()
     routing: RoutingSection = RoutingSection()

@@ -40,7 +40,7 @@ from typing import Any
 
 from consortium.errors import BudgetError, ConfigError, RequestRejected
 from consortium.learning.records import RoutingRecord, RoutingRecords
-from consortium.llm.base import ChatMessage, GenerationParams, TokenLogprob
+from consortium.llm.base import Capability, ChatMessage, GenerationParams, ModelInfo, TokenLogprob
 from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.config import GroupSection, RoutingSection
@@ -798,3 +798,43 @@ def check_groups(groups: dict[str, GroupSection], org_id: str, federated: bool) 
             raise ConfigError(
                 f"aggregator {g.aggregator} is not a member", key=f"groups.{name}.aggregator"
             )
+
+
+def required_capabilities(
+    routing: RoutingSection, groups: Mapping[str, GroupSection], org_id: str
+) -> dict[Capability, str]:
+    """What this node's routing, as node.toml configures it, needs from its model beyond
+    generating text, each capability with the setting that needs it:
+    - `self`, `cascade` and `learned` routers draft with token log-probabilities (free
+      text) and score the options of a multiple-choice task (`token_logprobs`,
+      `option_scoring`);
+    - a group with this node's own model as a member, or falling back to it
+      (`on_short = "local"`), scores the options with it (`option_scoring`).
+    Every multiple-choice task scores its options with the local model first, and its
+    routing record (`record`) generates a draft with token log-probabilities; a backend
+    without them refuses such a task (UnsupportedByModel: the task is rejected with the
+    reason), which needs no start-up check: a node may serve free text only."""
+    need: dict[Capability, str] = {}
+    kind = routing.router.partition(":")[0]
+    if kind in ("self", "cascade", "learned"):
+        setting = f"routing.router = {routing.router!r}"
+        need["token_logprobs"] = setting
+        need["option_scoring"] = setting
+    for name, g in groups.items():
+        if "self" in g.members or org_id in g.members or g.on_short == "local":
+            need.setdefault("option_scoring", f"[groups.{name}] (its own model scores options)")
+    return need
+
+
+def check_capabilities(
+    info: ModelInfo, routing: RoutingSection, groups: Mapping[str, GroupSection], org_id: str
+) -> None:
+    """At start-up, once the model is loaded: ConfigError, one line, when the backend
+    lacks a capability the configured routing needs (`required_capabilities`)."""
+    need = required_capabilities(routing, groups, org_id)
+    missing = [f"{c} (needed by {need[c]})" for c in need if c not in info.capabilities]
+    if missing:
+        raise ConfigError(
+            f"the model {info.name} ({info.backend} backend) lacks {' and '.join(missing)}; "
+            "change that setting or use a model server that supports it"
+        )

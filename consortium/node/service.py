@@ -13,10 +13,20 @@ share the node's one assessor: a task naming a quarantined peer is rejected befo
 anything is sent, and a router's decision to answer locally instead (its target
 quarantined) is in the answer's provenance.
 
-A binding adapts it: node/a2a/executor.py maps the events to A2A task updates. The
-service knows no transport: no protobuf, no task store, no event queue. A consumer that
-stops iterating (the task canceled, the client gone) closes the event stream, which stops
-a generation before its next token.
+A request may carry more than one A2A message holds: a whole conversation (earlier
+turns, system messages included), sampling overrides (top_p, seed, stop sequences, token
+log-probabilities, a JSON response format) and raw-prompt mode (the text goes to the
+model as it is, without a chat template or the few-shot prompt). The node's own model
+takes all of them; a peer gets the conversation flattened into one text
+(`ServiceRequest.sent_text`), and a request that needs the local model (log-probabilities,
+a response format) is rejected on any other route. What the local model cannot do (a
+response format without the backend's `grammar` capability) is rejected before it runs.
+
+A binding adapts it: node/a2a/executor.py maps the events to A2A task updates,
+node/openai/ to OpenAI's chat and text completions. The service knows no transport: no
+protobuf, no task store, no event queue. A consumer that stops iterating (the task
+canceled, the client gone) closes the event stream, which stops a generation before its
+next token.
 """
 
 from __future__ import annotations
@@ -33,12 +43,25 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from consortium.errors import ModelError, PromptTooLongError, RequestRejected, UntrustedAnswer
+from consortium.errors import (
+    ModelError,
+    NodeUnavailableError,
+    PromptTooLongError,
+    RequestRejected,
+    UnsupportedByModel,
+    UntrustedAnswer,
+)
 from consortium.learning.records import RoutingDataError, RoutingRecord
-from consortium.llm.base import Completion, GenerationParams
-from consortium.llm.prompts import build_request
+from consortium.llm.base import (
+    ChatMessage,
+    Completion,
+    GenerationParams,
+    ResponseFormat,
+    TokenLogprob,
+)
+from consortium.llm.prompts import build_request, flatten_conversation
 from consortium.llm.registry import PromptFormat
-from consortium.llm.worker import ModelWorker
+from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.auth import Caller
 from consortium.node.config import RoutingSection
@@ -54,6 +77,10 @@ from consortium.redaction.pseudonyms import PlaceholderFragment
 log = logging.getLogger(__name__)
 
 
+TOO_LONG = "context_length_exceeded"
+UNSUPPORTED = "unsupported_parameter"
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     org_id: str
@@ -66,13 +93,57 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """Generation overrides beyond RequestOptions' max_tokens and temperature: what an
+    OpenAI-style request may set. The defaults change nothing."""
+
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    # A log-probability per generated token, with this many alternatives each.
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: ResponseFormat | None = None
+
+    @property
+    def local_only(self) -> str:
+        """What in these overrides only the node's own model serves ("" if nothing)."""
+        wanted = [
+            name
+            for name, on in (
+                ("logprobs", self.logprobs),
+                ("response_format", self.response_format is not None),
+            )
+            if on
+        ]
+        return " and ".join(wanted)
+
+
+@dataclass(frozen=True)
 class ServiceRequest:
-    """A task to answer: the user's text and the request's options."""
+    """A task to answer: the user's text and the request's options.
+
+    `conversation`, when given, is the whole chat the local model answers (system turns
+    included, `text` its last user turn); routers and peers see it flattened
+    (`sent_text`). `raw_prompt`: `text` goes to the local model as it is, without a
+    chat template or the node's few-shot prompt."""
 
     text: str
     options: RequestOptions = field(default_factory=RequestOptions)
     # The binding's id of the task: named in logs, and the key of its routing record.
     task_id: str = ""
+    conversation: tuple[ChatMessage, ...] = ()
+    sampling: Sampling = field(default_factory=Sampling)
+    raw_prompt: bool = False
+
+    @property
+    def sent_text(self) -> str:
+        """What a router judges and a peer is sent: `text`, or the conversation as one
+        text when it holds more than that one user turn."""
+        turns = self.conversation
+        if not turns or (len(turns) == 1 and turns[0].role == "user"):
+            return self.text
+        return flatten_conversation(turns)
 
 
 # -- what happens to a task ----------------------------------------------------------
@@ -85,9 +156,11 @@ class Working:
 
 @dataclass(frozen=True)
 class TextChunk:
-    """The next piece of an answer being generated."""
+    """The next piece of an answer being generated, with its tokens' log-probabilities
+    when the request asked for them (a local generation only)."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,21 +171,29 @@ class Answered:
     text: str
     provenance: Provenance
     streamed: bool = False
+    # The local model's completion (usage, finish reason, every token's logprob); None
+    # when a peer or a group answered (their token counts are in the provenance).
+    completion: Completion | None = None
 
 
 @dataclass(frozen=True)
 class Rejected:
     """The node will not answer the task as asked (nothing to answer, a route, member or
-    budget it cannot serve, a prompt too long)."""
+    budget it cannot serve, a prompt too long). `code`, when the refusal has a name a
+    binding may pass on: "context_length_exceeded" (the prompt does not fit the model),
+    "unsupported_parameter" (a sampling override the model cannot serve)."""
 
     reason: str
+    code: str | None = None
 
 
 @dataclass(frozen=True)
 class Failed:
-    """The node could not answer: the model failed, a peer could not be asked."""
+    """The node could not answer: the model failed, a peer could not be asked
+    (`unavailable`: the model or the peer could not be reached, rather than failing)."""
 
     reason: str
+    unavailable: bool = False
 
 
 @dataclass(frozen=True)
@@ -195,6 +276,13 @@ class NodeService:
             local = request.options.model_copy(update={"peer": None, "route": "local"})
             request = replace(request, options=local)
         options = request.options
+        local_only = request.sampling.local_only
+        if local_only and not self._stays_local(options):
+            yield Rejected(
+                f"{local_only} can only be served by this node's own model, and this "
+                "request's route may go elsewhere (a peer, a group or the router)"
+            )
+            return
         if options.peer is not None:
             async for event in self._ask_peer(request, options, scope):
                 yield event
@@ -207,7 +295,7 @@ class NodeService:
         if options.route != "local" and (options.route or self.orchestrator.routes_text()):
             try:
                 with scope.active():
-                    decision = await self.orchestrator.route_text(request.text, options)
+                    decision = await self.orchestrator.route_text(request.sent_text, options)
             except RequestRejected as e:
                 yield Rejected(str(e))
                 return
@@ -225,6 +313,52 @@ class NodeService:
         async for event in self._generate(request):
             yield event
 
+    def _stays_local(self, options: RequestOptions) -> bool:
+        """Whether a request with `options` is answered by the local model, whatever the
+        router would decide."""
+        if options.peer is not None or options.choices:
+            return False
+        return options.route == "local" or (
+            options.route is None and not self.orchestrator.routes_text()
+        )
+
+    def _generation(self, request: ServiceRequest) -> GenerationRequest:
+        """What the local model is asked: the node's prompt around the text or the
+        conversation, or the raw prompt; with the request's sampling overrides."""
+        s, options, sampling = self._settings, request.options, request.sampling
+        params = GenerationParams(
+            max_tokens=options.max_tokens or s.max_tokens,
+            temperature=s.temperature if options.temperature is None else options.temperature,
+            top_p=1.0 if sampling.top_p is None else sampling.top_p,
+            stop=sampling.stop,
+            logprobs=sampling.logprobs,
+            top_logprobs=sampling.top_logprobs,
+            seed=sampling.seed,
+            response_format=sampling.response_format,
+        )
+        if request.raw_prompt:
+            return GenerationRequest(params=params, prompt=request.text)
+        return build_request(
+            request.text,
+            prompt_format=s.prompt_format,
+            system_prompt=s.system_prompt,
+            params=params,
+            conversation=request.conversation,
+        )
+
+    def _unsupported(self, request: ServiceRequest) -> str:
+        """Why the local model cannot serve the request's sampling overrides ("" if it
+        can): a backend without the capability is not asked at all."""
+        info, sampling = self._worker.info, request.sampling
+        if sampling.response_format is not None and "grammar" not in info.capabilities:
+            return (
+                f"model {info.name} ({info.backend} backend) cannot constrain its output to "
+                "JSON: response_format is not supported"
+            )
+        if sampling.logprobs and "token_logprobs" not in info.capabilities:
+            return f"model {info.name} ({info.backend} backend) does not return logprobs"
+        return ""
+
     async def _generate(
         self,
         request: ServiceRequest,
@@ -233,17 +367,13 @@ class NodeService:
     ) -> AsyncIterator[TaskEvent]:
         """The local model's answer, streamed; with the router's `decision` when one
         chose the local model."""
-        s, options = self._settings, request.options
-        params = GenerationParams(
-            max_tokens=options.max_tokens or s.max_tokens,
-            temperature=s.temperature if options.temperature is None else options.temperature,
-        )
-        generation = build_request(
-            request.text,
-            prompt_format=s.prompt_format,
-            system_prompt=s.system_prompt,
-            params=params,
-        )
+        s = self._settings
+        unsupported = self._unsupported(request)
+        if unsupported:
+            yield Rejected(str(UnsupportedByModel(unsupported)), UNSUPPORTED)
+            return
+        generation = self._generation(request)
+        params = generation.params
         yield Working()
         started = time.perf_counter()
         info = self._worker.info
@@ -262,9 +392,12 @@ class NodeService:
             try:
                 async with stream:
                     async for chunk in stream:
-                        yield TextChunk(chunk.text)
+                        yield TextChunk(chunk.text, chunk.logprobs)
             except PromptTooLongError as e:
-                yield Rejected(str(e))
+                yield Rejected(str(e), TOO_LONG)
+                return
+            except UnsupportedByModel as e:  # what the backend found it cannot do
+                yield Rejected(str(e), UNSUPPORTED)
                 return
             except ModelError as e:
                 log.error("task %s failed in the model: %s", request.task_id, e)
@@ -291,7 +424,7 @@ class NodeService:
                     "redaction": None if scope is None else scope.report(),
                 }
             )
-        yield Answered(completion.text, provenance, streamed=True)
+        yield Answered(completion.text, provenance, streamed=True, completion=completion)
         log.info(
             "task %s completed: %d in / %d out tokens in %.0f ms",
             request.task_id,
@@ -338,7 +471,7 @@ class NodeService:
         streamed = False
         with scope.active():
             call = asyncio.create_task(
-                self._peers.ask(peer, request.text, sent or None, chunks.put_nowait)
+                self._peers.ask(peer, request.sent_text, sent or None, chunks.put_nowait)
             )
         try:
             while not call.done() or not chunks.empty():
@@ -370,7 +503,7 @@ class NodeService:
             return
         except (PeerError, UntrustedAnswer) as e:
             log.warning("task %s: asking %s failed: %s", request.task_id, safe(peer), safe(e, 300))
-            yield Failed(str(e))
+            yield Failed(str(e), unavailable=isinstance(e, NodeUnavailableError))
             return
         except PlaceholderFragment:
             log.warning("task %s: the answer of %s ended in a placeholder", request.task_id, peer)

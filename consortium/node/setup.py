@@ -42,7 +42,7 @@ shutdown_grace_s = 10.0
 stream_interval_s = 0.05        # coalesce streamed tokens (0: one update per token)
 
 [model]
-backend = "llama_cpp"           # llama_cpp | transformers | echo
+backend = "llama_cpp"           # llama_cpp | transformers | echo | openai (base_url)
 {model_line}
 context_size = 2048
 threads = 0                     # 0: let llama.cpp choose

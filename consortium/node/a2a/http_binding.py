@@ -1,13 +1,15 @@
 """The A2A JSON-RPC binding over HTTP: a Starlette app on uvicorn serving the agent card
 and JSON-RPC, behind the strict request guard (size limit, content type, strict JSON,
-A2A-Version); bodies over the size limit get HTTP 413."""
+A2A-Version); bodies over the size limit get HTTP 413. Other APIs can share the port
+(`MountedApi`: the OpenAI-compatible one under /v1), guarded in their own words."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
@@ -19,11 +21,11 @@ from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consortium.node.a2a.agent_card import JSONRPC_PATH
-from consortium.node.a2a.http_guard import RequestGuard
+from consortium.node.a2a.http_guard import Renderer, RequestGuard
 from consortium.node.auth import HttpContextBuilder
 
 
@@ -51,6 +53,16 @@ class CardLastModified:
         await self.app(scope, receive, send_with_header)
 
 
+@dataclass(frozen=True)
+class MountedApi:
+    """Another API on the HTTP port: its routes (full paths, all under `prefix`) and how
+    it words the request guard's refusals."""
+
+    prefix: str
+    routes: Sequence[BaseRoute]
+    refusal: Renderer
+
+
 def http_app(
     card: a2a_pb2.AgentCard,
     handler: RequestHandler,
@@ -58,8 +70,9 @@ def http_app(
     card_max_age_s: int,
     max_message_bytes: int,
     healthz: Callable[[Request], Awaitable[Response]],
+    apis: Sequence[MountedApi] = (),
 ) -> ASGIApp:
-    """The agent card, JSON-RPC and `/healthz`, behind the request guard."""
+    """The agent card, JSON-RPC, `/healthz` and the `apis`, behind the request guard."""
     app = Starlette(
         routes=[
             *create_agent_card_routes(card, cache_control=f"public, max-age={card_max_age_s}"),
@@ -67,9 +80,11 @@ def http_app(
                 handler, rpc_url=JSONRPC_PATH, context_builder=HttpContextBuilder()
             ),
             Route("/healthz", healthz, methods=["GET"]),
+            *(route for api in apis for route in api.routes),
         ]
     )
-    return CardLastModified(RequestGuard(app, max_message_bytes), AGENT_CARD_WELL_KNOWN_PATH)
+    guard = RequestGuard(app, max_message_bytes, apis={api.prefix: api.refusal for api in apis})
+    return CardLastModified(guard, AGENT_CARD_WELL_KNOWN_PATH)
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:

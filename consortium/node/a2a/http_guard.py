@@ -13,6 +13,12 @@ JSON-RPC binding (a2a-sdk) sees it.
 - A request without an `A2A-Version` header is for version 1.0, as the README says;
   a2a-sdk's JSON-RPC binding reads a missing header as 0.3 and refuses the call, so the
   guard adds `A2A-Version: 1.0` to such a request.
+
+Another API on the same port (the OpenAI-compatible one under /v1) is guarded the same
+way, in its own words: the guard is given its path prefix and a `Renderer` that turns
+each `Refusal` (too large, wrong content type, not strict JSON) into that API's error
+response. Its POST bodies are checked as strict JSON too, and its requests get no
+A2A-Version header.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from consortium.node.a2a.agent_card import JSONRPC_PATH
@@ -47,6 +55,32 @@ def _jsonrpc_error(code: int, message: str, http_status: int) -> JSONResponse:
         {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}},
         status_code=http_status,
     )
+
+
+Problem = Literal["too_large", "content_type", "not_json"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the guard refuses a request, for the API it was sent to to word."""
+
+    problem: Problem
+    message: str
+
+
+Renderer = Callable[[Refusal], Response]
+
+_JSONRPC_CODES: dict[Problem, tuple[int, int]] = {
+    "too_large": (-32600, 413),
+    "content_type": (-32005, 415),
+    "not_json": (-32700, 200),  # HTTP 200 like a2a-sdk's own parse errors
+}
+
+
+def jsonrpc_refusal(refusal: Refusal) -> Response:
+    """The JSON-RPC binding's words for a refusal."""
+    code, status = _JSONRPC_CODES[refusal.problem]
+    return _jsonrpc_error(code, refusal.message, status)
 
 
 class _NotStrictJson(ValueError):
@@ -116,31 +150,49 @@ def with_default_version(scope: Scope) -> Scope:
 
 
 class RequestGuard:
-    """ASGI middleware in front of the JSON-RPC app (see the module docstring)."""
+    """ASGI middleware in front of the JSON-RPC app (see the module docstring). `apis`:
+    the path prefixes of other APIs on the port (e.g. "/v1"), each with its renderer."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, rpc_path: str = JSONRPC_PATH) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        rpc_path: str = JSONRPC_PATH,
+        *,
+        apis: Mapping[str, Renderer] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.rpc_path = rpc_path
+        self.apis = dict(apis or {})
+
+    def _api_of(self, path: str) -> Renderer | None:
+        """The renderer of the other API that serves `path`, if one does."""
+        for prefix, render in self.apis.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return render
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope = with_default_version(scope)
+        path = scope.get("path", "")
+        other = self._api_of(path)
+        render = other or jsonrpc_refusal
+        if other is None:
+            scope = with_default_version(scope)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+            await self._too_large(render, scope, receive, send)
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         media_type = content_type.split(";")[0].strip().lower()
         post = scope.get("method") == "POST"
         if post and media_type and media_type not in JSON_MEDIA_TYPES:
-            response = _jsonrpc_error(
-                -32005, f"content type {media_type!r} is not supported; send application/json", 415
-            )
-            await response(scope, receive, send)
+            message = f"content type {media_type!r} is not supported; send application/json"
+            await render(Refusal("content_type", message))(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -152,15 +204,15 @@ class RequestGuard:
             body = msg.get("body", b"")
             size += len(body)
             if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
+                await self._too_large(render, scope, receive, send)
                 return
             chunks.append(body)
             more = msg.get("more_body", False)
         whole = b"".join(chunks)
-        if post and scope.get("path") == self.rpc_path:
+        if post and (path == self.rpc_path or other is not None):
             problem = strict_json_error(whole)
             if problem is not None:
-                await _jsonrpc_error(-32700, problem, 200)(scope, receive, send)
+                await render(Refusal("not_json", problem))(scope, receive, send)
                 return
         replayed = False
 
@@ -173,6 +225,8 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(
+        self, render: Renderer, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         message = f"request body exceeds the limit of {self.max_bytes} bytes"
-        await _jsonrpc_error(-32600, message, 413)(scope, receive, send)
+        await render(Refusal("too_large", message))(scope, receive, send)

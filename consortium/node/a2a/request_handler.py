@@ -34,11 +34,11 @@ from consortium.node.a2a.errors import (
     from_rejection,
 )
 from consortium.node.a2a.validation import validate_send_request
-from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of
+from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of, key_caller
 from consortium.node.config import NodeConfig
 from consortium.node.telemetry import context_from
 from consortium.trust.admission import MessageVerifier, Verified
-from consortium.trust.api_keys import ApiKeys, parse_token
+from consortium.trust.api_keys import ApiKeys
 from consortium.trust.claims import SignedParts, read_signed
 from consortium.trust.refusals import Rejected
 from consortium.trust.signing import Signer, SigningIdentity
@@ -76,11 +76,18 @@ class NodeRequestHandler(DefaultRequestHandler):
     ) -> A2AError:
         """Counts and logs a refusal, and records it in the audit log unless the verifier
         (which records what it refuses) already did."""
+        self.count_refusal(reason, what, sender=sender, audited=audited)
+        return error
+
+    def count_refusal(
+        self, reason: str, what: str, *, sender: str = "", audited: bool = False
+    ) -> None:
+        """Counts and logs a refusal of this node's (the OpenAI endpoint's too), and
+        records it in the audit log unless the verifier already did."""
         self.refusals[reason] += 1
         log.warning("refused %s: %s", what, reason)
         if not audited and self.verifier is not None:
             self.verifier.audit.refused(sender=sender, message_id="", reason=reason, what=what)
-        return error
 
     def _caller(
         self,
@@ -94,15 +101,14 @@ class NodeRequestHandler(DefaultRequestHandler):
         no credentials at all)."""
         creds = credentials_of(context)
         if creds.authorization is not None:
-            token = parse_token(creds.authorization)
-            key = self.keys.authenticate(token) if token and self.keys is not None else None
-            if key is None:
+            caller = key_caller(creds.authorization, self.keys)
+            if caller is None:
                 raise self._refused(
                     "invalid_key",
                     UnauthenticatedError(message="the API key is not valid"),
                     f"{method} call",
                 )
-            return Caller("key", key.id, key.admin)
+            return caller
         if creds.proof is not None:
             if self.verifier is None:
                 raise self._refused(

@@ -1,0 +1,45 @@
+"""One real model behind the OpenAI endpoint (SmolLM2-135M through llama.cpp): a chat
+completion with token logprobs and alternatives, its text the tokens' concatenation,
+a raw-prompt text completion, and a prompt too long for the context window."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.node.openai.conftest import node_thread
+
+
+@pytest.mark.slow
+def test_smollm_chat_and_completion(tmp_path: Path) -> None:
+    for api in node_thread(
+        tmp_path, model={"backend": "llama_cpp", "name": "smollm2-135m", "max_tokens": 64}
+    ):
+        client = api.client(api.new_key("real"))
+        r = client.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=12,
+            logprobs=True,
+            top_logprobs=3,
+        )
+        choice = r.choices[0]
+        assert choice.message.content and choice.finish_reason in ("stop", "length")
+        assert choice.logprobs is not None and choice.logprobs.content
+        tokens = choice.logprobs.content
+        assert "".join(t.token for t in tokens) == choice.message.content
+        assert all(t.logprob <= 0 and math.isfinite(t.logprob) for t in tokens)
+        assert all(len(t.top_logprobs) == 3 for t in tokens)
+        assert r.usage is not None and r.usage.completion_tokens == len(tokens)
+        text = client.completions.create(
+            model="smollm2-135m", prompt="1, 2, 3, 4,", max_tokens=6, temperature=0, seed=1
+        )
+        assert text.choices[0].text and text.usage is not None
+        assert text.usage.completion_tokens <= 6
+        # A prompt beyond the context window: refused before any generation.
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="smollm2-135m", prompt="word " * 3000)
+        assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"

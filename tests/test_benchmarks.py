@@ -50,9 +50,9 @@ def test_node_overhead_benchmark_runs() -> None:
     assert float(d["ratio_tokens_per_s_b_over_a"]) > 0  # type: ignore[arg-type]
 
 
-# The arms of benchmarks/openai_api.py this test runs: b and d need the node's OpenAI
-# endpoint and the remote backend (issue 15), merged separately; until then, a and c.
-OPENAI_API_ARMS = ("a", "c")
+# The arms of benchmarks/openai_api.py this test runs: all four (direct, the node's
+# OpenAI endpoint, llama_cpp.server, a node on the remote backend).
+OPENAI_API_ARMS = ("a", "b", "c", "d")
 
 
 def test_openai_api_benchmark_runs() -> None:

@@ -44,6 +44,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from consortium.errors import (
+    InvalidResponseFormat,
     ModelError,
     NodeUnavailableError,
     PromptTooLongError,
@@ -79,6 +80,7 @@ log = logging.getLogger(__name__)
 
 TOO_LONG = "context_length_exceeded"
 UNSUPPORTED = "unsupported_parameter"
+INVALID_FORMAT = "invalid_response_format"
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,9 @@ class Rejected:
     """The node will not answer the task as asked (nothing to answer, a route, member or
     budget it cannot serve, a prompt too long). `code`, when the refusal has a name a
     binding may pass on: "context_length_exceeded" (the prompt does not fit the model),
-    "unsupported_parameter" (a sampling override the model cannot serve)."""
+    "unsupported_parameter" (a sampling override the model cannot serve),
+    "invalid_response_format" (a response_format json_schema that is not JSON or cannot
+    be made a grammar)."""
 
     reason: str
     code: str | None = None
@@ -398,6 +402,9 @@ class NodeService:
                 return
             except UnsupportedByModel as e:  # what the backend found it cannot do
                 yield Rejected(str(e), UNSUPPORTED)
+                return
+            except InvalidResponseFormat as e:  # a json_schema the model's grammar cannot take
+                yield Rejected(str(e), INVALID_FORMAT)
                 return
             except ModelError as e:
                 log.error("task %s failed in the model: %s", request.task_id, e)

@@ -65,6 +65,7 @@ from consortium.node.openai.streaming import (
 )
 from consortium.node.openai.tasks import TaskRecord
 from consortium.node.service import (
+    INVALID_FORMAT,
     TOO_LONG,
     UNSUPPORTED,
     Answered,
@@ -441,6 +442,8 @@ def _param_of(run: _Run, rejected: Rejected) -> str | None:
             return "response_format"
         if sampling.logprobs:
             return "logprobs"
+    if rejected.code == INVALID_FORMAT:
+        return "response_format"
     if rejected.code == TOO_LONG:
         return "prompt" if run.request.raw_prompt else "messages"
     return None

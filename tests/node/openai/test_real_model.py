@@ -1,9 +1,12 @@
 """One real model behind the OpenAI endpoint (SmolLM2-135M through llama.cpp): a chat
 completion with token logprobs and alternatives, its text the tokens' concatenation,
-a raw-prompt text completion, and a prompt too long for the context window."""
+a raw-prompt text completion, a prompt too long for the context window; and JSON
+output (response_format json_schema) held to its schema by llama.cpp's grammar, and a
+schema the grammar cannot take refused as the request's fault."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -43,3 +46,42 @@ def test_smollm_chat_and_completion(tmp_path: Path) -> None:
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model="smollm2-135m", prompt="word " * 3000)
         assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
+
+
+@pytest.mark.slow
+def test_smollm_json_output_through_the_endpoint(tmp_path: Path) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 24},
+            "size": {"type": "integer", "enum": [1, 2, 3]},
+        },
+        "required": ["city", "size"],
+        "additionalProperties": False,
+    }
+    for api in node_thread(
+        tmp_path, model={"backend": "llama_cpp", "name": "smollm2-135m", "max_tokens": 64}
+    ):
+        client = api.client(api.new_key("json"))
+        r = client.chat.completions.create(
+            model="smollm2-135m",
+            messages=[{"role": "user", "content": "A city and its size as JSON."}],
+            max_tokens=64,
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        )
+        assert r.choices[0].finish_reason == "stop"
+        value = json.loads(r.choices[0].message.content or "")
+        assert set(value) == {"city", "size"} and value["size"] in (1, 2, 3)
+        # A schema llama.cpp's converter cannot take: the request's fault, named.
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(
+                model="smollm2-135m",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=8,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "bad", "schema": {"type": "frobnicate"}},
+                },
+            )
+        assert e.value.code == "invalid_response_format" and e.value.param == "response_format"
+        assert "response_format.json_schema" in e.value.message

@@ -49,7 +49,8 @@ class GenerationParams:
     top_logprobs: int = 0
     seed: int | None = None
     # Needs the backend's `grammar` capability; a backend without it raises
-    # UnsupportedByModel rather than generate unconstrained text.
+    # UnsupportedByModel rather than generate unconstrained text. Token log-probabilities
+    # stay the model's own, taken before the grammar masks any token.
     response_format: ResponseFormat | None = None
 
 

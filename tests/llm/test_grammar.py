@@ -159,6 +159,24 @@ def test_json_schema_of_any_root_type_ends_valid(
     assert check(json.loads(done.text)), done.text
 
 
+def test_cancelled_constrained_generation_leaves_the_model_usable(
+    smollm: LlamaCppBackend,
+) -> None:
+    cancel = threading.Event()
+    fmt = ResponseFormat("json_schema", json.dumps(SCHEMA))
+    params = GenerationParams(max_tokens=64, response_format=fmt)
+    ask = [ChatMessage("user", "A city and its size as JSON.")]
+    gen = smollm.stream_chat(ask, params, cancel)
+    next(gen)
+    cancel.set()
+    _, done = drain(gen)
+    assert done.finish_reason == "cancelled"
+    # An abandoned generation (never started) frees its grammar too.
+    smollm.stream_chat(ask, params, threading.Event())
+    _, again = drain(smollm.stream_chat(ask, params, threading.Event()))
+    assert again.finish_reason == "stop" and valid_for_schema(json.loads(again.text))
+
+
 @pytest.mark.parametrize(
     ("schema", "message"),
     [

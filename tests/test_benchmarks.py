@@ -87,6 +87,15 @@ def test_openai_api_benchmark_runs() -> None:
         assert float(d[ratio]) > 0  # type: ignore[arg-type]
 
 
+def test_grammar_benchmark_runs() -> None:
+    d = run("grammar.py", "--rounds", "1", "--max-tokens", "12")
+    rates = cast(dict[str, float], d["decode_tokens_per_s_p50"])
+    assert set(rates) == {"plain_greedy", "json_greedy", "plain_sampled", "json_sampled"}
+    assert all(r > 0 for r in rates.values())
+    assert float(d["ratio_json_over_plain_greedy"]) > 0  # type: ignore[arg-type]
+    assert d["every_finished_json_answer_parsed"] is True
+
+
 def test_llama_build_benchmark_runs() -> None:
     d = run("llama_build.py", "--runs", "1", "--max-tokens", "16")
     assert "AVX2 = 1" in str(d["system_info"])

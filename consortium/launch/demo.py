@@ -1,7 +1,8 @@
 """`consortium demo`: three organizations on loopback, each a separate node process with a
 real model, form a signed federation; each answers a few questions over A2A gRPC (requests
 signed, verified before the model), and one question travels between organizations as a
-signed, verified peer call. The answers as tables.
+signed, verified peer call; an app asks one node through its OpenAI-compatible endpoint
+with the official `openai` client. The answers as tables.
 
 acme redacts what it sends to peers (`[redaction]`: names and email addresses leave as
 pseudonyms): one question with a name and an email goes to initech, the table shows
@@ -394,17 +395,18 @@ def _from_an_app(origin: RunningNode) -> Table:
 
     state = asyncio.run(seen_over_a2a()) if task_id else "?"
     table = Table(
-        f"From an app: the openai client at {origin.http_url}/v1, model consortium/auto",
-        ("question", "answered by", "answer", "tokens in/out", "same task over A2A"),
+        f"From an app: the openai client at {origin.http_url}/v1, model consortium/auto "
+        "(the same task read back over A2A with the app's key)",
+        ("question", "answered by", "answer", "tokens in/out", "its task over A2A"),
     )
     usage = reply.usage
     table.rows.append(
         (
             APP_QUESTION,
             f"{extra.get('org', '?')} ({extra.get('model', reply.model)})",
-            (reply.choices[0].message.content or "").strip(),
+            " ".join((reply.choices[0].message.content or "").split()),
             f"{usage.prompt_tokens}/{usage.completion_tokens}" if usage else "?",
-            f"{task_id[:8]}... {state}",
+            state,
         )
     )
     return table

@@ -176,6 +176,9 @@ def test_demo_shows_three_organizations_answering(tmp_path: Path) -> None:
     # Routing and collaboration: an escalation and a vote, each with its members.
     assert "acme->group:panel" in r.stdout
     assert "globex (" in r.stdout and "initech (" in r.stdout
+    # An app's question through acme's OpenAI endpoint, its task read back over A2A.
+    app = r.stdout.split("From an app", 1)[1]
+    assert "smollm2-135m" in app.split("completed", 1)[0] and "completed" in app
     # A policy trained across the three with Flower, signed, and routed with.
     assert "routing records (features and outcomes only)" in r.stdout
     assert "policy demo-1: 3 rounds of FedAvg" in r.stdout

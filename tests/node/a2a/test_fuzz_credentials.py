@@ -102,7 +102,7 @@ def proofs(draw: st.DrawFn, key: Any, method: str, request: Any) -> str:
         return draw(jws_like())
     token = sign_call(method, request, SigningIdentity(key, "acme", "fuzz"), recipient="acme")
     i = draw(st.integers(0, 10**6)) % len(token)  # the token's length varies run to run
-    return token[:i] + draw(st.sampled_from("AaZz09-_.=+/ ")) + token[i + 1 :]
+    return (token[:i] + draw(st.sampled_from("AaZz09-_.=+/ ")) + token[i + 1 :]).strip()
 
 
 def test_credentials_never_get_internal_errors_or_in(member: tuple[RunningNode, Any]) -> None:
@@ -119,7 +119,8 @@ def test_credentials_never_get_internal_errors_or_in(member: tuple[RunningNode, 
         if data.draw(st.booleans()):
             headers["authorization"] = data.draw(
                 HEADER_TEXT
-                | st.builds(lambda s: f"Bearer {s}", HEADER_TEXT)
+                # Stripped: HTTP clients refuse a header value with edge whitespace.
+                | st.builds(lambda s: f"Bearer {s}".strip(), HEADER_TEXT)
                 | st.builds(
                     lambda h, s: f"Bearer csk_{h}_{s}",
                     st.text("0123456789abcdef", min_size=12, max_size=12),

@@ -9,7 +9,8 @@ token is generated. So is a schema whose grammar would be too large: the convert
 writes out every repetition a bound asks for (`maxItems`, `minItems`, `maxLength`,
 `minLength`, a pattern's `{m,n}`), so `{"maxItems": 1000000000}` alone would take
 gigabytes; their sum over the schema may be at most MAX_REPETITIONS (checked before
-converting), and the grammar at most MAX_GRAMMAR_CHARS.
+converting, `check_schema`, which also refuses a `$ref` to anything outside the
+schema), and the grammar at most MAX_GRAMMAR_CHARS.
 
 The sampler (`llama_sampler_init_grammar`) keeps the grammar's parse state; the loop
 asks it whether a token is allowed (`allows`), masks the rejected tokens of a whole
@@ -61,7 +62,7 @@ def grammar_for(response_format: ResponseFormat) -> str:
             "response_format.json_schema must be a JSON Schema object, "
             f"not a JSON {type(schema).__name__}"
         )
-    check_repetitions(schema)
+    check_schema(schema)
     try:
         # The converter reports what it cannot handle with ValueError, and with asserts
         # (unknown types), KeyError/TypeError/AttributeError on malformed keywords.
@@ -81,9 +82,11 @@ def grammar_for(response_format: ResponseFormat) -> str:
     return grammar.replace(_ANY_STRING_CHAR, _JSON_STRING_CHAR)
 
 
-def check_repetitions(schema: dict[str, Any]) -> None:
+def check_schema(schema: dict[str, Any]) -> None:
     """InvalidResponseFormat if the bounds in `schema` ask for more than MAX_REPETITIONS
-    repetitions in all (counted without converting: the converter would build them)."""
+    repetitions in all (counted without converting: the converter would build them), or
+    if it has a `$ref` outside itself (the converter refuses to fetch one only by an
+    `assert`, which `python -O` drops)."""
     total = 0
     stack: list[Any] = [schema]
     while stack:
@@ -97,6 +100,12 @@ def check_repetitions(schema: dict[str, Any]) -> None:
             value = node.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 total += _bound(value)
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            raise InvalidResponseFormat(
+                "response_format.json_schema cannot be turned into a grammar: "
+                f"only references within the schema (#/...) are supported, not {ref[:100]!r}"
+            )
         pattern = node.get("pattern")
         if isinstance(pattern, str):
             for low, high in _PATTERN_BOUND.findall(pattern):

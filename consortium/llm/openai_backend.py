@@ -24,8 +24,8 @@ the probes saw, never what the server's name suggests:
   only a constrained model keeps to) did, with the schema sent as OpenAI's
   `response_format` `json_schema` (vLLM, OpenAI) or else as llama-cpp-python's
   `json_object` with a `schema`; requests then pass `GenerationParams.response_format`
-  through in the style that worked (a schema asking for more repetitions than
-  `grammar.check_repetitions` allows is refused first, as the llama.cpp backend does).
+  through in the style that worked (a schema `grammar.check_schema` refuses, e.g. one
+  asking for too many repetitions, is refused first, as the llama.cpp backend does).
   Without it a request that sets `response_format` is refused (UnsupportedByModel)
   rather than answered unconstrained.
 A probe the server refuses (4xx/5xx) means the capability is missing, logged with the
@@ -121,7 +121,7 @@ from consortium.llm.base import (
     TokenLogprob,
     Usage,
 )
-from consortium.llm.grammar import check_repetitions
+from consortium.llm.grammar import check_schema
 from consortium.logsafe import safe
 
 log = logging.getLogger(__name__)
@@ -772,7 +772,7 @@ def _response_format(rf: ResponseFormat, style: GrammarStyle) -> dict[str, Any]:
         raise RequestRejected("the response format's JSON Schema is not valid JSON") from None
     if isinstance(schema, dict):
         # Servers convert it as llama-cpp-python does, writing every repetition out.
-        check_repetitions(schema)
+        check_schema(schema)
     if style == "json_schema":
         return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
     return {"type": "json_object", "schema": schema}

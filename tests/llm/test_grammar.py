@@ -242,6 +242,12 @@ def test_schema_asking_for_huge_repetitions_is_refused_before_converting(
         grammar_for(ResponseFormat("json_schema", json.dumps(schema)))
 
 
+def test_a_reference_outside_the_schema_is_refused_before_converting() -> None:
+    schema = {"type": "object", "properties": {"a": {"$ref": "http://10.0.0.1/x.json"}}}
+    with pytest.raises(InvalidResponseFormat, match="only references within the schema"):
+        grammar_for(ResponseFormat("json_schema", json.dumps(schema)))
+
+
 def test_schema_with_modest_bounds_converts() -> None:
     schema = {
         "type": "object",

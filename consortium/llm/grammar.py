@@ -5,7 +5,12 @@ llama.cpp's own grammar sampler applied to the decode loop's logits token by tok
 turns the schema into GBNF with llama-cpp-python's json-schema-to-grammar converter.
 A schema that is not JSON, or that the converter or llama.cpp's grammar parser cannot
 handle, is the caller's error: `InvalidResponseFormat` (a RequestRejected) before any
-token is generated.
+token is generated. So is a schema whose grammar would be too large: the converter
+writes out every repetition a bound asks for (`maxItems`, `minItems`, `maxLength`,
+`minLength`, a pattern's `{m,n}`), so `{"maxItems": 1000000000}` alone would take
+gigabytes; their sum over the schema may be at most MAX_REPETITIONS (checked before
+converting, `check_schema`, which also refuses a `$ref` to anything outside the
+schema), and the grammar at most MAX_GRAMMAR_CHARS.
 
 The sampler (`llama_sampler_init_grammar`) keeps the grammar's parse state; the loop
 asks it whether a token is allowed (`allows`), masks the rejected tokens of a whole
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
+import re
 import weakref
 from typing import Any
 
@@ -28,6 +35,12 @@ from consortium.llm.sampling import Logits
 GRAMMAR_ROOT = "root"
 _ANY_STRING_CHAR = r'[^"\\]'
 _JSON_STRING_CHAR = r'[^"\\\x7F\x00-\x1F]'
+# The repetitions a schema's bounds may ask for in all (e.g. one maxLength of 4096), and
+# the largest grammar the converter may produce.
+MAX_REPETITIONS = 4096
+MAX_GRAMMAR_CHARS = 1 << 20
+_REPEAT_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
+_PATTERN_BOUND = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 def grammar_for(response_format: ResponseFormat) -> str:
@@ -49,6 +62,7 @@ def grammar_for(response_format: ResponseFormat) -> str:
             "response_format.json_schema must be a JSON Schema object, "
             f"not a JSON {type(schema).__name__}"
         )
+    check_schema(schema)
     try:
         # The converter reports what it cannot handle with ValueError, and with asserts
         # (unknown types), KeyError/TypeError/AttributeError on malformed keywords.
@@ -57,10 +71,60 @@ def grammar_for(response_format: ResponseFormat) -> str:
         raise InvalidResponseFormat(
             f"response_format.json_schema cannot be turned into a grammar: {e or type(e).__name__}"
         ) from e
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise InvalidResponseFormat(
+            f"response_format.json_schema makes a grammar of {len(grammar)} characters, "
+            f"over the limit of {MAX_GRAMMAR_CHARS}"
+        )
     # The converter's string characters exclude only `"` and `\`; JSON also forbids raw
     # control characters in a string (a newline the model writes there would make the
     # output unparseable), as llama-cpp-python's own JSON grammar does.
     return grammar.replace(_ANY_STRING_CHAR, _JSON_STRING_CHAR)
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """InvalidResponseFormat if the bounds in `schema` ask for more than MAX_REPETITIONS
+    repetitions in all (counted without converting: the converter would build them), or
+    if it has a `$ref` outside itself (the converter refuses to fetch one only by an
+    `assert`, which `python -O` drops)."""
+    total = 0
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key in _REPEAT_KEYWORDS:
+            value = node.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total += _bound(value)
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            raise InvalidResponseFormat(
+                "response_format.json_schema cannot be turned into a grammar: "
+                f"only references within the schema (#/...) are supported, not {ref[:100]!r}"
+            )
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            for low, high in _PATTERN_BOUND.findall(pattern):
+                digits = high or low
+                total += _bound(int(digits) if len(digits) < 10 else MAX_REPETITIONS + 1)
+        if total > MAX_REPETITIONS:
+            raise InvalidResponseFormat(
+                "response_format.json_schema asks for too many repetitions (its minItems, "
+                f"maxItems, minLength, maxLength and pattern bounds add up to over "
+                f"{MAX_REPETITIONS})"
+            )
+        stack.extend(node.values())
+
+
+def _bound(value: float) -> int:
+    """A repetition count as it adds to the total: 0 to MAX_REPETITIONS + 1."""
+    if not math.isfinite(value) or value > MAX_REPETITIONS:
+        return MAX_REPETITIONS + 1
+    return max(0, int(value))
 
 
 class GrammarConstraint:

@@ -24,8 +24,10 @@ the probes saw, never what the server's name suggests:
   only a constrained model keeps to) did, with the schema sent as OpenAI's
   `response_format` `json_schema` (vLLM, OpenAI) or else as llama-cpp-python's
   `json_object` with a `schema`; requests then pass `GenerationParams.response_format`
-  through in the style that worked. Without it a request that sets `response_format` is
-  refused (UnsupportedByModel) rather than answered unconstrained.
+  through in the style that worked (a schema `grammar.check_schema` refuses, e.g. one
+  asking for too many repetitions, is refused first, as the llama.cpp backend does).
+  Without it a request that sets `response_format` is refused (UnsupportedByModel)
+  rather than answered unconstrained.
 A probe the server refuses (4xx/5xx) means the capability is missing, logged with the
 server's reason; a configured router that needs it then stops the node at start-up
 (consortium/node/orchestrator.py `required_capabilities`).
@@ -70,7 +72,18 @@ One more re-send: a server that refuses `stream_options` (usage in streams) as a
 field (HTTP 400/422 naming it: it did nothing) gets the request again without it, and
 from then on never; usage is then counted.
 
-Errors map to ModelError with the server's reason, so the task fails with it;
+A server is not trusted to keep to the request: a stream is read line by line with no
+line over MAX_LINE_BYTES; at most `max_tokens` deltas with text are taken (a server
+that ignores `max_tokens` is cut off there: finish reason "length"), holding at most
+MAX_CHARS_PER_TOKEN characters each on average; a stream that goes on past
+2 x `max_tokens` + MAX_EXTRA_LINES lines without ending, an event that is not the
+OpenAI shape (a NaN log-probability included), or a whole answer over MAX_BODY_BYTES is
+a ModelError; a log-probability of -Infinity (a masked token) becomes -9999.0, since the
+node's own answers are strict JSON. Redirects are not
+followed (the API key goes to `base_url` only): a 3xx is an error like any other status.
+
+Errors map to ModelError with the server's reason (escaped as `logsafe.safe` does and cut
+to MAX_REASON_CHARS), so the task fails with it;
 PromptTooLongError (the task is refused) when the server says the prompt exceeds its
 context, or before sending when the server's tokenizer counts more tokens in the
 messages' text alone than `model.context_size` holds. A stream that ends without
@@ -108,6 +121,8 @@ from consortium.llm.base import (
     TokenLogprob,
     Usage,
 )
+from consortium.llm.grammar import check_schema
+from consortium.logsafe import safe
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +132,14 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 BACKOFF_S = 0.5
 MAX_BACKOFF_S = 4.0
 MAX_REASON_CHARS = 300
+# What a server may send: one SSE line, text per token on average, lines beyond the
+# 2 x max_tokens a stream can need, and a whole (non-streamed) answer.
+MAX_LINE_BYTES = 1 << 20
+MAX_CHARS_PER_TOKEN = 256
+MAX_EXTRA_LINES = 64
+MAX_BODY_BYTES = 32 << 20
+# What a masked token's log-probability (-Infinity, which JSON cannot carry) becomes.
+MIN_LOGPROB = -9999.0
 CHARS_PER_TOKEN = 4
 # The most alternatives per token the OpenAI API (and vLLM by default) returns.
 MAX_TOP_LOGPROBS = 20
@@ -163,8 +186,9 @@ class OpenAIBackend:
         self._backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        # No redirects: the API key is for base_url, not wherever a server points.
         self._new_client: Callable[[], httpx.Client] = lambda: httpx.Client(
-            headers=headers, timeout=timeout
+            headers=headers, timeout=timeout, follow_redirects=False
         )
         self._http = self._new_client()
         self._counts: dict[str, int] = {}
@@ -217,13 +241,13 @@ class OpenAIBackend:
             raise self._error(r, "model list")
         try:
             ids = [str(m["id"]) for m in r.json()["data"]]
-        except (ValueError, KeyError, TypeError):
+        except (RecursionError, ValueError, KeyError, TypeError):
             raise ModelError(
                 f"{self._base}/models did not answer with an OpenAI model list; "
                 "is model.base_url the API root (often ending in /v1)?"
             ) from None
         if self._name not in ids:
-            served = ", ".join(ids[:10]) or "nothing"
+            served = ", ".join(safe(i, 64) for i in ids[:10]) or "nothing"
             raise ModelError(
                 f"the model server at {self._base} does not serve {self._name!r} (it serves: "
                 f"{served}); set model.name to the server's name for the model"
@@ -251,7 +275,7 @@ class OpenAIBackend:
             try:
                 if count("Hello world") > 0:
                     return count
-            except (ModelError, ValueError, KeyError, TypeError):
+            except (RecursionError, ModelError, ValueError, KeyError, TypeError):
                 continue
         return None
 
@@ -306,7 +330,7 @@ class OpenAIBackend:
         best = max(top.values(), default=value)
         if best - value > 1e-3 + 1e-3 * abs(value):
             raise ModelError(
-                f"the prompt log-probabilities are misaligned: the greedy token {greedy!r} "
+                f"the prompt log-probabilities are misaligned: the greedy token {safe(greedy)!r} "
                 f"has {value:.3f}, the position's best {best:.3f}"
             )
 
@@ -331,7 +355,7 @@ class OpenAIBackend:
                 self._grammar = None
             try:
                 value = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 value = None
             if _follows_probe_schema(value):
                 return style
@@ -457,30 +481,45 @@ class OpenAIBackend:
         usage: dict[str, Any] | None = None
         finish: FinishReason | None = None
         prompt_s = 0.0
+        limit = params.max_tokens
+        chars = 0
+        cut = False  # the server went on past max_tokens
+        lines = 2 * limit + MAX_EXTRA_LINES
         try:
-            for event in _sse_events(response, self._base, self._timeout_s, ended):
+            for event in _sse_events(response, self._base, self._timeout_s, ended, lines):
                 if "error" in event:
                     raise ModelError(
                         f"the model server at {self._base} failed during the {what}: "
                         f"{_reason(event)}"
                     )
-                if event.get("usage"):
-                    usage = event["usage"]
-                for choice in event.get("choices") or []:
-                    if choice.get("index", 0) != 0:
-                        continue
-                    piece = _choice_text(choice, chat)
-                    lps = _choice_logprobs(choice, chat, params.top_logprobs)
-                    if choice.get("finish_reason"):
-                        finish = "length" if choice["finish_reason"] == "length" else "stop"
+                event_usage, choices = _event_parts(event, chat, params.top_logprobs, self._base)
+                usage = event_usage or usage
+                for piece, lps, finish_reason in choices:
+                    if finish_reason:
+                        finish = "length" if finish_reason == "length" else "stop"
                     if not piece and not lps:
                         continue
+                    if deltas >= limit:
+                        # Each delta holds at least one token: the server ignores
+                        # max_tokens. The answer ends where it should have.
+                        cut = True
+                        break
+                    chars += len(piece)
+                    if chars > limit * MAX_CHARS_PER_TOKEN:
+                        raise ModelError(
+                            f"the model server at {self._base} sent more text than "
+                            f"{limit} tokens hold during the {what}"
+                        )
+                    lps = lps[: max(0, limit - len(logprobs))]
                     if not deltas:
                         prompt_s = time.perf_counter() - started
                     deltas += 1
                     text.append(piece)
                     logprobs.extend(lps)
                     yield Chunk(piece, lps[-1] if lps else None, tuple(lps) if len(lps) > 1 else ())
+                if cut:
+                    finish = "length"
+                    break
                 if cancel.is_set():
                     finish = "cancelled"
                     break
@@ -498,8 +537,12 @@ class OpenAIBackend:
                 f"the model server at {self._base} ended the {what} without finishing it"
                 + ("" if deltas else " before its first token (its log may say why)")
             )
-        if usage and isinstance(usage.get("completion_tokens"), int):
-            counted = Usage(int(usage.get("prompt_tokens") or 0), int(usage["completion_tokens"]))
+        if not cut and usage and isinstance(usage.get("completion_tokens"), int):
+            prompt_tokens = usage.get("prompt_tokens")
+            counted = Usage(
+                max(0, prompt_tokens) if isinstance(prompt_tokens, int) else 0,
+                max(0, usage["completion_tokens"]),
+            )
         else:
             n_out = len(logprobs) if params.logprobs and logprobs else deltas
             counted = Usage(self.count_tokens(prompt_text), n_out)
@@ -563,15 +606,15 @@ class OpenAIBackend:
             choice = r.json()["choices"][0]
             lp = choice["logprobs"]
             tokens = [str(t) for t in lp["tokens"]]
-            values = [None if v is None else float(v) for v in lp["token_logprobs"]]
+            values = [None if v is None else _logprob(v) for v in lp["token_logprobs"]]
             offsets = lp.get("text_offset")
             tops = [
-                {str(k): float(v) for k, v in t.items() if v is not None}
+                {str(k): _logprob(v) for k, v in t.items() if v is not None}
                 if isinstance(t, dict)
                 else {}
                 for t in lp.get("top_logprobs") or []
             ]
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        except (RecursionError, ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise ModelError(
                 f"the model server at {self._base} returned no prompt log-probabilities"
             ) from None
@@ -601,7 +644,9 @@ class OpenAIBackend:
         attempt = 0
         while True:
             try:
-                r = self._http.request(method, url, json=json)
+                r = self._read(
+                    self._http.send(self._http.build_request(method, url, json=json), stream=True)
+                )
             except httpx.TransportError as e:
                 if attempt < self._retries and (idempotent or isinstance(e, NOT_SENT)):
                     attempt = self._wait(attempt, what, _transport_reason(e))
@@ -629,10 +674,35 @@ class OpenAIBackend:
                 if r.status_code in RETRY_STATUS and attempt < self._retries:
                     attempt = self._wait(attempt, what, f"HTTP {r.status_code}")
                     continue
-                r.read()
-                raise self._error(r, what)
+                raise self._error(self._read(r), what)
             finally:
                 r.close()
+
+    def _read(self, r: httpx.Response) -> httpx.Response:
+        """`r`, a streamed response, read whole (and closed): ModelError past
+        MAX_BODY_BYTES."""
+        body = bytearray()
+        try:
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise ModelError(
+                        f"the model server at {self._base} sent an answer over "
+                        f"{MAX_BODY_BYTES} bytes"
+                    )
+        except httpx.DecodingError:
+            raise ModelError(
+                f"the model server at {self._base} sent a body its Content-Encoding cannot decode"
+            ) from None
+        finally:
+            r.close()
+        # The body is decoded already: the copy must not say how it was encoded.
+        headers = {
+            k: v for k, v in r.headers.items() if k not in ("content-encoding", "content-length")
+        }
+        return httpx.Response(
+            r.status_code, headers=headers, content=bytes(body), request=r.request
+        )
 
     def _wait(self, attempt: int, what: str, reason: str) -> int:
         delay = min(self._backoff_s * 2**attempt, MAX_BACKOFF_S)
@@ -663,7 +733,7 @@ class OpenAIBackend:
     def _error(self, r: httpx.Response, what: str) -> ModelError:
         try:
             reason = _reason(r.json())
-        except ValueError:
+        except (ValueError, RecursionError):
             reason = _clip(r.text) or r.reason_phrase
         status = f"HTTP {r.status_code}: {reason}"
         if r.status_code in (401, 403):
@@ -698,8 +768,11 @@ def _response_format(rf: ResponseFormat, style: GrammarStyle) -> dict[str, Any]:
         return {"type": "json_object"}
     try:
         schema = json.loads(rf.schema)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RequestRejected("the response format's JSON Schema is not valid JSON") from None
+    if isinstance(schema, dict):
+        # Servers convert it as llama-cpp-python does, writing every repetition out.
+        check_schema(schema)
     if style == "json_schema":
         return {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
     return {"type": "json_object", "schema": schema}
@@ -715,12 +788,22 @@ def _drain(gen: Generator[Chunk, None, Completion]) -> Completion:
 
 
 def _sse_events(
-    response: httpx.Response, base: str, timeout_s: float, done: list[bool]
+    response: httpx.Response, base: str, timeout_s: float, done: list[bool], max_lines: int
 ) -> Iterator[dict[str, Any]]:
     """The JSON events of a server-sent event stream, up to `[DONE]` (then `done` gets
-    True appended)."""
+    True appended); ModelError after `max_lines` lines that are not blank, or at a line
+    over MAX_LINE_BYTES."""
+    lines = 0
     try:
-        for line in response.iter_lines():
+        for line in _lines(response, base):
+            if not line:
+                continue
+            lines += 1
+            if lines > max_lines:
+                raise ModelError(
+                    f"the model server at {base} went on streaming past {max_lines} lines "
+                    "without ending the answer"
+                )
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
@@ -731,7 +814,7 @@ def _sse_events(
                 continue
             try:
                 event = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ModelError(f"the model server at {base} sent a malformed event") from None
             if isinstance(event, dict):
                 yield event
@@ -743,6 +826,58 @@ def _sse_events(
         raise ModelError(
             f"the model server at {base} broke off the answer: {_transport_reason(e)}"
         ) from None
+    except httpx.DecodingError:
+        raise ModelError(
+            f"the model server at {base} sent a body its Content-Encoding cannot decode"
+        ) from None
+
+
+def _lines(response: httpx.Response, base: str) -> Iterator[str]:
+    """The lines of a streamed body (ended by LF or CRLF), none over MAX_LINE_BYTES:
+    httpx's own `iter_lines` holds a line of any length in memory."""
+    pending = bytearray()
+    for chunk in response.iter_bytes():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending += chunk[start:end]
+            if len(pending) > MAX_LINE_BYTES:
+                break
+            yield pending.decode("utf-8", "replace").removesuffix("\r")
+            pending.clear()
+            start = end + 1
+        else:
+            pending += chunk[start:]
+        if len(pending) > MAX_LINE_BYTES:
+            raise ModelError(f"the model server at {base} sent a line over {MAX_LINE_BYTES} bytes")
+    if pending:
+        yield pending.decode("utf-8", "replace").removesuffix("\r")
+
+
+def _event_parts(
+    event: dict[str, Any], chat: bool, top_n: int, base: str
+) -> tuple[dict[str, Any] | None, list[tuple[str, list[TokenLogprob], Any]]]:
+    """An event's usage (if any) and its first choice's text, logprobs and finish reason;
+    ModelError if the event is not in OpenAI's shape."""
+    try:
+        usage = event.get("usage")
+        if usage is not None and not isinstance(usage, dict):
+            raise TypeError("usage")
+        parts = []
+        for choice in event.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            parts.append(
+                (
+                    _choice_text(choice, chat),
+                    _choice_logprobs(choice, chat, top_n),
+                    choice.get("finish_reason"),
+                )
+            )
+    except (AttributeError, TypeError, ValueError, KeyError):
+        raise ModelError(
+            f"the model server at {base} sent an event that is not in OpenAI's shape"
+        ) from None
+    return usage or None, parts
 
 
 def _choice_text(choice: dict[str, Any], chat: bool) -> str:
@@ -762,12 +897,14 @@ def _choice_logprobs(choice: dict[str, Any], chat: bool, top_n: int) -> list[Tok
             if not isinstance(entry, dict) or entry.get("logprob") is None:
                 continue
             top = [
-                (str(t.get("token", "")), float(t["logprob"]))
+                (str(t.get("token", "")), _logprob(t["logprob"]))
                 for t in entry.get("top_logprobs") or []
                 if isinstance(t, dict) and t.get("logprob") is not None
             ]
             out.append(
-                TokenLogprob(str(entry.get("token", "")), float(entry["logprob"]), _top(top, top_n))
+                TokenLogprob(
+                    str(entry.get("token", "")), _logprob(entry["logprob"]), _top(top, top_n)
+                )
             )
         return out
     tokens = lp.get("tokens") or []
@@ -777,34 +914,49 @@ def _choice_logprobs(choice: dict[str, Any], chat: bool, top_n: int) -> list[Tok
         if value is None:
             continue
         alternatives = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
-        top = [(str(t), float(v)) for t, v in alternatives.items() if v is not None]
-        out.append(TokenLogprob(str(token), float(value), _top(top, top_n)))
+        top = [(str(t), _logprob(v)) for t, v in alternatives.items() if v is not None]
+        out.append(TokenLogprob(str(token), _logprob(value), _top(top, top_n)))
     return out
+
+
+def _logprob(value: Any) -> float:
+    """A log-probability as JSON can carry it: -Infinity (a token the server masked)
+    becomes OpenAI's -9999.0; NaN or +Infinity is no log-probability (ValueError)."""
+    number = float(value)
+    if math.isnan(number) or number == math.inf:
+        raise ValueError(f"log-probability {number}")
+    return MIN_LOGPROB if number == -math.inf else number
 
 
 def _top(top: list[tuple[str, float]], n: int) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(top, key=lambda t: -t[1])[:n])
 
 
-def _reason(body: Any) -> str:
+def _reason(body: Any, depth: int = 0) -> str:
     """The server's own words from an error body, in any of the shapes servers use."""
     if isinstance(body, dict):
         for key in ("error", "message", "detail"):
             value = body.get(key)
-            if isinstance(value, dict):
-                return _reason(value)
+            if isinstance(value, dict) and depth < 4:
+                return _reason(value, depth + 1)
             if isinstance(value, str) and value:
                 return _clip(value)
             if isinstance(value, list) and value:
-                return _clip(json.dumps(value))
-    return _clip(json.dumps(body)) if body else "no reason given"
+                return _clip(_dumps(value))
+    return _clip(_dumps(body)) if body else "no reason given"
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except RecursionError:  # nested as deep as json.loads allows
+        return "(a deeply nested error body)"
 
 
 def _clip(text: str) -> str:
-    one_line = " ".join(text.split())
-    if len(one_line) > MAX_REASON_CHARS:
-        return one_line[: MAX_REASON_CHARS - 3] + "..."
-    return one_line
+    """A server's words as one printable line (control characters and escapes shown
+    escaped, as `logsafe.safe` does), cut to MAX_REASON_CHARS."""
+    return safe(" ".join(text.split()), MAX_REASON_CHARS)
 
 
 def _transport_reason(e: httpx.TransportError) -> str:

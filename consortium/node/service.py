@@ -407,7 +407,7 @@ class NodeService:
                 yield Rejected(str(e), INVALID_FORMAT)
                 return
             except ModelError as e:
-                log.error("task %s failed in the model: %s", request.task_id, e)
+                log.error("task %s failed in the model: %s", request.task_id, safe(e, 300))
                 yield Failed(str(e))
                 return
             completion = stream.completion

@@ -2,14 +2,15 @@
 with the responses a test scripts (status, JSON body, an optional delay before the
 headers) and records every request it got. What a real model server does well is tested
 against llama_cpp.server; this one produces, on demand, the failures such a server or a
-gateway in front of it produces (503, 500, silence)."""
+gateway in front of it produces (503, 500, silence), and what a hostile or broken one
+sends (a redirect, endless or oversized streams: `Reply.write`)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,10 @@ class Reply:
     events: list[Any] | None = None
     # False: the stream just ends, without `data: [DONE]` (a server that dropped it).
     done: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
+    # Writes the whole body after the headers (200, text/event-stream) to the socket's
+    # file, however it likes: forever, in one endless line ...
+    write: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -65,6 +70,12 @@ def scripted_server(script: Script) -> Iterator[str]:
             if reply.delay_s:
                 time.sleep(reply.delay_s)
             try:
+                if reply.write is not None:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    reply.write(self.wfile)
+                    return
                 if reply.events is not None:
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "text/event-stream")
@@ -79,6 +90,8 @@ def scripted_server(script: Script) -> Iterator[str]:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):

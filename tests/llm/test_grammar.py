@@ -20,6 +20,7 @@ from consortium.llm.base import (
     ResponseFormat,
 )
 from consortium.llm.echo import EchoBackend
+from consortium.llm.grammar import grammar_for
 from consortium.llm.llama_cpp_backend import LlamaCppBackend
 
 SCHEMA = {
@@ -219,3 +220,40 @@ def test_echo_backend_refuses_response_format(mode: str) -> None:
             echo.stream_chat([ChatMessage("user", "hi")], params, threading.Event())
         else:
             echo.stream_complete("hi", params, threading.Event())
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "items": {"type": "integer"}, "maxItems": 1_000_000_000},
+        {"type": "string", "minLength": 10**30},
+        {"type": "string", "pattern": "^a{99999999999999999999}$"},
+        {
+            "type": "object",
+            "properties": {f"p{i}": {"type": "string", "maxLength": 1000} for i in range(5)},
+        },
+    ],
+)
+def test_schema_asking_for_huge_repetitions_is_refused_before_converting(
+    schema: dict[str, Any],
+) -> None:
+    # The converter writes every repetition out: these would take gigabytes (or hours).
+    with pytest.raises(InvalidResponseFormat, match="too many repetitions"):
+        grammar_for(ResponseFormat("json_schema", json.dumps(schema)))
+
+
+def test_a_reference_outside_the_schema_is_refused_before_converting() -> None:
+    schema = {"type": "object", "properties": {"a": {"$ref": "http://10.0.0.1/x.json"}}}
+    with pytest.raises(InvalidResponseFormat, match="only references within the schema"):
+        grammar_for(ResponseFormat("json_schema", json.dumps(schema)))
+
+
+def test_schema_with_modest_bounds_converts() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 8},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+        },
+    }
+    assert "root" in grammar_for(ResponseFormat("json_schema", json.dumps(schema)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -17,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from consortium.errors import ConfigError, ModelError, PromptTooLongError, UnsupportedByModel
+from consortium.errors import (
+    ConfigError,
+    InvalidResponseFormat,
+    ModelError,
+    PromptTooLongError,
+    UnsupportedByModel,
+)
+from consortium.llm import openai_backend
 from consortium.llm.backends import backend_factory, read_api_key
 from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams, ResponseFormat
 from consortium.llm.openai_backend import OpenAIBackend
@@ -371,3 +379,188 @@ def test_config_defaults(tmp_path: Path) -> None:
 
     m = make_config(tmp_path, model={"backend": "openai", "base_url": "https://h/v1"}).model
     assert (m.timeout_s, m.connect_timeout_s, m.retries, m.api_key_file) == (120.0, 5.0, 2, "")
+
+
+# -- a hostile or broken server --------------------------------------------------------
+
+CHAT = "/v1/chat/completions"
+
+
+def _delta(content: str | None = None) -> bytes:
+    delta = {} if content is None else {"content": content}
+    return b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+
+
+def _forever(data: bytes) -> Any:
+    """A body writer that sends `data` again and again until the client goes away."""
+
+    def write(out: Any) -> None:
+        for _ in range(1_000_000):
+            out.write(data)
+            out.flush()
+
+    return write
+
+
+def _chat(backend: OpenAIBackend, **params: Any) -> tuple[list[Chunk], Completion]:
+    return drain(backend.stream_chat(ask("Hi"), GenerationParams(**params), threading.Event()))
+
+
+def test_a_server_that_ignores_max_tokens_is_cut_off_there() -> None:
+    # An endless stream of tokens: the answer ends at max_tokens, as asked.
+    script = scripted(chat_completions=[Reply(write=_forever(_delta("ab")))])
+    with scripted_server(script) as url:
+        backend = tiny(url, retries=0)
+        chunks, done = _chat(backend, max_tokens=5)
+        again, _ = _chat(backend, max_tokens=3)  # the connection pool still serves
+        backend.close()
+    assert [c.text for c in chunks] == ["ab"] * 5
+    assert (done.text, done.finish_reason, done.usage.output_tokens) == ("ababababab", "length", 5)
+    assert len(again) == 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [_delta(), _delta(""), b": keep-alive\n\n", b"event: ping\n"],
+    ids=["empty-deltas", "empty-content", "comments", "other-fields"],
+)
+def test_a_stream_that_never_ends_without_text_fails(data: bytes) -> None:
+    script = scripted(chat_completions=[Reply(write=_forever(data))])
+    with scripted_server(script) as url:
+        backend = tiny(url, retries=0)
+        with pytest.raises(ModelError, match=r"went on streaming past 72 lines"):
+            _chat(backend, max_tokens=4)
+        backend.close()
+
+
+def test_a_gigantic_line_or_text_fails_without_holding_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(openai_backend, "MAX_LINE_BYTES", 4096)
+    script = scripted(chat_completions=[Reply(write=_forever(b"data: " + b"x" * 1000))])
+    with scripted_server(script) as url:
+        backend = tiny(url, retries=0)
+        with pytest.raises(ModelError, match=r"sent a line over 4096 bytes"):
+            _chat(backend)
+        # Lines under the limit, but more text than max_tokens tokens can hold.
+        script.replies[CHAT] = [Reply(write=_forever(_delta("y" * 2000)))]
+        with pytest.raises(ModelError, match=r"sent more text than 4 tokens hold"):
+            _chat(backend, max_tokens=4)
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"choices": {"0": {"delta": {"content": "a"}}}},
+        {"choices": ["a"]},
+        {"choices": [{"index": 0, "delta": "a"}]},
+        {"choices": [], "usage": [1, 2]},
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"content": "a"},
+                    "logprobs": {"content": [{"token": "a", "logprob": "high"}]},
+                }
+            ]
+        },
+    ],
+)
+def test_an_event_not_in_openais_shape_fails_the_generation(event: dict[str, Any]) -> None:
+    script = scripted(chat_completions=[Reply(events=[event])])
+    with scripted_server(script) as url:
+        backend = tiny(url, retries=0)
+        with pytest.raises(ModelError, match=r"sent an event that is not in OpenAI's shape"):
+            _chat(backend)
+        backend.close()
+
+
+def test_a_redirect_is_not_followed_so_the_key_stays_with_the_server() -> None:
+    elsewhere = Script()
+    with scripted_server(elsewhere) as other:
+        script = scripted()
+        with scripted_server(script) as url:
+            backend = tiny(url, retries=0, api_key="sk-secret")
+            script.replies[CHAT] = [
+                Reply(307, {}, headers={"Location": f"{other}/chat/completions"})
+            ]
+            with pytest.raises(ModelError, match=r"HTTP 307"):
+                _chat(backend)
+            backend.close()
+        # At start-up too: the model list.
+        script.replies["/v1/models"] = [Reply(302, {}, headers={"Location": f"{other}/models"})]
+        with scripted_server(script) as url, pytest.raises(ModelError, match=r"HTTP 302"):
+            tiny(url, retries=0, api_key="sk-secret")
+    assert elsewhere.requests == []
+
+
+def test_the_servers_error_text_is_escaped_and_cut(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="consortium.llm.openai_backend")
+    hostile = "\x1b[2J\x1b[31mpwned\r\n2026-01-01 INFO fake log line " + "z" * 100_000
+    script = scripted(chat_completions=[Reply(500, {"error": {"message": hostile}})])
+    with scripted_server(script) as url:
+        backend = tiny(url, retries=0)
+        with pytest.raises(ModelError) as failed:
+            _chat(backend)
+        reason = str(failed.value)
+        assert "\x1b" not in reason and "\n" not in reason and "\r" not in reason
+        assert "\\u001b[2J" in reason and len(reason) < 600
+        # An error body nested as deep as a parser allows, and one that is not JSON.
+        for body in (b"[" * 100_000, b"\x1b]0;title\x07 oops"):
+            script.replies[CHAT] = [Reply(500, write=lambda out, body=body: out.write(body))]
+            with pytest.raises(ModelError, match=r"HTTP 500") as failed:
+                _chat(backend)
+            assert "\x1b" not in str(failed.value) and len(str(failed.value)) < 600
+        backend.close()
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("pwned" in m for m in logged)  # the start-up probes' failures
+    assert not any("\x1b" in m or "\n" in m for m in logged)
+
+
+def test_an_answer_over_the_body_limit_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_backend, "MAX_BODY_BYTES", 1000)
+    script = scripted()
+    script.replies["/v1/models"] = [models("tiny", *(f"m{i}" * 50 for i in range(20)))]
+    with scripted_server(script) as url, pytest.raises(ModelError, match="over 1000 bytes"):
+        tiny(url, retries=0)
+
+
+def test_a_schema_asking_for_huge_repetitions_is_not_sent() -> None:
+    answer = {"choices": [{"index": 0, "delta": {"content": '{"answer": "Paris"}'}}]}
+    script = scripted(chat_completions=[Reply(events=[answer])])
+    with scripted_server(script) as url:
+        backend = tiny(url, retries=0)
+        assert "grammar" in backend.info.capabilities
+        before = script.count("POST", CHAT)
+        schema = {"type": "array", "items": {"type": "integer"}, "maxItems": 10**9}
+        rf = ResponseFormat("json_schema", json.dumps(schema))
+        with pytest.raises(InvalidResponseFormat, match="too many repetitions"):
+            _chat(backend, response_format=rf)
+        assert script.count("POST", CHAT) == before
+        backend.close()
+
+
+def test_infinite_log_probabilities_become_finite() -> None:
+    masked = {"token": "x", "logprob": -math.inf}
+    event = {
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"content": "a"},
+                "logprobs": {
+                    "content": [{"token": "a", "logprob": -0.5, "top_logprobs": [masked]}]
+                },
+            }
+        ]
+    }
+    script = scripted(chat_completions=[Reply(events=[event])])
+    with scripted_server(script) as url:
+        backend = tiny(url, retries=0)
+        chunks, _ = _chat(backend, logprobs=True, top_logprobs=1)
+        assert chunks[0].logprob is not None and chunks[0].logprob.top == (("x", -9999.0),)
+        event["choices"][0]["logprobs"]["content"][0]["logprob"] = math.nan
+        script.replies[CHAT] = [Reply(events=[event])]
+        with pytest.raises(ModelError, match="not in OpenAI's shape"):
+            _chat(backend, logprobs=True, top_logprobs=1)
+        backend.close()

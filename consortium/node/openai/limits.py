@@ -2,9 +2,13 @@
 requests and tokens over a rolling window (a minute), per caller owner (an API key, or
 the anonymous loopback user). 0 means unlimited.
 
-A request is counted when it is admitted; its tokens (prompt + completion) once it is
-answered. A caller is refused (429, with the seconds until it may try again) while its
-window holds `requests_per_minute` requests, or at least `tokens_per_minute` tokens.
+A request is counted when it is admitted, before its body is read (one refused later,
+400 or 404, still counts); its tokens (prompt + completion) once it is answered, or,
+when its client goes away first, an estimate of what it cost so far (routes.py). A
+caller is refused (429, with the seconds until it may try again) while its window holds
+`requests_per_minute` requests, or at least `tokens_per_minute` tokens. The tokens are
+checked when a request is admitted, not while it runs: requests admitted together may
+take the window past the limit (the next one then waits).
 Kept in memory: a restart forgets the windows.
 """
 

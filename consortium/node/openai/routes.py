@@ -16,7 +16,9 @@ first waits for the service's first event, so that a request refused before anyt
 is generated gets a plain HTTP error; an error after the stream started is sent as one
 `data: {"error": ...}` event, and the stream ends. A client that goes away, mid-stream
 or while it waits for a whole answer, closes the service's event stream, which stops
-the generation; its task is canceled.
+the generation; its task is canceled, and what it cost so far (prompt and generated
+text, estimated at one token per 4 bytes) counts against the caller's tokens per
+minute, as an answer's usage does.
 
 Each completion request is one SERVER span (`openai chat.completion` /
 `openai text_completion`), the parent of the service's spans, naming the task, the
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -88,6 +91,9 @@ PREFIX = "/v1"
 # Consortium's own request options an OpenAI request may set (`consortium: {...}`).
 EXTENSION_OPTIONS = frozenset({"choices", "max_cost", "deadline_s", "max_peers"})
 FINISH_REASONS = frozenset({"stop", "length"})
+# How a request that ends without an answer estimates its tokens (as the remote backend
+# does without a tokenizer).
+TOKEN_BYTES = 4
 
 Refused = Callable[[str, str], None]
 Parsed = TypeVar("Parsed", ChatCompletionRequest, CompletionRequest)
@@ -108,6 +114,8 @@ class _Run:
     span: Span = field(default_factory=lambda: trace.INVALID_SPAN)
     # The tokens' logprobs as they streamed (when the answer carries none itself).
     tokens: list[TokenLogprob] = field(default_factory=list)
+    # UTF-8 bytes of the text generated so far.
+    generated_bytes: int = 0
 
 
 class OpenAIApi:
@@ -144,7 +152,7 @@ class OpenAIApi:
             Route(
                 f"{PREFIX}/{{rest:path}}",
                 self._endpoint(self._unknown),
-                methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             ),
         ]
 
@@ -315,8 +323,7 @@ class OpenAIApi:
             raise error from None
         except BaseException:
             await _close(events)
-            if not run.task.finished:
-                run.task.canceled("canceled: the client went away")
+            self._canceled(run)
             _end(run.span)
             raise
         assert events is not None
@@ -358,6 +365,7 @@ class OpenAIApi:
                 run.task.working()
             elif isinstance(ev, TextChunk):
                 run.tokens.extend(ev.logprobs)
+                run.generated_bytes += len(ev.text.encode())
             elif isinstance(ev, Answered):
                 finish, usage, tokens, provenance = self._answered(run, ev)
                 body = run.shape.whole(ev.text, tokens, finish, usage, provenance)
@@ -402,6 +410,7 @@ class OpenAIApi:
                     if isinstance(ev, Working):
                         run.task.working()
                     elif isinstance(ev, TextChunk):
+                        run.generated_bytes += len(ev.text.encode())
                         if ev.text or ev.logprobs:
                             yield event(shape.piece(ev.text, ev.logprobs, sent))
                             sent += len(ev.text)
@@ -429,9 +438,22 @@ class OpenAIApi:
                 yield event(error.body())
             finally:
                 if not run.task.finished:
-                    run.task.canceled("canceled: the client went away")
+                    self._canceled(run)
                     run.span.set_attribute("consortium.canceled", True)
                 _end(run.span)
+
+    def _canceled(self, run: _Run) -> None:
+        """Records that the client went away before the answer, and counts the tokens
+        the request cost so far (else leaving just before the end would make any
+        generation free of the token limit): the prompt and what was generated, at
+        the estimate of one token per TOKEN_BYTES bytes of their UTF-8."""
+        if run.task.finished:
+            return
+        run.task.canceled("canceled: the client went away")
+        prompt_bytes = len(run.request.sent_text.encode())
+        self.limits.spend(
+            run.caller.owner, math.ceil((prompt_bytes + run.generated_bytes) / TOKEN_BYTES)
+        )
 
 
 def _param_of(run: _Run, rejected: Rejected) -> str | None:

@@ -5,6 +5,7 @@ compatible ones do, so that clients sending newer fields keep working.
 
 Roles `developer` (OpenAI's newer name for system) and `system` both become system turns.
 Only text content is served: a string, or a list of `{"type": "text"}` parts (joined).
+`stop`: at most MAX_STOPS strings of at most MAX_STOP_CHARS characters each.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from consortium.llm.base import ChatMessage, ResponseFormat, Role
 from consortium.node.service import Sampling
 
 MAX_STOPS = 4
+# Each stop string's characters: text that may begin one is held back and compared at
+# every token, so a long one costs the generation time (its square, at worst).
+MAX_STOP_CHARS = 1024
 MAX_TOP_LOGPROBS = 20
 MAX_TEXT_LOGPROBS = 5
 # RequestOptions' own limit of a task's max_tokens.
@@ -125,6 +129,8 @@ class _Common(_Lenient):
         stops = [v] if isinstance(v, str) else v or []
         if any(not s for s in stops):
             raise ValueError("a stop sequence cannot be empty")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence can have at most {MAX_STOP_CHARS} characters")
         return v
 
     def stops(self) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ owner only (echo model: these tests are about the API, not the model)."""
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import httpx
@@ -272,6 +273,10 @@ def test_typed_errors(api: NodeThread, key: str) -> None:
     with pytest.raises(openai.BadRequestError) as stops:
         client.chat.completions.create(model="echo", messages=user, stop=list("abcde"))  # type: ignore[arg-type]
     assert stops.value.param == "stop"
+    for long_stop in ("x" * 1025, ["ok", "x" * 1025]):
+        with pytest.raises(openai.BadRequestError) as stops:
+            client.chat.completions.create(model="echo", messages=user, stop=long_stop)  # type: ignore[arg-type]
+        assert stops.value.param == "stop" and "1024 characters" in stops.value.message
     with pytest.raises(openai.BadRequestError) as top:
         client.chat.completions.create(
             model="echo",
@@ -367,6 +372,50 @@ def test_stranger_gets_401_on_every_route(api: NodeThread, key: str) -> None:
     # With a key, an unknown path is OpenAI's 404.
     r = httpx.get(api.url + "/v1/nowhere", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 404 and error_of(r)["message"] == "Invalid URL (GET /v1/nowhere)"
+
+
+def raw_status(url: str, method: str, target: str) -> int:
+    """The status of a request sent byte for byte (no client normalizes its path)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n"
+            f"Content-Type: application/json\r\nConnection: close\r\n\r\n{{}}".encode()
+        )
+        head = b""
+        while b"\r\n" not in head:
+            data = sock.recv(4096)
+            if not data:
+                break
+            head += data
+    return int(head.split(b" ", 2)[1])
+
+
+def test_no_method_or_path_spelling_reaches_v1_without_a_key(api: NodeThread) -> None:
+    paths = [
+        "/v1/models",
+        "/v1/models/",
+        "/v1/models/echo",
+        "/v1/chat/completions",
+        "/v1/chat/completions/",
+        "/v1/completions",
+        "/v1/../v1/models",
+        "/v1/./models",
+        "/v1/%2e%2e/v1/models",
+        "/v1%2Fmodels",
+        "/v1/models%2F..%2F..",
+        "/v1/",
+    ]
+    for path in paths:
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            assert raw_status(api.url, method, path) == 401, (method, path)
+    # Not /v1 at all: nothing under it is served there.
+    for path in ("//v1/models", "/V1/models", "/v1models", "/%76%31/models"):
+        assert raw_status(api.url, "GET", path) in (401, 404, 405), path
+        assert raw_status(api.url, "GET", path) != 200, path
+    # A member's signed call proof is not a credential here (members use A2A).
+    r = httpx.get(api.url + "/v1/models", headers={"X-Consortium-Proof": "v1.acme.whatever"})
+    assert r.status_code == 401 and "members use A2A" in error_of(r)["message"]
 
 
 # -- tasks ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Per-key rate limits ([openai] requests_per_minute, tokens_per_minute) on a node with
 tiny limits; a client that leaves a stream, or stops waiting for a whole answer, stops
-the generation (its task canceled); a model that is gone answers 500."""
+the generation (its task canceled, what it cost so far counted); a model that is gone
+answers 500."""
 
 from __future__ import annotations
 
@@ -91,6 +92,30 @@ def test_disconnect_stops_the_generation(limited: NodeThread) -> None:
     # The model is free again: the next request is answered.
     client = limited.client(limited.new_key("next"))
     assert client.completions.create(model="echo", prompt="after").choices[0].text == "after"
+
+
+def test_a_stream_left_before_its_end_counts_its_tokens(limited: NodeThread) -> None:
+    # Leaving just before the end must not make a generation free of the token limit.
+    key = limited.new_key("dodger")
+    words = " ".join(f"w{i}" for i in range(400))  # ~500 tokens estimated > TPM
+    with httpx.stream(
+        "POST",
+        f"{limited.url}/v1/completions",
+        json={"model": "echo", "prompt": words, "max_tokens": 4000, "stream": True},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ) as r:
+        first = next(r.iter_lines())
+    task_id = first.split('"id":"cmpl-')[1].split('"')[0]
+    for _ in range(200):  # the node notices the disconnect on its own time
+        task = limited.jsonrpc(key, "GetTask", {"id": task_id})["result"]
+        if task["status"]["state"] != "TASK_STATE_WORKING":
+            break
+        time.sleep(0.05)
+    assert task["status"]["state"] == "TASK_STATE_CANCELED"
+    with pytest.raises(openai.RateLimitError) as e:
+        limited.client(key).completions.create(model="echo", prompt="again")
+    assert e.value.body["type"] == "tokens"  # type: ignore[index]
 
 
 def test_a_client_that_stops_waiting_stops_the_generation(limited: NodeThread) -> None:

@@ -93,11 +93,21 @@ class Shape:
         """The first chunk, before any text (chat: the assistant's role)."""
         return None
 
-    def piece(self, text: str, tokens: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
+    def content(self, text: str | None, *, whole: bool) -> dict[str, Any]:
+        """A choice's text: streamed (`whole` False; None in the closing chunk) or whole."""
         raise NotImplementedError
 
+    def _choice(self, content: dict[str, Any], logprobs: Any, finish: str | None) -> dict[str, Any]:
+        return {"index": 0, **content, "logprobs": logprobs, "finish_reason": finish}
+
+    def piece(self, text: str, tokens: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
+        content = self.content(text, whole=False)
+        return self._chunk([self._choice(content, self.logprobs(tokens, offset), None)])
+
     def closing(self, finish: str, provenance: dict[str, Any] | None) -> dict[str, Any]:
-        raise NotImplementedError
+        out = self._chunk([self._choice(self.content(None, whole=False), None, finish)])
+        out["consortium"] = self.consortium(provenance)
+        return out
 
     def whole(
         self,
@@ -107,7 +117,14 @@ class Shape:
         usage: Usage,
         provenance: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        raise NotImplementedError
+        return {
+            **self._head(self.object_name),
+            "choices": [
+                self._choice(self.content(text, whole=True), self.logprobs(tokens), finish)
+            ],
+            "usage": usage.wire(),
+            "consortium": self.consortium(provenance),
+        }
 
 
 class ChatShape(Shape):
@@ -131,55 +148,13 @@ class ChatShape(Shape):
         }
 
     def opening(self) -> dict[str, Any]:
-        return self._chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
+        role = {"delta": {"role": "assistant", "content": ""}}
+        return self._chunk([self._choice(role, None, None)])
 
-    def piece(self, text: str, tokens: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
-        return self._chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": {"content": text},
-                    "logprobs": self.logprobs(tokens),
-                    "finish_reason": None,
-                }
-            ]
-        )
-
-    def closing(self, finish: str, provenance: dict[str, Any] | None) -> dict[str, Any]:
-        out = self._chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
-        out["consortium"] = self.consortium(provenance)
-        return out
-
-    def whole(
-        self,
-        text: str,
-        tokens: Sequence[TokenLogprob],
-        finish: str,
-        usage: Usage,
-        provenance: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        return {
-            **self._head(self.object_name),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": self.logprobs(tokens),
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage.wire(),
-            "consortium": self.consortium(provenance),
-        }
+    def content(self, text: str | None, *, whole: bool) -> dict[str, Any]:
+        if whole:
+            return {"message": {"role": "assistant", "content": text, "refusal": None}}
+        return {"delta": {} if text is None else {"content": text}}
 
 
 class TextShape(Shape):
@@ -204,41 +179,5 @@ class TextShape(Shape):
             "text_offset": offsets,
         }
 
-    def piece(self, text: str, tokens: Sequence[TokenLogprob], offset: int) -> dict[str, Any]:
-        return self._chunk(
-            [
-                {
-                    "index": 0,
-                    "text": text,
-                    "logprobs": self.logprobs(tokens, offset),
-                    "finish_reason": None,
-                }
-            ]
-        )
-
-    def closing(self, finish: str, provenance: dict[str, Any] | None) -> dict[str, Any]:
-        out = self._chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}])
-        out["consortium"] = self.consortium(provenance)
-        return out
-
-    def whole(
-        self,
-        text: str,
-        tokens: Sequence[TokenLogprob],
-        finish: str,
-        usage: Usage,
-        provenance: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        return {
-            **self._head(self.object_name),
-            "choices": [
-                {
-                    "index": 0,
-                    "text": text,
-                    "logprobs": self.logprobs(tokens),
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage.wire(),
-            "consortium": self.consortium(provenance),
-        }
+    def content(self, text: str | None, *, whole: bool) -> dict[str, Any]:
+        return {"text": text or ""}

@@ -221,21 +221,36 @@ class OpenAIApi:
     # -- completions -----------------------------------------------------------------
 
     async def _chat(self, request: Request, caller: Caller) -> Any:
+        return await self._complete(request, caller, ChatCompletionRequest)
+
+    async def _text(self, request: Request, caller: Caller) -> Any:
+        return await self._complete(request, caller, CompletionRequest)
+
+    async def _complete(self, request: Request, caller: Caller, kind: type[Parsed]) -> Any:
+        """A chat or text completion: limits, the body, its route, its task, the answer."""
         self._limit(caller)
-        body = _parse(ChatCompletionRequest, await _json(request))
+        body = _parse(kind, await _json(request))
         route = self._route(body.model)
         sampling = body.sampling()
         _local_only(route, sampling.local_only)
         options = _options(route, body.token_limit(), body.temperature, body.consortium)
         task = TaskRecord(self.store, caller.owner)
-        service_request = ServiceRequest(
-            body.question(),
-            options,
-            task_id=task.id,
-            conversation=body.conversation(),
-            sampling=sampling,
-        )
-        shape = ChatShape(
+        shape_of: type[Shape]
+        if isinstance(body, ChatCompletionRequest):
+            service_request = ServiceRequest(
+                body.question(),
+                options,
+                task_id=task.id,
+                conversation=body.conversation(),
+                sampling=sampling,
+            )
+            shape_of = ChatShape
+        else:
+            service_request = ServiceRequest(
+                body.text(), options, task_id=task.id, sampling=sampling, raw_prompt=True
+            )
+            shape_of = TextShape
+        shape = shape_of(
             task.id,
             body.model,
             top_logprobs=sampling.top_logprobs if sampling.logprobs else None,
@@ -244,29 +259,6 @@ class OpenAIApi:
         task.submitted(
             service_request.sent_text,
             {"id": shape.id, "object": shape.object_name, "model": body.model},
-        )
-        run = _Run(caller, service_request, shape, task)
-        return await self._respond(request, run, body.streaming)
-
-    async def _text(self, request: Request, caller: Caller) -> Any:
-        self._limit(caller)
-        body = _parse(CompletionRequest, await _json(request))
-        route = self._route(body.model)
-        sampling = body.sampling()
-        _local_only(route, sampling.local_only)
-        options = _options(route, body.max_tokens, body.temperature, body.consortium)
-        task = TaskRecord(self.store, caller.owner)
-        service_request = ServiceRequest(
-            body.text(), options, task_id=task.id, sampling=sampling, raw_prompt=True
-        )
-        shape = TextShape(
-            task.id,
-            body.model,
-            top_logprobs=sampling.top_logprobs if sampling.logprobs else None,
-            include_usage=body.include_usage,
-        )
-        task.submitted(
-            body.text(), {"id": shape.id, "object": shape.object_name, "model": body.model}
         )
         run = _Run(caller, service_request, shape, task)
         return await self._respond(request, run, body.streaming)

@@ -138,6 +138,10 @@ class _Common(_Lenient):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
+    def token_limit(self) -> int | None:
+        """The answer's most tokens, if the request sets it."""
+        return self.max_tokens
+
     @property
     def streaming(self) -> bool:
         return bool(self.stream)

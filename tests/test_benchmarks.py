@@ -5,14 +5,14 @@ score rotation is checked directly."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import cast
+
+from tests.helpers import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,16 +101,8 @@ def test_llama_build_benchmark_runs() -> None:
     assert "AVX2 = 1" in str(d["system_info"])
 
 
-def _module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_byzantine_rotation_moves_the_normalised_choice() -> None:
-    byz = _module("byzantine_node")
+    byz = benchmark_module("byzantine_node")
     scores, tokens = [-6.0, -2.0, -9.0, -4.0], [3, 1, 3, 2]  # per token: -2, -2, -3, -2
     scores[1] = -1.0  # option 1 leads
     moved = byz.rotated(scores, tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from consortium.llm.base import (
 from consortium.llm.echo import EchoBackend
 from consortium.llm.grammar import grammar_for
 from consortium.llm.llama_cpp_backend import LlamaCppBackend
+from tests.helpers import drain
 
 SCHEMA = {
     "type": "object",
@@ -32,15 +33,6 @@ SCHEMA = {
     "required": ["city", "size"],
     "additionalProperties": False,
 }
-
-
-def drain(gen: Generator[Chunk, None, Completion]) -> tuple[list[Chunk], Completion]:
-    chunks = []
-    while True:
-        try:
-            chunks.append(next(gen))
-        except StopIteration as stop:
-            return chunks, stop.value
 
 
 @pytest.fixture(scope="module")

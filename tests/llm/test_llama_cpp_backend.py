@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
 from consortium.errors import ModelError, PromptTooLongError
-from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams
+from consortium.llm.base import ChatMessage, GenerationParams
 from consortium.llm.llama_cpp_backend import LlamaCppBackend
 from consortium.llm.prompts import completion_prompt
 from consortium.llm.settings import DEFAULT_SYSTEM_PROMPT
-
-
-def drain(gen: Generator[Chunk, None, Completion]) -> tuple[list[Chunk], Completion]:
-    chunks = []
-    while True:
-        try:
-            chunks.append(next(gen))
-        except StopIteration as stop:
-            return chunks, stop.value
+from tests.helpers import drain
 
 
 @pytest.fixture(scope="module")

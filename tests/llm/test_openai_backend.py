@@ -6,14 +6,12 @@ refused connection from a closed port."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,31 +29,14 @@ from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams
 from consortium.llm.openai_backend import OpenAIBackend
 from consortium.llm.prompts import completion_prompt
 from consortium.llm.settings import DEFAULT_SYSTEM_PROMPT, ModelSection
+from tests.helpers import benchmark_module, drain
 from tests.llm.scripted_server import Reply, Script, models, scripted_server
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-test-remote-backend-0123456789"
 NAME = "smollm2-135m"
 
 
-def _module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-llama_server_module = _module("llama_server")
-
-
-def drain(gen: Generator[Chunk, None, Completion]) -> tuple[list[Chunk], Completion]:
-    chunks = []
-    while True:
-        try:
-            chunks.append(next(gen))
-        except StopIteration as stop:
-            return chunks, stop.value
+llama_server_module = benchmark_module("llama_server")
 
 
 @pytest.fixture(scope="module")

@@ -7,36 +7,24 @@ prompt token."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from consortium.llm.llama_cpp_backend import LlamaCppBackend
 from consortium.llm.openai_backend import OpenAIBackend
+from tests.helpers import benchmark_module
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "gemma3-270m"
 
 # ~35 s (the server sorts the 262k vocabulary per prompt token): not in the quick run.
 pytestmark = pytest.mark.slow
 
 
-def _llama_server() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "llama_server", ROOT / "benchmarks" / "llama_server.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def remote(gemma_path: Path) -> Iterator[OpenAIBackend]:
-    with _llama_server().llama_server(
+    with benchmark_module("llama_server").llama_server(
         gemma_path, n_ctx=128, logits_all=True, model_alias=NAME
     ) as base_url:
         backend = OpenAIBackend(base_url, name=NAME, context_size=128, chat=False)

@@ -5,7 +5,6 @@ log-probabilities (what a start-up capability check must notice)."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,26 +14,16 @@ import pytest
 from consortium.errors import ConfigError
 from consortium.node.client import ask, fetch_agent_card, open_client
 from tests.conftest import NodeStarter
+from tests.helpers import benchmark_module
 from tests.llm.scripted_server import Reply, Script, models, scripted_server
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-node-test-0123456789"
 NAME = "smollm2-135m"
 
 
-def _llama_server() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "llama_server", ROOT / "benchmarks" / "llama_server.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def server(smollm_path: Path) -> Iterator[str]:
-    with _llama_server().llama_server(
+    with benchmark_module("llama_server").llama_server(
         smollm_path, n_ctx=1024, api_key=KEY, model_alias=NAME
     ) as base_url:
         yield base_url

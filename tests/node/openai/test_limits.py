@@ -68,13 +68,14 @@ def test_limits_window_rolls() -> None:
     assert RateLimits(0, 0).admit("x") is None
 
 
-def test_disconnect_stops_the_generation(limited: NodeThread) -> None:
-    key = limited.new_key("leaver")
-    words = " ".join(f"w{i}" for i in range(2000))
+def leave_a_stream(limited: NodeThread, key: str, words: int) -> str:
+    """Starts a long streamed completion, leaves after its first chunk; the state its task
+    settles in (the node notices the disconnect on its own time)."""
+    prompt = " ".join(f"w{i}" for i in range(words))
     with httpx.stream(
         "POST",
         f"{limited.url}/v1/completions",
-        json={"model": "echo", "prompt": words, "max_tokens": 4000, "stream": True},
+        json={"model": "echo", "prompt": prompt, "max_tokens": 4000, "stream": True},
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     ) as r:
@@ -82,13 +83,18 @@ def test_disconnect_stops_the_generation(limited: NodeThread) -> None:
         assert first.startswith("data: ")
     task_id = first.split('"id":"cmpl-')[1].split('"')[0]
     state = ""
-    for _ in range(200):  # the node notices the disconnect on its own time
+    for _ in range(200):
         task = limited.jsonrpc(key, "GetTask", {"id": task_id})["result"]
         state = task["status"]["state"]
         if state != "TASK_STATE_WORKING":
             break
         time.sleep(0.05)
-    assert state == "TASK_STATE_CANCELED"
+    return state
+
+
+def test_disconnect_stops_the_generation(limited: NodeThread) -> None:
+    key = limited.new_key("leaver")
+    assert leave_a_stream(limited, key, 2000) == "TASK_STATE_CANCELED"
     # The model is free again: the next request is answered.
     client = limited.client(limited.new_key("next"))
     assert client.completions.create(model="echo", prompt="after").choices[0].text == "after"
@@ -97,22 +103,8 @@ def test_disconnect_stops_the_generation(limited: NodeThread) -> None:
 def test_a_stream_left_before_its_end_counts_its_tokens(limited: NodeThread) -> None:
     # Leaving just before the end must not make a generation free of the token limit.
     key = limited.new_key("dodger")
-    words = " ".join(f"w{i}" for i in range(400))  # ~500 tokens estimated > TPM
-    with httpx.stream(
-        "POST",
-        f"{limited.url}/v1/completions",
-        json={"model": "echo", "prompt": words, "max_tokens": 4000, "stream": True},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    ) as r:
-        first = next(r.iter_lines())
-    task_id = first.split('"id":"cmpl-')[1].split('"')[0]
-    for _ in range(200):  # the node notices the disconnect on its own time
-        task = limited.jsonrpc(key, "GetTask", {"id": task_id})["result"]
-        if task["status"]["state"] != "TASK_STATE_WORKING":
-            break
-        time.sleep(0.05)
-    assert task["status"]["state"] == "TASK_STATE_CANCELED"
+    # 400 words: ~500 tokens estimated, over the module's tokens per minute.
+    assert leave_a_stream(limited, key, 400) == "TASK_STATE_CANCELED"
     with pytest.raises(openai.RateLimitError) as e:
         limited.client(key).completions.create(model="echo", prompt="again")
     assert e.value.body["type"] == "tokens"  # type: ignore[index]

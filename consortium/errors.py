@@ -71,6 +71,18 @@ class BudgetError(RequestRejected):
     """A request's budget (tokens, calls, cost) allows no call to any member."""
 
 
+class RateLimited(ConsortiumError):
+    """A caller has spent one of its limits (node.limits): `kind` is "requests",
+    "tokens" or "concurrency"; it may try again after `retry_after_s` seconds."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, *, kind: str, retry_after_s: float) -> None:
+        self.kind = kind
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class UntrustedAnswer(ConsortiumError):
     """A peer's answer (or a message in it) failed verification: a bad or missing
     signature, the wrong sender, a digest that does not bind it to the request. Unlike

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 
+from consortium.errors import PromptTooLongError
 from consortium.llm.base import (
     ChatMessage,
     Chunk,
@@ -56,6 +57,12 @@ class EchoBackend:
     def _echo(
         self, text: str, n_in: int, params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
+        # As every backend does, before any work: a prompt the context cannot hold.
+        if n_in >= self._info.context_size:
+            raise PromptTooLongError(
+                f"prompt has {n_in} tokens; the context of {self._info.name} "
+                f"holds {self._info.context_size}"
+            )
         started = time.perf_counter()
         words = text.split()
         out: list[str] = []

@@ -74,10 +74,10 @@ from consortium.node.auth import Credentials, http_credentials, key_caller
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
+from consortium.node.limits import CallerLimits, LimitSettings
 from consortium.node.openai import PREFIX as OPENAI_PREFIX
 from consortium.node.openai import OpenAIApi, guard_refusal
 from consortium.node.openai.catalogue import Catalogue
-from consortium.node.openai.limits import RateLimits
 from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
@@ -539,6 +539,7 @@ def build_request_handler(
     keys: ApiKeys,
     federation: Federation | None,
     tracer: trace.Tracer,
+    limits: CallerLimits,
 ) -> NodeRequestHandler:
     return NodeRequestHandler(
         agent_executor=executor,
@@ -549,6 +550,20 @@ def build_request_handler(
         keys=keys,
         anonymous_loopback=cfg.auth.anonymous_loopback,
         member_cn=cfg.tls.member_cn if cfg.tls is not None else True,
+        limits=limits,
+    )
+
+
+def build_limits(cfg: NodeConfig) -> CallerLimits:
+    """[limits]: the one per-caller limiter every API of the node consults."""
+    section = cfg.limits
+    return CallerLimits(
+        LimitSettings(
+            requests_per_minute=section.requests_per_minute,
+            tokens_per_minute=section.tokens_per_minute,
+            concurrent_requests=section.concurrent_requests,
+        ),
+        default_max_tokens=cfg.model.max_tokens,
     )
 
 
@@ -560,10 +575,11 @@ def build_openai_api(
     worker: ModelWorker,
     federation: Federation | None,
     handler: NodeRequestHandler,
+    limits: CallerLimits,
 ) -> OpenAIApi:
     """The OpenAI-compatible API (/v1) over the service: the node's model, the router,
-    the federation's members and the configured groups as models, [openai]'s limits,
-    refusals counted with the A2A handler's."""
+    the federation's members and the configured groups as models, the A2A handler's
+    limits (one limiter for every API) and refusals."""
     roster = federation.roster if federation is not None else None
     catalogue = Catalogue(
         cfg.node.org_id,
@@ -571,7 +587,6 @@ def build_openai_api(
         members=(lambda: roster.current().members) if roster is not None else None,
         groups=sorted(cfg.groups),
     )
-    limits = RateLimits(cfg.openai.requests_per_minute, cfg.openai.tokens_per_minute)
     return OpenAIApi(
         service,
         store,
@@ -655,6 +670,7 @@ class Node:
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
         self.openai: OpenAIApi | None = None
+        self.limits: CallerLimits | None = None
         self.service: NodeService | None = None
         self.card: a2a_pb2.AgentCard | None = None
         self.endpoints: Endpoints | None = None
@@ -717,13 +733,21 @@ class Node:
         self.reports = build_reports(cfg, federation)
         self.witnessing = build_witnessing(cfg, federation)
         executor = build_executor(cfg, self.service, federation, self.reports, self.witnessing)
+        self.limits = build_limits(cfg)
         self.handler = build_request_handler(
-            cfg, executor, self.store, self.card, self.keys, federation, self.tracer
+            cfg, executor, self.store, self.card, self.keys, federation, self.tracer, self.limits
         )
         serve_a2a(self._grpc, self.handler)
         await self._grpc.start()
         self.openai = build_openai_api(
-            cfg, self.service, self.store, self.keys, self.worker, federation, self.handler
+            cfg,
+            self.service,
+            self.store,
+            self.keys,
+            self.worker,
+            federation,
+            self.handler,
+            self.limits,
         )
         app = http_app(
             self.card,
@@ -772,8 +796,7 @@ class Node:
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def _healthz(self, request: Request) -> Response:
-        host = request.client.host if request.client else None
-        return JSONResponse(self.health(http_credentials(request.headers, host)))
+        return JSONResponse(self.health(http_credentials(request)))
 
     def health(self, creds: Credentials) -> dict[str, Any]:
         """Liveness for anyone; details (counters, roster, policy) only for a caller on

@@ -9,7 +9,10 @@ any task is looked up, so the same rules hold on gRPC and JSON-RPC:
 - an API key (`Authorization: Bearer csk_...`) makes the caller that key (`key:ID`);
 - a member of the federation proves itself with its signature: on the message it sends,
   or, for the task methods, with a signed call proof bound to the method, its parameters,
-  this node, a fresh time and a nonce (`org:ID`);
+  this node, a fresh time and a nonce (`org:ID`); under mutual TLS its signature counts
+  only over a client certificate that names it (`tls.member_cn`): the certificate's
+  names reach both bindings alike (gRPC's auth context, the HTTP server's connection),
+  and the request handler holds the member to them with one check for both;
 - without credentials, a caller from the loopback interface is the anonymous local user
   (`anonymous`) where `auth.anonymous_loopback` allows it; anyone else is refused.
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,6 +39,9 @@ from consortium.trust.api_keys import ApiKeys, parse_token
 from consortium.trust.call_proof import PROOF_HEADER
 
 CREDENTIALS_KEY = "consortium.credentials"
+# Where the HTTP server puts the names of a connection's verified TLS client certificate
+# in each request's scope state (node/a2a/http_binding.py).
+TLS_NAMES_STATE = "consortium.tls_names"
 AUTHORIZATION = "authorization"
 
 CallerKind = Literal["key", "member", "anonymous"]
@@ -153,11 +158,13 @@ def grpc_credentials(context: grpc.aio.ServicerContext) -> Credentials:
     )
 
 
-def http_credentials(headers: Mapping[str, str], client_host: str | None) -> Credentials:
+def http_credentials(request: Request) -> Credentials:
+    names = request.scope.get("state", {}).get(TLS_NAMES_STATE, ())
     return Credentials(
-        authorization=headers.get(AUTHORIZATION),
-        proof=headers.get(PROOF_HEADER),
-        loopback=is_loopback(client_host),
+        authorization=request.headers.get(AUTHORIZATION),
+        proof=request.headers.get(PROOF_HEADER),
+        loopback=is_loopback(request.client.host if request.client else None),
+        tls_names=tuple(names),
     )
 
 
@@ -178,9 +185,7 @@ class HttpContextBuilder(DefaultServerCallContextBuilder):
         # The SDK keeps every request header in the state; the API key has no business
         # there once it is read.
         headers = call.state.pop("headers", {})
-        call.state[CREDENTIALS_KEY] = http_credentials(
-            request.headers, request.client.host if request.client else None
-        )
+        call.state[CREDENTIALS_KEY] = http_credentials(request)
         call.state["headers"] = {
             k: v for k, v in headers.items() if k not in (AUTHORIZATION, PROOF_HEADER)
         }

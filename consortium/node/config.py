@@ -7,6 +7,7 @@ A bad file raises ConfigError naming the file, the key and what is wrong.
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from pathlib import Path
@@ -33,6 +34,8 @@ from consortium.trust.reputation_engine import ReputationSettings
 
 if TYPE_CHECKING:
     pass
+
+log = logging.getLogger(__name__)
 
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -105,14 +108,50 @@ class AuthSection(_Section):
     anonymous_loopback: bool = False
 
 
-class OpenAISection(_Section):
-    """The OpenAI-compatible API on the HTTP port (/v1): per-caller limits over a rolling
-    minute (0: unlimited). A caller is an API key (or the anonymous loopback user)."""
+class LimitsSection(_Section):
+    """Per-caller limits on every API (A2A over gRPC and JSON-RPC, /v1), per API key, over
+    a rolling minute (node/limits.py says what counts, and when); 0: unlimited."""
 
+    # Calls of every A2A method and /v1 route.
     requests_per_minute: Annotated[int, Field(ge=0, le=1_000_000)] = 600
-    # Prompt and completion tokens of the caller's answered requests in the last minute;
-    # a request is refused while they exceed this.
+    # Tokens of the caller's tasks: reserved at admission (prompt + max_tokens), settled
+    # to what they used when they end.
     tokens_per_minute: Annotated[int, Field(ge=0, le=1_000_000_000)] = 200_000
+    # Tasks of the caller's in progress at once (answers being made).
+    concurrent_requests: Annotated[int, Field(ge=0, le=100_000)] = 16
+
+
+class OpenAISection(_Section):
+    """The OpenAI-compatible API on the HTTP port (/v1). Its limits are the caller's, in
+    [limits]; `requests_per_minute` and `tokens_per_minute` here are still accepted (with
+    a warning) and mean the same as there."""
+
+
+# Keys of [openai] that moved to [limits]; still accepted.
+MOVED_TO_LIMITS = ("requests_per_minute", "tokens_per_minute")
+
+
+def _moved_limits(data: Any) -> Any:
+    """[openai]'s old limit keys, moved to [limits] (refused when both name one)."""
+    if not isinstance(data, dict) or not isinstance(data.get("openai"), dict):
+        return data
+    openai = dict(data["openai"])
+    moved = {k: openai.pop(k) for k in MOVED_TO_LIMITS if k in openai}
+    if not moved:
+        return data
+    limits = data.get("limits", {})
+    if not isinstance(limits, dict):
+        return data  # the section's own error names it
+    both = sorted(set(moved) & set(limits))
+    if both:
+        raise ValueError(
+            f"openai.{both[0]} and limits.{both[0]} are both set: keep limits.{both[0]} only"
+        )
+    log.warning(
+        "[openai] %s: these limits moved to [limits] (every API's); accepted as such",
+        ", ".join(sorted(moved)),
+    )
+    return {**data, "openai": openai, "limits": {**limits, **moved}}
 
 
 class TelemetrySection(_Section):
@@ -382,6 +421,7 @@ class NodeConfig(_Section):
     federation: FederationSection | None = None
     tls: TlsSection | None = None
     auth: AuthSection = AuthSection()
+    limits: LimitsSection = LimitsSection()
     openai: OpenAISection = OpenAISection()
     telemetry: TelemetrySection = TelemetrySection()
     logging: LoggingSection = LoggingSection()
@@ -396,6 +436,11 @@ class NodeConfig(_Section):
 
     # Set by load_config: the directory relative paths are resolved against.
     base_dir: Path = Path()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return _moved_limits(data)
 
     @field_validator("base_dir", mode="before")
     @classmethod

@@ -66,6 +66,7 @@ from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.auth import Caller
 from consortium.node.config import RoutingSection
+from consortium.node.limits import UNLIMITED, Reservation, estimate_tokens
 from consortium.node.orchestrator import LocalMember, Orchestrator
 from consortium.node.peers import PeerAnswer, PeerClient, PeerError
 from consortium.node.redaction import RedactionBlocked, TaskRedaction
@@ -223,6 +224,42 @@ class Scores:
     scores: OptionScores
 
 
+class _Usage:
+    """What a task cost, for its caller's token limit: the answer's usage; nothing when
+    it was refused before any generation; otherwise (failed, canceled, the client gone)
+    its prompt and the text generated so far, estimated (node.limits.estimate_tokens)."""
+
+    def __init__(self, prompt_bytes: int) -> None:
+        self._prompt_bytes = prompt_bytes
+        self._generated_bytes = 0
+        self._counted: int | None = None
+
+    def see(self, event: TaskEvent) -> None:
+        if isinstance(event, TextChunk):
+            self._generated_bytes += len(event.text.encode())
+        elif isinstance(event, Answered):
+            self._counted = _answer_tokens(event)
+        elif isinstance(event, Rejected) and not self._generated_bytes:
+            self._counted = 0
+
+    @property
+    def tokens(self) -> int:
+        if self._counted is not None:
+            return self._counted
+        return estimate_tokens(self._prompt_bytes + self._generated_bytes)
+
+
+def _answer_tokens(answered: Answered) -> int | None:
+    """Prompt + completion tokens of an answer, as its usage (or its provenance) says."""
+    if answered.completion is not None:
+        usage = answered.completion.usage
+        return usage.input_tokens + usage.output_tokens
+    prov = answered.provenance
+    if prov.input_tokens is None and prov.output_tokens is None:
+        return None
+    return (prov.input_tokens or 0) + (prov.output_tokens or 0)
+
+
 class NoRoutingRecords(RequestRejected):
     """Feedback sent to a node that keeps no routing records."""
 
@@ -254,18 +291,24 @@ class NodeService:
         return self._settings.org_id
 
     async def answer(
-        self, request: ServiceRequest, caller: Caller
+        self, request: ServiceRequest, caller: Caller, reservation: Reservation = UNLIMITED
     ) -> AsyncGenerator[TaskEvent, None]:
         """The task's events, ending with Answered, Rejected, Failed or PeerUnfinished.
         Close the iterator to stop early (a generation stops before its next token).
-        The task's redaction scope (its pseudonyms) lives as long as this iterator."""
+        The task's redaction scope (its pseudonyms) lives as long as this iterator, and
+        so does its `reservation` of the caller's limits (node.limits), settled when it
+        ends to what the task used."""
+        reservation.claim()
         scope = TaskRedaction(request.task_id)
+        used = _Usage(len(request.sent_text.encode()))
         try:
             async with contextlib.aclosing(self._answer(request, caller, scope)) as events:
                 async for event in events:
+                    used.see(event)
                     yield event
         finally:
             scope.close()
+            reservation.settle(used.tokens)
 
     async def _answer(
         self, request: ServiceRequest, caller: Caller, scope: TaskRedaction

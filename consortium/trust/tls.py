@@ -10,8 +10,10 @@ import datetime
 import ipaddress
 import os
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -157,6 +159,23 @@ def client_ssl_context(
     if cert is not None and key is not None:
         context.load_cert_chain(str(cert), str(key))
     return context
+
+
+def certificate_names(peercert: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The common names and subject alternative names of a verified peer certificate as
+    `ssl.SSLSocket.getpeercert()` gives it: what gRPC's auth context calls
+    x509_common_name and x509_subject_alternative_name, so both bindings compare a
+    member against the same names."""
+    if not peercert:
+        return ()
+    names = [
+        str(value)
+        for rdn in peercert.get("subject", ())
+        for key, value in rdn
+        if key == "commonName"
+    ]
+    names.extend(str(value) for _, value in peercert.get("subjectAltName", ()))
+    return tuple(names)
 
 
 def server_ssl_options(cert: Path, key: Path, client_ca: Path | None) -> dict[str, object]:

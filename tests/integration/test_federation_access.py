@@ -272,15 +272,23 @@ async def test_mutual_tls_closes_the_http_port_and_binds_the_member(tmp_path: Pa
         for binding in ("grpc", "jsonrpc"):
             code, _ = await acme.call(binding, "ListTasks", a2a_pb2.ListTasksRequest(), None)
             assert code == UNAUTH[binding]
-        # initech signing with its key over acme's certificate: the names disagree.
+        # initech signing with its key over acme's certificate: the names disagree, for a
+        # call proof and a signed message alike, on both bindings (one rule).
         mismatched = Member(f, "initech", "globex", cert_of="acme")
-        code, _ = await mismatched.grpc(
-            "ListTasks",
-            a2a_pb2.ListTasksRequest(),
-            mismatched.proof("ListTasks", a2a_pb2.ListTasksRequest()),
+        for binding in ("grpc", "jsonrpc"):
+            code, _ = await mismatched.call(binding, "ListTasks", a2a_pb2.ListTasksRequest())
+            assert code == DENIED[binding], binding
+            send = a2a_pb2.SendMessageRequest(message=mismatched.signed(f"over {binding}"))
+            code, body = await mismatched.call(binding, "SendMessage", send, None)
+            assert code == DENIED[binding], binding
+        assert body["error"]["data"][0]["reason"] == "PERMISSION_DENIED"
+        assert body["error"]["data"][0]["metadata"] == {"reason": "tls_mismatch"}
+        assert globex.handler is not None and globex.handler.refusals["tls_mismatch"] == 4
+        # initech's own tasks stayed out of reach: none was made on its behalf.
+        code, listed = await Member(f, "initech", "globex").call(
+            "grpc", "ListTasks", a2a_pb2.ListTasksRequest()
         )
-        assert code == "PERMISSION_DENIED"
-        assert globex.handler is not None and globex.handler.refusals["tls_mismatch"] == 1
+        assert code == "ok" and not listed.tasks
         # With its own certificate and proof, the member is in.
         code, _ = await acme.call("grpc", "ListTasks", a2a_pb2.ListTasksRequest())
         assert code == "ok"

@@ -1,8 +1,14 @@
-"""A2A errors for refused cross-organization messages, and their wire codes.
+"""A2A errors for refused callers and cross-organization messages, and their wire codes.
 
 The A2A specification (3.3.2) names gRPC UNAUTHENTICATED / PERMISSION_DENIED and leaves
 JSON-RPC to a custom error; Consortium uses -32040 and -32041 (the implementation-defined
-server-error range), registered in a2a-sdk's JSON-RPC error tables at import.
+server-error range), and -32042 for a caller over its limits (gRPC RESOURCE_EXHAUSTED),
+registered in a2a-sdk's error tables at import. Each carries a `google.rpc.ErrorInfo`
+(domain a2a-protocol.org, as a2a-sdk's own errors) whose `reason` names the error —
+UNAUTHENTICATED, PERMISSION_DENIED, RATE_LIMIT_EXCEEDED — rather than a2a-sdk's
+UNKNOWN_ERROR for a class it does not know, and whose metadata is the error's `data`
+(strings): the refusal's reason (`invalid_key`, `no_credentials`, `tls_mismatch`,
+`bad_signature`...), or the limit and the seconds to wait.
 
 A refusal tells the sender only what `Rejected` lets out (`external_*`): a non-member, an
 unknown key and a bad signature all read "signature not accepted", so the error does not
@@ -11,14 +17,24 @@ reveal who belongs to the federation.
 
 from __future__ import annotations
 
+import math
+
 from a2a.server.jsonrpc_models import JSONRPCError
 from a2a.server.request_handlers.response_helpers import EXCEPTION_MAP
-from a2a.utils.errors import JSON_RPC_ERROR_CODE_MAP, A2AError
+from a2a.utils.errors import (
+    A2A_ERROR_MAPPING,
+    A2A_ERROR_REASONS,
+    JSON_RPC_ERROR_CODE_MAP,
+    A2AError,
+    ErrorMapping,
+)
 
+from consortium.errors import RateLimited
 from consortium.trust.refusals import Rejected
 
 JSONRPC_UNAUTHENTICATED = -32040
 JSONRPC_PERMISSION_DENIED = -32041
+JSONRPC_RATE_LIMITED = -32042
 
 
 class UnauthenticatedError(A2AError):
@@ -29,12 +45,42 @@ class PermissionDeniedError(A2AError):
     message = "Permission denied"
 
 
-for _error, _code in (
-    (UnauthenticatedError, JSONRPC_UNAUTHENTICATED),
-    (PermissionDeniedError, JSONRPC_PERMISSION_DENIED),
-):
+class RateLimitedError(A2AError):
+    message = "Rate limit exceeded"
+
+
+_MAPPINGS: tuple[tuple[type[A2AError], int, ErrorMapping], ...] = (
+    (
+        UnauthenticatedError,
+        JSONRPC_UNAUTHENTICATED,
+        ErrorMapping(401, "UNAUTHENTICATED", "UNAUTHENTICATED"),
+    ),
+    (
+        PermissionDeniedError,
+        JSONRPC_PERMISSION_DENIED,
+        ErrorMapping(403, "PERMISSION_DENIED", "PERMISSION_DENIED"),
+    ),
+    (
+        RateLimitedError,
+        JSONRPC_RATE_LIMITED,
+        ErrorMapping(429, "RESOURCE_EXHAUSTED", "RATE_LIMIT_EXCEEDED"),
+    ),
+)
+for _error, _code, _mapping in _MAPPINGS:
     JSON_RPC_ERROR_CODE_MAP.setdefault(_error, _code)
     EXCEPTION_MAP.setdefault(_error, JSONRPCError)
+    A2A_ERROR_MAPPING.setdefault(_error, _mapping)
+    # Built from A2A_ERROR_MAPPING at a2a-sdk's import: both bindings read the reason here.
+    A2A_ERROR_REASONS.setdefault(_error, _mapping.reason)
+
+
+def from_rate_limited(limited: RateLimited) -> RateLimitedError:
+    """The A2A error for a caller over one of its limits: the limit and when to retry."""
+    seconds = max(1, math.ceil(limited.retry_after_s))
+    return RateLimitedError(
+        message=f"{limited}; try again in {seconds} s",
+        data={"limit": limited.kind, "retryAfterSeconds": str(seconds)},
+    )
 
 
 def from_rejection(rejected: Rejected) -> A2AError:

@@ -31,9 +31,14 @@ from consortium.errors import ModelError, RequestRejected
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies
 from consortium.node.a2a.errors import PermissionDeniedError
-from consortium.node.a2a.request_handler import VERIFIED_KEY, SigningEventQueue
+from consortium.node.a2a.request_handler import (
+    RESERVATION_KEY,
+    VERIFIED_KEY,
+    SigningEventQueue,
+)
 from consortium.node.a2a.validation import MESSAGE_ONLY_MODES, requested_mode
 from consortium.node.auth import Caller, caller_of
+from consortium.node.limits import UNLIMITED, Reservation
 from consortium.node.reports import TrustReports
 from consortium.node.service import (
     Answered,
@@ -278,6 +283,18 @@ class ModelExecutor(AgentExecutor, DirectReplies):
     # -- tasks -------------------------------------------------------------------------
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        reservation = context.call_context.state.pop(RESERVATION_KEY, None)
+        if not isinstance(reservation, Reservation):
+            reservation = UNLIMITED
+        reservation.claim()
+        try:
+            await self._execute(context, event_queue, reservation)
+        finally:
+            reservation.settle(0)  # a task that never reached the service cost nothing
+
+    async def _execute(
+        self, context: RequestContext, event_queue: EventQueue, reservation: Reservation
+    ) -> None:
         verified = context.call_context.state.get(VERIFIED_KEY)
         if self._signer is not None and isinstance(verified, Verified):
             event_queue = cast(EventQueue, SigningEventQueue(event_queue, self._signer, verified))
@@ -305,7 +322,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         if caller is None:  # a handler always admits first; never act for nobody
             await self._refuse(updater, context, task, "the caller was not authenticated")
             return
-        events = self.service.answer(request, caller)
+        events = self.service.answer(request, caller, reservation)
         async with contextlib.aclosing(events):
             await self._publish(events, updater, context, task)
 

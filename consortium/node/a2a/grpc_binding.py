@@ -24,12 +24,16 @@ from a2a.utils.errors import (
     VersionNotSupportedError,
 )
 from a2a.utils.grpc_status import status_to_grpc
+from google.protobuf import duration_pb2, message_factory
 from google.protobuf import message as pb_message
-from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
 
-from consortium.node.a2a.errors import PermissionDeniedError, UnauthenticatedError
+from consortium.node.a2a.errors import (
+    PermissionDeniedError,
+    RateLimitedError,
+    UnauthenticatedError,
+)
 from consortium.node.auth import GrpcContextBuilder
 
 A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
@@ -42,12 +46,15 @@ SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
     VersionNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    RateLimitedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 SUPPORTED_MAJOR_MINOR = (1, 0)
 
 
 class SpecGrpcHandler(GrpcHandler):
-    """a2a-sdk's gRPC servicer with the specification's status codes."""
+    """a2a-sdk's gRPC servicer with the specification's status codes; Consortium's own
+    errors carry their ErrorInfo metadata (a refusal's reason, a limit) as the JSON-RPC
+    binding's do, and a caller over its limits a RetryInfo too."""
 
     async def abort_context(self, error: A2AError, context: grpc.aio.ServicerContext) -> None:
         code = SPEC_GRPC_CODES.get(type(error))
@@ -56,12 +63,19 @@ class SpecGrpcHandler(GrpcHandler):
             return
         status = status_pb2.Status(code=code.value[0], message=error.message)
         detail = status.details.add()
+        data = error.data if isinstance(error.data, dict) else {}
         detail.Pack(
             error_details_pb2.ErrorInfo(
                 reason=A2A_ERROR_REASONS.get(type(error), "UNKNOWN_ERROR"),
                 domain="a2a-protocol.org",
+                metadata={str(k): str(v) for k, v in data.items()},
             )
         )
+        retry = data.get("retryAfterSeconds")
+        if isinstance(retry, str) and retry.isdigit():
+            status.details.add().Pack(
+                error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=int(retry)))
+            )
         grpc_error = status_to_grpc(status)
         context.set_trailing_metadata(tuple(grpc_error.trailing_metadata))
         await context.abort(grpc_error.code, grpc_error.details)

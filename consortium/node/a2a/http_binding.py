@@ -23,10 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from consortium.node.a2a.agent_card import JSONRPC_PATH
 from consortium.node.a2a.http_guard import Renderer, RequestGuard
-from consortium.node.auth import HttpContextBuilder
+from consortium.node.auth import TLS_NAMES_STATE, HttpContextBuilder
+from consortium.trust.tls import certificate_names
 
 
 class CardLastModified:
@@ -97,6 +99,21 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
+class PeerCertificateProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol, telling the app whose TLS client certificate a connection
+    presented: its names go into each request's scope state (TLS_NAMES_STATE), as gRPC's
+    auth context carries them, so that both bindings hold a member to its certificate.
+    uvicorn copies `app_state` into every request's scope; this connection's copy adds
+    the names."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        peercert = ssl_object.getpeercert() if ssl_object is not None else None
+        state: dict[str, Any] = self.app_state  # type: ignore[has-type]
+        self.app_state = {**state, TLS_NAMES_STATE: certificate_names(peercert)}
+        super().connection_made(transport)
+
+
 class QuietServer(uvicorn.Server):
     """uvicorn without its own signal handling: the node's owner decides when to stop."""
 
@@ -114,6 +131,7 @@ def http_server(app: ASGIApp, *, grace_s: float, tls: dict[str, Any]) -> QuietSe
             lifespan="off",
             access_log=False,
             timeout_graceful_shutdown=int(grace_s) or None,
+            http=PeerCertificateProtocol,
             **tls,
         )
     )

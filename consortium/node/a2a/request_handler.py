@@ -26,17 +26,28 @@ from google.protobuf.message import Message as ProtoMessage
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from consortium.errors import RateLimited
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies, may_reply_directly
 from consortium.node.a2a.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
+    from_rate_limited,
     from_rejection,
 )
 from consortium.node.a2a.validation import validate_send_request
-from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of, key_caller
+from consortium.node.auth import (
+    ANONYMOUS,
+    Caller,
+    CallerUser,
+    caller_of,
+    credentials_of,
+    key_caller,
+)
 from consortium.node.config import NodeConfig
+from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
 from consortium.node.telemetry import context_from
+from consortium.protocols.request_options import request_options
 from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.claims import SignedParts, read_signed
@@ -48,6 +59,9 @@ log = logging.getLogger(__name__)
 # Where the executor finds a verified request (a trust.admission.Verified) in
 # the call context's state.
 VERIFIED_KEY = "consortium.verified"
+# Where the executor finds the task's reservation of its caller's limits (a
+# node.limits.Reservation), to hand to the service, which settles it.
+RESERVATION_KEY = "consortium.reservation"
 
 
 class NodeRequestHandler(DefaultRequestHandler):
@@ -59,6 +73,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         keys: ApiKeys | None = None,
         anonymous_loopback: bool = False,
         member_cn: bool = True,
+        limits: CallerLimits | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -67,6 +82,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         self.keys = keys
         self.anonymous_loopback = anonymous_loopback
         self.member_cn = member_cn
+        self.limits = limits
         self.refusals: Counter[str] = Counter()
 
     # -- admission -----------------------------------------------------------------
@@ -75,7 +91,10 @@ class NodeRequestHandler(DefaultRequestHandler):
         self, reason: str, error: A2AError, what: str, *, sender: str = "", audited: bool = False
     ) -> A2AError:
         """Counts and logs a refusal, and records it in the audit log unless the verifier
-        (which records what it refuses) already did."""
+        (which records what it refuses) already did; the error names the reason (its
+        ErrorInfo metadata)."""
+        if error.data is None:
+            error.data = {"reason": reason}
         self.count_refusal(reason, what, sender=sender, audited=audited)
         return error
 
@@ -159,8 +178,43 @@ class NodeRequestHandler(DefaultRequestHandler):
     ) -> Caller:
         caller = self._caller(method, params, context, stranger)
         context.user = CallerUser(caller)
+        self._count(caller)
         log.debug("%s call admitted for %s", method, caller.owner)
         return caller
+
+    def _count(self, caller: Caller) -> None:
+        """Counts the call against its caller's requests per minute (node.limits); raises
+        RESOURCE_EXHAUSTED over them. Not logged one by one, nor audited: a caller over
+        its limits must not fill the logs either."""
+        if self.limits is None:
+            return
+        try:
+            self.limits.count_request(caller)
+        except RateLimited as e:
+            self.refusals["rate_limited"] += 1
+            raise from_rate_limited(e) from None
+
+    def _reserve(
+        self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
+    ) -> Reservation:
+        """Reserves the message's task in its caller's limits (tokens, requests in
+        progress), for the service to settle; raises RESOURCE_EXHAUSTED over them."""
+        caller = caller_of(context)
+        if self.limits is None or caller is None:
+            return UNLIMITED
+        message = params.message
+        text = "\n".join(part.text for part in message.parts if part.text)
+        try:
+            max_tokens = request_options(message).max_tokens
+        except ValueError:  # the executor refuses the task, saying why
+            max_tokens = None
+        try:
+            reservation = self.limits.reserve_task(caller, text, max_tokens)
+        except RateLimited as e:
+            self.refusals["rate_limited"] += 1
+            raise from_rate_limited(e) from None
+        context.state[RESERVATION_KEY] = reservation
+        return reservation
 
     def _admit_message(
         self,
@@ -178,6 +232,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                 verified.claims.sender, context, f"message {safe(params.message.message_id)}"
             )
             context.user = CallerUser(caller)
+            self._count(caller)
             # Request-level fields (configuration, metadata) are outside the signature.
             return a2a_pb2.SendMessageRequest(message=params.message, tenant=params.tenant)
         # In a federation, a caller without credentials is told what members need.
@@ -261,7 +316,14 @@ class NodeRequestHandler(DefaultRequestHandler):
                 reply = await executor.reply(params.message, context)
                 if reply is not None:
                     return reply
-            result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(params, context)
+            reservation = self._reserve(params, context)
+            try:
+                result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
+                    params, context
+                )
+            except BaseException:
+                reservation.release_unclaimed()
+                raise
             return result
 
     async def on_message_send_stream(
@@ -272,9 +334,11 @@ class NodeRequestHandler(DefaultRequestHandler):
         # attached in one cannot be detached in another.
         validate_send_request(params)
         span, parts = self._receive_span("SendStreamingMessage", params)
+        reservation: Reservation | None = None
         try:
             with trace.use_span(span, end_on_exit=False):
                 params = self._admit_message("SendStreamingMessage", params, parts, context)
+                reservation = self._reserve(params, context)
                 stream = super().on_message_send_stream(params, context)
             while True:
                 with trace.use_span(span, end_on_exit=False):
@@ -283,6 +347,10 @@ class NodeRequestHandler(DefaultRequestHandler):
                     except StopAsyncIteration:
                         break
                 yield event
+        except BaseException:
+            if reservation is not None:
+                reservation.release_unclaimed()
+            raise
         finally:
             span.end()
 

@@ -6,9 +6,9 @@
 signing, trust, redaction and provenance apply; every completion request is also an A2A
 task in the node's task store, owned by the caller. The modules: `schemas` (requests),
 `responses` (OpenAI's objects and stream chunks), `errors` (OpenAI-shaped errors),
-`catalogue` (model names and the routes they stand for), `limits` (per-caller rate
-limits), `tasks` (the task record), `streaming` (the SSE response), `routes` (the
-endpoints: admission, limits, the run of one request).
+`catalogue` (model names and the routes they stand for), `tasks` (the task record),
+`streaming` (the SSE response), `routes` (the endpoints: admission, the caller's limits
+(node.limits, shared with A2A), the run of one request).
 """
 
 from consortium.node.openai.errors import guard_refusal

@@ -5,9 +5,12 @@ Every /v1 request is admitted first: an API key (`Authorization: Bearer`, the no
 keys, the same rule as A2A's `node.auth.key_caller`) or, where `auth.anonymous_loopback`
 allows it, the anonymous loopback user; members' signatures are not taken here (members
 use A2A). A missing or invalid key is 401 invalid_api_key, counted with the A2A
-handler's refusals. A completion request is then checked against the caller's rate
-limits, parsed (400 naming the field), its model resolved (`catalogue`, 404
-model_not_found), recorded as a task (`tasks`) and answered by `NodeService.answer`.
+handler's refusals. Every call on every route is then counted against the caller's
+requests per minute (node.limits, the same limiter as A2A's; 429 with Retry-After). A
+completion request is parsed (400 naming the field), its model resolved (`catalogue`,
+404 model_not_found), its tokens (prompt + max_tokens) and a place among the caller's
+requests in progress reserved (429), recorded as a task (`tasks`) and answered by
+`NodeService.answer`, which settles the reservation when the task ends.
 
 What the service says becomes OpenAI's answer: Answered -> the completion (streamed or
 whole); Rejected -> 400; Failed -> 500, or 503 when the model or peer could not be
@@ -17,8 +20,8 @@ is generated gets a plain HTTP error; an error after the stream started is sent 
 `data: {"error": ...}` event, and the stream ends. A client that goes away, mid-stream
 or while it waits for a whole answer, closes the service's event stream, which stops
 the generation; its task is canceled, and what it cost so far (prompt and generated
-text, estimated at one token per 4 bytes) counts against the caller's tokens per
-minute, as an answer's usage does.
+text, estimated) counts against the caller's tokens per minute, as an answer's usage
+does (the service settles both).
 
 Each completion request is one SERVER span (`openai chat.completion` /
 `openai text_completion`), the parent of the service's spans, naming the task, the
@@ -31,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -43,8 +45,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from consortium.errors import RateLimited
 from consortium.llm.base import TokenLogprob
 from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller
+from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
 from consortium.node.openai.catalogue import Catalogue, ModelRoute
 from consortium.node.openai.errors import (
     OpenAIError,
@@ -56,7 +60,6 @@ from consortium.node.openai.errors import (
     server_error,
     unauthorized,
 )
-from consortium.node.openai.limits import RateLimits
 from consortium.node.openai.responses import ChatShape, Shape, TextShape, Usage
 from consortium.node.openai.schemas import ChatCompletionRequest, CompletionRequest
 from consortium.node.openai.streaming import (
@@ -91,9 +94,6 @@ PREFIX = "/v1"
 # Consortium's own request options an OpenAI request may set (`consortium: {...}`).
 EXTENSION_OPTIONS = frozenset({"choices", "max_cost", "deadline_s", "max_peers"})
 FINISH_REASONS = frozenset({"stop", "length"})
-# How a request that ends without an answer estimates its tokens (as the remote backend
-# does without a tokenizer).
-TOKEN_BYTES = 4
 
 Refused = Callable[[str, str], None]
 Parsed = TypeVar("Parsed", ChatCompletionRequest, CompletionRequest)
@@ -111,11 +111,11 @@ class _Run:
     request: ServiceRequest
     shape: Shape
     task: TaskRecord
+    # Its claim on the caller's limits, settled by the service when the task ends.
+    reservation: Reservation = UNLIMITED
     span: Span = field(default_factory=lambda: trace.INVALID_SPAN)
     # The tokens' logprobs as they streamed (when the answer carries none itself).
     tokens: list[TokenLogprob] = field(default_factory=list)
-    # UTF-8 bytes of the text generated so far.
-    generated_bytes: int = 0
 
 
 class OpenAIApi:
@@ -127,7 +127,7 @@ class OpenAIApi:
         store: SqliteTaskStore,
         keys: ApiKeys | None,
         catalogue: Catalogue,
-        limits: RateLimits,
+        limits: CallerLimits,
         *,
         anonymous_loopback: bool = False,
         refused: Refused = _nothing_refused,
@@ -160,6 +160,7 @@ class OpenAIApi:
         async def endpoint(request: Request) -> Any:
             try:
                 caller = self._admit(request)
+                self._count(caller)
                 return await handler(request, caller)
             except OpenAIError as e:
                 return e.response()
@@ -169,7 +170,7 @@ class OpenAIApi:
     # -- admission -------------------------------------------------------------------
 
     def _admit(self, request: Request) -> Caller:
-        creds = http_credentials(request.headers, request.client.host if request.client else None)
+        creds = http_credentials(request)
         what = f"{request.method} {request.url.path} call"
         if creds.authorization is not None:
             caller = key_caller(creds.authorization, self.keys)
@@ -187,10 +188,20 @@ class OpenAIApi:
             )
         raise unauthorized("You didn't provide an API key: send Authorization: Bearer <key>")
 
-    def _limit(self, caller: Caller) -> None:
-        limited = self.limits.admit(caller.owner)
-        if limited is not None:
-            raise rate_limited(limited.message, limited.retry_after_s, limited.kind)
+    def _count(self, caller: Caller) -> None:
+        """Counts the call against the caller's requests per minute (every route)."""
+        try:
+            self.limits.count_request(caller)
+        except RateLimited as e:
+            raise _too_many(e) from None
+
+    def _reserve(self, caller: Caller, request: ServiceRequest) -> Reservation:
+        """Reserves the task's tokens and a place among the caller's requests in
+        progress (node.limits), the same rule as A2A's."""
+        try:
+            return self.limits.reserve_task(caller, request.sent_text, request.options.max_tokens)
+        except RateLimited as e:
+            raise _too_many(e) from None
 
     # -- models ----------------------------------------------------------------------
 
@@ -227,8 +238,8 @@ class OpenAIApi:
         return await self._complete(request, caller, CompletionRequest)
 
     async def _complete(self, request: Request, caller: Caller, kind: type[Parsed]) -> Any:
-        """A chat or text completion: limits, the body, its route, its task, the answer."""
-        self._limit(caller)
+        """A chat or text completion: the body, its route, the caller's limits, its
+        task, the answer."""
         body = _parse(kind, await _json(request))
         route = self._route(body.model)
         sampling = body.sampling()
@@ -256,12 +267,16 @@ class OpenAIApi:
             top_logprobs=sampling.top_logprobs if sampling.logprobs else None,
             include_usage=body.include_usage,
         )
-        task.submitted(
-            service_request.sent_text,
-            {"id": shape.id, "object": shape.object_name, "model": body.model},
-        )
-        run = _Run(caller, service_request, shape, task)
-        return await self._respond(request, run, body.streaming)
+        reservation = self._reserve(caller, service_request)
+        run = _Run(caller, service_request, shape, task, reservation)
+        try:
+            task.submitted(
+                service_request.sent_text,
+                {"id": shape.id, "object": shape.object_name, "model": body.model},
+            )
+            return await self._respond(request, run, body.streaming)
+        finally:
+            reservation.release_unclaimed()  # when the service never took it
 
     def _route(self, model: str) -> ModelRoute:
         route = self.catalogue.resolve(model)
@@ -295,7 +310,7 @@ class OpenAIApi:
         events: AsyncGenerator[TaskEvent, None] | None = None
         try:
             with _current(run.span):
-                events = self.service.answer(run.request, run.caller)
+                events = self.service.answer(run.request, run.caller, run.reservation)
                 first = await self._first(run, events)
                 if not streaming:
                     async with contextlib.aclosing(events):
@@ -357,7 +372,6 @@ class OpenAIApi:
                 run.task.working()
             elif isinstance(ev, TextChunk):
                 run.tokens.extend(ev.logprobs)
-                run.generated_bytes += len(ev.text.encode())
             elif isinstance(ev, Answered):
                 finish, usage, tokens, provenance = self._answered(run, ev)
                 body = run.shape.whole(ev.text, tokens, finish, usage, provenance)
@@ -383,7 +397,6 @@ class OpenAIApi:
             usage = Usage(prov.input_tokens or 0, prov.output_tokens or 0)
             finish = prov.finish_reason or "stop"
             tokens = run.tokens
-        self.limits.spend(run.caller.owner, usage.total_tokens)
         if finish not in FINISH_REASONS:
             finish = "stop"
         return finish, usage, tokens, prov.wire()
@@ -402,7 +415,6 @@ class OpenAIApi:
                     if isinstance(ev, Working):
                         run.task.working()
                     elif isinstance(ev, TextChunk):
-                        run.generated_bytes += len(ev.text.encode())
                         if ev.text or ev.logprobs:
                             yield event(shape.piece(ev.text, ev.logprobs, sent))
                             sent += len(ev.text)
@@ -435,17 +447,15 @@ class OpenAIApi:
                 _end(run.span)
 
     def _canceled(self, run: _Run) -> None:
-        """Records that the client went away before the answer, and counts the tokens
-        the request cost so far (else leaving just before the end would make any
-        generation free of the token limit): the prompt and what was generated, at
-        the estimate of one token per TOKEN_BYTES bytes of their UTF-8."""
+        """Records that the client went away before the answer (the service counts what
+        the request cost so far against the caller's tokens)."""
         if run.task.finished:
             return
         run.task.canceled("canceled: the client went away")
-        prompt_bytes = len(run.request.sent_text.encode())
-        self.limits.spend(
-            run.caller.owner, math.ceil((prompt_bytes + run.generated_bytes) / TOKEN_BYTES)
-        )
+
+
+def _too_many(limited: RateLimited) -> OpenAIError:
+    return rate_limited(str(limited), limited.retry_after_s, limited.kind)
 
 
 def _param_of(run: _Run, rejected: Rejected) -> str | None:

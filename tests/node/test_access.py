@@ -13,6 +13,7 @@ import grpc
 import httpx
 import pytest
 from a2a.types import a2a_pb2, a2a_pb2_grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from consortium.node.app import Node
 from consortium.node.auth import Caller, Credentials, grpc_peer_host, is_loopback
@@ -194,6 +195,27 @@ async def test_each_caller_sees_and_touches_only_its_own_tasks(
     got = await alice.grpc("GetTask", a2a_pb2.GetTaskRequest(id=a_run))
     assert got.status.state == a2a_pb2.TASK_STATE_CANCELED
     assert "my text" not in str(got)
+
+
+async def test_an_authentication_failure_names_its_reason(start_node: NodeStarter) -> None:
+    """A client (the A2A JavaScript SDK reads only this) learns from the error's
+    google.rpc.ErrorInfo why it was refused, on both bindings: not UNKNOWN_ERROR."""
+    node = await start_node(auth={"anonymous_loopback": False})
+    for key, reason in ((None, "no_credentials"), ("csk_000000000000_" + "A" * 43, "invalid_key")):
+        caller = Access(node, key)
+        body = await caller.jsonrpc("ListTasks", {})
+        assert body["error"]["code"] == -32040
+        info = body["error"]["data"][0]
+        assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+        assert info["reason"] == "UNAUTHENTICATED" and info["domain"] == "a2a-protocol.org"
+        assert info["metadata"] == {"reason": reason}
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await caller.grpc("ListTasks", a2a_pb2.ListTasksRequest())
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        details = dict(e.value.trailing_metadata() or ())["grpc-status-details-bin"]
+        error_info = error_details_pb2.ErrorInfo()
+        assert status_pb2.Status.FromString(details).details[0].Unpack(error_info)
+        assert error_info.reason == "UNAUTHENTICATED" and error_info.metadata["reason"] == reason
 
 
 async def test_revoked_and_expired_keys_stop_working_without_a_restart(

@@ -89,7 +89,7 @@ bodies = st.dictionaries(st.sampled_from(FIELDS), values, max_size=8).flatmap(
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeThread, str]]:
     for running in node_thread(
         tmp_path_factory.mktemp("openai-fuzz"),
-        openai={"requests_per_minute": 0, "tokens_per_minute": 0},
+        limits={"requests_per_minute": 0, "tokens_per_minute": 0},
     ):
         yield running, running.new_key("fuzz")
 

@@ -8,6 +8,7 @@ outside client would."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -77,6 +78,9 @@ class Client:
                 json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
                 headers=self.headers,
             )
+        if r.text.startswith("data:"):  # a streaming method's SSE
+            first: dict[str, Any] = json.loads(r.text.splitlines()[0][5:])
+            return first
         body: dict[str, Any] = r.json()
         return body
 
@@ -262,9 +266,13 @@ def test_requests_in_progress_per_key(unlimited: NodeThread) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await key.grpc("SendMessage", send_request("third"))
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            body = await key.jsonrpc("SendMessage", jsonrpc_message("third"))
-            assert body["error"]["code"] == -32042
-            assert body["error"]["data"][0]["metadata"]["limit"] == "concurrency"
+            for method in ("SendMessage", "SendStreamingMessage"):
+                body = await key.jsonrpc(method, jsonrpc_message("third"))
+                assert body["error"]["code"] == -32042, method
+                assert body["error"]["data"][0]["metadata"]["limit"] == "concurrency"
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.SendStreamingMessage(send_request("third"), metadata=metadata).read()
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             # Another key is not held back by this one's tasks.
             other = Client(node, node.new_key("other"))
             assert "result" in await other.jsonrpc("ListTasks", {})

@@ -1,10 +1,11 @@
 """One client, one connection, one request after another: what does a keep-alive HTTP
 client get from a node, against a gRPC client? The echo model (the network is measured,
-not a model), one node (`consortium node start`, its own process), sequential requests:
+not a model), one node (`consortium node start`, its own process), blocking clients as
+most applications use them (httpx.Client, as the OpenAI SDK's; a grpc channel):
 
-  (a) A2A SendMessage over gRPC (the a2a-sdk client, one channel), the baseline;
-  (b) A2A SendMessage over JSON-RPC/HTTP (the a2a-sdk client, one keep-alive connection);
-  (c) POST /v1/chat/completions (one keep-alive httpx client);
+  (a) A2A SendMessage over gRPC (one channel), the baseline;
+  (b) A2A SendMessage over JSON-RPC/HTTP (one keep-alive httpx.Client);
+  (c) POST /v1/chat/completions (the same client);
   (d) GET /healthz on that keep-alive connection, and (e) on a new connection each time.
 
 Rounds alternate a, b, c, d, e so drift on a shared machine hits them alike. Prints one
@@ -19,21 +20,20 @@ as d far slower than e.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+import grpc
 import httpx
-from a2a.utils.constants import TransportProtocol
+from a2a.types import a2a_pb2, a2a_pb2_grpc
 
 from consortium.launch.local import start_node
-from consortium.node.client import ask, fetch_agent_card, open_client
+from consortium.node.client import text_message
 from consortium.node.config import load_config
 from consortium.node.setup import init_node, local_api_key
 
@@ -67,16 +67,16 @@ def summarize(latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def timed(n: int, call: Callable[[], Awaitable[None]]) -> list[float]:
+def timed(n: int, call: Callable[[], None]) -> list[float]:
     out = []
     for _ in range(n):
         started = time.perf_counter()
-        await call()
+        call()
         out.append(time.perf_counter() - started)
     return out
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -87,52 +87,58 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="consortium-keepalive-"))
     config = echo_node(workdir)
     child, http_url = start_node(config, workdir / "node.log")
+    grpc_target = dict(part.split("=", 1) for part in child.ready_line.split()[1:])["grpc"]
+    key = local_api_key(load_config(config))
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
-        card = await fetch_agent_card(http_url)
-        grpc_client = open_client(card, streaming=False)
-        jsonrpc_client = open_client(card, transport=TransportProtocol.JSONRPC, streaming=False)
-        key = local_api_key(load_config(config))
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-        http = httpx.AsyncClient(base_url=http_url, headers=headers, timeout=60)
-        # No connection kept: a new one for every request.
-        fresh = httpx.AsyncClient(
-            base_url=http_url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)
-        )
-        chat = {"model": "echo", "messages": [{"role": "user", "content": PROMPT}]}
+        with (
+            grpc.insecure_channel(grpc_target) as channel,
+            httpx.Client(base_url=http_url, headers=headers, timeout=60) as http,
+            # No connection kept: a new one for every request.
+            httpx.Client(
+                base_url=http_url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)
+            ) as fresh,
+        ):
+            stub = a2a_pb2_grpc.A2AServiceStub(channel)
+            a2a_metadata = (("a2a-version", "1.0"), *((k, v) for k, v in headers.items()))
+            model = http.get("/v1/models").raise_for_status().json()["data"][0]["id"]
+            chat = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
 
-        async def a2a(client: Any) -> None:
-            answer = await ask(client, PROMPT)
-            if answer.state != "completed":
-                raise RuntimeError(f"task {answer.state}: {answer.status_text}")
+            def over_grpc() -> None:
+                request = a2a_pb2.SendMessageRequest(message=text_message(PROMPT))
+                task = stub.SendMessage(request, metadata=a2a_metadata, timeout=60).task
+                if task.status.state != a2a_pb2.TASK_STATE_COMPLETED:
+                    raise RuntimeError(f"task {a2a_pb2.TaskState.Name(task.status.state)}")
 
-        async def openai_chat() -> None:
-            r = await http.post("/v1/chat/completions", json=chat)
-            r.raise_for_status()
+            def over_jsonrpc() -> None:
+                message = {
+                    "messageId": str(uuid.uuid4()),
+                    "role": "ROLE_USER",
+                    "parts": [{"text": PROMPT}],
+                }
+                body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage"}
+                r = http.post(
+                    "/",
+                    json={**body, "params": {"message": message}},
+                    headers={"A2A-Version": "1.0"},
+                )
+                state = r.raise_for_status().json()["result"]["task"]["status"]["state"]
+                if state != "TASK_STATE_COMPLETED":
+                    raise RuntimeError(f"task {state}")
 
-        async def healthz() -> None:
-            (await http.get("/healthz")).raise_for_status()
-
-        async def healthz_new_connection() -> None:
-            (await fresh.get("/healthz")).raise_for_status()
-
-        calls: dict[str, Callable[[], Awaitable[None]]] = {
-            "a": lambda: a2a(grpc_client),
-            "b": lambda: a2a(jsonrpc_client),
-            "c": openai_chat,
-            "d": healthz,
-            "e": healthz_new_connection,
-        }
-        chat["model"] = (await http.get("/v1/models")).raise_for_status().json()["data"][0]["id"]
-        for call in calls.values():  # warm every path (first-call allocations)
-            await timed(3, call)
-        samples: dict[str, list[float]] = {arm: [] for arm in calls}
-        for _ in range(args.rounds):
-            for arm, call in calls.items():
-                samples[arm] += await timed(args.requests, call)
-        await grpc_client.close()
-        await jsonrpc_client.close()
-        await http.aclose()
-        await fresh.aclose()
+            calls: dict[str, Callable[[], None]] = {
+                "a": over_grpc,
+                "b": over_jsonrpc,
+                "c": lambda: http.post("/v1/chat/completions", json=chat).raise_for_status(),
+                "d": lambda: http.get("/healthz").raise_for_status(),
+                "e": lambda: fresh.get("/healthz").raise_for_status(),
+            }
+            for call in calls.values():  # warm every path (first-call allocations)
+                timed(3, call)
+            samples: dict[str, list[float]] = {arm: [] for arm in calls}
+            for _ in range(args.rounds):
+                for arm, call in calls.items():
+                    samples[arm] += timed(args.requests, call)
     finally:
         child.stop()
     results = {ARMS[arm]: summarize(s) for arm, s in samples.items()}
@@ -160,4 +166,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    main()

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+
+from consortium.launch.supervisor import NotReady, Supervisor
 
 START_TIMEOUT_S = 180.0
 
@@ -73,42 +72,26 @@ def llama_server(
     # Always explicit: the server's own default is True, whatever this function's is.
     cmd += ["--logits_all", str(logits_all)]
     cmd += list(extra_args)
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    with (
+        tempfile.TemporaryDirectory(prefix="llama-server-") as logs,
+        Supervisor(Path(logs), {**os.environ, "PYTHONUNBUFFERED": "1"}, new_session=True) as sup,
+    ):
         base_url = f"http://127.0.0.1:{port}/v1"
         try:
-            _wait_ready(proc, base_url, api_key, stderr)
-            yield base_url
-        finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            sup.start("llama_server", cmd, ready=_ready(base_url, api_key), timeout=START_TIMEOUT_S)
+        except NotReady as e:
+            tail = e.child.log()[-2000:]
+            raise RuntimeError(f"llama_cpp.server did not start ({e}): {tail}") from None
+        yield base_url
 
 
-def _wait_ready(
-    proc: subprocess.Popen[bytes], base_url: str, api_key: str | None, stderr: object
-) -> None:
+def _ready(base_url: str, api_key: str | None) -> Callable[[], bool]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            assert hasattr(stderr, "seek") and hasattr(stderr, "read")
-            stderr.seek(0)
-            tail = stderr.read().decode(errors="replace")[-2000:]
-            raise RuntimeError(f"llama_cpp.server exited ({proc.returncode}): {tail}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"llama_cpp.server did not answer within {START_TIMEOUT_S:.0f} s")
+
+    def check() -> bool:
+        try:
+            return httpx.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check

@@ -50,6 +50,16 @@ def test_node_overhead_benchmark_runs() -> None:
     assert float(d["ratio_tokens_per_s_b_over_a"]) > 0  # type: ignore[arg-type]
 
 
+def test_keepalive_benchmark_runs() -> None:
+    d = run("keepalive.py", "--requests", "5", "--rounds", "1")
+    arms = ("a_a2a_grpc", "b_a2a_jsonrpc_http", "c_openai_chat_http", "d_healthz_keepalive")
+    for arm in (*arms, "e_healthz_new_connection"):
+        summary = cast(dict[str, float], d[arm])
+        assert summary["requests"] == 5 and summary["requests_per_s"] > 0
+    assert float(d["ratio_requests_per_s_a_over_b"]) > 0  # type: ignore[arg-type]
+    assert float(d["ratio_requests_per_s_a_over_c"]) > 0  # type: ignore[arg-type]
+
+
 # The arms of benchmarks/openai_api.py this test runs: all four (direct, the node's
 # OpenAI endpoint, llama_cpp.server, a node on the remote backend).
 OPENAI_API_ARMS = ("a", "b", "c", "d")

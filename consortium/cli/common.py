@@ -52,8 +52,9 @@ def write_through(text: str) -> None:
 
 
 def stop_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so the Flower processes a command started are
-    stopped by their context managers instead of outliving it."""
+    """SIGTERM unwinds like Ctrl-C, so the processes a command started (nodes, Flower's)
+    are stopped by their context managers, in order, instead of by the supervisor's
+    watcher once the command has died."""
 
     def stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from consortium.cli.common import out, progress_bar, run
+from consortium.cli.common import out, progress_bar, run, stop_on_sigterm
 
 if TYPE_CHECKING:
     from consortium.evaluation.harness import Progress, Start
@@ -69,4 +69,5 @@ def demo(
         PanelQuestion(it.question.stem, tuple(it.question.choices), it.answer)
         for it in load_arc(split_path(SEED_SPLIT))[:TRUST_VOTES]
     ]
+    stop_on_sigterm()
     run(lambda: run_demo(workdir, ConsoleReporter(console), seed, questions))

@@ -225,6 +225,23 @@ def add_member(roster_path: Path, admin_key_path: Path, member: Member) -> Roste
     return update_roster(roster_path, admin_key_path, change)
 
 
+def set_endpoints(
+    roster_path: Path, admin_key_path: Path, org_id: str, endpoints: Endpoints
+) -> Roster:
+    """A member's endpoints replaced (its node moved, e.g. restarted on other ports)."""
+
+    def change(r: Roster) -> Roster:
+        if r.member(org_id) is None:
+            raise RosterError(f"{org_id} is not a member", path=str(roster_path))
+        members = [
+            x.model_copy(update={"endpoints": endpoints}) if x.org_id == org_id else x
+            for x in r.members
+        ]
+        return r.model_copy(update={"members": members})
+
+    return update_roster(roster_path, admin_key_path, change)
+
+
 def set_status(roster_path: Path, admin_key_path: Path, org_id: str, status: Status) -> Roster:
     def change(r: Roster) -> Roster:
         m = r.member(org_id)

@@ -9,7 +9,8 @@ line and stops on SIGTERM.
     BASE/federation/   federation.toml and the admin's keys
     BASE/ORG/          node.toml, keys/, data/, node.log
 
-Directories that already exist are reused, so a second run starts the same federation.
+Directories that already exist are reused, so a second run starts the same federation;
+its nodes listen on new ports, which the admin writes into the roster as they start.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from consortium.federation.admin import (
     default_paths,
     member_from_card,
     read_card,
+    set_endpoints,
 )
 from consortium.federation.roster import Roster, load_roster
 from consortium.launch.supervisor import Child, NotReady, Supervisor
@@ -147,30 +149,46 @@ class LocalFederation:
         return config
 
     def start(self, org: Organization, timeout: float = START_TIMEOUT_S) -> RunningNode:
-        """Starts the organization's node and waits until it is ready."""
+        """Starts the organization's node and waits until it is ready; if it is a member
+        already, the roster gets the endpoints it now listens on."""
         config = self.prepare(org)
         child, url = start_node(
             config, config.parent / "node.log", timeout, self._supervisor, org.command or None
         )
         node = RunningNode(org.org_id, org.model, config, child, url)
         self.nodes.append(node)
+        if load_roster(self.paths.roster).member(org.org_id) is not None:
+            self._enrol(node)
         return node
+
+    def _enrol(self, node: RunningNode) -> None:
+        """The node's member entry, from the agent card it serves: added, or its
+        endpoints updated when they changed."""
+        card, card_url = read_card(node.http_url)
+        member = member_from_card(card, card_url)
+        known = load_roster(self.paths.roster).member(node.org_id)
+        if known is None:
+            add_member(self.paths.roster, self.paths.admin_private, member)
+        elif known.endpoints != member.endpoints:
+            set_endpoints(
+                self.paths.roster, self.paths.admin_private, node.org_id, member.endpoints
+            )
 
     def admit(self, timeout: float = 30.0) -> Roster:
         """The admin admits every running node that is not yet a member, from the agent
-        card it serves; returns the roster once every node has hot-reloaded it, with each
-        node's signer set."""
-        for node in self.nodes:
-            if load_roster(self.paths.roster).member(node.org_id) is None:
-                card, card_url = read_card(node.http_url)
-                add_member(
-                    self.paths.roster, self.paths.admin_private, member_from_card(card, card_url)
-                )
+        card it serves (a member's moved endpoints are updated); returns the roster once
+        every node has hot-reloaded it, with each node's signer set."""
+        for node in self.running():
+            self._enrol(node)
         roster = load_roster(self.paths.roster)
-        asyncio.run(wait_for_roster(self.nodes, roster.version, timeout))
-        for node in self.nodes:
+        asyncio.run(wait_for_roster(self.running(), roster.version, timeout))
+        for node in self.running():
             node.signer = local_signer(load_config(node.config))
         return roster
+
+    def running(self) -> list[RunningNode]:
+        """The nodes started here that still run."""
+        return [n for n in self.nodes if n.child.process.poll() is None]
 
     def stop(self) -> None:
         self._supervisor.stop()

@@ -9,6 +9,12 @@ its log file; any other child's stdout and stderr both go to the log file. With
 (a SuperLink and a SuperNode start flower-superexec children); otherwise only to the
 child, which then also receives the terminal's Ctrl-C with its parent.
 
+No orphans: a `Watcher` — a small process in its own session that reads a pipe from this
+process until EOF — stops every child the supervisor started as soon as this process
+ends, whatever it dies of (SIGKILL, SIGTERM without handler, a crash): its end of the pipe
+closes with it. Unlike PR_SET_PDEATHSIG, which fires when the *thread* that started a
+child exits, the pipe follows the process, and it works for any command, not only ours.
+
 Standard library only, so the Flower deployment code below this package can use it too.
 """
 
@@ -20,9 +26,12 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from consortium.errors import ConsortiumError
 
@@ -97,9 +106,113 @@ class Child:
         return self.log_path.read_text(errors="replace")
 
 
+# The watcher's program: lines "PID STARTTIME GROUP" on stdin register a process; at EOF it
+# sends SIGTERM to each registered process still running (the same process: /proc's start
+# time must match, so a reused pid is never signalled), SIGKILL after the grace period.
+_WATCHER = r"""
+import os, signal, sys, time
+
+grace = float(sys.argv[1])
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+watched = []
+for line in sys.stdin.buffer:
+    pid, start, group = line.split()
+    watched.append((int(pid), start.decode(), group == b"1"))
+
+
+def alive(pid, start):
+    if start == "-":
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and fields[19] == start
+
+
+def send(sig):
+    for pid, start, group in watched:
+        if alive(pid, start):
+            try:
+                os.killpg(pid, sig) if group else os.kill(pid, sig)
+            except OSError:
+                pass
+
+
+send(signal.SIGTERM)
+deadline = time.monotonic() + grace
+while any(alive(pid, start) for pid, start, _ in watched) and time.monotonic() < deadline:
+    time.sleep(0.1)
+send(signal.SIGKILL)
+"""
+
+
+class Watcher:
+    """Stops the processes registered with `watch` when this process ends (or `close`
+    is called): SIGTERM, then SIGKILL after `grace_s`. Its own process starts with the
+    first `watch`."""
+
+    def __init__(self, grace_s: float = GRACE_S) -> None:
+        self.grace_s = grace_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, process: subprocess.Popen[Any], *, group: bool = False) -> None:
+        """Registers `process` (with `group`: its whole process group, which it leads)."""
+        line = f"{process.pid} {_start_time(process.pid)} {int(group)}\n".encode()
+        with self._lock:
+            if self._process is None:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-c", _WATCHER, str(self.grace_s)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            assert self._process.stdin is not None
+            self._process.stdin.write(line)
+            self._process.stdin.flush()
+
+    @property
+    def pid(self) -> int | None:
+        """The watcher process's pid, once it runs."""
+        return None if self._process is None else self._process.pid
+
+    def close(self) -> None:
+        """Ends the watch: every registered process still running is stopped; returns once
+        the watcher has exited. A later `watch` starts a new watcher."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat, field 22), or
+    "-" where there is no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except OSError:
+        return "-"
+
+
 class Supervisor:
     """Child processes with their logs (default DIRECTORY/NAME.log) and one environment;
-    stop() ends every child, SIGTERM to all first. A context manager."""
+    stop() ends every child, SIGTERM to all first; if this process ends first, its watcher
+    does. A context manager."""
 
     def __init__(
         self,
@@ -114,6 +227,7 @@ class Supervisor:
         self.new_session = new_session
         self.grace_s = grace_s
         self.children: list[Child] = []
+        self.watcher = Watcher(grace_s)
 
     def start(
         self,
@@ -140,6 +254,7 @@ class Supervisor:
                 env=self.env,
                 start_new_session=self.new_session,
             )
+        self.watcher.watch(process, group=self.new_session)
         child = Child(name, process, log_path, group=self.new_session, grace_s=self.grace_s)
         self.children.append(child)
         deadline = time.monotonic() + timeout
@@ -163,6 +278,7 @@ class Supervisor:
             child.terminate()
         for child in self.children:
             child.wait(grace_s)
+        self.watcher.close()
 
     def __enter__(self) -> Supervisor:
         return self

@@ -1,17 +1,31 @@
 """Local organizations: the argv a node is started with (`consortium node start` by
-default, or an organization's own `command` with `{config}` filled in), and `start_node`
-running such a command under a supervisor until its READY line."""
+default, or an organization's own `command` with `{config}` filled in), `start_node`
+running such a command under a supervisor until its READY line; a federation's nodes
+stop when whatever launched them dies, and a federation restarted in its directory has
+its new endpoints in the roster (echo models, real processes)."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from consortium.errors import NodeUnavailableError
-from consortium.launch.local import Organization, node_command, start_node
+from consortium.federation.roster import load_roster
+from consortium.launch.local import (
+    LocalFederation,
+    Organization,
+    RunningNode,
+    node_command,
+    start_node,
+)
 from consortium.launch.supervisor import Supervisor
 
 
@@ -59,3 +73,104 @@ def test_a_command_that_exits_is_a_clear_error(tmp_path: Path) -> None:
         start_node(
             tmp_path / "node.toml", tmp_path / "node.log", 30, sup, (sys.executable, "-c", code)
         )
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+def echo_org(fed: LocalFederation, org_id: str, extra: str = "") -> Organization:
+    """An organization whose node runs the echo model (the test is about the processes)."""
+    org = Organization(org_id, org_id.title(), "smollm2-135m", config_extra=extra)
+    config = fed.prepare(org)
+    config.write_text(config.read_text().replace('backend = "llama_cpp"', 'backend = "echo"'))
+    return org
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie awaiting its reaper counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.split(")")[-1].split()[0] != "Z"
+
+
+def serving(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+# A launcher, as the demo is one: a federation of one echo node; prints the node's pid and
+# URL, then waits to be killed.
+LAUNCHER = """
+import sys, time
+from pathlib import Path
+from consortium.launch.local import LocalFederation, Organization
+
+fed = LocalFederation(Path(sys.argv[1]), "orphans")
+org = Organization("acme", "Acme", "smollm2-135m")
+config = fed.prepare(org)
+config.write_text(config.read_text().replace('backend = "llama_cpp"', 'backend = "echo"'))
+node = fed.start(org)
+print(node.child.process.pid, node.http_url, flush=True)
+time.sleep(600)
+"""
+
+
+def test_nodes_stop_when_their_launcher_is_killed(tmp_path: Path) -> None:
+    """SIGKILL: the launcher runs no code of its own (SIGTERM and the thread that started
+    a child are in tests/launch/test_supervisor.py)."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert launcher.stdout is not None
+        pid, url = launcher.stdout.readline().split()
+        assert serving(url)
+        launcher.kill()
+        assert launcher.wait(timeout=30) == -signal.SIGKILL
+        wait_until("the node has stopped", lambda: not alive(int(pid)), timeout=30)
+        assert not serving(url)
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+WITNESSING = """
+[audit]
+checkpoint_interval_s = 0.3
+witness_interval_s = 0.3
+witnessed_by = 1
+"""
+
+
+def test_a_restarted_federation_has_its_new_endpoints_in_the_roster(tmp_path: Path) -> None:
+    """A second run in the same directory: the roster lists the ports the nodes listen on
+    now, and each node's checkpoints are cosigned by the other again."""
+
+    def health(node: RunningNode) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(node.http_url + "/healthz", timeout=10).json()
+        return body
+
+    for _run in range(2):
+        with LocalFederation(tmp_path, "restart") as fed:
+            nodes = [fed.start(echo_org(fed, org, WITNESSING)) for org in ("acme", "globex")]
+            roster = fed.admit()
+            for node in nodes:
+                member = roster.member(node.org_id)
+                assert member is not None
+                assert member.endpoints.jsonrpc.startswith(node.http_url)
+                assert member.endpoints.agent_card.startswith(node.http_url)
+                ready = dict(part.split("=", 1) for part in node.child.ready_line.split()[1:])
+                assert member.endpoints.grpc == ready["grpc"]
+            assert load_roster(fed.paths.roster) == roster
+            wait_until(
+                "each node's checkpoints are cosigned by the other",
+                lambda: all(health(n)["audit"]["collected"] >= 1 for n in nodes),  # noqa: B023
+            )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -114,3 +115,66 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.split(")")[-1].split()[0] != "Z"
+
+
+# A launcher that starts two children (each printing READY, then sleeping) from a thread
+# that has exited by the time it prints their pids: PR_SET_PDEATHSIG would fire there.
+LAUNCHER = """
+import sys, threading, time
+from pathlib import Path
+from consortium.launch.supervisor import Supervisor
+
+sup = Supervisor(Path(sys.argv[1]), new_session=sys.argv[2] == "group", grace_s=5)
+code = "import time; print('READY', flush=True); time.sleep(600)"
+pids = []
+
+def start():
+    for name in ("a", "b"):
+        pids.append(sup.start(name, [sys.executable, "-c", code], ready_line="READY").process.pid)
+
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()
+print(*pids, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize(
+    ("sig", "session"),
+    [(signal.SIGKILL, "child"), (signal.SIGTERM, "group")],
+    ids=["sigkill", "sigterm-group"],
+)
+def test_children_stop_when_their_launcher_dies(
+    tmp_path: Path, sig: signal.Signals, session: str
+) -> None:
+    """Whatever the launcher dies of, its children stop within seconds; a child started
+    from a thread that has since exited lives as long as the launcher does."""
+    launcher = subprocess.Popen(
+        [*py(LAUNCHER), str(tmp_path), session], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert launcher.stdout is not None
+        pids = [int(p) for p in launcher.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+        launcher.send_signal(sig)
+        assert launcher.wait(timeout=30) == -sig
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "a child outlived its launcher"
+            time.sleep(0.05)
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+def test_the_watch_ends_with_the_supervisor(tmp_path: Path) -> None:
+    """The watcher runs while the supervisor has children and exits when it stops."""
+    sup = Supervisor(tmp_path)
+    child = sup.start("child", py("import time; print('READY', flush=True); time.sleep(60)"),
+                      ready_line="READY", timeout=30)  # fmt: skip
+    watcher = sup.watcher.pid
+    assert watcher is not None and _alive(watcher)
+    assert child.stop() == -signal.SIGTERM
+    sup.stop()
+    assert sup.watcher.pid is None and not _alive(watcher)

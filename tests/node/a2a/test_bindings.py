@@ -4,7 +4,10 @@ are about the network layer; test_node_llm.py runs the same paths with real mode
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -364,3 +367,46 @@ async def test_streaming_coalesces_tokens_per_interval(start_node: NodeStarter) 
     assert answer.text == words
     assert "".join(pieces) == words
     assert 2 <= len(pieces) < 15  # ~0.6 s of tokens in 0.1 s batches, not 30 updates
+
+
+def server_end(client_end: tuple[str, int]) -> socket.socket:
+    """The node's socket of a connection from `client_end` (this process serves it): a
+    duplicate of the descriptor whose peer is that address."""
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd.name)))
+        except OSError:
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getpeername()[:2] == client_end:
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    raise AssertionError(f"no socket serves {client_end}")
+
+
+async def test_http_sends_without_waiting_for_acks(start_node: NodeStarter) -> None:
+    """The node's end of a keep-alive HTTP connection has TCP_NODELAY: a response's
+    headers and body go out in two sends, and with Nagle's algorithm the second waited
+    for the client's delayed ACK (~40 ms on every request after a connection's first)."""
+    node = await start_node()
+    assert node.endpoints
+    url = httpx.URL(node.endpoints.http_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )  # fmt: skip
+            await reader.readexactly(length)
+        with server_end(writer.get_extra_info("sockname")[:2]) as sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        writer.close()
+        await writer.wait_closed()

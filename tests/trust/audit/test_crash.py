@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from consortium.federation.roster import Member, MemberKey, Roster
+from consortium.launch.supervisor import Watcher
 from consortium.node.audit import RosterHistory
 from consortium.trust.audit import log_origin
 from consortium.trust.audit.log import SqliteAuditLog
@@ -74,12 +75,15 @@ def test_no_acknowledged_entry_is_lost_to_sigkill(tmp_path: Path) -> None:
     path = tmp_path / "audit.sqlite3"
     rng = random.Random(14)
     acknowledged: list[str] = []
+    # Each writer is stopped if this process dies mid-trial.
+    watcher = Watcher()
     for trial in range(TRIALS):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(key_path), str(trial)],
             stdout=subprocess.PIPE,
             text=True,
         )
+        watcher.watch(proc)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         # Kill after a random number of acknowledgements, at a random moment after it.
@@ -103,6 +107,7 @@ def test_no_acknowledged_entry_is_lost_to_sigkill(tmp_path: Path) -> None:
         lost = [m for m in acknowledged if m not in logged]
         assert lost == [], (trial, lost[:5])
         assert report.entries >= len(acknowledged)
+    watcher.close()
 
     # The log reopens after the last kill and goes on.
     log = SqliteAuditLog(path, federation_id="fed", org_id="acme", key=lambda: key)

@@ -69,6 +69,7 @@ from consortium.node.a2a.http_binding import (
     serve_http,
 )
 from consortium.node.a2a.request_handler import NodeRequestHandler
+from consortium.node.admission import Admission
 from consortium.node.audit import build_audit, run_checkpoints
 from consortium.node.auth import Credentials, http_credentials, key_caller
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
@@ -539,6 +540,8 @@ def build_request_handler(
     keys: ApiKeys,
     federation: Federation | None,
     tracer: trace.Tracer,
+    admission: Admission | None = None,
+    service: NodeService | None = None,
 ) -> NodeRequestHandler:
     return NodeRequestHandler(
         agent_executor=executor,
@@ -549,6 +552,17 @@ def build_request_handler(
         keys=keys,
         anonymous_loopback=cfg.auth.anonymous_loopback,
         member_cn=cfg.tls.member_cn if cfg.tls is not None else True,
+        admission=admission,
+        uses_local_model=service.uses_local_model if service is not None else None,
+    )
+
+
+def build_admission(cfg: NodeConfig, worker: ModelWorker) -> Admission:
+    """The node's load shedding ([server] max_pending_requests, max_queue_wait_s)."""
+    return Admission(
+        lambda: worker.job_s,
+        max_pending=cfg.server.max_pending_requests,
+        max_wait_s=cfg.server.max_queue_wait_s,
     )
 
 
@@ -560,6 +574,7 @@ def build_openai_api(
     worker: ModelWorker,
     federation: Federation | None,
     handler: NodeRequestHandler,
+    admission: Admission | None = None,
 ) -> OpenAIApi:
     """The OpenAI-compatible API (/v1) over the service: the node's model, the router,
     the federation's members and the configured groups as models, [openai]'s limits,
@@ -581,6 +596,7 @@ def build_openai_api(
         anonymous_loopback=cfg.auth.anonymous_loopback,
         refused=lambda reason, what: handler.count_refusal(reason, what),
         tracer=handler.tracer,
+        admission=admission,
     )
 
 
@@ -654,6 +670,7 @@ class Node:
         self.worker = ModelWorker(backend_factory, label=config.node.org_id)
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
+        self.admission: Admission | None = None
         self.openai: OpenAIApi | None = None
         self.service: NodeService | None = None
         self.card: a2a_pb2.AgentCard | None = None
@@ -717,13 +734,29 @@ class Node:
         self.reports = build_reports(cfg, federation)
         self.witnessing = build_witnessing(cfg, federation)
         executor = build_executor(cfg, self.service, federation, self.reports, self.witnessing)
+        self.admission = build_admission(cfg, self.worker)
         self.handler = build_request_handler(
-            cfg, executor, self.store, self.card, self.keys, federation, self.tracer
+            cfg,
+            executor,
+            self.store,
+            self.card,
+            self.keys,
+            federation,
+            self.tracer,
+            self.admission,
+            self.service,
         )
         serve_a2a(self._grpc, self.handler)
         await self._grpc.start()
         self.openai = build_openai_api(
-            cfg, self.service, self.store, self.keys, self.worker, federation, self.handler
+            cfg,
+            self.service,
+            self.store,
+            self.keys,
+            self.worker,
+            federation,
+            self.handler,
+            self.admission,
         )
         app = http_app(
             self.card,
@@ -786,6 +819,8 @@ class Node:
         body.update({"org_id": cfg.node.org_id, "model": self.worker.info.name})
         if self.handler is not None:
             body["refusals"] = dict(self.handler.refusals)
+        if self.admission is not None:
+            body["load"] = self.admission.counts()
         if self.federation is not None:
             roster = self.federation.roster
             body["federation"] = {

@@ -29,7 +29,12 @@ from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
 
-from consortium.node.a2a.errors import PermissionDeniedError, UnauthenticatedError
+from consortium.node.a2a.errors import (
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+)
+from consortium.node.admission import LOAD_DOMAIN
 from consortium.node.auth import GrpcContextBuilder
 
 A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
@@ -42,6 +47,7 @@ SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
     VersionNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 SUPPORTED_MAJOR_MINOR = (1, 0)
 
@@ -56,12 +62,27 @@ class SpecGrpcHandler(GrpcHandler):
             return
         status = status_pb2.Status(code=code.value[0], message=error.message)
         detail = status.details.add()
-        detail.Pack(
-            error_details_pb2.ErrorInfo(
-                reason=A2A_ERROR_REASONS.get(type(error), "UNKNOWN_ERROR"),
-                domain="a2a-protocol.org",
+        if isinstance(error, ResourceExhaustedError):
+            # Why (OVERLOADED, BUSY) and when to come back: ErrorInfo and RetryInfo.
+            data = error.data or {}
+            seconds = int(data.get("retry_after_s", 1))
+            detail.Pack(
+                error_details_pb2.ErrorInfo(
+                    reason=str(data.get("reason", "overloaded")).upper(),
+                    domain=LOAD_DOMAIN,
+                    metadata={"retry_after_s": str(seconds)},
+                )
             )
-        )
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.seconds = seconds
+            status.details.add().Pack(retry)
+        else:
+            detail.Pack(
+                error_details_pb2.ErrorInfo(
+                    reason=A2A_ERROR_REASONS.get(type(error), "UNKNOWN_ERROR"),
+                    domain="a2a-protocol.org",
+                )
+            )
         grpc_error = status_to_grpc(status)
         context.set_trailing_metadata(tuple(grpc_error.trailing_metadata))
         await context.abort(grpc_error.code, grpc_error.details)

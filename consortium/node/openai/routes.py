@@ -7,7 +7,10 @@ allows it, the anonymous loopback user; members' signatures are not taken here (
 use A2A). A missing or invalid key is 401 invalid_api_key, counted with the A2A
 handler's refusals. A completion request is then checked against the caller's rate
 limits, parsed (400 naming the field), its model resolved (`catalogue`, 404
-model_not_found), recorded as a task (`tasks`) and answered by `NodeService.answer`.
+model_not_found), admitted by the node's load shedding (node/admission.py: 429
+`overloaded` with Retry-After when the node holds all it may, or the model's queue is
+too long), recorded as a task (`tasks`) and answered by `NodeService.answer`; it holds
+its place in the node's load until its response (or stream) ends.
 
 What the service says becomes OpenAI's answer: Answered -> the completion (streamed or
 whole); Rejected -> 400; Failed -> 500, or 503 when the model or peer could not be
@@ -43,7 +46,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from consortium.errors import NodeOverloaded
 from consortium.llm.base import TokenLogprob
+from consortium.node.admission import Admission, Ticket
 from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller
 from consortium.node.openai.catalogue import Catalogue, ModelRoute
 from consortium.node.openai.errors import (
@@ -52,6 +57,7 @@ from consortium.node.openai.errors import (
     from_validation,
     json_response,
     model_not_found,
+    overloaded,
     rate_limited,
     server_error,
     unauthorized,
@@ -76,6 +82,7 @@ from consortium.node.service import (
     NodeService,
     PeerUnfinished,
     Rejected,
+    Sampling,
     ServiceRequest,
     TaskEvent,
     TextChunk,
@@ -132,7 +139,9 @@ class OpenAIApi:
         anonymous_loopback: bool = False,
         refused: Refused = _nothing_refused,
         tracer: trace.Tracer | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission
         self.tracer = tracer or trace.NoOpTracer()
         self.service = service
         self.store = store
@@ -234,6 +243,39 @@ class OpenAIApi:
         sampling = body.sampling()
         _local_only(route, sampling.local_only)
         options = _options(route, body.token_limit(), body.temperature, body.consortium)
+        ticket = self._shed(caller, options)
+        try:
+            response = await self._run(request, caller, body, sampling, options)
+        except BaseException:
+            ticket.release()
+            raise
+        if isinstance(response, EventStream):
+            response.on_close(ticket.release)  # the stream holds its place until it ends
+        else:
+            ticket.release()
+        return response
+
+    def _shed(self, caller: Caller, options: RequestOptions) -> Ticket:
+        """The request's place in the node's load, or 429 with Retry-After."""
+        if self.admission is None:
+            return Ticket(None, None)
+        try:
+            return self.admission.admit(
+                caller.owner, local_model=self.service.uses_local_model(options, caller)
+            )
+        except NodeOverloaded as e:
+            log.warning("refused a completion for load: %s", e.reason)
+            raise overloaded(e) from None
+
+    async def _run(
+        self,
+        request: Request,
+        caller: Caller,
+        body: ChatCompletionRequest | CompletionRequest,
+        sampling: Sampling,
+        options: RequestOptions,
+    ) -> Any:
+        """An admitted completion: its task, and the answer."""
         task = TaskRecord(self.store, caller.owner)
         shape_of: type[Shape]
         if isinstance(body, ChatCompletionRequest):

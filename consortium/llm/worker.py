@@ -8,8 +8,8 @@ delays another caller's job by at most one job per flooding caller, not by the w
 flood. Within a lane, jobs run in order.
 
 The worker knows how long a job takes (`job_s`: a moving average of recent generations
-and scorings): what the node's admission (node/admission.py) estimates a queue's wait
-from.
+and scorings) and how many jobs a new job of a lane would wait for (`jobs_ahead`): what
+the node's admission (node/admission.py) estimates a queue's wait from.
 
 Generation streams back to the event loop chunk by chunk; a consumer that stops
 listening (a cancelled task) stops the generation at the next token.
@@ -108,6 +108,21 @@ class _FairQueue:
 
     def __len__(self) -> int:
         return self._size
+
+    def ahead(self, lane: str) -> int:
+        """How many queued jobs would run before a job of `lane` queued now: its lane's
+        own, and from each other lane one per round until ours (one more from a lane
+        served before ours in each round)."""
+        with self._cond:
+            mine = len(self._lanes.get(lane, ()))
+            count = mine
+            before = True
+            for name, jobs in self._lanes.items():
+                if name == lane:
+                    before = False
+                else:
+                    count += min(len(jobs), mine + 1 if before else mine)
+            return count
 
 
 class GenerationStream:
@@ -303,6 +318,11 @@ class ModelWorker:
     def queued(self) -> int:
         """Jobs waiting for the model (not counting the one it runs)."""
         return len(self._jobs)
+
+    def jobs_ahead(self, lane: str = "") -> int:
+        """The jobs that would run before a job of `lane` submitted now, the running one
+        included."""
+        return self._jobs.ahead(lane) + (self._running_since is not None)
 
     @property
     def job_s(self) -> float | None:

@@ -26,8 +26,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from consortium.errors import NodeOverloaded
 
@@ -54,18 +53,21 @@ class Ticket:
         self.release()
 
 
-class Admission:
-    """The node's bounds on work in flight (see the module docstring). `job_s`: the
-    model's recent time per job (None while unknown)."""
+class ModelLoad(Protocol):
+    """What admission reads of the model's worker (llm/worker.ModelWorker)."""
 
-    def __init__(
-        self,
-        job_s: Callable[[], float | None],
-        *,
-        max_pending: int,
-        max_wait_s: float,
-    ) -> None:
-        self._job_s = job_s
+    @property
+    def job_s(self) -> float | None: ...
+
+    def jobs_ahead(self, lane: str = "") -> int: ...
+
+
+class Admission:
+    """The node's bounds on work in flight (see the module docstring), over the model's
+    worker."""
+
+    def __init__(self, model: ModelLoad, *, max_pending: int, max_wait_s: float) -> None:
+        self._model = model
         self.max_pending = max_pending
         self.max_wait_s = max_wait_s
         self._lock = threading.Lock()
@@ -74,6 +76,7 @@ class Admission:
         self._lanes: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.admitted = 0
+        self.peak_in_flight = 0
 
     def admit(self, lane: str, *, local_model: bool, deadline_s: float | None = None) -> Ticket:
         """A ticket for a request of `lane` (the caller's owner), or NodeOverloaded.
@@ -82,7 +85,7 @@ class Admission:
         with self._lock:
             if self.max_pending and self.in_flight >= self.max_pending:
                 self.refused["overloaded"] += 1
-                per_job = self._job_s() or 1.0
+                per_job = self._model.job_s or 1.0
                 raise NodeOverloaded(
                     f"overloaded: {self.in_flight} requests in flight, the most this node "
                     "takes (server.max_pending_requests)",
@@ -93,11 +96,12 @@ class Admission:
                 self._check_wait(lane, deadline_s)
                 self._lanes[lane] += 1
             self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self.admitted += 1
             return Ticket(self, lane if local_model else None)
 
     def _check_wait(self, lane: str, deadline_s: float | None) -> None:
-        per_job = self._job_s()
+        per_job = self._model.job_s
         if per_job is None:
             return
         wait = self._ahead(lane) * per_job
@@ -119,11 +123,13 @@ class Admission:
             )
 
     def _ahead(self, lane: str) -> int:
-        """The model's jobs ahead of a new one of `lane`: the lane's own, and from every
-        other lane one more than ours at most (the worker serves lanes in turn; counting
-        each other lane as served first errs by at most one job per lane)."""
+        """The model's jobs ahead of a new one of `lane`: by the requests admitted here
+        (the lane's own, and from every other lane one more than ours at most: the worker
+        serves lanes in turn), or by the worker's queue (which also holds the node's own
+        work: canaries, routers' drafts), whichever is more."""
         mine = self._lanes[lane]
-        return mine + sum(min(n, mine + 1) for name, n in self._lanes.items() if name != lane)
+        admitted = mine + sum(min(n, mine + 1) for name, n in self._lanes.items() if name != lane)
+        return max(admitted, self._model.jobs_ahead(lane))
 
     def _release(self, lane: str | None) -> None:
         with self._lock:
@@ -136,9 +142,10 @@ class Admission:
     def counts(self) -> dict[str, Any]:
         """For /healthz: what is in flight, the model's time per job, the refusals."""
         with self._lock:
-            per_job = self._job_s()
+            per_job = self._model.job_s
             return {
                 "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
                 "model_queue": sum(self._lanes.values()),
                 "job_s": None if per_job is None else round(per_job, 3),
                 "max_pending_requests": self.max_pending,

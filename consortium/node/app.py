@@ -560,7 +560,7 @@ def build_request_handler(
 def build_admission(cfg: NodeConfig, worker: ModelWorker) -> Admission:
     """The node's load shedding ([server] max_pending_requests, max_queue_wait_s)."""
     return Admission(
-        lambda: worker.job_s,
+        worker,
         max_pending=cfg.server.max_pending_requests,
         max_wait_s=cfg.server.max_queue_wait_s,
     )
@@ -766,7 +766,12 @@ class Node:
             healthz=self._healthz,
             apis=[MountedApi(OPENAI_PREFIX, self.openai.routes(), guard_refusal)],
         )
-        self._http = http_server(app, grace_s=cfg.server.shutdown_grace_s, tls=http_tls(cfg))
+        self._http = http_server(
+            app,
+            grace_s=cfg.server.shutdown_grace_s,
+            tls=http_tls(cfg),
+            keep_alive_s=cfg.server.keep_alive_s,
+        )
         self._http_task = await serve_http(self._http, http_sock)
         endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
         if self.canaries is not None:

@@ -73,6 +73,9 @@ class ServerSection(_Section):
     # A request for the node's own model is refused when its estimated wait for the model
     # (the requests ahead of it times the model's recent time per request) exceeds this.
     max_queue_wait_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # Seconds an idle HTTP keep-alive connection stays open: longer than clients' own idle
+    # expiry, so that a client never sends on a connection the node is closing.
+    keep_alive_s: Annotated[float, Field(ge=1, le=3600)] = 75.0
 
 
 class IdentitySection(_Section):

@@ -63,14 +63,12 @@ class SpecGrpcHandler(GrpcHandler):
         status = status_pb2.Status(code=code.value[0], message=error.message)
         detail = status.details.add()
         if isinstance(error, ResourceExhaustedError):
-            # Why (OVERLOADED, BUSY) and when to come back: ErrorInfo and RetryInfo.
-            data = error.data or {}
-            seconds = int(data.get("retry_after_s", 1))
+            # Why ("overloaded", "busy") and when to come back: ErrorInfo and RetryInfo.
+            data = {str(k): str(v) for k, v in (error.data or {}).items()}
+            seconds = int(data.get("retry_after_s", "1"))
             detail.Pack(
                 error_details_pb2.ErrorInfo(
-                    reason=str(data.get("reason", "overloaded")).upper(),
-                    domain=LOAD_DOMAIN,
-                    metadata={"retry_after_s": str(seconds)},
+                    reason="RESOURCE_EXHAUSTED", domain=LOAD_DOMAIN, metadata=data
                 )
             )
             retry = error_details_pb2.RetryInfo()

@@ -18,17 +18,25 @@ RESOURCE_EXHAUSTED, HTTP 429 with Retry-After), before any work:
 The counts are this module's own, taken synchronously at admission, so a burst of
 requests arriving together is bounded as surely as a trickle. Before the model has
 finished a first job its time per job is unknown and only `max_pending` bounds. 0 turns
-either bound off. Refusals are counted by reason (`counts`, shown by /healthz).
+either bound off. Refusals are counted by reason (`counts`, shown by /healthz) and
+logged at most once per LOG_INTERVAL_S, with their number.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+import time
 from collections import Counter
 from typing import Any, Protocol
 
 from consortium.errors import NodeOverloaded
+
+log = logging.getLogger(__name__)
+
+# Refusals are logged at most once per interval (with the count since), not one line each.
+LOG_INTERVAL_S = 10.0
 
 # The ErrorInfo domain of a refusal for load over gRPC (what an origin recognises).
 LOAD_DOMAIN = "consortium"
@@ -77,11 +85,20 @@ class Admission:
         self.refused: Counter[str] = Counter()
         self.admitted = 0
         self.peak_in_flight = 0
+        self._logged_at = -math.inf
+        self._unlogged = 0
 
     def admit(self, lane: str, *, local_model: bool, deadline_s: float | None = None) -> Ticket:
         """A ticket for a request of `lane` (the caller's owner), or NodeOverloaded.
         `local_model`: the node's own model will serve it; `deadline_s`: the seconds the
         caller will wait for the answer, if it said."""
+        try:
+            return self._admit(lane, local_model, deadline_s)
+        except NodeOverloaded as e:
+            self._log(e)
+            raise
+
+    def _admit(self, lane: str, local_model: bool, deadline_s: float | None) -> Ticket:
         with self._lock:
             if self.max_pending and self.in_flight >= self.max_pending:
                 self.refused["overloaded"] += 1
@@ -130,6 +147,21 @@ class Admission:
         mine = self._lanes[lane]
         admitted = mine + sum(min(n, mine + 1) for name, n in self._lanes.items() if name != lane)
         return max(admitted, self._model.jobs_ahead(lane))
+
+    def _log(self, refusal: NodeOverloaded) -> None:
+        with self._lock:
+            self._unlogged += 1
+            now = time.monotonic()
+            if now - self._logged_at < LOG_INTERVAL_S:
+                return
+            count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        log.warning(
+            "refused %d request(s) for load in the last %g s (latest: %s; %d in flight)",
+            count,
+            LOG_INTERVAL_S,
+            refusal.reason,
+            self.in_flight,
+        )
 
     def _release(self, lane: str | None) -> None:
         with self._lock:

@@ -266,9 +266,6 @@ class NodeRequestHandler(DefaultRequestHandler):
                 deadline_s=_deadline_s(context),
             )
         except NodeOverloaded as e:
-            log.warning(
-                "refused message %s for load: %s", safe(message.message_id or "-"), e.reason
-            )
             raise overloaded(e) from None
 
     # -- messages ------------------------------------------------------------------

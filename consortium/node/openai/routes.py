@@ -264,7 +264,6 @@ class OpenAIApi:
                 caller.owner, local_model=self.service.uses_local_model(options, caller)
             )
         except NodeOverloaded as e:
-            log.warning("refused a completion for load: %s", e.reason)
             raise overloaded(e) from None
 
     async def _run(

@@ -114,16 +114,12 @@ async def run(url: str, seconds: float) -> dict[str, Any]:
     }
 
 
-async def measure(workdir: Path, name: str, delay: float, seconds: float, server: Any) -> Any:
+def start(workdir: Path, name: str, delay: float, server: dict[str, float]) -> tuple[Any, str]:
     directory = workdir / name
     directory.mkdir()
     config = directory / "node.toml"
     config.write_text(node_toml(name, delay, server))
-    child, url = start_node(config, directory / "node.log")
-    try:
-        return await run(url, seconds)
-    finally:
-        child.stop()
+    return start_node(config, directory / "node.log")
 
 
 async def main() -> None:
@@ -137,8 +133,16 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="consortium-overload-"))
     off = {"max_pending_requests": 0, "max_queue_wait_s": 0}
     on = {"max_queue_wait_s": args.max_wait}
-    a = await measure(workdir, "off", args.token_delay, args.seconds, off)
-    b = await measure(workdir, "on", args.token_delay, args.seconds, on)
+    # Both nodes start (and stop) together; the loads run one after the other.
+    (node_a, url_a), (node_b, url_b) = await asyncio.gather(
+        asyncio.to_thread(start, workdir, "off", args.token_delay, off),
+        asyncio.to_thread(start, workdir, "on", args.token_delay, on),
+    )
+    try:
+        a = await run(url_a, args.seconds)
+        b = await run(url_b, args.seconds)
+    finally:
+        await asyncio.gather(asyncio.to_thread(node_a.stop), asyncio.to_thread(node_b.stop))
     result = {
         "benchmark": "overload",
         "load": f"{LOAD:g} x capacity, open loop, /v1 chat completions of {WORDS} words",

@@ -437,7 +437,7 @@ class PeerClient:
             except (A2AError, grpc.aio.AioRpcError) as e:
                 busy = busy_of(e)
                 if busy is not None:
-                    raise PeerBusy(f"{org} is busy: {busy[0]}", busy[1]) from None
+                    raise PeerBusy(f"{org} refused the call for load: {busy[0]}", busy[1]) from None
                 raise PeerError(f"{org} did not answer: {e}", failure_of(e)) from None
             except Rejected as e:
                 span.set_attributes(

@@ -33,7 +33,8 @@ from consortium.protocols.request_options import RequestOptions
 from tests.conftest import NodeStarter
 from tests.helpers import wait_until
 from tests.integration.test_federation import Federation
-from tests.node.test_peers import Hooks, close, peer_client
+from tests.node.test_peers import Hooks, peer_client
+from tests.node.test_peers import acme as acme  # over this module's `fed`
 
 WORDS = 20
 
@@ -204,15 +205,6 @@ async def fed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Federat
         yield f
     finally:
         await f.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def acme(fed: Federation) -> AsyncIterator[tuple[PeerClient, Hooks]]:
-    client, hooks = peer_client(fed.nodes["acme"], Hooks())
-    try:
-        yield client, hooks
-    finally:
-        await close(client, fed.nodes["acme"])
 
 
 FLOODER = Caller("key", "flood")

@@ -42,6 +42,21 @@ class NodeUnavailableError(ConsortiumError):
     exit_code = 4
 
 
+class NodeOverloaded(NodeUnavailableError):
+    """A node refuses new work for now, before doing any: it holds as many requests as it
+    may (`reason` "overloaded"), or its model's queue is longer than the caller can wait
+    (`reason` "busy": the estimated wait exceeds the caller's deadline or the node's
+    bound). Nothing was done, so the request may go elsewhere at once, or come back after
+    `retry_after_s`. Over the wire: gRPC RESOURCE_EXHAUSTED, HTTP 429 with Retry-After."""
+
+    def __init__(
+        self, message: str, *, retry_after_s: float = 1.0, reason: str = "overloaded"
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.reason = reason
+
+
 class TaskError(ConsortiumError):
     """A task ended in a state other than completed (what a client sees: `consortium ask`
     and the A2A client raise it)."""

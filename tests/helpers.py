@@ -1,10 +1,12 @@
 """Small helpers several test modules share: a benchmark script loaded as a module (the
-scripts are not a package), and a backend's generation drained to its chunks and result."""
+scripts are not a package), a backend's generation drained to its chunks and result, and
+a wait for a condition with a deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import ModuleType
 
@@ -30,3 +32,12 @@ def drain(gen: Generator[Chunk, None, Completion]) -> tuple[list[Chunk], Complet
             chunks.append(next(gen))
         except StopIteration as stop:
             return chunks, stop.value
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Waits until `condition()` holds; raises TimeoutError after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("the condition did not hold in time")
+        await asyncio.sleep(0.01)

@@ -149,3 +149,12 @@ def test_live_trust_benchmark_runs_on_echo_nodes(tmp_path: Path) -> None:
     assert "benchmark node: behaviour half_wrong" in log  # byzantine_node.py ran it
     config = (work / "half_wrong-trust" / "umbrella" / "node.toml").read_text()
     assert 'backend = "echo"' in config
+
+
+def test_overload_benchmark_runs() -> None:
+    d = run("overload.py", "--seconds", "1", "--token-delay", "0.005")
+    for key in ("a_shedding_off", "b_shedding_on"):
+        figures = cast(dict[str, object], d[key])
+        assert figures["connection_errors"] == 0
+        assert 0 <= cast(float, figures["refusal_rate"]) <= 1
+    assert cast(dict[str, object], d["a_shedding_off"])["refusal_rate"] == 0

@@ -1,9 +1,18 @@
 """Runs one model on its own thread and serves it to asyncio code, one request at a time.
 
 A model context is never shared by two requests: requests queue here and the worker
-thread takes them in order. Generation streams back to the event loop chunk by chunk;
-a consumer that stops listening (a cancelled task) stops the generation at the next
-token.
+thread takes them one by one. The queue is fair between callers: each job names its
+`lane` (the caller's owner: a member organization, an API key, the loopback user), and
+the thread takes one job from each lane in turn, so a caller's flood of long generations
+delays another caller's job by at most one job per flooding caller, not by the whole
+flood. Within a lane, jobs run in order.
+
+The worker knows how long a job takes (`job_s`: a moving average of recent generations
+and scorings) and how many jobs a new job of a lane would wait for (`jobs_ahead`): what
+the node's admission (node/admission.py) estimates a queue's wait from.
+
+Generation streams back to the event loop chunk by chunk; a consumer that stops
+listening (a cancelled task) stops the generation at the next token.
 """
 
 from __future__ import annotations
@@ -11,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import queue
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +57,72 @@ def _merge(chunks: list[Chunk]) -> Chunk:
 
 
 _Job = Callable[[], None]
-_STOP = object()
+# The weight of the newest job's duration in the moving average of job durations.
+_EWMA_WEIGHT = 0.3
+
+
+@dataclass(frozen=True)
+class _Entry:
+    job: _Job
+    # Whether the job's duration counts in the average (generations and scorings do;
+    # token counting is too short to say anything about the queue).
+    timed: bool
+
+
+class _FairQueue:
+    """Jobs by lane, served round-robin: the next job is the oldest of the lane at the
+    front; a lane with more jobs goes to the back. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lanes: OrderedDict[str, deque[_Entry]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._size = 0
+
+    def put(self, lane: str, entry: _Entry) -> None:
+        with self._cond:
+            self._lanes.setdefault(lane, deque()).append(entry)
+            self._size += 1
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Ends `get` once every queued job has been taken."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def get(self) -> _Entry | None:
+        """The next job; None once stopped and empty."""
+        with self._cond:
+            while not self._lanes:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            lane, jobs = next(iter(self._lanes.items()))
+            entry = jobs.popleft()
+            self._size -= 1
+            del self._lanes[lane]
+            if jobs:
+                self._lanes[lane] = jobs  # to the back
+            return entry
+
+    def __len__(self) -> int:
+        return self._size
+
+    def ahead(self, lane: str) -> int:
+        """How many queued jobs would run before a job of `lane` queued now: its lane's
+        own, and from each other lane one per round until ours (one more from a lane
+        served before ours in each round)."""
+        with self._cond:
+            mine = len(self._lanes.get(lane, ()))
+            count = mine
+            before = True
+            for name, jobs in self._lanes.items():
+                if name == lane:
+                    before = False
+                else:
+                    count += min(len(jobs), mine + 1 if before else mine)
+            return count
 
 
 class GenerationStream:
@@ -66,10 +140,12 @@ class GenerationStream:
         request: GenerationRequest,
         cancel: threading.Event,
         coalesce_s: float = 0.0,
+        lane: str = "",
     ):
         self._worker = worker
         self._request = request
         self._coalesce_s = coalesce_s
+        self._lane = lane
         self.cancel = cancel
         self.completion: Completion | None = None
         self._iterator: AsyncGenerator[Chunk, None] | None = None
@@ -132,7 +208,7 @@ class GenerationStream:
             except Exception as e:
                 emit("error", e)
 
-        self._worker.submit(job)
+        self._worker.submit(job, lane=self._lane)
         try:
             while True:
                 kind, value = await out.get()
@@ -162,7 +238,11 @@ class ModelWorker:
     def __init__(self, factory: Callable[[], LLMBackend], *, label: str = "model") -> None:
         self._factory = factory
         self._label = label
-        self._jobs: queue.Queue[_Job | object] = queue.Queue()
+        self._jobs = _FairQueue()
+        # The moving average of timed jobs' durations (None until one has run), and when
+        # the running job started (None when idle).
+        self._job_s: float | None = None
+        self._running_since: float | None = None
         self._thread: threading.Thread | None = None
         self._backend: LLMBackend | None = None
         self._info: ModelInfo | None = None
@@ -202,27 +282,53 @@ class ModelWorker:
                 return
             self._serve()
 
+        self._jobs = _FairQueue()
         self._thread = threading.Thread(target=run, name=f"model-{self._label}", daemon=True)
         self._thread.start()
         return await loaded
 
     def _serve(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is _STOP:
+            entry = self._jobs.get()
+            if entry is None:
                 break
-            assert callable(job)
+            started = time.monotonic()
+            self._running_since = started
             try:
-                job()
+                entry.job()
             except Exception:  # jobs report their own errors; this is a last resort
                 log.exception("model job failed")
+            finally:
+                self._running_since = None
+            if entry.timed:
+                took = time.monotonic() - started
+                last = self._job_s
+                self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
         if self._backend is not None:
             self._backend.close()
 
-    def submit(self, job: _Job) -> None:
+    def submit(self, job: _Job, *, lane: str = "", timed: bool = True) -> None:
+        """Queues `job` in `lane` (see the module docstring); `timed`: its duration counts
+        in the average job time."""
         if self._thread is None or not self._thread.is_alive():
             raise ModelError("model worker is not running")
-        self._jobs.put(job)
+        self._jobs.put(lane, _Entry(job, timed))
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for the model (not counting the one it runs)."""
+        return len(self._jobs)
+
+    def jobs_ahead(self, lane: str = "") -> int:
+        """The jobs that would run before a job of `lane` submitted now, the running one
+        included."""
+        return self._jobs.ahead(lane) + (self._running_since is not None)
+
+    @property
+    def job_s(self) -> float | None:
+        """The recent average duration of a generation or scoring (None before the
+        first)."""
+        return self._job_s
 
     def generate(
         self,
@@ -230,10 +336,13 @@ class ModelWorker:
         cancel: threading.Event | None = None,
         *,
         coalesce_s: float = 0.0,
+        lane: str = "",
     ) -> GenerationStream:
-        return GenerationStream(self, request, cancel or threading.Event(), coalesce_s)
+        return GenerationStream(self, request, cancel or threading.Event(), coalesce_s, lane)
 
-    async def call(self, fn: Callable[[LLMBackend], Any]) -> Any:
+    async def call(
+        self, fn: Callable[[LLMBackend], Any], *, lane: str = "", timed: bool = True
+    ) -> Any:
         """Runs fn(backend) on the worker thread, in turn with generations."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -254,20 +363,22 @@ class ModelWorker:
             else:
                 loop.call_soon_threadsafe(settle, result, None)
 
-        self.submit(job)
+        self.submit(job, lane=lane, timed=timed)
         return await fut
 
-    async def score(self, prompt: str, continuations: Sequence[str]) -> list[float]:
-        result: list[float] = await self.call(lambda b: b.score(prompt, continuations))
+    async def score(
+        self, prompt: str, continuations: Sequence[str], *, lane: str = ""
+    ) -> list[float]:
+        result: list[float] = await self.call(lambda b: b.score(prompt, continuations), lane=lane)
         return result
 
     async def count_tokens(self, text: str) -> int:
-        result: int = await self.call(lambda b: b.count_tokens(text))
+        result: int = await self.call(lambda b: b.count_tokens(text), timed=False)
         return result
 
     async def stop(self, timeout: float = 30.0) -> None:
         if self._thread is None:
             return
-        self._jobs.put(_STOP)
+        self._jobs.stop()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join, timeout)
         self._thread = None

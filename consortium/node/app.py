@@ -69,6 +69,7 @@ from consortium.node.a2a.http_binding import (
     serve_http,
 )
 from consortium.node.a2a.request_handler import NodeRequestHandler
+from consortium.node.admission import Admission
 from consortium.node.audit import build_audit, run_checkpoints
 from consortium.node.auth import Credentials, http_credentials, key_caller
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
@@ -540,6 +541,8 @@ def build_request_handler(
     federation: Federation | None,
     tracer: trace.Tracer,
     limits: CallerLimits,
+    admission: Admission | None = None,
+    service: NodeService | None = None,
 ) -> NodeRequestHandler:
     return NodeRequestHandler(
         agent_executor=executor,
@@ -551,6 +554,8 @@ def build_request_handler(
         anonymous_loopback=cfg.auth.anonymous_loopback,
         member_cn=cfg.tls.member_cn if cfg.tls is not None else True,
         limits=limits,
+        admission=admission,
+        uses_local_model=service.uses_local_model if service is not None else None,
     )
 
 
@@ -567,6 +572,15 @@ def build_limits(cfg: NodeConfig) -> CallerLimits:
     )
 
 
+def build_admission(cfg: NodeConfig, worker: ModelWorker) -> Admission:
+    """The node's load shedding ([server] max_pending_requests, max_queue_wait_s)."""
+    return Admission(
+        worker,
+        max_pending=cfg.server.max_pending_requests,
+        max_wait_s=cfg.server.max_queue_wait_s,
+    )
+
+
 def build_openai_api(
     cfg: NodeConfig,
     service: NodeService,
@@ -576,6 +590,7 @@ def build_openai_api(
     federation: Federation | None,
     handler: NodeRequestHandler,
     limits: CallerLimits,
+    admission: Admission | None = None,
 ) -> OpenAIApi:
     """The OpenAI-compatible API (/v1) over the service: the node's model, the router,
     the federation's members and the configured groups as models, the A2A handler's
@@ -596,6 +611,7 @@ def build_openai_api(
         anonymous_loopback=cfg.auth.anonymous_loopback,
         refused=lambda reason, what: handler.count_refusal(reason, what),
         tracer=handler.tracer,
+        admission=admission,
     )
 
 
@@ -669,6 +685,7 @@ class Node:
         self.worker = ModelWorker(backend_factory, label=config.node.org_id)
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
+        self.admission: Admission | None = None
         self.openai: OpenAIApi | None = None
         self.limits: CallerLimits | None = None
         self.service: NodeService | None = None
@@ -734,8 +751,18 @@ class Node:
         self.witnessing = build_witnessing(cfg, federation)
         executor = build_executor(cfg, self.service, federation, self.reports, self.witnessing)
         self.limits = build_limits(cfg)
+        self.admission = build_admission(cfg, self.worker)
         self.handler = build_request_handler(
-            cfg, executor, self.store, self.card, self.keys, federation, self.tracer, self.limits
+            cfg,
+            executor,
+            self.store,
+            self.card,
+            self.keys,
+            federation,
+            self.tracer,
+            self.limits,
+            self.admission,
+            self.service,
         )
         serve_a2a(self._grpc, self.handler)
         await self._grpc.start()
@@ -748,6 +775,7 @@ class Node:
             federation,
             self.handler,
             self.limits,
+            self.admission,
         )
         app = http_app(
             self.card,
@@ -757,7 +785,12 @@ class Node:
             healthz=self._healthz,
             apis=[MountedApi(OPENAI_PREFIX, self.openai.routes(), guard_refusal)],
         )
-        self._http = http_server(app, grace_s=cfg.server.shutdown_grace_s, tls=http_tls(cfg))
+        self._http = http_server(
+            app,
+            grace_s=cfg.server.shutdown_grace_s,
+            tls=http_tls(cfg),
+            keep_alive_s=cfg.server.keep_alive_s,
+        )
         self._http_task = await serve_http(self._http, http_sock)
         endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
         if self.canaries is not None:
@@ -809,6 +842,8 @@ class Node:
         body.update({"org_id": cfg.node.org_id, "model": self.worker.info.name})
         if self.handler is not None:
             body["refusals"] = dict(self.handler.refusals)
+        if self.admission is not None:
+            body["load"] = self.admission.counts()
         if self.federation is not None:
             roster = self.federation.roster
             body["federation"] = {

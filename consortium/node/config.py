@@ -69,6 +69,16 @@ class ServerSection(_Section):
     stream_interval_s: Annotated[float, Field(ge=0, le=5)] = 0.05
     # Finished tasks older than this are deleted (checked at start and hourly); 0 keeps all.
     task_retention_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
+    # Load shedding (node/admission.py; 0 turns a bound off). Requests for work (A2A tasks
+    # and scorings, /v1 completions) in flight at once; more are refused at once (429 /
+    # RESOURCE_EXHAUSTED) rather than queued.
+    max_pending_requests: Annotated[int, Field(ge=0, le=1_000_000)] = 128
+    # A request for the node's own model is refused when its estimated wait for the model
+    # (the requests ahead of it times the model's recent time per request) exceeds this.
+    max_queue_wait_s: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # Seconds an idle HTTP keep-alive connection stays open: longer than clients' own idle
+    # expiry, so that a client never sends on a connection the node is closing.
+    keep_alive_s: Annotated[float, Field(ge=1, le=3600)] = 75.0
 
 
 class IdentitySection(_Section):

@@ -45,11 +45,18 @@ from a2a.client.errors import A2AClientTimeoutError
 from a2a.types import a2a_pb2
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 from a2a.utils.errors import A2AError
+from a2a.utils.grpc_status import status_from_call
 from google.protobuf.json_format import MessageToDict
+from google.rpc import error_details_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from consortium.errors import NodeUnavailableError, RequestRejected, UntrustedAnswer
+from consortium.errors import (
+    NodeOverloaded,
+    NodeUnavailableError,
+    RequestRejected,
+    UntrustedAnswer,
+)
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.client import open_client, text_message
 from consortium.node.telemetry import traceparent
@@ -75,6 +82,18 @@ class PeerError(NodeUnavailableError):
     def __init__(self, message: str, failure: str = "") -> None:
         super().__init__(message)
         self.failure = failure
+
+
+class PeerBusy(PeerError, NodeOverloaded):
+    """The peer refused the call for load (gRPC RESOURCE_EXHAUSTED: its model's queue is
+    longer than this call's deadline, or it holds all the work it takes) before doing
+    any: nothing to verify and nothing against its reputation; another peer may be asked
+    at once, or this one after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        PeerError.__init__(self, message, "busy")
+        self.retry_after_s = retry_after_s
+        self.reason = "busy"
 
 
 class PeerQuarantined(RequestRejected):
@@ -370,7 +389,8 @@ class PeerClient:
                 raise UntrustedAnswer(call.refused.format(org=org, error=e)) from None
             except PeerError as e:
                 span.set_attribute("consortium.failure", e.failure)
-                self.assessor.assess(Verdict(org, request, None, failure=e.failure))
+                if not isinstance(e, PeerBusy):  # a refusal for load says nothing of it
+                    self.assessor.assess(Verdict(org, request, None, failure=e.failure))
                 raise
             claim = self._claim(org, reply.message)
             self.assessor.assess(Verdict(org, request, reply.message, claim=claim))
@@ -414,6 +434,9 @@ class PeerClient:
             try:
                 reply = await self._receive(client, org, request, request_digest, call, on_text)
             except (A2AError, grpc.aio.AioRpcError) as e:
+                busy = busy_of(e)
+                if busy is not None:
+                    raise PeerBusy(f"{org} refused the call for load: {busy[0]}", busy[1]) from None
                 raise PeerError(f"{org} did not answer: {e}", failure_of(e)) from None
             except Rejected as e:
                 span.set_attributes(
@@ -491,6 +514,35 @@ def failure_of(error: BaseException) -> str:
         if rpc.code() == grpc.StatusCode.UNAVAILABLE:
             return "unreachable"
     return "no_reply"
+
+
+def busy_of(error: BaseException) -> tuple[str, float] | None:
+    """The peer's words and its seconds to wait when `error` is its refusal for load
+    (RESOURCE_EXHAUSTED with Consortium's ErrorInfo; a message over grpc's size limit is
+    RESOURCE_EXHAUSTED too, and is not one); None for any other error."""
+    rpc = error if isinstance(error, grpc.aio.AioRpcError) else error.__cause__
+    if not isinstance(rpc, grpc.aio.AioRpcError):
+        return None
+    if rpc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    status = status_from_call(rpc)
+    shed = False
+    retry_after_s = 1.0
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            shed = shed or (
+                info.reason == "RESOURCE_EXHAUSTED"
+                and info.metadata.get("reason") in ("overloaded", "busy")
+            )
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after_s = max(retry.retry_delay.ToTimedelta().total_seconds(), 0.0)
+    if not shed:
+        return None
+    return str(rpc.details() or "resource exhausted")[:300], retry_after_s
 
 
 TOKEN_KEYS = ("tokens", "inputTokens", "outputTokens")

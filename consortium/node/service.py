@@ -138,6 +138,8 @@ class ServiceRequest:
     conversation: tuple[ChatMessage, ...] = ()
     sampling: Sampling = field(default_factory=Sampling)
     raw_prompt: bool = False
+    # The caller's place in the model's fair queue (llm/worker.py): set by `answer`.
+    lane: str = ""
 
     @property
     def sent_text(self) -> str:
@@ -301,6 +303,7 @@ class NodeService:
         reservation.claim()
         scope = TaskRedaction(request.task_id)
         used = _Usage(len(request.sent_text.encode()))
+        request = replace(request, lane=caller.owner)
         try:
             async with contextlib.aclosing(self._answer(request, caller, scope)) as events:
                 async for event in events:
@@ -359,6 +362,14 @@ class NodeService:
             return
         async for event in self._generate(request):
             yield event
+
+    def uses_local_model(self, options: RequestOptions, caller: Caller) -> bool:
+        """Whether answering a request with `options` for `caller` may take a turn of the
+        local model: everything but a task sent to a named peer (a member's task is always
+        answered here; a router or a group may ask the local model)."""
+        if caller.kind == "member" and caller.id != self._settings.org_id:
+            return True
+        return options.peer is None or options.mode == "score"
 
     def _stays_local(self, options: RequestOptions) -> bool:
         """Whether a request with `options` is answered by the local model, whatever the
@@ -435,7 +446,9 @@ class NodeService:
                 "a2a.task.id": request.task_id,
             },
         ) as span:
-            stream = self._worker.generate(generation, coalesce_s=s.stream_interval_s)
+            stream = self._worker.generate(
+                generation, coalesce_s=s.stream_interval_s, lane=request.lane
+            )
             try:
                 async with stream:
                     async for chunk in stream:

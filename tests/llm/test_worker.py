@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import pytest
 
 from consortium.errors import UnsupportedByModel
-from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams, ResponseFormat
+from consortium.llm.base import (
+    ChatMessage,
+    Chunk,
+    Completion,
+    GenerationParams,
+    LLMBackend,
+    ResponseFormat,
+)
 from consortium.llm.echo import EchoBackend
 from consortium.llm.worker import GenerationRequest, ModelWorker
+from tests.helpers import wait_until
 
 
 class CountingEcho(EchoBackend):
@@ -114,3 +122,49 @@ async def test_refused_response_format_fails_the_request_not_the_worker() -> Non
     finally:
         await worker.stop()
     assert after.text == "a b"
+
+
+async def test_the_queue_takes_one_job_per_caller_in_turn() -> None:
+    """A caller's flood does not starve another caller: while one job runs, six of
+    "local"'s wait, then one of "peer"'s; the peer's runs second, not seventh."""
+    worker = ModelWorker(lambda: EchoBackend())
+    await worker.start()
+    ran: list[str] = []
+    gate = threading.Event()
+    try:
+        first = asyncio.ensure_future(worker.call(lambda b: gate.wait(30), lane="local"))
+        await wait_until(lambda: worker.jobs_ahead("local") == 1)  # the gate job runs
+
+        def job(name: str) -> Callable[[LLMBackend], None]:
+            return lambda b: ran.append(name)
+
+        queued = [
+            asyncio.ensure_future(worker.call(job(f"local{i}"), lane="local")) for i in range(6)
+        ]
+        await wait_until(lambda: worker.queued == 6)
+        # A job of the peer's would wait for the running one and one of local's.
+        assert worker.jobs_ahead("peer") == 2
+        assert worker.jobs_ahead("local") == 7
+        queued.append(asyncio.ensure_future(worker.call(job("peer"), lane="peer")))
+        await wait_until(lambda: worker.queued == 7)
+        gate.set()
+        await asyncio.gather(first, *queued)
+    finally:
+        gate.set()
+        await worker.stop()
+    assert ran == ["local0", "peer", "local1", "local2", "local3", "local4", "local5"]
+
+
+async def test_the_worker_learns_how_long_a_job_takes() -> None:
+    worker = ModelWorker(lambda: EchoBackend())
+    await worker.start()
+    try:
+        assert worker.job_s is None
+        await worker.generate(
+            GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b"),))
+        ).collect()
+        assert worker.job_s is not None and worker.job_s > 0
+        await worker.count_tokens("untimed")  # too short to say anything about the queue
+        assert worker.queued == 0 and worker.jobs_ahead() == 0
+    finally:
+        await worker.stop()

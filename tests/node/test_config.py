@@ -296,3 +296,15 @@ def test_audit_settings(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=needle):
             parse_config({**base, "audit": bad}, path=tmp_path / "node.toml")
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["max_pending_requests = -1", "max_queue_wait_s = -0.5", "keep_alive_s = 0"],
+)
+def test_load_settings_name_the_key(tmp_path: Path, line: str) -> None:
+    cfg = load_config(write(tmp_path, "[node]\norg_id = 'a'\n"))
+    assert (cfg.server.max_pending_requests, cfg.server.max_queue_wait_s) == (128, 30.0)
+    assert cfg.server.keep_alive_s == 75.0
+    msg = error_for(write(tmp_path, f"[node]\norg_id = 'a'\n[server]\n{line}\n"))
+    assert f"server.{line.split()[0]}" in msg

@@ -142,7 +142,7 @@ async def close(client: PeerClient, node: Node) -> None:
     node.federation.verifier.audit = node.federation.audit
 
 
-def peer_client(node: Node, hooks: Hooks) -> tuple[PeerClient, Hooks]:
+def peer_client(node: Node, hooks: Hooks, timeout_s: float = 30.0) -> tuple[PeerClient, Hooks]:
     """A client with acme's own signer and verifier, both auditing to `hooks`."""
     federation = node.federation
     assert federation is not None
@@ -153,7 +153,7 @@ def peer_client(node: Node, hooks: Hooks) -> tuple[PeerClient, Hooks]:
         signer=signer,
         verifier=verifier,
         roster=federation.roster,
-        timeout_s=30.0,
+        timeout_s=timeout_s,
         redactor=hooks,
         assessor=hooks,
         credentials=node.config.client_credentials(),

@@ -2,13 +2,15 @@
 
 The A2A specification (3.3.2) names gRPC UNAUTHENTICATED / PERMISSION_DENIED and leaves
 JSON-RPC to a custom error; Consortium uses -32040 and -32041 (the implementation-defined
-server-error range), and -32042 for a caller over its limits (gRPC RESOURCE_EXHAUSTED),
-registered in a2a-sdk's error tables at import. Each carries a `google.rpc.ErrorInfo`
-(domain a2a-protocol.org, as a2a-sdk's own errors) whose `reason` names the error —
-UNAUTHENTICATED, PERMISSION_DENIED, RATE_LIMIT_EXCEEDED — rather than a2a-sdk's
-UNKNOWN_ERROR for a class it does not know, and whose metadata is the error's `data`
-(strings): the refusal's reason (`invalid_key`, `no_credentials`, `tls_mismatch`,
-`bad_signature`...), or the limit and the seconds to wait.
+server-error range), and -32042 for a caller over its limits or a node refusing for load
+(gRPC RESOURCE_EXHAUSTED), registered in a2a-sdk's error tables at import. Each carries a
+`google.rpc.ErrorInfo` (domain a2a-protocol.org, as a2a-sdk's own errors) whose `reason`
+names the error — UNAUTHENTICATED, PERMISSION_DENIED, RATE_LIMIT_EXCEEDED (a caller over
+its `[limits]`), RESOURCE_EXHAUSTED (the node refusing for load: errors.NodeOverloaded) —
+rather than a2a-sdk's UNKNOWN_ERROR for a class it does not know, and whose metadata is
+the error's `data` (strings): the refusal's reason (`invalid_key`, `no_credentials`,
+`tls_mismatch`, `bad_signature`..., or `overloaded` / `busy`), the limit, and the seconds
+to wait (`retryAfterSeconds`, also sent as a RetryInfo over gRPC).
 
 A refusal tells the sender only what `Rejected` lets out (`external_*`): a non-member, an
 unknown key and a bad signature all read "signature not accepted", so the error does not
@@ -29,12 +31,13 @@ from a2a.utils.errors import (
     ErrorMapping,
 )
 
-from consortium.errors import RateLimited
+from consortium.errors import NodeOverloaded, RateLimited
 from consortium.trust.refusals import Rejected
 
 JSONRPC_UNAUTHENTICATED = -32040
 JSONRPC_PERMISSION_DENIED = -32041
 JSONRPC_RATE_LIMITED = -32042
+JSONRPC_RESOURCE_EXHAUSTED = -32042
 
 
 class UnauthenticatedError(A2AError):
@@ -46,7 +49,15 @@ class PermissionDeniedError(A2AError):
 
 
 class RateLimitedError(A2AError):
+    """A caller over one of its limits; `data`: {"limit", "retryAfterSeconds"}."""
+
     message = "Rate limit exceeded"
+
+
+class ResourceExhaustedError(A2AError):
+    """Refused for load, before any work; `data`: {"reason", "retryAfterSeconds"}."""
+
+    message = "Resource exhausted"
 
 
 _MAPPINGS: tuple[tuple[type[A2AError], int, ErrorMapping], ...] = (
@@ -64,6 +75,11 @@ _MAPPINGS: tuple[tuple[type[A2AError], int, ErrorMapping], ...] = (
         RateLimitedError,
         JSONRPC_RATE_LIMITED,
         ErrorMapping(429, "RESOURCE_EXHAUSTED", "RATE_LIMIT_EXCEEDED"),
+    ),
+    (
+        ResourceExhaustedError,
+        JSONRPC_RESOURCE_EXHAUSTED,
+        ErrorMapping(429, "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"),
     ),
 )
 for _error, _code, _mapping in _MAPPINGS:
@@ -91,4 +107,15 @@ def from_rejection(rejected: Rejected) -> A2AError:
     return cls(
         message=f"message refused: {rejected.external_message}",
         data={"reason": rejected.external_reason},
+    )
+
+
+def overloaded(error: NodeOverloaded) -> ResourceExhaustedError:
+    """The A2A error for a request the node refused for load."""
+    return ResourceExhaustedError(
+        message=str(error),
+        data={
+            "reason": error.reason,
+            "retryAfterSeconds": str(max(1, math.ceil(error.retry_after_s))),
+        },
     )

@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from consortium.node.a2a.errors import (
     PermissionDeniedError,
     RateLimitedError,
+    ResourceExhaustedError,
     UnauthenticatedError,
 )
 from consortium.node.auth import GrpcContextBuilder
@@ -47,6 +48,7 @@ SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     RateLimitedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 SUPPORTED_MAJOR_MINOR = (1, 0)
 

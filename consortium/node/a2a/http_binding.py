@@ -89,6 +89,12 @@ def http_app(
     return CardLastModified(guard, AGENT_CARD_WELL_KNOWN_PATH)
 
 
+# Connections the kernel completes before the server accepts them: a burst of clients
+# connecting at once beyond it waits for SYN retransmissions (1 s, 3 s...). The kernel
+# caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
 def bind_tcp(host: str, port: int) -> socket.socket:
     """A listening socket whose connections send without Nagle's delay. asyncio sets
     TCP_NODELAY on an accepted socket only when its protocol says IPPROTO_TCP, which a
@@ -100,7 +106,7 @@ def bind_tcp(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
-    sock.listen(128)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -128,14 +134,24 @@ class QuietServer(uvicorn.Server):
         yield
 
 
-def http_server(app: ASGIApp, *, grace_s: float, tls: dict[str, Any]) -> QuietServer:
-    """A uvicorn server for `app`; `tls`: uvicorn's TLS options (empty: plain HTTP)."""
+def http_server(
+    app: ASGIApp, *, grace_s: float, tls: dict[str, Any], keep_alive_s: float = 75.0
+) -> QuietServer:
+    """A uvicorn server for `app`; `tls`: uvicorn's TLS options (empty: plain HTTP).
+
+    `keep_alive_s`: how long an idle keep-alive connection stays open. A client that
+    sends its next request just as the server closes the connection gets a reset and no
+    answer (httpx: ReadError); uvicorn's default of 5 s equals httpx's (and the OpenAI
+    SDK's) own idle expiry, so that race was lost whenever a client paused about 5 s.
+    Longer than the common clients' expiry (httpx 5 s, aiohttp 15 s, Node 4 s), the
+    client closes first and never sends on a connection the server is closing."""
     return QuietServer(
         uvicorn.Config(
             app,
             log_level="warning",
             lifespan="off",
             access_log=False,
+            timeout_keep_alive=max(1, round(keep_alive_s)),
             timeout_graceful_shutdown=int(grace_s) or None,
             http=PeerCertificateProtocol,
             **tls,

@@ -7,6 +7,12 @@ proof, a local user or app by its API key, or the anonymous loopback user where 
 The caller's scope becomes the a2a-sdk user, which scopes the task store: a caller sees
 and touches only its own tasks, and anything else is "task not found". Refusals are
 counted per reason and logged with escaped identifiers only, never the payload.
+
+A message asking for work (a task, a scoring request) is then admitted by the node's
+load shedding (node/admission.py), with the caller's gRPC deadline when it set one, and
+holds its place until its response or stream ends; a request refused for load gets
+RESOURCE_EXHAUSTED (JSON-RPC -32042) at once. Control messages (feedback, trust reports,
+checkpoints, proofs) are never shed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from google.protobuf.message import Message as ProtoMessage
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from consortium.errors import RateLimited
+from consortium.errors import NodeOverloaded, RateLimited
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies, may_reply_directly
 from consortium.node.a2a.errors import (
@@ -34,8 +40,10 @@ from consortium.node.a2a.errors import (
     UnauthenticatedError,
     from_rate_limited,
     from_rejection,
+    overloaded,
 )
-from consortium.node.a2a.validation import validate_send_request
+from consortium.node.a2a.validation import MESSAGE_ONLY_MODES, requested_mode, validate_send_request
+from consortium.node.admission import Admission, Ticket
 from consortium.node.auth import (
     ANONYMOUS,
     Caller,
@@ -47,7 +55,7 @@ from consortium.node.auth import (
 from consortium.node.config import NodeConfig
 from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
 from consortium.node.telemetry import context_from
-from consortium.protocols.request_options import request_options
+from consortium.protocols.request_options import RequestOptions, request_options
 from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.claims import SignedParts, read_signed
@@ -74,9 +82,14 @@ class NodeRequestHandler(DefaultRequestHandler):
         anonymous_loopback: bool = False,
         member_cn: bool = True,
         limits: CallerLimits | None = None,
+        admission: Admission | None = None,
+        uses_local_model: Callable[[RequestOptions, Caller], bool] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.admission = admission
+        # Whether a request may take a turn of the node's model (the service decides).
+        self.uses_local_model = uses_local_model or (lambda options, caller: True)
         self.tracer = tracer
         self.verifier = verifier
         self.keys = keys
@@ -275,6 +288,32 @@ class NodeRequestHandler(DefaultRequestHandler):
         context.state[VERIFIED_KEY] = verified
         return verified
 
+    def _shed(
+        self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
+    ) -> Ticket | None:
+        """The admitted message's place in the node's load (None for a control message,
+        or a node without bounds); raises RESOURCE_EXHAUSTED when the node refuses it."""
+        caller = caller_of(context)
+        if self.admission is None or caller is None:
+            return None
+        message = params.message
+        if requested_mode(message) in MESSAGE_ONLY_MODES:
+            return None
+        try:
+            options = request_options(message)
+        except ValueError:
+            return None  # refused as it is, at no cost
+        if options.feedback is not None:
+            return None
+        try:
+            return self.admission.admit(
+                caller.owner,
+                local_model=self.uses_local_model(options, caller),
+                deadline_s=_deadline_s(context),
+            )
+        except NodeOverloaded as e:
+            raise overloaded(e) from None
+
     # -- messages ------------------------------------------------------------------
 
     def _receive_span(
@@ -310,21 +349,22 @@ class NodeRequestHandler(DefaultRequestHandler):
         span, parts = self._receive_span("SendMessage", params)
         with trace.use_span(span, end_on_exit=True):
             params = self._admit_message("SendMessage", params, parts, context)
-            executor = self.agent_executor
-            if isinstance(executor, DirectReplies) and may_reply_directly(params):
-                validate_required_fields(params)
-                reply = await executor.reply(params.message, context)
-                if reply is not None:
-                    return reply
-            reservation = self._reserve(params, context)
-            try:
-                result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
-                    params, context
-                )
-            except BaseException:
-                reservation.release_unclaimed()
-                raise
-            return result
+            with self._shed(params, context) or Ticket(None, None):
+                executor = self.agent_executor
+                if isinstance(executor, DirectReplies) and may_reply_directly(params):
+                    validate_required_fields(params)
+                    reply = await executor.reply(params.message, context)
+                    if reply is not None:
+                        return reply
+                reservation = self._reserve(params, context)
+                try:
+                    result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
+                        params, context
+                    )
+                except BaseException:
+                    reservation.release_unclaimed()
+                    raise
+                return result
 
     async def on_message_send_stream(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
@@ -334,10 +374,12 @@ class NodeRequestHandler(DefaultRequestHandler):
         # attached in one cannot be detached in another.
         validate_send_request(params)
         span, parts = self._receive_span("SendStreamingMessage", params)
+        ticket: Ticket | None = None
         reservation: Reservation | None = None
         try:
             with trace.use_span(span, end_on_exit=False):
                 params = self._admit_message("SendStreamingMessage", params, parts, context)
+                ticket = self._shed(params, context)
                 reservation = self._reserve(params, context)
                 stream = super().on_message_send_stream(params, context)
             while True:
@@ -352,6 +394,8 @@ class NodeRequestHandler(DefaultRequestHandler):
                 reservation.release_unclaimed()
             raise
         finally:
+            if ticket is not None:
+                ticket.release()
             span.end()
 
     # -- task methods --------------------------------------------------------------
@@ -423,6 +467,21 @@ class NodeRequestHandler(DefaultRequestHandler):
         self._admit("GetExtendedAgentCard", params, context)
         result: a2a_pb2.AgentCard = await super().on_get_extended_agent_card(params, context)
         return result
+
+
+def _deadline_s(context: ServerCallContext) -> float | None:
+    """The seconds left before the caller's gRPC deadline (None without one, or over
+    JSON-RPC)."""
+    grpc_context = context.state.get("grpc_context")
+    remaining = getattr(grpc_context, "time_remaining", None)
+    if remaining is None:
+        return None
+    value = remaining()
+    return value if isinstance(value, int | float) and value < _NO_DEADLINE_S else None
+
+
+# grpc reports a call without a deadline as one far in the future.
+_NO_DEADLINE_S = 365 * 86400.0
 
 
 def validate_required_fields(params: a2a_pb2.SendMessageRequest) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from consortium.errors import NodeOverloaded
 from consortium.node.a2a.http_guard import Refusal
 
 INVALID_REQUEST = "invalid_request_error"
@@ -92,6 +93,19 @@ def rate_limited(message: str, retry_after_s: float, kind: str) -> OpenAIError:
         f"{message}; try again in {seconds} s",
         type=kind,
         code="rate_limit_exceeded",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def overloaded(error: NodeOverloaded) -> OpenAIError:
+    """429 for a request the node refused for load (errors.NodeOverloaded), with
+    Retry-After; `code` "overloaded", `type` its reason ("overloaded", "busy")."""
+    seconds = max(1, math.ceil(error.retry_after_s))
+    return OpenAIError(
+        429,
+        f"{error}; try again in {seconds} s",
+        type=error.reason,
+        code="overloaded",
         headers={"Retry-After": str(seconds)},
     )
 

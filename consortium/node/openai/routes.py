@@ -9,8 +9,11 @@ handler's refusals. Every call on every route is then counted against the caller
 requests per minute (node.limits, the same limiter as A2A's; 429 with Retry-After). A
 completion request is parsed (400 naming the field), its model resolved (`catalogue`,
 404 model_not_found), its tokens (prompt + max_tokens) and a place among the caller's
-requests in progress reserved (429), recorded as a task (`tasks`) and answered by
-`NodeService.answer`, which settles the reservation when the task ends.
+requests in progress reserved (429), admitted by the node's load shedding
+(node/admission.py: 429 `overloaded` with Retry-After when the node holds all it may, or
+the model's queue is too long), recorded as a task (`tasks`) and answered by
+`NodeService.answer`, which settles the reservation when the task ends; it holds its
+place in the node's load until its response (or stream) ends.
 
 What the service says becomes OpenAI's answer: Answered -> the completion (streamed or
 whole); Rejected -> 400; Failed -> 500, or 503 when the model or peer could not be
@@ -45,8 +48,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from consortium.errors import RateLimited
+from consortium.errors import NodeOverloaded, RateLimited
 from consortium.llm.base import TokenLogprob
+from consortium.node.admission import Admission, Ticket
 from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller
 from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
 from consortium.node.openai.catalogue import Catalogue, ModelRoute
@@ -56,6 +60,7 @@ from consortium.node.openai.errors import (
     from_validation,
     json_response,
     model_not_found,
+    overloaded,
     rate_limited,
     server_error,
     unauthorized,
@@ -79,6 +84,7 @@ from consortium.node.service import (
     NodeService,
     PeerUnfinished,
     Rejected,
+    Sampling,
     ServiceRequest,
     TaskEvent,
     TextChunk,
@@ -132,7 +138,9 @@ class OpenAIApi:
         anonymous_loopback: bool = False,
         refused: Refused = _nothing_refused,
         tracer: trace.Tracer | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission
         self.tracer = tracer or trace.NoOpTracer()
         self.service = service
         self.store = store
@@ -245,6 +253,38 @@ class OpenAIApi:
         sampling = body.sampling()
         _local_only(route, sampling.local_only)
         options = _options(route, body.token_limit(), body.temperature, body.consortium)
+        ticket = self._shed(caller, options)
+        try:
+            response = await self._run(request, caller, body, sampling, options)
+        except BaseException:
+            ticket.release()
+            raise
+        if isinstance(response, EventStream):
+            response.on_close(ticket.release)  # the stream holds its place until it ends
+        else:
+            ticket.release()
+        return response
+
+    def _shed(self, caller: Caller, options: RequestOptions) -> Ticket:
+        """The request's place in the node's load, or 429 with Retry-After."""
+        if self.admission is None:
+            return Ticket(None, None)
+        try:
+            return self.admission.admit(
+                caller.owner, local_model=self.service.uses_local_model(options, caller)
+            )
+        except NodeOverloaded as e:
+            raise overloaded(e) from None
+
+    async def _run(
+        self,
+        request: Request,
+        caller: Caller,
+        body: ChatCompletionRequest | CompletionRequest,
+        sampling: Sampling,
+        options: RequestOptions,
+    ) -> Any:
+        """An admitted completion: its task, and the answer."""
         task = TaskRecord(self.store, caller.owner)
         shape_of: type[Shape]
         if isinstance(body, ChatCompletionRequest):

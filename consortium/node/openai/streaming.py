@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -65,11 +65,20 @@ class EventStream:
 
     def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
         self._events = events
+        self._closing: list[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` once the stream has ended, however it ends."""
+        self._closing.append(callback)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with contextlib.suppress(ClientGone):
-            async with until_disconnect(receive):
-                await self._send(send)
+        try:
+            with contextlib.suppress(ClientGone):
+                async with until_disconnect(receive):
+                    await self._send(send)
+        finally:
+            for callback in self._closing:
+                callback()
 
     async def _send(self, send: Send) -> None:
         await send(

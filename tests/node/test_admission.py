@@ -1,0 +1,76 @@
+"""The node's admission (node/admission.py) at a known model pace: the bound on requests
+in flight, the wait estimated from the requests admitted before (fairly, one per other
+caller), refusals against a caller's deadline and the node's own bound."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from consortium.errors import NodeOverloaded, NodeUnavailableError
+from consortium.node.admission import Admission
+
+
+@dataclass
+class Pace:
+    """A model that takes `job_s` a job and has no work of its own queued."""
+
+    job_s: float | None = 2.0
+
+    def jobs_ahead(self, lane: str = "") -> int:
+        return 0
+
+
+def test_a_full_node_refuses_until_a_place_is_given_back() -> None:
+    admission = Admission(Pace(), max_pending=2, max_wait_s=0)
+    first = admission.admit("a", local_model=False)
+    admission.admit("b", local_model=True)
+    with pytest.raises(NodeOverloaded) as refused:
+        admission.admit("c", local_model=False)
+    assert refused.value.reason == "overloaded"
+    assert isinstance(refused.value, NodeUnavailableError)  # nothing was done
+    assert "server.max_pending_requests" in str(refused.value)
+    first.release()
+    first.release()  # once only
+    admission.admit("c", local_model=False)
+    assert admission.counts()["in_flight"] == 2
+    assert admission.counts()["refused"] == {"overloaded": 1}
+
+
+def test_a_request_that_cannot_be_answered_before_its_deadline_is_refused_busy() -> None:
+    """Six of a member's local generations admitted (2 s each): another caller waits for
+    one of them (fair share), the flooding caller for all six."""
+    admission = Admission(Pace(2.0), max_pending=0, max_wait_s=0)
+    for _ in range(6):
+        admission.admit("local", local_model=True)
+    admission.admit("org:peer", local_model=True, deadline_s=4.5)  # 2 s + its own 2 s
+    with pytest.raises(NodeOverloaded) as refused:
+        admission.admit(
+            "org:other", local_model=True, deadline_s=3.0
+        )  # one of each lane, 2 s each, then its own
+    assert str(refused.value) == (
+        "busy: estimated wait 6.0 s for an answer exceeds your deadline 3.0 s"
+    )
+    assert refused.value.reason == "busy" and refused.value.retry_after_s >= 1
+    with pytest.raises(NodeOverloaded):
+        admission.admit("local", local_model=True, deadline_s=13.0)  # 12 s + 2 s
+    # A request a peer serves does not wait for the model.
+    admission.admit("local", local_model=False, deadline_s=1.0)
+
+
+def test_the_model_queue_is_bounded_by_max_queue_wait() -> None:
+    admission = Admission(Pace(2.0), max_pending=0, max_wait_s=5.0)
+    for _ in range(3):  # waits of 0, 2 and 4 s
+        admission.admit("a", local_model=True)
+    with pytest.raises(NodeOverloaded) as refused:
+        admission.admit("a", local_model=True)
+    assert "server.max_queue_wait_s" in str(refused.value)
+    assert admission.counts()["model_queue"] == 3
+
+
+def test_before_the_model_has_a_pace_only_the_request_bound_holds() -> None:
+    admission = Admission(Pace(None), max_pending=0, max_wait_s=1.0)
+    for _ in range(20):
+        admission.admit("a", local_model=True, deadline_s=0.1)
+    assert admission.counts()["refused"] == {}

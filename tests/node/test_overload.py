@@ -94,7 +94,7 @@ async def jsonrpc(http: httpx.AsyncClient, url: str) -> str:
         [info] = body["error"]["data"]
         assert info["reason"] == "RESOURCE_EXHAUSTED"
         assert info["metadata"]["reason"] == "overloaded"
-        assert int(info["metadata"]["retry_after_s"]) >= 1
+        assert int(info["metadata"]["retryAfterSeconds"]) >= 1
         return "refused"
     assert body["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", body
     return "answered"

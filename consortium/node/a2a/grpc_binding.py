@@ -29,7 +29,11 @@ from google.protobuf import message_factory
 from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection
 
-from consortium.node.a2a.errors import PermissionDeniedError, UnauthenticatedError
+from consortium.node.a2a.errors import (
+    PermissionDeniedError,
+    StorageUnavailableError,
+    UnauthenticatedError,
+)
 from consortium.node.auth import GrpcContextBuilder
 
 A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
@@ -42,6 +46,7 @@ SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
     VersionNotSupportedError: grpc.StatusCode.UNIMPLEMENTED,
     UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    StorageUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 SUPPORTED_MAJOR_MINOR = (1, 0)
 

@@ -7,14 +7,19 @@ proof, a local user or app by its API key, or the anonymous loopback user where 
 The caller's scope becomes the a2a-sdk user, which scopes the task store: a caller sees
 and touches only its own tasks, and anything else is "task not found". Refusals are
 counted per reason and logged with escaped identifiers only, never the payload.
+
+A storage fault met on the way (`StorageUnavailable`, from any store: tasks, replay
+cache, audit log) leaves every method as the A2A error `StorageUnavailableError`
+(UNAVAILABLE / -32050), never as an internal error.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from a2a.server.context import ServerCallContext
 from a2a.server.events import Event, EventQueue
@@ -26,12 +31,14 @@ from google.protobuf.message import Message as ProtoMessage
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from consortium.errors import StorageUnavailable
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies, may_reply_directly
 from consortium.node.a2a.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
     from_rejection,
+    from_storage,
 )
 from consortium.node.a2a.validation import validate_send_request
 from consortium.node.auth import ANONYMOUS, Caller, CallerUser, credentials_of, key_caller
@@ -49,6 +56,41 @@ log = logging.getLogger(__name__)
 # the call context's state.
 VERIFIED_KEY = "consortium.verified"
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_H = TypeVar("_H", bound="NodeRequestHandler")
+
+
+def _storage_faults_as_a2a(
+    method: Callable[Concatenate[_H, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_H, _P], Coroutine[Any, Any, _R]]:
+    """A handler method whose storage faults leave it as StorageUnavailableError."""
+
+    async def wrapper(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(self, *args, **kwargs)
+        except StorageUnavailable as e:
+            raise from_storage(e, self.org_id) from None
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+def _stream_storage_faults_as_a2a(
+    method: Callable[Concatenate[_H, _P], AsyncIterator[_R]],
+) -> Callable[Concatenate[_H, _P], AsyncGenerator[_R, None]]:
+    """A handler stream whose storage faults end it with StorageUnavailableError."""
+
+    async def wrapper(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> AsyncGenerator[_R, None]:
+        try:
+            async for item in method(self, *args, **kwargs):
+                yield item
+        except StorageUnavailable as e:
+            raise from_storage(e, self.org_id) from None
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
 
 class NodeRequestHandler(DefaultRequestHandler):
     def __init__(
@@ -59,9 +101,14 @@ class NodeRequestHandler(DefaultRequestHandler):
         keys: ApiKeys | None = None,
         anonymous_loopback: bool = False,
         member_cn: bool = True,
+        org_id: str = "",
+        require_writable: Callable[[], Awaitable[None]] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.org_id = org_id
+        # Raises StorageUnavailable while the node cannot write (node.storage_health).
+        self.require_writable = require_writable
         self.tracer = tracer
         self.verifier = verifier
         self.keys = keys
@@ -220,6 +267,11 @@ class NodeRequestHandler(DefaultRequestHandler):
         context.state[VERIFIED_KEY] = verified
         return verified
 
+    async def _writable(self) -> None:
+        """A task that could not be stored is refused before any work is done."""
+        if self.require_writable is not None:
+            await self.require_writable()
+
     # -- messages ------------------------------------------------------------------
 
     def _receive_span(
@@ -248,6 +300,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return span, parts
 
+    @_storage_faults_as_a2a
     async def on_message_send(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> a2a_pb2.Message | a2a_pb2.Task:
@@ -255,6 +308,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         span, parts = self._receive_span("SendMessage", params)
         with trace.use_span(span, end_on_exit=True):
             params = self._admit_message("SendMessage", params, parts, context)
+            await self._writable()
             executor = self.agent_executor
             if isinstance(executor, DirectReplies) and may_reply_directly(params):
                 validate_required_fields(params)
@@ -264,6 +318,7 @@ class NodeRequestHandler(DefaultRequestHandler):
             result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(params, context)
             return result
 
+    @_stream_storage_faults_as_a2a
     async def on_message_send_stream(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
@@ -275,6 +330,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         try:
             with trace.use_span(span, end_on_exit=False):
                 params = self._admit_message("SendStreamingMessage", params, parts, context)
+                await self._writable()
                 stream = super().on_message_send_stream(params, context)
             while True:
                 with trace.use_span(span, end_on_exit=False):
@@ -288,6 +344,7 @@ class NodeRequestHandler(DefaultRequestHandler):
 
     # -- task methods --------------------------------------------------------------
 
+    @_storage_faults_as_a2a
     async def on_get_task(
         self, params: a2a_pb2.GetTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
@@ -295,6 +352,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         result: a2a_pb2.Task | None = await super().on_get_task(params, context)
         return result
 
+    @_storage_faults_as_a2a
     async def on_list_tasks(
         self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTasksResponse:
@@ -302,13 +360,16 @@ class NodeRequestHandler(DefaultRequestHandler):
         result: a2a_pb2.ListTasksResponse = await super().on_list_tasks(params, context)
         return result
 
+    @_storage_faults_as_a2a
     async def on_cancel_task(
         self, params: a2a_pb2.CancelTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
         self._admit("CancelTask", params, context)
+        await self._writable()
         result: a2a_pb2.Task | None = await super().on_cancel_task(params, context)
         return result
 
+    @_stream_storage_faults_as_a2a
     async def on_subscribe_to_task(
         self, params: a2a_pb2.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
@@ -316,6 +377,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         async for event in super().on_subscribe_to_task(params, context):
             yield event
 
+    @_storage_faults_as_a2a
     async def on_create_task_push_notification_config(
         self, params: a2a_pb2.TaskPushNotificationConfig, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
@@ -325,6 +387,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return result
 
+    @_storage_faults_as_a2a
     async def on_get_task_push_notification_config(
         self, params: a2a_pb2.GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
@@ -334,6 +397,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return result
 
+    @_storage_faults_as_a2a
     async def on_list_task_push_notification_configs(
         self, params: a2a_pb2.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTaskPushNotificationConfigsResponse:
@@ -343,12 +407,14 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return result
 
+    @_storage_faults_as_a2a
     async def on_delete_task_push_notification_config(
         self, params: a2a_pb2.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
         self._admit("DeleteTaskPushNotificationConfig", params, context)
         await super().on_delete_task_push_notification_config(params, context)
 
+    @_storage_faults_as_a2a
     async def on_get_extended_agent_card(
         self, params: a2a_pb2.GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> a2a_pb2.AgentCard:

@@ -32,7 +32,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -43,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from consortium.errors import StorageUnavailable
 from consortium.llm.base import TokenLogprob
 from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller
 from consortium.node.openai.catalogue import Catalogue, ModelRoute
@@ -54,6 +55,7 @@ from consortium.node.openai.errors import (
     model_not_found,
     rate_limited,
     server_error,
+    storage_unavailable,
     unauthorized,
 )
 from consortium.node.openai.limits import RateLimits
@@ -132,8 +134,11 @@ class OpenAIApi:
         anonymous_loopback: bool = False,
         refused: Refused = _nothing_refused,
         tracer: trace.Tracer | None = None,
+        require_writable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.tracer = tracer or trace.NoOpTracer()
+        # Raises StorageUnavailable while the node cannot write (node.storage_health).
+        self.require_writable = require_writable
         self.service = service
         self.store = store
         self.keys = keys
@@ -163,6 +168,8 @@ class OpenAIApi:
                 return await handler(request, caller)
             except OpenAIError as e:
                 return e.response()
+            except StorageUnavailable as e:  # nothing was accepted: the task is not stored
+                return storage_unavailable(e).response()
 
         return endpoint
 
@@ -234,6 +241,8 @@ class OpenAIApi:
         sampling = body.sampling()
         _local_only(route, sampling.local_only)
         options = _options(route, body.token_limit(), body.temperature, body.consortium)
+        if self.require_writable is not None:  # a task that cannot be stored: no work
+            await self.require_writable()
         task = TaskRecord(self.store, caller.owner)
         shape_of: type[Shape]
         if isinstance(body, ChatCompletionRequest):
@@ -306,6 +315,11 @@ class OpenAIApi:
             await _close(events)
             _end(run.span, e)
             raise
+        except StorageUnavailable as e:  # the task's state cannot be stored: no answer
+            await _close(events)
+            error = storage_unavailable(e)
+            _end(run.span, error)
+            raise error from None
         except Exception as e:
             await _close(events)
             log.exception("task %s failed in the endpoint", run.task.id)
@@ -422,6 +436,10 @@ class OpenAIApi:
             except OpenAIError as e:
                 _end(run.span, e)
                 yield event(e.body())
+            except StorageUnavailable as e:  # the answer is not stored: not sent either
+                error = storage_unavailable(e)
+                _end(run.span, error)
+                yield event(error.body())
             except Exception as e:
                 log.exception("task %s: the stream failed", run.task.id)
                 run.task.failed(f"{type(e).__name__}")
@@ -441,7 +459,9 @@ class OpenAIApi:
         the estimate of one token per TOKEN_BYTES bytes of their UTF-8."""
         if run.task.finished:
             return
-        run.task.canceled("canceled: the client went away")
+        # Nobody waits for this write; on a full disk the next start marks the task failed.
+        with contextlib.suppress(StorageUnavailable):
+            run.task.canceled("canceled: the client went away")
         prompt_bytes = len(run.request.sent_text.encode())
         self.limits.spend(
             run.caller.owner, math.ceil((prompt_bytes + run.generated_bytes) / TOKEN_BYTES)

@@ -25,6 +25,7 @@ from consortium.errors import StorageUnavailable
 from consortium.llm.backends import backend_factory
 from consortium.node.a2a.errors import JSONRPC_STORAGE_UNAVAILABLE
 from consortium.node.app import Node
+from consortium.node.auth import Credentials
 from consortium.node.client import text_message
 from consortium.sqlite import LOG_INTERVAL_S, STORAGE, connect
 from tests.conftest import make_config
@@ -242,10 +243,8 @@ async def until_healthy(http: httpx.AsyncClient, url: str, timeout: float = 60) 
         await asyncio.sleep(0.1)
 
 
-def _stranger() -> Any:
-    from consortium.node.auth import Credentials
-
-    return Credentials(authorization=None, proof=None, loopback=False, tls_names=())
+def _stranger() -> Credentials:
+    return Credentials(loopback=False)
 
 
 # -- a peer whose disk is full -----------------------------------------------------------
@@ -294,6 +293,23 @@ async def test_a_peers_full_disk_reaches_the_origins_user_as_one_clear_line(
 
 
 # -- start-up on a directory that cannot be written --------------------------------------
+
+
+async def test_a_node_refuses_to_start_on_a_read_only_data_directory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = make_config(tmp_path / "acme")
+    disk = Disk(cfg.data_dir)
+    try:
+        disk.read_only()
+        node = Node(cfg, backend_factory(cfg.model, cfg.base_dir))
+        with caplog.at_level(logging.WARNING), pytest.raises(StorageUnavailable) as refused:
+            await node.start()
+        assert str(refused.value).startswith(f"{cfg.data_dir}: this node cannot write: ")
+        assert warnings_and_errors(caplog.records) == []  # nothing else to say
+    finally:
+        disk.close()
+
 
 CLI = [sys.executable, "-m", "consortium.cli"]
 

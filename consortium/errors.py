@@ -108,3 +108,30 @@ class UntrustedAnswer(ConsortiumError):
 
 class PromptTooLongError(ModelError):
     """The prompt does not fit the model's context window."""
+
+
+STORAGE_PROBLEMS = {
+    "disk_full": "disk full",
+    "read_only": "its storage is read-only",
+    "io_error": "a storage I/O error",
+    "no_permission": "its data directory is not writable by this user",
+}
+
+
+class StorageUnavailable(ConsortiumError):
+    """This node cannot write its data: the disk or quota is full (`problem` "disk_full"),
+    the file system is read-only ("read_only"), or it fails ("io_error"). Nothing is
+    acknowledged that was not stored: the request fails with this error (gRPC UNAVAILABLE,
+    HTTP 503) and the node keeps serving; it recovers by itself once a write succeeds.
+    `where`: the directory, when a node refuses to start; `node`: the node's name, in
+    what is told to other nodes ("node globex cannot write: disk full")."""
+
+    exit_code = 8
+
+    def __init__(self, problem: str, *, where: str = "", node: str = "") -> None:
+        self.problem = problem
+        self.where = where
+        what = STORAGE_PROBLEMS.get(problem, problem.replace("_", " "))
+        prefix = f"{where}: " if where else ""
+        who = f"node {node}" if node else "this node"
+        super().__init__(f"{prefix}{who} cannot write: {what}")

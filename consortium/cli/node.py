@@ -18,6 +18,7 @@ import typer
 from consortium.cli.common import err, fail, out, run, write_through
 from consortium.errors import ConfigError, TaskError
 from consortium.node.config import ORG_ID_PATTERN, NodeConfig, load_config
+from consortium.sqlite import check_writable
 
 SWITCH_INTERVAL_S = 0.0005
 
@@ -88,10 +89,12 @@ def node_start(
     config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
 ) -> None:
     """Run the node in the foreground until SIGTERM or SIGINT."""
+    cfg = run(lambda: load_config(config))
+    # A full or read-only data directory: one line, before anything heavy is imported.
+    run(lambda: check_writable(cfg.data_dir))
     from consortium.llm.backends import backend_factory
     from consortium.node.app import Node, serve_until_signalled
 
-    cfg = run(lambda: load_config(config))
     _setup_logging(cfg.logging.level)
     # Everything the node writes (database, traces, runtime files) is the organization's.
     os.umask(0o077)

@@ -49,7 +49,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from consortium.errors import ConfigError
+from consortium.errors import ConfigError, StorageUnavailable
 from consortium.federation.roster import Roster
 from consortium.federation.watcher import RosterWatcher
 from consortium.learning.records import RoutingRecords
@@ -84,6 +84,7 @@ from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
 from consortium.node.service import NodeService, ServiceSettings
+from consortium.node.storage_health import StorageHealth, quiet_storage_tracebacks
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import (
     TRACER_NAME,
@@ -96,6 +97,7 @@ from consortium.protocols.redaction import IdentityRedactor, Redactor
 from consortium.redaction.detector import Detector
 from consortium.redaction.policy import check_peers
 from consortium.redaction.receipts import DisclosureStore
+from consortium.sqlite import check_writable, storage_problem
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.audit import AuditLog, NoOpAuditLog
@@ -543,6 +545,7 @@ def build_request_handler(
     limits: CallerLimits,
     admission: Admission | None = None,
     service: NodeService | None = None,
+    storage: StorageHealth | None = None,
 ) -> NodeRequestHandler:
     return NodeRequestHandler(
         agent_executor=executor,
@@ -556,6 +559,8 @@ def build_request_handler(
         limits=limits,
         admission=admission,
         uses_local_model=service.uses_local_model if service is not None else None,
+        org_id=cfg.node.org_id,
+        require_writable=storage.require_writable if storage is not None else None,
     )
 
 
@@ -591,6 +596,7 @@ def build_openai_api(
     handler: NodeRequestHandler,
     limits: CallerLimits,
     admission: Admission | None = None,
+    storage: StorageHealth | None = None,
 ) -> OpenAIApi:
     """The OpenAI-compatible API (/v1) over the service: the node's model, the router,
     the federation's members and the configured groups as models, the A2A handler's
@@ -612,6 +618,7 @@ def build_openai_api(
         refused=lambda reason, what: handler.count_refusal(reason, what),
         tracer=handler.tracer,
         admission=admission,
+        require_writable=storage.require_writable if storage is not None else None,
     )
 
 
@@ -708,6 +715,7 @@ class Node:
         self._checkpointing: asyncio.Task[None] | None = None
         self.witnessing: Witnessing | None = None
         self._witnessing: asyncio.Task[None] | None = None
+        self.storage = StorageHealth(config.data_dir)
 
     async def start(self) -> Endpoints:
         try:
@@ -718,6 +726,9 @@ class Node:
 
     async def _start(self) -> Endpoints:
         cfg = self.config
+        # A full or read-only data directory: one line (StorageUnavailable), no traceback.
+        check_writable(cfg.data_dir)
+        quiet_storage_tracebacks()
         secure_directory(cfg.data_dir)
         self.store = build_store(cfg)
         self.keys = ApiKeys(cfg.api_keys_path)
@@ -763,6 +774,7 @@ class Node:
             self.limits,
             self.admission,
             self.service,
+            self.storage,
         )
         serve_a2a(self._grpc, self.handler)
         await self._grpc.start()
@@ -776,6 +788,7 @@ class Node:
             self.handler,
             self.limits,
             self.admission,
+            self.storage,
         )
         app = http_app(
             self.card,
@@ -821,6 +834,8 @@ class Node:
         while self.store is not None:
             try:
                 n = await asyncio.to_thread(self.store.delete_expired, days)
+            except StorageUnavailable:
+                pass  # logged once per interval where it was met
             except sqlite3.Error as e:
                 log.error("task retention: %s", e)
             else:
@@ -829,16 +844,24 @@ class Node:
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
     async def _healthz(self, request: Request) -> Response:
-        return JSONResponse(self.health(http_credentials(request)))
+        storage = await self.storage.check()
+        body = self.health(http_credentials(request), storage)
+        return JSONResponse(body, status_code=503 if storage is not None else 200)
 
-    def health(self, creds: Credentials) -> dict[str, Any]:
-        """Liveness for anyone; details (counters, roster, policy) only for a caller on
-        loopback or holding an admin API key."""
+    def health(self, creds: Credentials, storage: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Liveness for anyone: "ok", or "degraded" when the node cannot write (`storage`,
+        from StorageHealth.check: its problem); details (counters, roster, policy, which
+        databases fail since when) only for a caller on loopback or holding an admin API
+        key."""
         cfg = self.config
         body: dict[str, Any] = {"status": "ok"}
+        if storage is not None:
+            body["status"] = "degraded"
+            body["storage"] = {"writable": False, "problem": storage["problem"]}
         caller = key_caller(creds.authorization, self.keys) if creds.authorization else None
         if not (creds.loopback or (caller is not None and caller.admin)):
             return body
+        body["storage"] = {"writable": True} if storage is None else {"writable": False, **storage}
         body.update({"org_id": cfg.node.org_id, "model": self.worker.info.name})
         if self.handler is not None:
             body["refusals"] = dict(self.handler.refusals)
@@ -914,18 +937,37 @@ class Node:
             self.federation.close_assessor()
             self.federation.close_redactor()
             if self.federation.audit_log is not None:
-                self.federation.audit_log.close()  # signs a last checkpoint
+                # Signs a last checkpoint; the next start signs it when the disk cannot.
+                _despite_storage(self.federation.audit_log.close, "the last audit checkpoint")
         if self.records is not None:
             self.records.close()
         if self.keys is not None:
             self.keys.close()
-        if self.store is not None:
-            self.store.fail_unfinished("the node shut down before the task finished")
-            self.store.close()
-        secure_directory(self.config.data_dir)
+        if (store := self.store) is not None:
+            _despite_storage(
+                lambda: store.fail_unfinished("the node shut down before the task finished"),
+                "marking unfinished tasks failed (done at the next start)",
+            )
+            store.close()
+        if self.store is not None:  # files were made: keep them the organization's
+            _despite_storage(lambda: secure_directory(self.config.data_dir), "securing data")
         if self.endpoints is not None:
             endpoints_file(self.config).unlink(missing_ok=True)
             log.info("node %s stopped", self.config.node.org_id)
+
+
+def _despite_storage(step: Callable[[], object], what: str) -> None:
+    """Runs one step of stopping; a disk that cannot be written skips it with one line,
+    and the node still stops."""
+    try:
+        step()
+    except StorageUnavailable as e:
+        log.warning("%s skipped: %s", what, e)
+    except OSError as e:
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        log.warning("%s skipped: %s", what, StorageUnavailable(problem))
 
 
 def _endpoints(cfg: NodeConfig, grpc_port: int, http_port: int) -> Endpoints:

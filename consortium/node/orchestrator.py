@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from consortium.errors import BudgetError, ConfigError, RequestRejected
+from consortium.errors import BudgetError, ConfigError, RequestRejected, StorageUnavailable
 from consortium.learning.records import RoutingRecord, RoutingRecords
 from consortium.llm.base import Capability, ChatMessage, GenerationParams, ModelInfo, TokenLogprob
 from consortium.llm.worker import GenerationRequest, ModelWorker
@@ -561,6 +561,8 @@ class Orchestrator:
                 ),
                 feature_names(len(record.features) - len(feature_names(0))),
             )
+        except StorageUnavailable:
+            pass  # best effort; the full disk is logged once per interval where it was met
         except (ValueError, OSError, sqlite3.Error) as e:
             log.warning("task %s: routing record not stored: %s", record.task_id, safe(e, 300))
 

@@ -1,6 +1,8 @@
 """The node's background loops (trust reports, canaries, audit checkpoints, witnessing):
 one step every interval until cancelled, a failed step logged by its type (never its
-message, which may hold a peer's text) and the next one run as planned."""
+message, which may hold a peer's text) and the next one run as planned. A step that
+fails because the disk cannot be written is not logged again: `consortium.sqlite` logs
+that once per interval."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+
+from consortium.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,5 +31,7 @@ async def every(
                 await result
         except asyncio.CancelledError:
             raise
+        except StorageUnavailable:
+            continue
         except Exception as e:  # a background step must never end the node
             log.error("%s failed: %s", what, type(e).__name__)

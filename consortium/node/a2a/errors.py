@@ -12,6 +12,10 @@ the error's `data` (strings): the refusal's reason (`invalid_key`, `no_credentia
 `tls_mismatch`, `bad_signature`..., or `overloaded` / `busy`), the limit, and the seconds
 to wait (`retryAfterSeconds`, also sent as a RetryInfo over gRPC).
 
+A node that cannot write its data (`StorageUnavailable`: disk full, read-only) answers
+gRPC UNAVAILABLE / JSON-RPC -32050 with the reason STORAGE_UNAVAILABLE, so a client (a
+peer's node too) can tell "try another node" from a refusal.
+
 A refusal tells the sender only what `Rejected` lets out (`external_*`): a non-member, an
 unknown key and a bad signature all read "signature not accepted", so the error does not
 reveal who belongs to the federation.
@@ -26,18 +30,21 @@ from a2a.server.request_handlers.response_helpers import EXCEPTION_MAP
 from a2a.utils.errors import (
     A2A_ERROR_MAPPING,
     A2A_ERROR_REASONS,
+    A2A_REASON_TO_ERROR,
     JSON_RPC_ERROR_CODE_MAP,
     A2AError,
     ErrorMapping,
 )
 
-from consortium.errors import NodeOverloaded, RateLimited
+from consortium.errors import NodeOverloaded, RateLimited, StorageUnavailable
 from consortium.trust.refusals import Rejected
 
 JSONRPC_UNAUTHENTICATED = -32040
 JSONRPC_PERMISSION_DENIED = -32041
 JSONRPC_RATE_LIMITED = -32042
 JSONRPC_RESOURCE_EXHAUSTED = -32042
+JSONRPC_STORAGE_UNAVAILABLE = -32050
+STORAGE_UNAVAILABLE_REASON = "STORAGE_UNAVAILABLE"
 
 
 class UnauthenticatedError(A2AError):
@@ -58,6 +65,12 @@ class ResourceExhaustedError(A2AError):
     """Refused for load, before any work; `data`: {"reason", "retryAfterSeconds"}."""
 
     message = "Resource exhausted"
+
+
+class StorageUnavailableError(A2AError):
+    """This node cannot write its data now; another node, or this one later, can serve."""
+
+    message = "this node cannot write"
 
 
 _MAPPINGS: tuple[tuple[type[A2AError], int, ErrorMapping], ...] = (
@@ -81,6 +94,11 @@ _MAPPINGS: tuple[tuple[type[A2AError], int, ErrorMapping], ...] = (
         JSONRPC_RESOURCE_EXHAUSTED,
         ErrorMapping(429, "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"),
     ),
+    (
+        StorageUnavailableError,
+        JSONRPC_STORAGE_UNAVAILABLE,
+        ErrorMapping(503, "UNAVAILABLE", STORAGE_UNAVAILABLE_REASON),
+    ),
 )
 for _error, _code, _mapping in _MAPPINGS:
     JSON_RPC_ERROR_CODE_MAP.setdefault(_error, _code)
@@ -88,6 +106,8 @@ for _error, _code, _mapping in _MAPPINGS:
     A2A_ERROR_MAPPING.setdefault(_error, _mapping)
     # Built from A2A_ERROR_MAPPING at a2a-sdk's import: both bindings read the reason here.
     A2A_ERROR_REASONS.setdefault(_error, _mapping.reason)
+# An origin's a2a client raises it for a peer's storage fault (the peer's words kept).
+A2A_REASON_TO_ERROR.setdefault(STORAGE_UNAVAILABLE_REASON, StorageUnavailableError)
 
 
 def from_rate_limited(limited: RateLimited) -> RateLimitedError:
@@ -97,6 +117,12 @@ def from_rate_limited(limited: RateLimited) -> RateLimitedError:
         message=f"{limited}; try again in {seconds} s",
         data={"limit": limited.kind, "retryAfterSeconds": str(seconds)},
     )
+
+
+def from_storage(error: StorageUnavailable, node: str = "") -> StorageUnavailableError:
+    """The A2A error for a storage fault, naming `node` (a peer's user reads it too)."""
+    named = StorageUnavailable(error.problem, node=node)
+    return StorageUnavailableError(message=str(named), data={"reason": error.problem})
 
 
 def from_rejection(rejected: Rejected) -> A2AError:

@@ -33,6 +33,7 @@ from consortium.node.a2a.errors import (
     PermissionDeniedError,
     RateLimitedError,
     ResourceExhaustedError,
+    StorageUnavailableError,
     UnauthenticatedError,
 )
 from consortium.node.auth import GrpcContextBuilder
@@ -49,6 +50,7 @@ SPEC_GRPC_CODES: dict[type[A2AError], grpc.StatusCode] = {
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     RateLimitedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StorageUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 SUPPORTED_MAJOR_MINOR = (1, 0)
 

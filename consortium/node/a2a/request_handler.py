@@ -13,14 +13,19 @@ load shedding (node/admission.py), with the caller's gRPC deadline when it set o
 holds its place until its response or stream ends; a request refused for load gets
 RESOURCE_EXHAUSTED (JSON-RPC -32042) at once. Control messages (feedback, trust reports,
 checkpoints, proofs) are never shed.
+
+A storage fault met on the way (`StorageUnavailable`, from any store: tasks, replay
+cache, audit log) leaves every method as the A2A error `StorageUnavailableError`
+(UNAVAILABLE / -32050), never as an internal error.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from a2a.server.context import ServerCallContext
 from a2a.server.events import Event, EventQueue
@@ -32,7 +37,7 @@ from google.protobuf.message import Message as ProtoMessage
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from consortium.errors import NodeOverloaded, RateLimited
+from consortium.errors import NodeOverloaded, RateLimited, StorageUnavailable
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies, may_reply_directly
 from consortium.node.a2a.errors import (
@@ -40,6 +45,7 @@ from consortium.node.a2a.errors import (
     UnauthenticatedError,
     from_rate_limited,
     from_rejection,
+    from_storage,
     overloaded,
 )
 from consortium.node.a2a.validation import MESSAGE_ONLY_MODES, requested_mode, validate_send_request
@@ -71,6 +77,41 @@ VERIFIED_KEY = "consortium.verified"
 # node.limits.Reservation), to hand to the service, which settles it.
 RESERVATION_KEY = "consortium.reservation"
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_H = TypeVar("_H", bound="NodeRequestHandler")
+
+
+def _storage_faults_as_a2a(
+    method: Callable[Concatenate[_H, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[_H, _P], Coroutine[Any, Any, _R]]:
+    """A handler method whose storage faults leave it as StorageUnavailableError."""
+
+    async def wrapper(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(self, *args, **kwargs)
+        except StorageUnavailable as e:
+            raise from_storage(e, self.org_id) from None
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+def _stream_storage_faults_as_a2a(
+    method: Callable[Concatenate[_H, _P], AsyncIterator[_R]],
+) -> Callable[Concatenate[_H, _P], AsyncGenerator[_R, None]]:
+    """A handler stream whose storage faults end it with StorageUnavailableError."""
+
+    async def wrapper(self: _H, /, *args: _P.args, **kwargs: _P.kwargs) -> AsyncGenerator[_R, None]:
+        try:
+            async for item in method(self, *args, **kwargs):
+                yield item
+        except StorageUnavailable as e:
+            raise from_storage(e, self.org_id) from None
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
 
 class NodeRequestHandler(DefaultRequestHandler):
     def __init__(
@@ -84,12 +125,17 @@ class NodeRequestHandler(DefaultRequestHandler):
         limits: CallerLimits | None = None,
         admission: Admission | None = None,
         uses_local_model: Callable[[RequestOptions, Caller], bool] | None = None,
+        org_id: str = "",
+        require_writable: Callable[[], Awaitable[None]] | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.admission = admission
         # Whether a request may take a turn of the node's model (the service decides).
         self.uses_local_model = uses_local_model or (lambda options, caller: True)
+        self.org_id = org_id
+        # Raises StorageUnavailable while the node cannot write (node.storage_health).
+        self.require_writable = require_writable
         self.tracer = tracer
         self.verifier = verifier
         self.keys = keys
@@ -314,6 +360,11 @@ class NodeRequestHandler(DefaultRequestHandler):
         except NodeOverloaded as e:
             raise overloaded(e) from None
 
+    async def _writable(self) -> None:
+        """A task that could not be stored is refused before any work is done."""
+        if self.require_writable is not None:
+            await self.require_writable()
+
     # -- messages ------------------------------------------------------------------
 
     def _receive_span(
@@ -342,6 +393,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return span, parts
 
+    @_storage_faults_as_a2a
     async def on_message_send(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> a2a_pb2.Message | a2a_pb2.Task:
@@ -349,6 +401,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         span, parts = self._receive_span("SendMessage", params)
         with trace.use_span(span, end_on_exit=True):
             params = self._admit_message("SendMessage", params, parts, context)
+            await self._writable()
             with self._shed(params, context) or Ticket(None, None):
                 executor = self.agent_executor
                 if isinstance(executor, DirectReplies) and may_reply_directly(params):
@@ -366,6 +419,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                     raise
                 return result
 
+    @_stream_storage_faults_as_a2a
     async def on_message_send_stream(
         self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
@@ -379,6 +433,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         try:
             with trace.use_span(span, end_on_exit=False):
                 params = self._admit_message("SendStreamingMessage", params, parts, context)
+                await self._writable()
                 ticket = self._shed(params, context)
                 reservation = self._reserve(params, context)
                 stream = super().on_message_send_stream(params, context)
@@ -400,6 +455,7 @@ class NodeRequestHandler(DefaultRequestHandler):
 
     # -- task methods --------------------------------------------------------------
 
+    @_storage_faults_as_a2a
     async def on_get_task(
         self, params: a2a_pb2.GetTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
@@ -407,6 +463,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         result: a2a_pb2.Task | None = await super().on_get_task(params, context)
         return result
 
+    @_storage_faults_as_a2a
     async def on_list_tasks(
         self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTasksResponse:
@@ -414,13 +471,16 @@ class NodeRequestHandler(DefaultRequestHandler):
         result: a2a_pb2.ListTasksResponse = await super().on_list_tasks(params, context)
         return result
 
+    @_storage_faults_as_a2a
     async def on_cancel_task(
         self, params: a2a_pb2.CancelTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
         self._admit("CancelTask", params, context)
+        await self._writable()
         result: a2a_pb2.Task | None = await super().on_cancel_task(params, context)
         return result
 
+    @_stream_storage_faults_as_a2a
     async def on_subscribe_to_task(
         self, params: a2a_pb2.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
@@ -428,6 +488,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         async for event in super().on_subscribe_to_task(params, context):
             yield event
 
+    @_storage_faults_as_a2a
     async def on_create_task_push_notification_config(
         self, params: a2a_pb2.TaskPushNotificationConfig, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
@@ -437,6 +498,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return result
 
+    @_storage_faults_as_a2a
     async def on_get_task_push_notification_config(
         self, params: a2a_pb2.GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
@@ -446,6 +508,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return result
 
+    @_storage_faults_as_a2a
     async def on_list_task_push_notification_configs(
         self, params: a2a_pb2.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTaskPushNotificationConfigsResponse:
@@ -455,12 +518,14 @@ class NodeRequestHandler(DefaultRequestHandler):
         )
         return result
 
+    @_storage_faults_as_a2a
     async def on_delete_task_push_notification_config(
         self, params: a2a_pb2.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
         self._admit("DeleteTaskPushNotificationConfig", params, context)
         await super().on_delete_task_push_notification_config(params, context)
 
+    @_storage_faults_as_a2a
     async def on_get_extended_agent_card(
         self, params: a2a_pb2.GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> a2a_pb2.AgentCard:

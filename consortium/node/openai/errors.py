@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from consortium.errors import NodeOverloaded
+from consortium.errors import NodeOverloaded, StorageUnavailable
 from consortium.node.a2a.http_guard import Refusal
 
 INVALID_REQUEST = "invalid_request_error"
@@ -114,6 +114,11 @@ def server_error(message: str, *, unavailable: bool = False) -> OpenAIError:
     if unavailable:
         return OpenAIError(503, message, type=SERVER_ERROR, code="service_unavailable")
     return OpenAIError(500, message, type=SERVER_ERROR)
+
+
+def storage_unavailable(error: StorageUnavailable) -> OpenAIError:
+    """503: this node cannot write (disk full, read-only); nothing was accepted."""
+    return OpenAIError(503, str(error), type=SERVER_ERROR, code="storage_unavailable")
 
 
 def param_of(loc: Sequence[int | str]) -> str:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from consortium.errors import NodeOverloaded, RateLimited
+from consortium.errors import NodeOverloaded, RateLimited, StorageUnavailable
 from consortium.llm.base import TokenLogprob
 from consortium.node.admission import Admission, Ticket
 from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller
@@ -63,6 +63,7 @@ from consortium.node.openai.errors import (
     overloaded,
     rate_limited,
     server_error,
+    storage_unavailable,
     unauthorized,
 )
 from consortium.node.openai.responses import ChatShape, Shape, TextShape, Usage
@@ -139,9 +140,12 @@ class OpenAIApi:
         refused: Refused = _nothing_refused,
         tracer: trace.Tracer | None = None,
         admission: Admission | None = None,
+        require_writable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.admission = admission
         self.tracer = tracer or trace.NoOpTracer()
+        # Raises StorageUnavailable while the node cannot write (node.storage_health).
+        self.require_writable = require_writable
         self.service = service
         self.store = store
         self.keys = keys
@@ -172,6 +176,8 @@ class OpenAIApi:
                 return await handler(request, caller)
             except OpenAIError as e:
                 return e.response()
+            except StorageUnavailable as e:  # nothing was accepted: the task is not stored
+                return storage_unavailable(e).response()
 
         return endpoint
 
@@ -253,6 +259,8 @@ class OpenAIApi:
         sampling = body.sampling()
         _local_only(route, sampling.local_only)
         options = _options(route, body.token_limit(), body.temperature, body.consortium)
+        if self.require_writable is not None:  # a task that cannot be stored: no work
+            await self.require_writable()
         ticket = self._shed(caller, options)
         try:
             response = await self._run(request, caller, body, sampling, options)
@@ -361,6 +369,11 @@ class OpenAIApi:
             await _close(events)
             _end(run.span, e)
             raise
+        except StorageUnavailable as e:  # the task's state cannot be stored: no answer
+            await _close(events)
+            error = storage_unavailable(e)
+            _end(run.span, error)
+            raise error from None
         except Exception as e:
             await _close(events)
             log.exception("task %s failed in the endpoint", run.task.id)
@@ -474,6 +487,10 @@ class OpenAIApi:
             except OpenAIError as e:
                 _end(run.span, e)
                 yield event(e.body())
+            except StorageUnavailable as e:  # the answer is not stored: not sent either
+                error = storage_unavailable(e)
+                _end(run.span, error)
+                yield event(error.body())
             except Exception as e:
                 log.exception("task %s: the stream failed", run.task.id)
                 run.task.failed(f"{type(e).__name__}")
@@ -491,7 +508,9 @@ class OpenAIApi:
         the request cost so far against the caller's tokens)."""
         if run.task.finished:
             return
-        run.task.canceled("canceled: the client went away")
+        # Nobody waits for this write; on a full disk the next start marks the task failed.
+        with contextlib.suppress(StorageUnavailable):
+            run.task.canceled("canceled: the client went away")
 
 
 def _too_many(limited: RateLimited) -> OpenAIError:

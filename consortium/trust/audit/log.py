@@ -42,6 +42,7 @@ from jwcrypto import jwk
 from opentelemetry import trace
 
 from consortium.errors import ConsortiumError
+from consortium.sqlite import StorageConnection
 from consortium.trust.audit import Hop, Scalar, log_origin
 from consortium.trust.audit.inclusion import receipt
 from consortium.trust.audit.merkle import Tree, leaf_hash
@@ -166,7 +167,9 @@ class SqliteAuditLog:
         # Requests received lately: message id -> the position of their entry.
         self._requests: OrderedDict[str, int] = OrderedDict()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, factory=StorageConnection
+        )
         try:
             path.chmod(0o600)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -466,6 +469,8 @@ class SqliteAuditLog:
 
     def close(self) -> None:
         with self._lock:
-            if self._tree.size > self._checkpointed:
-                self._checkpoint()
-            self._db.close()
+            try:
+                if self._tree.size > self._checkpointed:
+                    self._checkpoint()
+            finally:  # a full disk must not leave the database open
+                self._db.close()

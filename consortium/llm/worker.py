@@ -67,6 +67,8 @@ class _Entry:
     # Whether the job's duration counts in the average (generations and scorings do;
     # token counting is too short to say anything about the queue).
     timed: bool
+    # A generation's cancel event: one stopped early says nothing of a job's length.
+    cancel: threading.Event | None = None
 
 
 class _FairQueue:
@@ -208,7 +210,7 @@ class GenerationStream:
             except Exception as e:
                 emit("error", e)
 
-        self._worker.submit(job, lane=self._lane)
+        self._worker.submit(job, lane=self._lane, cancel=cancel)
         try:
             while True:
                 kind, value = await out.get()
@@ -300,19 +302,26 @@ class ModelWorker:
                 log.exception("model job failed")
             finally:
                 self._running_since = None
-            if entry.timed:
+            if entry.timed and not (entry.cancel is not None and entry.cancel.is_set()):
                 took = time.monotonic() - started
                 last = self._job_s
                 self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
         if self._backend is not None:
             self._backend.close()
 
-    def submit(self, job: _Job, *, lane: str = "", timed: bool = True) -> None:
+    def submit(
+        self,
+        job: _Job,
+        *,
+        lane: str = "",
+        timed: bool = True,
+        cancel: threading.Event | None = None,
+    ) -> None:
         """Queues `job` in `lane` (see the module docstring); `timed`: its duration counts
-        in the average job time."""
+        in the average job time, unless `cancel` was set by the time it ended."""
         if self._thread is None or not self._thread.is_alive():
             raise ModelError("model worker is not running")
-        self._jobs.put(lane, _Entry(job, timed))
+        self._jobs.put(lane, _Entry(job, timed, cancel))
 
     @property
     def queued(self) -> int:

@@ -168,3 +168,26 @@ async def test_the_worker_learns_how_long_a_job_takes() -> None:
         assert worker.queued == 0 and worker.jobs_ahead() == 0
     finally:
         await worker.stop()
+
+
+async def test_a_generation_stopped_early_says_nothing_of_a_jobs_length() -> None:
+    """A canceled generation ends early: its time would pull the average (and with it the
+    node's estimate of a new job's wait) down, so it does not count."""
+    worker = ModelWorker(lambda: EchoBackend())
+    await worker.start()
+    try:
+        await worker.generate(
+            GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b"),))
+        ).collect()
+        learned = worker.job_s
+        cancel = threading.Event()
+        cancel.set()
+        stream = worker.generate(
+            GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "c d"),)), cancel
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await stream.collect()
+        await worker.call(lambda backend: None, timed=False)  # the canceled job has ended
+        assert worker.job_s == learned
+    finally:
+        await worker.stop()

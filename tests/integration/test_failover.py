@@ -198,7 +198,7 @@ async def test_a_reset_connection_is_replaced_and_the_call_asked_again(
         globex.blackhole = True
         dropped = globex.dropped
         task = asyncio.create_task(fed.answered_by(f"reset {i}", peer="globex"))
-        await until(lambda d=dropped: globex.dropped > d, "the request is on the wire")  # type: ignore[misc]
+        await until(lambda d=dropped: globex.dropped > d, "the request is on the wire")
         globex.blackhole = False
         globex.reset_all()
         assert await task == "globex"

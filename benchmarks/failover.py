@@ -45,8 +45,12 @@ from typing import Any
 
 import httpx
 
-from consortium.federation.admin import add_member, create_federation, member_from_card
-from consortium.federation.admin import update_roster
+from consortium.federation.admin import (
+    add_member,
+    create_federation,
+    member_from_card,
+    update_roster,
+)
 from consortium.federation.roster import Roster
 from consortium.launch.faultproxy import FaultProxy
 from consortium.llm.backends import backend_factory
@@ -198,9 +202,9 @@ class Bench:
         initech, return -> globex answering again)."""
         proxy = self.proxies["globex"]
         proxy.blackhole = True  # the request goes out and is in flight when it dies
-        dropped = proxy.dropped
+        held = proxy.held
         task = asyncio.create_task(self.task(f"in flight {i}"))
-        await until(lambda: proxy.dropped > dropped)
+        await until(lambda: proxy.held > held)
         died = time.perf_counter()
         await proxy.kill()
         proxy.blackhole = False

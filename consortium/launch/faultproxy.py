@@ -7,14 +7,15 @@ faults are switched at will while it runs:
 
 - `kill()`: the upstream as a SIGKILLed process looks from outside: every connection
   reset (RST), new connections refused (nothing listens) until `revive()`;
-- `blackhole = True`: connections accepted and held, nothing forwarded either way (a
-  silent partition, a stalled host);
+- `blackhole = True`: connections accepted, nothing forwarded either way until it is
+  off again (a silent partition, a stalled host: what was sent is held, as TCP holds and
+  retransmits it, and delivered in order when the link heals);
 - `reset_rate`: each forwarded chunk resets its connection with this probability
   (seeded: the same run resets the same chunks); `reset_all()` resets every connection
   now;
 - `delay_s`: each chunk waits this long before it is forwarded.
 
-The counters (`accepted` connections, `chunks` forwarded, `dropped` into a black hole,
+The counters (`accepted` connections, `chunks` forwarded, `held` by a black hole,
 `resets`) let a test wait on what happened rather than on time.
 """
 
@@ -37,16 +38,28 @@ class FaultProxy:
         self.upstream = (up_host or "127.0.0.1", int(up_port))
         self.host = host
         self.port = port
-        self.blackhole = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.reset_rate = 0.0
         self.delay_s = 0.0
         self.accepted = 0
         self.resets = 0
         self.chunks = 0
-        self.dropped = 0
+        self.held = 0
         self._rng = random.Random(seed)
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+
+    @property
+    def blackhole(self) -> bool:
+        return not self._flowing.is_set()
+
+    @blackhole.setter
+    def blackhole(self, on: bool) -> None:
+        if on:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     @property
     def address(self) -> str:
@@ -82,6 +95,7 @@ class FaultProxy:
 
     async def stop(self) -> None:
         await self.kill()
+        self.blackhole = False  # what was held on the reset links ends
 
     async def __aenter__(self) -> FaultProxy:
         return await self.start()
@@ -117,8 +131,8 @@ class FaultProxy:
                 if not data:
                     break
                 if self.blackhole:
-                    self.dropped += 1
-                    continue
+                    self.held += 1
+                    await self._flowing.wait()
                 if self.reset_rate and self._rng.random() < self.reset_rate:
                     self._reset(link)
                     break

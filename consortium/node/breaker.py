@@ -8,17 +8,18 @@ reputation (trust/reputation_engine.py). Anything the peer sent back, even a ref
 "busy", shows the link works.
 
     closed --`failures` connection failures in a row, or one timeout--> open
-    open --`open_s` passed--> probing (a connection attempt, off any task's path)
-    probing --connected--> half_open   |   --not connected--> open, for twice as long
-    half_open --the next call succeeds--> closed   |   --it fails--> open, twice as long
+    open --`open_s` passed--> probing (a call on a fresh connection, off any task's path)
+    probing --answered--> half_open   |   --no answer--> open, for twice as long
+    half_open --a call succeeds--> closed   |   --a call fails--> open, twice as long
 
 An open period starts at `open_s` and doubles per failed attempt up to `max_open_s`, so
 a dead or black-holed peer costs one probe per period rather than every task the full
 deadline, and a peer that comes back is back in rotation within `max_open_s` plus one
-probe. Only a call that succeeds resets the period: a peer that accepts connections but
-times out every call stays out most of the time. In `half_open` one call at a time is
-let through (the trial); routing treats an open peer, and a half-open one with a trial
-in flight, as unavailable.
+probe. Only a call that succeeds resets the period: a peer that answers probes but
+times out every call stays out most of the time. Calls go out in `half_open` as when
+closed (a call that fails is retried elsewhere: routing/failover); routing treats an
+open (or probing) peer as unavailable. The node's own background calls (trust reports,
+witnessing) pass the same breaker.
 
 One broken connection fails every call it carried at once (a TCP reset of the one
 HTTP/2 connection to a peer): failures are counted per connection (`conn`, increasing),
@@ -59,7 +60,6 @@ class CircuitBreaker:
         self._failures = 0  # in a row, counted once per connection
         self._attempt = 0  # failed periods since the last success: the backoff exponent
         self._until = 0.0  # end of the open period
-        self._trial = False  # a half-open call in flight
         self._counted_conn = -1  # the newest connection whose failure was counted
         self._good_conn = -1  # the connection of the last success
         self.opened = 0  # times opened, for telemetry and tests
@@ -69,17 +69,8 @@ class CircuitBreaker:
         return self._state
 
     def available(self) -> bool:
-        """Whether routing may choose the peer: closed, or half-open with no trial out."""
-        return self._state == "closed" or (self._state == "half_open" and not self._trial)
-
-    def admit(self) -> bool:
-        """Whether a call may go out now (taking the half-open trial if it is the one)."""
-        if self._state == "closed":
-            return True
-        if self._state == "half_open" and not self._trial:
-            self._trial = True
-            return True
-        return False
+        """Whether a call may go out now, and routing choose the peer."""
+        return self._state in ("closed", "half_open")
 
     def retry_in(self) -> float:
         """Seconds until the open period ends (0 when not open)."""
@@ -89,14 +80,12 @@ class CircuitBreaker:
         """A call on connection `conn` got an answer (any answer): the link works."""
         self._state = "closed"
         self._failures = self._attempt = 0
-        self._trial = False
         self._good_conn = max(self._good_conn, conn)
 
     def failed(self, failure: str, conn: int) -> bool:
         """A call on connection `conn` failed with `failure` (a code of
         CONNECTION_FAILURES; others are ignored). Whether the circuit opened now."""
         if failure not in CONNECTION_FAILURES:
-            self.released()
             return False
         if self._state in ("open", "probing"):
             return False
@@ -104,7 +93,6 @@ class CircuitBreaker:
             return False  # this connection's failure is counted, or it was replaced
         self._counted_conn = conn
         if self._state == "half_open":
-            self._trial = False
             self._open()
             return True
         self._failures += 1
@@ -112,10 +100,6 @@ class CircuitBreaker:
             self._open()
             return True
         return False
-
-    def released(self) -> None:
-        """A call ended without saying anything about the link (cancelled by its task)."""
-        self._trial = False
 
     def probe_due(self) -> bool:
         """Whether the open period is over: the caller probes now (state `probing`)."""
@@ -130,7 +114,6 @@ class CircuitBreaker:
             return
         if connected:
             self._state = "half_open"
-            self._trial = False
         else:
             self._open()
 

@@ -211,6 +211,10 @@ PEER_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 
+# What a probe of an open circuit calls: a method no node serves.
+PROBE_METHOD = "/consortium.Probe/Ping"
+
+
 @dataclass(eq=False)
 class _Connection:
     """One channel (an a2a-sdk client) to a peer; `conn` numbers it for the breaker. A
@@ -249,6 +253,7 @@ class PeerClient:
         self._breaker_settings = breaker or BreakerSettings()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._probing: set[str] = set()  # peers whose open circuit a task probes
 
     def breaker(self, org: str) -> CircuitBreaker:
         """The peer's circuit breaker (node/breaker.py)."""
@@ -314,31 +319,41 @@ class PeerClient:
             self._retire(org)
         if self.breaker(org).failed(failure, connection.conn):
             log.warning("%s unreachable (%s): circuit open", safe(org), failure)
-            self._spawn(self._probe(org))
+            if org not in self._probing:
+                self._probing.add(org)
+                self._spawn(self._probe(org))
 
     async def _probe(self, org: str) -> None:
         """Probes an open circuit until the peer accepts a connection again: one fresh
-        connection attempt per open period, bounded by `probe_timeout_s`."""
+        connection attempt per open period, bounded by `probe_timeout_s` (one prober per
+        peer)."""
         breaker = self.breaker(org)
-        while breaker.state in ("open", "probing"):
-            await asyncio.sleep(breaker.retry_in())  # the backoff period
-            if breaker.probe_due():
-                connected = await self._connects(org)
-                breaker.probed(connected)
-                if connected:
-                    log.info("%s accepts connections again: circuit half-open", safe(org))
+        try:
+            while breaker.state == "open":
+                await asyncio.sleep(breaker.retry_in())  # the backoff period
+                if breaker.probe_due():
+                    connected = await self._connects(org)
+                    breaker.probed(connected)
+                    if connected:
+                        log.info("%s accepts connections again: circuit half-open", safe(org))
+        finally:
+            self._probing.discard(org)
 
     async def _connects(self, org: str) -> bool:
+        """Whether the peer's gRPC server answers a call on a fresh connection: a method
+        it does not serve, so any answer (UNIMPLEMENTED) is the server's own and nothing
+        runs there. A connection alone is not enough: a black hole accepts one."""
         try:
             url = self._endpoint(org)
         except PeerError:
             return False
         channel = grpc_channel(url, self._credentials, PEER_CHANNEL_OPTIONS)
         try:
-            await asyncio.wait_for(channel.channel_ready(), self._breaker_settings.probe_timeout_s)
+            ping = channel.unary_unary(PROBE_METHOD)
+            await ping(b"", timeout=self._breaker_settings.probe_timeout_s)
             return True
-        except (TimeoutError, grpc.RpcError):
-            return False
+        except grpc.aio.AioRpcError as e:
+            return e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         finally:
             await channel.close()
 
@@ -476,18 +491,14 @@ class PeerClient:
             request, request_digest = await self._outgoing(org, message, call.redacted)
             span.set_attribute("consortium.message.id", request.message_id)
             breaker = self.breaker(org)
-            if not breaker.admit():
+            if not breaker.available():
                 span.set_attribute("consortium.failure", "circuit_open")
                 raise PeerError(
                     f"{org} is unreachable: its circuit is open after failed connections "
                     f"(next probe in {breaker.retry_in():.1f} s)",
                     "circuit_open",
                 )
-            try:
-                connection = self._connection(org, streaming=call.streaming)
-            except BaseException:
-                breaker.released()
-                raise
+            connection = self._connection(org, streaming=call.streaming)
             connection.calls += 1
             try:
                 reply = await self._send(
@@ -504,9 +515,6 @@ class PeerClient:
                 else:
                     breaker.succeeded(connection.conn)  # the peer answered: the link works
                 self.assessor.assess(Verdict(org, request, None, failure=e.failure))
-                raise
-            except BaseException:
-                breaker.released()
                 raise
             finally:
                 connection.calls -= 1

@@ -1,5 +1,5 @@
 """The circuit breaker per peer (node/breaker.py), on a clock the test moves: when it
-opens, how long it stays open, what a probe and the trial call do, and which failures
+opens, how long it stays open, what a probe and a half-open call do, and which failures
 count."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def test_connection_failures_in_a_row_open_it_and_a_success_in_between_does_not(
     assert not b.failed("unreachable", conn=1)
     assert b.available()
     assert b.failed("unreachable", conn=2)
-    assert (b.state, b.available(), b.admit()) == ("open", False, False)
+    assert (b.state, b.available()) == ("open", False)
 
 
 def test_one_timeout_opens_it() -> None:
@@ -54,7 +54,7 @@ def test_answers_that_are_not_connection_failures_are_not_counted() -> None:
     assert b.state == "closed"
 
 
-def test_open_then_probe_then_one_trial_then_closed() -> None:
+def test_open_then_probe_then_half_open_then_closed() -> None:
     b, clock = breaker()
     b.failed("timeout", conn=0)
     assert b.retry_in() == 1.0 and not b.probe_due()
@@ -62,13 +62,11 @@ def test_open_then_probe_then_one_trial_then_closed() -> None:
     assert b.probe_due() and b.state == "probing" and not b.available()
     b.probed(connected=True)
     assert b.state == "half_open" and b.available()
-    assert b.admit()  # the trial
-    assert not b.available() and not b.admit()  # one at a time
     b.succeeded(conn=1)
     assert b.state == "closed" and b.available()
 
 
-def test_failed_probes_and_trials_double_the_open_period_up_to_the_cap() -> None:
+def test_failed_probes_and_half_open_calls_double_the_open_period_up_to_the_cap() -> None:
     b, clock = breaker()
     b.failed("timeout", conn=0)
     periods = []
@@ -81,24 +79,11 @@ def test_failed_probes_and_trials_double_the_open_period_up_to_the_cap() -> None
     clock.now += b.retry_in()
     b.probe_due()
     b.probed(connected=True)
-    assert b.admit()
-    assert b.failed("timeout", conn=5)  # the trial failed: open again, still long
+    assert b.failed("timeout", conn=5)  # a half-open call failed: open again, still long
     assert b.retry_in() == 8.0
     clock.now += 8.0
     b.probe_due()
     b.probed(connected=True)
-    b.admit()
     b.succeeded(conn=6)  # only a call that succeeds resets the period
     b.failed("timeout", conn=7)
     assert b.retry_in() == 1.0
-
-
-def test_a_cancelled_trial_lets_the_next_call_try() -> None:
-    b, clock = breaker()
-    b.failed("timeout", conn=0)
-    clock.now += 1.0
-    b.probe_due()
-    b.probed(connected=True)
-    assert b.admit()
-    b.released()
-    assert b.admit()

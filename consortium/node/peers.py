@@ -318,7 +318,7 @@ class PeerClient:
         if not connection.retired:
             self._retire(org)
         if self.breaker(org).failed(failure, connection.conn):
-            log.warning("%s unreachable (%s): circuit open", safe(org), failure)
+            log.warning("calls to %s fail (%s): circuit open", safe(org), failure)
             if org not in self._probing:
                 self._probing.add(org)
                 self._spawn(self._probe(org))

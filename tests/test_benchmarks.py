@@ -158,3 +158,16 @@ def test_overload_benchmark_runs() -> None:
         assert figures["connection_errors"] == 0
         assert 0 <= cast(float, figures["refusal_rate"]) <= 1
     assert cast(dict[str, object], d["a_shedding_off"])["refusal_rate"] == 0
+
+
+def test_failover_benchmark_runs() -> None:
+    d = run("failover.py", "--cycles", "1", "--storm", "1", "--baseline", "3")
+    failover = cast(dict[str, float], d["failover"])
+    reuse = cast(dict[str, float], d["reuse_after_restart"])
+    assert failover["n"] == reuse["n"] == 1
+    assert failover["p50_s"] > 0 and reuse["p50_s"] > 0
+    storm = cast(dict[str, object], d["storm"])
+    assert float(cast(float, storm["reuse_after_last_restart_s"])) > 0
+    blackhole = cast(dict[str, object], d["blackhole"])
+    assert cast(dict[str, float], blackhole["next_tasks"])["n"] == 3
+    assert float(cast(float, d["ratio_failover_p50_over_baseline_p50"])) > 0

@@ -282,6 +282,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
             redactor=redactor,
             assessor=assessor,
             credentials=cfg.client_credentials(),
+            breaker=fed.breaker(),
         )
     except BaseException:
         replay.close()
@@ -435,6 +436,7 @@ async def build_routing(
         cross_check_rate=cfg.trust.cross_check_rate if cfg.trust.enabled else 0.0,
         alarm=canaries.scheduler.alarm if canaries is not None else None,
         audit=federation.audit if federation else None,
+        failover_peers=cfg.federation.failover_peers if cfg.federation else 0,
     )
     if policy is not None and federation is not None:
         policy.audit = federation.audit

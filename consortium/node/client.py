@@ -10,7 +10,7 @@ import contextlib
 import ssl
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,17 @@ def bearer(api_key: str) -> ClientCallInterceptor:
     return StaticHeaders({"authorization": f"Bearer {api_key}"})
 
 
+def grpc_channel(
+    url: str,
+    credentials: grpc.ChannelCredentials | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A gRPC channel to `url`: TLS with `credentials`, plain otherwise."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(url, options=options)
+    return grpc.aio.secure_channel(url, credentials, options=options)
+
+
 def open_client(
     card: a2a_pb2.AgentCard,
     *,
@@ -74,15 +85,15 @@ def open_client(
     api_key: str | None = None,
     verify: ssl.SSLContext | None = None,
     interceptors: list[ClientCallInterceptor] | None = None,
+    channel_options: Sequence[tuple[str, Any]] = (),
 ) -> Client:
     """An a2a-sdk client for the card's interface of the given transport (gRPC by default);
     with credentials the gRPC channel uses TLS (and a client certificate, for mTLS), with
-    `verify` the HTTP client likewise; `api_key` authenticates every call."""
+    `verify` the HTTP client likewise; `api_key` authenticates every call;
+    `channel_options`: the gRPC channel's options."""
 
     def channel(url: str) -> grpc.aio.Channel:
-        if credentials is None:
-            return grpc.aio.insecure_channel(url)
-        return grpc.aio.secure_channel(url, credentials)
+        return grpc_channel(url, credentials, channel_options)
 
     config = ClientConfig(
         streaming=streaming,

@@ -26,6 +26,7 @@ from pydantic_core import ErrorDetails
 from consortium.errors import ConfigError
 from consortium.federation.roster import ORG_ID
 from consortium.llm.settings import ModelSection
+from consortium.node.breaker import BreakerSettings
 from consortium.redaction.policy import RedactionPolicy, check_policy
 from consortium.trust.canaries import CanaryPool, load_pool
 from consortium.trust.canary_schedule import CanarySettings
@@ -93,6 +94,25 @@ class FederationSection(_Section):
     admin_key: str
     max_clock_skew_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     peer_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    # A router's escalation that fails to reach its peer (refused, reset, timed out,
+    # busy) before any of its answer was shown is retried on up to this many other
+    # capable peers, within the task's deadline (README "Routing").
+    failover_peers: Annotated[int, Field(ge=0, le=16)] = 2
+    # The circuit breaker per peer (node/breaker.py): open after this many connection
+    # failures in a row (a timeout opens it at once), probed after breaker_open_s,
+    # doubling up to breaker_max_open_s; a probe waits breaker_probe_timeout_s.
+    breaker_failures: Annotated[int, Field(ge=1, le=100)] = 2
+    breaker_open_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
+    breaker_max_open_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    breaker_probe_timeout_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+
+    def breaker(self) -> BreakerSettings:
+        return BreakerSettings(
+            failures=self.breaker_failures,
+            open_s=self.breaker_open_s,
+            max_open_s=max(self.breaker_max_open_s, self.breaker_open_s),
+            probe_timeout_s=self.breaker_probe_timeout_s,
+        )
 
 
 class TlsSection(_Section):
@@ -337,8 +357,8 @@ class TrustSection(_Section):
     weight_cross_check: _Weight = _TRUST.weight_cross_check
     weight_protocol: _Weight = _TRUST.weight_protocol
     weight_report: _Weight = _TRUST.weight_report
-    # Multiples of weight_protocol: a reply refused by verification, a call with nothing
-    # to verify (timeout, unreachable).
+    # Multiples of weight_protocol: a reply refused by verification, a reply with nothing
+    # to verify (no status message; a timeout or a failed connection is not evidence).
     refusal_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.refusal_factor
     failure_factor: Annotated[float, Field(ge=0, le=100)] = _TRUST.failure_factor
     # How often an honest peer passes a canary calibrated for its declared model, and

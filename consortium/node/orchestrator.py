@@ -45,7 +45,7 @@ from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.config import GroupSection, RoutingSection
 from consortium.node.option_scoring import score_options
-from consortium.node.peers import PeerClient, PeerScores
+from consortium.node.peers import RETRYABLE_FAILURES, PeerClient, PeerError, PeerScores
 from consortium.protocols.collaboration import (
     Limits,
     Member,
@@ -75,6 +75,7 @@ from consortium.protocols.provenance import (
 )
 from consortium.protocols.request_options import RequestOptions
 from consortium.protocols.routing import (
+    ESCALATION_TOKENS,
     QUARANTINED,
     AlwaysRouter,
     Budget,
@@ -90,6 +91,7 @@ from consortium.protocols.routing import (
     RoutingInput,
     SelfRouter,
     Signal,
+    choose_peer,
     parse_node_router,
     top_entropy,
 )
@@ -209,8 +211,10 @@ class Orchestrator:
         alarm: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
         audit: AuditLog | None = None,
+        failover_peers: int = 2,
     ) -> None:
         self.org_id = org_id
+        self._failover_peers = failover_peers
         # Told of every routing decision with its reason (trust.audit).
         self._audit: AuditLog = audit or NoOpAuditLog()
         self._cross_check_rate = cross_check_rate
@@ -362,6 +366,50 @@ class Orchestrator:
         self.record_decision(router.name, decision)
         return decision
 
+    async def retry(
+        self,
+        tried: Sequence[str],
+        failure: str,
+        texts: Sequence[str],
+        options: RequestOptions,
+        elapsed_s: float,
+        decision: Decision | None,
+    ) -> Decision | None:
+        """Where an escalation goes after the peer it was sent to (`tried[-1]`; every
+        peer asked so far, in order, in `tried`) failed with `failure` before any of its
+        answer was shown: the same peer once more on a new connection when its
+        connection failed and its circuit is still closed (a reset of one connection),
+        otherwise, when a router chose the peer (`decision`; a peer the request named is
+        not replaced), the next capable peer of those allowed, not tried, within the
+        budget and that the task may be sent to, at most `failover_peers` of them. None:
+        the task fails (a failure that is not RETRYABLE_FAILURES, the task's deadline
+        passed, no peer left). Every failover is a routing decision in the audit log."""
+        if failure not in RETRYABLE_FAILURES or self._peers is None or not tried:
+            return None
+        budget = self.budget(options)
+        if budget.deadline_s is not None and elapsed_s >= budget.deadline_s:
+            return None
+        last = tried[-1]
+        why = f"{last} did not answer ({failure})"
+        if failure == "unreachable" and tried.count(last) == 1 and self._peers.available(last):
+            if decision is None:
+                return Decision("escalate", last, f"{why}; asked again", 0.0)
+            return Decision(
+                "escalate", last, f"{decision.reason}; {why}; asked again", decision.score
+            )
+        if decision is None or len(set(tried)) > self._failover_peers:
+            return None
+        left = [p for p in self.peers() if p.org not in tried]
+        withheld = await self.withheld(texts, [p.org for p in left])
+        target = choose_peer([p for p in left if p.org not in withheld], budget, ESCALATION_TOKENS)
+        if not target:
+            return None
+        failover = Decision(
+            "escalate", target, f"{decision.reason}; {why}: failover", decision.score
+        )
+        self.record_decision("failover", failover)
+        return failover
+
     def record_decision(self, router: str, decision: Decision) -> None:
         """Every routing decision goes to the audit log with its reason."""
         self._audit.record(
@@ -443,7 +491,7 @@ class Orchestrator:
             provenance = routed.provenance.model_copy(update={"members": members | local_row})
             return Routed(routed.choice, routed.probabilities, provenance)
         return await self._escalate(
-            question, decision, router.name, local_row, started, argmax(probs), withheld
+            question, decision, router.name, local_row, started, argmax(probs), withheld, options
         )
 
     async def _escalate(
@@ -455,19 +503,36 @@ class Orchestrator:
         started: float,
         draft_choice: int,
         withheld: Mapping[str, str],
+        options: RequestOptions,
     ) -> Routed:
         """The peer the router chose answers (after the local draft in `local_row`); a
         sampled share of escalations also asks a second member serving the same model,
-        concurrently, for a cross-check."""
+        concurrently, for a cross-check. A peer that cannot be reached is replaced as
+        `retry` says (the provenance names the peer that answered)."""
         ledger = PeerLedger()
-        target = decision.target
-        peer = PeerMember(target, self._require_peers(), self._price(target), ledger)
-        second = self._second_opinion(target, withheld)
-        if second is None:
-            scored, checked = await peer.score(question, ""), None
-        else:
-            helper = PeerMember(second, self._require_peers(), self._price(second), ledger)
-            scored, checked = await _with_second(peer.score(question, ""), helper, question)
+        tried: list[str] = []
+        while True:
+            target = decision.target
+            tried.append(target)
+            peer = PeerMember(target, self._require_peers(), self._price(target), ledger)
+            second = self._second_opinion(target, withheld) if len(tried) == 1 else None
+            try:
+                if second is None:
+                    scored, checked = await peer.score(question, ""), None
+                else:
+                    helper = PeerMember(second, self._require_peers(), self._price(second), ledger)
+                    scored, checked = await _with_second(peer.score(question, ""), helper, question)
+                break
+            except PeerError as e:
+                texts = [question.stem, *question.choices]
+                elapsed = time.perf_counter() - started
+                retry = await self.retry(tried, e.failure, texts, options, elapsed, decision)
+                if retry is None:
+                    raise
+                log.warning(
+                    "escalation to %s failed (%s): %s", safe(target), e.failure, retry.reason
+                )
+                decision = retry
         peer_probs = tuple(scored.scores.probabilities(DRAFT_NORMALISATION))
         members = {
             **local_row,

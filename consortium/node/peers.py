@@ -33,9 +33,12 @@ of the same kind to the same peer alongside, in the background, through `answer_
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -58,7 +61,9 @@ from consortium.errors import (
     UntrustedAnswer,
 )
 from consortium.federation.watcher import RosterWatcher
-from consortium.node.client import open_client, text_message
+from consortium.logsafe import safe
+from consortium.node.breaker import CONNECTION_FAILURES, BreakerSettings, CircuitBreaker
+from consortium.node.client import grpc_channel, open_client, text_message
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
 from consortium.protocols.redaction import Redactor
@@ -70,14 +75,17 @@ from consortium.trust.refusals import Rejected
 from consortium.trust.reputation import Assessor, Verdict
 from consortium.trust.signing import Signer
 
+log = logging.getLogger(__name__)
+
 # A claimed token count above this is absurd for any model a member can run.
 MAX_CLAIMED_TOKENS = 10_000_000
 
 
 class PeerError(NodeUnavailableError):
     """A peer could not be asked, or gave no usable reply; `failure` is the code the
-    assessor was told ("timeout", "unreachable", "no_reply"), or "" when the call never
-    left this node."""
+    assessor was told ("timeout", "unreachable", "busy", "no_reply"), "circuit_open"
+    when the peer's circuit breaker let nothing out, or "" when the call never left this
+    node for another reason."""
 
     def __init__(self, message: str, failure: str = "") -> None:
         super().__init__(message)
@@ -94,6 +102,12 @@ class PeerBusy(PeerError, NodeOverloaded):
         PeerError.__init__(self, message, "busy")
         self.retry_after_s = retry_after_s
         self.reason = "busy"
+
+
+# The failures after which asking again (the same peer on a new connection, or another
+# peer) cannot give a task two answers: the call brought nothing back that was used
+# (refused, reset or timed-out connections, a busy peer, an open circuit).
+RETRYABLE_FAILURES = frozenset({"unreachable", "timeout", "busy", "circuit_open"})
 
 
 class PeerQuarantined(RequestRejected):
@@ -200,6 +214,37 @@ class Reply:
     canary: Literal["passed", "failed"] | None = None  # its latest canary, when asked
 
 
+# Options of every channel to a peer. A channel is replaced when a call on it fails to
+# connect or times out (the breaker's `conn`), so gRPC's own reconnect backoff (up to
+# 120 s by default: a peer restarted a dozen times was never called again) matters only
+# within one connection's life; keepalive pings find a connection that went silent
+# mid-call (a black hole) in keepalive_time + keepalive_timeout, not the call's deadline.
+# The server side allows these pings (node/a2a/grpc_binding.py).
+PEER_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+# What a probe of an open circuit calls: a method no node serves.
+PROBE_METHOD = "/consortium.Probe/Ping"
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One channel (an a2a-sdk client) to a peer; `conn` numbers it for the breaker. A
+    retired connection takes no new calls and is closed when its last call ends."""
+
+    client: Client
+    conn: int
+    calls: int = 0
+    retired: bool = False
+
+
 class PeerClient:
     def __init__(
         self,
@@ -211,6 +256,7 @@ class PeerClient:
         redactor: Redactor,
         assessor: Assessor,
         credentials: grpc.ChannelCredentials | None = None,
+        breaker: BreakerSettings | None = None,
     ) -> None:
         self._credentials = credentials
         self.tracer: trace.Tracer = trace.NoOpTracer()
@@ -221,9 +267,24 @@ class PeerClient:
         self.redactor = redactor
         self.assessor = assessor
         self.canaries: CanaryMixer = NoCanaries()
-        self._clients: dict[tuple[str, str, bool], Client] = {}
+        self._connections: dict[tuple[str, str, bool], _Connection] = {}
+        self._numbers = itertools.count()
+        self._breaker_settings = breaker or BreakerSettings()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._probing: set[str] = set()  # peers whose open circuit a task probes
 
-    def _client(self, org: str, streaming: bool = True) -> Client:
+    def breaker(self, org: str) -> CircuitBreaker:
+        """The peer's circuit breaker (node/breaker.py)."""
+        if org not in self._breakers:
+            self._breakers[org] = CircuitBreaker(self._breaker_settings)
+        return self._breakers[org]
+
+    def available(self, org: str) -> bool:
+        """Whether the peer's circuit lets routing choose it now."""
+        return self.breaker(org).available()
+
+    def _endpoint(self, org: str) -> str:
         member = self._roster.current().member(org)
         if member is None:
             raise PeerError(f"{org} is not a member of the federation")
@@ -231,23 +292,89 @@ class PeerClient:
             raise PeerError(f"{org} is {member.status}")
         if not member.endpoints.grpc:
             raise PeerError(f"the roster lists no gRPC endpoint for {org}")
-        cache_key = (org, member.endpoints.grpc, streaming)
-        if cache_key not in self._clients:
+        return member.endpoints.grpc
+
+    def _connection(self, org: str, streaming: bool = True) -> _Connection:
+        url = self._endpoint(org)
+        cache_key = (org, url, streaming)
+        if cache_key not in self._connections:
             card = a2a_pb2.AgentCard(
                 name=org,
                 supported_interfaces=[
                     a2a_pb2.AgentInterface(
-                        url=member.endpoints.grpc,
+                        url=url,
                         protocol_binding=TransportProtocol.GRPC,
                         protocol_version=PROTOCOL_VERSION_CURRENT,
                     )
                 ],
                 capabilities=a2a_pb2.AgentCapabilities(streaming=True),
             )
-            self._clients[cache_key] = open_client(
-                card, credentials=self._credentials, streaming=streaming
+            client = open_client(
+                card,
+                credentials=self._credentials,
+                streaming=streaming,
+                channel_options=PEER_CHANNEL_OPTIONS,
             )
-        return self._clients[cache_key]
+            self._connections[cache_key] = _Connection(client, next(self._numbers))
+        return self._connections[cache_key]
+
+    def _retire(self, org: str) -> None:
+        """Every connection to the peer takes no new call: the next call connects anew."""
+        for key in [k for k in self._connections if k[0] == org]:
+            connection = self._connections.pop(key)
+            connection.retired = True
+            if connection.calls == 0:
+                self._spawn(connection.client.close())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _link_failed(self, org: str, failure: str, connection: _Connection) -> None:
+        """A call on `connection` failed to connect or timed out: the connection is
+        replaced, the breaker told, and an opened circuit probed in the background."""
+        if not connection.retired:
+            self._retire(org)
+        if self.breaker(org).failed(failure, connection.conn):
+            log.warning("calls to %s fail (%s): circuit open", safe(org), failure)
+            if org not in self._probing:
+                self._probing.add(org)
+                self._spawn(self._probe(org))
+
+    async def _probe(self, org: str) -> None:
+        """Probes an open circuit until the peer accepts a connection again: one fresh
+        connection attempt per open period, bounded by `probe_timeout_s` (one prober per
+        peer)."""
+        breaker = self.breaker(org)
+        try:
+            while breaker.state == "open":
+                await asyncio.sleep(breaker.retry_in())  # the backoff period
+                if breaker.probe_due():
+                    connected = await self._connects(org)
+                    breaker.probed(connected)
+                    if connected:
+                        log.info("%s accepts connections again: circuit half-open", safe(org))
+        finally:
+            self._probing.discard(org)
+
+    async def _connects(self, org: str) -> bool:
+        """Whether the peer's gRPC server answers a call on a fresh connection: a method
+        it does not serve, so any answer (UNIMPLEMENTED) is the server's own and nothing
+        runs there. A connection alone is not enough: a black hole accepts one."""
+        try:
+            url = self._endpoint(org)
+        except PeerError:
+            return False
+        channel = grpc_channel(url, self._credentials, PEER_CHANNEL_OPTIONS)
+        try:
+            ping = channel.unary_unary(PROBE_METHOD)
+            await ping(b"", timeout=self._breaker_settings.probe_timeout_s)
+            return True
+        except grpc.aio.AioRpcError as e:
+            return e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        finally:
+            await channel.close()
 
     async def ask(
         self,
@@ -288,12 +415,12 @@ class PeerClient:
         )
 
     def candidates(self) -> tuple[Peer, ...]:
-        """The active members other than this one that the trust layer allows, as routers
-        see them, with their reputation (`Peer.trust`)."""
+        """The active members other than this one that the trust layer allows and whose
+        circuit is not open, as routers see them, with their reputation (`Peer.trust`)."""
         me = self._signer.org_id
         peers = []
         for m in self._roster.current().members:
-            if m.org_id == me or m.status != "active":
+            if m.org_id == me or m.status != "active" or not self.available(m.org_id):
                 continue
             standing = self.assessor.standing(m.org_id)
             if not standing.allowed:
@@ -379,19 +506,41 @@ class PeerClient:
                 "consortium.mode": call.mode,
             },
         ) as span:
-            client = self._client(org, streaming=call.streaming)
+            self._endpoint(org)  # a member the roster does not let us call: nothing is sent
             request, request_digest = await self._outgoing(org, message, call.redacted)
             span.set_attribute("consortium.message.id", request.message_id)
+            breaker = self.breaker(org)
+            if not breaker.available():
+                span.set_attribute("consortium.failure", "circuit_open")
+                raise PeerError(
+                    f"{org} is unreachable: its circuit is open after failed connections "
+                    f"(next probe in {breaker.retry_in():.1f} s)",
+                    "circuit_open",
+                )
+            connection = self._connection(org, streaming=call.streaming)
+            connection.calls += 1
             try:
-                reply = await self._send(client, org, request, request_digest, call, on_text)
+                reply = await self._send(
+                    connection.client, org, request, request_digest, call, on_text
+                )
             except Rejected as e:
+                breaker.succeeded(connection.conn)
                 self.assessor.assess(Verdict(org, request, None, e.reason))
                 raise UntrustedAnswer(call.refused.format(org=org, error=e)) from None
             except PeerError as e:
                 span.set_attribute("consortium.failure", e.failure)
+                if e.failure in CONNECTION_FAILURES:
+                    self._link_failed(org, e.failure, connection)
+                else:
+                    breaker.succeeded(connection.conn)  # the peer answered: the link works
                 if not isinstance(e, PeerBusy):  # a refusal for load says nothing of it
                     self.assessor.assess(Verdict(org, request, None, failure=e.failure))
                 raise
+            finally:
+                connection.calls -= 1
+                if connection.retired and connection.calls == 0:
+                    self._spawn(connection.client.close())
+            breaker.succeeded(connection.conn)
             claim = self._claim(org, reply.message)
             self.assessor.assess(Verdict(org, request, reply.message, claim=claim))
             span.set_attribute("consortium.verdict", "verified")
@@ -497,14 +646,18 @@ class PeerClient:
         return self._verifier.verify(message, request_digest=request_digest, expected_sender=org)
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for connection in self._connections.values():
+            await connection.client.close()
+        self._connections.clear()
 
 
 def failure_of(error: BaseException) -> str:
     """The assessor's failure code of a call that brought nothing to verify: "timeout"
-    (the deadline passed), "unreachable" (no connection), otherwise "no_reply"."""
+    (the deadline passed), "unreachable" (no connection), "busy" (refused for load),
+    otherwise "no_reply"."""
     if isinstance(error, A2AClientTimeoutError):
         return "timeout"
     rpc = error if isinstance(error, grpc.aio.AioRpcError) else error.__cause__
@@ -513,6 +666,8 @@ def failure_of(error: BaseException) -> str:
             return "timeout"
         if rpc.code() == grpc.StatusCode.UNAVAILABLE:
             return "unreachable"
+    if busy_of(error) is not None:  # RESOURCE_EXHAUSTED for load, not for a big message
+        return "busy"
     return "no_reply"
 
 

@@ -520,7 +520,9 @@ class NodeService:
         """The answer of the peer `options.peer`, verified, its streamed text relayed as
         it comes and restored (the task's pseudonyms replaced by their values). When the
         router chose the peer (`decision`) and the redaction policy will not let the
-        task go to it, the local model answers instead, saying why."""
+        task go to it, the local model answers instead, saying why. A peer that cannot be
+        reached before any of its answer was shown is replaced as the orchestrator's
+        `retry` says (a peer the request named is only asked again)."""
         peer = options.peer
         assert peer is not None
         if self._peers is None:
@@ -529,52 +531,77 @@ class NodeService:
         yield Working()
         # The route chose this peer here; the peer answers with its own model.
         sent = forwarded(options)
-        chunks: asyncio.Queue[str] = asyncio.Queue()
-        restorer = scope.stream()
-        streamed = False
-        with scope.active():
-            call = asyncio.create_task(
-                self._peers.ask(peer, request.sent_text, sent or None, chunks.put_nowait)
-            )
-        try:
-            while not call.done() or not chunks.empty():
-                getter = asyncio.ensure_future(chunks.get())
-                done, _ = await asyncio.wait({call, getter}, return_when=FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    continue
-                shown = restorer.feed(getter.result())
-                if shown:
-                    streamed = True
-                    yield TextChunk(shown)
-            answer = call.result()
-            provenance = self._relayed(answer, scope)
-            rest = restorer.finish()
-        except RedactionBlocked as e:  # nothing was sent
-            log.warning("task %s: %s", request.task_id, safe(e, 300))
-            if decision is None:
+        started = time.perf_counter()
+        tried: list[str] = []
+        while True:
+            tried.append(peer)
+            chunks: asyncio.Queue[str] = asyncio.Queue()
+            restorer = scope.stream()
+            streamed = False
+            with scope.active():
+                call = asyncio.create_task(
+                    self._peers.ask(peer, request.sent_text, sent or None, chunks.put_nowait)
+                )
+            try:
+                while not call.done() or not chunks.empty():
+                    getter = asyncio.ensure_future(chunks.get())
+                    done, _ = await asyncio.wait({call, getter}, return_when=FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        continue
+                    shown = restorer.feed(getter.result())
+                    if shown:
+                        streamed = True
+                        yield TextChunk(shown)
+                answer = call.result()
+                provenance = self._relayed(answer, scope)
+                rest = restorer.finish()
+            except RedactionBlocked as e:  # nothing was sent
+                log.warning("task %s: %s", request.task_id, safe(e, 300))
+                if decision is None:
+                    yield Rejected(str(e))
+                    return
+                local = Decision("local", "", f"{decision.reason}; {e}", decision.score)
+                self.orchestrator.record_decision("redaction", local)
+                async for event in self._generate(request, local, scope):
+                    yield event
+                return
+            except RequestRejected as e:  # a quarantined peer, a failed redaction: not sent
+                log.warning("task %s: %s", request.task_id, safe(e, 300))
                 yield Rejected(str(e))
                 return
-            local = Decision("local", "", f"{decision.reason}; {e}", decision.score)
-            self.orchestrator.record_decision("redaction", local)
-            async for event in self._generate(request, local, scope):
-                yield event
-            return
-        except RequestRejected as e:  # a quarantined peer, a failed redaction: not sent
-            log.warning("task %s: %s", request.task_id, safe(e, 300))
-            yield Rejected(str(e))
-            return
-        except (PeerError, UntrustedAnswer) as e:
-            log.warning("task %s: asking %s failed: %s", request.task_id, safe(peer), safe(e, 300))
-            yield Failed(str(e), unavailable=isinstance(e, NodeUnavailableError))
-            return
-        except PlaceholderFragment:
-            log.warning("task %s: the answer of %s ended in a placeholder", request.task_id, peer)
-            yield Failed(f"the answer from {peer} ended inside a pseudonym: not shown")
-            return
-        finally:
-            if not call.done():
-                call.cancel()
+            except (PeerError, UntrustedAnswer) as e:
+                log.warning(
+                    "task %s: asking %s failed: %s", request.task_id, safe(peer), safe(e, 300)
+                )
+                # Asked again only while nothing of an answer was shown: one answer a task.
+                retry = None
+                if isinstance(e, PeerError) and not streamed:
+                    retry = await self.orchestrator.retry(
+                        tried,
+                        e.failure,
+                        [request.sent_text],
+                        options,
+                        time.perf_counter() - started,
+                        decision,
+                    )
+                if retry is not None:
+                    log.info("task %s: asking %s instead", request.task_id, safe(retry.target))
+                    peer = retry.target
+                    decision = decision if decision is None else retry
+                    continue
+                yield Failed(str(e), unavailable=isinstance(e, NodeUnavailableError))
+                return
+            except PlaceholderFragment:
+                log.warning(
+                    "task %s: the answer of %s ended in a placeholder", request.task_id, peer
+                )
+                yield Failed(f"the answer from {peer} ended inside a pseudonym: not shown")
+                return
+            finally:
+                if not call.done():
+                    call.cancel()
+            break
         if rest:
             streamed = True
             yield TextChunk(rest)

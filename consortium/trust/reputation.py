@@ -23,13 +23,21 @@ PeerState = Literal["healthy", "probation", "quarantined"]
 # allow), and another member's signed trust report.
 EvidenceKind = Literal["canary", "cross_check", "protocol", "report"]
 
+# Failures of a call that say something about the network between two nodes, or the
+# peer's load, not about its honesty: a connection refused or reset ("unreachable"), no
+# answer before the deadline ("timeout"), a peer refusing work it has no room for
+# ("busy"). They are kept out of the reputation (node/breaker.py hears them instead): a
+# peer that was down, or behind a bad link, is as trustworthy when it comes back.
+NETWORK_FAILURES = frozenset({"unreachable", "timeout", "busy"})
+
 
 @dataclass(frozen=True)
 class Verdict:
     """What the exchange found of one call: `reply` is the verified reply, or None when
     there is none to believe; then `refusal` says why verification refused it (a
     `Rejected` reason) or `failure` why there was nothing to verify ("timeout",
-    "unreachable", "no_reply"). `claim` is set on a verified reply that claims what the
+    "unreachable", "busy": NETWORK_FAILURES, which say nothing of the peer's honesty;
+    "no_reply"). `claim` is set on a verified reply that claims what the
     roster does not allow ("unlisted_model": a model the member does not list;
     "bad_token_count": a negative, non-integer or absurd token count): the reply was
     signed by the member and is still used; the claim is evidence against it."""

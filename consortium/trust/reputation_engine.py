@@ -3,10 +3,12 @@
 Each peer, and each (peer, model), has two Beta(alpha, beta) posteriors: one over "its
 next answer is right" fed by answer evidence (canaries, cross-checks, members' reports),
 one over "its next call goes through the protocol cleanly" fed by protocol evidence (a
-verified reply is good; a refused reply, a timeout, a claim the roster does not allow are
-bad). They are kept apart because a signature says who answered, not how well: counted
-in one posterior, hundreds of verified replies would drown the few canaries that show a
-peer answering wrong.
+verified reply is good; a refused reply, an empty one, a claim the roster does not allow
+are bad). They are kept apart because a signature says who answered, not how well:
+counted in one posterior, hundreds of verified replies would drown the few canaries that
+show a peer answering wrong. A call that never reached the peer or timed out is evidence
+about the network, not the peer (`NETWORK_FAILURES`): it enters neither posterior (the
+node's circuit breaker, node/breaker.py, deals with it).
 
 A piece of evidence of kind k weighs u = w_k (times its own weight); a bad outcome of a
 check an honest peer passes with probability e weighs u * rho(e), with
@@ -58,6 +60,7 @@ from opentelemetry import metrics
 from consortium.logsafe import safe
 from consortium.trust.audit import AuditLog, NoOpAuditLog
 from consortium.trust.reputation import (
+    NETWORK_FAILURES,
     Evidence,
     EvidenceKind,
     PeerState,
@@ -92,7 +95,7 @@ class ReputationSettings:
     weight_protocol: float = 0.3
     weight_report: float = 0.2
     # Multiples of weight_protocol for a refused reply (bad signature, wrong sender...)
-    # and for a call that gave nothing to verify (timeout, unreachable).
+    # and for a reply that gave nothing to verify (no status message).
     refusal_factor: float = 3.0
     failure_factor: float = 0.5
     # How often an honest peer passes a canary calibrated for its declared model, and
@@ -282,6 +285,8 @@ class ReputationAssessor:
 
     def assess(self, verdict: Verdict) -> None:
         s = self.settings
+        if verdict.reply is None and not verdict.refusal and verdict.failure in NETWORK_FAILURES:
+            return  # the network's doing (or the peer's load), not evidence about the peer
         if verdict.reply is not None:
             evidence = Evidence(verdict.peer, "protocol", True, "verified", reply_model(verdict))
         elif verdict.refusal:

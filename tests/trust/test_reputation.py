@@ -282,10 +282,29 @@ def test_a_few_timeouts_do_not_quarantine_an_honest_peer(engine: ReputationAsses
         assert engine.standing("c").state == "healthy"
 
 
-def test_verdicts_weigh_refusals_more_than_timeouts(engine: ReputationAssessor) -> None:
+def test_connection_failures_timeouts_and_busy_peers_are_not_evidence(
+    engine: ReputationAssessor,
+) -> None:
+    """They say something about the network (node/breaker.py hears them), not about the
+    peer: a dead peer's score stays where it was (it fell 0.90 -> 0.80 once)."""
+    request = a2a_pb2.Message(message_id="m")
+    before = engine.standing("c")
+    for _ in range(50):
+        for failure in ("unreachable", "timeout", "busy"):
+            engine.assess(Verdict("c", request, None, failure=failure))
+    after = engine.model_reputation("c", "")
+    assert engine.standing("c") == before and after.state == "healthy"
+    assert (after.protocol_alpha, after.protocol_beta, after.evidence) == (
+        DEFAULTS.prior_good,
+        DEFAULTS.prior_bad,
+        0,
+    )
+
+
+def test_verdicts_weigh_refusals_more_than_empty_replies(engine: ReputationAssessor) -> None:
     request = a2a_pb2.Message(message_id="m")
     engine.assess(Verdict("b", request, None, refusal="bad_signature"))
-    engine.assess(Verdict("c", request, None, failure="unreachable"))
+    engine.assess(Verdict("c", request, None, failure="no_reply"))
     refused, failed = engine.model_reputation("b", ""), engine.model_reputation("c", "")
     w = DEFAULTS.weight_protocol
     assert refused.protocol_beta == pytest.approx(DEFAULTS.prior_bad + w * DEFAULTS.refusal_factor)

@@ -172,6 +172,9 @@ def grpc_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max(max_message_bytes, 4 * 1024 * 1024)),
             ("grpc.so_reuseport", 0),
+            # Peers' keepalive pings (node/peers.py: every 20 s while a call is open) are
+            # welcome, even during a long generation that sends no data.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
     )
     if credentials is None:

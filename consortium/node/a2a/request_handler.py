@@ -170,7 +170,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         context: ServerCallContext,
     ) -> a2a_pb2.SendMessageRequest:
         """Admits the sender of a message; returns the request to act on (for a member,
-        only what its signature covers: the message)."""
+        only what its signature covers: the message; its unsigned tenant is dropped)."""
         validate_send_request(params)
         if self.verifier is not None and parts is not None:
             verified = self._verify(params, parts, context)
@@ -178,8 +178,10 @@ class NodeRequestHandler(DefaultRequestHandler):
                 verified.claims.sender, context, f"message {safe(params.message.message_id)}"
             )
             context.user = CallerUser(caller)
-            # Request-level fields (configuration, metadata) are outside the signature.
-            return a2a_pb2.SendMessageRequest(message=params.message, tenant=params.tenant)
+            # Request-level fields (configuration, metadata, tenant) are outside the
+            # signature: a member's request is its signed message alone.
+            context.tenant = ""
+            return a2a_pb2.SendMessageRequest(message=params.message)
         # In a federation, a caller without credentials is told what members need.
         unsigned = (
             Rejected("unsigned", "the message carries no Consortium signature")

@@ -178,6 +178,13 @@ class NodeRequestHandler(DefaultRequestHandler):
                 verified.claims.sender, context, f"message {safe(params.message.message_id)}"
             )
             context.user = CallerUser(caller)
+            trace.get_current_span().set_attributes(
+                {
+                    "consortium.message.id": params.message.message_id,
+                    "consortium.sender": verified.claims.sender,
+                    "consortium.recipient": verified.claims.recipient,
+                }
+            )
             # Request-level fields (configuration, metadata, tenant) are outside the
             # signature: a member's request is its signed message alone.
             context.tenant = ""
@@ -227,11 +234,11 @@ class NodeRequestHandler(DefaultRequestHandler):
     def _receive_span(
         self, method: str, params: a2a_pb2.SendMessageRequest
     ) -> tuple[Span, SignedParts | Rejected | None]:
-        """The server span of one message, a child of the sender's traceparent if any, and
-        the message's signed parts (None if unsigned, Rejected if unreadable)."""
+        """The server span of one message, a child of the sender's traceparent if any (a
+        trace id names no one), and the message's signed parts (None if unsigned, Rejected
+        if unreadable)."""
         message = params.message
         parent = None
-        attributes = {"consortium.message.id": message.message_id, "rpc.method": method}
         parts: SignedParts | Rejected | None
         try:
             parts = read_signed(message)
@@ -239,14 +246,14 @@ class NodeRequestHandler(DefaultRequestHandler):
             parts = e
         if isinstance(parts, SignedParts):
             parent = context_from(parts.claims.traceparent)
-            attributes.update(
-                {
-                    "consortium.sender": parts.claims.sender,
-                    "consortium.recipient": parts.claims.recipient,
-                }
-            )
+        # The message id and the claimed parties are the sender's choice (a client's id
+        # may be "pii-<email>"): on the span only once a member's signature vouches for
+        # them (`_admit_message`).
         span = self.tracer.start_span(
-            f"a2a.receive {method}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+            f"a2a.receive {method}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.method": method},
         )
         return span, parts
 

@@ -818,7 +818,8 @@ class Node:
 
     async def stop(self) -> None:
         """Stops accepting calls, lets in-flight tasks finish within the grace period,
-        marks the rest failed, and closes the model and the database."""
+        marks the rest failed, has the last checkpoint cosigned by the witnesses (a few
+        seconds at most), and closes the model and the database."""
         if self._stopped:
             return
         self._stopped = True
@@ -847,6 +848,8 @@ class Node:
         if self._http_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._http_task, timeout=max(grace, 1.0))
+        if self.witnessing is not None:
+            await self.witnessing.submit_last()  # the log's tail, witnessed before exit
         await self.worker.stop()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the exporter

@@ -92,7 +92,6 @@ from consortium.node.telemetry import (
 )
 from consortium.node.witnessing import Witnessing
 from consortium.protocols.redaction import IdentityRedactor, Redactor
-from consortium.redaction.detector import Detector
 from consortium.redaction.policy import check_peers
 from consortium.redaction.receipts import DisclosureStore
 from consortium.trust.admission import MessageVerifier
@@ -320,6 +319,8 @@ def build_redactor(
     where = str(cfg.base_dir / "node.toml")
     me = cfg.node.org_id
     check_peers(policy, {m.org_id: m.org_id == me for m in watcher.current().members}, path=where)
+    from consortium.redaction.detector import Detector  # spaCy, Presidio: loaded here only
+
     try:
         detector = Detector(policy)
     except ConfigError:

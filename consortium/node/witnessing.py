@@ -263,12 +263,15 @@ class Witnessing:
         unnoticed."""
         if self._interval <= 0:
             return {}
-        try:
-            return await asyncio.wait_for(self.submit_all(), timeout_s)
-        except TimeoutError:
+        # Not wait_for: it would wait on for a call that does not end when cancelled.
+        submitting = asyncio.ensure_future(self.submit_all())
+        done, _ = await asyncio.wait({submitting}, timeout=timeout_s)
+        if not done:
+            submitting.cancel()
             self.failed["timeout"] += 1
             log.warning("the last checkpoint was not cosigned within %.1f s", timeout_s)
             return {}
+        return submitting.result()
 
     async def run(self) -> None:
         """Submits every witness_interval_s (never, when it is 0), until cancelled."""

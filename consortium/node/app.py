@@ -397,9 +397,11 @@ async def build_routing(
 ) -> Routing:
     """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
 
-    The sentence encoder (MiniLM, ~500 MB) is loaded here, at start-up, when the
-    configured router or its routing records need it; otherwise there is none, so no
-    caller can make the node load it (a per-request learned route is then refused)."""
+    The sentence encoder (MiniLM, ~400 MB with torch) exists only when the configured
+    router or its routing records need it, so no caller can make another node load it (a
+    per-request learned route is then refused). A router that routes on embeddings loads
+    it here, at start-up; routing records alone load it with the first question they
+    embed (a node may never get a multiple-choice task)."""
     policy = None
     if cfg.routing.policy:
         keys = (
@@ -415,7 +417,8 @@ async def build_routing(
     if needs_encoder(cfg.routing):
         encoder = LazyEncoder()
         try:
-            await encoder.load()
+            if routes_on_embeddings(cfg.routing):
+                await encoder.load()
         except BaseException:
             if records is not None:
                 records.close()
@@ -886,6 +889,11 @@ def needs_encoder(routing: RoutingSection) -> bool:
     but `local` keeps (unless `record = false`)."""
     router = routing.router.split(":")[0]
     return bool(routing.policy) or router == "learned" or (routing.record and router != "local")
+
+
+def routes_on_embeddings(routing: RoutingSection) -> bool:
+    """The learned router (or a policy) embeds every question it routes."""
+    return bool(routing.policy) or routing.router.split(":")[0] == "learned"
 
 
 def endpoints_file(config: NodeConfig) -> Path:

@@ -12,10 +12,10 @@ gigabytes; their sum over the schema may be at most MAX_REPETITIONS. llama.cpp's
 sampler checks every alternative still open (each enum value, each anyOf/oneOf branch,
 each optional property) against the whole vocabulary at every token, so their numbers are
 bounded too (MAX_ENUM_VALUES, MAX_BRANCHES), as are the subschemas in all (MAX_RULES).
-`check_schema` counts them before converting, a `$ref` used N times counting its target
-N times (a reference back into a target being counted adds one rule: recursion is the
-converter's one rule, not a loop), and refuses a `$ref` to anything outside the schema;
-the grammar may be at most MAX_GRAMMAR_CHARS.
+`check_schema` counts them before converting, over everything the schema holds and once
+more per `$ref` for its target (a reference back into a target being counted adds one
+rule: recursion is the converter's one rule, not a loop), and refuses a `$ref` to
+anything outside the schema; the grammar may be at most MAX_GRAMMAR_CHARS.
 
 The sampler (`llama_sampler_init_grammar`) keeps the grammar's parse state; the loop
 asks it whether a token is allowed (`allows`), masks the rejected tokens of a whole
@@ -50,10 +50,6 @@ MAX_GRAMMAR_CHARS = 1 << 20
 MAX_ENUM_VALUES = 512
 MAX_BRANCHES = 256
 MAX_RULES = 1024
-# Where definitions live: counted where they are referenced, not where they are written.
-_DEFINITIONS = ("$defs", "definitions")
-# Values, not schemas: their content is a literal of the grammar.
-_LITERALS = ("enum", "const")
 _REPEAT_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
 _PATTERN_BOUND = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
@@ -186,9 +182,10 @@ class _Counter:
         ref = node.get("$ref")
         if isinstance(ref, str):
             cost.add(self._referenced(ref))
-        for key, value in node.items():
-            if key not in _DEFINITIONS and key not in _LITERALS:
-                cost.add(self.of(value))
+        # Everything, where it is written too: a key cannot tell a schema from a property
+        # named "enum" or "$defs".
+        for value in node.values():
+            cost.add(self.of(value))
         return cost
 
     def _referenced(self, ref: str) -> _Cost:

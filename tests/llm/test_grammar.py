@@ -293,6 +293,15 @@ def _doubling(levels: int) -> dict[str, Any]:
         (_defs(40, {"type": "string", "enum": [f"v{i}" for i in range(20)]}), "enum values"),
         (_defs(3, {"anyOf": [{"type": "integer"}] * 100}), "alternatives"),
         (_doubling(12), "subschemas"),
+        # A property named like a keyword is still a schema.
+        (
+            {"type": "object", "properties": {"enum": {"type": "string", "maxLength": 10**6}}},
+            "repetitions",
+        ),
+        (
+            {"type": "object", "properties": {"$defs": {"type": "string", "minLength": 10**6}}},
+            "repetitions",
+        ),
     ],
     ids=[
         "enum",
@@ -302,6 +311,8 @@ def _doubling(levels: int) -> dict[str, Any]:
         "ref-enum",
         "ref-anyOf",
         "ref-rules",
+        "property-named-enum",
+        "property-named-defs",
     ],
 )
 def test_schema_opening_too_many_alternatives_is_refused_before_converting(
@@ -334,8 +345,9 @@ TREE = {
     [
         SCHEMA,
         TREE,  # recursive: counted once, not looped over
-        _defs(4, {"type": "string", "maxLength": 1000}),  # 4 x 1000 repetitions: within 4096
-        _doubling(8),  # 256 uses of d0
+        # Where it is written and 3 uses: 4 x 1000 repetitions, within 4096.
+        _defs(3, {"type": "string", "maxLength": 1000}),
+        _doubling(6),  # 64 uses of d0
         {"type": "string", "enum": [f"colour-{i}" for i in range(200)]},
         {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 16}, {"type": "null"}]},
         {"type": "object", "properties": {f"k{i}": {"type": "integer"} for i in range(40)}},

@@ -4,6 +4,10 @@
 it goes into a log line: control characters, newlines and ANSI escapes become visible
 escapes, and long values are cut, so a caller cannot write a fake log line.
 
+`JsonRpcClientErrors` (on a2a-sdk's JSON-RPC dispatcher's logger, installed with the
+HTTP binding) keeps a client's mistake out of the errors: one WARNING line with the
+request id and error code, never the body.
+
 `install()` sets up the process's logging: Consortium's own loggers at the configured
 level; third-party loggers never below INFO; a2a-sdk's at WARNING with their arguments
 withheld, because the SDK writes whole request bodies (DEBUG) and parse errors quoting
@@ -59,3 +63,48 @@ def install(level: str) -> None:
     logging.getLogger("consortium").setLevel(numeric)
     for name in SDK_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+JSONRPC_DISPATCHER = "a2a.server.routes.jsonrpc_dispatcher"
+_INTERNAL_ERROR = -32603
+# The dispatcher's records of a request it refuses, each followed by REQUEST_ERROR.
+_CLIENT_MISTAKES = frozenset(
+    {
+        "Failed to validate base JSON-RPC request",
+        "Failed to parse request params",
+        "Unhandled method: %s",
+    }
+)
+_REQUEST_BODY = "Request body: %s"
+_REQUEST_ERROR = "Request Error (ID: %s): Code=%s, Message='%s'%s"
+
+
+class JsonRpcClientErrors(logging.Filter):
+    """a2a-sdk's JSON-RPC dispatcher logs a request it cannot parse at ERROR, with a
+    traceback and a parse error that can quote the body, then its error response: here
+    the first goes to DEBUG without its details, the second becomes one line with the
+    request id and the error code only, at WARNING (ERROR for an internal error). The
+    body it logs at DEBUG is never logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _REQUEST_BODY:
+            return False  # at any level
+        if record.msg in _CLIENT_MISTAKES:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.args, record.exc_info, record.exc_text = None, None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        if record.msg == _REQUEST_ERROR and isinstance(record.args, tuple) and record.args:
+            request_id, code = record.args[0], record.args[1] if len(record.args) > 1 else None
+            level = logging.ERROR if code == _INTERNAL_ERROR else logging.WARNING
+            record.levelno, record.levelname = level, logging.getLevelName(level)
+            record.msg = f"JSON-RPC request {safe(request_id)} answered with error {safe(code)}"
+            record.args = None
+        return True
+
+
+_CLIENT_ERRORS = JsonRpcClientErrors()
+
+
+def quiet_jsonrpc_client_errors() -> None:
+    """Installs JsonRpcClientErrors on the dispatcher's logger (once)."""
+    logging.getLogger(JSONRPC_DISPATCHER).addFilter(_CLIENT_ERRORS)

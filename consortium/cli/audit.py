@@ -122,24 +122,28 @@ def audit_export(
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
 ) -> None:
-    """Write one organization's audit log as JSON lines (entries, then checkpoints)."""
+    """Write one organization's audit log as JSON lines (entries, then checkpoints); each
+    entry line is {"entry":BODY}, BODY the entry's bytes as hashed."""
     from consortium.trust.audit.verify import export_lines
 
     def go() -> int:
         cfg = _config(directory)
         if not cfg.audit_path.is_file():
             raise ConfigError("no audit log here", path=str(cfg.audit_path))
-        sink = output.open("w", encoding="utf-8") if output is not None else sys.stdout
+        # Bytes, whatever the locale: each entry as it was hashed.
+        sink = output.open("wb") if output is not None else sys.stdout.buffer
         n = 0
         try:
             for line in export_lines(cfg.audit_path):
-                sink.write(line + "\n")
+                sink.write(line + b"\n")
                 n += 1
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(f"cannot read the audit log: {e}", path=str(cfg.audit_path)) from None
         finally:
             if output is not None:
                 sink.close()
+            else:
+                sink.flush()
         return n
 
     run(go)

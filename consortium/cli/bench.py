@@ -180,11 +180,18 @@ def bench_trust(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     canary_rate: Annotated[
         float | None,
-        typer.Option(min=0.0, max=1.0, help="Override the canary rate (default: [trust]'s)."),
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help=r"Override the canary rate (default: node.toml's \[trust] value).",
+        ),
     ] = None,
     weight_protocol: Annotated[
         float | None,
-        typer.Option(min=0.0, help="Override the protocol evidence weight (default: [trust]'s)."),
+        typer.Option(
+            min=0.0,
+            help=r"Override the protocol evidence weight (default: node.toml's \[trust] value).",
+        ),
     ] = None,
 ) -> None:
     """Simulated federations with one Byzantine member (random, always wrong, half wrong,

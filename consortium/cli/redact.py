@@ -46,7 +46,7 @@ def redact_preview(
     config: ConfigOption,
     peer: Annotated[str, typer.Option("--peer", help="The member it would be sent to.")],
 ) -> None:
-    """Show TEXT as this node's [redaction] policy would send it to PEER."""
+    r"""Show TEXT as this node's \[redaction] policy would send it to PEER."""
     from consortium.federation.roster import load_roster
     from consortium.node.config import load_config
     from consortium.redaction.policy import check_peers
@@ -55,7 +55,7 @@ def redact_preview(
         cfg = load_config(config)
         policy = cfg.redaction
         if not policy.enabled:
-            out.print("redaction is off ([redaction] enabled = false): sent as it is")
+            out.print("redaction is off ([redaction] enabled = false): sent as it is", markup=False)
             return 0
         attributes: dict[str, str] = {}
         if cfg.federation is not None:

@@ -187,7 +187,7 @@ def _report(artifact: PolicyArtifact, signed: bool, req: TrainRequest, orgs: int
 
 
 def supernode(
-    config: Annotated[Path, typer.Option(help="This organization's node.toml ([training]).")],
+    config: Annotated[Path, typer.Option(help=r"This organization's node.toml (\[training]).")],
     superlink: Annotated[str, typer.Option(help="Override training.superlink.")] = "",
     port: Annotated[int | None, typer.Option(help="Override training.port.")] = None,
 ) -> None:

@@ -8,9 +8,14 @@ handle, is the caller's error: `InvalidResponseFormat` (a RequestRejected) befor
 token is generated. So is a schema whose grammar would be too large: the converter
 writes out every repetition a bound asks for (`maxItems`, `minItems`, `maxLength`,
 `minLength`, a pattern's `{m,n}`), so `{"maxItems": 1000000000}` alone would take
-gigabytes; their sum over the schema may be at most MAX_REPETITIONS (checked before
-converting, `check_schema`, which also refuses a `$ref` to anything outside the
-schema), and the grammar at most MAX_GRAMMAR_CHARS.
+gigabytes; their sum over the schema may be at most MAX_REPETITIONS. llama.cpp's grammar
+sampler checks every alternative still open (each enum value, each anyOf/oneOf branch,
+each optional property) against the whole vocabulary at every token, so their numbers are
+bounded too (MAX_ENUM_VALUES, MAX_BRANCHES), as are the subschemas in all (MAX_RULES).
+`check_schema` counts them before converting, over everything the schema holds and once
+more per `$ref` for its target (a reference back into a target being counted adds one
+rule: recursion is the converter's one rule, not a loop), and refuses a `$ref` to
+anything outside the schema; the grammar may be at most MAX_GRAMMAR_CHARS.
 
 The sampler (`llama_sampler_init_grammar`) keeps the grammar's parse state; the loop
 asks it whether a token is allowed (`allows`), masks the rejected tokens of a whole
@@ -24,6 +29,7 @@ import json
 import math
 import re
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +45,11 @@ _JSON_STRING_CHAR = r'[^"\\\x7F\x00-\x1F]'
 # the largest grammar the converter may produce.
 MAX_REPETITIONS = 4096
 MAX_GRAMMAR_CHARS = 1 << 20
+# Alternatives open at once cost every token a scan of the vocabulary each (SmolLM2 on
+# 2 busy cores: ~12x the time of a plain schema's token with an enum of 512 values).
+MAX_ENUM_VALUES = 512
+MAX_BRANCHES = 256
+MAX_RULES = 1024
 _REPEAT_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
 _PATTERN_BOUND = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
@@ -51,8 +62,10 @@ def grammar_for(response_format: ResponseFormat) -> str:
         return str(JSON_GBNF)
     try:
         schema = json.loads(response_format.schema)
-    except ValueError as e:
-        raise InvalidResponseFormat(f"response_format.json_schema is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:
+        raise InvalidResponseFormat(
+            f"response_format.json_schema is not valid JSON: {e or 'nested too deeply'}"
+        ) from e
     if schema is False:
         raise InvalidResponseFormat("response_format.json_schema is false: no value matches it")
     if schema is True:
@@ -83,41 +96,138 @@ def grammar_for(response_format: ResponseFormat) -> str:
 
 
 def check_schema(schema: dict[str, Any]) -> None:
-    """InvalidResponseFormat if the bounds in `schema` ask for more than MAX_REPETITIONS
-    repetitions in all (counted without converting: the converter would build them), or
+    """InvalidResponseFormat if `schema` asks for more than MAX_REPETITIONS repetitions
+    (its minItems, maxItems, minLength, maxLength and pattern bounds), MAX_ENUM_VALUES enum
+    values, MAX_BRANCHES alternatives or MAX_RULES subschemas in all, each `$ref` counting
+    its target again (counted without converting: the converter would build them all); or
     if it has a `$ref` outside itself (the converter refuses to fetch one only by an
     `assert`, which `python -O` drops)."""
-    total = 0
-    stack: list[Any] = [schema]
-    while stack:
-        node = stack.pop()
+    try:
+        cost = _Counter(schema).of(schema)
+    except RecursionError:
+        raise InvalidResponseFormat("response_format.json_schema is nested too deeply") from None
+    for name, limit, what in (
+        (
+            "repetitions",
+            MAX_REPETITIONS,
+            "repetitions (its minItems, maxItems, minLength, "
+            "maxLength and pattern bounds add up to",
+        ),
+        ("enum_values", MAX_ENUM_VALUES, "enum values (in all"),
+        (
+            "branches",
+            MAX_BRANCHES,
+            "alternatives (anyOf and oneOf branches, types of a type "
+            "list and optional properties, in all",
+        ),
+        ("rules", MAX_RULES, "subschemas (in all"),
+    ):
+        if getattr(cost, name) > limit:
+            raise InvalidResponseFormat(
+                f"response_format.json_schema asks for too many {what}, each $ref counting "
+                f"its target again: over {limit})"
+            )
+
+
+@dataclass
+class _Cost:
+    """What a (sub)schema makes the converter and the sampler do, each count saturating
+    just over its limit."""
+
+    repetitions: int = 0
+    enum_values: int = 0
+    branches: int = 0
+    rules: int = 0
+
+    def add(self, other: _Cost) -> None:
+        self.repetitions = min(self.repetitions + other.repetitions, MAX_REPETITIONS + 1)
+        self.enum_values = min(self.enum_values + other.enum_values, MAX_ENUM_VALUES + 1)
+        self.branches = min(self.branches + other.branches, MAX_BRANCHES + 1)
+        self.rules = min(self.rules + other.rules, MAX_RULES + 1)
+
+
+class _Counter:
+    """Counts a schema's cost as the converter expands it: every `$ref` adds its target's
+    cost (computed once per target), a reference into a target still being counted adds
+    one rule (the converter refers to its rule)."""
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self._root = root
+        self._done: dict[int, _Cost] = {}
+        self._open: set[int] = set()
+
+    def of(self, node: Any) -> _Cost:
+        cost = _Cost()
         if isinstance(node, list):
-            stack.extend(node)
-            continue
+            for item in node:
+                cost.add(self.of(item))
+            return cost
         if not isinstance(node, dict):
-            continue
+            return cost
+        cost.rules = 1
         for key in _REPEAT_KEYWORDS:
             value = node.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                total += _bound(value)
-        ref = node.get("$ref")
-        if isinstance(ref, str) and not ref.startswith("#"):
-            raise InvalidResponseFormat(
-                "response_format.json_schema cannot be turned into a grammar: "
-                f"only references within the schema (#/...) are supported, not {ref[:100]!r}"
-            )
+                cost.add(_Cost(repetitions=_bound(value)))
         pattern = node.get("pattern")
         if isinstance(pattern, str):
             for low, high in _PATTERN_BOUND.findall(pattern):
                 digits = high or low
-                total += _bound(int(digits) if len(digits) < 10 else MAX_REPETITIONS + 1)
-        if total > MAX_REPETITIONS:
+                bound = _bound(int(digits) if len(digits) < 10 else MAX_REPETITIONS + 1)
+                cost.add(_Cost(repetitions=bound))
+        enum = node.get("enum")
+        if isinstance(enum, list):
+            cost.add(_Cost(enum_values=len(enum)))
+        cost.add(_Cost(branches=_branches(node)))
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            cost.add(self._referenced(ref))
+        # Everything, where it is written too: a key cannot tell a schema from a property
+        # named "enum" or "$defs".
+        for value in node.values():
+            cost.add(self.of(value))
+        return cost
+
+    def _referenced(self, ref: str) -> _Cost:
+        if not ref.startswith("#"):
             raise InvalidResponseFormat(
-                "response_format.json_schema asks for too many repetitions (its minItems, "
-                f"maxItems, minLength, maxLength and pattern bounds add up to over "
-                f"{MAX_REPETITIONS})"
+                "response_format.json_schema cannot be turned into a grammar: "
+                f"only references within the schema (#/...) are supported, not {ref[:100]!r}"
             )
-        stack.extend(node.values())
+        target: Any = self._root
+        for name in ref[1:].split("/")[1:]:  # as the converter resolves it
+            if not isinstance(target, dict) or name not in target:
+                return _Cost()  # the converter names what it cannot resolve
+            target = target[name]
+        key = id(target)
+        if key in self._open:
+            return _Cost(rules=1)
+        if key not in self._done:
+            self._open.add(key)
+            try:
+                self._done[key] = self.of(target)
+            finally:
+                self._open.discard(key)
+        return self._done[key]
+
+
+def _branches(node: dict[str, Any]) -> int:
+    """The alternatives a schema object opens: its anyOf/oneOf branches, the types of a
+    type list, its optional properties."""
+    n = 0
+    for key in ("anyOf", "oneOf"):
+        if isinstance(node.get(key), list):
+            n += len(node[key])
+    if isinstance(node.get("type"), list):
+        n += len(node["type"])
+    properties = node.get("properties")
+    if isinstance(properties, dict):
+        required = node.get("required")
+        wanted = (
+            {r for r in required if isinstance(r, str)} if isinstance(required, list) else set()
+        )
+        n += sum(1 for name in properties if name not in wanted)
+    return n
 
 
 def _bound(value: float) -> int:

@@ -94,7 +94,6 @@ from consortium.node.telemetry import (
 )
 from consortium.node.witnessing import Witnessing
 from consortium.protocols.redaction import IdentityRedactor, Redactor
-from consortium.redaction.detector import Detector
 from consortium.redaction.policy import check_peers
 from consortium.redaction.receipts import DisclosureStore
 from consortium.sqlite import check_writable, storage_problem
@@ -324,6 +323,8 @@ def build_redactor(
     where = str(cfg.base_dir / "node.toml")
     me = cfg.node.org_id
     check_peers(policy, {m.org_id: m.org_id == me for m in watcher.current().members}, path=where)
+    from consortium.redaction.detector import Detector  # spaCy, Presidio: loaded here only
+
     try:
         detector = Detector(policy)
     except ConfigError:
@@ -400,9 +401,11 @@ async def build_routing(
 ) -> Routing:
     """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
 
-    The sentence encoder (MiniLM, ~500 MB) is loaded here, at start-up, when the
-    configured router or its routing records need it; otherwise there is none, so no
-    caller can make the node load it (a per-request learned route is then refused)."""
+    The sentence encoder (MiniLM, ~400 MB with torch) exists only when the configured
+    router or its routing records need it, so no caller can make another node load it (a
+    per-request learned route is then refused). A router that routes on embeddings loads
+    it here, at start-up; routing records alone load it with the first question they
+    embed (a node may never get a multiple-choice task)."""
     policy = None
     if cfg.routing.policy:
         keys = (
@@ -418,7 +421,8 @@ async def build_routing(
     if needs_encoder(cfg.routing):
         encoder = LazyEncoder()
         try:
-            await encoder.load()
+            if routes_on_embeddings(cfg.routing):
+                await encoder.load()
         except BaseException:
             if records is not None:
                 records.close()
@@ -901,7 +905,8 @@ class Node:
 
     async def stop(self) -> None:
         """Stops accepting calls, lets in-flight tasks finish within the grace period,
-        marks the rest failed, and closes the model and the database."""
+        marks the rest failed, has the last checkpoint cosigned by the witnesses (a few
+        seconds at most), and closes the model and the database."""
         if self._stopped:
             return
         self._stopped = True
@@ -930,6 +935,8 @@ class Node:
         if self._http_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._http_task, timeout=max(grace, 1.0))
+        if self.witnessing is not None:
+            await self.witnessing.submit_last()  # the log's tail, witnessed before exit
         await self.worker.stop()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the exporter
@@ -984,6 +991,11 @@ def needs_encoder(routing: RoutingSection) -> bool:
     but `local` keeps (unless `record = false`)."""
     router = routing.router.split(":")[0]
     return bool(routing.policy) or router == "learned" or (routing.record and router != "local")
+
+
+def routes_on_embeddings(routing: RoutingSection) -> bool:
+    """The learned router (or a policy) embeds every question it routes."""
+    return bool(routing.policy) or routing.router.split(":")[0] == "learned"
 
 
 def endpoints_file(config: NodeConfig) -> Path:

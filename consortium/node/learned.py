@@ -103,7 +103,8 @@ class PolicyHolder:
 
 
 class LazyEncoder:
-    """The sentence encoder, loaded in a thread (the node loads it at start-up)."""
+    """The sentence encoder, loaded in a thread: at start-up for a router that routes on
+    embeddings, else with the first question to embed."""
 
     def __init__(self) -> None:
         self._encoder: Any = None

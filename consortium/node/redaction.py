@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
@@ -45,7 +45,6 @@ from consortium.federation.roster import Member
 from consortium.federation.watcher import RosterWatcher
 from consortium.protocols.provenance import RedactionReport
 from consortium.protocols.request_options import METADATA_KEY
-from consortium.redaction.detector import Detector, Span
 from consortium.redaction.policy import PeerActions, RedactionPolicy
 from consortium.redaction.pseudonyms import StreamRestorer, Vault
 from consortium.redaction.receipts import (
@@ -57,6 +56,9 @@ from consortium.redaction.receipts import (
 )
 from consortium.redaction.rewrite import rewrite
 from consortium.trust.audit import AuditLog, NoOpAuditLog
+
+if TYPE_CHECKING:  # the detector imports spaCy and Presidio (and torch): only where built
+    from consortium.redaction.detector import Detector, Span
 
 log = logging.getLogger(__name__)
 MAX_PENDING = 1024

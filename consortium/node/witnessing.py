@@ -8,7 +8,9 @@ data part `{"checkpoint": NOTE, "oldSize": N, "proof": [...]}` whose
 `metadata["consortium"]` says `{"mode": "cosign"}`, through the one exchange (signed,
 audited, sent with a deadline; the signed answer verified). `oldSize` is the last size
 that witness cosigned and `proof` the consistency proof from it; a witness that knows
-another size says so and the submitter retries once from there. A cosignature is
+another size says so and the submitter retries once from there. A stopping node submits
+once more (`submit_last`, within LAST_SUBMISSION_S) after its last task is logged, so
+only the records of that submission itself stay unwitnessed. A cosignature is
 checked against the witness's key before it is kept with the checkpoint.
 
 Proofs on request (`{"mode": "proof"}`, one data part): a member asks for
@@ -79,6 +81,8 @@ COSIGN = Call(
     redacted=False,
 )
 MAX_NOTE_CHARS = 8192
+# How long a stopping node waits for its witnesses to cosign its last checkpoint.
+LAST_SUBMISSION_S = 3.0
 
 
 def cosign_message(note: str, old_size: int, proof: Sequence[bytes]) -> a2a_pb2.Message:
@@ -251,6 +255,23 @@ class Witnessing:
             self.collected += 1
             return "ok"
         return "bad_cosignature"
+
+    async def submit_last(self, timeout_s: float = LAST_SUBMISSION_S) -> dict[str, str]:
+        """At shutdown, once the last task is logged: the log's checkpoint to every
+        witness, within `timeout_s` (not at all when submitting is off). Without it the
+        entries since the last round would never be witnessed, and could be rewritten
+        unnoticed."""
+        if self._interval <= 0:
+            return {}
+        # Not wait_for: it would wait on for a call that does not end when cancelled.
+        submitting = asyncio.ensure_future(self.submit_all())
+        done, _ = await asyncio.wait({submitting}, timeout=timeout_s)
+        if not done:
+            submitting.cancel()
+            self.failed["timeout"] += 1
+            log.warning("the last checkpoint was not cosigned within %.1f s", timeout_s)
+            return {}
+        return submitting.result()
 
     async def run(self) -> None:
         """Submits every witness_interval_s (never, when it is 0), until cancelled."""

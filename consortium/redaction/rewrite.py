@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from consortium.redaction.detector import Span
 from consortium.redaction.policy import SEVERITY, Action, PeerActions
 from consortium.redaction.pseudonyms import Vault
+
+if TYPE_CHECKING:  # the detector imports spaCy and Presidio: only where it runs
+    from consortium.redaction.detector import Span
 
 
 @dataclass(frozen=True)

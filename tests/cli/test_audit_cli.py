@@ -1,10 +1,14 @@
 """`consortium audit verify | export` as an auditor runs them (subprocesses) over an
 organization's directory: a good log verifies (exit 0, text and --json), a tampered one
 fails with the finding named (exit 1), export writes every entry and checkpoint as JSON
-lines, nothing read is modified, and every bad input is one error line and exit 2."""
+lines (every entry's bytes as hashed, so the export alone gives every root and proof),
+nothing read is modified, and every bad input is one error line and exit 2."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import itertools
 import json
 import os
 import sqlite3
@@ -18,6 +22,7 @@ from consortium.federation.admin import add_member, create_federation
 from consortium.federation.roster import Member, MemberKey, load_roster
 from consortium.trust.audit import Hop
 from consortium.trust.audit.log import SqliteAuditLog
+from consortium.trust.audit.merkle import Tree, verify_consistency, verify_inclusion
 from consortium.trust.keys import generate_key, key_id, write_private_key
 from tests.cli.test_trust_cli import one_error_line
 
@@ -74,8 +79,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         checkpoint_every=16,
     )
     for i in range(40):
+        # One entry is not ASCII (receipts hold a note's em dash): exported as hashed.
+        message_id = f"m-{i} — café" if i == 7 else f"m-{i}"
         log.sent(
-            Hop(kind="request", peer="globex", message_id=f"m-{i}", kid="k", digest="d", jws="j")
+            Hop(kind="request", peer="globex", message_id=message_id, kid="k", digest="d", jws="j")
         )
     log.close()
     return base
@@ -103,6 +110,43 @@ def test_export_writes_entries_then_checkpoints(world: Path, tmp_path: Path) -> 
     assert [e["seq"] for e in entries] == list(range(40))
     assert [c["size"] for c in checkpoints] == [16, 32, 40]
     assert checkpoints[0]["note"].startswith("consortium/audit-test/acme\n16\n")
+
+
+def _root(leaves: list[bytes]) -> bytes:
+    """RFC 6962 MTH, written out here: the auditor's own, not the log's."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return hashlib.sha256(b"\x01" + _root(leaves[:k]) + _root(leaves[k:])).digest()
+
+
+def test_export_gives_every_root_and_proof_by_itself(world: Path, tmp_path: Path) -> None:
+    out = tmp_path / "log.jsonl"
+    assert cli("export", str(world / "acme"), "-o", str(out)).returncode == 0
+    prefix, suffix = b'{"entry":', b"}"
+    leaves, roots = [], {}
+    for line in out.read_bytes().splitlines():
+        if line.startswith(prefix):
+            assert line.endswith(suffix)
+            # The entry's bytes, as hashed: the line between its prefix and suffix.
+            leaves.append(hashlib.sha256(b"\x00" + line[len(prefix) : -len(suffix)]).digest())
+        else:
+            note = json.loads(line)["checkpoint"]["note"]
+            _, size, root = note.split("\n")[:3]
+            roots[int(size)] = base64.b64decode(root)
+    assert "— café".encode() in out.read_bytes()  # written as UTF-8, not escaped
+    assert len(leaves) == 40 and sorted(roots) == [16, 32, 40]
+    for size, root in roots.items():
+        assert _root(leaves[:size]) == root, f"checkpoint {size}"
+    tree = Tree(leaves)
+    for size, root in roots.items():
+        for i in range(size):
+            verify_inclusion(i, size, leaves[i], tree.inclusion_proof(i, size), root)
+    sizes = sorted(roots)
+    for old, new in itertools.pairwise(sizes):
+        verify_consistency(old, new, tree.consistency_proof(old, new), roots[old], roots[new])
 
 
 def test_a_tampered_log_fails_with_the_finding(world: Path, tmp_path: Path) -> None:

@@ -249,3 +249,110 @@ def test_schema_with_modest_bounds_converts() -> None:
         },
     }
     assert "root" in grammar_for(ResponseFormat("json_schema", json.dumps(schema)))
+
+
+def _defs(uses: int, target: dict[str, Any]) -> dict[str, Any]:
+    """An object whose `uses` properties all refer to one definition."""
+    return {
+        "$defs": {"t": target},
+        "type": "object",
+        "properties": {f"p{i}": {"$ref": "#/$defs/t"} for i in range(uses)},
+        "required": [f"p{i}" for i in range(uses)],
+    }
+
+
+def _doubling(levels: int) -> dict[str, Any]:
+    """Definitions each referring to the one before twice: 2**levels uses of the first."""
+    defs: dict[str, Any] = {"d0": {"type": "integer"}}
+    for i in range(1, levels + 1):
+        ref = {"$ref": f"#/$defs/d{i - 1}"}
+        defs[f"d{i}"] = {"type": "array", "prefixItems": [ref, ref]}
+    return {"$defs": defs, "type": "object", "properties": {"a": {"$ref": f"#/$defs/d{levels}"}}}
+
+
+@pytest.mark.parametrize(
+    ("schema", "what"),
+    [
+        # 50,000 strings (489 KB) held the model for 46.5 s.
+        ({"type": "string", "enum": [f"value-{i:06d}" for i in range(50_000)]}, "enum values"),
+        (
+            {
+                "anyOf": [
+                    {"type": "object", "properties": {f"k{i}": {"type": "integer"}}}
+                    for i in range(2_000)
+                ]
+            },
+            "alternatives",
+        ),
+        (
+            {"type": "object", "properties": {f"k{i}": {"type": "integer"} for i in range(300)}},
+            "alternatives",
+        ),
+        # A reference counts its target each time it is used.
+        (_defs(5, {"type": "string", "maxLength": 1000}), "repetitions"),
+        (_defs(40, {"type": "string", "enum": [f"v{i}" for i in range(20)]}), "enum values"),
+        (_defs(3, {"anyOf": [{"type": "integer"}] * 100}), "alternatives"),
+        (_doubling(12), "subschemas"),
+        # A property named like a keyword is still a schema.
+        (
+            {"type": "object", "properties": {"enum": {"type": "string", "maxLength": 10**6}}},
+            "repetitions",
+        ),
+        (
+            {"type": "object", "properties": {"$defs": {"type": "string", "minLength": 10**6}}},
+            "repetitions",
+        ),
+    ],
+    ids=[
+        "enum",
+        "anyOf",
+        "optional-properties",
+        "ref-repetitions",
+        "ref-enum",
+        "ref-anyOf",
+        "ref-rules",
+        "property-named-enum",
+        "property-named-defs",
+    ],
+)
+def test_schema_opening_too_many_alternatives_is_refused_before_converting(
+    schema: dict[str, Any], what: str
+) -> None:
+    with pytest.raises(
+        InvalidResponseFormat, match=f"response_format.json_schema asks for too many {what}"
+    ):
+        grammar_for(ResponseFormat("json_schema", json.dumps(schema)))
+
+
+TREE = {
+    "$defs": {
+        "node": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 32},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 4},
+            },
+            "required": ["name"],
+        }
+    },
+    "type": "object",
+    "properties": {"tree": {"$ref": "#/$defs/node"}},
+}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        SCHEMA,
+        TREE,  # recursive: counted once, not looped over
+        # Where it is written and 3 uses: 4 x 1000 repetitions, within 4096.
+        _defs(3, {"type": "string", "maxLength": 1000}),
+        _doubling(6),  # 64 uses of d0
+        {"type": "string", "enum": [f"colour-{i}" for i in range(200)]},
+        {"anyOf": [{"type": "integer"}, {"type": "string", "maxLength": 16}, {"type": "null"}]},
+        {"type": "object", "properties": {f"k{i}": {"type": "integer"} for i in range(40)}},
+    ],
+    ids=["object", "recursive", "ref-repetitions", "ref-doubling", "enum", "anyOf", "properties"],
+)
+def test_ordinary_schemas_still_convert(schema: dict[str, Any]) -> None:
+    assert "root" in grammar_for(ResponseFormat("json_schema", json.dumps(schema)))

@@ -1,4 +1,5 @@
-"""Telemetry wiring: exporters chosen from config, per-node providers, clear config errors."""
+"""Telemetry wiring: exporters chosen from config, per-node providers, clear config errors;
+no client-chosen identifier on a span."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from a2a.types import a2a_pb2
 
 from consortium.errors import ConfigError
 from consortium.node.client import ask, fetch_agent_card, open_client
@@ -41,6 +43,24 @@ async def test_a_standalone_node_exports_spans_to_its_file(start_node: NodeStart
     }
     assert {"a2a.receive SendStreamingMessage", "chat echo"} <= names
     assert "count these words" not in "".join(lines)
+
+
+async def test_a_clients_message_id_stays_off_the_spans(start_node: NodeStarter) -> None:
+    # The client chooses its message ids; the node minted none of them.
+    node = await start_node()
+    client = open_client(await fetch_agent_card(node.endpoints.http_url))
+
+    def pii_id(message: a2a_pb2.Message) -> a2a_pb2.Message:
+        message.message_id = "pii-jane.doe@example.com"
+        return message
+
+    try:
+        assert (await ask(client, "hello", sign=pii_id)).state == "completed"
+    finally:
+        await client.close()
+    await node.stop()
+    text = (node.config.data_dir / "traces.jsonl").read_text()
+    assert "a2a.receive SendStreamingMessage" in text and "jane.doe" not in text
 
 
 async def test_exporter_none_writes_nothing(start_node: NodeStarter) -> None:

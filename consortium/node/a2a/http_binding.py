@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from consortium.logsafe import quiet_jsonrpc_client_errors
 from consortium.node.a2a.agent_card import JSONRPC_PATH
 from consortium.node.a2a.http_guard import Renderer, RequestGuard
 from consortium.node.auth import TLS_NAMES_STATE, HttpContextBuilder
@@ -75,6 +76,7 @@ def http_app(
     apis: Sequence[MountedApi] = (),
 ) -> ASGIApp:
     """The agent card, JSON-RPC, `/healthz` and the `apis`, behind the request guard."""
+    quiet_jsonrpc_client_errors()  # a client's mistake is not the node's error
     app = Starlette(
         routes=[
             *create_agent_card_routes(card, cache_control=f"public, max-age={card_max_age_s}"),

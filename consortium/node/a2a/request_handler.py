@@ -283,7 +283,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         context: ServerCallContext,
     ) -> a2a_pb2.SendMessageRequest:
         """Admits the sender of a message; returns the request to act on (for a member,
-        only what its signature covers: the message)."""
+        only what its signature covers: the message; its unsigned tenant is dropped)."""
         validate_send_request(params)
         if self.verifier is not None and parts is not None:
             verified = self._verify(params, parts, context)
@@ -292,8 +292,17 @@ class NodeRequestHandler(DefaultRequestHandler):
             )
             context.user = CallerUser(caller)
             self._count(caller)
-            # Request-level fields (configuration, metadata) are outside the signature.
-            return a2a_pb2.SendMessageRequest(message=params.message, tenant=params.tenant)
+            trace.get_current_span().set_attributes(
+                {
+                    "consortium.message.id": params.message.message_id,
+                    "consortium.sender": verified.claims.sender,
+                    "consortium.recipient": verified.claims.recipient,
+                }
+            )
+            # Request-level fields (configuration, metadata, tenant) are outside the
+            # signature: a member's request is its signed message alone.
+            context.tenant = ""
+            return a2a_pb2.SendMessageRequest(message=params.message)
         # In a federation, a caller without credentials is told what members need.
         unsigned = (
             Rejected("unsigned", "the message carries no Consortium signature")
@@ -370,11 +379,11 @@ class NodeRequestHandler(DefaultRequestHandler):
     def _receive_span(
         self, method: str, params: a2a_pb2.SendMessageRequest
     ) -> tuple[Span, SignedParts | Rejected | None]:
-        """The server span of one message, a child of the sender's traceparent if any, and
-        the message's signed parts (None if unsigned, Rejected if unreadable)."""
+        """The server span of one message, a child of the sender's traceparent if any (a
+        trace id names no one), and the message's signed parts (None if unsigned, Rejected
+        if unreadable)."""
         message = params.message
         parent = None
-        attributes = {"consortium.message.id": message.message_id, "rpc.method": method}
         parts: SignedParts | Rejected | None
         try:
             parts = read_signed(message)
@@ -382,14 +391,14 @@ class NodeRequestHandler(DefaultRequestHandler):
             parts = e
         if isinstance(parts, SignedParts):
             parent = context_from(parts.claims.traceparent)
-            attributes.update(
-                {
-                    "consortium.sender": parts.claims.sender,
-                    "consortium.recipient": parts.claims.recipient,
-                }
-            )
+        # The message id and the claimed parties are the sender's choice (a client's id
+        # may be "pii-<email>"): on the span only once a member's signature vouches for
+        # them (`_admit_message`).
         span = self.tracer.start_span(
-            f"a2a.receive {method}", context=parent, kind=SpanKind.SERVER, attributes=attributes
+            f"a2a.receive {method}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"rpc.method": method},
         )
         return span, parts
 

@@ -351,20 +351,25 @@ def witness_view(path: Path, origin: str, witness: str) -> WitnessView | None:
     return None if row is None else WitnessView(witness, int(row[0]), bytes(row[1]))
 
 
-def export_lines(path: Path) -> Iterator[str]:
-    """The log as JSON lines, read from a private copy: every entry as written (its
-    canonical JSON: hash it with 0x00 for its leaf), then every checkpoint's note with
-    its cosignatures. Raises OSError or sqlite3.Error when it cannot be read."""
+ENTRY_PREFIX = b'{"entry":'
+
+
+def export_lines(path: Path) -> Iterator[bytes]:
+    """The log as UTF-8 JSON lines (without their newline), read from a private copy:
+    every entry as `{"entry":BODY}`, BODY its bytes exactly as hashed (its RFC 8785 JSON:
+    SHA-256 of 0x00 || BODY is its leaf), then every checkpoint's note with its
+    cosignatures. Raises OSError or sqlite3.Error when it cannot be read."""
     with tempfile.TemporaryDirectory(prefix="consortium-audit-") as tmp:
         db = sqlite3.connect(snapshot(path, Path(tmp)))
         try:
             for (body,) in db.execute("SELECT body FROM entries ORDER BY seq"):
-                yield json.dumps({"entry": json.loads(body)}, separators=(",", ":"))
+                # Never re-serialized: json.dumps would escape what is not ASCII.
+                yield ENTRY_PREFIX + str(body).encode() + b"}"
             cosigned: dict[int, list[str]] = {}
             for size, line in db.execute("SELECT size, line FROM cosignatures ORDER BY size"):
                 cosigned.setdefault(int(size), []).append(str(line))
             for size, note in db.execute("SELECT size, note FROM checkpoints ORDER BY size"):
                 checkpoint = {"size": size, "note": note, "cosignatures": cosigned.get(size, [])}
-                yield json.dumps({"checkpoint": checkpoint}, separators=(",", ":"))
+                yield json.dumps({"checkpoint": checkpoint}, separators=(",", ":")).encode()
         finally:
             db.close()

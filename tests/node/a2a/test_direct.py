@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -35,6 +36,7 @@ class Quick(AgentExecutor, DirectReplies):
         self.replied: list[str] = []
         self.executed: list[str] = []
         self.verified: list[object] = []
+        self.tenants: list[str] = []
 
     async def reply(
         self, message: a2a_pb2.Message, context: ServerCallContext
@@ -44,6 +46,7 @@ class Quick(AgentExecutor, DirectReplies):
             return None
         self.replied.append(text)
         self.verified.append(context.state.get(VERIFIED_KEY))
+        self.tenants.append(context.tenant)
         return a2a_pb2.Message(
             message_id=str(uuid.uuid4()),
             role=a2a_pb2.ROLE_AGENT,
@@ -53,6 +56,7 @@ class Quick(AgentExecutor, DirectReplies):
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         assert context.message is not None and context.task_id and context.context_id
         self.executed.append(context.message.parts[0].text)
+        self.tenants.append(context.tenant)
         task = a2a_pb2.Task(
             id=context.task_id,
             context_id=context.context_id,
@@ -147,7 +151,8 @@ async def test_a_malformed_message_is_refused_before_the_reply(tmp_path: Path) -
     assert executor.replied == []
 
 
-async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> None:
+def globex_to_acme(tmp: Path) -> tuple[MessageVerifier, Any]:
+    """acme's verifier in a federation of acme and globex, and globex's signing key."""
     sender, own = generate_key(), generate_key()
 
     def member(org: str, key: object) -> Member:
@@ -158,8 +163,13 @@ async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> No
         federation_id="fed", name="Fed", members=[member("globex", sender), member("acme", own)]
     )
     verifier = MessageVerifier(
-        org_id="acme", roster=lambda: roster, replay=ReplayCache(tmp_path / "replay.sqlite3")
+        org_id="acme", roster=lambda: roster, replay=ReplayCache(tmp / "replay.sqlite3")
     )
+    return verifier, sender
+
+
+async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> None:
+    verifier, sender = globex_to_acme(tmp_path)
     executor = Quick()
     h, _ = handler(tmp_path, executor, verifier)
     with pytest.raises(UnauthenticatedError):
@@ -175,3 +185,25 @@ async def test_a_direct_reply_runs_only_after_verification(tmp_path: Path) -> No
     assert isinstance(result, a2a_pb2.Message) and result.parts[0].text == "QUICK SIGNED"
     (verified,) = executor.verified
     assert isinstance(verified, Verified) and verified.claims.sender == "globex"
+
+
+@pytest.mark.parametrize("text", ["quick reply", "a task"])
+async def test_a_members_unsigned_tenant_is_dropped(tmp_path: Path, text: str) -> None:
+    # The signature covers the message only: a tenant added on the way (or by the
+    # sender, unsigned) reaches neither the reply nor the task.
+    verifier, sender = globex_to_acme(tmp_path)
+    executor = Quick()
+    h, _ = handler(tmp_path, executor, verifier)
+    signed = sign_request(
+        text_message(text), SigningIdentity(sender, "globex", "fed"), recipient="acme"
+    )[0]
+    context = local()
+    context.tenant = "tampered"  # as the binding copies it from the request
+    await h.on_message_send(a2a_pb2.SendMessageRequest(message=signed, tenant="tampered"), context)
+    assert executor.tenants == [""]
+    # A local caller's request is its own, tenant included.
+    await h.on_message_send(
+        a2a_pb2.SendMessageRequest(message=text_message(text), tenant="mine"),
+        ServerCallContext(tenant="mine", state={CREDENTIALS_KEY: Credentials(loopback=True)}),
+    )
+    assert executor.tenants == ["", "mine"]

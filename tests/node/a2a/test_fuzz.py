@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -390,6 +391,36 @@ def test_jsonrpc_random_bytes_never_get_internal_errors(fuzzed: RunningNode) -> 
         check_http(post(fuzzed, body))
 
     run()
+
+
+SECRET = "jane.doe@example.com"
+CLIENT_MISTAKES = [
+    # (request id, body): params that do not parse, an unknown method, a method that is
+    # not a string, the wrong JSON-RPC version, a batch, a task nobody has.
+    ("req-params", {"method": "SendMessage", "params": {"message": 5, "note": SECRET}}),
+    ("req-method", {"method": "NoSuchMethod", "params": {SECRET: 1}}),
+    ("req-method-type", {"method": 5, "params": {"note": SECRET}}),
+    ("req-version", {"jsonrpc": "1.0", "method": "GetTask", "params": {"id": SECRET}}),
+    (None, [{"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": SECRET}}]),
+    ("req-task", {"method": "GetTask", "params": {"id": SECRET}}),
+]
+
+
+def test_client_mistakes_are_no_errors_in_the_log(
+    fuzzed: RunningNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a2a-sdk's dispatcher logged each at ERROR, with a parse error quoting the body.
+    with caplog.at_level(logging.DEBUG, logger="a2a"):
+        for request_id, body in CLIENT_MISTAKES:
+            if isinstance(body, dict):
+                body = {"jsonrpc": "2.0", "id": request_id, **body}
+            check_http(post(fuzzed, json.dumps(body).encode()))
+    records = [r for r in caplog.records if r.name.startswith("a2a")]
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
+    assert not [r for r in records if SECRET in r.getMessage() or r.exc_info]
+    warned = " ".join(r.getMessage() for r in records if r.levelno == logging.WARNING)
+    for request_id in ("req-params", "req-method", "req-method-type", "req-version"):
+        assert request_id in warned
 
 
 # --- gRPC ------------------------------------------------------------------------------

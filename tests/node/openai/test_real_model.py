@@ -2,7 +2,8 @@
 completion with token logprobs and alternatives, its text the tokens' concatenation,
 a raw-prompt text completion, a prompt too long for the context window; and JSON
 output (response_format json_schema) held to its schema by llama.cpp's grammar, and a
-schema the grammar cannot take refused as the request's fault."""
+schema the grammar cannot take (or one too large to bound the model's work) refused as
+the request's fault."""
 
 from __future__ import annotations
 
@@ -85,3 +86,17 @@ def test_smollm_json_output_through_the_endpoint(tmp_path: Path) -> None:
             )
         assert e.value.code == "invalid_response_format" and e.value.param == "response_format"
         assert "response_format.json_schema" in e.value.message
+        # One that would hold the model for tens of seconds a token: refused, named.
+        huge = {"type": "string", "enum": [f"value-{i:06d}" for i in range(50_000)]}
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(
+                model="smollm2-135m",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=8,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "huge", "schema": huge},
+                },
+            )
+        assert e.value.code == "invalid_response_format" and e.value.param == "response_format"
+        assert "too many enum values" in e.value.message

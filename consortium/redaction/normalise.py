@@ -14,8 +14,9 @@ digits spaced out one by one, an e-mail address spelled `name (at) example (dot)
    becomes " ", line and paragraph separators "\\n", and every dash (Pd, and the minus
    sign) "-";
 2. a word that mixes Latin letters with Cyrillic or Greek ones that look Latin, or is
-   made of such look-alikes only, has them replaced by the Latin letters (`HOMOGLYPHS`);
-   a Cyrillic or Greek word with other letters of its own script is left as it is;
+   made of such look-alikes only in a token with Latin letters or digits or between two
+   tokens with digits, has them replaced by the Latin letters (`HOMOGLYPHS`); Greek or
+   Cyrillic words among their own script's (an address in Athens) are left as written;
 3. single letters and digits separated by spaces, at least six of them and four digits
    ("4 1 1 1 ...", "( 2 1 2 ) 5 5 5 - 0 1 8 7"), are joined (the spaces removed);
 4. `(at)`, `[at]`, `{at}`, `<at>` and the same for `dot`, around a local part and a
@@ -65,6 +66,7 @@ HOMOGLYPHS: dict[str, str] = {
     "\u0261": "g",  # Latin small script g
 }
 _LATIN = re.compile(r"[A-Za-z]")
+_LATIN_OR_DIGIT = re.compile(r"[A-Za-z0-9]")
 _CONFUSABLE_WORD = re.compile(
     r"[^\W\d_]*[" + "".join(HOMOGLYPHS) + r"][^\W\d_]*"
 )  # a word holding at least one look-alike
@@ -166,16 +168,33 @@ def _fold_characters(text: str) -> tuple[str, list[int], list[int]]:
 
 
 def _fold_homoglyphs(copy: str) -> str:
-    """Look-alikes replaced in words that are Latin already or made of look-alikes only
-    (one for one: the offsets do not move)."""
+    """Look-alikes replaced in words that hold a Latin letter, or are made of look-alikes
+    only and sit in a token with a Latin letter or a digit ("GВ82") or between two tokens
+    with digits (an IBAN's "ԜЕЅТ"); one for one, so the offsets do not move. A Greek or
+    Cyrillic word among words of its own script is left as written."""
 
     def latin(m: re.Match[str]) -> str:
         word = m.group(0)
-        if _LATIN.search(word) or all(c in HOMOGLYPHS for c in word):
+        if _LATIN.search(word) or (
+            all(c in HOMOGLYPHS for c in word) and _in_latin_context(copy, m.start(), m.end())
+        ):
             return "".join(HOMOGLYPHS.get(c, c) for c in word)
         return word
 
     return _CONFUSABLE_WORD.sub(latin, copy)
+
+
+def _in_latin_context(copy: str, start: int, end: int) -> bool:
+    left = copy[max(0, start - 64) : start].split()
+    right = copy[end : end + 64].split()
+    own = (left[-1] if left and not copy[start - 1].isspace() else "") + (
+        right[0] if right and not copy[end : end + 1].isspace() else ""
+    )
+    if _LATIN_OR_DIGIT.search(own):
+        return True
+    before = left[-2] if own and len(left) > 1 else (left[-1] if left else "")
+    after = right[1] if own and len(right) > 1 else (right[0] if right else "")
+    return any(c.isdigit() for c in before) and any(c.isdigit() for c in after)
 
 
 def join_broken_values(copy: Normalised) -> Normalised | None:

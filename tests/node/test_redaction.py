@@ -356,8 +356,8 @@ async def test_a_value_split_across_parts_reaches_the_peer_in_no_part(
     for word in ("vesna", "kova", "cevic"):
         assert word not in sent, sent
     # The user's parts reach the model joined by a line break (A2A's text of a message);
-    # globex echoed what it was sent, and acme restored it.
-    assert answer.text == "\n".join(parts)
+    # globex echoed the words it was sent, and acme restored them.
+    assert answer.text.split() == "\n".join(parts).split()
 
 
 async def test_a_part_that_is_not_text_is_not_sent(fed: RedactingFederation) -> None:

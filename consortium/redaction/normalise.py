@@ -169,9 +169,9 @@ def _fold_characters(text: str) -> tuple[str, list[int], list[int]]:
 
 def _fold_homoglyphs(copy: str) -> str:
     """Look-alikes replaced in words that hold a Latin letter, or are made of look-alikes
-    only and sit in a token with a Latin letter or a digit ("GВ82") or between two tokens
-    with digits (an IBAN's "ԜЕЅТ"); one for one, so the offsets do not move. A Greek or
-    Cyrillic word among words of its own script is left as written."""
+    only and sit in a token with a Latin letter or a digit ("GB82" with a Cyrillic B) or
+    between two tokens with digits (an IBAN's "WEST" in Cyrillic); one for one, so the
+    offsets do not move. A Greek or Cyrillic word among its own script's is left alone."""
 
     def latin(m: re.Match[str]) -> str:
         word = m.group(0)
@@ -197,9 +197,9 @@ def _in_latin_context(copy: str, start: int, end: int) -> bool:
     return any(c.isdigit() for c in before) and any(c.isdigit() for c in after)
 
 
-def join_broken_values(copy: Normalised) -> Normalised | None:
-    """`copy` with the line breaks that may break a value removed (see the module);
-    None when it has none."""
+def join_broken_values(copy: Normalised) -> tuple[Normalised, list[int]] | None:
+    """`copy` with the line breaks that may break a value removed (see the module), and
+    where in it each was; None when it has none."""
     edits = [
         (m.start(), m.end(), "") for m in _BREAK.finditer(copy.text) if _breaks_value(copy.text, m)
     ]
@@ -209,7 +209,12 @@ def join_broken_values(copy: Normalised) -> Normalised | None:
     lo = list(copy.lo) if copy.lo is not None else list(range(n))
     hi = list(copy.hi) if copy.hi is not None else list(range(1, n + 1))
     text, lo, hi = _apply(copy.text, lo, hi, edits)
-    return Normalised(text, tuple(lo), tuple(hi))
+    joins: list[int] = []
+    removed = 0
+    for start, end, _ in edits:
+        joins.append(start - removed)
+        removed += end - start
+    return Normalised(text, tuple(lo), tuple(hi)), joins
 
 
 def _breaks_value(text: str, m: re.Match[str]) -> bool:

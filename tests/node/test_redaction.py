@@ -13,8 +13,8 @@ and that the receipts verify.
 from __future__ import annotations
 
 import contextlib
-import re
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any

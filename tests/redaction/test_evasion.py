@@ -263,3 +263,13 @@ def test_spans_map_back_to_the_original_offsets(detector: Detector) -> None:
     text = "Write to maria.gonzalez (at) example (dot) com today"
     (email,) = [s for s in detector.detect(text) if s.entity_type == "EMAIL_ADDRESS"]
     assert text[email.start : email.end] == "maria.gonzalez (at) example (dot) com"
+
+
+def test_values_on_adjacent_lines_are_not_joined_into_another(detector: Detector) -> None:
+    """The benchmark set's address blocks: a postal code above a phone number is not one
+    (Luhn-valid) card number, while a card broken over two lines is found whole."""
+    text = "Lara Pottinger\n Portugal 30971\n21 253 109 8211-Office"
+    assert "CREDIT_CARD" not in {s.entity_type for s in detector.detect(text)}
+    text = "Please charge my card 4111 1111\n1111 1111 today."
+    (card,) = [s for s in detector.detect(text) if s.entity_type == "CREDIT_CARD"]
+    assert text[card.start : card.end] == "4111 1111\n1111 1111"

@@ -90,6 +90,8 @@ class TaskRedaction:
     task_id: str = ""
     vault: Vault = field(default_factory=Vault)
     detected: dict[str, list[Span]] = field(default_factory=dict)
+    # A message's text parts (more than one) -> the spans of each, found across them.
+    detected_parts: dict[tuple[str, ...], list[list[Span]]] = field(default_factory=dict)
     sent: dict[str, dict[str, int]] = field(default_factory=dict)  # peer -> type -> spans
     blocked: dict[str, tuple[str, ...]] = field(default_factory=dict)
     receipts: list[str] = field(default_factory=list)  # ids of messages with disclosures
@@ -127,6 +129,7 @@ class TaskRedaction:
         """Drops the vault and everything detected: the task is over."""
         self.vault = Vault()
         self.detected.clear()
+        self.detected_parts.clear()
 
 
 _current: ContextVar[TaskRedaction | None] = ContextVar("consortium_redaction", default=None)
@@ -193,6 +196,20 @@ class PolicyRedactor:
                     self._pool, self._detector.detect, text
                 )
 
+    async def _detect_parts(self, scope: TaskRedaction, parts: Sequence[str]) -> list[list[Span]]:
+        """The spans of each of a message's text parts, found across the parts (a value
+        split over two parts is found in both), off the loop, once per task."""
+        if len(parts) <= 1:
+            await self._detect(scope, parts)
+            return [scope.detected[p] for p in parts]
+        key = tuple(parts)
+        if key not in scope.detected_parts:
+            loop = asyncio.get_running_loop()
+            scope.detected_parts[key] = await loop.run_in_executor(
+                self._pool, self._detector.detect_parts, key
+            )
+        return scope.detected_parts[key]
+
     async def redact(self, message: a2a_pb2.Message, recipient: str) -> a2a_pb2.Message:
         scope = _current.get() or TaskRedaction()
         try:
@@ -215,24 +232,29 @@ class PolicyRedactor:
         meta: dict[str, Any] = MessageToDict(message.metadata)
         options = meta.get(METADATA_KEY)
         options = dict(options) if isinstance(options, dict) else None
-        texts = [p.text for p in message.parts]
+        parts = [p.text for p in message.parts]
+        texts: list[str] = []  # the options' texts, each detected on its own
         choices = options.get("choices") if options is not None else None
         if isinstance(choices, list) and all(isinstance(c, str) for c in choices):
             texts += choices
         context = options.get("context") if options is not None else None
         if isinstance(context, str):
             texts.append(context)
+        part_spans = await self._detect_parts(scope, parts)
         await self._detect(scope, texts)
-        for text in texts:
+        for text in (*parts, *texts):
             scope.vault.reserve(text)
-        found: dict[str, str] = {}
         withheld: list[tuple[str, str]] = []
         blocked: set[str] = set()
-        for text in texts:
-            done = rewrite(text, scope.detected[text], actions, scope.vault)
+
+        def apply(text: str, spans: Sequence[Span]) -> str:
+            done = rewrite(text, spans, actions, scope.vault)
             blocked.update(done.blocked)
-            found[text] = done.text
-            withheld += [(entity, value) for entity, _, value in done.withheld]
+            withheld.extend((entity, value) for entity, _, value in done.withheld)
+            return done.text
+
+        sent_parts = [apply(p, spans) for p, spans in zip(parts, part_spans, strict=True)]
+        found = {text: apply(text, scope.detected[text]) for text in dict.fromkeys(texts)}
         span = trace.get_current_span()  # the exchange's consortium.redact span
         if blocked:
             scope.blocked[org] = tuple(sorted(blocked))
@@ -243,9 +265,8 @@ class PolicyRedactor:
             return message
         out = a2a_pb2.Message()
         out.CopyFrom(message)
-        for part in out.parts:
-            if part.HasField("text"):
-                part.text = found[part.text]
+        for part, text in zip(out.parts, sent_parts, strict=True):
+            part.text = text
         counts: dict[str, int] = {}
         for entity, _ in withheld:
             counts[entity] = counts.get(entity, 0) + 1

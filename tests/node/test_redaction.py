@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,13 @@ from consortium.federation.admin import add_member, member_from_card
 from consortium.federation.roster import load_roster
 from consortium.logsafe import SDK_LOGGERS, WithholdArguments
 from consortium.node.app import Node, build_redactor
+from consortium.node.client import Answer, ask, open_client
 from consortium.node.config import parse_config
 from consortium.node.receipts import check_receipt
 from consortium.node.redaction import RedactionFailed
 from consortium.redaction.receipts import DisclosureStore, read_redaction_metadata
+from consortium.trust.keys import load_private_key
+from consortium.trust.signing import SigningIdentity, sign_request
 from tests.integration.test_federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -300,6 +304,60 @@ async def test_an_answer_ending_inside_a_placeholder_fails_closed(
     assert answer.state == "failed"
     assert "ended inside a pseudonym" in answer.status_text
     assert NAME not in answer.status_text
+
+
+async def _ask_in_parts(fed: RedactingFederation, parts: list[str], peer: str) -> Answer:
+    """Asks acme with a message of several text parts, for `peer`."""
+    node = _node(fed, "acme")
+    key = load_private_key(node.config.resolve(node.config.identity.private_key))
+    client = open_client(node.card, credentials=node.config.client_credentials())  # type: ignore[arg-type]
+
+    def in_parts(message: a2a_pb2.Message) -> a2a_pb2.Message:
+        del message.parts[:]
+        message.parts.extend(a2a_pb2.Part(text=p) for p in parts)
+        identity = SigningIdentity(key, "acme", "test-federation")
+        return sign_request(message, identity, recipient="acme")[0]
+
+    try:
+        return await ask(client, "".join(parts), options={"peer": peer}, sign=in_parts)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("before", "head", "tail", "after"),
+    [
+        ("Charge my card ", "4539 1488 ", "0343 6467", " today."),
+        ("Write to ", "vesna.kova", "cevic@example.net", " today."),
+        ("Call my mobile ", "(646) 55", "5-0139", " tonight."),
+    ],
+    ids=["card", "email", "phone"],
+)
+async def test_a_value_split_across_parts_reaches_the_peer_in_no_part(
+    fed: RedactingFederation, before: str, head: str, tail: str, after: str
+) -> None:
+    parts = [before + head, tail + after]
+    answer = await _ask_in_parts(fed, parts, "globex")
+    assert answer.state == "completed", answer.status_text
+    redaction = answer.provenance.redaction
+    assert redaction is not None and redaction.receipts
+    store = DisclosureStore(_node(fed, "acme").config.redaction_path, must_exist=True)
+    try:
+        kept = store.get(redaction.receipts[0])
+    finally:
+        store.close()
+    assert kept is not None
+    sent = "".join(p.text for p in kept.message.parts)
+    globex_dir = _node(fed, "globex").config.data_dir
+    for piece in (head.strip(), tail):
+        assert piece not in sent, sent
+        assert _files_holding(globex_dir, piece) == []
+    assert not any(c.isdigit() for c in re.sub(r"<[A-Z_]+\d*>", "", sent)), sent
+    for word in ("vesna", "kova", "cevic"):
+        assert word not in sent, sent
+    # The user's parts reach the model joined by a line break (A2A's text of a message);
+    # globex echoed the words it was sent, and acme restored them.
+    assert answer.text.split() == "\n".join(parts).split()
 
 
 async def test_a_part_that_is_not_text_is_not_sent(fed: RedactingFederation) -> None:

@@ -149,6 +149,11 @@ class AuditSection(_Section):
     # (off by default: a checkpoint signed per reply and ~1.5 KB more per answer; see
     # benchmarks/audit.py).
     receipts: bool = False
+    # Retention: the bodies of entries older than this many days, and of all but the
+    # newest `max_entries`, are dropped (0: kept); their leaf hashes stay, so the tree,
+    # its checkpoints and witnesses' records still verify (README, "Audit log").
+    retention_days: Annotated[float, Field(ge=0, le=36500)] = 0.0
+    max_entries: Annotated[int, Field(ge=0)] = 0
 
 
 class LoggingSection(_Section):

@@ -597,6 +597,11 @@ class Orchestrator:
             )
         return GroupRound(allowed, aggregator, reputation, dropped + kept_back, short, weights)
 
+    def group_runs(self, name: str) -> bool:
+        """Whether the group answers a task now: with the members the trust layer allows,
+        or, short of them, by falling back to the local model (`on_short = "local"`)."""
+        return self._groups[name].on_short != "refuse" or not self.group_round(name).short
+
     async def _group_answer(
         self,
         name: str,

@@ -193,6 +193,38 @@ async def test_a_quarantined_peer_is_no_candidate_from_the_next_decision(
     assert [p.trust for p in federation.peers.candidates()] == [0.9]
 
 
+async def test_v1_models_hides_quarantined_members_and_groups_that_cannot_run(
+    fed: TrustFederation, acme: Standings
+) -> None:
+    node = fed.nodes["acme"]
+    assert node.keys is not None and node.endpoints is not None
+    token = node.keys.create("models-reader")[1]
+    headers = {"authorization": f"Bearer {token}"}
+
+    async def listed() -> set[str]:
+        async with fed.http(node) as http:
+            r = await http.get(node.endpoints.http_url + "/v1/models", headers=headers)  # type: ignore[union-attr]
+        assert r.status_code == 200, r.text
+        return {m["id"] for m in r.json()["data"]}
+
+    async def found(model: str) -> int:
+        async with fed.http(node) as http:
+            url = f"{node.endpoints.http_url}/v1/models/{model}"  # type: ignore[union-attr]
+            return (await http.get(url, headers=headers)).status_code
+
+    before = await listed()
+    assert {"globex/echo-globex", "initech/echo-initech", "group/strict", "group/pair"} <= before
+    acme.set("globex", "quarantined", 0.0)
+    after = await listed()
+    # globex's entries and the group that refuses when short of it are gone; the group
+    # that falls back to the local model, and everything else, stays.
+    assert after == before - {"globex/echo-globex", "group/strict"}
+    assert await found("globex/echo-globex") == 404 and await found("group/strict") == 404
+    assert await found("initech/echo-initech") == 200 and await found("group/panel") == 200
+    acme.set("globex", "healthy", 0.8)  # released: listed again
+    assert await listed() == before
+
+
 async def test_reputation_weighs_the_choice_of_peer(fed: TrustFederation, acme: Standings) -> None:
     acme.set("globex", "probation", 0.4)
     answer = await choose(fed, "random:1")

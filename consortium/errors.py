@@ -42,6 +42,11 @@ class NodeUnavailableError(ConsortiumError):
     exit_code = 4
 
 
+class QuorumError(NodeUnavailableError):
+    """Too few of a group's members answered (the others could not be asked, refused, or
+    answered what failed verification) to make the group's quorum."""
+
+
 class TaskError(ConsortiumError):
     """A task ended in a state other than completed (what a client sees: `consortium ask`
     and the A2A client raise it)."""

@@ -88,4 +88,6 @@ def request_options(message: a2a_pb2.Message | None) -> RequestOptions:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join([f"metadata.{METADATA_KEY}", *(str(p) for p in err["loc"])])
-        raise ValueError(f"{where}: {err['msg']}") from None
+        # A validator's own message, without pydantic's "Value error, " before it.
+        what = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        raise ValueError(f"{where}: {what}") from None

@@ -49,6 +49,10 @@ GROUPS = {
         "on_short": "refuse",
     },
     "moa": {"protocol": "mixture", "members": ["self", "globex", "initech"]},
+    # ghost: a member whose endpoint nothing listens on (added to the roster by a test).
+    "haunted": {"protocol": "vote", "members": ["self", "globex", "ghost"]},
+    "all-or-nothing": {"protocol": "vote", "members": ["self", "globex", "ghost"], "quorum": 3},
+    "haunted-moa": {"protocol": "mixture", "members": ["self", "globex", "ghost"]},
 }
 
 
@@ -374,25 +378,30 @@ async def test_a_timeout_is_assessed_as_timeout(fed: TrustFederation) -> None:
     assert verdict.reply is None and not verdict.trusted
 
 
+def add_ghost(r: Roster) -> Roster:
+    """The roster with a member "ghost": globex's entry at a port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    globex = r.member("globex")
+    assert globex is not None
+    ghost = globex.model_copy(
+        update={
+            "org_id": "ghost",
+            "endpoints": globex.endpoints.model_copy(update={"grpc": f"127.0.0.1:{port}"}),
+        }
+    )
+    return r.model_copy(update={"members": [*r.members, ghost]})
+
+
+def has_ghost(r: Roster) -> bool:
+    return r.member("ghost") is not None
+
+
 async def test_an_unreachable_peer_is_assessed_as_unreachable(
     fed: TrustFederation, acme: Standings
 ) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def add_ghost(r: Roster) -> Roster:
-        globex = r.member("globex")
-        assert globex is not None
-        ghost = globex.model_copy(
-            update={
-                "org_id": "ghost",
-                "endpoints": globex.endpoints.model_copy(update={"grpc": f"127.0.0.1:{port}"}),
-            }
-        )
-        return r.model_copy(update={"members": [*r.members, ghost]})
-
-    async with fed.roster_change(add_ghost, lambda r: r.member("ghost") is not None):
+    async with fed.roster_change(add_ghost, has_ghost):
         answer = await fed.ask_via("acme", "anyone there?", peer="ghost")
     assert answer.state == "failed" and "ghost did not answer" in answer.status_text
     [verdict] = acme.verdicts
@@ -449,3 +458,30 @@ async def test_provenance_carries_each_contributing_peers_reputation(
     local = await choose(fed, "local")
     assert local.provenance.reputation is None and local.provenance.verdicts is None
     assert len(acme.verdicts) == 3 and all(v.trusted and not v.claim for v in acme.verdicts)
+
+
+# -- members failing mid-round ---------------------------------------------------------
+
+
+async def test_a_group_answers_without_a_member_that_fails_if_the_quorum_allows(
+    fed: TrustFederation, acme: Standings
+) -> None:
+    async with fed.roster_change(add_ghost, has_ghost):
+        answer = await choose(fed, "haunted")  # quorum: a majority, 2 of 3
+        strict = await choose(fed, "all-or-nothing")  # quorum 3
+        mixed = await choose(fed, "haunted-moa")  # the aggregator, ghost, fails
+    assert answer.state == "completed", answer.status_text
+    p = answer.provenance
+    assert [c.member for c in p.contributions] == ["acme", "globex"]
+    assert set(p.members) == {"acme", "globex"} and p.route == "acme->group:haunted"
+    assert list(p.failed) == ["ghost"]
+    assert p.failed["ghost"].startswith("unavailable: ghost did not answer")
+    # The exchange told the trust layer, as for any call.
+    assert [(v.peer, v.failure) for v in acme.of("ghost")][:1] == [("ghost", "unreachable")]
+    assert strict.state == "failed"
+    assert strict.status_text.startswith(
+        "failed: 2 member(s) answered, fewer than the group's quorum of 3 (ghost unavailable: "
+    )
+    assert mixed.state == "completed", mixed.status_text
+    assert [c.member for c in mixed.provenance.contributions] == ["acme", "globex"]
+    assert list(mixed.provenance.failed) == ["ghost"]

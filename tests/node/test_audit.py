@@ -360,6 +360,40 @@ async def test_a_checkpoint_or_proof_request_naming_a_task_is_a_client_error(
     assert "message-only exchange" in (e.value.details() or "")
 
 
+async def test_a_checkpoint_cosigned_again_is_not_recorded_again(fed: Federation) -> None:
+    """Witnessing does not grow the witness's log with a checkpoint it has cosigned
+    already: the second submission of the same checkpoint is cosigned, not recorded."""
+    acme = fed.nodes["acme"]
+    assert acme.federation is not None and acme.federation.audit_log is not None
+    log = acme.federation.audit_log
+    signed = log.checkpoint()
+    origin = log_origin("test-federation", "acme")
+
+    async def submit() -> Any:
+        """The checkpoint, from the size globex knows (with the consistency proof)."""
+        seen = globex_log.seen(origin)
+        old = seen.size if seen is not None else 0
+        proof = log.consistency_proof(old, signed.checkpoint.size) if old else []
+        return await send_as(fed, "acme", "globex", cosign_message(signed.note, old, proof))
+
+    globex = fed.nodes["globex"]
+    assert globex.federation is not None and globex.federation.audit_log is not None
+    globex_log = globex.federation.audit_log
+
+    def witnessed() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in entries(fed, "globex")
+            if e["kind"] == "witness" and e["detail"]["origin"] == origin
+        ]
+
+    before = len(witnessed())
+    first = await submit()
+    again = await submit()
+    assert first["verdict"] == again["verdict"] == "cosigned"
+    assert len(witnessed()) == before + 1
+
+
 async def test_retention_prunes_a_nodes_log_and_it_still_verifies(fed: Federation) -> None:
     """`[audit] max_entries` as the node applies it (its retention steps): the bodies of
     all but the newest entries go, and `consortium audit verify` still verifies the log

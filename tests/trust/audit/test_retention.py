@@ -77,6 +77,12 @@ def test_a_pruned_log_still_verifies_and_says_what_was_pruned(
         verify_inclusion(10, 301, bytes(leaf), log.inclusion_proof(10, 301), signed.checkpoint.root)  # type: ignore[arg-type]
     finally:
         log.close()
+    reopened = open_log(copy, keys)  # checks itself: kept hashes, the latest root
+    try:
+        assert reopened.size == 301 and reopened.pruned_below == 150
+        assert reopened.entry(149) is None and reopened.entry(150) is not None
+    finally:
+        reopened.close()
     assert column(copy, "SELECT COUNT(*) FROM entries WHERE seq < 150 AND body = ''") == [150]
     assert column(copy, "SELECT COUNT(*) FROM entries WHERE seq < 150 AND message_id != ''") == [0]
     # Checkpoint 64 went (inside the range, not the newest over it, nobody's latest);

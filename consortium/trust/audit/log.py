@@ -27,10 +27,11 @@ the latest checkpoint's root) and refuses to go on appending to a damaged log.
 Retention (`prune`): the bodies of old entries are dropped, never their leaf hashes, so
 the tree, every root and every proof stay what they were. Only entries a signed
 checkpoint covers are pruned; the entries below `meta.pruned_below` keep their position
-and leaf hash with an empty body and empty index columns, and the checkpoints inside
-that range are dropped but the newest one at or below its end (with its cosignatures),
-so the pruned range stays committed by a signed, witnessed checkpoint. Each pruning is
-itself an entry (kind "retention"). What a pruned log still proves: see the README.
+and leaf hash with an empty body and empty message, task and trace columns, and the
+checkpoints inside that range are dropped but the newest one at or below its end and
+each witness's newest cosigned one (with their cosignatures), so the pruned range stays
+committed by a signed checkpoint. Each pruning is itself an entry (kind "retention"),
+in the same transaction. What a pruned log still proves: see the README.
 """
 
 from __future__ import annotations

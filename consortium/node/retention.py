@@ -20,7 +20,7 @@ from consortium.trust.audit.log import SqliteAuditLog
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
-# Entries pruned per transaction: the log's lock is held meanwhile (tens of ms).
+# Entries pruned per transaction: the log's lock (appends wait) is held meanwhile.
 AUDIT_BATCH = 10_000
 
 

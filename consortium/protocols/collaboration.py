@@ -255,6 +255,29 @@ def describe_answers(question: Question, answers: Sequence[tuple[str, int]]) -> 
     return "\n".join(lines)
 
 
+async def _alone(
+    members: Sequence[Member],
+    question: Question,
+    norm: Normalisation,
+    budget: _Budget,
+    estimate: int,
+    quorum: int | None,
+) -> tuple[list[Contribution], list[Failure]]:
+    """Each member's answer on its own (round 0), in order, until the budget stops; the
+    answers and the failures."""
+    answers: list[Contribution] = []
+    failures: list[Failure] = []
+    for m in members:
+        c = await _ask(m, question, "", 0, norm, budget, estimate, quorum)
+        if c is None:
+            break
+        if isinstance(c, Failure):
+            failures.append(c)
+        else:
+            answers.append(c)
+    return answers, failures
+
+
 def _check_quorum(answered: int, quorum: int | None, failures: Sequence[Failure]) -> None:
     """Raises QuorumError when members failed and fewer than `quorum` answered."""
     if failures and answered < (quorum or 0):
@@ -275,16 +298,7 @@ async def vote(
     quorum: int | None = None,
 ) -> Outcome:
     budget = _Budget(limits)
-    contributions = []
-    failures: list[Failure] = []
-    for m in members:
-        c = await _ask(m, question, "", 0, norm, budget, estimate, quorum)
-        if c is None:
-            break
-        if isinstance(c, Failure):
-            failures.append(c)
-            continue
-        contributions.append(c)
+    contributions, failures = await _alone(members, question, norm, budget, estimate, quorum)
     _check_quorum(len(contributions), quorum, failures)
     if not contributions:
         raise BudgetError("the budget allows no call to any member")
@@ -376,16 +390,7 @@ async def mixture(
     """Proposers answer alone; the aggregator answers shown their proposals. Without the
     aggregator's answer (the budget, or its failure) the proposals are combined."""
     budget = _Budget(limits)
-    proposals: list[Contribution] = []
-    failures: list[Failure] = []
-    for m in proposers:
-        c = await _ask(m, question, "", 0, norm, budget, estimate, quorum)
-        if c is None:
-            break
-        if isinstance(c, Failure):
-            failures.append(c)
-            continue
-        proposals.append(c)
+    proposals, failures = await _alone(proposers, question, norm, budget, estimate, quorum)
     context = describe_answers(question, [(p.member, p.choice) for p in proposals])
     final = await _ask(aggregator, question, context, 1, norm, budget, estimate, quorum)
     if isinstance(final, Failure):

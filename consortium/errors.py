@@ -57,6 +57,11 @@ class NodeOverloaded(NodeUnavailableError):
         self.reason = reason
 
 
+class QuorumError(NodeUnavailableError):
+    """Too few of a group's members answered (the others could not be asked, refused, or
+    answered what failed verification) to make the group's quorum."""
+
+
 class TaskError(ConsortiumError):
     """A task ended in a state other than completed (what a client sees: `consortium ask`
     and the A2A client raise it)."""

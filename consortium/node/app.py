@@ -54,6 +54,7 @@ from consortium.federation.roster import Roster
 from consortium.federation.watcher import RosterWatcher
 from consortium.learning.records import RoutingRecords
 from consortium.llm.base import LLMBackend, ModelInfo
+from consortium.llm.embeddings import DIMENSION as EMBEDDING_DIMENSION
 from consortium.llm.registry import PromptFormat, default_prompt_format
 from consortium.llm.worker import ModelWorker
 from consortium.logsafe import safe
@@ -83,6 +84,7 @@ from consortium.node.orchestrator import Orchestrator, check_capabilities, check
 from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
+from consortium.node.retention import Step, audit_step, receipts_step, run_retention
 from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.storage_health import StorageHealth, quiet_storage_tracebacks
 from consortium.node.store import SqliteTaskStore
@@ -145,6 +147,8 @@ class Federation:
     # SQLite log behind it (None with [audit] enabled = false).
     audit: AuditLog = field(default_factory=NoOpAuditLog)
     audit_log: SqliteAuditLog | None = None
+    # The redactor's receipts (None without [redaction] enabled).
+    disclosures: DisclosureStore | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         assessor, close_assessor = _owned_assessor(cfg, watcher)
     replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
     close_redactor = _nothing
+    disclosures: DisclosureStore | None = None
     audit_log: SqliteAuditLog | None = None
     try:
         key = load_private_key(cfg.resolve(cfg.identity.private_key))
@@ -264,7 +269,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         signer.audit = audit
         if isinstance(assessor, ReputationAssessor):
             assessor.audit = audit
-        redactor, close_redactor = build_redactor(cfg, watcher, audit)
+        redactor, close_redactor, disclosures = build_redactor(cfg, watcher, audit)
         verifier = MessageVerifier(
             org_id=cfg.node.org_id,
             roster=watcher.current,
@@ -308,18 +313,20 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         close_redactor,
         audit,
         audit_log,
+        disclosures,
     )
 
 
 def build_redactor(
     cfg: NodeConfig, watcher: RosterWatcher, audit: AuditLog | None = None
-) -> tuple[Redactor, Callable[[], None]]:
-    """node.toml's `[redaction]` policy over a detector built once, here; without it (the
-    default) the identity redactor. Every [redaction.peers.ORG] must be a member; a
-    detector that cannot load is a ConfigError (one line)."""
+) -> tuple[Redactor, Callable[[], None], DisclosureStore | None]:
+    """node.toml's `[redaction]` policy over a detector built once, here, its closing and
+    its receipts; without it (the default) the identity redactor. Every
+    [redaction.peers.ORG] must be a member; a detector that cannot load is a ConfigError
+    (one line)."""
     policy = cfg.redaction
     if not policy.enabled:
-        return IdentityRedactor(), _nothing
+        return IdentityRedactor(), _nothing, None
     where = str(cfg.base_dir / "node.toml")
     me = cfg.node.org_id
     check_peers(policy, {m.org_id: m.org_id == me for m in watcher.current().members}, path=where)
@@ -347,7 +354,20 @@ def build_redactor(
         len(policy.peers),
         len(policy.rules),
     )
-    return redactor, close
+    return redactor, close, store
+
+
+def retention_steps(cfg: NodeConfig, federation: Federation) -> list[Step]:
+    """What the node prunes ([audit] retention_days / max_entries, [redaction]
+    receipts_days); empty when nothing is to be forgotten."""
+    steps: list[Step | None] = []
+    if federation.audit_log is not None:
+        steps.append(
+            audit_step(federation.audit_log, cfg.audit.retention_days, cfg.audit.max_entries)
+        )
+    if federation.disclosures is not None:
+        steps.append(receipts_step(federation.disclosures, cfg.redaction.receipts_days))
+    return [s for s in steps if s is not None]
 
 
 def build_canaries(
@@ -414,7 +434,12 @@ async def build_routing(
             else None
         )
         policy = PolicyHolder(
-            cfg.resolve(cfg.routing.policy), keys, cfg.routing.threshold, cfg.routing.target
+            cfg.resolve(cfg.routing.policy),
+            keys,
+            cfg.routing.threshold,
+            cfg.routing.target,
+            embedding_dim=EMBEDDING_DIMENSION,
+            federation_id=federation.roster.current().federation_id if federation else None,
         )
     records = RoutingRecords(cfg.database_path) if cfg.routing.record else None
     encoder = None
@@ -613,6 +638,8 @@ def build_openai_api(
         lambda: worker.info.name,
         members=(lambda: roster.current().members) if roster is not None else None,
         groups=sorted(cfg.groups),
+        quarantined=service.orchestrator.quarantined,
+        group_runs=service.orchestrator.group_runs,
     )
     return OpenAIApi(
         service,
@@ -722,6 +749,7 @@ class Node:
         self.witnessing: Witnessing | None = None
         self._witnessing: asyncio.Task[None] | None = None
         self.storage = StorageHealth(config.data_dir)
+        self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -822,6 +850,9 @@ class Node:
             )
         if self.witnessing is not None:
             self._witnessing = asyncio.create_task(self.witnessing.run())
+        if federation is not None:
+            steps = retention_steps(cfg, federation)
+            self._retention = asyncio.create_task(run_retention(steps, RETENTION_INTERVAL_S))
         log.info(
             "node %s ready: model %s (%s), gRPC %s, HTTP %s",
             cfg.node.org_id,
@@ -916,6 +947,7 @@ class Node:
             self._reporting,
             self._checkpointing,
             self._witnessing,
+            self._retention,
         ):
             if background is not None:
                 background.cancel()

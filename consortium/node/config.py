@@ -218,6 +218,11 @@ class AuditSection(_Section):
     # (off by default: a checkpoint signed per reply and ~1.5 KB more per answer; see
     # benchmarks/audit.py).
     receipts: bool = False
+    # Retention: the bodies of entries older than this many days, and of all but the
+    # newest `max_entries`, are dropped (0: kept); their leaf hashes stay, so the tree,
+    # its checkpoints and witnesses' records still verify (README, "Audit log").
+    retention_days: Annotated[float, Field(ge=0, le=36500)] = 0.0
+    max_entries: Annotated[int, Field(ge=0)] = 0
 
 
 class LoggingSection(_Section):
@@ -272,6 +277,11 @@ class GroupSection(_Section):
     # local model ("local") or refuse the task ("refuse").
     min_members: Annotated[int, Field(ge=1, le=16)] = 1
     on_short: Literal["local", "refuse"] = "local"
+    # When members fail during a round (unreachable, a refusal, an answer that fails
+    # verification), the group answers without them if at least this many members
+    # answered; else the task fails, naming each failure. Default: a majority of
+    # `members`.
+    quorum: Annotated[int, Field(ge=1, le=16)] | None = None
 
     @model_validator(mode="after")
     def _min_members(self) -> GroupSection:
@@ -279,7 +289,16 @@ class GroupSection(_Section):
             raise ValueError(
                 f"min_members {self.min_members} exceeds the group's {len(self.members)} members"
             )
+        if self.quorum is not None and self.quorum > len(self.members):
+            raise ValueError(
+                f"quorum {self.quorum} exceeds the group's {len(self.members)} members"
+            )
         return self
+
+    @property
+    def answers_needed(self) -> int:
+        """The quorum: as configured, else a majority of the members."""
+        return self.quorum if self.quorum is not None else len(self.members) // 2 + 1
 
 
 class TrainingSection(_Section):

@@ -1,6 +1,8 @@
 """The learned router on a node: its policy artifact (verified with the federation admin
-key, re-read when the file changes; a bad file is refused and the previous policy kept)
-and the features it needs, computed here (sentence embedding, draft signals)."""
+key, re-read when the file changes; a bad file is refused and the previous policy kept:
+a bad signature, features this node does not compute, an embedding of another size than
+its encoder's, or another federation's id) and the features it needs, computed here
+(sentence embedding, draft signals)."""
 
 from __future__ import annotations
 
@@ -38,10 +40,20 @@ class PolicyHolder:
     """The current policy: loaded on first use, re-read when the file changes."""
 
     def __init__(
-        self, path: Path, admin_keys: list[jwk.JWK] | None, threshold: float, target: str
+        self,
+        path: Path,
+        admin_keys: list[jwk.JWK] | None,
+        threshold: float,
+        target: str,
+        *,
+        embedding_dim: int | None = None,
+        federation_id: str | None = None,
     ) -> None:
         self.path = path
         self._keys = admin_keys
+        # What this node computes and belongs to (None: not checked).
+        self._embedding_dim = embedding_dim
+        self._federation_id = federation_id
         self._threshold = threshold
         self._target = target
         self._policy: LogisticPolicy | None = None
@@ -52,6 +64,13 @@ class PolicyHolder:
         self.audit: AuditLog = NoOpAuditLog()
 
     def _check(self, artifact: PolicyArtifact) -> None:
+        fed = self._federation_id
+        if fed is not None and artifact.federation_id != fed:
+            named = artifact.federation_id
+            meant = f"federation {named!r}" if named else "no federation"
+            raise ConsortiumError(
+                f"policy {artifact.version} is for {meant}; this node belongs to {fed!r}"
+            )
         if artifact.features.normalisation != DRAFT_NORMALISATION:
             raise ConsortiumError(
                 f"policy {artifact.version} expects option probabilities normalised by "
@@ -59,11 +78,16 @@ class PolicyHolder:
                 f"{DRAFT_NORMALISATION}"
             )
         n = len(artifact.features.names)
-        if n > len(feature_names(0)):
-            expected = feature_names(n - len(feature_names(0)))
-            if tuple(artifact.features.names) == expected:
-                return
-        raise ConsortiumError(f"policy {artifact.version} uses features this node does not compute")
+        size = n - len(feature_names(0))
+        if size <= 0 or tuple(artifact.features.names) != feature_names(size):
+            raise ConsortiumError(
+                f"policy {artifact.version} uses features this node does not compute"
+            )
+        if self._embedding_dim is not None and size != self._embedding_dim:
+            raise ConsortiumError(
+                f"policy {artifact.version} expects sentence embeddings of {size} "
+                f"dimensions; this node's encoder gives {self._embedding_dim}"
+            )
 
     def current(self) -> LogisticPolicy:
         try:

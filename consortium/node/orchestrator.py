@@ -47,6 +47,7 @@ from consortium.node.config import GroupSection, RoutingSection
 from consortium.node.option_scoring import score_options
 from consortium.node.peers import RETRYABLE_FAILURES, PeerClient, PeerError, PeerScores
 from consortium.protocols.collaboration import (
+    Failure,
     Limits,
     Member,
     Outcome,
@@ -664,6 +665,11 @@ class Orchestrator:
             )
         return GroupRound(allowed, aggregator, reputation, dropped + kept_back, short, weights)
 
+    def group_runs(self, name: str) -> bool:
+        """Whether the group answers a task now: with the members the trust layer allows,
+        or, short of them, by falling back to the local model (`on_short = "local"`)."""
+        return self._groups[name].on_short != "refuse" or not self.group_round(name).short
+
     async def _group_answer(
         self,
         name: str,
@@ -739,9 +745,10 @@ class Orchestrator:
         limits = Limits(group.max_tokens, budget.max_cost, budget.deadline_s)
         configured = {(self.org_id if k == "self" else k): v for k, v in group.weights.items()}
         weights = reputation_weights([m.name for m in members], configured or None, chosen.weights)
+        quorum = group.answers_needed
         try:
             if group.protocol == "vote":
-                return await vote(members, question, weights=weights, limits=limits)
+                return await vote(members, question, weights=weights, limits=limits, quorum=quorum)
             if group.protocol == "debate":
                 return await debate(
                     members,
@@ -750,10 +757,11 @@ class Orchestrator:
                     topology=group.topology,
                     weights=weights,
                     limits=limits,
+                    quorum=quorum,
                 )
             aggregator = self.member(chosen.aggregator, ledger)
             proposers = [m for m in members if m.name != aggregator.name]
-            return await mixture(proposers, aggregator, question, limits=limits)
+            return await mixture(proposers, aggregator, question, limits=limits, quorum=quorum)
         except BudgetError as e:
             raise RequestRejected(f"group {name}: {e}") from None
 
@@ -784,6 +792,7 @@ class Orchestrator:
                     for c in outcome.contributions
                 ],
                 "stopped_by_budget": True if outcome.stopped_by_budget else None,
+                "failed": first_failures(outcome.failures) or None,
             }
         )
         return Routed(outcome.choice, outcome.probabilities, prov)
@@ -818,6 +827,14 @@ class Orchestrator:
             return routed
         provenance = routed.provenance.model_copy(update={"budget": limits})
         return Routed(routed.choice, routed.probabilities, provenance)
+
+
+def first_failures(failures: Sequence[Failure]) -> dict[str, str]:
+    """Each failed member's first failure, in the order they failed."""
+    out: dict[str, str] = {}
+    for f in failures:
+        out.setdefault(f.member, f.reason)
+    return out
 
 
 async def _with_second(

@@ -660,7 +660,7 @@ class NodeService:
         except (ValueError, RequestRejected) as e:
             yield Rejected(str(e))
             return
-        except (PeerError, UntrustedAnswer, ModelError) as e:
+        except (NodeUnavailableError, UntrustedAnswer, ModelError) as e:
             log.warning("task %s: routing failed: %s", request.task_id, safe(e, 300))
             yield Failed(str(e))
             return

@@ -336,9 +336,20 @@ class Witnessing:
         detail: dict[str, str | int] = {"origin": origin, "verdict": judgement.verdict}
         if checkpoint is not None:
             detail["size"] = checkpoint.size
-        self._audit.record("witness", peer=sender, detail=detail)
+        seen = self._audit.seen(origin)
+        # The checkpoint cosigned last time, again: nothing new to record or remember
+        # (the exchange's own messages are in the log all the same).
+        again = (
+            judgement.cosigned
+            and checkpoint is not None
+            and seen is not None
+            and (seen.size, seen.root) == (checkpoint.size, checkpoint.root)
+        )
+        if not again:
+            self._audit.record("witness", peer=sender, detail=detail)
         if judgement.cosigned and checkpoint is not None and judgement.cosignature is not None:
-            self._audit.remember_cosigned(checkpoint, note)
+            if not again:
+                self._audit.remember_cosigned(checkpoint, note)
             self.cosigned += 1
             return CosignReply(
                 org=self.org_id,

@@ -10,6 +10,12 @@
 Members are anything that can score the options of a question given some context (a local
 model, a peer over A2A); every call is recorded with its tokens, cost and latency, and a
 protocol stops calling when its token budget would be exceeded.
+
+A member whose call fails (`MEMBER_FAILURES`: it cannot be reached, refuses, or answers
+what fails verification) is recorded as a `Failure` and the protocol goes on without it
+(in a debate, it is not asked again) — if the `quorum` allows: a round with failures
+answers only when at least `quorum` members' answers are left, else QuorumError. Without
+a quorum (None) the first failure fails the task, as it is raised.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from consortium.errors import BudgetError
+from consortium.errors import (
+    BudgetError,
+    ModelError,
+    NodeUnavailableError,
+    QuorumError,
+    RequestRejected,
+    UntrustedAnswer,
+)
 from consortium.protocols.multiple_choice import (
     Normalisation,
     OptionScores,
@@ -58,6 +71,33 @@ class Contribution:
     latency_s: float
 
 
+# What a member's call may fail with and the group go on without it; anything else is a
+# fault of this node and fails the task.
+MEMBER_FAILURES = (NodeUnavailableError, UntrustedAnswer, RequestRejected, ModelError)
+_FAILURE_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (NodeUnavailableError, "unavailable"),
+    (UntrustedAnswer, "untrusted"),
+    (RequestRejected, "refused"),
+    (ModelError, "model_error"),
+)
+MAX_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A member's call that failed, and why (`kind: message`)."""
+
+    member: str
+    round: int
+    reason: str
+    error: Exception = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, member: str, round_: int, error: Exception) -> Failure:
+        kind = next(k for t, k in _FAILURE_KINDS if isinstance(error, t))
+        return cls(member, round_, f"{kind}: {str(error)[:MAX_REASON_CHARS]}", error)
+
+
 @dataclass
 class Outcome:
     protocol: str
@@ -65,6 +105,7 @@ class Outcome:
     probabilities: tuple[float, ...]
     contributions: list[Contribution] = field(default_factory=list)
     stopped_by_budget: bool = False
+    failures: list[Failure] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -137,11 +178,19 @@ async def _ask(
     norm: Normalisation,
     budget: _Budget,
     estimate: int,
-) -> Contribution | None:
+    quorum: int | None = None,
+) -> Contribution | Failure | None:
+    """The member's answer; None when the budget allows no call; a Failure when the call
+    failed and a quorum is set (without one, the failure is raised)."""
     if not budget.allows(member, estimate):
         return None
     started = time.perf_counter()
-    scored = await member.score(question, context)
+    try:
+        scored = await member.score(question, context)
+    except MEMBER_FAILURES as e:
+        if quorum is None:
+            raise
+        return Failure.of(member.name, round_, e)
     budget.spend(scored.tokens, scored.cost)
     probs = tuple(scored.scores.probabilities(norm))
     return Contribution(
@@ -206,6 +255,38 @@ def describe_answers(question: Question, answers: Sequence[tuple[str, int]]) -> 
     return "\n".join(lines)
 
 
+async def _alone(
+    members: Sequence[Member],
+    question: Question,
+    norm: Normalisation,
+    budget: _Budget,
+    estimate: int,
+    quorum: int | None,
+) -> tuple[list[Contribution], list[Failure]]:
+    """Each member's answer on its own (round 0), in order, until the budget stops; the
+    answers and the failures."""
+    answers: list[Contribution] = []
+    failures: list[Failure] = []
+    for m in members:
+        c = await _ask(m, question, "", 0, norm, budget, estimate, quorum)
+        if c is None:
+            break
+        if isinstance(c, Failure):
+            failures.append(c)
+        else:
+            answers.append(c)
+    return answers, failures
+
+
+def _check_quorum(answered: int, quorum: int | None, failures: Sequence[Failure]) -> None:
+    """Raises QuorumError when members failed and fewer than `quorum` answered."""
+    if failures and answered < (quorum or 0):
+        why = "; ".join(f"{f.member} {f.reason}" for f in failures)
+        raise QuorumError(
+            f"{answered} member(s) answered, fewer than the group's quorum of {quorum} ({why})"
+        )
+
+
 async def vote(
     members: Sequence[Member],
     question: Question,
@@ -214,18 +295,15 @@ async def vote(
     norm: Normalisation = "tokens",
     limits: Limits = Limits(),
     estimate: int = 0,
+    quorum: int | None = None,
 ) -> Outcome:
     budget = _Budget(limits)
-    contributions = []
-    for m in members:
-        c = await _ask(m, question, "", 0, norm, budget, estimate)
-        if c is None:
-            break
-        contributions.append(c)
+    contributions, failures = await _alone(members, question, norm, budget, estimate, quorum)
+    _check_quorum(len(contributions), quorum, failures)
     if not contributions:
         raise BudgetError("the budget allows no call to any member")
     probs = combine(contributions, weights)
-    return Outcome("vote", argmax(probs), probs, contributions, budget.exceeded)
+    return Outcome("vote", argmax(probs), probs, contributions, budget.exceeded, failures)
 
 
 def neighbours(topology: Topology, n: int, i: int) -> list[int]:
@@ -247,17 +325,23 @@ async def debate(
     norm: Normalisation = "tokens",
     limits: Limits = Limits(),
     estimate: int = 0,
+    quorum: int | None = None,
 ) -> Outcome:
     """Round 0: everyone answers alone; rounds 1..R-1: everyone answers again, shown the
-    previous round's answers of its neighbours. The answer: the last round, combined."""
+    previous round's answers of its neighbours. The answer: the last round, combined. A
+    member that failed is not asked again; a round everyone failed ends the debate."""
     if rounds < 1:
         raise ValueError("a debate needs at least one round")
     budget = _Budget(limits)
     all_contributions: list[Contribution] = []
+    failures: list[Failure] = []
+    active = list(members)  # previous[i] is active[i]'s answer
     previous: list[Contribution] = []
     for r in range(rounds):
         current: list[Contribution] = []
-        for i, m in enumerate(members):
+        answered: list[Member] = []
+        stopped = False
+        for i, m in enumerate(active):
             context = ""
             if r > 0 and previous:
                 shown = [
@@ -266,21 +350,31 @@ async def debate(
                     if j < len(previous)
                 ]
                 context = describe_answers(question, shown)
-            c = await _ask(m, question, context, r, norm, budget, estimate)
+            c = await _ask(m, question, context, r, norm, budget, estimate, quorum)
             if c is None:
+                stopped = True
                 break
+            if isinstance(c, Failure):
+                failures.append(c)
+                continue
             current.append(c)
+            answered.append(m)
         all_contributions += current
-        if len(current) < len(members):
+        if stopped:
             if current and not previous:
                 previous = current
             break
-        previous = current
+        if not current:
+            break
+        previous, active = current, answered
     final = previous
+    _check_quorum(len(final), quorum, failures)
     if not final:
         raise BudgetError("the budget allows no call to any member")
     probs = combine(final, weights)
-    return Outcome(f"debate:{topology}", argmax(probs), probs, all_contributions, budget.exceeded)
+    return Outcome(
+        f"debate:{topology}", argmax(probs), probs, all_contributions, budget.exceeded, failures
+    )
 
 
 async def mixture(
@@ -291,22 +385,28 @@ async def mixture(
     norm: Normalisation = "tokens",
     limits: Limits = Limits(),
     estimate: int = 0,
+    quorum: int | None = None,
 ) -> Outcome:
-    """Proposers answer alone; the aggregator answers shown their proposals."""
+    """Proposers answer alone; the aggregator answers shown their proposals. Without the
+    aggregator's answer (the budget, or its failure) the proposals are combined."""
     budget = _Budget(limits)
-    proposals: list[Contribution] = []
-    for m in proposers:
-        c = await _ask(m, question, "", 0, norm, budget, estimate)
-        if c is None:
-            break
-        proposals.append(c)
+    proposals, failures = await _alone(proposers, question, norm, budget, estimate, quorum)
     context = describe_answers(question, [(p.member, p.choice) for p in proposals])
-    final = await _ask(aggregator, question, context, 1, norm, budget, estimate)
+    final = await _ask(aggregator, question, context, 1, norm, budget, estimate, quorum)
+    if isinstance(final, Failure):
+        failures.append(final)
+        final = None
+    _check_quorum(len(proposals) + (final is not None), quorum, failures)
     if final is None:
         if not proposals:
             raise BudgetError("the budget allows no call to any member")
         probs = combine(proposals)
-        return Outcome("mixture", argmax(probs), probs, proposals, True)
+        return Outcome("mixture", argmax(probs), probs, proposals, budget.exceeded, failures)
     return Outcome(
-        "mixture", final.choice, final.probabilities, [*proposals, final], budget.exceeded
+        "mixture",
+        final.choice,
+        final.probabilities,
+        [*proposals, final],
+        budget.exceeded,
+        failures,
     )

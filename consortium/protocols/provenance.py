@@ -7,8 +7,8 @@ One model covers every kind of answer; which fields are present says which kind 
   its answer was verified and how many of its signed events were;
 - a multiple-choice answer: route (`local`, `A->B`, `A->group:NAME`), router, the members
   with their tokens, cost and calls, totals, confidence, the router's decision, and for a
-  group its protocol and every contribution; the task's budget; the choice and the
-  probabilities of all options;
+  group its protocol, every contribution and the members that failed (`failed`); the
+  task's budget; the choice and the probabilities of all options;
 - whenever peers contributed (asked, escalated, a group): each contributing peer's
   `reputation` when it was chosen (what weighed its vote) and the `verdicts` on its
   replies. Both are absent from an answer no peer contributed to;
@@ -137,6 +137,9 @@ class Provenance(WireModel):
     contributions: list[Contribution] | None = None
     # Set (true) only when the group's protocol stopped early for its budget.
     stopped_by_budget: bool | None = None
+    # The group's members whose call failed, and why (`kind: message`, the first failure
+    # of each): the group answered without them, its quorum met.
+    failed: dict[str, str] | None = None
     budget: BudgetLimits | None = None
     choice: int | None = None
     probabilities: list[float] | None = None

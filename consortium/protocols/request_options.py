@@ -60,6 +60,16 @@ class RequestOptions(BaseModel):
     # Not a task: the outcome of an earlier one, recorded for training the routing policy.
     feedback: Feedback | None = None
 
+    @model_validator(mode="after")
+    def _one_route(self) -> RequestOptions:
+        # Each names who answers; taking one silently would answer a question not asked.
+        if self.peer is not None and self.route is not None:
+            raise ValueError(
+                "peer and route contradict each other: give peer (one member answers) "
+                "or route (a router or group decides), not both"
+            )
+        return self
+
 
 def forwarded(options: RequestOptions) -> dict[str, Any]:
     """The options a node sends with a task it passes to a peer: everything set but the
@@ -77,5 +87,7 @@ def request_options(message: a2a_pb2.Message | None) -> RequestOptions:
         return RequestOptions.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ValueError(f"metadata.{METADATA_KEY}.{loc}: {err['msg']}") from None
+        where = ".".join([f"metadata.{METADATA_KEY}", *(str(p) for p in err["loc"])])
+        # A validator's own message, without pydantic's "Value error, " before it.
+        what = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        raise ValueError(f"{where}: {what}") from None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -79,6 +79,9 @@ class RedactionPolicy(DetectionSettings):
     """The `[redaction]` table: the detector's settings and the actions."""
 
     enabled: bool = False
+    # Receipts (the disclosures of what was withheld, and the signed messages) older
+    # than this many days are deleted; 0 keeps them.
+    receipts_days: Annotated[float, Field(ge=0, le=36500)] = 0.0
     default: Action = "pseudonymize"
     actions: dict[str, Action] = Field(default_factory=dict)
     peers: dict[str, Override] = Field(default_factory=dict)

@@ -277,6 +277,8 @@ class DisclosureStore:
             )
         try:
             self._conn = connect(path, private=True)
+            # A pruned disclosure's value is overwritten, not left in a free page.
+            self._conn.execute("PRAGMA secure_delete=ON")
             self._conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise ConfigError(f"not a usable receipts database ({e})", path=str(path)) from None
@@ -356,6 +358,27 @@ class DisclosureStore:
             disclosures=tuple(parse_disclosure(r[0]) for r in rows),
             created_at=float(row[3]),
         )
+
+    def prune(self, before: float) -> int:
+        """Forgets the receipts (messages and disclosures) recorded before `before`, a
+        time; how many. An auditor can no longer be shown what they withheld."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(
+                    "DELETE FROM disclosures WHERE message_id IN "
+                    "(SELECT message_id FROM receipts WHERE created_at < ?)",
+                    (before,),
+                )
+                n = self._conn.execute(
+                    "DELETE FROM receipts WHERE created_at < ?", (before,)
+                ).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        return int(n)
 
     def for_task(self, task_id: str) -> list[str]:
         """The ids of the messages recorded for `task_id`, oldest first."""

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from consortium.federation.roster import load_roster
 from consortium.node.config import parse_config
 from tests.integration.test_federation import Federation
 
@@ -34,9 +35,9 @@ GROUPS = {
 }
 
 
-def signed_policy(path: Path, admin_key: Path) -> Path:
+def signed_policy(path: Path, admin_key: Path, federation_id: str) -> Path:
     """A policy over the node's features (trained on random data: these tests are about
-    the mechanics of loading and applying it), signed by the federation admin."""
+    the mechanics of loading and applying it), for the federation, signed by its admin."""
     from consortium.federation.admin import load_admin_key
     from consortium.learning.policy import fit_logistic, sign_policy, write_policy
     from consortium.llm.embeddings import DIMENSION
@@ -45,6 +46,7 @@ def signed_policy(path: Path, admin_key: Path) -> Path:
     names = feature_names(DIMENSION)
     x = np.random.default_rng(0).normal(size=(64, len(names)))
     artifact = fit_logistic(x, (x[:, 2] > 0).astype(int), names=names, version="test-1")
+    artifact = artifact.model_copy(update={"federation_id": federation_id})
     write_policy(path, sign_policy(artifact, [load_admin_key(admin_key)]))
     return path
 
@@ -56,7 +58,8 @@ class ModelFederation(Federation):
         data["model"] = {"backend": "llama_cpp", "name": MODELS[org], "context_size": 1024}
         if org == "acme":
             data["groups"] = GROUPS
-            policy = signed_policy(self.tmp / "policy.json", self.admin_key)
+            fed_id = load_roster(self.roster).federation_id
+            policy = signed_policy(self.tmp / "policy.json", self.admin_key, fed_id)
             data["routing"] = {"policy": str(policy), "threshold": 0.5}
         return parse_config(data, path=cfg.base_dir / "node.toml")
 

@@ -74,8 +74,8 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
     "local": ("the quick brown fox", {}),
     "local_truncated": ("the quick brown fox", {"max_tokens": 2, "temperature": 0.5}),
     "peer": ("hello from acme", {"peer": "globex"}),
-    # The route applies where the user asked; the peer answers with its own model.
-    "peer_route_not_forwarded": ("hello from acme", {"peer": "globex", "route": "magic"}),
+    # Each names who answers: both together are refused, neither silently winning.
+    "rejected_peer_and_route": ("hello from acme", {"peer": "globex", "route": "magic"}),
     "choice_local": (QUESTION, {"choices": CHOICES, "route": "local"}),
     "choice_self": (QUESTION, {"choices": CHOICES, "route": "self:margin"}),
     "choice_budget": (QUESTION, {"choices": CHOICES, "max_cost": 1, "deadline_s": 30}),

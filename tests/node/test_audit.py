@@ -21,7 +21,9 @@ import pytest
 import pytest_asyncio
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 
+from consortium.node.app import retention_steps
 from consortium.node.client import text_message
+from consortium.node.retention import prune_all
 from consortium.node.witnessing import cosign_message
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.audit import log_origin
@@ -356,3 +358,73 @@ async def test_a_checkpoint_or_proof_request_naming_a_task_is_a_client_error(
             await stub.SendMessage(a2a_pb2.SendMessageRequest(message=message))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "message-only exchange" in (e.value.details() or "")
+
+
+async def test_a_checkpoint_cosigned_again_is_not_recorded_again(fed: Federation) -> None:
+    """Witnessing does not grow the witness's log with a checkpoint it has cosigned
+    already: the second submission of the same checkpoint is cosigned, not recorded."""
+    acme = fed.nodes["acme"]
+    assert acme.federation is not None and acme.federation.audit_log is not None
+    log = acme.federation.audit_log
+    signed = log.checkpoint()
+    origin = log_origin("test-federation", "acme")
+
+    async def submit() -> Any:
+        """The checkpoint, from the size globex knows (with the consistency proof)."""
+        seen = globex_log.seen(origin)
+        old = seen.size if seen is not None else 0
+        proof = log.consistency_proof(old, signed.checkpoint.size) if old else []
+        return await send_as(fed, "acme", "globex", cosign_message(signed.note, old, proof))
+
+    globex = fed.nodes["globex"]
+    assert globex.federation is not None and globex.federation.audit_log is not None
+    globex_log = globex.federation.audit_log
+
+    def witnessed() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in entries(fed, "globex")
+            if e["kind"] == "witness" and e["detail"]["origin"] == origin
+        ]
+
+    before = len(witnessed())
+    first = await submit()
+    again = await submit()
+    assert first["verdict"] == again["verdict"] == "cosigned"
+    assert len(witnessed()) == before + 1
+
+
+async def test_retention_prunes_a_nodes_log_and_it_still_verifies(fed: Federation) -> None:
+    """`[audit] max_entries` as the node applies it (its retention steps): the bodies of
+    all but the newest entries go, and `consortium audit verify` still verifies the log
+    and names the pruned range. (Last in the module: the log stays pruned.)"""
+    import subprocess
+    import sys
+
+    node = fed.nodes["initech"]
+    assert node.federation is not None and node.federation.audit_log is not None
+    log = node.federation.audit_log
+    answer = await fed.ask_via("initech", "hello there", peer="globex")
+    assert answer.state == "completed"
+    log.checkpoint()
+    size = log.size
+    audit = node.config.audit.model_copy(update={"max_entries": 2})
+    steps = retention_steps(node.config.model_copy(update={"audit": audit}), node.federation)
+    assert [s.what for s in steps] == ["audit entry bodies"]
+    assert retention_steps(node.config, node.federation) == []  # the default keeps all
+    await prune_all(steps)
+    assert log.pruned_below == size - 2 and log.entry(0) is None
+    with (fed.tmp / "initech" / "node.toml").open("a") as f:
+        f.write(f'\n[federation]\nroster = "{fed.roster}"\nadmin_key = "{fed.admin_pub}"\n')
+    log.checkpoint()
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "consortium.cli", "audit", "verify", str(fed.tmp / "initech")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"entries 0-{size - 3}: pruned by retention" in result.stdout
+    assert "verified" in result.stdout

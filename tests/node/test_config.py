@@ -174,6 +174,13 @@ def test_group_minimums_are_validated(tmp_path: Path) -> None:
         group(min_members=0)
     with pytest.raises(ConfigError, match=r"groups\.g\.on_short"):
         group(on_short="wait")
+    # The quorum: a majority of the members by default (2 of 2 here), at most all.
+    assert group().groups["g"].answers_needed == 2
+    assert group(quorum=1).groups["g"].answers_needed == 1
+    with pytest.raises(ConfigError, match=r"groups\.g: .*quorum 3 exceeds the group's 2"):
+        group(quorum=3)
+    with pytest.raises(ConfigError, match=r"groups\.g\.quorum"):
+        group(quorum=0)
 
 
 FED = "[node]\norg_id = 'a'\n[federation]\nroster = 'f.toml'\nadmin_key = 'admin.jwk'\n"

@@ -30,6 +30,7 @@ from consortium.trust.keys import generate_key
 
 NAMES = feature_names(4)  # the signal features and a 4-dimensional embedding
 EMB_0 = NAMES.index("emb_0")
+FED = "test-federation"  # the nodes' federation
 
 
 def policy(
@@ -38,20 +39,21 @@ def policy(
     *,
     intercept: float = 0.0,
     normalisation: Normalisation = "none",
-    federation_id: str = "",
+    federation_id: str = FED,
+    names: tuple[str, ...] = NAMES,
 ) -> PolicyArtifact:
     """A policy whose P(label) rises with the first embedding dimension only."""
-    weights = [0.0] * len(NAMES)
+    weights = [0.0] * len(names)
     weights[EMB_0] = 5.0
     return PolicyArtifact(
         version=version,
         federation_id=federation_id,
         label=label,
         features=FeatureSpec(
-            names=list(NAMES),
+            names=list(names),
             normalisation=normalisation,
-            mean=[0.0] * len(NAMES),
-            scale=[1.0] * len(NAMES),
+            mean=[0.0] * len(names),
+            scale=[1.0] * len(names),
         ),
         weights=weights,
         intercept=intercept,
@@ -69,7 +71,9 @@ def admin() -> jwk.JWK:
 
 
 def holder(path: Path, admin: jwk.JWK, threshold: float = 0.5) -> PolicyHolder:
-    return PolicyHolder(path, [admin], threshold=threshold, target="globex")
+    return PolicyHolder(
+        path, [admin], threshold=threshold, target="globex", embedding_dim=4, federation_id=FED
+    )
 
 
 def test_a_signed_policy_is_loaded_once(tmp_path: Path, admin: jwk.JWK) -> None:
@@ -112,11 +116,31 @@ def other_normalisation(admin: jwk.JWK) -> PolicyArtifact:
     return sign_policy(policy("v2", normalisation="tokens"), [admin])
 
 
+def other_embedding_size(admin: jwk.JWK) -> PolicyArtifact:
+    """The node's features over another encoder's embedding (8 dimensions, not 4)."""
+    return sign_policy(policy("v2", names=feature_names(8)), [admin])
+
+
+def other_federation(admin: jwk.JWK) -> PolicyArtifact:
+    """Signed by this federation's admin key, for another federation."""
+    return sign_policy(policy("v2", federation_id="other"), [admin])
+
+
+def no_federation(admin: jwk.JWK) -> PolicyArtifact:
+    return sign_policy(policy("v2", federation_id=""), [admin])
+
+
 REFUSALS: list[tuple[Callable[[jwk.JWK], PolicyArtifact], str]] = [
     (unsigned, "not signed"),
     (foreign, "no valid admin signature"),
     (other_features, "uses features this node does not compute"),
     (other_normalisation, "normalised by tokens; this node drafts with none"),
+    (
+        other_embedding_size,
+        "expects sentence embeddings of 8 dimensions; this node's encoder gives 4",
+    ),
+    (other_federation, "is for federation 'other'; this node belongs to 'test-federation'"),
+    (no_federation, "is for no federation; this node belongs to 'test-federation'"),
 ]
 
 
@@ -176,7 +200,10 @@ def test_a_policy_trained_on_the_nodes_features_is_loaded(tmp_path: Path, admin:
     x = rng.normal(size=(100, len(NAMES)))
     y = (x[:, EMB_0] > 0).astype(int)
     path = tmp_path / "policy.json"
-    write_policy(path, sign_policy(fit_logistic(x, y, names=NAMES, version="fit"), [admin]))
+    fitted = fit_logistic(x, y, names=NAMES, version="fit").model_copy(
+        update={"federation_id": FED}
+    )
+    write_policy(path, sign_policy(fitted, [admin]))
     h = holder(path, admin)
     assert h.router().decide(task(3.0)).route == "local"
     assert h.router().decide(task(-3.0)).route == "escalate"

@@ -382,3 +382,28 @@ async def test_the_nodes_own_records_leave_unredacted(fed: RedactingFederation) 
     assert reported == {"globex": "ok", "initech": "ok"}
     witnessed = await acme.witnessing.submit_all()
     assert witnessed == {"globex": "ok", "initech": "ok"}
+
+
+async def test_old_receipts_are_pruned_by_the_nodes_retention(fed: RedactingFederation) -> None:
+    """`[redaction] receipts_days`: the node's retention forgets the receipts older than
+    that (here seen from two days on). Last in the module: acme's receipts are gone."""
+    import time
+
+    from consortium.node.app import retention_steps
+    from consortium.node.retention import DAY_S, receipts_step
+
+    node = _node(fed, "acme")
+    assert node.federation is not None and node.federation.disclosures is not None
+    answer = await fed.ask_via("acme", TEXT, peer="globex")
+    (message_id,) = answer.provenance.redaction.receipts or []
+    redaction = node.config.redaction.model_copy(update={"receipts_days": 1.0})
+    steps = retention_steps(
+        node.config.model_copy(update={"redaction": redaction}), node.federation
+    )
+    assert [s.what for s in steps] == ["redaction receipts"]
+    assert retention_steps(node.config, node.federation) == []  # the default keeps them
+    store = node.federation.disclosures
+    assert steps[0].prune() == 0 and store.get(message_id) is not None  # a day not yet past
+    later = receipts_step(store, 1.0, clock=lambda: time.time() + 2 * DAY_S)
+    assert later is not None and later.prune() >= 1
+    assert store.get(message_id) is None

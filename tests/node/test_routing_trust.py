@@ -49,6 +49,10 @@ GROUPS = {
         "on_short": "refuse",
     },
     "moa": {"protocol": "mixture", "members": ["self", "globex", "initech"]},
+    # ghost: a member whose endpoint nothing listens on (added to the roster by a test).
+    "haunted": {"protocol": "vote", "members": ["self", "globex", "ghost"]},
+    "all-or-nothing": {"protocol": "vote", "members": ["self", "globex", "ghost"], "quorum": 3},
+    "haunted-moa": {"protocol": "mixture", "members": ["self", "globex", "ghost"]},
 }
 
 
@@ -191,6 +195,38 @@ async def test_a_quarantined_peer_is_no_candidate_from_the_next_decision(
     federation = fed.nodes["acme"].federation
     assert federation is not None
     assert [p.trust for p in federation.peers.candidates()] == [0.9]
+
+
+async def test_v1_models_hides_quarantined_members_and_groups_that_cannot_run(
+    fed: TrustFederation, acme: Standings
+) -> None:
+    node = fed.nodes["acme"]
+    assert node.keys is not None and node.endpoints is not None
+    token = node.keys.create("models-reader")[1]
+    headers = {"authorization": f"Bearer {token}"}
+
+    async def listed() -> set[str]:
+        async with fed.http(node) as http:
+            r = await http.get(node.endpoints.http_url + "/v1/models", headers=headers)  # type: ignore[union-attr]
+        assert r.status_code == 200, r.text
+        return {m["id"] for m in r.json()["data"]}
+
+    async def found(model: str) -> int:
+        async with fed.http(node) as http:
+            url = f"{node.endpoints.http_url}/v1/models/{model}"  # type: ignore[union-attr]
+            return (await http.get(url, headers=headers)).status_code
+
+    before = await listed()
+    assert {"globex/echo-globex", "initech/echo-initech", "group/strict", "group/pair"} <= before
+    acme.set("globex", "quarantined", 0.0)
+    after = await listed()
+    # globex's entries and the group that refuses when short of it are gone; the group
+    # that falls back to the local model, and everything else, stays.
+    assert after == before - {"globex/echo-globex", "group/strict"}
+    assert await found("globex/echo-globex") == 404 and await found("group/strict") == 404
+    assert await found("initech/echo-initech") == 200 and await found("group/panel") == 200
+    acme.set("globex", "healthy", 0.8)  # released: listed again
+    assert await listed() == before
 
 
 async def test_reputation_weighs_the_choice_of_peer(fed: TrustFederation, acme: Standings) -> None:
@@ -342,25 +378,30 @@ async def test_a_timeout_is_assessed_as_timeout(fed: TrustFederation) -> None:
     assert verdict.reply is None and not verdict.trusted
 
 
+def add_ghost(r: Roster) -> Roster:
+    """The roster with a member "ghost": globex's entry at a port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    globex = r.member("globex")
+    assert globex is not None
+    ghost = globex.model_copy(
+        update={
+            "org_id": "ghost",
+            "endpoints": globex.endpoints.model_copy(update={"grpc": f"127.0.0.1:{port}"}),
+        }
+    )
+    return r.model_copy(update={"members": [*r.members, ghost]})
+
+
+def has_ghost(r: Roster) -> bool:
+    return r.member("ghost") is not None
+
+
 async def test_an_unreachable_peer_is_assessed_as_unreachable(
     fed: TrustFederation, acme: Standings
 ) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def add_ghost(r: Roster) -> Roster:
-        globex = r.member("globex")
-        assert globex is not None
-        ghost = globex.model_copy(
-            update={
-                "org_id": "ghost",
-                "endpoints": globex.endpoints.model_copy(update={"grpc": f"127.0.0.1:{port}"}),
-            }
-        )
-        return r.model_copy(update={"members": [*r.members, ghost]})
-
-    async with fed.roster_change(add_ghost, lambda r: r.member("ghost") is not None):
+    async with fed.roster_change(add_ghost, has_ghost):
         answer = await fed.ask_via("acme", "anyone there?", peer="ghost")
     assert answer.state == "failed" and "ghost did not answer" in answer.status_text
     # Asked once more on a new connection (a reset connection is not a dead peer).
@@ -418,3 +459,30 @@ async def test_provenance_carries_each_contributing_peers_reputation(
     local = await choose(fed, "local")
     assert local.provenance.reputation is None and local.provenance.verdicts is None
     assert len(acme.verdicts) == 3 and all(v.trusted and not v.claim for v in acme.verdicts)
+
+
+# -- members failing mid-round ---------------------------------------------------------
+
+
+async def test_a_group_answers_without_a_member_that_fails_if_the_quorum_allows(
+    fed: TrustFederation, acme: Standings
+) -> None:
+    async with fed.roster_change(add_ghost, has_ghost):
+        answer = await choose(fed, "haunted")  # quorum: a majority, 2 of 3
+        strict = await choose(fed, "all-or-nothing")  # quorum 3
+        mixed = await choose(fed, "haunted-moa")  # the aggregator, ghost, fails
+    assert answer.state == "completed", answer.status_text
+    p = answer.provenance
+    assert [c.member for c in p.contributions] == ["acme", "globex"]
+    assert set(p.members) == {"acme", "globex"} and p.route == "acme->group:haunted"
+    assert list(p.failed) == ["ghost"]
+    assert p.failed["ghost"].startswith("unavailable: ghost did not answer")
+    # The exchange told the trust layer, as for any call.
+    assert [(v.peer, v.failure) for v in acme.of("ghost")][:1] == [("ghost", "unreachable")]
+    assert strict.state == "failed"
+    assert strict.status_text.startswith(
+        "failed: 2 member(s) answered, fewer than the group's quorum of 3 (ghost unavailable: "
+    )
+    assert mixed.state == "completed", mixed.status_text
+    assert [c.member for c in mixed.provenance.contributions] == ["acme", "globex"]
+    assert list(mixed.provenance.failed) == ["ghost"]

@@ -8,8 +8,15 @@ import math
 
 import pytest
 
-from consortium.errors import BudgetError
+from consortium.errors import (
+    BudgetError,
+    NodeUnavailableError,
+    QuorumError,
+    RequestRejected,
+    UntrustedAnswer,
+)
 from consortium.protocols.collaboration import (
+    Failure,
     Limits,
     Scored,
     combine,
@@ -133,3 +140,82 @@ async def test_a_distrusted_member_loses_the_tie_it_would_win() -> None:
     distrusted = await vote([me, peer], two, weights=weights)
     assert distrusted.choice == 1
     assert distrusted.probabilities[1] == pytest.approx((0.6 + 0.1 * 0.4) / 1.1)
+
+
+class Failing(Scripted):
+    """A scripted member whose calls from the `from_call`-th on (0-based) raise `error`."""
+
+    def __init__(self, name: str, error: Exception, from_call: int = 0) -> None:
+        super().__init__(name, (0.1, 0.1, 0.8))
+        self.error = error
+        self.from_call = from_call
+
+    async def score(self, question: Question, context: str) -> Scored:
+        if len(self.contexts) >= self.from_call:
+            self.contexts.append(context)
+            raise self.error
+        return await super().score(question, context)
+
+
+def reasons(failures: list[Failure]) -> list[tuple[str, int, str]]:
+    return [(f.member, f.round, f.reason) for f in failures]
+
+
+async def test_a_vote_goes_on_without_a_failed_member_if_the_quorum_allows() -> None:
+    a, b, _ = members()
+    down = Failing("c", NodeUnavailableError("c did not answer within 10 s"))
+    out = await vote([a, down, b], Q, norm="none", quorum=2)
+    assert [c.member for c in out.contributions] == ["a", "b"]
+    assert out.probabilities == pytest.approx((0.4, 0.5, 0.1))  # a and b only
+    assert reasons(out.failures) == [("c", 0, "unavailable: c did not answer within 10 s")]
+    with pytest.raises(QuorumError) as e:
+        await vote([a, down, b], Q, norm="none", quorum=3)
+    assert str(e.value) == (
+        "2 member(s) answered, fewer than the group's quorum of 3 "
+        "(c unavailable: c did not answer within 10 s)"
+    )
+    # Without a quorum, the member's failure is the task's, as before.
+    with pytest.raises(NodeUnavailableError, match="within 10 s"):
+        await vote([a, down, b], Q, norm="none")
+    # A fault that is not a member's (a bug here) is never swallowed.
+    with pytest.raises(KeyError):
+        await vote([a, Failing("x", KeyError("bug"))], Q, quorum=1)
+
+
+async def test_every_kind_of_member_failure_is_named() -> None:
+    failing = [
+        Failing("u", UntrustedAnswer("the signature does not verify")),
+        Failing("r", RequestRejected("x is quarantined by this node's trust layer")),
+    ]
+    out = await vote([*failing, members()[0]], Q, norm="none", quorum=1)
+    assert reasons(out.failures) == [
+        ("u", 0, "untrusted: the signature does not verify"),
+        ("r", 0, "refused: x is quarantined by this node's trust layer"),
+    ]
+    assert out.choice == 0
+
+
+async def test_a_debate_drops_a_member_that_failed_and_ends_on_the_others() -> None:
+    a, _, c = members()
+    flaky = Failing("b", NodeUnavailableError("b is unreachable"), from_call=1)
+    out = await debate([a, flaky, c], Q, rounds=3, topology="ring", norm="none", quorum=2)
+    rounds = [(x.member, x.round) for x in out.contributions]
+    assert rounds == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2), ("c", 2)]
+    assert len(flaky.contexts) == 2  # asked in rounds 0 and 1, not again
+    assert reasons(out.failures) == [("b", 1, "unavailable: b is unreachable")]
+    # Round 2 of a and c: each shown only the other (the ring of the two left).
+    assert "c answered" in a.contexts[2] and "b answered" not in a.contexts[2]
+    with pytest.raises(QuorumError, match="1 member"):
+        await debate([members()[0], Failing("b", NodeUnavailableError("down"))], Q, quorum=2)
+
+
+async def test_a_mixture_without_its_aggregator_combines_the_proposals() -> None:
+    a, b, _ = members()
+    aggregator = Failing("c", UntrustedAnswer("wrong sender"))
+    out = await mixture([a, b], aggregator, Q, norm="none", quorum=2)
+    assert [x.member for x in out.contributions] == ["a", "b"]
+    assert out.probabilities == pytest.approx((0.4, 0.5, 0.1))
+    assert reasons(out.failures) == [("c", 1, "untrusted: wrong sender")]
+    assert not out.stopped_by_budget
+    with pytest.raises(QuorumError):
+        await mixture([a, b], aggregator, Q, norm="none", quorum=3)

@@ -261,3 +261,24 @@ def test_store_is_safe_to_share_between_threads(tmp_path: Path) -> None:
     assert not errors
     assert all(len(store.for_task(f"t{n}")) == 20 for n in range(4))
     store.close()
+
+
+def test_old_receipts_are_pruned_with_their_disclosures(tmp_path: Path) -> None:
+    path = tmp_path / "redaction.sqlite3"
+    now = [1000.0]
+    store = DisclosureStore(path, clock=lambda: now[0])
+    old = [make_disclosure("PERSON", "Ann Lee")]
+    store.record("m-old", "task-1", "globex", signed_like(old, "m-old"), old)
+    now[0] = 2000.0
+    young = [make_disclosure("PERSON", "Bo Yi")]
+    store.record("m-new", "task-2", "globex", signed_like(young, "m-new"), young)
+    assert store.prune(1500.0) == 1
+    assert store.get("m-old") is None and store.for_task("task-1") == []
+    kept = store.get("m-new")
+    assert kept is not None and kept.disclosures == tuple(young)
+    assert store.prune(1500.0) == 0  # nothing more that old
+    store.close()
+    # The value is gone from the file, not left in a free page (secure_delete).
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(path.name))
+    assert old[0].encoded.encode() not in raw and b"Ann Lee" not in raw
+    assert young[0].encoded.encode() in raw

@@ -7,9 +7,12 @@
   (option `peer`). MODEL is each model the roster declares for it
   (`capabilities.models`); `ORG/default` names the member whatever it runs, and is
   listed for a member that declares none. The member answers with its own model: the
-  name after the slash chooses nothing at the member.
+  name after the slash chooses nothing at the member. A member this node's trust layer
+  has quarantined is not listed (nor found by /v1/models/NAME); a request naming it is
+  still resolved, so that it gets the trust layer's refusal rather than "unknown model".
 - `group/NAME` for every configured group ([groups.NAME]): option `route` NAME (groups
-  answer multiple-choice tasks: send `consortium.choices`).
+  answer multiple-choice tasks: send `consortium.choices`). A group that cannot run now
+  (too few members allowed, and `on_short = "refuse"`) is not listed.
 
 Names are matched in that order (an organization called `group` or `consortium` is
 reached as `ORG/default` or by its declared models only where no group or the auto
@@ -54,11 +57,15 @@ class Catalogue:
         *,
         members: Callable[[], Sequence[Member]] | None = None,
         groups: Sequence[str] = (),
+        quarantined: Callable[[], frozenset[str]] = frozenset,
+        group_runs: Callable[[str], bool] = lambda name: True,
     ) -> None:
         self._org = org_id
         self._own = own_model
         self._members = members
         self._groups = tuple(groups)
+        self._quarantined = quarantined
+        self._group_runs = group_runs
         self.created = int(time.time())
 
     def models(self) -> list[ModelRoute]:
@@ -67,13 +74,30 @@ class Catalogue:
             ModelRoute(self._own(), org, {"route": "local"}),
             ModelRoute(AUTO, org),
         ]
+        quarantined = self._quarantined()
         for member in self._peers():
+            if member.org_id in quarantined:
+                continue
             for model in member.capabilities.models or [DEFAULT_MODEL]:
                 out.append(ModelRoute(f"{member.org_id}/{model}", member.org_id, _peer(member)))
         out.extend(
-            ModelRoute(f"{GROUP_PREFIX}{name}", org, {"route": name}) for name in self._groups
+            ModelRoute(f"{GROUP_PREFIX}{name}", org, {"route": name})
+            for name in self._groups
+            if self._group_runs(name)
         )
         return out
+
+    def listed(self, model: str) -> ModelRoute | None:
+        """The route `model` stands for if `models()` lists it now, else None."""
+        route = self.resolve(model)
+        if route is None:
+            return None
+        if route.options.get("peer") in self._quarantined():
+            return None
+        group = route.options.get("route")
+        if group in self._groups and not self._group_runs(group):
+            return None
+        return route
 
     def resolve(self, model: str) -> ModelRoute | None:
         """The route `model` stands for; None for a name this node does not offer."""

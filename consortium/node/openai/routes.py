@@ -233,7 +233,7 @@ class OpenAIApi:
 
     async def _model(self, request: Request, caller: Caller) -> Response:
         name = request.path_params["model"]
-        route = self.catalogue.resolve(name)
+        route = self.catalogue.listed(name)
         if route is None:
             raise model_not_found(name)
         return json_response(self._model_object(route))

@@ -23,6 +23,15 @@ A checkpoint is signed every `checkpoint_every` entries, and by `maybe_checkpoin
 `checkpoint_interval_s` has passed with new entries (the node calls it periodically).
 On opening, the log checks itself (every leaf against its entry, positions contiguous,
 the latest checkpoint's root) and refuses to go on appending to a damaged log.
+
+Retention (`prune`): the bodies of old entries are dropped, never their leaf hashes, so
+the tree, every root and every proof stay what they were. Only entries a signed
+checkpoint covers are pruned; the entries below `meta.pruned_below` keep their position
+and leaf hash with an empty body and empty message, task and trace columns, and the
+checkpoints inside that range are dropped but the newest one at or below its end and
+each witness's newest cosigned one (with their cosignatures), so the pruned range stays
+committed by a signed checkpoint. Each pruning is itself an entry (kind "retention"),
+in the same transaction. What a pruned log still proves: see the README.
 """
 
 from __future__ import annotations
@@ -93,6 +102,12 @@ CREATE TABLE IF NOT EXISTS witnessed (
     time REAL NOT NULL
 );
 """
+
+
+def pruned_below(db: sqlite3.Connection) -> int:
+    """The position below which retention dropped the entries' bodies (0: none)."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'pruned_below'").fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 class AuditError(ConsortiumError):
@@ -166,6 +181,8 @@ class SqliteAuditLog:
         self._lock = threading.Lock()
         # Requests received lately: message id -> the position of their entry.
         self._requests: OrderedDict[str, int] = OrderedDict()
+        # Entries below this position have no body any more (retention).
+        self.pruned_below = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, factory=StorageConnection
@@ -177,6 +194,7 @@ class SqliteAuditLog:
             self._db.execute(f"PRAGMA synchronous={sync}")
             self._db.executescript(SCHEMA)
             self._claim_origin()
+            self.pruned_below = pruned_below(self._db)
             self._tree = self._load()
             self._checkpointed, self._checkpoint_time = self._last_checkpoint()
         except sqlite3.DatabaseError as e:
@@ -199,11 +217,15 @@ class SqliteAuditLog:
             raise AuditError(f"the audit log {self.path} is the log of {row[0]}, not {self.origin}")
 
     def _load(self) -> Tree:
-        """The tree of every entry, each leaf checked against its entry."""
+        """The tree of every entry, each leaf checked against its entry (a pruned entry's
+        stored leaf is taken as it is: the checkpoint check below still covers it)."""
         tree = Tree()
         for seq, body, leaf in self._db.execute("SELECT seq, body, leaf FROM entries ORDER BY seq"):
             if seq != tree.size:
                 raise self._damaged(f"entry {tree.size} is missing (next is {seq})")
+            if seq < self.pruned_below and body == "":
+                tree.append(bytes(leaf))
+                continue
             if not isinstance(body, str) or leaf_hash(body.encode()) != leaf:
                 raise self._damaged(f"entry {seq} does not match its leaf hash")
             tree.append(bytes(leaf))
@@ -266,26 +288,30 @@ class SqliteAuditLog:
             if value not in ("", None) and value != {}:
                 entry[name] = _plain(value)
         with self._lock:
-            seq = self._tree.size
-            entry["seq"] = seq
-            entry["time"] = round(self._clock(), 6)
-            body = _canonical(entry)
-            leaf = leaf_hash(body)
-            self._db.execute(
-                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    seq,
-                    body.decode(),
-                    leaf,
-                    kind,
-                    message_id,
-                    task_id,
-                    entry.get("trace", ""),
-                ),
-            )
-            self._tree.append(leaf)
-            if self._tree.size - self._checkpointed >= self._every:
-                self._checkpoint()
+            return self._insert(entry, message_id, task_id)
+
+    def _insert(self, entry: dict[str, Any], message_id: str, task_id: str) -> int:
+        """Writes `entry` at the next position (the caller holds the lock)."""
+        seq = self._tree.size
+        entry["seq"] = seq
+        entry["time"] = round(self._clock(), 6)
+        body = _canonical(entry)
+        leaf = leaf_hash(body)
+        self._db.execute(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                seq,
+                body.decode(),
+                leaf,
+                entry["kind"],
+                message_id,
+                task_id,
+                entry.get("trace", ""),
+            ),
+        )
+        self._tree.append(leaf)
+        if self._tree.size - self._checkpointed >= self._every:
+            self._checkpoint()
         return seq
 
     # -- the AuditLog hooks --------------------------------------------------------------
@@ -450,7 +476,7 @@ class SqliteAuditLog:
         log holds no such entry (or it is too old to be among the recent ones), or, with
         `peer`, when the request is not from that member."""
         seq = self._requests.get(message_id)
-        if seq is None:
+        if seq is None or seq < self.pruned_below:
             return None
         row = self._db.execute("SELECT body FROM entries WHERE seq = ?", (seq,)).fetchone()
         if peer and json.loads(row[0]).get("peer") != peer:
@@ -464,8 +490,83 @@ class SqliteAuditLog:
         return receipt(seq, str(row[0]), note, proof)
 
     def entry(self, seq: int) -> dict[str, Any] | None:
+        """The entry at `seq`; None when there is none or retention pruned its body."""
         row = self._db.execute("SELECT body FROM entries WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return None if row is None or not row[0] else dict(json.loads(row[0]))
+
+    # -- retention ---------------------------------------------------------------------
+
+    def prune(
+        self,
+        *,
+        older_than: float | None = None,
+        below: int | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Drops the bodies of the entries written before `older_than` (a time) and of
+        those at positions below `below`, up to the latest checkpoint and never beyond
+        it, at most `limit` of them at once (the lock is held meanwhile); keeps every
+        leaf hash. Returns how many were pruned. Drops the checkpoints inside the pruned
+        range but the newest one and each witness's newest cosigned one; records the
+        pruning as an entry."""
+        with self._lock:
+            if below is None and older_than is None:
+                return 0
+            # Never past the latest checkpoint, nor more than `limit` at once.
+            cap = self._checkpointed
+            if limit is not None:
+                cap = min(cap, self.pruned_below + limit)
+            end = min(cap, below) if below is not None else self.pruned_below
+            if older_than is not None:
+                # The first entry young enough to keep (in order of position: the scan
+                # stops there, reading only entries it prunes).
+                row = self._db.execute(
+                    "SELECT seq FROM entries WHERE seq >= ? AND seq < ? "
+                    "AND json_extract(body, '$.time') >= ? ORDER BY seq LIMIT 1",
+                    (self.pruned_below, cap, older_than),
+                ).fetchone()
+                end = max(end, cap if row is None else int(row[0]))
+            if end <= self.pruned_below:
+                return 0
+            start = self.pruned_below
+            anchor = self._db.execute(
+                "SELECT MAX(size) FROM checkpoints WHERE size <= ?", (end,)
+            ).fetchone()[0]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE entries SET body = '', message_id = '', task_id = '', trace_id = '' "
+                    "WHERE seq >= ? AND seq < ?",
+                    (start, end),
+                )
+                if anchor is not None:
+                    # Kept: the newest checkpoint over the range, and each witness's newest
+                    # cosigned one (what witnessing and a witness's record refer to).
+                    kept = (
+                        "size >= ? OR size IN (SELECT MAX(size) FROM cosignatures GROUP BY witness)"
+                    )
+                    self._db.execute(f"DELETE FROM checkpoints WHERE NOT ({kept})", (anchor,))
+                    self._db.execute(f"DELETE FROM cosignatures WHERE NOT ({kept})", (anchor,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('pruned_below', ?)", (str(end),)
+                )
+                # The pruning's own entry, in the same transaction: no pruned range
+                # without the entry that says so.
+                detail = {"pruned_from": start, "pruned_below": end}
+                entry = {"v": FORMAT_VERSION, "kind": "retention", "dir": "local"}
+                self._insert({**entry, "detail": detail}, "", "")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                # An entry or checkpoint taken in memory is undone too.
+                self._tree = self._load()
+                self._checkpointed, self._checkpoint_time = self._last_checkpoint()
+                raise
+            self.pruned_below = end
+            self._requests = OrderedDict(
+                (m, seq) for m, seq in self._requests.items() if seq >= end
+            )
+        return end - start
 
     def close(self) -> None:
         with self._lock:

@@ -18,6 +18,14 @@ What is checked:
 - what other members cosigned of this log (`witness_views`: their records of the latest
   checkpoint they cosigned): a view whose root the entries do not give is a fork or a
   rollback.
+
+A log whose retention pruned old entries (`meta.pruned_below`: trust.audit.log) keeps
+their leaf hashes only: the report says which range was pruned (a warning), and the tree
+over those stored hashes must still give every checkpoint's root and every witness's
+record, so the pruned range is still bound to what was signed and witnessed, but its
+entries themselves can no longer be read or checked. A checkpoint whose last entry was
+pruned is checked against the keys the organization held when the log signed it (the
+checkpoint's stored time).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from typing import Any, Literal, Protocol
 
 from nacl.signing import VerifyKey
 
+from consortium.trust.audit.log import pruned_below
 from consortium.trust.audit.merkle import Tree, leaf_hash
 from consortium.trust.audit.notes import (
     Checkpoint,
@@ -91,6 +100,7 @@ class LogReport:
     entries: int = 0
     checkpoints: int = 0
     latest_checkpoint: int = 0
+    pruned_below: int = 0  # entries 0..pruned_below-1 have only their leaf hash (retention)
     witnessed_size: int = 0  # the newest checkpoint with enough cosignatures
     cosigners: dict[int, list[str]] = field(default_factory=dict)  # size -> witnesses
     findings: list[Finding] = field(default_factory=list)
@@ -165,6 +175,7 @@ def _check(
     if row[0] != report.origin:
         report.error("database", f"is the log of {row[0]}, not {report.origin}")
         return
+    report.pruned_below = pruned_below(db)
     tree, times = _entries(db, report)
     _checkpoints(db, history, report, tree, times)
     _cosignatures(db, history, report)
@@ -185,6 +196,13 @@ def _entries(db: sqlite3.Connection, report: LogReport) -> tuple[Tree, list[floa
             gap = f"entry {tree.size}" if seq == tree.size + 1 else f"entries {tree.size}-{seq - 1}"
             report.error(gap, "missing: deleted or never written")
         raw = body.encode() if isinstance(body, str) else bytes(body or b"")
+        if seq < report.pruned_below and not raw:
+            while tree.size < seq:
+                tree.append(leaf_hash(b""))
+                times.append(0.0)
+            tree.append(bytes(leaf))  # the only trace of it: checked by the roots below
+            times.append(0.0)
+            continue
         where = f"entry {seq}"
         parsed = _parse(raw)
         if parsed is None:
@@ -208,6 +226,24 @@ def _entries(db: sqlite3.Connection, report: LogReport) -> tuple[Tree, list[floa
         times.append(float(t) if isinstance(t, int | float) else 0.0)
         report.bodies.append(parsed)
     report.entries = tree.size
+    if report.pruned_below:
+        last = min(report.pruned_below, tree.size) - 1
+        report.warn(
+            f"entries 0-{last}",
+            "pruned by retention: only their leaf hashes are kept (their roots are checked "
+            "against the checkpoints and witnesses; the entries cannot be read)",
+        )
+        details = [b.get("detail") for b in report.bodies if b.get("kind") == "retention"]
+        stated = [
+            d["pruned_below"]
+            for d in details
+            if isinstance(d, dict) and isinstance(d.get("pruned_below"), int)
+        ]
+        if max(stated, default=0) < report.pruned_below:
+            report.error(
+                f"entries 0-{last}",
+                "pruned, but no retention entry of the log records it: bodies removed",
+            )
     return tree, times
 
 
@@ -226,7 +262,9 @@ def _checkpoints(
     tree: Tree,
     times: list[float],
 ) -> None:
-    for size, note in db.execute("SELECT size, note FROM checkpoints ORDER BY size"):
+    for size, note, signed_at in db.execute(
+        "SELECT size, note, time FROM checkpoints ORDER BY size"
+    ):
         where = f"checkpoint {size}"
         report.checkpoints += 1
         try:
@@ -245,6 +283,8 @@ def _checkpoints(
         if checkpoint.root != tree.root(size):
             report.error(where, "its root is not the root of the entries: an entry changed")
         when = times[size - 1] if size else 0.0
+        if 0 < size <= report.pruned_below:
+            when = float(signed_at)  # its last entry's time went with the entry
         if not _signed_by_org(body, signatures, history, report, when):
             held = datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
             report.error(where, f"is not signed by a key {report.org} held at {held}")
@@ -357,12 +397,18 @@ ENTRY_PREFIX = b'{"entry":'
 def export_lines(path: Path) -> Iterator[bytes]:
     """The log as UTF-8 JSON lines (without their newline), read from a private copy:
     every entry as `{"entry":BODY}`, BODY its bytes exactly as hashed (its RFC 8785 JSON:
-    SHA-256 of 0x00 || BODY is its leaf), then every checkpoint's note with its
-    cosignatures. Raises OSError or sqlite3.Error when it cannot be read."""
+    SHA-256 of 0x00 || BODY is its leaf), an entry pruned by retention as
+    `{"pruned":{"seq":N,"leaf":HEX}}` (its position and leaf hash), then every
+    checkpoint's note with its cosignatures. Raises OSError or sqlite3.Error when it
+    cannot be read."""
     with tempfile.TemporaryDirectory(prefix="consortium-audit-") as tmp:
         db = sqlite3.connect(snapshot(path, Path(tmp)))
         try:
-            for (body,) in db.execute("SELECT body FROM entries ORDER BY seq"):
+            for seq, body, leaf in db.execute("SELECT seq, body, leaf FROM entries ORDER BY seq"):
+                if not body:  # pruned by retention: its leaf hash is all that is left
+                    pruned = {"seq": seq, "leaf": bytes(leaf).hex()}
+                    yield json.dumps({"pruned": pruned}, separators=(",", ":")).encode()
+                    continue
                 # Never re-serialized: json.dumps would escape what is not ASCII.
                 yield ENTRY_PREFIX + str(body).encode() + b"}"
             cosigned: dict[int, list[str]] = {}

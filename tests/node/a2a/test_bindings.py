@@ -240,6 +240,24 @@ async def test_bad_request_options_reject_the_task(start_node: NodeStarter) -> N
         await client.close()
 
 
+@pytest.mark.parametrize("transport", [TransportProtocol.GRPC, TransportProtocol.JSONRPC])
+async def test_peer_and_route_together_are_refused(start_node: NodeStarter, transport: str) -> None:
+    """Each option names who answers: given both, the task is refused, naming both,
+    rather than one silently winning."""
+    node = await start_node()
+    card = await fetch_agent_card(node.endpoints.http_url)
+    client = open_client(card, transport=transport)
+    try:
+        answer = await ask(client, "hello", options={"peer": "globex", "route": "local"})
+        assert answer.state == "rejected"
+        assert "metadata.consortium: " in answer.status_text
+        assert "peer and route contradict" in answer.status_text
+        alone = await ask(client, "hello", options={"route": "local"})
+        assert alone.state == "completed" and alone.text == "hello"
+    finally:
+        await client.close()
+
+
 async def test_jsonrpc_parse_error_and_invalid_request(start_node: NodeStarter) -> None:
     node = await start_node()
     r = await jsonrpc(node, "", content=b"{not json")

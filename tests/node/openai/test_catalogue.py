@@ -55,3 +55,24 @@ def test_a_node_outside_a_federation() -> None:
     catalogue = Catalogue("solo", lambda: "echo")
     assert [m.id for m in catalogue.models()] == ["echo", "consortium/auto"]
     assert catalogue.resolve("solo/default") is None
+
+
+def test_quarantined_members_and_groups_that_cannot_run_are_not_listed() -> None:
+    members = [member("acme", []), member("globex", ["g"]), member("initech", [])]
+    quarantined: set[str] = {"globex"}
+    catalogue = Catalogue(
+        "acme",
+        lambda: "echo",
+        members=lambda: members,
+        groups=["trio", "duo"],
+        quarantined=lambda: frozenset(quarantined),
+        group_runs=lambda name: name != "trio",
+    )
+    ids = [m.id for m in catalogue.models()]
+    assert ids == ["echo", "consortium/auto", "initech/default", "group/duo"]
+    assert catalogue.listed("globex/g") is None and catalogue.listed("group/trio") is None
+    # Resolved all the same: a request naming them gets the trust layer's refusal.
+    assert catalogue.resolve("globex/g") is not None
+    assert catalogue.listed("initech/default") is not None
+    quarantined.clear()
+    assert catalogue.listed("globex/g") is not None

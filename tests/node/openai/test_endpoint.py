@@ -468,6 +468,8 @@ def test_consortium_options(api: NodeThread, key: str) -> None:
     assert r.choices[0].message.content == f"{label}. {text}"
     for extension, param in (
         ({"peer": "globex"}, "consortium.peer"),
+        # the model names the route: a second one in the extension is refused
+        ({"route": "local"}, "consortium.route"),
         ({"choices": ["only one"]}, "consortium.choices"),
         ({"max_cost": -1}, "consortium.max_cost"),
     ):

@@ -8,7 +8,6 @@ never modified. The untouched log verifies."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -113,21 +112,6 @@ def build_log(path: Path, keys: Keys) -> None:
             )
     db.commit()
     db.close()
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys]:
-    keys = Keys()
-    path = tmp_path_factory.mktemp("audit") / "audit.sqlite3"
-    build_log(path, keys)
-    return path, keys
-
-
-@pytest.fixture
-def copy(pristine: tuple[Path, Keys], tmp_path: Path) -> Path:
-    path = tmp_path / "audit.sqlite3"
-    shutil.copyfile(pristine[0], path)
-    return path
 
 
 def verify(path: Path, keys: Keys, **kwargs: object) -> LogReport:

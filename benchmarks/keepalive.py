@@ -48,12 +48,12 @@ ARMS = {
 
 
 def echo_node(workdir: Path) -> Path:
-    """A node on the echo model, without the OpenAI API's per-caller limits (the
+    """A node on the echo model, without per-caller limits (the
     benchmark sends more than a minute's default allowance)."""
     init_node("bench", workdir, model="smollm2-135m", grpc_port=0, http_port=0)
     config = workdir / "node.toml"
     text = config.read_text().replace('backend = "llama_cpp"', 'backend = "echo"')
-    config.write_text(text + "\n[openai]\nrequests_per_minute = 0\ntokens_per_minute = 0\n")
+    config.write_text(text + "\n[limits]\nrequests_per_minute = 0\ntokens_per_minute = 0\n")
     return config
 
 

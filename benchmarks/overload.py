@@ -53,9 +53,10 @@ echo_token_delay_s = {token_delay_s}
 [auth]
 anonymous_loopback = true
 
-[openai]
+[limits]
 requests_per_minute = 0
 tokens_per_minute = 0
+concurrent_requests = 0
 
 [telemetry]
 exporter = "none"

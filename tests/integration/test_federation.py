@@ -176,9 +176,10 @@ async def test_every_call_to_a_peer_is_evidence_in_the_nodes_reputations(
 
 
 async def test_a_members_task_is_answered_by_the_peers_own_model(fed: Federation) -> None:
-    # acme's user routes to globex; globex must answer itself, not follow the route
-    # (or its own router) back to acme or to itself: an escalation is one hop.
-    answer = await fed.ask_via("acme", "one hop", peer="globex", route="always:acme")
+    # acme's user names globex; globex must answer itself, not follow its own router
+    # back to acme or to itself: an escalation is one hop. (A user naming a peer and a
+    # route at once is refused: test_peer_and_route_together_are_refused.)
+    answer = await fed.ask_via("acme", "one hop", peer="globex")
     assert answer.state == "completed", answer.status_text
     assert answer.text == "one hop"
     assert answer.provenance.route == "acme->globex"

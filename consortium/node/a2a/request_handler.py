@@ -254,7 +254,10 @@ class NodeRequestHandler(DefaultRequestHandler):
             raise from_rate_limited(e) from None
 
     def _reserve(
-        self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
+        self,
+        params: a2a_pb2.SendMessageRequest,
+        options: RequestOptions | None,
+        context: ServerCallContext,
     ) -> Reservation:
         """Reserves the message's task in its caller's limits (tokens, requests in
         progress), for the service to settle; raises RESOURCE_EXHAUSTED over them."""
@@ -263,10 +266,7 @@ class NodeRequestHandler(DefaultRequestHandler):
             return UNLIMITED
         message = params.message
         text = "\n".join(part.text for part in message.parts if part.text)
-        try:
-            max_tokens = request_options(message).max_tokens
-        except ValueError:  # the executor refuses the task, saying why
-            max_tokens = None
+        max_tokens = options.max_tokens if options is not None else None
         try:
             reservation = self.limits.reserve_task(caller, text, max_tokens)
         except RateLimited as e:
@@ -344,19 +344,19 @@ class NodeRequestHandler(DefaultRequestHandler):
         return verified
 
     def _shed(
-        self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
+        self,
+        params: a2a_pb2.SendMessageRequest,
+        options: RequestOptions | None,
+        context: ServerCallContext,
     ) -> Ticket | None:
         """The admitted message's place in the node's load (None for a control message,
         or a node without bounds); raises RESOURCE_EXHAUSTED when the node refuses it."""
         caller = caller_of(context)
         if self.admission is None or caller is None:
             return None
-        message = params.message
-        if requested_mode(message) in MESSAGE_ONLY_MODES:
+        if requested_mode(params.message) in MESSAGE_ONLY_MODES:
             return None
-        try:
-            options = request_options(message)
-        except ValueError:
+        if options is None:
             return None  # refused as it is, at no cost
         if options.feedback is not None:
             return None
@@ -411,14 +411,15 @@ class NodeRequestHandler(DefaultRequestHandler):
         with trace.use_span(span, end_on_exit=True):
             params = self._admit_message("SendMessage", params, parts, context)
             await self._writable()
-            with self._shed(params, context) or Ticket(None, None):
+            options = _options_of(params)
+            with self._shed(params, options, context) or Ticket(None, None):
                 executor = self.agent_executor
                 if isinstance(executor, DirectReplies) and may_reply_directly(params):
                     validate_required_fields(params)
                     reply = await executor.reply(params.message, context)
                     if reply is not None:
                         return reply
-                reservation = self._reserve(params, context)
+                reservation = self._reserve(params, options, context)
                 try:
                     result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
                         params, context
@@ -443,8 +444,9 @@ class NodeRequestHandler(DefaultRequestHandler):
             with trace.use_span(span, end_on_exit=False):
                 params = self._admit_message("SendStreamingMessage", params, parts, context)
                 await self._writable()
-                ticket = self._shed(params, context)
-                reservation = self._reserve(params, context)
+                options = _options_of(params)
+                ticket = self._shed(params, options, context)
+                reservation = self._reserve(params, options, context)
                 stream = super().on_message_send_stream(params, context)
             while True:
                 with trace.use_span(span, end_on_exit=False):
@@ -600,3 +602,12 @@ def local_signer(config: NodeConfig) -> Callable[[a2a_pb2.Message], a2a_pb2.Mess
     org = config.node.org_id
     signer = Signer(SigningIdentity(key, org, roster.federation_id))
     return lambda message: signer.sign_request(message, org)[0]
+
+
+def _options_of(params: a2a_pb2.SendMessageRequest) -> RequestOptions | None:
+    """The message's request options, read once for load shedding and the caller's
+    limits; None when they do not parse (the executor refuses the task, saying why)."""
+    try:
+        return request_options(params.message)
+    except ValueError:
+        return None

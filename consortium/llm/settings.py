@@ -31,6 +31,16 @@ class ModelSection(BaseModel):
     # beyond it is refused before it is sent); the server does not report it.
     context_size: Annotated[int, Field(ge=128, le=131072)] = 2048
     threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0: llama.cpp picks
+    # Requests the model serves at once: sequences in one running batch (llama_cpp), rows
+    # of a batched generate (transformers), requests in flight to the server (openai).
+    # 0: the backend's default (llm/worker.py DEFAULT_PARALLEL). Each request gets the
+    # whole `context_size`; the KV cache holds parallel x context_size tokens.
+    parallel: Annotated[int, Field(ge=0, le=64)] = 0
+    # Requests that may wait for a slot; beyond it a request is refused at once
+    # (HTTP 429 + Retry-After, gRPC RESOURCE_EXHAUSTED, JSON-RPC -32042).
+    max_queue: Annotated[int, Field(ge=0, le=100_000)] = 64
+    # The longest a request waits for a slot before it is refused (never silently dropped).
+    queue_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     prompt_format: Literal["auto", "chat", "completion"] = "auto"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_tokens: Annotated[int, Field(ge=1, le=32768)] = 128

@@ -11,6 +11,10 @@ from consortium.llm.base import LLMBackend
 from consortium.llm.registry import resolve_model_file
 from consortium.llm.settings import ModelSection
 
+# Requests a llama.cpp model serves at once when [model] parallel is 0: chosen from
+# benchmarks/concurrency.py (README, "Concurrent serving").
+DEFAULT_PARALLEL = 8
+
 
 def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]:
     """A callable that loads the configured model (run on the model's worker thread);
@@ -31,7 +35,12 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
             file = path or resolve_model_file(m.name, None)
             chat = None if m.prompt_format == "auto" else m.prompt_format == "chat"
             return LlamaCppBackend(
-                file, name=m.name, context_size=m.context_size, threads=threads, chat=chat
+                file,
+                name=m.name,
+                context_size=m.context_size,
+                threads=threads,
+                chat=chat,
+                parallel=m.parallel or DEFAULT_PARALLEL,
             )
 
         return load_llama

@@ -85,6 +85,136 @@ def _choose(
     return sample(masked, params, rng)
 
 
+class TokenText(Protocol):
+    """What a sequence needs of the model's vocabulary."""
+
+    def is_end(self, token: int) -> bool: ...
+
+    def piece(self, token: int) -> str: ...
+
+    def detokenizer(self) -> Detokenizer: ...
+
+
+class Sequence:
+    """One generation between decode steps: fed the logits of its next token (`feed`), it
+    chooses the token, keeps text, stops, log-probabilities, usage and timings, and says
+    which token to evaluate next (`next_token`) or that it is `done`. The same state runs
+    a lone generation (`generate`) and a sequence inside a batch (llm/batching.py), so the
+    two cannot drift apart.
+    """
+
+    def __init__(
+        self,
+        text_of: TokenText,
+        tokens: list[int],
+        params: GenerationParams,
+        cancel: threading.Event,
+        *,
+        context_size: int,
+        model_name: str,
+        constraint: Constraint | None = None,
+    ) -> None:
+        self.started = time.perf_counter()
+        if len(tokens) >= context_size:
+            raise PromptTooLongError(
+                f"prompt has {len(tokens)} tokens; the context of {model_name} holds {context_size}"
+            )
+        self.tokens = tokens
+        self.params = params
+        self.cancel = cancel
+        self.constraint = constraint
+        self._text_of = text_of
+        self._budget = min(params.max_tokens, context_size - len(tokens))
+        self._rng = np.random.default_rng(params.seed)
+        self._detok = text_of.detokenizer()
+        self._stops = StopMatcher(params.stop)
+        self._text: list[str] = []
+        self._logprobs: list[TokenLogprob] = []
+        self._pending: list[TokenLogprob] = []
+        self._step = 0
+        self.n_out = 0
+        self.prompt_s = 0.0
+        self.finish: FinishReason = "length"
+        self.done = False
+        # The token to evaluate for the next step's logits (None before the first).
+        self.next_token: int | None = None
+
+    def feed(self, logits: Logits) -> Chunk | None:
+        """Chooses the next token from `logits`; returns the text it completes, if any."""
+        assert not self.done
+        params, constraint, text_of = self.params, self.constraint, self._text_of
+        if constraint is None:
+            token = sample(logits, params, self._rng)
+        else:
+            token = _choose(logits, params, self._rng, constraint)
+        if self._step == 0:
+            self.prompt_s = time.perf_counter() - self.started
+        self._step += 1
+        if text_of.is_end(token):
+            self._end("stop")
+            return None
+        if constraint is not None:
+            # Once the value is complete, whitespace is all the grammar still allows
+            # before the end: end there rather than spend tokens on it.
+            if not text_of.piece(token).strip() and constraint.can_end():
+                self._end("stop")
+                return None
+            constraint.accept(token)
+        self.n_out += 1
+        if params.logprobs:
+            self._pending.append(
+                token_logprob(
+                    logits, token, text_of.piece(token), params.top_logprobs, text_of.piece
+                )
+            )
+        chunk = None
+        emitted, stopped = self._stops.feed(self._detok.feed(token))
+        if emitted:
+            chunk = self._emit(emitted)
+        if stopped:
+            self._end("stop")
+        elif self.cancel.is_set():
+            self._end("cancelled")
+        elif self._step >= self._budget:
+            self._end("length")
+        else:
+            self.next_token = token
+        return chunk
+
+    def stop(self, reason: FinishReason) -> None:
+        """Ends the sequence before its next token (cancelled, or its batch failed)."""
+        if not self.done:
+            self._end(reason)
+
+    def _emit(self, text: str) -> Chunk:
+        pending = self._pending
+        self._text.append(text)
+        self._logprobs.extend(pending)
+        self._pending = []
+        return Chunk(text, pending[-1] if pending else None)
+
+    def _end(self, reason: FinishReason) -> None:
+        self.finish = reason
+        self.done = True
+        self.next_token = None
+
+    def tail(self) -> Chunk | None:
+        """The text held back at the end (an incomplete character, a possible stop)."""
+        if self._stops.stopped:
+            return None
+        tail = self._stops.flush(self._detok.flush())
+        return self._emit(tail) if tail else None
+
+    def completion(self) -> Completion:
+        return Completion(
+            text="".join(self._text),
+            finish_reason=self.finish,
+            usage=Usage(input_tokens=len(self.tokens), output_tokens=self.n_out),
+            timings=Timings(prompt_s=self.prompt_s, total_s=time.perf_counter() - self.started),
+            logprobs=self._logprobs,
+        )
+
+
 def generate(
     decoder: Decoder,
     tokens: list[int],
@@ -92,74 +222,27 @@ def generate(
     cancel: threading.Event,
     constraint: Constraint | None = None,
 ) -> Generator[Chunk, None, Completion]:
-    """Generates from `tokens`; with a `constraint`, only tokens it allows, ending (as a
-    stop) when it is complete. Log-probabilities are the model's, before the constraint.
-    """
-    started = time.perf_counter()
-    if len(tokens) >= decoder.context_size:
-        raise PromptTooLongError(
-            f"prompt has {len(tokens)} tokens; the context of {decoder.model_name} "
-            f"holds {decoder.context_size}"
-        )
-    budget = min(params.max_tokens, decoder.context_size - len(tokens))
-    logits = decoder.prefill(tokens)
-    rng = np.random.default_rng(params.seed)
-    detok = decoder.detokenizer()
-    stops = StopMatcher(params.stop)
-    text: list[str] = []
-    logprobs: list[TokenLogprob] = []
-    pending: list[TokenLogprob] = []
-    n_out = 0
-    prompt_s = 0.0
-    finish: FinishReason = "length"
-    for step in range(budget):
-        if constraint is None:
-            token = sample(logits, params, rng)
-        else:
-            token = _choose(logits, params, rng, constraint)
-        if step == 0:
-            prompt_s = time.perf_counter() - started
-        if decoder.is_end(token):
-            finish = "stop"
-            break
-        if constraint is not None:
-            # Once the value is complete, whitespace is all the grammar still allows
-            # before the end: end there rather than spend tokens on it.
-            if not decoder.piece(token).strip() and constraint.can_end():
-                finish = "stop"
-                break
-            constraint.accept(token)
-        n_out += 1
-        if params.logprobs:
-            pending.append(
-                token_logprob(
-                    logits, token, decoder.piece(token), params.top_logprobs, decoder.piece
-                )
-            )
-        emitted, stopped = stops.feed(detok.feed(token))
-        if emitted:
-            text.append(emitted)
-            logprobs.extend(pending)
-            yield Chunk(emitted, pending[-1] if pending else None)
-            pending = []
-        if stopped:
-            finish = "stop"
-            break
-        if cancel.is_set():
-            finish = "cancelled"
-            break
-        if step + 1 < budget:
-            logits = decoder.advance(token)
-    if not stops.stopped:
-        tail = stops.flush(detok.flush())
-        if tail:
-            text.append(tail)
-            logprobs.extend(pending)
-            yield Chunk(tail, pending[-1] if pending else None)
-    return Completion(
-        text="".join(text),
-        finish_reason=finish,
-        usage=Usage(input_tokens=len(tokens), output_tokens=n_out),
-        timings=Timings(prompt_s=prompt_s, total_s=time.perf_counter() - started),
-        logprobs=logprobs,
+    """Generates from `tokens` alone; with a `constraint`, only tokens it allows, ending
+    (as a stop) when it is complete. Log-probabilities are the model's, before the
+    constraint."""
+    seq = Sequence(
+        decoder,
+        tokens,
+        params,
+        cancel,
+        context_size=decoder.context_size,
+        model_name=decoder.model_name,
+        constraint=constraint,
     )
+    logits = decoder.prefill(tokens)
+    while True:
+        chunk = seq.feed(logits)
+        if chunk is not None:
+            yield chunk
+        if seq.next_token is None:
+            break
+        logits = decoder.advance(seq.next_token)
+    tail = seq.tail()
+    if tail is not None:
+        yield tail
+    return seq.completion()

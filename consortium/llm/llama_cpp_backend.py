@@ -1,31 +1,36 @@
 """LLM backend on llama.cpp (llama-cpp-python) for GGUF files: the node's default.
 
-The generation loop is our own, on top of llama-cpp-python's context: it reads the
-last token's logits after each decode, so it can report per-token log-probabilities
-without `logits_all` (which would hold n_ctx x n_vocab floats: 2 GiB for Gemma-3's
-262k vocabulary), stop between any two tokens when a task is cancelled, and score
-multiple-choice continuations in one batched decode.
+The backend drives llama.cpp's C API through llama-cpp-python's low-level bindings: one
+model, one context whose KV cache holds `parallel` sequences (a unified cache of
+parallel x context_size cells, plus room for scoring), and a `Batch` (llm/batching.py)
+that advances every running generation in one `llama_decode` per token. The model's
+worker (llm/worker.py) feeds the batch from its queue; a direct caller of
+`stream_chat`/`stream_complete` runs one generation through the same batch alone.
 
-`response_format` (JSON output) runs llama.cpp's grammar sampler in that same loop
+It reads only the logits of the rows it samples from, so it reports per-token
+log-probabilities without `logits_all` (which would hold n_ctx x n_vocab floats: 2 GiB
+for Gemma-3's 262k vocabulary), stops between any two tokens when a task is cancelled,
+and scores a question's multiple-choice options together in one decode, each option a
+sequence sharing the question's cached prefix.
+
+`response_format` (JSON output) runs llama.cpp's grammar sampler per sequence
 (llm/grammar.py): the backend's `grammar` capability.
 """
 
 from __future__ import annotations
 
 import codecs
-import contextlib
 import dataclasses
 import logging
+import os
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from consortium.errors import ModelError, PromptTooLongError
-from consortium.llm import decode_loop
 from consortium.llm.base import (
     DEFAULT_CAPABILITIES,
     ChatMessage,
@@ -34,7 +39,9 @@ from consortium.llm.base import (
     GenerationParams,
     ModelInfo,
 )
+from consortium.llm.batching import Batch, SequenceSink
 from consortium.llm.grammar import GrammarConstraint, grammar_for
+from consortium.llm.load import LoadObserver
 from consortium.llm.sampling import Logits, common_prefix, log_softmax
 
 log = logging.getLogger(__name__)
@@ -59,26 +66,6 @@ def amx_repacking_possible() -> bool:
     return "AMX" in system_info()
 
 
-@contextlib.contextmanager
-def _without_extra_buffer_types() -> Iterator[None]:
-    # Llama() does not expose use_extra_bufts; it reads the defaults from this function.
-    import llama_cpp.llama as llama_module
-
-    bindings: Any = getattr(llama_module, "llama_cpp")  # noqa: B009 (not re-exported)
-    original = bindings.llama_model_default_params
-
-    def patched() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    bindings.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        bindings.llama_model_default_params = original
-
-
 def check_gguf_file(path: Path) -> None:
     """Fails early, with a clear message, on a missing, empty or non-GGUF file."""
     if not path.exists():
@@ -91,8 +78,15 @@ def check_gguf_file(path: Path) -> None:
         raise ModelError(f"model file is not a GGUF file (bad magic {magic!r}): {path}")
 
 
+# Cells of the KV cache beyond the slots' own, and sequences beyond theirs, for scoring
+# a question's options together (each option a sequence that shares the question's
+# cells); options beyond either bound are scored in further decodes.
+SCORE_CELLS = 512
+SCORE_SEQUENCES = 8
+
+
 class LlamaCppBackend:
-    """A GGUF model in llama.cpp. Not thread-safe: one caller at a time (ModelWorker)."""
+    """A GGUF model in llama.cpp. Not thread-safe: one thread drives it (ModelWorker)."""
 
     def __init__(
         self,
@@ -103,47 +97,59 @@ class LlamaCppBackend:
         threads: int | None = None,
         batch_size: int = 512,
         chat: bool | None = None,
+        parallel: int = 1,
+        observer: LoadObserver | None = None,
     ) -> None:
-        from llama_cpp import Llama
+        import llama_cpp
+        from llama_cpp import _internals
 
         check_gguf_file(path)
-        guard = (
-            _without_extra_buffer_types() if amx_repacking_possible() else contextlib.nullcontext()
-        )
+        if parallel < 1:
+            raise ModelError(f"parallel must be at least 1, not {parallel}")
+        _init_llama_backend()
+        model_params = llama_cpp.llama_model_default_params()
+        if amx_repacking_possible():
+            model_params.use_extra_bufts = False
+        cores = len(os.sched_getaffinity(0))
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = parallel * context_size + SCORE_CELLS
+        ctx_params.n_batch = batch_size
+        ctx_params.n_ubatch = batch_size
+        ctx_params.n_seq_max = parallel + SCORE_SEQUENCES
+        ctx_params.n_threads = threads or max(cores // 2, 1)
+        ctx_params.n_threads_batch = threads or cores
+        ctx_params.kv_unified = True
+        ctx_params.no_perf = True
         try:
-            with guard:
-                self._llm = Llama(
-                    model_path=str(path),
-                    n_ctx=context_size,
-                    n_batch=batch_size,
-                    n_threads=threads,
-                    n_threads_batch=threads,
-                    logits_all=False,
-                    verbose=False,
-                )
+            self._model = _internals.LlamaModel(
+                path_model=str(path), params=model_params, verbose=False
+            )
+            self._context = _Context(self._model, ctx_params, batch_size)
         except (ValueError, RuntimeError, OSError) as e:
             raise ModelError(f"cannot load model file {path}: {e}") from e
-        template = self._llm.metadata.get("tokenizer.chat_template", "")
+        self._n_vocab = self._model.n_vocab()
+        self._eos = self._model.token_eos()
+        self._pieces: dict[int, bytes] = {}
+        metadata = self._model.metadata()
+        template = metadata.get("tokenizer.chat_template", "")
         has_template = bool(template)
         if chat and not has_template:
+            self.close()
             raise ModelError(f"model {name} has no chat template; use prompt_format = 'completion'")
         self._chat_formatter: Any = None
         if has_template:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            eos = self._llm.detokenize([self._llm.token_eos()], special=True).decode(
-                errors="replace"
-            )
-            bos_id = self._llm.token_bos()
+            eos = self._model.detokenize([self._eos], special=True).decode(errors="replace")
+            bos_id = self._model.token_bos()
             bos = (
-                self._llm.detokenize([bos_id], special=True).decode(errors="replace")
+                self._model.detokenize([bos_id], special=True).decode(errors="replace")
                 if bos_id >= 0
                 else ""
             )
             self._chat_formatter = Jinja2ChatFormatter(
                 template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True
             )
-        self._n_vocab = self._llm.n_vocab()
         self._info = ModelInfo(
             name=name,
             backend="llama_cpp",
@@ -152,19 +158,29 @@ class LlamaCppBackend:
             path=str(path),
             capabilities=DEFAULT_CAPABILITIES | {"grammar"},
         )
+        self.batch = Batch(
+            self._context,
+            _TokenText(self),
+            slots=parallel,
+            context_size=context_size,
+            model_name=name,
+            batch_tokens=batch_size,
+            observer=observer,
+        )
 
     @property
     def info(self) -> ModelInfo:
         return self._info
 
     def close(self) -> None:
-        self._llm.close()
+        self._context.close()
+        self._model.close()
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text))
 
     def _tokenize(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text.encode(), add_bos=True, special=True))
+        return list(self._model.tokenize(text.encode(), add_bos=True, special=True))
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
         if self._chat_formatter is None:
@@ -175,143 +191,356 @@ class LlamaCppBackend:
         stops = resp.stop if isinstance(resp.stop, list) else ([resp.stop] if resp.stop else [])
         return resp.prompt, tuple(stops)
 
+    def piece_bytes(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._model.detokenize([token]))
+        return piece
+
+    # -- generation -----------------------------------------------------------------------
+
+    def start(
+        self,
+        messages: Sequence[ChatMessage] | None,
+        prompt: str | None,
+        params: GenerationParams,
+        cancel: threading.Event,
+        sink: SequenceSink,
+    ) -> None:
+        """Starts a generation in a free slot of the batch (chat `messages`, or a raw
+        `prompt`); `step` advances it. Raises before taking a slot if it cannot run."""
+        if prompt is None:
+            text, template_stops = self.render_chat(messages or ())
+            params = dataclasses.replace(params, stop=tuple(params.stop) + template_stops)
+        else:
+            text = prompt
+        tokens = self._tokenize(text)
+        constraint = None
+        if params.response_format is not None:
+            # Built now, so that a bad schema fails the request before any token.
+            constraint = GrammarConstraint(
+                self._model.vocab,
+                self._n_vocab,
+                grammar_for(params.response_format),
+                end_token=self._eos,
+            )
+            sink = _ClosingSink(sink, constraint)
+        try:
+            self.batch.admit(tokens, params, cancel, sink, constraint)
+        except BaseException:
+            if constraint is not None:
+                constraint.close()
+            raise
+
     def stream_chat(
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
-        prompt, template_stops = self.render_chat(messages)
-        merged = dataclasses.replace(params, stop=tuple(params.stop) + template_stops)
-        return self._generate(self._tokenize(prompt), merged, cancel)
+        return self._alone(messages, None, params, cancel)
 
     def stream_complete(
         self, prompt: str, params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
-        return self._generate(self._tokenize(prompt), params, cancel)
+        return self._alone(None, prompt, params, cancel)
 
-    def _piece(self, token: int) -> str:
-        return bytes(self._llm.detokenize([token])).decode(errors="replace")
-
-    def _last_logits(self) -> npt.NDArray[np.float32]:
-        ptr = self._llm._ctx.get_logits()
-        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float32, copy=True)
-
-    def _generate(
-        self, tokens: list[int], params: GenerationParams, cancel: threading.Event
-    ) -> Generator[Chunk, None, Completion]:
-        if params.response_format is None:
-            return decode_loop.generate(_LlamaDecoder(self), tokens, params, cancel)
-        # Built now, so that a bad schema fails the request before any token.
-        constraint = GrammarConstraint(
-            self._llm._model.vocab,
-            self._n_vocab,
-            grammar_for(params.response_format),
-            end_token=self._llm.token_eos(),
-        )
-        return self._generate_constrained(tokens, params, cancel, constraint)
-
-    def _generate_constrained(
+    def _alone(
         self,
-        tokens: list[int],
+        messages: Sequence[ChatMessage] | None,
+        prompt: str | None,
         params: GenerationParams,
         cancel: threading.Event,
-        constraint: GrammarConstraint,
     ) -> Generator[Chunk, None, Completion]:
+        """One generation through the batch, driven by the caller (no worker)."""
+        if self.batch.active:
+            raise ModelError("the batch is driven by the model's worker; submit through it")
+        sink = _Collect()
+        self.start(messages, prompt, params, cancel, sink)
+        return self._drive(sink, cancel)
+
+    def _drive(self, sink: _Collect, cancel: threading.Event) -> Generator[Chunk, None, Completion]:
         try:
-            return (
-                yield from decode_loop.generate(
-                    _LlamaDecoder(self), tokens, params, cancel, constraint
-                )
-            )
+            while sink.completion is None:
+                if sink.failure is not None:
+                    raise sink.failure
+                self.batch.step()
+                yield from sink.take()
+            yield from sink.take()
+            return sink.completion
         finally:
-            constraint.close()
+            if sink.completion is None and sink.failure is None:
+                # The caller stopped listening: free the slot at once.
+                cancel.set()
+                self.batch.step()
+
+    # -- scoring --------------------------------------------------------------------------
 
     def score(self, prompt: str, continuations: Sequence[str]) -> list[float]:
-        llm = self._llm
+        """Log-likelihood of each continuation after `prompt`: the prompt's stem (what all
+        options share) in a free slot, reused from the cache where it can be, then every
+        option in one decode as its own sequence over that stem."""
         prefix = self._tokenize(prompt)
-        llm.reset()
-        if len(prefix) > 1:
-            llm.eval(prefix[:-1])  # shared by all continuations; only the last logits kept
-        results: list[float] = []
-        for continuation in continuations:
-            whole = self._tokenize(prompt + continuation)
+        wholes = [self._tokenize(prompt + c) for c in continuations]
+        for whole in wholes:
             if len(whole) > self._info.context_size:
                 raise PromptTooLongError(
                     f"prompt and continuation exceed the context of {self._info.name}"
                 )
-            common = max(common_prefix(prefix, whole), 1)
-            if common >= len(whole):
-                results.append(0.0)
-                continue
-            cached = list(llm.input_ids[: llm.n_tokens])
-            n_past = min(common_prefix(cached, whole), common - 1)
-            # Row i of the logits predicts whole[n_past + 1 + i].
-            rows = self._decode_with_all_logits(whole[n_past:-1], n_past=n_past)
-            lps = log_softmax(rows)
-            first = common - 1 - n_past
-            targets = whole[common:]
-            results.append(float(sum(lps[first + i, t] for i, t in enumerate(targets))))
+        # common[i]: where option i's own tokens start (at least 1: its first token is
+        # predicted by the row of the token before it).
+        commons = [max(common_prefix(prefix, w), 1) for w in wholes]
+        results = [0.0] * len(wholes)
+        todo = [i for i, w in enumerate(wholes) if commons[i] < len(w)]
+        if not todo:
+            return results
+        stem_len = min(commons[i] - 1 for i in todo)
+        stem = wholes[todo[0]][:stem_len]
+        slot = self.batch.claim(stem, keep=stem_len)
+        try:
+            self._prefill(slot.seq_id, stem, len(slot.cached))
+            slot.cached = list(stem)
+            for group in self._score_groups(todo, wholes, stem_len):
+                self._score_group(group, wholes, commons, stem_len, slot.seq_id, results)
+        finally:
+            self.batch.release(slot)
         return results
 
-    def _decode_with_all_logits(self, tokens: list[int], n_past: int) -> npt.NDArray[np.float32]:
-        llm = self._llm
-        llm.n_tokens = n_past
-        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
-        out: list[npt.NDArray[np.float32]] = []
-        for i in range(0, len(tokens), llm.n_batch):
-            batch = tokens[i : i + llm.n_batch]
-            llm._batch.set_batch(batch=batch, n_past=llm.n_tokens, logits_all=True)
-            llm._ctx.decode(llm._batch)
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch), self._n_vocab))
-            out.append(logits.astype(np.float32, copy=True))
-            llm.input_ids[llm.n_tokens : llm.n_tokens + len(batch)] = batch
-            llm.n_tokens += len(batch)
-        return np.concatenate(out, axis=0)
+    def _prefill(self, seq_id: int, tokens: list[int], start: int) -> None:
+        step = self.batch.batch_tokens
+        for i in range(start, len(tokens), step):
+            part = tokens[i : i + step]
+            self._context.decode(
+                part, range(i, i + len(part)), [seq_id] * len(part), [False] * len(part)
+            )
+
+    def _score_groups(
+        self, todo: list[int], wholes: list[list[int]], stem_len: int
+    ) -> list[list[int]]:
+        groups: list[list[int]] = [[]]
+        cells = 0
+        for i in todo:
+            need = len(wholes[i]) - 1 - stem_len
+            group = groups[-1]
+            if group and (
+                len(group) >= SCORE_SEQUENCES
+                or cells + need > min(SCORE_CELLS, self.batch.batch_tokens)
+            ):
+                groups.append([])
+                cells = 0
+            groups[-1].append(i)
+            cells += need
+        return groups
+
+    def _score_group(
+        self,
+        group: list[int],
+        wholes: list[list[int]],
+        commons: list[int],
+        stem_len: int,
+        stem_seq: int,
+        results: list[float],
+    ) -> None:
+        ctx = self._context
+        tokens: list[int] = []
+        positions: list[int] = []
+        seq_ids: list[int] = []
+        wants: list[bool] = []
+        spans: list[tuple[int, int]] = []  # per option: first logits row, row count
+        row = 0
+        for k, i in enumerate(group):
+            seq_id = self.batch.slots + k
+            ctx.remove(seq_id, 0)
+            if stem_len:
+                ctx.copy(stem_seq, seq_id, stem_len)
+            part = wholes[i][stem_len:-1]  # row of token p predicts token p + 1
+            first = commons[i] - 1 - stem_len  # the row predicting the option's first token
+            tokens.extend(part)
+            positions.extend(range(stem_len, stem_len + len(part)))
+            seq_ids.extend([seq_id] * len(part))
+            wants.extend(j >= first for j in range(len(part)))
+            spans.append((row, len(part) - first))
+            row += len(part) - first
+        try:
+            if len(tokens) > self.batch.batch_tokens:
+                # One option longer than a batch: its rows in several decodes.
+                logits = self._decode_in_parts(tokens, positions, seq_ids, wants)
+            else:
+                logits = log_softmax(np.array(ctx.decode(tokens, positions, seq_ids, wants)))
+            for k, i in enumerate(group):
+                start, count = spans[k]
+                targets = wholes[i][commons[i] :]
+                assert len(targets) == count
+                rows = logits[start : start + count]
+                results[i] = float(rows[np.arange(count), targets].sum())
+        finally:
+            for k in range(len(group)):
+                ctx.remove(self.batch.slots + k, 0)
+
+    def _decode_in_parts(
+        self, tokens: list[int], positions: list[int], seq_ids: list[int], wants: list[bool]
+    ) -> Logits:
+        out: list[Logits] = []
+        step = self.batch.batch_tokens
+        for i in range(0, len(tokens), step):
+            rows = self._context.decode(
+                tokens[i : i + step],
+                positions[i : i + step],
+                seq_ids[i : i + step],
+                wants[i : i + step],
+            )
+            out.append(np.array(rows))
+        return log_softmax(np.concatenate(out, axis=0))
+
+
+def _init_llama_backend() -> None:
+    global _backend_ready
+    if not _backend_ready:
+        import llama_cpp
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(False)  # llama.cpp's own log lines: errors only
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+_backend_ready = False
+
+
+class _Context:
+    """A llama.cpp context with several KV-cache sequences: the batch's `KVModel`."""
+
+    def __init__(self, model: Any, params: Any, max_tokens: int) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        ctx = llama_cpp.llama_init_from_model(model.model, params)
+        if ctx is None:
+            raise ValueError("llama.cpp could not create a context")
+        self._ctx = ctx
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._n_vocab = model.n_vocab()
+        self._max = max_tokens
+        batch = llama_cpp.llama_batch_init(max_tokens, 0, 1)
+        self._batch = batch
+        self._token = np.ctypeslib.as_array(batch.token, shape=(max_tokens,))
+        self._pos = np.ctypeslib.as_array(batch.pos, shape=(max_tokens,))
+        self._flags = np.ctypeslib.as_array(batch.logits, shape=(max_tokens,))
+        np.ctypeslib.as_array(batch.n_seq_id, shape=(max_tokens,))[:] = 1
+        self._seq = [batch.seq_id[i] for i in range(max_tokens)]
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._lib.llama_free(self._ctx)
+            self._ctx = None
+
+    def decode(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        seq_ids: Sequence[int],
+        logits: Sequence[bool],
+    ) -> Logits:
+        n = len(tokens)
+        if not 0 < n <= self._max:
+            raise ModelError(f"a batch of {n} tokens (at most {self._max})")
+        self._token[:n] = tokens
+        self._pos[:n] = positions
+        self._flags[:n] = logits
+        seq = self._seq
+        for i, s in enumerate(seq_ids):
+            seq[i][0] = s
+        self._batch.n_tokens = n
+        rc = self._lib.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise ModelError(f"llama_decode failed (code {rc})")
+        rows = int(self._flags[:n].sum())
+        if rows == 0:
+            return np.empty((0, self._n_vocab), dtype=np.float32)
+        ptr = self._lib.llama_get_logits(self._ctx)
+        out: Logits = np.ctypeslib.as_array(ptr, shape=(rows, self._n_vocab))
+        return out
+
+    def remove(self, seq_id: int, start: int) -> bool:
+        return bool(self._lib.llama_memory_seq_rm(self._memory, seq_id, start, -1))
+
+    def copy(self, src: int, dst: int, length: int) -> None:
+        self._lib.llama_memory_seq_cp(self._memory, src, dst, 0, length)
+
+    def complete_from_start(self, seq_id: int) -> bool:
+        return int(self._lib.llama_memory_seq_pos_min(self._memory, seq_id)) <= 0
+
+
+class _TokenText:
+    """The vocabulary side of a sequence: ends, pieces, an incremental UTF-8 decoder."""
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        import llama_cpp
+
+        self._backend = backend
+        self._vocab = backend._model.vocab
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._ends: dict[int, bool] = {}
+
+    def is_end(self, token: int) -> bool:
+        end = self._ends.get(token)
+        if end is None:
+            end = self._ends[token] = bool(self._is_eog(self._vocab, token))
+        return end
+
+    def piece(self, token: int) -> str:
+        return self._backend.piece_bytes(token).decode(errors="replace")
+
+    def detokenizer(self) -> _Utf8Detokenizer:
+        return _Utf8Detokenizer(self._backend)
 
 
 class _Utf8Detokenizer:
     def __init__(self, backend: LlamaCppBackend) -> None:
-        self._llm = backend._llm
+        self._piece = backend.piece_bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, token: int) -> str:
-        return str(self._decoder.decode(bytes(self._llm.detokenize([token]))))
+        return str(self._decoder.decode(self._piece(token)))
 
     def flush(self) -> str:
         return str(self._decoder.decode(b"", final=True))
 
 
-class _LlamaDecoder:
-    def __init__(self, backend: LlamaCppBackend) -> None:
-        self._backend = backend
-        self._llm = backend._llm
-        self.model_name = backend.info.name
-        self.context_size = backend.info.context_size
-        model = self._llm._model
-        self._eog = getattr(model, "token_is_eog", None)
-        self._eos = self._llm.token_eos()
+class _Collect:
+    """A sink for a generation driven by its caller: chunks wait until taken."""
 
-    def prefill(self, tokens: list[int]) -> Logits:
-        # Reuse the KV cache for the prefix this prompt shares with the previous request
-        # (system prompt, few-shot examples); at least the last token is evaluated again
-        # so that its logits are fresh.
-        llm = self._llm
-        reuse = min(common_prefix(list(llm.input_ids[: llm.n_tokens]), tokens), len(tokens) - 1)
-        if reuse > 0 and llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            llm.n_tokens = reuse
-        else:
-            llm.reset()
-            reuse = 0
-        llm.eval(tokens[reuse:])
-        return self._backend._last_logits()
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self.completion: Completion | None = None
+        self.failure: BaseException | None = None
 
-    def advance(self, token: int) -> Logits:
-        self._llm.eval([token])
-        return self._backend._last_logits()
+    def chunk(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
 
-    def is_end(self, token: int) -> bool:
-        return bool(self._eog(token)) if self._eog is not None else token == self._eos
+    def done(self, completion: Completion) -> None:
+        self.completion = completion
 
-    def piece(self, token: int) -> str:
-        return self._backend._piece(token)
+    def error(self, error: BaseException) -> None:
+        self.failure = error
 
-    def detokenizer(self) -> _Utf8Detokenizer:
-        return _Utf8Detokenizer(self._backend)
+    def take(self) -> list[Chunk]:
+        out, self.chunks = self.chunks, []
+        return out
+
+
+class _ClosingSink:
+    """Frees a sequence's grammar sampler when the sequence ends, however it ends."""
+
+    def __init__(self, sink: SequenceSink, constraint: GrammarConstraint) -> None:
+        self._sink = sink
+        self._constraint = constraint
+
+    def chunk(self, chunk: Chunk) -> None:
+        self._sink.chunk(chunk)
+
+    def done(self, completion: Completion) -> None:
+        self._constraint.close()
+        self._sink.done(completion)
+
+    def error(self, error: BaseException) -> None:
+        self._constraint.close()
+        self._sink.error(error)

@@ -36,6 +36,8 @@ from consortium.llm.base import (
     LLMBackend,
     ModelInfo,
 )
+from consortium.llm.batching import Batch, BatchingBackend, SequenceSink
+from consortium.llm.load import LoadObserver, ModelLoad, NullLoadObserver
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,16 @@ class _Entry:
     timed: bool
     # A generation's cancel event: one stopped early says nothing of a job's length.
     cancel: threading.Event | None = None
+    # A generation, for a backend that batches: it joins the running batch instead of
+    # running `job` (which generates alone: the path of backends that do not batch).
+    generation: _Generation | None = None
+
+
+@dataclass(frozen=True)
+class _Generation:
+    request: GenerationRequest
+    cancel: threading.Event
+    sink: SequenceSink
 
 
 class _FairQueue:
@@ -93,11 +105,17 @@ class _FairQueue:
             self._stopping = True
             self._cond.notify()
 
-    def get(self) -> _Entry | None:
-        """The next job; None once stopped and empty."""
+    @property
+    def finished(self) -> bool:
+        """Stopped, and every job taken."""
+        with self._cond:
+            return self._stopping and not self._lanes
+
+    def get(self, block: bool = True) -> _Entry | None:
+        """The next job; None once stopped and empty, or (not `block`) when empty."""
         with self._cond:
             while not self._lanes:
-                if self._stopping:
+                if self._stopping or not block:
                     return None
                 self._cond.wait()
             lane, jobs = next(iter(self._lanes.items()))
@@ -125,6 +143,58 @@ class _FairQueue:
                 else:
                     count += min(len(jobs), mine + 1 if before else mine)
             return count
+
+
+class _StreamSink:
+    """A generation's output, from the model thread to the event loop. With `coalesce_s`
+    > 0 the pieces produced within that interval go as one chunk; the first never waits.
+    """
+
+    def __init__(self, emit: Callable[[str, Any], None], coalesce_s: float) -> None:
+        self._emit = emit
+        self._coalesce_s = coalesce_s
+        self._pending: list[Chunk] = []
+        self._last = -math.inf
+
+    def chunk(self, chunk: Chunk) -> None:
+        self._pending.append(chunk)
+        now = time.perf_counter()
+        if now - self._last >= self._coalesce_s:
+            self._emit("chunk", _merge(self._pending))
+            self._pending = []
+            self._last = now
+
+    def done(self, completion: Completion) -> None:
+        if self._pending:
+            self._emit("chunk", _merge(self._pending))
+            self._pending = []
+        self._emit("done", completion)
+
+    def error(self, error: BaseException) -> None:
+        self._emit("error", error)
+
+
+class _TimedSink:
+    """Reports how long a batched generation took, unless it was cancelled."""
+
+    def __init__(
+        self, sink: SequenceSink, cancel: threading.Event, timed: Callable[[float], None]
+    ) -> None:
+        self._sink = sink
+        self._cancel = cancel
+        self._timed = timed
+        self._started = time.monotonic()
+
+    def chunk(self, chunk: Chunk) -> None:
+        self._sink.chunk(chunk)
+
+    def done(self, completion: Completion) -> None:
+        if not self._cancel.is_set():
+            self._timed(time.monotonic() - self._started)
+        self._sink.done(completion)
+
+    def error(self, error: BaseException) -> None:
+        self._sink.error(error)
 
 
 class GenerationStream:
@@ -174,14 +244,16 @@ class GenerationStream:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         backend = self._worker.backend_for_thread
-        request, cancel, coalesce_s = self._request, self.cancel, self._coalesce_s
+        request, cancel = self._request, self.cancel
 
         def emit(kind: str, value: Any) -> None:
             loop.call_soon_threadsafe(out.put_nowait, (kind, value))
 
+        sink = _StreamSink(emit, self._coalesce_s)
+
         def job() -> None:
             if cancel.is_set():
-                emit("error", asyncio.CancelledError())
+                sink.error(asyncio.CancelledError())
                 return
             try:
                 b = backend()
@@ -189,28 +261,19 @@ class GenerationStream:
                     gen = b.stream_complete(request.prompt, request.params, cancel)
                 else:
                     gen = b.stream_chat(request.messages, request.params, cancel)
-                pending: list[Chunk] = []
-                # The first chunk goes out at once (time to first token); later ones
-                # are merged per interval.
-                last_emit = -math.inf
                 while True:
                     try:
                         chunk = next(gen)
                     except StopIteration as stop:
-                        if pending:
-                            emit("chunk", _merge(pending))
-                        emit("done", stop.value)
+                        sink.done(stop.value)
                         return
-                    pending.append(chunk)
-                    now = time.perf_counter()
-                    if now - last_emit >= coalesce_s:
-                        emit("chunk", _merge(pending))
-                        pending = []
-                        last_emit = now
+                    sink.chunk(chunk)
             except Exception as e:
-                emit("error", e)
+                sink.error(e)
 
-        self._worker.submit(job, lane=self._lane, cancel=cancel)
+        self._worker.submit(
+            job, lane=self._lane, cancel=cancel, generation=_Generation(request, cancel, sink)
+        )
         try:
             while True:
                 kind, value = await out.get()
@@ -237,9 +300,20 @@ class GenerationStream:
 class ModelWorker:
     """Owns an LLMBackend on a dedicated thread."""
 
-    def __init__(self, factory: Callable[[], LLMBackend], *, label: str = "model") -> None:
+    def __init__(
+        self,
+        factory: Callable[[], LLMBackend],
+        *,
+        label: str = "model",
+        observer: LoadObserver | None = None,
+        max_queue: int = 0,
+    ) -> None:
         self._factory = factory
         self._label = label
+        self._observer: LoadObserver = observer or NullLoadObserver()
+        self._max_queue = max_queue
+        # The running batch, for a backend that batches (set on the model thread).
+        self._batch: Batch | None = None
         self._jobs = _FairQueue()
         # The moving average of timed jobs' durations (None until one has run), and when
         # the running job started (None when idle).
@@ -290,24 +364,70 @@ class ModelWorker:
         return await loaded
 
     def _serve(self) -> None:
-        while True:
-            entry = self._jobs.get()
-            if entry is None:
-                break
-            started = time.monotonic()
-            self._running_since = started
-            try:
-                entry.job()
-            except Exception:  # jobs report their own errors; this is a last resort
-                log.exception("model job failed")
-            finally:
-                self._running_since = None
-            if entry.timed and not (entry.cancel is not None and entry.cancel.is_set()):
-                took = time.monotonic() - started
-                last = self._job_s
-                self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
+        backend = self._backend
+        if isinstance(backend, BatchingBackend) and isinstance(backend.batch, Batch):
+            backend.batch.observer = self._observer
+            self._serve_batched(backend)
+        else:
+            while True:
+                entry = self._jobs.get()
+                if entry is None:
+                    break
+                self._run(entry)
         if self._backend is not None:
             self._backend.close()
+
+    def _run(self, entry: _Entry) -> None:
+        started = time.monotonic()
+        self._running_since = started
+        try:
+            entry.job()
+        except Exception:  # jobs report their own errors; this is a last resort
+            log.exception("model job failed")
+        finally:
+            self._running_since = None
+        if entry.timed and not (entry.cancel is not None and entry.cancel.is_set()):
+            self._timed(time.monotonic() - started)
+
+    def _timed(self, took: float) -> None:
+        last = self._job_s
+        self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
+
+    def _serve_batched(self, backend: BatchingBackend) -> None:
+        """Generations join the batch while it has a free slot and leave it as they end;
+        other jobs (scoring, token counts) run between two steps."""
+        batch = backend.batch
+        self._batch = batch
+        while True:
+            while batch.free:
+                entry = self._jobs.get(block=not batch.active)
+                if entry is None:
+                    break
+                if entry.generation is None:
+                    self._run(entry)
+                else:
+                    self._join(backend, entry.generation)
+            if batch.active:
+                batch.step()
+            elif self._jobs.finished:
+                break
+        batch.stop_all(ModelError("model stopped"))
+
+    def _join(self, backend: BatchingBackend, g: _Generation) -> None:
+        if g.cancel.is_set():
+            g.sink.error(asyncio.CancelledError())
+            return
+        r = g.request
+        try:
+            backend.start(
+                r.messages if r.prompt is None else None,
+                r.prompt,
+                r.params,
+                g.cancel,
+                _TimedSink(g.sink, g.cancel, self._timed),
+            )
+        except Exception as e:
+            g.sink.error(e)
 
     def submit(
         self,
@@ -316,12 +436,13 @@ class ModelWorker:
         lane: str = "",
         timed: bool = True,
         cancel: threading.Event | None = None,
+        generation: _Generation | None = None,
     ) -> None:
         """Queues `job` in `lane` (see the module docstring); `timed`: its duration counts
         in the average job time, unless `cancel` was set by the time it ended."""
         if self._thread is None or not self._thread.is_alive():
             raise ModelError("model worker is not running")
-        self._jobs.put(lane, _Entry(job, timed, cancel))
+        self._jobs.put(lane, _Entry(job, timed, cancel, generation))
 
     @property
     def queued(self) -> int:
@@ -329,15 +450,44 @@ class ModelWorker:
         return len(self._jobs)
 
     def jobs_ahead(self, lane: str = "") -> int:
-        """The jobs that would run before a job of `lane` submitted now, the running one
-        included."""
+        """The jobs that would start before a job of `lane` submitted now, and those
+        running when no slot is free."""
+        batch = self._batch
+        if batch is not None:
+            return self._jobs.ahead(lane) + (batch.active if not batch.free else 0)
         return self._jobs.ahead(lane) + (self._running_since is not None)
 
     @property
     def job_s(self) -> float | None:
-        """The recent average duration of a generation or scoring (None before the
-        first)."""
-        return self._job_s
+        """How often a job ends when the model is busy: the recent average duration of a
+        generation or scoring, over the slots that run at once (None before the first)."""
+        if self._job_s is None:
+            return None
+        batch = self._batch
+        return self._job_s / batch.slots if batch is not None else self._job_s
+
+    def load(self) -> ModelLoad:
+        """The model's slots, queue and counters now."""
+        batch = self._batch
+        if batch is None:
+            return ModelLoad(
+                slots=1,
+                slots_busy=int(self._running_since is not None),
+                queued=len(self._jobs),
+                max_queue=self._max_queue,
+            )
+        return ModelLoad(
+            slots=batch.slots,
+            slots_busy=batch.active,
+            queued=len(self._jobs),
+            max_queue=self._max_queue,
+            steps=batch.steps,
+            step_sequences=batch.step_sequences,
+            prefix_lookups=batch.prefix_lookups,
+            prefix_hits=batch.prefix_hits,
+            prompt_tokens=batch.prompt_tokens,
+            prefix_tokens_reused=batch.prefix_tokens_reused,
+        )
 
     def generate(
         self,

@@ -126,9 +126,8 @@ class SlotPolicy:
             return False
         if busy.get(lane, 0) >= self.caller_slots:
             return False
-        if lane.peer and sum(n for held, n in busy.items() if held.peer) >= self.peer_slots:
-            return False
-        return True
+        peers = sum(n for held, n in busy.items() if held.peer)
+        return not (lane.peer and peers >= self.peer_slots)
 
 
 SERIAL = SlotPolicy()

@@ -6,6 +6,7 @@ what happened."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,6 +68,7 @@ async def events() -> Events:
     return Events()
 
 
+@contextlib.asynccontextmanager
 async def started(worker: ModelWorker) -> AsyncIterator[ModelWorker]:
     await worker.start()
     try:
@@ -79,7 +81,7 @@ async def started(worker: ModelWorker) -> AsyncIterator[ModelWorker]:
 async def small(events: Events) -> AsyncIterator[ModelWorker]:
     """max_queue 2, a long queue timeout."""
     worker = ModelWorker(lambda: EchoBackend(), max_queue=2, observer=events)
-    async for w in started(worker):
+    async with started(worker) as w:
         yield w
 
 
@@ -115,7 +117,7 @@ async def test_a_request_waiting_past_its_timeout_is_refused_and_never_runs(
 ) -> None:
     ran: list[str] = []
     worker = ModelWorker(lambda: EchoBackend(), queue_timeout_s=0.2, observer=events)
-    async for w in started(worker):
+    async with started(worker) as w:
         held = Held(w)
         await wait_until(lambda: w.load().slots_busy == 1)
         with pytest.raises(NodeOverloaded) as timed_out:
@@ -169,7 +171,7 @@ async def test_a_waiter_that_goes_away_gives_its_place_back(small: ModelWorker) 
 
 async def test_no_queue_refuses_only_when_the_slot_is_busy(events: Events) -> None:
     worker = ModelWorker(lambda: EchoBackend(), max_queue=0, observer=events)
-    async for w in started(worker):
+    async with started(worker) as w:
         assert (await w.generate(hello("idle")).collect()).text == "idle"
         await wait_until(lambda: w.load().slots_busy == 0)  # given back after the answer
         held = Held(w)

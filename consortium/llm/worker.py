@@ -510,6 +510,11 @@ class ModelWorker:
             observer=self._counts,
         )
 
+    def set_slots(self, slots: int) -> None:
+        """How many requests the model serves at once (a scheduler's slots, known once
+        the backend has loaded): the slot policy's total, its caps resolved again."""
+        self._jobs.set_policy(SlotPolicy.of(slots, self._caller_slots, self._peer_slots))
+
     @property
     def observer(self) -> LoadObserver:
         """Where a scheduler reports decode steps and prefix lookups (counted in

@@ -18,7 +18,7 @@ from consortium.errors import NodeOverloaded
 from consortium.llm.base import ChatMessage, GenerationParams, LLMBackend
 from consortium.llm.echo import EchoBackend
 from consortium.llm.load import ModelLoad
-from consortium.llm.worker import GenerationRequest, Lane, ModelWorker
+from consortium.llm.worker import GenerationRequest, Lane, ModelWorker, SlotPolicy
 from tests.helpers import wait_until
 
 
@@ -219,3 +219,14 @@ def test_a_worker_with_an_impossible_bound_is_refused(kwargs: dict[str, Any], pr
 
     with pytest.raises(ValueError, match=problem):
         ModelWorker(factory, **kwargs)
+
+
+def test_a_scheduler_sets_the_slots_and_the_caps_follow() -> None:
+    worker = ModelWorker(EchoBackend, caller_slots=0, peer_slots=0)
+    assert worker.load().slots == 1
+    worker.set_slots(8)
+    assert worker.load().slots == 8
+    assert worker._jobs.policy == SlotPolicy(8, 7, 4)
+    capped = ModelWorker(EchoBackend, caller_slots=2, peer_slots=3)
+    capped.set_slots(4)
+    assert capped._jobs.policy == SlotPolicy(4, 2, 3)

@@ -20,6 +20,7 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.grpc_status import status_from_call
 from google.rpc import error_details_pb2
 
+from consortium.llm.worker import Lane
 from consortium.node.app import Node
 from consortium.node.auth import Caller, Credentials
 from consortium.node.client import text_message
@@ -152,3 +153,25 @@ async def test_a_request_waiting_past_queue_timeout_gets_its_refusal(
     async with httpx.AsyncClient(timeout=30) as http:
         again = await http.post(url + "/v1/chat/completions", json=chat("again"))
     assert again.status_code == 200, again.text
+
+
+async def test_another_members_task_takes_a_peer_lane_and_local_callers_do_not(
+    start_node: NodeStarter,
+) -> None:
+    """What the slot policy counts as a peer: a member organization other than this node
+    (acme); an API key, the loopback user and this organization itself are local."""
+    node: Node = await start_node(model={"echo_token_delay_s": 0.05})
+    callers = {
+        Caller("member", "globex"): Lane("org:globex", peer=True),
+        Caller("member", "acme"): Lane("org:acme", peer=False),
+        Caller("key", "k1"): Lane("key:k1", peer=False),
+        LOOPBACK: Lane("anonymous", peer=False),
+    }
+    for caller, lane in callers.items():
+        held = await hold(node, 1, caller)
+        try:
+            await wait_until(lambda: node.worker.load().slots_busy == 1)
+            assert node.worker._jobs.busy() == {lane: 1}
+        finally:
+            await end(held)
+        await wait_until(lambda: node.worker.load().slots_busy == 0)

@@ -11,6 +11,7 @@ that waited past queue_timeout_s gets its refusal (429 on /v1, a failed task nam
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -175,3 +176,32 @@ async def test_another_members_task_takes_a_peer_lane_and_local_callers_do_not(
         finally:
             await end(held)
         await wait_until(lambda: node.worker.load().slots_busy == 0)
+
+
+async def test_many_clients_against_a_small_queue_are_answered_or_refused_none_hang(
+    start_node: NodeStarter,
+) -> None:
+    """48 /v1 clients at once against one slot and max_queue 4: each is answered or
+    refused 429 queue_full, nothing else; at least the five that fit are answered."""
+    node: Node = await start_node(
+        server=NO_SHEDDING, model={"echo_token_delay_s": 0.01, "max_queue": 4}, openai=UNLIMITED
+    )
+    assert node.endpoints is not None
+    url = node.endpoints.http_url
+
+    async def one(http: httpx.AsyncClient, i: int) -> str:
+        r = await http.post(url + "/v1/chat/completions", json=chat(f"client {i} " * 5))
+        if r.status_code == 429:
+            assert r.json()["error"]["type"] == "queue_full"
+            assert int(r.headers["retry-after"]) >= 1
+            return "refused"
+        assert r.status_code == 200, r.text
+        return "answered"
+
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        outcomes = await asyncio.gather(*(one(http, i) for i in range(48)))
+    answered = outcomes.count("answered")
+    assert answered >= 5 and answered + outcomes.count("refused") == 48
+    load = node.worker.load()
+    assert load.refused == 48 - answered and load.queued == 0

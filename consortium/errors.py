@@ -44,10 +44,13 @@ class NodeUnavailableError(ConsortiumError):
 
 class NodeOverloaded(NodeUnavailableError):
     """A node refuses new work for now, before doing any: it holds as many requests as it
-    may (`reason` "overloaded"), or its model's queue is longer than the caller can wait
+    may (`reason` "overloaded"), its model's queue is longer than the caller can wait
     (`reason` "busy": the estimated wait exceeds the caller's deadline or the node's
-    bound). Nothing was done, so the request may go elsewhere at once, or come back after
-    `retry_after_s`. Over the wire: gRPC RESOURCE_EXHAUSTED, HTTP 429 with Retry-After."""
+    bound), its model's queue is full (`reason` "queue_full": [model] max_queue), or the
+    request waited for the model past [model] queue_timeout_s (`reason` "queue_timeout").
+    Nothing was done, so the request may go elsewhere at once, or come back after
+    `retry_after_s`. Over the wire: gRPC RESOURCE_EXHAUSTED, HTTP 429 with Retry-After,
+    JSON-RPC -32042."""
 
     def __init__(
         self, message: str, *, retry_after_s: float = 1.0, reason: str = "overloaded"

@@ -79,6 +79,7 @@ bench_app.command("federated")(bench.bench_federated)
 # This organization's node.
 app.command("init")(node.init)
 node_app.command("start")(node.node_start)
+node_app.command("status")(node.node_status)
 app.command("ask")(node.ask)
 
 # API keys.

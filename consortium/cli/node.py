@@ -1,5 +1,6 @@
-"""`consortium init`, `consortium node start` and `consortium ask`: create this
-organization's node, run it, and ask it. Wiring only.
+"""`consortium init`, `consortium node start`, `consortium node status` and `consortium
+ask`: create this organization's node, run it, see its health and load, and ask it.
+Wiring only.
 
 A user error (bad config, missing file, unreachable node) prints one clear line and
 exits with the error's code; no traceback.
@@ -109,6 +110,63 @@ def node_start(
             serve_until_signalled(Node(cfg, backend_factory(cfg.model, cfg.base_dir)))
         )
     )
+
+
+def node_status(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print /healthz as it is.")] = False,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API key (default: keys/api.key beside node.toml)."),
+    ] = None,
+) -> None:
+    """Show a running node's health and its model's load: slots, queue, batch size,
+    prefix-cache hits, refusals (its /healthz; the details need loopback or an admin
+    API key)."""
+    from consortium.node.app import running_http_url
+    from consortium.node.client import fetch_health
+
+    cfg = run(lambda: load_config(config))
+    api_key = run(lambda: _api_key(cfg, api_key_file))
+    url = running_http_url(cfg)
+    body = run(lambda: fetch_health(url, api_key, verify=cfg.client_ssl_context()))
+    if as_json:
+        out.print_json(data=body)
+        return
+    for line in status_lines(body):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def status_lines(body: dict[str, Any]) -> list[str]:
+    """/healthz as a few lines: the node, its model's load, the node's admission."""
+    org = body.get("org_id")
+    lines = [f"node {org}: {body['status']}" if org else f"node: {body['status']}"]
+    if org is None:
+        lines.append("(details need loopback or an admin API key)")
+        return lines
+    m = body.get("model_load")
+    if isinstance(m, dict):
+        slots = m["slots"]
+        lines.append(
+            f"model {body.get('model', '?')}: {m['slots_busy']}/{slots} "
+            f"slot{'s' if slots != 1 else ''} busy, {m['queued']} queued "
+            f"(max {m['max_queue']}), {m['refused']} refused"
+        )
+        lines.append(
+            f"  decode steps {m['steps']}, mean batch {m['mean_batch']:.2f}; prefix cache "
+            f"{m['prefix_hits']}/{m['prefix_lookups']} prompts "
+            f"({m['prefix_hit_rate'] * 100:.1f} %), {m['prefix_tokens_reused']} of "
+            f"{m['prompt_tokens']} prompt tokens reused"
+        )
+    load = body.get("load")
+    if isinstance(load, dict):
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(load["refused"].items())) or "none"
+        job = "?" if load["job_s"] is None else f"{load['job_s']:g} s"
+        lines.append(
+            f"requests: {load['in_flight']} in flight (peak {load['peak_in_flight']}), "
+            f"{load['admitted']} admitted, refused: {refused}; time per job {job}"
+        )
+    return lines
 
 
 def ask(

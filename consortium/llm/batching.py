@@ -140,13 +140,6 @@ class Batch:
         self.batch_tokens = batch_tokens
         self.observer: LoadObserver = observer or NullLoadObserver()
         self._clock = itertools.count(1)
-        # Counters since start (ModelLoad).
-        self.steps = 0
-        self.step_sequences = 0
-        self.prefix_lookups = 0
-        self.prefix_hits = 0
-        self.prompt_tokens = 0
-        self.prefix_tokens_reused = 0
 
     @property
     def slots(self) -> int:
@@ -215,12 +208,7 @@ class Batch:
         else:
             reuse = own if own > 0 and self._model.complete_from_start(slot.seq_id) else 0
             self._drop(slot, reuse)
-        reused = len(slot.cached)
-        self.prefix_lookups += 1
-        self.prefix_hits += reused > 0
-        self.prompt_tokens += len(tokens)
-        self.prefix_tokens_reused += reused
-        self.observer.prefix(reused, len(tokens))
+        self.observer.prefix(len(slot.cached), len(tokens))
         return slot
 
     def _drop(self, slot: _Slot, start: int) -> None:
@@ -296,8 +284,6 @@ class Batch:
             assert a is not None
             slot.cached.extend(a.todo[:n])
             del a.todo[:n]
-        self.steps += 1
-        self.step_sequences += len(decoded) + len(chunks)
         self.observer.step(len(decoded) + len(chunks), len(tokens))
         # Row i of `logits` belongs to rows[i] (decode rows first, then finished prompts).
         row_of = {id(s): i for i, s in enumerate(rows)}

@@ -41,6 +41,12 @@ class ModelSection(BaseModel):
     max_queue: Annotated[int, Field(ge=0, le=100_000)] = 64
     # The longest a request waits for a slot before it is refused (never silently dropped).
     queue_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # The most slots one caller (an API key, the loopback user, one peer organization)
+    # holds at once; 0: parallel - 1 when parallel > 1, else 1 (llm/worker.py SlotPolicy).
+    caller_slots: Annotated[int, Field(ge=0, le=64)] = 0
+    # The most slots all peers' escalations together hold at once; 0: half the slots,
+    # rounded up. Local callers (API keys, the loopback user) keep the rest.
+    peer_slots: Annotated[int, Field(ge=0, le=64)] = 0
     prompt_format: Literal["auto", "chat", "completion"] = "auto"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_tokens: Annotated[int, Field(ge=1, le=32768)] = 128

@@ -1,18 +1,35 @@
-"""Runs one model on its own thread and serves it to asyncio code, one request at a time.
+"""Runs one model on its own thread and serves it to asyncio code.
 
-A model context is never shared by two requests: requests queue here and the worker
-thread takes them one by one. The queue is fair between callers: each job names its
-`lane` (the caller's owner: a member organization, an API key, the loopback user), and
-the thread takes one job from each lane in turn, so a caller's flood of long generations
-delays another caller's job by at most one job per flooding caller, not by the whole
-flood. Within a lane, jobs run in order.
+A model context is never shared by two requests: requests queue here and the model's
+thread takes them when a slot is free (one slot today; a batching scheduler runs
+several). The queue is fair between callers: each job names its `lane` (the caller's
+owner: a member organization, an API key, the loopback user; "" for the node's own
+work), and the thread takes from each lane in turn, so a caller's flood of long
+generations delays another caller's job by at most one job per flooding caller, not by
+the whole flood. Within a lane, jobs run in order.
+
+Slots are shared under a `SlotPolicy` ([model] caller_slots, peer_slots): one lane holds
+at most `caller_slots` slots at once (0: all slots but one when there are several, so a
+single caller never holds them all; 1 with one slot), and peer organizations'
+escalations together hold at most `peer_slots` (0: half the slots, rounded up), so local
+users keep the rest. A lane at its cap is skipped, keeping its turn, and a slot stays
+free rather than go to it, even when no one else waits.
+
+The queue is bounded ([model] max_queue): a request that would find `max_queue` others
+waiting is refused at once (`NodeOverloaded`, reason "queue_full"), and one still waiting
+after `queue_timeout_s` takes itself out of the queue and is refused ("queue_timeout");
+the worker never runs a job whose caller was told no. Both carry `retry_after_s`, the
+time the queue takes to drain at the recent pace. `load()` is a snapshot for /healthz;
+the `observer` hears each wait, refusal, decode step and prefix lookup (OpenTelemetry
+metrics in node/telemetry.py).
 
 The worker knows how long a job takes (`job_s`: a moving average of recent generations
 and scorings) and how many jobs a new job of a lane would wait for (`jobs_ahead`): what
 the node's admission (node/admission.py) estimates a queue's wait from.
 
 Generation streams back to the event loop chunk by chunk; a consumer that stops
-listening (a cancelled task) stops the generation at the next token.
+listening (a cancelled task) stops the generation at the next token, or takes its job
+out of the queue if it has not started.
 """
 
 from __future__ import annotations
@@ -22,12 +39,12 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from consortium.errors import ModelError
+from consortium.errors import ModelError, NodeOverloaded
 from consortium.llm.base import (
     ChatMessage,
     Chunk,
@@ -61,9 +78,63 @@ def _merge(chunks: list[Chunk]) -> Chunk:
 _Job = Callable[[], None]
 # The weight of the newest job's duration in the moving average of job durations.
 _EWMA_WEIGHT = 0.3
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_QUEUE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
+class Lane:
+    """Whose work a job is: the caller's owner (`name`: an API key "key:ID", a member
+    organization "org:ID", the loopback user "anonymous"; "" for the node's own work)
+    and whether it is a peer organization's escalation (`peer`), which the slot policy
+    bounds apart from local callers. A plain string where a lane is expected names a
+    local lane (what callers passed before lanes said more)."""
+
+    name: str = ""
+    peer: bool = False
+
+
+def as_lane(lane: Lane | str) -> Lane:
+    return lane if isinstance(lane, Lane) else Lane(lane)
+
+
+@dataclass(frozen=True)
+class SlotPolicy:
+    """Which lane may take a free slot (see the module docstring): at most `slots` held
+    at once, at most `caller_slots` by one lane, at most `peer_slots` by all peer lanes
+    together. Build it with `of`, which resolves the configured 0s."""
+
+    slots: int = 1
+    caller_slots: int = 1
+    peer_slots: int = 1
+
+    @classmethod
+    def of(cls, slots: int, caller_slots: int = 0, peer_slots: int = 0) -> SlotPolicy:
+        """`caller_slots` 0: slots - 1 when there are several, else 1; `peer_slots` 0:
+        half the slots rounded up. Neither exceeds `slots`."""
+        if slots < 1 or caller_slots < 0 or peer_slots < 0:
+            raise ValueError(
+                f"slot policy needs slots >= 1 and caps >= 0, not {slots}/{caller_slots}/"
+                f"{peer_slots}"
+            )
+        caller = caller_slots or (slots - 1 if slots > 1 else 1)
+        peers = peer_slots or -(-slots // 2)
+        return cls(slots, min(caller, slots), min(peers, slots))
+
+    def admits(self, lane: Lane, busy: Mapping[Lane, int]) -> bool:
+        """Whether a job of `lane` may take a slot while `busy` holds slots by lane."""
+        if sum(busy.values()) >= self.slots:
+            return False
+        if busy.get(lane, 0) >= self.caller_slots:
+            return False
+        peers = sum(n for held, n in busy.items() if held.peer)
+        return not (lane.peer and peers >= self.peer_slots)
+
+
+SERIAL = SlotPolicy()
+
+
+@dataclass(eq=False)
 class _Entry:
     job: _Job
     # Whether the job's duration counts in the average (generations and scorings do;
@@ -71,6 +142,8 @@ class _Entry:
     timed: bool
     # A generation's cancel event: one stopped early says nothing of a job's length.
     cancel: threading.Event | None = None
+    lane: Lane = Lane()
+    queued_at: float = 0.0  # time.monotonic() when put
     # A generation, for a backend that batches: it joins the running batch instead of
     # running `job` (which generates alone: the path of backends that do not batch).
     generation: _Generation | None = None
@@ -84,65 +157,204 @@ class _Generation:
 
 
 class _FairQueue:
-    """Jobs by lane, served round-robin: the next job is the oldest of the lane at the
-    front; a lane with more jobs goes to the back. Thread-safe."""
+    """Jobs by lane, served round-robin under a slot policy. Thread-safe.
 
-    def __init__(self) -> None:
+    `take` gives the oldest job of the first lane (in turn) that the policy lets take a
+    slot now, and counts the slot as held by that lane until `release`; a lane taken
+    from goes to the back, a lane skipped keeps its place. `put` refuses a job (False)
+    when `max_waiting` jobs already wait beyond those the free slots are about to take:
+    the queue never holds more than max_waiting + slots. `withdraw` takes a job out
+    that has not been taken (its caller stopped waiting)."""
+
+    def __init__(
+        self,
+        policy: SlotPolicy = SERIAL,
+        *,
+        max_waiting: int | None = None,
+        observer: LoadObserver | None = None,
+    ) -> None:
         self._lanes: OrderedDict[str, deque[_Entry]] = OrderedDict()
         self._cond = threading.Condition()
         self._stopping = False
         self._size = 0
+        self._policy = policy
+        self._max_waiting = max_waiting
+        self._observer: LoadObserver = observer or NullLoadObserver()
+        self._busy: Counter[Lane] = Counter()
 
-    def put(self, lane: str, entry: _Entry) -> None:
+    @property
+    def policy(self) -> SlotPolicy:
+        return self._policy
+
+    def set_policy(self, policy: SlotPolicy) -> None:
+        """A new policy (the scheduler's slot count, known once the model is loaded)."""
         with self._cond:
-            self._lanes.setdefault(lane, deque()).append(entry)
+            self._policy = policy
+            self._cond.notify_all()
+
+    def put(self, lane: Lane | str, entry: _Entry) -> bool:
+        """Queues `entry` in `lane`; False (nothing queued) when the queue is full."""
+        entry.lane = as_lane(lane)
+        with self._cond:
+            if self._max_waiting is not None:
+                free = max(self._policy.slots - sum(self._busy.values()), 0)
+                if self._size >= self._max_waiting + free:
+                    return False
+            entry.queued_at = time.monotonic()
+            self._lanes.setdefault(entry.lane.name, deque()).append(entry)
             self._size += 1
-            self._cond.notify()
+            self._cond.notify_all()
+            return True
 
     def stop(self) -> None:
-        """Ends `get` once every queued job has been taken."""
+        """Ends `get` (and makes `wait` return) once every queued job has been taken."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()
 
     @property
     def finished(self) -> bool:
-        """Stopped, and every job taken."""
+        """Stopped, and nothing left to take."""
         with self._cond:
-            return self._stopping and not self._lanes
+            return self._stopping and not self._size
 
-    def get(self, block: bool = True) -> _Entry | None:
-        """The next job; None once stopped and empty, or (not `block`) when empty."""
+    def take(self) -> _Entry | None:
+        """The next job the policy lets take a slot now (its slot counted as held until
+        `release`), or None; never blocks."""
         with self._cond:
-            while not self._lanes:
-                if self._stopping or not block:
-                    return None
-                self._cond.wait()
-            lane, jobs = next(iter(self._lanes.items()))
+            entry = self._take()
+        if entry is not None:
+            self._observer.queue_wait(time.monotonic() - entry.queued_at, entry.lane.name)
+        return entry
+
+    def _take(self) -> _Entry | None:
+        for name, jobs in self._lanes.items():
+            lane = jobs[0].lane
+            if not self._policy.admits(lane, self._busy):
+                continue
             entry = jobs.popleft()
             self._size -= 1
-            del self._lanes[lane]
+            del self._lanes[name]
             if jobs:
-                self._lanes[lane] = jobs  # to the back
+                self._lanes[name] = jobs  # to the back
+            self._busy[lane] += 1
             return entry
+        return None
+
+    def _takeable(self) -> bool:
+        return any(self._policy.admits(jobs[0].lane, self._busy) for jobs in self._lanes.values())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until a job may be taken (True), or `timeout` passes or the queue is
+        stopped with nothing left (False)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._takeable() or (self._stopping and not self._size), timeout
+            )
+            return self._takeable()
+
+    def get(self) -> _Entry | None:
+        """The next job, blocking until there is one the policy admits; None once
+        stopped and empty. Release its slot after running it."""
+        while True:
+            entry = self.take()
+            if entry is not None:
+                return entry
+            if not self.wait():  # stopped, nothing left
+                return None
+
+    def release(self, entry: _Entry) -> None:
+        """Gives back the slot a taken job held."""
+        with self._cond:
+            lane = entry.lane
+            if self._busy[lane] <= 1:
+                del self._busy[lane]
+            else:
+                self._busy[lane] -= 1
+            self._cond.notify_all()
+
+    def withdraw(self, entry: _Entry) -> bool:
+        """Takes `entry` out if it is still waiting (True); False once it was taken (or
+        withdrawn before): atomic with `take`, so a job either runs or is withdrawn."""
+        with self._cond:
+            jobs = self._lanes.get(entry.lane.name)
+            if jobs is None:
+                return False
+            try:
+                jobs.remove(entry)
+            except ValueError:
+                return False
+            self._size -= 1
+            if not jobs:
+                del self._lanes[entry.lane.name]
+            return True
+
+    def busy(self) -> dict[Lane, int]:
+        """Slots held now, by lane."""
+        with self._cond:
+            return dict(self._busy)
+
+    @property
+    def slots_busy(self) -> int:
+        with self._cond:
+            return sum(self._busy.values())
 
     def __len__(self) -> int:
         return self._size
 
-    def ahead(self, lane: str) -> int:
+    def ahead(self, lane: Lane | str) -> int:
         """How many queued jobs would run before a job of `lane` queued now: its lane's
         own, and from each other lane one per round until ours (one more from a lane
         served before ours in each round)."""
+        name = as_lane(lane).name
         with self._cond:
-            mine = len(self._lanes.get(lane, ()))
+            mine = len(self._lanes.get(name, ()))
             count = mine
             before = True
-            for name, jobs in self._lanes.items():
-                if name == lane:
+            for other, jobs in self._lanes.items():
+                if other == name:
                     before = False
                 else:
                     count += min(len(jobs), mine + 1 if before else mine)
             return count
+
+
+class _LoadCounts:
+    """The counters of `ModelLoad`, kept from the events the queue and the scheduler
+    report, which it passes on to the node's observer."""
+
+    def __init__(self, observer: LoadObserver) -> None:
+        self._observer = observer
+        self._lock = threading.Lock()
+        self.steps = 0
+        self.step_sequences = 0
+        self.prefix_lookups = 0
+        self.prefix_hits = 0
+        self.prompt_tokens = 0
+        self.prefix_tokens_reused = 0
+        self.refusals = 0
+
+    def queue_wait(self, seconds: float, lane: str) -> None:
+        self._observer.queue_wait(seconds, lane)
+
+    def refused(self, reason: str) -> None:
+        with self._lock:
+            self.refusals += 1
+        self._observer.refused(reason)
+
+    def step(self, sequences: int, tokens: int) -> None:
+        with self._lock:
+            self.steps += 1
+            self.step_sequences += sequences
+        self._observer.step(sequences, tokens)
+
+    def prefix(self, reused: int, prompt: int) -> None:
+        with self._lock:
+            self.prefix_lookups += 1
+            self.prefix_hits += reused > 0
+            self.prompt_tokens += prompt
+            self.prefix_tokens_reused += reused
+        self._observer.prefix(reused, prompt)
 
 
 class _StreamSink:
@@ -174,26 +386,30 @@ class _StreamSink:
         self._emit("error", error)
 
 
-class _TimedSink:
-    """Reports how long a batched generation took, unless it was cancelled."""
+class _BatchedSink:
+    """A batched generation's end: its slot goes back to the queue's policy, and its
+    duration counts in the average job time unless it was cancelled."""
 
     def __init__(
-        self, sink: SequenceSink, cancel: threading.Event, timed: Callable[[float], None]
+        self, sink: SequenceSink, entry: _Entry, worker: ModelWorker, cancel: threading.Event
     ) -> None:
         self._sink = sink
+        self._entry = entry
+        self._worker = worker
         self._cancel = cancel
-        self._timed = timed
         self._started = time.monotonic()
 
     def chunk(self, chunk: Chunk) -> None:
         self._sink.chunk(chunk)
 
     def done(self, completion: Completion) -> None:
+        self._worker._ended(self._entry)
         if not self._cancel.is_set():
-            self._timed(time.monotonic() - self._started)
+            self._worker._timed(time.monotonic() - self._started)
         self._sink.done(completion)
 
     def error(self, error: BaseException) -> None:
+        self._worker._ended(self._entry)
         self._sink.error(error)
 
 
@@ -212,7 +428,7 @@ class GenerationStream:
         request: GenerationRequest,
         cancel: threading.Event,
         coalesce_s: float = 0.0,
-        lane: str = "",
+        lane: Lane | str = "",
     ):
         self._worker = worker
         self._request = request
@@ -244,12 +460,12 @@ class GenerationStream:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         backend = self._worker.backend_for_thread
-        request, cancel = self._request, self.cancel
+        request, cancel, coalesce_s = self._request, self.cancel, self._coalesce_s
 
         def emit(kind: str, value: Any) -> None:
             loop.call_soon_threadsafe(out.put_nowait, (kind, value))
 
-        sink = _StreamSink(emit, self._coalesce_s)
+        sink = _StreamSink(emit, coalesce_s)
 
         def job() -> None:
             if cancel.is_set():
@@ -271,13 +487,22 @@ class GenerationStream:
             except Exception as e:
                 sink.error(e)
 
-        self._worker.submit(
-            job, lane=self._lane, cancel=cancel, generation=_Generation(request, cancel, sink)
-        )
+        worker = self._worker
+        # May refuse: queue full.
+        generation = _Generation(request, cancel, sink)
+        entry = worker.submit(job, lane=self._lane, cancel=cancel, generation=generation)
+
+        def expire() -> None:
+            refusal = worker.expire(entry)
+            if refusal is not None:
+                out.put_nowait(("error", refusal))
+
+        timer = loop.call_later(worker.queue_timeout_s, expire)
         try:
             while True:
                 kind, value = await out.get()
                 if kind == "chunk":
+                    timer.cancel()
                     yield value
                 elif kind == "done":
                     self.completion = value
@@ -285,9 +510,12 @@ class GenerationStream:
                 else:
                     raise value
         finally:
-            # Consumer gone (cancelled, or an error downstream): stop generating.
+            timer.cancel()
+            # Consumer gone (cancelled, or an error downstream): stop generating, or
+            # give back the job's place if it is still waiting.
             if self.completion is None:
                 cancel.set()
+                worker.withdraw(entry)
 
     async def collect(self) -> Completion:
         async with self:
@@ -298,23 +526,34 @@ class GenerationStream:
 
 
 class ModelWorker:
-    """Owns an LLMBackend on a dedicated thread."""
+    """Owns an LLMBackend on a dedicated thread; see the module docstring for the queue.
+
+    `max_queue`: requests that may wait (0: none, a request finding no free slot is
+    refused); `queue_timeout_s`: the longest one waits; `caller_slots`, `peer_slots`: the
+    slot policy (`SlotPolicy.of`); `observer`: hears the load's events."""
 
     def __init__(
         self,
         factory: Callable[[], LLMBackend],
         *,
         label: str = "model",
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        queue_timeout_s: float = DEFAULT_QUEUE_TIMEOUT_S,
+        caller_slots: int = 0,
+        peer_slots: int = 0,
         observer: LoadObserver | None = None,
-        max_queue: int = 0,
     ) -> None:
+        if max_queue < 0 or queue_timeout_s <= 0:
+            raise ValueError("max_queue must be >= 0 and queue_timeout_s > 0")
         self._factory = factory
         self._label = label
-        self._observer: LoadObserver = observer or NullLoadObserver()
-        self._max_queue = max_queue
-        # The running batch, for a backend that batches (set on the model thread).
-        self._batch: Batch | None = None
-        self._jobs = _FairQueue()
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self._caller_slots = caller_slots
+        self._peer_slots = peer_slots
+        # What the queue and the scheduler report to: counted for load(), passed on.
+        self._counts = _LoadCounts(observer or NullLoadObserver())
+        self._jobs = self._queue(1)
         # The moving average of timed jobs' durations (None until one has run), and when
         # the running job started (None when idle).
         self._job_s: float | None = None
@@ -322,6 +561,27 @@ class ModelWorker:
         self._thread: threading.Thread | None = None
         self._backend: LLMBackend | None = None
         self._info: ModelInfo | None = None
+        # The running batch, for a backend that batches (set on the model thread).
+        self._batch: Batch | None = None
+
+    def _queue(self, slots: int) -> _FairQueue:
+        """A queue for `slots` slots under the configured policy and bound."""
+        return _FairQueue(
+            SlotPolicy.of(slots, self._caller_slots, self._peer_slots),
+            max_waiting=self.max_queue,
+            observer=self._counts,
+        )
+
+    def set_slots(self, slots: int) -> None:
+        """How many requests the model serves at once (a scheduler's slots, known once
+        the backend has loaded): the slot policy's total, its caps resolved again."""
+        self._jobs.set_policy(SlotPolicy.of(slots, self._caller_slots, self._peer_slots))
+
+    @property
+    def observer(self) -> LoadObserver:
+        """Where a scheduler reports decode steps and prefix lookups (counted in
+        `load()`, passed on to the node's observer)."""
+        return self._counts
 
     @property
     def info(self) -> ModelInfo:
@@ -358,7 +618,7 @@ class ModelWorker:
                 return
             self._serve()
 
-        self._jobs = _FairQueue()
+        self._jobs = self._queue(1)
         self._thread = threading.Thread(target=run, name=f"model-{self._label}", daemon=True)
         self._thread.start()
         return await loaded
@@ -366,7 +626,6 @@ class ModelWorker:
     def _serve(self) -> None:
         backend = self._backend
         if isinstance(backend, BatchingBackend) and isinstance(backend.batch, Batch):
-            backend.batch.observer = self._observer
             self._serve_batched(backend)
         else:
             while True:
@@ -386,6 +645,7 @@ class ModelWorker:
             log.exception("model job failed")
         finally:
             self._running_since = None
+            self._jobs.release(entry)
         if entry.timed and not (entry.cancel is not None and entry.cancel.is_set()):
             self._timed(time.monotonic() - started)
 
@@ -393,28 +653,34 @@ class ModelWorker:
         last = self._job_s
         self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
 
+    def _ended(self, entry: _Entry) -> None:
+        self._jobs.release(entry)
+
     def _serve_batched(self, backend: BatchingBackend) -> None:
-        """Generations join the batch while it has a free slot and leave it as they end;
-        other jobs (scoring, token counts) run between two steps."""
+        """Generations join the batch while the queue's policy gives them a slot and leave
+        it as they end; other jobs (scoring, token counts) run between two steps."""
         batch = backend.batch
+        batch.observer = self._counts
+        self._jobs.set_policy(SlotPolicy.of(batch.slots, self._caller_slots, self._peer_slots))
         self._batch = batch
         while True:
+            if not batch.active and not self._jobs.wait():
+                break  # stopped, nothing left
             while batch.free:
-                entry = self._jobs.get(block=not batch.active)
+                entry = self._jobs.take()
                 if entry is None:
                     break
                 if entry.generation is None:
                     self._run(entry)
                 else:
-                    self._join(backend, entry.generation)
+                    self._join(backend, entry, entry.generation)
             if batch.active:
                 batch.step()
-            elif self._jobs.finished:
-                break
         batch.stop_all(ModelError("model stopped"))
 
-    def _join(self, backend: BatchingBackend, g: _Generation) -> None:
+    def _join(self, backend: BatchingBackend, entry: _Entry, g: _Generation) -> None:
         if g.cancel.is_set():
+            self._jobs.release(entry)
             g.sink.error(asyncio.CancelledError())
             return
         r = g.request
@@ -424,32 +690,97 @@ class ModelWorker:
                 r.prompt,
                 r.params,
                 g.cancel,
-                _TimedSink(g.sink, g.cancel, self._timed),
+                _BatchedSink(g.sink, entry, self, g.cancel),
             )
         except Exception as e:
+            self._jobs.release(entry)
             g.sink.error(e)
 
     def submit(
         self,
         job: _Job,
         *,
-        lane: str = "",
+        lane: Lane | str = "",
         timed: bool = True,
         cancel: threading.Event | None = None,
         generation: _Generation | None = None,
-    ) -> None:
-        """Queues `job` in `lane` (see the module docstring); `timed`: its duration counts
-        in the average job time, unless `cancel` was set by the time it ended."""
+    ) -> _Entry:
+        """Queues `job` in `lane` (see the module docstring) and returns its entry (for
+        `expire`, `withdraw`); `timed`: its duration counts in the average job time,
+        unless `cancel` was set by the time it ended. Raises NodeOverloaded
+        ("queue_full") when the queue is full, ModelError when the worker is not
+        running."""
         if self._thread is None or not self._thread.is_alive():
             raise ModelError("model worker is not running")
-        self._jobs.put(lane, _Entry(job, timed, cancel, generation))
+        entry = _Entry(job, timed, cancel, generation=generation)
+        if not self._jobs.put(lane, entry):
+            raise self._refusal("queue_full")
+        return entry
+
+    def expire(self, entry: _Entry) -> NodeOverloaded | None:
+        """The waiting side's timeout: takes `entry` out of the queue and returns its
+        refusal ("queue_timeout", counted), or None if the model already took it (the
+        job runs as usual)."""
+        if not self._jobs.withdraw(entry):
+            return None
+        return self._refusal("queue_timeout")
+
+    def withdraw(self, entry: _Entry) -> bool:
+        """Takes `entry` out of the queue if it has not started (its caller is gone)."""
+        return self._jobs.withdraw(entry)
+
+    def refuse_if_full(self, admitted: int = 0) -> None:
+        """Raises NodeOverloaded ("queue_full", counted) when a request submitted now
+        would find the queue full: by the queue's own count, or by `admitted`, the
+        requests a caller let through to the model that have not ended (running,
+        waiting, or about to be submitted): more than the slots and the queue hold."""
+        slots = self._jobs.policy.slots
+        free = max(slots - self._jobs.slots_busy, 0)
+        waiting = max(len(self._jobs) - free, admitted - slots)
+        if waiting >= self.max_queue:
+            raise self._refusal("queue_full")
+
+    def _refusal(self, reason: str) -> NodeOverloaded:
+        """A counted refusal, with the time the queue takes to drain as retry-after."""
+        self._counts.refused(reason)
+        slots = self._jobs.policy.slots
+        queued = len(self._jobs)
+        drain_s = (self._job_s or 1.0) * max(queued, 1) / slots
+        if reason == "queue_full":
+            message = (
+                f"queue_full: {queued} requests wait for this node's model, the most it "
+                f"queues (model.max_queue = {self.max_queue})"
+            )
+        else:
+            message = (
+                f"queue_timeout: waited {self.queue_timeout_s:g} s for this node's model "
+                "without a free slot (model.queue_timeout_s)"
+            )
+        return NodeOverloaded(message, retry_after_s=drain_s, reason=reason)
 
     @property
     def queued(self) -> int:
-        """Jobs waiting for the model (not counting the one it runs)."""
+        """Jobs waiting for the model (not counting the ones it runs)."""
         return len(self._jobs)
 
-    def jobs_ahead(self, lane: str = "") -> int:
+    def load(self) -> ModelLoad:
+        """The queue and slots now, and the counters since the worker was made."""
+        c = self._counts
+        return ModelLoad(
+            slots=self._jobs.policy.slots,
+            slots_busy=self._jobs.slots_busy,
+            queued=len(self._jobs),
+            max_queue=self.max_queue,
+            steps=c.steps,
+            step_sequences=c.step_sequences,
+            prefix_lookups=c.prefix_lookups,
+            prefix_hits=c.prefix_hits,
+            prompt_tokens=c.prompt_tokens,
+            prefix_tokens_reused=c.prefix_tokens_reused,
+            refused=c.refusals,
+        )
+
+    def jobs_ahead(self, lane: Lane | str = "") -> int:
         """The jobs that would start before a job of `lane` submitted now, and those
         running when no slot is free."""
         batch = self._batch
@@ -463,31 +794,7 @@ class ModelWorker:
         generation or scoring, over the slots that run at once (None before the first)."""
         if self._job_s is None:
             return None
-        batch = self._batch
-        return self._job_s / batch.slots if batch is not None else self._job_s
-
-    def load(self) -> ModelLoad:
-        """The model's slots, queue and counters now."""
-        batch = self._batch
-        if batch is None:
-            return ModelLoad(
-                slots=1,
-                slots_busy=int(self._running_since is not None),
-                queued=len(self._jobs),
-                max_queue=self._max_queue,
-            )
-        return ModelLoad(
-            slots=batch.slots,
-            slots_busy=batch.active,
-            queued=len(self._jobs),
-            max_queue=self._max_queue,
-            steps=batch.steps,
-            step_sequences=batch.step_sequences,
-            prefix_lookups=batch.prefix_lookups,
-            prefix_hits=batch.prefix_hits,
-            prompt_tokens=batch.prompt_tokens,
-            prefix_tokens_reused=batch.prefix_tokens_reused,
-        )
+        return self._job_s / self._jobs.policy.slots
 
     def generate(
         self,
@@ -495,14 +802,16 @@ class ModelWorker:
         cancel: threading.Event | None = None,
         *,
         coalesce_s: float = 0.0,
-        lane: str = "",
+        lane: Lane | str = "",
     ) -> GenerationStream:
         return GenerationStream(self, request, cancel or threading.Event(), coalesce_s, lane)
 
     async def call(
-        self, fn: Callable[[LLMBackend], Any], *, lane: str = "", timed: bool = True
+        self, fn: Callable[[LLMBackend], Any], *, lane: Lane | str = "", timed: bool = True
     ) -> Any:
-        """Runs fn(backend) on the worker thread, in turn with generations."""
+        """Runs fn(backend) on the worker thread, in turn with generations. Raises
+        NodeOverloaded when the queue is full, or when fn had not started after
+        queue_timeout_s."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
 
@@ -522,11 +831,24 @@ class ModelWorker:
             else:
                 loop.call_soon_threadsafe(settle, result, None)
 
-        self.submit(job, lane=lane, timed=timed)
-        return await fut
+        entry = self.submit(job, lane=lane, timed=timed)
+
+        def expire() -> None:
+            refusal = self.expire(entry)
+            if refusal is not None:
+                settle(None, refusal)
+
+        timer = loop.call_later(self.queue_timeout_s, expire)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            # A caller gone before its job started (awaiting fut cancels it too): the
+            # job need not run. A no-op once the model took it.
+            self.withdraw(entry)
 
     async def score(
-        self, prompt: str, continuations: Sequence[str], *, lane: str = ""
+        self, prompt: str, continuations: Sequence[str], *, lane: Lane | str = ""
     ) -> list[float]:
         result: list[float] = await self.call(lambda b: b.score(prompt, continuations), lane=lane)
         return result

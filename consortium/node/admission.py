@@ -7,6 +7,10 @@ RESOURCE_EXHAUSTED, HTTP 429 with Retry-After), before any work:
 
 - `max_pending` ([server] max_pending_requests): requests in flight on the node, whoever
   serves them (the model, a peer, a group). reason "overloaded".
+- the model's queue is full: the requests admitted to the node's own model and not
+  ended fill its slots and its [model] max_queue (or its queue does, with the node's own
+  work); reason "queue_full", the same refusal the worker's queue would give later
+  (llm/worker.py), given here before the task exists.
 - the model's queue: a request the node's own model will serve waits for the requests
   admitted before it. Their number (fairly counted: the worker takes one job per caller
   in turn, llm/worker.py) times the model's recent time per job is the estimated wait;
@@ -66,6 +70,10 @@ class ModelLoad(Protocol):
 
     def jobs_ahead(self, lane: str = "") -> int: ...
 
+    def refuse_if_full(self, admitted: int = 0) -> None:
+        """Raises NodeOverloaded("queue_full") when a request would find no place."""
+        ...
+
 
 class Admission:
     """The node's bounds on work in flight (see the module docstring), over the model's
@@ -107,6 +115,11 @@ class Admission:
                     reason="overloaded",
                 )
             if local_model:
+                try:
+                    self._model.refuse_if_full(sum(self._lanes.values()))
+                except NodeOverloaded as e:
+                    self.refused[e.reason] += 1
+                    raise
                 self._check_wait(lane, deadline_s)
                 self._lanes[lane] += 1
             self.in_flight += 1

@@ -55,6 +55,7 @@ from consortium.federation.watcher import RosterWatcher
 from consortium.learning.records import RoutingRecords
 from consortium.llm.base import LLMBackend, ModelInfo
 from consortium.llm.embeddings import DIMENSION as EMBEDDING_DIMENSION
+from consortium.llm.load import ModelLoad
 from consortium.llm.registry import PromptFormat, default_prompt_format
 from consortium.llm.worker import ModelWorker
 from consortium.logsafe import safe
@@ -90,6 +91,7 @@ from consortium.node.storage_health import StorageHealth, quiet_storage_tracebac
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import (
     TRACER_NAME,
+    LoadMetrics,
     make_exporter,
     make_meter_provider,
     make_provider,
@@ -149,6 +151,9 @@ class Federation:
     audit_log: SqliteAuditLog | None = None
     # The redactor's receipts (None without [redaction] enabled).
     disclosures: DisclosureStore | None = None
+    # The MeterProvider built for the assessor (None without one): the node's metrics
+    # share it (one exporter per metrics file).
+    meter_provider: MeterProvider | None = None
 
 
 @dataclass(frozen=True)
@@ -221,9 +226,12 @@ def _warn_departed_trust_peers(cfg: NodeConfig, roster: Roster) -> None:
         log.warning("trust.peers.%s: no longer a member of the federation; kept", safe(org))
 
 
-def _owned_assessor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Assessor, Callable[[], None]]:
+def _owned_assessor(
+    cfg: NodeConfig, watcher: RosterWatcher
+) -> tuple[Assessor, Callable[[], None], MeterProvider | None]:
     """build_assessor's, told the members now and after every roster change, with its
-    metrics in DATA_DIR/metrics.jsonl when traces go to a file; and how to close both."""
+    metrics in DATA_DIR/metrics.jsonl when traces go to a file; how to close both; and
+    its MeterProvider."""
     roster = watcher.current()
     me = cfg.node.org_id
 
@@ -231,7 +239,7 @@ def _owned_assessor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Assessor, 
         return [m.org_id for m in r.members if m.org_id != me]
 
     if not cfg.trust.enabled:  # no reputations: no metrics to export either
-        return NoOpAssessor(), _nothing
+        return NoOpAssessor(), _nothing, None
     check_trust_peers(cfg, roster)
     watcher.subscribe(lambda r: _warn_departed_trust_peers(cfg, r))
     path = cfg.data_dir / "metrics.jsonl" if cfg.telemetry.exporter == "file" else None
@@ -243,7 +251,7 @@ def _owned_assessor(cfg: NodeConfig, watcher: RosterWatcher) -> tuple[Assessor, 
         assessor.close()
         meters.shutdown()
 
-    return assessor, close
+    return assessor, close, meters
 
 
 def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Federation | None:
@@ -256,8 +264,9 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
     watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
     roster = watcher.current()
     close_assessor = _nothing
+    meters: MeterProvider | None = None
     if assessor is None:
-        assessor, close_assessor = _owned_assessor(cfg, watcher)
+        assessor, close_assessor, meters = _owned_assessor(cfg, watcher)
     replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
     close_redactor = _nothing
     disclosures: DisclosureStore | None = None
@@ -314,6 +323,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
         audit,
         audit_log,
         disclosures,
+        meters,
     )
 
 
@@ -608,6 +618,33 @@ def build_limits(cfg: NodeConfig) -> CallerLimits:
     )
 
 
+def build_worker(
+    cfg: NodeConfig, backend_factory: Callable[[], LLMBackend], observer: LoadMetrics
+) -> ModelWorker:
+    """The model's worker with [model]'s queue bound, timeout and slot policy."""
+    m = cfg.model
+    return ModelWorker(
+        backend_factory,
+        label=cfg.node.org_id,
+        max_queue=m.max_queue,
+        queue_timeout_s=m.queue_timeout_s,
+        caller_slots=m.caller_slots,
+        peer_slots=m.peer_slots,
+        observer=observer,
+    )
+
+
+def build_meters(cfg: NodeConfig, federation: Federation | None) -> tuple[MeterProvider, bool]:
+    """The node's MeterProvider: the assessor's when it has one, else its own (metrics in
+    DATA_DIR/metrics.jsonl when traces go to a file); and whether the node owns it (and
+    shuts it down)."""
+    if federation is not None and federation.meter_provider is not None:
+        return federation.meter_provider, False
+    path = cfg.data_dir / "metrics.jsonl" if cfg.telemetry.exporter == "file" else None
+    federation_id = federation.roster.current().federation_id if federation is not None else ""
+    return make_meter_provider(cfg.node.org_id, federation_id, path), True
+
+
 def build_admission(cfg: NodeConfig, worker: ModelWorker) -> Admission:
     """The node's load shedding ([server] max_pending_requests, max_queue_wait_s)."""
     return Admission(
@@ -722,7 +759,11 @@ class Node:
     ) -> None:
         self.config = config
         self._assessor = assessor
-        self.worker = ModelWorker(backend_factory, label=config.node.org_id)
+        # The model's load as metrics, once the node's MeterProvider exists (`_start`).
+        self.load_metrics = LoadMetrics()
+        self.worker = build_worker(config, backend_factory, self.load_metrics)
+        self.meter_provider: MeterProvider | None = None
+        self._owns_meters = False
         self.store: SqliteTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
         self.admission: Admission | None = None
@@ -771,6 +812,8 @@ class Node:
         pool = cfg.canary_pool()
         self.federation = build_federation(cfg, self._assessor)
         federation = self.federation
+        self.meter_provider, self._owns_meters = build_meters(cfg, federation)
+        self.load_metrics.bind(self.meter_provider, self.worker.load)
         self.canaries = build_canaries(cfg, pool, federation)
         check_groups(cfg.groups, cfg.node.org_id, federation is not None)
         info = await self.worker.start()
@@ -887,9 +930,9 @@ class Node:
 
     def health(self, creds: Credentials, storage: dict[str, Any] | None = None) -> dict[str, Any]:
         """Liveness for anyone: "ok", or "degraded" when the node cannot write (`storage`,
-        from StorageHealth.check: its problem); details (counters, roster, policy, which
-        databases fail since when) only for a caller on loopback or holding an admin API
-        key."""
+        from StorageHealth.check: its problem); details (counters, the model's load,
+        roster, policy, which databases fail since when) only for a caller on loopback or
+        holding an admin API key."""
         cfg = self.config
         body: dict[str, Any] = {"status": "ok"}
         if storage is not None:
@@ -904,6 +947,7 @@ class Node:
             body["refusals"] = dict(self.handler.refusals)
         if self.admission is not None:
             body["load"] = self.admission.counts()
+        body["model_load"] = model_load(self.worker.load())
         if self.federation is not None:
             roster = self.federation.roster
             body["federation"] = {
@@ -972,6 +1016,8 @@ class Node:
         await self.worker.stop()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the exporter
+        if self.meter_provider is not None and self._owns_meters:
+            self.meter_provider.shutdown()  # exports once more
         if self.federation is not None:
             await self.federation.peers.close()
             self.federation.replay.close()
@@ -995,6 +1041,16 @@ class Node:
         if self.endpoints is not None:
             endpoints_file(self.config).unlink(missing_ok=True)
             log.info("node %s stopped", self.config.node.org_id)
+
+
+def model_load(load: ModelLoad) -> dict[str, Any]:
+    """The model's load as /healthz shows it: the snapshot's fields, the mean batch per
+    decode step and the prefix-cache hit rate."""
+    return {
+        **dataclasses.asdict(load),
+        "mean_batch": round(load.mean_batch, 3),
+        "prefix_hit_rate": round(load.prefix_hit_rate, 4),
+    }
 
 
 def _despite_storage(step: Callable[[], object], what: str) -> None:

@@ -43,6 +43,28 @@ async def fetch_agent_card(
         raise NodeUnavailableError(f"cannot fetch the agent card from {http_url}: {e}") from None
 
 
+def fetch_health(
+    http_url: str,
+    api_key: str | None = None,
+    timeout: float = 10.0,
+    *,
+    verify: ssl.SSLContext | None = None,
+) -> dict[str, Any]:
+    """The node's /healthz body (its details when the caller is on loopback or holds an
+    admin API key); NodeUnavailableError when the node cannot be reached or answers
+    something else."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = http_url.rstrip("/") + "/healthz"
+    try:
+        r = httpx.get(url, headers=headers, timeout=timeout, verify=verify or True)
+        body = r.json()
+    except (httpx.HTTPError, OSError, ValueError) as e:
+        raise NodeUnavailableError(f"cannot read {url}: {e}") from None
+    if not isinstance(body, dict) or "status" not in body:
+        raise NodeUnavailableError(f"{url} answered HTTP {r.status_code} without a status")
+    return body
+
+
 class StaticHeaders(ClientCallInterceptor):
     """Adds fixed headers (gRPC metadata) to every call: e.g. `authorization` with an
     API key."""

@@ -46,6 +46,7 @@ from pydantic import ValidationError
 from consortium.errors import (
     InvalidResponseFormat,
     ModelError,
+    NodeOverloaded,
     NodeUnavailableError,
     PromptTooLongError,
     RequestRejected,
@@ -62,7 +63,7 @@ from consortium.llm.base import (
 )
 from consortium.llm.prompts import build_request, flatten_conversation
 from consortium.llm.registry import PromptFormat
-from consortium.llm.worker import GenerationRequest, ModelWorker
+from consortium.llm.worker import GenerationRequest, Lane, ModelWorker
 from consortium.logsafe import safe
 from consortium.node.auth import Caller
 from consortium.node.config import RoutingSection
@@ -139,7 +140,7 @@ class ServiceRequest:
     sampling: Sampling = field(default_factory=Sampling)
     raw_prompt: bool = False
     # The caller's place in the model's fair queue (llm/worker.py): set by `answer`.
-    lane: str = ""
+    lane: Lane | str = ""
 
     @property
     def sent_text(self) -> str:
@@ -197,10 +198,18 @@ class Rejected:
 @dataclass(frozen=True)
 class Failed:
     """The node could not answer: the model failed, a peer could not be asked
-    (`unavailable`: the model or the peer could not be reached, rather than failing)."""
+    (`unavailable`: the model or the peer could not be reached, rather than failing).
+    `overloaded`: the model refused the task for load before starting it (the reason of
+    errors.NodeOverloaded: "queue_full", "queue_timeout"), with `retry_after_s`."""
 
     reason: str
     unavailable: bool = False
+    overloaded: str = ""
+    retry_after_s: float = 0.0
+
+    @classmethod
+    def refused(cls, error: NodeOverloaded) -> Failed:
+        return cls(str(error), True, error.reason, error.retry_after_s)
 
 
 @dataclass(frozen=True)
@@ -303,7 +312,10 @@ class NodeService:
         reservation.claim()
         scope = TaskRedaction(request.task_id)
         used = _Usage(len(request.sent_text.encode()))
-        request = replace(request, lane=caller.owner)
+        # A member organization other than this one is a peer: its escalations share
+        # the model's slots under [model] peer_slots.
+        peer = caller.kind == "member" and caller.id != self._settings.org_id
+        request = replace(request, lane=Lane(caller.owner, peer))
         try:
             async with contextlib.aclosing(self._answer(request, caller, scope)) as events:
                 async for event in events:
@@ -348,6 +360,9 @@ class NodeService:
                     decision = await self.orchestrator.route_text(request.sent_text, options)
             except RequestRejected as e:
                 yield Rejected(str(e))
+                return
+            except NodeOverloaded as e:  # the router's draft found the model's queue full
+                yield Failed.refused(e)
                 return
             except ModelError as e:
                 yield Failed(str(e))
@@ -465,6 +480,9 @@ class NodeService:
             except ModelError as e:
                 log.error("task %s failed in the model: %s", request.task_id, safe(e, 300))
                 yield Failed(str(e))
+                return
+            except NodeOverloaded as e:  # the model's queue: full, or waited too long
+                yield Failed.refused(e)
                 return
             completion = stream.completion
             if completion is not None:
@@ -661,6 +679,9 @@ class NodeService:
             yield Rejected(str(e))
             return
         except (NodeUnavailableError, UntrustedAnswer, ModelError) as e:
+            if isinstance(e, NodeOverloaded) and not isinstance(e, PeerError):
+                yield Failed.refused(e)  # this node's model refused for load
+                return
             log.warning("task %s: routing failed: %s", request.task_id, safe(e, 300))
             yield Failed(str(e))
             return

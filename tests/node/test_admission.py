@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from consortium.errors import NodeOverloaded, NodeUnavailableError
+from consortium.llm.echo import EchoBackend
+from consortium.llm.worker import ModelWorker
 from consortium.node.admission import Admission
 
 
@@ -20,6 +22,9 @@ class Pace:
 
     def jobs_ahead(self, lane: str = "") -> int:
         return 0
+
+    def refuse_if_full(self, admitted: int = 0) -> None:
+        pass  # an unbounded queue
 
 
 def test_a_full_node_refuses_until_a_place_is_given_back() -> None:
@@ -74,3 +79,22 @@ def test_before_the_model_has_a_pace_only_the_request_bound_holds() -> None:
     for _ in range(20):
         admission.admit("a", local_model=True, deadline_s=0.1)
     assert admission.counts()["refused"] == {}
+
+
+def test_a_full_model_queue_is_refused_before_any_work() -> None:
+    """A serial model with max_queue 1 takes one running and one waiting request;
+    admission counts the requests it let through (not yet queued) and refuses a third
+    with queue_full, counted; requests for a peer are not the model's."""
+    worker = ModelWorker(EchoBackend, max_queue=1)
+    admission = Admission(worker, max_pending=0, max_wait_s=0)
+    first = admission.admit("a", local_model=True)
+    admission.admit("b", local_model=True)
+    with pytest.raises(NodeOverloaded) as refused:
+        admission.admit("c", local_model=True)
+    assert refused.value.reason == "queue_full"
+    assert "model.max_queue" in str(refused.value)
+    admission.admit("c", local_model=False)
+    first.release()
+    admission.admit("c", local_model=True)
+    assert admission.counts()["refused"] == {"queue_full": 1}
+    assert worker.load().refused == 1

@@ -9,7 +9,8 @@ names the error — UNAUTHENTICATED, PERMISSION_DENIED, RATE_LIMIT_EXCEEDED (a c
 its `[limits]`), RESOURCE_EXHAUSTED (the node refusing for load: errors.NodeOverloaded) —
 rather than a2a-sdk's UNKNOWN_ERROR for a class it does not know, and whose metadata is
 the error's `data` (strings): the refusal's reason (`invalid_key`, `no_credentials`,
-`tls_mismatch`, `bad_signature`..., or `overloaded` / `busy`), the limit, and the seconds
+`tls_mismatch`, `bad_signature`..., or for load `overloaded` / `busy` / `queue_full` /
+`queue_timeout`), the limit, and the seconds
 to wait (`retryAfterSeconds`, also sent as a RetryInfo over gRPC).
 
 A node that cannot write its data (`StorageUnavailable`: disk full, read-only) answers

@@ -5,10 +5,13 @@ a2a-sdk's request handler; this module turns an A2A request into a `ServiceReque
 (text, options from `metadata["consortium"]`, the admitted caller) and the service's
 events into task events: SUBMITTED -> WORKING -> artifact chunks -> COMPLETED, or
 REJECTED (nothing to answer, bad parameters, prompt too long), FAILED (the model or a
-peer failed) or CANCELED. Every status message carries the provenance when there is
-one, and is signed when a peer sent the request. Scoring requests, feedback and
-members' trust reports (node/reports.py) are answered directly, with one Message and no
-task; a trust report never reaches the service or the model.
+peer failed, or the model's queue refused the task after it was admitted: it waited past
+[model] queue_timeout_s; the status message names the reason) or CANCELED. A scoring
+request the model's queue refuses fails the call with RESOURCE_EXHAUSTED. Every status
+message carries the provenance when there is one, and is signed when a peer sent the
+request. Scoring requests, feedback and members' trust reports (node/reports.py) are
+answered directly, with one Message and no task; a trust report never reaches the
+service or the model.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from a2a.server.tasks.task_updater import TaskUpdater
 from a2a.types import a2a_pb2
 from opentelemetry import trace
 
-from consortium.errors import ModelError, RequestRejected
+from consortium.errors import ModelError, NodeOverloaded, RequestRejected
 from consortium.logsafe import safe
 from consortium.node.a2a.direct import DirectReplies
-from consortium.node.a2a.errors import PermissionDeniedError
+from consortium.node.a2a.errors import PermissionDeniedError, overloaded
 from consortium.node.a2a.request_handler import (
     RESERVATION_KEY,
     VERIFIED_KEY,
@@ -255,6 +258,8 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         org = self.service.org_id
         try:
             scores = await self.service.score(text, options)
+        except NodeOverloaded as e:  # the model's queue: RESOURCE_EXHAUSTED, as admission's
+            raise overloaded(e) from None
         except (RequestRejected, ModelError) as e:
             reply_text, meta = f"rejected: {e}", ScoresReply(org=org, error=str(e))
         else:

@@ -99,7 +99,8 @@ def rate_limited(message: str, retry_after_s: float, kind: str) -> OpenAIError:
 
 def overloaded(error: NodeOverloaded) -> OpenAIError:
     """429 for a request the node refused for load (errors.NodeOverloaded), with
-    Retry-After; `code` "overloaded", `type` its reason ("overloaded", "busy")."""
+    Retry-After; `code` "overloaded", `type` its reason ("overloaded", "busy",
+    "queue_full", "queue_timeout")."""
     seconds = max(1, math.ceil(error.retry_after_s))
     return OpenAIError(
         429,

@@ -11,20 +11,21 @@ completion request is parsed (400 naming the field), its model resolved (`catalo
 404 model_not_found), its tokens (prompt + max_tokens) and a place among the caller's
 requests in progress reserved (429), admitted by the node's load shedding
 (node/admission.py: 429 `overloaded` with Retry-After when the node holds all it may, or
-the model's queue is too long), recorded as a task (`tasks`) and answered by
+the model's queue is too long or full), recorded as a task (`tasks`) and answered by
 `NodeService.answer`, which settles the reservation when the task ends; it holds its
 place in the node's load until its response (or stream) ends.
 
 What the service says becomes OpenAI's answer: Answered -> the completion (streamed or
 whole); Rejected -> 400; Failed -> 500, or 503 when the model or peer could not be
-reached; a peer's unfinished task -> 400 when it rejected it, 500 otherwise. A stream
-first waits for the service's first event, so that a request refused before anything
-is generated gets a plain HTTP error; an error after the stream started is sent as one
-`data: {"error": ...}` event, and the stream ends. A client that goes away, mid-stream
-or while it waits for a whole answer, closes the service's event stream, which stops
-the generation; its task is canceled, and what it cost so far (prompt and generated
-text, estimated) counts against the caller's tokens per minute, as an answer's usage
-does (the service settles both).
+reached, or 429 `overloaded` with Retry-After when the model's queue refused the task
+(full, or it waited past [model] queue_timeout_s); a peer's unfinished task -> 400 when
+it rejected it, 500 otherwise. A stream first waits for the service's first event, so
+that a request refused before anything is generated gets a plain HTTP error; an error
+after the stream started is sent as one `data: {"error": ...}` event, and the stream
+ends. A client that goes away, mid-stream or while it waits for a whole answer, closes
+the service's event stream, which stops the generation; its task is canceled, and what
+it cost so far (prompt and generated text, estimated) counts against the caller's tokens
+per minute, as an answer's usage does (the service settles both).
 
 Each completion request is one SERVER span (`openai chat.completion` /
 `openai text_completion`), the parent of the service's spans, naming the task, the
@@ -408,6 +409,11 @@ class OpenAIApi:
             raise bad_request(ev.reason, param=_param_of(run, ev), code=ev.code)
         if isinstance(ev, Failed):
             run.task.failed(ev.reason)
+            if ev.overloaded:  # the model's queue refused it: 429, come back later
+                refusal = NodeOverloaded(
+                    ev.reason, retry_after_s=ev.retry_after_s, reason=ev.overloaded
+                )
+                raise overloaded(refusal)
             raise server_error(ev.reason, unavailable=ev.unavailable)
         if isinstance(ev, PeerUnfinished):
             reason = f"{ev.org} {ev.state}: {ev.text}"

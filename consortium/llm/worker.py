@@ -75,7 +75,9 @@ def _merge(chunks: list[Chunk]) -> Chunk:
     return Chunk("".join(c.text for c in chunks), chunks[-1].logprob, logprobs)
 
 
-_Job = Callable[[], None]
+# A job runs on the model's thread; what it returns, if anything, runs once its slot is
+# given back, so that whoever awaits the result finds the queue as the job left it.
+_Job = Callable[[], Callable[[], None] | None]
 # The weight of the newest job's duration in the moving average of job durations.
 _EWMA_WEIGHT = 0.3
 DEFAULT_MAX_QUEUE = 64
@@ -467,10 +469,9 @@ class GenerationStream:
 
         sink = _StreamSink(emit, coalesce_s)
 
-        def job() -> None:
+        def job() -> Callable[[], None]:
             if cancel.is_set():
-                sink.error(asyncio.CancelledError())
-                return
+                return lambda: sink.error(asyncio.CancelledError())
             try:
                 b = backend()
                 if request.prompt is not None:
@@ -481,11 +482,12 @@ class GenerationStream:
                     try:
                         chunk = next(gen)
                     except StopIteration as stop:
-                        sink.done(stop.value)
-                        return
+                        completion = stop.value
+                        return lambda: sink.done(completion)
                     sink.chunk(chunk)
             except Exception as e:
-                sink.error(e)
+                error = e
+                return lambda: sink.error(error)
 
         worker = self._worker
         # May refuse: queue full.
@@ -639,8 +641,9 @@ class ModelWorker:
     def _run(self, entry: _Entry) -> None:
         started = time.monotonic()
         self._running_since = started
+        then = None
         try:
-            entry.job()
+            then = entry.job()
         except Exception:  # jobs report their own errors; this is a last resort
             log.exception("model job failed")
         finally:
@@ -648,6 +651,8 @@ class ModelWorker:
             self._jobs.release(entry)
         if entry.timed and not (entry.cancel is not None and entry.cancel.is_set()):
             self._timed(time.monotonic() - started)
+        if then is not None:
+            then()
 
     def _timed(self, took: float) -> None:
         last = self._job_s
@@ -823,13 +828,21 @@ class ModelWorker:
             else:
                 fut.set_result(value)
 
-        def job() -> None:
+        def job() -> Callable[[], None]:
             try:
                 result = fn(self.backend_for_thread())
             except Exception as e:
-                loop.call_soon_threadsafe(settle, None, e)
-            else:
+                error = e
+
+                def fail() -> None:
+                    loop.call_soon_threadsafe(settle, None, error)
+
+                return fail
+
+            def succeed() -> None:
                 loop.call_soon_threadsafe(settle, result, None)
+
+            return succeed
 
         entry = self.submit(job, lane=lane, timed=timed)
 

@@ -119,6 +119,9 @@ class LlamaCppBackend:
         ctx_params.n_threads = threads or max(cores // 2, 1)
         ctx_params.n_threads_batch = threads or cores
         ctx_params.kv_unified = True
+        # As llama-cpp-python's Llama() sets it: the numerics every earlier figure (and
+        # the evaluation's cached outputs) were made with.
+        ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx_params.no_perf = True
         try:
             self._model = _internals.LlamaModel(
@@ -209,6 +212,14 @@ class LlamaCppBackend:
     ) -> None:
         """Starts a generation in a free slot of the batch (chat `messages`, or a raw
         `prompt`); `step` advances it. Raises before taking a slot if it cannot run."""
+        self._admit(*self._prepare(messages, prompt, params), cancel, sink)
+
+    def _prepare(
+        self,
+        messages: Sequence[ChatMessage] | None,
+        prompt: str | None,
+        params: GenerationParams,
+    ) -> tuple[list[int], GenerationParams, GrammarConstraint | None]:
         if prompt is None:
             text, template_stops = self.render_chat(messages or ())
             params = dataclasses.replace(params, stop=tuple(params.stop) + template_stops)
@@ -224,6 +235,17 @@ class LlamaCppBackend:
                 grammar_for(params.response_format),
                 end_token=self._eos,
             )
+        return tokens, params, constraint
+
+    def _admit(
+        self,
+        tokens: list[int],
+        params: GenerationParams,
+        constraint: GrammarConstraint | None,
+        cancel: threading.Event,
+        sink: SequenceSink,
+    ) -> None:
+        if constraint is not None:
             sink = _ClosingSink(sink, constraint)
         try:
             self.batch.admit(tokens, params, cancel, sink, constraint)
@@ -235,28 +257,28 @@ class LlamaCppBackend:
     def stream_chat(
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
-        return self._alone(messages, None, params, cancel)
+        return self._alone(*self._prepare(messages, None, params), cancel)
 
     def stream_complete(
         self, prompt: str, params: GenerationParams, cancel: threading.Event
     ) -> Generator[Chunk, None, Completion]:
-        return self._alone(None, prompt, params, cancel)
+        return self._alone(*self._prepare(None, prompt, params), cancel)
 
     def _alone(
         self,
-        messages: Sequence[ChatMessage] | None,
-        prompt: str | None,
+        tokens: list[int],
         params: GenerationParams,
+        constraint: GrammarConstraint | None,
         cancel: threading.Event,
     ) -> Generator[Chunk, None, Completion]:
-        """One generation through the batch, driven by the caller (no worker)."""
+        """One generation through the batch, driven by its caller (no worker): it joins
+        the batch at the first `next`, so a generator never started holds no slot."""
         if self.batch.active:
+            if constraint is not None:
+                constraint.close()
             raise ModelError("the batch is driven by the model's worker; submit through it")
         sink = _Collect()
-        self.start(messages, prompt, params, cancel, sink)
-        return self._drive(sink, cancel)
-
-    def _drive(self, sink: _Collect, cancel: threading.Event) -> Generator[Chunk, None, Completion]:
+        self._admit(tokens, params, constraint, cancel, sink)
         try:
             while sink.completion is None:
                 if sink.failure is not None:

@@ -189,17 +189,25 @@ def test_invalid_schema_is_rejected_before_generating(
     assert issubclass(InvalidResponseFormat, RequestRejected)
 
 
-def test_unconstrained_generation_is_llama_cpps_greedy(smollm: LlamaCppBackend) -> None:
-    # Without response_format the loop is unchanged: at temperature 0 it picks the same
-    # tokens as llama.cpp's own greedy sampler.
+def test_unconstrained_generation_is_llama_cpps_greedy(
+    smollm: LlamaCppBackend, smollm_path: Path
+) -> None:
+    # Without response_format the loop (and the batch it runs in) picks the same tokens
+    # at temperature 0 as llama-cpp-python's own Llama with llama.cpp's greedy sampler.
+    from llama_cpp import Llama
+
     prompt = "The three primary colours are"
     _, done = drain(
         smollm.stream_complete(prompt, GenerationParams(max_tokens=24), threading.Event())
     )
     tokens = smollm._tokenize(prompt)
-    theirs = smollm._llm.create_completion(
-        tokens, max_tokens=24, temperature=0.0, repeat_penalty=1.0, top_k=1
-    )
+    llm = Llama(str(smollm_path), n_ctx=512, n_threads=2, verbose=False)
+    try:
+        theirs = llm.create_completion(
+            tokens, max_tokens=24, temperature=0.0, repeat_penalty=1.0, top_k=1
+        )
+    finally:
+        llm.close()
     assert done.text == theirs["choices"][0]["text"]  # type: ignore[index]
 
 

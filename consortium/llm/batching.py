@@ -14,8 +14,8 @@ exactly the state the one-at-a-time loop runs.
 Prefix reuse: a slot keeps the tokens of its last sequence in the KV cache after it
 ends. A new prompt goes to the free slot whose cache shares the longest prefix with it,
 and if another slot (free or busy) shares a longer one, that prefix is copied across
-sequences (in a unified KV cache a copy only tags the cells: nothing is recomputed or
-duplicated). A system prompt, few-shot examples or a question's stem is computed once.
+sequences (a copy of the KV cache's data, not a recomputation). A system prompt,
+few-shot examples or a question's stem is computed once.
 
 The batch is driven by one thread (the model's worker, llm/worker.py); it is not
 thread-safe. The model side is the `KVModel` protocol, implemented on llama.cpp's
@@ -39,9 +39,10 @@ from consortium.llm.sampling import Logits, common_prefix
 
 log = logging.getLogger(__name__)
 
-# A prefix shorter than this is not worth copying from another sequence (a copy costs a
-# pass over the cache's cells; a few tokens are cheaper to read again).
-MIN_COPIED_PREFIX = 16
+# A prefix shorter than this is not worth copying from another sequence: a copy moves
+# the other sequence's whole KV stream (SmolLM2, 2048 cells: 47 MB, a few ms), about the
+# time a few dozen prompt tokens take to read again.
+MIN_COPIED_PREFIX = 64
 
 
 class SequenceSink(Protocol):

@@ -1,8 +1,8 @@
 """LLM backend on llama.cpp (llama-cpp-python) for GGUF files: the node's default.
 
 The backend drives llama.cpp's C API through llama-cpp-python's low-level bindings: one
-model, one context whose KV cache holds `parallel` sequences (a unified cache of
-parallel x context_size cells, plus room for scoring), and a `Batch` (llm/batching.py)
+model, one context whose KV cache holds `parallel` sequences of context_size cells each
+(plus SCORE_SEQUENCES for scoring), and a `Batch` (llm/batching.py)
 that advances every running generation in one `llama_decode` per token. The model's
 worker (llm/worker.py) feeds the batch from its queue; a direct caller of
 `stream_chat`/`stream_complete` runs one generation through the same batch alone.
@@ -78,11 +78,9 @@ def check_gguf_file(path: Path) -> None:
         raise ModelError(f"model file is not a GGUF file (bad magic {magic!r}): {path}")
 
 
-# Cells of the KV cache beyond the slots' own, and sequences beyond theirs, for scoring
-# a question's options together (each option a sequence that shares the question's
-# cells); options beyond either bound are scored in further decodes.
-SCORE_CELLS = 512
-SCORE_SEQUENCES = 8
+# Sequences beyond the slots', for scoring a question's options together (each option a
+# sequence over a copy of the question's cache); more options take further decodes.
+SCORE_SEQUENCES = 4
 
 
 class LlamaCppBackend:
@@ -112,13 +110,16 @@ class LlamaCppBackend:
             model_params.use_extra_bufts = False
         cores = len(os.sched_getaffinity(0))
         ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = parallel * context_size + SCORE_CELLS
+        ctx_params.n_ctx = (parallel + SCORE_SEQUENCES) * context_size
         ctx_params.n_batch = batch_size
         ctx_params.n_ubatch = batch_size
         ctx_params.n_seq_max = parallel + SCORE_SEQUENCES
         ctx_params.n_threads = threads or max(cores // 2, 1)
         ctx_params.n_threads_batch = threads or cores
-        ctx_params.kv_unified = True
+        # One KV stream per sequence (not one cache shared by all): a sequence's cells
+        # then sit where they would if it ran alone, so attention sums in the same order
+        # and a request's logits in a batch are bit for bit its logits alone.
+        ctx_params.kv_unified = False
         # As llama-cpp-python's Llama() sets it: the numerics every earlier figure (and
         # the evaluation's cached outputs) were made with.
         ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -341,10 +342,7 @@ class LlamaCppBackend:
         for i in todo:
             need = len(wholes[i]) - 1 - stem_len
             group = groups[-1]
-            if group and (
-                len(group) >= SCORE_SEQUENCES
-                or cells + need > min(SCORE_CELLS, self.batch.batch_tokens)
-            ):
+            if group and (len(group) >= SCORE_SEQUENCES or cells + need > self.batch.batch_tokens):
                 groups.append([])
                 cells = 0
             groups[-1].append(i)
@@ -485,7 +483,10 @@ class _Context:
         return bool(self._lib.llama_memory_seq_rm(self._memory, seq_id, start, -1))
 
     def copy(self, src: int, dst: int, length: int) -> None:
-        self._lib.llama_memory_seq_cp(self._memory, src, dst, 0, length)
+        # Across streams llama.cpp copies a sequence whole (a copy of part of one aborts):
+        # copy all, then cut.
+        self._lib.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+        self._lib.llama_memory_seq_rm(self._memory, dst, length, -1)
 
     def complete_from_start(self, seq_id: int) -> bool:
         return int(self._lib.llama_memory_seq_pos_min(self._memory, seq_id)) <= 0

@@ -20,7 +20,10 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         from consortium.llm.echo import EchoBackend
 
         return lambda: EchoBackend(
-            m.name, token_delay_s=m.echo_token_delay_s, context_size=m.context_size
+            m.name,
+            token_delay_s=m.echo_token_delay_s,
+            context_size=m.context_size,
+            parallel=m.parallel or 1,
         )
     if m.backend == "llama_cpp":
         path = _resolve(base_dir, m.path) if m.path else None
@@ -56,7 +59,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         key_file = _resolve(base_dir, m.api_key_file) if m.api_key_file else None
 
         def load_remote() -> LLMBackend:
-            from consortium.llm.openai_backend import OpenAIBackend
+            from consortium.llm.openai_backend import DEFAULT_PARALLEL, OpenAIBackend
 
             return OpenAIBackend(
                 m.base_url,
@@ -67,6 +70,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
                 connect_timeout_s=m.connect_timeout_s,
                 retries=m.retries,
                 chat=m.prompt_format != "completion",
+                parallel=m.parallel or DEFAULT_PARALLEL,
             )
 
         return load_remote

@@ -1,9 +1,14 @@
 """Runs one model on its own thread and serves it to asyncio code, one request at a time.
 
 A model context is never shared by two requests: requests queue here and the worker
-thread takes them one by one. The queue is fair between callers: each job names its
-`lane` (the caller's owner: a member organization, an API key, the loopback user), and
-the thread takes one job from each lane in turn, so a caller's flood of long generations
+thread takes them one by one. A backend that is safe to call from several threads at
+once (`ModelInfo.concurrency` > 1: the remote openai backend, whose requests are HTTP
+calls to a server that batches them itself) is served by that many threads taking from
+the same queue, so up to `concurrency` of its requests run at once.
+
+The queue is fair between callers: each job names its `lane` (the caller's owner: a
+member organization, an API key, the loopback user), and the thread takes one job from
+each lane in turn, so a caller's flood of long generations
 delays another caller's job by at most one job per flooding caller, not by the whole
 flood. Within a lane, jobs run in order.
 
@@ -91,7 +96,7 @@ class _FairQueue:
         """Ends `get` once every queued job has been taken."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()  # every serving thread
 
     def get(self) -> _Entry | None:
         """The next job; None once stopped and empty."""
@@ -241,10 +246,12 @@ class ModelWorker:
         self._factory = factory
         self._label = label
         self._jobs = _FairQueue()
-        # The moving average of timed jobs' durations (None until one has run), and when
-        # the running job started (None when idle).
+        # The moving average of timed jobs' durations (None until one has run), and the
+        # jobs running now (at most `slots`), both under `_lock`.
         self._job_s: float | None = None
-        self._running_since: float | None = None
+        self._running = 0
+        self._lock = threading.Lock()
+        self._slots = 1
         self._thread: threading.Thread | None = None
         self._backend: LLMBackend | None = None
         self._info: ModelInfo | None = None
@@ -256,7 +263,7 @@ class ModelWorker:
         return self._info
 
     def backend_for_thread(self) -> LLMBackend:
-        """The backend; only to be called from jobs running on the worker thread."""
+        """The backend; only to be called from jobs running on a worker thread."""
         if self._backend is None:
             raise ModelError("model not loaded")
         return self._backend
@@ -278,11 +285,22 @@ class ModelWorker:
             try:
                 self._backend = self._factory()
                 self._info = self._backend.info
+                self._slots = max(1, self._info.concurrency)
                 loop.call_soon_threadsafe(resolve, self._info)
             except BaseException as e:
                 loop.call_soon_threadsafe(resolve, e)
                 return
+            others = [
+                threading.Thread(target=self._serve, name=f"model-{self._label}-{i}", daemon=True)
+                for i in range(1, self._slots)
+            ]
+            for thread in others:
+                thread.start()
             self._serve()
+            for thread in others:
+                thread.join()
+            if self._backend is not None:
+                self._backend.close()
 
         self._jobs = _FairQueue()
         self._thread = threading.Thread(target=run, name=f"model-{self._label}", daemon=True)
@@ -290,24 +308,26 @@ class ModelWorker:
         return await loaded
 
     def _serve(self) -> None:
+        """Runs queued jobs until the queue is stopped and empty (on each serving thread)."""
         while True:
             entry = self._jobs.get()
             if entry is None:
                 break
             started = time.monotonic()
-            self._running_since = started
+            with self._lock:
+                self._running += 1
             try:
                 entry.job()
             except Exception:  # jobs report their own errors; this is a last resort
                 log.exception("model job failed")
             finally:
-                self._running_since = None
+                with self._lock:
+                    self._running -= 1
             if entry.timed and not (entry.cancel is not None and entry.cancel.is_set()):
                 took = time.monotonic() - started
-                last = self._job_s
-                self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
-        if self._backend is not None:
-            self._backend.close()
+                with self._lock:
+                    last = self._job_s
+                    self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
 
     def submit(
         self,
@@ -325,13 +345,25 @@ class ModelWorker:
 
     @property
     def queued(self) -> int:
-        """Jobs waiting for the model (not counting the one it runs)."""
+        """Jobs waiting for the model (not counting those it runs)."""
         return len(self._jobs)
 
+    @property
+    def slots(self) -> int:
+        """Jobs the model runs at once (the backend's `concurrency`; 1 until loaded)."""
+        return self._slots
+
+    @property
+    def running(self) -> int:
+        """Jobs the model runs now."""
+        return self._running
+
     def jobs_ahead(self, lane: str = "") -> int:
-        """The jobs that would run before a job of `lane` submitted now, the running one
-        included."""
-        return self._jobs.ahead(lane) + (self._running_since is not None)
+        """The jobs that would run before a job of `lane` submitted now, the running ones
+        included; with several slots, in rounds of `slots` jobs (what a job waits for is
+        one slot freeing, so the wait is about jobs_ahead x job_s either way)."""
+        ahead = self._jobs.ahead(lane) + self._running
+        return -(-max(0, ahead - self._slots + 1) // self._slots)
 
     @property
     def job_s(self) -> float | None:

@@ -134,6 +134,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         for name, run in ways.items():
             seconds, n, t = run()
             rate = n / seconds
+            print(f"{name}: {n} tokens in {seconds:.1f} s", file=sys.stderr, flush=True)
             best[name] = max(best.get(name, 0.0), rate)
             tokens[name] = n
             texts[name] = t

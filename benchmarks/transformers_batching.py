@@ -9,16 +9,24 @@ greedy, measured four ways in one run:
   generate_1   one at a time through transformers' `generate` (separates the decode
                loop's cost from batching's gain);
   batch_2, batch_4, batch_8   2, 4 or 8 prompts at a time in one padding-aware
-               `generate` (left padding, attention mask).
+               `generate` (left padding, attention mask);
+  backend_parallel_4, backend_parallel_8   the backend with `parallel` = 4 or 8, the
+               eight requests sent from eight threads at once, as the node's worker
+               does: its own static batching (llm/transformers_batch.py).
 
-Every row generates its full 64 tokens (`min_new_tokens`) so each way does the same work;
-tokens/s is the total generated tokens over the wall time. Also reports how many of the
+The `generate` rows generate their full 64 tokens (`min_new_tokens`); the backend's
+paths stop at the end-of-sequence token as a node does. Tokens/s is the total generated
+tokens over the wall time. Also reports how many of the
 batched greedy answers begin with the sequential answer's text (the same greedy tokens
 until the sequential one ended).
 
 Prints one JSON object: tokens/s per way and each one's ratio to `sequential`.
 
-    .venv/bin/python benchmarks/transformers_batching.py [--threads 2] [--rounds 2]
+    .venv/bin/python benchmarks/transformers_batching.py [--threads 1] [--rounds 2]
+
+One torch thread by default: on a machine whose cores other processes also use, torch's
+OpenMP threads spin waiting for each other at every step and single-row steps slow down
+far more than batched ones, which would flatter batching.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +57,35 @@ PROMPTS = (
 NEW_TOKENS = 64
 
 
+def answer(backend: TransformersBackend, prompt: str) -> Completion:
+    gen = backend.stream_chat(
+        [ChatMessage("user", prompt)],
+        GenerationParams(max_tokens=NEW_TOKENS, temperature=0.0),
+        threading.Event(),
+    )
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            done: Completion = stop.value
+            return done
+
+
 def sequential(backend: TransformersBackend) -> tuple[float, int, list[str]]:
     """The backend's own path, one prompt after the other: (seconds, tokens, texts)."""
     started = time.perf_counter()
-    tokens, texts = 0, []
-    for prompt in PROMPTS:
-        gen = backend.stream_chat(
-            [ChatMessage("user", prompt)],
-            GenerationParams(max_tokens=NEW_TOKENS, temperature=0.0),
-            threading.Event(),
-        )
-        while True:
-            try:
-                next(gen)
-            except StopIteration as stop:
-                done: Completion = stop.value
-                break
-        tokens += done.usage.output_tokens
-        texts.append(done.text)
-    return time.perf_counter() - started, tokens, texts
+    answers = [answer(backend, p) for p in PROMPTS]
+    seconds = time.perf_counter() - started
+    return seconds, sum(a.usage.output_tokens for a in answers), [a.text for a in answers]
+
+
+def concurrent(backend: TransformersBackend) -> tuple[float, int, list[str]]:
+    """The backend with `parallel` > 1, every prompt sent at once from its own thread."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        answers = list(pool.map(lambda p: answer(backend, p), PROMPTS))
+    seconds = time.perf_counter() - started
+    return seconds, sum(a.usage.output_tokens for a in answers), [a.text for a in answers]
 
 
 def batched(backend: TransformersBackend, size: int) -> tuple[float, int, list[str]]:
@@ -109,12 +128,19 @@ def batched(backend: TransformersBackend, size: int) -> tuple[float, int, list[s
 
 def main(argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     gguf = resolve_model_file("smollm2-135m", None)
-    backend = TransformersBackend(
-        Path(gguf.parent), name="smollm2-135m-hf", gguf_file=gguf.name, threads=args.threads
+    backend, four, eight = (
+        TransformersBackend(
+            Path(gguf.parent),
+            name="smollm2-135m-hf",
+            gguf_file=gguf.name,
+            threads=args.threads,
+            parallel=parallel,
+        )
+        for parallel in (1, 4, 8)
     )
     # Warm-up: first calls allocate and pick kernels.
     batched(backend, 8)
@@ -126,6 +152,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         "batch_2": lambda: batched(backend, 2),
         "batch_4": lambda: batched(backend, 4),
         "batch_8": lambda: batched(backend, 8),
+        "backend_parallel_4": lambda: concurrent(four),
+        "backend_parallel_8": lambda: concurrent(eight),
     }
     best: dict[str, float] = {}
     tokens: dict[str, int] = {}
@@ -138,6 +166,8 @@ def main(argv: list[str]) -> dict[str, Any]:
             best[name] = max(best.get(name, 0.0), rate)
             tokens[name] = n
             texts[name] = t
+    four.close()
+    eight.close()
     base = best["sequential"]
     reference = texts["sequential"]
     return {

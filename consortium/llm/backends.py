@@ -44,7 +44,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         directory = _resolve(base_dir, m.path)
 
         def load_transformers() -> LLMBackend:
-            from consortium.llm.transformers_backend import TransformersBackend
+            from consortium.llm.transformers_backend import DEFAULT_PARALLEL, TransformersBackend
 
             return TransformersBackend(
                 Path(directory),
@@ -52,6 +52,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
                 gguf_file=m.gguf_file or None,
                 context_size=m.context_size,
                 threads=threads,
+                parallel=m.parallel or DEFAULT_PARALLEL,
             )
 
         return load_transformers

@@ -54,6 +54,7 @@ PROMPTS = (
     "Write a short story about a fisherman and a golden fish.",
     "Tell a short story about a dragon afraid of the dark.",
 )
+# New tokens per answer (--new-tokens; the test of this script runs it with a few).
 NEW_TOKENS = 64
 
 
@@ -127,10 +128,13 @@ def batched(backend: TransformersBackend, size: int) -> tuple[float, int, list[s
 
 
 def main(argv: list[str]) -> dict[str, Any]:
+    global NEW_TOKENS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     args = parser.parse_args(argv)
+    NEW_TOKENS = args.new_tokens
     gguf = resolve_model_file("smollm2-135m", None)
     backend, four, eight = (
         TransformersBackend(

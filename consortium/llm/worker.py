@@ -1,16 +1,18 @@
-"""Runs one model on its own thread and serves it to asyncio code, one request at a time.
+"""Runs one model on its own thread and serves it to asyncio code, one request at a time
+unless the backend says it takes several.
 
 A model context is never shared by two requests: requests queue here and the worker
 thread takes them one by one. A backend that is safe to call from several threads at
 once (`ModelInfo.concurrency` > 1: the remote openai backend, whose requests are HTTP
-calls to a server that batches them itself) is served by that many threads taking from
-the same queue, so up to `concurrency` of its requests run at once.
+calls to a server that batches them itself; the transformers backend, which batches the
+requests its threads bring) is served by that many threads taking from the same queue,
+so up to `concurrency` of its requests run at once.
 
 The queue is fair between callers: each job names its `lane` (the caller's owner: a
 member organization, an API key, the loopback user), and the thread takes one job from
-each lane in turn, so a caller's flood of long generations
-delays another caller's job by at most one job per flooding caller, not by the whole
-flood. Within a lane, jobs run in order.
+each lane in turn, so a caller's flood of long generations delays another caller's job
+by at most one job per flooding caller, not by the whole flood. Within a lane, jobs run
+in order.
 
 The worker knows how long a job takes (`job_s`: a moving average of recent generations
 and scorings) and how many jobs a new job of a lane would wait for (`jobs_ahead`): what

@@ -165,10 +165,10 @@ PROBE_SCHEMA: dict[str, Any] = {
     "required": ["answer"],
     "additionalProperties": False,
 }
-# Requests in flight to the server when `model.parallel` is 0: what llama.cpp's server
-# gives as slots when asked for concurrency (`--parallel`), and where the issue's
-# benchmark saw llama-server's aggregate throughput level off on a small CPU; a server
-# with a GPU (vLLM) takes more, set `model.parallel` up to 64 for it.
+# Requests in flight to the server when `model.parallel` is 0: enough for a CPU server to
+# batch (llama-server --parallel 8 gave about twice its one-stream throughput on this
+# project's 2-core machines, issue 26), few enough not to flood a small one; a GPU
+# server (vLLM) takes more: set `model.parallel` (up to 64).
 DEFAULT_PARALLEL = 8
 # How a server takes a JSON Schema: OpenAI's `json_schema` response format, or
 # llama-cpp-python's `json_object` with a `schema` beside it.
@@ -254,7 +254,7 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
         # A keep-alive connection for each thread that may call at once (httpx keeps 20).
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(20, parallel))
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=max(20, parallel))
         # No redirects: the API key is for base_url, not wherever a server points.
         self._http = _Clients(
             lambda: httpx.Client(

@@ -85,5 +85,5 @@ def test_a_model_of_several_slots_waits_in_rounds_of_them() -> None:
         admission.admit("local", local_model=True, deadline_s=2.5)  # a free slot each
     admission.admit("local", local_model=True, deadline_s=2.5)
     admission.admit("local", local_model=True, deadline_s=4.5)  # one round, then its own
-    with pytest.raises(NodeOverloaded, match="estimated wait 4.0 s"):
+    with pytest.raises(NodeOverloaded, match=r"estimated wait 4\.0 s"):
         admission.admit("local", local_model=True, deadline_s=2.5)

@@ -163,8 +163,11 @@ async def test_the_worker_learns_how_long_a_job_takes() -> None:
         await worker.generate(
             GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b"),))
         ).collect()
+        # The job's time is recorded just after its result reached the caller.
+        await wait_until(lambda: worker.job_s is not None)
         assert worker.job_s is not None and worker.job_s > 0
         await worker.count_tokens("untimed")  # too short to say anything about the queue
+        await wait_until(lambda: worker.running == 0)
         assert worker.queued == 0 and worker.jobs_ahead() == 0
     finally:
         await worker.stop()
@@ -179,6 +182,7 @@ async def test_a_generation_stopped_early_says_nothing_of_a_jobs_length() -> Non
         await worker.generate(
             GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b"),))
         ).collect()
+        await wait_until(lambda: worker.job_s is not None)
         learned = worker.job_s
         cancel = threading.Event()
         cancel.set()

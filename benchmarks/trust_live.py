@@ -393,7 +393,7 @@ def run_arm(
     write_pool(pool, pool_path)
     orgs, runs = organizations(behaviour, trust, pool_path)
     started = time.perf_counter()
-    with LocalFederation(base, "Trust Live") as fed:
+    with LocalFederation(base, "Trust Live", local_nodes=len(orgs)) as fed:
         trust_path = load_config(fed.prepare(orgs[0])).trust_path
         try:
             for org in orgs:

@@ -171,3 +171,12 @@ def test_failover_benchmark_runs() -> None:
     blackhole = cast(dict[str, object], d["blackhole"])
     assert cast(dict[str, float], blackhole["next_tasks"])["n"] == 3
     assert float(cast(float, d["ratio_failover_p50_over_baseline_p50"])) > 0
+
+
+def test_transformers_batching_benchmark_runs() -> None:
+    d = run("transformers_batching.py", "--rounds", "1", "--new-tokens", "3")
+    ways = {"sequential", "generate_1", "batch_2", "batch_4", "batch_8"}
+    ways |= {"backend_parallel_4", "backend_parallel_8"}
+    assert set(cast(dict[str, float], d["ratio_to_sequential"])) == ways
+    assert cast(dict[str, float], d["ratio_to_sequential"])["sequential"] == 1.0
+    assert all(n > 0 for n in cast(dict[str, int], d["tokens"]).values())

@@ -531,6 +531,13 @@ def _trust(
     report.table(_trust_table(origin))
 
 
+def demo_federation(base: Path) -> tuple[LocalFederation, tuple[Organization, ...]]:
+    """The demo's federation in `base` and its organizations, whose three nodes share
+    this machine's cores (`[model] threads`, consortium/launch/local.py)."""
+    orgs = organizations(base)
+    return LocalFederation(base, "Consortium Demo", local_nodes=len(orgs)), orgs
+
+
 def run_demo(
     workdir: Path | None,
     report: Reporter,
@@ -540,9 +547,10 @@ def run_demo(
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     report.heading("Consortium demo", f": three organizations on loopback, in {base}")
-    with LocalFederation(base, "Consortium Demo") as fed:
+    fed, orgs = demo_federation(base)
+    with fed:
         try:
-            for org in organizations(base):
+            for org in orgs:
                 config = fed.prepare(org)
                 if org.org_id == SWAPPED:
                     swap_weights(config, BUNDLED[SWAPPED_WEIGHTS].resolve())

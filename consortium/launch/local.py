@@ -11,6 +11,13 @@ line and stops on SIGTERM.
 
 Directories that already exist are reused, so a second run starts the same federation;
 its nodes listen on new ports, which the admin writes into the roster as they start.
+
+Nodes on one machine share its cores: each new node.toml gets `[model] threads` = the
+cores this process may run on (os.sched_getaffinity) divided among the federation's
+local nodes, at least 1 (`threads_per_node`), instead of 0, with which llama.cpp
+would run every node's model on all the cores and three nodes on two cores would
+oversubscribe them. An organization's own `Organization.threads` wins; a node.toml that
+exists already is left as it is.
 """
 
 from __future__ import annotations
@@ -43,6 +50,20 @@ from consortium.node.setup import init_node
 
 START_TIMEOUT_S = 180.0
 STOP_GRACE_S = 30.0
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or
+    `taskset` narrows), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def threads_per_node(nodes: int, cores: int) -> int:
+    """Model threads for each of `nodes` nodes sharing `cores` cores: an equal share,
+    rounded down, at least 1."""
+    if nodes < 1:
+        raise ValueError(f"nodes must be at least 1, not {nodes}")
+    return max(1, cores // nodes)
 
 
 def node_command(config: Path, command: Sequence[str] | None = None) -> list[str]:
@@ -97,6 +118,8 @@ class Organization:
     # benchmark's own node process); empty: `consortium node start --config CONFIG`.
     # Whatever runs must print `READY grpc=... http=...` and stop on SIGTERM.
     command: tuple[str, ...] = ()
+    # Its model's `[model] threads`; 0: a share of this machine's cores (see above).
+    threads: int = 0
 
 
 @dataclass
@@ -115,10 +138,12 @@ class RunningNode:
 
 class LocalFederation:
     """A federation of organizations whose nodes run on loopback, in `base`. A context
-    manager; every node still running is stopped on exit."""
+    manager; every node still running is stopped on exit. `local_nodes`: how many nodes
+    it will run on this machine, among which the cores are shared (`threads`)."""
 
-    def __init__(self, base: Path, name: str) -> None:
+    def __init__(self, base: Path, name: str, *, local_nodes: int = 1) -> None:
         self.base = base
+        self.threads = threads_per_node(local_nodes, available_cores())
         fed_dir = base / "federation"
         if not (fed_dir / "federation.toml").exists():
             create_federation(name, fed_dir)
@@ -139,6 +164,7 @@ class LocalFederation:
                 display_name=org.display_name,
                 grpc_port=0,
                 http_port=0,
+                threads=org.threads or self.threads,
             )
             with config.open("a") as f:
                 f.write(

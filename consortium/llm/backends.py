@@ -24,7 +24,10 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         from consortium.llm.echo import EchoBackend
 
         return lambda: EchoBackend(
-            m.name, token_delay_s=m.echo_token_delay_s, context_size=m.context_size
+            m.name,
+            token_delay_s=m.echo_token_delay_s,
+            context_size=m.context_size,
+            parallel=m.parallel or 1,
         )
     if m.backend == "llama_cpp":
         path = _resolve(base_dir, m.path) if m.path else None
@@ -50,7 +53,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         directory = _resolve(base_dir, m.path)
 
         def load_transformers() -> LLMBackend:
-            from consortium.llm.transformers_backend import TransformersBackend
+            from consortium.llm.transformers_backend import DEFAULT_PARALLEL, TransformersBackend
 
             return TransformersBackend(
                 Path(directory),
@@ -58,6 +61,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
                 gguf_file=m.gguf_file or None,
                 context_size=m.context_size,
                 threads=threads,
+                parallel=m.parallel or DEFAULT_PARALLEL,
             )
 
         return load_transformers
@@ -65,7 +69,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         key_file = _resolve(base_dir, m.api_key_file) if m.api_key_file else None
 
         def load_remote() -> LLMBackend:
-            from consortium.llm.openai_backend import OpenAIBackend
+            from consortium.llm.openai_backend import DEFAULT_PARALLEL, OpenAIBackend
 
             return OpenAIBackend(
                 m.base_url,
@@ -76,6 +80,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
                 connect_timeout_s=m.connect_timeout_s,
                 retries=m.retries,
                 chat=m.prompt_format != "completion",
+                parallel=m.parallel or DEFAULT_PARALLEL,
             )
 
         return load_remote

@@ -2,7 +2,9 @@
 
 A backend is synchronous and single-threaded by contract: `ModelWorker` (worker.py)
 owns it on a dedicated thread and serialises requests, so a backend never sees two
-requests at once and never runs on the event loop.
+requests at once and never runs on the event loop. A backend whose calls are safe from
+several threads at once says so with `ModelInfo.concurrency` > 1 (how many); the worker
+then serves it from that many threads.
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ class ModelInfo:
     chat: bool
     path: str = ""
     capabilities: frozenset[Capability] = DEFAULT_CAPABILITIES
+    # Requests the backend may serve at once, each called from its own worker thread
+    # (it must then be thread-safe); 1: one at a time.
+    concurrency: int = 1
 
 
 @runtime_checkable

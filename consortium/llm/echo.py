@@ -1,7 +1,9 @@
 """A deterministic echo "model" for tests about the network layer, never about models.
 
 It answers with the words of the last user message, one word per token, optionally
-pausing between tokens so tests can cancel mid-generation.
+pausing between tokens so tests can cancel mid-generation. It holds no state between
+calls, so it may serve `parallel` requests at once (default 1: one at a time, the timing
+the network tests were written against).
 """
 
 from __future__ import annotations
@@ -26,8 +28,23 @@ from consortium.llm.base import (
 
 
 class EchoBackend:
-    def __init__(self, name: str = "echo", *, token_delay_s: float = 0.0, context_size: int = 4096):
-        self._info = ModelInfo(name=name, backend="echo", context_size=context_size, chat=True)
+    def __init__(
+        self,
+        name: str = "echo",
+        *,
+        token_delay_s: float = 0.0,
+        context_size: int = 4096,
+        parallel: int = 1,
+    ) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, not {parallel}")
+        self._info = ModelInfo(
+            name=name,
+            backend="echo",
+            context_size=context_size,
+            chat=True,
+            concurrency=parallel,
+        )
         self._delay = token_delay_s
 
     @property

@@ -54,6 +54,15 @@ tokenize endpoints outside `/v1`, error bodies as `{"error": {...}}`, `{"error":
 `{"message": ...}` or `{"detail": ...}`), which plain JSON reads uniformly; and closing a
 cancelled stream is closing the httpx response, with nothing in between.
 
+Concurrency: the backend is safe to call from several threads at once, and says so
+(`info.concurrency` = `model.parallel`, default DEFAULT_PARALLEL), so the node's worker
+sends up to that many requests to the server at once instead of one after another: the
+server (vLLM, llama.cpp's server with slots, Ollama) batches concurrent requests itself.
+The threads share one httpx client (thread-safe, with a connection pool holding a
+keep-alive connection per thread) and the token-count cache (behind a lock); the only
+other state written after start-up is the `stream_options` fallback below, a flag that
+only ever goes from True to False.
+
 Retries (`model.retries`, default 2; waits of 0.5 s, 1 s, 2 s ... capped at 4 s):
 - Idempotent calls, `GET /models` and the tokenize calls (read-only, no generation):
   retried on any transport failure (connection refused, timeouts, a dropped connection)
@@ -103,6 +112,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import httpx
@@ -155,13 +165,67 @@ PROBE_SCHEMA: dict[str, Any] = {
     "required": ["answer"],
     "additionalProperties": False,
 }
+# Requests in flight to the server when `model.parallel` is 0: enough for a CPU server to
+# batch (llama-server --parallel 8 gave about twice its one-stream throughput on this
+# project's 2-core machines, issue 26), few enough not to flood a small one; a GPU
+# server (vLLM) takes more: set `model.parallel` (up to 64).
+DEFAULT_PARALLEL = 8
 # How a server takes a JSON Schema: OpenAI's `json_schema` response format, or
 # llama-cpp-python's `json_object` with a `schema` beside it.
 GrammarStyle = Literal["json_schema", "json_object_schema"]
 
 
+class _Clients:
+    """The httpx client the backend's threads share, renewed when a server broke off a
+    stream (such a server may reset the connection it left in the pool, failing the next
+    request). A client renewed away is closed once the last request using it has ended,
+    so renewing never breaks another thread's request."""
+
+    def __init__(self, new: Callable[[], httpx.Client]) -> None:
+        self._new = new
+        self._lock = threading.Lock()
+        self._current = new()
+        self._users: dict[httpx.Client, int] = {}
+
+    @contextmanager
+    def use(self) -> Iterator[httpx.Client]:
+        """The current client, for the length of one request (a stream included)."""
+        with self._lock:
+            client = self._current
+            self._users[client] = self._users.get(client, 0) + 1
+        try:
+            yield client
+        finally:
+            with self._lock:
+                left = self._users[client] - 1
+                if left:
+                    self._users[client] = left
+                else:
+                    del self._users[client]
+                retired = not left and client is not self._current
+            if retired:
+                client.close()
+
+    def renew(self, client: httpx.Client) -> None:
+        """A fresh client for new requests instead of `client` (unless renewed already)."""
+        with self._lock:
+            if client is not self._current:
+                return
+            self._current = self._new()
+            idle = client not in self._users
+        if idle:
+            client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            clients = [self._current, *self._users]
+        for client in clients:
+            client.close()
+
+
 class OpenAIBackend:
-    """A model served by an OpenAI-compatible server. One caller at a time (ModelWorker)."""
+    """A model served by an OpenAI-compatible server; up to `parallel` callers at once,
+    each on its own thread (ModelWorker)."""
 
     def __init__(
         self,
@@ -175,7 +239,10 @@ class OpenAIBackend:
         retries: int = 2,
         chat: bool = True,
         backoff_s: float = BACKOFF_S,
+        parallel: int = DEFAULT_PARALLEL,
     ) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, not {parallel}")
         self._base = base_url.rstrip("/")
         # The tokenize endpoints live at the server's root, not under /v1.
         self._root = self._base.removesuffix("/v1")
@@ -186,12 +253,16 @@ class OpenAIBackend:
         self._backoff_s = backoff_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        # A keep-alive connection for each thread that may call at once (httpx keeps 20).
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=max(20, parallel))
         # No redirects: the API key is for base_url, not wherever a server points.
-        self._new_client: Callable[[], httpx.Client] = lambda: httpx.Client(
-            headers=headers, timeout=timeout, follow_redirects=False
+        self._http = _Clients(
+            lambda: httpx.Client(
+                headers=headers, timeout=timeout, follow_redirects=False, limits=limits
+            )
         )
-        self._http = self._new_client()
         self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
         self._count_remote: Callable[[str], int] | None = None
         self._chat = chat
         self._grammar: GrammarStyle | None = None
@@ -212,6 +283,7 @@ class OpenAIBackend:
             chat=chat,
             path=self._base,
             capabilities=capabilities,
+            concurrency=parallel,
         )
         log.info(
             "model server %s serves %s; capabilities: %s; token counts: %s",
@@ -366,15 +438,18 @@ class OpenAIBackend:
     # -- tokens --------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
-        n = self._counts.get(text)
+        with self._counts_lock:
+            n = self._counts.get(text)
         if n is None:
+            # Outside the lock: two threads may count the same text, never wait on another.
             if self._count_remote is not None:
                 n = self._count_remote(text)
             else:
                 n = max(1, math.ceil(len(text.encode()) / CHARS_PER_TOKEN))
-            if len(self._counts) >= COUNT_CACHE:
-                self._counts.clear()
-            self._counts[text] = n
+            with self._counts_lock:
+                if len(self._counts) >= COUNT_CACHE:
+                    self._counts.clear()
+                self._counts[text] = n
         return n
 
     # -- generation ----------------------------------------------------------------------
@@ -452,6 +527,19 @@ class OpenAIBackend:
         *,
         chat: bool,
     ) -> Generator[Chunk, None, Completion]:
+        with self._http.use() as http:
+            return (yield from self._stream_on(http, path, body, prompt_text, params, cancel, chat))
+
+    def _stream_on(
+        self,
+        http: httpx.Client,
+        path: str,
+        body: dict[str, Any],
+        prompt_text: str,
+        params: GenerationParams,
+        cancel: threading.Event,
+        chat: bool,
+    ) -> Generator[Chunk, None, Completion]:
         started = time.perf_counter()
         what = "chat completion" if chat else "completion"
         if self._count_remote is not None:
@@ -464,16 +552,16 @@ class OpenAIBackend:
                     f"holds {self._context_size} (model.context_size)"
                 )
         try:
-            response = self._open_stream(f"{self._base}{path}", body, what)
+            response = self._open_stream(http, f"{self._base}{path}", body, what)
         except ModelError as e:
             if not (self._usage_in_stream and _refused_field(e, "stream_options")):
                 raise
             # A server that validates strictly and predates usage in streams refused the
             # request as malformed (HTTP 400/422): it did no work. Sent again without it;
-            # usage is then counted.
+            # usage is then counted. (Threads racing here all end with False.)
             self._usage_in_stream = False
             body = {k: v for k, v in body.items() if k != "stream_options"}
-            response = self._open_stream(f"{self._base}{path}", body, what)
+            response = self._open_stream(http, f"{self._base}{path}", body, what)
         ended: list[bool] = []
         text: list[str] = []
         logprobs: list[TokenLogprob] = []
@@ -528,8 +616,7 @@ class OpenAIBackend:
             if finish is None and not ended:
                 # A server that dropped a stream may reset the connection it leaves in the
                 # pool, failing the next request: start afresh.
-                self._http.close()
-                self._http = self._new_client()
+                self._http.renew(http)
         if finish is None and not ended:
             # llama-cpp-python, for one, answers 200 and then drops a stream that failed
             # to start (e.g. a prompt beyond its context) without an error event.
@@ -644,9 +731,10 @@ class OpenAIBackend:
         attempt = 0
         while True:
             try:
-                r = self._read(
-                    self._http.send(self._http.build_request(method, url, json=json), stream=True)
-                )
+                with self._http.use() as http:
+                    r = self._read(
+                        http.send(http.build_request(method, url, json=json), stream=True)
+                    )
             except httpx.TransportError as e:
                 if attempt < self._retries and (idempotent or isinstance(e, NOT_SENT)):
                     attempt = self._wait(attempt, what, _transport_reason(e))
@@ -657,12 +745,14 @@ class OpenAIBackend:
                 continue
             return r
 
-    def _open_stream(self, url: str, body: dict[str, Any], what: str) -> httpx.Response:
+    def _open_stream(
+        self, http: httpx.Client, url: str, body: dict[str, Any], what: str
+    ) -> httpx.Response:
         attempt = 0
         while True:
-            request = self._http.build_request("POST", url, json=body)
+            request = http.build_request("POST", url, json=body)
             try:
-                r = self._http.send(request, stream=True)
+                r = http.send(request, stream=True)
             except httpx.TransportError as e:
                 if attempt < self._retries and isinstance(e, NOT_SENT):
                     attempt = self._wait(attempt, what, _transport_reason(e))

@@ -33,7 +33,8 @@ class ModelSection(BaseModel):
     threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0: llama.cpp picks
     # Requests the model serves at once: sequences in one running batch (llama_cpp), rows
     # of a batched generate (transformers), requests in flight to the server (openai).
-    # 0: the backend's default (llm/backends.py). Each request gets the
+    # 0: the backend's default (llm/backends.py DEFAULT_PARALLEL, 8; openai and
+    # transformers: their modules' DEFAULT_PARALLEL, 8; echo: 1). Each request gets the
     # whole `context_size`; the KV cache holds parallel x context_size tokens.
     parallel: Annotated[int, Field(ge=0, le=64)] = 0
     # Requests that may wait for a slot; beyond it a request is refused at once

@@ -1,12 +1,20 @@
 """Runs one model on its own thread and serves it to asyncio code.
 
 A model context is never shared by two requests: requests queue here and the model's
-thread takes them when a slot is free (one slot today; a batching scheduler runs
-several). The queue is fair between callers: each job names its `lane` (the caller's
-owner: a member organization, an API key, the loopback user; "" for the node's own
-work), and the thread takes from each lane in turn, so a caller's flood of long
-generations delays another caller's job by at most one job per flooding caller, not by
-the whole flood. Within a lane, jobs run in order.
+thread takes them when a slot is free. How many slots a model has depends on its
+backend: a backend that batches (`BatchingBackend`: llama.cpp, llm/batching.py) runs
+`parallel` sequences in one batch the thread advances a token at a time, taking new
+requests between steps; a backend that is safe to call from several threads at once
+(`ModelInfo.concurrency` > 1: the remote openai backend, whose requests are HTTP calls
+to a server that batches them itself; the transformers backend, which batches the
+requests its threads bring) is served by that many threads taking from the same queue;
+any other runs one request at a time.
+
+The queue is fair between callers: each job names its `lane` (the caller's owner: a
+member organization, an API key, the loopback user; "" for the node's own work), and
+the thread takes from each lane in turn, so a caller's flood of long generations delays
+another caller's job by at most one job per flooding caller, not by the whole flood.
+Within a lane, jobs run in order.
 
 Slots are shared under a `SlotPolicy` ([model] caller_slots, peer_slots): one lane holds
 at most `caller_slots` slots at once (0: all slots but one when there are several, so a
@@ -212,7 +220,7 @@ class _FairQueue:
         """Ends `get` (and makes `wait` return) once every queued job has been taken."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._cond.notify_all()  # every serving thread
 
     @property
     def finished(self) -> bool:
@@ -556,10 +564,12 @@ class ModelWorker:
         # What the queue and the scheduler report to: counted for load(), passed on.
         self._counts = _LoadCounts(observer or NullLoadObserver())
         self._jobs = self._queue(1)
-        # The moving average of timed jobs' durations (None until one has run), and when
-        # the running job started (None when idle).
+        # The moving average of timed jobs' durations (None until one has run), and the
+        # jobs running now (at most `slots`), both under `_lock`.
         self._job_s: float | None = None
-        self._running_since: float | None = None
+        self._running = 0
+        self._lock = threading.Lock()
+        self._slots = 1
         self._thread: threading.Thread | None = None
         self._backend: LLMBackend | None = None
         self._info: ModelInfo | None = None
@@ -592,7 +602,7 @@ class ModelWorker:
         return self._info
 
     def backend_for_thread(self) -> LLMBackend:
-        """The backend; only to be called from jobs running on the worker thread."""
+        """The backend; only to be called from jobs running on a worker thread."""
         if self._backend is None:
             raise ModelError("model not loaded")
         return self._backend
@@ -614,11 +624,31 @@ class ModelWorker:
             try:
                 self._backend = self._factory()
                 self._info = self._backend.info
+                batch = getattr(self._backend, "batch", None)
+                if isinstance(batch, Batch):
+                    batch.observer = self._counts
+                    self._batch = batch
+                    self._slots = batch.slots
+                else:
+                    self._slots = max(1, self._info.concurrency)
+                self.set_slots(self._slots)
                 loop.call_soon_threadsafe(resolve, self._info)
             except BaseException as e:
                 loop.call_soon_threadsafe(resolve, e)
                 return
+            # A batch is driven by this thread alone; threads serve a concurrent backend.
+            threads = 1 if self._batch is not None else self._slots
+            others = [
+                threading.Thread(target=self._serve, name=f"model-{self._label}-{i}", daemon=True)
+                for i in range(1, threads)
+            ]
+            for thread in others:
+                thread.start()
             self._serve()
+            for thread in others:
+                thread.join()
+            if self._backend is not None:
+                self._backend.close()
 
         self._jobs = self._queue(1)
         self._thread = threading.Thread(target=run, name=f"model-{self._label}", daemon=True)
@@ -626,28 +656,30 @@ class ModelWorker:
         return await loaded
 
     def _serve(self) -> None:
+        """Runs queued jobs until the queue is stopped and empty (on each serving thread;
+        a batching backend's one thread drives its batch)."""
         backend = self._backend
         if isinstance(backend, BatchingBackend) and isinstance(backend.batch, Batch):
             self._serve_batched(backend)
-        else:
-            while True:
-                entry = self._jobs.get()
-                if entry is None:
-                    break
-                self._run(entry)
-        if self._backend is not None:
-            self._backend.close()
+            return
+        while True:
+            entry = self._jobs.get()
+            if entry is None:
+                break
+            self._run(entry)
 
     def _run(self, entry: _Entry) -> None:
         started = time.monotonic()
-        self._running_since = started
+        with self._lock:
+            self._running += 1
         then = None
         try:
             then = entry.job()
         except Exception:  # jobs report their own errors; this is a last resort
             log.exception("model job failed")
         finally:
-            self._running_since = None
+            with self._lock:
+                self._running -= 1
             self._jobs.release(entry)
         if entry.timed and not (entry.cancel is not None and entry.cancel.is_set()):
             self._timed(time.monotonic() - started)
@@ -655,8 +687,9 @@ class ModelWorker:
             then()
 
     def _timed(self, took: float) -> None:
-        last = self._job_s
-        self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
+        with self._lock:
+            last = self._job_s
+            self._job_s = took if last is None else last + _EWMA_WEIGHT * (took - last)
 
     def _ended(self, entry: _Entry) -> None:
         self._jobs.release(entry)
@@ -665,9 +698,6 @@ class ModelWorker:
         """Generations join the batch while the queue's policy gives them a slot and leave
         it as they end; other jobs (scoring, token counts) run between two steps."""
         batch = backend.batch
-        batch.observer = self._counts
-        self._jobs.set_policy(SlotPolicy.of(batch.slots, self._caller_slots, self._peer_slots))
-        self._batch = batch
         while True:
             if not batch.active and not self._jobs.wait():
                 break  # stopped, nothing left
@@ -765,8 +795,20 @@ class ModelWorker:
 
     @property
     def queued(self) -> int:
-        """Jobs waiting for the model (not counting the ones it runs)."""
+        """Jobs waiting for the model (not counting those it runs)."""
         return len(self._jobs)
+
+    @property
+    def slots(self) -> int:
+        """Jobs the model runs at once (its batch's slots, or the backend's
+        `concurrency`; 1 until loaded)."""
+        return self._slots
+
+    @property
+    def running(self) -> int:
+        """Jobs the model runs now."""
+        batch = self._batch
+        return batch.active if batch is not None else self._running
 
     def load(self) -> ModelLoad:
         """The queue and slots now, and the counters since the worker was made."""
@@ -786,20 +828,17 @@ class ModelWorker:
         )
 
     def jobs_ahead(self, lane: Lane | str = "") -> int:
-        """The jobs that would start before a job of `lane` submitted now, and those
-        running when no slot is free."""
-        batch = self._batch
-        if batch is not None:
-            return self._jobs.ahead(lane) + (batch.active if not batch.free else 0)
-        return self._jobs.ahead(lane) + (self._running_since is not None)
+        """The jobs that would run before a job of `lane` submitted now, the running ones
+        included; with several slots, in rounds of `slots` jobs (what a job waits for is
+        one slot freeing, so the wait is about jobs_ahead x job_s either way)."""
+        ahead = self._jobs.ahead(lane) + self.running
+        return -(-max(0, ahead - self._slots + 1) // self._slots)
 
     @property
     def job_s(self) -> float | None:
-        """How often a job ends when the model is busy: the recent average duration of a
-        generation or scoring, over the slots that run at once (None before the first)."""
-        if self._job_s is None:
-            return None
-        return self._job_s / self._jobs.policy.slots
+        """The recent average duration of a generation or scoring (None before the
+        first)."""
+        return self._job_s
 
     def generate(
         self,

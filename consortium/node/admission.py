@@ -68,6 +68,9 @@ class ModelLoad(Protocol):
     @property
     def job_s(self) -> float | None: ...
 
+    @property
+    def slots(self) -> int: ...
+
     def jobs_ahead(self, lane: str = "") -> int: ...
 
     def refuse_if_full(self, admitted: int = 0) -> None:
@@ -156,7 +159,11 @@ class Admission:
         work: canaries, routers' drafts), whichever is more."""
         mine = self._lanes[lane]
         admitted = mine + sum(min(n, mine + 1) for name, n in self._lanes.items() if name != lane)
-        return max(admitted, self._model.jobs_ahead(lane))
+        # A model of several slots runs that many at once: the wait is in rounds of them,
+        # as the worker counts its own jobs ahead.
+        slots = self._model.slots
+        rounds = -(-max(0, admitted - slots + 1) // slots)
+        return max(rounds, self._model.jobs_ahead(lane))
 
     def _log(self, refusal: NodeOverloaded) -> None:
         with self._lock:

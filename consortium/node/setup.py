@@ -45,7 +45,7 @@ stream_interval_s = 0.05        # coalesce streamed tokens (0: one update per to
 backend = "llama_cpp"           # llama_cpp | transformers | echo | openai (base_url)
 {model_line}
 context_size = 2048
-threads = 0                     # 0: let llama.cpp choose
+threads = {threads:<22}# 0: let llama.cpp choose
 prompt_format = "auto"          # auto | chat | completion
 max_tokens = 128
 temperature = 0.0
@@ -96,7 +96,9 @@ def init_node(
     tls: bool = False,
     tls_ca_dir: Path | None = None,
     mtls: bool = False,
+    threads: int = 0,
 ) -> InitResult:
+    """`threads`: the model's `[model] threads` (0: the backend chooses)."""
     directory = directory.expanduser()
     config_path = directory / "node.toml"
     if config_path.exists():
@@ -139,6 +141,7 @@ def init_node(
             grpc_port=grpc_port,
             http_port=http_port,
             model_line=model_line,
+            threads=threads,
             anonymous_loopback=str(is_loopback(host) or host == "localhost").lower(),
         )
         + tls_section

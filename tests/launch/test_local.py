@@ -23,8 +23,10 @@ from consortium.launch.local import (
     LocalFederation,
     Organization,
     RunningNode,
+    available_cores,
     node_command,
     start_node,
+    threads_per_node,
 )
 from consortium.launch.supervisor import Supervisor
 
@@ -174,3 +176,42 @@ def test_a_restarted_federation_has_its_new_endpoints_in_the_roster(tmp_path: Pa
                 "each node's checkpoints are cosigned by the other",
                 lambda: all(health(n)["audit"]["collected"] >= 1 for n in nodes),  # noqa: B023
             )
+
+
+@pytest.mark.parametrize(
+    ("nodes", "cores", "threads"),
+    [(1, 2, 2), (3, 2, 1), (2, 2, 1), (3, 8, 2), (4, 8, 2), (2, 7, 3), (5, 1, 1)],
+)
+def test_nodes_share_the_cores(nodes: int, cores: int, threads: int) -> None:
+    assert threads_per_node(nodes, cores) == threads
+
+
+def test_a_federation_of_no_nodes_is_refused() -> None:
+    with pytest.raises(ValueError, match="nodes must be at least 1"):
+        threads_per_node(0, 2)
+
+
+def test_the_cores_are_those_this_process_may_run_on() -> None:
+    import os
+
+    assert available_cores() == len(os.sched_getaffinity(0)) >= 1
+
+
+def test_the_demos_node_tomls_share_the_cores(tmp_path: Path) -> None:
+    """Each of the demo's three node.toml files gets its share of the cores as
+    `[model] threads`; an organization's own setting wins; an existing node.toml is
+    left as it is."""
+    from consortium.launch.demo import demo_federation
+    from consortium.node.config import load_config
+
+    fed, orgs = demo_federation(tmp_path)
+    with fed:
+        assert len(orgs) == 3
+        share = threads_per_node(3, available_cores())
+        for org in orgs:
+            assert load_config(fed.prepare(org)).model.threads == share
+        own = Organization("hooli", "Hooli", "smollm2-135m", threads=5)
+        config = fed.prepare(own)
+        assert load_config(config).model.threads == 5
+        config.write_text(config.read_text().replace("threads = 5", "threads = 7"))
+        assert load_config(fed.prepare(own)).model.threads == 7

@@ -18,7 +18,7 @@ from consortium.llm.base import (
     ResponseFormat,
 )
 from consortium.llm.echo import EchoBackend
-from consortium.llm.worker import GenerationRequest, ModelWorker
+from consortium.llm.worker import GenerationRequest, GenerationStream, ModelWorker
 from tests.helpers import wait_until
 
 
@@ -163,8 +163,11 @@ async def test_the_worker_learns_how_long_a_job_takes() -> None:
         await worker.generate(
             GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b"),))
         ).collect()
+        # The job's time is recorded just after its result reached the caller.
+        await wait_until(lambda: worker.job_s is not None)
         assert worker.job_s is not None and worker.job_s > 0
         await worker.count_tokens("untimed")  # too short to say anything about the queue
+        await wait_until(lambda: worker.running == 0)
         assert worker.queued == 0 and worker.jobs_ahead() == 0
     finally:
         await worker.stop()
@@ -179,6 +182,7 @@ async def test_a_generation_stopped_early_says_nothing_of_a_jobs_length() -> Non
         await worker.generate(
             GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b"),))
         ).collect()
+        await wait_until(lambda: worker.job_s is not None)
         learned = worker.job_s
         cancel = threading.Event()
         cancel.set()
@@ -191,3 +195,97 @@ async def test_a_generation_stopped_early_says_nothing_of_a_jobs_length() -> Non
         assert worker.job_s == learned
     finally:
         await worker.stop()
+
+
+class ParallelEcho(EchoBackend):
+    """Echo model declaring `parallel` slots; records the most requests inside it at
+    once, the threads that called it and how often it was closed."""
+
+    def __init__(self, parallel: int) -> None:
+        super().__init__(token_delay_s=0.01, parallel=parallel)
+        self._lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.threads: set[int] = set()
+        self.closed = 0
+
+    def stream_chat(
+        self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
+    ) -> Generator[Chunk, None, Completion]:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.threads.add(threading.get_ident())
+        try:
+            return (yield from super().stream_chat(messages, params, cancel))
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _long(i: int) -> GenerationRequest:
+    words = " ".join(f"w{i}.{n}" for n in range(500))
+    return GenerationRequest(
+        GenerationParams(max_tokens=1000), messages=(ChatMessage("user", words),)
+    )
+
+
+async def _close(firsts: list[asyncio.Future[Chunk]], streams: list[GenerationStream]) -> None:
+    for f in firsts:
+        f.cancel()
+    await asyncio.gather(*firsts, return_exceptions=True)
+    for s in streams:
+        await s.aclose()
+
+
+async def test_a_concurrent_backend_serves_its_slots_at_once_and_queues_the_rest() -> None:
+    backend = ParallelEcho(parallel=4)
+    worker = ModelWorker(lambda: backend)
+    await worker.start()
+    streams = [worker.generate(_long(i)) for i in range(5)]
+    firsts: list[asyncio.Future[Chunk]] = []
+    try:
+        assert worker.slots == 4
+        firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
+        # Four run at once, each on its own thread; the fifth waits for a slot.
+        await wait_until(lambda: worker.running == 4 and worker.queued == 1)
+        assert backend.active == 4 and len(backend.threads) == 4
+        # A new job waits for two slots to free: one round of jobs.
+        assert worker.jobs_ahead() == 1
+        await asyncio.gather(*firsts[:4])
+        assert not firsts[4].done()
+        await streams[0].aclose()  # a cancelled request frees its slot for the fifth
+        assert (await firsts[4]).text == "w4.0"
+    finally:
+        await _close(firsts, streams)
+        await worker.stop()
+    assert backend.max_active == 4
+    # Every serving thread has ended, and the backend was closed once, after them all.
+    assert backend.closed == 1 and worker.running == 0
+
+
+async def test_a_backend_of_one_slot_is_still_served_one_request_at_a_time() -> None:
+    backend = ParallelEcho(parallel=1)
+    worker = ModelWorker(lambda: backend)
+    await worker.start()
+    streams = [worker.generate(_long(i)) for i in range(3)]
+    firsts: list[asyncio.Future[Chunk]] = []
+    try:
+        firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
+        await wait_until(lambda: worker.running == 1 and worker.queued == 2)
+        assert worker.slots == 1 and worker.jobs_ahead() == 3
+        await streams[0].aclose()
+        await firsts[1]
+        assert worker.running == 1 and worker.queued == 1 and not firsts[2].done()
+    finally:
+        await _close(firsts, streams)
+        await worker.stop()
+    assert backend.max_active == 1 and len(backend.threads) == 1
+
+
+def test_a_backend_needs_at_least_one_slot() -> None:
+    with pytest.raises(ValueError, match="parallel must be at least 1"):
+        EchoBackend(parallel=0)

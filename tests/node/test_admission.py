@@ -19,6 +19,7 @@ class Pace:
     """A model that takes `job_s` a job and has no work of its own queued."""
 
     job_s: float | None = 2.0
+    slots: int = 1
 
     def jobs_ahead(self, lane: str = "") -> int:
         return 0
@@ -98,3 +99,15 @@ def test_a_full_model_queue_is_refused_before_any_work() -> None:
     admission.admit("c", local_model=True)
     assert admission.counts()["refused"] == {"queue_full": 1}
     assert worker.load().refused == 1
+
+
+def test_a_model_of_several_slots_waits_in_rounds_of_them() -> None:
+    """Eight generations in flight on a model of 8 slots (a remote server with
+    `model.parallel = 8`): the ninth waits for one round, not for eight jobs."""
+    admission = Admission(Pace(2.0, slots=8), max_pending=0, max_wait_s=0)
+    for _ in range(7):
+        admission.admit("local", local_model=True, deadline_s=2.5)  # a free slot each
+    admission.admit("local", local_model=True, deadline_s=2.5)
+    admission.admit("local", local_model=True, deadline_s=4.5)  # one round, then its own
+    with pytest.raises(NodeOverloaded, match=r"estimated wait 4\.0 s"):
+        admission.admit("local", local_model=True, deadline_s=2.5)

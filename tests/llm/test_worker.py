@@ -245,7 +245,7 @@ async def test_a_concurrent_backend_serves_its_slots_at_once_and_queues_the_rest
     backend = ParallelEcho(parallel=4)
     worker = ModelWorker(lambda: backend)
     await worker.start()
-    streams = [worker.generate(_long(i)) for i in range(5)]
+    streams = [worker.generate(_long(i), lane=f"user{i}") for i in range(5)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         assert worker.slots == 4

@@ -19,9 +19,17 @@ from tests.helpers import wait_until
 
 
 async def _nodes(start_node: NodeStarter, tmp_path: Path, parallel: int) -> tuple[Node, Node]:
-    """The serving node (echo, 8 slots) and a node using its /v1 with `parallel`."""
+    """The serving node (echo, 8 slots) and a node using its /v1 with `parallel`. The
+    client node is the server's one caller (one API key): the server lets it hold every
+    slot (`caller_slots = 8`; by default one caller holds all but one)."""
     server = await start_node(
-        model={"backend": "echo", "name": "echo", "echo_token_delay_s": 0.05, "parallel": 8},
+        model={
+            "backend": "echo",
+            "name": "echo",
+            "echo_token_delay_s": 0.05,
+            "parallel": 8,
+            "caller_slots": 8,
+        },
         auth={"anonymous_loopback": False},
     )
     keys = ApiKeys(server.config.api_keys_path)
@@ -65,7 +73,7 @@ async def test_requests_are_in_flight_at_the_server_together(
     start_node: NodeStarter, tmp_path: Path
 ) -> None:
     server, client = await _nodes(start_node, tmp_path, parallel=8)
-    streams = [client.worker.generate(_long(i)) for i in range(8)]
+    streams = [client.worker.generate(_long(i), lane=f"user{i}") for i in range(8)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
@@ -88,7 +96,7 @@ async def test_a_cancelled_request_frees_its_slot_for_a_waiting_one(
     start_node: NodeStarter, tmp_path: Path
 ) -> None:
     server, client = await _nodes(start_node, tmp_path, parallel=2)
-    streams = [client.worker.generate(_long(i)) for i in range(3)]
+    streams = [client.worker.generate(_long(i), lane=f"user{i}") for i in range(3)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
@@ -110,7 +118,7 @@ async def test_parallel_one_sends_one_request_at_a_time(
     start_node: NodeStarter, tmp_path: Path
 ) -> None:
     server, client = await _nodes(start_node, tmp_path, parallel=1)
-    streams = [client.worker.generate(_long(i)) for i in range(3)]
+    streams = [client.worker.generate(_long(i), lane=f"user{i}") for i in range(3)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]

@@ -339,7 +339,9 @@ def llama_build(explicit: str | None) -> Path:
     """The directory holding llama-server and llama-batched-bench (built once, cached)."""
     if explicit:
         return Path(explicit)
-    r = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), sys.executable], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         raise RuntimeError(f"{BUILD_SCRIPT} failed: {r.stderr[-2000:]}")
     return Path(r.stdout.strip().splitlines()[-1])

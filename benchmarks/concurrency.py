@@ -523,7 +523,8 @@ def table(
                 summary, outcomes = measure(target, n, args)
             prompt_tokens += [o.prompt_tokens for o in outcomes if o.prompt_tokens]
             result[ARMS[arm]][str(n)] = summary
-            print(f"{ARMS[arm]} clients={n}: {summary['tokens_per_s']} tokens/s", file=sys.stderr)
+            # Progress, and the figures so far should a long run be cut short.
+            print(json.dumps({ARMS[arm]: {str(n): summary}}), file=sys.stderr, flush=True)
     if "ceiling" in arms:
         assert binaries is not None
         pp = int(statistics.median(prompt_tokens)) if prompt_tokens else args.ceiling_prompt_tokens

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from consortium.launch.supervisor import NotReady, Supervisor
+from consortium.launch.supervisor import Child, NotReady, Supervisor
 
 START_TIMEOUT_S = 180.0
 
@@ -72,17 +72,28 @@ def llama_server(
     # Always explicit: the server's own default is True, whatever this function's is.
     cmd += ["--logits_all", str(logits_all)]
     cmd += list(extra_args)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    with serving("llama_cpp.server", cmd, base_url, api_key):
+        yield base_url
+
+
+@contextlib.contextmanager
+def serving(
+    name: str, cmd: list[str], base_url: str, api_key: str | None = None
+) -> Iterator[Child]:
+    """Runs `cmd`, an OpenAI-compatible server at `base_url` (`.../v1`), in its own
+    session until the block ends; ready once GET /models answers 200. Yields the child
+    (its process id is the server's)."""
     with (
         tempfile.TemporaryDirectory(prefix="llama-server-") as logs,
         Supervisor(Path(logs), {**os.environ, "PYTHONUNBUFFERED": "1"}, new_session=True) as sup,
     ):
-        base_url = f"http://127.0.0.1:{port}/v1"
         try:
-            sup.start("llama_server", cmd, ready=_ready(base_url, api_key), timeout=START_TIMEOUT_S)
+            child = sup.start(name, cmd, ready=_ready(base_url, api_key), timeout=START_TIMEOUT_S)
         except NotReady as e:
             tail = e.child.log()[-2000:]
-            raise RuntimeError(f"llama_cpp.server did not start ({e}): {tail}") from None
-        yield base_url
+            raise RuntimeError(f"{name} did not start ({e}): {tail}") from None
+        yield child
 
 
 def _ready(base_url: str, api_key: str | None) -> Callable[[], bool]:

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from tests.helpers import benchmark_module
 
@@ -95,6 +95,25 @@ def test_openai_api_benchmark_runs() -> None:
         assert "ttft_overhead_d_minus_c_p50_ms" in d
     for ratio in ratios:
         assert float(d[ratio]) > 0  # type: ignore[arg-type]
+
+
+def test_concurrency_benchmark_runs_on_nodes() -> None:
+    """The node arms of benchmarks/concurrency.py (its llama-server arm and ceiling need
+    a ~15-minute build; its pure parts are tested in tests/benchmarks)."""
+    d = run(
+        "concurrency.py",
+        *("--arms", "a,c", "--clients", "2", "--requests", "1", "--max-tokens", "4"),
+    )
+    assert d["arms"] == ["a", "c"] and d["clients"] == [2]
+    assert "b_llama_server_parallel_n" not in d and "ceiling_llama_batched_bench" not in d
+    for arm, parallel in (("a_node_parallel_n", 2), ("c_node_parallel_1", 1)):
+        s = cast(dict[str, Any], d[arm])["2"]
+        assert s["server"]["parallel"] == parallel
+        assert s["requests"] == 2 and s["ok"] + sum(s["errors"].values()) == 2
+        assert s["peak_rss_mb"] > 50
+        if s["ok"]:
+            assert 0 < s["completion_tokens"] <= 4 * s["ok"] and s["tokens_per_s"] > 0
+    assert "2" in cast(dict[str, float], d["ratio_tokens_per_s_a_over_c"])
 
 
 def test_grammar_benchmark_runs() -> None:

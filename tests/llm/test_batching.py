@@ -74,7 +74,7 @@ async def test_temperature_zero_inside_a_batch_matches_alone(worker: ModelWorker
     # position, a cache shared by mistake) would part the texts at a clear winner, or
     # for a token the model ranked low: every difference must start where the batch
     # took a token the alone run ranked within NEAR_TIE of its winner.
-    params = {"max_tokens": 24, "logprobs": True, "top_logprobs": 5}
+    params = {"max_tokens": 16, "logprobs": True, "top_logprobs": 5}
     alone = [await run(worker, chat(q, **params)) for q in QUESTIONS]
     mixed = [chat(q, **params) for q in QUESTIONS] + [
         # two more with other options, so the batch is mixed
@@ -164,7 +164,7 @@ async def test_a_cancelled_sequence_frees_its_slot_and_the_others_finish(
     worker: ModelWorker,
 ) -> None:
     long = [
-        chat(f"Write a very long story about a ship named {i}.", max_tokens=48)
+        chat(f"Write a very long story about a ship named {i}.", max_tokens=32)
         for i in range(SLOTS)
     ]
     # One caller may hold all slots but one (the queue's slot policy): eight callers.
@@ -185,10 +185,10 @@ async def test_a_cancelled_sequence_frees_its_slot_and_the_others_finish(
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_slow_reader_does_not_stall_the_batch(worker: ModelWorker) -> None:
-    slow = worker.generate(chat("Write a story about a fox.", max_tokens=40))
+    slow = worker.generate(chat("Write a story about a fox.", max_tokens=24))
     it = slow.__aiter__()
     await it.__anext__()  # started, then not read
-    fast = await run(worker, chat("Write a story about a hen.", max_tokens=40))
+    fast = await run(worker, chat("Write a story about a hen.", max_tokens=24))
     assert fast.usage.output_tokens > 0
     finished = await slow.collect()
     assert finished.usage.output_tokens > 0

@@ -25,7 +25,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def remote(gemma_path: Path) -> Iterator[OpenAIBackend]:
     with benchmark_module("llama_server").llama_server(
-        gemma_path, n_ctx=128, logits_all=True, model_alias=NAME
+        gemma_path,
+        n_ctx=128,
+        logits_all=True,
+        model_alias=NAME,
+        # As the local backend runs (llama.cpp's default; Llama() turns it off).
+        extra_args=("--flash_attn", "True"),
     ) as base_url:
         backend = OpenAIBackend(base_url, name=NAME, context_size=128, chat=False)
         yield backend

@@ -228,6 +228,7 @@ def main() -> None:
                 n_ctx=CONTEXT,
                 n_threads=THREADS,
                 n_threads_batch=THREADS,
+                flash_attn=True,  # as the node's backend runs (llama.cpp's default)
                 verbose=False,
             )
             runs["a"] = direct_arm(llm, count, args.max_tokens)
@@ -244,7 +245,13 @@ def main() -> None:
             runs["b"] = node_arm(stack, config, args.model, args.max_tokens, count)
         if "c" in arms or "d" in arms:
             server_url = stack.enter_context(
-                llama_server(path, n_ctx=CONTEXT, n_threads=THREADS, model_alias=args.model)
+                llama_server(
+                    path,
+                    n_ctx=CONTEXT,
+                    n_threads=THREADS,
+                    model_alias=args.model,
+                    extra_args=("--flash_attn", "True"),
+                )
             )
             server = stack.enter_context(OpenAI(base_url=server_url, api_key="unused"))
             served = server.models.list().data[0].id

@@ -1,17 +1,17 @@
 """LLM backend on llama.cpp (llama-cpp-python) for GGUF files: the node's default.
 
 The backend drives llama.cpp's C API through llama-cpp-python's low-level bindings: one
-model, one context whose KV cache holds `parallel` sequences of context_size cells each
-(plus SCORE_SEQUENCES for scoring), and a `Batch` (llm/batching.py)
-that advances every running generation in one `llama_decode` per token. The model's
+model, one context whose KV cache holds `parallel` sequences of context_size cells each,
+and a `Batch` (llm/batching.py) that advances every running generation in one
+`llama_decode` per token. The model's
 worker (llm/worker.py) feeds the batch from its queue; a direct caller of
 `stream_chat`/`stream_complete` runs one generation through the same batch alone.
 
 It reads only the logits of the rows it samples from, so it reports per-token
 log-probabilities without `logits_all` (which would hold n_ctx x n_vocab floats: 2 GiB
 for Gemma-3's 262k vocabulary), stops between any two tokens when a task is cancelled,
-and scores a question's multiple-choice options together in one decode, each option a
-sequence sharing the question's cached prefix.
+and scores a question's multiple-choice options over its stem read once (and kept in the
+cache for the next question that shares it).
 
 `response_format` (JSON output) runs llama.cpp's grammar sampler per sequence
 (llm/grammar.py): the backend's `grammar` capability.
@@ -78,11 +78,6 @@ def check_gguf_file(path: Path) -> None:
         raise ModelError(f"model file is not a GGUF file (bad magic {magic!r}): {path}")
 
 
-# Sequences beyond the slots', for scoring a question's options together (each option a
-# sequence over a copy of the question's cache); more options take further decodes.
-SCORE_SEQUENCES = 4
-
-
 class LlamaCppBackend:
     """A GGUF model in llama.cpp. Not thread-safe: one thread drives it (ModelWorker)."""
 
@@ -110,10 +105,10 @@ class LlamaCppBackend:
             model_params.use_extra_bufts = False
         cores = len(os.sched_getaffinity(0))
         ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = (parallel + SCORE_SEQUENCES) * context_size
+        ctx_params.n_ctx = parallel * context_size
         ctx_params.n_batch = batch_size
         ctx_params.n_ubatch = batch_size
-        ctx_params.n_seq_max = parallel + SCORE_SEQUENCES
+        ctx_params.n_seq_max = parallel
         ctx_params.n_threads = threads or max(cores // 2, 1)
         ctx_params.n_threads_batch = threads or cores
         # One KV stream per sequence (not one cache shared by all): a sequence's cells
@@ -300,8 +295,14 @@ class LlamaCppBackend:
 
     def score(self, prompt: str, continuations: Sequence[str]) -> list[float]:
         """Log-likelihood of each continuation after `prompt`: the prompt's stem (what all
-        options share) in a free slot, reused from the cache where it can be, then every
-        option in one decode as its own sequence over that stem."""
+        options share) in a free slot, reused from the cache where it can be, then each
+        option over that stem, cut back to the stem after it.
+
+        Not every option in one decode as a sequence of its own: with a KV stream per
+        sequence, putting the stem under another sequence copies that sequence's whole
+        stream (llama.cpp copies across streams only whole), and the canary calibration
+        (tests/evaluation/test_canaries.py) took 350 s that way against 58 s reading the
+        options one after another."""
         prefix = self._tokenize(prompt)
         wholes = [self._tokenize(prompt + c) for c in continuations]
         for whole in wholes:
@@ -322,8 +323,8 @@ class LlamaCppBackend:
         try:
             self._prefill(slot.seq_id, stem, len(slot.cached))
             slot.cached = list(stem)
-            for group in self._score_groups(todo, wholes, stem_len):
-                self._score_group(group, wholes, commons, stem_len, slot.seq_id, results)
+            for i in todo:
+                results[i] = self._score_option(slot.seq_id, wholes[i], commons[i], stem_len)
         finally:
             self.batch.release(slot)
         return results
@@ -336,80 +337,30 @@ class LlamaCppBackend:
                 part, range(i, i + len(part)), [seq_id] * len(part), [False] * len(part)
             )
 
-    def _score_groups(
-        self, todo: list[int], wholes: list[list[int]], stem_len: int
-    ) -> list[list[int]]:
-        groups: list[list[int]] = [[]]
-        cells = 0
-        for i in todo:
-            need = len(wholes[i]) - 1 - stem_len
-            group = groups[-1]
-            if group and (len(group) >= SCORE_SEQUENCES or cells + need > self.batch.batch_tokens):
-                groups.append([])
-                cells = 0
-            groups[-1].append(i)
-            cells += need
-        return groups
-
-    def _score_group(
-        self,
-        group: list[int],
-        wholes: list[list[int]],
-        commons: list[int],
-        stem_len: int,
-        stem_seq: int,
-        results: list[float],
-    ) -> None:
-        ctx = self._context
-        tokens: list[int] = []
-        positions: list[int] = []
-        seq_ids: list[int] = []
-        wants: list[bool] = []
-        spans: list[tuple[int, int]] = []  # per option: first logits row, row count
-        row = 0
-        for k, i in enumerate(group):
-            seq_id = self.batch.slots + k
-            ctx.remove(seq_id, 0)
-            if stem_len:
-                ctx.copy(stem_seq, seq_id, stem_len)
-            part = wholes[i][stem_len:-1]  # row of token p predicts token p + 1
-            first = commons[i] - 1 - stem_len  # the row predicting the option's first token
-            tokens.extend(part)
-            positions.extend(range(stem_len, stem_len + len(part)))
-            seq_ids.extend([seq_id] * len(part))
-            wants.extend(j >= first for j in range(len(part)))
-            spans.append((row, len(part) - first))
-            row += len(part) - first
+    def _score_option(self, seq_id: int, whole: list[int], common: int, stem_len: int) -> float:
+        """The option's tokens after the stem, their logits rows from the one predicting
+        its first token on; the sequence is cut back to the stem afterwards."""
+        part = whole[stem_len:-1]  # the row of token p predicts token p + 1
+        first = common - 1 - stem_len
+        targets = whole[common:]
+        rows: list[Logits] = []
         try:
-            if len(tokens) > self.batch.batch_tokens:
-                # One option longer than a batch: its rows in several decodes.
-                logits = self._decode_in_parts(tokens, positions, seq_ids, wants)
-            else:
-                logits = log_softmax(np.array(ctx.decode(tokens, positions, seq_ids, wants)))
-            for k, i in enumerate(group):
-                start, count = spans[k]
-                targets = wholes[i][commons[i] :]
-                assert len(targets) == count
-                rows = logits[start : start + count]
-                results[i] = float(rows[np.arange(count), targets].sum())
+            step = self.batch.batch_tokens
+            for i in range(0, len(part), step):
+                chunk = part[i : i + step]
+                wants = [i + j >= first for j in range(len(chunk))]
+                out = self._context.decode(
+                    chunk,
+                    range(stem_len + i, stem_len + i + len(chunk)),
+                    [seq_id] * len(chunk),
+                    wants,
+                )
+                rows.append(np.array(out))
         finally:
-            for k in range(len(group)):
-                ctx.remove(self.batch.slots + k, 0)
-
-    def _decode_in_parts(
-        self, tokens: list[int], positions: list[int], seq_ids: list[int], wants: list[bool]
-    ) -> Logits:
-        out: list[Logits] = []
-        step = self.batch.batch_tokens
-        for i in range(0, len(tokens), step):
-            rows = self._context.decode(
-                tokens[i : i + step],
-                positions[i : i + step],
-                seq_ids[i : i + step],
-                wants[i : i + step],
-            )
-            out.append(np.array(rows))
-        return log_softmax(np.concatenate(out, axis=0))
+            self._context.remove(seq_id, stem_len)
+        lps = log_softmax(np.concatenate(rows, axis=0))
+        assert len(lps) == len(targets)
+        return float(lps[np.arange(len(targets)), targets].sum())
 
 
 def _init_llama_backend() -> None:

@@ -226,7 +226,9 @@ async def test_a_shared_system_prompt_is_computed_once(worker: ModelWorker) -> N
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_options_scored_over_a_shared_stem_match_options_scored_alone(worker: ModelWorker) -> None:
+async def test_options_scored_over_a_shared_stem_match_options_scored_alone(
+    worker: ModelWorker,
+) -> None:
     prompt = "Question: What is the capital of France?\nAnswer:"
     options = [" Paris", " Berlin", " a banana that grows on a tree", " Rome"]
     together = await worker.score(prompt, options)

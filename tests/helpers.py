@@ -10,7 +10,8 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from types import ModuleType
 
-from consortium.llm.base import Chunk, Completion
+from consortium.llm.base import ChatMessage, Chunk, Completion, GenerationParams
+from consortium.llm.worker import GenerationRequest, GenerationStream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +42,23 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("the condition did not hold in time")
         await asyncio.sleep(0.01)
+
+
+def long_request(i: int, words: int = 500) -> GenerationRequest:
+    """A chat request that streams `words` distinct words (w{i}.0, w{i}.1, ...) from the
+    echo backend: long enough to hold a slot while a test looks."""
+    text = " ".join(f"w{i}.{n}" for n in range(words))
+    return GenerationRequest(
+        GenerationParams(max_tokens=1000), messages=(ChatMessage("user", text),)
+    )
+
+
+async def close_streams(
+    firsts: list[asyncio.Future[Chunk]], streams: list[GenerationStream]
+) -> None:
+    """Cancels pending first reads, then closes the streams (their slots free)."""
+    for f in firsts:
+        f.cancel()
+    await asyncio.gather(*firsts, return_exceptions=True)
+    for s in streams:
+        await s.aclose()

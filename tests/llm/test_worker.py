@@ -18,8 +18,8 @@ from consortium.llm.base import (
     ResponseFormat,
 )
 from consortium.llm.echo import EchoBackend
-from consortium.llm.worker import GenerationRequest, GenerationStream, ModelWorker
-from tests.helpers import wait_until
+from consortium.llm.worker import GenerationRequest, ModelWorker
+from tests.helpers import close_streams, long_request, wait_until
 
 
 class CountingEcho(EchoBackend):
@@ -226,26 +226,11 @@ class ParallelEcho(EchoBackend):
         self.closed += 1
 
 
-def _long(i: int) -> GenerationRequest:
-    words = " ".join(f"w{i}.{n}" for n in range(500))
-    return GenerationRequest(
-        GenerationParams(max_tokens=1000), messages=(ChatMessage("user", words),)
-    )
-
-
-async def _close(firsts: list[asyncio.Future[Chunk]], streams: list[GenerationStream]) -> None:
-    for f in firsts:
-        f.cancel()
-    await asyncio.gather(*firsts, return_exceptions=True)
-    for s in streams:
-        await s.aclose()
-
-
 async def test_a_concurrent_backend_serves_its_slots_at_once_and_queues_the_rest() -> None:
     backend = ParallelEcho(parallel=4)
     worker = ModelWorker(lambda: backend)
     await worker.start()
-    streams = [worker.generate(_long(i), lane=f"user{i}") for i in range(5)]
+    streams = [worker.generate(long_request(i), lane=f"user{i}") for i in range(5)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         assert worker.slots == 4
@@ -260,7 +245,7 @@ async def test_a_concurrent_backend_serves_its_slots_at_once_and_queues_the_rest
         await streams[0].aclose()  # a cancelled request frees its slot for the fifth
         assert (await firsts[4]).text == "w4.0"
     finally:
-        await _close(firsts, streams)
+        await close_streams(firsts, streams)
         await worker.stop()
     assert backend.max_active == 4
     # Every serving thread has ended, and the backend was closed once, after them all.
@@ -271,7 +256,7 @@ async def test_a_backend_of_one_slot_is_still_served_one_request_at_a_time() -> 
     backend = ParallelEcho(parallel=1)
     worker = ModelWorker(lambda: backend)
     await worker.start()
-    streams = [worker.generate(_long(i)) for i in range(3)]
+    streams = [worker.generate(long_request(i)) for i in range(3)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
@@ -281,7 +266,7 @@ async def test_a_backend_of_one_slot_is_still_served_one_request_at_a_time() -> 
         await firsts[1]
         assert worker.running == 1 and worker.queued == 1 and not firsts[2].done()
     finally:
-        await _close(firsts, streams)
+        await close_streams(firsts, streams)
         await worker.stop()
     assert backend.max_active == 1 and len(backend.threads) == 1
 

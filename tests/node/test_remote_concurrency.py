@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from consortium.llm.base import ChatMessage, Chunk, GenerationParams
-from consortium.llm.worker import GenerationRequest, GenerationStream
+from consortium.llm.worker import GenerationRequest
 from consortium.node.app import Node
 from consortium.trust.api_keys import ApiKeys
 from tests.conftest import NodeStarter
-from tests.helpers import wait_until
+from tests.helpers import close_streams, long_request, wait_until
 
 
 async def _nodes(start_node: NodeStarter, tmp_path: Path, parallel: int) -> tuple[Node, Node]:
@@ -54,26 +54,11 @@ async def _nodes(start_node: NodeStarter, tmp_path: Path, parallel: int) -> tupl
     return server, client
 
 
-def _long(i: int) -> GenerationRequest:
-    words = " ".join(f"w{i}.{n}" for n in range(400))
-    return GenerationRequest(
-        GenerationParams(max_tokens=1000), messages=(ChatMessage("user", words),)
-    )
-
-
-async def _close(firsts: list[asyncio.Future[Chunk]], streams: list[GenerationStream]) -> None:
-    for f in firsts:
-        f.cancel()
-    await asyncio.gather(*firsts, return_exceptions=True)
-    for s in streams:
-        await s.aclose()
-
-
 async def test_requests_are_in_flight_at_the_server_together(
     start_node: NodeStarter, tmp_path: Path
 ) -> None:
     server, client = await _nodes(start_node, tmp_path, parallel=8)
-    streams = [client.worker.generate(_long(i), lane=f"user{i}") for i in range(8)]
+    streams = [client.worker.generate(long_request(i, 400), lane=f"user{i}") for i in range(8)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
@@ -83,20 +68,20 @@ async def test_requests_are_in_flight_at_the_server_together(
         assert [c.text for c in chunks] == [f"w{i}.0" for i in range(8)]
         assert all(s.completion is None for s in streams)
         # Closing the client's streams closes its requests: the server's slots free.
-        await _close([], streams)
+        await close_streams([], streams)
         await wait_until(lambda: client.worker.running == 0 and server.worker.running == 0)
         # And the node still answers.
         short = GenerationRequest(GenerationParams(), messages=(ChatMessage("user", "a b c"),))
         assert (await client.worker.generate(short).collect()).text == "a b c"
     finally:
-        await _close(firsts, streams)
+        await close_streams(firsts, streams)
 
 
 async def test_a_cancelled_request_frees_its_slot_for_a_waiting_one(
     start_node: NodeStarter, tmp_path: Path
 ) -> None:
     server, client = await _nodes(start_node, tmp_path, parallel=2)
-    streams = [client.worker.generate(_long(i), lane=f"user{i}") for i in range(3)]
+    streams = [client.worker.generate(long_request(i, 400), lane=f"user{i}") for i in range(3)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
@@ -110,7 +95,7 @@ async def test_a_cancelled_request_frees_its_slot_for_a_waiting_one(
         assert streams[1].completion is None
         await wait_until(lambda: server.worker.running == 2 and client.worker.queued == 0)
     finally:
-        await _close(firsts, streams)
+        await close_streams(firsts, streams)
     await wait_until(lambda: server.worker.running == 0)
 
 
@@ -118,7 +103,7 @@ async def test_parallel_one_sends_one_request_at_a_time(
     start_node: NodeStarter, tmp_path: Path
 ) -> None:
     server, client = await _nodes(start_node, tmp_path, parallel=1)
-    streams = [client.worker.generate(_long(i), lane=f"user{i}") for i in range(3)]
+    streams = [client.worker.generate(long_request(i, 400), lane=f"user{i}") for i in range(3)]
     firsts: list[asyncio.Future[Chunk]] = []
     try:
         firsts = [asyncio.ensure_future(anext(aiter(s))) for s in streams]
@@ -131,4 +116,4 @@ async def test_parallel_one_sends_one_request_at_a_time(
         assert client.worker.queued == 1 and not firsts[2].done()
         await wait_until(lambda: server.worker.running == 1)
     finally:
-        await _close(firsts, streams)
+        await close_streams(firsts, streams)

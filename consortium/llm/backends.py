@@ -53,7 +53,10 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         directory = _resolve(base_dir, m.path)
 
         def load_transformers() -> LLMBackend:
-            from consortium.llm.transformers_backend import DEFAULT_PARALLEL, TransformersBackend
+            from consortium.llm.transformers_backend import (
+                DEFAULT_PARALLEL as TRANSFORMERS_PARALLEL,
+            )
+            from consortium.llm.transformers_backend import TransformersBackend
 
             return TransformersBackend(
                 Path(directory),
@@ -61,7 +64,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
                 gguf_file=m.gguf_file or None,
                 context_size=m.context_size,
                 threads=threads,
-                parallel=m.parallel or DEFAULT_PARALLEL,
+                parallel=m.parallel or TRANSFORMERS_PARALLEL,
             )
 
         return load_transformers
@@ -69,7 +72,8 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
         key_file = _resolve(base_dir, m.api_key_file) if m.api_key_file else None
 
         def load_remote() -> LLMBackend:
-            from consortium.llm.openai_backend import DEFAULT_PARALLEL, OpenAIBackend
+            from consortium.llm.openai_backend import DEFAULT_PARALLEL as REMOTE_PARALLEL
+            from consortium.llm.openai_backend import OpenAIBackend
 
             return OpenAIBackend(
                 m.base_url,
@@ -80,7 +84,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
                 connect_timeout_s=m.connect_timeout_s,
                 retries=m.retries,
                 chat=m.prompt_format != "completion",
-                parallel=m.parallel or DEFAULT_PARALLEL,
+                parallel=m.parallel or REMOTE_PARALLEL,
             )
 
         return load_remote

@@ -28,9 +28,12 @@ Two other modes, instead of the table:
   --overload: 64 clients against a node with max_queue = 16: every request is answered or
       refused at once with HTTP 429 and Retry-After, none hanging (a request that takes
       longer than --timeout counts as hanging); counts and the slowest refusal.
+  --flash-attention: llama-batched-bench's decode tokens/s at --clients sequences with
+      flash attention on and off (why the node turns it on).
 
     .venv/bin/python benchmarks/concurrency.py [--clients 1,2,4,8,16] [--arms a,b,c,ceiling]
         [--requests 8] [--node-parallel N] [--plot FILE.png] [--soak 300] [--overload]
+        [--flash-attention]
 """
 
 from __future__ import annotations
@@ -471,7 +474,12 @@ def parse_batched_bench(output: str) -> dict[int, dict[str, float]]:
 
 
 def ceiling(
-    binaries: Path, path: Path, clients: list[int], prompt_tokens: int, args: argparse.Namespace
+    binaries: Path,
+    path: Path,
+    clients: list[int],
+    prompt_tokens: int,
+    args: argparse.Namespace,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     cmd = [
         str(binaries / "llama-batched-bench"),
@@ -480,6 +488,7 @@ def ceiling(
         *("-npl", ",".join(map(str, clients))),
         *("--threads", str(args.threads), "--threads-batch", str(args.threads)),
         *("--output-format", "jsonl"),
+        *extra,
     ]
     load_before = os.getloadavg()[0]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600)
@@ -497,6 +506,33 @@ def ceiling(
 
 
 # --- modes ----------------------------------------------------------------------------
+
+
+def flash_attention(args: argparse.Namespace, path: Path, clients: list[int]) -> dict[str, Any]:
+    """llama.cpp's decode speed with flash attention on and off (the node runs it on, as
+    llama-server does; llama-cpp-python's Llama() turns it off): llama-batched-bench from
+    the same build, the same kernels the node calls in-process, alternating on, off, on,
+    off so a drift of the machine's speed falls on both."""
+    binaries = llama_build(args.llama_bin)
+    pp = args.ceiling_prompt_tokens
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for _ in range(2):
+        for mode in ("on", "off"):
+            runs[mode].append(ceiling(binaries, path, clients, pp, args, ("--flash-attn", mode)))
+
+    def best(mode: str, n: int) -> float:
+        return max(float(r[str(n)]["decode_tokens_per_s"]) for r in runs[mode])
+
+    return {
+        "mode": "flash_attention",
+        "prompt_tokens": pp,
+        "runs": runs,
+        "decode_tokens_per_s_on": {str(n): best("on", n) for n in clients},
+        "decode_tokens_per_s_off": {str(n): best("off", n) for n in clients},
+        "ratio_decode_tokens_per_s_on_over_off": {
+            str(n): round(best("on", n) / best("off", n), 3) for n in clients
+        },
+    }
 
 
 def table(
@@ -712,6 +748,9 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--sample-every", type=float, default=5.0, help="soak: RSS interval (s)")
     parser.add_argument("--overload", action="store_true")
+    parser.add_argument(
+        "--flash-attention", action="store_true", help="decode speed with it on and off"
+    )
     parser.add_argument("--overload-clients", type=int, default=64)
     parser.add_argument("--overload-queue", type=int, default=16)
     parser.add_argument("--overload-requests", type=int, default=2, help="per client")
@@ -739,8 +778,10 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    if args.soak is not None or args.overload:
+    if args.soak is not None or args.overload or args.flash_attention:
         modes: dict[str, Any] = {}
+        if args.flash_attention:
+            modes["flash_attention"] = flash_attention(args, path, clients)
         if args.soak is not None:
             modes["soak"] = soak(args, args.soak)
         if args.overload:

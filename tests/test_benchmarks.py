@@ -125,6 +125,13 @@ def test_grammar_benchmark_runs() -> None:
     assert d["every_finished_json_answer_parsed"] is True
 
 
+def test_option_scoring_benchmark_runs() -> None:
+    d = run("option_scoring.py", "--questions", "2")
+    assert d["questions"] == 2 and int(d["options"]) >= 6  # type: ignore[call-overload]
+    assert d["same_option_chosen"] is True
+    assert float(d["max_abs_logprob_difference"]) < 0.05  # type: ignore[arg-type]
+
+
 def test_llama_build_benchmark_runs() -> None:
     d = run("llama_build.py", "--runs", "1", "--max-tokens", "16")
     assert "AVX2 = 1" in str(d["system_info"])

@@ -10,8 +10,8 @@ worker (llm/worker.py) feeds the batch from its queue; a direct caller of
 It reads only the logits of the rows it samples from, so it reports per-token
 log-probabilities without `logits_all` (which would hold n_ctx x n_vocab floats: 2 GiB
 for Gemma-3's 262k vocabulary), stops between any two tokens when a task is cancelled,
-and scores a question's multiple-choice options over its stem read once (and kept in the
-cache for the next question that shares it).
+and scores a question's multiple-choice options together in one decode over its stem read
+once (llm/option_batch.py; the stem kept for the next question that shares it).
 
 `response_format` (JSON output) runs llama.cpp's grammar sampler per sequence
 (llm/grammar.py): the backend's `grammar` capability.
@@ -42,7 +42,8 @@ from consortium.llm.base import (
 from consortium.llm.batching import Batch, SequenceSink
 from consortium.llm.grammar import GrammarConstraint, grammar_for
 from consortium.llm.load import LoadObserver
-from consortium.llm.sampling import Logits, common_prefix, log_softmax
+from consortium.llm.option_batch import OPTION_SEQUENCES, Option, OptionBatch
+from consortium.llm.sampling import Logits, common_prefix
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class LlamaCppBackend:
         # differ from those at near-ties (README, "Concurrent serving").
         ctx_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         ctx_params.no_perf = True
+        self._ctx_params = ctx_params
+        self._options: tuple[_Context, OptionBatch] | None = None
         try:
             self._model = _internals.LlamaModel(
                 path_model=str(path), params=model_params, verbose=False
@@ -174,6 +177,8 @@ class LlamaCppBackend:
         return self._info
 
     def close(self) -> None:
+        if self._options is not None:
+            self._options[0].close()
         self._context.close()
         self._model.close()
 
@@ -294,15 +299,9 @@ class LlamaCppBackend:
     # -- scoring --------------------------------------------------------------------------
 
     def score(self, prompt: str, continuations: Sequence[str]) -> list[float]:
-        """Log-likelihood of each continuation after `prompt`: the prompt's stem (what all
-        options share) in a free slot, reused from the cache where it can be, then each
-        option over that stem, cut back to the stem after it.
-
-        Not every option in one decode as a sequence of its own: with a KV stream per
-        sequence, putting the stem under another sequence copies that sequence's whole
-        stream (llama.cpp copies across streams only whole), and the canary calibration
-        (tests/evaluation/test_canaries.py) took 350 s that way against 58 s reading the
-        options one after another."""
+        """Log-likelihood of each continuation after `prompt`: the stem (what all options
+        share) read once, then the options together in one decode (llm/option_batch.py,
+        in a context of its own made at the first question)."""
         prefix = self._tokenize(prompt)
         wholes = [self._tokenize(prompt + c) for c in continuations]
         for whole in wholes:
@@ -310,57 +309,44 @@ class LlamaCppBackend:
                 raise PromptTooLongError(
                     f"prompt and continuation exceed the context of {self._info.name}"
                 )
-        # common[i]: where option i's own tokens start (at least 1: its first token is
-        # predicted by the row of the token before it).
-        commons = [max(common_prefix(prefix, w), 1) for w in wholes]
+        options = [Option(w, max(common_prefix(prefix, w), 1)) for w in wholes]
+        todo = [i for i, o in enumerate(options) if o.common < len(o.whole)]
         results = [0.0] * len(wholes)
-        todo = [i for i, w in enumerate(wholes) if commons[i] < len(w)]
         if not todo:
             return results
-        stem_len = min(commons[i] - 1 for i in todo)
+        stem_len = min(options[i].common - 1 for i in todo)
         stem = wholes[todo[0]][:stem_len]
-        slot = self.batch.claim(stem, keep=stem_len)
-        try:
-            self._prefill(slot.seq_id, stem, len(slot.cached))
-            slot.cached = list(stem)
-            for i in todo:
-                results[i] = self._score_option(slot.seq_id, wholes[i], commons[i], stem_len)
-        finally:
-            self.batch.release(slot)
+        scored = self._option_batch().score(stem, [options[i] for i in todo])
+        for i, s in zip(todo, scored, strict=True):
+            results[i] = s
         return results
 
-    def _prefill(self, seq_id: int, tokens: list[int], start: int) -> None:
-        step = self.batch.batch_tokens
-        for i in range(start, len(tokens), step):
-            part = tokens[i : i + step]
-            self._context.decode(
-                part, range(i, i + len(part)), [seq_id] * len(part), [False] * len(part)
-            )
+    def _option_batch(self) -> OptionBatch:
+        if self._options is None:
+            import llama_cpp
 
-    def _score_option(self, seq_id: int, whole: list[int], common: int, stem_len: int) -> float:
-        """The option's tokens after the stem, their logits rows from the one predicting
-        its first token on; the sequence is cut back to the stem afterwards."""
-        part = whole[stem_len:-1]  # the row of token p predicts token p + 1
-        first = common - 1 - stem_len
-        targets = whole[common:]
-        rows: list[Logits] = []
-        try:
-            step = self.batch.batch_tokens
-            for i in range(0, len(part), step):
-                chunk = part[i : i + step]
-                wants = [i + j >= first for j in range(len(chunk))]
-                out = self._context.decode(
-                    chunk,
-                    range(stem_len + i, stem_len + i + len(chunk)),
-                    [seq_id] * len(chunk),
-                    wants,
-                )
-                rows.append(np.array(out))
-        finally:
-            self._context.remove(seq_id, stem_len)
-        lps = log_softmax(np.concatenate(rows, axis=0))
-        assert len(lps) == len(targets)
-        return float(lps[np.arange(len(targets)), targets].sum())
+            params = llama_cpp.llama_context_default_params()
+            for name in ("n_batch", "n_ubatch", "n_threads", "n_threads_batch"):
+                setattr(params, name, getattr(self._ctx_params, name))
+            params.flash_attn_type = self._ctx_params.flash_attn_type
+            params.no_perf = True
+            params.n_ctx = self._info.context_size
+            params.n_seq_max = OPTION_SEQUENCES + 1
+            params.kv_unified = True
+            try:
+                context = _Context(self._model, params, self.batch.batch_tokens, unified=True)
+            except ValueError as e:
+                raise ModelError(f"cannot make a scoring context for {self._info.name}") from e
+            self._options = (
+                context,
+                OptionBatch(
+                    context,
+                    cells=self._info.context_size,
+                    batch_tokens=self.batch.batch_tokens,
+                    observer=self.batch.observer,
+                ),
+            )
+        return self._options[1]
 
 
 def _init_llama_backend() -> None:
@@ -380,10 +366,11 @@ _backend_ready = False
 class _Context:
     """A llama.cpp context with several KV-cache sequences: the batch's `KVModel`."""
 
-    def __init__(self, model: Any, params: Any, max_tokens: int) -> None:
+    def __init__(self, model: Any, params: Any, max_tokens: int, *, unified: bool = False) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
+        self._unified = unified
         ctx = llama_cpp.llama_init_from_model(model.model, params)
         if ctx is None:
             raise ValueError("llama.cpp could not create a context")
@@ -436,6 +423,9 @@ class _Context:
         return bool(self._lib.llama_memory_seq_rm(self._memory, seq_id, start, -1))
 
     def copy(self, src: int, dst: int, length: int) -> None:
+        if self._unified:  # the cells gain a sequence: nothing is moved
+            self._lib.llama_memory_seq_cp(self._memory, src, dst, 0, length)
+            return
         # Across streams llama.cpp copies a sequence whole (a copy of part of one aborts):
         # copy all, then cut.
         self._lib.llama_memory_seq_cp(self._memory, src, dst, -1, -1)

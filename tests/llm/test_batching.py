@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -17,6 +18,7 @@ import pytest_asyncio
 from consortium.errors import PromptTooLongError
 from consortium.llm.base import ChatMessage, Completion, GenerationParams, ResponseFormat
 from consortium.llm.llama_cpp_backend import LlamaCppBackend
+from consortium.llm.option_batch import OPTION_SEQUENCES
 from consortium.llm.worker import GenerationRequest, ModelWorker
 
 SLOTS = 8
@@ -235,6 +237,66 @@ async def test_options_scored_over_a_shared_stem_match_options_scored_alone(
     alone = [(await worker.score(prompt, [o]))[0] for o in options]
     assert together == pytest.approx(alone, abs=0.05)
     assert together[0] == max(together)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_more_options_than_one_decode_holds_are_scored_in_groups(
+    worker: ModelWorker,
+) -> None:
+    # More options than sequences in one decode, and options too long for all of them
+    # to share the cells of one: both split into groups. Long options read in a decode
+    # of hundreds of rows go through other matrix kernels than one read alone (rows
+    # summed in another order): ~0.02 nats a token apart, so compared relatively; an
+    # option attending to another's tokens would be nats a token apart.
+    prompt = "Question: Which of these is a colour?\nAnswer:"
+    short = [f" option {i}" for i in range(OPTION_SEQUENCES + 3)] + [" blue"]
+    together = await worker.score(prompt, short)
+    alone = [(await worker.score(prompt, [o]))[0] for o in short]
+    assert together == pytest.approx(alone, abs=0.05)
+    long = [" a long answer that goes on and on about nothing" * 10 + f" {i}" for i in range(6)]
+    tokens = await worker.count_tokens(prompt + long[0])
+    assert 6 * tokens > CONTEXT  # more than one group's cells
+    together = await worker.score(prompt, long)
+    alone = [(await worker.score(prompt, [o]))[0] for o in long]
+    assert together == pytest.approx(alone, rel=0.03)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_stem_shared_with_the_last_question_is_not_read_again(
+    worker: ModelWorker,
+) -> None:
+    shots = "Question: What is ice?\nAnswer: frozen water\n\n" * 6
+    await worker.score(shots + "Question: What is fire?\nAnswer:", [" hot", " cold"])
+    before = worker.load()
+    await worker.score(shots + "Question: What is snow?\nAnswer:", [" cold", " hot"])
+    after = worker.load()
+    assert after.prefix_hits == before.prefix_hits + 1
+    assert after.prefix_tokens_reused - before.prefix_tokens_reused >= 60
+
+
+def test_the_options_of_a_question_are_evaluated_in_one_decode(
+    smollm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = LlamaCppBackend(smollm_path, name="s", context_size=CONTEXT, threads=2, parallel=1)
+    try:
+        prompt = "Question: What is the capital of France?\nAnswer:"
+        options = [" Paris", " Berlin", " Rome", " Madrid"]
+        first = backend.score(prompt, options)  # makes the scoring context, reads the stem
+        context = backend._options[0] if backend._options else None
+        assert context is not None
+        real = context.decode
+        calls: list[set[int]] = []
+
+        def decode(tokens: Any, positions: Any, seq_ids: Any, logits: Any) -> Any:
+            calls.append(set(seq_ids))
+            return real(tokens, positions, seq_ids, logits)
+
+        monkeypatch.setattr(context, "decode", decode)
+        again = backend.score(prompt, options)
+        assert calls == [{1, 2, 3, 4}]  # the stem was cached; one decode, four sequences
+        assert again == pytest.approx(first, abs=1e-4)
+    finally:
+        backend.close()
 
 
 def test_direct_calls_run_one_generation_through_the_batch(smollm_path: Path) -> None:

@@ -8,7 +8,8 @@ the file changes (its mtime, size or inode; checked every `POLL_S`).
         --upstream NODE_ADDR --port 50051 --port 8080
 
 It prints `READY proxy org=... listen=ADDR ports=...` once it listens, logs each
-version of the links file it applies (`links version N applied`) on stderr, keeps the
+version of the links file it applies (`links version N applied`) on stderr, and its
+counters when it stops (connections, chunks, lost, held, resets), keeps the
 faults it has when the file does not validate (and logs why), and stops on SIGTERM.
 A connection from the organization's own address is on no link (no faults); one from an
 address the file does not list (this machine, say) on the default link.
@@ -112,6 +113,16 @@ async def serve(
     finally:
         for proxy in proxies:
             await proxy.stop()
+            log.info(
+                "port %d: %d connections, %d chunks forwarded, %d lost (retransmitted), "
+                "%d held, %d resets",
+                proxy.port,
+                proxy.accepted,
+                proxy.chunks,
+                proxy.lost,
+                proxy.held,
+                proxy.resets,
+            )
 
 
 def link_proxy_command(links: Path, host: Host, ports: Sequence[int]) -> list[str]:

@@ -13,7 +13,7 @@ turn), asked from this machine over the bridge (a clean link).
 
 Needs root (namespaces). Prints one JSON object.
 
-    .venv/bin/python benchmarks/wan.py [--tasks 20]
+    .venv/bin/python benchmarks/wan.py [--tasks 20] [--peer-timeout 30]
 
 The federation is started by the test harness (tests/integration/netns_federation.py)
 until `consortium up` (the launcher) takes namespaces.
@@ -35,11 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration.netns_federation import NetnsFederation
 
-PEER_TIMEOUT_S = 30.0
-FEDERATION = (
-    f"peer_timeout_s = {PEER_TIMEOUT_S}\nbreaker_open_s = 0.5\nbreaker_max_open_s = 10.0\n"
-    "breaker_probe_timeout_s = 2.0\n"
-)
+BREAKER = "breaker_open_s = 0.5\nbreaker_max_open_s = 10.0\nbreaker_probe_timeout_s = 2.0\n"
 PEERS = ("globex", "initech")
 
 
@@ -82,6 +78,7 @@ def partition(fed: NetnsFederation) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=20)
+    parser.add_argument("--peer-timeout", type=float, default=30.0, help="peer_timeout_s")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fed = NetnsFederation(
@@ -89,7 +86,7 @@ def main() -> None:
             ["acme", *PEERS],
             name="nlb",
             subnet="10.201.9.0/24",
-            federation=FEDERATION,
+            federation=f"peer_timeout_s = {args.peer_timeout}\n{BREAKER}",
         )
         try:
             fed.start()
@@ -109,7 +106,7 @@ def main() -> None:
                 "_setup": {
                     "tasks_per_cell": args.tasks,
                     "model": "echo",
-                    "peer_timeout_s": PEER_TIMEOUT_S,
+                    "peer_timeout_s": args.peer_timeout,
                     "breaker": "open 0.5 s doubling to 10 s, probe 2 s",
                     "loss_rto": "max(200 ms, 2 x RTT), doubled per repeated loss",
                 },

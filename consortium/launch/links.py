@@ -36,6 +36,7 @@ validate raises ConfigError naming the file and the key; a proxy keeps the fault
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -43,7 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from consortium.errors import ConfigError
 from consortium.node.config import ORG_ID_PATTERN
@@ -75,12 +76,18 @@ class LinkFaults(BaseModel):
         return self == LinkFaults()
 
 
+def _address(text: str) -> str:
+    return str(ipaddress.ip_address(text))  # ValueError: "does not appear to be an IP..."
+
+
 class LinksFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Annotated[int, Field(ge=0)] = 0
     seed: int = 0
-    hosts: dict[Annotated[str, Field(pattern=ORG_ID_PATTERN)], str] = Field(default_factory=dict)
+    hosts: dict[
+        Annotated[str, Field(pattern=ORG_ID_PATTERN)], Annotated[str, AfterValidator(_address)]
+    ] = Field(default_factory=dict)
     default: LinkFaults = LinkFaults()
     links: dict[str, LinkFaults] = Field(default_factory=dict)
 

@@ -125,6 +125,7 @@ def test_writes_are_atomic_and_leave_no_temporary_file(tmp_path: Path) -> None:
         ({"default": {"delay": 5}}, "default.delay"),
         ({"links": {"acme:globex": {"rate_kbit": -1}}}, "links.acme:globex.rate_kbit"),
         ({"hosts": {"Acme": "10.0.0.1"}}, "hosts.Acme"),
+        ({"hosts": {"acme": "somewhere"}}, "hosts.acme"),
         ({"hosts": HOSTS, "links": {"acme:nobody": {}}}, "links.acme:nobody"),
     ],
 )

@@ -3,7 +3,7 @@ bridge, so that they reach each other only over the bridge's addresses, as acros
 machines — never over loopback, which every namespace has to itself.
 
     root namespace:  bridge NAME-br, address .1 of the subnet
-    NAME-ORG:        eth0 (a veth pair, its other end NAMEh<i> on the bridge) with the
+    consortium-NAME-ORG:  eth0 (a veth pair, its other end NAMEh<i> on the bridge) with the
                      organization's address (.2, .3, ...), loopback up, and NODE_ADDRESS
                      (a /32 on lo) for its node
 
@@ -17,12 +17,15 @@ anonymous loopback user (`auth.anonymous_loopback`, /healthz details).
 
 `Network.create` first removes whatever a network of the same name left behind (a
 launcher that crashed or was SIGKILLed: its namespaces, the processes still in them, its
-bridge and veth ends), so names carry the network's name as a prefix. `destroy` removes
+bridge and veth ends), so names carry the network's name: namespaces are
+`consortium-NAME-*`, and the bridge and veth ends carry the alias `consortium NAME`, so
+that nothing another tool made (podman's `netns-*`, an interface that happens to be
+called `NAME-br`) is ever removed. `destroy` removes
 everything; the `Network` is a context manager. Creating namespaces needs root and the
 `ip` command (iproute2): without either, `NetworkError` says so.
 
 `Host.prefix` is the argv prefix that runs a command inside the namespace
-(`ip netns exec NAME-ORG`): `ip` execs the command, so the process the supervisor
+(`ip netns exec consortium-NAME-ORG`): `ip` execs the command, so the process the supervisor
 started is the command itself and its no-orphan watcher works unchanged.
 
 The kernel here has no `netem`; `netem_available()` says whether `tc qdisc ... netem`
@@ -108,7 +111,12 @@ class Network:
         return str(self._net.network_address + 1)
 
     def namespace(self, org: str) -> str:
-        return f"{self.name}-{org}"
+        return f"consortium-{self.name}-{org}"
+
+    @property
+    def alias(self) -> str:
+        """The alias of this network's interfaces in the root namespace."""
+        return f"consortium {self.name}"
 
     def create(self, orgs: Sequence[str]) -> Network:
         """The bridge and a namespace per organization, after removing what a network of
@@ -124,6 +132,7 @@ class Network:
         self.remove_stale()
         try:
             self._ip_run("link", "add", self.bridge, "type", "bridge")
+            self._ip_run("link", "set", self.bridge, "alias", self.alias)
             self._ip_run("addr", "add", f"{self.gateway}/{self._net.prefixlen}", "dev", self.bridge)
             self._ip_run("link", "set", self.bridge, "up")
             for i, org in enumerate(orgs):
@@ -140,6 +149,7 @@ class Network:
         self._ip_run("netns", "add", ns)
         self.hosts[org] = Host(org, ns, address, NODE_ADDRESS, (self._ip, "netns", "exec", ns))
         self._ip_run("link", "add", outer, "type", "veth", "peer", "name", inner)
+        self._ip_run("link", "set", outer, "alias", self.alias)
         self._ip_run("link", "set", outer, "master", self.bridge)
         self._ip_run("link", "set", outer, "up")
         self._ip_run("link", "set", inner, "netns", ns)
@@ -165,12 +175,14 @@ class Network:
         ip = self._ip or require_ip()
         removed: list[str] = []
         for ns in _namespaces(ip):
-            if ns.startswith(f"{self.name}-"):
+            if ns.startswith(f"consortium-{self.name}-"):
                 _kill_inside(ip, ns)
                 _run([ip, "netns", "del", ns], check=False)
                 removed.append(ns)
-        for link in _links(ip):
-            if link == self.bridge or re.fullmatch(rf"{self.name}h\d+", link):
+        for link, alias in _links(ip):
+            if alias == self.alias and (
+                link == self.bridge or re.fullmatch(rf"{self.name}h\d+", link)
+            ):
                 _run([ip, "link", "del", link], check=False)
                 removed.append(link)
         return removed
@@ -235,13 +247,14 @@ def _namespaces(ip: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _links(ip: str) -> list[str]:
+def _links(ip: str) -> list[tuple[str, str]]:
+    """Each interface of the root namespace: its name and alias."""
     out = _run([ip, "-j", "link", "show"], check=False).stdout
     try:
         links: list[dict[str, Any]] = json.loads(out or "[]")
     except ValueError:
         return []
-    return [str(link.get("ifname", "")) for link in links]
+    return [(str(link.get("ifname", "")), str(link.get("ifalias", ""))) for link in links]
 
 
 def _kill_inside(ip: str, ns: str) -> None:

@@ -144,8 +144,8 @@ def test_a_network_left_behind_is_removed_by_the_next_create() -> None:
     try:
         again.create(["acme", "initech"])
         assert orphan.wait(timeout=30) != 0  # killed with its namespace
-        mine = [n for n in namespaces() if n.startswith("nlt-")]
-        assert sorted(mine) == ["nlt-acme", "nlt-initech"]
+        mine = [n for n in namespaces() if n.startswith("consortium-nlt-")]
+        assert sorted(mine) == ["consortium-nlt-acme", "consortium-nlt-initech"]
         assert reach(again, "acme", f"{again.host('initech').address}:9") == (
             "ConnectionRefusedError"  # the network works: initech's kernel answers
         )
@@ -154,8 +154,27 @@ def test_a_network_left_behind_is_removed_by_the_next_create() -> None:
         if orphan.poll() is None:
             orphan.kill()
             orphan.wait()
-    assert not [n for n in namespaces() if n.startswith("nlt-")]
+    assert not [n for n in namespaces() if n.startswith("consortium-nlt-")]
     assert "nlt-br" not in links() and "nlth0" not in links()
+
+
+@needs_netns
+def test_what_another_tool_made_is_left_alone() -> None:
+    """A namespace and an interface named like ours but not made by a Network (no
+    `consortium-` namespace prefix, no alias) survive create and destroy."""
+    net = Network("nlt", subnet="10.201.1.0/24")
+    try:
+        subprocess.run(["ip", "netns", "add", "nlt-foreign"], check=True)
+        veth = ["ip", "link", "add", "nlth7", "type", "veth", "peer", "name", "nlth8"]
+        subprocess.run(veth, check=True)
+        net.create(["acme"])
+        net.destroy()
+        assert "nlt-foreign" in namespaces()
+        assert "nlth7" in links()
+    finally:
+        net.destroy()
+        subprocess.run(["ip", "netns", "del", "nlt-foreign"], check=False)
+        subprocess.run(["ip", "link", "del", "nlth7"], check=False)
 
 
 @needs_netns
@@ -168,7 +187,7 @@ def test_a_failed_create_removes_what_it_made() -> None:
             net.create(["acme", "Not An Org"])
     finally:
         net.destroy()
-    assert not [n for n in namespaces() if n.startswith("nlt-")]
+    assert not [n for n in namespaces() if n.startswith("consortium-nlt-")]
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ class NetnsFederation:
         subnet: str,
         federation: str = "",
         extra: dict[str, str] | None = None,
+        mtls: bool = False,
     ) -> None:
         self.base = base
         self.orgs = list(orgs)
@@ -62,6 +63,7 @@ class NetnsFederation:
         self.links = base / "links.json"
         self.federation_toml = federation  # extra keys of every [federation] section
         self.extra = extra or {}  # TOML appended to an organization's node.toml
+        self.mtls = mtls  # mutual TLS, every node's certificate from one shared CA
         self.supervisor = Supervisor(base, node_environment(), grace_s=10.0)
         self.proxies: dict[str, Child] = {}
         self.nodes: dict[str, Child] = {}
@@ -83,6 +85,8 @@ class NetnsFederation:
                 grpc_port=GRPC_PORT,
                 http_port=HTTP_PORT,
                 threads=1,
+                mtls=self.mtls,
+                tls_ca_dir=self.base / "ca" if self.mtls else None,
             )
             config = self.config(org)
             text = config.read_text().replace('backend = "llama_cpp"', 'backend = "echo"')
@@ -132,8 +136,14 @@ class NetnsFederation:
 
     async def ask(self, org: str, text: str, timeout: float = 120.0, **options: Any) -> Answer:
         cfg = load_config(self.config(org))
-        card = await fetch_agent_card(cfg.http_url)
-        client = open_client(card, api_key=local_api_key(cfg))
+        verify = cfg.client_ssl_context()
+        card = await fetch_agent_card(cfg.http_url, verify=verify)
+        client = open_client(
+            card,
+            api_key=local_api_key(cfg),
+            credentials=cfg.client_credentials(),
+            verify=verify,
+        )
         try:
             return await ask(client, text, options=options or None, timeout=timeout)
         finally:

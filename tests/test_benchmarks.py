@@ -6,11 +6,14 @@ score rotation is checked directly."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, cast
+
+import pytest
 
 from tests.helpers import benchmark_module
 
@@ -197,6 +200,17 @@ def test_failover_benchmark_runs() -> None:
     blackhole = cast(dict[str, object], d["blackhole"])
     assert cast(dict[str, float], blackhole["next_tasks"])["n"] == 3
     assert float(cast(float, d["ratio_failover_p50_over_baseline_p50"])) > 0
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root"
+)
+def test_wan_benchmark_runs() -> None:
+    d = run("wan.py", "--tasks", "1", "--peer-timeout", "5")
+    grid = cast(dict[str, dict[str, float]], d["grid"])
+    assert len(grid) == 9 and all(row["completed"] == 1.0 for row in grid.values())
+    partition = cast(dict[str, float], d["partition"])
+    assert partition["detect_s"] > 0 and partition["recover_s"] > 0
 
 
 def test_transformers_batching_benchmark_runs() -> None:

@@ -14,6 +14,7 @@ from consortium.cli import (
     federation,
     key,
     keys,
+    net,
     node,
     policy,
     redact,
@@ -64,6 +65,7 @@ app.add_typer(redact_app, name="redact")
 app.add_typer(audit_app, name="audit")
 federation_app.add_typer(policy_app, name="policy")
 app.add_typer(bench_app, name="bench")
+app.add_typer(net.group(), name="net")
 
 # The order below is the order `--help` lists the commands in.
 

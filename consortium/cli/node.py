@@ -44,6 +44,13 @@ def init(
     ] = 50051,
     http_port: Annotated[int, typer.Option(help="HTTP port (0: pick a free one at start).")] = 8080,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    public_host: Annotated[
+        str,
+        typer.Option(
+            help="Address other organizations reach the node at, when not --host "
+            "(agent card, TLS certificate)."
+        ),
+    ] = "",
     tls: Annotated[
         bool, typer.Option(help="Generate a local CA and a TLS certificate for gRPC.")
     ] = False,
@@ -74,6 +81,7 @@ def init(
             grpc_port=grpc_port,
             http_port=http_port,
             host=host,
+            public_host=public_host,
             tls=tls,
             mtls=mtls,
             tls_ca_dir=tls_ca,

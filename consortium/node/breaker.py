@@ -23,8 +23,11 @@ witnessing) pass the same breaker.
 
 One broken connection fails every call it carried at once (a TCP reset of the one
 HTTP/2 connection to a peer): failures are counted per connection (`conn`, increasing),
-so the calls of one reset count once. A failure seen on a connection older than the
-breaker's last success is news about a connection already replaced, and ignored.
+so the calls of one reset count once. Failures on a connection already replaced are
+not reported here at all (node/peers.py: a retired connection's); a failure on a live
+connection counts even when another of the peer's connections (one per kind of call)
+succeeded since: once it counted that way, a partition took two full deadlines to open
+a circuit whenever background calls had just gone through.
 """
 
 from __future__ import annotations
@@ -61,7 +64,6 @@ class CircuitBreaker:
         self._attempt = 0  # failed periods since the last success: the backoff exponent
         self._until = 0.0  # end of the open period
         self._counted_conn = -1  # the newest connection whose failure was counted
-        self._good_conn = -1  # the connection of the last success
         self.opened = 0  # times opened, for telemetry and tests
 
     @property
@@ -80,7 +82,6 @@ class CircuitBreaker:
         """A call on connection `conn` got an answer (any answer): the link works."""
         self._state = "closed"
         self._failures = self._attempt = 0
-        self._good_conn = max(self._good_conn, conn)
 
     def failed(self, failure: str, conn: int) -> bool:
         """A call on connection `conn` failed with `failure` (a code of
@@ -89,8 +90,8 @@ class CircuitBreaker:
             return False
         if self._state in ("open", "probing"):
             return False
-        if conn <= self._counted_conn or conn < self._good_conn:
-            return False  # this connection's failure is counted, or it was replaced
+        if conn <= self._counted_conn:
+            return False  # this connection's failure is counted
         self._counted_conn = conn
         if self._state == "half_open":
             self._open()

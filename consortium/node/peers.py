@@ -333,9 +333,15 @@ class PeerClient:
 
     def _link_failed(self, org: str, failure: str, connection: _Connection) -> None:
         """A call on `connection` failed to connect or timed out: the connection is
-        replaced, the breaker told, and an opened circuit probed in the background."""
-        if not connection.retired:
-            self._retire(org)
+        replaced, the breaker told, and an opened circuit probed in the background. A
+        connection retired already (by an earlier failure: the other calls one broken
+        link fails, or a call that outlived its connection's replacement) is news the
+        breaker has had. Whether it is older than the last success does not matter: a
+        peer has a connection per kind of call (streamed or not), and a partition that
+        times out the streamed one while the other answered a moment ago is news."""
+        if connection.retired:
+            return
+        self._retire(org)
         if self.breaker(org).failed(failure, connection.conn):
             log.warning("calls to %s fail (%s): circuit open", safe(org), failure)
             if org not in self._probing:

@@ -34,7 +34,7 @@ display_name = "{display_name}"
 data_dir = "data"               # task database and other state
 
 [server]
-host = "{host}"
+host = "{host}"{public_host_line}
 grpc_port = {grpc_port}         # 0: pick a free port at start
 http_port = {http_port}         # JSON-RPC and /.well-known/agent-card.json
 max_message_bytes = 1048576
@@ -93,12 +93,16 @@ def init_node(
     grpc_port: int = 50051,
     http_port: int = 8080,
     host: str = "127.0.0.1",
+    public_host: str = "",
     tls: bool = False,
     tls_ca_dir: Path | None = None,
     mtls: bool = False,
     threads: int = 0,
 ) -> InitResult:
-    """`threads`: the model's `[model] threads` (0: the backend chooses)."""
+    """`threads`: the model's `[model] threads` (0: the backend chooses). `public_host`:
+    the address other organizations reach the node at, when it is not `host` (a node
+    behind a proxy or NAT, or in a network namespace: launch/netns.py); the TLS
+    certificate names it too (`tls_hosts`)."""
     directory = directory.expanduser()
     config_path = directory / "node.toml"
     if config_path.exists():
@@ -125,7 +129,7 @@ def init_node(
     if tls or mtls:
         ca_cert, ca_key = create_ca(tls_ca_dir or directory / "tls" / "ca")
         files = issue_certificate(
-            ca_cert, ca_key, directory / "tls", org_id, sorted({host, "localhost", "127.0.0.1"})
+            ca_cert, ca_key, directory / "tls", org_id, tls_hosts(host, public_host)
         )
         tls_section = TLS_TOML.format(
             cert=files.cert.relative_to(directory),
@@ -138,6 +142,11 @@ def init_node(
             org_id=org_id,
             display_name=display_name or org_id,
             host=host,
+            public_host_line=(
+                f'\npublic_host = "{public_host}"   # what other organizations reach'
+                if public_host
+                else ""
+            ),
             grpc_port=grpc_port,
             http_port=http_port,
             model_line=model_line,
@@ -150,6 +159,15 @@ def init_node(
     write_owner_key(cfg, directory / API_KEY_FILE)
     card_path = write_card_file(cfg, config_path, key)
     return InitResult(config_path, private_path, public_path, card_path, key_id(key))
+
+
+def tls_hosts(host: str, public_host: str = "") -> list[str]:
+    """The names a node's certificate holds: the address it listens on and the one other
+    organizations reach it at (peers verify the certificate against the roster's
+    endpoint), localhost and 127.0.0.1; not a wildcard listening address (0.0.0.0, ::),
+    which no client connects to."""
+    names = {host, public_host, "localhost", "127.0.0.1"} - {"", "0.0.0.0", "::"}
+    return sorted(names)
 
 
 def write_owner_key(cfg: NodeConfig, path: Path) -> None:

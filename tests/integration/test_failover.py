@@ -18,6 +18,7 @@ from consortium.federation.roster import Roster
 from consortium.launch.faultproxy import FaultProxy
 from consortium.node.breaker import CircuitBreaker
 from consortium.node.peers import PeerClient
+from consortium.protocols.multiple_choice import Question
 from tests.integration.test_federation import Federation
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -186,6 +187,24 @@ async def test_a_peer_restarted_twelve_times_is_called_again_each_time(
         await globex.revive()
         await until(lambda: fed.breaker("globex").available(), f"cycle {cycle}: circuit")
         assert await fed.answered_by(f"cycle {cycle} again", peer="globex") == "globex"
+
+
+async def test_one_timeout_opens_the_circuit_though_a_newer_connection_just_answered(
+    clean: ProxiedFederation,
+) -> None:
+    """A peer has a connection per kind of call. The streamed one is the older here and
+    the non-streamed one (a scoring call; witnessing and trust reports use it too) has
+    just answered: the streamed call's timeout in a black hole still opens the circuit,
+    so the next task fails over at once instead of waiting out a second deadline."""
+    fed, globex = clean, clean.proxies["globex"]
+    assert await fed.answered_by("streamed first", peer="globex") == "globex"
+    await fed.peers.scores_of("globex", Question("Which is heavier?", ("a feather", "a stone")))
+    opened = fed.breaker("globex").opened
+    globex.blackhole = True
+    answer = await fed.ask_via("acme", "into the void", peer="globex")
+    assert answer.state == "failed" and "globex" in answer.status_text
+    assert fed.breaker("globex").opened == opened + 1
+    assert await fed.answered_by("after the timeout") == "initech"
 
 
 async def test_a_black_holed_peer_costs_one_timeout_then_none(clean: ProxiedFederation) -> None:

@@ -43,8 +43,17 @@ def test_one_broken_connection_counts_once() -> None:
         b.failed("unreachable", conn=3)
     assert b.state == "closed"
     b.succeeded(conn=4)
-    assert not b.failed("unreachable", conn=3)  # older than the last success: replaced
+    assert not b.failed("unreachable", conn=3)  # counted already
     assert b.state == "closed"
+
+
+def test_a_timeout_counts_though_another_connection_succeeded_since() -> None:
+    """A peer has a connection per kind of call: the streamed one timing out in a
+    partition right after the other answered (a background call) opens the circuit."""
+    b, _ = breaker()
+    b.succeeded(conn=9)  # the non-streamed connection, opened later
+    assert b.failed("timeout", conn=5)
+    assert b.state == "open"
 
 
 def test_answers_that_are_not_connection_failures_are_not_counted() -> None:

@@ -43,10 +43,30 @@ if [ -d "$wheels" ]; then
 fi
 mkdir -p "$cache/container-pip"
 
+# The build's pip is set up as the host's: its configuration files, the local package
+# directories and files they name (find-links, file:// indexes, constraints) and the
+# host's CA bundle (a proxy's CA may be in it), lent read-only for the build's RUN steps;
+# mounts are never part of a layer, so none of it is in the image.
+lent=()
+confs=()
+for f in /etc/pip.conf /etc/xdg/pip/pip.conf "$HOME/.config/pip/pip.conf" "$HOME/.pip/pip.conf"; do
+  [ -f "$f" ] && confs+=("$f")
+done
+paths=("${confs[@]}")
+if [ "${#confs[@]}" -gt 0 ]; then
+  while IFS= read -r p; do paths+=("$p"); done < <(
+    # a file:// index's pages link to files beside its simple/: its parent is lent
+    grep -hoE '(file://)?/[^[:space:]]+' "${confs[@]}" | sed 's#^file://##; s#/simple/*$##' | sort -u)
+fi
+[ -f /etc/ssl/certs/ca-certificates.crt ] && paths+=(/etc/ssl/certs/ca-certificates.crt)
+for p in "${paths[@]}"; do
+  [ -e "$p" ] && lent+=(--volume "$p:$p:ro")
+done
+
 echo "building $IMAGE from $base" >&2
 podman build --format docker --layers \
-  --runtime runc --ulimit nofile=65536:65536 --ulimit nproc=8192:8192 \
+  --runtime runc --ulimit nofile=16384:16384 --ulimit nproc=4096:4096 \
   --build-arg "BASE_IMAGE=$base" \
-  --volume "$cache/container-pip:/root/.cache/pip" \
+  --volume "$cache/container-pip:/root/.cache/pip" "${lent[@]}" \
   -f "$here/Containerfile" -t "$IMAGE" "$stage" >&2
 echo "$IMAGE"

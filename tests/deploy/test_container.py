@@ -239,7 +239,7 @@ def test_a_node_runs_as_the_images_user_with_its_keys_0600_on_its_volume(
 
 def test_the_image_holds_no_key_or_state() -> None:
     found = podman(
-        "run", "--rm", "--entrypoint", "/bin/sh", IMAGE, "-c",
+        "run", "--rm", "--user", "root", "--entrypoint", "/bin/sh", IMAGE, "-c",
         "ls -A /data; find / -xdev \\( -name '*.jwk' -o -name api.key -o -name '*.sqlite3' "
         "-o -name node.toml \\) -print",
     )  # fmt: skip

@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parents[2] / "deploy" / "container"
 IMAGE = os.environ.get("CONSORTIUM_IMAGE", "localhost/consortium-node:latest")
 ORGS = ("acme", "globex", "initech")
 IMAGE_UID = 10001
+# One project name: a second run removes what a killed run left.
+PROJECT = "consortium-container-test"
 START_TIMEOUT_S = 300.0
 ENV = {**os.environ, "CONTAINERS_CONF": str(HERE / "containers.conf"), "CONSORTIUM_IMAGE": IMAGE}
 
@@ -157,6 +159,15 @@ def project_containers(project: str) -> list[str]:
     return podman("ps", "-a", "--filter", label, "--format", "{{.Names}}", check=False).split()
 
 
+def remove_project(project: str) -> None:
+    """Whatever compose left of the project (it stopped half-way, or a run was killed):
+    its containers, pod and network, removed."""
+    for name in project_containers(project):
+        podman("rm", "-f", "-t", "5", name, check=False)
+    podman("pod", "rm", "-f", f"pod_{project}", check=False)
+    podman("network", "rm", "-f", f"{project}_federation", check=False)
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     base = tmp_path_factory.mktemp("containers")
@@ -168,7 +179,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     (deploy / "spans").mkdir()
     chown_tree(deploy / "spans", IMAGE_UID)
     ENV["CONSORTIUM_DEPLOY_DIR"] = str(deploy)
-    project = f"consortium-test-{os.getpid()}"
+    project = PROJECT
+    remove_project(project)  # what a run killed before its own cleanup left
     try:
         up = compose(project, "up", "-d")
         assert up.returncode == 0, up.stdout + up.stderr
@@ -199,18 +211,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             log = podman("logs", name, check=False, timeout=30)
             print(f"--- {name} (last lines)\n{log[-3000:]}")
         compose(project, "down", "-t", "40")
-        podman("pod", "rm", "-f", f"pod_{project}", check=False)
-        # Whatever compose left (it stopped half-way, or failed): removed all the same.
-        for name in project_containers(project):
-            podman("rm", "-f", "-t", "5", name, check=False)
-        podman("network", "rm", "-f", f"{project}_federation", check=False)
+        remove_project(project)
 
 
 def test_each_node_is_healthy_by_the_images_healthcheck(deployment: Deployment) -> None:
-    """The fixture waited for it; checked once more, and the check can fail: the
-    collector's container, which runs no node, does not pass the node's check."""
-    for org in ORGS:
-        assert healthy(deployment.containers[org])
+    """The fixture waited for the nodes; checked once more with the collector's own check
+    (compose.yaml), and the node's check can fail: a container of the image that runs no
+    node does not pass it."""
+    for service in ("collector", *ORGS):
+        assert healthy(deployment.containers[service]), service
     with_node_check = podman(
         "run", "--rm", "--entrypoint", "/bin/sh", IMAGE, "-c",
         "python3 -c \"import json, sys, urllib.request as u; "

@@ -19,9 +19,10 @@ cache="${XDG_CACHE_HOME:-$HOME/.cache}/consortium"
 wheels="${CONSORTIUM_WHEEL_CACHE:-$cache/wheels}"
 
 # netavark and aardvark-dns: the compose network, on which organizations find each
-# other by name.
+# other by name; netavark sets the network up with iptables (this kernel has netfilter,
+# the machines lack only the command).
 missing=()
-for pkg in podman podman-compose mmdebstrap runc netavark aardvark-dns; do
+for pkg in podman podman-compose mmdebstrap runc netavark aardvark-dns iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

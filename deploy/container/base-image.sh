@@ -7,14 +7,14 @@
 # rebuild).
 set -euo pipefail
 
-IMAGE="${CONSORTIUM_BASE_IMAGE:-localhost/consortium-base:bookworm-py3.11}"
+# shellcheck disable=SC1091  # the host's own file
+codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+IMAGE="${CONSORTIUM_BASE_IMAGE:-localhost/consortium-base:$codename-py3.11}"
 if podman image exists "$IMAGE"; then
   echo "$IMAGE"
   exit 0
 fi
 
-# shellcheck disable=SC1091  # the host's own file
-codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
 sources=/etc/apt/sources.list.d/debian.sources
 [ -f "$sources" ] || sources=/etc/apt/sources.list
 [ -f "$sources" ] || { echo "no Debian apt sources on this host" >&2; exit 1; }

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.consortium-installed
 
-.PHONY: demo test install lint typecheck unit bench clean
+.PHONY: demo test install lint typecheck unit bench clean test-container
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ unit: install
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit
+
+# The node's container image and compose file (deploy/container/, deploy/README.md): not
+# part of `make test`. Installs podman, podman-compose and mmdebstrap (apt) if missing,
+# makes the Debian base image once, builds the image (reusing the host's llama-cpp-python
+# wheel), runs three organizations and a collector from compose.yaml and asks across them.
+test-container: install
+	bash deploy/container/build.sh
+	CONSORTIUM_TEST_CONTAINER=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy/test_container.py
 
 bench: install
 	$(BIN)/python benchmarks/node_overhead.py

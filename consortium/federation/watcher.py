@@ -1,5 +1,6 @@
 """Keeps a node's view of the roster current: reloads federation.toml when it changes,
-and keeps the previous roster when the new file is unsigned, wrongly signed or malformed."""
+and keeps the previous roster when the new file is unsigned, wrongly signed or malformed.
+`check_now` looks at the file at once (the node's SIGHUP, systemd's ExecReload)."""
 
 from __future__ import annotations
 
@@ -49,8 +50,13 @@ class RosterWatcher:
         now = time.monotonic()
         if now - self._checked < self._interval:
             return self._roster
+        return self.check_now()
+
+    def check_now(self) -> Roster:
+        """Looks at the file now, whatever the interval, and reloads it if it changed;
+        returns the roster in force (the previous one when the new file is refused)."""
         with self._lock:
-            self._checked = now
+            self._checked = time.monotonic()
             stamp = self._stat()
             if stamp != self._stamp:
                 self._stamp = stamp

@@ -81,6 +81,23 @@ def test_a_change_takes_effect_within_the_check_interval(fed: FederationPaths) -
     assert w.reloads == 1
 
 
+def test_check_now_reads_a_change_within_the_interval(fed: FederationPaths) -> None:
+    """What SIGHUP asks of the node: the file looked at now, not after the interval."""
+    w = watcher(fed, interval=3600)
+    assert w.current().version == 1
+    add_member(fed.roster, fed.admin_private, member("acme"))
+    assert w.current().version == 1  # the interval has not passed
+    assert w.check_now().version == 2 and w.reloads == 1
+    assert w.current().version == 2
+    assert w.check_now().version == 2 and w.reloads == 1  # unchanged file: no reload
+
+
+def test_check_now_refuses_a_bad_file_like_current(fed: FederationPaths) -> None:
+    w = watcher(fed, interval=3600)
+    tampered(fed.roster)
+    assert w.check_now().version == 1 and w.refused == 1 and w.reloads == 0
+
+
 def tampered(path: Path) -> None:
     """A member added to a signed roster without re-signing it."""
     roster = load_roster(path)

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "launcher.json"
 LAUNCHER_LOG = "launcher.log"
-ADMIT_TIMEOUT_S = 60.0
+ADMIT_TIMEOUT_S = 120.0
 TICK_S = 0.2  # how often the supervisor looks at its nodes
 
 
@@ -355,11 +355,15 @@ def wait_admitted(nodes: list[RunningNode], timeout: float) -> None:
     """Until every node's /healthz lists each of the others as an active peer."""
     orgs = {n.org_id for n in nodes}
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=5) as http:
+    with httpx.Client(timeout=10) as http:
         pending = list(nodes)
         while pending:
             node = pending[0]
-            peers = http.get(node.http_url + "/healthz").json()["federation"].get("peers", {})
+            try:
+                health = http.get(node.http_url + "/healthz").json()
+            except httpx.TimeoutException:  # too busy to answer: not yet
+                health = {"federation": {}}
+            peers = health["federation"].get("peers", {})
             if {o for o, p in peers.items() if p["status"] == "active"} >= orgs - {node.org_id}:
                 pending.pop(0)
                 continue

@@ -205,6 +205,13 @@ class Launcher:
         self._fed: LocalFederation | None = None
         self.nodes: dict[str, NodeState] = {}
 
+    @property
+    def federation(self) -> LocalFederation:
+        """The federation's nodes and roster paths (once provisioned)."""
+        if self._fed is None:
+            raise RuntimeError("the federation is not provisioned yet")
+        return self._fed
+
     # -- bringing the federation up --------------------------------------------------
 
     def provision(self) -> LocalFederation:

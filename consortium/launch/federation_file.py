@@ -89,6 +89,8 @@ class OrgSection(_Strict):
     def _remote(self) -> OrgSection:
         if self.backend == "openai" and not self.base_url:
             raise ValueError('backend = "openai" needs base_url (the server\'s API root)')
+        if self.backend == "openai" and self.threads:
+            raise ValueError('threads do not apply to backend = "openai" (the server runs it)')
         return self
 
     def node_sections(self) -> dict[str, Any]:

@@ -283,7 +283,7 @@ class Launcher:
                 if code is None:
                     continue
                 state.last_exit = code
-                delay = state.delay_s = self._next_delay(state, now)
+                delay = state.delay_s = self.next_delay(state, now)
                 state.restart_at = now + delay
                 log.warning("%s exited (%s); restarting in %.1f s", state.org.org_id, code, delay)
                 changed = True
@@ -305,7 +305,7 @@ class Launcher:
         if changed:
             self.write_state(ready=all(s.restart_at is None for s in self.nodes.values()))
 
-    def _next_delay(self, state: NodeState, now: float) -> float:
+    def next_delay(self, state: NodeState, now: float) -> float:
         """The back-off before the node's next restart if it died at `now`: the initial
         one after a minute of running (or before any restart), else its current one."""
         if state.delay_s == 0 or now - state.started_at >= self.backoff.reset_after_s:
@@ -334,7 +334,7 @@ class Launcher:
                 "restarts": s.restarts,
                 "last_exit": s.last_exit,
                 # The back-off before its next restart, should it die now.
-                "backoff_s": self._next_delay(s, time.monotonic()),
+                "backoff_s": self.next_delay(s, time.monotonic()),
                 "state": "restarting" if s.restart_at is not None else "running",
             }
             if s.node is not None and s.restart_at is None:

@@ -181,7 +181,8 @@ class LocalFederation:
                 grpc_port=org.grpc_port,
                 http_port=org.http_port,
                 host=host,
-                threads=org.threads or self.threads,
+                # A remote server runs its own model: no threads of ours to share.
+                threads=0 if org.backend == "openai" else org.threads or self.threads,
                 backend=org.backend,
                 model_lines=org.model_lines,
             )

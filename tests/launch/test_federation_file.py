@@ -154,6 +154,8 @@ def test_isolate_is_validated(tmp_path: Path) -> None:
 def test_a_remote_backend_needs_its_url(tmp_path: Path) -> None:
     message = error_of(tmp_path, GOOD.replace('base_url = "http://127.0.0.1:9000/v1"\n', ""))
     assert "line 33: org[2]: " in message and "base_url" in message, message
+    message = error_of(tmp_path, GOOD + "threads = 2\n")
+    assert "line 33: org[2]: threads do not apply" in message, message
 
 
 def test_no_organizations(tmp_path: Path) -> None:
@@ -170,3 +172,88 @@ def test_key_line_follows_tables_and_array_elements() -> None:
     assert key_line(text, ("b", 1, "missing")) == 7
     assert key_line(text, ("nowhere",)) is None
     assert key_path(("b", 1, "c", "z")) == "b[1].c.z"
+
+
+def test_provisioning_writes_node_tomls_that_load_and_changes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """What a first `up` creates before any node starts: every node.toml loads with the
+    file's sections in it; a second provisioning changes no file."""
+    import hashlib
+
+    from consortium.launch.launcher import Launcher
+    from consortium.node.config import load_config
+
+    file = load_federation_file(write(tmp_path, GOOD))
+    launcher = Launcher(file)
+    launcher.provision()
+    acme = load_config(tmp_path / "fed" / "acme" / "node.toml")
+    assert acme.model.backend == "echo" and acme.routing.router == "cascade"
+    assert acme.groups["panel"].members == ["globex", "initech"]
+    assert acme.telemetry.exporter == "otlp-grpc"
+    assert acme.federation is not None
+    globex = load_config(tmp_path / "fed" / "globex" / "node.toml")
+    assert globex.redaction.enabled and globex.trust.cross_check_rate == 0.5
+    assert globex.server.http_port == 18080
+    initech = load_config(tmp_path / "fed" / "initech" / "node.toml")
+    assert initech.model.backend == "openai"
+    assert initech.model.base_url == "http://127.0.0.1:9000/v1"
+
+    def digests() -> dict[Path, str]:
+        return {
+            p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((tmp_path / "fed").rglob("*"))
+            if p.is_file()
+        }
+
+    before = digests()
+    Launcher(load_federation_file(write(tmp_path, GOOD))).provision()
+    assert digests() == before
+
+
+def test_the_admin_key_goes_where_the_file_places_it(tmp_path: Path) -> None:
+    import stat
+
+    from consortium.launch.launcher import Launcher, federation_paths
+
+    text = GOOD.replace('directory = "fed"', 'directory = "fed"\nadmin_key = "secret/admin.jwk"')
+    file = load_federation_file(write(tmp_path, text))
+    Launcher(file).provision()
+    placed = tmp_path / "secret" / "admin.jwk"
+    assert stat.S_IMODE(placed.stat().st_mode) == 0o600
+    assert not (tmp_path / "fed" / "federation" / "admin" / "private.jwk").exists()
+    assert federation_paths(file).admin_private == placed  # found again
+    placed.unlink()
+    with pytest.raises(ConfigError, match=r"federation.admin_key: the admin key .* is missing"):
+        federation_paths(file)
+    other = load_federation_file(write(tmp_path, text.replace('"fed"', '"fed2"')))
+    placed.write_text("{}")
+    with pytest.raises(ConfigError, match="refusing to make a new admin key"):
+        federation_paths(other)
+
+
+def test_netns_isolation_is_refused_until_it_is_wired(tmp_path: Path) -> None:
+    from consortium.launch.launcher import Launcher
+
+    text = GOOD.replace('directory = "fed"', 'directory = "fed"\nisolate = "netns"')
+    with pytest.raises(ConfigError, match=r"federation\.isolate"):
+        Launcher(load_federation_file(write(tmp_path, text)))
+
+
+def test_restart_back_off_doubles_to_its_cap_and_resets_after_a_healthy_run(
+    tmp_path: Path,
+) -> None:
+    from consortium.launch.launcher import Backoff, Launcher, NodeState, Placement
+    from consortium.launch.local import Organization
+
+    launcher = Launcher(load_federation_file(write(tmp_path, GOOD)), backoff=Backoff(1, 8, 60))
+    state = NodeState(Organization("acme", "Acme", "smollm2-135m"), Placement())
+    assert launcher.next_delay(state, 0.0) == 1  # the first restart
+    delays = []
+    for _ in range(6):
+        state.delay_s = launcher.backoff.next(launcher.next_delay(state, 10.0))
+        delays.append(state.delay_s)
+    assert delays == [2, 4, 8, 8, 8, 8]
+    state.started_at = 100.0
+    assert launcher.next_delay(state, 150.0) == 8  # died again within a minute
+    assert launcher.next_delay(state, 160.0) == 1  # ran a minute: back to the start

@@ -295,7 +295,7 @@ class Launcher:
                     version = load_roster(self._fed.paths.roster).version
                     asyncio.run(wait_for_roster(self._fed.running(), version, ADMIT_TIMEOUT_S))
                     log.info("%s restarted (restart %d)", state.org.org_id, state.restarts)
-                except NodeUnavailableError as e:
+                except (ConsortiumError, httpx.HTTPError, OSError) as e:  # try again later
                     state.delay_s = self.backoff.next(state.delay_s)
                     state.restart_at = time.monotonic() + state.delay_s
                     log.warning("%s did not restart: %s", state.org.org_id, str(e)[:200])
@@ -359,15 +359,19 @@ class Launcher:
 
 
 def wait_admitted(nodes: list[RunningNode], timeout: float) -> None:
-    """Until every node's /healthz lists each of the others as an active peer."""
+    """Until every node's /healthz (read with its organization's API key: the details
+    need it off loopback) lists each of the others as an active peer."""
     orgs = {n.org_id for n in nodes}
+    keys = {n.org_id: local_api_key(load_config(n.config)) for n in nodes}
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=10) as http:
         pending = list(nodes)
         while pending:
             node = pending[0]
+            key = keys[node.org_id]
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
             try:
-                health = http.get(node.http_url + "/healthz").json()
+                health = http.get(node.http_url + "/healthz", headers=headers).json()
             except httpx.TimeoutException:  # too busy to answer: not yet
                 health = {"federation": {}}
             peers = health["federation"].get("peers", {})
@@ -430,16 +434,18 @@ def down(path: Path, timeout: float = 60.0) -> list[str]:
     if state is None:
         raise NotRunning(f"{path}: the federation is not running (no {spath})")
     orgs = list(state.get("nodes", {}))
-    live = running_state(spath)
-    if live is not None:
+    sup = state.get("supervisor", {})
+    pid, start = int(sup.get("pid", 0)), str(sup.get("start", "-"))
+    if same_process(pid, start):
         with suppress(ProcessLookupError):
-            os.kill(int(state["supervisor"]["pid"]), signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
     else:  # its launcher died and its watcher should have stopped them: make sure
         for _, pid in node_pids(state):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while running_state(spath) is not None or any(node_pids(state)):
+    # The launcher itself, not its state file (which it removes before it exits).
+    while same_process(pid, start) or any(node_pids(state)):
         if time.monotonic() > deadline:
             left = ", ".join(org for org, _ in node_pids(state))
             raise NodeUnavailableError(f"still running after {timeout:.0f} s: {left or 'launcher'}")

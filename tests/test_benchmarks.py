@@ -220,3 +220,10 @@ def test_transformers_batching_benchmark_runs() -> None:
     assert set(cast(dict[str, float], d["ratio_to_sequential"])) == ways
     assert cast(dict[str, float], d["ratio_to_sequential"])["sequential"] == 1.0
     assert all(n > 0 for n in cast(dict[str, int], d["tokens"]).values())
+
+
+def test_launcher_benchmark_runs() -> None:
+    d = run("launcher.py", "--orgs", "2", "--repeats", "1")
+    two = cast(dict[str, float], d["orgs_2"])
+    assert two["orgs"] == 2 and two["launcher_up_s"] > 0 and two["baseline_sequential_s"] > 0
+    assert two["launcher_over_baseline"] > 0

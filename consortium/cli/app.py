@@ -20,6 +20,7 @@ from consortium.cli import (
     redact,
     train,
     trust,
+    up,
 )
 
 app = typer.Typer(
@@ -104,6 +105,11 @@ audit_app.command("export")(audit.audit_export)
 audit_app.command("trace")(audit_trace.audit_trace)
 
 app.command("demo")(demo.demo)
+
+# A federation from one file (consortium/launch/launcher.py).
+app.command("up")(up.up)
+app.command("down")(up.down)
+app.command("status")(up.status)
 
 # The federation admin's roster commands.
 federation_app.command("create")(federation.federation_create)

@@ -20,6 +20,10 @@ checkpoints; the demo ends with `consortium audit trace` of the question that cr
 organizations: the path rebuilt from the three organizations' spans, logs and task
 stores, every hop verified, every log witnessed (and an HTML timeline of it).
 
+The federation is a federation file (DEMO_FILE) run by the launcher (launcher.py), as
+`consortium up` runs one: its nodes start at once under one supervisor and never outlive
+the demo.
+
 What it shows goes through a Reporter (lines, progress, tables as plain data); the CLI
 renders it on the terminal (consortium/cli/demo.py).
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import tempfile
@@ -41,7 +46,9 @@ from a2a.types import a2a_pb2
 
 from consortium.federation.admin import FederationPaths
 from consortium.federation.roster import load_roster
-from consortium.launch.local import LocalFederation, Organization, RunningNode
+from consortium.launch.federation_file import load_federation_file
+from consortium.launch.launcher import Launcher
+from consortium.launch.local import RunningNode
 from consortium.llm.registry import BUNDLED
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
 from consortium.node.config import NodeConfig, load_config
@@ -64,47 +71,58 @@ class SeedRecords(Protocol):
     ) -> int: ...
 
 
-DEMO_GROUP = """
-[groups.panel]                  # a vote across the three organizations
+# The demo's federation, as a federation file (`consortium up` reads the same;
+# deploy/examples/three-orgs.toml is its twin without the demo's own touches).
+DEMO_FILE = """\
+[federation]
+name = "Consortium Demo"
+directory = "."
+
+[[org]]
+id = "acme"
+display_name = "Acme Health"
+model = "smollm2-135m"
+
+[org.groups.panel]              # a vote across the three organizations
 protocol = "vote"
 members = ["self", "globex", "initech"]
-"""
-# acme sends names and email addresses to peers only as pseudonyms.
-DEMO_REDACTION = """
-[redaction]
+
+[org.redaction]                 # names and email addresses leave acme only as pseudonyms
 enabled = true
 entities = ["PERSON", "EMAIL_ADDRESS"]
-"""
+
+[org.routing]                   # acme's learned router reads the policy the demo trains
+policy = {policy}
+target = "initech"
+threshold = 0.5
+{audit}
+[[org]]
+id = "globex"
+display_name = "Globex Research"
+model = "smollm2-135m"
+{audit}
+[[org]]
+id = "initech"
+display_name = "Initech Labs"
+model = "gemma3-270m"
+{audit}"""
 # Every organization: checkpoints witnessed by the two others, receipts in replies.
 DEMO_AUDIT = """
-[audit]
+[org.audit]
 witness_interval_s = 2.0
 witnessed_by = 2
 receipts = true
 """
-# acme's learned router reads the policy the federation trains during the demo.
-DEMO_ROUTING = """
-[routing]
-policy = "{policy}"
-target = "initech"
-threshold = 0.5
-"""
+DEMO_FILE_NAME = "demo-federation.toml"
 
 
-def organizations(base: Path) -> tuple[Organization, ...]:
-    """The three organizations; acme, the first, has the panel and routes with the policy
-    the demo trains."""
-    policy = (base / "policy.json").resolve()
-    return (
-        Organization(
-            "acme",
-            "Acme Health",
-            "smollm2-135m",
-            DEMO_GROUP + DEMO_REDACTION + DEMO_ROUTING.format(policy=policy) + DEMO_AUDIT,
-        ),
-        Organization("globex", "Globex Research", "smollm2-135m", DEMO_AUDIT),
-        Organization("initech", "Initech Labs", "gemma3-270m", DEMO_AUDIT),
-    )
+def demo_file(base: Path) -> Path:
+    """The demo's federation file, written in `base` (its directory: the federation and
+    one directory per organization); acme's routing policy is BASE/policy.json."""
+    policy = json.dumps(str((base / "policy.json").resolve()))
+    path = base / DEMO_FILE_NAME
+    path.write_text(DEMO_FILE.format(policy=policy, audit=DEMO_AUDIT))
+    return path
 
 
 QUESTIONS = (
@@ -531,11 +549,10 @@ def _trust(
     report.table(_trust_table(origin))
 
 
-def demo_federation(base: Path) -> tuple[LocalFederation, tuple[Organization, ...]]:
-    """The demo's federation in `base` and its organizations, whose three nodes share
-    this machine's cores (`[model] threads`, consortium/launch/local.py)."""
-    orgs = organizations(base)
-    return LocalFederation(base, "Consortium Demo", local_nodes=len(orgs)), orgs
+def demo_launcher(base: Path) -> Launcher:
+    """The launcher of the demo's federation in `base`, whose three nodes share this
+    machine's cores (`[model] threads`, consortium/launch/local.py)."""
+    return Launcher(load_federation_file(demo_file(base)))
 
 
 def run_demo(
@@ -547,43 +564,43 @@ def run_demo(
     base = workdir or Path(tempfile.mkdtemp(prefix="consortium-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     report.heading("Consortium demo", f": three organizations on loopback, in {base}")
-    fed, orgs = demo_federation(base)
-    with fed:
-        try:
-            for org in orgs:
-                config = fed.prepare(org)
-                if org.org_id == SWAPPED:
-                    swap_weights(config, BUNDLED[SWAPPED_WEIGHTS].resolve())
-                with report.status(f"starting {org.org_id} ({org.model})"):
-                    node = fed.start(org)
-                report.line(f"  {org.org_id:8} {org.model:13} ready at {node.http_url}")
-            roster = fed.admit()
-            report.line(
-                f"  federation {roster.federation_id}: {len(roster.members)} members, roster "
-                f"version {roster.version} signed by the admin key; every message below is "
-                "signed and verified"
-            )
-            nodes = fed.nodes
-            with report.status("asking each organization a few questions over A2A gRPC"):
-                results = asyncio.run(_ask_all(nodes))
-            report.table(_answers_table(results))
-            with report.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
-                across, across_task = _across(nodes[0], nodes[-1])
-                report.table(across)
-            with report.status(
-                f"{nodes[0].org_id} sends a name and an email to {nodes[-1].org_id}"
-            ):
-                report.table(_redaction(nodes[0], nodes[-1], fed.paths.roster))
-            with report.status("routing a multiple-choice question: local draft, escalation, vote"):
-                report.table(_collaboration(nodes[0]))
-            with report.status(f"an app asks {nodes[0].org_id} through its OpenAI endpoint"):
-                report.table(_from_an_app(nodes[0]))
-            _train_and_route(nodes, fed.paths, base, report, seed)
-            swapped = [n for n in nodes if n.org_id == SWAPPED]
-            if questions and swapped:
-                _trust(nodes[0], swapped[0], questions, report)
-            _audit(nodes, across_task, base, report)
-        finally:
-            for node in fed.nodes:
-                code = node.stop()
-                report.line(f"  stopped {node.org_id} (exit {code})")
+    launcher = demo_launcher(base)
+    launcher.provision()
+    swap_weights(base / SWAPPED / "node.toml", BUNDLED[SWAPPED_WEIGHTS].resolve())
+    nodes: list[RunningNode] = []
+    try:
+        names = ", ".join(f"{s.org.org_id} ({s.org.model})" for s in launcher.nodes.values())
+        with report.status(f"starting {names} under one supervisor"):
+            launcher.start()
+        nodes = [s.node for s in launcher.nodes.values() if s.node is not None]
+        for node in nodes:
+            report.line(f"  {node.org_id:8} {node.model:13} ready at {node.http_url}")
+        paths = launcher.federation.paths
+        roster = load_roster(paths.roster)
+        report.line(
+            f"  federation {roster.federation_id}: {len(roster.members)} members, roster "
+            f"version {roster.version} signed by the admin key; every message below is "
+            "signed and verified"
+        )
+        with report.status("asking each organization a few questions over A2A gRPC"):
+            results = asyncio.run(_ask_all(nodes))
+        report.table(_answers_table(results))
+        with report.status(f"{nodes[0].org_id} asks {nodes[-1].org_id} across organizations"):
+            across, across_task = _across(nodes[0], nodes[-1])
+            report.table(across)
+        with report.status(f"{nodes[0].org_id} sends a name and an email to {nodes[-1].org_id}"):
+            report.table(_redaction(nodes[0], nodes[-1], paths.roster))
+        with report.status("routing a multiple-choice question: local draft, escalation, vote"):
+            report.table(_collaboration(nodes[0]))
+        with report.status(f"an app asks {nodes[0].org_id} through its OpenAI endpoint"):
+            report.table(_from_an_app(nodes[0]))
+        _train_and_route(nodes, paths, base, report, seed)
+        swapped = [n for n in nodes if n.org_id == SWAPPED]
+        if questions and swapped:
+            _trust(nodes[0], swapped[0], questions, report)
+        _audit(nodes, across_task, base, report)
+    finally:
+        for node in nodes:
+            code = node.stop()
+            report.line(f"  stopped {node.org_id} (exit {code})")
+        launcher.stop()

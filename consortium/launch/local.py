@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,12 +67,18 @@ def threads_per_node(nodes: int, cores: int) -> int:
     return max(1, cores // nodes)
 
 
-def node_command(config: Path, command: Sequence[str] | None = None) -> list[str]:
+def node_command(
+    config: Path, command: Sequence[str] | None = None, prefix: Sequence[str] = ()
+) -> list[str]:
     """The argv that runs a node on `config`: `command` with every `{config}` replaced by
-    the path, or by default `consortium node start --config CONFIG` (this interpreter)."""
+    the path, or by default `consortium node start --config CONFIG` (this interpreter);
+    after `prefix` (e.g. `ip netns exec NAME`: where the node runs)."""
     if command:
-        return [part.replace("{config}", str(config)) for part in command]
-    return [sys.executable, "-m", "consortium.cli", "node", "start", "--config", str(config)]
+        return [*prefix, *(part.replace("{config}", str(config)) for part in command)]
+    return [
+        *prefix,
+        *(sys.executable, "-m", "consortium.cli", "node", "start", "--config", str(config)),
+    ]
 
 
 def node_environment() -> dict[str, str]:
@@ -84,16 +91,17 @@ def start_node(
     timeout: float = START_TIMEOUT_S,
     supervisor: Supervisor | None = None,
     command: Sequence[str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> tuple[Child, str]:
     """Starts `consortium node start` (or `command`, see `node_command`; it must print
-    the same READY line) under `supervisor`, or one of its own, and waits for its READY
-    line; returns the child and the node's HTTP URL. child.stop() sends SIGTERM and
-    returns the exit code."""
+    the same READY line) under `supervisor`, or one of its own, after the command
+    `prefix`, and waits for its READY line; returns the child and the node's HTTP URL.
+    child.stop() sends SIGTERM and returns the exit code."""
     supervisor = supervisor or Supervisor(log_path.parent, node_environment(), grace_s=STOP_GRACE_S)
     try:
         child = supervisor.start(
             f"node {config}",
-            node_command(config, command),
+            node_command(config, command, prefix),
             log_path=log_path,
             ready_line="READY ",
             timeout=timeout,
@@ -120,6 +128,12 @@ class Organization:
     command: tuple[str, ...] = ()
     # Its model's `[model] threads`; 0: a share of this machine's cores (see above).
     threads: int = 0
+    # Its model's backend, and TOML lines added to its node.toml's [model] (e.g. base_url).
+    backend: str = "llama_cpp"
+    model_lines: str = ""
+    # The ports its node listens on; 0: free ones at each start.
+    grpc_port: int = 0
+    http_port: int = 0
 
 
 @dataclass
@@ -150,10 +164,12 @@ class LocalFederation:
         self.paths = default_paths(fed_dir / "federation.toml")
         self.nodes: list[RunningNode] = []
         self._supervisor = Supervisor(base, node_environment(), grace_s=STOP_GRACE_S)
+        # Nodes may start from several threads (the launcher's): one roster change at once.
+        self._roster_lock = threading.Lock()
 
-    def prepare(self, org: Organization) -> Path:
-        """The organization's node.toml: initialised (ephemeral ports) and pointed at the
-        federation's roster, unless it exists."""
+    def prepare(self, org: Organization, host: str = "127.0.0.1") -> Path:
+        """The organization's node.toml: initialised (its ports, listening on `host`) and
+        pointed at the federation's roster, unless it exists."""
         node_dir = self.base / org.org_id
         config = node_dir / "node.toml"
         if not config.exists():
@@ -162,9 +178,13 @@ class LocalFederation:
                 node_dir,
                 model=org.model,
                 display_name=org.display_name,
-                grpc_port=0,
-                http_port=0,
-                threads=org.threads or self.threads,
+                grpc_port=org.grpc_port,
+                http_port=org.http_port,
+                host=host,
+                # A remote server runs its own model: no threads of ours to share.
+                threads=0 if org.backend == "openai" else org.threads or self.threads,
+                backend=org.backend,
+                model_lines=org.model_lines,
             )
             with config.open("a") as f:
                 f.write(
@@ -174,12 +194,25 @@ class LocalFederation:
                 f.write(org.config_extra)
         return config
 
-    def start(self, org: Organization, timeout: float = START_TIMEOUT_S) -> RunningNode:
-        """Starts the organization's node and waits until it is ready; if it is a member
-        already, the roster gets the endpoints it now listens on."""
-        config = self.prepare(org)
+    def start(
+        self,
+        org: Organization,
+        timeout: float = START_TIMEOUT_S,
+        *,
+        prefix: Sequence[str] = (),
+        host: str = "127.0.0.1",
+    ) -> RunningNode:
+        """Starts the organization's node (after the command `prefix`, listening on
+        `host`: where it runs) and waits until it is ready; if it is a member already,
+        the roster gets the endpoints it now listens on."""
+        config = self.prepare(org, host)
         child, url = start_node(
-            config, config.parent / "node.log", timeout, self._supervisor, org.command or None
+            config,
+            config.parent / "node.log",
+            timeout,
+            self._supervisor,
+            org.command or None,
+            prefix,
         )
         node = RunningNode(org.org_id, org.model, config, child, url)
         self.nodes.append(node)
@@ -192,13 +225,14 @@ class LocalFederation:
         endpoints updated when they changed."""
         card, card_url = read_card(node.http_url)
         member = member_from_card(card, card_url)
-        known = load_roster(self.paths.roster).member(node.org_id)
-        if known is None:
-            add_member(self.paths.roster, self.paths.admin_private, member)
-        elif known.endpoints != member.endpoints:
-            set_endpoints(
-                self.paths.roster, self.paths.admin_private, node.org_id, member.endpoints
-            )
+        with self._roster_lock:
+            known = load_roster(self.paths.roster).member(node.org_id)
+            if known is None:
+                add_member(self.paths.roster, self.paths.admin_private, member)
+            elif known.endpoints != member.endpoints:
+                set_endpoints(
+                    self.paths.roster, self.paths.admin_private, node.org_id, member.endpoints
+                )
 
     def admit(self, timeout: float = 30.0) -> Roster:
         """The admin admits every running node that is not yet a member, from the agent
@@ -227,11 +261,17 @@ class LocalFederation:
 
 
 async def wait_for_roster(nodes: list[RunningNode], version: int, timeout: float = 30.0) -> None:
-    """Until every node has hot-reloaded the roster to at least this version."""
+    """Until every node has hot-reloaded the roster to at least this version (a node
+    too busy to answer within a few seconds has not yet)."""
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=10) as http:
         while True:
-            seen = [(await http.get(n.http_url + "/healthz")).json()["federation"] for n in nodes]
+            try:
+                seen = [
+                    (await http.get(n.http_url + "/healthz")).json()["federation"] for n in nodes
+                ]
+            except httpx.TimeoutException:
+                seen = [{"roster_version": -1}]
             if all(f["roster_version"] >= version for f in seen):
                 return
             if time.monotonic() > deadline:

@@ -200,6 +200,24 @@ class Watcher:
         self.close()
 
 
+def process_start_time(pid: int) -> str | None:
+    """The start time of process `pid` (see `_start_time`; "-" where there is no /proc),
+    or None when no such process runs (a zombie has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "-"
+    return None if fields[0] == "Z" else fields[19]
+
+
 def _start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot (/proc/PID/stat, field 22), or
     "-" where there is no /proc."""

@@ -972,6 +972,7 @@ class Node:
                 "roster_reloads": roster.reloads,
                 "rosters_refused": roster.refused,
                 "messages_refused": dict(self.handler.refusals) if self.handler else {},
+                "peers": self._peers_seen(),
             }
         if self.reports is not None:
             body["trust_reports"] = self.reports.counts()
@@ -993,6 +994,22 @@ class Node:
                 "version": self.policy.version,
             }
         return body
+
+    def _peers_seen(self) -> dict[str, dict[str, str]]:
+        """Each other member of the roster this node holds: its roster status, its trust
+        state here and its circuit (what `consortium status` shows)."""
+        assert self.federation is not None
+        me = self.config.node.org_id
+        peers = self.federation.peers
+        return {
+            m.org_id: {
+                "status": m.status,
+                "trust": self.federation.assessor.standing(m.org_id).state,
+                "circuit": peers.breaker(m.org_id).state,
+            }
+            for m in self.federation.roster.current().members
+            if m.org_id != me
+        }
 
     async def stop(self) -> None:
         """Stops accepting calls, lets in-flight tasks finish within the grace period,

@@ -42,7 +42,7 @@ shutdown_grace_s = 10.0
 stream_interval_s = 0.05        # coalesce streamed tokens (0: one update per token)
 
 [model]
-backend = "llama_cpp"           # llama_cpp | transformers | echo | openai (base_url)
+backend = "{backend}"{pad}# llama_cpp | transformers | echo | openai (base_url)
 {model_line}
 context_size = 2048
 threads = {threads:<22}# 0: let llama.cpp choose
@@ -98,18 +98,22 @@ def init_node(
     tls_ca_dir: Path | None = None,
     mtls: bool = False,
     threads: int = 0,
+    backend: str = "llama_cpp",
+    model_lines: str = "",
 ) -> InitResult:
     """`threads`: the model's `[model] threads` (0: the backend chooses). `public_host`:
     the address other organizations reach the node at, when it is not `host` (a node
     behind a proxy or NAT, or in a network namespace: launch/netns.py); the TLS
-    certificate names it too (`tls_hosts`)."""
+    certificate names it too (`tls_hosts`). `backend`: the model's backend;
+    `model_lines`: TOML lines added to [model] (an openai backend's base_url). With the
+    echo or openai backend `model` is only a name."""
     directory = directory.expanduser()
     config_path = directory / "node.toml"
     if config_path.exists():
         raise ConfigError(
             "node.toml already exists; refusing to overwrite it", path=str(config_path)
         )
-    if model in BUNDLED:
+    if model in BUNDLED or backend in ("echo", "openai"):
         model_line = f'name = "{model}"'
     else:
         model_path = Path(model).expanduser().resolve()
@@ -119,6 +123,8 @@ def init_node(
                 key="--model",
             )
         model_line = f'name = "{model_path.stem}"\npath = "{model_path}"'
+    if model_lines:
+        model_line += "\n" + model_lines.strip()
     directory.mkdir(parents=True, exist_ok=True)
     key = generate_key()
     private_path = directory / "keys" / "private.jwk"
@@ -149,6 +155,8 @@ def init_node(
             ),
             grpc_port=grpc_port,
             http_port=http_port,
+            backend=backend,
+            pad=" " * max(1, 20 - len(backend)),
             model_line=model_line,
             threads=threads,
             anonymous_loopback=str(is_loopback(host) or host == "localhost").lower(),

@@ -201,15 +201,16 @@ def test_the_demos_node_tomls_share_the_cores(tmp_path: Path) -> None:
     """Each of the demo's three node.toml files gets its share of the cores as
     `[model] threads`; an organization's own setting wins; an existing node.toml is
     left as it is."""
-    from consortium.launch.demo import demo_federation
+    from consortium.launch.demo import demo_launcher
     from consortium.node.config import load_config
 
-    fed, orgs = demo_federation(tmp_path)
+    launcher = demo_launcher(tmp_path)
+    fed = launcher.provision()
     with fed:
-        assert len(orgs) == 3
+        assert list(launcher.nodes) == ["acme", "globex", "initech"]
         share = threads_per_node(3, available_cores())
-        for org in orgs:
-            assert load_config(fed.prepare(org)).model.threads == share
+        for org in launcher.nodes:
+            assert load_config(tmp_path / org / "node.toml").model.threads == share
         own = Organization("hooli", "Hooli", "smollm2-135m", threads=5)
         config = fed.prepare(own)
         assert load_config(config).model.threads == 5

@@ -274,6 +274,8 @@ class Launcher:
         self._places = placements(self.file)
         self._proxies: Supervisor | None = None
         self.proxies: dict[str, Child] = {}  # netns: each organization's link proxy
+        # netns: a dead proxy's next restart (monotonic time) and its current back-off.
+        self._proxy_retry: dict[str, tuple[float, float]] = {}
         self._fed: LocalFederation | None = None
         self.nodes: dict[str, NodeState] = {}
 
@@ -399,8 +401,41 @@ class Launcher:
                 else:
                     state.delay_s = self.backoff.next(state.delay_s)
                 changed = True
+        changed |= self.tick_proxies(now)
         if changed:
             self.write_state(ready=all(s.restart_at is None for s in self.nodes.values()))
+
+    def tick_proxies(self, now: float) -> bool:
+        """netns: a link proxy that exited is started again (its organization is
+        unreachable without it), after the back-off's initial delay, doubling while its
+        restarts fail; whether one was restarted."""
+        if self.network is None or self._proxies is None:
+            return False
+        changed = False
+        for org in self.file.org:
+            child = self.proxies.get(org.id)
+            if child is None or child.process.poll() is None:
+                continue
+            due = self._proxy_retry.setdefault(org.id, (now + self.backoff.initial_s, 0.0))
+            if now < due[0]:
+                continue
+            o = organization(org, self.file)
+            try:
+                self.proxies[org.id] = start_link_proxy(
+                    self._proxies,
+                    self.links_path,
+                    self.network.host(org.id),
+                    [o.grpc_port, o.http_port],
+                )
+            except ConsortiumError as e:
+                delay = self.backoff.next(due[1] or self.backoff.initial_s)
+                self._proxy_retry[org.id] = (time.monotonic() + delay, delay)
+                log.warning("%s's link proxy did not restart: %s", org.id, str(e)[:200])
+                continue
+            del self._proxy_retry[org.id]
+            log.warning("%s's link proxy exited (%s); restarted", org.id, child.process.returncode)
+            changed = True
+        return changed
 
     def next_delay(self, state: NodeState, now: float) -> float:
         """The back-off before the node's next restart if it died at `now`: the initial

@@ -191,6 +191,22 @@ def test_a_killed_namespaced_node_is_restarted(running: Path) -> None:
     )
 
 
+def test_a_killed_link_proxy_is_restarted(running: Path) -> None:
+    fed_dir = running.parent / "fed"
+    before = state_of(running)["nodes"]["initech"]
+    os.kill(int(before["proxy_pid"]), signal.SIGKILL)
+    wait_until(
+        "initech's link proxy is restarted",
+        lambda: state_of(running)["nodes"]["initech"]["proxy_pid"] != before["proxy_pid"],
+        timeout=60,
+    )
+    wait_until(
+        "initech answers acme again",
+        lambda: ask(fed_dir, "initech", "through the new proxy").returncode == 0,
+        timeout=60,
+    )
+
+
 def test_sigkill_leaves_no_process_the_next_up_works_and_down_leaves_nothing(
     tmp_path: Path, cleanup: list[Path]
 ) -> None:

@@ -69,7 +69,7 @@ from consortium.launch.local import (
     node_environment,
     wait_for_roster,
 )
-from consortium.launch.netns import DEFAULT_SUBNET, Network, NetworkError
+from consortium.launch.netns import DEFAULT_SUBNET, NODE_ADDRESS, Network, NetworkError
 from consortium.launch.supervisor import Child, Supervisor, process_start_time
 from consortium.node.client import fetch_health
 from consortium.node.config import load_config
@@ -219,10 +219,16 @@ def federation_paths(file: FederationFile) -> FederationPaths:
 
 
 def check_placement(config: Path, placement: Placement, file: FederationFile) -> None:
-    """An existing node.toml must listen and be reached where the placement says (it
-    was made for another `isolate`, or the organizations' order or subnet changed)."""
+    """An existing node.toml in a namespace must listen and be reached where the
+    placement says (not so: it was made on loopback, or the organizations' order or the
+    subnet changed); on loopback it must not be one made for a namespace (any other
+    address an operator gave it stays theirs)."""
     server = load_config(config).server
-    if (server.host, server.public_host) != (placement.host, placement.public_host):
+    if file.federation.isolate == "netns":
+        moved = (server.host, server.public_host) != (placement.host, placement.public_host)
+    else:
+        moved = server.host == NODE_ADDRESS
+    if moved:
         where = placement.address
         raise ConfigError(
             f"{config} listens on {server.host} (reached at {server.public_host or server.host}),"
@@ -513,13 +519,14 @@ def wait_admitted(nodes: list[RunningNode], timeout: float) -> None:
     """Until every node's /healthz (read with its organization's API key: the details
     need it off loopback) lists each of the others as an active peer."""
     orgs = {n.org_id for n in nodes}
+    headers = {n.org_id: health_headers(n) for n in nodes}
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=10) as http:
         pending = list(nodes)
         while pending:
             node = pending[0]
             try:
-                health = http.get(node.http_url + "/healthz", headers=health_headers(node)).json()
+                health = http.get(node.http_url + "/healthz", headers=headers[node.org_id]).json()
             except httpx.TimeoutException:  # too busy to answer: not yet
                 health = {"federation": {}}
             peers = health["federation"].get("peers", {})

@@ -281,6 +281,15 @@ def test_a_node_made_for_another_isolation_is_refused(tmp_path: Path) -> None:
     moved = type(loopback)(("ip",), "10.254.0.1", "10.231.0.2")
     with pytest.raises(ConfigError, match=r"federation\.isolate: .*acme/node.toml listens on"):
         check_placement(config, moved, netns)
+    # On loopback, a node.toml made for a namespace is refused; one whose operator gave it
+    # another address (0.0.0.0) is theirs.
+    plain = load_federation_file(write(tmp_path, GOOD))
+    text = config.read_text()
+    config.write_text(text.replace('host = "127.0.0.1"', 'host = "0.0.0.0"', 1))
+    check_placement(config, loopback, plain)
+    config.write_text(text.replace('host = "127.0.0.1"', 'host = "10.254.0.1"', 1))
+    with pytest.raises(ConfigError, match=r"listens on 10\.254\.0\.1"):
+        check_placement(config, loopback, plain)
 
 
 def test_restart_back_off_doubles_to_its_cap_and_resets_after_a_healthy_run(

@@ -309,3 +309,24 @@ def test_restart_back_off_doubles_to_its_cap_and_resets_after_a_healthy_run(
     state.started_at = 100.0
     assert launcher.next_delay(state, 150.0) == 8  # died again within a minute
     assert launcher.next_delay(state, 160.0) == 1  # ran a minute: back to the start
+
+
+def test_consortium_net_takes_a_federation_file_once_it_ran_in_namespaces(
+    tmp_path: Path,
+) -> None:
+    """`consortium net set|show FILE.toml`: the federation's DIRECTORY/links.json; before
+    any `up --isolate netns` made it, one line says so. A links file is itself."""
+    from consortium.launch.launcher import links_file, load
+
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ConfigError, match="has not run in namespaces"):
+        links_file(path)
+    links = tmp_path / "fed" / "links.json"
+    links.parent.mkdir()
+    links.write_text("{}")
+    assert links_file(path) == links
+    assert links_file(links) == links
+    assert load(path, "netns").federation.isolate == "netns"
+    assert load(path).federation.isolate == "none"
+    with pytest.raises(ConfigError, match="--isolate"):
+        load(path, "vm")

@@ -11,12 +11,12 @@ turn), asked from this machine over the bridge (a clean link).
   fails at once ("circuit is open": detected), then healed and the time until one
   completes again (recovered), with the breaker settings below.
 
-Needs root (namespaces). Prints one JSON object.
+The federation is what `consortium up --isolate netns` starts (the `Launcher` API on a
+federation file written here: [peers] sets every node's peer_timeout_s and breaker);
+`up_s` is its start to every node ready and admitted, namespaces and link proxies
+included. Needs root (namespaces). Prints one JSON object.
 
     .venv/bin/python benchmarks/wan.py [--tasks 20] [--peer-timeout 30]
-
-The federation is started by the test harness (tests/integration/netns_federation.py)
-until `consortium up` (the launcher) takes namespaces.
 """
 
 from __future__ import annotations
@@ -33,21 +33,67 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.integration.netns_federation import NetnsFederation
+from consortium.launch.federation_file import load_federation_file
+from consortium.launch.launcher import Launcher
+from consortium.launch.links import set_faults
+from consortium.node.client import Answer, ask, fetch_agent_card, open_client
+from consortium.node.config import load_config
+from consortium.node.setup import local_api_key
 
 BREAKER = "breaker_open_s = 0.5\nbreaker_max_open_s = 10.0\nbreaker_probe_timeout_s = 2.0\n"
 PEERS = ("globex", "initech")
+SUBNET = "10.201.9.0/24"
 
 
-def cell(fed: NetnsFederation, rtt_ms: float, loss: float, tasks: int) -> dict[str, Any]:
+def federation_file(directory: Path, peer_timeout_s: float) -> Path:
+    text = (
+        f'[federation]\nname = "WAN benchmark"\ndirectory = "fed"\nisolate = "netns"\n'
+        f'subnet = "{SUBNET}"\n\n[peers]\npeer_timeout_s = {peer_timeout_s}\n{BREAKER}'
+    )
+    for org in ("acme", *PEERS):
+        text += f'\n[[org]]\nid = "{org}"\nbackend = "echo"\nthreads = 1\n'
+    path = directory / "wan.toml"
+    path.write_text(text)
+    return path
+
+
+def set_link(launcher: Launcher, link: str, *, heal: bool = False, **changes: Any) -> None:
+    """Changes a link's faults (what `consortium net set` does) and waits until every
+    link proxy applied them."""
+    links = set_faults(launcher.links_path, link, changes, heal=heal)
+    line = f"links version {links.version} applied"
+    deadline = time.monotonic() + 30
+    while not all(line in p.log() for p in launcher.proxies.values()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the link proxies did not apply version {links.version}")
+        time.sleep(0.02)
+
+
+def ask_acme(launcher: Launcher, text: str, peer: str) -> Answer:
+    """acme's task escalated to `peer`, asked from this machine over acme's bridge
+    address with acme's own API key."""
+
+    async def go() -> Answer:
+        cfg = load_config(launcher.directory / "acme" / "node.toml")
+        card = await fetch_agent_card(cfg.http_url)
+        client = open_client(card, api_key=local_api_key(cfg))
+        try:
+            return await ask(client, text, options={"peer": peer}, timeout=120)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def cell(launcher: Launcher, rtt_ms: float, loss: float, tasks: int) -> dict[str, Any]:
     for peer in PEERS:
-        fed.set_link(f"acme:{peer}", delay_ms=rtt_ms / 2, loss=loss)
+        set_link(launcher, f"acme:{peer}", delay_ms=rtt_ms / 2, loss=loss)
     latencies: list[float] = []
     completed = 0
     for i in range(tasks):
         peer = PEERS[i % 2]
         started = time.perf_counter()
-        answer = asyncio.run(fed.ask("acme", f"task {i} over {rtt_ms} ms", peer=peer))
+        answer = ask_acme(launcher, f"task {i} over {rtt_ms} ms", peer)
         latencies.append(time.perf_counter() - started)
         completed += answer.state == "completed" and answer.provenance.org == peer
     latencies.sort()
@@ -58,19 +104,19 @@ def cell(fed: NetnsFederation, rtt_ms: float, loss: float, tasks: int) -> dict[s
     }
 
 
-def partition(fed: NetnsFederation) -> dict[str, float]:
+def partition(launcher: Launcher) -> dict[str, float]:
     for peer in PEERS:
-        fed.set_link(f"acme:{peer}", delay_ms=0.0, loss=0.0)
+        set_link(launcher, f"acme:{peer}", delay_ms=0.0, loss=0.0)
     started = time.perf_counter()
-    fed.set_link("acme:globex", partition=True)
+    set_link(launcher, "acme:globex", partition=True)
     while True:
-        answer = asyncio.run(fed.ask("acme", "there?", peer="globex"))
+        answer = ask_acme(launcher, "there?", "globex")
         if answer.state == "failed" and "circuit is open" in answer.status_text:
             break
     detected = time.perf_counter() - started
     started = time.perf_counter()
-    fed.set_link("acme:globex", heal=True)
-    while asyncio.run(fed.ask("acme", "back?", peer="globex")).state != "completed":
+    set_link(launcher, "acme:globex", heal=True)
+    while ask_acme(launcher, "back?", "globex").state != "completed":
         pass
     return {"detect_s": round(detected, 3), "recover_s": round(time.perf_counter() - started, 3)}
 
@@ -81,19 +127,15 @@ def main() -> None:
     parser.add_argument("--peer-timeout", type=float, default=30.0, help="peer_timeout_s")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        fed = NetnsFederation(
-            Path(tmp),
-            ["acme", *PEERS],
-            name="nlb",
-            subnet="10.201.9.0/24",
-            federation=f"peer_timeout_s = {args.peer_timeout}\n{BREAKER}",
-        )
+        launcher = Launcher(load_federation_file(federation_file(Path(tmp), args.peer_timeout)))
         try:
-            fed.start()
-            asyncio.run(fed.ask("acme", "warm up", peer="globex"))
-            asyncio.run(fed.ask("acme", "warm up", peer="initech"))
+            started = time.perf_counter()
+            launcher.start()
+            up_s = time.perf_counter() - started
+            ask_acme(launcher, "warm up", "globex")
+            ask_acme(launcher, "warm up", "initech")
             grid = {
-                f"rtt_{rtt}ms_loss_{int(loss * 100)}pct": cell(fed, rtt, loss, args.tasks)
+                f"rtt_{rtt}ms_loss_{int(loss * 100)}pct": cell(launcher, rtt, loss, args.tasks)
                 for rtt in (0, 50, 200)
                 for loss in (0.0, 0.01, 0.05)
             }
@@ -102,17 +144,19 @@ def main() -> None:
                 row["ratio_p50_over_clean"] = round(row["p50_s"] / base, 2)
             result = {
                 "grid": grid,
-                "partition": partition(fed),
+                "partition": partition(launcher),
+                "up_s": round(up_s, 2),
                 "_setup": {
                     "tasks_per_cell": args.tasks,
                     "model": "echo",
+                    "launcher": "consortium up --isolate netns (Launcher), 3 organizations",
                     "peer_timeout_s": args.peer_timeout,
                     "breaker": "open 0.5 s doubling to 10 s, probe 2 s",
                     "loss_rto": "max(200 ms, 2 x RTT), doubled per repeated loss",
                 },
             }
         finally:
-            fed.stop()
+            launcher.stop()
     print(json.dumps(result))
 
 

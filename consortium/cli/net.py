@@ -12,7 +12,10 @@ import typer
 
 from consortium.cli.common import out, run
 
-FILE = typer.Argument(help="The links file (a launcher writes it beside its namespaces).")
+FILE = typer.Argument(
+    help="The links file (a launcher writes it beside its namespaces), or the federation "
+    "file (.toml) of a federation `up --isolate netns` runs: its DIRECTORY/links.json."
+)
 
 
 def net_set(
@@ -47,6 +50,7 @@ def net_set(
 ) -> None:
     """Change a link's faults (or every link's); running link proxies apply them at once."""
     from consortium.errors import ConfigError
+    from consortium.launch.launcher import links_file
     from consortium.launch.links import (
         parse_duration_ms,
         parse_rate_kbit,
@@ -75,17 +79,19 @@ def net_set(
                 changes[flag] = True
         if not changes and not heal:
             raise ConfigError("nothing to change (see --help)", key="net set")
-        links = set_faults(file, link, changes, heal=heal)
-        out.print(f"{file}: version {links.version}", highlight=False)
+        path = links_file(file)
+        links = set_faults(path, link, changes, heal=heal)
+        out.print(f"{path}: version {links.version}", highlight=False)
 
     run(go)
 
 
 def net_show(file: Annotated[Path, FILE]) -> None:
     """Each link's faults, as the link proxies apply them."""
+    from consortium.launch.launcher import links_file
     from consortium.launch.links import describe, load_links
 
-    links = run(lambda: load_links(file))
+    links = run(lambda: load_links(links_file(file)))
     for line in describe(links):
         out.print(line, highlight=False, soft_wrap=True)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,11 @@ from consortium.cli.common import out, run, write_through
 FileArg = Annotated[Path, typer.Argument(help="The federation file (TOML).")]
 
 
+class Isolate(StrEnum):
+    none = "none"
+    netns = "netns"
+
+
 def up(
     file: FileArg,
     detach: Annotated[
@@ -23,6 +29,13 @@ def up(
             "--detach", "-d", help="Run the supervisor in the background; `down FILE` stops it."
         ),
     ] = False,
+    isolate: Annotated[
+        Isolate | None,
+        typer.Option(
+            help="Where each organization runs (default: the file's `isolate`): netns puts "
+            "each in its own network namespace behind a link proxy (root).",
+        ),
+    ] = None,
 ) -> None:
     """Create what the file declares and does not exist yet (federation, keys, node.toml,
     roster entries), start every node under one supervisor, and print where each is once
@@ -30,12 +43,14 @@ def up(
     from consortium.launch.launcher import AlreadyRunning, serve
     from consortium.launch.launcher import detach as start_detached
 
+    mode = isolate.value if isolate is not None else None
+
     def go() -> None:
         try:
             if detach:
-                _nodes_table(start_detached(file), "up")
+                _nodes_table(start_detached(file, isolate=mode), "up")
             else:
-                serve(file, _ready)
+                serve(file, _ready, mode)
                 out.print("stopped every node")
         except AlreadyRunning as e:
             out.print(f"{file}: {e}; nothing changed")
@@ -73,35 +88,50 @@ def status(
         title=f"{state['federation']}: launcher pid {state['supervisor']['pid']} "
         f"{'running' if state['running'] else 'NOT running'}"
     )
-    for col in ("org", "pid", "gRPC", "HTTP", "ready", "restarts", "peers (trust, circuit)"):
+    netns = "network" in state
+    columns = ["org", "pid", "gRPC", "HTTP", "ready", "restarts", "peers (trust, circuit)"]
+    if netns:
+        columns.insert(1, "address")
+    for col in columns:
         table.add_column(col, overflow="fold")
     for org, node in state["nodes"].items():
         health = node.get("health", {})
         peers = health.get("federation", {}).get("peers", {})
         seen = ", ".join(f"{p} ({v['trust']}, {v['circuit']})" for p, v in peers.items())
         ready = health.get("status", node.get("error", node["state"]))
-        table.add_row(
-            org,
-            str(node.get("pid", "-")),
-            node.get("grpc", "-"),
-            node.get("http", "-"),
-            ready,
-            str(node["restarts"]),
-            seen,
-        )
+        row = [org, str(node.get("pid", "-")), node.get("grpc", "-"), node.get("http", "-")]
+        row += [ready, str(node["restarts"]), seen]
+        if netns:
+            row.insert(1, node.get("address", "-"))
+        table.add_row(*row)
     out.print(table)
+    _network_line(state)
+
+
+def _network_line(state: dict[str, Any]) -> None:
+    net = state.get("network")
+    if net:
+        out.print(
+            f"network namespaces consortium-{net['name']}-ORG on bridge {net['bridge']} "
+            f"({net['subnet']}); links file {net['links']} (`consortium net set|show`)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _nodes_table(state: dict[str, Any], title: str) -> None:
     table = Table(title=f"{state.get('federation', '')}: {title}")
-    for col in ("org", "pid", "A2A gRPC", "HTTP (JSON-RPC, /v1)", "log"):
+    netns = "network" in state
+    columns = ["org", "pid", "A2A gRPC", "HTTP (JSON-RPC, /v1)", "log"]
+    if netns:
+        columns.insert(1, "namespace")
+    for col in columns:
         table.add_column(col, overflow="fold")
     for org, node in state.get("nodes", {}).items():
-        table.add_row(
-            org,
-            str(node.get("pid", "-")),
-            node.get("grpc", "-"),
-            node.get("http", "-"),
-            node["log"],
-        )
+        row = [org, str(node.get("pid", "-")), node.get("grpc", "-"), node.get("http", "-")]
+        row.append(node["log"])
+        if netns:
+            row.insert(1, node.get("namespace", "-"))
+        table.add_row(*row)
     out.print(table)
+    _network_line(state)

@@ -8,6 +8,11 @@ positions, so `key_line` finds a key's line in the text.
     directory = "demo-federation"    # relative to this file: federation/, one dir per org
     admin_key = ""                   # the admin's private key; "": DIRECTORY/federation/admin/
     isolate = "none"                 # none | netns (each organization in its own namespace)
+    subnet = "10.231.0.0/24"         # netns: the bridge's subnet (.1 this machine, .2... orgs)
+
+    [peers]                          # optional: node.toml's [federation] settings for
+    peer_timeout_s = 120.0           # every node (peer_timeout_s, failover_peers,
+                                     # breaker_*, max_clock_skew_s)
 
     [telemetry]                      # optional: every node exports its spans here
     endpoint = "http://127.0.0.1:4317"
@@ -33,10 +38,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from consortium.errors import ConfigError
+from consortium.launch.netns import Network, NetworkError
 from consortium.node.config import (
     ORG_ID_PATTERN,
     AuditSection,
@@ -44,6 +57,7 @@ from consortium.node.config import (
     RoutingSection,
     TrustSection,
 )
+from consortium.node.config import FederationSection as NodeFederationSection
 from consortium.redaction.policy import RedactionPolicy
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -58,6 +72,31 @@ class FederationSection(_Strict):
     directory: str = ""
     admin_key: str = ""
     isolate: Literal["none", "netns"] = "none"
+    # netns: the bridge's IPv4 subnet (launch/netns.py; "" its default).
+    subnet: str = ""
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        if value:
+            try:
+                Network("check", subnet=value)
+            except NetworkError as e:
+                raise ValueError(str(e)) from None
+        return value
+
+
+class PeersSection(NodeFederationSection):
+    """node.toml's [federation] settings every organization's node gets: how it treats
+    its peers (peer_timeout_s, failover_peers, breaker_*, max_clock_skew_s). The roster
+    and admin key are the launcher's to write."""
+
+    roster: Literal[""] = ""
+    admin_key: Literal[""] = ""
+
+    def lines(self) -> str:
+        """The settings the file sets, as TOML lines of node.toml's [federation]."""
+        return "".join(f"{k} = {v!r}\n" for k, v in self.model_dump(exclude_unset=True).items())
 
 
 class TelemetrySection(_Strict):
@@ -110,6 +149,7 @@ class OrgSection(_Strict):
 class FederationFile(_Strict):
     federation: FederationSection
     telemetry: TelemetrySection | None = None
+    peers: PeersSection | None = None
     org: Annotated[list[OrgSection], Field(min_length=1, max_length=256)]
     # Set by load_federation_file: the file, which relative paths are resolved against.
     path: Path = Path("federation.toml")

@@ -17,16 +17,27 @@ log and restarts, which `status` reads (with each node's authenticated /healthz)
 watcher (supervisor.py) stops them whatever the launcher dies of.
 
 Where a node runs is one seam, `placements`: a command prefix and a host address per
-organization — no prefix and loopback for `isolate = "none"`; `isolate = "netns"` is
-wired there by the network-namespace launcher (netns.py).
+organization — no prefix and loopback for `isolate = "none"`. With `isolate = "netns"`
+(or `up --isolate netns`) the launcher first creates a `Network` (netns.py; its name
+`network_name` derives from the federation's directory, its subnet `[federation] subnet`):
+each organization's node runs in its own namespace (`ip netns exec` prefix), listens on
+NODE_ADDRESS and is reached at its bridge address (node.toml's public_host, the TLS
+certificate's SANs, the roster), behind a link proxy (linkproxy.py) on the fixed ports
+of every namespace (50051, 8080 unless the file sets others) that applies the faults of
+DIRECTORY/links.json — `consortium net set FILE ...` changes them while it runs. The
+namespaces and bridge go with `stop` (any signal the launcher handles); a SIGKILLed
+launcher's watcher stops its nodes and proxies, and its namespaces (empty by then) are
+removed by the next `up` or `down`, which know the network's name from the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,14 +58,19 @@ from consortium.errors import ConfigError, ConsortiumError, NodeUnavailableError
 from consortium.federation.admin import FederationPaths, create_federation, default_paths
 from consortium.federation.roster import load_roster
 from consortium.launch.federation_file import FederationFile, OrgSection, load_federation_file
+from consortium.launch.linkproxy import start_link_proxy
+from consortium.launch.links import load_links, new_links
 from consortium.launch.local import (
     START_TIMEOUT_S,
     LocalFederation,
     Organization,
     RunningNode,
+    health_headers,
+    node_environment,
     wait_for_roster,
 )
-from consortium.launch.supervisor import process_start_time
+from consortium.launch.netns import DEFAULT_SUBNET, NODE_ADDRESS, Network, NetworkError
+from consortium.launch.supervisor import Child, Supervisor, process_start_time
 from consortium.node.client import fetch_health
 from consortium.node.config import load_config
 from consortium.node.setup import local_api_key
@@ -64,6 +80,10 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "launcher.json"
 LAUNCHER_LOG = "launcher.log"
+LINKS_FILE = "links.json"
+# The ports of a node in a namespace when the file leaves them 0: each namespace has its
+# own, and its link proxy listens on the same ones.
+NETNS_GRPC_PORT, NETNS_HTTP_PORT = 50051, 8080
 ADMIT_TIMEOUT_S = 120.0
 TICK_S = 0.2  # how often the supervisor looks at its nodes
 
@@ -99,22 +119,44 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where an organization's node runs: its command prefix and the address it listens
-    on (and is reached at)."""
+    """Where an organization's node runs: its command prefix, the address it listens on,
+    and the address it is reached at when that is another one ("": the same)."""
 
     prefix: tuple[str, ...] = ()
     host: str = "127.0.0.1"
+    public_host: str = ""
+
+    @property
+    def address(self) -> str:
+        """Where the other organizations (and this machine) reach it."""
+        return self.public_host or self.host
 
 
-def placements(file: FederationFile) -> dict[str, Placement]:
-    """Each organization's placement: this machine's loopback for `isolate = "none"`."""
-    if file.federation.isolate == "none":
+def placements(file: FederationFile, network: Network | None = None) -> dict[str, Placement]:
+    """Each organization's placement: this machine's loopback for `isolate = "none"`;
+    with the federation's `network` (created), its namespace."""
+    if network is None:
         return {org.id: Placement() for org in file.org}
-    raise ConfigError(
-        'isolate = "netns" is not available in this launcher yet (consortium/launch/netns.py)',
-        path=str(file.path),
-        key="federation.isolate",
-    )
+    return {
+        org.id: Placement(h.prefix, h.node_address, h.address)
+        for org in file.org
+        for h in (network.host(org.id),)
+    }
+
+
+def network_name(file: FederationFile) -> str:
+    """The federation's network name (netns.py: 8 characters at most): up to 4 letters of
+    its name and a digest of its directory, so two federations never share one and the
+    next `up` or `down` finds a crashed launcher's."""
+    letters = re.sub(r"[^a-z0-9]", "", file.federation.name.lower()).lstrip("0123456789")
+    digest = hashlib.sha256(str(file.directory.resolve()).encode()).hexdigest()
+    prefix = letters[:4] or "f"
+    return prefix + digest[: 8 - len(prefix)]
+
+
+def federation_network(file: FederationFile) -> Network:
+    """The federation's Network (not created), for `isolate = "netns"`."""
+    return Network(network_name(file), subnet=file.federation.subnet or DEFAULT_SUBNET)
 
 
 def organization(org: OrgSection, file: FederationFile) -> Organization:
@@ -130,6 +172,7 @@ def organization(org: OrgSection, file: FederationFile) -> Organization:
         model_lines += f"base_url = {json.dumps(org.base_url)}\n"
     if org.api_key_file:
         model_lines += f"api_key_file = {json.dumps(str(_path(file, org.api_key_file)))}\n"
+    netns = file.federation.isolate == "netns"
     return Organization(
         org.id,
         org.display_name or org.id,
@@ -138,8 +181,9 @@ def organization(org: OrgSection, file: FederationFile) -> Organization:
         threads=org.threads,
         backend=org.backend,
         model_lines=model_lines,
-        grpc_port=org.grpc_port,
-        http_port=org.http_port,
+        grpc_port=org.grpc_port or (NETNS_GRPC_PORT if netns else 0),
+        http_port=org.http_port or (NETNS_HTTP_PORT if netns else 0),
+        federation_lines=file.peers.lines() if file.peers is not None else "",
     )
 
 
@@ -174,6 +218,34 @@ def federation_paths(file: FederationFile) -> FederationPaths:
     return FederationPaths(roster, placed, default.admin_public)
 
 
+def check_placement(config: Path, placement: Placement, file: FederationFile) -> None:
+    """An existing node.toml in a namespace must listen and be reached where the
+    placement says (not so: it was made on loopback, or the organizations' order or the
+    subnet changed); on loopback it must not be one made for a namespace (any other
+    address an operator gave it stays theirs)."""
+    server = load_config(config).server
+    if file.federation.isolate == "netns":
+        moved = (server.host, server.public_host) != (placement.host, placement.public_host)
+    else:
+        moved = server.host == NODE_ADDRESS
+    if moved:
+        where = placement.address
+        raise ConfigError(
+            f"{config} listens on {server.host} (reached at {server.public_host or server.host}),"
+            f" not where isolate = {file.federation.isolate!r} puts it ({where}): edit its "
+            "[server] host and public_host, or remove the organization's directory",
+            path=str(file.path),
+            key="federation.isolate",
+        )
+
+
+def _links_hosts(path: Path) -> dict[str, str] | None:
+    try:
+        return load_links(path).hosts
+    except ConfigError:
+        return None
+
+
 @dataclass
 class NodeState:
     """One organization's node as the supervisor tracks it."""
@@ -200,8 +272,16 @@ class Launcher:
     def __post_init__(self) -> None:
         self.directory = self.file.directory
         self.state_path = self.directory / STATE_FILE
+        self.links_path = self.directory / LINKS_FILE
         self.stop_event = threading.Event()
+        self.netns = self.file.federation.isolate == "netns"
+        # netns: the federation's network, created by `start` (and its link proxies).
+        self.network: Network | None = federation_network(self.file) if self.netns else None
         self._places = placements(self.file)
+        self._proxies: Supervisor | None = None
+        self.proxies: dict[str, Child] = {}  # netns: each organization's link proxy
+        # netns: a dead proxy's next restart (monotonic time) and its current back-off.
+        self._proxy_retry: dict[str, tuple[float, float]] = {}
         self._fed: LocalFederation | None = None
         self.nodes: dict[str, NodeState] = {}
 
@@ -225,10 +305,32 @@ class Launcher:
         fed.paths = paths
         for org in self.file.org:
             state = NodeState(organization(org, self.file), self._places[org.id])
-            fed.prepare(state.org, state.placement.host)
+            config = fed.prepare(state.org, state.placement.host, state.placement.public_host)
+            check_placement(config, state.placement, self.file)
             self.nodes[org.id] = state
         self._fed = fed
         return fed
+
+    def create_network(self) -> None:
+        """netns: the namespaces and bridge (what a crashed launcher left removed first),
+        the links file (kept, faults and all, when it names the same hosts), and each
+        organization's link proxy, started and listening."""
+        assert self.network is not None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.network.create(self.file.org_ids())
+        self._places = placements(self.file, self.network)
+        hosts = self.network.addresses()
+        if _links_hosts(self.links_path) != hosts:
+            new_links(self.links_path, hosts)
+        self._proxies = Supervisor(self.directory, node_environment(), grace_s=5.0)
+        for org in self.file.org:
+            o = organization(org, self.file)
+            self.proxies[org.id] = start_link_proxy(
+                self._proxies,
+                self.links_path,
+                self.network.host(org.id),
+                [o.grpc_port, o.http_port],
+            )
 
     def start(self) -> None:
         """Provisions, starts every node at once, and returns when each is ready and
@@ -237,8 +339,10 @@ class Launcher:
         running = running_state(self.state_path)
         if running is not None:
             raise AlreadyRunning(running)
-        fed = self.provision()
         try:
+            if self.network is not None:
+                self.create_network()
+            fed = self.provision()
             pool = ThreadPoolExecutor(max_workers=len(self.nodes))
             try:
                 for _ in pool.map(self._start_node, self.nodes.values()):
@@ -262,6 +366,7 @@ class Launcher:
             self.start_timeout_s,
             prefix=state.placement.prefix,
             host=state.placement.host,
+            public_host=state.placement.public_host,
         )
         state.started_at = time.monotonic()
         state.restart_at = None
@@ -302,8 +407,41 @@ class Launcher:
                 else:
                     state.delay_s = self.backoff.next(state.delay_s)
                 changed = True
+        changed |= self.tick_proxies(now)
         if changed:
             self.write_state(ready=all(s.restart_at is None for s in self.nodes.values()))
+
+    def tick_proxies(self, now: float) -> bool:
+        """netns: a link proxy that exited is started again (its organization is
+        unreachable without it), after the back-off's initial delay, doubling while its
+        restarts fail; whether one was restarted."""
+        if self.network is None or self._proxies is None:
+            return False
+        changed = False
+        for org in self.file.org:
+            child = self.proxies.get(org.id)
+            if child is None or child.process.poll() is None:
+                continue
+            due = self._proxy_retry.setdefault(org.id, (now + self.backoff.initial_s, 0.0))
+            if now < due[0]:
+                continue
+            o = organization(org, self.file)
+            try:
+                self.proxies[org.id] = start_link_proxy(
+                    self._proxies,
+                    self.links_path,
+                    self.network.host(org.id),
+                    [o.grpc_port, o.http_port],
+                )
+            except ConsortiumError as e:
+                delay = self.backoff.next(due[1] or self.backoff.initial_s)
+                self._proxy_retry[org.id] = (time.monotonic() + delay, delay)
+                log.warning("%s's link proxy did not restart: %s", org.id, str(e)[:200])
+                continue
+            del self._proxy_retry[org.id]
+            log.warning("%s's link proxy exited (%s); restarted", org.id, child.process.returncode)
+            changed = True
+        return changed
 
     def next_delay(self, state: NodeState, now: float) -> float:
         """The back-off before the node's next restart if it died at `now`: the initial
@@ -316,8 +454,14 @@ class Launcher:
         """Stops every node (SIGTERM, then SIGKILL after the grace period) and removes
         the state file."""
         self.stop_event.set()
-        if self._fed is not None:
-            self._fed.stop()
+        try:
+            if self._fed is not None:
+                self._fed.stop()
+            if self._proxies is not None:
+                self._proxies.stop()
+        finally:
+            if self.network is not None:
+                self.network.destroy()
         with suppress(FileNotFoundError):
             if (read_state(self.state_path) or {}).get("supervisor", {}).get("pid") == os.getpid():
                 self.state_path.unlink()
@@ -346,6 +490,11 @@ class Launcher:
                     grpc=fields.get("grpc", ""),
                     http=s.node.http_url,
                 )
+            if self.network is not None:
+                entry.update(address=s.placement.address, namespace=self.network.namespace(org_id))
+                if org_id in self.proxies:
+                    proxy = self.proxies[org_id].process.pid
+                    entry.update(proxy_pid=proxy, proxy_start=process_start_time(proxy))
             nodes[org_id] = entry
         state = {
             "file": str(self.file.path),
@@ -355,6 +504,14 @@ class Launcher:
             "ready": ready,
             "nodes": nodes,
         }
+        if self.network is not None:
+            state["network"] = {
+                "name": self.network.name,
+                "subnet": self.network.subnet,
+                "bridge": self.network.bridge,
+                "gateway": self.network.gateway,
+                "links": str(self.links_path),
+            }
         write_private_file(self.state_path, (json.dumps(state, indent=2) + "\n").encode())
 
 
@@ -362,16 +519,14 @@ def wait_admitted(nodes: list[RunningNode], timeout: float) -> None:
     """Until every node's /healthz (read with its organization's API key: the details
     need it off loopback) lists each of the others as an active peer."""
     orgs = {n.org_id for n in nodes}
-    keys = {n.org_id: local_api_key(load_config(n.config)) for n in nodes}
+    headers = {n.org_id: health_headers(n) for n in nodes}
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=10) as http:
         pending = list(nodes)
         while pending:
             node = pending[0]
-            key = keys[node.org_id]
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
             try:
-                health = http.get(node.http_url + "/healthz", headers=headers).json()
+                health = http.get(node.http_url + "/healthz", headers=headers[node.org_id]).json()
             except httpx.TimeoutException:  # too busy to answer: not yet
                 health = {"federation": {}}
             peers = health["federation"].get("peers", {})
@@ -428,10 +583,12 @@ def state_path(path: Path) -> tuple[FederationFile, Path]:
 def down(path: Path, timeout: float = 60.0) -> list[str]:
     """Stops the federation's launcher (SIGTERM) and returns, once it and every node it
     ran are gone, the organizations it stopped. NotRunning without a launcher (a stale
-    state file's nodes are stopped and the file removed)."""
-    _, spath = state_path(path)
+    state file's nodes are stopped and the file removed). In namespaces, what a launcher
+    that could not clean up (SIGKILL) left of its network is removed too."""
+    file, spath = state_path(path)
     state = read_state(spath)
     if state is None:
+        _remove_stale_network(file, None)
         raise NotRunning(f"{path}: the federation is not running (no {spath})")
     orgs = list(state.get("nodes", {}))
     sup = state.get("supervisor", {})
@@ -450,8 +607,29 @@ def down(path: Path, timeout: float = 60.0) -> list[str]:
             left = ", ".join(org for org, _ in node_pids(state))
             raise NodeUnavailableError(f"still running after {timeout:.0f} s: {left or 'launcher'}")
         time.sleep(TICK_S)
+    _remove_stale_network(file, state)
     spath.unlink(missing_ok=True)
     return orgs
+
+
+def _remove_stale_network(file: FederationFile, state: dict[str, Any] | None) -> None:
+    """Removes the namespaces and bridge of the federation's network (the state file's,
+    else the file's when it isolates in namespaces), if any are left and this process
+    may (root)."""
+    net = (state or {}).get("network")
+    if net is not None:
+        network = Network(str(net["name"]), subnet=str(net["subnet"]))
+    elif file.federation.isolate == "netns":
+        network = federation_network(file)
+    else:
+        return
+    try:
+        removed = network.remove_stale()
+    except NetworkError as e:
+        log.warning("could not look for the network %s left behind: %s", network.name, e)
+        return
+    if removed:
+        log.info("removed what network %s left behind: %s", network.name, ", ".join(removed))
 
 
 def status(path: Path) -> dict[str, Any]:
@@ -473,11 +651,38 @@ def status(path: Path) -> dict[str, Any]:
     return state
 
 
-def detach(path: Path, timeout: float = START_TIMEOUT_S + ADMIT_TIMEOUT_S) -> dict[str, Any]:
+def load(path: Path, isolate: str | None = None) -> FederationFile:
+    """The federation file, its `isolate` replaced by `isolate` when given (`up --isolate`)."""
+    file = load_federation_file(path)
+    if isolate is not None:
+        if isolate not in ("none", "netns"):
+            raise ConfigError(f"{isolate!r}: none or netns", key="--isolate")
+        file.federation = file.federation.model_copy(update={"isolate": isolate})
+    return file
+
+
+def links_file(path: Path) -> Path:
+    """The links file `consortium net` changes: `path` itself, or for a federation file
+    (.toml) the one its launcher runs on (DIRECTORY/links.json), which must exist."""
+    if path.suffix != ".toml":
+        return path
+    links = load_federation_file(path).directory / LINKS_FILE
+    if not links.exists():
+        raise ConfigError(
+            f"no {links}: the federation has not run in namespaces (`up --isolate netns`)",
+            path=str(path),
+        )
+    return links
+
+
+def detach(
+    path: Path, timeout: float = START_TIMEOUT_S + ADMIT_TIMEOUT_S, isolate: str | None = None
+) -> dict[str, Any]:
     """Starts `consortium up FILE` in its own session, its output in
     DIRECTORY/launcher.log; returns its state once every node is ready and admitted.
     Raises AlreadyRunning, or NodeUnavailableError (with the log's tail) if it exits."""
-    file, spath = state_path(path)
+    file = load(path, isolate)
+    spath = file.directory / STATE_FILE
     running = running_state(spath)
     if running is not None:
         raise AlreadyRunning(running)
@@ -485,7 +690,10 @@ def detach(path: Path, timeout: float = START_TIMEOUT_S + ADMIT_TIMEOUT_S) -> di
     log_path = file.directory / LAUNCHER_LOG
     with log_path.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "consortium.cli", "up", str(path)],
+            [
+                *(sys.executable, "-m", "consortium.cli", "up", str(path)),
+                *(("--isolate", isolate) if isolate else ()),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -506,16 +714,19 @@ def detach(path: Path, timeout: float = START_TIMEOUT_S + ADMIT_TIMEOUT_S) -> di
         time.sleep(TICK_S)
 
 
-def serve(path: Path, on_ready: Callable[[dict[str, Any]], None]) -> None:
+def serve(
+    path: Path, on_ready: Callable[[dict[str, Any]], None], isolate: str | None = None
+) -> None:
     """`up` in the foreground: starts the federation, calls `on_ready` with its state,
-    and supervises until SIGTERM or SIGINT; then stops every node."""
-    launcher = Launcher(load_federation_file(path))
+    and supervises until SIGTERM or SIGINT; then stops every node (and in namespaces
+    removes them)."""
+    launcher = Launcher(load(path, isolate))
 
     def stop(_signum: int, _frame: object) -> None:
         launcher.stop_event.set()
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         launcher.start()
         # From here a signal only sets the event: the loop ends and stop() runs.

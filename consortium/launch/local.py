@@ -47,7 +47,7 @@ from consortium.federation.roster import Roster, load_roster
 from consortium.launch.supervisor import Child, NotReady, Supervisor
 from consortium.node.a2a.request_handler import local_signer
 from consortium.node.config import load_config
-from consortium.node.setup import init_node
+from consortium.node.setup import init_node, local_api_key
 
 START_TIMEOUT_S = 180.0
 STOP_GRACE_S = 30.0
@@ -134,6 +134,8 @@ class Organization:
     # The ports its node listens on; 0: free ones at each start.
     grpc_port: int = 0
     http_port: int = 0
+    # TOML lines added to its node.toml's [federation] (peer_timeout_s, breaker_*).
+    federation_lines: str = ""
 
 
 @dataclass
@@ -167,9 +169,10 @@ class LocalFederation:
         # Nodes may start from several threads (the launcher's): one roster change at once.
         self._roster_lock = threading.Lock()
 
-    def prepare(self, org: Organization, host: str = "127.0.0.1") -> Path:
-        """The organization's node.toml: initialised (its ports, listening on `host`) and
-        pointed at the federation's roster, unless it exists."""
+    def prepare(self, org: Organization, host: str = "127.0.0.1", public_host: str = "") -> Path:
+        """The organization's node.toml: initialised (its ports, listening on `host`,
+        reached at `public_host` if that is another address) and pointed at the
+        federation's roster, unless it exists."""
         node_dir = self.base / org.org_id
         config = node_dir / "node.toml"
         if not config.exists():
@@ -181,6 +184,7 @@ class LocalFederation:
                 grpc_port=org.grpc_port,
                 http_port=org.http_port,
                 host=host,
+                public_host=public_host,
                 # A remote server runs its own model: no threads of ours to share.
                 threads=0 if org.backend == "openai" else org.threads or self.threads,
                 backend=org.backend,
@@ -189,7 +193,7 @@ class LocalFederation:
             with config.open("a") as f:
                 f.write(
                     f'\n[federation]\nroster = "{self.paths.roster.resolve()}"\n'
-                    f'admin_key = "{self.paths.admin_public.resolve()}"\n'
+                    f'admin_key = "{self.paths.admin_public.resolve()}"\n' + org.federation_lines
                 )
                 f.write(org.config_extra)
         return config
@@ -201,11 +205,12 @@ class LocalFederation:
         *,
         prefix: Sequence[str] = (),
         host: str = "127.0.0.1",
+        public_host: str = "",
     ) -> RunningNode:
         """Starts the organization's node (after the command `prefix`, listening on
-        `host`: where it runs) and waits until it is ready; if it is a member already,
-        the roster gets the endpoints it now listens on."""
-        config = self.prepare(org, host)
+        `host`, reached at `public_host`: where it runs) and waits until it is ready; if
+        it is a member already, the roster gets the endpoints it now listens on."""
+        config = self.prepare(org, host, public_host)
         child, url = start_node(
             config,
             config.parent / "node.log",
@@ -260,15 +265,27 @@ class LocalFederation:
         self.stop()
 
 
+def health_headers(node: RunningNode) -> dict[str, str]:
+    """The headers that read a node's /healthz details: its organization's own API key
+    (from loopback none is needed; from anywhere else, a node in a network namespace
+    reached over its bridge address, the details are hidden without it)."""
+    key = local_api_key(load_config(node.config))
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 async def wait_for_roster(nodes: list[RunningNode], version: int, timeout: float = 30.0) -> None:
     """Until every node has hot-reloaded the roster to at least this version (a node
     too busy to answer within a few seconds has not yet)."""
     deadline = time.monotonic() + timeout
+    headers = {n.org_id: health_headers(n) for n in nodes}
     async with httpx.AsyncClient(timeout=10) as http:
         while True:
             try:
                 seen = [
-                    (await http.get(n.http_url + "/healthz")).json()["federation"] for n in nodes
+                    (await http.get(n.http_url + "/healthz", headers=headers[n.org_id])).json()[
+                        "federation"
+                    ]
+                    for n in nodes
                 ]
             except httpx.TimeoutException:
                 seen = [{"roster_version": -1}]

@@ -1,9 +1,11 @@
 """A federation of organizations in network namespaces for tests (not a launcher: that is
-`consortium up`): each organization's node a real `consortium node start` process in its
-own namespace, listening on the namespace's node address, behind its link proxy on its
-bridge address (launch/netns.py, launch/linkproxy.py), the echo model; the links file
-switched by the test. Everything is stopped and removed in `stop`, which the fixtures
-call in a `finally`."""
+`consortium up --isolate netns`, tested in tests/launch/test_launcher_netns.py; this
+harness stays for the fault tests, which give each organization node.toml text and
+mutual TLS that the federation file has no keys for): each organization's node a real
+`consortium node start` process in its own namespace, listening on the namespace's node
+address, behind its link proxy on its bridge address (launch/netns.py,
+launch/linkproxy.py), the echo model; the links file switched by the test. Everything
+is stopped and removed in `stop`, which the fixtures call in a `finally`."""
 
 from __future__ import annotations
 

@@ -232,12 +232,64 @@ def test_the_admin_key_goes_where_the_file_places_it(tmp_path: Path) -> None:
         federation_paths(other)
 
 
-def test_netns_isolation_is_refused_until_it_is_wired(tmp_path: Path) -> None:
-    from consortium.launch.launcher import Launcher
+def test_netns_placement_network_name_subnet_and_peer_settings(tmp_path: Path) -> None:
+    """isolate = "netns" (no root needed to plan it): the network's name is short,
+    stable and differs per federation directory; ports 0 become the fixed ports every
+    namespace has to itself; [peers] lands in each node.toml's [federation]; a bad
+    subnet or peer setting names its key and line."""
+    from consortium.launch.launcher import Launcher, network_name
 
-    text = GOOD.replace('directory = "fed"', 'directory = "fed"\nisolate = "netns"')
-    with pytest.raises(ConfigError, match=r"federation\.isolate"):
-        Launcher(load_federation_file(write(tmp_path, text)))
+    netns = GOOD.replace('directory = "fed"', 'directory = "fed"\nisolate = "netns"')
+    peers = netns + "\n[peers]\npeer_timeout_s = 5\nbreaker_open_s = 0.2\n"
+    file = load_federation_file(write(tmp_path, peers))
+    launcher = Launcher(file)
+    assert launcher.network is not None
+    name = launcher.network.name
+    assert name == network_name(file) and name.startswith("test") and len(name) == 8
+    assert launcher.network.subnet == "10.231.0.0/24"  # the default
+    other = load_federation_file(write(tmp_path, peers.replace('"fed"', '"fed2"')))
+    assert network_name(other) != name
+    org = organization(file.org[0], file)
+    assert (org.grpc_port, org.http_port) == (50051, 8080)
+    assert org.federation_lines == "peer_timeout_s = 5.0\nbreaker_open_s = 0.2\n"
+
+    subnet = netns.replace('isolate = "netns"', 'isolate = "netns"\nsubnet = "10.1.2.0/30"')
+    network = Launcher(load_federation_file(write(tmp_path, subnet))).network
+    assert network is not None and network.subnet == "10.1.2.0/30"
+    for bad in ("10.1.2.0/31", "nonsense", "10.254.0.0/16"):
+        text = netns.replace('isolate = "netns"', f'isolate = "netns"\nsubnet = "{bad}"')
+        assert "line 5: federation.subnet: " in error_of(tmp_path, text)
+    message = error_of(tmp_path, netns + "\n[peers]\npeer_timeout_s = -1\n")
+    assert "peers.peer_timeout_s: " in message and "greater than 0" in message
+    message = error_of(tmp_path, netns + '\n[peers]\nroster = "x.toml"\n')
+    assert "peers.roster: " in message
+
+
+def test_a_node_made_for_another_isolation_is_refused(tmp_path: Path) -> None:
+    """A node.toml made on loopback (isolate = "none") is not silently reused in a
+    namespace: the error names it and what to do."""
+    from consortium.launch.launcher import Launcher, check_placement, placements
+
+    path = write(tmp_path, GOOD)
+    Launcher(load_federation_file(path)).provision()
+    netns = load_federation_file(
+        write(tmp_path, GOOD.replace('directory = "fed"', 'directory = "fed"\nisolate = "netns"'))
+    )
+    config = netns.directory / "acme" / "node.toml"
+    loopback = placements(netns)["acme"]
+    check_placement(config, loopback, netns)  # as made
+    moved = type(loopback)(("ip",), "10.254.0.1", "10.231.0.2")
+    with pytest.raises(ConfigError, match=r"federation\.isolate: .*acme/node.toml listens on"):
+        check_placement(config, moved, netns)
+    # On loopback, a node.toml made for a namespace is refused; one whose operator gave it
+    # another address (0.0.0.0) is theirs.
+    plain = load_federation_file(write(tmp_path, GOOD))
+    text = config.read_text()
+    config.write_text(text.replace('host = "127.0.0.1"', 'host = "0.0.0.0"', 1))
+    check_placement(config, loopback, plain)
+    config.write_text(text.replace('host = "127.0.0.1"', 'host = "10.254.0.1"', 1))
+    with pytest.raises(ConfigError, match=r"listens on 10\.254\.0\.1"):
+        check_placement(config, loopback, plain)
 
 
 def test_restart_back_off_doubles_to_its_cap_and_resets_after_a_healthy_run(
@@ -257,3 +309,24 @@ def test_restart_back_off_doubles_to_its_cap_and_resets_after_a_healthy_run(
     state.started_at = 100.0
     assert launcher.next_delay(state, 150.0) == 8  # died again within a minute
     assert launcher.next_delay(state, 160.0) == 1  # ran a minute: back to the start
+
+
+def test_consortium_net_takes_a_federation_file_once_it_ran_in_namespaces(
+    tmp_path: Path,
+) -> None:
+    """`consortium net set|show FILE.toml`: the federation's DIRECTORY/links.json; before
+    any `up --isolate netns` made it, one line says so. A links file is itself."""
+    from consortium.launch.launcher import links_file, load
+
+    path = write(tmp_path, GOOD)
+    with pytest.raises(ConfigError, match="has not run in namespaces"):
+        links_file(path)
+    links = tmp_path / "fed" / "links.json"
+    links.parent.mkdir()
+    links.write_text("{}")
+    assert links_file(path) == links
+    assert links_file(links) == links
+    assert load(path, "netns").federation.isolate == "netns"
+    assert load(path).federation.isolate == "none"
+    with pytest.raises(ConfigError, match="--isolate"):
+        load(path, "vm")

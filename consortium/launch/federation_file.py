@@ -46,7 +46,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
 from consortium.errors import ConfigError
 from consortium.launch.netns import Network, NetworkError
@@ -56,6 +55,7 @@ from consortium.node.config import (
     GroupSection,
     RoutingSection,
     TrustSection,
+    validation_message,
 )
 from consortium.node.config import FederationSection as NodeFederationSection
 from consortium.redaction.policy import RedactionPolicy
@@ -224,25 +224,15 @@ def load_federation_file(path: Path) -> FederationFile:
         loc = tuple(p for p in error.get("loc", ()) if p != "__root__")
         extra = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
         raise ConfigError(
-            _describe(error) + extra, path=_where(path, text, loc), key=key_path(loc) or None
+            validation_message(error) + extra,
+            path=_where(path, text, loc),
+            key=key_path(loc) or None,
         ) from None
     broken = _check(file)
     if broken is not None:
         loc, msg = broken
         raise ConfigError(msg, path=_where(path, text, loc), key=key_path(loc))
     return file
-
-
-def _describe(error: ErrorDetails) -> str:
-    kind = error.get("type")
-    msg = str(error.get("msg", "invalid"))
-    if kind == "missing":
-        return "required"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    return re.sub(r"\s+", " ", msg)
 
 
 def key_path(loc: tuple[str | int, ...]) -> str:

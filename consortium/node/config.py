@@ -577,8 +577,10 @@ class NodeConfig(_Section):
         )
 
 
-def _describe(error: ErrorDetails) -> tuple[str, str]:
-    loc = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__")
+def validation_message(error: ErrorDetails) -> str:
+    """One pydantic error as a config file's reader is told it (without its key path):
+    "required", "unknown key", or the validator's own words."""
+    loc = [str(p) for p in error.get("loc", ())]
     msg = str(error.get("msg", "invalid"))
     kind = error.get("type")
     if kind == "missing":
@@ -587,9 +589,14 @@ def _describe(error: ErrorDetails) -> tuple[str, str]:
         msg = "unknown key"
     elif kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-    elif kind == "string_pattern_mismatch" and loc.endswith("org_id"):
+    elif kind == "string_pattern_mismatch" and loc and loc[-1].endswith("org_id"):
         msg = "must be lowercase letters, digits and dashes (1-63 characters)"
-    return loc, re.sub(r"\s+", " ", msg)
+    return re.sub(r"\s+", " ", msg)
+
+
+def _describe(error: ErrorDetails) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__")
+    return loc, validation_message(error)
 
 
 def parse_config(data: dict[str, object], *, path: Path) -> NodeConfig:

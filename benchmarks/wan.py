@@ -7,6 +7,12 @@ turn), asked from this machine over the bridge (a clean link).
 
 - grid: RTT 0, 50, 200 ms x loss 0, 1, 5 %: escalation latency p50 / p95 (seconds, as
   the asking client sees it), the share that completed, and p50 over the clean link's;
+- trust: the trust pipeline's share of each escalation (the `invoke_agent` span of acme's
+  call to the peer): acme's redaction, signing and verification of every event that
+  came back (`consortium.redact`, `consortium.sign`, the `consortium.verify.ms` of its
+  `consortium.verify` span: without the network wait it is interleaved with) and the
+  peer's verification and signing (`consortium.verify`, the `consortium.sign.ms` of its
+  `a2a.receive` span), audit-log appends included, read from the nodes' span files;
 - partition: acme:globex partitioned silently; the time until an escalation to globex
   fails at once ("circuit is open": detected), then healed and the time until one
   completes again (recovered), with the breaker settings below.
@@ -36,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from consortium.launch.federation_file import load_federation_file
 from consortium.launch.launcher import Launcher
 from consortium.launch.links import set_faults
+from consortium.node.audit_records import Span, parse_spans
 from consortium.node.client import Answer, ask, fetch_agent_card, open_client
 from consortium.node.config import load_config
 from consortium.node.setup import local_api_key
@@ -88,6 +95,7 @@ def ask_acme(launcher: Launcher, text: str, peer: str) -> Answer:
 def cell(launcher: Launcher, rtt_ms: float, loss: float, tasks: int) -> dict[str, Any]:
     for peer in PEERS:
         set_link(launcher, f"acme:{peer}", delay_ms=rtt_ms / 2, loss=loss)
+    window = [time.time()]
     latencies: list[float] = []
     completed = 0
     for i in range(tasks):
@@ -96,11 +104,72 @@ def cell(launcher: Launcher, rtt_ms: float, loss: float, tasks: int) -> dict[str
         answer = ask_acme(launcher, f"task {i} over {rtt_ms} ms", peer)
         latencies.append(time.perf_counter() - started)
         completed += answer.state == "completed" and answer.provenance.org == peer
+    window.append(time.time())
     latencies.sort()
     return {
         "p50_s": round(statistics.median(latencies), 4),
         "p95_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 4),
         "completed": round(completed / tasks, 3),
+        "_window": window,
+    }
+
+
+def read_spans(launcher: Launcher) -> list[Span]:
+    """Every node's exported spans (after the launcher stopped them: flushed)."""
+    spans: list[Span] = []
+    for org in ("acme", *PEERS):
+        cfg = load_config(launcher.directory / org / "node.toml")
+        path = cfg.data_dir / cfg.telemetry.path
+        found, problems = parse_spans(path.read_text().splitlines(), str(path))
+        if problems:
+            raise ValueError("; ".join(problems))
+        spans += found
+    return spans
+
+
+def trust_share(spans: list[Span], window: list[float]) -> dict[str, float]:
+    """The trust pipeline's time in each escalation acme made within `window`, and its
+    share of that escalation's `invoke_agent` span (p50 of each)."""
+    by_parent: dict[str, list[Span]] = {}
+    for span in spans:
+        by_parent.setdefault(span.parent_id, []).append(span)
+    origin_ms: list[float] = []
+    peer_ms: list[float] = []
+    shares: list[float] = []
+    for call in spans:
+        if not (
+            call.org == "acme"
+            and call.name.startswith("invoke_agent ")
+            and call.attrs.get("consortium.mode") == "ask"
+            and call.attrs.get("consortium.verdict") == "verified"
+            and window[0] <= call.start <= window[1]
+        ):
+            continue
+        origin = 0.0
+        peer = 0.0
+        for child in by_parent.get(call.span_id, []):
+            if child.org == "acme" and child.name in ("consortium.redact", "consortium.sign"):
+                origin += child.end - child.start
+            elif child.org == "acme" and child.name == "consortium.verify":
+                origin += float(child.attrs["consortium.verify.ms"]) / 1e3
+            elif child.org != "acme" and child.name.startswith("a2a.receive "):
+                # The peer's server span hangs under the call (the traceparent it signed).
+                peer += float(child.attrs["consortium.sign.ms"]) / 1e3
+                peer += sum(
+                    s.end - s.start
+                    for s in by_parent.get(child.span_id, [])
+                    if s.name == "consortium.verify"
+                )
+        origin_ms.append(origin * 1e3)
+        peer_ms.append(peer * 1e3)
+        shares.append((origin + peer) / (call.end - call.start))
+    if not shares:
+        raise ValueError(f"no escalation spans in the window {window}")
+    return {
+        "escalations": len(shares),
+        "origin_ms_p50": round(statistics.median(origin_ms), 3),
+        "peer_ms_p50": round(statistics.median(peer_ms), 3),
+        "share_p50": round(statistics.median(shares), 4),
     }
 
 
@@ -142,21 +211,25 @@ def main() -> None:
             base = grid["rtt_0ms_loss_0pct"]["p50_s"]
             for row in grid.values():
                 row["ratio_p50_over_clean"] = round(row["p50_s"] / base, 2)
-            result = {
-                "grid": grid,
-                "partition": partition(launcher),
-                "up_s": round(up_s, 2),
-                "_setup": {
-                    "tasks_per_cell": args.tasks,
-                    "model": "echo",
-                    "launcher": "consortium up --isolate netns (Launcher), 3 organizations",
-                    "peer_timeout_s": args.peer_timeout,
-                    "breaker": "open 0.5 s doubling to 10 s, probe 2 s",
-                    "loss_rto": "max(200 ms, 2 x RTT), doubled per repeated loss",
-                },
-            }
+            parted = partition(launcher)
         finally:
             launcher.stop()
+        spans = read_spans(launcher)
+        for row in grid.values():
+            row["trust"] = trust_share(spans, row.pop("_window"))
+        result = {
+            "grid": grid,
+            "partition": parted,
+            "up_s": round(up_s, 2),
+            "_setup": {
+                "tasks_per_cell": args.tasks,
+                "model": "echo",
+                "launcher": "consortium up --isolate netns (Launcher), 3 organizations",
+                "peer_timeout_s": args.peer_timeout,
+                "breaker": "open 0.5 s doubling to 10 s, probe 2 s",
+                "loss_rto": "max(200 ms, 2 x RTT), doubled per repeated loss",
+            },
+        }
     print(json.dumps(result))
 
 

@@ -109,6 +109,9 @@ def status(
 
 
 def _network_line(state: dict[str, Any]) -> None:
+    for node in state.get("nodes", {}).values():
+        if node.get("drift"):
+            out.print(f"note: {node['drift']}", highlight=False, soft_wrap=True, markup=False)
     net = state.get("network")
     if net:
         out.print(

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -67,6 +67,7 @@ from consortium.launch.local import (
     RunningNode,
     health_headers,
     node_environment,
+    settings_drift,
     wait_for_roster,
 )
 from consortium.launch.netns import DEFAULT_SUBNET, NODE_ADDRESS, Network, NetworkError
@@ -233,7 +234,8 @@ def check_placement(config: Path, placement: Placement, file: FederationFile) ->
         raise ConfigError(
             f"{config} listens on {server.host} (reached at {server.public_host or server.host}),"
             f" not where isolate = {file.federation.isolate!r} puts it ({where}): edit its "
-            "[server] host and public_host, or remove the organization's directory",
+            "[server] host and public_host (an organization's directory made again would "
+            "have new keys its roster entry and the others' records do not know)",
             path=str(file.path),
             key="federation.isolate",
         )
@@ -258,6 +260,18 @@ class NodeState:
     started_at: float = 0.0
     restart_at: float | None = None  # when a dead node is due to start again
     last_exit: int | None = None
+    # The file's settings for it that its existing node.toml does not hold (dotted keys).
+    drift: list[str] = field(default_factory=list)
+
+
+def drift_notice(org: str, keys: Sequence[str], file: FederationFile) -> str:
+    """What `up` and `status` say of an organization whose node.toml lacks settings the
+    federation file gives it."""
+    return (
+        f"{org}: its node.toml does not hold what {file.path.name} sets for "
+        f"{', '.join(keys)}; the node runs with its node.toml's: edit "
+        f"{file.directory / org / 'node.toml'} to apply them"
+    )
 
 
 @dataclass
@@ -307,6 +321,9 @@ class Launcher:
             state = NodeState(organization(org, self.file), self._places[org.id])
             config = fed.prepare(state.org, state.placement.host, state.placement.public_host)
             check_placement(config, state.placement, self.file)
+            state.drift = settings_drift(state.org, config)
+            if state.drift:
+                log.warning("%s", drift_notice(org.id, state.drift, self.file))
             self.nodes[org.id] = state
         self._fed = fed
         return fed
@@ -481,6 +498,8 @@ class Launcher:
                 "backoff_s": self.next_delay(s, time.monotonic()),
                 "state": "restarting" if s.restart_at is not None else "running",
             }
+            if s.drift:
+                entry["drift"] = drift_notice(org_id, s.drift, self.file)
             if s.node is not None and s.restart_at is None:
                 fields = dict(p.split("=", 1) for p in s.node.child.ready_line.split()[1:])
                 proc = s.node.child.process

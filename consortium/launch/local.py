@@ -27,9 +27,11 @@ import os
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from a2a.types import a2a_pb2
@@ -136,6 +138,35 @@ class Organization:
     http_port: int = 0
     # TOML lines added to its node.toml's [federation] (peer_timeout_s, breaker_*).
     federation_lines: str = ""
+
+
+def settings_drift(org: Organization, config: Path) -> list[str]:
+    """The settings `org` declares that its existing node.toml does not hold (dotted
+    keys, e.g. "routing.threshold"): edited in the federation file after the node.toml
+    was made, which `prepare` never rewrites. [] when the node.toml cannot be read (the
+    node's own start says why)."""
+    declared: dict[str, Any] = tomllib.loads(
+        "[federation]\n" + org.federation_lines + org.config_extra
+    )
+    declared["model"] = {"backend": org.backend}
+    ports = {"grpc_port": org.grpc_port, "http_port": org.http_port}
+    declared["server"] = {k: v for k, v in ports.items() if v}
+    try:
+        actual = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    return _differences(declared, actual, "")
+
+
+def _differences(declared: dict[str, Any], actual: object, prefix: str) -> list[str]:
+    found: list[str] = []
+    have = actual if isinstance(actual, dict) else {}
+    for key, value in declared.items():
+        if isinstance(value, dict):
+            found += _differences(value, have.get(key), f"{prefix}{key}.")
+        elif have.get(key) != value:
+            found.append(f"{prefix}{key}")
+    return found
 
 
 @dataclass

@@ -130,6 +130,12 @@ class Network:
         if len(orgs) > self._net.num_addresses - 3:
             raise NetworkError(f"subnet {self.subnet} has no address for {len(orgs)} hosts")
         self.remove_stale()
+        taken = _overlapping(self._ip, self._net)
+        if taken:
+            raise NetworkError(
+                f"subnet {self.subnet} overlaps {taken}: give this federation another "
+                "subnet ([federation] subnet in its file)"
+            )
         try:
             self._ip_run("link", "add", self.bridge, "type", "bridge")
             self._ip_run("link", "set", self.bridge, "alias", self.alias)
@@ -255,6 +261,29 @@ def _links(ip: str) -> list[tuple[str, str]]:
     except ValueError:
         return []
     return [(str(link.get("ifname", "")), str(link.get("ifalias", ""))) for link in links]
+
+
+def _overlapping(ip: str, net: ipaddress.IPv4Network) -> str:
+    """An address of the root namespace whose network overlaps `net` ('' when none):
+    another federation's bridge, or one of this machine's own networks, which the
+    bridge's route would shadow."""
+    out = _run([ip, "-j", "-4", "addr", "show"], check=False).stdout
+    try:
+        links: list[dict[str, Any]] = json.loads(out or "[]")
+    except ValueError:
+        return ""
+    aliases = dict(_links(ip))
+    for link in links:
+        for info in link.get("addr_info", []):
+            try:
+                other = ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", strict=False)
+            except (KeyError, ValueError):
+                continue
+            if other.overlaps(net) and not other.is_loopback:
+                name = str(link.get("ifname", "?"))
+                alias = f" ({aliases[name]})" if aliases.get(name) else ""
+                return f"{other} on {name}{alias}"
+    return ""
 
 
 def _kill_inside(ip: str, ns: str) -> None:

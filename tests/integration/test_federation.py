@@ -343,6 +343,21 @@ async def test_cross_organization_task_is_one_trace(fed: Federation) -> None:
         s for s in globex if s["name"] == "consortium.verify" and s["traceId"] == call["traceId"]
     )
     assert verify["attrs"]["consortium.verdict"] == "verified"
+    # The trust pipeline's own time, apart from the network: the origin's verification of
+    # what came back, and the peer's signing of what it sent (answer and task events).
+    received = next(
+        s for s in acme if s["name"] == "consortium.verify" and s["parentSpanId"] == call["spanId"]
+    )
+    verifying_ms = float(received["attrs"]["consortium.verify.ms"])
+    assert (
+        0
+        < verifying_ms * 1e6
+        < int(received["endTimeUnixNano"]) - int(received["startTimeUnixNano"])
+    )
+    signing_ms = float(receive["attrs"]["consortium.sign.ms"])
+    assert (
+        0 < signing_ms * 1e6 < int(receive["endTimeUnixNano"]) - int(receive["startTimeUnixNano"])
+    )
     # No message text in anyone's spans.
     for path in files.values():
         assert "trace me please" not in path.read_text()

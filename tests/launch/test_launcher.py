@@ -125,8 +125,23 @@ def test_up_status_down_and_a_second_up_changes_nothing(
     assert not any(alive(pid) for pid in [*node_pids(state), state["supervisor"]["pid"]])
 
     # Up again after down: the same ports, so the roster, keys and configs are unchanged.
+    assert "note:" not in up.stdout
     assert cli("up", "--detach", str(path)).returncode == 0
     assert made_files(tmp_path / "fed") == before
+    assert cli("down", str(path)).returncode == 0
+
+    # A setting added to the file later is not written into existing node.toml files:
+    # `up` and `status` say which, and change nothing.
+    path.write_text(path.read_text() + "\n[peers]\npeer_timeout_s = 7.5\n")
+    edited = cli("up", "--detach", str(path))
+    assert edited.returncode == 0, edited.stderr
+    flat = " ".join(edited.stdout.split())
+    for org in ("acme", "globex", "initech"):
+        assert f"note: {org}: its node.toml does not hold what federation.toml sets for " in flat
+    assert "federation.peer_timeout_s; the node runs with its node.toml's" in flat
+    assert made_files(tmp_path / "fed") == before
+    status = json.loads(cli("status", "--json", str(path)).stdout)
+    assert "federation.peer_timeout_s" in status["nodes"]["acme"]["drift"]
     assert cli("down", str(path)).returncode == 0
 
 

@@ -190,6 +190,26 @@ def test_a_failed_create_removes_what_it_made() -> None:
     assert not [n for n in namespaces() if n.startswith("consortium-nlt-")]
 
 
+@needs_netns
+def test_a_second_federation_on_an_overlapping_subnet_is_refused(network: Network) -> None:
+    """Two federations on one machine need subnets apart: the second one's bridge route
+    would shadow the first's. The refusal names what it overlaps; the first keeps
+    working and nothing of the second is left."""
+    other = Network("nlu", subnet="10.201.1.128/25")
+    try:
+        with pytest.raises(NetworkError) as refused:
+            other.create(["initech"])
+        assert "10.201.1.0/24 on nlt-br (consortium nlt)" in str(refused.value)
+        assert "[federation] subnet" in str(refused.value)
+    finally:
+        other.destroy()
+    assert not [n for n in namespaces() if n.startswith("consortium-nlu-")]
+    assert "nlu-br" not in links()
+    assert reach(network, "acme", f"{network.host('globex').address}:9") == (
+        "ConnectionRefusedError"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "subnet", "words"),
     [

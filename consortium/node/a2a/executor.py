@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 from a2a.helpers.proto_helpers import new_task_from_user_message
@@ -36,8 +36,10 @@ from consortium.node.a2a.direct import DirectReplies
 from consortium.node.a2a.errors import PermissionDeniedError, overloaded
 from consortium.node.a2a.request_handler import (
     RESERVATION_KEY,
+    SIGN_TIME_KEY,
     VERIFIED_KEY,
     SigningEventQueue,
+    SignTime,
 )
 from consortium.node.a2a.validation import MESSAGE_ONLY_MODES, requested_mode
 from consortium.node.auth import Caller, caller_of
@@ -156,7 +158,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             return self._feedback_message(message, options.feedback, context)
         if options.mode != "score":
             return None
-        return await self._scores_message(message, options, context.state.get(VERIFIED_KEY))
+        return await self._scores_message(message, options, context.state)
 
     def _feedback_message(
         self, message: a2a_pb2.Message, feedback: Feedback, context: ServerCallContext
@@ -183,7 +185,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             )
         reply = _agent_message("", message.context_id, text, {METADATA_KEY: meta.wire()})
         reply.ClearField("task_id")
-        return self._signed(reply, context.state.get(VERIFIED_KEY))
+        return self._signed(reply, context.state)
 
     def _report_ack(self, message: a2a_pb2.Message, context: ServerCallContext) -> a2a_pb2.Message:
         """A member's trust report, taken (or refused with a reason) and acknowledged. Only
@@ -211,7 +213,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             {METADATA_KEY: ack.wire()},
         )
         reply.ClearField("task_id")
-        return self._signed(reply, verified)
+        return self._signed(reply, context.state)
 
     def _cosign_reply(
         self, message: a2a_pb2.Message, context: ServerCallContext
@@ -233,7 +235,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             "", message.context_id, f"checkpoint {answer.verdict}", {METADATA_KEY: answer.wire()}
         )
         reply.ClearField("task_id")
-        return self._signed(reply, verified)
+        return self._signed(reply, context.state)
 
     def _proof_reply(self, message: a2a_pb2.Message, context: ServerCallContext) -> a2a_pb2.Message:
         """Proofs from this node's audit log, for a verified member only."""
@@ -249,10 +251,10 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         text = "proof" if answer.error is None else f"rejected: {answer.error}"
         reply = _agent_message("", message.context_id, text, {METADATA_KEY: answer.wire()})
         reply.ClearField("task_id")
-        return self._signed(reply, verified)
+        return self._signed(reply, context.state)
 
     async def _scores_message(
-        self, message: a2a_pb2.Message, options: RequestOptions, verified: object
+        self, message: a2a_pb2.Message, options: RequestOptions, state: Mapping[str, Any]
     ) -> a2a_pb2.Message:
         text = "".join(p.text for p in message.parts).strip()
         org = self.service.org_id
@@ -272,17 +274,21 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             )
         reply = _agent_message("", message.context_id, reply_text, {METADATA_KEY: meta.wire()})
         reply.ClearField("task_id")
-        return self._signed(reply, verified)
+        return self._signed(reply, state)
 
-    def _signed(self, message: a2a_pb2.Message, verified: object) -> a2a_pb2.Message:
-        """Signed and bound to the request when a peer sent it, with the receipt of this
-        node's audit-log entry of the request."""
+    def _signed(self, message: a2a_pb2.Message, state: Mapping[str, Any]) -> a2a_pb2.Message:
+        """Signed and bound to the request when a peer sent it (the call's `state` holds
+        its verified request), with the receipt of this node's audit-log entry of the
+        request."""
+        verified = state.get(VERIFIED_KEY)
         if self._signer is not None and isinstance(verified, Verified):
             if self._receipts is not None:
                 receipt = self._receipts(verified.claims.message_id)
                 if receipt is not None:
                     message.metadata.update({RECEIPT_KEY: receipt})
-            return self._signer.sign_reply(message, verified)
+            timing = state.get(SIGN_TIME_KEY)
+            with timing.signing() if isinstance(timing, SignTime) else contextlib.nullcontext():
+                return self._signer.sign_reply(message, verified)
         return message
 
     # -- tasks -------------------------------------------------------------------------
@@ -302,7 +308,10 @@ class ModelExecutor(AgentExecutor, DirectReplies):
     ) -> None:
         verified = context.call_context.state.get(VERIFIED_KEY)
         if self._signer is not None and isinstance(verified, Verified):
-            event_queue = cast(EventQueue, SigningEventQueue(event_queue, self._signer, verified))
+            timing = context.call_context.state.setdefault(SIGN_TIME_KEY, SignTime())
+            event_queue = cast(
+                EventQueue, SigningEventQueue(event_queue, self._signer, verified, timing)
+            )
         message = context.message
         task = context.current_task
         if task is None and message is not None and _is_direct_request(message):
@@ -417,7 +426,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
     ) -> a2a_pb2.Message:
         """A status message; signed and bound to the request when a peer sent it."""
         message = _agent_message(task.id, task.context_id, text, metadata)
-        return self._signed(message, context.call_context.state.get(VERIFIED_KEY))
+        return self._signed(message, context.call_context.state)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -76,6 +77,38 @@ VERIFIED_KEY = "consortium.verified"
 # Where the executor finds the task's reservation of its caller's limits (a
 # node.limits.Reservation), to hand to the service, which settles it.
 RESERVATION_KEY = "consortium.reservation"
+# Where the executor adds the time it spends signing answers and task events for a
+# verified request (a SignTime), the `consortium.sign.ms` of its `a2a.receive` span.
+SIGN_TIME_KEY = "consortium.sign_time"
+
+
+class SignTime:
+    """Time spent signing (and auditing) what a node sends back for one peer's request."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def signing(self) -> _Timing:
+        return _Timing(self)
+
+
+class _Timing:
+    def __init__(self, total: SignTime) -> None:
+        self._total = total
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        self._total.seconds += time.perf_counter() - self._started
+
+
+def _record_sign_time(span: Span, context: ServerCallContext) -> None:
+    timing = context.state.get(SIGN_TIME_KEY)
+    if isinstance(timing, SignTime):
+        span.set_attribute("consortium.sign.ms", round(timing.seconds * 1e3, 3))
+
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -341,6 +374,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                 {"consortium.verdict": "verified", "consortium.key.id": verified.claims.kid}
             )
         context.state[VERIFIED_KEY] = verified
+        context.state[SIGN_TIME_KEY] = SignTime()
         return verified
 
     def _shed(
@@ -409,25 +443,37 @@ class NodeRequestHandler(DefaultRequestHandler):
         validate_send_request(params)
         span, parts = self._receive_span("SendMessage", params)
         with trace.use_span(span, end_on_exit=True):
-            params = self._admit_message("SendMessage", params, parts, context)
-            await self._writable()
-            options = _options_of(params)
-            with self._shed(params, options, context) or Ticket(None, None):
-                executor = self.agent_executor
-                if isinstance(executor, DirectReplies) and may_reply_directly(params):
-                    validate_required_fields(params)
-                    reply = await executor.reply(params.message, context)
-                    if reply is not None:
-                        return reply
-                reservation = self._reserve(params, options, context)
-                try:
-                    result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
-                        params, context
-                    )
-                except BaseException:
-                    reservation.release_unclaimed()
-                    raise
-                return result
+            try:
+                return await self._send(params, parts, context)
+            finally:
+                _record_sign_time(span, context)
+
+    async def _send(
+        self,
+        params: a2a_pb2.SendMessageRequest,
+        parts: SignedParts | Rejected | None,
+        context: ServerCallContext,
+    ) -> a2a_pb2.Message | a2a_pb2.Task:
+        """SendMessage within its `a2a.receive` span."""
+        params = self._admit_message("SendMessage", params, parts, context)
+        await self._writable()
+        options = _options_of(params)
+        with self._shed(params, options, context) or Ticket(None, None):
+            executor = self.agent_executor
+            if isinstance(executor, DirectReplies) and may_reply_directly(params):
+                validate_required_fields(params)
+                reply = await executor.reply(params.message, context)
+                if reply is not None:
+                    return reply
+            reservation = self._reserve(params, options, context)
+            try:
+                result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
+                    params, context
+                )
+            except BaseException:
+                reservation.release_unclaimed()
+                raise
+            return result
 
     @_stream_storage_faults_as_a2a
     async def on_message_send_stream(
@@ -462,6 +508,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         finally:
             if ticket is not None:
                 ticket.release()
+            _record_sign_time(span, context)
             span.end()
 
     # -- task methods --------------------------------------------------------------
@@ -574,14 +621,18 @@ class SigningEventQueue:
     """Wraps a task's event queue: every status and artifact update this node emits for a
     peer's request is signed, bound to that request, before it is queued."""
 
-    def __init__(self, queue: EventQueue, signer: Signer, request: Verified) -> None:
+    def __init__(
+        self, queue: EventQueue, signer: Signer, request: Verified, timing: SignTime
+    ) -> None:
         self._queue = queue
         self._signer = signer
         self._request = request
+        self._timing = timing
 
     async def enqueue_event(self, event: Event) -> None:
         if isinstance(event, (a2a_pb2.TaskStatusUpdateEvent, a2a_pb2.TaskArtifactUpdateEvent)):
-            event = self._signer.sign_event(event, self._request)
+            with self._timing.signing():
+                event = self._signer.sign_event(event, self._request)
         await self._queue.enqueue_event(event)
 
     def __getattr__(self, name: str) -> Any:

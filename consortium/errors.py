@@ -123,6 +123,8 @@ STORAGE_PROBLEMS = {
     "read_only": "its storage is read-only",
     "io_error": "a storage I/O error",
     "no_permission": "its data directory is not writable by this user",
+    "database_unavailable": "its database is unreachable",
+    "database_busy": "its database has no free connection",
 }
 
 

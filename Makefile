@@ -32,6 +32,7 @@ typecheck: install
 
 unit: install
 	bash scripts/install-chromium.sh
+	bash scripts/install-postgres.sh
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit

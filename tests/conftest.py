@@ -4,7 +4,8 @@ with ephemeral ports, and the bundled model files."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,51 @@ async def start_node(tmp_path: Path) -> AsyncIterator[NodeStarter]:
     yield start
     for node in nodes:
         await node.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (consortium/launch/pgcluster.py),
+    started when a test first asks for it."""
+    from consortium.launch.pgcluster import PgCluster
+
+    # Not under pytest's tmp directory: as root the server runs as `postgres`, which must
+    # reach its directory (pytest's base is 0700, root's).
+    cluster = PgCluster.create(Path(tempfile.mkdtemp(prefix="consortium-pg-")))
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_database(pg_cluster: Any, tmp_path: Path) -> PgDatabase:
+    """A new empty database on the session's server, and a 0600 file with the password."""
+    import secrets
+
+    name = f"t_{secrets.token_hex(6)}"
+    url = pg_cluster.create_database(name)
+    password_file = tmp_path / "db-password"
+    password_file.write_text(pg_cluster.password + "\n")
+    password_file.chmod(0o600)
+    return PgDatabase(url, password_file, pg_cluster.password)
+
+
+class PgDatabase:
+    """A test database: its URL (no password), the password and a 0600 file holding it."""
+
+    def __init__(self, url: str, password_file: Path, password: str) -> None:
+        self.url = url
+        self.password_file = password_file
+        self.password = password
+
+    def storage(self, **settings: Any) -> Any:
+        """A Storage on this database (a replica's view of it)."""
+        from consortium.storage.storage import PoolSettings, Storage
+        from consortium.storage.url import parse_location
+
+        location = parse_location(
+            self.url,
+            base_dir=self.password_file.parent,
+            data_dir=self.password_file.parent,
+            password_file=str(self.password_file),
+        )
+        return Storage(location, PoolSettings(**settings))

@@ -101,6 +101,8 @@ from consortium.protocols.redaction import IdentityRedactor, Redactor
 from consortium.redaction.policy import check_peers
 from consortium.redaction.receipts import DisclosureStore
 from consortium.sqlite import check_writable, storage_problem
+from consortium.storage import migrations
+from consortium.storage.storage import Storage
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.audit import AuditLog, NoOpAuditLog
@@ -254,12 +256,44 @@ def _owned_assessor(
     return assessor, close, meters
 
 
-def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Federation | None:
+def build_storage(cfg: NodeConfig) -> Storage:
+    """The node's stores' databases ([storage] url), their schemas brought to this
+    version's (`migrate = "auto"`) or checked (`"check"`). A database that cannot be
+    reached raises StorageUnavailable; one a newer version migrated, SchemaTooNew."""
+    storage = Storage(cfg.storage_location(), cfg.storage_settings())
+    try:
+        if cfg.storage.migrate == "auto":
+            done = migrations.upgrade(storage)
+            if done:
+                log.info(
+                    "storage %s: schema of %s brought up to date",
+                    storage.location.shown,
+                    ", ".join(sorted(done)),
+                )
+        else:
+            behind = migrations.pending(storage)
+            if behind:
+                raise ConfigError(
+                    f"the schema of {', '.join(sorted(behind))} at {storage.location.shown} "
+                    "is older than this version's: run `consortium db upgrade`",
+                    key="storage.migrate",
+                )
+    except BaseException:
+        storage.close()
+        raise
+    return storage
+
+
+def build_federation(
+    cfg: NodeConfig, assessor: Assessor | None = None, storage: Storage | None = None
+) -> Federation | None:
     """Loads the roster (refusing an invalid one), the replay cache and the keys; the
     exchange reports to `assessor` (by default `build_assessor`'s)."""
     fed = cfg.federation
     if fed is None:
         return None
+    if storage is None:
+        storage = build_storage(cfg)
     admin = load_public_key(cfg.resolve(fed.admin_key))
     watcher = RosterWatcher(cfg.resolve(fed.roster), [admin])
     roster = watcher.current()
@@ -267,7 +301,7 @@ def build_federation(cfg: NodeConfig, assessor: Assessor | None = None) -> Feder
     meters: MeterProvider | None = None
     if assessor is None:
         assessor, close_assessor, meters = _owned_assessor(cfg, watcher)
-    replay = ReplayCache(cfg.data_dir / "replay.sqlite3")
+    replay = ReplayCache(storage.database("replay"))
     close_redactor = _nothing
     disclosures: DisclosureStore | None = None
     audit_log: SqliteAuditLog | None = None
@@ -790,6 +824,8 @@ class Node:
         self.witnessing: Witnessing | None = None
         self._witnessing: asyncio.Task[None] | None = None
         self.storage = StorageHealth(config.data_dir)
+        # The stores' databases ([storage] url), opened by `_start`.
+        self.databases: Storage | None = None
         self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
@@ -805,12 +841,13 @@ class Node:
         check_writable(cfg.data_dir)
         quiet_storage_tracebacks()
         secure_directory(cfg.data_dir)
+        self.databases = build_storage(cfg)
         self.store = build_store(cfg)
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())
         # Before loading the model: fail fast.
         pool = cfg.canary_pool()
-        self.federation = build_federation(cfg, self._assessor)
+        self.federation = build_federation(cfg, self._assessor, self.databases)
         federation = self.federation
         self.meter_provider, self._owns_meters = build_meters(cfg, federation)
         self.load_metrics.bind(self.meter_provider, self.worker.load)
@@ -1069,6 +1106,8 @@ class Node:
                 "marking unfinished tasks failed (done at the next start)",
             )
             store.close()
+        if self.databases is not None:
+            self.databases.close()
         if self.store is not None:  # files were made: keep them the organization's
             _despite_storage(lambda: secure_directory(self.config.data_dir), "securing data")
         if self.endpoints is not None:

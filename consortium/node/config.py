@@ -28,6 +28,8 @@ from consortium.federation.roster import ORG_ID
 from consortium.llm.settings import ModelSection
 from consortium.node.breaker import BreakerSettings
 from consortium.redaction.policy import RedactionPolicy, check_policy
+from consortium.storage.storage import PoolSettings
+from consortium.storage.url import Location, parse_location
 from consortium.trust.canaries import CanaryPool, load_pool
 from consortium.trust.canary_schedule import CanarySettings
 from consortium.trust.reports import ReportSettings
@@ -136,6 +138,26 @@ class AuthSection(_Section):
     # Callers from the loopback interface without credentials share one "anonymous"
     # scope of their own. `consortium init` turns this on for a node bound to loopback.
     anonymous_loopback: bool = False
+
+
+class StorageSection(_Section):
+    """Where the node keeps its state (consortium/storage): SQLite files in its data
+    directory (default), or one PostgreSQL database every replica of the organization's
+    node shares. The password never goes here: `password_file` (0600) or libpq's own
+    PGPASSWORD / ~/.pgpass."""
+
+    url: Annotated[str, Field(max_length=2048)] = ""
+    password_file: str = ""
+    # PostgreSQL: connections per replica, and how long a call waits for the database
+    # before it fails with 503 / UNAVAILABLE.
+    pool_size: Annotated[int, Field(ge=1, le=256)] = 8
+    max_overflow: Annotated[int, Field(ge=0, le=256)] = 8
+    pool_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    connect_timeout_s: Annotated[float, Field(ge=1, le=300)] = 5.0
+    statement_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    # "auto": the schema is brought to this version's at start (replicas take turns);
+    # "check": start is refused unless `consortium db upgrade` already did.
+    migrate: Literal["auto", "check"] = "auto"
 
 
 class LimitsSection(_Section):
@@ -471,6 +493,7 @@ class NodeConfig(_Section):
     tls: TlsSection | None = None
     auth: AuthSection = AuthSection()
     limits: LimitsSection = LimitsSection()
+    storage: StorageSection = StorageSection()
     openai: OpenAISection = OpenAISection()
     telemetry: TelemetrySection = TelemetrySection()
     logging: LoggingSection = LoggingSection()
@@ -503,6 +526,26 @@ class NodeConfig(_Section):
     @property
     def data_dir(self) -> Path:
         return self.resolve(self.node.data_dir)
+
+    def storage_location(self) -> Location:
+        """Where [storage] url puts the node's state (ConfigError naming the key)."""
+        return parse_location(
+            self.storage.url,
+            base_dir=self.base_dir,
+            data_dir=self.data_dir,
+            password_file=self.storage.password_file,
+        )
+
+    def storage_settings(self, org_id: str = "") -> PoolSettings:
+        s = self.storage
+        return PoolSettings(
+            pool_size=s.pool_size,
+            max_overflow=s.max_overflow,
+            pool_timeout_s=s.pool_timeout_s,
+            connect_timeout_s=s.connect_timeout_s,
+            statement_timeout_s=s.statement_timeout_s,
+            application_name=f"consortium {org_id or self.node.org_id}",
+        )
 
     @property
     def database_path(self) -> Path:

@@ -1,5 +1,11 @@
 """Replay cache: remembers (sender, message id) pairs until they could no longer pass the
-freshness check, in SQLite (WAL), so a captured message is refused even after a restart."""
+freshness check, in the node's storage (consortium/storage: an SQLite file, or the
+PostgreSQL database every replica of the node shares), so a captured message is refused
+even after a restart, and by every replica once one accepted it.
+
+The check is one statement — an insert that succeeds only for a pair not seen (or long
+expired) — never a read followed by a write, so two replicas given the same message at
+the same moment cannot both accept it: the database's unique key decides."""
 
 from __future__ import annotations
 
@@ -8,24 +14,33 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from consortium.sqlite import connect
+from sqlalchemy import Column, Float, MetaData, PrimaryKeyConstraint, Table, Text, delete
 
+from consortium.storage.database import Database
+from consortium.storage.migrations import open_sqlite
+from consortium.storage.sql import insert
+
+METADATA = MetaData()
 # One B-tree (no rowid, no expiry index): the insert sits on every message's path, and the
 # once-a-minute purge can afford a scan of at most one skew window of entries.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS replay (
-    sender     TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (sender, message_id)
-) WITHOUT ROWID;
-"""
+REPLAY = Table(
+    "replay",
+    METADATA,
+    Column("sender", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("expires_at", Float(precision=53), nullable=False),
+    PrimaryKeyConstraint("sender", "message_id"),
+    sqlite_with_rowid=False,
+)
+PURGE_EVERY_S = 60.0
 
 
 class ReplayCache:
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
-        self._conn = connect(path)
-        self._conn.executescript(_SCHEMA)
+    """`db`: the node's replay store (a Path: that SQLite file, for tools and tests)."""
+
+    def __init__(self, db: Database | Path, clock: Callable[[], float] = time.time) -> None:
+        self._owned = not isinstance(db, Database)  # opened here: closed here
+        self._db = db if isinstance(db, Database) else open_sqlite(db, "replay")
         self._lock = threading.Lock()
         self._clock = clock
         self._last_purge = 0.0
@@ -34,20 +49,25 @@ class ReplayCache:
         """Records the pair; True if it was not seen before (and not yet expired)."""
         now = self._clock()
         with self._lock:
-            if now - self._last_purge > 60:
-                self._conn.execute("DELETE FROM replay WHERE expires_at < ?", (now,))
+            purge = now - self._last_purge > PURGE_EVERY_S
+            if purge:
                 self._last_purge = now
-            cur = self._conn.execute(
-                "INSERT INTO replay (sender, message_id, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (sender, message_id) DO UPDATE SET expires_at = excluded.expires_at"
-                " WHERE replay.expires_at < ?",
-                (sender, message_id, expires_at, now),
-            )
-            return cur.rowcount == 1
+        stmt = insert(self._db, REPLAY).values(
+            sender=sender, message_id=message_id, expires_at=expires_at
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[REPLAY.c.sender, REPLAY.c.message_id],
+            set_={"expires_at": stmt.excluded.expires_at},
+            where=REPLAY.c.expires_at < now,
+        ).returning(REPLAY.c.expires_at)  # a row only when this call stored the pair
+        with self._db.begin() as conn:
+            if purge:
+                conn.execute(delete(REPLAY).where(REPLAY.c.expires_at < now))
+            return conn.execute(stmt).first() is not None
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owned:
+            self._db.dispose()
 
 
 class AnswerReplayCache:

@@ -125,6 +125,8 @@ STORAGE_PROBLEMS = {
     "no_permission": "its data directory is not writable by this user",
     "database_unavailable": "its database is unreachable",
     "database_busy": "its database has no free connection",
+    "database_auth": "its database refused its credentials (user or password)",
+    "database_missing": "its database does not exist",
 }
 
 

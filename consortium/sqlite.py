@@ -126,6 +126,11 @@ class StorageFaults:
                 fault.problem.replace("_", " "),
             )
 
+    def get(self, database: str) -> Fault | None:
+        """The standing fault of one database (None: it takes writes)."""
+        with self._lock:
+            return self._faults.get(database)
+
     def under(self, directory: Path) -> list[Fault]:
         """The faults of the databases in `directory` (and below), oldest first."""
         root = str(directory.resolve())

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from consortium.errors import StorageUnavailable
+from consortium.storage.database import Database
 
 ROOT = os.geteuid() == 0
 
@@ -53,7 +54,7 @@ class Disk:
         """The one line a client should read."""
         return str(StorageUnavailable(self.problem, node=node))
 
-    def fill(self, connections: Iterable[sqlite3.Connection] = ()) -> None:
+    def fill(self, connections: Iterable[sqlite3.Connection | Database] = ()) -> None:
         if ROOT:
             fd = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             block = b"\0" * (1 << 16)
@@ -74,6 +75,9 @@ class Disk:
             file.chmod(0o400)
         self.path.chmod(0o500)
         for conn in connections:
+            if isinstance(conn, Database):
+                conn.engine.dispose()  # its next connections open the read-only files
+                continue
             conn.execute("PRAGMA query_only = ON")
             self._held.append(conn)
 

@@ -10,6 +10,7 @@ from consortium.cli import (
     audit,
     audit_trace,
     bench,
+    db,
     demo,
     federation,
     key,
@@ -52,6 +53,10 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="This node's state storage ([storage] url): schema upgrades, moving to PostgreSQL.",
+    no_args_is_help=True,
+)
 bench_app = typer.Typer(
     help="Evaluate routers, collaboration protocols and the trust layer on benchmark data.",
     no_args_is_help=True,
@@ -66,6 +71,7 @@ app.add_typer(redact_app, name="redact")
 app.add_typer(audit_app, name="audit")
 federation_app.add_typer(policy_app, name="policy")
 app.add_typer(bench_app, name="bench")
+app.add_typer(db_app, name="db")
 app.add_typer(net.group(), name="net")
 
 # The order below is the order `--help` lists the commands in.
@@ -98,6 +104,11 @@ trust_app.command("reset")(trust.trust_reset)
 redact_app.command("preview")(redact.redact_preview)
 redact_app.command("disclose")(redact.redact_disclose)
 redact_app.command("check")(redact.redact_check)
+
+# State storage.
+db_app.command("upgrade")(db.db_upgrade)
+db_app.command("status")(db.db_status)
+db_app.command("migrate")(db.db_migrate)
 
 # Audit logs.
 audit_app.command("verify")(audit.audit_verify)

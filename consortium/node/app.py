@@ -842,6 +842,7 @@ class Node:
         quiet_storage_tracebacks()
         secure_directory(cfg.data_dir)
         self.databases = build_storage(cfg)
+        self.storage.watch(self.databases)
         self.store = build_store(cfg)
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())

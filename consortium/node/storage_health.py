@@ -16,14 +16,17 @@ exception is a storage fault (the exporters' go to the rate-limited log of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from consortium.errors import StorageUnavailable
 from consortium.node.a2a.errors import StorageUnavailableError
 from consortium.sqlite import STORAGE, Fault, probe, storage_problem
+from consortium.storage.storage import Storage
 
 # OpenTelemetry's file exporters log every batch they fail to write, with a traceback.
 TELEMETRY_FILE_LOGGER = "opentelemetry.exporter.otlp.json.file"
@@ -89,17 +92,41 @@ class StorageHealth:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self._probed_at = 0.0
+        # A database server the node's state lives on ([storage] url = postgresql://...):
+        # its name in STORAGE and a probe that takes a write.
+        self._server: tuple[str, Callable[[], object]] | None = None
+        self._directories = [data_dir]
+
+    def watch(self, storage: Storage) -> None:
+        """Also reports (and, being remote, probes even without a fault: a database that
+        went away while nothing wrote still makes the node not ready) `storage`."""
+        if storage.kind == "postgresql":
+            self._server = (storage.location.shown, storage.probe)
+        elif storage.location.directory is not None:
+            self._directories.append(storage.location.directory)
+
+    def _standing(self) -> list[Fault]:
+        faults = [f for d in self._directories for f in STORAGE.under(d)]
+        if self._server is not None:
+            fault = STORAGE.get(self._server[0])
+            if fault is not None:
+                faults.append(fault)
+        return sorted({f.database: f for f in faults}.values(), key=lambda f: f.since)
 
     async def faults(self) -> list[Fault]:
         """The faults that stand (probing first, when due, so that a disk freed while
         nothing wrote reads healthy again)."""
-        faults = STORAGE.under(self.data_dir)
+        faults = self._standing()
         now = time.monotonic()
-        if faults and now - self._probed_at >= PROBE_INTERVAL_S:
+        if (faults or self._server is not None) and now - self._probed_at >= PROBE_INTERVAL_S:
             self._probed_at = now
             for fault in faults:
-                await asyncio.to_thread(probe, fault.database)
-            faults = STORAGE.under(self.data_dir)
+                if self._server is None or fault.database != self._server[0]:
+                    await asyncio.to_thread(probe, fault.database)
+            if self._server is not None:
+                with contextlib.suppress(StorageUnavailable):
+                    await asyncio.to_thread(self._server[1])
+            faults = self._standing()
         return faults
 
     async def require_writable(self) -> None:
@@ -119,7 +146,10 @@ class StorageHealth:
             "message": str(StorageUnavailable(first.problem)),
             "since": round(first.since, 3),
             "databases": {
-                Path(f.database).name: {"problem": f.problem, "failed_writes": f.failures}
+                (f.database if "://" in f.database else Path(f.database).name): {
+                    "problem": f.problem,
+                    "failed_writes": f.failures,
+                }
                 for f in faults
             },
         }

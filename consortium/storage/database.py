@@ -104,5 +104,15 @@ def fault_of(error: sa_exc.DBAPIError) -> str | None:
     if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)) and (
         sqlstate is None and type(original).__module__.startswith("psycopg")
     ):
-        return "database_unavailable"  # no SQLSTATE: the connection itself failed
+        # No SQLSTATE: the connection itself failed; libpq's message says why.
+        message = str(original)
+        if (
+            "authentication failed" in message
+            or "no password supplied" in message
+            or ("role" in message and "does not exist" in message)
+        ):
+            return "database_auth"
+        if "database" in message and "does not exist" in message:
+            return "database_missing"
+        return "database_unavailable"
     return None

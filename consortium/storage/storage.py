@@ -131,6 +131,14 @@ class Storage:
         engine = self._pg.execution_options(schema_translate_map={None: spec.schema})
         return Database(engine, where=self.location.shown, executor=self.executor)
 
+    def probe(self) -> None:
+        """One round trip that commits (clearing a recorded fault); StorageUnavailable
+        when the database cannot be reached. PostgreSQL only: SQLite files are probed by
+        consortium.sqlite.probe."""
+        db = self.database("replicas")
+        with db.begin() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def close(self) -> None:
         with self._lock:
             for engine in self._engines.values():

@@ -54,7 +54,7 @@ audit_app = typer.Typer(
 )
 policy_app = typer.Typer(help="Sign and verify routing-policy artifacts.", no_args_is_help=True)
 db_app = typer.Typer(
-    help="This node's state storage ([storage] url): schema upgrades, moving to PostgreSQL.",
+    help="This node's state storage (\\[storage] url): schema upgrades, moving to PostgreSQL.",
     no_args_is_help=True,
 )
 bench_app = typer.Typer(

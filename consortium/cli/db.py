@@ -32,9 +32,9 @@ def db_upgrade(config: ConfigArg) -> None:
             storage.close()
         where = storage.location.shown
         if done:
-            out.print(f"{where}: upgraded {', '.join(sorted(done))}", highlight=False)
+            out.print(f"{where}: upgraded {', '.join(sorted(done))}", highlight=False, markup=False)
         else:
-            out.print(f"{where}: every store is up to date", highlight=False)
+            out.print(f"{where}: every store is up to date", highlight=False, markup=False)
 
     run(go)
 
@@ -77,7 +77,7 @@ def db_migrate(
     ] = None,
 ) -> None:
     """Copy a stopped node's state (tasks, keys, reputations, records, receipts, the audit
-    log...) into an empty PostgreSQL database; then set [storage] url to it."""
+    log...) into an empty PostgreSQL database; then point node.toml's storage url at it."""
     from consortium.storage.copy import copy_storage
     from consortium.storage.storage import Storage
     from consortium.storage.url import parse_location
@@ -112,11 +112,12 @@ def db_migrate(
             dst.close()
         for c in copied:
             rows = ", ".join(f"{t} {n}" for t, n in c.rows.items())
-            out.print(f"{c.store}: {rows}", highlight=False)
+            out.print(f"{c.store}: {rows}", highlight=False, markup=False)
         out.print(
             f"copied into {target.shown}; set [storage] url to it (and password_file), then "
             "start the node",
             highlight=False,
+            markup=False,
         )
 
     run(go)

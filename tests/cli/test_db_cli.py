@@ -71,6 +71,7 @@ def test_migrate_a_data_directory_into_postgresql(tmp_path: Path, pg_database: P
     )
     assert moved.returncode == 0, moved.stderr
     assert "replay: replay 2500" in moved.stdout
+    assert "set [storage] url to it" in moved.stdout
     storage = pg_database.storage()
     try:
         assert migrations.pending(storage) == {}

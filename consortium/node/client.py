@@ -26,6 +26,7 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
 from consortium.errors import NodeUnavailableError, RequestRejected
+from consortium.node.failover import FailoverClient, card_for, interfaces
 from consortium.protocols.provenance import Provenance
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.call_proof import PROOF_HEADER
@@ -112,24 +113,33 @@ def open_client(
     """An a2a-sdk client for the card's interface of the given transport (gRPC by default);
     with credentials the gRPC channel uses TLS (and a client certificate, for mTLS), with
     `verify` the HTTP client likewise; `api_key` authenticates every call;
-    `channel_options`: the gRPC channel's options."""
+    `channel_options`: the gRPC channel's options. A card that lists several interfaces
+    of the transport (a node's replicas) gets a FailoverClient over them."""
 
     def channel(url: str) -> grpc.aio.Channel:
         return grpc_channel(url, credentials, channel_options)
 
-    config = ClientConfig(
-        streaming=streaming,
-        supported_protocol_bindings=[transport],
-        use_client_preference=True,
-        grpc_channel_factory=channel,
-        httpx_client=httpx.AsyncClient(
-            timeout=httpx.Timeout(300.0, connect=10.0), verify=verify or True
-        ),
-    )
     chain = list(interceptors or [])
     if api_key is not None:
         chain.append(bearer(api_key))
-    return ClientFactory(config).create(card, chain or None)
+
+    def make(card: a2a_pb2.AgentCard) -> Client:
+        config = ClientConfig(
+            streaming=streaming,
+            supported_protocol_bindings=[transport],
+            use_client_preference=True,
+            grpc_channel_factory=channel,
+            httpx_client=httpx.AsyncClient(
+                timeout=httpx.Timeout(300.0, connect=10.0), verify=verify or True
+            ),
+        )
+        return ClientFactory(config).create(card, chain or None)
+
+    # A node with several replicas lists an interface of each (node/failover.py).
+    urls = interfaces(card, transport)
+    if len(urls) <= 1:
+        return make(card)
+    return FailoverClient(urls, lambda url: make(card_for(card, url, transport)))
 
 
 def text_message(text: str, metadata: dict[str, Any] | None = None) -> a2a_pb2.Message:

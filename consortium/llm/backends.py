@@ -85,6 +85,7 @@ def backend_factory(m: ModelSection, base_dir: Path) -> Callable[[], LLMBackend]
                 retries=m.retries,
                 chat=m.prompt_format != "completion",
                 parallel=m.parallel or REMOTE_PARALLEL,
+                fallback_base_urls=m.fallback_base_urls,
             )
 
         return load_remote

@@ -77,6 +77,13 @@ Retries (`model.retries`, default 2; waits of 0.5 s, 1 s, 2 s ... capped at 4 s)
   generating), nor is any other status, and a stream that started (HTTP 200 received)
   is never retried: its error fails the task.
 
+Other servers (`model.fallback_base_urls`: replicas of the server, or of a Consortium
+node's /v1): a call that would be retried for the reasons above — never sent, or refused
+with 502/503/504 before any output — goes at once to the next server instead of waiting,
+each server tried once per call before the back-off above; the server that took it
+stays the current one for every call (a warning says when it changes). A stream that
+started is never moved.
+
 One more re-send: a server that refuses `stream_options` (usage in streams) as an unknown
 field (HTTP 400/422 naming it: it did nothing) gets the request again without it, and
 from then on never; usage is then counted.
@@ -240,12 +247,14 @@ class OpenAIBackend:
         chat: bool = True,
         backoff_s: float = BACKOFF_S,
         parallel: int = DEFAULT_PARALLEL,
+        fallback_base_urls: Sequence[str] = (),
     ) -> None:
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, not {parallel}")
-        self._base = base_url.rstrip("/")
-        # The tokenize endpoints live at the server's root, not under /v1.
-        self._root = self._base.removesuffix("/v1")
+        # base_url, then the same model's other servers, each once (see _fail_over).
+        self._bases = list(dict.fromkeys(u.rstrip("/") for u in (base_url, *fallback_base_urls)))
+        self._current = 0
+        self._bases_lock = threading.Lock()
         self._name = name
         self._context_size = context_size
         self._timeout_s = timeout_s
@@ -296,6 +305,34 @@ class OpenAIBackend:
     @property
     def info(self) -> ModelInfo:
         return self._info
+
+    @property
+    def _base(self) -> str:
+        """The API root of the server calls go to now."""
+        return self._bases[self._current]
+
+    @property
+    def _root(self) -> str:
+        """The current server's root: its tokenize endpoints live there, not under /v1."""
+        return self._base.removesuffix("/v1")
+
+    def _fail_over(self, url: str, tried: int, reason: str) -> str | None:
+        """`url` on the next server of `model.fallback_base_urls` after the current one
+        could not take a call that it cannot have acted on (`reason`), and makes that
+        server the current one for every call; None when each was `tried` already."""
+        if tried >= len(self._bases) - 1:
+            return None
+        with self._bases_lock:
+            old_base, old_root = self._base, self._root
+            if url.startswith(old_base) or url.startswith(old_root):
+                self._current = (self._current + 1) % len(self._bases)
+            base, root = self._base, self._root
+        log.warning("model server %s: %s; calls go to %s now", old_base, reason, base)
+        if url.startswith(old_base):
+            return base + url[len(old_base) :]
+        if url.startswith(old_root):
+            return root + url[len(old_root) :]
+        return url
 
     def close(self) -> None:
         self._http.close()
@@ -728,7 +765,7 @@ class OpenAIBackend:
         idempotent: bool = False,
         what: str,
     ) -> httpx.Response:
-        attempt = 0
+        attempt = tried = 0
         while True:
             try:
                 with self._http.use() as http:
@@ -736,24 +773,39 @@ class OpenAIBackend:
                         http.send(http.build_request(method, url, json=json), stream=True)
                     )
             except httpx.TransportError as e:
+                if idempotent or isinstance(e, NOT_SENT):
+                    other = self._fail_over(url, tried, _transport_reason(e))
+                    if other is not None:
+                        url, tried = other, tried + 1
+                        continue
                 if attempt < self._retries and (idempotent or isinstance(e, NOT_SENT)):
                     attempt = self._wait(attempt, what, _transport_reason(e))
                     continue
                 raise self._transport_error(e, what, attempt) from None
-            if r.status_code in RETRY_STATUS and attempt < self._retries:
-                attempt = self._wait(attempt, what, f"HTTP {r.status_code}")
-                continue
+            if r.status_code in RETRY_STATUS:
+                other = self._fail_over(url, tried, f"HTTP {r.status_code}")
+                if other is not None:
+                    url, tried = other, tried + 1
+                    continue
+                if attempt < self._retries:
+                    attempt = self._wait(attempt, what, f"HTTP {r.status_code}")
+                    continue
             return r
 
     def _open_stream(
         self, http: httpx.Client, url: str, body: dict[str, Any], what: str
     ) -> httpx.Response:
-        attempt = 0
+        attempt = tried = 0
         while True:
             request = http.build_request("POST", url, json=body)
             try:
                 r = http.send(request, stream=True)
             except httpx.TransportError as e:
+                if isinstance(e, NOT_SENT):
+                    other = self._fail_over(url, tried, _transport_reason(e))
+                    if other is not None:
+                        url, tried = other, tried + 1
+                        continue
                 if attempt < self._retries and isinstance(e, NOT_SENT):
                     attempt = self._wait(attempt, what, _transport_reason(e))
                     continue
@@ -761,9 +813,14 @@ class OpenAIBackend:
             if r.status_code == 200:
                 return r
             try:
-                if r.status_code in RETRY_STATUS and attempt < self._retries:
-                    attempt = self._wait(attempt, what, f"HTTP {r.status_code}")
-                    continue
+                if r.status_code in RETRY_STATUS:
+                    other = self._fail_over(url, tried, f"HTTP {r.status_code}")
+                    if other is not None:
+                        url, tried = other, tried + 1
+                        continue
+                    if attempt < self._retries:
+                        attempt = self._wait(attempt, what, f"HTTP {r.status_code}")
+                        continue
                 raise self._error(self._read(r), what)
             finally:
                 r.close()

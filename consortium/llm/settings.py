@@ -13,7 +13,14 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer briefly and accurat
 
 # Fields only the remote backend (backend = "openai") reads; refused for the others
 # when they differ from their defaults.
-REMOTE_ONLY = ("base_url", "api_key_file", "timeout_s", "connect_timeout_s", "retries")
+REMOTE_ONLY = (
+    "base_url",
+    "fallback_base_urls",
+    "api_key_file",
+    "timeout_s",
+    "connect_timeout_s",
+    "retries",
+)
 
 
 class ModelSection(BaseModel):
@@ -56,6 +63,9 @@ class ModelSection(BaseModel):
     echo_token_delay_s: Annotated[float, Field(ge=0.0, le=10.0)] = 0.0
     # openai only: the server's API root, e.g. http://127.0.0.1:8080/v1 (required).
     base_url: str = ""
+    # openai only: the same model served elsewhere (another replica of the server, or of
+    # a Consortium node's /v1), tried in order when the current one cannot take a call.
+    fallback_base_urls: Annotated[list[str], Field(max_length=16)] = Field(default_factory=list)
     # openai only: a file holding the server's API key (mode 0600; relative to node.toml's
     # directory); empty: the server needs no key.
     api_key_file: str = ""
@@ -72,7 +82,11 @@ class ModelSection(BaseModel):
         if self.backend != "openai":
             # By value, not by what the file set: a dumped and reloaded config holds all.
             fields = type(self).model_fields
-            stray = [f for f in REMOTE_ONLY if getattr(self, f) != fields[f].default]
+            stray = [
+                f
+                for f in REMOTE_ONLY
+                if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+            ]
             if stray:
                 raise ValueError(
                     f"{', '.join('model.' + f for f in stray)} only apply to "
@@ -85,6 +99,8 @@ class ModelSection(BaseModel):
                 "(e.g. http://127.0.0.1:8080/v1)"
             )
         check_base_url(self.base_url)
+        for url in self.fallback_base_urls:
+            check_base_url(url, key="model.fallback_base_urls")
         local = {
             "path": bool(self.path),
             "gguf_file": bool(self.gguf_file),
@@ -100,19 +116,19 @@ class ModelSection(BaseModel):
         return self
 
 
-def check_base_url(url: str) -> None:
+def check_base_url(url: str, key: str = "model.base_url") -> None:
     """An http(s) URL with a host, no query, fragment or credentials; ValueError if not."""
     try:
         parts = urlsplit(url)
         if parts.username or parts.password:
             # Not echoed: the URL holds a secret.
-            raise ValueError("model.base_url must not hold credentials; use model.api_key_file")
+            raise ValueError(f"{key} must not hold credentials; use model.api_key_file")
         _ = parts.port  # raises on a bad port
     except ValueError as e:
         if "credentials" in str(e):
             raise
-        raise ValueError(f"model.base_url {url!r} is not a valid URL: {e}") from None
+        raise ValueError(f"{key} {url!r} is not a valid URL: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"model.base_url {url!r} must be an http:// or https:// URL with a host")
+        raise ValueError(f"{key} {url!r} must be an http:// or https:// URL with a host")
     if parts.query or parts.fragment:
-        raise ValueError(f"model.base_url {url!r} must not have a query or fragment")
+        raise ValueError(f"{key} {url!r} must not have a query or fragment")

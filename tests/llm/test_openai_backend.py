@@ -281,6 +281,39 @@ def test_a_generation_is_retried_only_before_the_server_started_on_it() -> None:
         backend.close()
 
 
+def test_calls_move_to_a_fallback_server_when_the_current_one_cannot_take_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """model.fallback_base_urls: a server that refuses connections or answers 503 is left
+    for the next at once (no back-off), and the next is used for every call from then on."""
+    dead = f"http://127.0.0.1:{llama_server_module.free_port()}/v1"
+    chat = "/v1/chat/completions"
+    answer = Reply(events=[{"choices": [{"index": 0, "delta": {"content": "hi"}}]}])
+    first, second = scripted(), scripted()
+    caplog.set_level(logging.WARNING, logger="consortium.llm.openai_backend")
+    with scripted_server(first) as one, scripted_server(second) as two:
+        backend = tiny(dead, retries=0, fallback_base_urls=[one, two])
+        assert "calls go to " + one in caplog.text  # the model list moved on
+        first.replies[chat] = [Reply(503, {"error": "draining"})]
+        second.replies[chat] = [answer]
+        before = (first.count("POST", chat), second.count("POST", chat))
+        chunks, _ = drain(backend.stream_chat(ask("Hi"), GenerationParams(), threading.Event()))
+        assert "".join(c.text for c in chunks) == "hi"
+        assert first.count("POST", chat) - before[0] == 1  # refused there, once
+        assert second.count("POST", chat) - before[1] == 1
+        assert "retry" not in caplog.text  # no back-off: another server was there
+        # The server that answered takes the next call first.
+        second.replies[chat] = [answer]
+        drain(backend.stream_chat(ask("Hi"), GenerationParams(), threading.Event()))
+        assert first.count("POST", chat) - before[0] == 1
+        # Every server refusing: the last one's error, after each was tried once.
+        first.replies[chat] = [Reply(503, {"error": "draining"})]
+        second.replies[chat] = [Reply(503, {"error": "draining"})]
+        with pytest.raises(ModelError, match="HTTP 503"):
+            drain(backend.stream_chat(ask("Hi"), GenerationParams(), threading.Event()))
+        backend.close()
+
+
 def test_a_scripted_stream_gives_usage_logprobs_and_finish_reason() -> None:
     events = [
         {"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
@@ -345,6 +378,19 @@ def test_the_api_key_file_must_be_private(tmp_path: Path) -> None:
         ({"backend": "openai", "base_url": "http://h/v1", "threads": 4}, "model.threads"),
         ({"backend": "llama_cpp", "base_url": "http://h/v1"}, 'only apply to backend = "openai"'),
         ({"backend": "echo", "retries": 1}, "model.retries only apply"),
+        (
+            {"backend": "openai", "base_url": "http://h/v1", "fallback_base_urls": ["h2/v1"]},
+            "model.fallback_base_urls 'h2/v1' must be an http",
+        ),
+        (
+            {
+                "backend": "openai",
+                "base_url": "http://h/v1",
+                "fallback_base_urls": ["http://u:secret@h2/v1"],
+            },
+            "model.fallback_base_urls must not hold credentials",
+        ),
+        ({"backend": "echo", "fallback_base_urls": ["http://h/v1"]}, "fallback_base_urls only"),
     ],
 )
 def test_config_validation(tmp_path: Path, fields: dict[str, Any], error: str) -> None:

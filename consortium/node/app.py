@@ -88,7 +88,7 @@ from consortium.node.reports import TrustReports
 from consortium.node.retention import Step, audit_step, receipts_step, run_retention
 from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.storage_health import StorageHealth, quiet_storage_tracebacks
-from consortium.node.store import SqliteTaskStore
+from consortium.node.store import NodeTaskStore
 from consortium.node.telemetry import (
     TRACER_NAME,
     LoadMetrics,
@@ -170,9 +170,10 @@ class Routing:
 # -- the parts -------------------------------------------------------------------------
 
 
-def build_store(cfg: NodeConfig) -> SqliteTaskStore:
-    """The task store, repaired, with the tasks a previous run left unfinished failed."""
-    store = SqliteTaskStore(cfg.database_path)
+def build_store(cfg: NodeConfig, storage: Storage) -> NodeTaskStore:
+    """The task store (`storage`'s "tasks"), repaired, with the tasks a previous run left
+    unfinished failed."""
+    store = NodeTaskStore(storage.database("tasks"))
     store.repair()
     store.fail_unfinished("the node stopped before the task finished")
     return store
@@ -612,7 +613,7 @@ def build_executor(
 def build_request_handler(
     cfg: NodeConfig,
     executor: AgentExecutor,
-    store: SqliteTaskStore,
+    store: NodeTaskStore,
     card: a2a_pb2.AgentCard,
     keys: ApiKeys,
     federation: Federation | None,
@@ -691,7 +692,7 @@ def build_admission(cfg: NodeConfig, worker: ModelWorker) -> Admission:
 def build_openai_api(
     cfg: NodeConfig,
     service: NodeService,
-    store: SqliteTaskStore,
+    store: NodeTaskStore,
     keys: ApiKeys,
     worker: ModelWorker,
     federation: Federation | None,
@@ -798,7 +799,7 @@ class Node:
         self.worker = build_worker(config, backend_factory, self.load_metrics)
         self.meter_provider: MeterProvider | None = None
         self._owns_meters = False
-        self.store: SqliteTaskStore | None = None
+        self.store: NodeTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
         self.admission: Admission | None = None
         self.openai: OpenAIApi | None = None
@@ -842,7 +843,7 @@ class Node:
         quiet_storage_tracebacks()
         secure_directory(cfg.data_dir)
         self.databases = build_storage(cfg)
-        self.store = build_store(cfg)
+        self.store = build_store(cfg, self.databases)
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())
         # Before loading the model: fail fast.

@@ -84,6 +84,7 @@ from consortium.node.openai.catalogue import Catalogue
 from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
+from consortium.node.replicas import Replicas, new_replica_id
 from consortium.node.reports import TrustReports
 from consortium.node.retention import Step, audit_step, receipts_step, run_retention
 from consortium.node.service import NodeService, ServiceSettings
@@ -170,13 +171,29 @@ class Routing:
 # -- the parts -------------------------------------------------------------------------
 
 
-def build_store(cfg: NodeConfig, storage: Storage) -> NodeTaskStore:
-    """The task store (`storage`'s "tasks"), repaired, with the tasks a previous run left
-    unfinished failed."""
-    store = NodeTaskStore(storage.database("tasks"))
+def build_store(cfg: NodeConfig, storage: Storage, replica: str = "") -> NodeTaskStore:
+    """The task store (`storage`'s "tasks", saving as `replica`), repaired, with the tasks
+    a previous run left unfinished failed (on PostgreSQL, other replicas' are theirs)."""
+    store = NodeTaskStore(storage.database("tasks"), replica=replica)
     store.repair()
     store.fail_unfinished("the node stopped before the task finished")
     return store
+
+
+def build_replicas(cfg: NodeConfig, storage: Storage, store: NodeTaskStore) -> Replicas | None:
+    """On PostgreSQL: this replica, registered (before it serves any call), failing the
+    tasks of replicas that die; None on SQLite (one process)."""
+    if storage.kind != "postgresql":
+        return None
+    replicas = Replicas(
+        storage.database("replicas"),
+        store,
+        replica=store.replica,
+        org=cfg.node.org_id,
+        failover_after_s=cfg.storage.failover_after_s,
+    )
+    replicas.beat()
+    return replicas
 
 
 def build_assessor(
@@ -827,6 +844,11 @@ class Node:
         self.storage = StorageHealth(config.data_dir)
         # The stores' databases ([storage] url), opened by `_start`.
         self.databases: Storage | None = None
+        # This process among the organization's replicas (recorded with its tasks), and
+        # its heartbeat (PostgreSQL only).
+        self.replica_id = new_replica_id()
+        self.replicas: Replicas | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
@@ -843,7 +865,8 @@ class Node:
         quiet_storage_tracebacks()
         secure_directory(cfg.data_dir)
         self.databases = build_storage(cfg)
-        self.store = build_store(cfg, self.databases)
+        self.store = build_store(cfg, self.databases, self.replica_id)
+        self.replicas = build_replicas(cfg, self.databases, self.store)
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())
         # Before loading the model: fail fast.
@@ -921,6 +944,9 @@ class Node:
         )
         self._http_task = await serve_http(self._http, http_sock)
         endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
+        if self.replicas is not None:
+            self.replicas.endpoints = {"grpc": endpoints.grpc_target, "http": endpoints.http_url}
+            self._heartbeat = asyncio.create_task(self.replicas.run(cfg.storage.heartbeat_s))
         if self.canaries is not None:
             self.canaries.start()
         if self.reports is not None:
@@ -1063,6 +1089,7 @@ class Node:
             self._checkpointing,
             self._witnessing,
             self._retention,
+            self._heartbeat,
         ):
             if background is not None:
                 background.cancel()
@@ -1107,6 +1134,8 @@ class Node:
                 "marking unfinished tasks failed (done at the next start)",
             )
             store.close()
+        if (replicas := self.replicas) is not None:
+            _despite_storage(replicas.leave, "leaving the replicas (declared dead later)")
         if self.databases is not None:
             self.databases.close()
         if self.store is not None:  # files were made: keep them the organization's

@@ -7,9 +7,19 @@ Tasks are stored as serialized protobuf with the columns ListTasks filters and s
 on, keyed by (owner, id): whichever replica a call reaches, it reads, lists, cancels and
 deletes only the caller's own tasks. A restarted node still answers GetTask and
 ListTasks for finished tasks; tasks that were in flight when a node died are marked
-failed (`fail_unfinished`: on SQLite, one process, every unfinished task at start; on
-PostgreSQL only those of replicas that stopped, see `replica` below), and finished tasks
-older than the retention period are deleted (`delete_expired`). The async TaskStore
+failed, and finished tasks older than the retention period are deleted
+(`delete_expired`).
+
+Several replicas on PostgreSQL: each row records the replica running the task
+(`replica`, Node.replica_id). `fail_unfinished`, at a replica's start and stop, fails
+only that replica's own unfinished tasks (on SQLite, one process, every unfinished
+task, as always); a replica that dies without stopping has its tasks failed by a
+survivor (`fail_replicas`, from consortium/node/replicas.py). A task that ended stays
+ended: a save can move a terminal task only to the same state, in the one upsert
+statement, so a task canceled through replica B, or failed when its replica was declared
+dead, is not revived by a late save of the replica that was running it. Writes that
+read a row first (failing, repairing) lock it (`FOR UPDATE`) or compare the body they
+read, so they never overwrite what another replica saved in between. The async TaskStore
 methods do their database work in the storage layer's threads (`Database.run`), never
 on the event loop; `save_sync` and the maintenance methods are for threads and tools.
 
@@ -70,6 +80,7 @@ from sqlalchemy import (
     and_,
     delete,
     func,
+    or_,
     select,
     tuple_,
 )
@@ -110,6 +121,8 @@ TASKS = Table(
     Column("has_ts", Integer, nullable=False),
     Column("ts_ns", BigInteger, nullable=False),
     Column("body", LargeBinary, nullable=False),
+    # The replica running the task (tasks_0002; '' for rows stored before).
+    Column("replica", Text, nullable=False, server_default=""),
     PrimaryKeyConstraint("owner", "id"),
 )
 Index(
@@ -145,16 +158,21 @@ class _Row:
 
 class NodeTaskStore(TaskStore):
     """The node's tasks in `db` (its "tasks" store; a Path: that SQLite file, opened and
-    migrated here, for tools and tests). `owner_resolver` names a call's owner."""
+    migrated here, for tools and tests). `owner_resolver` names a call's owner;
+    `replica` this process among the organization's replicas (Node.replica_id), recorded
+    with every task it saves."""
 
     def __init__(
         self,
         db: Database | Path,
         owner_resolver: OwnerResolver = resolve_user_scope,
+        *,
+        replica: str = "",
     ) -> None:
         self._owned = not isinstance(db, Database)  # opened here: closed here
         self._db = db if isinstance(db, Database) else open_sqlite(db, "tasks")
         self._owner = owner_resolver
+        self.replica = replica
 
     @property
     def database(self) -> Database:
@@ -206,6 +224,7 @@ class NodeTaskStore(TaskStore):
             has_ts=int(row.has_ts),
             ts_ns=row.ts_ns,
             body=row.body,
+            replica=self.replica,
         )
         stmt = stmt.on_conflict_do_update(
             index_elements=[TASKS.c.owner, TASKS.c.id],
@@ -215,7 +234,13 @@ class NodeTaskStore(TaskStore):
                 "has_ts": stmt.excluded.has_ts,
                 "ts_ns": stmt.excluded.ts_ns,
                 "body": stmt.excluded.body,
+                "replica": stmt.excluded.replica,
             },
+            # A task that ended stays ended: canceled through another replica, or failed
+            # because its replica was declared dead, a late save of the replica still
+            # running it (as another final state, or a step of its work) changes nothing.
+            # One statement: the row's state decides, whichever replica writes first.
+            where=or_(TASKS.c.state.not_in(_TERMINAL), TASKS.c.state == stmt.excluded.state),
         )
         with self._db.begin() as conn:
             conn.execute(stmt)
@@ -290,16 +315,29 @@ class NodeTaskStore(TaskStore):
     # -- maintenance (threads, start-up) ------------------------------------------------
 
     def fail_unfinished(self, reason: str) -> int:
-        """Marks every task not in a terminal state as failed (after a crash or shutdown),
-        with `reason` as its status message. Returns how many it failed."""
-        return self._fail(reason, TASKS.c.state.not_in(_TERMINAL))
+        """Marks failed, with `reason` as their status message, the unfinished tasks no one
+        runs once this process starts or stops: on SQLite (one process) every task not in
+        a terminal state; on PostgreSQL, where other replicas run theirs, only this
+        replica's and those stored before replicas were recorded (`replica` ''). Returns
+        how many it failed."""
+        if self._db.dialect == "postgresql":
+            return self.fail_replicas(reason, [self.replica, ""])
+        return self._fail(reason, None)
 
-    def _fail(self, reason: str, which: ColumnElement[bool]) -> int:
-        query = select(TASKS.c.owner, TASKS.c.id, TASKS.c.body).where(which)
+    def fail_replicas(self, reason: str, replicas: Iterable[str]) -> int:
+        """Marks failed the unfinished tasks of `replicas` (replicas declared dead)."""
+        return self._fail(reason, TASKS.c.replica.in_(sorted(set(replicas))))
+
+    def _fail(self, reason: str, which: ColumnElement[bool] | None) -> int:
+        query = select(TASKS.c.owner, TASKS.c.id, TASKS.c.body).where(
+            TASKS.c.state.not_in(_TERMINAL)
+        )
+        if which is not None:
+            query = query.where(which)
         if self._db.dialect == "postgresql":
             # Locked until the failure is written: an owner's cancel or another replica's
             # save of the same task waits, and is not overwritten by what we read before.
-            query = query.with_for_update()
+            query = query.order_by(TASKS.c.owner, TASKS.c.id).with_for_update()
         failed = 0
         with self._db.begin() as conn:
             for owner, task_id, body in conn.execute(query).all():
@@ -341,7 +379,7 @@ class NodeTaskStore(TaskStore):
         """Rewrites, sanitized, the stored tasks that could not be served (stored by a node
         before sanitizing), and moves the rows that cannot be decoded at all to
         `tasks_quarantine`. Returns how many rows it changed. Run at start-up."""
-        fixed: list[tuple[str, a2a_pb2.Task]] = []
+        fixed: list[tuple[str, a2a_pb2.Task, bytes]] = []
         broken: list[tuple[str, str, bytes, str]] = []
         position: tuple[str, str] | None = None
         while True:  # in batches: the bodies of every task need not fit in memory at once
@@ -361,11 +399,23 @@ class NodeTaskStore(TaskStore):
                     broken.append((owner, task_id, body, f"undecodable: {e}"))
                     continue
                 if needs_sanitizing(task, body) and sanitize_task(task):
-                    fixed.append((owner, task))
-        for owner, task in fixed:
-            # Only the row as it was read: a task saved since is left as it is now.
+                    fixed.append((owner, task, body))
+        for owner, task, old in fixed:
+            # Only the row as it was read (compare and set): a task another replica saved
+            # since is left as it is now.
+            row = _row_of(task)
             with self._db.begin() as conn:
-                self._write(conn, owner, _row_of(task))
+                conn.execute(
+                    TASKS.update()
+                    .where(TASKS.c.owner == owner, TASKS.c.id == row.id, TASKS.c.body == old)
+                    .values(
+                        context_id=row.context_id,
+                        state=row.state,
+                        has_ts=int(row.has_ts),
+                        ts_ns=row.ts_ns,
+                        body=row.body,
+                    )
+                )
             log.warning("repaired stored task %s: values with no JSON form now null", task.id)
         if broken:
             now = time.time()
@@ -384,7 +434,11 @@ class NodeTaskStore(TaskStore):
                             },
                         )
                     )
-                    conn.execute(delete(TASKS).where(TASKS.c.owner == owner, TASKS.c.id == task_id))
+                    conn.execute(
+                        delete(TASKS).where(
+                            TASKS.c.owner == owner, TASKS.c.id == task_id, TASKS.c.body == body
+                        )
+                    )
             for _, task_id, _, _ in broken:
                 log.warning("stored task %r cannot be decoded: moved to tasks_quarantine", task_id)
         return len(fixed) + len(broken)

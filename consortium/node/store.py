@@ -207,6 +207,11 @@ class NodeTaskStore(TaskStore):
         owner = self._owner(context)
         return await self._db.run(lambda: self.list_sync(params, owner))
 
+    async def save_as(self, task: a2a_pb2.Task, owner: str) -> None:
+        """`save` for a caller that knows the owner (the OpenAI-compatible API's tasks)."""
+        row = _row_of(task)
+        await self._db.run(lambda: self._put(owner, row))
+
     # -- the same, synchronous ----------------------------------------------------------
 
     def save_sync(self, task: a2a_pb2.Task, owner: str) -> None:

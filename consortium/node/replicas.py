@@ -117,6 +117,7 @@ class Replicas:
         self._clock = clock
         self._registered = False
         self._healthy_since: float | None = None
+        self.beats = 0  # heartbeats recorded
         self.declared_dead = 0  # how many replicas this one declared dead
         self.reregistered = 0  # how often this one found itself declared dead
 
@@ -142,6 +143,7 @@ class Replicas:
         except StorageUnavailable:
             self._healthy_since = None
             raise
+        self.beats += 1
         if self._healthy_since is None:
             self._healthy_since = self._clock()
         if seen is None and self._registered:

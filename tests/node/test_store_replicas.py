@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from a2a.types import a2a_pb2
@@ -33,7 +34,7 @@ HEARTBEAT_S = 0.2
 @pytest.fixture
 def storages(pg_database: PgDatabase) -> Iterator[list[Storage]]:
     """Three replicas' views of one database, migrated."""
-    views = [pg_database.storage() for _ in range(3)]
+    views = [pg_database.storage(pool_timeout_s=2.0, connect_timeout_s=2.0) for _ in range(3)]
     migrations.upgrade(views[0])
     yield views
     for view in views:
@@ -286,3 +287,50 @@ def test_heartbeat_settings_that_would_declare_live_replicas_dead_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         make_config(tmp_path, storage=settings)
+
+
+async def test_after_a_database_outage_no_replica_declares_the_others_dead(
+    pg_cluster: Any, storages: list[Storage]
+) -> None:
+    """Every heartbeat stops while PostgreSQL is down, longer than the bound: when it is
+    back, the replicas beat again and none is declared dead."""
+    store_a, store_b = store_of(storages[0]), store_of(storages[1])
+    ra, rb = replica(storages[0], store_a), replica(storages[1], store_b)
+    store_a.save_sync(working("a-1"), "alice")
+    store_b.save_sync(working("b-1"), "alice")
+    loops = [asyncio.create_task(r.run(HEARTBEAT_S)) for r in (ra, rb)]
+    try:
+        assert await asyncio.to_thread(wait_for, lambda: ra.beats > 0 and rb.beats > 0)
+        await asyncio.to_thread(pg_cluster.stop)
+        try:
+            down = time.monotonic()
+            # Both saw the outage, and it lasted longer than the bound.
+            assert await asyncio.to_thread(
+                wait_for,
+                lambda: (
+                    ra._healthy_since is None
+                    and rb._healthy_since is None
+                    and time.monotonic() - down > 2 * FAILOVER_S
+                ),
+            )
+        finally:
+            await asyncio.to_thread(pg_cluster.start)
+        beats = ra.beats, rb.beats
+        # Back: both beat for longer than the bound again (so each has swept since).
+        assert await asyncio.to_thread(
+            wait_for,
+            lambda: all(
+                r._healthy_since is not None
+                and time.monotonic() - r._healthy_since > 2 * FAILOVER_S
+                and r.beats > b + 2
+                for r, b in zip((ra, rb), beats, strict=True)
+            ),
+        )
+        assert ra.declared_dead == rb.declared_dead == 0
+        assert ra.reregistered == rb.reregistered == 0
+        assert state_of(store_a, "a-1") == a2a_pb2.TASK_STATE_WORKING
+        assert state_of(store_a, "b-1") == a2a_pb2.TASK_STATE_WORKING
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)

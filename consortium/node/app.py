@@ -1089,7 +1089,6 @@ class Node:
             self._checkpointing,
             self._witnessing,
             self._retention,
-            self._heartbeat,
         ):
             if background is not None:
                 background.cancel()
@@ -1128,6 +1127,11 @@ class Node:
             self.records.close()
         if self.keys is not None:
             self.keys.close()
+        # Beating until now: no survivor fails the tasks finishing within the grace period.
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         if (store := self.store) is not None:
             _despite_storage(
                 lambda: store.fail_unfinished("the node shut down before the task finished"),

@@ -17,7 +17,7 @@ from a2a.utils.errors import InvalidParamsError
 from a2a.utils.task import ListTasksCursor, encode_list_tasks_cursor
 from sqlalchemy import select
 
-from consortium.node.store import QUARANTINE, NodeTaskStore
+from consortium.node.store import QUARANTINE, TASKS, NodeTaskStore
 from consortium.storage import migrations
 from consortium.storage.database import Database
 from consortium.storage.storage import Storage
@@ -133,8 +133,6 @@ async def test_retention_repair_and_unfinished_tasks(tasks_db: Database) -> None
     # A row an older node stored unsanitized, and one that cannot be decoded.
     poisoned = poisoned_task("poisoned")
     with tasks_db.begin() as conn:
-        from consortium.node.store import TASKS
-
         for task_id, body in (("poisoned", poisoned.SerializeToString()), ("garbage", b"\xff")):
             conn.execute(
                 TASKS.insert().values(
@@ -191,6 +189,8 @@ def test_an_existing_node_sqlite3_is_taken_as_it_is(tmp_path: Path) -> None:
         store = NodeTaskStore(storage.database("tasks"))
         page = store.list_sync(a2a_pb2.ListTasksRequest(), "alice")
         assert [t.id for t in page.tasks] == ["kept"]
+        with storage.database("tasks").connect() as conn:
+            assert conn.execute(select(TASKS.c.replica)).scalars().all() == [""]
     finally:
         storage.close()
 

@@ -84,11 +84,12 @@ from consortium.node.openai.catalogue import Catalogue
 from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
 from consortium.node.peers import PeerClient
 from consortium.node.redaction import PolicyRedactor
+from consortium.node.replicas import Replicas, new_replica_id
 from consortium.node.reports import TrustReports
 from consortium.node.retention import Step, audit_step, receipts_step, run_retention
 from consortium.node.service import NodeService, ServiceSettings
 from consortium.node.storage_health import StorageHealth, quiet_storage_tracebacks
-from consortium.node.store import SqliteTaskStore
+from consortium.node.store import NodeTaskStore
 from consortium.node.telemetry import (
     TRACER_NAME,
     LoadMetrics,
@@ -170,12 +171,29 @@ class Routing:
 # -- the parts -------------------------------------------------------------------------
 
 
-def build_store(cfg: NodeConfig) -> SqliteTaskStore:
-    """The task store, repaired, with the tasks a previous run left unfinished failed."""
-    store = SqliteTaskStore(cfg.database_path)
+def build_store(cfg: NodeConfig, storage: Storage, replica: str = "") -> NodeTaskStore:
+    """The task store (`storage`'s "tasks", saving as `replica`), repaired, with the tasks
+    a previous run left unfinished failed (on PostgreSQL, other replicas' are theirs)."""
+    store = NodeTaskStore(storage.database("tasks"), replica=replica)
     store.repair()
     store.fail_unfinished("the node stopped before the task finished")
     return store
+
+
+def build_replicas(cfg: NodeConfig, storage: Storage, store: NodeTaskStore) -> Replicas | None:
+    """On PostgreSQL: this replica, registered (before it serves any call), failing the
+    tasks of replicas that die; None on SQLite (one process)."""
+    if storage.kind != "postgresql":
+        return None
+    replicas = Replicas(
+        storage.database("replicas"),
+        store,
+        replica=store.replica,
+        org=cfg.node.org_id,
+        failover_after_s=cfg.storage.failover_after_s,
+    )
+    replicas.beat()
+    return replicas
 
 
 def build_assessor(
@@ -612,7 +630,7 @@ def build_executor(
 def build_request_handler(
     cfg: NodeConfig,
     executor: AgentExecutor,
-    store: SqliteTaskStore,
+    store: NodeTaskStore,
     card: a2a_pb2.AgentCard,
     keys: ApiKeys,
     federation: Federation | None,
@@ -691,7 +709,7 @@ def build_admission(cfg: NodeConfig, worker: ModelWorker) -> Admission:
 def build_openai_api(
     cfg: NodeConfig,
     service: NodeService,
-    store: SqliteTaskStore,
+    store: NodeTaskStore,
     keys: ApiKeys,
     worker: ModelWorker,
     federation: Federation | None,
@@ -798,7 +816,7 @@ class Node:
         self.worker = build_worker(config, backend_factory, self.load_metrics)
         self.meter_provider: MeterProvider | None = None
         self._owns_meters = False
-        self.store: SqliteTaskStore | None = None
+        self.store: NodeTaskStore | None = None
         self.handler: NodeRequestHandler | None = None
         self.admission: Admission | None = None
         self.openai: OpenAIApi | None = None
@@ -826,6 +844,11 @@ class Node:
         self.storage = StorageHealth(config.data_dir)
         # The stores' databases ([storage] url), opened by `_start`.
         self.databases: Storage | None = None
+        # This process among the organization's replicas (recorded with its tasks), and
+        # its heartbeat (PostgreSQL only).
+        self.replica_id = new_replica_id()
+        self.replicas: Replicas | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
@@ -843,7 +866,8 @@ class Node:
         secure_directory(cfg.data_dir)
         self.databases = build_storage(cfg)
         self.storage.watch(self.databases)
-        self.store = build_store(cfg)
+        self.store = build_store(cfg, self.databases, self.replica_id)
+        self.replicas = build_replicas(cfg, self.databases, self.store)
         self.keys = ApiKeys(cfg.api_keys_path)
         self._housekeeping = asyncio.create_task(self._expire_tasks())
         # Before loading the model: fail fast.
@@ -921,6 +945,9 @@ class Node:
         )
         self._http_task = await serve_http(self._http, http_sock)
         endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
+        if self.replicas is not None:
+            self.replicas.endpoints = {"grpc": endpoints.grpc_target, "http": endpoints.http_url}
+            self._heartbeat = asyncio.create_task(self.replicas.run(cfg.storage.heartbeat_s))
         if self.canaries is not None:
             self.canaries.start()
         if self.reports is not None:
@@ -1101,12 +1128,19 @@ class Node:
             self.records.close()
         if self.keys is not None:
             self.keys.close()
+        # Beating until now: no survivor fails the tasks finishing within the grace period.
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         if (store := self.store) is not None:
             _despite_storage(
                 lambda: store.fail_unfinished("the node shut down before the task finished"),
                 "marking unfinished tasks failed (done at the next start)",
             )
             store.close()
+        if (replicas := self.replicas) is not None:
+            _despite_storage(replicas.leave, "leaving the replicas (declared dead later)")
         if self.databases is not None:
             self.databases.close()
         if self.store is not None:  # files were made: keep them the organization's

@@ -158,6 +158,20 @@ class StorageSection(_Section):
     # "auto": the schema is brought to this version's at start (replicas take turns);
     # "check": start is refused unless `consortium db upgrade` already did.
     migrate: Literal["auto", "check"] = "auto"
+    # PostgreSQL, several replicas: each records that it is alive every `heartbeat_s`; one
+    # not seen for `failover_after_s` is declared dead by a survivor, which fails the
+    # tasks it was running (consortium/node/replicas.py).
+    heartbeat_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    failover_after_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    @model_validator(mode="after")
+    def _failover_after_beats(self) -> StorageSection:
+        if self.failover_after_s <= 2 * self.heartbeat_s:
+            raise ValueError(
+                f"failover_after_s ({self.failover_after_s:g}) must exceed two heartbeats "
+                f"(heartbeat_s {self.heartbeat_s:g}): a live replica would be declared dead"
+            )
+        return self
 
 
 class LimitsSection(_Section):

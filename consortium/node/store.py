@@ -1,9 +1,27 @@
-"""Durable task storage for the A2A server: SQLite in WAL mode, behind a2a-sdk's TaskStore.
+"""Durable task storage for the A2A server, behind a2a-sdk's TaskStore, on the node's
+storage layer (consortium/storage, store "tasks"): the SQLite file node.sqlite3 in the
+data directory by default, or the PostgreSQL database every replica of the
+organization's node shares (schema consortium_tasks).
 
 Tasks are stored as serialized protobuf with the columns ListTasks filters and sorts
-on. A restarted node still answers GetTask and ListTasks for finished tasks; tasks
-that were in flight when a node died are marked failed on the next start, and finished
-tasks older than the retention period are deleted (`delete_expired`).
+on, keyed by (owner, id): whichever replica a call reaches, it reads, lists, cancels and
+deletes only the caller's own tasks. A restarted node still answers GetTask and
+ListTasks for finished tasks; tasks that were in flight when a node died are marked
+failed, and finished tasks older than the retention period are deleted
+(`delete_expired`).
+
+Several replicas on PostgreSQL: each row records the replica running the task
+(`replica`, Node.replica_id). `fail_unfinished`, at a replica's start and stop, fails
+only that replica's own unfinished tasks (on SQLite, one process, every unfinished
+task, as always); a replica that dies without stopping has its tasks failed by a
+survivor (`fail_replicas`, from consortium/node/replicas.py). A task that ended stays
+ended: a save can move a terminal task only to the same state, in the one upsert
+statement, so a task canceled through replica B, or failed when its replica was declared
+dead, is not revived by a late save of the replica that was running it. Writes that
+read a row first (failing, repairing) lock it (`FOR UPDATE`) or compare the body they
+read, so they never overwrite what another replica saved in between. The async TaskStore
+methods do their database work in the storage layer's threads (`Database.run`), never
+on the event loop; `save_sync` and the maintenance methods are for threads and tools.
 
 Every stored task can be served on both bindings. A task that could not be (a
 non-finite number in a Struct, which protobuf's JSON form cannot spell; a Struct nested
@@ -17,6 +35,14 @@ with a log line naming only its task id, and a decoded task is sanitized before 
 returned. `repair()`, run at start-up, rewrites the rows an older node stored
 unsanitized and moves undecodable ones to the `tasks_quarantine` table, so that they
 neither count in ListTasks nor log on every read.
+
+Why not a2a-sdk's own `DatabaseTaskStore` (a2a/server/tasks/database_task_store.py): it
+needs an `AsyncEngine` (the storage layer's engines are synchronous, shared with the
+trust layer's plain functions and the CLI, and run off the loop by `Database.run`); it
+keys tasks by id alone (two owners' equal ids collide) and stores them as JSON
+(`MessageToDict`), which has no spelling for the non-finite numbers sanitizing exists
+for; it has no quarantine of undecodable rows, no repair, no retention; and it knows
+nothing of which replica runs an unfinished task, which failover needs.
 """
 
 from __future__ import annotations
@@ -24,11 +50,9 @@ from __future__ import annotations
 import binascii
 import logging
 import math
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from a2a.server.context import ServerCallContext
@@ -40,9 +64,31 @@ from a2a.utils.errors import InvalidParamsError
 from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 
 from consortium.node.a2a.validation import MAX_STRUCT_DEPTH
-from consortium.sqlite import connect
+from consortium.storage.database import Database
+from consortium.storage.migrations import open_sqlite
+from consortium.storage.sql import insert
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +98,7 @@ TERMINAL_STATES = (
     a2a_pb2.TASK_STATE_CANCELED,
     a2a_pb2.TASK_STATE_REJECTED,
 )
+_TERMINAL = [int(s) for s in TERMINAL_STATES]
 
 # google.protobuf.Timestamp's valid range (0001-01-01 to 9999-12-31) and SQLite's
 # INTEGER range, which ends in 2262 for nanoseconds since the epoch.
@@ -60,117 +107,172 @@ TIMESTAMP_MAX_S = 253_402_300_799
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 NS_PER_S = 1_000_000_000
+REPAIR_BATCH = 500
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    owner        TEXT    NOT NULL,
-    id           TEXT    NOT NULL,
-    context_id   TEXT    NOT NULL,
-    state        INTEGER NOT NULL,
-    has_ts       INTEGER NOT NULL,
-    ts_ns        INTEGER NOT NULL,
-    body         BLOB    NOT NULL,
-    PRIMARY KEY (owner, id)
-);
-CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks (owner, has_ts DESC, ts_ns DESC, id DESC);
-CREATE TABLE IF NOT EXISTS tasks_quarantine (
-    owner        TEXT    NOT NULL,
-    id           TEXT    NOT NULL,
-    body         BLOB    NOT NULL,
-    reason       TEXT    NOT NULL,
-    at           REAL    NOT NULL,
-    PRIMARY KEY (owner, id)
-);
-"""
+METADATA = MetaData()
+# The tables as nodes have always made them in node.sqlite3 (same names, same columns).
+TASKS = Table(
+    "tasks",
+    METADATA,
+    Column("owner", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("context_id", Text, nullable=False),
+    Column("state", Integer, nullable=False),
+    Column("has_ts", Integer, nullable=False),
+    Column("ts_ns", BigInteger, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    # The replica running the task (tasks_0002; '' for rows stored before).
+    Column("replica", Text, nullable=False, server_default=""),
+    PrimaryKeyConstraint("owner", "id"),
+)
+Index(
+    "tasks_by_time",
+    TASKS.c.owner,
+    TASKS.c.has_ts.desc(),
+    TASKS.c.ts_ns.desc(),
+    TASKS.c.id.desc(),
+)
+QUARANTINE = Table(
+    "tasks_quarantine",
+    METADATA,
+    Column("owner", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", Float(precision=53), nullable=False),
+    PrimaryKeyConstraint("owner", "id"),
+)
 
 
-class SqliteTaskStore(TaskStore):
-    def __init__(self, path: Path, owner_resolver: OwnerResolver = resolve_user_scope) -> None:
-        self._path = path
-        self._conn = connect(path)
-        self._lock = threading.Lock()
+@dataclass(frozen=True)
+class _Row:
+    """A task as stored: its body (sanitized if it had to be) and its indexed columns."""
+
+    id: str
+    context_id: str
+    state: int
+    has_ts: bool
+    ts_ns: int
+    body: bytes
+
+
+class NodeTaskStore(TaskStore):
+    """The node's tasks in `db` (its "tasks" store; a Path: that SQLite file, opened and
+    migrated here, for tools and tests). `owner_resolver` names a call's owner;
+    `replica` this process among the organization's replicas (Node.replica_id), recorded
+    with every task it saves."""
+
+    def __init__(
+        self,
+        db: Database | Path,
+        owner_resolver: OwnerResolver = resolve_user_scope,
+        *,
+        replica: str = "",
+    ) -> None:
+        self._owned = not isinstance(db, Database)  # opened here: closed here
+        self._db = db if isinstance(db, Database) else open_sqlite(db, "tasks")
         self._owner = owner_resolver
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
+        self.replica = replica
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+    @property
+    def database(self) -> Database:
+        return self._db
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owned:
+            self._db.dispose()
+
+    # -- a2a-sdk's TaskStore (async: the database work in the storage threads) ---------
 
     async def save(self, task: a2a_pb2.Task, context: ServerCallContext) -> None:
-        self.save_sync(task, self._owner(context))
-
-    def save_sync(self, task: a2a_pb2.Task, owner: str) -> None:
-        """Stores `task` (a sanitized copy if it could not be served as it is)."""
-        body = task.SerializeToString()
-        if needs_sanitizing(task, body) or not _decodable(body):
-            clean = a2a_pb2.Task()
-            clean.CopyFrom(task)
-            if sanitize_task(clean):
-                log.warning("task %s: values with no JSON form stored as null", task.id)
-                task, body = clean, clean.SerializeToString()
-        has_ts = task.HasField("status") and task.status.HasField("timestamp")
-        ts = _clamped_ns(task.status.timestamp) if has_ts else 0
-        with self._tx() as c:
-            c.execute(
-                "INSERT INTO tasks (owner, id, context_id, state, has_ts, ts_ns, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (owner, id) DO UPDATE SET context_id=excluded.context_id,"
-                " state=excluded.state, has_ts=excluded.has_ts, ts_ns=excluded.ts_ns,"
-                " body=excluded.body",
-                (
-                    owner,
-                    task.id,
-                    task.context_id,
-                    int(task.status.state),
-                    int(has_ts),
-                    ts,
-                    body,
-                ),
-            )
+        row = _row_of(task)  # on the caller's thread: the task may change once we return
+        owner = self._owner(context)
+        await self._db.run(lambda: self._put(owner, row))
 
     async def get(self, task_id: str, context: ServerCallContext) -> a2a_pb2.Task | None:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT body FROM tasks WHERE owner = ? AND id = ?", (self._owner(context), task_id)
-            ).fetchone()
-        if row is None:
+        owner = self._owner(context)
+        if not self._storable(owner, task_id):
             return None
-        return _decode(row[0], task_id)
+        return await self._db.run(lambda: self._get(owner, task_id))
 
     async def delete(self, task_id: str, context: ServerCallContext) -> None:
-        with self._tx() as c:
-            c.execute(
-                "DELETE FROM tasks WHERE owner = ? AND id = ?", (self._owner(context), task_id)
-            )
+        owner = self._owner(context)
+        if not self._storable(owner, task_id):
+            return
+        await self._db.run(lambda: self._delete(owner, task_id))
 
     async def list(
         self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTasksResponse:
+        owner = self._owner(context)
+        return await self._db.run(lambda: self.list_sync(params, owner))
+
+    async def save_as(self, task: a2a_pb2.Task, owner: str) -> None:
+        """`save` for a caller that knows the owner (the OpenAI-compatible API's tasks)."""
+        row = _row_of(task)
+        await self._db.run(lambda: self._put(owner, row))
+
+    # -- the same, synchronous ----------------------------------------------------------
+
+    def save_sync(self, task: a2a_pb2.Task, owner: str) -> None:
+        """Stores `task` (a sanitized copy if it could not be served as it is)."""
+        self._put(owner, _row_of(task))
+
+    def _put(self, owner: str, row: _Row) -> None:
+        if not self._storable(owner, row.id, row.context_id):
+            raise InvalidParamsError(message="a task id or context id holds a NUL character")
+        stmt = insert(self._db, TASKS).values(
+            owner=owner,
+            id=row.id,
+            context_id=row.context_id,
+            state=row.state,
+            has_ts=int(row.has_ts),
+            ts_ns=row.ts_ns,
+            body=row.body,
+            replica=self.replica,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[TASKS.c.owner, TASKS.c.id],
+            set_={
+                "context_id": stmt.excluded.context_id,
+                "state": stmt.excluded.state,
+                "has_ts": stmt.excluded.has_ts,
+                "ts_ns": stmt.excluded.ts_ns,
+                "body": stmt.excluded.body,
+                "replica": stmt.excluded.replica,
+            },
+            # A task that ended stays ended: canceled through another replica, or failed
+            # because its replica was declared dead, a late save of the replica still
+            # running it (as another final state, or a step of its work) changes nothing.
+            # One statement: the row's state decides, whichever replica writes first.
+            where=or_(TASKS.c.state.not_in(_TERMINAL), TASKS.c.state == stmt.excluded.state),
+        )
+        with self._db.begin() as conn:
+            conn.execute(stmt)
+
+    def _get(self, owner: str, task_id: str) -> a2a_pb2.Task | None:
+        query = select(TASKS.c.body).where(TASKS.c.owner == owner, TASKS.c.id == task_id)
+        with self._db.connect() as conn:
+            body = conn.execute(query).scalar()
+        return None if body is None else _decode(body, task_id)
+
+    def _delete(self, owner: str, task_id: str) -> None:
+        with self._db.begin() as conn:
+            conn.execute(delete(TASKS).where(TASKS.c.owner == owner, TASKS.c.id == task_id))
+
+    def list_sync(self, params: a2a_pb2.ListTasksRequest, owner: str) -> a2a_pb2.ListTasksResponse:
+        """ListTasks for `owner`: newest status first, filtered as `params` asks, a page at
+        a time (InvalidParamsError for a bad page size, timestamp or page token)."""
         if not 0 <= params.page_size <= MAX_LIST_TASKS_PAGE_SIZE:
             raise InvalidParamsError(
                 message=f"pageSize must be between 1 and {MAX_LIST_TASKS_PAGE_SIZE}"
             )
-        where = ["owner = ?"]
-        args: list[object] = [self._owner(context)]
+        page_size = params.page_size or DEFAULT_LIST_TASKS_PAGE_SIZE
+        where: list[ColumnElement[bool]] = [TASKS.c.owner == owner]
         if params.context_id:
-            where.append("context_id = ?")
-            args.append(params.context_id)
+            where.append(TASKS.c.context_id == params.context_id)
         if params.status:
-            where.append("state = ?")
-            args.append(int(params.status))
+            where.append(TASKS.c.state == int(params.status))
         if params.HasField("status_timestamp_after"):
             after = params.status_timestamp_after
             if not timestamp_valid(after):
@@ -179,25 +281,24 @@ class SqliteTaskStore(TaskStore):
                     " (years 1 to 9999, nanos 0 to 999999999)"
                 )
             # Past 2262 (int64 nanoseconds) it is clamped: no task is stamped that late.
-            where.append("has_ts = 1 AND ts_ns >= ?")
-            args.append(_clamped_ns(after))
-        filtered = " AND ".join(where)
-        page_where = filtered
-        page_args = list(args)
+            where += [TASKS.c.has_ts == 1, TASKS.c.ts_ns >= _clamped_ns(after)]
+        page_where = list(where)
         if params.page_token:
-            has_ts, ts, tid = _page_position(params.page_token)
-            page_where += " AND (has_ts, ts_ns, id) < (?, ?, ?)"
-            page_args += [int(has_ts), ts, tid]
-        page_size = params.page_size or DEFAULT_LIST_TASKS_PAGE_SIZE
-        with self._lock:
-            total = self._conn.execute(
-                f"SELECT COUNT(*) FROM tasks WHERE {filtered}", args
-            ).fetchone()[0]
-            rows = self._conn.execute(
-                f"SELECT body, has_ts, ts_ns, id FROM tasks WHERE {page_where}"
-                " ORDER BY has_ts DESC, ts_ns DESC, id DESC LIMIT ?",
-                [*page_args, page_size + 1],
-            ).fetchall()
+            has_ts, ts, tid = _page_position(params.page_token, self._db.dialect)
+            key = tuple_(TASKS.c.has_ts, TASKS.c.ts_ns, TASKS.c.id)
+            page_where.append(key < tuple_(int(has_ts), ts, tid))
+        if not self._storable(owner, params.context_id):
+            return a2a_pb2.ListTasksResponse(page_size=page_size)  # no such task
+        count = select(func.count()).select_from(TASKS).where(and_(*where))
+        page = (
+            select(TASKS.c.body, TASKS.c.has_ts, TASKS.c.ts_ns, TASKS.c.id)
+            .where(and_(*page_where))
+            .order_by(TASKS.c.has_ts.desc(), TASKS.c.ts_ns.desc(), TASKS.c.id.desc())
+            .limit(page_size + 1)
+        )
+        with self._db.connect() as conn:
+            total = int(conn.execute(count).scalar_one())
+            rows = conn.execute(page).all()
         more = len(rows) > page_size
         rows = rows[:page_size]
         next_token = ""
@@ -211,74 +312,138 @@ class SqliteTaskStore(TaskStore):
             tasks=tasks, next_page_token=next_token, total_size=total, page_size=page_size
         )
 
+    def _storable(self, *texts: str) -> bool:
+        """Whether PostgreSQL can hold these strings (its text has no NUL character);
+        SQLite holds any."""
+        return self._db.dialect != "postgresql" or not any("\x00" in t for t in texts)
+
+    # -- maintenance (threads, start-up) ------------------------------------------------
+
     def fail_unfinished(self, reason: str) -> int:
-        """Marks every task not in a terminal state as failed (after a crash or shutdown)."""
-        placeholders = ",".join("?" * len(TERMINAL_STATES))
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT owner, id, body FROM tasks WHERE state NOT IN ({placeholders})",
-                [int(s) for s in TERMINAL_STATES],
-            ).fetchall()
+        """Marks failed, with `reason` as their status message, the unfinished tasks no one
+        runs once this process starts or stops: on SQLite (one process) every task not in
+        a terminal state; on PostgreSQL, where other replicas run theirs, only this
+        replica's and those stored before replicas were recorded (`replica` ''). Returns
+        how many it failed."""
+        if self._db.dialect == "postgresql":
+            return self.fail_replicas(reason, [self.replica, ""])
+        return self._fail(reason, None)
+
+    def fail_replicas(self, reason: str, replicas: Iterable[str]) -> int:
+        """Marks failed the unfinished tasks of `replicas` (replicas declared dead)."""
+        return self._fail(reason, TASKS.c.replica.in_(sorted(set(replicas))))
+
+    def _fail(self, reason: str, which: ColumnElement[bool] | None) -> int:
+        query = select(TASKS.c.owner, TASKS.c.id, TASKS.c.body).where(
+            TASKS.c.state.not_in(_TERMINAL)
+        )
+        if which is not None:
+            query = query.where(which)
+        if self._db.dialect == "postgresql":
+            # Locked until the failure is written: an owner's cancel or another replica's
+            # save of the same task waits, and is not overwritten by what we read before.
+            query = query.order_by(TASKS.c.owner, TASKS.c.id).with_for_update()
         failed = 0
-        for owner, task_id, body in rows:
-            task = _decode(body, task_id)
-            if task is None:
-                continue
-            task.status.state = a2a_pb2.TASK_STATE_FAILED
-            task.status.timestamp.GetCurrentTime()
-            task.status.message.CopyFrom(
-                a2a_pb2.Message(
-                    message_id=f"{task.id}-failed",
-                    role=a2a_pb2.ROLE_AGENT,
-                    parts=[a2a_pb2.Part(text=reason)],
-                    task_id=task.id,
-                    context_id=task.context_id,
+        with self._db.begin() as conn:
+            for owner, task_id, body in conn.execute(query).all():
+                task = _decode(body, task_id)
+                if task is None:
+                    continue
+                task.status.state = a2a_pb2.TASK_STATE_FAILED
+                task.status.timestamp.GetCurrentTime()
+                task.status.message.CopyFrom(
+                    a2a_pb2.Message(
+                        message_id=f"{task.id}-failed",
+                        role=a2a_pb2.ROLE_AGENT,
+                        parts=[a2a_pb2.Part(text=reason)],
+                        task_id=task.id,
+                        context_id=task.context_id,
+                    )
                 )
-            )
-            self.save_sync(task, owner)
-            failed += 1
+                self._write(conn, owner, _row_of(task))
+                failed += 1
         if failed:
             log.warning("marked %d unfinished task(s) failed: %s", failed, reason)
         return failed
+
+    def _write(self, conn: Connection, owner: str, row: _Row) -> None:
+        """Rewrites a stored task's row (in the caller's transaction)."""
+        conn.execute(
+            TASKS.update()
+            .where(TASKS.c.owner == owner, TASKS.c.id == row.id)
+            .values(
+                context_id=row.context_id,
+                state=row.state,
+                has_ts=int(row.has_ts),
+                ts_ns=row.ts_ns,
+                body=row.body,
+            )
+        )
 
     def repair(self) -> int:
         """Rewrites, sanitized, the stored tasks that could not be served (stored by a node
         before sanitizing), and moves the rows that cannot be decoded at all to
         `tasks_quarantine`. Returns how many rows it changed. Run at start-up."""
-        fixed: list[tuple[str, a2a_pb2.Task]] = []
+        fixed: list[tuple[str, a2a_pb2.Task, bytes]] = []
         broken: list[tuple[str, str, bytes, str]] = []
-        last = -1
+        position: tuple[str, str] | None = None
         while True:  # in batches: the bodies of every task need not fit in memory at once
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT rowid, owner, id, body FROM tasks WHERE rowid > ?"
-                    " ORDER BY rowid LIMIT 500",
-                    (last,),
-                ).fetchall()
+            query = select(TASKS.c.owner, TASKS.c.id, TASKS.c.body)
+            if position is not None:
+                query = query.where(tuple_(TASKS.c.owner, TASKS.c.id) > tuple_(*position))
+            query = query.order_by(TASKS.c.owner, TASKS.c.id).limit(REPAIR_BATCH)
+            with self._db.connect() as conn:
+                rows = conn.execute(query).all()
             if not rows:
                 break
-            last = rows[-1][0]
-            for _, owner, task_id, body in rows:
+            position = (rows[-1][0], rows[-1][1])
+            for owner, task_id, body in rows:
                 try:
                     task = a2a_pb2.Task.FromString(body)
                 except DecodeError as e:
                     broken.append((owner, task_id, body, f"undecodable: {e}"))
                     continue
                 if needs_sanitizing(task, body) and sanitize_task(task):
-                    fixed.append((owner, task))
-        for owner, task in fixed:
-            self.save_sync(task, owner)
+                    fixed.append((owner, task, body))
+        for owner, task, old in fixed:
+            # Only the row as it was read (compare and set): a task another replica saved
+            # since is left as it is now.
+            row = _row_of(task)
+            with self._db.begin() as conn:
+                conn.execute(
+                    TASKS.update()
+                    .where(TASKS.c.owner == owner, TASKS.c.id == row.id, TASKS.c.body == old)
+                    .values(
+                        context_id=row.context_id,
+                        state=row.state,
+                        has_ts=int(row.has_ts),
+                        ts_ns=row.ts_ns,
+                        body=row.body,
+                    )
+                )
             log.warning("repaired stored task %s: values with no JSON form now null", task.id)
         if broken:
             now = time.time()
-            with self._tx() as c:
+            with self._db.begin() as conn:
                 for owner, task_id, body, reason in broken:
-                    c.execute(
-                        "INSERT OR REPLACE INTO tasks_quarantine (owner, id, body, reason, at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (owner, task_id, body, reason, now),
+                    stmt = insert(self._db, QUARANTINE).values(
+                        owner=owner, id=task_id, body=body, reason=reason, at=now
                     )
-                    c.execute("DELETE FROM tasks WHERE owner = ? AND id = ?", (owner, task_id))
+                    conn.execute(
+                        stmt.on_conflict_do_update(
+                            index_elements=[QUARANTINE.c.owner, QUARANTINE.c.id],
+                            set_={
+                                "body": stmt.excluded.body,
+                                "reason": stmt.excluded.reason,
+                                "at": stmt.excluded.at,
+                            },
+                        )
+                    )
+                    conn.execute(
+                        delete(TASKS).where(
+                            TASKS.c.owner == owner, TASKS.c.id == task_id, TASKS.c.body == body
+                        )
+                    )
             for _, task_id, _, _ in broken:
                 log.warning("stored task %r cannot be decoded: moved to tasks_quarantine", task_id)
         return len(fixed) + len(broken)
@@ -295,13 +460,37 @@ class SqliteTaskStore(TaskStore):
         current = time.time() if now is None else now
         cutoff = int((current - retention_days * 86400.0) * NS_PER_S)
         cutoff = max(INT64_MIN, min(INT64_MAX, cutoff))
-        placeholders = ",".join("?" * len(TERMINAL_STATES))
-        with self._tx() as c:
-            deleted = c.execute(
-                f"DELETE FROM tasks WHERE state IN ({placeholders}) AND has_ts = 1 AND ts_ns < ?",
-                [*(int(s) for s in TERMINAL_STATES), cutoff],
-            ).rowcount
-        return int(deleted)
+        stmt = (
+            delete(TASKS)
+            .where(TASKS.c.state.in_(_TERMINAL), TASKS.c.has_ts == 1, TASKS.c.ts_ns < cutoff)
+            .returning(TASKS.c.id)
+        )
+        with self._db.begin() as conn:
+            return len(conn.execute(stmt).all())
+
+
+# The name callers have always used.
+SqliteTaskStore = NodeTaskStore
+
+
+def _row_of(task: a2a_pb2.Task) -> _Row:
+    """What `task` is stored as: a sanitized copy's if it could not be served as it is."""
+    body = task.SerializeToString()
+    if needs_sanitizing(task, body) or not _decodable(body):
+        clean = a2a_pb2.Task()
+        clean.CopyFrom(task)
+        if sanitize_task(clean):
+            log.warning("task %s: values with no JSON form stored as null", task.id)
+            task, body = clean, clean.SerializeToString()
+    has_ts = task.HasField("status") and task.status.HasField("timestamp")
+    return _Row(
+        id=task.id,
+        context_id=task.context_id,
+        state=int(task.status.state),
+        has_ts=has_ts,
+        ts_ns=_clamped_ns(task.status.timestamp) if has_ts else 0,
+        body=body,
+    )
 
 
 def timestamp_valid(ts: timestamp_pb2.Timestamp) -> bool:
@@ -311,11 +500,11 @@ def timestamp_valid(ts: timestamp_pb2.Timestamp) -> bool:
 
 
 def _clamped_ns(ts: timestamp_pb2.Timestamp) -> int:
-    """Nanoseconds since the epoch, clamped to SQLite's INTEGER range."""
+    """Nanoseconds since the epoch, clamped to a 64-bit integer's range."""
     return max(INT64_MIN, min(INT64_MAX, ts.seconds * NS_PER_S + ts.nanos))
 
 
-def _page_position(page_token: str) -> tuple[bool, int, str]:
+def _page_position(page_token: str, dialect: str) -> tuple[bool, int, str]:
     """The (has timestamp, timestamp, id) a page token continues after; InvalidParamsError
     for a token this store did not issue."""
     try:
@@ -326,10 +515,10 @@ def _page_position(page_token: str) -> tuple[bool, int, str]:
         has_ts, ts, tid = cursor.sort_key()
         try:
             tid.encode()
-        except UnicodeEncodeError:  # a lone surrogate, which SQLite cannot bind
+        except UnicodeEncodeError:  # a lone surrogate, which no database can bind
             cursor = None
         else:
-            if INT64_MIN <= ts <= INT64_MAX:
+            if INT64_MIN <= ts <= INT64_MAX and not (dialect == "postgresql" and "\x00" in tid):
                 return has_ts, ts, tid
     raise InvalidParamsError(message="invalid page token")
 

@@ -52,7 +52,7 @@ def copy_storage(source: Storage, dest: Storage) -> list[Copied]:
     ConfigError naming the store and table when the destination is not empty."""
     stores = [s for s in migrations.stores_of(source) if s in migrations.stores_of(dest)]
     migrations.upgrade(source, stores)
-    migrations.upgrade(dest, stores)
+    migrations.upgrade(dest)  # every store, those only PostgreSQL keeps too
     for store in stores:
         with dest.database(store).connect() as conn:
             for table in _tables(conn, store):

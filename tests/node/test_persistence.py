@@ -81,8 +81,10 @@ async def test_store_uses_wal_and_survives_reopen(tmp_path: Path) -> None:
     for i in range(3):
         await store.save(a2a_pb2.Task(id=f"t{i}", context_id="c"), ctx)
     await store.delete("t1", ctx)
-    mode = store._conn.execute("PRAGMA journal_mode").fetchone()[0]
     store.close()
+    conn = sqlite3.connect(path)
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
     reopened = SqliteTaskStore(path)
     assert mode == "wal"
     assert await reopened.get("t0", ctx) is not None
@@ -268,7 +270,9 @@ async def test_save_stores_a_sanitized_copy(tmp_path: Path) -> None:
     as_json = MessageToDict(stored)
     assert as_json["history"][0]["metadata"]["x"] is None
     assert as_json["artifacts"][0]["parts"][0]["data"] is None
-    raw = store._conn.execute("SELECT body FROM tasks WHERE id = 't1'").fetchone()[0]
+    conn = sqlite3.connect(tmp_path / "db.sqlite3")
+    raw = conn.execute("SELECT body FROM tasks WHERE id = 't1'").fetchone()[0]
+    conn.close()
     a2a_pb2.Task.FromString(raw)  # decodable: the over-deep Structs were cut
     store.close()
 

@@ -176,7 +176,7 @@ async def test_a_full_disk_is_unavailable_everywhere_and_the_node_recovers_by_it
 
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            disk.fill([node.store._conn])
+            disk.fill()
             assert await grpc_send(stub, "one") == f"UNAVAILABLE: {says_named}"
             assert await grpc_stream(stub, "two") == f"UNAVAILABLE: {says_named}"
             error = (await jsonrpc_send(http, url, "three", 3))["error"]
@@ -281,7 +281,7 @@ async def test_a_peers_full_disk_reaches_the_origins_user_as_one_clear_line(
     globex, disk = fed.nodes["globex"], fed.disk
     assert disk is not None and globex.federation is not None and globex.store is not None
     assert globex.federation.audit_log is not None
-    disk.fill([globex.store._conn, globex.federation.replay._db, globex.federation.audit_log._db])
+    disk.fill([globex.store._db, globex.federation.replay._db, globex.federation.audit_log._db])
     answer = await fed.ask_via("acme", "escalate this", peer="globex")
     assert answer.state == "failed"
     assert disk.says("globex") in answer.status_text, answer.status_text

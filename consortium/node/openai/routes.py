@@ -92,7 +92,7 @@ from consortium.node.service import (
     TextChunk,
     Working,
 )
-from consortium.node.store import SqliteTaskStore
+from consortium.node.store import NodeTaskStore
 from consortium.protocols.request_options import RequestOptions
 from consortium.trust.api_keys import ApiKeys
 
@@ -132,7 +132,7 @@ class OpenAIApi:
     def __init__(
         self,
         service: NodeService,
-        store: SqliteTaskStore,
+        store: NodeTaskStore,
         keys: ApiKeys | None,
         catalogue: Catalogue,
         limits: CallerLimits,
@@ -319,7 +319,7 @@ class OpenAIApi:
         reservation = self._reserve(caller, service_request)
         run = _Run(caller, service_request, shape, task, reservation)
         try:
-            task.submitted(
+            await task.submitted(
                 service_request.sent_text,
                 {"id": shape.id, "object": shape.object_name, "model": body.model},
             )
@@ -378,7 +378,7 @@ class OpenAIApi:
         except Exception as e:
             await _close(events)
             log.exception("task %s failed in the endpoint", run.task.id)
-            run.task.failed(type(e).__name__)
+            await run.task.failed(type(e).__name__)
             error = server_error("the node failed to answer")
             _end(run.span, error)
             raise error from None
@@ -395,20 +395,20 @@ class OpenAIApi:
         request is refused or fails before any text."""
         async for ev in events:
             if isinstance(ev, Working):
-                run.task.working()
+                await run.task.working()
                 continue
-            self._raise_if_ended_badly(run, ev)
+            await self._raise_if_ended_badly(run, ev)
             return ev
-        run.task.failed("the node gave no answer")
+        await run.task.failed("the node gave no answer")
         raise server_error("the node gave no answer")
 
-    def _raise_if_ended_badly(self, run: _Run, ev: TaskEvent) -> None:
+    async def _raise_if_ended_badly(self, run: _Run, ev: TaskEvent) -> None:
         """Records and raises the error an unsuccessful end event stands for."""
         if isinstance(ev, Rejected):
-            run.task.rejected(ev.reason)
+            await run.task.rejected(ev.reason)
             raise bad_request(ev.reason, param=_param_of(run, ev), code=ev.code)
         if isinstance(ev, Failed):
-            run.task.failed(ev.reason)
+            await run.task.failed(ev.reason)
             if ev.overloaded:  # the model's queue refused it: 429, come back later
                 refusal = NodeOverloaded(
                     ev.reason, retry_after_s=ev.retry_after_s, reason=ev.overloaded
@@ -418,9 +418,9 @@ class OpenAIApi:
         if isinstance(ev, PeerUnfinished):
             reason = f"{ev.org} {ev.state}: {ev.text}"
             if ev.state == "rejected":
-                run.task.rejected(reason)
+                await run.task.rejected(reason)
                 raise bad_request(reason)
-            run.task.failed(reason, ev.provenance)
+            await run.task.failed(reason, ev.provenance)
             raise server_error(reason)
 
     async def _whole(
@@ -428,24 +428,24 @@ class OpenAIApi:
     ) -> Response:
         async for ev in _chain(first, events):
             if isinstance(ev, Working):
-                run.task.working()
+                await run.task.working()
             elif isinstance(ev, TextChunk):
                 run.tokens.extend(ev.logprobs)
             elif isinstance(ev, Answered):
-                finish, usage, tokens, provenance = self._answered(run, ev)
+                finish, usage, tokens, provenance = await self._answered(run, ev)
                 body = run.shape.whole(ev.text, tokens, finish, usage, provenance)
                 return json_response(body)
             else:
-                self._raise_if_ended_badly(run, ev)
-        run.task.failed("the node gave no answer")
+                await self._raise_if_ended_badly(run, ev)
+        await run.task.failed("the node gave no answer")
         raise server_error("the node gave no answer")
 
-    def _answered(
+    async def _answered(
         self, run: _Run, ev: Answered
     ) -> tuple[str, Usage, list[TokenLogprob], dict[str, Any]]:
         """Records the answer (task, token budget); its finish reason, usage, tokens and
         the provenance as sent."""
-        run.task.completed(ev.text, ev.provenance)
+        await run.task.completed(ev.text, ev.provenance)
         completion = ev.completion
         prov = ev.provenance
         if completion is not None:
@@ -472,13 +472,13 @@ class OpenAIApi:
                     yield event(opening)
                 async for ev in _chain(first, events):
                     if isinstance(ev, Working):
-                        run.task.working()
+                        await run.task.working()
                     elif isinstance(ev, TextChunk):
                         if ev.text or ev.logprobs:
                             yield event(shape.piece(ev.text, ev.logprobs, sent))
                             sent += len(ev.text)
                     elif isinstance(ev, Answered):
-                        finish, usage, _, provenance = self._answered(run, ev)
+                        finish, usage, _, provenance = await self._answered(run, ev)
                         if not ev.streamed and ev.text:
                             yield event(shape.piece(ev.text, (), sent))
                         yield event(shape.closing(finish, provenance))
@@ -487,8 +487,8 @@ class OpenAIApi:
                         yield DONE
                         return
                     else:
-                        self._raise_if_ended_badly(run, ev)
-                run.task.failed("the node gave no answer")
+                        await self._raise_if_ended_badly(run, ev)
+                await run.task.failed("the node gave no answer")
                 raise server_error("the node gave no answer")
             except OpenAIError as e:
                 _end(run.span, e)
@@ -499,7 +499,7 @@ class OpenAIApi:
                 yield event(error.body())
             except Exception as e:
                 log.exception("task %s: the stream failed", run.task.id)
-                run.task.failed(f"{type(e).__name__}")
+                await run.task.failed(f"{type(e).__name__}")
                 error = server_error("the node failed while streaming")
                 _end(run.span, error)
                 yield event(error.body())

@@ -19,7 +19,7 @@ from typing import Any
 
 from a2a.types import a2a_pb2
 
-from consortium.node.store import SqliteTaskStore
+from consortium.node.store import NodeTaskStore
 from consortium.protocols.provenance import Provenance
 from consortium.protocols.request_options import METADATA_KEY
 
@@ -27,16 +27,18 @@ OPENAI_KEY = "openai"
 
 
 class TaskRecord:
-    """One request's task, saved at every change of state."""
+    """One request's task, saved at every change of state (off the event loop; only
+    `canceled`, run as the client goes away, where nothing may be awaited any more, writes
+    from the caller's thread)."""
 
-    def __init__(self, store: SqliteTaskStore, owner: str) -> None:
+    def __init__(self, store: NodeTaskStore, owner: str) -> None:
         self._store = store
         self._owner = owner
         self.id = str(uuid.uuid4())
         self._context_id = str(uuid.uuid4())
         self.finished = False
 
-    def submitted(self, text: str, metadata: dict[str, Any]) -> None:
+    async def submitted(self, text: str, metadata: dict[str, Any]) -> None:
         task = a2a_pb2.Task(
             id=self.id,
             context_id=self._context_id,
@@ -53,13 +55,13 @@ class TaskRecord:
         )
         task.metadata.update({OPENAI_KEY: metadata})
         self._task = task
-        self._save()
+        await self._save()
 
-    def working(self) -> None:
+    async def working(self) -> None:
         self._task.status.state = a2a_pb2.TASK_STATE_WORKING
-        self._save()
+        await self._save()
 
-    def completed(self, text: str, provenance: Provenance | None) -> None:
+    async def completed(self, text: str, provenance: Provenance | None) -> None:
         metadata = {METADATA_KEY: provenance.wire()} if provenance is not None else None
         artifact = a2a_pb2.Artifact(
             artifact_id=str(uuid.uuid4()), name="answer", parts=[a2a_pb2.Part(text=text)]
@@ -67,21 +69,28 @@ class TaskRecord:
         if metadata:
             artifact.metadata.update(metadata)
         self._task.artifacts.append(artifact)
-        self._finish(a2a_pb2.TASK_STATE_COMPLETED, text, metadata)
+        await self._finish(a2a_pb2.TASK_STATE_COMPLETED, text, metadata)
 
-    def rejected(self, reason: str) -> None:
-        self._finish(a2a_pb2.TASK_STATE_REJECTED, f"rejected: {reason}")
+    async def rejected(self, reason: str) -> None:
+        await self._finish(a2a_pb2.TASK_STATE_REJECTED, f"rejected: {reason}")
 
-    def failed(self, reason: str, provenance: Provenance | None = None) -> None:
+    async def failed(self, reason: str, provenance: Provenance | None = None) -> None:
         metadata = {METADATA_KEY: provenance.wire()} if provenance is not None else None
-        self._finish(a2a_pb2.TASK_STATE_FAILED, f"failed: {reason}", metadata)
+        await self._finish(a2a_pb2.TASK_STATE_FAILED, f"failed: {reason}", metadata)
 
     def canceled(self, reason: str) -> None:
-        self._finish(a2a_pb2.TASK_STATE_CANCELED, reason)
+        if self._ended(a2a_pb2.TASK_STATE_CANCELED, reason):
+            self._task.status.timestamp.GetCurrentTime()
+            self._store.save_sync(self._task, self._owner)
 
-    def _finish(self, state: int, text: str, metadata: dict[str, Any] | None = None) -> None:
+    async def _finish(self, state: int, text: str, metadata: dict[str, Any] | None = None) -> None:
+        if self._ended(state, text, metadata):
+            await self._save()
+
+    def _ended(self, state: int, text: str, metadata: dict[str, Any] | None = None) -> bool:
+        """Sets the final state and message; False if the task had already ended."""
         if self.finished:
-            return
+            return False
         self.finished = True
         message = a2a_pb2.Message(
             message_id=str(uuid.uuid4()),
@@ -94,8 +103,8 @@ class TaskRecord:
             message.metadata.update(metadata)
         self._task.status.state = state  # type: ignore[assignment]
         self._task.status.message.CopyFrom(message)
-        self._save()
+        return True
 
-    def _save(self) -> None:
+    async def _save(self) -> None:
         self._task.status.timestamp.GetCurrentTime()
-        self._store.save_sync(self._task, self._owner)
+        await self._store.save_as(self._task, self._owner)

@@ -42,6 +42,7 @@ import grpc
 import uvicorn
 from a2a.server.agent_execution import AgentExecutor
 from a2a.types import a2a_pb2
+from a2a.utils.constants import PROTOCOL_VERSION_CURRENT
 from jwcrypto import jwk
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -936,6 +937,7 @@ class Node:
             max_message_bytes=limit,
             healthz=self._healthz,
             apis=[MountedApi(OPENAI_PREFIX, self.openai.routes(), guard_refusal)],
+            card_modifier=self._with_replicas,
         )
         self._http = http_server(
             app,
@@ -946,7 +948,9 @@ class Node:
         self._http_task = await serve_http(self._http, http_sock)
         endpoints_file(cfg).write_text(json.dumps(dataclasses.asdict(endpoints)) + "\n")
         if self.replicas is not None:
-            self.replicas.endpoints = {"grpc": endpoints.grpc_target, "http": endpoints.http_url}
+            self.replicas.endpoints = {
+                "interfaces": [[i.protocol_binding, i.url] for i in self.card.supported_interfaces]
+            }
             self._heartbeat = asyncio.create_task(self.replicas.run(cfg.storage.heartbeat_s))
         if self.canaries is not None:
             self.canaries.start()
@@ -987,6 +991,32 @@ class Node:
                 if n:
                     log.info("deleted %d task(s) older than %g days", n, days)
             await asyncio.sleep(RETENTION_INTERVAL_S)
+
+    async def _with_replicas(self, card: a2a_pb2.AgentCard) -> a2a_pb2.AgentCard:
+        """The agent card as served: this replica's interfaces, then every other live
+        replica's (A2A `supportedInterfaces`, in order of preference), so that clients
+        and peers that cannot reach one replica go to another (node/failover.py)."""
+        replicas = self.replicas
+        if replicas is None or not replicas.others:
+            return card
+        served = a2a_pb2.AgentCard()
+        served.CopyFrom(card)
+        known = {(i.protocol_binding, i.url) for i in card.supported_interfaces}
+        for replica in replicas.others:
+            for pair in replica.endpoints.get("interfaces", []):
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    continue
+                binding, url = str(pair[0]), str(pair[1])
+                if (binding, url) not in known:
+                    known.add((binding, url))
+                    served.supported_interfaces.append(
+                        a2a_pb2.AgentInterface(
+                            url=url,
+                            protocol_binding=binding,
+                            protocol_version=PROTOCOL_VERSION_CURRENT,
+                        )
+                    )
+        return served
 
     def reload_roster(self) -> None:
         """Checks federation.toml now instead of on the next message (SIGHUP): a changed

@@ -82,7 +82,8 @@ def new_replica_id() -> str:
 
 @dataclass(frozen=True)
 class Replica:
-    """A registered replica as the table holds it."""
+    """A registered replica as the table holds it. `endpoints["interfaces"]`: its agent
+    card's interfaces, [protocol binding, URL] pairs."""
 
     replica: str
     org: str
@@ -93,8 +94,8 @@ class Replica:
 
 class Replicas:
     """This replica (`replica` of `org`) in `db` (the "replicas" store), failing the
-    tasks of dead replicas in `tasks`. `endpoints`: what it serves (the agent card's
-    interfaces), set once known."""
+    tasks of dead replicas in `tasks`. `endpoints`: what it serves (`{"interfaces":
+    [[binding, url], ...]}`: its agent card's), set once known."""
 
     def __init__(
         self,
@@ -117,6 +118,9 @@ class Replicas:
         self._clock = clock
         self._registered = False
         self._healthy_since: float | None = None
+        # The other live replicas as of the last heartbeat (the agent card lists their
+        # interfaces after this replica's own).
+        self.others: list[Replica] = []
         self.beats = 0  # heartbeats recorded
         self.declared_dead = 0  # how many replicas this one declared dead
         self.reregistered = 0  # how often this one found itself declared dead
@@ -218,6 +222,8 @@ class Replicas:
             try:
                 await self._db.run(self.beat)
                 await self._db.run(self.sweep)
+                live = await self._db.run(self.live)
+                self.others = [r for r in live if r.replica != self.replica]
             except StorageUnavailable:
                 self._healthy_since = None
             except Exception:  # a bug: logged, and the heartbeat goes on

@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -130,8 +131,13 @@ async def test_a_replica_that_stops_beating_has_its_tasks_failed_by_the_other(
     assert a.endpoints is not None and b.endpoints is not None and b.replicas is not None
     # Both registered, with the endpoints they serve once their heartbeat ran.
     expected = {a.replica_id: a.endpoints.grpc_target, b.replica_id: b.endpoints.grpc_target}
+
+    def grpc_of(endpoints: dict[str, Any]) -> str:
+        urls = [u for binding, u in endpoints.get("interfaces", []) if binding == "GRPC"]
+        return str(urls[0]).removeprefix("grpc://") if urls else ""
+
     assert await wait_for(
-        lambda: {r.replica: r.endpoints.get("grpc") for r in b.replicas.live()} == expected  # type: ignore[union-attr]
+        lambda: {r.replica: grpc_of(r.endpoints) for r in b.replicas.live()} == expected  # type: ignore[union-attr]
     )
     assert a._heartbeat is not None
     a._heartbeat.cancel()  # A hangs: it beats no more
@@ -146,3 +152,46 @@ async def test_a_replica_that_stops_beating_has_its_tasks_failed_by_the_other(
     page = b.store.list_sync(a2a_pb2.ListTasksRequest(), "someone")
     failed = next(t for t in page.tasks if t.id == "on-a")
     assert failed.status.message.parts[0].text == DEAD_REASON
+
+
+async def test_the_card_lists_every_live_replica_and_clients_fail_over(
+    tmp_path: Path, pg_database: PgDatabase, start_node: NodeStarter
+) -> None:
+    """Each replica's agent card lists its own interfaces first, then every other live
+    replica's; a client made from A's card is served by B once A has stopped."""
+    from a2a.utils.constants import TransportProtocol
+
+    from consortium.node.client import ask, fetch_agent_card, open_client
+    from consortium.node.failover import FailoverClient, interfaces
+
+    a, b, alice, _bob, _owner = await replicas_of_acme(tmp_path, pg_database, start_node)
+    assert a.endpoints is not None and b.endpoints is not None
+
+    def lists(node: Node, other: Node) -> bool:
+        assert node.replicas is not None and other.endpoints is not None
+        target = other.endpoints.grpc_target
+        return any(
+            str(url).endswith(target)
+            for r in node.replicas.others
+            for _, url in r.endpoints.get("interfaces", [])
+        )
+
+    assert await wait_for(lambda: lists(a, b)) and await wait_for(lambda: lists(b, a))
+    card = await fetch_agent_card(a.endpoints.http_url)
+    grpc_urls = interfaces(card, TransportProtocol.GRPC)
+    assert grpc_urls[0].endswith(a.endpoints.grpc_target)
+    assert any(u.endswith(b.endpoints.grpc_target) for u in grpc_urls[1:])
+    jsonrpc = interfaces(card, TransportProtocol.JSONRPC)
+    assert len(jsonrpc) == 2 and jsonrpc[0].startswith(a.endpoints.http_url)
+
+    client = open_client(card, api_key=alice)
+    try:
+        assert isinstance(client, FailoverClient)
+        first = await ask(client, "served by A", timeout=30)
+        assert first.state == "completed"
+        await a.stop()
+        second = await ask(client, "served by B", timeout=30)
+        assert second.state == "completed"
+        assert client._order()[0] != client.urls[0]  # B took it
+    finally:
+        await client.close()

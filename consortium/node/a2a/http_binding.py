@@ -74,12 +74,18 @@ def http_app(
     max_message_bytes: int,
     healthz: Callable[[Request], Awaitable[Response]],
     apis: Sequence[MountedApi] = (),
+    card_modifier: Callable[[a2a_pb2.AgentCard], Awaitable[a2a_pb2.AgentCard]] | None = None,
 ) -> ASGIApp:
-    """The agent card, JSON-RPC, `/healthz` and the `apis`, behind the request guard."""
+    """The agent card (as `card_modifier` makes it for each request, if given: a node's
+    replicas), JSON-RPC, `/healthz` and the `apis`, behind the request guard."""
     quiet_jsonrpc_client_errors()  # a client's mistake is not the node's error
     app = Starlette(
         routes=[
-            *create_agent_card_routes(card, cache_control=f"public, max-age={card_max_age_s}"),
+            *create_agent_card_routes(
+                card,
+                card_modifier=card_modifier,
+                cache_control=f"public, max-age={card_max_age_s}",
+            ),
             *create_jsonrpc_routes(
                 handler, rpc_url=JSONRPC_PATH, context_builder=HttpContextBuilder()
             ),

@@ -73,7 +73,13 @@ from consortium.node.a2a.http_binding import (
 from consortium.node.a2a.request_handler import NodeRequestHandler
 from consortium.node.admission import Admission
 from consortium.node.audit import build_audit, run_checkpoints
-from consortium.node.auth import Credentials, http_credentials, key_caller
+from consortium.node.auth import (
+    Caller,
+    Credentials,
+    http_credentials,
+    key_caller,
+    key_caller_async,
+)
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
@@ -843,7 +849,7 @@ class Node:
         secure_directory(cfg.data_dir)
         self.databases = build_storage(cfg)
         self.store = build_store(cfg)
-        self.keys = ApiKeys(cfg.api_keys_path)
+        self.keys = ApiKeys(self.databases.database("api_keys"))
         self._housekeeping = asyncio.create_task(self._expire_tasks())
         # Before loading the model: fail fast.
         pool = cfg.canary_pool()
@@ -978,20 +984,32 @@ class Node:
 
     async def _healthz(self, request: Request) -> Response:
         storage = await self.storage.check()
-        body = self.health(http_credentials(request), storage)
+        creds = http_credentials(request)
+        caller = None
+        if creds.authorization:
+            with contextlib.suppress(StorageUnavailable):  # then no details: the body says why
+                caller = await key_caller_async(creds.authorization, self.keys)
+        body = self.health(creds, storage, caller)
         return JSONResponse(body, status_code=503 if storage is not None else 200)
 
-    def health(self, creds: Credentials, storage: dict[str, Any] | None = None) -> dict[str, Any]:
+    def health(
+        self,
+        creds: Credentials,
+        storage: dict[str, Any] | None = None,
+        caller: Caller | None = None,
+    ) -> dict[str, Any]:
         """Liveness for anyone: "ok", or "degraded" when the node cannot write (`storage`,
         from StorageHealth.check: its problem); details (counters, the model's load,
         roster, policy, which databases fail since when) only for a caller on loopback or
-        holding an admin API key."""
+        holding an admin API key (`caller`, if its key was already looked up)."""
         cfg = self.config
         body: dict[str, Any] = {"status": "ok"}
         if storage is not None:
             body["status"] = "degraded"
             body["storage"] = {"writable": False, "problem": storage["problem"]}
-        caller = key_caller(creds.authorization, self.keys) if creds.authorization else None
+        if caller is None and creds.authorization:
+            with contextlib.suppress(StorageUnavailable):
+                caller = key_caller(creds.authorization, self.keys)
         if not (creds.loopback or (caller is not None and caller.admin)):
             return body
         body["storage"] = {"writable": True} if storage is None else {"writable": False, **storage}

@@ -57,7 +57,7 @@ from consortium.node.auth import (
     CallerUser,
     caller_of,
     credentials_of,
-    key_caller,
+    key_caller_async,
 )
 from consortium.node.config import NodeConfig
 from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
@@ -200,7 +200,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         if not audited and self.verifier is not None:
             self.verifier.audit.refused(sender=sender, message_id="", reason=reason, what=what)
 
-    def _caller(
+    async def _caller(
         self,
         method: str,
         params: ProtoMessage,
@@ -212,7 +212,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         no credentials at all)."""
         creds = credentials_of(context)
         if creds.authorization is not None:
-            caller = key_caller(creds.authorization, self.keys)
+            caller = await key_caller_async(creds.authorization, self.keys)
             if caller is None:
                 raise self._refused(
                     "invalid_key",
@@ -261,14 +261,14 @@ class NodeRequestHandler(DefaultRequestHandler):
             )
         return Caller("member", org)
 
-    def _admit(
+    async def _admit(
         self,
         method: str,
         params: ProtoMessage,
         context: ServerCallContext,
         stranger: Rejected | None = None,
     ) -> Caller:
-        caller = self._caller(method, params, context, stranger)
+        caller = await self._caller(method, params, context, stranger)
         context.user = CallerUser(caller)
         self._count(caller)
         log.debug("%s call admitted for %s", method, caller.owner)
@@ -308,7 +308,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         context.state[RESERVATION_KEY] = reservation
         return reservation
 
-    def _admit_message(
+    async def _admit_message(
         self,
         method: str,
         params: a2a_pb2.SendMessageRequest,
@@ -342,7 +342,7 @@ class NodeRequestHandler(DefaultRequestHandler):
             if self.verifier is not None
             else None
         )
-        self._admit(method, params, context, unsigned)
+        await self._admit(method, params, context, unsigned)
         return params
 
     def _verify(
@@ -455,7 +455,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         context: ServerCallContext,
     ) -> a2a_pb2.Message | a2a_pb2.Task:
         """SendMessage within its `a2a.receive` span."""
-        params = self._admit_message("SendMessage", params, parts, context)
+        params = await self._admit_message("SendMessage", params, parts, context)
         await self._writable()
         options = _options_of(params)
         with self._shed(params, options, context) or Ticket(None, None):
@@ -488,7 +488,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         reservation: Reservation | None = None
         try:
             with trace.use_span(span, end_on_exit=False):
-                params = self._admit_message("SendStreamingMessage", params, parts, context)
+                params = await self._admit_message("SendStreamingMessage", params, parts, context)
                 await self._writable()
                 options = _options_of(params)
                 ticket = self._shed(params, options, context)
@@ -517,7 +517,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_get_task(
         self, params: a2a_pb2.GetTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
-        self._admit("GetTask", params, context)
+        await self._admit("GetTask", params, context)
         result: a2a_pb2.Task | None = await super().on_get_task(params, context)
         return result
 
@@ -525,7 +525,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_list_tasks(
         self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTasksResponse:
-        self._admit("ListTasks", params, context)
+        await self._admit("ListTasks", params, context)
         result: a2a_pb2.ListTasksResponse = await super().on_list_tasks(params, context)
         return result
 
@@ -533,7 +533,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_cancel_task(
         self, params: a2a_pb2.CancelTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
-        self._admit("CancelTask", params, context)
+        await self._admit("CancelTask", params, context)
         await self._writable()
         result: a2a_pb2.Task | None = await super().on_cancel_task(params, context)
         return result
@@ -542,7 +542,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_subscribe_to_task(
         self, params: a2a_pb2.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
-        self._admit("SubscribeToTask", params, context)
+        await self._admit("SubscribeToTask", params, context)
         async for event in super().on_subscribe_to_task(params, context):
             yield event
 
@@ -550,7 +550,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_create_task_push_notification_config(
         self, params: a2a_pb2.TaskPushNotificationConfig, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
-        self._admit("CreateTaskPushNotificationConfig", params, context)
+        await self._admit("CreateTaskPushNotificationConfig", params, context)
         result: a2a_pb2.TaskPushNotificationConfig = (
             await super().on_create_task_push_notification_config(params, context)
         )
@@ -560,7 +560,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_get_task_push_notification_config(
         self, params: a2a_pb2.GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
-        self._admit("GetTaskPushNotificationConfig", params, context)
+        await self._admit("GetTaskPushNotificationConfig", params, context)
         result: a2a_pb2.TaskPushNotificationConfig = (
             await super().on_get_task_push_notification_config(params, context)
         )
@@ -570,7 +570,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_list_task_push_notification_configs(
         self, params: a2a_pb2.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTaskPushNotificationConfigsResponse:
-        self._admit("ListTaskPushNotificationConfigs", params, context)
+        await self._admit("ListTaskPushNotificationConfigs", params, context)
         result: a2a_pb2.ListTaskPushNotificationConfigsResponse = (
             await super().on_list_task_push_notification_configs(params, context)
         )
@@ -580,14 +580,14 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_delete_task_push_notification_config(
         self, params: a2a_pb2.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        self._admit("DeleteTaskPushNotificationConfig", params, context)
+        await self._admit("DeleteTaskPushNotificationConfig", params, context)
         await super().on_delete_task_push_notification_config(params, context)
 
     @_storage_faults_as_a2a
     async def on_get_extended_agent_card(
         self, params: a2a_pb2.GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> a2a_pb2.AgentCard:
-        self._admit("GetExtendedAgentCard", params, context)
+        await self._admit("GetExtendedAgentCard", params, context)
         result: a2a_pb2.AgentCard = await super().on_get_extended_agent_card(params, context)
         return result
 

@@ -52,7 +52,7 @@ from starlette.routing import BaseRoute, Route
 from consortium.errors import NodeOverloaded, RateLimited, StorageUnavailable
 from consortium.llm.base import TokenLogprob
 from consortium.node.admission import Admission, Ticket
-from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller
+from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller_async
 from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
 from consortium.node.openai.catalogue import Catalogue, ModelRoute
 from consortium.node.openai.errors import (
@@ -172,7 +172,7 @@ class OpenAIApi:
     def _endpoint(self, handler: Callable[[Request, Caller], Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Any:
             try:
-                caller = self._admit(request)
+                caller = await self._admit(request)
                 self._count(caller)
                 return await handler(request, caller)
             except OpenAIError as e:
@@ -184,11 +184,11 @@ class OpenAIApi:
 
     # -- admission -------------------------------------------------------------------
 
-    def _admit(self, request: Request) -> Caller:
+    async def _admit(self, request: Request) -> Caller:
         creds = http_credentials(request)
         what = f"{request.method} {request.url.path} call"
         if creds.authorization is not None:
-            caller = key_caller(creds.authorization, self.keys)
+            caller = await key_caller_async(creds.authorization, self.keys)
             if caller is None:
                 self._refused("invalid_key", what)
                 raise unauthorized("Incorrect API key provided")

@@ -93,6 +93,7 @@ from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
 from consortium.node.retention import Step, audit_step, receipts_step, run_retention
 from consortium.node.service import NodeService, ServiceSettings
+from consortium.node.shared_limits import SharedLimits
 from consortium.node.storage_health import StorageHealth, quiet_storage_tracebacks
 from consortium.node.store import SqliteTaskStore
 from consortium.node.telemetry import (
@@ -645,17 +646,20 @@ def build_request_handler(
     )
 
 
-def build_limits(cfg: NodeConfig) -> CallerLimits:
-    """[limits]: the one per-caller limiter every API of the node consults."""
+def build_limits(cfg: NodeConfig, storage: Storage | None = None) -> CallerLimits:
+    """[limits]: the one per-caller limiter every API of the node consults; on
+    PostgreSQL storage, its windows in the database the replicas share."""
     section = cfg.limits
-    return CallerLimits(
-        LimitSettings(
-            requests_per_minute=section.requests_per_minute,
-            tokens_per_minute=section.tokens_per_minute,
-            concurrent_requests=section.concurrent_requests,
-        ),
-        default_max_tokens=cfg.model.max_tokens,
+    settings = LimitSettings(
+        requests_per_minute=section.requests_per_minute,
+        tokens_per_minute=section.tokens_per_minute,
+        concurrent_requests=section.concurrent_requests,
     )
+    if storage is not None and storage.kind == "postgresql":
+        return SharedLimits(
+            settings, storage.database("limits"), default_max_tokens=cfg.model.max_tokens
+        )
+    return CallerLimits(settings, default_max_tokens=cfg.model.max_tokens)
 
 
 def build_worker(
@@ -823,6 +827,7 @@ class Node:
         self.records: RoutingRecords | None = None
         self.keys: ApiKeys | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._limits_alive: asyncio.Task[None] | None = None
         self.canaries: CanaryTraffic | None = None
         self.reports: TrustReports | None = None
         self._reporting: asyncio.Task[None] | None = None
@@ -881,7 +886,9 @@ class Node:
         self.reports = build_reports(cfg, federation)
         self.witnessing = build_witnessing(cfg, federation)
         executor = build_executor(cfg, self.service, federation, self.reports, self.witnessing)
-        self.limits = build_limits(cfg)
+        self.limits = build_limits(cfg, self.databases)
+        if isinstance(self.limits, SharedLimits):
+            self._limits_alive = asyncio.create_task(self.limits.keep_alive())
         self.admission = build_admission(cfg, self.worker)
         self.handler = build_request_handler(
             cfg,
@@ -1076,6 +1083,7 @@ class Node:
         grace = self.config.server.shutdown_grace_s
         for background in (
             self._housekeeping,
+            self._limits_alive,
             self._reporting,
             self._checkpointing,
             self._witnessing,
@@ -1118,6 +1126,8 @@ class Node:
             self.records.close()
         if self.keys is not None:
             self.keys.close()
+        if isinstance(self.limits, SharedLimits):
+            await asyncio.to_thread(self.limits.close)
         if (store := self.store) is not None:
             _despite_storage(
                 lambda: store.fail_unfinished("the node shut down before the task finished"),

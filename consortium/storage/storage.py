@@ -13,6 +13,7 @@ directory is read as it is):
 | redaction  | redaction.sqlite3     | consortium_redaction    |
 | audit      | audit.sqlite3         | consortium_audit        |
 | replicas   | (none: one process)   | consortium_replicas     |
+| limits     | (none: one process)   | consortium_limits       |
 
 SQLite: an engine per file (WAL, `synchronous=NORMAL`, a 10 s busy timeout; a private
 store's file 0600 before SQLite opens it); a transaction (`Database.begin`) starts with
@@ -64,6 +65,7 @@ STORES: dict[str, Store] = {
         Store("redaction", "redaction.sqlite3", private=True),
         Store("audit", "audit.sqlite3"),
         Store("replicas", ""),
+        Store("limits", ""),
     )
 }
 

@@ -98,3 +98,19 @@ async def test_the_cli_manages_the_keys_the_replicas_share(
     while await models_status(node, token) != 401:
         assert time.monotonic() < deadline, "the revocation never reached the node"
         await asyncio.sleep(0.05)
+
+
+async def test_two_replicas_grant_a_key_its_requests_per_minute_once(
+    start_node: NodeStarter, pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    storage = {"url": pg_database.url, "password_file": str(pg_database.password_file)}
+    limits = {"requests_per_minute": 6, "tokens_per_minute": 0, "concurrent_requests": 0}
+    a = await start_node(make_config(tmp_path / "a", storage=storage, limits=limits))
+    b = await start_node(make_config(tmp_path / "b", storage=storage, limits=limits))
+    assert a.keys is not None
+    _, token = a.keys.create("app")
+    statuses = [await models_status((a, b)[i % 2], token) for i in range(8)]
+    assert statuses == [200] * 6 + [429, 429]  # 6 in all across both, not 6 each
+    assert await Access(a, token).code("grpc", "ListTasks", {}) == "RESOURCE_EXHAUSTED"
+    _, other = a.keys.create("other")  # another key: a window of its own
+    assert await models_status(b, other) == 200

@@ -270,23 +270,23 @@ class NodeRequestHandler(DefaultRequestHandler):
     ) -> Caller:
         caller = await self._caller(method, params, context, stranger)
         context.user = CallerUser(caller)
-        self._count(caller)
+        await self._count(caller)
         log.debug("%s call admitted for %s", method, caller.owner)
         return caller
 
-    def _count(self, caller: Caller) -> None:
+    async def _count(self, caller: Caller) -> None:
         """Counts the call against its caller's requests per minute (node.limits); raises
         RESOURCE_EXHAUSTED over them. Not logged one by one, nor audited: a caller over
         its limits must not fill the logs either."""
         if self.limits is None:
             return
         try:
-            self.limits.count_request(caller)
+            await self.limits.count_request_async(caller)
         except RateLimited as e:
             self.refusals["rate_limited"] += 1
             raise from_rate_limited(e) from None
 
-    def _reserve(
+    async def _reserve(
         self,
         params: a2a_pb2.SendMessageRequest,
         options: RequestOptions | None,
@@ -301,7 +301,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         text = "\n".join(part.text for part in message.parts if part.text)
         max_tokens = options.max_tokens if options is not None else None
         try:
-            reservation = self.limits.reserve_task(caller, text, max_tokens)
+            reservation = await self.limits.reserve_task_async(caller, text, max_tokens)
         except RateLimited as e:
             self.refusals["rate_limited"] += 1
             raise from_rate_limited(e) from None
@@ -324,7 +324,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                 verified.claims.sender, context, f"message {safe(params.message.message_id)}"
             )
             context.user = CallerUser(caller)
-            self._count(caller)
+            await self._count(caller)
             trace.get_current_span().set_attributes(
                 {
                     "consortium.message.id": params.message.message_id,
@@ -465,7 +465,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                 reply = await executor.reply(params.message, context)
                 if reply is not None:
                     return reply
-            reservation = self._reserve(params, options, context)
+            reservation = await self._reserve(params, options, context)
             try:
                 result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
                     params, context
@@ -492,7 +492,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                 await self._writable()
                 options = _options_of(params)
                 ticket = self._shed(params, options, context)
-                reservation = self._reserve(params, options, context)
+                reservation = await self._reserve(params, options, context)
                 stream = super().on_message_send_stream(params, context)
             while True:
                 with trace.use_span(span, end_on_exit=False):

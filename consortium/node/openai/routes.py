@@ -173,7 +173,7 @@ class OpenAIApi:
         async def endpoint(request: Request) -> Any:
             try:
                 caller = await self._admit(request)
-                self._count(caller)
+                await self._count(caller)
                 return await handler(request, caller)
             except OpenAIError as e:
                 return e.response()
@@ -203,18 +203,20 @@ class OpenAIApi:
             )
         raise unauthorized("You didn't provide an API key: send Authorization: Bearer <key>")
 
-    def _count(self, caller: Caller) -> None:
+    async def _count(self, caller: Caller) -> None:
         """Counts the call against the caller's requests per minute (every route)."""
         try:
-            self.limits.count_request(caller)
+            await self.limits.count_request_async(caller)
         except RateLimited as e:
             raise _too_many(e) from None
 
-    def _reserve(self, caller: Caller, request: ServiceRequest) -> Reservation:
+    async def _reserve(self, caller: Caller, request: ServiceRequest) -> Reservation:
         """Reserves the task's tokens and a place among the caller's requests in
         progress (node.limits), the same rule as A2A's."""
         try:
-            return self.limits.reserve_task(caller, request.sent_text, request.options.max_tokens)
+            return await self.limits.reserve_task_async(
+                caller, request.sent_text, request.options.max_tokens
+            )
         except RateLimited as e:
             raise _too_many(e) from None
 
@@ -316,7 +318,7 @@ class OpenAIApi:
             top_logprobs=sampling.top_logprobs if sampling.logprobs else None,
             include_usage=body.include_usage,
         )
-        reservation = self._reserve(caller, service_request)
+        reservation = await self._reserve(caller, service_request)
         run = _Run(caller, service_request, shape, task, reservation)
         try:
             task.submitted(

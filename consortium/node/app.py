@@ -84,6 +84,7 @@ from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.limits import CallerLimits, LimitSettings
+from consortium.node.offload import INLINE, Offload, offload_for
 from consortium.node.openai import PREFIX as OPENAI_PREFIX
 from consortium.node.openai import OpenAIApi, guard_refusal
 from consortium.node.openai.catalogue import Catalogue
@@ -163,6 +164,9 @@ class Federation:
     # The MeterProvider built for the assessor (None without one): the node's metrics
     # share it (one exporter per metrics file).
     meter_provider: MeterProvider | None = None
+    # Where signing and verifying run for async code (node/offload.py: inline on SQLite,
+    # in the storage's threads on PostgreSQL).
+    offload: Offload = INLINE
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,7 @@ def build_federation(
             assessor=assessor,
             credentials=cfg.client_credentials(),
             breaker=fed.breaker(),
+            offload=offload_for(storage),
         )
     except BaseException:
         replay.close()
@@ -365,6 +370,7 @@ def build_federation(
         audit_log,
         disclosures,
         meters,
+        offload_for(storage),
     )
 
 
@@ -610,6 +616,7 @@ def build_executor(
             if federation is not None and federation.audit_log is not None and cfg.audit.receipts
             else None
         ),
+        offload=federation.offload if federation is not None else INLINE,
     )
     if cfg.node.executor == "a2a-tck":
         executor = ConformanceExecutor(executor)
@@ -643,6 +650,7 @@ def build_request_handler(
         uses_local_model=service.uses_local_model if service is not None else None,
         org_id=cfg.node.org_id,
         require_writable=storage.require_writable if storage is not None else None,
+        offload=federation.offload if federation is not None else INLINE,
     )
 
 

@@ -61,6 +61,7 @@ from consortium.node.auth import (
 )
 from consortium.node.config import NodeConfig
 from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
+from consortium.node.offload import INLINE, Offload
 from consortium.node.telemetry import context_from
 from consortium.protocols.request_options import RequestOptions, request_options
 from consortium.trust.admission import MessageVerifier, Verified
@@ -160,9 +161,13 @@ class NodeRequestHandler(DefaultRequestHandler):
         uses_local_model: Callable[[RequestOptions, Caller], bool] | None = None,
         org_id: str = "",
         require_writable: Callable[[], Awaitable[None]] | None = None,
+        offload: Offload = INLINE,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # Where verifying (its replay-cache insert and audit entry) runs (node/offload.py:
+        # inline on SQLite, off the event loop on PostgreSQL).
+        self.offload = offload
         self.admission = admission
         # Whether a request may take a turn of the node's model (the service decides).
         self.uses_local_model = uses_local_model or (lambda options, caller: True)
@@ -227,8 +232,9 @@ class NodeRequestHandler(DefaultRequestHandler):
                     UnauthenticatedError(message="this node is not in a federation"),
                     f"{method} call",
                 )
+            verifier, proof = self.verifier, creds.proof
             try:
-                verified = self.verifier.verify_call(creds.proof, method, params)
+                verified = await self.offload(lambda: verifier.verify_call(proof, method, params))
             except Rejected as e:
                 raise self._refused(
                     e.reason, from_rejection(e), f"{method} call", audited=True
@@ -319,7 +325,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         only what its signature covers: the message; its unsigned tenant is dropped)."""
         validate_send_request(params)
         if self.verifier is not None and parts is not None:
-            verified = self._verify(params, parts, context)
+            verified = await self._verify(params, parts, context)
             caller = self._member(
                 verified.claims.sender, context, f"message {safe(params.message.message_id)}"
             )
@@ -345,18 +351,23 @@ class NodeRequestHandler(DefaultRequestHandler):
         await self._admit(method, params, context, unsigned)
         return params
 
-    def _verify(
+    async def _verify(
         self,
         params: a2a_pb2.SendMessageRequest,
         parts: SignedParts | Rejected,
         context: ServerCallContext,
     ) -> Verified:
-        assert self.verifier is not None
+        verifier = self.verifier
+        assert verifier is not None
+
+        def check() -> Verified:
+            if isinstance(parts, Rejected):
+                raise verifier.refused(params.message, parts)  # audited there
+            return verifier.check(params.message, parts)
+
         with self.tracer.start_as_current_span("consortium.verify") as span:
             try:
-                if isinstance(parts, Rejected):
-                    raise self.verifier.refused(params.message, parts)
-                verified = self.verifier.check(params.message, parts)
+                verified = await self.offload(check)
             except Rejected as e:
                 self.refusals[e.reason] += 1
                 span.set_attributes(
@@ -619,20 +630,32 @@ def validate_required_fields(params: a2a_pb2.SendMessageRequest) -> None:
 
 class SigningEventQueue:
     """Wraps a task's event queue: every status and artifact update this node emits for a
-    peer's request is signed, bound to that request, before it is queued."""
+    peer's request is signed, bound to that request, before it is queued (the signing and
+    its audit entry where `offload` runs them)."""
 
     def __init__(
-        self, queue: EventQueue, signer: Signer, request: Verified, timing: SignTime
+        self,
+        queue: EventQueue,
+        signer: Signer,
+        request: Verified,
+        timing: SignTime,
+        offload: Offload = INLINE,
     ) -> None:
         self._queue = queue
         self._signer = signer
         self._request = request
         self._timing = timing
+        self._offload = offload
 
     async def enqueue_event(self, event: Event) -> None:
         if isinstance(event, (a2a_pb2.TaskStatusUpdateEvent, a2a_pb2.TaskArtifactUpdateEvent)):
-            with self._timing.signing():
-                event = self._signer.sign_event(event, self._request)
+            update = event
+
+            def sign() -> Event:
+                with self._timing.signing():  # timed where it runs, not the hop to it
+                    return self._signer.sign_event(update, self._request)
+
+            event = await self._offload(sign)
         await self._queue.enqueue_event(event)
 
     def __getattr__(self, name: str) -> Any:

@@ -233,6 +233,8 @@ class SharedLimits(CallerLimits):
         if not self.applies_to(caller):
             return UNLIMITED
         tokens = self.task_tokens(prompt, max_tokens)
+        if not self.settings.tokens_per_minute and not self.settings.concurrent_requests:
+            return self.reserve(caller, tokens)  # nothing to keep: no query
         return await self._db.run(lambda: self.reserve(caller, tokens))
 
     # -- settling (from async code: handed to a thread, not waited for) ----------------
@@ -278,7 +280,12 @@ class SharedLimits(CallerLimits):
                 log.warning("per-key limits: a settlement was not stored: %s", type(e).__name__)
                 raise
 
-        future = self._executor.submit(run)
+        try:
+            future = self._executor.submit(run)
+        except RuntimeError:  # the node stopped: close() freed this replica's slots
+            future = Future()
+            future.set_result(None)
+            return future
         with self._pending_lock:
             self._pending.add(future)
         future.add_done_callback(self._done)

@@ -248,3 +248,17 @@ def test_the_async_calls_run_off_the_event_loop(replicas: list[Storage]) -> None
         asyncio.run(scenario())
     finally:
         limits.close()
+
+
+def test_a_replica_that_stops_frees_its_places(replicas: list[Storage]) -> None:
+    clock = Clock()
+    stopping, other = (limiter(s, clock, concurrent_requests=1) for s in replicas)
+    try:
+        running = stopping.reserve(KEY, 1)
+        with pytest.raises(RateLimited):
+            other.reserve(KEY, 1)
+        stopping.close()  # frees this replica's places at once
+        running.settle(1)  # a task ending after its node stopped: nothing to do, no error
+        other.reserve(KEY, 1)
+    finally:
+        other.close()

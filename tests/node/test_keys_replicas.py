@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -114,3 +115,39 @@ async def test_two_replicas_grant_a_key_its_requests_per_minute_once(
     assert await Access(a, token).code("grpc", "ListTasks", {}) == "RESOURCE_EXHAUSTED"
     _, other = a.keys.create("other")  # another key: a window of its own
     assert await models_status(b, other) == 200
+
+
+async def test_while_the_database_is_away_keys_and_limits_answer_unavailable(
+    start_node: NodeStarter, pg_cluster: Any, pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    """A key the replica has not seen cannot be checked, and no call can be counted
+    against its limits: a clear UNAVAILABLE / 503 within the timeouts, never a 500 or a
+    hang; when the database is back, the same replica serves again (no restart)."""
+    storage = {
+        "url": pg_database.url,
+        "password_file": str(pg_database.password_file),
+        "connect_timeout_s": 2.0,
+        "pool_timeout_s": 2.0,
+    }
+    node = await start_node(make_config(tmp_path / "a", storage=storage))
+    assert node.keys is not None
+    _, known = node.keys.create("known")
+    _, unseen = node.keys.create("unseen")
+    assert await models_status(node, known) == 200
+    pg_cluster.stop()
+    try:
+        started = time.monotonic()
+        # A key not in the replica's cache: it cannot be looked up.
+        assert await Access(node, unseen).code("grpc", "ListTasks", {}) == "UNAVAILABLE"
+        assert await Access(node, unseen).code("jsonrpc", "ListTasks", {}) == "-32050"
+        # A key it knows: its call cannot be counted against its requests per minute.
+        assert await models_status(node, known) == 503
+        assert await models_status(node, unseen) == 503
+        assert time.monotonic() - started < 60
+    finally:
+        await asyncio.to_thread(pg_cluster.start)
+    deadline = time.monotonic() + 30
+    while await models_status(node, unseen) != 200:
+        assert time.monotonic() < deadline, "the replica did not recover"
+        await asyncio.sleep(0.1)
+    assert await Access(node, known).code("grpc", "ListTasks", {}) == "ok"

@@ -1,9 +1,12 @@
 """`consortium keys create | list | revoke`: API keys for this node's local users and
-apps, kept (hashed) in the node's data directory; a running node sees a change from its
-next call on."""
+apps, kept (hashed) where the node keeps them (`[storage] url`: the data directory's
+api-keys.sqlite3, or the PostgreSQL database its replicas share); a running node sees a
+change from its next call on (on PostgreSQL, every replica within api_keys.CACHE_S)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +29,8 @@ def keys_create(
 
     def go() -> None:
         expires_at = _parse_expiry(expires) if expires is not None else None
-        keys = _open_keys(config)
-        try:
+        with _open_keys(config) as keys:
             key, token = keys.create(name, expires_at=expires_at, admin=admin)
-        finally:
-            keys.close()
         write_through(token + "\n")
         err.print(
             f"[dim]key {key.id} ({key.name}) created; it is shown only now[/dim]", highlight=False
@@ -50,11 +50,8 @@ def keys_list(
         return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def go() -> None:
-        keys = _open_keys(config)
-        try:
+        with _open_keys(config) as keys:
             rows = keys.all()
-        finally:
-            keys.close()
         now = time.time()
         for k in rows:
             write_through(
@@ -74,11 +71,8 @@ def keys_revoke(
     """Revoke an API key; a running node refuses it from the next call on."""
 
     def go() -> None:
-        keys = _open_keys(config)
-        try:
+        with _open_keys(config) as keys:
             revoked = keys.revoke(key)
-        finally:
-            keys.close()
         for k in revoked:
             write_through(f"revoked {k.id} ({k.name})\n")
 
@@ -104,10 +98,32 @@ def _parse_expiry(value: str) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-def _open_keys(config: Path) -> Any:
+@contextmanager
+def _open_keys(config: Path) -> Iterator[Any]:
+    """The node's key table, where its `[storage] url` keeps it."""
+    from consortium.storage import migrations
+    from consortium.storage.storage import STORES, Storage
     from consortium.trust.api_keys import ApiKeys
     from consortium.trust.files import secure_directory
 
     cfg = load_config(config)
-    secure_directory(cfg.data_dir)
-    return ApiKeys(cfg.api_keys_path)
+    location = cfg.storage_location()
+    if location.kind == "sqlite":
+        assert location.directory is not None
+        secure_directory(location.directory)
+        keys = ApiKeys(location.directory / STORES["api_keys"].file)
+        try:
+            yield keys
+        finally:
+            keys.close()
+        return
+    storage = Storage(location, cfg.storage_settings())
+    try:
+        migrations.upgrade(storage, ["api_keys"])
+        keys = ApiKeys(storage.database("api_keys"))
+        try:
+            yield keys
+        finally:
+            keys.close()
+    finally:
+        storage.close()

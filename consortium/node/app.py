@@ -74,11 +74,18 @@ from consortium.node.a2a.http_binding import (
 from consortium.node.a2a.request_handler import NodeRequestHandler
 from consortium.node.admission import Admission
 from consortium.node.audit import build_audit, run_checkpoints
-from consortium.node.auth import Credentials, http_credentials, key_caller
+from consortium.node.auth import (
+    Caller,
+    Credentials,
+    http_credentials,
+    key_caller,
+    key_caller_async,
+)
 from consortium.node.canary_traffic import CanaryTraffic, EvidenceRecorder
 from consortium.node.config import NodeConfig, RoutingSection
 from consortium.node.learned import LazyEncoder, PolicyHolder
 from consortium.node.limits import CallerLimits, LimitSettings
+from consortium.node.offload import INLINE, Offload, offload_for
 from consortium.node.openai import PREFIX as OPENAI_PREFIX
 from consortium.node.openai import OpenAIApi, guard_refusal
 from consortium.node.openai.catalogue import Catalogue
@@ -89,6 +96,7 @@ from consortium.node.replicas import Replicas, new_replica_id
 from consortium.node.reports import TrustReports
 from consortium.node.retention import Step, audit_step, receipts_step, run_retention
 from consortium.node.service import NodeService, ServiceSettings
+from consortium.node.shared_limits import SharedLimits
 from consortium.node.storage_health import StorageHealth, quiet_storage_tracebacks
 from consortium.node.store import NodeTaskStore
 from consortium.node.telemetry import (
@@ -158,6 +166,9 @@ class Federation:
     # The MeterProvider built for the assessor (None without one): the node's metrics
     # share it (one exporter per metrics file).
     meter_provider: MeterProvider | None = None
+    # Where signing and verifying run for async code (node/offload.py: inline on SQLite,
+    # in the storage's threads on PostgreSQL).
+    offload: Offload = INLINE
 
 
 @dataclass(frozen=True)
@@ -349,6 +360,7 @@ def build_federation(
             assessor=assessor,
             credentials=cfg.client_credentials(),
             breaker=fed.breaker(),
+            offload=offload_for(storage),
         )
     except BaseException:
         replay.close()
@@ -377,6 +389,7 @@ def build_federation(
         audit_log,
         disclosures,
         meters,
+        offload_for(storage),
     )
 
 
@@ -622,6 +635,7 @@ def build_executor(
             if federation is not None and federation.audit_log is not None and cfg.audit.receipts
             else None
         ),
+        offload=federation.offload if federation is not None else INLINE,
     )
     if cfg.node.executor == "a2a-tck":
         executor = ConformanceExecutor(executor)
@@ -655,20 +669,24 @@ def build_request_handler(
         uses_local_model=service.uses_local_model if service is not None else None,
         org_id=cfg.node.org_id,
         require_writable=storage.require_writable if storage is not None else None,
+        offload=federation.offload if federation is not None else INLINE,
     )
 
 
-def build_limits(cfg: NodeConfig) -> CallerLimits:
-    """[limits]: the one per-caller limiter every API of the node consults."""
+def build_limits(cfg: NodeConfig, storage: Storage | None = None) -> CallerLimits:
+    """[limits]: the one per-caller limiter every API of the node consults; on
+    PostgreSQL storage, its windows in the database the replicas share."""
     section = cfg.limits
-    return CallerLimits(
-        LimitSettings(
-            requests_per_minute=section.requests_per_minute,
-            tokens_per_minute=section.tokens_per_minute,
-            concurrent_requests=section.concurrent_requests,
-        ),
-        default_max_tokens=cfg.model.max_tokens,
+    settings = LimitSettings(
+        requests_per_minute=section.requests_per_minute,
+        tokens_per_minute=section.tokens_per_minute,
+        concurrent_requests=section.concurrent_requests,
     )
+    if storage is not None and storage.kind == "postgresql":
+        return SharedLimits(
+            settings, storage.database("limits"), default_max_tokens=cfg.model.max_tokens
+        )
+    return CallerLimits(settings, default_max_tokens=cfg.model.max_tokens)
 
 
 def build_worker(
@@ -836,6 +854,7 @@ class Node:
         self.records: RoutingRecords | None = None
         self.keys: ApiKeys | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._limits_alive: asyncio.Task[None] | None = None
         self.canaries: CanaryTraffic | None = None
         self.reports: TrustReports | None = None
         self._reporting: asyncio.Task[None] | None = None
@@ -869,7 +888,7 @@ class Node:
         self.storage.watch(self.databases)
         self.store = build_store(cfg, self.databases, self.replica_id)
         self.replicas = build_replicas(cfg, self.databases, self.store)
-        self.keys = ApiKeys(cfg.api_keys_path)
+        self.keys = ApiKeys(self.databases.database("api_keys"))
         self._housekeeping = asyncio.create_task(self._expire_tasks())
         # Before loading the model: fail fast.
         pool = cfg.canary_pool()
@@ -901,7 +920,9 @@ class Node:
         self.reports = build_reports(cfg, federation)
         self.witnessing = build_witnessing(cfg, federation)
         executor = build_executor(cfg, self.service, federation, self.reports, self.witnessing)
-        self.limits = build_limits(cfg)
+        self.limits = build_limits(cfg, self.databases)
+        if isinstance(self.limits, SharedLimits):
+            self._limits_alive = asyncio.create_task(self.limits.keep_alive())
         self.admission = build_admission(cfg, self.worker)
         self.handler = build_request_handler(
             cfg,
@@ -1036,20 +1057,32 @@ class Node:
 
     async def _healthz(self, request: Request) -> Response:
         storage = await self.storage.check()
-        body = self.health(http_credentials(request), storage)
+        creds = http_credentials(request)
+        caller = None
+        if creds.authorization:
+            with contextlib.suppress(StorageUnavailable):  # then no details: the body says why
+                caller = await key_caller_async(creds.authorization, self.keys)
+        body = self.health(creds, storage, caller)
         return JSONResponse(body, status_code=503 if storage is not None else 200)
 
-    def health(self, creds: Credentials, storage: dict[str, Any] | None = None) -> dict[str, Any]:
+    def health(
+        self,
+        creds: Credentials,
+        storage: dict[str, Any] | None = None,
+        caller: Caller | None = None,
+    ) -> dict[str, Any]:
         """Liveness for anyone: "ok", or "degraded" when the node cannot write (`storage`,
         from StorageHealth.check: its problem); details (counters, the model's load,
         roster, policy, which databases fail since when) only for a caller on loopback or
-        holding an admin API key."""
+        holding an admin API key (`caller`, if its key was already looked up)."""
         cfg = self.config
         body: dict[str, Any] = {"status": "ok"}
         if storage is not None:
             body["status"] = "degraded"
             body["storage"] = {"writable": False, "problem": storage["problem"]}
-        caller = key_caller(creds.authorization, self.keys) if creds.authorization else None
+        if caller is None and creds.authorization:
+            with contextlib.suppress(StorageUnavailable):
+                caller = key_caller(creds.authorization, self.keys)
         if not (creds.loopback or (caller is not None and caller.admin)):
             return body
         body["storage"] = {"writable": True} if storage is None else {"writable": False, **storage}
@@ -1116,6 +1149,7 @@ class Node:
         grace = self.config.server.shutdown_grace_s
         for background in (
             self._housekeeping,
+            self._limits_alive,
             self._reporting,
             self._checkpointing,
             self._witnessing,
@@ -1158,6 +1192,8 @@ class Node:
             self.records.close()
         if self.keys is not None:
             self.keys.close()
+        if isinstance(self.limits, SharedLimits):
+            await asyncio.to_thread(self.limits.close)
         # Beating until now: no survivor fails the tasks finishing within the grace period.
         if self._heartbeat is not None:
             self._heartbeat.cancel()

@@ -17,8 +17,9 @@ any task is looked up, so the same rules hold on gRPC and JSON-RPC:
   (`anonymous`) where `auth.anonymous_loopback` allows it; anyone else is refused.
 
 The caller's scope is the owner of the tasks it creates, and the only tasks it can see.
-`key_caller` is the API-key rule, shared by the A2A handler and the OpenAI-compatible
-endpoint (node/openai/), which takes API keys and the anonymous loopback user only.
+`key_caller` (`key_caller_async` on the event loop) is the API-key rule, shared by the
+A2A handler and the OpenAI-compatible endpoint (node/openai/), which takes API keys and
+the anonymous loopback user only.
 """
 
 from __future__ import annotations
@@ -94,9 +95,17 @@ class CallerUser(User):
 
 def key_caller(authorization: str, keys: ApiKeys | None) -> Caller | None:
     """The caller an `Authorization: Bearer` value proves: its API key, if the key is
-    valid now (not revoked, not expired); None otherwise."""
+    valid now (not revoked, not expired); None otherwise. May query the database: the
+    bindings call `key_caller_async`."""
     token = parse_token(authorization)
     key = keys.authenticate(token) if token and keys is not None else None
+    return None if key is None else Caller("key", key.id, key.admin)
+
+
+async def key_caller_async(authorization: str, keys: ApiKeys | None) -> Caller | None:
+    """`key_caller` for the event loop (a database lookup, if any, runs off it)."""
+    token = parse_token(authorization)
+    key = await keys.authenticate_async(token) if token and keys is not None else None
     return None if key is None else Caller("key", key.id, key.admin)
 
 

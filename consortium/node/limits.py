@@ -21,7 +21,11 @@ API alike, so a key's calls over all three share one window. 0 means unlimited.
 Members of the federation (callers proven by their signature) are not limited here:
 their escalations are bounded by the node-wide limits on its queue, not by a key's.
 A refusal raises `RateLimited` (kind, seconds to wait): 429 on /v1, RESOURCE_EXHAUSTED
-on A2A. Kept in memory: a restart forgets the windows.
+on A2A. `CallerLimits` keeps the windows in memory (one process, SQLite storage: a
+restart forgets them); with several replicas on PostgreSQL, `SharedLimits`
+(node/shared_limits.py) keeps them in the database, so the replicas share one window per
+caller. The bindings call the `*_async` methods, which keep database work off the event
+loop.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from consortium.errors import RateLimited
 from consortium.node.auth import Caller
@@ -89,11 +94,11 @@ class Reservation:
     """A task's claim on its caller's limits: its reserved tokens and its place among the
     caller's requests in progress, until `settle` (once; later calls do nothing)."""
 
-    def __init__(self, limits: CallerLimits | None, owner: str, spend: _Spend | None) -> None:
+    def __init__(self, limits: CallerLimits | None, owner: str, spend: Any) -> None:
         self._limits = limits
         self._owner = owner
         self._spend = spend
-        self._reserved = 0 if spend is None else spend.tokens
+        self._reserved = 0 if spend is None else int(spend.tokens)
         self.settled = limits is None
         self.claimed = False
 
@@ -171,8 +176,21 @@ class CallerLimits:
     def reserve_task(self, caller: Caller, prompt: str, max_tokens: int | None) -> Reservation:
         """`reserve` for a task with this prompt (its text as the node gets it) that may
         generate `max_tokens` (None: the model's default): the one rule of every binding."""
-        tokens = estimate_tokens(len(prompt.encode())) + (max_tokens or self.default_max_tokens)
-        return self.reserve(caller, tokens)
+        return self.reserve(caller, self.task_tokens(prompt, max_tokens))
+
+    def task_tokens(self, prompt: str, max_tokens: int | None) -> int:
+        """What a task reserves: its prompt's estimate and what it may generate."""
+        return estimate_tokens(len(prompt.encode())) + (max_tokens or self.default_max_tokens)
+
+    async def count_request_async(self, caller: Caller) -> None:
+        """`count_request` from the event loop (in memory: inline)."""
+        self.count_request(caller)
+
+    async def reserve_task_async(
+        self, caller: Caller, prompt: str, max_tokens: int | None
+    ) -> Reservation:
+        """`reserve_task` from the event loop (in memory: inline)."""
+        return self.reserve_task(caller, prompt, max_tokens)
 
     def reserve(self, caller: Caller, tokens: int) -> Reservation:
         """Admits a task of `caller`'s that may use `tokens` tokens (prompt + max_tokens):
@@ -212,7 +230,7 @@ class CallerLimits:
             w.in_progress += 1
         return Reservation(self, caller.owner, spend)
 
-    def _settle(self, owner: str, spend: _Spend | None, used: int) -> None:
+    def _settle(self, owner: str, spend: Any, used: int) -> None:
         with self._lock:
             w = self._windows.setdefault(owner, _Window())
             w.in_progress = max(0, w.in_progress - 1)
@@ -220,7 +238,7 @@ class CallerLimits:
                 w.token_sum += used - spend.tokens
                 spend.tokens = used
 
-    def _reopen(self, owner: str, tokens: int) -> _Spend:
+    def _reopen(self, owner: str, tokens: int) -> Any:
         now = self._clock()
         with self._lock:
             w = self._window(owner, now)

@@ -64,6 +64,7 @@ from consortium.federation.watcher import RosterWatcher
 from consortium.logsafe import safe
 from consortium.node.breaker import CONNECTION_FAILURES, BreakerSettings, CircuitBreaker
 from consortium.node.client import grpc_channel, open_client, text_message
+from consortium.node.offload import INLINE, Offload
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
 from consortium.protocols.redaction import Redactor
@@ -257,8 +258,12 @@ class PeerClient:
         assessor: Assessor,
         credentials: grpc.ChannelCredentials | None = None,
         breaker: BreakerSettings | None = None,
+        offload: Offload = INLINE,
     ) -> None:
         self._credentials = credentials
+        # Where signing and verifying (their replay-cache and audit writes) run
+        # (node/offload.py: inline on SQLite, off the event loop on PostgreSQL).
+        self._offload = offload
         self.tracer: trace.Tracer = trace.NoOpTracer()
         self._signer = signer
         self._verifier = verifier
@@ -571,7 +576,9 @@ class PeerClient:
                 message = await self.redactor.redact(message, org)
         parent = traceparent()  # the call span: the peer's spans hang under it
         with self.tracer.start_as_current_span("consortium.sign"):
-            request, request_digest = self._signer.sign_request(message, org, parent)
+            request, request_digest = await self._offload(
+                lambda: self._signer.sign_request(message, org, parent)
+            )
         self.redactor.signed(org, request)
         return request, request_digest
 
@@ -622,15 +629,19 @@ class PeerClient:
         # with: the `consortium.verify.ms` of the current (consortium.verify) span.
         spent = 0.0
 
-        def verify(message: a2a_pb2.Message | TaskEvent) -> Verified:
-            nonlocal spent
-            started = time.perf_counter()
-            try:
-                return self._verifier.verify(
-                    message, request_digest=request_digest, expected_sender=org
-                )
-            finally:
-                spent += time.perf_counter() - started
+        async def verify(message: a2a_pb2.Message | TaskEvent) -> Verified:
+            def timed() -> Verified:
+                # Timed where it runs: the verification, not the hop to a thread.
+                nonlocal spent
+                started = time.perf_counter()
+                try:
+                    return self._verifier.verify(
+                        message, request_digest=request_digest, expected_sender=org
+                    )
+                finally:
+                    spent += time.perf_counter() - started
+
+            return await self._offload(timed)
 
         try:
             async for event in client.send_message(
@@ -640,11 +651,11 @@ class PeerClient:
                 # Every task event the peer streams is signed and bound to our request.
                 kind = event.WhichOneof("payload")
                 if kind == "status_update":
-                    verify(event.status_update)
+                    await verify(event.status_update)
                     status = event.status_update.status
                     events += 1
                 elif kind == "artifact_update":
-                    verify(event.artifact_update)
+                    await verify(event.artifact_update)
                     events += 1
                     if on_text is not None:
                         on_text("".join(p.text for p in event.artifact_update.artifact.parts))
@@ -653,11 +664,11 @@ class PeerClient:
                 elif kind == "message" and not call.streaming:
                     direct = event.message
             if direct is not None:
-                return Reply(direct, verify(direct), "", events)
+                return Reply(direct, await verify(direct), "", events)
             if status is None or not status.HasField("message"):
                 raise PeerError(call.no_reply.format(org=org), "no_reply")
             state = a2a_pb2.TaskState.Name(status.state).removeprefix("TASK_STATE_").lower()
-            return Reply(status.message, verify(status.message), state, events)
+            return Reply(status.message, await verify(status.message), state, events)
         finally:
             trace.get_current_span().set_attribute("consortium.verify.ms", round(spent * 1e3, 3))
 

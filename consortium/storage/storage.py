@@ -13,6 +13,7 @@ directory is read as it is):
 | redaction  | redaction.sqlite3     | consortium_redaction    |
 | audit      | audit.sqlite3         | consortium_audit        |
 | replicas   | (none: one process)   | consortium_replicas     |
+| limits     | (none: one process)   | consortium_limits       |
 
 SQLite: an engine per file (WAL, `synchronous=NORMAL`, a 10 s busy timeout; a private
 store's file 0600 before SQLite opens it); a transaction (`Database.begin`) starts with
@@ -59,11 +60,12 @@ STORES: dict[str, Store] = {
         Store("tasks", "node.sqlite3"),
         Store("records", "node.sqlite3"),
         Store("replay", "replay.sqlite3"),
-        Store("api_keys", "api-keys.sqlite3"),
+        Store("api_keys", "api-keys.sqlite3", private=True),
         Store("trust", "trust.sqlite3"),
         Store("redaction", "redaction.sqlite3", private=True),
         Store("audit", "audit.sqlite3"),
         Store("replicas", ""),
+        Store("limits", ""),
     )
 }
 
@@ -157,7 +159,12 @@ def sqlite_engine(path: Path, *, private: bool = False) -> Engine:
 
     def creator() -> sqlite3.Connection:
         if private:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+            # Made 0600 before SQLite creates it; an existing file is only chmod-ed: closing
+            # a descriptor of a database file this process has open (another connection of
+            # the pool) would drop every POSIX lock SQLite holds on it.
+            if not path.exists():
+                with contextlib.suppress(FileExistsError):  # another connection made it
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
             path.chmod(PRIVATE_FILE)
         conn = sqlite3.connect(
             path,

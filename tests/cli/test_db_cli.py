@@ -47,7 +47,8 @@ def test_upgrade_and_status_of_a_sqlite_node(tmp_path: Path) -> None:
     assert "needs `consortium db upgrade`" in status.stdout
     up = cli("upgrade", "--config", str(config))
     assert up.returncode == 0, up.stderr
-    assert "upgraded replay" in up.stdout and (tmp_path / "data" / "replay.sqlite3").exists()
+    assert "upgraded " in up.stdout and "replay" in up.stdout
+    assert (tmp_path / "data" / "replay.sqlite3").exists()
     again = cli("upgrade", "--config", str(config))
     assert "every store is up to date" in again.stdout
     assert "up to date" in cli("status", "--config", str(config)).stdout

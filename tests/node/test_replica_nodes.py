@@ -6,7 +6,6 @@ running within the bound, and B's own tasks stay as they are."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,6 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from consortium.node.app import Node
 from consortium.node.client import text_message
 from consortium.node.replicas import DEAD_REASON
-from consortium.trust.api_keys import ApiKeys
 from tests.conftest import NodeStarter, PgDatabase, make_config
 
 
@@ -30,9 +28,8 @@ def metadata(token: str) -> tuple[tuple[str, str], ...]:
 async def replicas_of_acme(
     tmp_path: Path, pg_database: PgDatabase, start_node: NodeStarter
 ) -> tuple[Node, Node, str, str, str]:
-    """Nodes A and B on one database, the tokens of alice's and bob's API keys, known to
-    both (the key file copied: the API keys are not yet on the shared store), and the
-    owner alice's tasks are stored under."""
+    """Nodes A and B on one database, the tokens of alice's and bob's API keys (made
+    through A, in the store both share), and the owner alice's tasks are stored under."""
     storage = {
         "url": pg_database.url,
         "password_file": str(pg_database.password_file),
@@ -41,15 +38,11 @@ async def replicas_of_acme(
     }
     cfg_a = make_config(tmp_path / "a", storage=storage, auth={"anonymous_loopback": False})
     cfg_b = make_config(tmp_path / "b", storage=storage, auth={"anonymous_loopback": False})
-    keys = ApiKeys(cfg_a.api_keys_path)
-    alice_key, alice = keys.create("alice")
-    _, bob = keys.create("bob")
-    keys.close()
-    cfg_b.data_dir.mkdir(parents=True, exist_ok=True)
-    for file in cfg_a.data_dir.glob("api-keys.sqlite3*"):
-        shutil.copy(file, cfg_b.data_dir / file.name)
     a = await start_node(cfg_a)
     b = await start_node(cfg_b)
+    assert a.keys is not None
+    alice_key, alice = a.keys.create("alice")  # in the store both replicas share
+    _, bob = a.keys.create("bob")
     assert a.replica_id != b.replica_id
     return a, b, alice, bob, alice_key.owner
 

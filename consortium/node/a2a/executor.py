@@ -44,6 +44,7 @@ from consortium.node.a2a.request_handler import (
 from consortium.node.a2a.validation import MESSAGE_ONLY_MODES, requested_mode
 from consortium.node.auth import Caller, caller_of
 from consortium.node.limits import UNLIMITED, Reservation
+from consortium.node.offload import INLINE, Offload
 from consortium.node.reports import TrustReports
 from consortium.node.service import (
     Answered,
@@ -128,9 +129,13 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         reports: TrustReports | None = None,
         witnessing: Witnessing | None = None,
         receipts: Callable[[str], dict[str, Any] | None] | None = None,
+        offload: Offload = INLINE,
     ) -> None:
         self.service = service
         self._signer = signer
+        # Where signing (and its audit entry) runs (node/offload.py: inline on SQLite, off
+        # the event loop on PostgreSQL).
+        self._offload = offload
         self._reports = reports
         self._witnessing = witnessing
         # The log receipt of a peer's request (trust.audit.inclusion), by its message id.
@@ -145,22 +150,22 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         (signed) Message."""
         mode = requested_mode(message)  # before any other option is read
         if mode == "trust_report":
-            return self._report_ack(message, context)
+            return await self._report_ack(message, context)
         if mode == "cosign":
-            return self._cosign_reply(message, context)
+            return await self._cosign_reply(message, context)
         if mode == "proof":
-            return self._proof_reply(message, context)
+            return await self._proof_reply(message, context)
         try:
             options = request_options(message)
         except ValueError:
             return None  # the task path rejects it with the reason
         if options.feedback is not None:
-            return self._feedback_message(message, options.feedback, context)
+            return await self._feedback_message(message, options.feedback, context)
         if options.mode != "score":
             return None
         return await self._scores_message(message, options, context.state)
 
-    def _feedback_message(
+    async def _feedback_message(
         self, message: a2a_pb2.Message, feedback: Feedback, context: ServerCallContext
     ) -> a2a_pb2.Message:
         """Labels the routing record of an earlier task of the same owner."""
@@ -185,9 +190,11 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             )
         reply = _agent_message("", message.context_id, text, {METADATA_KEY: meta.wire()})
         reply.ClearField("task_id")
-        return self._signed(reply, context.state)
+        return await self._signed(reply, context.state)
 
-    def _report_ack(self, message: a2a_pb2.Message, context: ServerCallContext) -> a2a_pb2.Message:
+    async def _report_ack(
+        self, message: a2a_pb2.Message, context: ServerCallContext
+    ) -> a2a_pb2.Message:
         """A member's trust report, taken (or refused with a reason) and acknowledged. Only
         a member whose signature the handler verified may send one."""
         caller = _caller(context)
@@ -213,9 +220,9 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             {METADATA_KEY: ack.wire()},
         )
         reply.ClearField("task_id")
-        return self._signed(reply, context.state)
+        return await self._signed(reply, context.state)
 
-    def _cosign_reply(
+    async def _cosign_reply(
         self, message: a2a_pb2.Message, context: ServerCallContext
     ) -> a2a_pb2.Message:
         """A member's audit-log checkpoint, judged and (when consistent) cosigned. Only a
@@ -235,9 +242,11 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             "", message.context_id, f"checkpoint {answer.verdict}", {METADATA_KEY: answer.wire()}
         )
         reply.ClearField("task_id")
-        return self._signed(reply, context.state)
+        return await self._signed(reply, context.state)
 
-    def _proof_reply(self, message: a2a_pb2.Message, context: ServerCallContext) -> a2a_pb2.Message:
+    async def _proof_reply(
+        self, message: a2a_pb2.Message, context: ServerCallContext
+    ) -> a2a_pb2.Message:
         """Proofs from this node's audit log, for a verified member only."""
         caller = _caller(context)
         verified = context.state.get(VERIFIED_KEY)
@@ -251,7 +260,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         text = "proof" if answer.error is None else f"rejected: {answer.error}"
         reply = _agent_message("", message.context_id, text, {METADATA_KEY: answer.wire()})
         reply.ClearField("task_id")
-        return self._signed(reply, context.state)
+        return await self._signed(reply, context.state)
 
     async def _scores_message(
         self, message: a2a_pb2.Message, options: RequestOptions, state: Mapping[str, Any]
@@ -274,22 +283,28 @@ class ModelExecutor(AgentExecutor, DirectReplies):
             )
         reply = _agent_message("", message.context_id, reply_text, {METADATA_KEY: meta.wire()})
         reply.ClearField("task_id")
-        return self._signed(reply, state)
+        return await self._signed(reply, state)
 
-    def _signed(self, message: a2a_pb2.Message, state: Mapping[str, Any]) -> a2a_pb2.Message:
+    async def _signed(self, message: a2a_pb2.Message, state: Mapping[str, Any]) -> a2a_pb2.Message:
         """Signed and bound to the request when a peer sent it (the call's `state` holds
         its verified request), with the receipt of this node's audit-log entry of the
         request."""
         verified = state.get(VERIFIED_KEY)
-        if self._signer is not None and isinstance(verified, Verified):
-            if self._receipts is not None:
-                receipt = self._receipts(verified.claims.message_id)
+        signer, receipts = self._signer, self._receipts
+        if signer is None or not isinstance(verified, Verified):
+            return message
+        timing = state.get(SIGN_TIME_KEY)
+
+        def sign() -> a2a_pb2.Message:
+            if receipts is not None:
+                receipt = receipts(verified.claims.message_id)
                 if receipt is not None:
                     message.metadata.update({RECEIPT_KEY: receipt})
-            timing = state.get(SIGN_TIME_KEY)
+            # Timed where it runs: the signing, not the hop to a thread.
             with timing.signing() if isinstance(timing, SignTime) else contextlib.nullcontext():
-                return self._signer.sign_reply(message, verified)
-        return message
+                return signer.sign_reply(message, verified)
+
+        return await self._offload(sign)
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -310,7 +325,8 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         if self._signer is not None and isinstance(verified, Verified):
             timing = context.call_context.state.setdefault(SIGN_TIME_KEY, SignTime())
             event_queue = cast(
-                EventQueue, SigningEventQueue(event_queue, self._signer, verified, timing)
+                EventQueue,
+                SigningEventQueue(event_queue, self._signer, verified, timing, self._offload),
             )
         message = context.message
         task = context.current_task
@@ -402,22 +418,22 @@ class ModelExecutor(AgentExecutor, DirectReplies):
                         last_chunk=True,
                         metadata=metadata,
                     )
-                await updater.complete(self._reply(context, task, event.text, metadata))
+                await updater.complete(await self._reply(context, task, event.text, metadata))
             elif isinstance(event, Rejected):
                 await self._refuse(updater, context, task, event.reason)
             elif isinstance(event, Failed):
-                await updater.failed(self._reply(context, task, f"failed: {event.reason}"))
+                await updater.failed(await self._reply(context, task, f"failed: {event.reason}"))
             elif isinstance(event, PeerUnfinished):
                 text = f"{event.org} {event.state}: {event.text}"
                 metadata = _metadata(event.provenance)
-                await updater.failed(self._reply(context, task, text, metadata))
+                await updater.failed(await self._reply(context, task, text, metadata))
 
     async def _refuse(
         self, updater: TaskUpdater, context: RequestContext, task: a2a_pb2.Task, reason: str
     ) -> None:
-        await updater.reject(self._reply(context, task, f"rejected: {reason}"))
+        await updater.reject(await self._reply(context, task, f"rejected: {reason}"))
 
-    def _reply(
+    async def _reply(
         self,
         context: RequestContext,
         task: a2a_pb2.Task,
@@ -426,7 +442,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
     ) -> a2a_pb2.Message:
         """A status message; signed and bound to the request when a peer sent it."""
         message = _agent_message(task.id, task.context_id, text, metadata)
-        return self._signed(message, context.call_context.state)
+        return await self._signed(message, context.call_context.state)
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task

@@ -57,10 +57,11 @@ from consortium.node.auth import (
     CallerUser,
     caller_of,
     credentials_of,
-    key_caller,
+    key_caller_async,
 )
 from consortium.node.config import NodeConfig
 from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
+from consortium.node.offload import INLINE, Offload
 from consortium.node.telemetry import context_from
 from consortium.protocols.request_options import RequestOptions, request_options
 from consortium.trust.admission import MessageVerifier, Verified
@@ -160,9 +161,13 @@ class NodeRequestHandler(DefaultRequestHandler):
         uses_local_model: Callable[[RequestOptions, Caller], bool] | None = None,
         org_id: str = "",
         require_writable: Callable[[], Awaitable[None]] | None = None,
+        offload: Offload = INLINE,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # Where verifying (its replay-cache insert and audit entry) runs (node/offload.py:
+        # inline on SQLite, off the event loop on PostgreSQL).
+        self.offload = offload
         self.admission = admission
         # Whether a request may take a turn of the node's model (the service decides).
         self.uses_local_model = uses_local_model or (lambda options, caller: True)
@@ -200,7 +205,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         if not audited and self.verifier is not None:
             self.verifier.audit.refused(sender=sender, message_id="", reason=reason, what=what)
 
-    def _caller(
+    async def _caller(
         self,
         method: str,
         params: ProtoMessage,
@@ -212,7 +217,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         no credentials at all)."""
         creds = credentials_of(context)
         if creds.authorization is not None:
-            caller = key_caller(creds.authorization, self.keys)
+            caller = await key_caller_async(creds.authorization, self.keys)
             if caller is None:
                 raise self._refused(
                     "invalid_key",
@@ -227,8 +232,9 @@ class NodeRequestHandler(DefaultRequestHandler):
                     UnauthenticatedError(message="this node is not in a federation"),
                     f"{method} call",
                 )
+            verifier, proof = self.verifier, creds.proof
             try:
-                verified = self.verifier.verify_call(creds.proof, method, params)
+                verified = await self.offload(lambda: verifier.verify_call(proof, method, params))
             except Rejected as e:
                 raise self._refused(
                     e.reason, from_rejection(e), f"{method} call", audited=True
@@ -261,32 +267,32 @@ class NodeRequestHandler(DefaultRequestHandler):
             )
         return Caller("member", org)
 
-    def _admit(
+    async def _admit(
         self,
         method: str,
         params: ProtoMessage,
         context: ServerCallContext,
         stranger: Rejected | None = None,
     ) -> Caller:
-        caller = self._caller(method, params, context, stranger)
+        caller = await self._caller(method, params, context, stranger)
         context.user = CallerUser(caller)
-        self._count(caller)
+        await self._count(caller)
         log.debug("%s call admitted for %s", method, caller.owner)
         return caller
 
-    def _count(self, caller: Caller) -> None:
+    async def _count(self, caller: Caller) -> None:
         """Counts the call against its caller's requests per minute (node.limits); raises
         RESOURCE_EXHAUSTED over them. Not logged one by one, nor audited: a caller over
         its limits must not fill the logs either."""
         if self.limits is None:
             return
         try:
-            self.limits.count_request(caller)
+            await self.limits.count_request_async(caller)
         except RateLimited as e:
             self.refusals["rate_limited"] += 1
             raise from_rate_limited(e) from None
 
-    def _reserve(
+    async def _reserve(
         self,
         params: a2a_pb2.SendMessageRequest,
         options: RequestOptions | None,
@@ -301,14 +307,14 @@ class NodeRequestHandler(DefaultRequestHandler):
         text = "\n".join(part.text for part in message.parts if part.text)
         max_tokens = options.max_tokens if options is not None else None
         try:
-            reservation = self.limits.reserve_task(caller, text, max_tokens)
+            reservation = await self.limits.reserve_task_async(caller, text, max_tokens)
         except RateLimited as e:
             self.refusals["rate_limited"] += 1
             raise from_rate_limited(e) from None
         context.state[RESERVATION_KEY] = reservation
         return reservation
 
-    def _admit_message(
+    async def _admit_message(
         self,
         method: str,
         params: a2a_pb2.SendMessageRequest,
@@ -319,12 +325,12 @@ class NodeRequestHandler(DefaultRequestHandler):
         only what its signature covers: the message; its unsigned tenant is dropped)."""
         validate_send_request(params)
         if self.verifier is not None and parts is not None:
-            verified = self._verify(params, parts, context)
+            verified = await self._verify(params, parts, context)
             caller = self._member(
                 verified.claims.sender, context, f"message {safe(params.message.message_id)}"
             )
             context.user = CallerUser(caller)
-            self._count(caller)
+            await self._count(caller)
             trace.get_current_span().set_attributes(
                 {
                     "consortium.message.id": params.message.message_id,
@@ -342,21 +348,26 @@ class NodeRequestHandler(DefaultRequestHandler):
             if self.verifier is not None
             else None
         )
-        self._admit(method, params, context, unsigned)
+        await self._admit(method, params, context, unsigned)
         return params
 
-    def _verify(
+    async def _verify(
         self,
         params: a2a_pb2.SendMessageRequest,
         parts: SignedParts | Rejected,
         context: ServerCallContext,
     ) -> Verified:
-        assert self.verifier is not None
+        verifier = self.verifier
+        assert verifier is not None
+
+        def check() -> Verified:
+            if isinstance(parts, Rejected):
+                raise verifier.refused(params.message, parts)  # audited there
+            return verifier.check(params.message, parts)
+
         with self.tracer.start_as_current_span("consortium.verify") as span:
             try:
-                if isinstance(parts, Rejected):
-                    raise self.verifier.refused(params.message, parts)
-                verified = self.verifier.check(params.message, parts)
+                verified = await self.offload(check)
             except Rejected as e:
                 self.refusals[e.reason] += 1
                 span.set_attributes(
@@ -455,7 +466,7 @@ class NodeRequestHandler(DefaultRequestHandler):
         context: ServerCallContext,
     ) -> a2a_pb2.Message | a2a_pb2.Task:
         """SendMessage within its `a2a.receive` span."""
-        params = self._admit_message("SendMessage", params, parts, context)
+        params = await self._admit_message("SendMessage", params, parts, context)
         await self._writable()
         options = _options_of(params)
         with self._shed(params, options, context) or Ticket(None, None):
@@ -465,7 +476,7 @@ class NodeRequestHandler(DefaultRequestHandler):
                 reply = await executor.reply(params.message, context)
                 if reply is not None:
                     return reply
-            reservation = self._reserve(params, options, context)
+            reservation = await self._reserve(params, options, context)
             try:
                 result: a2a_pb2.Message | a2a_pb2.Task = await super().on_message_send(
                     params, context
@@ -488,11 +499,11 @@ class NodeRequestHandler(DefaultRequestHandler):
         reservation: Reservation | None = None
         try:
             with trace.use_span(span, end_on_exit=False):
-                params = self._admit_message("SendStreamingMessage", params, parts, context)
+                params = await self._admit_message("SendStreamingMessage", params, parts, context)
                 await self._writable()
                 options = _options_of(params)
                 ticket = self._shed(params, options, context)
-                reservation = self._reserve(params, options, context)
+                reservation = await self._reserve(params, options, context)
                 stream = super().on_message_send_stream(params, context)
             while True:
                 with trace.use_span(span, end_on_exit=False):
@@ -517,7 +528,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_get_task(
         self, params: a2a_pb2.GetTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
-        self._admit("GetTask", params, context)
+        await self._admit("GetTask", params, context)
         result: a2a_pb2.Task | None = await super().on_get_task(params, context)
         return result
 
@@ -525,7 +536,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_list_tasks(
         self, params: a2a_pb2.ListTasksRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTasksResponse:
-        self._admit("ListTasks", params, context)
+        await self._admit("ListTasks", params, context)
         result: a2a_pb2.ListTasksResponse = await super().on_list_tasks(params, context)
         return result
 
@@ -533,7 +544,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_cancel_task(
         self, params: a2a_pb2.CancelTaskRequest, context: ServerCallContext
     ) -> a2a_pb2.Task | None:
-        self._admit("CancelTask", params, context)
+        await self._admit("CancelTask", params, context)
         await self._writable()
         result: a2a_pb2.Task | None = await super().on_cancel_task(params, context)
         return result
@@ -542,7 +553,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_subscribe_to_task(
         self, params: a2a_pb2.SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event, None]:
-        self._admit("SubscribeToTask", params, context)
+        await self._admit("SubscribeToTask", params, context)
         async for event in super().on_subscribe_to_task(params, context):
             yield event
 
@@ -550,7 +561,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_create_task_push_notification_config(
         self, params: a2a_pb2.TaskPushNotificationConfig, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
-        self._admit("CreateTaskPushNotificationConfig", params, context)
+        await self._admit("CreateTaskPushNotificationConfig", params, context)
         result: a2a_pb2.TaskPushNotificationConfig = (
             await super().on_create_task_push_notification_config(params, context)
         )
@@ -560,7 +571,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_get_task_push_notification_config(
         self, params: a2a_pb2.GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> a2a_pb2.TaskPushNotificationConfig:
-        self._admit("GetTaskPushNotificationConfig", params, context)
+        await self._admit("GetTaskPushNotificationConfig", params, context)
         result: a2a_pb2.TaskPushNotificationConfig = (
             await super().on_get_task_push_notification_config(params, context)
         )
@@ -570,7 +581,7 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_list_task_push_notification_configs(
         self, params: a2a_pb2.ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> a2a_pb2.ListTaskPushNotificationConfigsResponse:
-        self._admit("ListTaskPushNotificationConfigs", params, context)
+        await self._admit("ListTaskPushNotificationConfigs", params, context)
         result: a2a_pb2.ListTaskPushNotificationConfigsResponse = (
             await super().on_list_task_push_notification_configs(params, context)
         )
@@ -580,14 +591,14 @@ class NodeRequestHandler(DefaultRequestHandler):
     async def on_delete_task_push_notification_config(
         self, params: a2a_pb2.DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        self._admit("DeleteTaskPushNotificationConfig", params, context)
+        await self._admit("DeleteTaskPushNotificationConfig", params, context)
         await super().on_delete_task_push_notification_config(params, context)
 
     @_storage_faults_as_a2a
     async def on_get_extended_agent_card(
         self, params: a2a_pb2.GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> a2a_pb2.AgentCard:
-        self._admit("GetExtendedAgentCard", params, context)
+        await self._admit("GetExtendedAgentCard", params, context)
         result: a2a_pb2.AgentCard = await super().on_get_extended_agent_card(params, context)
         return result
 
@@ -619,20 +630,32 @@ def validate_required_fields(params: a2a_pb2.SendMessageRequest) -> None:
 
 class SigningEventQueue:
     """Wraps a task's event queue: every status and artifact update this node emits for a
-    peer's request is signed, bound to that request, before it is queued."""
+    peer's request is signed, bound to that request, before it is queued (the signing and
+    its audit entry where `offload` runs them)."""
 
     def __init__(
-        self, queue: EventQueue, signer: Signer, request: Verified, timing: SignTime
+        self,
+        queue: EventQueue,
+        signer: Signer,
+        request: Verified,
+        timing: SignTime,
+        offload: Offload = INLINE,
     ) -> None:
         self._queue = queue
         self._signer = signer
         self._request = request
         self._timing = timing
+        self._offload = offload
 
     async def enqueue_event(self, event: Event) -> None:
         if isinstance(event, (a2a_pb2.TaskStatusUpdateEvent, a2a_pb2.TaskArtifactUpdateEvent)):
-            with self._timing.signing():
-                event = self._signer.sign_event(event, self._request)
+            update = event
+
+            def sign() -> Event:
+                with self._timing.signing():  # timed where it runs, not the hop to it
+                    return self._signer.sign_event(update, self._request)
+
+            event = await self._offload(sign)
         await self._queue.enqueue_event(event)
 
     def __getattr__(self, name: str) -> Any:

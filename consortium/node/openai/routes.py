@@ -52,7 +52,7 @@ from starlette.routing import BaseRoute, Route
 from consortium.errors import NodeOverloaded, RateLimited, StorageUnavailable
 from consortium.llm.base import TokenLogprob
 from consortium.node.admission import Admission, Ticket
-from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller
+from consortium.node.auth import ANONYMOUS, Caller, http_credentials, key_caller_async
 from consortium.node.limits import UNLIMITED, CallerLimits, Reservation
 from consortium.node.openai.catalogue import Catalogue, ModelRoute
 from consortium.node.openai.errors import (
@@ -172,8 +172,8 @@ class OpenAIApi:
     def _endpoint(self, handler: Callable[[Request, Caller], Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Any:
             try:
-                caller = self._admit(request)
-                self._count(caller)
+                caller = await self._admit(request)
+                await self._count(caller)
                 return await handler(request, caller)
             except OpenAIError as e:
                 return e.response()
@@ -184,11 +184,11 @@ class OpenAIApi:
 
     # -- admission -------------------------------------------------------------------
 
-    def _admit(self, request: Request) -> Caller:
+    async def _admit(self, request: Request) -> Caller:
         creds = http_credentials(request)
         what = f"{request.method} {request.url.path} call"
         if creds.authorization is not None:
-            caller = key_caller(creds.authorization, self.keys)
+            caller = await key_caller_async(creds.authorization, self.keys)
             if caller is None:
                 self._refused("invalid_key", what)
                 raise unauthorized("Incorrect API key provided")
@@ -203,18 +203,20 @@ class OpenAIApi:
             )
         raise unauthorized("You didn't provide an API key: send Authorization: Bearer <key>")
 
-    def _count(self, caller: Caller) -> None:
+    async def _count(self, caller: Caller) -> None:
         """Counts the call against the caller's requests per minute (every route)."""
         try:
-            self.limits.count_request(caller)
+            await self.limits.count_request_async(caller)
         except RateLimited as e:
             raise _too_many(e) from None
 
-    def _reserve(self, caller: Caller, request: ServiceRequest) -> Reservation:
+    async def _reserve(self, caller: Caller, request: ServiceRequest) -> Reservation:
         """Reserves the task's tokens and a place among the caller's requests in
         progress (node.limits), the same rule as A2A's."""
         try:
-            return self.limits.reserve_task(caller, request.sent_text, request.options.max_tokens)
+            return await self.limits.reserve_task_async(
+                caller, request.sent_text, request.options.max_tokens
+            )
         except RateLimited as e:
             raise _too_many(e) from None
 
@@ -316,7 +318,7 @@ class OpenAIApi:
             top_logprobs=sampling.top_logprobs if sampling.logprobs else None,
             include_usage=body.include_usage,
         )
-        reservation = self._reserve(caller, service_request)
+        reservation = await self._reserve(caller, service_request)
         run = _Run(caller, service_request, shape, task, reservation)
         try:
             await task.submitted(

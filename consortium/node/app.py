@@ -83,6 +83,7 @@ from consortium.node.openai import OpenAIApi, guard_refusal
 from consortium.node.openai.catalogue import Catalogue
 from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
 from consortium.node.peers import PeerClient
+from consortium.node.periodic import every
 from consortium.node.redaction import PolicyRedactor
 from consortium.node.reports import TrustReports
 from consortium.node.retention import Step, audit_step, receipts_step, run_retention
@@ -114,7 +115,7 @@ from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
 from consortium.trust.reputation import Assessor, NoOpAssessor
 from consortium.trust.reputation_engine import ReputationAssessor
-from consortium.trust.reputation_store import CanaryLogTable
+from consortium.trust.reputation_store import REFRESH_S, CanaryLogTable, ReputationStore
 from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
@@ -184,16 +185,18 @@ def build_assessor(
     members: Iterable[str] | None = None,
     meter_provider: MeterProvider | None = None,
     clock: Callable[[], float] | None = None,
+    storage: Storage | None = None,
 ) -> ReputationAssessor | NoOpAssessor:
-    """The node's reputations: a ReputationAssessor over DATA_DIR/trust.sqlite3 in a
-    federation with [trust] enabled, else the NoOpAssessor (every peer believed fully,
-    nothing learned). `members`: the roster's other members; `meter_provider`: where its
-    gauges and counters go. The caller closes it."""
+    """The node's reputations: a ReputationAssessor over the node's "trust" store
+    (`storage`'s; without one, DATA_DIR/trust.sqlite3) in a federation with [trust]
+    enabled, else the NoOpAssessor (every peer believed fully, nothing learned).
+    `members`: the roster's other members; `meter_provider`: where its gauges and
+    counters go. The caller closes it."""
     if cfg.federation is None or not cfg.trust.enabled:
         return NoOpAssessor()
     extra: dict[str, Any] = {} if clock is None else {"clock": clock}
-    return ReputationAssessor.open(
-        cfg.trust_path,
+    return ReputationAssessor(
+        ReputationStore(cfg.trust_path if storage is None else storage.database("trust")),
         cfg.trust.settings(),
         members=members,
         meter_provider=meter_provider,
@@ -229,7 +232,7 @@ def _warn_departed_trust_peers(cfg: NodeConfig, roster: Roster) -> None:
 
 
 def _owned_assessor(
-    cfg: NodeConfig, watcher: RosterWatcher
+    cfg: NodeConfig, watcher: RosterWatcher, storage: Storage | None = None
 ) -> tuple[Assessor, Callable[[], None], MeterProvider | None]:
     """build_assessor's, told the members now and after every roster change, with its
     metrics in DATA_DIR/metrics.jsonl when traces go to a file; how to close both; and
@@ -246,7 +249,7 @@ def _owned_assessor(
     watcher.subscribe(lambda r: _warn_departed_trust_peers(cfg, r))
     path = cfg.data_dir / "metrics.jsonl" if cfg.telemetry.exporter == "file" else None
     meters = make_meter_provider(me, roster.federation_id, path)
-    assessor = build_assessor(cfg, members=others(roster), meter_provider=meters)
+    assessor = build_assessor(cfg, members=others(roster), meter_provider=meters, storage=storage)
     watcher.subscribe(lambda r: assessor.set_members(others(r)))
 
     def close() -> None:
@@ -300,7 +303,7 @@ def build_federation(
     close_assessor = _nothing
     meters: MeterProvider | None = None
     if assessor is None:
-        assessor, close_assessor, meters = _owned_assessor(cfg, watcher)
+        assessor, close_assessor, meters = _owned_assessor(cfg, watcher, storage)
     replay = ReplayCache(storage.database("replay"))
     close_redactor = _nothing
     disclosures: DisclosureStore | None = None
@@ -827,6 +830,7 @@ class Node:
         # The stores' databases ([storage] url), opened by `_start`.
         self.databases: Storage | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._trust_refresh: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -933,6 +937,13 @@ class Node:
         if federation is not None:
             steps = retention_steps(cfg, federation)
             self._retention = asyncio.create_task(run_retention(steps, RETENTION_INTERVAL_S))
+            assessor = federation.assessor
+            if isinstance(assessor, ReputationAssessor) and assessor.store.remote:
+                # Other replicas' evidence, read off the event loop before the records
+                # are old enough for a reader to reread them inline (trust store).
+                self._trust_refresh = asyncio.create_task(
+                    every(REFRESH_S / 2, lambda: assessor.off_loop(assessor.refresh), "trust")
+                )
         log.info(
             "node %s ready: model %s (%s), gRPC %s, HTTP %s",
             cfg.node.org_id,
@@ -1062,6 +1073,7 @@ class Node:
             self._checkpointing,
             self._witnessing,
             self._retention,
+            self._trust_refresh,
         ):
             if background is not None:
                 background.cancel()

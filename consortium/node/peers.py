@@ -73,6 +73,7 @@ from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.claims import TaskEvent
 from consortium.trust.refusals import Rejected
 from consortium.trust.reputation import Assessor, Verdict
+from consortium.trust.reputation_engine import ReputationAssessor
 from consortium.trust.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -531,7 +532,7 @@ class PeerClient:
                 )
             except Rejected as e:
                 breaker.succeeded(connection.conn)
-                self.assessor.assess(Verdict(org, request, None, e.reason))
+                await self._assess(Verdict(org, request, None, e.reason))
                 raise UntrustedAnswer(call.refused.format(org=org, error=e)) from None
             except PeerError as e:
                 span.set_attribute("consortium.failure", e.failure)
@@ -540,7 +541,7 @@ class PeerClient:
                 else:
                     breaker.succeeded(connection.conn)  # the peer answered: the link works
                 if not isinstance(e, PeerBusy):  # a refusal for load says nothing of it
-                    self.assessor.assess(Verdict(org, request, None, failure=e.failure))
+                    await self._assess(Verdict(org, request, None, failure=e.failure))
                 raise
             finally:
                 connection.calls -= 1
@@ -548,11 +549,20 @@ class PeerClient:
                     self._spawn(connection.client.close())
             breaker.succeeded(connection.conn)
             claim = self._claim(org, reply.message)
-            self.assessor.assess(Verdict(org, request, reply.message, claim=claim))
+            await self._assess(Verdict(org, request, reply.message, claim=claim))
             span.set_attribute("consortium.verdict", "verified")
             if claim:
                 span.set_attribute("consortium.claim", claim)
             return replace(reply, reputation=standing.score, claim=claim, canary=standing.canary)
+
+    async def _assess(self, verdict: Verdict) -> None:
+        """Tells the assessor what a call showed; a reputation store on PostgreSQL is
+        written off the event loop."""
+        assessor = self.assessor
+        if isinstance(assessor, ReputationAssessor):
+            await assessor.off_loop(lambda: assessor.assess(verdict))
+        else:
+            assessor.assess(verdict)
 
     def _claim(self, org: str, reply: a2a_pb2.Message) -> str:
         member = self._roster.current().member(org)

@@ -145,7 +145,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         (signed) Message."""
         mode = requested_mode(message)  # before any other option is read
         if mode == "trust_report":
-            return self._report_ack(message, context)
+            return await self._report_ack(message, context)
         if mode == "cosign":
             return self._cosign_reply(message, context)
         if mode == "proof":
@@ -187,7 +187,9 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         reply.ClearField("task_id")
         return self._signed(reply, context.state)
 
-    def _report_ack(self, message: a2a_pb2.Message, context: ServerCallContext) -> a2a_pb2.Message:
+    async def _report_ack(
+        self, message: a2a_pb2.Message, context: ServerCallContext
+    ) -> a2a_pb2.Message:
         """A member's trust report, taken (or refused with a reason) and acknowledged. Only
         a member whose signature the handler verified may send one."""
         caller = _caller(context)
@@ -205,7 +207,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
                 error="this node keeps no reputations",
             )
         else:
-            ack = self._reports.receive(caller.id, message)
+            ack = await self._reports.receive_async(caller.id, message)
         reply = _agent_message(
             "",
             message.context_id,

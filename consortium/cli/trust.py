@@ -74,15 +74,11 @@ def _open(cfg: NodeConfig) -> ReputationAssessor:
     """The node's trust store where its [storage] url keeps it: the SQLite file (which
     must exist), or the PostgreSQL database its replicas share (left open until the
     command's process ends)."""
-    from consortium.storage.storage import STORES, Storage
+    from consortium.cli.stores import store_of
     from consortium.trust.reputation_engine import ReputationAssessor
     from consortium.trust.reputation_store import ReputationStore
 
-    location = cfg.storage_location()
-    if location.directory is not None:
-        store = ReputationStore(location.directory / STORES["trust"].file, must_exist=True)
-    else:
-        store = ReputationStore(Storage(location, cfg.storage_settings()).database("trust"))
+    store = ReputationStore(store_of(cfg, "trust"), must_exist=True)
     return ReputationAssessor(store, cfg.trust.settings())
 
 

@@ -315,7 +315,7 @@ def build_federation(
         signer.audit = audit
         if isinstance(assessor, ReputationAssessor):
             assessor.audit = audit
-        redactor, close_redactor, disclosures = build_redactor(cfg, watcher, audit)
+        redactor, close_redactor, disclosures = build_redactor(cfg, watcher, audit, storage)
         verifier = MessageVerifier(
             org_id=cfg.node.org_id,
             roster=watcher.current,
@@ -365,10 +365,14 @@ def build_federation(
 
 
 def build_redactor(
-    cfg: NodeConfig, watcher: RosterWatcher, audit: AuditLog | None = None
+    cfg: NodeConfig,
+    watcher: RosterWatcher,
+    audit: AuditLog | None = None,
+    storage: Storage | None = None,
 ) -> tuple[Redactor, Callable[[], None], DisclosureStore | None]:
     """node.toml's `[redaction]` policy over a detector built once, here, its closing and
-    its receipts; without it (the default) the identity redactor. Every
+    its receipts (in `storage`'s "redaction" store; without one, DATA_DIR's
+    redaction.sqlite3); without it (the default) the identity redactor. Every
     [redaction.peers.ORG] must be a member; a detector that cannot load is a ConfigError
     (one line)."""
     policy = cfg.redaction
@@ -387,7 +391,9 @@ def build_redactor(
         raise ConfigError(
             f"the detector cannot load: {type(e).__name__}: {e}", path=where, key="redaction"
         ) from None
-    store = DisclosureStore(cfg.redaction_path)
+    store = DisclosureStore(
+        cfg.redaction_path if storage is None else storage.database("redaction")
+    )
     redactor = PolicyRedactor(policy, detector, watcher, store, audit or NoOpAuditLog())
 
     def close() -> None:

@@ -471,8 +471,10 @@ async def build_routing(
     worker: ModelWorker,
     federation: Federation | None,
     canaries: CanaryTraffic | None = None,
+    storage: Storage | None = None,
 ) -> Routing:
-    """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
+    """Routing and groups as node.toml declares them ([routing], [groups.NAME]); the
+    routing records in `storage`'s "records" store (without one, DATA_DIR/node.sqlite3).
 
     The sentence encoder (MiniLM, ~400 MB with torch) exists only when the configured
     router or its routing records need it, so no caller can make another node load it (a
@@ -494,7 +496,11 @@ async def build_routing(
             embedding_dim=EMBEDDING_DIMENSION,
             federation_id=federation.roster.current().federation_id if federation else None,
         )
-    records = RoutingRecords(cfg.database_path) if cfg.routing.record else None
+    records = None
+    if cfg.routing.record:
+        records = RoutingRecords(
+            cfg.database_path if storage is None else storage.database("records")
+        )
     encoder = None
     if needs_encoder(cfg.routing):
         encoder = LazyEncoder()
@@ -877,7 +883,7 @@ class Node:
         self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
         if federation is not None:
             federation.peers.tracer = self.tracer
-        routing = await build_routing(cfg, self.worker, federation, self.canaries)
+        routing = await build_routing(cfg, self.worker, federation, self.canaries, self.databases)
         self.policy, self.records = routing.policy, routing.records
         self.service = build_service(
             cfg, self.worker, prompt_format, routing, federation, self.tracer

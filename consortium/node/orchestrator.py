@@ -32,14 +32,15 @@ import asyncio
 import logging
 import math
 import random
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+
 from consortium.errors import BudgetError, ConfigError, RequestRejected, StorageUnavailable
-from consortium.learning.records import RoutingRecord, RoutingRecords
+from consortium.learning.records import RoutingDataError, RoutingRecord, RoutingRecords
 from consortium.llm.base import Capability, ChatMessage, GenerationParams, ModelInfo, TokenLogprob
 from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
@@ -434,7 +435,11 @@ class Orchestrator:
         routed = await self._answer_choice(question, options, record)
         routed = self.with_budget(routed, options)
         if record is not None and record.features is not None:
-            self._record(record, routed)
+            records = self.records
+            if records is not None and records.remote:  # PostgreSQL: off the event loop
+                await records.db.run(lambda: self._record(record, routed))
+            else:
+                self._record(record, routed)
         return routed
 
     def _recording(self) -> bool:
@@ -629,7 +634,7 @@ class Orchestrator:
             )
         except StorageUnavailable:
             pass  # best effort; the full disk is logged once per interval where it was met
-        except (ValueError, OSError, sqlite3.Error) as e:
+        except (ValueError, OSError, RoutingDataError, sa_exc.DBAPIError) as e:
             log.warning("task %s: routing record not stored: %s", record.task_id, safe(e, 300))
 
     def _require_peers(self) -> PeerClient:

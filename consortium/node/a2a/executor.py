@@ -155,19 +155,19 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         except ValueError:
             return None  # the task path rejects it with the reason
         if options.feedback is not None:
-            return self._feedback_message(message, options.feedback, context)
+            return await self._feedback_message(message, options.feedback, context)
         if options.mode != "score":
             return None
         return await self._scores_message(message, options, context.state)
 
-    def _feedback_message(
+    async def _feedback_message(
         self, message: a2a_pb2.Message, feedback: Feedback, context: ServerCallContext
     ) -> a2a_pb2.Message:
         """Labels the routing record of an earlier task of the same owner."""
         org = self.service.org_id
         caller = _caller(context)
         try:
-            record = self.service.feedback(feedback, caller)
+            record = await self.service.feedback_async(feedback, caller)
         except NoRoutingRecords as e:
             text = f"rejected: {e}"
             # This refusal has always repeated the whole text as its error.

@@ -280,3 +280,51 @@ def test_a_file_of_another_shape_is_not_a_trust_database(tmp_path: Path) -> None
     conn.close()
     with pytest.raises(TrustStoreError, match="not a usable trust database"):
         ReputationStore(path)
+
+
+def test_a_node_on_postgresql_keeps_its_reputations_there(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    """build_storage + build_assessor as the node wires them, twice (two replicas of one
+    organization): evidence recorded by one is the other's, and no trust.sqlite3 is made."""
+    from consortium.node.app import build_assessor, build_storage
+    from consortium.node.config import load_config
+
+    config = tmp_path / "node.toml"
+    config.write_text(
+        "[node]\norg_id = 'a'\n[federation]\nroster = 'f.toml'\nadmin_key = 'admin.jwk'\n"
+        f"[storage]\nurl = '{pg_database.url}'\n"
+        f"password_file = '{pg_database.password_file}'\n"
+    )
+    cfg = load_config(config)
+    storages = [build_storage(cfg), build_storage(cfg)]
+    try:
+        one, two = (build_assessor(cfg, members=["b", "c"], storage=s) for s in storages)
+        assert isinstance(one, ReputationAssessor) and isinstance(two, ReputationAssessor)
+        assert one.store.remote
+        for _ in range(3):
+            one.record(bad_signature("b"))
+        two.refresh()  # what the node's background refresh does
+        assert two.standing("b").state == "probation"
+        assert two.model_reputation("b", "").counts == {("protocol", False): 3}
+        assert not cfg.trust_path.exists()
+    finally:
+        for s in storages:
+            s.close()
+
+
+async def test_postgresql_calls_are_made_off_the_event_loop(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    (storage,) = replicas(pg_database, 1)
+    try:
+        remote = ReputationAssessor(ReputationStore(storage.database("trust")))
+        here = threading.current_thread().name
+        assert (await remote.off_loop(lambda: threading.current_thread().name)).startswith(
+            "storage"
+        )
+        local = ReputationAssessor.open(tmp_path / "trust.sqlite3")
+        assert await local.off_loop(lambda: threading.current_thread().name) == here
+        local.close()
+    finally:
+        storage.close()

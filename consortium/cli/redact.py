@@ -113,6 +113,7 @@ def redact_disclose(
     """Write a receipt disclosing chosen spans a sent message withheld (file mode 0600)."""
     from google.protobuf.json_format import MessageToDict
 
+    from consortium.cli.stores import store_of
     from consortium.node.config import load_config
     from consortium.redaction.receipts import DisclosureStore
 
@@ -125,7 +126,7 @@ def redact_disclose(
             )
         target = output or _default_output(message_id)
         cfg = load_config(config)
-        store = DisclosureStore(cfg.redaction_path, must_exist=True)
+        store = DisclosureStore(store_of(cfg, "redaction"), must_exist=True)
         try:
             receipt = store.get(message_id)
         finally:

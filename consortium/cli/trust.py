@@ -1,6 +1,7 @@
 """`consortium trust show | reset`: the reputations this node keeps of its peers
-(DATA_DIR/trust.sqlite3). Both work while the node runs: a reset takes effect on the
-node's next call, without a restart."""
+(DATA_DIR/trust.sqlite3, or the PostgreSQL database of its [storage] url). Both work
+while the node runs: a reset takes effect on the node's next call, without a restart (on
+PostgreSQL, on every replica within the store's refresh bound: trust/reputation_store.py)."""
 
 from __future__ import annotations
 
@@ -70,12 +71,15 @@ def trust_reset(
 
 
 def _open(cfg: NodeConfig) -> ReputationAssessor:
+    """The node's trust store where its [storage] url keeps it: the SQLite file (which
+    must exist), or the PostgreSQL database its replicas share (left open until the
+    command's process ends)."""
+    from consortium.cli.stores import store_of
     from consortium.trust.reputation_engine import ReputationAssessor
     from consortium.trust.reputation_store import ReputationStore
 
-    return ReputationAssessor(
-        ReputationStore(cfg.trust_path, must_exist=True), cfg.trust.settings()
-    )
+    store = ReputationStore(store_of(cfg, "trust"), must_exist=True)
+    return ReputationAssessor(store, cfg.trust.settings())
 
 
 def _members(cfg: NodeConfig) -> set[str]:

@@ -1,6 +1,7 @@
 """Routing records: what an organization learns from each routed task, kept in its own
-SQLite database — the learned router's feature vector (never the prompt), the decision,
-and the outcome once known. The Flower ClientApp trains the shared routing policy on
+storage (node.sqlite3, or PostgreSQL shared by a node's replicas: `RoutingRecords`) — the
+learned router's feature vector (never the prompt), the decision, and the outcome once
+known. The Flower ClientApp trains the shared routing policy on
 these rows; only weights and metrics leave the organization.
 
 An outcome ("was the local answer adequate?") comes from one of:
@@ -25,36 +26,70 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
 
 from consortium.errors import ConsortiumError
 from consortium.learning.settings import Label
-from consortium.sqlite import connect
+from consortium.storage.database import Database
+from consortium.storage.migrations import open_sqlite
+from consortium.storage.sql import insert
 
 LabelSource = Literal["agreement", "feedback", "verified", "seed"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS routing_feature_sets (
-    digest     TEXT PRIMARY KEY,
-    names      TEXT NOT NULL,
-    dim        INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS routing_records (
-    record_id        TEXT PRIMARY KEY,
-    owner            TEXT NOT NULL,
-    created          REAL NOT NULL,
-    feature_set      TEXT NOT NULL REFERENCES routing_feature_sets (digest),
-    features         BLOB NOT NULL,
-    topic            TEXT NOT NULL,
-    router           TEXT NOT NULL,
-    route            TEXT NOT NULL,
-    local_choice     INTEGER,
-    final_choice     INTEGER,
-    local_adequate   INTEGER,
-    escalation_helps INTEGER,
-    label_source     TEXT
-);
-CREATE INDEX IF NOT EXISTS routing_records_by_set ON routing_records (feature_set, created);
-"""
+METADATA = MetaData()
+FEATURE_SETS = Table(
+    "routing_feature_sets",
+    METADATA,
+    Column("digest", Text, primary_key=True),
+    Column("names", Text, nullable=False),
+    Column("dim", Integer, nullable=False),
+)
+RECORDS = Table(
+    "routing_records",
+    METADATA,
+    Column("record_id", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("created", Float(precision=53), nullable=False),
+    Column("feature_set", Text, ForeignKey("routing_feature_sets.digest"), nullable=False),
+    Column("features", LargeBinary, nullable=False),
+    Column("topic", Text, nullable=False),
+    Column("router", Text, nullable=False),
+    Column("route", Text, nullable=False),
+    Column("local_choice", Integer),
+    Column("final_choice", Integer),
+    Column("local_adequate", Integer),
+    Column("escalation_helps", Integer),
+    Column("label_source", Text),
+    Index("routing_records_by_set", "feature_set", "created"),
+)
+_COLUMNS = (
+    "record_id",
+    "owner",
+    "created",
+    "features",
+    "topic",
+    "router",
+    "route",
+    "local_choice",
+    "final_choice",
+    "local_adequate",
+    "escalation_helps",
+    "label_source",
+)
 
 
 class RoutingDataError(ConsortiumError):
@@ -103,32 +138,49 @@ def _opt(v: bool | None) -> int | None:
 
 
 class RoutingRecords:
-    """The routing_records table of one organization's database."""
+    """The routing records of one organization: the node's "records" store (its
+    Database: node.sqlite3's routing tables, or the schema `consortium_records` of the
+    PostgreSQL database the node's replicas share), or a Path: that SQLite file (the
+    Flower apps, `consortium train`, seeding and the benchmarks open org-N.sqlite3 files
+    so). Safe to call from any thread.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = connect(path)
-        self._conn.executescript(_SCHEMA)
+    Replicas: a record's id is its task's id, added once by the replica that answered
+    the task (a second add of one id is refused, not merged); feedback may come through
+    any replica and labels the record under its row lock (`SELECT .. FOR UPDATE` on
+    PostgreSQL), so it reads the route and choices it labels from the committed row;
+    the training reads every replica's records."""
+
+    def __init__(self, db: Database | Path) -> None:
+        self._owned = not isinstance(db, Database)  # opened here: closed here
+        self.db = db if isinstance(db, Database) else open_sqlite(db, "records")
         self._lock = threading.Lock()
         self._known_sets: set[str] = set()
 
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    @property
+    def remote(self) -> bool:
+        """Whether the store is a server's (PostgreSQL): its calls are worth making off
+        the event loop."""
+        return self.db.dialect != "sqlite"
 
-    def _feature_set(self, names: Sequence[str]) -> str:
+    def close(self) -> None:
+        if self._owned:
+            self.db.dispose()
+
+    def _feature_set(self, conn: Connection, names: Sequence[str]) -> str:
         digest = feature_set_digest(names)
-        if digest not in self._known_sets:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO routing_feature_sets (digest, names, dim) VALUES (?, ?, ?)",
-                (digest, json.dumps(list(names)), len(names)),
+        with self._lock:
+            known = digest in self._known_sets
+        if not known:
+            conn.execute(
+                insert(self.db, FEATURE_SETS)
+                .values(digest=digest, names=json.dumps(list(names)), dim=len(names))
+                .on_conflict_do_nothing()
             )
-            self._known_sets.add(digest)
         return digest
 
     def add(self, record: RoutingRecord, names: Sequence[str], *, replace: bool = False) -> None:
         """Stores one record; `replace` overwrites a record with the same id (seeding is
-        re-runnable), otherwise a duplicate id is an error."""
+        re-runnable), otherwise a duplicate id is an error (RoutingDataError)."""
         if len(record.features) != len(names):
             raise ValueError(f"{len(record.features)} features for {len(names)} names")
         if not all(math.isfinite(v) for v in record.features):
@@ -138,39 +190,53 @@ class RoutingRecords:
     def add_many(
         self, records: Sequence[RoutingRecord], names: Sequence[str], *, replace: bool = False
     ) -> None:
-        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        """Stores the records in one transaction: all of them, or (a duplicate id without
+        `replace`: RoutingDataError) none."""
+        if not records:
+            return
         rows = [
-            (
-                r.record_id,
-                r.owner,
-                r.created or time.time(),
-                np.asarray(r.features, dtype="<f4").tobytes(),
-                r.topic,
-                r.router,
-                r.route,
-                r.local_choice,
-                r.final_choice,
-                _opt(r.local_adequate),
-                _opt(r.escalation_helps),
-                r.label_source,
-            )
+            {
+                "record_id": r.record_id,
+                "owner": r.owner,
+                "created": r.created or time.time(),
+                "features": np.asarray(r.features, dtype="<f4").tobytes(),
+                "topic": r.topic,
+                "router": r.router,
+                "route": r.route,
+                "local_choice": r.local_choice,
+                "final_choice": r.final_choice,
+                "local_adequate": _opt(r.local_adequate),
+                "escalation_helps": _opt(r.escalation_helps),
+                "label_source": r.label_source,
+            }
             for r in records
         ]
-        with self._lock:
-            digest = self._feature_set(names)
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    f"{verb} INTO routing_records (record_id, owner, created, feature_set,"
-                    " features, topic, router, route, local_choice, final_choice,"
-                    " local_adequate, escalation_helps, label_source)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(*row[:3], digest, *row[3:]) for row in rows],
+        if replace:  # the last of an id wins, as one statement may change a row once
+            rows = list({row["record_id"]: row for row in rows}.values())
+        elif len({r.record_id for r in records}) != len(records):
+            raise RoutingDataError("a routing record id is repeated in the batch")
+        with self.db.begin() as conn:
+            digest = self._feature_set(conn, names)
+            for row in rows:
+                row["feature_set"] = digest
+            stmt = insert(self.db, RECORDS)
+            if replace:
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=[RECORDS.c.record_id],
+                    set_={c: stmt.excluded[c] for c in rows[0] if c != "record_id"},
                 )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                conn.execute(stmt, rows)
+            else:
+                # One statement per batch: a row only for each id this call stored.
+                stored = conn.execute(
+                    stmt.on_conflict_do_nothing().returning(RECORDS.c.record_id), rows
+                ).all()
+                if len(stored) != len(rows):
+                    kept = {str(r[0]) for r in stored}
+                    first = next(r.record_id for r in records if r.record_id not in kept)
+                    raise RoutingDataError(f"routing record {first} exists already")
+        with self._lock:
+            self._known_sets.add(digest)
 
     def feedback(
         self,
@@ -185,12 +251,12 @@ class RoutingRecords:
         escalated). A record of another owner is reported as unknown."""
         if (adequate is None) == (correct_choice is None):
             raise ValueError("feedback needs exactly one of adequate and correct")
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT route, local_choice, final_choice FROM routing_records"
-                " WHERE record_id = ? AND owner = ?",
-                (record_id, owner),
-            ).fetchone()
+        with self.db.begin() as conn:
+            row = conn.execute(
+                select(RECORDS.c.route, RECORDS.c.local_choice, RECORDS.c.final_choice)
+                .where(RECORDS.c.record_id == record_id, RECORDS.c.owner == owner)
+                .with_for_update()
+            ).first()
             if row is None:
                 raise RoutingDataError(f"no routed task {record_id} of yours to give feedback on")
             route, local_choice, final_choice = row
@@ -203,67 +269,75 @@ class RoutingRecords:
                 source = "verified"
                 if route == "escalated" and final_choice is not None:
                     helps = (not adequate) and final_choice == correct_choice
-            self._conn.execute(
-                "UPDATE routing_records SET local_adequate = ?, escalation_helps = ?,"
-                " label_source = ? WHERE record_id = ?",
-                (_opt(adequate), _opt(helps), source, record_id),
+            conn.execute(
+                update(RECORDS)
+                .where(RECORDS.c.record_id == record_id)
+                .values(
+                    local_adequate=_opt(adequate),
+                    escalation_helps=_opt(helps),
+                    label_source=source,
+                )
             )
         return self.get(record_id)
 
     def get(self, record_id: str) -> RoutingRecord:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT record_id, owner, created, features, topic, router, route,"
-                " local_choice, final_choice, local_adequate, escalation_helps, label_source"
-                " FROM routing_records WHERE record_id = ?",
-                (record_id,),
-            ).fetchone()
+        with self.db.connect() as conn:
+            row = conn.execute(
+                select(*(RECORDS.c[c] for c in _COLUMNS)).where(RECORDS.c.record_id == record_id)
+            ).first()
         if row is None:
             raise RoutingDataError(f"no routing record {record_id}")
-        return _record(row)
+        return _record(tuple(row))
 
     def feature_sets(self) -> dict[str, tuple[str, ...]]:
-        with self._lock:
-            rows = self._conn.execute("SELECT digest, names FROM routing_feature_sets").fetchall()
-        return {d: tuple(json.loads(n)) for d, n in rows}
+        with self.db.connect() as conn:
+            rows = conn.execute(select(FEATURE_SETS.c.digest, FEATURE_SETS.c.names)).all()
+        return {str(d): tuple(json.loads(n)) for d, n in rows}
 
     def counts(self) -> dict[str, Any]:
         """Rows, labelled rows per label and per source: what /healthz and the CLI show."""
-        with self._lock:
-            total, adequate, helps = self._conn.execute(
-                "SELECT COUNT(*), COUNT(local_adequate), COUNT(escalation_helps)"
-                " FROM routing_records"
-            ).fetchone()
-            sources = dict(
-                self._conn.execute(
-                    "SELECT label_source, COUNT(*) FROM routing_records"
-                    " WHERE label_source IS NOT NULL GROUP BY label_source"
-                ).fetchall()
-            )
+        with self.db.connect() as conn:
+            total, adequate, helps = conn.execute(
+                select(
+                    func.count(),
+                    func.count(RECORDS.c.local_adequate),
+                    func.count(RECORDS.c.escalation_helps),
+                ).select_from(RECORDS)
+            ).one()
+            sources = {
+                str(source): int(n)
+                for source, n in conn.execute(
+                    select(RECORDS.c.label_source, func.count())
+                    .where(RECORDS.c.label_source.is_not(None))
+                    .group_by(RECORDS.c.label_source)
+                ).all()
+            }
         return {
-            "records": total,
-            "labelled": {"local_correct": adequate, "escalation_helps": helps},
+            "records": int(total),
+            "labelled": {"local_correct": int(adequate), "escalation_helps": int(helps)},
             "sources": sources,
         }
 
     def dataset(self, names: Sequence[str], label: Label) -> Dataset:
         """Every record of this feature layout that has the label."""
-        column = "local_adequate" if label == "local_correct" else "escalation_helps"
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT record_id, features, topic, {column} FROM routing_records"
-                f" WHERE feature_set = ? AND {column} IS NOT NULL ORDER BY created, record_id",
-                (feature_set_digest(names),),
-            ).fetchall()
+        column = (
+            RECORDS.c.local_adequate if label == "local_correct" else RECORDS.c.escalation_helps
+        )
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(RECORDS.c.record_id, RECORDS.c.features, RECORDS.c.topic, column)
+                .where(RECORDS.c.feature_set == feature_set_digest(names), column.is_not(None))
+                .order_by(RECORDS.c.created, RECORDS.c.record_id)
+            ).all()
         dim = len(names)
         x = np.zeros((len(rows), dim), dtype=np.float64)
         for i, row in enumerate(rows):
-            x[i] = np.frombuffer(row[1], dtype="<f4")
+            x[i] = np.frombuffer(bytes(row[1]), dtype="<f4")
         return Dataset(
             x=x,
             y=np.asarray([r[3] for r in rows], dtype=np.int64),
-            record_ids=tuple(r[0] for r in rows),
-            topics=tuple(r[2] for r in rows),
+            record_ids=tuple(str(r[0]) for r in rows),
+            topics=tuple(str(r[2]) for r in rows),
         )
 
 
@@ -275,7 +349,7 @@ def _record(row: tuple[Any, ...]) -> RoutingRecord:
         record_id=row[0],
         owner=row[1],
         created=row[2],
-        features=tuple(float(v) for v in np.frombuffer(row[3], dtype="<f4")),
+        features=tuple(float(v) for v in np.frombuffer(bytes(row[3]), dtype="<f4")),
         topic=row[4],
         router=row[5],
         route=row[6],

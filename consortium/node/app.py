@@ -91,6 +91,7 @@ from consortium.node.openai import OpenAIApi, guard_refusal
 from consortium.node.openai.catalogue import Catalogue
 from consortium.node.orchestrator import Orchestrator, check_capabilities, check_groups
 from consortium.node.peers import PeerClient
+from consortium.node.periodic import every
 from consortium.node.redaction import PolicyRedactor
 from consortium.node.replicas import Replicas, new_replica_id
 from consortium.node.reports import TrustReports
@@ -124,7 +125,7 @@ from consortium.trust.keys import load_private_key, load_public_key, public_jwk
 from consortium.trust.replay import ReplayCache
 from consortium.trust.reputation import Assessor, NoOpAssessor
 from consortium.trust.reputation_engine import ReputationAssessor
-from consortium.trust.reputation_store import CanaryLogTable
+from consortium.trust.reputation_store import REFRESH_S, CanaryLogTable, ReputationStore
 from consortium.trust.signing import Signer, SigningIdentity
 from consortium.trust.tls import server_credentials, server_ssl_options
 
@@ -214,16 +215,18 @@ def build_assessor(
     members: Iterable[str] | None = None,
     meter_provider: MeterProvider | None = None,
     clock: Callable[[], float] | None = None,
+    storage: Storage | None = None,
 ) -> ReputationAssessor | NoOpAssessor:
-    """The node's reputations: a ReputationAssessor over DATA_DIR/trust.sqlite3 in a
-    federation with [trust] enabled, else the NoOpAssessor (every peer believed fully,
-    nothing learned). `members`: the roster's other members; `meter_provider`: where its
-    gauges and counters go. The caller closes it."""
+    """The node's reputations: a ReputationAssessor over the node's "trust" store
+    (`storage`'s; without one, DATA_DIR/trust.sqlite3) in a federation with [trust]
+    enabled, else the NoOpAssessor (every peer believed fully, nothing learned).
+    `members`: the roster's other members; `meter_provider`: where its gauges and
+    counters go. The caller closes it."""
     if cfg.federation is None or not cfg.trust.enabled:
         return NoOpAssessor()
     extra: dict[str, Any] = {} if clock is None else {"clock": clock}
-    return ReputationAssessor.open(
-        cfg.trust_path,
+    return ReputationAssessor(
+        ReputationStore(cfg.trust_path if storage is None else storage.database("trust")),
         cfg.trust.settings(),
         members=members,
         meter_provider=meter_provider,
@@ -259,7 +262,7 @@ def _warn_departed_trust_peers(cfg: NodeConfig, roster: Roster) -> None:
 
 
 def _owned_assessor(
-    cfg: NodeConfig, watcher: RosterWatcher
+    cfg: NodeConfig, watcher: RosterWatcher, storage: Storage | None = None
 ) -> tuple[Assessor, Callable[[], None], MeterProvider | None]:
     """build_assessor's, told the members now and after every roster change, with its
     metrics in DATA_DIR/metrics.jsonl when traces go to a file; how to close both; and
@@ -276,7 +279,7 @@ def _owned_assessor(
     watcher.subscribe(lambda r: _warn_departed_trust_peers(cfg, r))
     path = cfg.data_dir / "metrics.jsonl" if cfg.telemetry.exporter == "file" else None
     meters = make_meter_provider(me, roster.federation_id, path)
-    assessor = build_assessor(cfg, members=others(roster), meter_provider=meters)
+    assessor = build_assessor(cfg, members=others(roster), meter_provider=meters, storage=storage)
     watcher.subscribe(lambda r: assessor.set_members(others(r)))
 
     def close() -> None:
@@ -330,7 +333,7 @@ def build_federation(
     close_assessor = _nothing
     meters: MeterProvider | None = None
     if assessor is None:
-        assessor, close_assessor, meters = _owned_assessor(cfg, watcher)
+        assessor, close_assessor, meters = _owned_assessor(cfg, watcher, storage)
     replay = ReplayCache(storage.database("replay"))
     close_redactor = _nothing
     disclosures: DisclosureStore | None = None
@@ -342,7 +345,7 @@ def build_federation(
         signer.audit = audit
         if isinstance(assessor, ReputationAssessor):
             assessor.audit = audit
-        redactor, close_redactor, disclosures = build_redactor(cfg, watcher, audit)
+        redactor, close_redactor, disclosures = build_redactor(cfg, watcher, audit, storage)
         verifier = MessageVerifier(
             org_id=cfg.node.org_id,
             roster=watcher.current,
@@ -394,10 +397,14 @@ def build_federation(
 
 
 def build_redactor(
-    cfg: NodeConfig, watcher: RosterWatcher, audit: AuditLog | None = None
+    cfg: NodeConfig,
+    watcher: RosterWatcher,
+    audit: AuditLog | None = None,
+    storage: Storage | None = None,
 ) -> tuple[Redactor, Callable[[], None], DisclosureStore | None]:
     """node.toml's `[redaction]` policy over a detector built once, here, its closing and
-    its receipts; without it (the default) the identity redactor. Every
+    its receipts (in `storage`'s "redaction" store; without one, DATA_DIR's
+    redaction.sqlite3); without it (the default) the identity redactor. Every
     [redaction.peers.ORG] must be a member; a detector that cannot load is a ConfigError
     (one line)."""
     policy = cfg.redaction
@@ -416,7 +423,9 @@ def build_redactor(
         raise ConfigError(
             f"the detector cannot load: {type(e).__name__}: {e}", path=where, key="redaction"
         ) from None
-    store = DisclosureStore(cfg.redaction_path)
+    store = DisclosureStore(
+        cfg.redaction_path if storage is None else storage.database("redaction")
+    )
     redactor = PolicyRedactor(policy, detector, watcher, store, audit or NoOpAuditLog())
 
     def close() -> None:
@@ -494,8 +503,10 @@ async def build_routing(
     worker: ModelWorker,
     federation: Federation | None,
     canaries: CanaryTraffic | None = None,
+    storage: Storage | None = None,
 ) -> Routing:
-    """Routing and groups as node.toml declares them ([routing], [groups.NAME]).
+    """Routing and groups as node.toml declares them ([routing], [groups.NAME]); the
+    routing records in `storage`'s "records" store (without one, DATA_DIR/node.sqlite3).
 
     The sentence encoder (MiniLM, ~400 MB with torch) exists only when the configured
     router or its routing records need it, so no caller can make another node load it (a
@@ -517,7 +528,11 @@ async def build_routing(
             embedding_dim=EMBEDDING_DIMENSION,
             federation_id=federation.roster.current().federation_id if federation else None,
         )
-    records = RoutingRecords(cfg.database_path) if cfg.routing.record else None
+    records = None
+    if cfg.routing.record:
+        records = RoutingRecords(
+            cfg.database_path if storage is None else storage.database("records")
+        )
     encoder = None
     if needs_encoder(cfg.routing):
         encoder = LazyEncoder()
@@ -870,6 +885,7 @@ class Node:
         self.replicas: Replicas | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._trust_refresh: asyncio.Task[None] | None = None
 
     async def start(self) -> Endpoints:
         try:
@@ -912,7 +928,7 @@ class Node:
         self.tracer = self.tracer_provider.get_tracer(TRACER_NAME)
         if federation is not None:
             federation.peers.tracer = self.tracer
-        routing = await build_routing(cfg, self.worker, federation, self.canaries)
+        routing = await build_routing(cfg, self.worker, federation, self.canaries, self.databases)
         self.policy, self.records = routing.policy, routing.records
         self.service = build_service(
             cfg, self.worker, prompt_format, routing, federation, self.tracer
@@ -986,6 +1002,13 @@ class Node:
         if federation is not None:
             steps = retention_steps(cfg, federation)
             self._retention = asyncio.create_task(run_retention(steps, RETENTION_INTERVAL_S))
+            assessor = federation.assessor
+            if isinstance(assessor, ReputationAssessor) and assessor.store.remote:
+                # Other replicas' evidence, read off the event loop before the records
+                # are old enough for a reader to reread them inline (trust store).
+                self._trust_refresh = asyncio.create_task(
+                    every(REFRESH_S / 2, lambda: assessor.off_loop(assessor.refresh), "trust")
+                )
         log.info(
             "node %s ready: model %s (%s), gRPC %s, HTTP %s",
             cfg.node.org_id,
@@ -1154,6 +1177,7 @@ class Node:
             self._checkpointing,
             self._witnessing,
             self._retention,
+            self._trust_refresh,
         ):
             if background is not None:
                 background.cancel()

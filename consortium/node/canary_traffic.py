@@ -51,6 +51,7 @@ from consortium.protocols.request_options import RequestOptions, forwarded
 from consortium.trust.canaries import Canary, FreeTextCanary, MultipleChoiceCanary
 from consortium.trust.canary_schedule import CanaryKind, CanaryScheduler
 from consortium.trust.reputation import Evidence
+from consortium.trust.reputation_engine import ReputationAssessor
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,11 @@ class CanaryTraffic:
         if evidence is None:
             log.debug("canary %s to %s: the reply did not complete", safe(canary.id), org)
             return
-        self._recorder.record(evidence)
+        recorder = self._recorder
+        if isinstance(recorder, ReputationAssessor):  # PostgreSQL: off the event loop
+            await recorder.off_loop(lambda: recorder.record(evidence))
+        else:
+            recorder.record(evidence)
         self.judged += 1
         log.debug("canary %s to %s: %s", safe(canary.id), org, evidence.reason)
 

@@ -32,14 +32,15 @@ import asyncio
 import logging
 import math
 import random
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+
 from consortium.errors import BudgetError, ConfigError, RequestRejected, StorageUnavailable
-from consortium.learning.records import RoutingRecord, RoutingRecords
+from consortium.learning.records import RoutingDataError, RoutingRecord, RoutingRecords
 from consortium.llm.base import Capability, ChatMessage, GenerationParams, ModelInfo, TokenLogprob
 from consortium.llm.worker import GenerationRequest, ModelWorker
 from consortium.logsafe import safe
@@ -99,7 +100,8 @@ from consortium.protocols.routing import (
 from consortium.protocols.routing_features import DRAFT_NORMALISATION, feature_names, features
 from consortium.trust.audit import AuditLog, NoOpAuditLog
 from consortium.trust.cross_checks import Answer, CrossCheck, cross_check
-from consortium.trust.reputation import Assessor, NoOpAssessor
+from consortium.trust.reputation import Assessor, Evidence, NoOpAssessor
+from consortium.trust.reputation_engine import ReputationAssessor
 
 log = logging.getLogger(__name__)
 DRAFT = GenerationParams(max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=5)
@@ -434,7 +436,11 @@ class Orchestrator:
         routed = await self._answer_choice(question, options, record)
         routed = self.with_budget(routed, options)
         if record is not None and record.features is not None:
-            self._record(record, routed)
+            records = self.records
+            if records is not None and records.remote:  # PostgreSQL: off the event loop
+                await records.db.run(lambda: self._record(record, routed))
+            else:
+                self._record(record, routed)
         return routed
 
     def _recording(self) -> bool:
@@ -545,7 +551,7 @@ class Orchestrator:
             members[second] = MemberUsage(tokens=checked.tokens, cost=checked.cost, calls=1)
             choice = argmax(checked.scores.probabilities(DRAFT_NORMALISATION))
             answers.append(Answer(second, ledger.models.get(second, ""), choice))
-        self._cross_check(answers, ledger)
+        await self._cross_check(answers, ledger)
         provenance = self._provenance(
             f"{self.org_id}->{decision.target}",
             router,
@@ -570,14 +576,22 @@ class Orchestrator:
                 return org
         return None
 
-    def _cross_check(self, answers: Sequence[Answer], ledger: PeerLedger) -> None:
+    async def _record_evidence(self, evidence: Evidence) -> None:
+        """Tells the assessor; a reputation store on PostgreSQL is written off the loop."""
+        assessor = self._assessor
+        if isinstance(assessor, ReputationAssessor):
+            await assessor.off_loop(lambda: assessor.record(evidence))
+        else:
+            assessor.record(evidence)
+
+    async def _cross_check(self, answers: Sequence[Answer], ledger: PeerLedger) -> None:
         """Judges the answers that should agree; the verdicts go to the provenance, the
         evidence to the assessor, and a disagreement between peers raises the alarm."""
         scores = {a.member: self._assessor.standing(a.member).score for a in answers if not a.own}
         for judged in cross_check(answers, scores):
             ledger.cross_checked(judged.peer, judged.verdict)
             for evidence in judged.evidence:
-                self._assessor.record(evidence)
+                await self._record_evidence(evidence)
             if judged.verdict == "disagreed" and judged.reference == "peers" and self._alarm:
                 self._alarm(judged.peer)
 
@@ -629,7 +643,7 @@ class Orchestrator:
             )
         except StorageUnavailable:
             pass  # best effort; the full disk is logged once per interval where it was met
-        except (ValueError, OSError, sqlite3.Error) as e:
+        except (ValueError, OSError, RoutingDataError, sa_exc.DBAPIError) as e:
             log.warning("task %s: routing record not stored: %s", record.task_id, safe(e, 300))
 
     def _require_peers(self) -> PeerClient:
@@ -691,7 +705,7 @@ class Orchestrator:
         if not members.short:
             ledger = PeerLedger(members.reputation)
             outcome = await self._run_group(name, question, options, members, ledger)
-            self._cross_check(
+            await self._cross_check(
                 [
                     Answer(
                         c.member,

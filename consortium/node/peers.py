@@ -65,6 +65,7 @@ from consortium.logsafe import safe
 from consortium.node.breaker import CONNECTION_FAILURES, BreakerSettings, CircuitBreaker
 from consortium.node.client import grpc_channel, open_client, text_message
 from consortium.node.offload import INLINE, Offload
+from consortium.node.redaction import PolicyRedactor
 from consortium.node.telemetry import traceparent
 from consortium.protocols.multiple_choice import OptionScores, Question
 from consortium.protocols.redaction import Redactor
@@ -74,6 +75,7 @@ from consortium.trust.admission import MessageVerifier, Verified
 from consortium.trust.claims import TaskEvent
 from consortium.trust.refusals import Rejected
 from consortium.trust.reputation import Assessor, Verdict
+from consortium.trust.reputation_engine import ReputationAssessor
 from consortium.trust.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -536,7 +538,7 @@ class PeerClient:
                 )
             except Rejected as e:
                 breaker.succeeded(connection.conn)
-                self.assessor.assess(Verdict(org, request, None, e.reason))
+                await self._assess(Verdict(org, request, None, e.reason))
                 raise UntrustedAnswer(call.refused.format(org=org, error=e)) from None
             except PeerError as e:
                 span.set_attribute("consortium.failure", e.failure)
@@ -545,7 +547,7 @@ class PeerClient:
                 else:
                     breaker.succeeded(connection.conn)  # the peer answered: the link works
                 if not isinstance(e, PeerBusy):  # a refusal for load says nothing of it
-                    self.assessor.assess(Verdict(org, request, None, failure=e.failure))
+                    await self._assess(Verdict(org, request, None, failure=e.failure))
                 raise
             finally:
                 connection.calls -= 1
@@ -553,11 +555,20 @@ class PeerClient:
                     self._spawn(connection.client.close())
             breaker.succeeded(connection.conn)
             claim = self._claim(org, reply.message)
-            self.assessor.assess(Verdict(org, request, reply.message, claim=claim))
+            await self._assess(Verdict(org, request, reply.message, claim=claim))
             span.set_attribute("consortium.verdict", "verified")
             if claim:
                 span.set_attribute("consortium.claim", claim)
             return replace(reply, reputation=standing.score, claim=claim, canary=standing.canary)
+
+    async def _assess(self, verdict: Verdict) -> None:
+        """Tells the assessor what a call showed; a reputation store on PostgreSQL is
+        written off the event loop."""
+        assessor = self.assessor
+        if isinstance(assessor, ReputationAssessor):
+            await assessor.off_loop(lambda: assessor.assess(verdict))
+        else:
+            assessor.assess(verdict)
 
     def _claim(self, org: str, reply: a2a_pb2.Message) -> str:
         member = self._roster.current().member(org)
@@ -579,7 +590,10 @@ class PeerClient:
             request, request_digest = await self._offload(
                 lambda: self._signer.sign_request(message, org, parent)
             )
-        self.redactor.signed(org, request)
+        if isinstance(self.redactor, PolicyRedactor):  # receipts: off the loop on PostgreSQL
+            await self.redactor.signed_async(org, request)
+        else:
+            self.redactor.signed(org, request)
         return request, request_digest
 
     async def _send(

@@ -292,6 +292,13 @@ class PolicyRedactor:
             self._pending.popitem(last=False)
         return out
 
+    async def signed_async(self, recipient: str, request: a2a_pb2.Message) -> None:
+        """`signed`, off the event loop when the receipts are on PostgreSQL."""
+        if self._store.remote:
+            await self._store.db.run(lambda: self.signed(recipient, request))
+        else:
+            self.signed(recipient, request)
+
     def signed(self, recipient: str, request: a2a_pb2.Message) -> None:
         """The signed request as it left: its disclosures are kept with it."""
         pending = self._pending.pop(request.message_id, None)

@@ -15,9 +15,15 @@ so nothing unverifiable gets here. `receive` checks the content (one data part h
 valid report, filed by the member that signed it, neither stale nor from the future, not
 older than the one kept) and refuses anything else with a reason code, counted per
 reason, changing no score. Entries about this node, the reporter itself or non-members
-are dropped and counted. The latest report per reporter is kept in trust.sqlite3, the
-opinions are folded again, and the acknowledgement says what was used. A report never
-reaches the model and never becomes a task.
+are dropped and counted. The latest report per reporter is kept in the trust store
+(trust.sqlite3, or PostgreSQL's consortium_trust), the opinions are folded again, and the
+acknowledgement says what was used. A report never reaches the model and never becomes a
+task.
+
+Replicas: each folds the reports kept in the shared store (whichever replica received
+them), so all hand their assessor the same opinions; each sends its own report (of the
+shared reputations) every interval, the receiver keeping the latest. On PostgreSQL the
+store is read and written off the event loop (`receive_async`, `send_all`).
 """
 
 from __future__ import annotations
@@ -130,11 +136,7 @@ class TrustReports:
         self.dropped: Counter[str] = Counter()
         self.send_failed: Counter[str] = Counter()
         self._reports: dict[str, TrustReport] = {}
-        for reporter, body in assessor.store.load_reports().items():
-            try:
-                self._reports[reporter] = parse_report(json.loads(body))
-            except (ValueError, ReportError):
-                log.warning("trust report kept from %s is unreadable; ignored", safe(reporter))
+        self._bodies: dict[str, str] = {}
         roster.subscribe(self._roster_changed)
         self.refold()
 
@@ -158,8 +160,9 @@ class TrustReports:
     async def send_all(self) -> dict[str, str]:
         """Sends this node's report to every active member but itself; per member, "ok"
         (accepted) or why not. Never raises for a member that fails."""
-        self.refold()  # stale reports age out even when none arrive
-        report = self.own_report()
+        # Stale reports age out even when none arrive (off the event loop on PostgreSQL).
+        await self._assessor.off_loop(self.refold)
+        report = await self._assessor.off_loop(self.own_report)
         orgs = sorted(self._others(self._roster.current()))
         outcomes = await asyncio.gather(*(self._send(org, report) for org in orgs))
         return dict(zip(orgs, outcomes, strict=True))
@@ -192,6 +195,10 @@ class TrustReports:
 
     # -- members' reports --------------------------------------------------------------
 
+    async def receive_async(self, sender: str, message: a2a_pb2.Message) -> ReportAck:
+        """`receive`, off the event loop when the trust store is PostgreSQL's."""
+        return await self._assessor.off_loop(lambda: self.receive(sender, message))
+
     def receive(self, sender: str, message: a2a_pb2.Message) -> ReportAck:
         """Takes `sender`'s report (`sender`: the member whose signature the handler
         verified). Refusals change nothing and are counted per reason."""
@@ -218,7 +225,6 @@ class TrustReports:
                 error="superseded: a newer report from this member is kept",
             )
         with self._lock:
-            self._reports[sender] = report
             self.received += 1
             self.dropped.update(dropped)
         self.refold()
@@ -269,8 +275,7 @@ class TrustReports:
             rep = self._assessor.model_reputation(org, "")
             local = rep.alpha / (rep.alpha + rep.beta)
             trust[org] = 0.0 if rep.state == "quarantined" else local
-        with self._lock:
-            reports = dict(self._reports)
+        reports = self._kept_reports()
         result = fold(
             me=self.org_id,
             trust=trust,
@@ -284,6 +289,22 @@ class TrustReports:
             {org: op.pseudo_counts(weight) for org, op in result.opinions.items()}
         )
         return result
+
+    def _kept_reports(self) -> dict[str, TrustReport]:
+        """The latest report of each member, as kept in the trust store by whichever
+        replica received it (so every replica folds the same reports)."""
+        bodies = self._assessor.store.load_reports()
+        with self._lock:
+            for reporter, body in bodies.items():
+                if self._bodies.get(reporter) == body:
+                    continue
+                self._bodies[reporter] = body
+                try:
+                    self._reports[reporter] = parse_report(json.loads(body))
+                except (ValueError, ReportError):
+                    self._reports.pop(reporter, None)
+                    log.warning("trust report kept from %s is unreadable; ignored", safe(reporter))
+            return {r: self._reports[r] for r in bodies if r in self._reports}
 
     def counts(self) -> dict[str, Any]:
         """What /healthz shows."""

@@ -712,6 +712,13 @@ class NodeService:
         label = question.shown_labels[argmax(scored.scores.logprobs)]
         return Scores(label, self._worker.info.name, scored.tokens, scored.scores)
 
+    async def feedback_async(self, feedback: Feedback, caller: Caller) -> RoutingRecord:
+        """`feedback`, off the event loop when the routing records are on PostgreSQL."""
+        records = self.orchestrator.records
+        if records is not None and records.remote:
+            return await records.db.run(lambda: self.feedback(feedback, caller))
+        return self.feedback(feedback, caller)
+
     def feedback(self, feedback: Feedback, caller: Caller) -> RoutingRecord:
         """Labels the routing record of an earlier task of the caller's. Raises
         NoRoutingRecords, or RequestRejected for a task that is not the caller's or

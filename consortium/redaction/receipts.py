@@ -20,8 +20,9 @@ signature field itself (`consortium.signature`). So the digest list cannot be ch
 after signing without breaking the signature. (This module does not import `trust`;
 `node.receipts` checks signatures.)
 
-The origin keeps the disclosures in its `DisclosureStore` (`DATA_DIR/redaction.sqlite3`,
-mode 0600), next to the signed message as sent. Later it can hand an auditor one
+The origin keeps the disclosures in its `DisclosureStore` (the node's "redaction" store:
+`DATA_DIR/redaction.sqlite3`, mode 0600, or PostgreSQL), next to the signed message as
+sent. Later it can hand an auditor one
 disclosure (one span) with the signed message: the auditor checks the signature, finds
 the disclosure's digest in the signed list, and sees that the value is absent from what
 the peer received — without learning any other span, whose disclosures stay with the
@@ -40,8 +41,6 @@ import hashlib
 import json
 import re
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,10 +50,28 @@ from typing import Any
 from a2a.types import a2a_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    delete,
+    literal_column,
+    select,
+)
+from sqlalchemy import exc as sa_exc
 
 from consortium import b64url
 from consortium.errors import ConfigError, ConsortiumError
-from consortium.sqlite import connect
+from consortium.storage.database import Database
+from consortium.storage.migrations import open_sqlite
+from consortium.storage.sql import insert
 
 REDACTION_KEY = "consortium.redaction"
 SD_ALG = "sha-256"
@@ -238,59 +255,82 @@ class StoredReceipt:
     created_at: float
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS receipts (
-    message_id TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    recipient TEXT NOT NULL,
-    message BLOB NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS receipts_by_task ON receipts (task_id, created_at);
-CREATE TABLE IF NOT EXISTS disclosures (
-    message_id TEXT NOT NULL REFERENCES receipts (message_id),
-    position INTEGER NOT NULL,
-    disclosure TEXT NOT NULL,
-    PRIMARY KEY (message_id, position)
-);
-"""
+METADATA = MetaData()
+RECEIPTS = Table(
+    "receipts",
+    METADATA,
+    Column("message_id", Text, primary_key=True),
+    Column("task_id", Text, nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("message", LargeBinary, nullable=False),
+    Column("created_at", Float(precision=53), nullable=False),
+    Index("receipts_by_task", "task_id", "created_at"),
+)
+DISCLOSURES = Table(
+    "disclosures",
+    METADATA,
+    Column("message_id", Text, ForeignKey("receipts.message_id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("disclosure", Text, nullable=False),
+    PrimaryKeyConstraint("message_id", "position"),
+)
 
 
 class DisclosureStore:
-    """The disclosures of the spans this node redacted, per message it sent
-    (`DATA_DIR/redaction.sqlite3`, mode 0600: they hold the values withheld). Safe to
-    call from any thread. `must_exist`: refuse a missing file (the CLI) instead of
-    creating it."""
+    """The disclosures of the spans this node redacted, per message it sent, in the
+    node's "redaction" store: `DATA_DIR/redaction.sqlite3` (mode 0600: they hold the
+    values withheld), or the schema `consortium_redaction` of the PostgreSQL database the
+    node's replicas share. `db`: that Database, or a Path: that SQLite file (tools, tests,
+    `consortium redact disclose`), which `must_exist` refuses to create. Safe to call
+    from any thread.
+
+    Replicas: each message id is recorded once (an insert that conflicts on it is
+    refused), whichever replica sent it, and every replica reads every receipt, so an
+    auditor's disclosure can be made through any of them. `prune` (`[redaction]
+    receipts_days`) may run on several replicas at once: each deletes what is old.
+
+    What deletion means: on SQLite the pruned rows are overwritten in the file
+    (`secure_delete`), not left in free pages. On PostgreSQL a DELETE only marks the rows
+    dead: their bytes stay in the table's pages until VACUUM reuses the space (and
+    nothing zeroes them), and in the write-ahead log, its archive, streaming replicas and
+    backups for as long as those are kept. An organization that must not keep withheld
+    values past `receipts_days` keeps those bounded as well (and the disks encrypted)."""
 
     def __init__(
         self,
-        path: Path,
+        db: Database | Path,
         *,
         must_exist: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = path
         self._clock = clock
-        if must_exist and not path.is_file():
+        self._owned = not isinstance(db, Database)
+        if isinstance(db, Database):
+            self.db = db
+            return
+        self.path = db
+        if must_exist and not db.is_file():
             raise ConfigError(
-                "no redaction receipts (the node has redacted nothing yet)", path=str(path)
+                "no redaction receipts (the node has redacted nothing yet)", path=str(db)
             )
         try:
-            self._conn = connect(path, private=True)
-            # A pruned disclosure's value is overwritten, not left in a free page.
-            self._conn.execute("PRAGMA secure_delete=ON")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise ConfigError(f"not a usable receipts database ({e})", path=str(path)) from None
+            self.db = open_sqlite(db, "redaction")
+        except sa_exc.DatabaseError as e:
+            raise ConfigError(f"not a usable receipts database ({e.orig})", path=str(db)) from None
         except OSError as e:
             raise ConfigError(
-                f"cannot open the receipts database ({e.strerror})", path=str(path)
+                f"cannot open the receipts database ({e.strerror})", path=str(db)
             ) from None
-        self._lock = threading.Lock()
+
+    @property
+    def remote(self) -> bool:
+        """Whether the store is a server's (PostgreSQL): its calls are worth making off
+        the event loop."""
+        return self.db.dialect != "sqlite"
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        if self._owned:
+            self.db.dispose()
 
     def record(
         self,
@@ -309,82 +349,77 @@ class DisclosureStore:
         listed = set() if claims is None else set(claims.digests)
         if any(d.digest not in listed for d in disclosures):
             raise ReceiptError(f"message {message_id} does not list every disclosure's digest")
-        blob = signed_message.SerializeToString()
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
-                    "INSERT INTO receipts (message_id, task_id, recipient, message, created_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (message_id, task_id, recipient, blob, self._clock()),
+        stmt = (
+            insert(self.db, RECEIPTS)
+            .values(
+                message_id=message_id,
+                task_id=task_id,
+                recipient=recipient,
+                message=signed_message.SerializeToString(),
+                created_at=self._clock(),
+            )
+            .on_conflict_do_nothing()
+            .returning(RECEIPTS.c.message_id)  # a row only when this call stored it
+        )
+        with self.db.begin() as conn:
+            if conn.execute(stmt).first() is None:
+                raise ReceiptError(f"message {message_id} is recorded already")
+            if disclosures:
+                conn.execute(
+                    DISCLOSURES.insert(),
+                    [
+                        {"message_id": message_id, "position": i, "disclosure": d.encoded}
+                        for i, d in enumerate(disclosures)
+                    ],
                 )
-                self._conn.executemany(
-                    "INSERT INTO disclosures (message_id, position, disclosure) VALUES (?, ?, ?)",
-                    [(message_id, i, d.encoded) for i, d in enumerate(disclosures)],
-                )
-                self._conn.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                self._conn.execute("ROLLBACK")
-                raise ReceiptError(f"message {message_id} is recorded already") from None
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
 
     def get(self, message_id: str) -> StoredReceipt | None:
         """The receipt of the message with `message_id`, or None."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT task_id, recipient, message, created_at FROM receipts WHERE message_id = ?",
-                (message_id,),
-            ).fetchone()
-            rows = self._conn.execute(
-                "SELECT disclosure FROM disclosures WHERE message_id = ? ORDER BY position",
-                (message_id,),
-            ).fetchall()
+        with self.db.connect() as conn:
+            row = conn.execute(select(RECEIPTS).where(RECEIPTS.c.message_id == message_id)).first()
+            rows = conn.execute(
+                select(DISCLOSURES.c.disclosure)
+                .where(DISCLOSURES.c.message_id == message_id)
+                .order_by(DISCLOSURES.c.position)
+            ).all()
         if row is None:
             return None
         try:
-            message = a2a_pb2.Message.FromString(row[2])
+            message = a2a_pb2.Message.FromString(bytes(row.message))
         except DecodeError:
             raise ConfigError(
-                f"receipt {message_id} holds no readable message", path=str(self.path)
+                f"receipt {message_id} holds no readable message", path=self.db.where
             ) from None
         return StoredReceipt(
             message_id=message_id,
-            task_id=row[0],
-            recipient=row[1],
+            task_id=str(row.task_id),
+            recipient=str(row.recipient),
             message=message,
-            disclosures=tuple(parse_disclosure(r[0]) for r in rows),
-            created_at=float(row[3]),
+            disclosures=tuple(parse_disclosure(str(r[0])) for r in rows),
+            created_at=float(row.created_at),
         )
 
     def prune(self, before: float) -> int:
         """Forgets the receipts (messages and disclosures) recorded before `before`, a
-        time; how many. An auditor can no longer be shown what they withheld."""
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
-                    "DELETE FROM disclosures WHERE message_id IN "
-                    "(SELECT message_id FROM receipts WHERE created_at < ?)",
-                    (before,),
-                )
-                n = self._conn.execute(
-                    "DELETE FROM receipts WHERE created_at < ?", (before,)
-                ).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        time; how many. An auditor can no longer be shown what they withheld (see the
+        class docstring for what deletion means on each database)."""
+        old = select(RECEIPTS.c.message_id).where(RECEIPTS.c.created_at < before)
+        with self.db.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # A pruned disclosure's value is overwritten, not left in a free page.
+                conn.exec_driver_sql("PRAGMA secure_delete=ON")
+            conn.execute(delete(DISCLOSURES).where(DISCLOSURES.c.message_id.in_(old)))
+            n = conn.execute(delete(RECEIPTS).where(RECEIPTS.c.created_at < before)).rowcount
         return int(n)
 
     def for_task(self, task_id: str) -> list[str]:
-        """The ids of the messages recorded for `task_id`, oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT message_id FROM receipts WHERE task_id = ? ORDER BY created_at, rowid",
-                (task_id,),
-            ).fetchall()
+        """The ids of the messages recorded for `task_id`, oldest first (ties: in the
+        order recorded on SQLite, by id on PostgreSQL, which keeps no row order)."""
+        tie = literal_column("rowid") if self.db.dialect == "sqlite" else RECEIPTS.c.message_id
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(RECEIPTS.c.message_id)
+                .where(RECEIPTS.c.task_id == task_id)
+                .order_by(RECEIPTS.c.created_at, tie)
+            ).all()
         return [str(r[0]) for r in rows]

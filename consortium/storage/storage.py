@@ -61,7 +61,7 @@ STORES: dict[str, Store] = {
         Store("records", "node.sqlite3"),
         Store("replay", "replay.sqlite3"),
         Store("api_keys", "api-keys.sqlite3", private=True),
-        Store("trust", "trust.sqlite3"),
+        Store("trust", "trust.sqlite3", private=True),
         Store("redaction", "redaction.sqlite3", private=True),
         Store("audit", "audit.sqlite3"),
         Store("replicas", ""),

@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from opentelemetry import metrics
 
@@ -67,10 +67,11 @@ from consortium.trust.reputation import (
     Standing,
     Verdict,
 )
-from consortium.trust.reputation_store import Record, ReputationStore
+from consortium.trust.reputation_store import Key, Locked, Record, ReputationStore
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 STATE_NUMBER: dict[PeerState, int] = {"healthy": 0, "probation": 1, "quarantined": 2}
 METER_NAME = "consortium.trust"
 
@@ -208,6 +209,16 @@ class _Metrics:
         )
 
 
+@dataclass(frozen=True)
+class _Change:
+    """A peer's change of state, logged and audited once committed."""
+
+    peer: str
+    old: PeerState
+    to: PeerState
+    reason: str
+
+
 def reply_model(verdict: Verdict) -> str:
     """The model a verified reply says answered (metadata.consortium.model), or ""."""
     if verdict.reply is None:
@@ -245,6 +256,8 @@ class ReputationAssessor:
         self._clock = clock
         self._metrics = _Metrics(meter_provider)
         self._members: frozenset[str] | None = None if members is None else frozenset(members)
+        # Guards the records kept in memory; never held across a database call, so a
+        # reader on the event loop never waits for another thread's transaction.
         self._lock = threading.Lock()
         # Told of every change of a peer's state (trust.audit).
         self.audit: AuditLog = NoOpAuditLog()
@@ -270,17 +283,38 @@ class ReputationAssessor:
         with self._lock:
             self._members = frozenset(peers)
 
+    async def off_loop(self, call: Callable[[], _T]) -> _T:
+        """`call()` (which uses the store) off the event loop when the store is a
+        server's (PostgreSQL); inline on SQLite, where a call costs microseconds."""
+        if self.store.remote:
+            return await self.store.db.run(call)
+        return call()
+
+    def refresh(self) -> None:
+        """Rereads every record and opinion (other replicas' evidence): what the node
+        runs in the background, every `refresh_s / 2` on PostgreSQL."""
+        records = self.store.load()
+        opinions = self.store.load_opinions()
+        with self._lock:
+            self._records, self._opinions = records, opinions
+
     # The Assessor protocol.
 
     def reputation(self, peer: str) -> float:
         return self.standing(peer).score
 
     def standing(self, peer: str) -> Standing:
+        self._refresh()
         with self._lock:
-            self._refresh()
+            rec = self._records.get((peer, ""))
+        if rec is not None and self._due(rec):  # rare: once per quarantine, by one replica
+
+            def release(records: dict[Key, Record], _: Locked, events: list[_Change]) -> None:
+                self._release(records[(peer, "")], events)
+
+            self._apply([(peer, "")], release)
+        with self._lock:
             rec = self._records.get((peer, "")) or self._fresh(peer, "")  # asking adds nothing
-            if self._release(rec):
-                self.store.save([rec])
             return self._standing(rec)
 
     def assess(self, verdict: Verdict) -> None:
@@ -314,92 +348,121 @@ class ReputationAssessor:
             for p, (g, b) in opinions.items()
             if math.isfinite(g) and math.isfinite(b)
         }
+        self._refresh()
         with self._lock:
-            self._refresh()
             touched = set(clean) | set(self._opinions)
+            known = {k[0] for k in self._records if not k[1]}
+        self.store.save_opinions(clean)
+        with self._lock:
             self._opinions = clean
-            self.store.save_opinions(clean)
-            changed = []
-            for peer in sorted(touched):
-                if peer not in clean and (peer, "") not in self._records:
-                    continue
-                rec = self._peer(peer)
-                self._release(rec)
-                g, b = clean.get(peer, (0.0, 0.0))
-                good = g >= b
-                self._decide(rec, now, Evidence(peer, "report", good, "opinion"))
-                changed.append(rec)
-            self.store.save(changed)
+        for peer in sorted(touched):
+            if peer not in clean and peer not in known:
+                continue
+            g, b = clean.get(peer, (0.0, 0.0))
+            self._apply(
+                [(peer, "")], self._reconsider(Evidence(peer, "report", g >= b, "opinion"), now)
+            )
+
+    def _reconsider(
+        self, evidence: Evidence, now: float
+    ) -> Callable[[dict[Key, Record], Locked, list[_Change]], None]:
+        """The change that decides a peer's state again after its opinion changed."""
+
+        def change(records: dict[Key, Record], locked: Locked, events: list[_Change]) -> None:
+            rec = records[(evidence.peer, "")]
+            self._release(rec, events)
+            self._decide(rec, now, evidence, locked, events)
+
+        return change
 
     # Evidence from anywhere.
 
     def record(self, evidence: Evidence) -> Standing:
-        """Learns from one piece of evidence; returns the peer's standing after it."""
+        """Learns from one piece of evidence; returns the peer's standing after it. The
+        peer's rows are updated in one transaction holding their lock (the store's
+        `update`): evidence recorded at once by several replicas all counts."""
         now = self._clock()
         s = self.settings
         w = s.weight(evidence.kind) * max(evidence.weight, 0.0)
         if not evidence.good:
             w *= s.bad_factor(evidence.kind)
-        with self._lock:
-            self._refresh()
-            rec = self._peer(evidence.peer)
-            self._release(rec)
-            changed = [rec]
+        peer = evidence.peer
+        keys = [(peer, "")] + ([(peer, evidence.model)] if evidence.model else [])
+
+        def change(records: dict[Key, Record], locked: Locked, events: list[_Change]) -> None:
+            rec = records[(peer, "")]
+            self._release(rec, events)
             self._update(rec, evidence, w)
             if evidence.model:
-                model_rec = self._record(evidence.peer, evidence.model)
-                self._update(model_rec, evidence, w)
-                changed.append(model_rec)
-            self._decide(rec, now, evidence)
-            self.store.save(changed)
-            self._metrics.count(evidence)
-            return self._standing(rec)
+                self._update(records[(peer, evidence.model)], evidence, w)
+            self._decide(rec, now, evidence, locked, events)
+
+        self._refresh()
+        written = self._apply(keys, change)
+        self._metrics.count(evidence)
+        with self._lock:
+            return self._standing(written[(peer, "")])
 
     def reset(self, peer: str) -> Reputation:
         """Back to the prior, healthy, no offences (`consortium trust reset`)."""
+        self._refresh()
         with self._lock:
-            self._refresh()
             old = self._records.get((peer, ""))
+        rec = self._fresh(peer, "")
+        rec.state = old.state if old is not None else "healthy"  # for the log line
+        events: list[_Change] = []
+        self._change(rec, "healthy", self._clock(), "reset by the operator", events)
+        self.store.replace_peer(rec)
+        with self._lock:
             for key in [k for k in self._records if k[0] == peer]:
                 del self._records[key]
-            rec = self._peer(peer)
-            rec.state = old.state if old is not None else "healthy"  # for the log line
-            self._change(rec, "healthy", self._clock(), "reset by the operator")
-            self.store.replace_peer(rec)
+            self._records[(peer, "")] = rec
             self._capped.discard(peer)
-            return self._view(rec)
+            view = self._view(rec)
+        self._emit(events)
+        return view
 
     def reputations(self) -> list[Reputation]:
         """Every record, peers first (model ""), sorted."""
+        self._refresh()
         with self._lock:
-            self._refresh()
             return [self._view(self._records[k]) for k in sorted(self._records)]
 
     def model_reputation(self, peer: str, model: str) -> Reputation:
+        self._refresh()
         with self._lock:
-            self._refresh()
             return self._view(self._records.get((peer, model)) or self._fresh(peer, model))
 
-    # Internals; the caller holds the lock.
+    # Internals.
 
     def _refresh(self) -> None:
-        """Rereads the store when another process (the CLI) committed to it."""
+        """Rereads the store when another writer (the CLI, another replica) may have
+        committed to it (`ReputationStore.changed`)."""
         if self.store.changed():
-            self._records = self.store.load()
-            self._opinions = self.store.load_opinions()
-            self._capped.clear()
+            self.refresh()
+            if not self.store.remote:  # an external reset: log a capped peer again
+                self._capped.clear()
+
+    def _apply(
+        self, keys: list[Key], change: Callable[[dict[Key, Record], Locked, list[_Change]], None]
+    ) -> dict[Key, Record]:
+        """`change` on the committed rows of `keys`, locked (the store's `update`); the
+        records written replace those in memory, and the state changes are logged and
+        audited once committed."""
+        events: list[_Change] = []
+
+        def run(records: dict[Key, Record], locked: Locked) -> None:
+            events.clear()  # what a failed attempt said is not said
+            change(records, locked, events)
+
+        _, written = self.store.update(keys, self._fresh, run)
+        with self._lock:
+            self._records.update(written)
+        self._emit(events)
+        return written
 
     def _fresh(self, peer: str, model: str) -> Record:
         return Record(peer, model, self.settings.prior_good, self.settings.prior_bad)
-
-    def _record(self, peer: str, model: str) -> Record:
-        rec = self._records.get((peer, model))
-        if rec is None:
-            rec = self._records[(peer, model)] = self._fresh(peer, model)
-        return rec
-
-    def _peer(self, peer: str) -> Record:
-        return self._record(peer, "")
 
     def _update(self, rec: Record, evidence: Evidence, w: float) -> None:
         s = self.settings
@@ -454,19 +517,25 @@ class ReputationAssessor:
         answers, protocol = self._bounds(rec)
         return "answers" if answers <= protocol else "protocol"
 
-    def _release(self, rec: Record) -> bool:
+    def _due(self, rec: Record) -> bool:
+        """Whether `rec`'s quarantine is over (and not ended yet)."""
+        return rec.state == "quarantined" and self._clock() >= rec.quarantined_until
+
+    def _release(self, rec: Record, events: list[_Change]) -> bool:
         """Ends a quarantine whose time is over: probation, posterior back to the prior
         (offences are kept). Whether it did."""
         now = self._clock()
-        if rec.state != "quarantined" or now < rec.quarantined_until:
+        if not self._due(rec):
             return False
         rec.alpha, rec.beta = self.settings.prior_good, self.settings.prior_bad
         rec.p_alpha, rec.p_beta = rec.alpha, rec.beta
         rec.evidence = 0
-        self._change(rec, "probation", now, f"quarantine_ended offences={rec.offences}")
+        self._change(rec, "probation", now, f"quarantine_ended offences={rec.offences}", events)
         return True
 
-    def _decide(self, rec: Record, now: float, evidence: Evidence) -> None:
+    def _decide(
+        self, rec: Record, now: float, evidence: Evidence, locked: Locked, events: list[_Change]
+    ) -> None:
         s = self.settings
         bound = self._bound(rec)
         last = f"on={self._weakest(rec)} last={evidence.kind}:{safe(evidence.reason, 64)}"
@@ -474,8 +543,8 @@ class ReputationAssessor:
             return
         if bound < s.quarantine_bound and rec.evidence >= s.min_evidence:
             exempt = rec.peer in s.exempt
-            if not exempt and self._cap_allows(rec.peer, now):
-                self._quarantine(rec, now, bound, last)
+            if not exempt and self._cap_allows(rec.peer, now, locked):
+                self._quarantine(rec, now, bound, last, events)
                 return
             held = (
                 "quarantine_exempt" if exempt else "quarantine_capped",
@@ -485,7 +554,7 @@ class ReputationAssessor:
             )
             why = f"{held[0]} bound={bound:.3f}<{s.quarantine_bound} {held[1]} {last}"
             if rec.state == "healthy":
-                self._change(rec, "probation", now, why)
+                self._change(rec, "probation", now, why, events)
             if rec.peer not in self._capped:  # once, not on every call while capped
                 self._capped.add(rec.peer)
                 rec.changed_at, rec.reason = now, why  # why it is on probation, not quarantined
@@ -494,12 +563,14 @@ class ReputationAssessor:
         self._capped.discard(rec.peer)
         if rec.state == "healthy" and bound < s.probation_bound:
             why = f"low_bound bound={bound:.3f}<{s.probation_bound} {last}"
-            self._change(rec, "probation", now, why)
+            self._change(rec, "probation", now, why, events)
         elif rec.state == "probation" and bound >= s.probation_bound:
             why = f"recovered bound={bound:.3f}>={s.probation_bound} {last}"
-            self._change(rec, "healthy", now, why)
+            self._change(rec, "healthy", now, why, events)
 
-    def _quarantine(self, rec: Record, now: float, bound: float, last: str) -> None:
+    def _quarantine(
+        self, rec: Record, now: float, bound: float, last: str, events: list[_Change]
+    ) -> None:
         rec.offences += 1
         duration = self.settings.quarantine_duration(rec.offences)
         rec.quarantined_until = now + duration
@@ -507,40 +578,40 @@ class ReputationAssessor:
             f"quarantine bound={bound:.3f}<{self.settings.quarantine_bound} "
             f"evidence={rec.evidence} offence={rec.offences} duration_s={duration:.0f} {last}"
         )
-        self._change(rec, "quarantined", now, why)
+        self._change(rec, "quarantined", now, why, events)
 
-    def _cap_allows(self, peer: str, now: float) -> bool:
+    def _cap_allows(self, peer: str, now: float, locked: Locked) -> bool:
         """Whether one more quarantined peer keeps at most max_quarantined_fraction of the
-        federation (the other members and this node) quarantined."""
-        peers = self._members
-        if peers is None:
-            peers = frozenset(k[0] for k in self._records)
-        quarantined = sum(
-            1
-            for (p, m), r in self._records.items()
-            if not m
-            and p != peer
-            and p in peers | {peer}
-            and r.state == "quarantined"
-            and r.quarantined_until > now
-        )
+        federation (the other members and this node) quarantined: counted in the
+        database, as committed by every replica (`Locked.quarantined`)."""
+        with self._lock:
+            peers = self._members
+            if peers is None:
+                peers = frozenset(k[0] for k in self._records)
+        quarantined = len((locked.quarantined(now) & (peers | {peer})) - {peer})
         size = len(peers | {peer}) + 1
         return quarantined + 1 <= math.floor(self.settings.max_quarantined_fraction * size)
 
-    def _change(self, rec: Record, state: PeerState, now: float, reason: str) -> None:
-        old = rec.state
+    def _change(
+        self, rec: Record, state: PeerState, now: float, reason: str, events: list[_Change]
+    ) -> None:
+        events.append(_Change(rec.peer, rec.state, state, reason))
         rec.state, rec.changed_at, rec.reason = state, now, reason
-        log.log(
-            logging.WARNING if state == "quarantined" else logging.INFO,
-            "trust: peer %s %s -> %s: %s",
-            safe(rec.peer),
-            old,
-            state,
-            reason,
-        )
-        self.audit.record(
-            "trust", peer=rec.peer, detail={"from": old, "to": state, "reason": reason}
-        )
+
+    def _emit(self, events: Iterable[_Change]) -> None:
+        """Logs and audits state changes, once their transaction committed."""
+        for e in events:
+            log.log(
+                logging.WARNING if e.to == "quarantined" else logging.INFO,
+                "trust: peer %s %s -> %s: %s",
+                safe(e.peer),
+                e.old,
+                e.to,
+                e.reason,
+            )
+            self.audit.record(
+                "trust", peer=e.peer, detail={"from": e.old, "to": e.to, "reason": e.reason}
+            )
 
     def _standing(self, rec: Record) -> Standing:
         score = self._score(rec)

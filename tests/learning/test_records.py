@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +84,7 @@ def test_bad_records_are_refused_and_nothing_is_half_written(tmp_path: Path) -> 
     with pytest.raises(ValueError, match="finite"):
         records.add(rec(1, features=(1.0, float("nan"), 0.0)), NAMES)
     records.add(rec(1), NAMES)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(RoutingDataError, match="task-1 exists already"):
         records.add_many([rec(2), rec(1)], NAMES)  # duplicate id: the batch rolls back
     assert records.counts()["records"] == 1
     records.add_many([rec(1, local_adequate=True), rec(2)], NAMES, replace=True)

@@ -313,3 +313,30 @@ async def test_the_periodic_round_sends_and_a_failed_send_does_not_disturb_servi
     assert acme.send_failed["stale_report"] == 2
     answer = await fed.ask_via("acme", "after the round", peer="globex")
     assert answer.state == "completed", answer.status_text
+
+
+async def test_a_report_one_replica_received_is_folded_by_another(fed: ReportFederation) -> None:
+    """A second replica of globex (its own exchange and assessor on the same trust
+    store), made before initech's report reaches the node, folds that report too."""
+    node = fed.nodes["globex"]
+    federation = node.federation
+    assert federation is not None
+    other = ReputationAssessor.open(node.config.trust_path)
+    try:
+        replica = TrustReports(
+            org_id="globex",
+            roster=federation.roster,
+            assessor=other,
+            peers=federation.peers,
+            settings=node.config.trust.report_settings(),
+            skew_s=60,
+        )
+        assert "initech" not in replica._kept_reports()
+        ack = await send(fed, "initech", "globex", report_message(report("initech", acme=0.2)))
+        assert ack.accepted
+        replica.refold()
+        assert "initech" in replica._kept_reports()
+        assert other.model_reputation("acme", "").opinion == opinion(fed, "globex", "acme")
+        assert opinion(fed, "globex", "acme") != (0.0, 0.0)
+    finally:
+        other.close()

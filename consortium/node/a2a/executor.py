@@ -172,7 +172,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
         org = self.service.org_id
         caller = _caller(context)
         try:
-            record = self.service.feedback(feedback, caller)
+            record = await self.service.feedback_async(feedback, caller)
         except NoRoutingRecords as e:
             text = f"rejected: {e}"
             # This refusal has always repeated the whole text as its error.
@@ -212,7 +212,7 @@ class ModelExecutor(AgentExecutor, DirectReplies):
                 error="this node keeps no reputations",
             )
         else:
-            ack = self._reports.receive(caller.id, message)
+            ack = await self._reports.receive_async(caller.id, message)
         reply = _agent_message(
             "",
             message.context_id,

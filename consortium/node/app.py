@@ -1085,7 +1085,8 @@ class Node:
         if creds.authorization:
             with contextlib.suppress(StorageUnavailable):  # then no details: the body says why
                 caller = await key_caller_async(creds.authorization, self.keys)
-        body = self.health(creds, storage, caller)
+        # Its details read stores (records, the audit log): off the loop on PostgreSQL.
+        body = await offload_for(self.databases)(lambda: self.health(creds, storage, caller))
         return JSONResponse(body, status_code=503 if storage is not None else 200)
 
     def health(
@@ -1129,15 +1130,18 @@ class Node:
             body["trust_reports"] = self.reports.counts()
         if self.federation is not None and self.federation.audit_log is not None:
             audit_log = self.federation.audit_log
-            latest = audit_log.latest()
-            body["audit"] = {
-                "entries": audit_log.size,
-                "latest_checkpoint": latest.checkpoint.size if latest is not None else 0,
-                "witnessed_size": audit_log.witnessed_size(cfg.audit.witnessed_by),
-                **(self.witnessing.counts() if self.witnessing is not None else {}),
-            }
+            # A database that cannot be read leaves these details out: `storage` says why.
+            with contextlib.suppress(StorageUnavailable):
+                latest = audit_log.latest()
+                body["audit"] = {
+                    "entries": audit_log.size,
+                    "latest_checkpoint": latest.checkpoint.size if latest is not None else 0,
+                    "witnessed_size": audit_log.witnessed_size(cfg.audit.witnessed_by),
+                    **(self.witnessing.counts() if self.witnessing is not None else {}),
+                }
         if self.records is not None:
-            body["routing_records"] = self.records.counts()
+            with contextlib.suppress(StorageUnavailable):
+                body["routing_records"] = self.records.counts()
         if self.policy is not None:
             body["routing_policy"] = {
                 "loaded": self.policy.loaded,

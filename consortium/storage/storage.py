@@ -26,6 +26,7 @@ or hangs costs a bounded wait and a `StorageUnavailable`, never a hung request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
@@ -158,6 +159,8 @@ def sqlite_engine(path: Path, *, private: bool = False) -> Engine:
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def creator() -> sqlite3.Connection:
+        if path.exists() and not path.is_file():  # never chmod (or open) a directory
+            raise IsADirectoryError(errno.EISDIR, "not a database file", str(path))
         if private:
             # Made 0600 before SQLite creates it; an existing file is only chmod-ed: closing
             # a descriptor of a database file this process has open (another connection of

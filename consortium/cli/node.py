@@ -96,9 +96,26 @@ def init(
 
 def node_start(
     config: Annotated[Path, typer.Option("--config", "-c", help="Path to node.toml.")],
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Listen on this A2A gRPC port (0: a free one)."),
+    ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Listen on this HTTP port (0: a free one)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="This process's own directory (endpoints.json, traces): another replica "
+            "of the node on the same machine. Its state stays in the shared database.",
+        ),
+    ] = None,
 ) -> None:
-    """Run the node in the foreground until SIGTERM or SIGINT."""
-    cfg = run(lambda: load_config(config))
+    """Run the node in the foreground until SIGTERM or SIGINT. With PostgreSQL storage,
+    start it again with other ports and --data-dir for another replica on this machine
+    (on another machine, the same node.toml and keys as they are)."""
+    cfg = run(lambda: replica_config(load_config(config), grpc_port, http_port, data_dir))
     # A full or read-only data directory: one line, before anything heavy is imported.
     run(lambda: check_writable(cfg.data_dir))
     from consortium.llm.backends import backend_factory
@@ -118,6 +135,28 @@ def node_start(
             serve_until_signalled(Node(cfg, backend_factory(cfg.model, cfg.base_dir)))
         )
     )
+
+
+def replica_config(
+    cfg: NodeConfig, grpc_port: int | None, http_port: int | None, data_dir: Path | None
+) -> NodeConfig:
+    """node.toml with the command line's ports and data directory."""
+    server = {
+        k: v for k, v in (("grpc_port", grpc_port), ("http_port", http_port)) if v is not None
+    }
+    if server:
+        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update=server)})
+    if data_dir is not None:
+        if cfg.storage_location().kind != "postgresql":
+            raise ConfigError(
+                "another data directory with SQLite storage would be a second node with the "
+                "same keys and state of its own; replicas share their state on PostgreSQL "
+                "([storage] url)",
+                key="--data-dir",
+            )
+        node = cfg.node.model_copy(update={"data_dir": str(data_dir.expanduser().resolve())})
+        cfg = cfg.model_copy(update={"node": node})
+    return cfg
 
 
 def node_status(

@@ -113,7 +113,7 @@ from consortium.redaction.policy import check_peers
 from consortium.redaction.receipts import DisclosureStore
 from consortium.sqlite import check_writable, storage_problem
 from consortium.storage import migrations
-from consortium.storage.storage import Storage
+from consortium.storage.storage import STORES, Storage
 from consortium.trust.admission import MessageVerifier
 from consortium.trust.api_keys import ApiKeys
 from consortium.trust.audit import AuditLog, NoOpAuditLog
@@ -294,6 +294,20 @@ def build_storage(cfg: NodeConfig) -> Storage:
     version's (`migrate = "auto"`) or checked (`"check"`). A database that cannot be
     reached raises StorageUnavailable; one a newer version migrated, SchemaTooNew."""
     storage = Storage(cfg.storage_location(), cfg.storage_settings())
+    if storage.kind == "postgresql":
+        left = sorted(
+            {s.file for s in STORES.values() if s.file and (cfg.data_dir / s.file).exists()}
+        )
+        if left:
+            log.warning(
+                "%s holds SQLite state (%s) this node does not read: its state is at %s "
+                "(`consortium db migrate --from sqlite:///%s --to ...` copies it there; "
+                "move the files away once it has)",
+                cfg.data_dir,
+                ", ".join(left),
+                storage.location.shown,
+                cfg.data_dir,
+            )
     try:
         if cfg.storage.migrate == "auto":
             done = migrations.upgrade(storage)

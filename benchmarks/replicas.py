@@ -42,6 +42,9 @@ from consortium.launch.pgcluster import PgCluster
 from consortium.launch.supervisor import Supervisor
 from consortium.node.config import load_config
 from consortium.node.setup import init_node, local_api_key
+from consortium.storage.copy import copy_storage
+from consortium.storage.storage import Storage
+from consortium.storage.url import parse_location
 
 
 def replica_configs(base: Path, n: int, storage: dict[str, Any] | None) -> list[Path]:
@@ -88,6 +91,8 @@ async def load(urls: list[str], key: str, clients: int, seconds: float) -> dict[
         started = time.monotonic()
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         elapsed = time.monotonic() - started
+    if not latencies:
+        raise RuntimeError(f"no request succeeded ({errors} failed)")
     latencies.sort()
     return {
         "requests_per_s": round(len(latencies) / elapsed, 1),
@@ -112,8 +117,19 @@ def main() -> None:
             password.chmod(0o600)
             storage = {"url": url, "password_file": str(password)}
             init_node("acme", root / "acme", backend="echo", model="echo", threads=1)
-            key = local_api_key(load_config(root / "acme" / "node.toml"))
+            cfg = load_config(root / "acme" / "node.toml")
+            key = local_api_key(cfg)
             assert key is not None
+            # What init made (the API key) into the database, as `consortium db migrate`.
+            source = Storage(parse_location("", base_dir=root, data_dir=cfg.data_dir))
+            dest = Storage(
+                parse_location(url, base_dir=root, data_dir=root, password_file=str(password))
+            )
+            try:
+                copy_storage(source, dest)
+            finally:
+                source.close()
+                dest.close()
             arms = {
                 "a_sqlite": replica_configs(root / "acme", 1, None),
                 "b_postgresql": replica_configs(root / "acme", 1, storage),

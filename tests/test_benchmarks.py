@@ -227,3 +227,11 @@ def test_launcher_benchmark_runs() -> None:
     two = cast(dict[str, float], d["orgs_2"])
     assert two["orgs"] == 2 and two["launcher_up_s"] > 0 and two["baseline_sequential_s"] > 0
     assert two["launcher_over_baseline"] > 0
+
+
+def test_replicas_benchmark_runs() -> None:
+    d = run("replicas.py", "--seconds", "1", "--clients", "2")
+    arms = cast(dict[str, dict[str, float]], cast(dict[str, Any], d["clients"])["2"])
+    assert set(arms) == {"a_sqlite", "b_postgresql", "c_2_replicas", "d_3_replicas"}
+    for row in arms.values():
+        assert row["requests_per_s"] > 0 and row["errors"] == 0, arms

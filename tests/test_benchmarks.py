@@ -230,7 +230,7 @@ def test_launcher_benchmark_runs() -> None:
 
 
 def test_replicas_benchmark_runs() -> None:
-    d = run("replicas.py", "--seconds", "1", "--clients", "2")
+    d = run("replicas.py", "--seconds", "1", "--clients", "2", "--streams", "6")
     arms = cast(dict[str, dict[str, float]], cast(dict[str, Any], d["clients"])["2"])
     assert set(arms) == {"a_sqlite", "b_postgresql", "c_2_replicas", "d_3_replicas"}
     for row in arms.values():

@@ -92,8 +92,9 @@ def build_audit(
 
 async def run_checkpoints(audit: SqliteAuditLog, interval_s: float) -> None:
     """Signs a checkpoint whenever `interval_s` passes with new entries; until cancelled
-    (checked every second at most, so a checkpoint is at most a second late)."""
-    await every(min(interval_s, 1.0), audit.maybe_checkpoint, "audit checkpoint")
+    (checked every second at most, so a checkpoint is at most a second late), in the
+    storage's threads (on PostgreSQL it is a round trip to the database)."""
+    await every(min(interval_s, 1.0), lambda: audit.run(audit.maybe_checkpoint), "audit checkpoint")
 
 
 def keys_of(roster: Roster, org: str, when: float) -> list[VerifyKey]:

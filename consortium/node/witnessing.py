@@ -35,6 +35,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from a2a.types import a2a_pb2
@@ -188,14 +189,15 @@ class Witnessing:
     async def submit_all(self) -> dict[str, str]:
         """The log's checkpoint as it is now, to every witness; per witness "ok" (its
         cosignature kept) or why not. Never raises for a witness that fails."""
-        signed = self._audit.checkpoint()
+        signed = await self._audit.run(self._audit.checkpoint)
         orgs = self.witnesses()
         outcomes = await asyncio.gather(*(self._submit(org, signed) for org in orgs))
         return dict(zip(orgs, outcomes, strict=True))
 
     async def _submit(self, org: str, signed: Signed) -> str:
         size = signed.checkpoint.size
-        old = self._audit.cosigned_size(org)
+        # The log's calls off the event loop: on PostgreSQL each is a round trip.
+        old = await self._audit.run(partial(self._audit.cosigned_size, org))
         outcome = "no_reply"
         for _ in range(2):
             if old > size:
@@ -203,7 +205,11 @@ class Witnessing:
                 break
             if old == size:
                 return "ok"
-            proof = self._audit.consistency_proof(old, size) if old else []
+            proof = (
+                await self._audit.run(partial(self._audit.consistency_proof, old, size))
+                if old
+                else []
+            )
             try:
                 reply = await self._peers.exchange(
                     org, cosign_message(signed.note, old, proof), COSIGN
@@ -228,7 +234,8 @@ class Witnessing:
             if answer.verdict != "cosigned":
                 outcome = answer.verdict
                 break
-            outcome = self._keep(org, signed.checkpoint, answer.cosignature or "")
+            keep = partial(self._keep, org, signed.checkpoint, answer.cosignature or "")
+            outcome = await self._audit.run(keep)
             if outcome == "ok":
                 return outcome
             break

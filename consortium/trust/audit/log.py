@@ -18,7 +18,8 @@ of the process whatever the synchronous setting (the write is in the operating s
 hands), so `durable_against="crash"` runs synchronous=OFF; "power" runs synchronous=FULL,
 an fsync per entry, to survive a power cut too. The entry's insert, on every message's
 path, runs as one prepared statement on a connection the log keeps out of the engine's
-pool (SQLAlchemy's per-statement work would cost several times the insert itself).
+pool (SQLAlchemy's per-statement work would cost several times the insert itself), and
+so does a checkpoint's.
 PostgreSQL: a commit is durable (the server's WAL is flushed) whichever setting.
 The table has no secondary index: each would cost a page write per entry (the entries'
 index columns serve an auditor's scans of a copy), and a receipt finds its request's
@@ -69,7 +70,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from jwcrypto import jwk
 from opentelemetry import trace
@@ -115,6 +116,7 @@ from consortium.trust.audit.notes import (
 from consortium.trust.audit.witness import Seen
 from consortium.trust.jws import canonical, signing_key_of
 
+_T = TypeVar("_T")
 FORMAT_VERSION = 1
 MAX_FIELD_CHARS = 256  # what a refusal records of unauthenticated claims
 MAX_RECENT_REQUESTS = 4096  # requests whose entry a receipt can still find
@@ -173,8 +175,10 @@ WITNESSED = Table(
     Column("time", Float(precision=53), nullable=False),
     PrimaryKeyConstraint("origin"),
 )
-# The entry's insert on SQLite's fast path (see the module docstring), from the table.
+# SQLite's inserts of an entry and a checkpoint, prepared statements on the log's own
+# connection (see the module docstring), from the tables.
 _SQLITE_INSERT = str(ENTRIES.insert().compile(dialect=sqlite.dialect()))
+_SQLITE_CHECKPOINT = str(CHECKPOINTS.insert().compile(dialect=sqlite.dialect()))
 
 
 def pruned_below(db: sqlite3.Connection) -> int:
@@ -293,6 +297,11 @@ class SqliteAuditLog:
         except BaseException:
             self._release()
             raise
+
+    async def run(self, call: Callable[[], _T]) -> _T:
+        """`call()` (this log's methods) in the storage's threads, off the event loop:
+        for the node's async code (the log is thread-safe)."""
+        return await self._db.run(call)
 
     def _on_checkout(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         dbapi_connection.execute(f"PRAGMA synchronous={self._sync}")
@@ -545,10 +554,23 @@ class SqliteAuditLog:
         """The checkpoint of the first `size` entries (None: all of them now): the one
         kept when there is one, else one signed now and kept if `due` says so, else None
         (the caller holds the lock). On PostgreSQL one replica at a time decides and
-        signs (an advisory lock), against the latest checkpoint any replica kept."""
+        signs (an advisory lock), against the latest checkpoint any replica kept; on
+        SQLite this process is the only writer and knows the latest one."""
+        if not self._shared:
+            size = self._tree.size if size is None else size
+            if size == self._checkpointed:
+                kept = self.latest()
+                if kept is not None:
+                    return kept
+            if not due(size, self._checkpointed, self._checkpoint_time):
+                return None
+            checkpoint, note = self._sign(size)
+            now = self._clock()
+            self._raw.driver_connection.execute(_SQLITE_CHECKPOINT, (size, note, now))
+            self._checkpointed, self._checkpoint_time = size, now
+            return Signed(checkpoint, note)
         with self._db.begin() as conn:
-            if self._shared:
-                conn.execute(select(func.pg_advisory_xact_lock(CHECKPOINT_LOCK)))
+            conn.execute(select(func.pg_advisory_xact_lock(CHECKPOINT_LOCK)))
             latest = conn.execute(
                 select(CHECKPOINTS.c.size, CHECKPOINTS.c.time)
                 .order_by(CHECKPOINTS.c.size.desc())
@@ -558,30 +580,33 @@ class SqliteAuditLog:
                 self._checkpointed, self._checkpoint_time = int(latest.size), float(latest.time)
             self._catch_up(conn, size)
             size = self._tree.size if size is None else size
-            kept = conn.execute(
+            kept_note = conn.execute(
                 select(CHECKPOINTS.c.note).where(CHECKPOINTS.c.size == size)
             ).scalar()
-            if kept is not None:
-                return _signed(str(kept))
+            if kept_note is not None:
+                return _signed(str(kept_note))
             at = self._checkpoint_time if latest is None else float(latest.time)
             if not due(size, 0 if latest is None else int(latest.size), at):
                 return None
-            checkpoint = Checkpoint(self.origin, size, self._tree.root(size))
-            body = checkpoint.body()
-            note = format_note(body, [sign_note(body, self.origin, signing_key_of(self._key()))])
+            checkpoint, note = self._sign(size)
             now = self._clock()
             conn.execute(CHECKPOINTS.insert().values(size=size, note=note, time=now))
         if size >= self._checkpointed:
             self._checkpointed, self._checkpoint_time = size, now
         return Signed(checkpoint, note)
 
+    def _sign(self, size: int) -> tuple[Checkpoint, str]:
+        """A checkpoint of the first `size` entries and its note, signed (the caller
+        holds the lock and caught the tree up)."""
+        checkpoint = Checkpoint(self.origin, size, self._tree.root(size))
+        body = checkpoint.body()
+        return checkpoint, format_note(
+            body, [sign_note(body, self.origin, signing_key_of(self._key()))]
+        )
+
     def checkpoint(self) -> Signed:
         """A signed checkpoint of the log as it is now (a new one when it grew)."""
         with self._lock:
-            if not self._shared and self._checkpointed == self._tree.size > 0:
-                latest = self.latest()
-                if latest is not None:
-                    return latest
             signed = self._checkpoint(None, lambda _size, _latest, _at: True)
             assert signed is not None
             return signed

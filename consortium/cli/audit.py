@@ -130,9 +130,11 @@ def audit_export(
 
     def go() -> int:
         cfg = _config(directory)
+        location = cfg.storage_location()
+        where = location.shown if location.directory is None else str(cfg.audit_path)
         with log_file(cfg) as path:
             if path is None or not path.is_file():
-                raise ConfigError("no audit log here", path=str(cfg.audit_path))
+                raise ConfigError("no audit log here", path=where)
             # Bytes, whatever the locale: each entry as it was hashed.
             sink = output.open("wb") if output is not None else sys.stdout.buffer
             n = 0
@@ -141,9 +143,7 @@ def audit_export(
                     sink.write(line + b"\n")
                     n += 1
             except (OSError, sqlite3.Error) as e:
-                raise ConfigError(
-                    f"cannot read the audit log: {e}", path=str(cfg.audit_path)
-                ) from None
+                raise ConfigError(f"cannot read the audit log: {e}", path=where) from None
             finally:
                 if output is not None:
                     sink.close()

@@ -3,8 +3,10 @@ Storage per replica on one real database): concurrent appends from three replica
 positions 0..N-1 with no gap and no duplicate, in one tree every replica computes alike
 (catching up on entries it did not write), that `consortium audit verify` passes through
 the organization's node.toml; a checkpoint is signed once whoever asks; pruning by one
-replica while others append keeps the log whole; witnessing state is shared. And many
-threads of one process appending to one log (SQLite and PostgreSQL) get the same."""
+replica while others append keeps the log whole; witnessing state is shared; while the
+database is down appends fail clearly and the log goes on gapless when it is back. And
+many threads of one process appending to one log (SQLite and PostgreSQL) get the
+same."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jwcrypto import jwk
 
+from consortium.errors import StorageUnavailable
 from consortium.federation.admin import add_member, create_federation
 from consortium.federation.roster import Member, MemberKey, load_roster
 from consortium.storage import migrations
@@ -163,6 +167,7 @@ def test_a_database_without_a_log_is_a_finding(pg_database: PgDatabase, tmp_path
     assert pg_database.password not in result.stdout + result.stderr
     exported = cli("export", str(acme))
     assert exported.returncode == 2 and "no audit log here" in exported.stderr
+    assert "postgresql://" in exported.stderr and pg_database.password not in exported.stderr
 
 
 def test_a_checkpoint_is_signed_once_whoever_asks(replicas: list[Database]) -> None:
@@ -309,3 +314,41 @@ def test_many_threads_append_to_one_log(
         assert report.ok and report.entries == 200, errors(report)
     finally:
         storage.close()
+
+
+def test_the_database_going_away_and_coming_back(
+    pg_cluster: Any, pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    """While PostgreSQL is down an append fails clearly (StorageUnavailable, no entry
+    acknowledged); once it is back the same log goes on, gapless, nothing lost."""
+    keys = Keys()
+    storages = [pg_database.storage(pool_timeout_s=2.0, connect_timeout_s=2.0) for _ in range(2)]
+    try:
+        migrations.upgrade(storages[0], ["audit"])
+        a, b = (open_log(s.database("audit"), keys.new, checkpoint_every=4) for s in storages)
+        try:
+            acknowledged = [a.append("route", "local", message_id=f"before-{i}") for i in range(6)]
+            pg_cluster.stop()
+            try:
+                for log in (a, b):
+                    with pytest.raises(StorageUnavailable) as e:
+                        log.append("route", "local", message_id="during")
+                    assert e.value.problem == "database_unavailable"
+                    with pytest.raises(StorageUnavailable):
+                        log.checkpoint()
+            finally:
+                pg_cluster.start()
+            acknowledged += [b.append("route", "local", message_id=f"after-{i}") for i in range(3)]
+            assert acknowledged == list(range(9))
+            assert a.checkpoint().note == b.checkpoint().note
+        finally:
+            a.close()
+            b.close()
+        copy = tmp_path / "copy.sqlite3"
+        assert copy_log(storages[0].database("audit"), copy)
+        report = verify_log(copy, keys.history(), origin=ORIGIN, org=ORG)
+        assert report.ok and report.entries == 9, errors(report)
+        assert "during" not in {body.get("msg") for body in report.bodies}
+    finally:
+        for s in storages:
+            s.close()

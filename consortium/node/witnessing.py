@@ -188,10 +188,19 @@ class Witnessing:
 
     async def submit_all(self) -> dict[str, str]:
         """The log's checkpoint as it is now, to every witness; per witness "ok" (its
-        cosignature kept) or why not. Never raises for a witness that fails."""
-        signed = await self._audit.run(self._audit.checkpoint)
-        orgs = self.witnesses()
-        outcomes = await asyncio.gather(*(self._submit(org, signed) for org in orgs))
+        cosignature kept) or why not (nothing while another replica's round is under
+        way). Never raises for a witness that fails."""
+        # One replica's round at a time (trust.audit.log): another's under way, this one
+        # skips (the next round sends what this replica added since).
+        turn = self._audit.witnessing_turn()
+        if not await self._audit.run(turn.take):
+            return {}
+        try:
+            signed = await self._audit.run(self._audit.checkpoint)
+            orgs = self.witnesses()
+            outcomes = await asyncio.gather(*(self._submit(org, signed) for org in orgs))
+        finally:
+            await self._audit.run(turn.release)
         return dict(zip(orgs, outcomes, strict=True))
 
     async def _submit(self, org: str, signed: Signed) -> str:

@@ -42,7 +42,9 @@ once.
   checkpoint's size is its primary key, so no size is ever signed twice.
 - Cosignatures, what this node witnessed of other logs, and retention are in the same
   tables for every replica; pruning takes the append lock (no append, no other pruning
-  meanwhile).
+  meanwhile); one replica at a time sends the log's checkpoints to its witnesses
+  (`witnessing_turn`), so a witness never gets a smaller checkpoint after a larger one
+  from two replicas' rounds crossing (it would judge that a rollback).
 
 A checkpoint is signed every `checkpoint_every` entries, and by `maybe_checkpoint` once
 `checkpoint_interval_s` has passed with new entries (the node calls it periodically).
@@ -68,6 +70,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -124,6 +127,7 @@ Direction = Literal["in", "out", "local"]
 # pg_advisory_xact_lock keys (per database: the log's schema is the database's only one).
 APPEND_LOCK = 7361245390002  # allocating a position (and pruning)
 CHECKPOINT_LOCK = 7361245390003  # deciding and signing a checkpoint
+WITNESSING_LOCK = 7361245390004  # a witnessing round (node.witnessing)
 
 METADATA = MetaData()
 # A position or a tree size: 64 bits on PostgreSQL; "INTEGER" on SQLite, so an entry's
@@ -866,6 +870,12 @@ class SqliteAuditLog:
             return case((ENTRIES.c.body == "", None), else_=value)
         return func.json_extract(ENTRIES.c.body, "$.time")
 
+    def witnessing_turn(self) -> Turn:
+        """The right to send this log's checkpoints to its witnesses, one replica at a
+        time (the module docstring): `take()` it before signing the round's checkpoint,
+        `release()` it when the round is over."""
+        return Turn(self._db if self._shared else None)
+
     def close(self) -> None:
         with self._lock:
             try:
@@ -885,3 +895,30 @@ class SqliteAuditLog:
             event.remove(db.engine, "checkout", self._on_checkout)
         if self._owned:
             db.dispose()
+
+
+class Turn:
+    """A witnessing round's turn (SqliteAuditLog.witnessing_turn). On PostgreSQL a
+    transaction-scoped advisory lock, tried and never waited for (another replica's
+    round under way: this one skips, the next round sends what it adds), held by an
+    open transaction until `release`; on SQLite always granted (one process)."""
+
+    def __init__(self, db: Database | None) -> None:
+        self._db = db
+        self._held = ExitStack()
+
+    def take(self) -> bool:
+        if self._db is None:
+            return True
+        try:
+            conn = self._held.enter_context(self._db.begin())
+            mine = conn.execute(select(func.pg_try_advisory_xact_lock(WITNESSING_LOCK))).scalar()
+        except BaseException:
+            self._held.close()
+            raise
+        if not mine:
+            self._held.close()
+        return bool(mine)
+
+    def release(self) -> None:
+        self._held.close()  # the transaction ends: the lock with it

@@ -3,7 +3,8 @@ Storage per replica on one real database): concurrent appends from three replica
 positions 0..N-1 with no gap and no duplicate, in one tree every replica computes alike
 (catching up on entries it did not write), that `consortium audit verify` passes through
 the organization's node.toml; a checkpoint is signed once whoever asks; pruning by one
-replica while others append keeps the log whole; witnessing state is shared; while the
+replica while others append keeps the log whole; witnessing state is shared, and one
+replica at a time sends checkpoints to the witnesses; while the
 database is down appends fail clearly and the log goes on gapless when it is back. And
 many threads of one process appending to one log (SQLite and PostgreSQL) get the
 same."""
@@ -289,6 +290,37 @@ def test_witnessing_state_is_one_for_every_replica(replicas: list[Database]) -> 
     finally:
         a.close()
         b.close()
+
+
+def test_one_replica_at_a_time_sends_checkpoints_to_witnesses(
+    replicas: list[Database], tmp_path: Path
+) -> None:
+    """The witnessing turn: taken by one replica, refused (not waited for) to the others
+    until it is released; always granted on SQLite (one process)."""
+    keys = Keys()
+    a, b, c = (open_log(db, keys.new) for db in replicas)
+    try:
+        first, second = a.witnessing_turn(), b.witnessing_turn()
+        assert first.take()
+        assert not second.take() and not c.witnessing_turn().take()
+        first.release()
+        assert second.take()
+        assert not a.witnessing_turn().take()
+        second.release()
+        last = c.witnessing_turn()
+        assert last.take()
+        last.release()
+    finally:
+        for log in (a, b, c):
+            log.close()
+    local = open_log(tmp_path / "audit.sqlite3", keys.new)
+    try:
+        turns = [local.witnessing_turn() for _ in range(2)]
+        assert [t.take() for t in turns] == [True, True]
+        for t in turns:
+            t.release()
+    finally:
+        local.close()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

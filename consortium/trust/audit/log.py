@@ -88,6 +88,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    bindparam,
     case,
     cast,
     delete,
@@ -179,10 +180,15 @@ WITNESSED = Table(
     Column("time", Float(precision=53), nullable=False),
     PrimaryKeyConstraint("origin"),
 )
-# SQLite's inserts of an entry and a checkpoint, prepared statements on the log's own
-# connection (see the module docstring), from the tables.
+# SQLite's inserts of an entry and a checkpoint, and a receipt's read, prepared statements
+# on the log's own connection (see the module docstring), from the tables.
 _SQLITE_INSERT = str(ENTRIES.insert().compile(dialect=sqlite.dialect()))
 _SQLITE_CHECKPOINT = str(CHECKPOINTS.insert().compile(dialect=sqlite.dialect()))
+_SQLITE_BODY = str(
+    select(ENTRIES.c.body)
+    .where(ENTRIES.c.seq == bindparam("seq"))
+    .compile(dialect=sqlite.dialect())
+)
 
 
 def pruned_below(db: sqlite3.Connection) -> int:
@@ -741,8 +747,13 @@ class SqliteAuditLog:
         seq = self._requests.get(message_id)
         if seq is None or seq < self.pruned_below:
             return None
-        with self._db.connect() as conn:
-            body = conn.execute(select(ENTRIES.c.body).where(ENTRIES.c.seq == seq)).scalar()
+        if self._shared:
+            with self._db.connect() as conn:
+                body = conn.execute(select(ENTRIES.c.body).where(ENTRIES.c.seq == seq)).scalar()
+        else:  # on every reply with receipts on: the log's own connection, as an append
+            with self._lock:
+                row = self._raw.driver_connection.execute(_SQLITE_BODY, (seq,)).fetchone()
+            body = None if row is None else row[0]
         if not body:  # pruned (by another replica)
             return None
         if peer and json.loads(body).get("peer") != peer:

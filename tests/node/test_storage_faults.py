@@ -281,7 +281,7 @@ async def test_a_peers_full_disk_reaches_the_origins_user_as_one_clear_line(
     globex, disk = fed.nodes["globex"], fed.disk
     assert disk is not None and globex.federation is not None and globex.store is not None
     assert globex.federation.audit_log is not None
-    disk.fill([globex.store._conn, globex.federation.replay._db, globex.federation.audit_log._db])
+    disk.fill([globex.store._conn, globex.federation.replay._conn, globex.federation.audit_log._db])
     answer = await fed.ask_via("acme", "escalate this", peer="globex")
     assert answer.state == "failed"
     assert disk.says("globex") in answer.status_text, answer.status_text

@@ -90,7 +90,7 @@ def test_an_existing_sqlite_data_directory_is_taken_as_it_is(tmp_path: Path) -> 
     old.close()
     storage = Storage(parse_location("", base_dir=tmp_path, data_dir=tmp_path))
     try:
-        assert migrations.upgrade(storage)["replay"] == migrations.head("replay")
+        assert migrations.upgrade(storage, ["replay"]) == {"replay": migrations.head("replay")}
         cache = ReplayCache(storage.database("replay"), clock=lambda: 1.0e9)
         assert not cache.first_sighting("acme", "m1", 4102444800.0)  # remembered
         assert cache.first_sighting("acme", "m2", 4102444800.0)

@@ -68,6 +68,7 @@ from opentelemetry.exporter.otlp.json.file import FileSpanExporter
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from sqlalchemy import func, select
 
 from consortium.federation.admin import add_member, create_federation, member_from_card
 from consortium.federation.roster import Member, MemberKey, Roster
@@ -84,7 +85,7 @@ from consortium.protocols.multiple_choice import Question
 from consortium.protocols.request_options import METADATA_KEY
 from consortium.trust.admission import hop_of
 from consortium.trust.audit import Hop, log_origin
-from consortium.trust.audit.log import MAX_RECENT_REQUESTS, SqliteAuditLog
+from consortium.trust.audit.log import CHECKPOINTS, MAX_RECENT_REQUESTS, SqliteAuditLog
 from consortium.trust.audit.notes import Checkpoint, parse_note
 from consortium.trust.audit.verify import verify_log
 from consortium.trust.audit.witness import Seen, encode_proof, judge
@@ -409,7 +410,9 @@ def cosign_all(log: SqliteAuditLog, witnesses: list[Witness], key: jwk.JWK) -> l
     witnessing loop would (proof from the last size each witness cosigned); judge times."""
     keys = [verify_key_of(key)]
     times = []
-    notes = log._db.execute("SELECT size, note FROM checkpoints ORDER BY size").fetchall()
+    with log._db.connect() as conn:
+        query = select(CHECKPOINTS.c.size, CHECKPOINTS.c.note).order_by(CHECKPOINTS.c.size)
+        notes = [(int(size), str(note)) for size, note in conn.execute(query)]
     for size, note in notes:
         for w in witnesses:
             old = w.seen.size if w.seen is not None else 0
@@ -460,7 +463,8 @@ def at_size(size: int, signer: Signer, hops: Hops, samples: int, tmp: Path) -> d
     t = time.perf_counter()
     judged = cosign_all(log, witnesses, key)
     build_cosign_s = time.perf_counter() - t
-    checkpoints = log._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+    with log._db.connect() as conn:
+        checkpoints = conn.execute(select(func.count()).select_from(CHECKPOINTS)).scalar()
     result: dict[str, Any] = {
         "entries": size,
         "build": {
@@ -752,11 +756,9 @@ def build_pair(
         witness = Witness(w.org)
         witness.key, witness.name = w.key, log_origin(federation, w.org)
         cosign_all(o.log, [witness], o.key)
-        latest = o.log._db.execute(
-            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1"
-        ).fetchone()[0]
-        body, _ = parse_note(latest)
-        w.log.remember_cosigned(Checkpoint.parse(body), latest)
+        latest = o.log.latest()
+        assert latest is not None
+        w.log.remember_cosigned(latest.checkpoint, latest.note)
     for o in orgs:
         assert o.log is not None
         o.log.close()

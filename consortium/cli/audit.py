@@ -7,7 +7,8 @@ signature (under the keys the organization held at the time, from every roster v
 it archived) and root, every cosignature, witnessing as `[audit] witnessed_by` asks, and,
 with `--witness OTHER_DIR`, what other members recorded cosigning of this log (a fork
 or a rollback). Exit 0 only when everything holds; 1 with findings; 2 for bad input.
-Nothing read is modified.
+Nothing read is modified. The log is where the node keeps it (node.toml's `[storage]`):
+its SQLite file, or the PostgreSQL database its replicas share (read as one snapshot).
 
 `export DIR` writes the log as JSON lines for other tools.
 """
@@ -124,26 +125,30 @@ def audit_export(
 ) -> None:
     """Write one organization's audit log as JSON lines (entries, then checkpoints); each
     entry line is {"entry":BODY}, BODY the entry's bytes as hashed."""
+    from consortium.node.audit import log_file
     from consortium.trust.audit.verify import export_lines
 
     def go() -> int:
         cfg = _config(directory)
-        if not cfg.audit_path.is_file():
-            raise ConfigError("no audit log here", path=str(cfg.audit_path))
-        # Bytes, whatever the locale: each entry as it was hashed.
-        sink = output.open("wb") if output is not None else sys.stdout.buffer
-        n = 0
-        try:
-            for line in export_lines(cfg.audit_path):
-                sink.write(line + b"\n")
-                n += 1
-        except (OSError, sqlite3.Error) as e:
-            raise ConfigError(f"cannot read the audit log: {e}", path=str(cfg.audit_path)) from None
-        finally:
-            if output is not None:
-                sink.close()
-            else:
-                sink.flush()
+        location = cfg.storage_location()
+        where = location.shown if location.directory is None else str(cfg.audit_path)
+        with log_file(cfg) as path:
+            if path is None or not path.is_file():
+                raise ConfigError("no audit log here", path=where)
+            # Bytes, whatever the locale: each entry as it was hashed.
+            sink = output.open("wb") if output is not None else sys.stdout.buffer
+            n = 0
+            try:
+                for line in export_lines(path):
+                    sink.write(line + b"\n")
+                    n += 1
+            except (OSError, sqlite3.Error) as e:
+                raise ConfigError(f"cannot read the audit log: {e}", path=where) from None
+            finally:
+                if output is not None:
+                    sink.close()
+                else:
+                    sink.flush()
         return n
 
     run(go)

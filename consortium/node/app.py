@@ -355,7 +355,9 @@ def build_federation(
     try:
         key = load_private_key(cfg.resolve(cfg.identity.private_key))
         signer = Signer(SigningIdentity(key, cfg.node.org_id, roster.federation_id))
-        audit, audit_log = build_audit(cfg, watcher, lambda: signer.identity.key)
+        audit, audit_log = build_audit(
+            cfg, watcher, lambda: signer.identity.key, storage.database("audit")
+        )
         signer.audit = audit
         if isinstance(assessor, ReputationAssessor):
             assessor.audit = audit

@@ -1,5 +1,7 @@
-"""The node's audit log, wired: `build_audit` opens DATA_DIR/audit.sqlite3 (trust.audit.log)
-for a node in a federation with `[audit] enabled` (the default), records every roster
+"""The node's audit log, wired: `build_audit` opens the log in the node's storage (its
+"audit" store: DATA_DIR/audit.sqlite3, or the PostgreSQL database the node's replicas
+share; trust.audit.log) for a node in a federation with `[audit] enabled` (the
+default), records every roster
 version the node takes and keeps a copy of it (DATA_DIR/audit-rosters/), so that keys
 rotated out of later rosters still verify old entries; `run_checkpoints` signs a
 checkpoint whenever the interval passes with new entries.
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,8 +29,11 @@ from consortium.federation.roster import Roster, load_verified_roster, parse_tim
 from consortium.federation.watcher import RosterWatcher
 from consortium.node.config import NodeConfig
 from consortium.node.periodic import every
+from consortium.storage.database import Database
+from consortium.storage.storage import STORES, Storage
 from consortium.trust.audit import AuditLog, NoOpAuditLog, log_origin
 from consortium.trust.audit.log import SqliteAuditLog
+from consortium.trust.audit.snapshot import copy_log
 from consortium.trust.audit.verify import LogReport, WitnessView, verify_log, witness_view
 from consortium.trust.claims import payload_digest
 from consortium.trust.jws import canonical, verify_key_of
@@ -48,16 +55,20 @@ def archive_path(data_dir: Path) -> Path:
 
 
 def build_audit(
-    cfg: NodeConfig, watcher: RosterWatcher, key: Callable[[], jwk.JWK]
+    cfg: NodeConfig,
+    watcher: RosterWatcher,
+    key: Callable[[], jwk.JWK],
+    db: Database | None = None,
 ) -> tuple[AuditLog, SqliteAuditLog | None]:
-    """The node's audit log (and the SQLite log itself, None when auditing is off): the
-    roster in force recorded and archived, and every later one the watcher takes."""
+    """The node's audit log in `db`, its storage's "audit" store (default: the file
+    DATA_DIR/audit.sqlite3), and the log itself, None when auditing is off: the roster
+    in force recorded and archived, and every later one the watcher takes."""
     if not cfg.audit.enabled:
         return NoOpAuditLog(), None
     a = cfg.audit
     roster = watcher.current()
     audit = SqliteAuditLog(
-        cfg.audit_path,
+        db if db is not None else cfg.audit_path,
         federation_id=roster.federation_id,
         org_id=cfg.node.org_id,
         key=key,
@@ -81,8 +92,9 @@ def build_audit(
 
 async def run_checkpoints(audit: SqliteAuditLog, interval_s: float) -> None:
     """Signs a checkpoint whenever `interval_s` passes with new entries; until cancelled
-    (checked every second at most, so a checkpoint is at most a second late)."""
-    await every(min(interval_s, 1.0), audit.maybe_checkpoint, "audit checkpoint")
+    (checked every second at most, so a checkpoint is at most a second late), in the
+    storage's threads (on PostgreSQL it is a round trip to the database)."""
+    await every(min(interval_s, 1.0), lambda: audit.run(audit.maybe_checkpoint), "audit checkpoint")
 
 
 def keys_of(roster: Roster, org: str, when: float) -> list[VerifyKey]:
@@ -152,6 +164,25 @@ def load_history(cfg: NodeConfig) -> tuple[RosterHistory, list[str]]:
     return RosterHistory(rosters), skipped
 
 
+@contextmanager
+def log_file(cfg: NodeConfig) -> Iterator[Path | None]:
+    """The organization's audit log as an SQLite file to read (never to write): the
+    file its node keeps when its `[storage]` is SQLite; when it is PostgreSQL, a
+    snapshot of the log the replicas share, in a temporary directory removed afterwards
+    (None when that database holds no log)."""
+    location = cfg.storage_location()
+    if location.directory is not None:
+        yield location.directory / STORES["audit"].file
+        return
+    storage = Storage(location, cfg.storage_settings())
+    try:
+        with tempfile.TemporaryDirectory(prefix="consortium-audit-") as tmp:
+            path = Path(tmp) / STORES["audit"].file
+            yield path if copy_log(storage.database("audit"), path) else None
+    finally:
+        storage.close()
+
+
 def verify_organization(
     cfg: NodeConfig, history: RosterHistory, witnesses: Sequence[NodeConfig]
 ) -> tuple[LogReport, list[str]]:
@@ -164,18 +195,24 @@ def verify_organization(
     unread: list[str] = []
     for other in witnesses:
         try:
-            view = witness_view(other.audit_path, origin, other.node.org_id)
+            with log_file(other) as path:
+                view = None if path is None else witness_view(path, origin, other.node.org_id)
         except (OSError, sqlite3.Error) as e:
             unread.append(f"{other.node.org_id}'s audit log {other.audit_path} cannot be read: {e}")
             continue
         if view is not None:
             views.append(view)
-    report = verify_log(
-        cfg.audit_path,
-        history,
-        origin=origin,
-        org=cfg.node.org_id,
-        witnessed_by=cfg.audit.witnessed_by,
-        witness_views=views,
-    )
+    with log_file(cfg) as path:
+        if path is None:
+            report = LogReport(origin=origin, org=cfg.node.org_id)
+            report.error("database", f"no audit log in {cfg.storage_location().shown}")
+            return report, unread
+        report = verify_log(
+            path,
+            history,
+            origin=origin,
+            org=cfg.node.org_id,
+            witnessed_by=cfg.audit.witnessed_by,
+            witness_views=views,
+        )
     return report, unread

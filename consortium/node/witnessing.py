@@ -35,6 +35,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from a2a.types import a2a_pb2
@@ -187,15 +188,25 @@ class Witnessing:
 
     async def submit_all(self) -> dict[str, str]:
         """The log's checkpoint as it is now, to every witness; per witness "ok" (its
-        cosignature kept) or why not. Never raises for a witness that fails."""
-        signed = self._audit.checkpoint()
-        orgs = self.witnesses()
-        outcomes = await asyncio.gather(*(self._submit(org, signed) for org in orgs))
+        cosignature kept) or why not (nothing while another replica's round is under
+        way). Never raises for a witness that fails."""
+        # One replica's round at a time (trust.audit.log): another's under way, this one
+        # skips (the next round sends what this replica added since).
+        turn = self._audit.witnessing_turn()
+        if not await self._audit.run(turn.take):
+            return {}
+        try:
+            signed = await self._audit.run(self._audit.checkpoint)
+            orgs = self.witnesses()
+            outcomes = await asyncio.gather(*(self._submit(org, signed) for org in orgs))
+        finally:
+            await self._audit.run(turn.release)
         return dict(zip(orgs, outcomes, strict=True))
 
     async def _submit(self, org: str, signed: Signed) -> str:
         size = signed.checkpoint.size
-        old = self._audit.cosigned_size(org)
+        # The log's calls off the event loop: on PostgreSQL each is a round trip.
+        old = await self._audit.run(partial(self._audit.cosigned_size, org))
         outcome = "no_reply"
         for _ in range(2):
             if old > size:
@@ -203,7 +214,11 @@ class Witnessing:
                 break
             if old == size:
                 return "ok"
-            proof = self._audit.consistency_proof(old, size) if old else []
+            proof = (
+                await self._audit.run(partial(self._audit.consistency_proof, old, size))
+                if old
+                else []
+            )
             try:
                 reply = await self._peers.exchange(
                     org, cosign_message(signed.note, old, proof), COSIGN
@@ -228,7 +243,8 @@ class Witnessing:
             if answer.verdict != "cosigned":
                 outcome = answer.verdict
                 break
-            outcome = self._keep(org, signed.checkpoint, answer.cosignature or "")
+            keep = partial(self._keep, org, signed.checkpoint, answer.cosignature or "")
+            outcome = await self._audit.run(keep)
             if outcome == "ok":
                 return outcome
             break

@@ -64,7 +64,7 @@ STORES: dict[str, Store] = {
         Store("api_keys", "api-keys.sqlite3", private=True),
         Store("trust", "trust.sqlite3", private=True),
         Store("redaction", "redaction.sqlite3", private=True),
-        Store("audit", "audit.sqlite3"),
+        Store("audit", "audit.sqlite3", private=True),
         Store("replicas", ""),
         Store("limits", ""),
     )

@@ -10,8 +10,9 @@ and `refused` of every one it refused. The node tells `record` of its routing
 decisions, trust state changes, and the roster and policy versions it loads.
 
 `AuditLog` is that interface; `NoOpAuditLog` records nothing, and is what a node without
-an audit log is wired with, so nothing asks whether auditing is on. The log itself (an
-SQLite file of Merkle-tree leaves with signed checkpoints) is `trust.audit.log`.
+an audit log is wired with, so nothing asks whether auditing is on. The log itself
+(Merkle-tree leaves with signed checkpoints, in the node's storage: an SQLite file, or
+the PostgreSQL database its replicas share) is `trust.audit.log`.
 """
 
 from __future__ import annotations

@@ -153,3 +153,54 @@ def test_a_database_that_does_not_exist_is_named(tmp_path: Path, pg_database: Pg
     )
     result = cli("status", "--config", str(config))
     assert result.returncode == 8 and "its database does not exist" in result.stderr
+
+
+def test_migrate_keeps_the_audit_log_and_its_roots(tmp_path: Path, pg_database: PgDatabase) -> None:
+    """The copied log is the same log: same entries, same signed checkpoints and roots;
+    it takes new appends where the old one stopped, and the auditor's verification
+    passes on it."""
+    from consortium.trust.audit.log import SqliteAuditLog
+    from consortium.trust.audit.snapshot import copy_log
+    from consortium.trust.audit.verify import verify_log
+    from tests.trust.audit.test_verify import FED, ORG, ORIGIN, Keys
+
+    keys = Keys()
+    data = tmp_path / "data"
+    log = SqliteAuditLog(
+        data / "audit.sqlite3",
+        federation_id=FED,
+        org_id=ORG,
+        key=lambda: keys.new,
+        checkpoint_every=10,
+    )
+    for i in range(37):
+        log.append("route", "local", fields={"detail": {"i": i, "text": "naïve ✓"}})
+    before = log.checkpoint()
+    notes = [log.cosigned_note(n) for n in (10, 20, 30)]
+    log.close()
+    moved = cli(
+        "migrate",
+        "--from",
+        f"sqlite:///{data}",
+        "--to",
+        pg_database.url,
+        "--password-file",
+        str(pg_database.password_file),
+    )
+    assert moved.returncode == 0, moved.stderr
+    storage = pg_database.storage()
+    try:
+        db = storage.database("audit")
+        copied = SqliteAuditLog(db, federation_id=FED, org_id=ORG, key=lambda: keys.new)
+        latest = copied.latest()
+        assert latest is not None and latest.note == before.note
+        assert latest.checkpoint.root == before.checkpoint.root and copied.size == 37
+        assert [copied.cosigned_note(n) for n in (10, 20, 30)] == notes
+        assert copied.append("route", "local", fields={"detail": {"after": True}}) == 37
+        snapshot = tmp_path / "snapshot.sqlite3"
+        assert copy_log(db, snapshot)
+        report = verify_log(snapshot, keys.history(), origin=ORIGIN, org=ORG)
+        assert report.ok, report
+        copied.close()
+    finally:
+        storage.close()

@@ -21,7 +21,9 @@ import logging
 import sys
 
 # Presidio logs the words around each match at DEBUG: capped at WARNING like the SDKs.
-SDK_LOGGERS = ("a2a", "presidio-analyzer", "presidio-anonymizer")
+# Alembic logs each store's migration context at INFO on every start (the node says in
+# one line which stores it brought up to date).
+SDK_LOGGERS = ("a2a", "presidio-analyzer", "presidio-anonymizer", "alembic")
 LIMIT = 96
 
 

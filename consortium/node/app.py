@@ -311,8 +311,8 @@ def build_storage(cfg: NodeConfig) -> Storage:
     try:
         if cfg.storage.migrate == "auto":
             done = migrations.upgrade(storage)
-            if done:
-                log.info(
+            if done:  # every first start does it: not worth a line at INFO
+                log.debug(
                     "storage %s: schema of %s brought up to date",
                     storage.location.shown,
                     ", ".join(sorted(done)),

@@ -205,7 +205,11 @@ def connect(path: Path, *, private: bool = False) -> sqlite3.Connection:
     previous opening left behind are made 0600 too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if private:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+        # Created 0600 only when missing: closing a descriptor of a database file this
+        # process has open elsewhere would drop every POSIX lock SQLite holds on it.
+        if not path.exists():
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
         path.chmod(PRIVATE_FILE)
     conn = sqlite3.connect(
         path,

@@ -235,3 +235,11 @@ def test_replicas_benchmark_runs() -> None:
     assert set(arms) == {"a_sqlite", "b_postgresql", "c_2_replicas", "d_3_replicas"}
     for row in arms.values():
         assert row["requests_per_s"] > 0 and row["errors"] == 0, arms
+
+
+def test_trust_offload_benchmark_runs() -> None:
+    d = run("trust_offload.py", "--messages", "50")
+    for storage in ("sqlite", "postgresql"):
+        arms = cast(dict[str, Any], d[storage])
+        assert {"inline", "thread"} <= set(arms)
+        assert float(arms["thread_over_inline_p50"]) > 0

@@ -3,7 +3,8 @@
 roster version), the audit log verified (trust.audit.verify, on a private copy) with
 what the other given organizations cosigned of it, the spans the node exported as OTLP
 JSON lines (telemetry exporter "file"), and the signed messages in its task store (read
-from a private copy of the SQLite file). What cannot be read is one line each, for the
+from a private copy of the SQLite file, or from its PostgreSQL database with one
+SELECT). What cannot be read is one line each, for the
 report; nothing here raises for a damaged file.
 """
 
@@ -21,10 +22,14 @@ from typing import Any
 
 from a2a.types import a2a_pb2
 from google.protobuf.message import DecodeError
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
-from consortium.errors import ConfigError
+from consortium.errors import ConfigError, StorageUnavailable
 from consortium.node.audit import RosterHistory, load_history, verify_organization
 from consortium.node.config import NodeConfig
+from consortium.node.store import TASKS
+from consortium.storage.storage import STORES, Storage
 from consortium.trust.audit import log_origin
 from consortium.trust.audit.verify import LogReport, snapshot
 from consortium.trust.claims import SIGNATURE_KEY
@@ -146,7 +151,6 @@ def read_signed_copies(path: Path, org: str) -> tuple[list[SignedCopy], list[str
     read from a private copy; and a line for what could not be read."""
     if not path.is_file():
         return [], []
-    copies: list[SignedCopy] = []
     with tempfile.TemporaryDirectory(prefix="consortium-trace-") as tmp:
         try:
             db = sqlite3.connect(snapshot(path, Path(tmp)))
@@ -158,7 +162,31 @@ def read_signed_copies(path: Path, org: str) -> tuple[list[SignedCopy], list[str
             return [], [f"the task store {path} cannot be read: {e}"]
         finally:
             db.close()
-    for (body,) in rows:
+    return _signed_in([body for (body,) in rows], org), []
+
+
+def read_signed_copies_from(cfg: NodeConfig) -> tuple[list[SignedCopy], list[str]]:
+    """The signed messages in the organization's task store wherever its `[storage]`
+    keeps it (its SQLite file, read from a private copy; or its PostgreSQL database,
+    read in one statement, never written)."""
+    location = cfg.storage_location()
+    if location.kind == "sqlite":
+        assert location.directory is not None
+        return read_signed_copies(location.directory / STORES["tasks"].file, cfg.node.org_id)
+    storage = Storage(location, cfg.storage_settings())
+    try:
+        with storage.database("tasks").connect() as conn:
+            bodies = list(conn.execute(select(TASKS.c.body)).scalars())
+    except (StorageUnavailable, DBAPIError) as e:
+        return [], [f"the task store at {location.shown} cannot be read: {e}"]
+    finally:
+        storage.close()
+    return _signed_in(bodies, cfg.node.org_id), []
+
+
+def _signed_in(bodies: Sequence[bytes], org: str) -> list[SignedCopy]:
+    copies: list[SignedCopy] = []
+    for body in bodies:
         task = a2a_pb2.Task()
         try:
             task.ParseFromString(bytes(body))
@@ -170,7 +198,7 @@ def read_signed_copies(path: Path, org: str) -> tuple[list[SignedCopy], list[str
         for m in messages:
             if SIGNATURE_KEY in m.metadata:
                 copies.append(SignedCopy(org, m))
-    return copies, []
+    return copies
 
 
 def read_orgs(configs: Sequence[NodeConfig]) -> list[OrgRecords]:
@@ -209,7 +237,7 @@ def read_orgs(configs: Sequence[NodeConfig]) -> list[OrgRecords]:
                 problems.append(f"the spans file {path} cannot be read: {e}")
             spans, bad = parse_spans(lines, str(path))
             problems += bad
-        copies, bad = read_signed_copies(cfg.database_path, org)
+        copies, bad = read_signed_copies_from(cfg)
         problems += bad
         records.append(OrgRecords(org, origin, report, history, spans, copies, problems))
     return records

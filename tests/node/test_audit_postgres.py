@@ -59,3 +59,40 @@ async def test_a_node_on_postgresql_keeps_its_audit_log_there(
     assert report.entries >= len(admitted) and report.checkpoints >= 1
     with log_file(cfg) as path:
         assert path is not None and path.is_file()
+
+
+def test_the_auditor_reads_signed_copies_from_a_task_store_on_postgresql(
+    tmp_path: Path, pg_database: PgDatabase
+) -> None:
+    """`consortium audit trace` reads each organization's signed copies where its
+    [storage] keeps them: here its PostgreSQL database (one SELECT, nothing written)."""
+    from a2a.types import a2a_pb2
+
+    from consortium.node.audit_records import read_signed_copies_from
+    from consortium.node.store import NodeTaskStore
+    from consortium.storage import migrations
+    from consortium.trust.claims import SIGNATURE_KEY
+    from tests.conftest import make_config
+
+    cfg = make_config(
+        tmp_path / "acme",
+        storage={"url": pg_database.url, "password_file": str(pg_database.password_file)},
+    )
+    storage = pg_database.storage()
+    try:
+        migrations.upgrade(storage)
+        signed = a2a_pb2.Message(message_id="m-1", role=a2a_pb2.ROLE_AGENT)
+        signed.metadata.update({SIGNATURE_KEY: "h..s"})
+        task = a2a_pb2.Task(
+            id="t-1",
+            context_id="c",
+            status=a2a_pb2.TaskStatus(state=a2a_pb2.TASK_STATE_COMPLETED, message=signed),
+            history=[a2a_pb2.Message(message_id="unsigned", role=a2a_pb2.ROLE_USER)],
+        )
+        NodeTaskStore(storage.database("tasks")).save_sync(task, "someone")
+    finally:
+        storage.close()
+    copies, problems = read_signed_copies_from(cfg)
+    assert problems == []
+    assert [c.message.message_id for c in copies] == ["m-1"]
+    assert not (cfg.data_dir / "node.sqlite3").exists()

@@ -25,9 +25,7 @@ or hangs costs a bounded wait and a `StorageUnavailable`, never a hung request.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +37,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import ConnectionPoolEntry, QueuePool
 
 from consortium.errors import ConfigError
-from consortium.sqlite import PRIVATE_FILE, StorageConnection
+from consortium.sqlite import connect
 from consortium.storage.database import READ_OPTION, Database
 from consortium.storage.url import Location
 
@@ -161,29 +159,8 @@ def sqlite_engine(path: Path, *, private: bool = False) -> Engine:
     def creator() -> sqlite3.Connection:
         if path.exists() and not path.is_file():  # never chmod (or open) a directory
             raise IsADirectoryError(errno.EISDIR, "not a database file", str(path))
-        if private:
-            # Made 0600 before SQLite creates it; an existing file is only chmod-ed: closing
-            # a descriptor of a database file this process has open (another connection of
-            # the pool) would drop every POSIX lock SQLite holds on it.
-            if not path.exists():
-                with contextlib.suppress(FileExistsError):  # another connection made it
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
-            path.chmod(PRIVATE_FILE)
-        conn = sqlite3.connect(
-            path,
-            check_same_thread=False,
-            isolation_level=None,
-            timeout=10.0,
-            factory=StorageConnection,
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=10000")
-        if private:
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    Path(f"{path}{suffix}").chmod(PRIVATE_FILE)
-        return conn
+        # WAL, NORMAL sync, busy timeout, 0600 for a private file, storage faults mapped.
+        return connect(path, private=private)
 
     engine = create_engine(
         f"sqlite:///{path}", creator=creator, poolclass=QueuePool, pool_size=4, max_overflow=8

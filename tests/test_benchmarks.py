@@ -235,6 +235,12 @@ def test_replicas_benchmark_runs() -> None:
     assert set(arms) == {"a_sqlite", "b_postgresql", "c_2_replicas", "d_3_replicas"}
     for row in arms.values():
         assert row["requests_per_s"] > 0 and row["errors"] == 0, arms
+    # A replica SIGKILLed under streamed tasks: each of its tasks terminal, none stuck,
+    # every client whose stream broke served again by a survivor.
+    failover = cast(dict[str, Any], d["failover"])
+    assert failover["on_killed_replica"] >= 1 and failover["tasks_stuck"] == 0, failover
+    assert failover["killed_tasks_terminal_after_s"] is not None, failover
+    assert failover["broken_clients_not_served"] == 0, failover
 
 
 def test_trust_offload_benchmark_runs() -> None:
